@@ -1,0 +1,1 @@
+"""Background work: the Celery app, job tasks, and the ML libraries."""

@@ -1,0 +1,120 @@
+"""The PP-YOLOE+-SOD network, its weight initialisation and deploy conversion."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbone import CSPResNet, Lite0Backbone, RepVggBlock
+from .config import ModelConfig
+from .head import HeadOutput, PPYOLOEHead
+from .neck import CustomCSPPAN
+from .nms import multiclass_nms
+
+
+class PPYOLOE(nn.Module):
+    """Backbone + CustomCSPPAN + ET-head; attribute names match PaddleDetection's ``YOLOv3``
+    architecture (``backbone``, ``neck``, ``yolo_head``) so converted state dicts line up."""
+
+    def __init__(self, cfg: ModelConfig, pretrained_backbone: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if cfg.backbone == "cspresnet":
+            self.backbone: nn.Module = CSPResNet(
+                layers=cfg.layers,
+                channels=cfg.channels,
+                act="swish",
+                return_idx=cfg.return_idx,
+                use_large_stem=cfg.use_large_stem,
+                width_mult=cfg.width_mult,
+                depth_mult=cfg.depth_mult,
+                use_alpha=cfg.use_alpha,
+            )
+        else:
+            self.backbone = Lite0Backbone(pretrained=pretrained_backbone)
+        self.neck = CustomCSPPAN(
+            in_channels=list(self.backbone.out_channels),
+            out_channels=cfg.neck_out_channels,
+            act="swish",
+            stage_num=cfg.stage_num,
+            block_num=cfg.block_num,
+            spp=cfg.spp,
+            width_mult=cfg.width_mult,
+            depth_mult=cfg.depth_mult,
+            dim_feedforward=cfg.dim_feedforward,
+            dropout=cfg.dropout,
+            activation=cfg.trans_activation,
+            nhead=cfg.nhead,
+            num_layers=cfg.num_layers,
+            use_trans=cfg.use_trans,
+        )
+        self.yolo_head = PPYOLOEHead(self.neck.out_channels, cfg)
+        self._init_convs()
+
+    def _init_convs(self) -> None:
+        # Paddle's Conv2D default is Normal(0, sqrt(2 / fan_in)); the head sets its own init.
+        head_convs = {id(m) for m in self.yolo_head.modules()}
+        skip = set()
+        if isinstance(self.backbone, Lite0Backbone):
+            skip = {id(m) for m in self.backbone.modules()}
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and id(m) not in head_convs and id(m) not in skip:
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for m in self.neck.modules():
+            if isinstance(m, nn.Linear):
+                bound = 1 / m.in_features**0.5  # ppdet's linear_init_
+                nn.init.uniform_(m.weight, -bound, bound)
+                nn.init.uniform_(m.bias, -bound, bound)
+
+    def head_outputs(self, images: torch.Tensor) -> HeadOutput:
+        """Raw head outputs for a batch of [0, 1] RGB images [B, 3, H, W] (H, W % 32 == 0)."""
+        return self.yolo_head(self.neck(self.backbone(images)))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores [B, L, C] and boxes [B, L, 4] in input pixels (before NMS)."""
+        return self.yolo_head.decode(self.head_outputs(images))
+
+    def loss(
+        self,
+        images: torch.Tensor,
+        gt_labels: torch.Tensor,
+        gt_bboxes: torch.Tensor,
+        pad_gt_mask: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Training loss dict (``loss`` is the weighted total)."""
+        return self.yolo_head.loss(self.head_outputs(images), gt_labels, gt_bboxes, pad_gt_mask)
+
+    @torch.no_grad()
+    def postprocess(
+        self,
+        scores: torch.Tensor,
+        boxes: torch.Tensor,
+        score_threshold: float | None = None,
+    ) -> list[torch.Tensor]:
+        """Per-image NMS with the config's SOD limits; rows (label, score, x1, y1, x2, y2)."""
+        thr = self.cfg.score_threshold if score_threshold is None else score_threshold
+        return [
+            multiclass_nms(
+                boxes[i],
+                scores[i].transpose(0, 1),
+                score_threshold=thr,
+                nms_threshold=self.cfg.nms_threshold,
+                nms_top_k=self.cfg.nms_top_k,
+                keep_top_k=self.cfg.keep_top_k,
+            )
+            for i in range(scores.shape[0])
+        ]
+
+    def convert_to_deploy(self) -> PPYOLOE:
+        """Re-parameterise every RepVGG block into a single conv (inference only)."""
+        for m in self.modules():
+            if isinstance(m, RepVggBlock):
+                m.convert_to_deploy()
+        return self
+
+
+def build_model(cfg: ModelConfig, pretrained_backbone: bool = True) -> PPYOLOE:
+    """Build a detector; ``pretrained_backbone`` only matters for the lite0 backbone."""
+    return PPYOLOE(cfg, pretrained_backbone=pretrained_backbone)

@@ -1,0 +1,46 @@
+"""Multi-class NMS with PaddleDetection's MultiClassNMS semantics."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.ops import nms
+
+
+def multiclass_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    score_threshold: float = 0.01,
+    nms_threshold: float = 0.6,
+    nms_top_k: int = 10000,
+    keep_top_k: int = 500,
+) -> torch.Tensor:
+    """Per-class greedy NMS for one image.
+
+    Args:
+        boxes: [L, 4] x1y1x2y2 shared by all classes.
+        scores: [C, L] per-class scores.
+    Returns:
+        [K, 6] rows of (label, score, x1, y1, x2, y2), sorted by score, K <= keep_top_k.
+
+    As in Paddle: per class keep scores > ``score_threshold``, at most ``nms_top_k`` by
+    score, suppress IoU > ``nms_threshold``; then keep the best ``keep_top_k`` over classes.
+    """
+    out = []
+    boxes = boxes.float()
+    for c in range(scores.shape[0]):
+        s = scores[c].float()
+        idx = torch.nonzero(s > score_threshold).flatten()
+        if idx.numel() == 0:
+            continue
+        if nms_top_k > -1 and idx.numel() > nms_top_k:
+            idx = idx[torch.topk(s[idx], nms_top_k).indices]
+        keep = idx[nms(boxes[idx], s[idx], nms_threshold)]
+        label = torch.full((keep.numel(), 1), float(c), device=boxes.device)
+        out.append(torch.cat([label, s[keep, None], boxes[keep]], dim=1))
+    if not out:
+        return boxes.new_zeros((0, 6))
+    dets = torch.cat(out)
+    order = torch.argsort(dets[:, 1], descending=True, stable=True)
+    if keep_top_k > -1:
+        order = order[:keep_top_k]
+    return dets[order]
