@@ -1,0 +1,1 @@
+"""Defect categories, annotations (labels), and later suggestions, reviews and dataset versions."""

@@ -1,0 +1,1 @@
+"""Loupe's Django project package and core app (projects, images, jobs)."""

@@ -1,0 +1,51 @@
+from django.urls import path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.routers import DefaultRouter
+
+from . import views
+
+router = DefaultRouter()
+router.register("projects", views.ProjectViewSet, basename="api-project")
+router.register("images", views.ImageViewSet, basename="api-image")
+router.register("jobs", views.JobViewSet, basename="api-job")
+
+categories = views.CategoryViewSet
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("me/", views.MeView.as_view(), name="api-me"),
+    path("projects/<int:pk>/members/", views.MemberListView.as_view(), name="api-members"),
+    path(
+        "projects/<int:pk>/members/<str:username>/",
+        views.MemberDetailView.as_view(),
+        name="api-member",
+    ),
+    path(
+        "projects/<int:project_pk>/categories/",
+        categories.as_view({"get": "list", "post": "create"}),
+        name="api-categories",
+    ),
+    path(
+        "projects/<int:project_pk>/categories/<int:pk>/",
+        categories.as_view({"get": "retrieve", "patch": "partial_update", "delete": "destroy"}),
+        name="api-category",
+    ),
+    path("projects/<int:pk>/images/", views.ProjectImagesView.as_view(), name="api-project-images"),
+    path(
+        "projects/<int:pk>/import/mvtec/", views.MvtecImportView.as_view(), name="api-import-mvtec"
+    ),
+    path(
+        "images/<int:pk>/thumbnail/", views.ImageThumbnailView.as_view(), name="api-image-thumbnail"
+    ),
+    path("images/<int:pk>/original/", views.ImageOriginalView.as_view(), name="api-image-original"),
+    path("images/<int:pk>/dzi/image.dzi", views.ImageDziView.as_view(), name="api-image-dzi"),
+    re_path(
+        r"^images/(?P<pk>\d+)/dzi/image_files/(?P<level>\d+)/(?P<col>\d+)_(?P<row>\d+)\.jpg$",
+        views.ImageTileView.as_view(),
+        name="api-image-tile",
+    ),
+    *router.urls,
+]

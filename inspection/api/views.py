@@ -1,0 +1,308 @@
+"""API views: authenticate, parse, call one service or selector, shape the answer."""
+
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.core.files.storage import default_storage
+from django.db.models import Count
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotations import services as category_services
+from annotations.models import DefectCategory
+from inspection import selectors
+from inspection.filters import ImageFilter, JobFilter
+from inspection.models import Image, Project, Role
+from inspection.permissions import is_site_admin, require_role
+from inspection.services import images as image_services
+from inspection.services import jobs as job_services
+from inspection.services import projects as project_services
+
+from . import serializers as s
+
+
+def _project(request, pk, minimum=Role.ANNOTATOR) -> Project:
+    project = get_object_or_404(Project, pk=pk)
+    require_role(request.user, project, minimum)
+    return project
+
+
+class ProjectViewSet(viewsets.ModelViewSet):
+    """Projects you are a member of (site admins: all)."""
+
+    serializer_class = s.ProjectSerializer
+    http_method_names = ["get", "post", "patch", "delete"]
+
+    def get_queryset(self):
+        return (
+            selectors.projects_visible_to(self.request.user)
+            .annotate(image_count=Count("images"))
+            .order_by("name")
+        )
+
+    def get_object(self):
+        return _project(self.request, self.kwargs["pk"])
+
+    def perform_create(self, serializer):
+        serializer.instance = project_services.project_create(
+            user=self.request.user, **serializer.validated_data
+        )
+
+    def perform_update(self, serializer):
+        serializer.instance = project_services.project_update(
+            user=self.request.user, project=serializer.instance, **serializer.validated_data
+        )
+
+    def perform_destroy(self, instance):
+        project_services.project_delete(user=self.request.user, project=instance)
+
+
+class MemberListView(APIView):
+    """GET the members of a project; POST {username, role} to add one or change a role."""
+
+    @extend_schema(responses=s.MembershipSerializer(many=True))
+    def get(self, request, pk):
+        project = _project(request, pk)
+        members = project.memberships.select_related("user")
+        return Response(s.MembershipSerializer(members, many=True).data)
+
+    @extend_schema(request=s.MemberWriteSerializer, responses=s.MembershipSerializer)
+    def post(self, request, pk):
+        project = _project(request, pk)
+        data = s.MemberWriteSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership = project_services.member_set(
+            user=request.user, project=project, **data.validated_data
+        )
+        return Response(s.MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+
+class MemberDetailView(APIView):
+    @extend_schema(responses={204: None})
+    def delete(self, request, pk, username):
+        project = _project(request, pk)
+        project_services.member_remove(user=request.user, project=project, username=username)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class CategoryViewSet(viewsets.ModelViewSet):
+    """Defect categories of a project."""
+
+    serializer_class = s.CategorySerializer
+    pagination_class = None
+    http_method_names = ["get", "post", "patch", "delete"]
+
+    def get_project(self):
+        return _project(self.request, self.kwargs["project_pk"])
+
+    def get_queryset(self):
+        return DefectCategory.objects.filter(project=self.get_project())
+
+    def perform_create(self, serializer):
+        serializer.instance = category_services.category_create(
+            user=self.request.user, project=self.get_project(), **serializer.validated_data
+        )
+
+    def perform_update(self, serializer):
+        serializer.instance = category_services.category_update(
+            user=self.request.user, category=serializer.instance, **serializer.validated_data
+        )
+
+    def perform_destroy(self, instance):
+        category_services.category_delete(user=self.request.user, category=instance)
+
+
+class ProjectImagesView(generics.ListAPIView):
+    """GET: the project's images (filters: state, split, category, name). POST: upload files or zips."""
+
+    serializer_class = s.ImageSerializer
+    filterset_class = ImageFilter
+    parser_classes = [MultiPartParser, FormParser]
+
+    def get_queryset(self):
+        project = _project(self.request, self.kwargs["pk"])
+        return Image.objects.filter(project=project).select_related("uploaded_by").order_by("id")
+
+    @extend_schema(request={"multipart/form-data": s.UploadSerializer}, responses={201: dict})
+    def post(self, request, pk):
+        project = _project(request, pk)
+        form = s.UploadSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        incoming = []
+        for f in form.validated_data["files"]:
+            incoming.append(image_services.IncomingFile(f.name, _local_path(f)))
+        report = image_services.images_upload(
+            user=request.user,
+            project=project,
+            files=incoming,
+            is_normal=form.validated_data["is_normal"],
+        )
+        body = report.to_dict()
+        counts = report.counts()
+        if counts["stored"]:
+            return Response(body, status=status.HTTP_201_CREATED)
+        if counts["rejected"] and not counts["duplicate"]:
+            first = next(f for f in report.files if f.status == "rejected")
+            body["error"] = f"No image was stored. {first.name}: {first.reason}"
+            return Response(body, status=status.HTTP_400_BAD_REQUEST)
+        return Response(body, status=status.HTTP_200_OK)
+
+
+def _local_path(uploaded) -> Path:
+    """Uploaded files on local disk (small ones arrive in memory: spill them)."""
+    if hasattr(uploaded, "temporary_file_path"):
+        return Path(uploaded.temporary_file_path())
+    import tempfile
+
+    tmp = tempfile.NamedTemporaryFile(
+        delete=False, prefix="loupe-", suffix=Path(uploaded.name).suffix
+    )
+    for chunk in uploaded.chunks():
+        tmp.write(chunk)
+    tmp.close()
+    uploaded._loupe_tmp = tmp.name
+    return Path(tmp.name)
+
+
+class MvtecImportView(APIView):
+    """Import an MVTec AD folder: upload it as a zip, or (site admins) name a server folder."""
+
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+
+    @extend_schema(request=s.MvtecImportSerializer, responses={202: s.JobSerializer})
+    def post(self, request, pk):
+        project = _project(request, pk, Role.ADMIN)
+        form = s.MvtecImportSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        if form.validated_data.get("path"):
+            path = selectors.import_path_allowed(request.user, form.validated_data["path"])
+            payload = {"path": str(path)}
+        else:
+            upload = form.validated_data["zip"]
+            spool = Path(settings.MEDIA_ROOT).parent / "imports"
+            spool.mkdir(parents=True, exist_ok=True)
+            import uuid
+
+            dest = spool / f"{uuid.uuid4()}.zip"
+            with open(dest, "wb") as fh:
+                for chunk in upload.chunks():
+                    fh.write(chunk)
+            payload = {"zip": str(dest), "name": upload.name}
+        job = job_services.job_enqueue(
+            kind="import_mvtec", user=request.user, project=project, payload=payload
+        )
+        return Response(
+            s.JobSerializer(job, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
+
+
+class ImageViewSet(
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """One image: read it, mark it normal / set its split, delete it."""
+
+    serializer_class = s.ImageSerializer
+    http_method_names = ["get", "patch", "delete"]
+    queryset = Image.objects.select_related("project", "uploaded_by")
+
+    def get_object(self):
+        image = get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
+        require_role(self.request.user, image.project, Role.ANNOTATOR)
+        return image
+
+    def perform_update(self, serializer):
+        serializer.instance = image_services.image_update(
+            user=self.request.user, image=serializer.instance, **serializer.validated_data
+        )
+
+    def perform_destroy(self, instance):
+        image_services.image_delete(user=self.request.user, image=instance)
+
+
+def _image_for(request, pk) -> Image:
+    image = get_object_or_404(Image.objects.select_related("project"), pk=pk)
+    require_role(request.user, image.project, Role.ANNOTATOR)
+    return image
+
+
+def _stored_file(name: str, content_type: str, *, immutable: bool = True) -> FileResponse:
+    if not name or not default_storage.exists(name):
+        raise Http404("Not generated yet.")
+    response = FileResponse(default_storage.open(name, "rb"), content_type=content_type)
+    response["Cache-Control"] = (
+        "private, max-age=31536000, immutable" if immutable else "private, no-cache"
+    )
+    return response
+
+
+class ImageThumbnailView(APIView):
+    @extend_schema(responses={(200, "image/jpeg"): bytes})
+    def get(self, request, pk):
+        return _stored_file(_image_for(request, pk).thumbnail_path, "image/jpeg")
+
+
+class ImageOriginalView(APIView):
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    def get(self, request, pk):
+        image = _image_for(request, pk)
+        response = _stored_file(image.file.name, f"image/{image.format}")
+        response["Content-Disposition"] = f'attachment; filename="{image.original_name}"'
+        return response
+
+
+class ImageDziView(APIView):
+    """The Deep Zoom descriptor; tiles live at .../image_files/<level>/<col>_<row>.jpg."""
+
+    @extend_schema(responses={(200, "application/xml"): str})
+    def get(self, request, pk):
+        return _stored_file(_image_for(request, pk).pyramid_path, "application/xml")
+
+
+class ImageTileView(APIView):
+    @extend_schema(responses={(200, "image/jpeg"): bytes})
+    def get(self, request, pk, level, col, row):
+        image = _image_for(request, pk)
+        if not image.pyramid_path:
+            raise Http404("Not generated yet.")
+        base = image.pyramid_path[: -len(".dzi")]
+        return _stored_file(f"{base}_files/{level}/{col}_{row}.jpg", "image/jpeg")
+
+
+class JobViewSet(viewsets.ReadOnlyModelViewSet):
+    """Background jobs you can see: status, progress, timings, errors; POST .../cancel/."""
+
+    serializer_class = s.JobSerializer
+    filterset_class = JobFilter
+
+    def get_queryset(self):
+        job_services.jobs_requeue_stale()
+        return selectors.jobs_visible_to(self.request.user).select_related("project", "created_by")
+
+    @extend_schema(request=None, responses=s.JobSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        job = job_services.job_cancel(user=request.user, job=self.get_object())
+        return Response(s.JobSerializer(job, context={"request": request}).data)
+
+
+class MeView(APIView):
+    """Who am I (handy for scripts checking their token)."""
+
+    @extend_schema(responses=dict)
+    def get(self, request):
+        return Response(
+            {"username": request.user.username, "site_admin": is_site_admin(request.user)}
+        )
+
+
+__all__ = ["PermissionDenied"]

@@ -1,0 +1,127 @@
+"""manage.py loupe_run: serve Loupe on one machine: web server, Celery worker and broker."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from inspection.redis_local import redis_answers, start_local_redis
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the web server (gunicorn), a Celery worker (queues cpu and gpu) and, if needed, Redis."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--bind", default="127.0.0.1:8000")
+        parser.add_argument("--web-workers", type=int, default=2)
+        parser.add_argument("--worker-concurrency", type=int, default=1)
+
+    def handle(self, *args, bind: str, web_workers: int, worker_concurrency: int, **options):
+        var = settings.BASE_DIR / "var"
+        var.mkdir(exist_ok=True)
+        procs: list[tuple[str, subprocess.Popen]] = []
+        if redis_answers(settings.REDIS_URL):
+            self.stdout.write(f"Redis answers at {settings.REDIS_URL}")
+        else:
+            self.stdout.write(f"No Redis at {settings.REDIS_URL}: starting a local one")
+            procs.append(("redis", start_local_redis(settings.REDIS_URL, var / "redis")))
+        call_command("collectstatic", interactive=False, verbosity=0)
+        login = self._ensure_admin(var)
+        queues = ",".join(settings.LOUPE_QUEUE_PREFIX + q for q in ("cpu", "gpu"))
+        procs.append(
+            (
+                "worker",
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "workers.celery",
+                        "worker",
+                        "-Q",
+                        queues,
+                        "--concurrency",
+                        str(worker_concurrency),
+                        "--loglevel",
+                        "INFO",
+                        "-n",
+                        "loupe@%h",
+                    ]
+                ),
+            )
+        )
+        procs.append(
+            (
+                "web",
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "gunicorn",
+                        "inspection.wsgi",
+                        "--bind",
+                        bind,
+                        "--workers",
+                        str(web_workers),
+                        "--threads",
+                        "4",
+                        "--timeout",
+                        "300",
+                        "--access-logfile",
+                        "-",
+                    ]
+                ),
+            )
+        )
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\nLoupe is running at http://{bind}/\n{login}\nPress Ctrl+C to stop.\n"
+            )
+        )
+        stopping = False
+
+        def stop(*_):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            while not stopping:
+                for name, proc in procs:
+                    if proc.poll() is not None:
+                        self.stderr.write(f"{name} exited with {proc.returncode}; stopping Loupe")
+                        stopping = True
+                time.sleep(0.5)
+        finally:
+            for _name, proc in reversed(procs):
+                if proc.poll() is None:
+                    proc.terminate()
+            for _name, proc in procs:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+    def _ensure_admin(self, var) -> str:
+        User = get_user_model()
+        secret_file = var / "admin-password.txt"
+        if not User.objects.filter(is_superuser=True).exists():
+            password = secrets.token_urlsafe(12)
+            User.objects.create_superuser("admin", "", password)
+            secret_file.write_text(password + "\n")
+            secret_file.chmod(0o600)
+        if secret_file.exists():
+            return f"Log in as 'admin' with the password in {secret_file} ({secret_file.read_text().strip()})"
+        return "Log in with your superuser account (manage.py createsuperuser makes one)."

@@ -1,0 +1,190 @@
+"""Core data: projects (one product category each), memberships, images and background jobs."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Role(models.TextChoices):
+    ANNOTATOR = "annotator", "Annotator"
+    REVIEWER = "reviewer", "Reviewer"
+    ADMIN = "admin", "Project admin"
+
+
+ROLE_RANK = {Role.ANNOTATOR: 1, Role.REVIEWER: 2, Role.ADMIN: 3}
+
+
+class Project(models.Model):
+    """One product category: its images, defect categories, members and (later) models."""
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A user's role in one project."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.ANNOTATOR)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user"], name="unique_membership"),
+        ]
+        ordering = ["project", "user__username"]
+
+    def __str__(self) -> str:
+        return f"{self.user} is {self.role} of {self.project}"
+
+
+def image_upload_path(instance: "Image", filename: str) -> str:
+    suffix = filename.rsplit(".", 1)[-1].lower() if "." in filename else "bin"
+    return f"projects/{instance.project_id}/originals/{instance.uid}.{suffix}"
+
+
+class Image(models.Model):
+    """An uploaded image. The original file is never modified; derived files sit beside it.
+
+    width/height are the displayed size, i.e. after EXIF orientation is applied; annotation
+    coordinates use that frame.
+    """
+
+    class Status(models.TextChoices):
+        NEW = "new", "New"
+        INSPECTED = "inspected", "Inspected"
+        LABELED = "labeled", "Labeled"
+        REVIEWED = "reviewed", "Reviewed"
+
+    class Split(models.TextChoices):
+        NONE = "", "None"
+        TRAIN = "train", "Train"
+        VAL = "val", "Validation"
+        TEST = "test", "Test"
+
+    class PyramidStatus(models.TextChoices):
+        PENDING = "pending", "Pending"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="images")
+    file = models.FileField(upload_to=image_upload_path, max_length=300)
+    original_name = models.CharField(max_length=500)
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.BigIntegerField()
+    format = models.CharField(max_length=10)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    channels = models.PositiveSmallIntegerField(default=3)
+    bit_depth = models.PositiveSmallIntegerField(default=8)
+    orientation = models.PositiveSmallIntegerField(default=1, help_text="EXIF orientation tag")
+    is_normal = models.BooleanField(
+        default=False, help_text="Defect-free: used to train anomaly models."
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.NEW)
+    split = models.CharField(max_length=10, choices=Split.choices, default="", blank=True)
+    source_group = models.CharField(
+        max_length=100, blank=True, help_text="Where it came from, e.g. MVTec 'test/crack'."
+    )
+    pyramid_status = models.CharField(
+        max_length=10, choices=PyramidStatus.choices, default=PyramidStatus.PENDING
+    )
+    pyramid_path = models.CharField(max_length=300, blank=True)
+    thumbnail_path = models.CharField(max_length=300, blank=True)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "sha256"], name="unique_image_per_project"),
+        ]
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["project", "status"]),
+            models.Index(fields=["project", "is_normal"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.original_name
+
+    @property
+    def megapixels(self) -> float:
+        return round(self.width * self.height / 1e6, 1)
+
+    @property
+    def derived_prefix(self) -> str:
+        return f"projects/{self.project_id}/derived/{self.uid}"
+
+
+class Job(models.Model):
+    """Background work. The row is the source of truth; Celery only carries its id."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=50)
+    queue = models.CharField(max_length=20)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0, help_text="0-100")
+    message = models.CharField(max_length=500, blank=True)
+    error = models.TextField(blank=True, help_text="What went wrong, in plain words.")
+    traceback = models.TextField(blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if not self.started_at:
+            return None
+        from django.utils import timezone
+
+        end = self.finished_at or timezone.now()
+        return round((end - self.started_at).total_seconds(), 2)

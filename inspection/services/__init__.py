@@ -1,0 +1,1 @@
+"""Domain rules of the core app. Views, serializers, tasks and commands call these functions."""

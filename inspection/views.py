@@ -1,0 +1,173 @@
+"""Server-rendered pages. Reads use selectors and FilterSets; writes call services."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.db.models import Count
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect, render
+
+from annotations import services as category_services
+from annotations.models import DefectCategory
+from inspection import selectors
+from inspection.filters import ImageFilter
+from inspection.models import Image, Job, Project, Role
+from inspection.permissions import has_role, require_role
+from inspection.services import jobs as job_services
+from inspection.services import projects as project_services
+
+
+def _errors(exc: ValidationError) -> str:
+    if hasattr(exc, "error_dict"):
+        return " ".join(f"{m}" for msgs in exc.message_dict.values() for m in msgs)
+    return " ".join(exc.messages)
+
+
+@login_required
+def home(request):
+    if request.method == "POST":
+        try:
+            project = project_services.project_create(
+                user=request.user,
+                name=request.POST.get("name", ""),
+                description=request.POST.get("description", ""),
+            )
+        except (ValidationError, PermissionDenied) as exc:
+            messages.error(request, _errors(exc) if isinstance(exc, ValidationError) else str(exc))
+        else:
+            messages.success(request, f"Project '{project.name}' created.")
+            return redirect("project-settings", pk=project.pk)
+    projects = (
+        selectors.projects_visible_to(request.user)
+        .annotate(
+            image_count=Count("images", distinct=True),
+            normal_count=Count("images", filter=models_q_normal(), distinct=True),
+        )
+        .order_by("name")
+    )
+    return render(request, "home.html", {"projects": projects})
+
+
+def models_q_normal():
+    from django.db.models import Q
+
+    return Q(images__is_normal=True)
+
+
+@login_required
+def project_images(request, pk):
+    project = get_object_or_404(Project, pk=pk)
+    role = require_role(request.user, project)
+    base = Image.objects.filter(project=project).order_by("id")
+    filterset = ImageFilter(request.GET, queryset=base)
+    filterset.form.fields["category"].widget.attrs["list"] = "categories"
+    page = Paginator(filterset.qs, 48).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "project_images.html",
+        {
+            "project": project,
+            "role": role,
+            "can_upload": has_role(request.user, project, Role.REVIEWER),
+            "filterset": filterset,
+            "page": page,
+            "query": query.urlencode(),
+            "categories": DefectCategory.objects.filter(project=project),
+            "total": base.count(),
+        },
+    )
+
+
+@login_required
+def project_settings(request, pk):
+    project = get_object_or_404(Project, pk=pk)
+    role = require_role(request.user, project)
+    if request.method == "POST":
+        require_role(request.user, project, Role.ADMIN)
+        action = request.POST.get("action")
+        try:
+            if action == "add-category":
+                category_services.category_create(
+                    user=request.user,
+                    project=project,
+                    name=request.POST.get("name", ""),
+                    color=request.POST.get("color", ""),
+                    shortcut=request.POST.get("shortcut") or None,
+                )
+            elif action == "delete-category":
+                category = get_object_or_404(
+                    DefectCategory, pk=request.POST.get("category"), project=project
+                )
+                category_services.category_delete(user=request.user, category=category)
+            elif action == "set-member":
+                project_services.member_set(
+                    user=request.user,
+                    project=project,
+                    username=request.POST.get("username", "").strip(),
+                    role=request.POST.get("role", ""),
+                )
+            elif action == "remove-member":
+                project_services.member_remove(
+                    user=request.user, project=project, username=request.POST.get("username", "")
+                )
+            else:
+                raise ValidationError("Unknown action.")
+        except ValidationError as exc:
+            messages.error(request, _errors(exc))
+        else:
+            messages.success(request, "Saved.")
+        return redirect("project-settings", pk=project.pk)
+    return render(
+        request,
+        "project_settings.html",
+        {
+            "project": project,
+            "role": role,
+            "is_admin": role == Role.ADMIN,
+            "categories": DefectCategory.objects.filter(project=project),
+            "members": project.memberships.select_related("user"),
+            "roles": Role.choices,
+        },
+    )
+
+
+@login_required
+def image_page(request, pk):
+    image = get_object_or_404(Image.objects.select_related("project"), pk=pk)
+    require_role(request.user, image.project)
+    ids = list(
+        Image.objects.filter(project=image.project).order_by("id").values_list("id", flat=True)
+    )
+    pos = ids.index(image.pk)
+    return render(
+        request,
+        "image.html",
+        {
+            "image": image,
+            "project": image.project,
+            "prev_id": ids[pos - 1] if pos > 0 else None,
+            "next_id": ids[pos + 1] if pos + 1 < len(ids) else None,
+            "annotations": image.annotations.select_related("category"),
+        },
+    )
+
+
+@login_required
+def jobs_page(request):
+    return render(request, "jobs.html", {"projects": selectors.projects_visible_to(request.user)})
+
+
+@login_required
+def job_page(request, pk):
+    job = get_object_or_404(Job.objects.select_related("project", "created_by"), pk=pk)
+    if not job_services.job_visible_to(request.user, job):
+        raise Http404("No such job.")
+    show_traceback = (
+        request.user.is_staff
+        or request.user.is_superuser
+        or (job.project_id and has_role(request.user, job.project, Role.ADMIN))
+    )
+    return render(request, "job.html", {"job": job, "show_traceback": show_traceback})

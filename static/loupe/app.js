@@ -1,0 +1,224 @@
+/* Loupe's page scripts: uploads with per-file progress, the jobs list, the deep-zoom viewer. */
+(function () {
+  "use strict";
+
+  function csrfToken() {
+    const m = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+
+  async function api(url, options) {
+    const opts = Object.assign({ credentials: "same-origin", headers: {} }, options || {});
+    if (opts.method && opts.method !== "GET") opts.headers["X-CSRFToken"] = csrfToken();
+    const res = await fetch(url, opts);
+    let body = null;
+    try { body = await res.json(); } catch (e) { body = null; }
+    if (!res.ok) {
+      const msg = (body && body.error) || res.status + " " + res.statusText;
+      throw new Error(msg);
+    }
+    return body;
+  }
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    Object.entries(attrs || {}).forEach(([k, v]) => {
+      if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+    });
+    (children || []).forEach((c) => node.appendChild(c));
+    return node;
+  }
+
+  /* Follow a job until it finishes; onUpdate(job) on every poll. */
+  function watchJob(jobId, onUpdate) {
+    return new Promise((resolve) => {
+      const tick = async () => {
+        try {
+          const job = await api("/api/jobs/" + jobId + "/");
+          onUpdate(job);
+          if (["succeeded", "failed", "cancelled"].includes(job.status)) return resolve(job);
+        } catch (e) { /* transient: try again */ }
+        setTimeout(tick, 700);
+      };
+      tick();
+    });
+  }
+
+  function uploadOne(url, file, isNormal, row) {
+    return new Promise((resolve) => {
+      const bar = row.querySelector("progress.upload");
+      const status = row.querySelector(".status");
+      const form = new FormData();
+      form.append("files", file, file.name);
+      form.append("is_normal", isNormal ? "true" : "false");
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", url);
+      xhr.setRequestHeader("X-CSRFToken", csrfToken());
+      xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total; };
+      xhr.onerror = () => { row.dataset.state = "error"; status.textContent = "network error: not uploaded"; resolve(); };
+      xhr.onload = () => {
+        let body = {};
+        try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
+        bar.value = 100;
+        const files = body.files || [];
+        const stored = files.filter((f) => f.status === "stored").length;
+        const problems = files.filter((f) => f.status !== "stored");
+        if (xhr.status >= 400 && !files.length) {
+          row.dataset.state = "error";
+          status.textContent = body.error || ("HTTP " + xhr.status);
+          return resolve();
+        }
+        status.textContent = stored ? stored + " stored" : "";
+        problems.forEach((f) => {
+          row.appendChild(el("div", { class: "reason " + f.status, text: f.name + ": " + f.status + " — " + f.reason }));
+        });
+        row.dataset.state = stored ? "uploaded" : (problems.some((f) => f.status === "rejected") ? "error" : "duplicate");
+        if (body.job) {
+          const jobBar = el("progress", { class: "job", max: "100", value: "0", title: "building the zoomable view" });
+          const jobText = el("span", { class: "job-status", text: "preparing zoomable view…" });
+          row.appendChild(el("div", { class: "jobline" }, [jobBar, jobText]));
+          watchJob(body.job, (job) => {
+            jobBar.value = job.progress;
+            jobText.textContent = job.status === "succeeded" ? "ready" : (job.status === "failed" ? "failed: " + job.error : job.message);
+          }).then((job) => { row.dataset.state = job.status === "succeeded" ? "ready" : "error"; resolve(); });
+        } else {
+          resolve();
+        }
+      };
+      xhr.send(form);
+    });
+  }
+
+  function initUploads() {
+    const box = document.getElementById("upload");
+    if (!box) return;
+    const url = box.dataset.url;
+    const list = document.getElementById("uploads");
+    const input = document.getElementById("file-input");
+    const zone = document.getElementById("dropzone");
+    const queue = [];
+    let running = 0;
+    const pump = () => {
+      while (running < 2 && queue.length) {
+        const [file, row] = queue.shift();
+        running += 1;
+        uploadOne(url, file, document.getElementById("upload-normal").checked, row).then(() => {
+          running -= 1;
+          pump();
+        });
+      }
+    };
+    const add = (files) => {
+      Array.from(files).forEach((file) => {
+        const row = el("li", { class: "upload-row", "data-name": file.name, "data-state": "queued" }, [
+          el("span", { class: "name", text: file.name }),
+          el("progress", { class: "upload", max: "100", value: "0" }),
+          el("span", { class: "status", text: "waiting" }),
+        ]);
+        list.appendChild(row);
+        queue.push([file, row]);
+      });
+      pump();
+    };
+    input.addEventListener("change", () => { add(input.files); input.value = ""; });
+    ["dragenter", "dragover"].forEach((ev) => zone.addEventListener(ev, (e) => { e.preventDefault(); zone.classList.add("over"); }));
+    ["dragleave", "drop"].forEach((ev) => zone.addEventListener(ev, (e) => { e.preventDefault(); zone.classList.remove("over"); }));
+    zone.addEventListener("drop", (e) => add(e.dataTransfer.files));
+  }
+
+  function initMvtecImport() {
+    const form = document.getElementById("mvtec-form");
+    if (!form) return;
+    const out = document.getElementById("mvtec-status");
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const data = new FormData(form);
+      if (!data.get("path")) data.delete("path");
+      if (data.get("zip") && !data.get("zip").size) data.delete("zip");
+      out.textContent = "Sending…";
+      try {
+        const job = await api(form.closest("[data-url]").dataset.url, { method: "POST", body: data });
+        const bar = el("progress", { max: "100", value: "0" });
+        const text = el("span", { text: "queued" });
+        out.replaceChildren(bar, text);
+        const done = await watchJob(job.id, (j) => { bar.value = j.progress; text.textContent = " " + (j.error || j.message); });
+        text.textContent = " " + done.status + ": " + (done.error || done.message);
+      } catch (err) {
+        out.textContent = "Import refused: " + err.message;
+      }
+    });
+  }
+
+  function fmtTime(iso) { return iso ? new Date(iso).toLocaleString() : "—"; }
+
+  function initJobs(userId, isSiteAdmin) {
+    const body = document.getElementById("jobs-body");
+    const filters = document.getElementById("job-filters");
+    const render = (jobs) => {
+      body.replaceChildren();
+      if (!jobs.length) body.appendChild(el("tr", {}, [el("td", { colspan: "8", text: "No jobs." })]));
+      jobs.forEach((job) => {
+        const bar = el("progress", { max: "100", value: String(job.progress) });
+        const link = el("a", { href: "/jobs/" + job.id + "/", text: job.kind });
+        const msg = el("div", { class: "hint", text: job.error || job.message });
+        const cancel = el("td");
+        if (["queued", "running"].includes(job.status) && !job.cancel_requested) {
+          const b = el("button", { class: "link danger", type: "button", text: "Cancel" });
+          b.addEventListener("click", async () => {
+            try { await api("/api/jobs/" + job.id + "/cancel/", { method: "POST" }); refresh(); }
+            catch (err) { alert(err.message); }
+          });
+          cancel.appendChild(b);
+        }
+        body.appendChild(el("tr", { "data-job": job.id, "data-status": job.status }, [
+          el("td", {}, [link, msg]),
+          el("td", { text: job.project_name || "—" }),
+          el("td", { class: "status-" + job.status, text: job.status }),
+          el("td", {}, [bar, el("span", { text: " " + Math.round(job.progress) + "%" })]),
+          el("td", { text: job.created_by || "—" }),
+          el("td", { text: fmtTime(job.created_at) }),
+          el("td", { text: job.duration_seconds == null ? "—" : job.duration_seconds + " s" }),
+          cancel,
+        ]));
+      });
+    };
+    const refresh = async () => {
+      const params = new URLSearchParams(new FormData(filters));
+      for (const [k, v] of Array.from(params.entries())) if (!v) params.delete(k);
+      params.set("limit", "100");
+      try { render((await api("/api/jobs/?" + params.toString())).results); } catch (e) { /* retry */ }
+    };
+    filters.addEventListener("change", refresh);
+    refresh();
+    setInterval(refresh, 1500);
+  }
+
+  function initViewer() {
+    const node = document.getElementById("viewer");
+    if (!node || !window.OpenSeadragon) return;
+    window.loupeViewer = OpenSeadragon({
+      element: node,
+      tileSources: node.dataset.dzi,
+      prefixUrl: node.dataset.prefix,
+      showNavigator: true,
+      navigatorPosition: "BOTTOM_RIGHT",
+      maxZoomPixelRatio: 8,
+      crossOriginPolicy: false,
+      loadTilesWithAjax: true,
+      ajaxWithCredentials: true,
+      imageLoaderLimit: 8,
+      immediateRender: false,
+      visibilityRatio: 0.5,
+    });
+    window.loupeViewer.addHandler("open", () => node.setAttribute("data-opened", "1"));
+    window.loupeViewer.world.addHandler("add-item", () => node.setAttribute("data-item", "1"));
+    window.loupeViewer.addHandler("tile-loaded", () => node.setAttribute("data-tile-loaded", "1"));
+    document.addEventListener("keydown", (e) => {
+      if (e.target.closest("input, textarea, select")) return;
+      if (e.key === "ArrowRight" && e.altKey) { const n = document.getElementById("next-image"); if (n) n.click(); }
+      if (e.key === "ArrowLeft" && e.altKey) { const p = document.getElementById("prev-image"); if (p) p.click(); }
+    });
+  }
+
+  window.Loupe = { api, watchJob, initUploads, initMvtecImport, initJobs, initViewer };
+})();

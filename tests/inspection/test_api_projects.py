@@ -1,0 +1,212 @@
+"""Projects, categories and members through the API, and the permission matrix."""
+
+import pytest
+
+from inspection.models import Membership, Project
+
+pytestmark = pytest.mark.django_db
+
+
+def test_create_project_makes_the_creator_its_admin(make_user, client_for):
+    alice = make_user("alice")
+    r = client_for(alice).post(
+        "/api/projects/", {"name": "Caps", "description": "bottle caps"}, format="json"
+    )
+    assert r.status_code == 201, r.content
+    assert r.json()["my_role"] == "admin"
+    assert Membership.objects.get(project__name="Caps", user=alice).role == "admin"
+    r = client_for(alice).post("/api/projects/", {"name": "caps"}, format="json")
+    assert r.status_code == 400
+    assert "already exists" in r.json()["error"]
+
+
+def test_project_list_shows_only_my_projects(team, client_for):
+    Project.objects.create(name="Secret")
+    names = [
+        p["name"] for p in client_for(team["annotator"]).get("/api/projects/").json()["results"]
+    ]
+    assert names == ["Bottles"]
+    names = [
+        p["name"] for p in client_for(team["site_admin"]).get("/api/projects/").json()["results"]
+    ]
+    assert names == ["Bottles", "Secret"]
+    assert client_for(team["outsider"]).get("/api/projects/").json()["results"] == []
+
+
+def test_unauthenticated_requests_are_refused_as_json(team, client_for):
+    r = client_for(None).get("/api/projects/")
+    assert r.status_code in (401, 403)
+    assert "credentials" in r.json()["error"].lower()
+
+
+def test_categories_with_colour_and_key(team, client_for):
+    admin, project = team["admin"], team["project"]
+    url = f"/api/projects/{project.pk}/categories/"
+    r = client_for(admin).post(
+        url, {"name": "scratch", "color": "#ff0000", "shortcut": "s"}, format="json"
+    )
+    assert r.status_code == 201, r.content
+    r = client_for(admin).post(url, {"name": "dent"}, format="json")
+    assert r.json()["shortcut"] == "1" and r.json()["color"].startswith("#")
+    r = client_for(admin).post(url, {"name": "Scratch"}, format="json")
+    assert r.status_code == 400 and "already has a category" in r.json()["error"]
+    r = client_for(admin).post(url, {"name": "chip", "shortcut": "s"}, format="json")
+    assert r.status_code == 400 and "taken" in r.json()["error"]
+    r = client_for(admin).post(url, {"name": "bad", "color": "red"}, format="json")
+    assert r.status_code == 400 and "colour" in r.json()["error"].lower()
+    got = client_for(team["annotator"]).get(url).json()
+    assert [c["name"] for c in got] == ["dent", "scratch"]
+    cid = got[1]["id"]
+    r = client_for(admin).patch(f"{url}{cid}/", {"color": "#00ff00"}, format="json")
+    assert r.status_code == 200 and r.json()["color"] == "#00ff00"
+    assert client_for(admin).delete(f"{url}{cid}/").status_code == 204
+
+
+def test_members_roles_and_last_admin(team, client_for):
+    admin, project = team["admin"], team["project"]
+    url = f"/api/projects/{project.pk}/members/"
+    r = client_for(admin).post(url, {"username": "otto", "role": "reviewer"}, format="json")
+    assert r.status_code == 201
+    r = client_for(admin).post(url, {"username": "otto", "role": "annotator"}, format="json")
+    assert r.json()["role"] == "annotator"
+    r = client_for(admin).post(url, {"username": "nobody", "role": "annotator"}, format="json")
+    assert r.status_code == 400 and "No user named" in r.json()["error"]
+    r = client_for(admin).post(url, {"username": "otto", "role": "boss"}, format="json")
+    assert r.status_code == 400
+    members = {m["username"]: m["role"] for m in client_for(team["annotator"]).get(url).json()}
+    assert members == {
+        "padmin": "admin",
+        "rita": "reviewer",
+        "ann": "annotator",
+        "otto": "annotator",
+    }
+    r = client_for(admin).delete(f"{url}padmin/")
+    assert r.status_code == 400 and "at least one admin" in r.json()["error"]
+    assert client_for(admin).delete(f"{url}otto/").status_code == 204
+
+
+# (who, method, url, body) -> expected status: the permission matrix.
+def _matrix(project_id, image_id):
+    p = f"/api/projects/{project_id}"
+    return [
+        (
+            "get",
+            f"{p}/",
+            None,
+            {"outsider": 404, "annotator": 200, "reviewer": 200, "admin": 200, "site_admin": 200},
+        ),
+        (
+            "get",
+            f"{p}/images/",
+            None,
+            {"outsider": 404, "annotator": 200, "reviewer": 200, "admin": 200, "site_admin": 200},
+        ),
+        (
+            "get",
+            f"/api/images/{image_id}/",
+            None,
+            {"outsider": 404, "annotator": 200, "reviewer": 200, "admin": 200, "site_admin": 200},
+        ),
+        (
+            "get",
+            f"/api/images/{image_id}/original/",
+            None,
+            {"outsider": 404, "annotator": 200, "reviewer": 200, "admin": 200, "site_admin": 200},
+        ),
+        (
+            "patch",
+            f"{p}/",
+            {"description": "x"},
+            {"outsider": 404, "annotator": 403, "reviewer": 403, "admin": 200, "site_admin": 200},
+        ),
+        (
+            "post",
+            f"{p}/categories/",
+            {"name": "c-{who}"},
+            {"outsider": 404, "annotator": 403, "reviewer": 403, "admin": 201, "site_admin": 201},
+        ),
+        (
+            "post",
+            f"{p}/members/",
+            {"username": "root", "role": "annotator"},
+            {"outsider": 404, "annotator": 403, "reviewer": 403},
+        ),
+        (
+            "patch",
+            f"/api/images/{image_id}/",
+            {"is_normal": True},
+            {"outsider": 404, "annotator": 403, "reviewer": 200, "admin": 200},
+        ),
+        (
+            "post",
+            f"{p}/import/mvtec/",
+            {"path": "/tmp"},
+            {"outsider": 404, "annotator": 403, "reviewer": 403, "admin": 403},
+        ),
+        (
+            "delete",
+            f"/api/images/{image_id}/",
+            None,
+            {"outsider": 404, "annotator": 403, "reviewer": 403},
+        ),
+        ("delete", f"{p}/", None, {"outsider": 404, "annotator": 403, "reviewer": 403}),
+    ]
+
+
+def test_permission_matrix(team, client_for, upload):
+    from tests.conftest import image_bytes
+
+    project = team["project"]
+    r = client_for(team["admin"]).post(
+        f"/api/projects/{project.pk}/images/",
+        {"files": [upload("a.png", image_bytes())]},
+        format="multipart",
+    )
+    image_id = r.json()["files"][0]["image_id"]
+    for method, url, body, expected in _matrix(project.pk, image_id):
+        for who, status in expected.items():
+            data = {
+                k: (v.format(who=who) if isinstance(v, str) else v) for k, v in (body or {}).items()
+            }
+            r = getattr(client_for(team[who]), method)(url, data, format="json")
+            assert r.status_code == status, (
+                f"{who} {method} {url}: {r.status_code} {r.content[:200]}"
+            )
+            if status in (403, 404):
+                body_json = r.json()
+                assert set(body_json) <= {"error", "detail"} and body_json["error"]
+                assert (
+                    "Bottles" not in str(body_json) or status == 403
+                )  # a 404 never leaks the project
+
+
+def test_annotator_cannot_upload_and_outsider_sees_nothing(team, client_for, upload):
+    from tests.conftest import image_bytes
+
+    url = f"/api/projects/{team['project'].pk}/images/"
+    r = client_for(team["annotator"]).post(
+        url, {"files": [upload("a.png", image_bytes())]}, format="multipart"
+    )
+    assert r.status_code == 403 and "reviewer role" in r.json()["error"]
+    r = client_for(team["outsider"]).post(
+        url, {"files": [upload("a.png", image_bytes())]}, format="multipart"
+    )
+    assert r.status_code == 404
+    assert team["project"].images.count() == 0
+
+
+def test_openapi_schema_and_docs(team, client):
+    client.force_login(team["admin"])
+    r = client.get("/api/schema/")
+    assert r.status_code == 200 and b"/api/projects/{id}/" in r.content
+    r = client.get("/api/docs/")
+    assert r.status_code == 200 and b"swagger" in r.content.lower()
+
+
+def test_token_auth_for_scripts(team, client):
+    r = client.post("/api/auth/token/", {"username": "padmin", "password": "correct-horse-battery"})
+    token = r.json()["token"]
+    r = client.get("/api/me/", HTTP_AUTHORIZATION=f"Token {token}")
+    assert r.json()["username"] == "padmin"
+    r = client.get("/api/projects/", HTTP_AUTHORIZATION="Token wrong")
+    assert r.status_code == 401 and r.json()["error"]
