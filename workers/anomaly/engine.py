@@ -1,0 +1,782 @@
+"""Train, load, predict: the engine's public entry points (re-exported by the package).
+
+Two geometry modes, chosen at training time and stored in the artifact:
+
+* ``scale=None`` ("whole image"): every image is resized to ``input_size`` x ``input_size``,
+  like anomalib's MVTec setup. Right when defects are large relative to the image.
+* ``scale=s`` ("tiled"): images are resized by the factor ``s`` (1.0 = native pixels) and covered
+  by overlapping ``input_size`` tiles, in training (random crops / the tile grid) and prediction
+  (the tile grid, batched, blended). Right for 8-24 MP images with small defects.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from . import nets
+from .errors import ConfigError, IncompatibleModelError, MissingWeightsError
+from .image_io import read_image, resize, specular_mask, to_rgb
+from .offline import configure_offline, distilled_teacher_path, official_teacher_path
+from .regions import Region, RegionConfig, extract_regions
+from .tiling import Stitcher, pad_to_tile, tile_grid
+
+logger = logging.getLogger(__name__)
+
+ARTIFACT_FORMAT = "loupe-anomaly"
+ARTIFACT_VERSION = 1
+ARTIFACT_NAME = "model.pt"
+
+ProgressCallback = Callable[[float, str], None]
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    """Default progress callback: does nothing."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides how a model is trained; stored in the artifact.
+
+    Defaults are for a GPU worker; on CPU lower ``steps`` (EfficientAD) or choose ``padim``.
+    """
+
+    model: str = "efficientad"
+    input_size: int = 256
+    scale: float | None = None
+    efficientad_size: str = "small"
+    teacher: str = "auto"
+    steps: int = 1000
+    batch_size: int = 1
+    learning_rate: float = 1e-4
+    patience: int = 0
+    max_seconds: float | None = None
+    penalty_dir: str | None = None
+    tile_overlap: float = 0.25
+    calibration_fraction: float = 0.15
+    pixel_quantile: float = 0.999
+    coreset_ratio: float = 0.1
+    max_memory_bank: int = 20_000
+    max_candidates: int = 200_000
+    padim_features: int = 100
+    seed: int = 0
+    device: str = "auto"
+    models_dir: str | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values that cannot work."""
+        if self.model not in nets.KINDS:
+            raise ConfigError(f"model must be one of {nets.KINDS}, not {self.model!r}")
+        minimum = 128 if self.model == "efficientad" else 64
+        if self.input_size < minimum or self.input_size % 32:
+            raise ConfigError(
+                f"input_size must be a multiple of 32 and >= {minimum} for {self.model}, "
+                f"not {self.input_size}"
+            )
+        if self.scale is not None and not 0 < self.scale <= 4:
+            raise ConfigError(f"scale must be in (0, 4] or None, not {self.scale}")
+        if not 0 <= self.tile_overlap < 0.9:
+            raise ConfigError("tile_overlap must be a fraction in [0, 0.9)")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("steps and batch_size must be >= 1")
+        if not 0 < self.pixel_quantile <= 1:
+            raise ConfigError("pixel_quantile must be in (0, 1]")
+
+
+@dataclass
+class PredictConfig:
+    """How one image is turned into a heatmap and regions. Nothing here changes the model."""
+
+    batch_size: int = 8
+    tile_overlap: float | None = None
+    heatmap_max_side: int = 1024
+    stitch_downsample: int = 2
+    regions: RegionConfig = field(default_factory=RegionConfig)
+    specular_mask: bool = False
+    specular_v_min: float = 240.0
+    specular_s_max: float = 30.0
+    allow_size_mismatch: bool = False
+    device: str = "auto"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` made: the artifact file and figures about the run."""
+
+    artifact_path: Path
+    model_id: str
+    metrics: dict
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable dict."""
+        return {"artifact_path": str(self.artifact_path), "model_id": self.model_id, **self.metrics}
+
+
+@dataclass
+class Prediction:
+    """Result for one image.
+
+    ``heatmap`` is ``uint8`` ``(h, w)`` at reduced resolution (long side at most
+    ``PredictConfig.heatmap_max_side``, never larger than the image), covering the whole image;
+    value 128 is the calibrated pixel threshold, 255 far above it. ``image_score`` is calibrated
+    the same way (0.5 = image threshold). Region coordinates are in original image pixels.
+    """
+
+    image_path: str
+    image_size: tuple[int, int]
+    image_score: float
+    is_anomalous: bool
+    heatmap: np.ndarray
+    regions: list[Region]
+    model_id: str
+    model_kind: str
+    params: dict
+    timings: dict
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable dict without the heatmap array (save it with ``save_heatmap``)."""
+        return {
+            "image_path": self.image_path,
+            "image_size": list(self.image_size),
+            "image_score": self.image_score,
+            "is_anomalous": self.is_anomalous,
+            "heatmap_size": list(self.heatmap.shape),
+            "regions": [r.to_dict() for r in self.regions],
+            "model_id": self.model_id,
+            "model_kind": self.model_kind,
+            "params": self.params,
+            "timings": self.timings,
+        }
+
+    def save_heatmap(self, path: str | Path) -> Path:
+        """Write the heatmap as an 8-bit grayscale PNG and return the path."""
+        path = Path(path)
+        if not cv2.imwrite(str(path), self.heatmap):
+            raise OSError(f"cannot write heatmap to {path}")
+        return path
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class _Phase:
+    """Maps a sub-task's 0..1 progress into a slice of the overall 0..1 bar."""
+
+    def __init__(self, progress: ProgressCallback, start: float, end: float) -> None:
+        self.progress, self.start, self.end = progress, start, end
+
+    def __call__(self, fraction: float, message: str) -> None:
+        fraction = min(1.0, max(0.0, fraction))
+        self.progress(self.start + (self.end - self.start) * fraction, message)
+
+
+@dataclass
+class Geometry:
+    """How an image maps onto network inputs; stored in the artifact."""
+
+    input_size: int
+    scale: float | None
+    tile_overlap: float
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """RGB float image in network space: resized to the tile (whole mode) or scaled+padded."""
+        rgb = to_rgb(image)
+        t = self.input_size
+        if self.scale is None:
+            return resize(rgb, t, t)
+        h, w = rgb.shape[:2]
+        hs, ws = max(1, round(h * self.scale)), max(1, round(w * self.scale))
+        if (hs, ws) != (h, w):
+            rgb = resize(rgb, hs, ws)
+        return pad_to_tile(rgb, t)
+
+    def scaled_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.scale is None:
+            return self.input_size, self.input_size
+        return max(1, round(height * self.scale)), max(1, round(width * self.scale))
+
+    def overlap_px(self, overlap: float | None = None) -> int:
+        frac = self.tile_overlap if overlap is None else overlap
+        return min(self.input_size - 1, int(round(frac * self.input_size)))
+
+
+def _to_tensor(tiles: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    array = np.stack(tiles).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+
+class _TrainImages:
+    """Training images in network space, cached in memory up to a budget, else re-read."""
+
+    def __init__(self, paths: Sequence[Path], geometry: Geometry, cache_bytes: int = 2 << 30):
+        self.paths = list(paths)
+        self.geometry = geometry
+        self.cache: dict[int, np.ndarray] = {}
+        self.cache_bytes = cache_bytes
+        self.used = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def get(self, i: int) -> np.ndarray:
+        if i in self.cache:
+            return self.cache[i]
+        img = self.geometry.prepare(read_image(self.paths[i]))
+        if self.used + img.nbytes <= self.cache_bytes:
+            self.cache[i] = img
+            self.used += img.nbytes
+        return img
+
+    def grid_batches(
+        self, batch_size: int, device: torch.device, progress: ProgressCallback | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Every grid tile of every image, batched (the tiles prediction will see)."""
+        t = self.geometry.input_size
+        overlap = self.geometry.overlap_px()
+        pending: list[np.ndarray] = []
+        for i in range(len(self)):
+            img = self.get(i)
+            for tile in tile_grid(img.shape[0], img.shape[1], t, overlap):
+                pending.append(img[tile.y : tile.y + t, tile.x : tile.x + t])
+                if len(pending) == batch_size:
+                    yield _to_tensor(pending, device)
+                    pending = []
+            if progress is not None:
+                progress((i + 1) / len(self), f"image {i + 1}/{len(self)}")
+        if pending:
+            yield _to_tensor(pending, device)
+
+    def count_tiles(self) -> int:
+        t, overlap = self.geometry.input_size, self.geometry.overlap_px()
+        total = 0
+        for i in range(len(self)):
+            h, w = self.get(i).shape[:2]
+            total += len(tile_grid(h, w, t, overlap))
+        return total
+
+    def random_crops(self, n: int, rng: np.random.Generator) -> torch.Tensor:
+        t = self.geometry.input_size
+        crops = []
+        for _ in range(n):
+            img = self.get(int(rng.integers(len(self))))
+            y = int(rng.integers(img.shape[0] - t + 1))
+            x = int(rng.integers(img.shape[1] - t + 1))
+            crops.append(img[y : y + t, x : x + t])
+        return _to_tensor(crops, torch.device("cpu"))
+
+
+def _penalty_source(
+    folder: str | None, size: int, rng: np.random.Generator
+) -> Callable[[int], torch.Tensor] | None:
+    """Random penalty images (EfficientAD's ImageNet term) from any folder of images, or None."""
+    if not folder:
+        return None
+    exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in exts)
+    if not files:
+        raise ConfigError(f"penalty_dir {folder} holds no images")
+
+    def sample(n: int) -> torch.Tensor:
+        out = []
+        for _ in range(n):
+            img = to_rgb(read_image(files[int(rng.integers(len(files)))]))
+            img = resize(img, 2 * size, 2 * size)
+            if rng.random() < 0.3:  # grayscale as in the paper's penalty transform
+                img = np.repeat(img.mean(axis=2, keepdims=True), 3, axis=2)
+            y, x = rng.integers(size + 1, size=2)
+            out.append(img[y : y + size, x : x + size])
+        return _to_tensor(out, torch.device("cpu"))
+
+    return sample
+
+
+def _resolve_teacher(config: TrainConfig) -> tuple[Path | None, str, int]:
+    """Teacher file, its provenance and its channel count for ``config.teacher``."""
+    size = config.efficientad_size
+    models_dir = Path(config.models_dir) if config.models_dir else None
+    official = official_teacher_path(size, models_dir)
+    distilled = distilled_teacher_path(size, models_dir)
+    choice = config.teacher
+    if choice == "random":
+        return None, "random", 384
+    if choice == "auto":
+        choice = "official" if official.is_file() else "distilled"
+        if choice == "distilled" and not distilled.is_file():
+            raise MissingWeightsError(
+                f"No EfficientAD teacher found. Expected the official file {official} (copy "
+                "pretrained_teacher_{size}.pth from anomalib's efficientad_pretrained_weights.zip "
+                "there) or a distilled one at "
+                f"{distilled} (make it with: python -m workers.anomaly distill-teacher "
+                f"--images <normal images folder> --size {size})."
+            )
+    if choice == "official":
+        if not official.is_file():
+            raise MissingWeightsError(
+                f"Official EfficientAD teacher not found: {official}. Copy "
+                f"pretrained_teacher_{size}.pth from anomalib's efficientad_pretrained_weights.zip "
+                "to that path, or use teacher='distilled'."
+            )
+        return official, "official", 384
+    if choice == "distilled":
+        if not distilled.is_file():
+            raise MissingWeightsError(
+                f"Distilled teacher not found: {distilled}. Make it with: python -m "
+                f"workers.anomaly distill-teacher --images <normal images folder> --size {size}"
+            )
+        return distilled, "distilled", nets.DISTILL_CHANNELS
+    path = Path(choice)
+    if not path.is_file():
+        raise MissingWeightsError(f"Teacher file not found: {path}")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    channels = int(blob.get("channels", 384)) if isinstance(blob, dict) else 384
+    return path, "file", channels
+
+
+def _build_net(kind: str, args: dict, pretrained: bool = False) -> torch.nn.Module:
+    if kind == "efficientad":
+        return nets.EfficientAdNet(args["size"], args["teacher_channels"])
+    if kind == "padim":
+        return nets.PadimNet(args["n_features"], pretrained=pretrained)
+    if kind == "patchcore":
+        return nets.PatchcoreNet(args["num_neighbors"], pretrained=pretrained)
+    raise IncompatibleModelError(f"unknown model kind {kind!r}")
+
+
+def _split(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Hold out ``fraction`` of the normal images for calibration (none when fewer than 4)."""
+    if len(paths) < 4 or fraction <= 0:
+        return paths, []
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(paths))
+    n_cal = max(1, int(round(fraction * len(paths))))
+    cal = [paths[i] for i in sorted(order[:n_cal])]
+    train = [paths[i] for i in sorted(order[n_cal:])]
+    return train, cal
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(
+    config: TrainConfig,
+    normal_image_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    progress: ProgressCallback | None = None,
+) -> TrainResult:
+    """Train a model on defect-free images and write ``<out_dir>/model.pt`` (+ ``model.json``).
+
+    ``progress(fraction, message)`` is called often; raising :class:`Cancelled` from it stops
+    training at once and nothing is written. Held-out normal images calibrate the scores.
+    """
+    progress = progress or _no_progress
+    config.validate()
+    configure_offline(Path(config.models_dir) if config.models_dir else None)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = resolve_device(config.device)
+    paths = [Path(p) for p in normal_image_paths]
+    if not paths:
+        raise ConfigError("no training images")
+    started = time.monotonic()
+    progress(0.0, f"reading {len(paths)} images")
+    info = _image_info(paths)
+    geometry = Geometry(config.input_size, config.scale, config.tile_overlap)
+    train_paths, cal_paths = _split(paths, config.calibration_fraction, config.seed)
+    images = _TrainImages(train_paths, geometry)
+    metrics: dict = {"train_images": len(train_paths), "calibration_images": len(cal_paths)}
+
+    kind = config.model
+    if kind == "efficientad":
+        teacher_path, teacher_source, channels = _resolve_teacher(config)
+        net_args = {"size": config.efficientad_size, "teacher_channels": channels}
+        net = _build_net(kind, net_args).to(device)
+        if teacher_path is not None:
+            nets.load_teacher(net, teacher_path, channels)
+        metrics["teacher"] = teacher_source
+        stats_phase = _Phase(progress, 0.02, 0.07)
+        nets.efficientad_teacher_stats(net, _limit(images.grid_batches(8, device), 64, stats_phase))
+        penalty = _penalty_source(config.penalty_dir, config.input_size, rng)
+        history = nets.train_efficientad(
+            net,
+            lambda n: images.random_crops(n, rng),
+            steps=config.steps,
+            batch_size=config.batch_size,
+            lr=config.learning_rate,
+            penalty_batch=penalty,
+            progress=_Phase(progress, 0.07, 0.85),
+            patience=config.patience,
+            max_seconds=config.max_seconds,
+            device=device,
+        )
+        metrics.update(history)
+        quant_images = _TrainImages(cal_paths or train_paths, geometry)
+        net.eval()
+        nets.efficientad_map_quantiles(
+            net, _limit(quant_images.grid_batches(8, device), 32, _Phase(progress, 0.85, 0.88))
+        )
+    elif kind == "padim":
+        net_args = {"n_features": config.padim_features}
+        net = _build_net(kind, net_args, pretrained=True).to(device)
+        metrics.update(
+            nets.fit_padim(net, images.grid_batches(8, device, _Phase(progress, 0.02, 0.85)))
+        )
+    else:
+        net_args = {"num_neighbors": 9}
+        net = _build_net(kind, net_args, pretrained=True).to(device)
+        expected = images.count_tiles() * _patches_per_tile(net, config.input_size, device)
+        metrics.update(
+            nets.fit_patchcore(
+                net,
+                images.grid_batches(8, device, _Phase(progress, 0.02, 0.6)),
+                expected_patches=expected,
+                coreset_ratio=config.coreset_ratio,
+                max_bank=config.max_memory_bank,
+                max_candidates=config.max_candidates,
+                seed=config.seed,
+                progress=_Phase(progress, 0.6, 0.85),
+            )
+        )
+    net.eval()
+    metrics["train_seconds"] = round(time.monotonic() - started, 2)
+
+    model_id = uuid.uuid4().hex
+    loaded = LoadedModel(
+        net=net,
+        kind=kind,
+        model_id=model_id,
+        geometry=geometry,
+        channels=info["channels"],
+        calibration={},
+        info=info,
+        device=device,
+        meta={},
+    )
+    progress(0.88, "calibrating")
+    calibration = _calibrate(
+        loaded, cal_paths or train_paths, config.pixel_quantile, _Phase(progress, 0.88, 0.99)
+    )
+    calibration["on_training_images"] = not cal_paths
+    loaded.calibration = calibration
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    artifact = {
+        "format": ARTIFACT_FORMAT,
+        "format_version": ARTIFACT_VERSION,
+        "model_id": model_id,
+        "kind": kind,
+        "net_args": net_args,
+        "train_config": asdict(config),
+        "geometry": asdict(geometry),
+        "channels": info["channels"],
+        "image_info": info,
+        "calibration": calibration,
+        "metrics": metrics,
+        "created_at": datetime.now(UTC).isoformat(),
+        "versions": _versions(),
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+    }
+    path = out / ARTIFACT_NAME
+    tmp = path.with_suffix(".tmp")
+    torch.save(artifact, tmp)
+    tmp.replace(path)  # atomic: a cancelled or crashed run never leaves half a model
+    meta = {k: v for k, v in artifact.items() if k != "state_dict"}
+    (out / "model.json").write_text(json.dumps(meta, indent=2, default=str))
+    progress(1.0, "done")
+    return TrainResult(artifact_path=path, model_id=model_id, metrics=metrics)
+
+
+def _limit(batches: Iterator[torch.Tensor], n: int, progress: ProgressCallback) -> Iterator:
+    for i, batch in enumerate(batches):
+        if i >= n:
+            return
+        progress((i + 1) / n, "statistics")
+        yield batch
+
+
+def _patches_per_tile(net: nets.PatchcoreNet, size: int, device: torch.device) -> int:
+    with torch.no_grad():
+        return int(net.embed(torch.zeros(1, 3, size, size, device=device)).shape[0])
+
+
+def _image_info(paths: list[Path]) -> dict:
+    """Channels (must agree) and size range of the training images."""
+    channels, sizes = set(), []
+    for p in paths:
+        img = read_image(p)
+        channels.add(img.shape[2])
+        sizes.append(img.shape[:2])
+    if len(channels) > 1:
+        raise ConfigError("training images mix grayscale and colour; convert them to one kind")
+    longs = [max(s) for s in sizes]
+    return {
+        "channels": channels.pop(),
+        "min_long_side": int(min(longs)),
+        "max_long_side": int(max(longs)),
+        "count": len(paths),
+    }
+
+
+def _versions() -> dict:
+    import anomalib
+    import timm
+
+    return {
+        "torch": str(torch.__version__),
+        "anomalib": str(anomalib.__version__),
+        "timm": str(timm.__version__),
+    }
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for :func:`predict` (returned by :func:`load_model`)."""
+
+    net: torch.nn.Module
+    kind: str
+    model_id: str
+    geometry: Geometry
+    channels: int
+    calibration: dict
+    info: dict
+    device: torch.device
+    meta: dict
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, mtime_ns: int, device: str) -> LoadedModel:
+    configure_offline()
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our artifact"
+        raise IncompatibleModelError(
+            f"{path} is not a readable Loupe anomaly model: {exc}"
+        ) from exc
+    if not isinstance(blob, dict) or blob.get("format") != ARTIFACT_FORMAT:
+        raise IncompatibleModelError(f"{path} is not a Loupe anomaly model artifact")
+    if blob.get("format_version") != ARTIFACT_VERSION:
+        raise IncompatibleModelError(
+            f"{path} has artifact version {blob.get('format_version')}, this code reads "
+            f"{ARTIFACT_VERSION}; retrain the model"
+        )
+    net = _build_net(blob["kind"], blob["net_args"])
+    net.load_state_dict(blob["state_dict"])
+    dev = resolve_device(device)
+    net.to(dev).eval()
+    return LoadedModel(
+        net=net,
+        kind=blob["kind"],
+        model_id=blob["model_id"],
+        geometry=Geometry(**blob["geometry"]),
+        channels=int(blob["channels"]),
+        calibration=blob["calibration"],
+        info=blob["image_info"],
+        device=dev,
+        meta={k: v for k, v in blob.items() if k != "state_dict"},
+    )
+
+
+def load_model(artifact_path: str | Path, device: str = "auto") -> LoadedModel:
+    """Load ``model.pt`` (or a folder holding it) once per process; later calls hit a cache.
+
+    The cache key includes the file's modification time, so a retrained file is reloaded.
+    """
+    path = Path(artifact_path)
+    if path.is_dir():
+        path = path / ARTIFACT_NAME
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"anomaly model not found: {path} (train one with: python -m workers.anomaly train)"
+        )
+    return _load_cached(str(path.resolve()), path.stat().st_mtime_ns, device)
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _check_compatible(model: LoadedModel, image: np.ndarray, path: str, allow: bool) -> None:
+    channels = image.shape[2]
+    if channels != model.channels:
+        kind = {1: "grayscale", 3: "colour"}
+        raise IncompatibleModelError(
+            f"{path}: image is {kind.get(channels, channels)} ({channels} channel(s)) but the "
+            f"model was trained on {kind.get(model.channels, model.channels)} images"
+        )
+    if allow:
+        return
+    long_side = max(image.shape[:2])
+    lo, hi = model.info["min_long_side"], model.info["max_long_side"]
+    if long_side < lo / 2 or long_side > hi * 2:
+        raise IncompatibleModelError(
+            f"{path}: image long side {long_side}px is outside the range the model was trained "
+            f"for ({lo}-{hi}px, x0.5-x2 tolerated); train a model for this image size or pass "
+            "allow_size_mismatch=True"
+        )
+
+
+@torch.no_grad()
+def raw_heatmap(
+    model: LoadedModel,
+    image: np.ndarray,
+    config: PredictConfig | None = None,
+    progress: ProgressCallback | None = None,
+) -> np.ndarray:
+    """Uncalibrated anomaly map of ``image`` at the reduced output resolution (float32)."""
+    config = config or PredictConfig()
+    progress = progress or _no_progress
+    geo = model.geometry
+    h, w = image.shape[:2]
+    out_h, out_w = heatmap_size(h, w, config.heatmap_max_side)
+    net_image = geo.prepare(image)
+    t = geo.input_size
+    device = model.device
+    if geo.scale is None:
+        raw = model.net(_to_tensor([net_image], device))[0, 0].float().cpu().numpy()
+        progress(1.0, "1/1 tiles")
+        return cv2.resize(raw, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    hs, ws = geo.scaled_size(h, w)
+    grid = tile_grid(net_image.shape[0], net_image.shape[1], t, geo.overlap_px(config.tile_overlap))
+    stitcher = Stitcher(net_image.shape[0], net_image.shape[1], t, config.stitch_downsample)
+    for start in range(0, len(grid), config.batch_size):
+        chunk = grid[start : start + config.batch_size]
+        batch = _to_tensor([net_image[c.y : c.y + t, c.x : c.x + t] for c in chunk], device)
+        maps = model.net(batch)[:, 0].float().cpu().numpy()
+        for tile, m in zip(chunk, maps, strict=True):
+            stitcher.add(tile, m)
+        done = start + len(chunk)
+        progress(done / len(grid), f"{done}/{len(grid)} tiles")
+    stitched = stitcher.result()
+    ds = stitcher.downsample
+    stitched = stitched[: max(1, math.ceil(hs / ds)), : max(1, math.ceil(ws / ds))]
+    return cv2.resize(stitched, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+
+
+def heatmap_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """Output heatmap size: the image shrunk so its long side is at most ``max_side``."""
+    factor = min(1.0, max_side / max(height, width))
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def normalise(raw: np.ndarray | float, lo: float, threshold: float) -> np.ndarray | float:
+    """Calibrated score: ``lo`` (typical normal) -> 0, ``threshold`` -> 0.5, clipped to [0, 1]."""
+    span = max(threshold - lo, 1e-6 * abs(threshold) + 1e-12)
+    return np.clip(0.5 + 0.5 * (np.asarray(raw) - threshold) / span, 0.0, 1.0)
+
+
+def _calibrate(
+    model: LoadedModel, paths: list[Path], quantile: float, progress: ProgressCallback
+) -> dict:
+    """Pixel and image thresholds from normal images (held out from training when possible)."""
+    pixels, image_scores = [], []
+    config = PredictConfig()
+    rng = np.random.default_rng(0)
+    for i, p in enumerate(paths):
+        raw = raw_heatmap(model, read_image(p), config)
+        flat = raw.ravel()
+        if flat.size > 200_000:
+            flat = rng.choice(flat, 200_000, replace=False)
+        pixels.append(flat)
+        image_scores.append(float(raw.max()))
+        progress((i + 1) / len(paths), f"calibration {i + 1}/{len(paths)}")
+    allpix = np.concatenate(pixels)
+    scores = np.asarray(image_scores)
+    pixel_lo = float(np.median(allpix))
+    pixel_thr = float(np.quantile(allpix, quantile))
+    image_lo = float(np.median(scores))
+    image_thr = float(scores.max())
+    if image_thr - image_lo < 0.05 * abs(image_thr):
+        # one image (or identical scores): the max alone says nothing about the spread
+        image_lo = image_thr - 0.05 * abs(image_thr) - 1e-9
+    return {
+        "pixel_lo": pixel_lo,
+        "pixel_threshold": pixel_thr,
+        "image_lo": image_lo,
+        "image_threshold": image_thr,
+        "pixel_quantile": quantile,
+        "images": len(paths),
+    }
+
+
+def predict(
+    model: LoadedModel | str | Path,
+    image_path: str | Path,
+    config: PredictConfig | None = None,
+    progress: ProgressCallback | None = None,
+    image: np.ndarray | None = None,
+) -> Prediction:
+    """Heatmap, score and candidate regions for one image at full resolution.
+
+    ``model`` is a :class:`LoadedModel` or an artifact path (loaded through the cache).
+    ``image`` may be passed already decoded (``read_image`` layout) to skip reading the file.
+    """
+    config = config or PredictConfig()
+    progress = progress or _no_progress
+    if not isinstance(model, LoadedModel):
+        model = load_model(model, config.device)
+    t0 = time.perf_counter()
+    if image is None:
+        image = read_image(image_path)
+    t_read = time.perf_counter()
+    _check_compatible(model, image, str(image_path), config.allow_size_mismatch)
+    raw = raw_heatmap(model, image, config, progress)
+    t_map = time.perf_counter()
+    cal = model.calibration
+    if config.specular_mask:
+        spec = specular_mask(image, config.specular_v_min, config.specular_s_max)
+        spec = cv2.resize(spec.astype(np.uint8), raw.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        spec = cv2.dilate(spec, np.ones((3, 3), np.uint8)) > 0
+        raw = np.where(spec, cal["pixel_lo"], raw)
+    calibrated = normalise(raw, cal["pixel_lo"], cal["pixel_threshold"]).astype(np.float32)
+    image_score = float(normalise(float(raw.max()), cal["image_lo"], cal["image_threshold"]))
+    regions = extract_regions(calibrated, image.shape[:2], config.regions)
+    heatmap = np.round(calibrated * 255).astype(np.uint8)
+    t_end = time.perf_counter()
+    megapixels = image.shape[0] * image.shape[1] / 1e6
+    params = {
+        "geometry": asdict(model.geometry),
+        "tile_overlap": config.tile_overlap,
+        "batch_size": config.batch_size,
+        "heatmap_max_side": config.heatmap_max_side,
+        "regions": asdict(config.regions),
+        "specular_mask": config.specular_mask,
+        "calibration": cal,
+    }
+    return Prediction(
+        image_path=str(image_path),
+        image_size=(int(image.shape[0]), int(image.shape[1])),
+        image_score=image_score,
+        is_anomalous=image_score >= 0.5,
+        heatmap=heatmap,
+        regions=regions,
+        model_id=model.model_id,
+        model_kind=model.kind,
+        params=params,
+        timings={
+            "read_s": round(t_read - t0, 4),
+            "heatmap_s": round(t_map - t_read, 4),
+            "total_s": round(t_end - t0, 4),
+            "megapixels": round(megapixels, 3),
+        },
+    )

@@ -1,0 +1,113 @@
+"""Reading images of any depth and layout into one float format, plus the specular mask.
+
+Images may be 8- or 16-bit, grayscale, RGB or RGBA, up to tens of megapixels. Everything is
+turned into ``float32`` in ``[0, 1]``, shape ``(H, W, C)`` with ``C`` 1 or 3, so the rest of the
+engine has one format to handle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import ImageReadError
+
+# cv2 refuses images above ~1 gigapixel by default; 24 MP is far below, but be explicit.
+MAX_PIXELS = 200_000_000
+
+
+def to_float(array: np.ndarray) -> np.ndarray:
+    """Scale an integer or float image array to ``float32`` in ``[0, 1]`` by its dtype range."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if np.issubdtype(array.dtype, np.floating):
+        return np.clip(array.astype(np.float32), 0.0, 1.0)
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        return (array.astype(np.float32) - info.min) / float(info.max - info.min)
+    raise ImageReadError(f"unsupported pixel type {array.dtype}")
+
+
+def normalise_layout(array: np.ndarray) -> np.ndarray:
+    """Return ``(H, W, 1)`` or ``(H, W, 3)``; drops alpha, collapses colour-less RGB is NOT done.
+
+    An RGB file whose three channels are equal stays RGB: the channel count is a property of the
+    product's camera, and the model checks it.
+    """
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim == 3 and array.shape[2] == 1:
+        return array
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return array[:, :, :3]
+    raise ImageReadError(f"unsupported image shape {array.shape}")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read ``path`` as ``float32`` RGB or grayscale in ``[0, 1]``, shape ``(H, W, C)``.
+
+    Raises :class:`ImageReadError` naming the file when it is missing, empty or undecodable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: file is empty")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array is None:
+        array = _read_with_pillow(path)
+    elif array.ndim == 3 and array.shape[2] >= 3:
+        # OpenCV decodes colour as BGR(A); the models were trained on RGB.
+        code = cv2.COLOR_BGRA2RGB if array.shape[2] == 4 else cv2.COLOR_BGR2RGB
+        array = cv2.cvtColor(array, code)
+    if array.shape[0] * array.shape[1] > MAX_PIXELS:
+        raise ImageReadError(f"{path}: {array.shape[1]}x{array.shape[0]} is larger than supported")
+    return to_float(normalise_layout(array))
+
+
+def _read_with_pillow(path: Path) -> np.ndarray:
+    """Fallback decoder for formats OpenCV lacks; raises ImageReadError on failure."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                return np.asarray(img).astype(np.uint16)
+            if img.mode not in ("L", "RGB", "RGBA"):
+                img = img.convert("RGB")
+            return np.asarray(img)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageReadError(f"{path}: cannot decode image ({exc})") from exc
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Replicate a single channel to three; the backbones all take RGB."""
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return image
+
+
+def specular_mask(image: np.ndarray, v_min: float = 240, s_max: float = 30) -> np.ndarray:
+    """Boolean mask of specular highlights: HSV value > ``v_min`` and saturation < ``s_max``.
+
+    Thresholds are on the 0..255 scale whatever the bit depth. For grayscale images saturation
+    is zero, so the mask is simply "very bright".
+    """
+    rgb8 = np.clip(to_rgb(image) * 255.0, 0, 255).astype(np.uint8)
+    hsv = cv2.cvtColor(rgb8, cv2.COLOR_RGB2HSV)
+    return (hsv[:, :, 2] > v_min) & (hsv[:, :, 1] < s_max)
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an ``(H, W, C)`` float image, area-averaging when shrinking (no aliasing)."""
+    h, w = image.shape[:2]
+    interp = cv2.INTER_AREA if height * width < h * w else cv2.INTER_LINEAR
+    out = cv2.resize(image, (width, height), interpolation=interp)
+    if out.ndim == 2:
+        out = out[:, :, None]
+    return out
