@@ -203,9 +203,11 @@ def celery_worker(transactional_db, redis_url, settings):
 
     from workers.celery import app
 
-    app.conf.broker_url = redis_url
-    # the producer may hold a pool to an old URL: drop it
-    app.pool.force_close_all()
+    if app.conf.broker_url != redis_url:
+        app.conf.broker_url = redis_url
+        if app._pool is not None:  # the producer holds connections to the old URL: drop them
+            app._pool.force_close_all()
+            app._pool = None
     env = dict(
         os.environ,
         DATABASE_URL=_database_url(),

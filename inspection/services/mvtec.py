@@ -55,12 +55,12 @@ def mask_to_polygons(mask: np.ndarray, *, min_area: float = 1.0) -> list[list[li
         pts = contour.reshape(-1, 2).astype(float)
         if len(pts) < 3 or cv2.contourArea(contour) < min_area:
             # a one- or two-pixel-wide speck: keep it as the box around its pixels
-            x0, y0 = pts.min(axis=0)
-            x1, y1 = pts.max(axis=0) + 1
+            x0, y0 = (float(v) for v in pts.min(axis=0))
+            x1, y1 = (float(v) + 1 for v in pts.max(axis=0))
             polygons.append([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
             continue
         # contour points are pixel centres; +0.5 puts them on the pixel grid of the image
-        polygons.append([[round(x + 0.5, 1), round(y + 0.5, 1)] for x, y in pts])
+        polygons.append([[round(float(x) + 0.5, 1), round(float(y) + 0.5, 1)] for x, y in pts])
     return polygons
 
 

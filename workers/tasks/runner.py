@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -120,7 +120,6 @@ def _finish(job: Job, **fields) -> None:
 
 def run_job(job_id: str, fn: Callable[[Job, JobContext], dict | None]) -> str:
     """Run ``fn`` for the job; return the final status (or 'skipped')."""
-    close_old_connections()
     job = _claim(job_id)
     if job is None:
         log.info(
