@@ -170,4 +170,12 @@ def job_page(request, pk):
         or request.user.is_superuser
         or (job.project_id and has_role(request.user, job.project, Role.ADMIN))
     )
-    return render(request, "job.html", {"job": job, "show_traceback": show_traceback})
+    return render(
+        request,
+        "job.html",
+        {
+            "job": job,
+            "show_traceback": show_traceback,
+            "kind_label": job_services.JOB_LABELS.get(job.kind, job.kind),
+        },
+    )

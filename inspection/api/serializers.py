@@ -109,6 +109,7 @@ class JobSerializer(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username", default=None, read_only=True)
     project_name = serializers.CharField(source="project.name", default=None, read_only=True)
     duration_seconds = serializers.FloatField(read_only=True)
+    kind_label = serializers.SerializerMethodField()
     traceback = serializers.SerializerMethodField()
 
     class Meta:
@@ -116,6 +117,7 @@ class JobSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "kind",
+            "kind_label",
             "queue",
             "status",
             "progress",
@@ -137,6 +139,11 @@ class JobSerializer(serializers.ModelSerializer):
             "worker",
         ]
         read_only_fields = fields
+
+    def get_kind_label(self, obj) -> str:
+        from inspection.services.jobs import JOB_LABELS
+
+        return JOB_LABELS.get(obj.kind, obj.kind)
 
     def get_traceback(self, obj) -> str | None:
         """Tracebacks are for admins (site admins and the project's admins)."""

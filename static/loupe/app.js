@@ -99,6 +99,9 @@
     const queue = [];
     let running = 0;
     const pump = () => {
+      if (!running && !queue.length && list.children.length && !document.getElementById("show-new")) {
+        list.after(el("a", { id: "show-new", href: window.location.href, text: "Show the new images in the grid ↻" }));
+      }
       while (running < 2 && queue.length) {
         const [file, row] = queue.shift();
         running += 1;
@@ -121,6 +124,9 @@
       pump();
     };
     input.addEventListener("change", () => { add(input.files); input.value = ""; });
+    const stale = () => { const a = document.getElementById("show-new"); if (a) a.remove(); };
+    input.addEventListener("click", stale);
+    zone.addEventListener("drop", stale);
     ["dragenter", "dragover"].forEach((ev) => zone.addEventListener(ev, (e) => { e.preventDefault(); zone.classList.add("over"); }));
     ["dragleave", "drop"].forEach((ev) => zone.addEventListener(ev, (e) => { e.preventDefault(); zone.classList.remove("over"); }));
     zone.addEventListener("drop", (e) => add(e.dataTransfer.files));
@@ -159,7 +165,7 @@
       if (!jobs.length) body.appendChild(el("tr", {}, [el("td", { colspan: "8", text: "No jobs." })]));
       jobs.forEach((job) => {
         const bar = el("progress", { max: "100", value: String(job.progress) });
-        const link = el("a", { href: "/jobs/" + job.id + "/", text: job.kind });
+        const link = el("a", { href: "/jobs/" + job.id + "/", text: job.kind_label });
         const msg = el("div", { class: "hint", text: job.error || job.message });
         const cancel = el("td");
         if (["queued", "running"].includes(job.status) && !job.cancel_requested) {

@@ -1,0 +1,92 @@
+"""Server-rendered pages: what a person sees, and that outsiders see nothing."""
+
+import pytest
+
+from annotations.models import DefectCategory
+from inspection.models import Job, Membership, Project
+
+pytestmark = pytest.mark.django_db
+
+
+def test_login_required(client):
+    r = client.get("/")
+    assert r.status_code == 302 and r.url.startswith("/login/")
+
+
+def test_create_project_and_set_it_up_from_the_browser(make_user, client):
+    make_user("ann")
+    boss = make_user("boss")
+    client.force_login(boss)
+    r = client.post("/", {"name": "Castings", "description": "aluminium"}, follow=True)
+    assert "Project &#x27;Castings&#x27; created." in r.content.decode()
+    project = Project.objects.get(name="Castings")
+    url = f"/projects/{project.pk}/settings/"
+    r = client.post(
+        url,
+        {"action": "add-category", "name": "porosity", "color": "#112233", "shortcut": "p"},
+        follow=True,
+    )
+    assert "porosity" in r.content.decode()
+    r = client.post(
+        url, {"action": "add-category", "name": "porosity", "color": "#112233"}, follow=True
+    )
+    assert "already has a category" in r.content.decode()
+    r = client.post(
+        url, {"action": "set-member", "username": "ann", "role": "annotator"}, follow=True
+    )
+    assert Membership.objects.get(project=project, user__username="ann").role == "annotator"
+    cat = DefectCategory.objects.get(project=project)
+    assert (cat.color, cat.shortcut) == ("#112233", "p")
+    home = client.get("/").content.decode()
+    assert "Castings" in home and "aluminium" in home
+
+
+def test_pages_hide_projects_from_outsiders_and_forms_from_annotators(team, client):
+    project = team["project"]
+    client.force_login(team["outsider"])
+    for url in (f"/projects/{project.pk}/", f"/projects/{project.pk}/settings/"):
+        assert client.get(url).status_code == 404
+    assert "Bottles" not in client.get("/").content.decode()
+    client.force_login(team["annotator"])
+    page = client.get(f"/projects/{project.pk}/settings/").content.decode()
+    assert "Add category" not in page and "Import an MVTec AD folder" not in page
+    r = client.post(f"/projects/{project.pk}/settings/", {"action": "add-category", "name": "x"})
+    assert r.status_code == 403
+    grid = client.get(f"/projects/{project.pk}/").content.decode()
+    assert 'id="upload"' not in grid  # annotators do not upload
+
+
+def test_job_page_shows_traceback_to_admins_only(team, client):
+    job = Job.objects.create(
+        kind="pyramid",
+        queue="cpu",
+        project=team["project"],
+        status="failed",
+        error="The file vanished.",
+        traceback="Traceback XYZ",
+    )
+    client.force_login(team["annotator"])
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert "The file vanished." in page and "Traceback XYZ" not in page
+    client.force_login(team["admin"])
+    assert "Traceback XYZ" in client.get(f"/jobs/{job.pk}/").content.decode()
+    client.force_login(team["outsider"])
+    assert client.get(f"/jobs/{job.pk}/").status_code == 404
+
+
+def test_image_grid_filters(team, client, client_for, upload):
+    from tests.conftest import image_bytes
+
+    client_for(team["admin"]).post(
+        f"/projects/{team['project'].pk}/images/".replace("/projects", "/api/projects"),
+        {"files": [upload("n.png", image_bytes(seed=1))], "is_normal": "true"},
+        format="multipart",
+    )
+    client_for(team["admin"]).post(
+        f"/api/projects/{team['project'].pk}/images/",
+        {"files": [upload("t.png", image_bytes(seed=2))]},
+        format="multipart",
+    )
+    client.force_login(team["annotator"])
+    page = client.get(f"/projects/{team['project'].pk}/", {"state": "normal"}).content.decode()
+    assert "n.png" in page and "t.png" not in page and "1 of 2 images" in page
