@@ -1,8 +1,8 @@
 """API views: authenticate, parse, call one service or selector, shape the answer."""
 
+import uuid
 from pathlib import Path
 
-from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
 from django.db.models import Count
@@ -136,14 +136,19 @@ class ProjectImagesView(generics.ListAPIView):
         form = s.UploadSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         incoming = []
-        for f in form.validated_data["files"]:
-            incoming.append(image_services.IncomingFile(f.name, _local_path(f)))
-        report = image_services.images_upload(
-            user=request.user,
-            project=project,
-            files=incoming,
-            is_normal=form.validated_data["is_normal"],
-        )
+        try:
+            for f in form.validated_data["files"]:
+                incoming.append(image_services.IncomingFile(f.name, _local_path(f)))
+            report = image_services.images_upload(
+                user=request.user,
+                project=project,
+                files=incoming,
+                is_normal=form.validated_data["is_normal"],
+            )
+        finally:
+            for f in form.validated_data["files"]:
+                if getattr(f, "_loupe_tmp", None):
+                    Path(f._loupe_tmp).unlink(missing_ok=True)
         body = report.to_dict()
         counts = report.counts()
         if counts["stored"]:
@@ -186,15 +191,9 @@ class MvtecImportView(APIView):
             payload = {"path": str(path)}
         else:
             upload = form.validated_data["zip"]
-            spool = Path(settings.MEDIA_ROOT).parent / "imports"
-            spool.mkdir(parents=True, exist_ok=True)
-            import uuid
-
-            dest = spool / f"{uuid.uuid4()}.zip"
-            with open(dest, "wb") as fh:
-                for chunk in upload.chunks():
-                    fh.write(chunk)
-            payload = {"zip": str(dest), "name": upload.name}
+            # through storage, so that a worker on another machine can read it
+            name = default_storage.save(f"projects/{project.pk}/imports/{uuid.uuid4()}.zip", upload)
+            payload = {"zip": name, "name": upload.name}
         job = job_services.job_enqueue(
             kind="import_mvtec", user=request.user, project=project, payload=payload
         )
@@ -255,9 +254,14 @@ class ImageOriginalView(APIView):
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
     def get(self, request, pk):
         image = _image_for(request, pk)
-        response = _stored_file(image.file.name, f"image/{image.format}")
-        response["Content-Disposition"] = f'attachment; filename="{image.original_name}"'
-        return response
+        if not default_storage.exists(image.file.name):
+            raise Http404("The original file is missing.")
+        return FileResponse(
+            default_storage.open(image.file.name, "rb"),
+            as_attachment=True,
+            filename=image.original_name,
+            content_type=f"image/{image.format}",
+        )
 
 
 class ImageDziView(APIView):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from django.core.files.storage import default_storage
 from django.core.management import call_command
 from PIL import Image as PILImage
 
@@ -137,7 +138,7 @@ def test_api_import_zip_starts_a_job(team, client_for, upload, tmp_path):
     )
     assert r.status_code == 202, r.content
     job = Job.objects.get(pk=r.json()["id"])
-    assert job.kind == "import_mvtec" and Path(job.payload["zip"]).exists()
+    assert job.kind == "import_mvtec" and default_storage.exists(job.payload["zip"])
     # run it here, as a worker would
     from workers.tasks.imports import import_mvtec
     from workers.tasks.runner import run_job
@@ -145,7 +146,7 @@ def test_api_import_zip_starts_a_job(team, client_for, upload, tmp_path):
     assert run_job(str(job.pk), import_mvtec.body) == "succeeded"
     job.refresh_from_db()
     assert job.result["normal"] == 3 and job.result["annotations"] == 2
-    assert not Path(job.payload["zip"]).exists()
+    assert not default_storage.exists(job.payload["zip"])
 
 
 def test_api_server_path_import_is_for_site_admins_under_allowed_roots(

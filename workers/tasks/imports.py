@@ -6,10 +6,12 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.files.storage import default_storage
 
 from inspection.models import Job
 from inspection.services.images import images_enqueue_derivatives
 from inspection.services.mvtec import MvtecLayoutError, mvtec_import
+from inspection.storage import local_copy
 from inspection.ziputil import ZipRejected, safe_extract_tree
 from workers.tasks.runner import JobContext, JobError, job_task
 
@@ -31,13 +33,14 @@ def import_mvtec(job: Job, ctx: JobContext) -> dict:
             tmp = Path(tempfile.mkdtemp(prefix="loupe-mvtec-"))
             ctx.progress(0.0, "Unpacking the zip", force=True)
             try:
-                extracted = safe_extract_tree(
-                    job.payload["zip"],
-                    tmp,
-                    max_entries=settings.LOUPE_ZIP_MAX_ENTRIES,
-                    max_total_bytes=settings.LOUPE_ZIP_MAX_TOTAL_BYTES,
-                    max_ratio=settings.LOUPE_ZIP_MAX_RATIO,
-                )
+                with local_copy(job.payload["zip"]) as archive:
+                    extracted = safe_extract_tree(
+                        archive,
+                        tmp,
+                        max_entries=settings.LOUPE_ZIP_MAX_ENTRIES,
+                        max_total_bytes=settings.LOUPE_ZIP_MAX_TOTAL_BYTES,
+                        max_ratio=settings.LOUPE_ZIP_MAX_RATIO,
+                    )
             except ZipRejected as exc:
                 raise JobError(f"The zip was refused: {exc}") from None
             root = _single_top_folder(tmp)
@@ -67,5 +70,5 @@ def import_mvtec(job: Job, ctx: JobContext) -> dict:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        if job.payload.get("zip"):
-            Path(job.payload["zip"]).unlink(missing_ok=True)
+        if job.payload.get("zip") and default_storage.exists(job.payload["zip"]):
+            default_storage.delete(job.payload["zip"])
