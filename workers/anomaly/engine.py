@@ -79,7 +79,8 @@ class TrainConfig:
         """Raise :class:`ConfigError` for values that cannot work."""
         if self.model not in nets.KINDS:
             raise ConfigError(f"model must be one of {nets.KINDS}, not {self.model!r}")
-        minimum = 128 if self.model == "efficientad" else 64
+        # EfficientAD's autoencoder ends in an 8x8 convolution at 1/32 scale: 256 px minimum.
+        minimum = 256 if self.model == "efficientad" else 64
         if self.input_size < minimum or self.input_size % 32:
             raise ConfigError(
                 f"input_size must be a multiple of 32 and >= {minimum} for {self.model}, "

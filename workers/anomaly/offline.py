@@ -53,8 +53,9 @@ def configure_offline(models_dir: Path | None = None) -> Path:
 
 def official_teacher_path(size: str = "small", models_dir: Path | None = None) -> Path:
     """Where anomalib (and we) look for the official EfficientAD teacher of ``size``."""
-    configure_offline(models_dir)
-    cache = Path(os.environ["XDG_CACHE_HOME"])
+    root = configure_offline(models_dir)
+    # An explicit models_dir wins over the process-wide XDG_CACHE_HOME (tests, several projects).
+    cache = root / "cache" if models_dir else Path(os.environ["XDG_CACHE_HOME"])
     return (
         cache
         / "anomalib"

@@ -50,8 +50,9 @@ class RegionConfig:
 
 
 def _kernel(pixels: float) -> np.ndarray | None:
-    size = int(round(pixels))
-    if size < 2:
+    # odd sizes keep the structuring element centred (an even one shifts regions by a pixel)
+    size = 2 * int(pixels // 2) + 1
+    if size < 3:
         return None
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
 

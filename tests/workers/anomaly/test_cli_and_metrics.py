@@ -1,0 +1,129 @@
+"""The CLI end to end on a tiny MVTec-layout folder, and the metric functions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from workers.anomaly.__main__ import main
+from workers.anomaly.metrics import au_pro, image_auroc, pixel_auroc, region_recall
+from workers.anomaly.regions import Region
+
+from .conftest import add_defect, save, texture
+
+pytestmark = pytest.mark.ml
+
+
+def tiny_mvtec(root: Path) -> None:
+    for d in ("train/good", "test/good", "test/hole", "ground_truth/hole"):
+        (root / d).mkdir(parents=True)
+    for i in range(5):
+        save(texture(96, 96, i), root / "train" / "good" / f"{i:03d}.png")
+    save(texture(96, 96, 20), root / "test" / "good" / "000.png")
+    for i, (cy, cx) in enumerate([(30, 30), (60, 70)]):
+        save(
+            add_defect(texture(96, 96, 30 + i), cy, cx, 8), root / "test" / "hole" / f"{i:03d}.png"
+        )
+        mask = np.zeros((96, 96), np.uint8)
+        cv2.circle(mask, (cx, cy), 8, 255, -1)
+        cv2.imwrite(str(root / "ground_truth" / "hole" / f"{i:03d}_mask.png"), mask)
+
+
+def test_cli_train_predict_evaluate(tmp_path: Path, capsys):
+    data = tmp_path / "data"
+    tiny_mvtec(data)
+    model = tmp_path / "model"
+    args = ["--threads", "1", "--quiet"]
+    assert (
+        main(
+            [
+                *args,
+                "train",
+                "--images",
+                str(data / "train/good"),
+                "--out",
+                str(model),
+                "--model",
+                "padim",
+                "--input-size",
+                "64",
+                "--scale",
+                "1.0",
+            ]
+        )
+        == 0
+    )
+    trained = json.loads(capsys.readouterr().out)
+    assert Path(trained["artifact_path"]).is_file()
+
+    out = tmp_path / "pred"
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"junk")
+    code = main(
+        [
+            *args,
+            "predict",
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            str(data / "test/hole/000.png"),
+            str(bad),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 1  # one image failed ...
+    assert "bad.png" in captured.err
+    result = json.loads((out / "000.json").read_text())  # ... the other was still written
+    assert result["regions"] and (out / "000_heatmap.png").is_file()
+
+    assert main([*args, "evaluate", "--model", str(model), "--dataset", str(data)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["images"] == 3
+    assert metrics["image_auroc"] == 1.0
+    assert metrics["region_recall"] == 1.0
+
+
+def test_cli_reports_missing_teacher_as_an_error(tmp_path: Path, capsys, monkeypatch):
+    data = tmp_path / "imgs"
+    data.mkdir()
+    save(texture(64, 64, 0), data / "a.png")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("LOUPE_MODELS_DIR", str(tmp_path / "empty-models"))
+    code = main(["--quiet", "train", "--images", str(data), "--out", str(tmp_path / "m")])
+    assert code == 2
+    assert "distill-teacher" in capsys.readouterr().err
+
+
+def test_metrics_on_known_maps():
+    mask = np.zeros((20, 20), bool)
+    mask[5:10, 5:10] = True
+    perfect = mask.astype(np.float32)
+    noise = np.random.default_rng(0).random((20, 20)).astype(np.float32)
+    assert pixel_auroc([perfect], [mask]) == 1.0
+    assert au_pro([perfect], [mask]) == pytest.approx(1.0, abs=0.02)
+    assert au_pro([noise], [mask]) < 0.5
+    assert image_auroc([0.1, 0.9], [False, True]) == 1.0
+    assert image_auroc([0.9, 0.1], [False, True]) == 0.0
+    assert image_auroc([0.5], [True]) is None
+
+
+def test_region_recall_respects_the_false_region_budget():
+    def square(x: float, y: float, score: float) -> Region:
+        poly = [[x, y], [x + 4, y], [x + 4, y + 4], [x, y + 4]]
+        return Region([x, y, 4, 4], poly, 16, score, score)
+
+    mask = np.zeros((40, 40), bool)
+    mask[2:8, 2:8] = True  # region A
+    mask[30:36, 30:36] = True  # region B
+    defect_regions = [square(3, 3, 0.9), square(31, 31, 0.6)]
+    normal_regions = [square(10, 10, 0.7)]  # one false region on the only good image
+    stats = region_recall([defect_regions, normal_regions], [mask, None], max_false=1.0)
+    assert stats.gt_regions == 2 and stats.recall == 1.0
+    strict = region_recall([defect_regions, normal_regions], [mask, None], max_false=0.0)
+    assert strict.recall == 0.5  # the 0.6 hit is below the false 0.7 peak
+    assert strict.false_per_normal_image == 0.0

@@ -1,0 +1,171 @@
+"""Train -> save -> load -> predict on tiny synthetic data, for every model kind.
+
+Models train for a few steps only: these tests check behaviour (geometry, calibration, errors,
+cancellation), not accuracy, which benchmarks/anomaly.py measures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from workers.anomaly import (
+    Cancelled,
+    ImageReadError,
+    IncompatibleModelError,
+    MissingWeightsError,
+    PredictConfig,
+    TrainConfig,
+    distill_teacher,
+    load_model,
+    predict,
+    train,
+)
+from workers.anomaly.regions import RegionConfig
+
+from .conftest import add_defect, save, texture
+
+pytestmark = pytest.mark.ml
+
+
+def test_defect_on_a_tile_seam_is_found_once(padim_tiled, tmp_path: Path):
+    model = load_model(padim_tiled.artifact_path)
+    assert model.geometry.scale == 1.0 and model.geometry.input_size == 64
+    # 256 px wide, 64 px tiles, 16 px overlap -> tiles start at 0, 48, 96, 144, 192: the
+    # stretch 48..64 is shared by two tiles; a defect centred at x=56 straddles the seam.
+    img = add_defect(texture(128, 256, 99, 1), 64, 56, 7)
+    path = save(img, tmp_path / "seam.png", bits=16)
+    pred = predict(model, path, PredictConfig(regions=RegionConfig(min_area=20)))
+    assert len(pred.regions) == 1, [r.to_dict() for r in pred.regions]
+    x, y, w, h = pred.regions[0].box
+    assert x <= 56 <= x + w and y <= 64 <= y + h
+    assert w < 128  # localised: not the whole 256 px width
+    assert pred.is_anomalous
+
+    normal = predict(model, save(texture(128, 256, 98, 1), tmp_path / "ok.png", bits=16))
+    assert normal.image_score < pred.image_score
+    assert not normal.regions
+
+
+def test_prediction_output_formats(padim_tiled, tmp_path: Path):
+    img = add_defect(texture(128, 256, 97, 1), 30, 200, 6)
+    path = save(img, tmp_path / "d.png", bits=16)
+    pred = predict(padim_tiled.artifact_path, path, PredictConfig(heatmap_max_side=128))
+    assert pred.heatmap.dtype == np.uint8 and pred.heatmap.shape == (64, 128)
+    data = json.loads(json.dumps(pred.to_dict()))
+    assert data["image_size"] == [128, 256]
+    assert data["model_id"] == padim_tiled.model_id
+    assert data["params"]["geometry"]["input_size"] == 64
+    png = pred.save_heatmap(tmp_path / "h.png")
+    back = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint8 and back.shape == (64, 128)
+    # the top region holds the defect, and the heatmap is hot there
+    x, y, w, h = pred.regions[0].box
+    assert x <= 200 <= x + w and y <= 30 <= y + h
+    assert pred.heatmap[15, 100] >= 128
+
+
+def test_calibration_is_stored_and_normals_sit_below_threshold(padim_tiled, gray16_normals):
+    model = load_model(padim_tiled.artifact_path)
+    cal = model.calibration
+    assert cal["images"] >= 1 and not cal["on_training_images"]
+    assert cal["pixel_lo"] < cal["pixel_threshold"]
+    assert cal["image_lo"] < cal["image_threshold"]
+    meta = json.loads((padim_tiled.artifact_path.parent / "model.json").read_text())
+    assert meta["calibration"] == pytest.approx(cal)
+    pred = predict(model, gray16_normals[0])
+    assert np.mean(pred.heatmap >= 128) < 0.01  # almost no normal pixel above threshold
+
+
+def test_load_model_is_cached(padim_tiled):
+    assert load_model(padim_tiled.artifact_path) is load_model(padim_tiled.artifact_path.parent)
+
+
+def test_wrong_channels_and_size_give_clear_errors(padim_tiled, tmp_path: Path):
+    rgb = save(texture(128, 256, 5, 3), tmp_path / "rgb.png")
+    with pytest.raises(IncompatibleModelError, match="colour.*grayscale"):
+        predict(padim_tiled.artifact_path, rgb)
+    big = save(texture(128, 1200, 5, 1), tmp_path / "big.png")
+    with pytest.raises(IncompatibleModelError, match="1200px"):
+        predict(padim_tiled.artifact_path, big)
+    ok = predict(padim_tiled.artifact_path, big, PredictConfig(allow_size_mismatch=True))
+    assert ok.heatmap.shape == (109, 1024)  # long side capped at heatmap_max_side
+
+
+def test_unreadable_image_and_bad_artifact(padim_tiled, tmp_path: Path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG broken")
+    with pytest.raises(ImageReadError, match="bad.png"):
+        predict(padim_tiled.artifact_path, bad)
+    junk = tmp_path / "junk" / "model.pt"
+    junk.parent.mkdir()
+    torch.save({"hello": 1}, junk)
+    with pytest.raises(IncompatibleModelError, match="not a Loupe"):
+        load_model(junk)
+    with pytest.raises(MissingWeightsError, match="python -m workers.anomaly train"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_patchcore_tiled_rgb(rgb_normals, tmp_path: Path):
+    config = TrainConfig(model="patchcore", input_size=64, scale=1.0, coreset_ratio=0.05)
+    result = train(config, rgb_normals, tmp_path)
+    assert 0 < result.metrics["memory_bank"] <= result.metrics["patches_seen"] * 0.05 + 1
+    img = save(add_defect(texture(128, 128, 50), 60, 70, 8), tmp_path / "d.png")
+    pred = predict(result.artifact_path, img, PredictConfig(regions=RegionConfig(min_area=20)))
+    assert pred.regions
+    x, y, w, h = pred.regions[0].box
+    assert x <= 70 <= x + w and y <= 60 <= y + h
+
+
+def test_efficientad_with_distilled_teacher(rgb_normals, tmp_path: Path):
+    """distill-teacher -> train EfficientAD on it -> predict, a couple of steps each."""
+    teacher = tmp_path / "teacher.pth"
+    info = distill_teacher(rgb_normals, teacher, steps=2, batch_size=2, crop_size=128)
+    assert teacher.is_file() and info["steps"] == 2
+    config = TrainConfig(model="efficientad", input_size=256, steps=2, teacher=str(teacher))
+    result = train(config, rgb_normals, tmp_path / "model")
+    assert result.metrics["steps_done"] == 2
+    pred = predict(result.artifact_path, rgb_normals[0])
+    assert pred.heatmap.shape == (128, 128)  # image size, not the 256 px input
+    assert 0.0 <= pred.image_score <= 1.0
+
+
+def test_missing_teacher_names_the_file_and_the_command(rgb_normals, tmp_path: Path):
+    config = TrainConfig(model="efficientad", input_size=256, steps=1, models_dir=str(tmp_path))
+    with pytest.raises(MissingWeightsError) as err:
+        train(config, rgb_normals, tmp_path / "m")
+    message = str(err.value)
+    assert "pretrained_teacher_small.pth" in message
+    assert "distill-teacher" in message and str(tmp_path) in message
+
+
+def test_cancellation_stops_training_promptly_and_writes_nothing(rgb_normals, tmp_path: Path):
+    calls = []
+
+    def progress(fraction: float, message: str) -> None:
+        calls.append(message)
+        if message.startswith("step 2/"):
+            raise Cancelled("user pressed cancel")
+
+    config = TrainConfig(model="efficientad", input_size=256, steps=50, teacher="random")
+    with pytest.raises(Cancelled):
+        train(config, rgb_normals, tmp_path, progress)
+    assert calls[-1].startswith("step 2/")
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_cancellation_stops_prediction(padim_tiled, gray16_normals):
+    seen = []
+
+    def progress(fraction: float, message: str) -> None:
+        seen.append(fraction)
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        predict(padim_tiled.artifact_path, gray16_normals[0], PredictConfig(batch_size=2), progress)
+    assert len(seen) == 1 and seen[0] < 1
