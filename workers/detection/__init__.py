@@ -1,0 +1,96 @@
+"""PP-YOLOE+-SOD small-object detector in PyTorch (training, sliced inference, COCO eval).
+
+A plain library: no Django, no Celery. Typical use from a job::
+
+    from workers.detection import ModelConfig, TrainConfig, train, Detector, evaluate
+
+    result = train("train.json", "model.pt", image_root="images/", progress=callback)
+    detector = Detector.load(result.artifact)
+    detections = detector.predict_sliced(big_image, slice_size=640, overlap=0.25)
+
+Heavy imports (torch, sahi, pycocotools) happen when the names are first used, so importing
+the package itself is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import Cancelled, DetectionDataError, DetectionError, WeightsNotFound
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .artifact import load_artifact, read_artifact, save_artifact
+    from .config import ModelConfig, TrainConfig
+    from .convert import ConversionReport, convert_pdparams, convert_state_dict, read_pdparams
+    from .data import Category, CocoDetectionDataset
+    from .evaluate import EvalResult, evaluate
+    from .inference import Detection, Detector
+    from .model import PPYOLOE, build_model
+    from .onnx_export import OnnxDetector, export_onnx
+    from .sahi_model import LoupeSahiModel
+    from .train import ProgressCallback, TrainResult, train
+
+_LAZY = {
+    "ModelConfig": "config",
+    "TrainConfig": "config",
+    "PPYOLOE": "model",
+    "build_model": "model",
+    "Category": "data",
+    "CocoDetectionDataset": "data",
+    "train": "train",
+    "TrainResult": "train",
+    "ProgressCallback": "train",
+    "Detector": "inference",
+    "Detection": "inference",
+    "evaluate": "evaluate",
+    "EvalResult": "evaluate",
+    "LoupeSahiModel": "sahi_model",
+    "save_artifact": "artifact",
+    "load_artifact": "artifact",
+    "read_artifact": "artifact",
+    "convert_pdparams": "convert",
+    "convert_state_dict": "convert",
+    "read_pdparams": "convert",
+    "ConversionReport": "convert",
+    "export_onnx": "onnx_export",
+    "OnnxDetector": "onnx_export",
+}
+
+__all__ = [
+    "Cancelled",
+    "DetectionDataError",
+    "DetectionError",
+    "WeightsNotFound",
+    "ModelConfig",
+    "TrainConfig",
+    "PPYOLOE",
+    "build_model",
+    "Category",
+    "CocoDetectionDataset",
+    "train",
+    "TrainResult",
+    "ProgressCallback",
+    "Detector",
+    "Detection",
+    "evaluate",
+    "EvalResult",
+    "LoupeSahiModel",
+    "save_artifact",
+    "load_artifact",
+    "read_artifact",
+    "convert_pdparams",
+    "convert_state_dict",
+    "read_pdparams",
+    "ConversionReport",
+    "export_onnx",
+    "OnnxDetector",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -116,7 +116,9 @@ class TaskAlignedAssignerCR:
         device = pred_scores.device
         if num_max_boxes == 0:
             return Assignment(
-                labels=torch.full((batch_size, num_anchors), bg_index, dtype=torch.long, device=device),
+                labels=torch.full(
+                    (batch_size, num_anchors), bg_index, dtype=torch.long, device=device
+                ),
                 bboxes=torch.zeros(batch_size, num_anchors, 4, device=device),
                 scores=torch.zeros(batch_size, num_anchors, num_classes, device=device),
                 mask_positive=torch.zeros(batch_size, 0, num_anchors, device=device),
@@ -137,11 +139,13 @@ class TaskAlignedAssignerCR:
         # Boxes too small to contain any anchor point fall back to the centre region, which is
         # what lets tiny objects get positives at all.
         candidate_metrics = torch.where(
-            is_in_gts.sum(-1, keepdim=True) == 0, alignment_metrics + is_in_center, alignment_metrics
+            is_in_gts.sum(-1, keepdim=True) == 0,
+            alignment_metrics + is_in_center,
+            alignment_metrics,
         )
-        mask_positive = gather_topk_anchors(
-            candidate_metrics, self.topk, topk_mask=pad_gt_mask
-        ) * ((is_in_center > 0) | (is_in_gts > 0)).to(pred_scores.dtype)
+        mask_positive = gather_topk_anchors(candidate_metrics, self.topk, topk_mask=pad_gt_mask) * (
+            (is_in_center > 0) | (is_in_gts > 0)
+        ).to(pred_scores.dtype)
 
         mask_positive_sum = mask_positive.sum(dim=-2)
         if mask_positive_sum.max() > 1:

@@ -44,7 +44,9 @@ class ConvBNLayer(nn.Module):
         act: str | None = None,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(ch_in, ch_out, filter_size, stride, padding, groups=groups, bias=False)
+        self.conv = nn.Conv2d(
+            ch_in, ch_out, filter_size, stride, padding, groups=groups, bias=False
+        )
         self.bn = nn.BatchNorm2d(ch_out)
         self.act = get_act(act)
 

@@ -144,7 +144,9 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:

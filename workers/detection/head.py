@@ -58,8 +58,12 @@ def generate_anchors_for_grid_cell(
     for feat, stride in zip(feats, fpn_strides, strict=True):
         _, _, h, w = feat.shape
         half = grid_cell_size * stride * 0.5
-        shift_x = (torch.arange(w, device=feat.device, dtype=torch.float32) + grid_cell_offset) * stride
-        shift_y = (torch.arange(h, device=feat.device, dtype=torch.float32) + grid_cell_offset) * stride
+        shift_x = (
+            torch.arange(w, device=feat.device, dtype=torch.float32) + grid_cell_offset
+        ) * stride
+        shift_y = (
+            torch.arange(h, device=feat.device, dtype=torch.float32) + grid_cell_offset
+        ) * stride
         shift_y, shift_x = torch.meshgrid(shift_y, shift_x, indexing="ij")
         anchor = torch.stack([shift_x - half, shift_y - half, shift_x + half, shift_y + half], -1)
         anchors.append(anchor.reshape(-1, 4))

@@ -1,0 +1,92 @@
+"""Training smoke test: the tiny model overfits a synthetic set; progress and cancellation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workers.detection import Cancelled
+from workers.detection.artifact import read_artifact
+from workers.detection.config import TrainConfig
+from workers.detection.evaluate import evaluate
+from workers.detection.inference import Detector
+from workers.detection.train import lr_at, param_groups, train
+
+from .conftest import tiny_model_config
+
+pytestmark = pytest.mark.ml
+
+
+def test_overfits_tiny_set_loss_falls_and_boxes_found(trained: dict) -> None:
+    history = trained["result"].history
+    first = sum(h["loss"] for h in history[:5]) / 5
+    last = sum(h["loss"] for h in history[-5:]) / 5
+    assert last < 0.4 * first, (first, last)
+
+    det = Detector.load(trained["path"], device="cpu")
+    res = evaluate(det, trained["coco"])
+    assert res.map50 > 0.8, res
+    assert res.map > 0.5, res
+
+
+def test_progress_reports_fractions_and_epoch_metrics(trained: dict) -> None:
+    calls = trained["calls"]
+    fractions = [c[0] for c in calls]
+    assert fractions == sorted(fractions)
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    epoch_metrics = [c[2] for c in calls if c[2] is not None]
+    assert len(epoch_metrics) == 120
+    assert {"loss", "loss_cls", "loss_iou", "loss_dfl", "lr", "epoch"} <= set(epoch_metrics[0])
+
+
+def test_artifact_holds_weights_config_and_categories(trained: dict) -> None:
+    payload = read_artifact(trained["path"])
+    assert [c["name"] for c in payload["categories"]] == ["red", "blue"]
+    assert payload["model_config"]["num_classes"] == 2
+    assert payload["model_config"]["reg_range"] == [-2, 8]
+    assert "backbone.stem.conv1.conv.weight" in payload["state_dict"]
+
+
+def test_cancel_from_callback_stops_without_artifact(synthetic_coco: Path, tmp_path: Path) -> None:
+    seen = []
+
+    def progress(fraction: float, message: str, metrics: dict | None) -> None:
+        seen.append(fraction)
+        if metrics is not None:  # cancel at the end of the first epoch
+            raise Cancelled("user asked")
+
+    out = tmp_path / "m.pt"
+    with pytest.raises(Cancelled):
+        train(
+            synthetic_coco,
+            out,
+            model_config=tiny_model_config(),
+            train_config=TrainConfig(epochs=5, batch_size=8, train_sizes=(128,)),
+            progress=progress,
+        )
+    assert not out.exists()
+    assert len(seen) == 2
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    assert lr_at(0, 0.01, 10, 100) == 0.0
+    assert lr_at(5, 0.01, 10, 100) == pytest.approx(0.005)
+    assert lr_at(10, 0.01, 10, 100) == pytest.approx(0.01 * 0.5 * (1 + 0.9510565162951535))
+    assert lr_at(50, 0.01, 10, 100) == pytest.approx(0.005)
+    assert lr_at(100, 0.01, 10, 100) == pytest.approx(0.0)
+
+
+def test_no_weight_decay_on_batchnorm() -> None:
+    from torch import nn
+
+    from workers.detection.model import build_model
+
+    model = build_model(tiny_model_config())
+    decay, no_decay = param_groups(model, 5e-4)
+    bn = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+    assert {id(p) for p in no_decay["params"]} == bn
+    assert not bn & {id(p) for p in decay["params"]}
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    # the fixed DFL projection is not trained
+    assert id(model.yolo_head.proj_conv.weight) not in {id(p) for p in decay["params"]}

@@ -1,0 +1,229 @@
+"""Command line: ``python -m workers.detection train|evaluate|predict|convert|export-onnx``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _progress(fraction: float, message: str, metrics: dict[str, Any] | None) -> None:
+    line = f"[{fraction * 100:5.1f}%] {message}"
+    if metrics:
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+        line += f" {json.dumps(shown)}"
+    print(line, flush=True)
+
+
+def _model_config(args: argparse.Namespace, num_classes: int) -> Any:
+    from .config import ModelConfig
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "eval_size", None):
+        overrides["eval_size"] = args.eval_size
+    if args.config:
+        return ModelConfig.from_ppdet_yaml(args.config, num_classes=num_classes, **overrides)
+    presets = {"s": ModelConfig.sod_s, "l": ModelConfig.sod_l, "lite0": ModelConfig.lite0}
+    return presets[args.model](num_classes, **overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
+    from .data import CocoDetectionDataset
+    from .train import train
+
+    split = args.split
+    image_filter = (lambda img: img.get("official_split") == split) if split else None
+    ds = CocoDetectionDataset(args.coco, args.images, image_filter=image_filter)
+    mcfg = _model_config(args, len(ds.categories))
+    tcfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        base_lr=args.lr,
+        device=args.device,
+        max_iters_per_epoch=args.max_iters,
+        pretrained=args.pretrained,
+        seed=args.seed,
+    )
+    result = train(
+        args.coco,
+        args.output,
+        image_root=args.images,
+        model_config=mcfg,
+        train_config=tcfg,
+        image_filter=image_filter,
+        progress=_progress,
+    )
+    print(json.dumps({"artifact": str(result.artifact), "seconds": round(result.seconds, 1)}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    from .inference import Detector
+
+    split = args.split
+    image_filter = (lambda img: img.get("official_split") == split) if split else None
+    det = Detector.load(args.model, device=args.device)
+    res = evaluate(
+        det,
+        args.coco,
+        image_root=args.images,
+        image_filter=image_filter,
+        slice_size=args.slice_size,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+    )
+    print(
+        json.dumps(
+            {
+                "mAP": round(res.map, 4),
+                "mAP50": round(res.map50, 4),
+                "AP_small": round(res.ap_small, 4),
+                "images": res.num_images,
+                "ms_per_image": round(res.ms_per_image, 1),
+                "per_class_AP50": {k: round(v, 4) for k, v in res.per_class_ap50.items()},
+            }
+        )
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import Detector
+
+    det = Detector.load(args.model, device=args.device)
+    for image in args.images:
+        dets = det.predict_sliced(
+            image,
+            slice_size=args.slice_size,
+            overlap=args.overlap,
+            score_threshold=args.score,
+            batch_size=args.batch_size,
+        )
+        print(
+            json.dumps(
+                {
+                    "image": image,
+                    "detections": [
+                        {
+                            "bbox_xyxy": [round(v, 1) for v in (d.x1, d.y1, d.x2, d.y2)],
+                            "score": round(d.score, 4),
+                            "category_id": d.category_id,
+                            "category": d.category_name,
+                        }
+                        for d in dets
+                    ],
+                }
+            )
+        )
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_pdparams
+
+    names = args.categories.split(",") if args.categories else None
+    num_classes = len(names) if names else args.num_classes
+    mcfg = _model_config(args, num_classes)
+    rep = convert_pdparams(args.pdparams, args.output, mcfg, names, strict=not args.lenient)
+    print(
+        json.dumps(
+            {
+                "output": args.output,
+                "loaded": rep.loaded,
+                "transposed": len(rep.transposed),
+                "missing": rep.missing,
+                "unexpected": rep.unexpected,
+                "mismatched": rep.mismatched,
+            }
+        )
+    )
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .onnx_export import export_onnx
+
+    print(export_onnx(args.model, args.output, size=args.size))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser."""
+    p = argparse.ArgumentParser(prog="python -m workers.detection", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", choices=["s", "l", "lite0"], default="s", help="preset")
+        sp.add_argument("--config", help="PaddleDetection PP-YOLOE yml (overrides --model)")
+        sp.add_argument("--eval-size", type=int, default=None, help="inference input size")
+
+    t = sub.add_parser("train", help="train on a COCO JSON file")
+    t.add_argument("coco")
+    t.add_argument("--images", help="image root (default: the JSON's folder)")
+    t.add_argument("--output", required=True)
+    t.add_argument("--split", help="keep images whose 'official_split' equals this")
+    t.add_argument("--epochs", type=int, default=80)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, default=0.01, help="base lr for batch 8")
+    t.add_argument("--max-iters", type=int, default=None, help="cap iterations per epoch")
+    t.add_argument("--pretrained", help="artifact or converted weights to start from")
+    t.add_argument("--device", default=None)
+    t.add_argument("--seed", type=int, default=0)
+    model_opts(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="COCO mAP with sliced inference")
+    e.add_argument("model")
+    e.add_argument("coco")
+    e.add_argument("--images")
+    e.add_argument("--split")
+    e.add_argument("--slice-size", type=int, default=640)
+    e.add_argument("--overlap", type=float, default=0.25)
+    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--device", default=None)
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="sliced prediction, JSON lines on stdout")
+    pr.add_argument("model")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--slice-size", type=int, default=640)
+    pr.add_argument("--overlap", type=float, default=0.25)
+    pr.add_argument("--score", type=float, default=0.25)
+    pr.add_argument("--batch-size", type=int, default=4)
+    pr.add_argument("--device", default=None)
+    pr.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("convert", help="PaddleDetection .pdparams -> Loupe artifact")
+    c.add_argument("pdparams")
+    c.add_argument("output")
+    c.add_argument("--num-classes", type=int, default=80)
+    c.add_argument("--categories", help="comma-separated class names (sets the class count)")
+    c.add_argument("--lenient", action="store_true", help="skip unmatched tensors")
+    model_opts(c)
+    c.set_defaults(func=cmd_convert)
+
+    x = sub.add_parser("export-onnx", help="artifact -> ONNX (no NMS inside)")
+    x.add_argument("model")
+    x.add_argument("output")
+    x.add_argument("--size", type=int, default=None)
+    x.set_defaults(func=cmd_export_onnx)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; errors meant for people are printed without a traceback."""
+    from .errors import DetectionError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (DetectionError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

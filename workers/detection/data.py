@@ -1,0 +1,212 @@
+"""COCO loading, PP-YOLOE training augmentations and the multi-scale batch collate."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import DetectionDataError
+
+# Paddle's BatchRandomResize with random_interp draws from these cv2 interpolations.
+INTERPS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC, cv2.INTER_LANCZOS4)
+
+
+@dataclass
+class Category:
+    """A COCO category; ``index`` is the contiguous class index used by the network."""
+
+    id: int
+    name: str
+    index: int
+
+
+@dataclass
+class Sample:
+    """One image with its boxes (x1y1x2y2 pixels) and contiguous labels."""
+
+    image: np.ndarray  # H x W x 3 uint8 RGB
+    boxes: np.ndarray  # [n, 4] float32
+    labels: np.ndarray  # [n] int64
+    image_id: int
+    file_name: str
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image as H x W x 3 uint8 RGB (grey and RGBA are converted)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as exc:
+        raise DetectionDataError(f"cannot read image {path}: {exc}") from exc
+
+
+def read_coco_categories(data: dict[str, Any]) -> list[Category]:
+    """Categories sorted by id, indexed 0..C-1."""
+    cats = sorted(data.get("categories", []), key=lambda c: c["id"])
+    if not cats:
+        raise DetectionDataError("COCO file has no categories")
+    return [Category(id=int(c["id"]), name=str(c["name"]), index=i) for i, c in enumerate(cats)]
+
+
+class CocoDetectionDataset:
+    """Images and boxes from a COCO JSON file; images are read lazily from ``image_root``."""
+
+    def __init__(
+        self,
+        ann_file: str | Path,
+        image_root: str | Path | None = None,
+        image_filter: Any | None = None,
+        categories: list[Category] | None = None,
+    ) -> None:
+        ann_file = Path(ann_file)
+        try:
+            data = json.loads(ann_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DetectionDataError(f"cannot read COCO file {ann_file}: {exc}") from exc
+        self.image_root = Path(image_root) if image_root is not None else ann_file.parent
+        self.categories = categories or read_coco_categories(data)
+        self._cat_index = {c.id: c.index for c in self.categories}
+        anns_by_image: dict[int, list[dict[str, Any]]] = {}
+        for ann in data.get("annotations", []):
+            if ann.get("iscrowd", 0):
+                continue
+            anns_by_image.setdefault(int(ann["image_id"]), []).append(ann)
+        self.images = [
+            img for img in data.get("images", []) if image_filter is None or image_filter(img)
+        ]
+        self._anns = anns_by_image
+        self.coco = data
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def targets(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (x1y1x2y2) and contiguous labels of image ``idx``."""
+        img = self.images[idx]
+        boxes, labels = [], []
+        for ann in self._anns.get(int(img["id"]), []):
+            if ann["category_id"] not in self._cat_index:
+                continue
+            x, y, w, h = ann["bbox"]
+            if w <= 0 or h <= 0:
+                continue
+            boxes.append([x, y, x + w, y + h])
+            labels.append(self._cat_index[ann["category_id"]])
+        return (
+            np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            np.asarray(labels, dtype=np.int64),
+        )
+
+    def __getitem__(self, idx: int) -> Sample:
+        img = self.images[idx]
+        boxes, labels = self.targets(idx)
+        return Sample(
+            image=load_image(self.image_root / img["file_name"]),
+            boxes=boxes,
+            labels=labels,
+            image_id=int(img["id"]),
+            file_name=str(img["file_name"]),
+        )
+
+
+def random_distort(image: np.ndarray, rng: random.Random) -> np.ndarray:
+    """Paddle's RandomDistort: hue +-18 deg, saturation/contrast/brightness x[0.5, 1.5],
+    each applied with probability 0.5, in random order."""
+    img = image.astype(np.float32)
+
+    def brightness(x: np.ndarray) -> np.ndarray:
+        return x * rng.uniform(0.5, 1.5)
+
+    def contrast(x: np.ndarray) -> np.ndarray:
+        gray_mean = (x @ np.array([0.299, 0.587, 0.114], np.float32)).mean()
+        return (x - gray_mean) * rng.uniform(0.5, 1.5) + gray_mean
+
+    def saturation(x: np.ndarray) -> np.ndarray:
+        gray = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        return (x - gray) * rng.uniform(0.5, 1.5) + gray
+
+    def hue(x: np.ndarray) -> np.ndarray:
+        hsv = cv2.cvtColor(np.clip(x, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV)
+        shift = int(round(rng.uniform(-18, 18) / 2))  # OpenCV hue is 0..179
+        hsv[..., 0] = (hsv[..., 0].astype(np.int32) + shift) % 180
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32)
+
+    ops = [brightness, contrast, saturation, hue]
+    rng.shuffle(ops)
+    for op in ops:
+        if rng.random() < 0.5:
+            img = op(img)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def random_flip(sample: Sample, rng: random.Random, prob: float = 0.5) -> Sample:
+    """Horizontal flip of image and boxes."""
+    if rng.random() >= prob:
+        return sample
+    w = sample.image.shape[1]
+    boxes = sample.boxes.copy()
+    boxes[:, [0, 2]] = w - sample.boxes[:, [2, 0]]
+    return Sample(
+        np.ascontiguousarray(sample.image[:, ::-1]),
+        boxes,
+        sample.labels,
+        sample.image_id,
+        sample.file_name,
+    )
+
+
+def resize_stretched(image: np.ndarray, size: int, interp: int = cv2.INTER_CUBIC) -> np.ndarray:
+    """Resize to size x size ignoring aspect ratio (PaddleDetection's keep_ratio=False)."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 HWC RGB list -> float [B, 3, H, W] in [0, 1] (no mean/std, as PP-YOLOE+)."""
+    arr = np.stack(images).astype(np.float32) / 255.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class Batch:
+    """A padded training batch."""
+
+    images: torch.Tensor  # [B, 3, S, S]
+    gt_labels: torch.Tensor  # [B, n, 1]
+    gt_bboxes: torch.Tensor  # [B, n, 4]
+    pad_gt_mask: torch.Tensor  # [B, n, 1]
+
+
+def collate_train(samples: list[Sample], size: int, rng: random.Random) -> Batch:
+    """BatchRandomResize (one size per batch, random interpolation) + PadGT."""
+    images, boxes_list, labels_list = [], [], []
+    interp = rng.choice(INTERPS)
+    for s in samples:
+        h, w = s.image.shape[:2]
+        images.append(resize_stretched(s.image, size, interp))
+        boxes = s.boxes * np.array([size / w, size / h, size / w, size / h], np.float32)
+        boxes = np.clip(boxes, 0, size)
+        keep = ((boxes[:, 2] - boxes[:, 0]) > 1e-3) & ((boxes[:, 3] - boxes[:, 1]) > 1e-3)
+        boxes_list.append(boxes[keep])
+        labels_list.append(s.labels[keep])
+    n = max(1, max(len(b) for b in boxes_list))
+    bsz = len(samples)
+    gt_bboxes = torch.zeros(bsz, n, 4)
+    gt_labels = torch.zeros(bsz, n, 1, dtype=torch.long)
+    pad = torch.zeros(bsz, n, 1)
+    for i, (b, lab) in enumerate(zip(boxes_list, labels_list, strict=True)):
+        k = len(b)
+        if k:
+            gt_bboxes[i, :k] = torch.from_numpy(b)
+            gt_labels[i, :k, 0] = torch.from_numpy(lab)
+            pad[i, :k] = 1.0
+    return Batch(to_tensor(images), gt_labels, gt_bboxes, pad)

@@ -1,0 +1,17 @@
+"""Errors raised by the detection library."""
+
+
+class DetectionError(Exception):
+    """Base class for detection errors with a message meant for people."""
+
+
+class DetectionDataError(DetectionError):
+    """Input data (COCO file, image) is missing or unreadable."""
+
+
+class WeightsNotFound(DetectionError, FileNotFoundError):
+    """A weights file the caller asked for does not exist."""
+
+
+class Cancelled(Exception):  # noqa: N818 - the job runner catches it by this name
+    """Raised by a progress callback to stop a running job cooperatively."""

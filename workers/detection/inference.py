@@ -1,0 +1,172 @@
+"""Whole-image and sliced (SAHI) prediction with a trained artifact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .artifact import load_artifact
+from .data import Category, load_image, resize_stretched, to_tensor
+from .model import PPYOLOE
+
+
+@dataclass
+class Detection:
+    """One detected box in original-image pixels."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float
+    category_id: int
+    category_name: str
+
+    @property
+    def bbox_xywh(self) -> list[float]:
+        """COCO-style [x, y, w, h]."""
+        return [self.x1, self.y1, self.x2 - self.x1, self.y2 - self.y1]
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Detector:
+    """A loaded detector. Load once per worker process and reuse.
+
+    ``predict`` runs whole images at the model's eval size (stretched, like PaddleDetection);
+    ``predict_sliced`` tiles large images through SAHI.
+    """
+
+    def __init__(
+        self,
+        model: PPYOLOE,
+        categories: list[Category],
+        device: str | torch.device | None = None,
+        eval_size: int | None = None,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.categories = categories
+        self.eval_size = eval_size or model.cfg.eval_size
+        if self.eval_size % 32:
+            raise ValueError("eval_size must be a multiple of 32")
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        eval_size: int | None = None,
+    ) -> Detector:
+        """Load an artifact written by :func:`workers.detection.train`.
+
+        ``eval_size`` overrides the network input size (default: the artifact's, 640); a slice
+        is resized to it, so keep it equal to the slice size to keep pixel scale.
+        """
+        dev = torch.device(device) if device is not None else default_device()
+        model, cats, _ = load_artifact(path, dev)
+        model.convert_to_deploy()  # RepVGG blocks become single convs: same outputs, faster
+        return cls(model, cats, dev, eval_size=eval_size)
+
+    @torch.no_grad()
+    def predict_batch(
+        self, images: list[np.ndarray], score_threshold: float = 0.25
+    ) -> list[list[Detection]]:
+        """Detections for RGB uint8 images of any size (each resized to eval_size)."""
+        if not images:
+            return []
+        size = self.eval_size
+        tensor = to_tensor([resize_stretched(im, size) for im in images]).to(self.device)
+        scores, boxes = self.model(tensor)
+        dets = self.model.postprocess(scores, boxes, score_threshold=score_threshold)
+        out = []
+        for im, d in zip(images, dets, strict=True):
+            h, w = im.shape[:2]
+            scale = torch.tensor([w / size, h / size, w / size, h / size], device=d.device)
+            d = d.clone()
+            d[:, 2:6] = d[:, 2:6] * scale
+            d[:, [2, 4]] = d[:, [2, 4]].clamp(0, w)
+            d[:, [3, 5]] = d[:, [3, 5]].clamp(0, h)
+            out.append(self._to_detections(d))
+        return out
+
+    def predict(
+        self, image: np.ndarray | str | Path, score_threshold: float = 0.25
+    ) -> list[Detection]:
+        """Detections for one whole image (array or path)."""
+        if not isinstance(image, np.ndarray):
+            image = load_image(image)
+        return self.predict_batch([image], score_threshold)[0]
+
+    def predict_sliced(
+        self,
+        image: np.ndarray | str | Path,
+        slice_size: int = 640,
+        overlap: float = 0.25,
+        score_threshold: float = 0.25,
+        batch_size: int = 4,
+        postprocess_type: str = "GREEDYNMM",
+        match_metric: str = "IOS",
+        match_threshold: float = 0.5,
+        class_agnostic: bool = False,
+        perform_standard_pred: bool = False,
+    ) -> list[Detection]:
+        """SAHI sliced prediction on a large image; slices are run ``batch_size`` at a time.
+
+        Images no larger than one slice are predicted directly (one forward pass).
+        """
+        from sahi.predict import get_sliced_prediction
+
+        from .sahi_model import LoupeSahiModel
+
+        if not isinstance(image, np.ndarray):
+            image = load_image(image)
+        h, w = image.shape[:2]
+        if h <= slice_size and w <= slice_size:
+            return self.predict(image, score_threshold)
+        sahi_model = LoupeSahiModel(detector=self, confidence_threshold=score_threshold)
+        result = get_sliced_prediction(
+            image,
+            sahi_model,
+            slice_height=slice_size,
+            slice_width=slice_size,
+            overlap_height_ratio=overlap,
+            overlap_width_ratio=overlap,
+            perform_standard_pred=perform_standard_pred,
+            postprocess_type=postprocess_type,
+            postprocess_match_metric=match_metric,
+            postprocess_match_threshold=match_threshold,
+            postprocess_class_agnostic=class_agnostic,
+            verbose=0,
+            batch_size=batch_size,
+            force_postprocess_type=True,
+        )
+        dets = []
+        for op in result.object_prediction_list:
+            x1, y1, x2, y2 = op.bbox.to_xyxy()
+            dets.append(
+                Detection(
+                    float(x1),
+                    float(y1),
+                    float(x2),
+                    float(y2),
+                    float(op.score.value),
+                    int(op.category.id),
+                    str(op.category.name),
+                )
+            )
+        dets.sort(key=lambda d: -d.score)
+        return dets
+
+    def _to_detections(self, dets: torch.Tensor) -> list[Detection]:
+        out = []
+        for row in dets.cpu().tolist():
+            cat = self.categories[int(row[0])]
+            out.append(Detection(row[2], row[3], row[4], row[5], row[1], cat.id, cat.name))
+        return out

@@ -1,0 +1,233 @@
+"""Training loop: SGD momentum, no decay on BN, linear warm-up + cosine, EMA, multi-scale."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .artifact import read_artifact, save_artifact
+from .config import ModelConfig, TrainConfig
+from .data import CocoDetectionDataset, Sample, collate_train, random_distort, random_flip
+from .errors import Cancelled, DetectionDataError
+from .model import PPYOLOE, build_model
+
+ProgressCallback = Callable[[float, str, "dict[str, Any] | None"], None]
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced."""
+
+    artifact: Path
+    epochs: int
+    iterations: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class ModelEMA:
+    """Exponential moving average of all float weights and buffers (Paddle's ModelEMA with
+    ``ema_decay_type='threshold'``: the decay ramps up as (1 + n) / (10 + n))."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9998) -> None:
+        self.decay = decay
+        self.step = 0
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        decay = min(self.decay, (1 + self.step) / (10 + self.step))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.state[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+            else:
+                self.state[k].copy_(v)
+        self.step += 1
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """BatchNorm weights and biases without decay (PaddleDetection's L2Decay(0.) on BN);
+    every other trainable parameter gets ``weight_decay``."""
+    bn_params = set()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            bn_params.update(id(p) for p in m.parameters(recurse=False))
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if id(p) in bn_params else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int, max_steps: int) -> float:
+    """Linear warm-up from 0, then cosine on the global step (PaddleDetection's
+    LinearWarmup(start_factor=0) + CosineDecay(max_epochs))."""
+    if step < warmup_steps:
+        return base_lr * step / max(1, warmup_steps)
+    return base_lr * 0.5 * (math.cos(min(step, max_steps) * math.pi / max_steps) + 1)
+
+
+def _augment(sample: Sample, cfg: TrainConfig, rng: random.Random) -> Sample:
+    if cfg.distort:
+        sample = Sample(
+            random_distort(sample.image, rng),
+            sample.boxes,
+            sample.labels,
+            sample.image_id,
+            sample.file_name,
+        )
+    return random_flip(sample, rng, cfg.flip_prob)
+
+
+def _load_initial_weights(model: PPYOLOE, path: str) -> None:
+    """Start from an artifact or a converted state dict (``.pt`` from ``convert``); head
+    classifier weights are skipped when the class count differs."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"pretrained weights {p} not found; make them with "
+            "`python -m workers.detection convert <model.pdparams> <out.pt>` or train a model first"
+        )
+    try:
+        state = read_artifact(p)["state_dict"]
+    except ValueError:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+
+
+def train(
+    train_json: str | Path,
+    output: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    model_config: ModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+    image_filter: Callable[[dict[str, Any]], bool] | None = None,
+    progress: ProgressCallback | None = None,
+) -> TrainResult:
+    """Train PP-YOLOE+-SOD on a COCO JSON file and write one artifact to ``output``.
+
+    ``progress(fraction, message, metrics)`` is called every ``log_every`` iterations (metrics
+    None) and at the end of each epoch (metrics: epoch, mean losses, lr, seconds). It may raise
+    :class:`Cancelled`; the exception propagates and no artifact is written.
+    """
+    tcfg = train_config or TrainConfig()
+    dataset = CocoDetectionDataset(train_json, image_root, image_filter=image_filter)
+    if len(dataset) == 0:
+        raise DetectionDataError(f"no training images in {train_json}")
+    mcfg = model_config or ModelConfig.sod_s(num_classes=len(dataset.categories))
+    if mcfg.num_classes != len(dataset.categories):
+        raise DetectionDataError(
+            f"model has {mcfg.num_classes} classes, dataset has {len(dataset.categories)}"
+        )
+    report = progress or (lambda f, m, d: None)
+
+    random.seed(tcfg.seed)
+    np.random.seed(tcfg.seed)
+    torch.manual_seed(tcfg.seed)
+    rng = random.Random(tcfg.seed)
+    device = torch.device(tcfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    model = build_model(mcfg, pretrained_backbone=True)
+    if tcfg.pretrained:
+        _load_initial_weights(model, tcfg.pretrained)
+    model.to(device).train()
+    lr = tcfg.base_lr * tcfg.batch_size / tcfg.base_batch_size
+    optimizer = torch.optim.SGD(
+        param_groups(model, tcfg.weight_decay), lr=lr, momentum=tcfg.momentum
+    )
+    ema = ModelEMA(model, tcfg.ema_decay) if tcfg.use_ema else None
+
+    n_batches = math.ceil(len(dataset) / tcfg.batch_size)
+    iters_per_epoch = min(n_batches, tcfg.max_iters_per_epoch or n_batches)
+    total_iters = iters_per_epoch * tcfg.epochs
+    warmup_steps = int(round(tcfg.warmup_epochs * iters_per_epoch))
+    max_steps = max(1, int(round(tcfg.epochs * tcfg.cosine_epochs_factor * iters_per_epoch)))
+
+    history: list[dict[str, float]] = []
+    start = time.time()
+    step = 0
+    report(0.0, f"training {len(dataset)} images, {total_iters} iterations", None)
+    for epoch in range(tcfg.epochs):
+        epoch_start = time.time()
+        order = list(range(len(dataset)))
+        rng.shuffle(order)
+        sums: dict[str, float] = {}
+        for it in range(iters_per_epoch):
+            idx = order[it * tcfg.batch_size : (it + 1) * tcfg.batch_size]
+            if not idx:
+                break
+            samples = [_augment(dataset[i], tcfg, rng) for i in idx]
+            batch = collate_train(samples, rng.choice(tcfg.train_sizes), rng)
+            cur_lr = lr_at(step, lr, warmup_steps, max_steps)
+            for g in optimizer.param_groups:
+                g["lr"] = cur_lr
+            losses = model.loss(
+                batch.images.to(device),
+                batch.gt_labels.to(device),
+                batch.gt_bboxes.to(device),
+                batch.pad_gt_mask.to(device),
+            )
+            if not torch.isfinite(losses["loss"]):
+                raise FloatingPointError(f"loss is not finite at epoch {epoch + 1} step {it + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if step % tcfg.log_every == 0:
+                report(
+                    step / total_iters,
+                    f"epoch {epoch + 1}/{tcfg.epochs} iter {it + 1}/{iters_per_epoch} "
+                    f"loss {float(losses['loss']):.4f}",
+                    None,
+                )
+        metrics = {k: v / max(1, iters_per_epoch) for k, v in sums.items()}
+        metrics.update({"epoch": epoch + 1, "lr": cur_lr, "seconds": time.time() - epoch_start})
+        history.append(metrics)
+        report(
+            step / total_iters,
+            f"epoch {epoch + 1}/{tcfg.epochs} done, loss {metrics.get('loss', float('nan')):.4f}",
+            metrics,
+        )
+
+    final_state = ema.state if ema is not None else model.state_dict()
+    export = copy.deepcopy(model).cpu()
+    seconds = time.time() - start
+    path = save_artifact(
+        output,
+        export,
+        dataset.categories,
+        metadata={
+            "train_config": tcfg.to_dict(),
+            "history": history,
+            "seconds": seconds,
+            "train_json": str(train_json),
+            "num_images": len(dataset),
+        },
+        state_dict=final_state,
+    )
+    report(1.0, f"saved {path}", None)
+    return TrainResult(path, tcfg.epochs, step, seconds, history)
+
+
+__all__ = ["Cancelled", "ModelEMA", "TrainResult", "lr_at", "param_groups", "train"]
