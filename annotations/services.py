@@ -7,7 +7,7 @@ from django.db.models import ProtectedError
 
 from annotations.models import DefectCategory
 from inspection.models import Project, Role
-from inspection.permissions import require_role
+from inspection.permissions import has_role, require_role
 
 PALETTE = [
     "#e6194b",
@@ -105,3 +105,182 @@ def category_get_or_create(*, project: Project, name: str) -> DefectCategory:
     """The category called ``name`` (any case), created when missing. For importers."""
     found = DefectCategory.objects.filter(project=project, name__iexact=name).first()
     return found or category_create(user=None, project=project, name=name)
+
+
+# --- annotations ---------------------------------------------------------------------------
+
+
+class ConflictError(Exception):
+    """Someone else changed the annotation first. ``current`` is what is stored now (or None)."""
+
+    def __init__(self, message: str, current=None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+def _category_of(project: Project, category_id) -> DefectCategory:
+    category = (
+        DefectCategory.objects.filter(project=project, pk=category_id).first()
+        if category_id
+        else None
+    )
+    if category is None:
+        raise ValidationError({"category": f"Unknown category {category_id!r} for this project."})
+    return category
+
+
+def _clean_geometry(image, geometry) -> tuple[str, dict]:
+    from annotations.geometry import GeometryError, normalize_geometry
+
+    try:
+        return normalize_geometry(geometry, width=image.width, height=image.height)
+    except GeometryError as exc:
+        raise ValidationError({"geometry": str(exc)}) from None
+
+
+def _mark_labeled(image) -> None:
+    from inspection.models import Image
+
+    Image.objects.filter(pk=image.pk, status__in=[Image.Status.NEW, Image.Status.INSPECTED]).update(
+        status=Image.Status.LABELED
+    )
+
+
+def annotation_create(*, user, image, category_id, geometry, source: str = "manual"):
+    """Add a label to an image (annotators and up). Geometry is checked against the image size."""
+    from annotations.models import Annotation
+
+    require_role(user, image.project, Role.ANNOTATOR)
+    category = _category_of(image.project, category_id)
+    kind, clean = _clean_geometry(image, geometry)
+    if source not in Annotation.Source.values:
+        raise ValidationError({"source": f"Unknown source '{source}'."})
+    annotation = Annotation.objects.create(
+        image=image,
+        category=category,
+        kind=kind,
+        geometry=clean,
+        source=source,
+        author=user,
+        updated_by=user,
+    )
+    _mark_labeled(image)
+    return annotation
+
+
+def annotations_bulk_create(*, user, image, items: list[dict]):
+    """Add many labels at once: all are stored, or none (the error names the item)."""
+    from django.db import transaction
+
+    if not isinstance(items, list) or not items:
+        raise ValidationError("Send a non-empty list of annotations.")
+    with transaction.atomic():
+        created = []
+        for index, item in enumerate(items):
+            try:
+                created.append(
+                    annotation_create(
+                        user=user,
+                        image=image,
+                        category_id=item.get("category"),
+                        geometry=item.get("geometry"),
+                    )
+                )
+            except ValidationError as exc:
+                detail = exc.message_dict if hasattr(exc, "error_dict") else {"item": exc.messages}
+                raise ValidationError(
+                    {f"item {index}": [f"{k}: {' '.join(v)}" for k, v in detail.items()]}
+                ) from None
+        return created
+
+
+def _may_change(user, annotation) -> None:
+    from annotations.models import Annotation
+
+    project = annotation.image.project
+    if annotation.source == Annotation.Source.GROUND_TRUTH:
+        require_role(user, project, Role.ADMIN)
+    elif annotation.author_id != getattr(user, "id", None):
+        require_role(user, project, Role.ANNOTATOR)
+
+
+def _locked(annotation, version):
+    from annotations.models import Annotation
+
+    current = Annotation.objects.select_for_update().filter(pk=annotation.pk).first()
+    if current is None:
+        raise ConflictError("This annotation was deleted by someone else.", None)
+    if version is None:
+        raise ValidationError({"version": "Send the version you edited (for conflict checks)."})
+    if int(version) != current.version:
+        who = current.updated_by.username if current.updated_by else "someone"
+        raise ConflictError(
+            f"{who} changed this annotation first (version {current.version}, you edited {version}).",
+            current,
+        )
+    return current
+
+
+def annotation_update(*, user, annotation, version, category_id=None, geometry=None):
+    """Change a label's category or shape, if nobody changed it since ``version`` (else 409)."""
+    from django.db import transaction
+
+    from annotations.models import Annotation
+
+    require_role(user, annotation.image.project, Role.ANNOTATOR)
+    _may_change(user, annotation)
+    with transaction.atomic():
+        current = _locked(annotation, version)
+        if category_id is not None:
+            current.category = _category_of(current.image.project, category_id)
+        if geometry is not None:
+            current.kind, current.geometry = _clean_geometry(current.image, geometry)
+        current.version += 1
+        current.updated_by = user
+        if current.review_status == Annotation.ReviewStatus.APPROVED and not has_role(
+            user, current.image.project, Role.REVIEWER
+        ):
+            current.review_status = Annotation.ReviewStatus.PENDING  # changed after approval
+        current.save()
+    return current
+
+
+def annotation_delete(*, user, annotation, version) -> None:
+    """Delete a label, if nobody changed it since ``version`` (else 409)."""
+    from django.db import transaction
+
+    require_role(user, annotation.image.project, Role.ANNOTATOR)
+    _may_change(user, annotation)
+    if annotation.author_id != getattr(user, "id", None):
+        require_role(user, annotation.image.project, Role.REVIEWER)
+    with transaction.atomic():
+        _locked(annotation, version).delete()
+
+
+def image_set_verdict(*, user, image, verdict: str):
+    """Mark the whole image: 'ok' (no defect), 'needs_review', or '' to clear."""
+    from django.utils import timezone
+
+    from inspection.models import Image
+
+    require_role(user, image.project, Role.ANNOTATOR)
+    if verdict not in Image.Verdict.values:
+        raise ValidationError({"verdict": "Use 'ok', 'needs_review' or '' (clear)."})
+    image.verdict = verdict
+    image.verdict_by = user if verdict else None
+    image.verdict_at = timezone.now() if verdict else None
+    image.save(update_fields=["verdict", "verdict_by", "verdict_at"])
+    return image
+
+
+def image_comment_add(*, user, image, text: str):
+    """Add a comment to an image (any member)."""
+    from annotations.models import ImageComment
+
+    require_role(user, image.project, Role.ANNOTATOR)
+    text = (text or "").strip()
+    if not text:
+        raise ValidationError({"text": "A comment needs some text."})
+    if len(text) > 5000:
+        raise ValidationError({"text": "Comments are limited to 5000 characters."})
+    return ImageComment.objects.create(image=image, author=user, text=text)

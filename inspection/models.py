@@ -101,6 +101,17 @@ class Image(models.Model):
     source_group = models.CharField(
         max_length=100, blank=True, help_text="Where it came from, e.g. MVTec 'test/crack'."
     )
+
+    class Verdict(models.TextChoices):
+        NONE = "", "No verdict"
+        OK = "ok", "OK: no defect"
+        NEEDS_REVIEW = "needs_review", "Needs review"
+
+    verdict = models.CharField(max_length=20, choices=Verdict.choices, default="", blank=True)
+    verdict_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    verdict_at = models.DateTimeField(null=True, blank=True)
     pyramid_status = models.CharField(
         max_length=10, choices=PyramidStatus.choices, default=PyramidStatus.PENDING
     )
@@ -188,3 +199,23 @@ class Job(models.Model):
 
         end = self.finished_at or timezone.now()
         return round((end - self.started_at).total_seconds(), 2)
+
+
+class ImageHeatmap(models.Model):
+    """An anomaly heatmap of an image (8-bit grey PNG, any size: it is stretched over the image).
+
+    Written by inspection runs; the workspace overlays the latest one.
+    """
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="heatmaps")
+    path = models.CharField(max_length=300, help_text="Storage name of the PNG.")
+    label = models.CharField(
+        max_length=200, blank=True, help_text="What made it, e.g. the model version."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"heatmap of {self.image_id} ({self.label})"

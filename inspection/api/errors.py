@@ -20,6 +20,13 @@ def _first_message(detail) -> str:
 
 
 def exception_handler(exc, context):
+    from annotations.services import ConflictError
+
+    if isinstance(exc, ConflictError):
+        from annotations.api import AnnotationSerializer
+
+        current = AnnotationSerializer(exc.current).data if exc.current is not None else None
+        return Response({"error": str(exc), "current": current}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, DjangoValidationError):
         detail = (
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}

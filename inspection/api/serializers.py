@@ -83,6 +83,10 @@ class ImageSerializer(serializers.ModelSerializer):
             if obj.thumbnail_path
             else None,
             "dzi": reverse("api-image-dzi", args=[obj.pk]) if obj.pyramid_path else None,
+            "heatmap": reverse("api-image-heatmap", args=[obj.pk])
+            if len(obj.heatmaps.all())
+            else None,
+            "annotations": reverse("api-image-annotations", args=[obj.pk]),
         }
 
 

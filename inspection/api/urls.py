@@ -3,6 +3,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
+from annotations import api as annotation_api
+
 from . import views
 
 router = DefaultRouter()
@@ -46,6 +48,35 @@ urlpatterns = [
         r"^images/(?P<pk>\d+)/dzi/image_files/(?P<level>\d+)/(?P<col>\d+)_(?P<row>\d+)\.jpg$",
         views.ImageTileView.as_view(),
         name="api-image-tile",
+    ),
+    path("images/<int:pk>/heatmap.png", views.ImageHeatmapView.as_view(), name="api-image-heatmap"),
+    path(
+        "images/<int:pk>/neighbors/", views.ImageNeighborsView.as_view(), name="api-image-neighbors"
+    ),
+    path(
+        "images/<int:pk>/annotations/",
+        annotation_api.ImageAnnotationsView.as_view(),
+        name="api-image-annotations",
+    ),
+    path(
+        "images/<int:pk>/verdict/",
+        annotation_api.ImageVerdictView.as_view(),
+        name="api-image-verdict",
+    ),
+    path(
+        "images/<int:pk>/comments/",
+        annotation_api.ImageCommentsView.as_view(),
+        name="api-image-comments",
+    ),
+    path(
+        "annotations/<int:pk>/",
+        annotation_api.AnnotationDetailView.as_view(),
+        name="api-annotation",
+    ),
+    path(
+        "projects/<int:pk>/annotations/",
+        annotation_api.ProjectAnnotationsView.as_view(),
+        name="api-project-annotations",
     ),
     *router.urls,
 ]

@@ -128,7 +128,12 @@ class ProjectImagesView(generics.ListAPIView):
 
     def get_queryset(self):
         project = _project(self.request, self.kwargs["pk"])
-        return Image.objects.filter(project=project).select_related("uploaded_by").order_by("id")
+        return (
+            Image.objects.filter(project=project)
+            .select_related("uploaded_by")
+            .prefetch_related("heatmaps")
+            .order_by("id")
+        )
 
     @extend_schema(request={"multipart/form-data": s.UploadSerializer}, responses={201: dict})
     def post(self, request, pk):
@@ -280,6 +285,26 @@ class ImageTileView(APIView):
             raise Http404("Not generated yet.")
         base = image.pyramid_path[: -len(".dzi")]
         return _stored_file(f"{base}_files/{level}/{col}_{row}.jpg", "image/jpeg")
+
+
+class ImageHeatmapView(APIView):
+    """The latest anomaly heatmap of the image (8-bit grey PNG), 404 when there is none."""
+
+    @extend_schema(responses={(200, "image/png"): bytes})
+    def get(self, request, pk):
+        heatmap = _image_for(request, pk).heatmaps.first()
+        if heatmap is None:
+            raise Http404("This image has no heatmap yet.")
+        return _stored_file(heatmap.path, "image/png")
+
+
+class ImageNeighborsView(APIView):
+    """Previous and next image in the project's list under the same filters as the grid."""
+
+    @extend_schema(responses=dict)
+    def get(self, request, pk):
+        image = _image_for(request, pk)
+        return Response(selectors.image_neighbors(image=image, params=request.query_params))
 
 
 class JobViewSet(viewsets.ReadOnlyModelViewSet):

@@ -1,0 +1,273 @@
+"""Labels through the API: geometry rules, categories, versions and conflicts, verdicts, comments."""
+
+import pytest
+
+from annotations.models import Annotation
+from annotations.services import category_create
+from inspection.models import Image, ImageHeatmap
+from tests.conftest import image_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def image(team, client_for, upload):
+    r = client_for(team["admin"]).post(
+        f"/api/projects/{team['project'].pk}/images/",
+        {"files": [upload("part.png", image_bytes(size=(600, 400)))]},
+        format="multipart",
+    )
+    return Image.objects.get(pk=r.json()["files"][0]["image_id"])
+
+
+@pytest.fixture
+def cats(team):
+    return {
+        "scratch": category_create(user=team["admin"], project=team["project"], name="scratch"),
+        "dent": category_create(user=team["admin"], project=team["project"], name="dent"),
+    }
+
+
+def box(x, y, w, h):
+    return {"type": "box", "x": x, "y": y, "w": w, "h": h}
+
+
+def test_create_box_and_polygon(team, client_for, image, cats):
+    client = client_for(team["annotator"])
+    url = f"/api/images/{image.pk}/annotations/"
+    r = client.post(
+        url, {"category": cats["scratch"].pk, "geometry": box(10.5, 20, 30, 40)}, format="json"
+    )
+    assert r.status_code == 201, r.content
+    a = r.json()
+    assert (a["kind"], a["geometry"], a["author"], a["version"], a["source"]) == (
+        "box",
+        box(10.5, 20, 30, 40),
+        "ann",
+        1,
+        "manual",
+    )
+    poly = {"type": "polygon", "points": [[100, 100], [150, 100], [150, 160], [100, 100]]}
+    r = client.post(url, {"category": cats["dent"].pk, "geometry": poly}, format="json")
+    assert r.status_code == 201
+    assert r.json()["geometry"]["points"] == [[100, 100], [150, 100], [150, 160]]  # stored open
+    listed = client.get(url).json()
+    assert [x["category_name"] for x in listed] == ["scratch", "dent"]
+    image.refresh_from_db()
+    assert image.status == "labeled"
+
+
+@pytest.mark.parametrize(
+    ("geometry", "message"),
+    [
+        (box(590, 10, 50, 10), "outside the image"),
+        (box(-10, 10, 5, 5), "outside the image"),
+        (box(10, 10, 0, 5), "positive width"),
+        (box(10, "a", 5, 5), "finite number"),
+        ({"type": "polygon", "points": [[1, 1], [5, 5]]}, "at least 3"),
+        ({"type": "polygon", "points": [[1, 1], [2, 2], [3, 3]]}, "no area"),
+        ({"type": "polygon", "points": [[0, 0], [10, 10], [10, 0], [0, 10]]}, "crosses itself"),
+        ({"type": "circle"}, "'box' or 'polygon'"),
+        ("box", "must be an object"),
+    ],
+)
+def test_invalid_geometry_is_refused(team, client_for, image, cats, geometry, message):
+    r = client_for(team["annotator"]).post(
+        f"/api/images/{image.pk}/annotations/",
+        {"category": cats["scratch"].pk, "geometry": geometry},
+        format="json",
+    )
+    assert r.status_code == 400
+    assert message in r.json()["error"]
+    assert r.json()["error"].startswith("geometry:")
+
+
+def test_small_overshoot_is_clipped(team, client_for, image, cats):
+    r = client_for(team["annotator"]).post(
+        f"/api/images/{image.pk}/annotations/",
+        {"category": cats["scratch"].pk, "geometry": box(590, -1, 11, 20)},
+        format="json",
+    )
+    assert r.json()["geometry"] == box(590, 0, 10, 19)
+
+
+def test_unknown_category_and_other_projects_category(team, client_for, image):
+    from inspection.services.projects import project_create
+
+    other = project_create(user=team["admin"], name="Other")
+    foreign = category_create(user=team["admin"], project=other, name="crack")
+    for cid in (999999, foreign.pk):
+        r = client_for(team["annotator"]).post(
+            f"/api/images/{image.pk}/annotations/",
+            {"category": cid, "geometry": box(1, 1, 5, 5)},
+            format="json",
+        )
+        assert r.status_code == 400 and "Unknown category" in r.json()["error"]
+
+
+def test_bulk_create_is_all_or_nothing(team, client_for, image, cats):
+    url = f"/api/images/{image.pk}/annotations/"
+    good = {"category": cats["scratch"].pk, "geometry": box(1, 1, 5, 5)}
+    bad = {"category": cats["scratch"].pk, "geometry": box(1, 1, -5, 5)}
+    r = client_for(team["annotator"]).post(url, [good, bad], format="json")
+    assert r.status_code == 400 and "item 1" in r.json()["error"]
+    assert Annotation.objects.count() == 0
+    r = client_for(team["annotator"]).post(url, [good, good], format="json")
+    assert r.status_code == 201 and len(r.json()) == 2
+
+
+def test_two_people_editing_the_same_shape(team, client_for, image, cats):
+    """The second save, made on the old version, gets 409 and sees the other person's change."""
+    created = (
+        client_for(team["annotator"])
+        .post(
+            f"/api/images/{image.pk}/annotations/",
+            {"category": cats["scratch"].pk, "geometry": box(10, 10, 20, 20)},
+            format="json",
+        )
+        .json()
+    )
+    url = f"/api/annotations/{created['id']}/"
+    first = client_for(team["reviewer"]).patch(
+        url, {"version": 1, "geometry": box(12, 12, 20, 20)}, format="json"
+    )
+    assert (
+        first.status_code == 200
+        and first.json()["version"] == 2
+        and first.json()["updated_by"] == "rita"
+    )
+    second = client_for(team["annotator"]).patch(
+        url, {"version": 1, "category": cats["dent"].pk}, format="json"
+    )
+    assert second.status_code == 409
+    body = second.json()
+    assert "rita changed this annotation first" in body["error"]
+    assert body["current"]["geometry"] == box(12, 12, 20, 20) and body["current"]["version"] == 2
+    stored = Annotation.objects.get(pk=created["id"])
+    assert (stored.category_id, stored.version) == (cats["scratch"].pk, 2)  # nothing overwritten
+    # delete with a stale version is refused too; with the current one it works
+    assert client_for(team["annotator"]).delete(f"{url}?version=1").status_code == 409
+    r = client_for(team["annotator"]).patch(url, {"category": cats["dent"].pk}, format="json")
+    assert r.status_code == 400 and "version" in r.json()["error"]
+    assert client_for(team["annotator"]).delete(f"{url}?version=2").status_code == 204
+    r = client_for(team["reviewer"]).patch(
+        url, {"version": 2, "category": cats["dent"].pk}, format="json"
+    )
+    assert r.status_code == 404
+
+
+def test_permissions_on_labels(team, client_for, image, cats):
+    created = (
+        client_for(team["reviewer"])
+        .post(
+            f"/api/images/{image.pk}/annotations/",
+            {"category": cats["scratch"].pk, "geometry": box(10, 10, 20, 20)},
+            format="json",
+        )
+        .json()
+    )
+    url = f"/api/annotations/{created['id']}/"
+    assert client_for(team["outsider"]).get(url).status_code == 404
+    assert (
+        client_for(team["outsider"])
+        .post(
+            f"/api/images/{image.pk}/annotations/",
+            {"category": cats["scratch"].pk, "geometry": box(1, 1, 2, 2)},
+            format="json",
+        )
+        .status_code
+        == 404
+    )
+    r = client_for(team["annotator"]).delete(f"{url}?version=1")
+    assert r.status_code == 403  # annotators delete only their own shapes
+    gt = Annotation.objects.create(
+        image=image,
+        category=cats["dent"],
+        kind="box",
+        geometry=box(1, 1, 3, 3),
+        source="ground_truth",
+    )
+    r = client_for(team["reviewer"]).patch(
+        f"/api/annotations/{gt.pk}/", {"version": 1, "geometry": box(1, 1, 4, 4)}, format="json"
+    )
+    assert r.status_code == 403  # ground truth is for project admins
+
+
+def test_project_annotation_list_with_filters(team, client_for, image, cats):
+    client = client_for(team["annotator"])
+    client.post(
+        f"/api/images/{image.pk}/annotations/",
+        {"category": cats["scratch"].pk, "geometry": box(1, 1, 5, 5)},
+        format="json",
+    )
+    client_for(team["reviewer"]).post(
+        f"/api/images/{image.pk}/annotations/",
+        {"category": cats["dent"].pk, "geometry": box(9, 9, 5, 5)},
+        format="json",
+    )
+    url = f"/api/projects/{team['project'].pk}/annotations/"
+    assert client.get(url).json()["count"] == 2
+    assert [a["author"] for a in client.get(url, {"author": "rita"}).json()["results"]] == ["rita"]
+    assert [
+        a["category_name"]
+        for a in client.get(url, {"category": cats["scratch"].pk}).json()["results"]
+    ] == ["scratch"]
+    assert client_for(team["outsider"]).get(url).status_code == 404
+
+
+def test_verdict_and_comments(team, client_for, image):
+    client = client_for(team["annotator"])
+    r = client.post(f"/api/images/{image.pk}/verdict/", {"verdict": "ok"}, format="json")
+    assert r.status_code == 200 and r.json()["verdict_by"] == "ann"
+    image.refresh_from_db()
+    assert image.verdict == "ok" and image.verdict_by == team["annotator"]
+    assert (
+        client.post(
+            f"/api/images/{image.pk}/verdict/", {"verdict": "great"}, format="json"
+        ).status_code
+        == 400
+    )
+    r = client.post(
+        f"/api/images/{image.pk}/comments/", {"text": "glare on the left"}, format="json"
+    )
+    assert r.status_code == 201
+    assert (
+        client.post(f"/api/images/{image.pk}/comments/", {"text": "  "}, format="json").status_code
+        == 400
+    )
+    comments = client_for(team["reviewer"]).get(f"/api/images/{image.pk}/comments/").json()
+    assert [(c["author"], c["text"]) for c in comments] == [("ann", "glare on the left")]
+
+
+def test_heatmap_and_neighbors(team, client_for, image, upload, settings):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    client = client_for(team["annotator"])
+    assert client.get(f"/api/images/{image.pk}/heatmap.png").status_code == 404
+    name = default_storage.save(
+        "heat/test.png", ContentFile(image_bytes("PNG", size=(60, 40), mode="L"))
+    )
+    ImageHeatmap.objects.create(image=image, path=name, label="test")
+    r = client.get(f"/api/images/{image.pk}/heatmap.png")
+    assert r.status_code == 200 and b"".join(r.streaming_content)[:4] == b"\x89PNG"
+    more = (
+        client_for(team["admin"])
+        .post(
+            f"/api/projects/{team['project'].pk}/images/",
+            {
+                "files": [
+                    upload("n1.png", image_bytes(seed=8)),
+                    upload("b.png", image_bytes(seed=9)),
+                ],
+                "is_normal": "true",
+            },
+            format="multipart",
+        )
+        .json()
+    )
+    ids = [f["image_id"] for f in more["files"]]
+    n = client.get(f"/api/images/{ids[0]}/neighbors/").json()
+    assert (n["previous"], n["next"], n["count"]) == (image.pk, ids[1], 3)
+    n = client.get(f"/api/images/{ids[0]}/neighbors/", {"state": "normal"}).json()
+    assert (n["previous"], n["next"], n["count"]) == (None, ids[1], 2)
