@@ -104,7 +104,9 @@ def to_coco_dict(
     ann_id = 0
     for shape in dataset.shapes:
         if shape.image_key not in image_ids:
-            raise ValueError(f"shape refers to image {shape.image_key!r}, which is not in the dataset")
+            raise ValueError(
+                f"shape refers to image {shape.image_key!r}, which is not in the dataset"
+            )
         if shape.category not in cat_ids:
             raise ValueError(f"shape uses category {shape.category!r}, which is not in the dataset")
         ann_id += 1
@@ -127,7 +129,8 @@ def to_coco_dict(
             }
         )
     categories = [
-        {"id": cat_ids[c.name], "name": c.name, "supercategory": "defect"} for c in dataset.categories
+        {"id": cat_ids[c.name], "name": c.name, "supercategory": "defect"}
+        for c in dataset.categories
     ]
     return {
         "info": info or {"description": "Exported by Loupe"},
@@ -309,9 +312,7 @@ def read_coco(
     return report
 
 
-def _read_categories(
-    entries: list[Any], src: str, report: ImportReport
-) -> dict[Any, str | None]:
+def _read_categories(entries: list[Any], src: str, report: ImportReport) -> dict[Any, str | None]:
     """Category id -> name; ``None`` for ids that were refused (so annotations say why)."""
     ids = Counter(e.get("id") for e in entries if isinstance(e, dict) and _is_id(e.get("id")))
     out: dict[Any, str | None] = {}
@@ -345,7 +346,9 @@ def _read_categories(
             continue
         names.add(name)
         out[cid] = name
-        report.dataset.categories.append(Category(name=name, id=cid if isinstance(cid, int) else None))
+        report.dataset.categories.append(
+            Category(name=name, id=cid if isinstance(cid, int) else None)
+        )
     return out
 
 
@@ -441,7 +444,9 @@ def _polygon_parts(segmentation: Any) -> list[list[list[float]]] | str | None:
         if not isinstance(poly, list) or not all(is_finite_number(v) for v in poly):
             return "a segmentation polygon is not a list of numbers"
         if len(poly) % 2 or len(poly) < 6:
-            return f"a segmentation polygon needs an even count of at least 6 numbers, got {len(poly)}"
+            return (
+                f"a segmentation polygon needs an even count of at least 6 numbers, got {len(poly)}"
+            )
         parts.append([[float(poly[i]), float(poly[i + 1])] for i in range(0, len(poly), 2)])
     return parts
 

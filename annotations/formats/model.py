@@ -132,7 +132,9 @@ class Dataset:
         """The images of one split with their shapes (categories unchanged)."""
         images = [im for im in self.images if im.split == split]
         keys = {im.key for im in images}
-        return Dataset(images, list(self.categories), [s for s in self.shapes if s.image_key in keys])
+        return Dataset(
+            images, list(self.categories), [s for s in self.shapes if s.image_key in keys]
+        )
 
     def category_names(self) -> list[str]:
         """Category names in order."""

@@ -398,4 +398,3 @@ def _parse_line(
         report.skip(where, "the polygon has no area")
         return None
     return Shape.from_polygon(image.key, category, points)
-
