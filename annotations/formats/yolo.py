@@ -39,7 +39,6 @@ import yaml
 
 from ._files import IMAGE_SUFFIXES, image_size, place_file
 from .model import (
-    SPLITS,
     Category,
     Dataset,
     DatasetImage,
@@ -248,7 +247,9 @@ def read_yolo(
     seen: dict[Path, str] = {}
     claimed_labels: set[Path] = set()
     label_dirs: set[Path] = set()
-    for split in SPLITS:
+    # val last: when val merely repeats another split's folder (Ultralytics needs a val entry,
+    # our exporter points it at test or train), the images keep that other split.
+    for split in ("train", "test", "val"):
         entries = data.get(split)
         if entries is None:
             continue

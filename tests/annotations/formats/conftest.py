@@ -57,7 +57,5 @@ def geometry_by_name(dataset: Dataset) -> dict[str, list[tuple]]:
     out: dict[str, list[tuple]] = {im.file_name: [] for im in dataset.images}
     for s in dataset.shapes:
         pts = tuple(tuple(round(v, 2) for v in p) for p in s.points) if s.points else None
-        out[names[s.image_key]].append(
-            (s.category, s.kind, tuple(round(v, 2) for v in s.box), pts)
-        )
+        out[names[s.image_key]].append((s.category, s.kind, tuple(round(v, 2) for v in s.box), pts))
     return {k: sorted(v, key=repr) for k, v in out.items()}

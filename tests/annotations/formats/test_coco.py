@@ -29,9 +29,9 @@ def test_round_trip_keeps_images_categories_geometry_and_negatives(sample: Datas
     assert report.skipped == [] and report.adjusted == []
     back = report.dataset
     assert [c.name for c in back.categories] == ["scratch", "dent"]
-    assert {(im.file_name, im.width, im.height, im.split, im.is_negative) for im in back.images} == {
-        (im.file_name, im.width, im.height, im.split, im.is_negative) for im in sample.images
-    }
+    assert {
+        (im.file_name, im.width, im.height, im.split, im.is_negative) for im in back.images
+    } == {(im.file_name, im.width, im.height, im.split, im.is_negative) for im in sample.images}
     assert geometry_by_name(back) == geometry_by_name(sample)
     assert all(im.path is not None and im.path.is_file() for im in back.images)
 
@@ -197,7 +197,9 @@ def test_annotation_without_id_and_duplicate_annotation_ids(folder):
     report = read(folder, data)
     rs = reasons(report)
     assert any("annotation #3" in r and "has no id" in r for r in rs)
-    assert any("annotation id 1" in r and "used more than once; the first was kept" in r for r in rs)
+    assert any(
+        "annotation id 1" in r and "used more than once; the first was kept" in r for r in rs
+    )
     assert len(report.dataset.shapes) == 2
     assert (10.0, 10.0, 20.0, 10.0) in [s.box for s in report.dataset.shapes]
 
@@ -255,7 +257,9 @@ def test_annotations_for_unknown_images_or_categories(folder):
     report = read(folder, data)
     rs = reasons(report)
     assert any("annotation id 1" in r and "image id 99, which is not in the file" in r for r in rs)
-    assert any("annotation id 2" in r and "category id 7, which is not in the file" in r for r in rs)
+    assert any(
+        "annotation id 2" in r and "category id 7, which is not in the file" in r for r in rs
+    )
     # Both images still import, as negatives since nothing valid is on them.
     assert {im.key for im in report.dataset.images} == {"ok.png", "other.png"}
 
