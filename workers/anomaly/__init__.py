@@ -9,8 +9,11 @@ Public API
 ``train(config: TrainConfig, normal_image_paths, out_dir, progress=None) -> TrainResult``
     Trains and calibrates; writes ``<out_dir>/model.pt`` (self-contained weights + calibration +
     geometry) and ``<out_dir>/model.json`` (the same metadata, readable).
-``load_model(artifact_path, device="auto") -> LoadedModel``
-    Loads once per process (cached by path and mtime).
+``load_model(artifact_path, device="auto", backend="auto") -> LoadedModel``
+    Loads once per process (cached by path and mtime). ``backend="auto"`` runs the ONNX export
+    through ONNX Runtime on CPU when one exists for this model, else torch.
+``export_onnx(artifact_path, out_path=None) -> Path``
+    Writes ``model.onnx`` next to the artifact, verified against torch.
 ``predict(model, image_path, config: PredictConfig | None = None, progress=None) -> Prediction``
     Full-resolution tiled heatmap, calibrated image score, candidate ``Region`` list.
     ``Prediction.to_dict()`` is JSON-ready; ``Prediction.save_heatmap(path)`` writes the 8-bit PNG.
@@ -51,6 +54,7 @@ from .errors import (
     MissingWeightsError,
 )
 from .evaluation import EvalResult, evaluate
+from .export import export_onnx
 from .image_io import read_image
 from .regions import Region, RegionConfig
 from .teacher import distill_teacher
@@ -73,6 +77,7 @@ __all__ = [
     "TrainResult",
     "distill_teacher",
     "evaluate",
+    "export_onnx",
     "load_model",
     "mvtec_test",
     "mvtec_train",

@@ -1,4 +1,4 @@
-"""Command line: ``python -m workers.anomaly train|predict|evaluate|distill-teacher``.
+"""Command line: ``python -m workers.anomaly train|predict|evaluate|export|distill-teacher``.
 
 Examples::
 
@@ -73,12 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--specular-mask", action="store_true")
     p.add_argument("--allow-size-mismatch", action="store_true")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
     p.add_argument("images", nargs="+")
 
     e = sub.add_parser("evaluate", help="metrics on an MVTec-layout test set")
     e.add_argument("--model", required=True)
     e.add_argument("--dataset", required=True, help="folder with test/ and ground_truth/")
     e.add_argument("--batch-size", type=int, default=8)
+
+    x = sub.add_parser("export", help="write model.onnx next to the model (ONNX Runtime)")
+    x.add_argument("--model", required=True)
 
     d = sub.add_parser("distill-teacher", help="make the EfficientAD teacher offline")
     d.add_argument("--images", nargs="+", required=True)
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             from .engine import PredictConfig, load_model, predict
 
-            model = load_model(args.model, args.device)
+            model = load_model(args.model, args.device, args.backend)
             config = PredictConfig(
                 batch_size=args.batch_size,
                 specular_mask=args.specular_mask,
@@ -157,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             config = PredictConfig(batch_size=args.batch_size, device=args.device)
             result = evaluate(args.model, mvtec_test(args.dataset), config, progress)
             print(json.dumps(result.metrics, indent=2))
+        elif args.command == "export":
+            from .export import export_onnx
+
+            print(json.dumps({"onnx": str(export_onnx(args.model))}))
         elif args.command == "distill-teacher":
             from .teacher import distill_teacher
 

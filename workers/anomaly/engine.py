@@ -555,7 +555,7 @@ def _versions() -> dict:
 class LoadedModel:
     """A model ready for :func:`predict` (returned by :func:`load_model`)."""
 
-    net: torch.nn.Module
+    net: torch.nn.Module  # or export.OnnxNet: same call contract
     kind: str
     model_id: str
     geometry: Geometry
@@ -565,9 +565,14 @@ class LoadedModel:
     device: torch.device
     meta: dict
 
+    @property
+    def backend(self) -> str:
+        """``"torch"`` or ``"onnx"``."""
+        return "torch" if isinstance(self.net, torch.nn.Module) else "onnx"
+
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(path: str, mtime_ns: int, device: str) -> LoadedModel:
+def _load_cached(path: str, mtime_ns: int, device: str, backend: str) -> LoadedModel:
     configure_offline()
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -582,10 +587,16 @@ def _load_cached(path: str, mtime_ns: int, device: str) -> LoadedModel:
             f"{path} has artifact version {blob.get('format_version')}, this code reads "
             f"{ARTIFACT_VERSION}; retrain the model"
         )
-    net = _build_net(blob["kind"], blob["net_args"])
-    net.load_state_dict(blob["state_dict"])
     dev = resolve_device(device)
-    net.to(dev).eval()
+    net = None
+    if backend in ("onnx", "auto") and dev.type == "cpu":
+        from .export import load_onnx_net
+
+        net = load_onnx_net(Path(path), blob["model_id"], required=backend == "onnx")
+    if net is None:
+        net = _build_net(blob["kind"], blob["net_args"])
+        net.load_state_dict(blob["state_dict"])
+        net.to(dev).eval()
     return LoadedModel(
         net=net,
         kind=blob["kind"],
@@ -599,11 +610,18 @@ def _load_cached(path: str, mtime_ns: int, device: str) -> LoadedModel:
     )
 
 
-def load_model(artifact_path: str | Path, device: str = "auto") -> LoadedModel:
+def load_model(
+    artifact_path: str | Path, device: str = "auto", backend: str = "auto"
+) -> LoadedModel:
     """Load ``model.pt`` (or a folder holding it) once per process; later calls hit a cache.
 
-    The cache key includes the file's modification time, so a retrained file is reloaded.
+    ``backend``: ``"torch"``; ``"onnx"`` (ONNX Runtime on the ``model.onnx`` made by
+    :func:`export_onnx`, CPU; error if absent); ``"auto"`` (ONNX on CPU when an export for
+    this very model exists, else torch). The cache key includes the file's modification time,
+    so a retrained file is reloaded.
     """
+    if backend not in ("auto", "torch", "onnx"):
+        raise ConfigError(f"backend must be auto, torch or onnx, not {backend!r}")
     path = Path(artifact_path)
     if path.is_dir():
         path = path / ARTIFACT_NAME
@@ -611,7 +629,9 @@ def load_model(artifact_path: str | Path, device: str = "auto") -> LoadedModel:
         raise MissingWeightsError(
             f"anomaly model not found: {path} (train one with: python -m workers.anomaly train)"
         )
-    return _load_cached(str(path.resolve()), path.stat().st_mtime_ns, device)
+    onnx_file = path.parent / "model.onnx"
+    onnx_mtime = onnx_file.stat().st_mtime_ns if onnx_file.is_file() else 0
+    return _load_cached(str(path.resolve()), path.stat().st_mtime_ns + onnx_mtime, device, backend)
 
 
 # --------------------------------------------------------------------------- predict
