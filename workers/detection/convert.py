@@ -38,6 +38,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("builtins", "dict"),
         ("builtins", "list"),
         ("builtins", "tuple"),
+        ("_codecs", "encode"),  # pickle protocol 2 stores array bytes through it
     }
 
     def find_class(self, module: str, name: str) -> object:

@@ -114,12 +114,14 @@ class Detector:
         postprocess_type: str = "GREEDYNMM",
         match_metric: str = "IOS",
         match_threshold: float = 0.5,
-        class_agnostic: bool = False,
+        class_agnostic: bool = True,
         perform_standard_pred: bool = False,
     ) -> list[Detection]:
         """SAHI sliced prediction on a large image; slices are run ``batch_size`` at a time.
 
-        Images no larger than one slice are predicted directly (one forward pass).
+        Images no larger than one slice are predicted directly (one forward pass). Merging is
+        class-agnostic by default: a defect cut by a slice border can be classified
+        differently in that slice, and one defect must give one suggestion.
         """
         from sahi.predict import get_sliced_prediction
 

@@ -46,15 +46,20 @@ def make_synthetic_coco(root: Path, n: int = 8, size: int = 128, seed: int = 0) 
         im = np.full((size, size, 3), BACKGROUND, np.uint8)
         for j in range(3):
             s = int(rng.integers(10, 24))
-            x, y = int(rng.integers(0, size - s)), int(rng.integers(0, size - s))
-            im[y : y + s, x : x + s] = COLOURS[j % 2]
+            # Some squares are cut by the image border (boxes clipped), as in sliced exports;
+            # the model must learn that a cut defect gets a cut box, or SAHI cannot merge it.
+            lo = -s // 2 if j == 2 else 0
+            x, y = int(rng.integers(lo, size - s)), int(rng.integers(lo, size - s))
+            x0, y0 = max(x, 0), max(y, 0)
+            x1, y1 = min(x + s, size), min(y + s, size)
+            im[y0:y1, x0:x1] = COLOURS[j % 2]
             anns.append(
                 {
                     "id": len(anns) + 1,
                     "image_id": i + 1,
                     "category_id": j % 2 + 1,
-                    "bbox": [x, y, s, s],
-                    "area": s * s,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
                     "iscrowd": 0,
                 }
             )

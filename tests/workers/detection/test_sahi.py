@@ -1,0 +1,101 @@
+"""SAHI sliced prediction on a 6000x4000 image with defects planted across slice borders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sahi.models.base import DetectionModel
+from sahi.predict import get_sliced_prediction
+from sahi.slicing import get_slice_bboxes
+
+from workers.detection.inference import Detector
+from workers.detection.sahi_model import LoupeSahiModel
+
+from .conftest import BACKGROUND, COLOURS
+
+pytestmark = pytest.mark.ml
+
+W, H, SLICE, OVERLAP = 6000, 4000, 640, 0.25
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def planted_image() -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    slices = get_slice_bboxes(H, W, SLICE, SLICE, False, OVERLAP, OVERLAP)
+    assert slices[1][0] == 480 and slices[0][2] == 640  # slices overlap on x in [480, 640)
+    objects = [
+        # (x, y, size): across the right edge of the first slice column, across the bottom
+        # edge of the first row, where four slices meet, in the image corner (last slice is
+        # shifted back to fit), and two interior references
+        (630, 300, 20),
+        (300, 630, 20),
+        (1112, 1112, 20),
+        (W - 22, H - 22, 22),
+        (2000, 2000, 18),
+        (3000, 1500, 16),
+    ]
+    img = np.full((H, W, 3), BACKGROUND, np.uint8)
+    for x, y, s in objects:
+        img[y : y + s, x : x + s] = COLOURS[0]
+    return img, objects
+
+
+def check_found_exactly_once(preds: list[tuple[tuple[float, ...], float]], objects) -> None:
+    boxes = [(x, y, x + s, y + s) for x, y, s in objects]
+    for truth in boxes:
+        matches = [p for p in preds if iou(p[0], truth) > 0.5]
+        assert len(matches) == 1, (truth, matches)
+    # no fragment or duplicate of a planted defect survives the merge
+    for p in preds:
+        touching = [t for t in boxes if iou(p[0], t) > 0]
+        assert len(touching) <= 1 and (not touching or iou(p[0], touching[0]) > 0.5), p
+    # and nothing confident on the empty background
+    assert sum(score >= 0.5 for _, score in preds) == len(objects), preds
+
+
+@pytest.fixture(scope="module")
+def detector(trained: dict) -> Detector:
+    # trained on 128 px crops; slices keep pixel scale when the input size equals the slice
+    return Detector.load(trained["path"], device="cpu", eval_size=SLICE)
+
+
+def test_adapter_is_a_sahi_detection_model(detector: Detector) -> None:
+    model = LoupeSahiModel(detector=detector, confidence_threshold=0.3)
+    assert isinstance(model, DetectionModel)
+    assert model.category_mapping == {"0": "red", "1": "blue"}
+
+
+def test_planted_defects_near_slice_borders_found_exactly_once(detector: Detector) -> None:
+    img, objects = planted_image()
+    model = LoupeSahiModel(detector=detector, confidence_threshold=0.3)
+    result = get_sliced_prediction(
+        img,
+        model,
+        slice_height=SLICE,
+        slice_width=SLICE,
+        overlap_height_ratio=OVERLAP,
+        overlap_width_ratio=OVERLAP,
+        perform_standard_pred=False,
+        postprocess_type="GREEDYNMM",
+        postprocess_match_metric="IOS",
+        postprocess_match_threshold=0.5,
+        # a defect seen cut in one slice can get the other class there; merge regardless
+        postprocess_class_agnostic=True,
+        batch_size=8,
+        verbose=0,
+    )
+    preds = [(tuple(p.bbox.to_xyxy()), p.score.value) for p in result.object_prediction_list]
+    check_found_exactly_once(preds, objects)
+    best = max(result.object_prediction_list, key=lambda p: p.score.value)
+    assert best.category.id == 1 and best.category.name == "red"
+
+
+def test_detector_predict_sliced_finds_each_once(detector: Detector) -> None:
+    img, objects = planted_image()
+    dets = detector.predict_sliced(img, slice_size=SLICE, overlap=OVERLAP, score_threshold=0.3)
+    check_found_exactly_once([((d.x1, d.y1, d.x2, d.y2), d.score) for d in dets], objects)
