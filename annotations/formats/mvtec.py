@@ -16,18 +16,21 @@ masks to images by stem). Category names become folder names with characters out
 suffix so it cannot be mistaken for those folders.
 
 Masks are rasterised with the pixel-centre rule: a pixel is on when its centre lies inside a
-shape (a box ``(x, y, w, h)`` covers columns ``round(x)`` to ``round(x + w) - 1``); every shape
-covers at least one pixel, so tiny defects do not vanish from the mask.
+shape (a box ``(x, y, w, h)`` covers columns ``ceil(x - 0.5)`` to ``ceil(x + w - 0.5) - 1``, so a
+box on whole pixels covers exactly those pixels); every shape covers at least one pixel, so tiny
+defects do not vanish from the mask.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
-from PIL import Image, ImageDraw
+import numpy as np
+from PIL import Image
 
 from ._files import place_file
 from .model import Dataset, Shape, unique_export_names
@@ -43,23 +46,59 @@ def folder_name(category: str) -> str:
     return f"{name}_defect" if name.lower() in ("good", COMBINED) else name
 
 
+def _fill_polygon(mask: np.ndarray, points: list[list[float]]) -> None:
+    """Set the pixels whose centres lie inside ``points`` (even-odd rule, scanline).
+
+    Written out because PIL's and OpenCV's polygon fills include the outline and truncate
+    fractional vertices, which grows every mask by up to a pixel on each side.
+    """
+    height, width = mask.shape
+    pts = np.asarray(points, dtype=float)
+    xa, ya = pts[:, 0], pts[:, 1]
+    xb, yb = np.roll(xa, -1), np.roll(ya, -1)
+    first = max(0, math.ceil(ya.min() - 0.5))
+    last = min(height, math.ceil(ya.max() - 0.5))
+    for row in range(first, last):
+        cy = row + 0.5
+        crossing = ((ya <= cy) & (cy < yb)) | ((yb <= cy) & (cy < ya))
+        if not crossing.any():
+            continue
+        t = (cy - ya[crossing]) / (yb[crossing] - ya[crossing])
+        xs = np.sort(xa[crossing] + t * (xb[crossing] - xa[crossing]))
+        for left, right in zip(xs[0::2], xs[1::2], strict=False):
+            c0 = max(0, math.ceil(left - 0.5))
+            c1 = min(width, math.ceil(right - 0.5))
+            if c1 > c0:
+                mask[row, c0:c1] = 255
+
+
 def rasterize_mask(shapes: list[Shape], width: int, height: int) -> Image.Image:
     """The union of ``shapes`` as a mode-L 0/255 mask of ``width`` x ``height``."""
-    mask = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(mask)
+    mask = np.zeros((height, width), dtype=np.uint8)
     for shape in shapes:
-        if shape.kind == "polygon" and shape.points and len(shape.points) >= 3:
-            # PIL puts integer coordinates on pixel centres; ours are on pixel corners.
-            draw.polygon([(x - 0.5, y - 0.5) for x, y in shape.points], fill=255)
         x, y, w, h = shape.box
-        x0, y0 = min(max(round(x), 0), width - 1), min(max(round(y), 0), height - 1)
-        x1, y1 = max(round(x + w) - 1, x0), max(round(y + h) - 1, y0)
-        if shape.kind == "box" or not shape.points:
-            draw.rectangle([x0, y0, min(x1, width - 1), min(y1, height - 1)], fill=255)
-        elif not mask.crop((x0, y0, x1 + 1, y1 + 1)).getbbox():
-            # A sliver thinner than a pixel: keep it visible as its centre pixel.
-            mask.putpixel((min(int(x + w / 2), width - 1), min(int(y + h / 2), height - 1)), 255)
-    return mask
+        # Work in the shape's own window so a big image does not cost a full layer per shape;
+        # integer offsets keep pixel centres where they were.
+        c0 = min(max(math.floor(x) - 1, 0), width - 1)
+        r0 = min(max(math.floor(y) - 1, 0), height - 1)
+        c1 = min(max(math.ceil(x + w) + 1, c0 + 1), width)
+        r1 = min(max(math.ceil(y + h) + 1, r0 + 1), height)
+        layer = np.zeros((r1 - r0, c1 - c0), dtype=np.uint8)
+        if shape.kind == "polygon" and shape.points and len(shape.points) >= 3:
+            _fill_polygon(layer, [[px - c0, py - r0] for px, py in shape.points])
+        else:
+            layer[
+                max(0, math.ceil(y - 0.5) - r0) : math.ceil(y + h - 0.5) - r0,
+                max(0, math.ceil(x - 0.5) - c0) : math.ceil(x + w - 0.5) - c0,
+            ] = 255
+        if not layer.any():
+            # Thinner than a pixel: keep the defect visible as the pixel under its centre.
+            cx = min(max(int(x + w / 2), c0), c1 - 1) - c0
+            cy = min(max(int(y + h / 2), r0), r1 - 1) - r0
+            layer[cy, cx] = 255
+        region = mask[r0:r1, c0:c1]
+        np.maximum(region, layer, out=region)
+    return Image.fromarray(mask)  # uint8 2-D: mode L
 
 
 def write_mvtec(dataset: Dataset, out_dir: str | os.PathLike[str]) -> dict[str, int]:

@@ -55,7 +55,9 @@ def test_shapes_are_clipped_to_each_window_and_slivers_dropped(strip):
     assert boxes_of(sliced, "k1#100_0_200_100") == [(0, 10, 10, 20), (0, 60, 20, 30)]
     assert boxes_of(sliced, "k2#100_0_200_100") == [(74, 40, 20, 20)]
     poly = next(
-        s for s in sliced.dataset.shapes if s.image_key == "k1#100_0_200_100" and s.kind == "polygon"
+        s
+        for s in sliced.dataset.shapes
+        if s.image_key == "k1#100_0_200_100" and s.kind == "polygon"
     )
     assert polygon_area(poly.points) == pytest.approx(300)
     assert sorted(map(tuple, poly.points)) == [(0, 60), (0, 90), (20, 60)]
