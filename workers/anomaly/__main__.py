@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--max-seconds", type=float, default=None)
     t.add_argument("--penalty-dir", default=None)
     t.add_argument("--overlap", type=float, default=0.25)
+    t.add_argument("--coarse-pass", action="store_true", help="add a whole-image pass (tiled)")
 
     p = sub.add_parser("predict", help="heatmaps and regions for images")
     p.add_argument("--model", required=True, help="model.pt or its folder")
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_seconds=args.max_seconds,
                 penalty_dir=args.penalty_dir,
                 tile_overlap=args.overlap,
+                coarse_pass=args.coarse_pass,
                 device=args.device,
             )
             result = train(config, _images(args.images), args.out, progress)

@@ -18,7 +18,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,6 +71,7 @@ class TrainConfig:
     max_memory_bank: int = 20_000
     max_candidates: int = 200_000
     padim_features: int = 100
+    coarse_pass: bool = False
     seed: int = 0
     device: str = "auto"
     models_dir: str | None = None
@@ -94,6 +95,8 @@ class TrainConfig:
             raise ConfigError("steps and batch_size must be >= 1")
         if not 0 < self.pixel_quantile <= 1:
             raise ConfigError("pixel_quantile must be in (0, 1]")
+        if self.coarse_pass and self.scale is None:
+            raise ConfigError("coarse_pass adds a whole-image pass to a tiled model: set scale")
 
 
 @dataclass
@@ -109,6 +112,7 @@ class PredictConfig:
     specular_v_min: float = 240.0
     specular_s_max: float = 30.0
     allow_size_mismatch: bool = False
+    coarse_pass: bool = True
     device: str = "auto"
 
 
@@ -390,6 +394,25 @@ def train(
     """
     progress = progress or _no_progress
     config.validate()
+    if not config.coarse_pass:
+        return _train_one(config, normal_image_paths, out_dir, progress, None)
+    # The downscaled whole-image pass is a second, whole-image model of the same kind, stored
+    # in <out_dir>/coarse and referenced by the main artifact; trained first so that the main
+    # model.pt (written last, atomically) never points at a missing coarse model.
+    coarse_config = replace(config, scale=None, coarse_pass=False)
+    coarse = _train_one(
+        coarse_config, normal_image_paths, Path(out_dir) / "coarse", _Phase(progress, 0, 0.3), None
+    )
+    return _train_one(config, normal_image_paths, out_dir, _Phase(progress, 0.3, 1.0), coarse)
+
+
+def _train_one(
+    config: TrainConfig,
+    normal_image_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    progress: ProgressCallback,
+    coarse: TrainResult | None,
+) -> TrainResult:
     configure_offline(Path(config.models_dir) if config.models_dir else None)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -494,6 +517,9 @@ def train(
         "metrics": metrics,
         "created_at": datetime.now(UTC).isoformat(),
         "versions": _versions(),
+        "coarse": (
+            {"path": "coarse/" + ARTIFACT_NAME, "model_id": coarse.model_id} if coarse else None
+        ),
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
     }
     path = out / ARTIFACT_NAME
@@ -564,6 +590,7 @@ class LoadedModel:
     info: dict
     device: torch.device
     meta: dict
+    coarse: LoadedModel | None = None
 
     @property
     def backend(self) -> str:
@@ -597,6 +624,11 @@ def _load_cached(path: str, mtime_ns: int, device: str, backend: str) -> LoadedM
         net = _build_net(blob["kind"], blob["net_args"])
         net.load_state_dict(blob["state_dict"])
         net.to(dev).eval()
+    coarse = None
+    if blob.get("coarse"):
+        coarse = load_model(Path(path).parent / blob["coarse"]["path"], device, backend)
+        if coarse.model_id != blob["coarse"]["model_id"]:
+            raise IncompatibleModelError(f"{path}: its coarse model was replaced; retrain")
     return LoadedModel(
         net=net,
         kind=blob["kind"],
@@ -607,6 +639,7 @@ def _load_cached(path: str, mtime_ns: int, device: str, backend: str) -> LoadedM
         info=blob["image_info"],
         device=dev,
         meta={k: v for k, v in blob.items() if k != "state_dict"},
+        coarse=coarse,
     )
 
 
@@ -740,6 +773,25 @@ def _calibrate(
     }
 
 
+def _calibrated_map(
+    model: LoadedModel,
+    image: np.ndarray,
+    config: PredictConfig,
+    progress: ProgressCallback | None,
+    spec: np.ndarray | None,
+) -> tuple[np.ndarray, float]:
+    """Calibrated heatmap (float, 0.5 = pixel threshold) and calibrated image score."""
+    raw = raw_heatmap(model, image, config, progress)
+    cal = model.calibration
+    if spec is not None:
+        small = cv2.resize(spec.astype(np.uint8), raw.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        small = cv2.dilate(small, np.ones((3, 3), np.uint8)) > 0
+        raw = np.where(small, cal["pixel_lo"], raw)
+    calibrated = normalise(raw, cal["pixel_lo"], cal["pixel_threshold"]).astype(np.float32)
+    image_score = float(normalise(float(raw.max()), cal["image_lo"], cal["image_threshold"]))
+    return calibrated, image_score
+
+
 def predict(
     model: LoadedModel | str | Path,
     image_path: str | Path,
@@ -761,16 +813,20 @@ def predict(
         image = read_image(image_path)
     t_read = time.perf_counter()
     _check_compatible(model, image, str(image_path), config.allow_size_mismatch)
-    raw = raw_heatmap(model, image, config, progress)
-    t_map = time.perf_counter()
-    cal = model.calibration
+    use_coarse = model.coarse is not None and config.coarse_pass
+    spec = None
     if config.specular_mask:
         spec = specular_mask(image, config.specular_v_min, config.specular_s_max)
-        spec = cv2.resize(spec.astype(np.uint8), raw.shape[::-1], interpolation=cv2.INTER_NEAREST)
-        spec = cv2.dilate(spec, np.ones((3, 3), np.uint8)) > 0
-        raw = np.where(spec, cal["pixel_lo"], raw)
-    calibrated = normalise(raw, cal["pixel_lo"], cal["pixel_threshold"]).astype(np.float32)
-    image_score = float(normalise(float(raw.max()), cal["image_lo"], cal["image_threshold"]))
+    fine_progress = _Phase(progress, 0, 0.9) if use_coarse else progress
+    calibrated, image_score = _calibrated_map(model, image, config, fine_progress, spec)
+    if use_coarse:
+        coarse_map, coarse_score = _calibrated_map(model.coarse, image, config, None, spec)
+        # a defect counts if either scale sees it; both maps share one calibrated scale
+        calibrated = np.maximum(calibrated, coarse_map)
+        image_score = max(image_score, coarse_score)
+        progress(1.0, "coarse pass")
+    t_map = time.perf_counter()
+    cal = model.calibration
     regions = extract_regions(calibrated, image.shape[:2], config.regions)
     heatmap = np.round(calibrated * 255).astype(np.uint8)
     t_end = time.perf_counter()
@@ -782,6 +838,7 @@ def predict(
         "heatmap_max_side": config.heatmap_max_side,
         "regions": asdict(config.regions),
         "specular_mask": config.specular_mask,
+        "coarse_pass": use_coarse,
         "calibration": cal,
     }
     return Prediction(

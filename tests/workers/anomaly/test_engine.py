@@ -16,6 +16,7 @@ import torch
 
 from workers.anomaly import (
     Cancelled,
+    ConfigError,
     ImageReadError,
     IncompatibleModelError,
     MissingWeightsError,
@@ -169,3 +170,24 @@ def test_cancellation_stops_prediction(padim_tiled, gray16_normals):
     with pytest.raises(Cancelled):
         predict(padim_tiled.artifact_path, gray16_normals[0], PredictConfig(batch_size=2), progress)
     assert len(seen) == 1 and seen[0] < 1
+
+
+def test_coarse_whole_image_pass_is_trained_stored_and_combined(gray16_normals, tmp_path: Path):
+    config = TrainConfig(model="padim", input_size=64, scale=1.0, coarse_pass=True)
+    result = train(config, gray16_normals, tmp_path)
+    assert (tmp_path / "coarse" / "model.pt").is_file()
+    model = load_model(result.artifact_path)
+    assert model.coarse is not None and model.coarse.geometry.scale is None
+    img = save(add_defect(texture(128, 256, 91, 1), 64, 180, 8), tmp_path / "d.png", bits=16)
+    both = predict(model, img)
+    fine = predict(model, img, PredictConfig(coarse_pass=False))
+    assert both.params["coarse_pass"] and not fine.params["coarse_pass"]
+    # the combined map is the pixel-wise maximum of the two calibrated maps
+    assert (both.heatmap >= fine.heatmap).all()
+    assert both.image_score >= fine.image_score
+    assert both.regions and both.regions[0].box[0] <= 180 <= sum(both.regions[0].box[::2])
+
+
+def test_coarse_pass_needs_a_tiled_model():
+    with pytest.raises(ConfigError, match="coarse_pass"):
+        TrainConfig(model="padim", coarse_pass=True).validate()
