@@ -342,6 +342,7 @@ def _read_categories(entries: list[Any], src: str, report: ImportReport) -> dict
         name = name.strip()
         if name in names:
             # Two ids, one name: Loupe matches categories by name, so both mean the same one.
+            report.adjust(where, f"the name {name!r} is used by another category too; merged")
             out[cid] = name
             continue
         names.add(name)

@@ -102,6 +102,9 @@ def write_yolo(
         raise ValueError(f"unknown YOLO flavour {flavour!r}; use 'detect' or 'segment'")
     out = Path(out_dir)
     class_ids = {c.name: n for n, c in enumerate(dataset.categories)}
+    unknown = {s.category for s in dataset.shapes} - set(class_ids)
+    if unknown:
+        raise ValueError(f"shapes use categories not in the dataset: {sorted(unknown)}")
     names = unique_export_names(dataset.images)
     by_image = dataset.shapes_by_image()
     splits = dataset.splits() or ["train"]

@@ -346,3 +346,18 @@ def test_images_found_by_base_name_one_folder_deeper(tmp_path):
     report = read_coco_folder(tmp_path)
     assert report.skipped == []
     assert report.dataset.images[0].key == "images/default/x.png"
+
+
+def test_same_file_listed_twice_and_same_category_name_twice(folder):
+    data = base_coco()
+    data["images"].append({"id": 3, "file_name": "ok.png", "width": 100, "height": 50})
+    data["categories"].append({"id": 3, "name": "scratch"})
+    data["annotations"].append({"id": 3, "image_id": 3, "category_id": 1, "bbox": [1, 1, 2, 2]})
+    data["annotations"].append({"id": 4, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2]})
+    report = read(folder, data)
+    rs = reasons(report)
+    assert any("image ok.png (id 3)" in r and "already listed as image id 1" in r for r in rs)
+    assert any("annotation id 3" in r and "its image (id 3) was skipped" in r for r in rs)
+    assert [c.name for c in report.dataset.categories] == ["scratch", "dent"]
+    assert any("merged" in a.reason for a in report.adjusted)
+    assert [s.category for s in report.dataset.shapes].count("scratch") == 2
