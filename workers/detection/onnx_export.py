@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,19 @@ class _Exportable(torch.nn.Module):
         return self.model(images)
 
 
+def _export(model: torch.nn.Module, dummy: torch.Tensor, output: Path, opset: int) -> None:
+    torch.onnx.export(
+        _Exportable(model),
+        (dummy,),
+        str(output),
+        input_names=["images"],
+        output_names=["scores", "boxes"],
+        dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}, "boxes": {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
+    )
+
+
 def export_onnx(
     artifact: str | Path, output: str | Path, size: int | None = None, opset: int = 17
 ) -> Path:
@@ -38,16 +52,11 @@ def export_onnx(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, size, size)
-    torch.onnx.export(
-        _Exportable(model),
-        (dummy,),
-        str(output),
-        input_names=["images"],
-        output_names=["scores", "boxes"],
-        dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}, "boxes": {0: "batch"}},
-        opset_version=opset,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # The position embedding and anchors are built from the (fixed) input size; tracing
+        # freezing them as constants is intended, so the TracerWarnings are noise.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        _export(model, dummy, output, opset)
     import onnx
 
     proto = onnx.load(str(output))
