@@ -9,8 +9,10 @@ when ``sahi.slicing.process_coco_annotations`` keeps it, i.e. when the visible p
 shifted to window coordinates: boxes come from SAHI's float bbox; polygons are clipped with
 shapely here because SAHI truncates polygon vertices to whole pixels.
 
-Negative slices (no shape kept) are sampled per split with PaddleDetection's ``empty_ratio``
-meaning: ``negative_ratio`` is the share of negatives among the slices written, so
+Negative slices (no shape kept) are sampled in the splits named by ``sample_splits`` (default
+train only: val and test keep every negative slice, so evaluation sees the real share of
+background and counts false positives honestly). Sampling follows PaddleDetection's
+``empty_ratio``: ``negative_ratio`` is the share of negatives among the slices written, so
 ``negatives = positives * r / (1 - r)`` (at most all of them); ``r >= 1`` keeps all negatives,
 ``r == 0`` none. Sampling uses ``random.Random(f"{seed}:{split}")`` over the sorted candidates, so
 it is repeatable. A window that cuts through a shape but keeps none of it (the visible part is
@@ -148,6 +150,7 @@ def slice_dataset(
     min_area_ratio: float = DEFAULT_MIN_AREA_RATIO,
     negative_ratio: float = DEFAULT_NEGATIVE_RATIO,
     seed: int | str = 0,
+    sample_splits: tuple[str, ...] = ("train",),
 ) -> SlicedDataset:
     """Cut every image into SAHI windows and clip its shapes; sample negative slices.
 
@@ -193,7 +196,7 @@ def slice_dataset(
     for split in dataset.splits():
         pos = positives.get(split, [])
         pool = sorted(candidates.get(split, []), key=lambda t: t.key)
-        if negative_ratio >= 1:
+        if negative_ratio >= 1 or split not in sample_splits:
             take = len(pool)
         else:
             take = min(len(pool), int(len(pos) * negative_ratio / (1 - negative_ratio)))
@@ -220,6 +223,7 @@ def write_sliced_coco(
     min_area_ratio: float = DEFAULT_MIN_AREA_RATIO,
     negative_ratio: float = DEFAULT_NEGATIVE_RATIO,
     seed: int | str = 0,
+    sample_splits: tuple[str, ...] = ("train",),
     image_format: str = "png",
 ) -> tuple[SlicedDataset, dict[str, Path]]:
     """Slice, crop and write ``images/<split>/<slice>`` and ``annotations/instances_<split>.json``.
@@ -234,6 +238,7 @@ def write_sliced_coco(
         min_area_ratio=min_area_ratio,
         negative_ratio=negative_ratio,
         seed=seed,
+        sample_splits=sample_splits,
     )
     out = Path(out_dir)
     sources = {im.key: im for im in dataset.images}

@@ -106,3 +106,12 @@ def test_written_slices_are_crops_and_load_in_pycocotools(strip, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(written["train"]))
     assert len(coco.getAnnIds()) == len(sliced.dataset.shapes)
+
+
+def test_val_and_test_keep_every_negative_slice(strip):
+    for im in strip.images:
+        im.split = "val"
+    sliced = slice_dataset(strip, slice_size=100, overlap=0.25, negative_ratio=0.0)
+    assert sliced.negative_kept == sliced.negative_candidates == 4
+    sampled = slice_dataset(strip, slice_size=100, negative_ratio=0.0, sample_splits=("val",))
+    assert sampled.negative_kept == 0
