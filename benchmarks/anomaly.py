@@ -129,6 +129,14 @@ def run_engine(dataset: Path, model_dir: Path, kind: str) -> dict:
         onnx_s = time.perf_counter() - started
         row["onnx_ms_per_image"] = 1000 * onnx_s / len(paths)
         row["speedup_onnx"] = (engine_s / n) / (onnx_s / len(paths))
+        ov_model = load_model(model_dir, backend="openvino")
+        predict(ov_model, paths[0])
+        started = time.perf_counter()
+        for p in paths:
+            predict(ov_model, p)
+        ov_s = time.perf_counter() - started
+        row["openvino_ms_per_image"] = 1000 * ov_s / len(paths)
+        row["speedup_openvino"] = (engine_s / n) / (ov_s / len(paths))
     except Exception as exc:  # noqa: BLE001 - report, do not lose the other figures
         row["onnx_error"] = str(exc)[:200]
     return row
@@ -258,6 +266,7 @@ def main() -> int:
         ("train_peak_rss_mb", "train RSS MB"), ("peak_rss_mb", "infer RSS MB"),
         ("engine_ms_per_image", "Engine.predict ms/img"), ("speedup", "speed-up vs Engine"),
         ("onnx_ms_per_image", "ours ONNX ms/img"), ("speedup_onnx", "ONNX speed-up vs Engine"),
+        ("openvino_ms_per_image", "ours OpenVINO ms/img"),
     ]  # fmt: skip
     print("| run | " + " | ".join(c[1] for c in cols) + " |")
     print("|---" * (len(cols) + 1) + "|")

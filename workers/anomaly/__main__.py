@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--specular-mask", action="store_true")
     p.add_argument("--allow-size-mismatch", action="store_true")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"])
     p.add_argument("images", nargs="+")
 
     e = sub.add_parser("evaluate", help="metrics on an MVTec-layout test set")

@@ -594,8 +594,12 @@ class LoadedModel:
 
     @property
     def backend(self) -> str:
-        """``"torch"`` or ``"onnx"``."""
-        return "torch" if isinstance(self.net, torch.nn.Module) else "onnx"
+        """``"torch"``, ``"onnx"`` or ``"openvino"``."""
+        if isinstance(self.net, torch.nn.Module):
+            return "torch"
+        from .export import OpenVinoNet
+
+        return "openvino" if isinstance(self.net, OpenVinoNet) else "onnx"
 
 
 @functools.lru_cache(maxsize=4)
@@ -616,10 +620,15 @@ def _load_cached(path: str, mtime_ns: int, device: str, backend: str) -> LoadedM
         )
     dev = resolve_device(device)
     net = None
-    if backend in ("onnx", "auto") and dev.type == "cpu":
+    if backend in ("onnx", "openvino", "auto") and dev.type == "cpu":
         from .export import load_onnx_net
 
-        net = load_onnx_net(Path(path), blob["model_id"], required=backend == "onnx")
+        net = load_onnx_net(
+            Path(path),
+            blob["model_id"],
+            required=backend != "auto",
+            runtime="openvino" if backend == "openvino" else "onnx",
+        )
     if net is None:
         net = _build_net(blob["kind"], blob["net_args"])
         net.load_state_dict(blob["state_dict"])
@@ -649,12 +658,13 @@ def load_model(
     """Load ``model.pt`` (or a folder holding it) once per process; later calls hit a cache.
 
     ``backend``: ``"torch"``; ``"onnx"`` (ONNX Runtime on the ``model.onnx`` made by
-    :func:`export_onnx`, CPU; error if absent); ``"auto"`` (ONNX on CPU when an export for
+    :func:`export_onnx`, CPU; error if absent); ``"openvino"`` (OpenVINO on that same file);
+    ``"auto"`` (ONNX Runtime on CPU when an export for
     this very model exists, else torch). The cache key includes the file's modification time,
     so a retrained file is reloaded.
     """
-    if backend not in ("auto", "torch", "onnx"):
-        raise ConfigError(f"backend must be auto, torch or onnx, not {backend!r}")
+    if backend not in ("auto", "torch", "onnx", "openvino"):
+        raise ConfigError(f"backend must be auto, torch, onnx or openvino, not {backend!r}")
     path = Path(artifact_path)
     if path.is_dir():
         path = path / ARTIFACT_NAME

@@ -5,6 +5,8 @@ The exported graph is the whole network as :func:`predict` uses it: RGB tiles in
 and regions stay in Python, so an ONNX model gives the same ``Prediction`` as the torch one.
 On CPU ONNX Runtime runs the EfficientNet-Lite backbones 2-3x faster than eager PyTorch.
 
+OpenVINO compiles the same ``model.onnx`` (``backend="openvino"``); no separate IR is kept.
+
 The file is written next to the artifact as ``model.onnx`` and carries the artifact's
 ``model_id`` in its metadata; :func:`workers.anomaly.load_model` with ``backend="onnx"`` (or
 ``"auto"``) uses it only when that id matches, so a stale export is never paired with a newer
@@ -104,6 +106,28 @@ class OnnxNet:
         return self
 
 
+class OpenVinoNet(OnnxNet):
+    """The same exported graph compiled by OpenVINO for CPU (fp32 precision, so scores match)."""
+
+    def __init__(self, path: Path) -> None:
+        import openvino as ov
+
+        self.path = path
+        core = ov.Core()
+        self.compiled = core.compile_model(
+            core.read_model(str(path)),
+            "CPU",
+            {
+                "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                "INFERENCE_PRECISION_HINT": "f32",
+            },
+        )
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.detach().cpu().numpy().astype(np.float32, copy=False)
+        return torch.from_numpy(np.asarray(self.compiled(x)[0]))
+
+
 def onnx_model_id(path: Path) -> str | None:
     """The ``loupe_model_id`` stored in an exported file, or None."""
     import onnx
@@ -115,11 +139,14 @@ def onnx_model_id(path: Path) -> str | None:
     return next((p.value for p in proto.metadata_props if p.key == "loupe_model_id"), None)
 
 
-def load_onnx_net(artifact: Path, model_id: str, required: bool) -> OnnxNet | None:
-    """The ONNX net exported for ``model_id`` next to ``artifact``; None (or error) if absent."""
+def load_onnx_net(
+    artifact: Path, model_id: str, required: bool, runtime: str = "onnx"
+) -> OnnxNet | None:
+    """The exported net for ``model_id`` next to ``artifact``, run by ONNX Runtime or OpenVINO;
+    None (or an error when ``required``) if there is no export for this very model."""
     path = artifact.parent / ONNX_NAME
     if path.is_file() and onnx_model_id(path) == model_id:
-        return OnnxNet(path)
+        return OpenVinoNet(path) if runtime == "openvino" else OnnxNet(path)
     if required:
         raise MissingWeightsError(
             f"no ONNX export of model {model_id} at {path} (make it with: python -m "

@@ -26,11 +26,15 @@ def test_onnx_export_predicts_like_torch(padim_tiled, tmp_path: Path):
     onnx_model = load_model(folder, backend="onnx")
     assert torch_model.backend == "torch" and onnx_model.backend == "onnx"
     assert load_model(folder).backend == "onnx"  # auto prefers the matching export on CPU
+    openvino_model = load_model(folder, backend="openvino")
+    assert openvino_model.backend == "openvino"
     img = save(add_defect(texture(128, 256, 7, 1), 64, 120, 7), tmp_path / "d.png", bits=16)
-    a, b = predict(torch_model, img), predict(onnx_model, img)
-    assert np.abs(a.heatmap.astype(int) - b.heatmap.astype(int)).max() <= 2
-    assert len(a.regions) == len(b.regions) == 1
-    assert a.image_score == pytest.approx(b.image_score, abs=0.01)
+    a = predict(torch_model, img)
+    for exported in (onnx_model, openvino_model):
+        b = predict(exported, img)
+        assert np.abs(a.heatmap.astype(int) - b.heatmap.astype(int)).max() <= 2
+        assert len(a.regions) == len(b.regions) == 1
+        assert a.image_score == pytest.approx(b.image_score, abs=0.01)
 
 
 def test_stale_export_is_ignored(padim_tiled, rgb_normals, tmp_path: Path):
