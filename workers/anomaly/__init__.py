@@ -9,6 +9,8 @@ Public API
 ``train(config: TrainConfig, normal_image_paths, out_dir, progress=None) -> TrainResult``
     Trains and calibrates; writes ``<out_dir>/model.pt`` (self-contained weights + calibration +
     geometry) and ``<out_dir>/model.json`` (the same metadata, readable).
+``recommended_config(device="auto", **overrides) -> TrainConfig``
+    EfficientAD-S on a GPU, PaDiM on CPU.
 ``load_model(artifact_path, device="auto", backend="auto") -> LoadedModel``
     Loads once per process (cached by path and mtime). ``backend="auto"`` runs the ONNX export
     through ONNX Runtime on CPU when one exists for this model, else torch.
@@ -43,6 +45,7 @@ from .engine import (
     TrainResult,
     load_model,
     predict,
+    recommended_config,
     train,
 )
 from .errors import (
@@ -84,5 +87,6 @@ __all__ = [
     "pair_masks",
     "predict",
     "read_image",
+    "recommended_config",
     "train",
 ]

@@ -99,6 +99,19 @@ class TrainConfig:
             raise ConfigError("coarse_pass adds a whole-image pass to a tiled model: set scale")
 
 
+def recommended_config(device: str = "auto", **overrides: object) -> TrainConfig:
+    """The default model for the hardware: EfficientAD-S (1000 steps) when training on a GPU,
+    PaDiM on CPU (one pass over the images: seconds, where EfficientAD needs hours).
+
+    ``overrides`` are any :class:`TrainConfig` fields.
+    """
+    if resolve_device(device).type == "cuda":
+        config = TrainConfig(model="efficientad", steps=1000, batch_size=1, device=device)
+    else:
+        config = TrainConfig(model="padim", device=device)
+    return replace(config, **overrides)
+
+
 @dataclass
 class PredictConfig:
     """How one image is turned into a heatmap and regions. Nothing here changes the model."""

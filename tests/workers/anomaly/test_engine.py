@@ -191,3 +191,12 @@ def test_coarse_whole_image_pass_is_trained_stored_and_combined(gray16_normals, 
 def test_coarse_pass_needs_a_tiled_model():
     with pytest.raises(ConfigError, match="coarse_pass"):
         TrainConfig(model="padim", coarse_pass=True).validate()
+
+
+def test_recommended_config_depends_on_the_hardware():
+    from workers.anomaly import recommended_config
+
+    assert recommended_config("cpu").model == "padim"
+    assert recommended_config("cpu", input_size=128).input_size == 128
+    if torch.cuda.is_available():
+        assert recommended_config("cuda").model == "efficientad"
