@@ -1,5 +1,6 @@
 """Loupe settings. Every value comes from the environment (see .env.example)."""
 
+import os
 from pathlib import Path
 
 import environ
@@ -66,7 +67,8 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file (not :memory:) so that a Celery worker process sees what tests write.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # One file per test run (two runs in one checkout must not share it).
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -87,6 +89,7 @@ STATICFILES_DIRS = [
         "vendor/openseadragon",
         BASE_DIR / "node_modules" / "openseadragon" / "build" / "openseadragon",
     ),
+    ("vendor/annotorious", BASE_DIR / "node_modules" / "@annotorious" / "openseadragon" / "dist"),
 ]
 WHITENOISE_USE_FINDERS = True
 

@@ -136,21 +136,51 @@ def project_settings(request, pk):
 
 @login_required
 def image_page(request, pk):
+    """The labeling workspace: deep zoom, shapes, heatmap overlay, verdict, comments."""
+    from django.urls import reverse
+
     image = get_object_or_404(Image.objects.select_related("project"), pk=pk)
-    require_role(request.user, image.project)
-    ids = list(
-        Image.objects.filter(project=image.project).order_by("id").values_list("id", flat=True)
-    )
-    pos = ids.index(image.pk)
+    role = require_role(request.user, image.project)
+    query = request.GET.copy()
+    query.pop("page", None)
+    neighbors = selectors.image_neighbors(image=image, params=query)
+    heatmap = image.heatmaps.first()
+    data = {
+        "image": {
+            "id": image.pk,
+            "name": image.original_name,
+            "width": image.width,
+            "height": image.height,
+            "dzi": reverse("api-image-dzi", args=[image.pk]) if image.pyramid_path else None,
+            "heatmap": reverse("api-image-heatmap", args=[image.pk]) if heatmap else None,
+            "heatmapLabel": heatmap.label if heatmap else "",
+            "verdict": image.verdict,
+        },
+        "categories": [
+            {"id": c.pk, "name": c.name, "color": c.color, "shortcut": c.shortcut}
+            for c in DefectCategory.objects.filter(project=image.project)
+        ],
+        "user": {"username": request.user.username, "role": role},
+        "neighbors": neighbors,
+        "query": query.urlencode(),
+        "urls": {
+            "annotations": reverse("api-image-annotations", args=[image.pk]),
+            "annotation": reverse("api-annotation", args=[0]).replace("/0/", "/{id}/"),
+            "verdict": reverse("api-image-verdict", args=[image.pk]),
+            "comments": reverse("api-image-comments", args=[image.pk]),
+            "page": reverse("image-page", args=[0]).replace("/0/", "/{id}/"),
+            "dzi": reverse("api-image-dzi", args=[0]).replace("/0/", "/{id}/"),
+        },
+    }
     return render(
         request,
-        "image.html",
+        "workspace.html",
         {
             "image": image,
             "project": image.project,
-            "prev_id": ids[pos - 1] if pos > 0 else None,
-            "next_id": ids[pos + 1] if pos + 1 < len(ids) else None,
-            "annotations": image.annotations.select_related("category"),
+            "data": data,
+            "neighbors": neighbors,
+            "query": data["query"],
         },
     )
 

@@ -58,5 +58,16 @@ def page(browser, live_server):
     context = browser.new_context(viewport={"width": 1400, "height": 900}, base_url=live_server.url)
     p = context.new_page()
     p.set_default_timeout(30_000)
+    # the browser's console and page errors appear in the test's captured output on failure
+    p.on("console", lambda m: print(f"[console.{m.type}] {m.text}"))
+    p.on("pageerror", lambda e: print(f"[pageerror] {e}"))
+    p.on(
+        "response",
+        lambda r: (
+            "/api/" in r.url
+            and "/dzi/" not in r.url
+            and print(f"[http] {r.request.method} {r.url} {r.status}")
+        ),
+    )
     yield p
     context.close()

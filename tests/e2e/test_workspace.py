@@ -1,0 +1,203 @@
+"""The labeling workspace in a real browser on a 6000x4000 image: draw, relabel, undo, navigate,
+reload, and check the stored full-resolution coordinates."""
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from PIL import Image as PILImage
+
+from annotations.models import Annotation
+from annotations.services import category_create
+from inspection.models import Image, ImageHeatmap
+from inspection.services.images import IncomingFile, image_build_derivatives, image_store_one
+from inspection.services.projects import project_create
+from tests.conftest import PASSWORD
+
+pytestmark = pytest.mark.e2e
+
+
+def part_photo(width: int, height: int, seed: int) -> bytes:
+    """Something like a part on a bench: smooth shading, texture, a dark scratch."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = 110 + 50 * np.sin(xx / 900.0 + seed) * np.cos(yy / 700.0)
+    rng = np.random.default_rng(seed)
+    img = np.clip(base[..., None] + rng.normal(0, 5, (height, width, 3)), 0, 255).astype(np.uint8)
+    img[2000:2006, 2900:3300] = 30
+    buf = io.BytesIO()
+    PILImage.fromarray(img).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def heatmap_png(width: int, height: int) -> bytes:
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    blob = np.exp(
+        -(
+            ((xx - width * 0.52) / (width * 0.04)) ** 2
+            + ((yy - height * 0.5) / (height * 0.03)) ** 2
+        )
+    )
+    buf = io.BytesIO()
+    PILImage.fromarray((blob * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def workspace_images(transactional_db, make_user, tmp_path):
+    user = make_user("labeler")
+    project = project_create(user=user, name="Housings")
+    scratch = category_create(user=user, project=project, name="scratch", color="#ff3b30")
+    dent = category_create(user=user, project=project, name="dent", color="#34c759")
+    images = []
+    for i, (w, h) in enumerate([(6000, 4000), (3000, 2000)]):
+        path = tmp_path / f"housing-{i}.jpg"
+        path.write_bytes(part_photo(w, h, seed=i))
+        outcome = image_store_one(
+            project=project, user=user, incoming=IncomingFile(path.name, path)
+        )
+        image = Image.objects.get(pk=outcome.image_id)
+        image_build_derivatives(image=image)
+        images.append(image)
+    name = default_storage.save("heatmaps/test.png", ContentFile(heatmap_png(750, 500)))
+    ImageHeatmap.objects.create(image=images[0], path=name, label="EfficientAD-S (test)")
+    return {"user": user, "project": project, "images": images, "scratch": scratch, "dent": dent}
+
+
+def login(page, username):
+    page.goto("/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+
+
+def open_workspace(page, image_id):
+    page.goto(f"/images/{image_id}/")
+    page.locator("#viewer[data-annotations-loaded]").wait_for()
+    page.locator("#viewer[data-tile-loaded]").wait_for()
+
+
+def wait_saved(page):
+    page.wait_for_function("() => window.loupeWorkspace.idle()")
+    page.locator('#save-status[data-state="saved"]').wait_for()
+
+
+def zoom_to(page, x, y, pixel_ratio):
+    """Centre image point (x, y) with `pixel_ratio` screen pixels per image pixel."""
+    page.evaluate(
+        """([x, y, r]) => { const v = window.loupeWorkspace.viewer.viewport;
+            v.zoomTo(v.imageToViewportZoom(r), null, true);
+            v.panTo(v.imageToViewportCoordinates(x, y), true); }""",
+        [x, y, pixel_ratio],
+    )
+    page.wait_for_timeout(300)
+
+
+def to_image(page, sx, sy):
+    return page.evaluate("([x, y]) => window.loupeWorkspace.windowToImage(x, y)", [sx, sy])
+
+
+def viewer_box(page):
+    return page.locator("#viewer").bounding_box()
+
+
+def shot(page, name):
+    folder = os.environ.get("LOUPE_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"))
+
+
+def test_draw_relabel_undo_navigate_reload(page, live_server, workspace_images):
+    first, second = workspace_images["images"]
+    scratch, dent = workspace_images["scratch"], workspace_images["dent"]
+    login(page, "labeler")
+    open_workspace(page, first.pk)
+    vb = viewer_box(page)
+    cx, cy = vb["x"] + vb["width"] / 2, vb["y"] + vb["height"] / 2
+
+    # zoom to the highest magnification on the scratch and drag a box around it
+    zoom_to(page, 3100, 2003, 16)
+    page.keyboard.press("b")
+    start, end = (cx - 200, cy - 120), (cx + 180, cy + 100)
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(cx, cy, steps=5)
+    page.mouse.move(*end, steps=5)
+    page.mouse.up()
+    wait_saved(page)
+    want_box = (to_image(page, *start), to_image(page, *end))
+
+    # a polygon elsewhere, at 4x, closed by clicking its first point
+    zoom_to(page, 1500, 1200, 4)
+    page.keyboard.press("g")
+    pts = [(cx - 150, cy - 100), (cx + 160, cy - 80), (cx + 120, cy + 130), (cx - 130, cy + 90)]
+    for p in pts:
+        page.mouse.click(*p)
+        page.wait_for_timeout(120)
+    page.mouse.click(*pts[0])
+    wait_saved(page)
+    want_poly = [to_image(page, *p) for p in pts]
+
+    # a third shape that we then undo
+    page.keyboard.press("b")
+    page.mouse.move(cx - 380, cy - 260)  # top left: the minimap sits bottom right
+    page.mouse.down()
+    page.mouse.move(cx - 300, cy - 190, steps=4)
+    page.mouse.up()
+    wait_saved(page)
+    assert Annotation.objects.filter(image=first).count() == 3
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+z")
+    wait_saved(page)
+    assert Annotation.objects.filter(image=first).count() == 2
+
+    # new shapes took the first category, 'dent' (key 1); select the box from the list and
+    # relabel it with the key '2' ('scratch')
+    assert set(Annotation.objects.filter(image=first).values_list("category", flat=True)) == {
+        dent.pk
+    }
+    page.keyboard.press("v")
+    page.locator("#shape-list li", has_text="box").click()
+    page.keyboard.press("2")
+    page.keyboard.press("Escape")
+    wait_saved(page)
+    box = Annotation.objects.get(image=first, kind="box")
+    assert box.category == scratch and box.version >= 2
+
+    # heatmap overlay on, then a screenshot for the docs
+    page.keyboard.press("h")
+    page.locator('#viewer[data-heatmap="shown"]').wait_for()
+    page.evaluate("() => window.loupeWorkspace.viewer.viewport.goHome(true)")
+    page.wait_for_timeout(800)
+    shot(page, "workspace-heatmap")
+
+    # next image and back, then reload: the shapes come back from the server
+    page.keyboard.press("n")
+    page.wait_for_url(f"**/images/{second.pk}/")
+    page.locator("#viewer[data-annotations-loaded]").wait_for()
+    assert page.locator("#shape-list li").count() == 0
+    page.keyboard.press("p")
+    page.wait_for_url(f"**/images/{first.pk}/")
+    page.reload()
+    page.locator("#viewer[data-annotations-loaded]").wait_for()
+    items = page.locator("#shape-list li")
+    assert items.count() == 2
+    assert "scratch" in items.nth(0).inner_text() and "labeler" in items.nth(0).inner_text()
+    assert "dent" in items.nth(1).inner_text()
+
+    # stored coordinates are full-resolution pixels, within 1 px of where the mouse was
+    g = Annotation.objects.get(image=first, kind="box").geometry
+    (x0, y0), (x1, y1) = (want_box[0]["x"], want_box[0]["y"]), (want_box[1]["x"], want_box[1]["y"])
+    assert abs(g["x"] - x0) <= 1 and abs(g["y"] - y0) <= 1
+    assert abs(g["x"] + g["w"] - x1) <= 1 and abs(g["y"] + g["h"] - y1) <= 1
+    assert 3050 < g["x"] < 3100 and 1990 < g["y"] < 2003  # the scratch is inside
+    poly = Annotation.objects.get(image=first, kind="polygon")
+    assert poly.category == dent
+    got = poly.geometry["points"]
+    assert len(got) == 4
+    for (gx, gy), w in zip(got, want_poly, strict=True):
+        assert abs(gx - w["x"]) <= 1 and abs(gy - w["y"]) <= 1
