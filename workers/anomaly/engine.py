@@ -126,6 +126,7 @@ class PredictConfig:
     specular_s_max: float = 30.0
     allow_size_mismatch: bool = False
     coarse_pass: bool = True
+    half: bool = False  # fp16 autocast on CUDA only
     device: str = "auto"
 
 
@@ -729,19 +730,28 @@ def raw_heatmap(
     net_image = geo.prepare(image)
     t = geo.input_size
     device = model.device
+    autocast = torch.autocast(
+        "cuda", dtype=torch.float16, enabled=config.half and device.type == "cuda"
+    )
     if geo.scale is None:
-        raw = model.net(_to_tensor([net_image], device))[0, 0].float().cpu().numpy()
+        with autocast:
+            raw = model.net(_to_tensor([net_image], device))[0, 0].float().cpu().numpy()
         progress(1.0, "1/1 tiles")
         return cv2.resize(raw, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     hs, ws = geo.scaled_size(h, w)
     grid = tile_grid(net_image.shape[0], net_image.shape[1], t, geo.overlap_px(config.tile_overlap))
-    stitcher = Stitcher(net_image.shape[0], net_image.shape[1], t, config.stitch_downsample)
+    stitch_device = device if isinstance(model.net, torch.nn.Module) else torch.device("cpu")
+    stitcher = Stitcher(
+        net_image.shape[0], net_image.shape[1], t, config.stitch_downsample, stitch_device
+    )
+    # One upload of the whole image; tiles are views cut on the device (no per-tile copies).
+    whole = torch.from_numpy(np.ascontiguousarray(net_image.transpose(2, 0, 1))).to(stitch_device)
     for start in range(0, len(grid), config.batch_size):
         chunk = grid[start : start + config.batch_size]
-        batch = _to_tensor([net_image[c.y : c.y + t, c.x : c.x + t] for c in chunk], device)
-        maps = model.net(batch)[:, 0].float().cpu().numpy()
-        for tile, m in zip(chunk, maps, strict=True):
-            stitcher.add(tile, m)
+        batch = torch.stack([whole[:, c.y : c.y + t, c.x : c.x + t] for c in chunk])
+        with autocast:
+            maps = model.net(batch)[:, 0]
+        stitcher.add_batch(chunk, maps)
         done = start + len(chunk)
         progress(done / len(grid), f"{done}/{len(grid)} tiles")
     stitched = stitcher.result()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
+from torch.nn import functional as F  # noqa: N812
 
 
 def axis_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -75,33 +77,50 @@ def pad_to_tile(image: np.ndarray, tile: int) -> np.ndarray:
 
 
 class Stitcher:
-    """Accumulates tile heatmaps into one map at ``1/downsample`` of the tiled image's size."""
+    """Accumulates tile heatmaps into one map at ``1/downsample`` of the tiled image's size.
 
-    def __init__(self, height: int, width: int, tile: int, downsample: int = 2) -> None:
+    Works on torch tensors on the model's device, so on a GPU the tiles never leave it until the
+    final map is read back.
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        tile: int,
+        downsample: int = 2,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.height, self.width = height, width
         self.downsample = max(1, int(downsample))
         self.tile = tile
         self.small_tile = max(1, round(tile / self.downsample))
         self.out_h = max(1, math.ceil(height / self.downsample))
         self.out_w = max(1, math.ceil(width / self.downsample))
-        self.acc = np.zeros(
-            (self.out_h + self.small_tile, self.out_w + self.small_tile), np.float32
-        )
-        self.weight = np.zeros_like(self.acc)
-        self.window = blend_window(self.small_tile)
+        size = (self.out_h + self.small_tile, self.out_w + self.small_tile)
+        self.acc = torch.zeros(size, dtype=torch.float32, device=device)
+        self.weight = torch.zeros_like(self.acc)
+        self.window = torch.from_numpy(blend_window(self.small_tile)).to(device)
 
-    def add(self, tile: Tile, heatmap: np.ndarray) -> None:
+    def add_batch(self, tiles: list[Tile], maps: torch.Tensor) -> None:
+        """Blend ``(N, tile, tile)`` heatmaps in at their places."""
+        maps = maps.float()
+        if maps.shape[-2:] != (self.small_tile, self.small_tile):
+            maps = F.interpolate(maps[:, None], size=(self.small_tile,) * 2, mode="area")[:, 0]
+        maps = maps.to(self.acc.device) * self.window
+        st = self.small_tile
+        for tile, m in zip(tiles, maps, strict=True):
+            y, x = round(tile.y / self.downsample), round(tile.x / self.downsample)
+            self.acc[y : y + st, x : x + st] += m
+            self.weight[y : y + st, x : x + st] += self.window
+
+    def add(self, tile: Tile, heatmap: np.ndarray | torch.Tensor) -> None:
         """Blend one ``(tile, tile)`` heatmap in at its place."""
-        small = heatmap
-        if heatmap.shape != (self.small_tile, self.small_tile):
-            small = cv2.resize(heatmap, (self.small_tile, self.small_tile), cv2.INTER_AREA)
-        y, x = round(tile.y / self.downsample), round(tile.x / self.downsample)
-        sl = np.s_[y : y + self.small_tile, x : x + self.small_tile]
-        self.acc[sl] += small * self.window
-        self.weight[sl] += self.window
+        self.add_batch([tile], torch.as_tensor(np.asarray(heatmap, np.float32))[None])
 
     def result(self) -> np.ndarray:
         """The blended map, shape ``(ceil(H/ds), ceil(W/ds))``; uncovered pixels are 0."""
         acc = self.acc[: self.out_h, : self.out_w]
         weight = self.weight[: self.out_h, : self.out_w]
-        return np.divide(acc, weight, out=np.zeros_like(acc), where=weight > 0)
+        out = torch.where(weight > 0, acc / weight.clamp_min(1e-12), torch.zeros_like(acc))
+        return out.cpu().numpy()
