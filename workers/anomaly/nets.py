@@ -323,7 +323,23 @@ class PatchcoreNet(nn.Module):
         return m.reshape_embedding(m.generate_embedding(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(_lite_normalise(x)).anomaly_map
+        """Same map as anomalib's forward (nearest-neighbour distance per patch, upsampled and
+        blurred), written so that it exports to ONNX with a dynamic batch: anomalib chunks the
+        distance matrix in a Python loop whose trip count would be frozen into the graph."""
+        m = self.model
+        batch = x.shape[0]
+        features = m.feature_extractor(_lite_normalise(x))
+        features = {k: m.feature_pooler(v) for k, v in features.items()}
+        embedding = m.generate_embedding(features)
+        _, channels, height, width = embedding.shape
+        flat = embedding.permute(0, 2, 3, 1).reshape(-1, channels)
+        if torch.onnx.is_in_onnx_export():
+            scores = m.euclidean_dist(flat, m.memory_bank).amin(1)
+        else:  # bounded memory: (4096 x bank) distances at a time
+            scores = torch.cat(
+                [m.euclidean_dist(part, m.memory_bank).amin(1) for part in flat.split(4096)]
+            )
+        return m.anomaly_map_generator(scores.reshape(batch, 1, height, width), x.shape[-2:])
 
 
 def greedy_coreset(

@@ -121,6 +121,13 @@ def test_patchcore_tiled_rgb(rgb_normals, tmp_path: Path):
     assert pred.regions
     x, y, w, h = pred.regions[0].box
     assert x <= 70 <= x + w and y <= 60 <= y + h
+    # the ONNX export (dynamic batch) gives the same map
+    from workers.anomaly import export_onnx
+
+    export_onnx(result.artifact_path)
+    exported = load_model(result.artifact_path, backend="onnx")
+    again = predict(exported, img, PredictConfig(batch_size=3, regions=RegionConfig(min_area=20)))
+    assert np.abs(again.heatmap.astype(int) - pred.heatmap.astype(int)).max() <= 2
 
 
 def test_efficientad_with_distilled_teacher(rgb_normals, tmp_path: Path):
