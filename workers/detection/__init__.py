@@ -23,12 +23,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import ModelConfig, TrainConfig
     from .convert import ConversionReport, convert_pdparams, convert_state_dict, read_pdparams
     from .data import Category, CocoDetectionDataset
-    from .evaluate import EvalResult, evaluate
+    from .evaluation import EvalResult, evaluate
     from .inference import Detection, Detector
     from .model import PPYOLOE, build_model
     from .onnx_export import OnnxDetector, export_onnx
     from .sahi_model import LoupeSahiModel
-    from .train import ProgressCallback, TrainResult, train
+    from .trainer import ProgressCallback, TrainResult, train
 
 _LAZY = {
     "ModelConfig": "config",
@@ -37,13 +37,13 @@ _LAZY = {
     "build_model": "model",
     "Category": "data",
     "CocoDetectionDataset": "data",
-    "train": "train",
-    "TrainResult": "train",
-    "ProgressCallback": "train",
+    "train": "trainer",
+    "TrainResult": "trainer",
+    "ProgressCallback": "trainer",
     "Detector": "inference",
     "Detection": "inference",
-    "evaluate": "evaluate",
-    "EvalResult": "evaluate",
+    "evaluate": "evaluation",
+    "EvalResult": "evaluation",
     "LoupeSahiModel": "sahi_model",
     "save_artifact": "artifact",
     "load_artifact": "artifact",

@@ -31,7 +31,7 @@ def _model_config(args: argparse.Namespace, num_classes: int) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .data import CocoDetectionDataset
-    from .train import train
+    from .trainer import train
 
     split = args.split
     image_filter = (lambda img: img.get("official_split") == split) if split else None
@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from .evaluation import evaluate
     from .inference import Detector
 
     split = args.split

@@ -86,7 +86,7 @@ def synthetic_coco(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_coco: Path) -> dict[str, object]:
     """Overfit the tiny model on the synthetic set once; shared by the smoke and SAHI tests."""
-    from workers.detection.train import train
+    from workers.detection.trainer import train
 
     out = tmp_path_factory.mktemp("model") / "model.pt"
     calls: list[tuple[float, str, dict | None]] = []

@@ -9,9 +9,9 @@ import pytest
 from workers.detection import Cancelled
 from workers.detection.artifact import read_artifact
 from workers.detection.config import TrainConfig
-from workers.detection.evaluate import evaluate
+from workers.detection.evaluation import evaluate
 from workers.detection.inference import Detector
-from workers.detection.train import lr_at, param_groups, train
+from workers.detection.trainer import lr_at, param_groups, train
 
 from .conftest import tiny_model_config
 
@@ -90,3 +90,17 @@ def test_no_weight_decay_on_batchnorm() -> None:
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
     # the fixed DFL projection is not trained
     assert id(model.yolo_head.proj_conv.weight) not in {id(p) for p in decay["params"]}
+
+
+def test_package_exports_functions_not_modules_and_no_django() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, workers.detection as d, workers.detection.trainer, workers.detection.evaluation;"
+        "assert callable(d.train) and callable(d.evaluate) and callable(d.export_onnx);"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('django', 'celery')];"
+        "assert not bad, bad"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
