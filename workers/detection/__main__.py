@@ -43,6 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         base_lr=args.lr,
         device=args.device,
         max_iters_per_epoch=args.max_iters,
+        crop_size=args.crop_size,
         pretrained=args.pretrained,
         seed=args.seed,
     )
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=0.01, help="base lr for batch 8")
     t.add_argument("--max-iters", type=int, default=None, help="cap iterations per epoch")
+    t.add_argument("--crop-size", type=int, default=None, help="random crops of large images")
     t.add_argument("--pretrained", help="artifact or converted weights to start from")
     t.add_argument("--device", default=None)
     t.add_argument("--seed", type=int, default=0)

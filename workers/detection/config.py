@@ -175,6 +175,7 @@ class TrainConfig:
     train_sizes: tuple[int, ...] = tuple(range(320, 769, 32))
     flip_prob: float = 0.5
     distort: bool = True
+    crop_size: int | None = None  # random crops of large images (on-the-fly sliced training)
     seed: int = 0
     num_workers: int = 0
     device: str | None = None

@@ -163,6 +163,44 @@ def random_flip(sample: Sample, rng: random.Random, prob: float = 0.5) -> Sample
     )
 
 
+def random_crop(
+    sample: Sample,
+    size: int,
+    rng: random.Random,
+    object_prob: float = 0.8,
+    min_visible: float = 0.5,
+) -> Sample:
+    """On-the-fly sliced training for large images: a ``size`` x ``size`` window (smaller sides
+    are kept whole), centred on a random object with probability ``object_prob``.
+
+    Boxes are clipped to the window; boxes with less than ``min_visible`` of their area inside
+    are dropped, as the datasets exporter does for sliced tiles.
+    """
+    h, w = sample.image.shape[:2]
+    if h <= size and w <= size:
+        return sample
+    cw, ch = min(size, w), min(size, h)
+    if len(sample.boxes) and rng.random() < object_prob:
+        b = sample.boxes[rng.randrange(len(sample.boxes))]
+        cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+        x0 = int(min(max(cx - rng.uniform(0.1, 0.9) * cw, 0), w - cw))
+        y0 = int(min(max(cy - rng.uniform(0.1, 0.9) * ch, 0), h - ch))
+    else:
+        x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    boxes = sample.boxes - np.array([x0, y0, x0, y0], np.float32)
+    clipped = np.clip(boxes, 0, [cw, ch, cw, ch]).astype(np.float32)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    keep = visible >= min_visible * np.maximum(area, 1e-6)
+    return Sample(
+        np.ascontiguousarray(sample.image[y0 : y0 + ch, x0 : x0 + cw]),
+        clipped[keep],
+        sample.labels[keep],
+        sample.image_id,
+        sample.file_name,
+    )
+
+
 def resize_stretched(image: np.ndarray, size: int, interp: int = cv2.INTER_CUBIC) -> np.ndarray:
     """Resize to size x size ignoring aspect ratio (PaddleDetection's keep_ratio=False)."""
     if image.shape[0] == size and image.shape[1] == size:

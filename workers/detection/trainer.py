@@ -17,7 +17,14 @@ from torch import nn
 
 from .artifact import read_artifact, save_artifact
 from .config import ModelConfig, TrainConfig
-from .data import CocoDetectionDataset, Sample, collate_train, random_distort, random_flip
+from .data import (
+    CocoDetectionDataset,
+    Sample,
+    collate_train,
+    random_crop,
+    random_distort,
+    random_flip,
+)
 from .errors import Cancelled, DetectionDataError
 from .model import PPYOLOE, build_model
 
@@ -82,6 +89,8 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, max_steps: int) -> float
 
 
 def _augment(sample: Sample, cfg: TrainConfig, rng: random.Random) -> Sample:
+    if cfg.crop_size:
+        sample = random_crop(sample, cfg.crop_size, rng)
     if cfg.distort:
         sample = Sample(
             random_distort(sample.image, rng),

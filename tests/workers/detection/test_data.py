@@ -1,0 +1,85 @@
+"""Data pipeline: COCO reading, crops, flips and the multi-scale collate."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workers.detection.data import (
+    CocoDetectionDataset,
+    Sample,
+    collate_train,
+    random_crop,
+    random_flip,
+)
+from workers.detection.errors import DetectionDataError
+
+pytestmark = pytest.mark.ml
+
+
+def big_sample() -> Sample:
+    img = np.zeros((1000, 1500, 3), np.uint8)
+    boxes = np.array([[1000, 700, 1020, 720], [100, 100, 140, 130]], np.float32)
+    return Sample(img, boxes, np.array([0, 1]), 1, "big.png")
+
+
+def test_random_crop_keeps_pixel_scale_and_shifts_boxes() -> None:
+    rng = random.Random(0)
+    s = big_sample()
+    s.image[700:720, 1000:1020] = 255
+    for _ in range(20):
+        c = random_crop(s, 256, rng, object_prob=1.0)
+        assert c.image.shape == (256, 256, 3)
+        assert len(c.boxes) >= 1
+        for (x1, y1, x2, y2), lab in zip(c.boxes.astype(int), c.labels, strict=True):
+            assert 0 <= x1 < x2 <= 256 and 0 <= y1 < y2 <= 256
+            if lab == 0:  # the white square is exactly where its (clipped) box says
+                assert c.image[y1:y2, x1:x2].min() == 255
+    small = Sample(np.zeros((100, 80, 3), np.uint8), s.boxes[:0], s.labels[:0], 2, "s.png")
+    assert random_crop(small, 256, rng) is small
+
+
+def test_crop_drops_mostly_hidden_boxes() -> None:
+    s = Sample(
+        np.zeros((512, 512, 3), np.uint8),
+        np.array([[250.0, 10, 270, 30]]),
+        np.array([0]),
+        1,
+        "x",
+    )
+    rng = random.Random(1)
+    for _ in range(30):
+        c = random_crop(s, 256, rng, object_prob=0.0)
+        if len(c.boxes):
+            w = c.boxes[0, 2] - c.boxes[0, 0]
+            assert w >= 10 - 1e-4  # at least half of the 20 px box is visible
+
+
+def test_flip_and_collate() -> None:
+    s = big_sample()
+    f = random_flip(s, random.Random(0), prob=1.0)
+    assert f.boxes[0].tolist() == [480, 700, 500, 720]
+    batch = collate_train([s, f], 320, random.Random(0))
+    assert batch.images.shape == (2, 3, 320, 320)
+    assert batch.gt_bboxes.shape == (2, 2, 4) and batch.pad_gt_mask.sum() == 4
+    sx, sy = 320 / 1500, 320 / 1000
+    assert batch.gt_bboxes[0, 0].tolist() == pytest.approx(
+        [1000 * sx, 700 * sy, 1020 * sx, 720 * sy]
+    )
+
+
+def test_bad_coco_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(DetectionDataError, match="bad.json"):
+        CocoDetectionDataset(bad)
+
+
+def test_unreadable_image_names_the_file(synthetic_coco: Path) -> None:
+    ds = CocoDetectionDataset(synthetic_coco)
+    ds.images[0] = dict(ds.images[0], file_name="img/missing.png")
+    with pytest.raises(DetectionDataError, match="missing.png"):
+        ds[0]
