@@ -1,5 +1,6 @@
 """Server-rendered pages. Reads use selectors and FilterSets; writes call services."""
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -163,6 +164,7 @@ def image_page(request, pk):
         "user": {"username": request.user.username, "role": role},
         "neighbors": neighbors,
         "query": query.urlencode(),
+        "pollSeconds": settings.LOUPE_WORKSPACE_POLL_SECONDS,
         "urls": {
             "annotations": reverse("api-image-annotations", args=[image.pk]),
             "annotation": reverse("api-annotation", args=[0]).replace("/0/", "/{id}/"),

@@ -315,7 +315,7 @@
     for (const [id, m] of [...meta.entries()]) if (m.serverId && !seen.has(m.serverId)) removeRemote(id);
     renderList();
   }
-  setInterval(poll, 10000);
+  setInterval(poll, (data.pollSeconds || 10) * 1000);
 
   window.addEventListener("beforeunload", (e) => {
     if (queue.length) { e.preventDefault(); e.returnValue = "Some changes are not saved yet."; }

@@ -201,3 +201,72 @@ def test_draw_relabel_undo_navigate_reload(page, live_server, workspace_images):
     assert len(got) == 4
     for (gx, gy), w in zip(got, want_poly, strict=True):
         assert abs(gx - w["x"]) <= 1 and abs(gy - w["y"]) <= 1
+
+
+def test_offline_edits_are_queued_and_conflicts_are_shown(
+    page, live_server, workspace_images, make_user, client_for, settings
+):
+    settings.LOUPE_WORKSPACE_POLL_SECONDS = 3600  # the page must not see the change by polling
+    from inspection.models import Role
+    from inspection.services.projects import member_set
+
+    first = workspace_images["images"][0]
+    dent, scratch = workspace_images["dent"], workspace_images["scratch"]
+    make_user("colleague")
+    member_set(
+        user=workspace_images["user"],
+        project=workspace_images["project"],
+        username="colleague",
+        role=Role.ANNOTATOR,
+    )
+    login(page, "labeler")
+    open_workspace(page, first.pk)
+    vb = viewer_box(page)
+    cx, cy = vb["x"] + vb["width"] / 2, vb["y"] + vb["height"] / 2
+    zoom_to(page, 3000, 2000, 2)
+
+    # the network drops: the new box waits in the queue, and the page says so
+    page.context.set_offline(True)
+    page.keyboard.press("b")
+    page.mouse.move(cx - 100, cy - 80)
+    page.mouse.down()
+    page.mouse.move(cx + 100, cy + 60, steps=5)
+    page.mouse.up()
+    page.locator('#save-status[data-state="offline"]').wait_for()
+    assert "server unreachable" in page.locator("#save-status").inner_text()
+    assert Annotation.objects.filter(image=first).count() == 0
+    page.context.set_offline(False)
+    wait_saved(page)
+    box = Annotation.objects.get(image=first)
+    assert box.author.username == "labeler"
+
+    # a colleague moves the same box meanwhile (before our page polls); our relabel is refused,
+    # we are told, and we see their change
+    from django.contrib.auth import get_user_model
+
+    colleague = get_user_model().objects.get(username="colleague")
+    current = Annotation.objects.get(pk=box.pk)
+    moved = {"type": "box", "x": 100.0, "y": 120.0, "w": 40.0, "h": 30.0}
+    r = client_for(colleague).patch(
+        f"/api/annotations/{box.pk}/",
+        {"version": current.version, "geometry": moved},
+        format="json",
+    )
+    assert r.status_code == 200
+    page.keyboard.press("v")
+    page.locator("#shape-list li").first.click()
+    page.keyboard.press("2")  # relabel to 'scratch', made on the old version
+    page.keyboard.press("Escape")
+    toast = page.locator("#toast")
+    toast.wait_for()
+    assert "colleague changed this annotation first" in toast.inner_text()
+    wait_saved(page)
+    stored = Annotation.objects.get(pk=box.pk)
+    assert stored.category == dent and stored.geometry == moved and stored.updated_by == colleague
+    item = page.locator("#shape-list li").first
+    assert "dent" in item.inner_text() and "edited by colleague" in item.inner_text()
+    shown = page.evaluate(
+        "() => window.loupeWorkspace.anno.getAnnotations()[0].target.selector.geometry"
+    )
+    assert (shown["x"], shown["y"], shown["w"], shown["h"]) == (100, 120, 40, 30)
+    assert scratch.pk != dent.pk
