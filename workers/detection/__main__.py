@@ -44,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         max_iters_per_epoch=args.max_iters,
         crop_size=args.crop_size,
+        num_threads=args.threads,
         pretrained=args.pretrained,
         seed=args.seed,
     )
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--crop-size", type=int, default=None, help="random crops of large images")
     t.add_argument("--pretrained", help="artifact or converted weights to start from")
     t.add_argument("--device", default=None)
+    t.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     t.add_argument("--seed", type=int, default=0)
     model_opts(t)
     t.set_defaults(func=cmd_train)

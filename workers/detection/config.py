@@ -177,8 +177,8 @@ class TrainConfig:
     distort: bool = True
     crop_size: int | None = None  # random crops of large images (on-the-fly sliced training)
     seed: int = 0
-    num_workers: int = 0
     device: str | None = None
+    num_threads: int | None = None  # torch intra-op threads; 1 is fastest on a busy small CPU
     max_iters_per_epoch: int | None = None  # cap for smoke runs and benchmarks
     log_every: int = 10
     pretrained: str | None = None  # artifact or converted .pdparams state to start from

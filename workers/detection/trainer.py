@@ -151,6 +151,8 @@ def train(
     np.random.seed(tcfg.seed)
     torch.manual_seed(tcfg.seed)
     rng = random.Random(tcfg.seed)
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)  # process-wide: workers run one job at a time
     device = torch.device(tcfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     model = build_model(mcfg, pretrained_backbone=True)
@@ -207,7 +209,7 @@ def train(
                 report(
                     step / total_iters,
                     f"epoch {epoch + 1}/{tcfg.epochs} iter {it + 1}/{iters_per_epoch} "
-                    f"loss {float(losses['loss']):.4f}",
+                    f"loss {float(losses['loss'].detach()):.4f}",
                     None,
                 )
         metrics = {k: v / max(1, iters_per_epoch) for k, v in sums.items()}
