@@ -258,12 +258,12 @@ def screenshot(args) -> None:
         )
         if pred.regions:
             r = pred.regions[0]
-            x0, y0, x1, y1 = r.box
+            x0, y0, w, h = r.box  # COCO order
             annotation_create(
                 user=user,
                 image=image,
                 category_id=cats["broken_large"].pk,
-                geometry={"type": "box", "x": x0, "y": y0, "w": x1 - x0, "h": y1 - y0},
+                geometry={"type": "box", "x": x0, "y": y0, "w": w, "h": h},
             )
         port = free_port()
         server = serve(tmp, port)
@@ -284,7 +284,7 @@ def screenshot(args) -> None:
             page.wait_for_timeout(500)
             page.screenshot(path=args.screenshot)
             print(
-                f"wrote {args.screenshot} (image score {pred.score:.3f}, {len(pred.regions)} region(s))"
+                f"wrote {args.screenshot} (image score {pred.image_score:.3f}, {len(pred.regions)} region(s))"
             )
         finally:
             browser.close()

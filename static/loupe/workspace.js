@@ -494,7 +494,7 @@
   const opacityInput = document.getElementById("heatmap-opacity");
 
   function colormap(img) {
-    // grey -> 'inferno'-like ramp, transparent where the score is low
+    // grey -> an 'inferno'-like ramp, transparent where the score is low
     const canvas = document.createElement("canvas");
     canvas.width = img.naturalWidth;
     canvas.height = img.naturalHeight;
@@ -508,7 +508,8 @@
       const k = Math.min(Math.floor(t), stops.length - 2);
       const f = t - k;
       for (let c = 0; c < 3; c++) px.data[i + c] = stops[k][c] + (stops[k + 1][c] - stops[k][c]) * f;
-      px.data[i + 3] = Math.round(255 * Math.min(1, v * 1.6));
+      // Loupe heatmaps put the calibrated pixel threshold at 128: fade in from well below it
+      px.data[i + 3] = Math.round(255 * Math.max(0, Math.min(1, (v - 0.3) / 0.3)));
     }
     g.putImageData(px, 0, 0);
     return canvas.toDataURL("image/png");
