@@ -20,12 +20,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CFG = ROOT.parent / "shared" / "reference" / "ppyoloe_plus_sod_crn_s.yml"
-SIZE = 320
+SIZE = (256, 320)  # H, W: non-square so the position-embedding layout is exercised
 
 
 def fixed_inputs() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    image = rng.random((2, 3, SIZE, SIZE), dtype=np.float32)
+    image = rng.random((2, 3, *SIZE), dtype=np.float32)
     gt_bbox = np.array(
         [
             [[20, 30, 60, 64], [100, 100, 112, 109], [200, 40, 290, 150]],

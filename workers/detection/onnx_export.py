@@ -56,6 +56,7 @@ def export_onnx(
         # The position embedding and anchors are built from the (fixed) input size; tracing
         # freezing them as constants is intended, so the TracerWarnings are noise.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter, chosen on purpose
         _export(model, dummy, output, opset)
     import onnx
 
