@@ -75,6 +75,14 @@ class Annotation(models.Model):
     review_status = models.CharField(
         max_length=10, choices=ReviewStatus.choices, default=ReviewStatus.PENDING
     )
+    suggestion = models.ForeignKey(
+        "annotations.Suggestion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="annotations",
+        help_text="The model suggestion this label was accepted from.",
+    )
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -105,3 +113,105 @@ class ImageComment(models.Model):
 
     def __str__(self) -> str:
         return self.text[:50]
+
+
+class Suggestion(models.Model):
+    """A candidate defect region proposed by a model (machine output, never a label by itself).
+
+    Accepting one creates an Annotation that points back here; every decision is a Review.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACCEPTED = "accepted", "Accepted"
+        REJECTED = "rejected", "Rejected"
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="suggestions")
+    run = models.ForeignKey(
+        "inspection.InspectionRun",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="suggestions",
+    )
+    model_version = models.ForeignKey(
+        "inspection.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="suggestions",
+    )
+    category = models.ForeignKey(
+        DefectCategory,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="suggestions",
+        help_text="Detectors propose a category; anomaly models do not.",
+    )
+    kind = models.CharField(max_length=10, choices=Annotation.Kind.choices)
+    geometry = models.JSONField()
+    score = models.FloatField(help_text="Peak calibrated score (0.5 = the model's threshold).")
+    mean_score = models.FloatField(null=True, blank=True)
+    area = models.FloatField(default=0)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    reject_reason = models.CharField(max_length=20, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-score", "id"]
+        indexes = [
+            models.Index(fields=["status", "score"]),
+            models.Index(fields=["image", "model_version"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"suggestion {self.pk} on {self.image_id} ({self.score:.2f}, {self.status})"
+
+
+class Review(models.Model):
+    """One human decision on a suggestion or a label: who, when, what, and the shape before/after."""
+
+    class Action(models.TextChoices):
+        ACCEPT = "accept", "Accepted suggestion"
+        EDIT_ACCEPT = "edit_accept", "Edited and accepted suggestion"
+        REJECT = "reject", "Rejected suggestion"
+        APPROVE = "approve", "Approved label"
+        RETURN = "return", "Sent label back"
+
+    REJECT_REASONS = [
+        ("false_alarm", "False alarm"),
+        ("reflection", "Reflection"),
+        ("out_of_scope", "Out of scope"),
+        ("duplicate", "Duplicate"),
+    ]
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="reviews")
+    suggestion = models.ForeignKey(
+        Suggestion, null=True, blank=True, on_delete=models.SET_NULL, related_name="reviews"
+    )
+    annotation = models.ForeignKey(
+        Annotation, null=True, blank=True, on_delete=models.SET_NULL, related_name="reviews"
+    )
+    action = models.CharField(max_length=20, choices=Action.choices)
+    reason = models.CharField(max_length=20, blank=True, choices=REJECT_REASONS)
+    comment = models.TextField(blank=True)
+    category = models.ForeignKey(
+        DefectCategory, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    geometry_before = models.JSONField(null=True, blank=True)
+    geometry_after = models.JSONField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-decided_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.decided_by} on {self.image_id}"

@@ -201,6 +201,84 @@ class Job(models.Model):
         return round((end - self.started_at).total_seconds(), 2)
 
 
+class ModelVersion(models.Model):
+    """A trained model of a project: what it is, what it saw, how good it was, where it lives."""
+
+    class Kind(models.TextChoices):
+        ANOMALY = "anomaly", "Anomaly model"
+        DETECTOR = "detector", "Detector"
+
+    class Status(models.TextChoices):
+        TRAINING = "training", "Training"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_versions")
+    number = models.PositiveIntegerField(help_text="1, 2, 3... per project and kind.")
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.ANOMALY)
+    architecture = models.CharField(max_length=50)
+    params = models.JSONField(default=dict, blank=True)
+    image_ids = models.JSONField(
+        default=list, blank=True, help_text="The images it was trained on."
+    )
+    metrics = models.JSONField(default=dict, blank=True)
+    artifact = models.CharField(
+        max_length=300, blank=True, help_text="Storage name of the artifact."
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.TRAINING)
+    is_active = models.BooleanField(default=False)
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "kind", "number"], name="unique_model_number"
+            ),
+            models.UniqueConstraint(
+                fields=["project", "kind"],
+                condition=models.Q(is_active=True),
+                name="one_active_model_per_kind",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} {self.architecture} v{self.number}"
+
+
+class InspectionRun(models.Model):
+    """A model applied to a set of images: heatmaps, suggestions, and the run's figures."""
+
+    class Scope(models.TextChoices):
+        SELECTED = "selected", "Selected images"
+        NEW = "new", "Images not inspected by this model yet"
+        ALL = "all", "Every image"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="inspection_runs")
+    model_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    scope = models.CharField(max_length=20, choices=Scope.choices, default=Scope.ALL)
+    image_ids = models.JSONField(default=list, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    results = models.JSONField(default=dict, blank=True, help_text="Per-image outcome and errors.")
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} of {self.project}"
+
+
 class ImageHeatmap(models.Model):
     """An anomaly heatmap of an image (8-bit grey PNG, any size: it is stretched over the image).
 
@@ -208,6 +286,10 @@ class ImageHeatmap(models.Model):
     """
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="heatmaps")
+    run = models.ForeignKey(
+        InspectionRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="heatmaps"
+    )
+    score = models.FloatField(null=True, blank=True, help_text="Calibrated image score.")
     path = models.CharField(max_length=300, help_text="Storage name of the PNG.")
     label = models.CharField(
         max_length=200, blank=True, help_text="What made it, e.g. the model version."
