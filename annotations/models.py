@@ -215,3 +215,39 @@ class Review(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} by {self.decided_by} on {self.image_id}"
+
+
+class DatasetVersion(models.Model):
+    """A frozen, immutable dataset of a project: which images (with their split) and which labels.
+
+    ``content`` is the snapshot: ``{"images": [{"id", "file", "file_name", "sha256", "width",
+    "height", "split", "negative"}], "categories": [name, ...], "shapes": [{"image", "category",
+    "kind", "geometry", "annotation"}]}`` with geometry as stored on ``Annotation``. Later edits to
+    labels or images never change it; the row refuses to be saved twice.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="dataset_versions")
+    number = models.PositiveIntegerField(help_text="1, 2, 3... per project.")
+    note = models.TextField(blank=True)
+    options = models.JSONField(default=dict, blank=True, help_text="The freeze options used.")
+    content_hash = models.CharField(max_length=64)
+    counts = models.JSONField(default=dict, blank=True, help_text="Per split and per category.")
+    content = models.JSONField(default=dict, help_text="The frozen images, categories and labels.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "number"], name="unique_dataset_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} dataset v{self.number}"
+
+    def save(self, *args, **kwargs) -> None:
+        if not self._state.adding:
+            raise ValueError("A dataset version is immutable once frozen; freeze a new one.")
+        super().save(*args, **kwargs)
