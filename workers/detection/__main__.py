@@ -56,6 +56,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_config=tcfg,
         image_filter=image_filter,
         progress=_progress,
+        val_json=args.val_coco,
+        val_image_root=args.images,
+        val_filter=(lambda img: img.get("official_split") == args.val_split)
+        if args.val_split
+        else None,
+        eval_every=args.eval_every,
     )
     print(json.dumps({"artifact": str(result.artifact), "seconds": round(result.seconds, 1)}))
     return 0
@@ -172,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=0.01, help="base lr for batch 8")
     t.add_argument("--max-iters", type=int, default=None, help="cap iterations per epoch")
     t.add_argument("--crop-size", type=int, default=None, help="random crops of large images")
+    t.add_argument("--val-coco", help="COCO JSON to evaluate on during training")
+    t.add_argument("--val-split", help="keep validation images whose 'official_split' is this")
+    t.add_argument("--eval-every", type=int, default=5, help="epochs between evaluations")
     t.add_argument("--pretrained", help="artifact or converted weights to start from")
     t.add_argument("--device", default=None)
     t.add_argument("--threads", type=int, default=None, help="torch intra-op threads")

@@ -120,6 +120,35 @@ def _load_initial_weights(model: PPYOLOE, path: str) -> None:
     model.load_state_dict(usable, strict=False)
 
 
+def _validate(
+    model: PPYOLOE,
+    ema: ModelEMA | None,
+    dataset: CocoDetectionDataset,
+    val_json: str | Path,
+    val_image_root: str | Path | None,
+    val_filter: Callable[[dict[str, Any]], bool] | None,
+    slice_size: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Evaluate a deploy copy holding the EMA weights; the training model is untouched."""
+    from .evaluation import evaluate
+    from .inference import Detector
+
+    copy_model = copy.deepcopy(model)
+    if ema is not None:
+        copy_model.load_state_dict(ema.state)
+    copy_model.eval().convert_to_deploy()
+    detector = Detector(copy_model, dataset.categories, device, eval_size=slice_size)
+    res = evaluate(
+        detector,
+        val_json,
+        image_root=val_image_root,
+        image_filter=val_filter,
+        slice_size=slice_size,
+    )
+    return {"map": res.map, "map50": res.map50, "ap_small": res.ap_small}
+
+
 def train(
     train_json: str | Path,
     output: str | Path,
@@ -129,12 +158,20 @@ def train(
     train_config: TrainConfig | None = None,
     image_filter: Callable[[dict[str, Any]], bool] | None = None,
     progress: ProgressCallback | None = None,
+    val_json: str | Path | None = None,
+    val_image_root: str | Path | None = None,
+    val_filter: Callable[[dict[str, Any]], bool] | None = None,
+    eval_every: int = 1,
+    eval_slice_size: int = 640,
 ) -> TrainResult:
     """Train PP-YOLOE+-SOD on a COCO JSON file and write one artifact to ``output``.
 
     ``progress(fraction, message, metrics)`` is called every ``log_every`` iterations (metrics
     None) and at the end of each epoch (metrics: epoch, mean losses, lr, seconds). It may raise
     :class:`Cancelled`; the exception propagates and no artifact is written.
+
+    With ``val_json`` the EMA weights are evaluated (sliced, pycocotools) every ``eval_every``
+    epochs and after the last one; ``map``, ``map50`` and ``ap_small`` join that epoch's metrics.
     """
     tcfg = train_config or TrainConfig()
     dataset = CocoDetectionDataset(train_json, image_root, image_filter=image_filter)
@@ -214,6 +251,21 @@ def train(
                 )
         metrics = {k: v / max(1, iters_per_epoch) for k, v in sums.items()}
         metrics.update({"epoch": epoch + 1, "lr": cur_lr, "seconds": time.time() - epoch_start})
+        last = epoch + 1 == tcfg.epochs
+        if val_json is not None and ((epoch + 1) % max(1, eval_every) == 0 or last):
+            metrics.update(
+                _validate(
+                    model,
+                    ema,
+                    dataset,
+                    val_json,
+                    val_image_root,
+                    val_filter,
+                    eval_slice_size,
+                    device,
+                )
+            )
+            model.train()
         history.append(metrics)
         report(
             step / total_iters,

@@ -106,5 +106,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_coco: Path) -> d
             log_every=1000,
         ),
         progress=lambda f, m, d: calls.append((f, m, d)),
+        val_json=synthetic_coco,
+        eval_every=60,
+        eval_slice_size=128,
     )
     return {"result": result, "calls": calls, "path": out, "coco": synthetic_coco}

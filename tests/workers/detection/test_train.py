@@ -38,6 +38,10 @@ def test_progress_reports_fractions_and_epoch_metrics(trained: dict) -> None:
     epoch_metrics = [c[2] for c in calls if c[2] is not None]
     assert len(epoch_metrics) == 120
     assert {"loss", "loss_cls", "loss_iou", "loss_dfl", "lr", "epoch"} <= set(epoch_metrics[0])
+    # validation mAP every 60 epochs, computed on the EMA weights; it improves
+    with_map = [m for m in epoch_metrics if "map50" in m]
+    assert [m["epoch"] for m in with_map] == [60, 120]
+    assert with_map[1]["map50"] > 0.8 and with_map[1]["map50"] >= with_map[0]["map50"]
 
 
 def test_artifact_holds_weights_config_and_categories(trained: dict) -> None:
