@@ -19,3 +19,7 @@ urlpatterns = [
     path("api/", include("inspection.api.urls")),
     path("admin/", admin.site.urls),
 ]
+
+from annotations.views import datasets_page  # noqa: E402
+
+urlpatterns += [path("projects/<int:pk>/datasets/", datasets_page, name="project-datasets")]

@@ -13,7 +13,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inspection.settings")
 app = Celery("loupe")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # Every job kind's module; each registers its task with the runner.
-app.conf.imports = ("workers.tasks.pyramid", "workers.tasks.imports")
+app.conf.imports = (
+    "workers.tasks.pyramid",
+    "workers.tasks.imports",
+    "workers.tasks.datasets",
+)
 
 
 @worker_ready.connect

@@ -80,3 +80,39 @@ urlpatterns = [
     ),
     *router.urls,
 ]
+
+# Dataset versions: freeze, compare, export, download, import (annotations.dataset_api).
+from annotations import dataset_api  # noqa: E402
+
+urlpatterns += [
+    path(
+        "projects/<int:pk>/datasets/",
+        dataset_api.DatasetVersionListView.as_view(),
+        name="api-datasets",
+    ),
+    path(
+        "projects/<int:pk>/datasets/compare/",
+        dataset_api.DatasetCompareView.as_view(),
+        name="api-datasets-compare",
+    ),
+    path(
+        "projects/<int:pk>/datasets/import/",
+        dataset_api.DatasetImportView.as_view(),
+        name="api-datasets-import",
+    ),
+    path(
+        "projects/<int:pk>/datasets/<int:number>/",
+        dataset_api.DatasetVersionDetailView.as_view(),
+        name="api-dataset",
+    ),
+    path(
+        "projects/<int:pk>/datasets/<int:number>/exports/",
+        dataset_api.DatasetExportView.as_view(),
+        name="api-dataset-exports",
+    ),
+    path(
+        "dataset-exports/<uuid:job_id>/download/",
+        dataset_api.DatasetExportDownloadView.as_view(),
+        name="api-dataset-export-download",
+    ),
+]

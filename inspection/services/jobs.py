@@ -32,6 +32,7 @@ JOB_QUEUES: dict[str, str] = {
     "pyramid": "cpu",
     "import_mvtec": "cpu",
     "export": "cpu",
+    "dataset_import": "cpu",
     "anomaly_train": "gpu",
     "anomaly_inspect": "gpu",
     "detection_train": "gpu",
