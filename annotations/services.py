@@ -270,6 +270,11 @@ def image_set_verdict(*, user, image, verdict: str):
     image.verdict_by = user if verdict else None
     image.verdict_at = timezone.now() if verdict else None
     image.save(update_fields=["verdict", "verdict_by", "verdict_at"])
+    from annotations.review import image_confirm_normal, image_update_status
+
+    if verdict == Image.Verdict.OK:
+        image_confirm_normal(user=user, image=image)
+    image_update_status(image=image)
     return image
 
 

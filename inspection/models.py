@@ -20,6 +20,9 @@ class Project(models.Model):
 
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True)
+    auto_inspect = models.BooleanField(
+        default=False, help_text="Run the active anomaly model on every new upload."
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -16,6 +16,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.imports = (
     "workers.tasks.pyramid",
     "workers.tasks.imports",
+    "workers.tasks.anomaly",
     "workers.tasks.datasets",
 )
 

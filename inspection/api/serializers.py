@@ -14,7 +14,15 @@ class ProjectSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Project
-        fields = ["id", "name", "description", "created_at", "my_role", "image_count"]
+        fields = [
+            "id",
+            "name",
+            "description",
+            "auto_inspect",
+            "created_at",
+            "my_role",
+            "image_count",
+        ]
         read_only_fields = ["id", "created_at", "my_role", "image_count"]
 
     def get_my_role(self, obj) -> str | None:

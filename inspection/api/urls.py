@@ -4,8 +4,9 @@ from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from annotations import api as annotation_api
+from annotations import review_api
 
-from . import views
+from . import inspections, views
 
 router = DefaultRouter()
 router.register("projects", views.ProjectViewSet, basename="api-project")
@@ -77,6 +78,57 @@ urlpatterns = [
         "projects/<int:pk>/annotations/",
         annotation_api.ProjectAnnotationsView.as_view(),
         name="api-project-annotations",
+    ),
+    path(
+        "projects/<int:pk>/models/",
+        inspections.ProjectModelsView.as_view(),
+        name="api-project-models",
+    ),
+    path("models/<int:pk>/", inspections.ModelVersionView.as_view(), name="api-model"),
+    path(
+        "models/<int:pk>/activate/",
+        inspections.ModelVersionActivateView.as_view(),
+        name="api-model-activate",
+    ),
+    path("projects/<int:pk>/runs/", inspections.ProjectRunsView.as_view(), name="api-project-runs"),
+    path("runs/<int:pk>/", inspections.RunView.as_view(), name="api-run"),
+    path(
+        "projects/<int:pk>/suggestions/",
+        review_api.ProjectSuggestionsView.as_view(),
+        name="api-project-suggestions",
+    ),
+    path(
+        "projects/<int:pk>/pending-labels/",
+        review_api.ProjectPendingLabelsView.as_view(),
+        name="api-pending-labels",
+    ),
+    path(
+        "suggestions/<int:pk>/accept/",
+        review_api.SuggestionAcceptView.as_view(),
+        name="api-suggestion-accept",
+    ),
+    path(
+        "suggestions/<int:pk>/reject/",
+        review_api.SuggestionRejectView.as_view(),
+        name="api-suggestion-reject",
+    ),
+    path(
+        "annotations/<int:pk>/approve/",
+        review_api.AnnotationApproveView.as_view(),
+        name="api-annotation-approve",
+    ),
+    path(
+        "annotations/<int:pk>/return/",
+        review_api.AnnotationReturnView.as_view(),
+        name="api-annotation-return",
+    ),
+    path(
+        "images/<int:pk>/reviews/", review_api.ImageReviewsView.as_view(), name="api-image-reviews"
+    ),
+    path(
+        "images/<int:pk>/suggestions/",
+        review_api.ImageSuggestionsView.as_view(),
+        name="api-image-suggestions",
     ),
     *router.urls,
 ]

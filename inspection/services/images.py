@@ -41,6 +41,7 @@ class UploadReport:
 
     files: list[FileOutcome] = field(default_factory=list)
     job_id: str | None = None
+    inspection_run: int | None = None
 
     @property
     def stored(self) -> list[FileOutcome]:
@@ -56,6 +57,7 @@ class UploadReport:
         return {
             "counts": self.counts(),
             "job": self.job_id,
+            "inspection_run": self.inspection_run,
             "files": [asdict(f) for f in self.files],
         }
 
@@ -200,7 +202,21 @@ def images_upload(
         report.job_id = str(
             images_enqueue_derivatives(user=user, project=project, image_ids=ids).id
         )
+        if project.auto_inspect:
+            report.inspection_run = _auto_inspect(user=user, project=project, image_ids=ids)
     return report
+
+
+def _auto_inspect(*, user, project: Project, image_ids: list[int]) -> int | None:
+    """Start an inspection of new uploads with the active model, when the project asks for it."""
+    from inspection.services.inspections import active_model, inspection_run_start
+
+    if active_model(project) is None:
+        return None
+    run = inspection_run_start(
+        user=user, project=project, scope="selected", image_ids=image_ids, require_user_role=False
+    )
+    return run.pk
 
 
 def images_enqueue_derivatives(*, user, project: Project, image_ids: list[int]) -> Job:

@@ -26,9 +26,14 @@ def project_create(*, user, name: str, description: str = "") -> Project:
 
 
 def project_update(
-    *, user, project: Project, name: str | None = None, description: str | None = None
+    *,
+    user,
+    project: Project,
+    name: str | None = None,
+    description: str | None = None,
+    auto_inspect: bool | None = None,
 ) -> Project:
-    """Rename or describe a project (project admins)."""
+    """Rename or describe a project, or switch inspection of new uploads (project admins)."""
     require_role(user, project, Role.ADMIN)
     if name is not None:
         name = name.strip()
@@ -39,6 +44,8 @@ def project_update(
         project.name = name
     if description is not None:
         project.description = description
+    if auto_inspect is not None:
+        project.auto_inspect = auto_inspect
     project.save()
     return project
 
