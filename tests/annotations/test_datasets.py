@@ -142,7 +142,9 @@ def test_compare_two_versions(team, tmp_path, client_for):
     label(c, "scratch", box(1, 1, 2, 2))
     dataset_version_freeze(user=admin, project=project)
 
-    r = client_for(team["reviewer"]).get(f"/api/projects/{project.pk}/datasets/compare/?old=1&new=2")
+    r = client_for(team["reviewer"]).get(
+        f"/api/projects/{project.pk}/datasets/compare/?old=1&new=2"
+    )
     assert r.status_code == 200, r.content
     d = r.json()
     assert d["unchanged"] is False and d["same_content_hash"] is False
