@@ -93,7 +93,7 @@ def _check_ratios(ratios: Any) -> dict[str, float]:
         return dict(DEFAULT_RATIOS)
     if not isinstance(ratios, dict) or not ratios:
         raise ValidationError({"ratios": "Give split weights like {'train': 0.8, 'val': 0.1}."})
-    unknown = set(ratios) - set(Image.Split.values) - {""}
+    unknown = set(ratios) - {"train", "val", "test"}
     if unknown:
         raise ValidationError(
             {"ratios": f"Unknown split(s) {sorted(unknown)}; use train, val, test."}

@@ -6,31 +6,69 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('annotations', '0003_suggestion_review_annotation_suggestion_and_more'),
-        ('inspection', '0004_project_auto_inspect'),
+        ("annotations", "0003_suggestion_review_annotation_suggestion_and_more"),
+        ("inspection", "0004_project_auto_inspect"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='DatasetVersion',
+            name="DatasetVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField(help_text='1, 2, 3... per project.')),
-                ('note', models.TextField(blank=True)),
-                ('options', models.JSONField(blank=True, default=dict, help_text='The freeze options used.')),
-                ('content_hash', models.CharField(max_length=64)),
-                ('counts', models.JSONField(blank=True, default=dict, help_text='Per split and per category.')),
-                ('content', models.JSONField(default=dict, help_text='The frozen images, categories and labels.')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='dataset_versions', to='inspection.project')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("number", models.PositiveIntegerField(help_text="1, 2, 3... per project.")),
+                ("note", models.TextField(blank=True)),
+                (
+                    "options",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="The freeze options used."
+                    ),
+                ),
+                ("content_hash", models.CharField(max_length=64)),
+                (
+                    "counts",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="Per split and per category."
+                    ),
+                ),
+                (
+                    "content",
+                    models.JSONField(
+                        default=dict, help_text="The frozen images, categories and labels."
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="dataset_versions",
+                        to="inspection.project",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['project', '-number'],
-                'constraints': [models.UniqueConstraint(fields=('project', 'number'), name='unique_dataset_number')],
+                "ordering": ["project", "-number"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("project", "number"), name="unique_dataset_number"
+                    )
+                ],
             },
         ),
     ]

@@ -375,3 +375,17 @@ def test_a_refused_zip_fails_the_job_with_the_reason(team, client_for):
     assert job.status == "failed" and job.error.startswith(
         "The zip was refused: not a readable zip"
     )
+
+
+def test_mvtec_zip_goes_to_the_mvtec_importer(team, client_for, upload):
+    r = client_for(team["admin"]).post(
+        f"/api/projects/{team['project'].pk}/datasets/import/",
+        {"format": "mvtec", "zip": upload("bottle.zip", _zip({"bottle/train/good/a.png": PNG}))},
+        format="multipart",
+    )
+    assert r.status_code == 202, r.content
+    assert r.json()["kind"] == "import_mvtec" and r.json()["payload"]["name"] == "bottle.zip"
+    from workers.tasks.imports import import_mvtec
+
+    assert run_job(r.json()["id"], import_mvtec.body) == "succeeded"
+    assert Image.objects.get(project=team["project"]).is_normal
