@@ -211,14 +211,14 @@ def test_download_permissions(team, tmp_path, client_for):
     assert [j["id"] for j in listing.json()] == [str(job.pk)]
 
 
-# --- DeepPCB --------------------------------------------------------------------------------
+# --- DeepPCB, NEU-DET -----------------------------------------------------------------------------
 
 
-def deeppcb_subset(n: int = 6) -> tuple[bytes, dict]:
-    """A zip of the first n DeepPCB images with their part of annotations.json."""
-    root = dataset("deeppcb")
+def dataset_subset(name: str, n: int = 6) -> tuple[bytes, dict]:
+    """A zip of every 7th image (n of them) of a shared dataset with its part of the JSON."""
+    root = dataset(name)
     data = json.loads((root / "annotations.json").read_text())
-    images = data["images"][:n]
+    images = data["images"][::7][:n]
     ids = {im["id"] for im in images}
     sub = {
         "images": images,
@@ -227,17 +227,20 @@ def deeppcb_subset(n: int = 6) -> tuple[bytes, dict]:
     }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("deeppcb/annotations.json", json.dumps(sub))
+        zf.writestr(f"{name}/annotations.json", json.dumps(sub))
         for im in images:
-            zf.write(root / im["file_name"], f"deeppcb/{im['file_name']}")
+            zf.write(root / im["file_name"], f"{name}/{im['file_name']}")
     return buf.getvalue(), sub
 
 
 @pytest.mark.datasets
-def test_deeppcb_imports_cleanly_and_exports_the_same_boxes(team, tmp_path, client_for):
-    data, sub = deeppcb_subset()
+@pytest.mark.parametrize("name", ["deeppcb", "neu_det"])
+def test_shared_dataset_imports_cleanly_and_exports_the_same_boxes(
+    name, team, tmp_path, client_for
+):
+    data, sub = dataset_subset(name)
     client = client_for(team["admin"])
-    job = import_zip(client, team["project"], "coco", data, "deeppcb.zip")
+    job = import_zip(client, team["project"], "coco", data, f"{name}.zip")
     assert job.status == "succeeded", job.error
     assert job.result["skipped"] == [] and job.result["adjusted"] == []
     assert job.result["images"] == 6 and job.result["annotations"] == len(sub["annotations"])
