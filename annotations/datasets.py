@@ -19,6 +19,7 @@ queue); their Job rows (who, when, payload, result) are the audit trail.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import uuid
@@ -374,7 +375,8 @@ def dataset_export_run(
         tmp = Path(tmp_name)
         progress(0.05, "Collecting image files")
         missing = _with_local_files(dataset, version.content, tmp)
-        out = tmp / f"{version.project.name}-v{version.number}-{fmt}"
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", version.project.name).strip("._") or "dataset"
+        out = tmp / f"{stem}-v{version.number}-{fmt}"
         out.mkdir()
         progress(0.2, f"Writing {EXPORT_FORMATS[fmt]}")
         extra: dict[str, Any] = {}

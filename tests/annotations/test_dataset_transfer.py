@@ -180,6 +180,9 @@ def test_yolo_round_trip(flavour, team, tmp_path, client_for):
 
 
 def test_sliced_and_mvtec_exports(team, tmp_path, client_for):
+    from inspection.models import Project
+
+    Project.objects.filter(pk=team["project"].pk).update(name="Line 3/caps ü")
     version = make_project(team, tmp_path / "src")
     client = client_for(team["admin"])
     opts = {"slice_size": 32, "overlap": 0.25, "min_area_ratio": 0.1, "negative_ratio": 0.5}
@@ -192,6 +195,7 @@ def test_sliced_and_mvtec_exports(team, tmp_path, client_for):
     assert all("slice_box" in im for im in coco.dataset["images"])
 
     job, data = export(client, version, "mvtec")
+    assert job.result["download_name"] == "Line_3_caps-v1-mvtec.zip"
     names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
     assert job.result["folders"]["train/good"] == 1
     assert any(n.startswith("ground_truth/combined/") for n in names)  # image a: two categories
