@@ -170,6 +170,8 @@ def image_page(request, pk):
             "annotation": reverse("api-annotation", args=[0]).replace("/0/", "/{id}/"),
             "verdict": reverse("api-image-verdict", args=[image.pk]),
             "comments": reverse("api-image-comments", args=[image.pk]),
+            "suggestions": reverse("api-image-suggestions", args=[image.pk]),
+            "reviews": reverse("api-image-reviews", args=[image.pk]),
             "page": reverse("image-page", args=[0]).replace("/0/", "/{id}/"),
             "dzi": reverse("api-image-dzi", args=[0]).replace("/0/", "/{id}/"),
         },
@@ -209,5 +211,101 @@ def job_page(request, pk):
             "job": job,
             "show_traceback": show_traceback,
             "kind_label": job_services.JOB_LABELS.get(job.kind, job.kind),
+        },
+    )
+
+
+@login_required
+def review_page(request, pk):
+    """The review queue: suggestions by score, then labels waiting for approval; keyboard-first."""
+    from django.urls import reverse
+
+    from annotations.models import Review
+
+    project = get_object_or_404(Project, pk=pk)
+    require_role(request.user, project, Role.REVIEWER)
+    filters = {
+        k: v
+        for k, v in request.GET.items()
+        if k in ("run", "image", "category", "score_min", "score_max")
+    }
+    data = {
+        "project": project.pk,
+        "me": request.user.username,
+        "filters": filters,
+        "categories": [
+            {"id": c.pk, "name": c.name, "color": c.color, "shortcut": c.shortcut}
+            for c in DefectCategory.objects.filter(project=project)
+        ],
+        "reasons": [{"key": k, "label": label} for k, label in Review.REJECT_REASONS],
+        "urls": {
+            "suggestions": reverse("api-project-suggestions", args=[project.pk]),
+            "labels": reverse("api-pending-labels", args=[project.pk]),
+            "accept": reverse("api-suggestion-accept", args=[0]).replace("/0/", "/{id}/"),
+            "reject": reverse("api-suggestion-reject", args=[0]).replace("/0/", "/{id}/"),
+            "approve": reverse("api-annotation-approve", args=[0]).replace("/0/", "/{id}/"),
+            "return": reverse("api-annotation-return", args=[0]).replace("/0/", "/{id}/"),
+            "dzi": reverse("api-image-dzi", args=[0]).replace("/0/", "/{id}/"),
+            "heatmap": reverse("api-image-heatmap", args=[0]).replace("/0/", "/{id}/"),
+            "image": reverse("api-image-detail", args=[0]).replace("/0/", "/{id}/"),
+            "page": reverse("image-page", args=[0]).replace("/0/", "/{id}/"),
+        },
+    }
+    return render(request, "review.html", {"project": project, "data": data, "filters": filters})
+
+
+@login_required
+def models_page(request, pk):
+    """Anomaly models of a project (train, activate) and its inspection runs."""
+    from inspection.models import InspectionRun, ModelVersion
+    from inspection.services.inspections import ARCHITECTURES, training_images
+
+    project = get_object_or_404(Project, pk=pk)
+    role = require_role(request.user, project)
+    return render(
+        request,
+        "models.html",
+        {
+            "project": project,
+            "role": role,
+            "is_admin": role == Role.ADMIN,
+            "can_inspect": has_role(request.user, project, Role.REVIEWER),
+            "versions": ModelVersion.objects.filter(project=project).select_related(
+                "created_by", "job"
+            ),
+            "runs": InspectionRun.objects.filter(project=project).select_related(
+                "model_version", "created_by", "job"
+            )[:50],
+            "architectures": ARCHITECTURES,
+            "normal_count": training_images(project).count(),
+        },
+    )
+
+
+@login_required
+def run_page(request, pk):
+    """An inspection run's figures, with the precision/recall curve."""
+    from annotations.figures import curve_svg_points, run_figures
+    from inspection.models import InspectionRun
+
+    run = get_object_or_404(
+        InspectionRun.objects.select_related("project", "model_version", "job"), pk=pk
+    )
+    require_role(request.user, run.project)
+    try:
+        threshold = float(request.GET.get("threshold", 0.5))
+    except ValueError:
+        threshold = 0.5
+    figures = run_figures(run, threshold=threshold)
+    failed = [(image_id, r["error"]) for image_id, r in (run.results or {}).items() if "error" in r]
+    return render(
+        request,
+        "run.html",
+        {
+            "run": run,
+            "project": run.project,
+            "f": figures,
+            "curve": curve_svg_points(figures.curve),
+            "failed": failed,
         },
     )

@@ -199,32 +199,53 @@
     setInterval(refresh, 1500);
   }
 
-  function initViewer() {
-    const node = document.getElementById("viewer");
-    if (!node || !window.OpenSeadragon) return;
-    window.loupeViewer = OpenSeadragon({
-      element: node,
-      tileSources: node.dataset.dzi,
-      prefixUrl: node.dataset.prefix,
-      showNavigator: true,
-      navigatorPosition: "BOTTOM_RIGHT",
-      maxZoomPixelRatio: 8,
-      crossOriginPolicy: false,
-      loadTilesWithAjax: true,
-      ajaxWithCredentials: true,
-      imageLoaderLimit: 8,
-      immediateRender: false,
-      visibilityRatio: 0.5,
-    });
-    window.loupeViewer.addHandler("open", () => node.setAttribute("data-opened", "1"));
-    window.loupeViewer.world.addHandler("add-item", () => node.setAttribute("data-item", "1"));
-    window.loupeViewer.addHandler("tile-loaded", () => node.setAttribute("data-tile-loaded", "1"));
-    document.addEventListener("keydown", (e) => {
-      if (e.target.closest("input, textarea, select")) return;
-      if (e.key === "ArrowRight" && e.altKey) { const n = document.getElementById("next-image"); if (n) n.click(); }
-      if (e.key === "ArrowLeft" && e.altKey) { const p = document.getElementById("prev-image"); if (p) p.click(); }
-    });
+  function initModels() {
+    const root = document.getElementById("models-page");
+    if (!root) return;
+    const follow = (out, job, done) => {
+      const bar = el("progress", { max: "100", value: "0" });
+      const text = el("span", { text: " queued" });
+      out.replaceChildren(bar, text);
+      watchJob(job, (j) => { bar.value = j.progress; text.textContent = " " + (j.error || j.message); }).then((j) => {
+        text.textContent = " " + j.status + ": " + (j.error || j.message);
+        if (j.status === "succeeded" && done) done();
+      });
+    };
+    const train = document.getElementById("train-form");
+    if (train) {
+      train.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        const f = new FormData(train);
+        const params = { input_size: Number(f.get("input_size")) };
+        if (f.get("architecture") === "efficientad") params.steps = Number(f.get("steps"));
+        try {
+          const v = await api(root.dataset.modelsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ architecture: f.get("architecture"), params }) });
+          follow(document.getElementById("train-status"), v.job, () => window.location.reload());
+        } catch (err) { document.getElementById("train-status").textContent = "Not started: " + err.message; }
+      });
+    }
+    const auto = document.getElementById("auto-inspect");
+    if (auto) {
+      auto.addEventListener("change", async () => {
+        try {
+          await api(root.dataset.projectUrl, { method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ auto_inspect: auto.checked }) });
+        } catch (err) { alert(err.message); auto.checked = !auto.checked; }
+      });
+    }
+    const run = document.getElementById("run-form");
+    if (run) {
+      run.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        try {
+          const r = await api(root.dataset.runsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ scope: new FormData(run).get("scope") }) });
+          follow(document.getElementById("run-status"), r.job, () => { window.location.href = "/runs/" + r.id + "/"; });
+        } catch (err) { document.getElementById("run-status").textContent = "Not started: " + err.message; }
+      });
+    }
+    document.querySelectorAll("[data-activate]").forEach((b) => b.addEventListener("click", async () => {
+      try { await api(b.dataset.activate, { method: "POST" }); window.location.reload(); } catch (err) { alert(err.message); }
+    }));
   }
 
-  window.Loupe = { api, watchJob, initUploads, initMvtecImport, initJobs, initViewer };
+  window.Loupe = { api, watchJob, initUploads, initMvtecImport, initJobs, initModels };
 })();

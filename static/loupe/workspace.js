@@ -493,46 +493,10 @@
   let heatItem = null;
   const opacityInput = document.getElementById("heatmap-opacity");
 
-  function colormap(img) {
-    // grey -> an 'inferno'-like ramp, transparent where the score is low
-    const canvas = document.createElement("canvas");
-    canvas.width = img.naturalWidth;
-    canvas.height = img.naturalHeight;
-    const g = canvas.getContext("2d");
-    g.drawImage(img, 0, 0);
-    const px = g.getImageData(0, 0, canvas.width, canvas.height);
-    const stops = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];
-    for (let i = 0; i < px.data.length; i += 4) {
-      const v = px.data[i] / 255;
-      const t = v * (stops.length - 1);
-      const k = Math.min(Math.floor(t), stops.length - 2);
-      const f = t - k;
-      for (let c = 0; c < 3; c++) px.data[i + c] = stops[k][c] + (stops[k + 1][c] - stops[k][c]) * f;
-      // Loupe heatmaps put the calibrated pixel threshold at 128: fade in from well below it
-      px.data[i + 3] = Math.round(255 * Math.max(0, Math.min(1, (v - 0.3) / 0.3)));
-    }
-    g.putImageData(px, 0, 0);
-    return canvas.toDataURL("image/png");
-  }
-
   async function showHeatmap(on) {
     if (!data.image.heatmap) return;
     if (on && !heatItem) {
-      const res = await fetch(data.image.heatmap, { credentials: "same-origin" });
-      const blob = await res.blob();
-      const img = new Image();
-      img.src = URL.createObjectURL(blob);
-      await img.decode();
-      await new Promise((resolve) => {
-        viewer.addSimpleImage({
-          url: colormap(img),
-          x: 0,
-          y: 0,
-          width: 1,
-          opacity: opacityInput.value / 100,
-          success: (ev) => { heatItem = ev.item; resolve(); },
-        });
-      });
+      heatItem = await LoupeOverlay.addHeatmap(viewer, data.image.heatmap, opacityInput.value / 100);
       viewerEl.dataset.heatmap = "shown";
     } else if (heatItem) {
       heatItem.setOpacity(on ? opacityInput.value / 100 : 0);
@@ -543,12 +507,57 @@
   opacityInput.addEventListener("input", () => {
     if (heatItem && document.getElementById("heatmap-toggle").checked) heatItem.setOpacity(opacityInput.value / 100);
   });
+  // Suggestion outlines: the image's pending model suggestions, as dashed boxes with their score
+  // (decided ones are labels now, or rejected). Deciding happens in the review queue.
   const sugg = document.getElementById("suggestions-toggle");
-  // Region suggestions come from inspection runs (the review issue); until an image has some,
-  // the toggle says so instead of pretending.
-  sugg.disabled = true;
-  sugg.checked = false;
-  sugg.closest("label").title = "No suggestions for this image yet: they appear after an inspection run.";
+  const suggestionEls = [];
+  async function loadSuggestions() {
+    let r;
+    try { r = await request("GET", data.urls.suggestions); } catch (e) { return; }
+    const pending = (r.body || []).filter((x) => x.status === "pending");
+    const item = viewer.world.getItemAt(0);
+    pending.forEach((x) => {
+      const g = toGeometry(toSelector(x.geometry));
+      const b = g.type === "box" ? { minX: g.x, minY: g.y, maxX: g.x + g.w, maxY: g.y + g.h } : bounds(g.points);
+      const el = document.createElement("div");
+      el.className = "suggestion-outline";
+      el.dataset.suggestion = x.id;
+      el.title = "Suggestion " + x.score.toFixed(2) + " (" + (x.model || "model") + ")";
+      const tag = document.createElement("span");
+      tag.textContent = x.score.toFixed(2);
+      el.appendChild(tag);
+      viewer.addOverlay({ element: el, location: item.imageToViewportRectangle(b.minX, b.minY, b.maxX - b.minX, b.maxY - b.minY) });
+      suggestionEls.push(el);
+    });
+    if (!pending.length) {
+      sugg.disabled = true;
+      sugg.checked = false;
+      sugg.closest("label").title = "No pending suggestions on this image (they come from inspection runs).";
+    } else {
+      sugg.closest("label").title = pending.length + " pending suggestion(s): review them in the review queue (S toggles)";
+      viewerEl.dataset.suggestions = String(pending.length);
+    }
+  }
+  sugg.addEventListener("change", () => suggestionEls.forEach((el) => { el.style.display = sugg.checked ? "" : "none"; }));
+
+  async function loadHistory() {
+    let r;
+    try { r = await request("GET", data.urls.reviews); } catch (e) { return; }
+    const list = document.getElementById("history-list");
+    list.replaceChildren();
+    const words = { accept: "accepted a suggestion", edit_accept: "edited and accepted a suggestion", reject: "rejected a suggestion", approve: "approved a label", return: "sent a label back" };
+    (r.body || []).forEach((h) => {
+      const li = document.createElement("li");
+      const what = (words[h.action] || h.action) + (h.category_name ? " as " + h.category_name : "") + (h.reason ? " (" + h.reason.replace("_", " ") + ")" : "") + (h.comment ? ": " + h.comment : "");
+      li.textContent = (h.decided_by || "?") + " " + what + " ";
+      const when = document.createElement("span");
+      when.className = "hint";
+      when.textContent = ago(h.decided_at);
+      li.appendChild(when);
+      list.appendChild(li);
+    });
+    if (!list.children.length) list.innerHTML = '<li class="hint">No decisions yet.</li>';
+  }
 
   // ---- verdict and comments --------------------------------------------------------------
 
@@ -626,6 +635,8 @@
     viewerEl.setAttribute("data-opened", "1");
     load();
     loadComments();
+    loadSuggestions();
+    loadHistory();
     setTimeout(prefetchNext, 1500);
   });
 

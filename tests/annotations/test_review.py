@@ -343,3 +343,43 @@ def test_run_figures_against_ground_truth(loop, client_for):
     assert at_085["precision"] == 1.0 and at_085["recall"] == 0.5
     body = client_for(loop["annotator"]).get(f"/api/runs/{loop['run'].pk}/").json()
     assert body["figures"]["region_recall"] == 0.5
+
+
+def test_models_and_run_pages(loop, client, client_for):
+    client.force_login(loop["annotator"])
+    page = client.get(f"/projects/{loop['project'].pk}/models/").content.decode()
+    assert (
+        "padim" in page and "active" in page and "Train on" not in page
+    )  # annotators do not train
+    client.force_login(loop["admin"])
+    page = client.get(f"/projects/{loop['project'].pk}/models/").content.decode()
+    assert "Train on 0 normal images" in page and f"/runs/{loop['run'].pk}/" in page
+    client_for(loop["reviewer"]).post(
+        f"/api/suggestions/{loop['suggestions'][0].pk}/accept/",
+        {"category": loop["crack"].pk},
+        format="json",
+    )
+    page = client.get(f"/runs/{loop['run'].pk}/").content.decode()
+    assert "1 / 0 / 1" in page and "1.000" in page  # accepted / rejected / pending, precision
+    assert "has ground truth" in page
+    client.force_login(loop["outsider"])
+    assert client.get(f"/runs/{loop['run'].pk}/").status_code == 404
+    client.force_login(loop["annotator"])
+    assert client.get(f"/projects/{loop['project'].pk}/review/").status_code == 403
+
+
+def test_auto_inspect_on_upload(loop, client_for, upload):
+    r = client_for(loop["admin"]).patch(
+        f"/api/projects/{loop['project'].pk}/", {"auto_inspect": True}, format="json"
+    )
+    assert r.status_code == 200 and r.json()["auto_inspect"] is True
+    r = client_for(loop["reviewer"]).post(
+        f"/api/projects/{loop['project'].pk}/images/",
+        {"files": [upload("new.png", image_bytes(seed=77))]},
+        format="multipart",
+    )
+    run = InspectionRun.objects.get(pk=r.json()["inspection_run"])
+    assert (
+        run.image_ids == [r.json()["files"][0]["image_id"]] and run.model_version == loop["version"]
+    )
+    assert run.job.kind == "anomaly_inspect"

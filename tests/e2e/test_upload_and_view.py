@@ -51,7 +51,7 @@ def test_login_upload_and_deep_zoom(page, live_server, celery_worker, make_user,
     shot(page, "grid")
     page.locator(".tile", has_text=big.name).click()
     page.locator("#viewer[data-tile-loaded]").wait_for(timeout=30_000)
-    assert "6000×4000" in page.locator(".titlebar").inner_text()
+    assert "6000×4000" in page.locator(".ws-bar").inner_text()
     assert page.locator("#viewer canvas").count() >= 1
     # zoom in to full detail: OpenSeadragon asks for tiles of the deepest level
     levels = []
@@ -60,10 +60,10 @@ def test_login_upload_and_deep_zoom(page, live_server, celery_worker, make_user,
         lambda req: "/dzi/image_files/" in req.url and levels.append(int(req.url.split("/")[-2])),
     )
     page.evaluate(
-        "() => { const v = window.loupeViewer; v.viewport.zoomTo(v.viewport.imageToViewportZoom(1.0), null, true); }"
+        "() => { const v = window.loupeWorkspace.viewer; v.viewport.zoomTo(v.viewport.imageToViewportZoom(1.0), null, true); }"
     )
     page.wait_for_function(
-        "() => window.loupeViewer.world.getItemAt(0).getFullyLoaded()", timeout=30_000
+        "() => window.loupeWorkspace.viewer.world.getItemAt(0).getFullyLoaded()", timeout=30_000
     )
     assert max(levels) == 13  # 6000 px wide -> level 13 is full resolution
     shot(page, "viewer")

@@ -1,0 +1,273 @@
+/* Loupe review queue: model suggestions by score, then annotators' labels, one at a time.
+ *
+ * Keys: 1-9 category · A accept (or approve a label) · E edit the outline, then A/Enter ·
+ * R reject (then 1-4 for the reason, Enter for none) or send a label back (with a comment) ·
+ * N next without deciding. Each decision is one API call; the server keeps the record.
+ */
+(function () {
+  "use strict";
+
+  const data = JSON.parse(document.getElementById("review-data").textContent);
+  const viewerEl = document.getElementById("viewer");
+  const toastEl = document.getElementById("toast");
+  const countEl = document.getElementById("queue-count");
+  const tally = { accepted: 0, rejected: 0, approved: 0, returned: 0 };
+  let items = [];
+  let index = 0;
+  let mode = "idle"; // idle | edit | reject | return
+  let category = data.categories.length ? String(data.categories[0].id) : null;
+  let openImage = null;
+  let heatItem = null;
+  const skipped = new Set();
+
+  function csrfToken() {
+    const m = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+
+  async function request(method, url, body) {
+    const opts = { method, credentials: "same-origin", headers: { "X-CSRFToken": csrfToken() } };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    const res = await fetch(url, opts);
+    let json = null;
+    try { json = await res.json(); } catch (e) { json = null; }
+    return { status: res.status, body: json };
+  }
+
+  let toastTimer = null;
+  function toast(message) {
+    toastEl.textContent = message;
+    toastEl.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { toastEl.hidden = true; }, 5000);
+  }
+
+  const url = (template, id) => template.replace("{id}", id);
+
+  function selector(g) {
+    if (g.type === "box") {
+      return { type: "RECTANGLE", geometry: { x: g.x, y: g.y, w: g.w, h: g.h, bounds: { minX: g.x, minY: g.y, maxX: g.x + g.w, maxY: g.y + g.h } } };
+    }
+    const xs = g.points.map((p) => p[0]);
+    const ys = g.points.map((p) => p[1]);
+    return { type: "POLYGON", geometry: { points: g.points, bounds: { minX: Math.min(...xs), minY: Math.min(...ys), maxX: Math.max(...xs), maxY: Math.max(...ys) } } };
+  }
+
+  function geometry(sel) {
+    const g = sel.geometry;
+    return sel.type === "RECTANGLE" ? { type: "box", x: g.x, y: g.y, w: g.w, h: g.h } : { type: "polygon", points: g.points };
+  }
+
+  const viewer = OpenSeadragon({
+    element: viewerEl,
+    prefixUrl: document.querySelector("script[src*='openseadragon.min.js']").src.replace(/openseadragon\.min\.js.*$/, "images/"),
+    showNavigator: true,
+    navigatorPosition: "BOTTOM_RIGHT",
+    maxZoomPixelRatio: 16,
+    loadTilesWithAjax: true,
+    ajaxWithCredentials: true,
+    gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: false },
+  });
+  viewer.addHandler("canvas-key", (e) => { e.preventDefaultAction = true; });
+  const anno = AnnotoriousOSD.createOSDAnnotator(viewer, {
+    drawingEnabled: false,
+    userSelectAction: "NONE",
+    style: (a, state) => ({ stroke: "#facc15", strokeWidth: state && state.selected ? 3 : 2, fill: "#facc15", fillOpacity: 0.08 }),
+  });
+
+  function current() { return items[index]; }
+
+  function describe(item) {
+    const title = document.getElementById("item-title");
+    const info = document.getElementById("item-info");
+    const open = document.getElementById("item-open");
+    if (!item) {
+      title.textContent = "Nothing left to review";
+      info.textContent = skipped.size ? skipped.size + " skipped item(s) remain for later." : "The queue is empty for these filters.";
+      open.hidden = true;
+      return;
+    }
+    open.hidden = false;
+    open.href = url(data.urls.page, item.image);
+    if (item.type === "suggestion") {
+      title.textContent = "Suggestion · score " + item.score.toFixed(3);
+      info.textContent = item.image_name + " · " + (item.model || "model") + " · " + Math.round(item.area) + " px²";
+    } else {
+      title.textContent = "Label by " + item.author + " · " + item.category_name;
+      info.textContent = "Image " + item.image + " · " + item.kind + " · waiting for approval";
+      setCategory(String(item.category), true);
+    }
+    document.querySelector('[data-key="e"]').disabled = item.type !== "suggestion";
+    countEl.textContent = (items.length - index) + " to review (" + items.filter((i) => i.type === "suggestion").length + " suggestions in this batch)";
+  }
+
+  async function show() {
+    setMode("idle");
+    const item = current();
+    describe(item);
+    anno.clearAnnotations();
+    if (!item) { viewerEl.dataset.item = ""; return; }
+    if (openImage !== item.image) {
+      openImage = item.image;
+      heatItem = null;
+      viewer.open(url(data.urls.dzi, item.image));
+      await new Promise((resolve) => viewer.addOnceHandler("open", resolve));
+      LoupeOverlay.addHeatmap(viewer, url(data.urls.heatmap, item.image), 0.45).then((it) => { heatItem = it; }).catch(() => {});
+    }
+    const id = "item-" + item.type + "-" + item.id;
+    anno.setAnnotations([{ id, bodies: [], target: { annotation: id, selector: selector(item.geometry) } }], true);
+    anno.fitBoundsWithConstraints(id, { padding: 140 });
+    viewerEl.dataset.item = item.type + ":" + item.id;
+  }
+
+  async function load() {
+    const params = new URLSearchParams(Object.assign({ status: "pending", limit: "200" }, data.filters));
+    const [s, l] = await Promise.all([
+      request("GET", data.urls.suggestions + "?" + params.toString()),
+      data.filters.run || data.filters.score_min || data.filters.score_max ? Promise.resolve({ body: { results: [] } }) : request("GET", data.urls.labels + "?limit=200" + (data.filters.image ? "&image=" + data.filters.image : "")),
+    ]);
+    items = (s.body.results || []).map((x) => Object.assign({ type: "suggestion" }, x));
+    items = items.concat((l.body.results || []).map((x) => Object.assign({ type: "label" }, x)));
+    index = 0;
+    await show();
+    viewerEl.dataset.loaded = "1";
+  }
+
+  function setCategory(id, silent) {
+    if (!id) return;
+    category = String(id);
+    document.querySelectorAll(".cat").forEach((b) => b.setAttribute("aria-pressed", b.dataset.category === category ? "true" : "false"));
+    if (!silent) viewerEl.dataset.category = category;
+  }
+
+  function setMode(m) {
+    mode = m;
+    document.getElementById("reasons").hidden = m !== "reject";
+    document.getElementById("return-form").hidden = m !== "return";
+    document.getElementById("edit-hint").hidden = m !== "edit";
+    viewerEl.dataset.mode = m;
+    if (m === "return") document.getElementById("return-comment").focus();
+  }
+
+  function updateTally() {
+    document.getElementById("tally").textContent =
+      tally.accepted + " accepted · " + tally.rejected + " rejected · " + tally.approved + " approved · " + tally.returned + " sent back";
+  }
+
+  async function decided(r, okStatus, counter) {
+    if (r.status === okStatus) {
+      tally[counter] += 1;
+      updateTally();
+    } else if (r.status === 409) {
+      toast((r.body && r.body.error) || "Already decided by someone else.");
+    } else {
+      toast((r.body && r.body.error) || "HTTP " + r.status);
+      return false;
+    }
+    items.splice(index, 1);
+    if (index >= items.length) index = Math.max(0, items.length - 1);
+    await show();
+    if (!items.length) load();
+    return true;
+  }
+
+  async function accept() {
+    const item = current();
+    if (!item) return;
+    if (item.type === "label") {
+      const r = await request("POST", url(data.urls.approve, item.id), {});
+      return decided(r, 200, "approved");
+    }
+    if (!category) { toast("Pick a category first (add one in the project settings)."); return; }
+    const body = { category: Number(category) };
+    if (mode === "edit") {
+      const a = anno.getAnnotations()[0];
+      anno.cancelSelected();
+      body.geometry = geometry(a.target.selector);
+    }
+    const r = await request("POST", url(data.urls.accept, item.id), body);
+    return decided(r, 201, "accepted");
+  }
+
+  async function reject(reason) {
+    const item = current();
+    const r = await request("POST", url(data.urls.reject, item.id), { reason: reason || "" });
+    return decided(r, 200, "rejected");
+  }
+
+  async function sendBack(comment) {
+    const item = current();
+    const r = await request("POST", url(data.urls.return, item.id), { comment });
+    return decided(r, 200, "returned");
+  }
+
+  function edit() {
+    const item = current();
+    if (!item || item.type !== "suggestion") return;
+    const a = anno.getAnnotations()[0];
+    anno.setUserSelectAction("EDIT");
+    anno.setSelected(a.id, true);
+    setMode("edit");
+  }
+
+  async function next() {
+    const item = current();
+    if (!item) return;
+    skipped.add(item.type + item.id);
+    index = (index + 1) % items.length;
+    await show();
+  }
+
+  document.addEventListener("keydown", async (e) => {
+    if (mode === "return") {
+      if (e.key === "Escape") { setMode("idle"); e.preventDefault(); }
+      return; // typing a comment
+    }
+    if (e.target.closest && e.target.closest("input, textarea, select")) return;
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+    if (mode === "reject") {
+      e.preventDefault();
+      if (key === "Escape") return setMode("idle");
+      if (key === "Enter") return reject("");
+      const n = Number(key);
+      if (n >= 1 && n <= data.reasons.length) return reject(data.reasons[n - 1].key);
+      return;
+    }
+    const n = Number(key);
+    if (n >= 1 && n <= 9 && data.categories[n - 1]) { e.preventDefault(); setCategory(String(data.categories[n - 1].id)); return; }
+    if (key === "a" || (key === "Enter" && mode === "edit")) { e.preventDefault(); accept(); }
+    else if (key === "e") { e.preventDefault(); edit(); }
+    else if (key === "r") {
+      e.preventDefault();
+      const item = current();
+      if (item) setMode(item.type === "label" ? "return" : "reject");
+    } else if (key === "n") { e.preventDefault(); next(); }
+    else if (key === "Escape") { anno.cancelSelected(); anno.setUserSelectAction("NONE"); setMode("idle"); show(); }
+    else if (key === "h" && heatItem) { heatItem.setOpacity(heatItem.getOpacity() > 0 ? 0 : 0.45); }
+  });
+
+  document.querySelectorAll("[data-key]").forEach((b) => b.addEventListener("click", () => {
+    const k = b.dataset.key;
+    if (k === "a") accept();
+    else if (k === "e") edit();
+    else if (k === "r") { const item = current(); if (item) setMode(item.type === "label" ? "return" : "reject"); }
+    else if (k === "n") next();
+  }));
+  document.querySelectorAll("[data-reason]").forEach((b) => b.addEventListener("click", () => reject(b.dataset.reason)));
+  document.querySelectorAll(".cat").forEach((b) => b.addEventListener("click", () => setCategory(b.dataset.category)));
+  document.getElementById("return-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = document.getElementById("return-comment").value.trim();
+    if (!text) { toast("Say what should change."); return; }
+    document.getElementById("return-comment").value = "";
+    sendBack(text);
+  });
+
+  setCategory(category);
+  load();
+  window.loupeReview = { viewer, anno, items: () => items, current };
+})();

@@ -1,0 +1,147 @@
+"""The review queue by keyboard in a real browser: A accepts, E edits then accepts, R rejects with
+a reason, N skips; labels drawn by an annotator are approved or sent back."""
+
+import pytest
+
+from annotations.models import Annotation, Review, Suggestion
+from annotations.review import suggestions_store
+from annotations.services import category_create
+from inspection.models import Image, InspectionRun, ModelVersion, Role
+from inspection.services.images import IncomingFile, image_build_derivatives, image_store_one
+from inspection.services.projects import member_set, project_create
+from tests.annotations.test_review import FakeRegion, square
+from tests.e2e.test_workspace import login, part_photo
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def queue(transactional_db, make_user, tmp_path):
+    boss = make_user("boss")
+    make_user("rev")
+    make_user("ann")
+    project = project_create(user=boss, name="Castings")
+    member_set(user=boss, project=project, username="rev", role=Role.REVIEWER)
+    member_set(user=boss, project=project, username="ann", role=Role.ANNOTATOR)
+    porosity = category_create(user=boss, project=project, name="porosity")
+    crack = category_create(user=boss, project=project, name="crack")
+    path = tmp_path / "casting.jpg"
+    path.write_bytes(part_photo(2400, 1600, seed=5))
+    image = Image.objects.get(
+        pk=image_store_one(
+            project=project, user=boss, incoming=IncomingFile(path.name, path)
+        ).image_id
+    )
+    image_build_derivatives(image=image)
+    version = ModelVersion.objects.create(
+        project=project, number=1, architecture="padim", status="ready", is_active=True
+    )
+    run = InspectionRun.objects.create(project=project, model_version=version, image_ids=[image.pk])
+    suggestions_store(
+        image=image,
+        run=run,
+        model_version=version,
+        regions=[
+            FakeRegion([200, 200, 100, 100], square(200, 200, 100), 0.95),
+            FakeRegion([900, 600, 120, 120], square(900, 600, 120), 0.85),
+            FakeRegion([1500, 300, 80, 80], square(1500, 300, 80), 0.75),
+            FakeRegion([2000, 1200, 90, 90], square(2000, 1200, 90), 0.65),
+        ],
+    )
+    from django.contrib.auth import get_user_model
+
+    ann = get_user_model().objects.get(username="ann")
+    label = Annotation.objects.create(
+        image=image,
+        category=crack,
+        kind="box",
+        geometry={"type": "box", "x": 50, "y": 60, "w": 30, "h": 20},
+        author=ann,
+    )
+    return {
+        "project": project,
+        "image": image,
+        "porosity": porosity,
+        "crack": crack,
+        "label": label,
+    }
+
+
+def wait_item(page, prefix):
+    page.wait_for_function(
+        f"() => (document.getElementById('viewer').dataset.item || '').startsWith('{prefix}')"
+    )
+
+
+def test_review_queue_by_keyboard(page, live_server, queue):
+    project, crack, porosity = queue["project"], queue["crack"], queue["porosity"]
+    s = list(Suggestion.objects.order_by("-score"))
+    login(page, "rev")
+    page.goto(f"/projects/{project.pk}/review/")
+    page.locator("#viewer[data-loaded]").wait_for()
+    wait_item(page, f"suggestion:{s[0].pk}")
+
+    # A: accept the best one with category 1 ('crack' sorts first)
+    page.keyboard.press("1")
+    page.keyboard.press("a")
+    wait_item(page, f"suggestion:{s[1].pk}")
+
+    # E: edit the second (drag it), then A: accepted with the new shape, as 'porosity' (key 2)
+    page.keyboard.press("2")
+    page.keyboard.press("e")
+    page.locator('#viewer[data-mode="edit"]').wait_for()
+    centre = page.evaluate(
+        "() => { const v = window.loupeReview.viewer; const p = v.viewport.imageToWindowCoordinates(new OpenSeadragon.Point(960, 660)); return {x: p.x, y: p.y}; }"
+    )
+    page.mouse.move(centre["x"], centre["y"])
+    page.mouse.down()
+    page.mouse.move(centre["x"] + 40, centre["y"] + 25, steps=6)
+    page.mouse.up()
+    page.keyboard.press("a")
+    wait_item(page, f"suggestion:{s[2].pk}")
+
+    # R then 2: rejected as a reflection
+    page.keyboard.press("r")
+    page.locator('#viewer[data-mode="reject"]').wait_for()
+    page.keyboard.press("2")
+    wait_item(page, f"suggestion:{s[3].pk}")
+
+    # N: skip the last suggestion; then the annotator's label: R sends it back with a comment
+    page.keyboard.press("n")
+    wait_item(page, f"label:{queue['label'].pk}")
+    page.keyboard.press("r")
+    page.locator("#return-comment").fill("the crack continues to the right")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => document.getElementById('tally').textContent.includes('1 sent back')"
+    )
+    assert "2 accepted · 1 rejected" in page.locator("#tally").inner_text()
+
+    for x in s:
+        x.refresh_from_db()
+    assert [x.status for x in s] == ["accepted", "accepted", "rejected", "pending"]
+    first = Annotation.objects.get(suggestion=s[0])
+    assert first.category == crack and first.geometry == s[0].geometry
+    second = Annotation.objects.get(suggestion=s[1])
+    assert second.category == porosity and second.geometry != s[1].geometry
+    edit = Review.objects.get(suggestion=s[1])
+    assert (
+        edit.action == "edit_accept"
+        and edit.geometry_before == s[1].geometry
+        and edit.geometry_after == second.geometry
+    )
+    moved_x = (
+        [p[0] for p in second.geometry["points"]]
+        if second.geometry["type"] == "polygon"
+        else [second.geometry["x"]]
+    )
+    assert min(moved_x) > 900  # dragged right
+    reject = Review.objects.get(suggestion=s[2])
+    assert (reject.action, reject.reason, reject.decided_by.username) == (
+        "reject",
+        "reflection",
+        "rev",
+    )
+    label = Annotation.objects.get(pk=queue["label"].pk)
+    assert label.review_status == "returned"
+    assert Review.objects.get(annotation=label).comment == "the crack continues to the right"
