@@ -47,6 +47,7 @@ JOB_LABELS: dict[str, str] = {
     "anomaly_inspect": "Inspection run",
     "detection_train": "Detector training",
     "detection_predict": "Detection run",
+    "dataset_import": "Dataset import",
 }
 
 
