@@ -45,6 +45,9 @@ def _isolated_media_and_queues():
         LOUPE_QUEUE_PREFIX=_QUEUE_PREFIX,
         # fast hashing: test users are made by the dozen
         PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
+        # job bodies run in-process inside a test's transaction, where a heartbeat from another
+        # thread would wait on the test's locks; worker processes get their own interval
+        LOUPE_JOB_HEARTBEAT_SECONDS=3600,
     )
     override.enable()
     yield

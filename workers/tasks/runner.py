@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -106,9 +106,12 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stop.wait(settings.LOUPE_JOB_HEARTBEAT_SECONDS):
-                Job.objects.filter(pk=self.job_id, status=Job.Status.RUNNING).update(
-                    heartbeat_at=timezone.now()
-                )
+                try:
+                    Job.objects.filter(pk=self.job_id, status=Job.Status.RUNNING).update(
+                        heartbeat_at=timezone.now()
+                    )
+                except DatabaseError:  # a busy database must not kill the job; retry next beat
+                    log.warning("heartbeat of job %s not written", self.job_id, exc_info=True)
         finally:
             connection.close()
 
