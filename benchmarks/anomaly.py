@@ -155,10 +155,11 @@ def run_large(dataset: Path, out: Path, model: str, overlap: float) -> dict:
         from workers.anomaly import train
 
         train(config, mvtec_train(dataset)[:8], model_dir)
-    tiles = sorted((dataset / "test").glob("*/*.png"))[:25]
+    tiles = sorted((dataset / "test").glob("*/*.png"))
     rows = []
-    for r in range(5):
-        rows.append(np.concatenate([read_image(tiles[r * 5 + c]) for c in range(5)], axis=1))
+    for r in range(5):  # 5 x 5 mosaic; the test set may hold fewer than 25 images
+        row = [read_image(tiles[(r * 5 + c) % len(tiles)]) for c in range(5)]
+        rows.append(np.concatenate(row, axis=1))
     mosaic = np.concatenate(rows, axis=0)
     loaded = load_model(model_dir)
     config = PredictConfig(batch_size=8, tile_overlap=overlap, allow_size_mismatch=True)
@@ -167,8 +168,11 @@ def run_large(dataset: Path, out: Path, model: str, overlap: float) -> dict:
     started = time.perf_counter()
     pred = predict(loaded, "mosaic-20MP", config, image=mosaic)
     seconds = time.perf_counter() - started
+    from workers.anomaly.tiling import tile_grid
+
     return {
         "megapixels": mosaic.shape[0] * mosaic.shape[1] / 1e6,
+        "tiles": len(tile_grid(mosaic.shape[0], mosaic.shape[1], 256, round(overlap * 256))),
         "seconds": seconds,
         "overlap": overlap,
         "regions": len(pred.regions),
@@ -233,11 +237,13 @@ def main() -> int:
         return 0
 
     out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "anomaly_results.json"
+    # merge with earlier runs into the same folder instead of overwriting them
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     common = [
         "--datasets", str(datasets), "--out", str(out), "--steps", str(args.steps),
         "--input-size", str(args.input_size), "--threads", str(args.threads),
     ]  # fmt: skip
-    results = {}
     for run in args.runs:
         dataset, model = run.split(":")
         name = "mvtec_bottle" if dataset == "bottle" else dataset
@@ -248,7 +254,7 @@ def main() -> int:
         if "error" not in row and args.engine:
             row.update(_child([*common, "--child", "engine", name, model]))
         results[f"{name}:{model}"] = row
-        (out / "anomaly_results.json").write_text(json.dumps(results, indent=2, default=str))
+        results_file.write_text(json.dumps(results, indent=2, default=str))
         print(json.dumps(row, default=str), file=sys.stderr, flush=True)
     if args.large:
         for model in ("padim", "patchcore"):
@@ -256,7 +262,7 @@ def main() -> int:
                 print(f"== 20MP {model} overlap {overlap}", file=sys.stderr, flush=True)
                 row = _child([*common, "--child", "large", model, str(overlap)])
                 results[f"20MP:{model}:overlap{overlap}"] = row
-                (out / "anomaly_results.json").write_text(json.dumps(results, indent=2))
+                results_file.write_text(json.dumps(results, indent=2))
                 print(json.dumps(row, default=str), file=sys.stderr, flush=True)
 
     cols = [
