@@ -9,7 +9,7 @@ The defaults reproduce PaddleDetection's ``ppyoloe_plus_sod_crn_s`` configuratio
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +182,6 @@ class TrainConfig:
     max_iters_per_epoch: int | None = None  # cap for smoke runs and benchmarks
     log_every: int = 10
     pretrained: str | None = None  # artifact or converted .pdparams state to start from
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.train_sizes, list):
