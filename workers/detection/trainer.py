@@ -209,6 +209,8 @@ def train(
     max_steps = max(1, int(round(tcfg.epochs * tcfg.cosine_epochs_factor * iters_per_epoch)))
 
     history: list[dict[str, float]] = []
+    skipped: dict[str, str] = {}
+    cur_lr = 0.0
     start = time.time()
     step = 0
     report(0.0, f"training {len(dataset)} images, {total_iters} iterations", None)
@@ -221,7 +223,17 @@ def train(
             idx = order[it * tcfg.batch_size : (it + 1) * tcfg.batch_size]
             if not idx:
                 break
-            samples = [_augment(dataset[i], tcfg, rng) for i in idx]
+            samples = []
+            for i in idx:
+                # One unreadable image must not sink a long job: skip it, say which, go on.
+                try:
+                    samples.append(_augment(dataset[i], tcfg, rng))
+                except DetectionDataError as exc:
+                    if dataset.images[i]["file_name"] not in skipped:
+                        skipped[dataset.images[i]["file_name"]] = str(exc)
+                        report(step / total_iters, f"skipping image: {exc}", None)
+            if not samples:
+                continue
             batch = collate_train(samples, rng.choice(tcfg.train_sizes), rng)
             cur_lr = lr_at(step, lr, warmup_steps, max_steps)
             for g in optimizer.param_groups:
@@ -273,6 +285,8 @@ def train(
             metrics,
         )
 
+    if step == 0:
+        raise DetectionDataError(f"no readable training images in {train_json}")
     final_state = ema.state if ema is not None else model.state_dict()
     export = copy.deepcopy(model).cpu()
     seconds = time.time() - start
@@ -286,6 +300,7 @@ def train(
             "seconds": seconds,
             "train_json": str(train_json),
             "num_images": len(dataset),
+            "skipped_images": skipped,
         },
         state_dict=final_state,
     )

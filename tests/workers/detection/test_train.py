@@ -108,3 +108,23 @@ def test_package_exports_functions_not_modules_and_no_django() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_unreadable_image_is_skipped_and_recorded(synthetic_coco: Path, tmp_path: Path) -> None:
+    import json
+
+    data = json.loads(synthetic_coco.read_text())
+    data["images"][0]["file_name"] = "img/does-not-exist.png"
+    broken = synthetic_coco.parent / "broken.json"
+    broken.write_text(json.dumps(data))
+    messages = []
+    result = train(
+        broken,
+        tmp_path / "m.pt",
+        model_config=tiny_model_config(),
+        train_config=TrainConfig(epochs=1, batch_size=8, train_sizes=(128,)),
+        progress=lambda f, m, d: messages.append(m),
+    )
+    skipped = read_artifact(result.artifact)["metadata"]["skipped_images"]
+    assert list(skipped) == ["img/does-not-exist.png"]
+    assert any("does-not-exist.png" in m for m in messages)
