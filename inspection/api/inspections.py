@@ -172,7 +172,12 @@ class RunView(APIView):
     def get(self, request, pk):
         run = get_object_or_404(InspectionRun.objects.select_related("project"), pk=pk)
         require_role(request.user, run.project, Role.ANNOTATOR)
-        threshold = float(request.query_params.get("threshold", 0.5))
+        try:
+            threshold = float(request.query_params.get("threshold", 0.5))
+        except ValueError:
+            return Response(
+                {"error": "threshold must be a number."}, status=status.HTTP_400_BAD_REQUEST
+            )
         body = RunSerializer(run).data
         body["figures"] = run_figures(run, threshold=threshold).to_dict()
         return Response(body)
