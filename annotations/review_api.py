@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotations import review
-from annotations.api import AnnotationSerializer
+from annotations.api import AnnotationFilter, AnnotationSerializer
 from annotations.models import Annotation, Review, Suggestion
 from inspection.models import Image, Project, Role
 from inspection.permissions import require_role
@@ -125,6 +125,7 @@ class ProjectPendingLabelsView(generics.ListAPIView):
     """Labels drawn by annotators that wait for review (not your own), oldest first."""
 
     serializer_class = AnnotationSerializer
+    filterset_class = AnnotationFilter
 
     def get_queryset(self):
         project = get_object_or_404(Project, pk=self.kwargs["pk"])

@@ -202,6 +202,10 @@ def test_labels_are_approved_by_someone_else(loop, client_for):
         .json()["results"]
     )
     assert [p["id"] for p in pending] == [own]
+    url = f"/api/projects/{loop['project'].pk}/pending-labels/"
+    assert (
+        client_for(loop["admin"]).get(url, {"image": loop["images"][0].pk}).json()["results"] == []
+    )
     r = client_for(loop["admin"]).post(f"/api/annotations/{own}/return/", {}, format="json")
     assert r.status_code == 400 and "Say what should change" in r.json()["error"]
     r = client_for(loop["admin"]).post(
@@ -343,6 +347,8 @@ def test_run_figures_against_ground_truth(loop, client_for):
     assert at_085["precision"] == 1.0 and at_085["recall"] == 0.5
     body = client_for(loop["annotator"]).get(f"/api/runs/{loop['run'].pk}/").json()
     assert body["figures"]["region_recall"] == 0.5
+    r = client_for(loop["annotator"]).get(f"/api/runs/{loop['run'].pk}/", {"threshold": "high"})
+    assert r.status_code == 400 and "threshold" in r.json()["error"]
 
 
 def test_models_and_run_pages(loop, client, client_for):
