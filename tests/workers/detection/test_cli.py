@@ -41,3 +41,41 @@ def test_missing_model_is_a_readable_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "missing.pt not found" in proc.stderr and "workers.detection train" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_convert_from_a_ppdet_yaml(tmp_path: Path) -> None:
+    import pickle
+
+    import yaml
+
+    from workers.detection.artifact import read_artifact
+    from workers.detection.model import build_model
+
+    from .conftest import tiny_model_config
+    from .test_convert import paddle_style_state
+
+    cfg = tiny_model_config(num_classes=3)
+    yml = {
+        "num_classes": 80,  # overridden by --categories
+        "width_mult": cfg.width_mult,
+        "depth_mult": cfg.depth_mult,
+        "CSPResNet": {"use_large_stem": True, "use_alpha": True},
+        "CustomCSPPAN": {"spp": True, "use_trans": True, "num_layers": 1, "dim_feedforward": 64},
+        "PPYOLOEHead": {"reg_range": [-2, 8], "assigner": {"name": "TaskAlignedAssigner_CR"}},
+    }
+    (tmp_path / "cfg.yml").write_text(yaml.safe_dump(yml))
+    (tmp_path / "w.pdparams").write_bytes(pickle.dumps(paddle_style_state(build_model(cfg))))
+    proc = run_cli(
+        "convert",
+        str(tmp_path / "w.pdparams"),
+        str(tmp_path / "out.pt"),
+        "--config",
+        str(tmp_path / "cfg.yml"),
+        "--categories",
+        "open,short,spur",
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["missing"] == [] and report["unexpected"] == [] and report["loaded"] > 100
+    payload = read_artifact(tmp_path / "out.pt")
+    assert [c["name"] for c in payload["categories"]] == ["open", "short", "spur"]
