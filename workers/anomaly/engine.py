@@ -149,8 +149,9 @@ class Prediction:
 
     ``heatmap`` is ``uint8`` ``(h, w)`` at reduced resolution (long side at most
     ``PredictConfig.heatmap_max_side``, never larger than the image), covering the whole image;
-    value 128 is the calibrated pixel threshold, 255 far above it. ``image_score`` is calibrated
-    the same way (0.5 = image threshold). Region coordinates are in original image pixels.
+    value 128 is the calibrated pixel threshold, 255 at or above twice the threshold's distance
+    from normal. ``image_score`` and region scores are calibrated the same way (0.5 = threshold)
+    but not capped at 1, so strong anomalies stay ordered. Region coordinates are in original image pixels.
     """
 
     image_path: str
@@ -163,6 +164,7 @@ class Prediction:
     model_kind: str
     params: dict
     timings: dict
+    score_map: np.ndarray | None = None  # float32 calibrated map behind ``heatmap``, uncapped
 
     def to_dict(self) -> dict:
         """JSON-serialisable dict without the heatmap array (save it with ``save_heatmap``)."""
@@ -767,9 +769,13 @@ def heatmap_size(height: int, width: int, max_side: int) -> tuple[int, int]:
 
 
 def normalise(raw: np.ndarray | float, lo: float, threshold: float) -> np.ndarray | float:
-    """Calibrated score: ``lo`` (typical normal) -> 0, ``threshold`` -> 0.5, clipped to [0, 1]."""
+    """Calibrated score: ``lo`` (typical normal) -> 0, ``threshold`` -> 0.5, ``2*thr-lo`` -> 1.
+
+    Clipped below at 0 but NOT above: strong anomalies keep their order (a cap at 1 would tie
+    them and make ranking suggestions by score meaningless). Only the 8-bit PNG is capped.
+    """
     span = max(threshold - lo, 1e-6 * abs(threshold) + 1e-12)
-    return np.clip(0.5 + 0.5 * (np.asarray(raw) - threshold) / span, 0.0, 1.0)
+    return np.maximum(0.5 + 0.5 * (np.asarray(raw) - threshold) / span, 0.0)
 
 
 def _calibrate(
@@ -861,7 +867,7 @@ def predict(
     t_map = time.perf_counter()
     cal = model.calibration
     regions = extract_regions(calibrated, image.shape[:2], config.regions)
-    heatmap = np.round(calibrated * 255).astype(np.uint8)
+    heatmap = np.round(np.clip(calibrated, 0.0, 1.0) * 255).astype(np.uint8)
     t_end = time.perf_counter()
     megapixels = image.shape[0] * image.shape[1] / 1e6
     params = {
@@ -883,6 +889,7 @@ def predict(
         regions=regions,
         model_id=model.model_id,
         model_kind=model.kind,
+        score_map=calibrated,
         params=params,
         timings={
             "read_s": round(t_read - t0, 4),

@@ -62,7 +62,8 @@ def evaluate(
         mask = (
             _read_mask(sample.mask) if sample.mask is not None else np.zeros(image.shape[:2], bool)
         )
-        heat = pred.heatmap.astype(np.float32) / 255.0
+        # the uncapped calibrated map: the 8-bit PNG saturates and would tie strong anomalies
+        heat = pred.score_map
         scores.append(pred.image_score)
         labels.append(sample.is_anomalous)
         maps.append(heat)

@@ -22,7 +22,8 @@ class Region:
 
     ``box`` is ``[x, y, width, height]`` (COCO order); ``polygon`` is a list of ``[x, y]``
     points, closed implicitly; ``area`` is in original pixels; scores are calibrated heatmap
-    values (0.5 = the model's pixel threshold, 1.0 = far above it).
+    values (0.5 = the model's pixel threshold, 1.0 = as far above it as the threshold is above a
+    typical normal pixel; not capped, so strong anomalies keep their order).
     """
 
     box: list[float]

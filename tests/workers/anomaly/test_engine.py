@@ -140,7 +140,7 @@ def test_efficientad_with_distilled_teacher(rgb_normals, tmp_path: Path):
     assert result.metrics["steps_done"] == 2
     pred = predict(result.artifact_path, rgb_normals[0])
     assert pred.heatmap.shape == (128, 128)  # image size, not the 256 px input
-    assert 0.0 <= pred.image_score <= 1.0
+    assert pred.image_score >= 0.0
 
 
 def test_missing_teacher_names_the_file_and_the_command(rgb_normals, tmp_path: Path):
