@@ -84,3 +84,16 @@ def test_coreset_memory_is_bounded():
     assert out.returncode == 0, out.stderr
     grown_mb = int(out.stdout.strip().splitlines()[-1])
     assert grown_mb < 600, f"coreset grew RSS by {grown_mb} MB"
+
+
+def test_library_imports_neither_django_nor_celery():
+    code = (
+        "import sys, workers.anomaly, workers.anomaly.__main__, workers.anomaly.nets; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'django', 'celery'}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
