@@ -26,6 +26,9 @@ from .errors import IncompatibleModelError, MissingWeightsError
 logger = logging.getLogger(__name__)
 
 ONNX_NAME = "model.onnx"
+# Bumped whenever a network's forward changes in a way that changes its exported graph: an
+# export from older code is then ignored (auto) or refused (onnx/openvino), never run.
+EXPORT_VERSION = "2"
 
 
 def export_onnx(
@@ -61,8 +64,9 @@ def export_onnx(
             dynamo=False,
         )
     proto = onnx.load(str(tmp))
-    meta = proto.metadata_props.add()
-    meta.key, meta.value = "loupe_model_id", model.model_id
+    for key, value in (("loupe_model_id", model.model_id), ("loupe_export", EXPORT_VERSION)):
+        meta = proto.metadata_props.add()
+        meta.key, meta.value = key, value
     onnx.save(proto, str(tmp))
     session = _session(tmp)
     got = session.run(None, {"tiles": example.numpy()})[0]
@@ -129,14 +133,17 @@ class OpenVinoNet(OnnxNet):
 
 
 def onnx_model_id(path: Path) -> str | None:
-    """The ``loupe_model_id`` stored in an exported file, or None."""
+    """The ``loupe_model_id`` of an export made by this code's export version, or None."""
     import onnx
 
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - any unreadable file just means "no usable export"
         return None
-    return next((p.value for p in proto.metadata_props if p.key == "loupe_model_id"), None)
+    props = {p.key: p.value for p in proto.metadata_props}
+    if props.get("loupe_export") != EXPORT_VERSION:
+        return None
+    return props.get("loupe_model_id")
 
 
 def load_onnx_net(
