@@ -197,7 +197,9 @@ def measure(args) -> None:
                 context = browser.new_context(viewport={"width": 1600, "height": 1000})
                 page = context.new_page()
                 login(page, base, "bench", "bench-password-1")
-                page.goto(f"{base}/images/{image.pk}/")
+                page.goto(
+                    f"{base}/images/{image.pk}/" + (f"?drawer={args.drawer}" if args.drawer else "")
+                )
                 opened = page.evaluate(MEASURE_OPEN)
                 zoom = page.evaluate(MEASURE_ZOOM)
                 rows.append(
@@ -298,6 +300,9 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=4000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--screenshot", default=None)
+    ap.add_argument(
+        "--drawer", default=None, choices=["webgl", "canvas"], help="OpenSeadragon drawer"
+    )
     args = ap.parse_args()
     if args.screenshot:
         screenshot(args)

@@ -69,6 +69,7 @@
     maxZoomPixelRatio: 16,
     loadTilesWithAjax: true,
     ajaxWithCredentials: true,
+    drawer: "canvas", // see workspace.js
     gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: false },
   });
   viewer.addHandler("canvas-key", (e) => { e.preventDefaultAction = true; });
@@ -119,7 +120,7 @@
     }
     const id = "item-" + item.type + "-" + item.id;
     anno.setAnnotations([{ id, bodies: [], target: { annotation: id, selector: selector(item.geometry) } }], true);
-    anno.fitBoundsWithConstraints(id, { padding: 140 });
+    anno.fitBoundsWithConstraints(id, { padding: 140, immediately: true });
     viewerEl.dataset.item = item.type + ":" + item.id;
   }
 

@@ -101,6 +101,10 @@
     imageLoaderLimit: 8,
     visibilityRatio: 0.5,
     gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: false },
+    // The canvas drawer: measured 5x faster than OpenSeadragon's WebGL default where WebGL is
+    // emulated in software (VMs, PCs without a GPU driver) and as fast elsewhere for plain tiles;
+    // ?drawer=webgl switches (see docs/benchmarks.md).
+    drawer: new URLSearchParams(window.location.search).get("drawer") || "canvas",
   });
   // Our own keys replace OpenSeadragon's (its w/a/s/d/r/f would clash with shortcuts).
   viewer.addHandler("canvas-key", (e) => { e.preventDefaultAction = true; });

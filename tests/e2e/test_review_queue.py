@@ -90,6 +90,7 @@ def test_review_queue_by_keyboard(page, live_server, queue):
     page.keyboard.press("2")
     page.keyboard.press("e")
     page.locator('#viewer[data-mode="edit"]').wait_for()
+    page.wait_for_timeout(300)  # the editor handles are drawn on the next frame
     centre = page.evaluate(
         "() => { const v = window.loupeReview.viewer; const p = v.viewport.imageToWindowCoordinates(new OpenSeadragon.Point(960, 660)); return {x: p.x, y: p.y}; }"
     )
