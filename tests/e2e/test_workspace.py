@@ -142,7 +142,9 @@ def test_draw_relabel_undo_navigate_reload(page, live_server, workspace_images):
     wait_saved(page)
     want_poly = [to_image(page, *p) for p in pts]
 
-    # a third shape that we then undo
+    # a third shape that we then undo (Annotorious merges changes less than 250 ms apart into one
+    # undo step, so a person's pause is imitated)
+    page.wait_for_timeout(400)
     page.keyboard.press("b")
     page.mouse.move(cx - 380, cy - 260)  # top left: the minimap sits bottom right
     page.mouse.down()
@@ -150,6 +152,7 @@ def test_draw_relabel_undo_navigate_reload(page, live_server, workspace_images):
     page.mouse.up()
     wait_saved(page)
     assert Annotation.objects.filter(image=first).count() == 3
+    page.wait_for_timeout(400)
     page.keyboard.press("Escape")
     page.keyboard.press("Control+z")
     wait_saved(page)
