@@ -38,3 +38,7 @@
 
   window.LoupeOverlay = { colormap, addHeatmap };
 })();
+// Note: with the heatmap as a second world item OpenSeadragon warns that viewport<->image
+// conversions are "not accurate with multi-image". They stay exact here: the heatmap covers the
+// image's bounds exactly and has no more pixels than the image, so the world's content size is
+// the image's own.

@@ -115,7 +115,16 @@
       openImage = item.image;
       heatItem = null;
       viewer.open(url(data.urls.dzi, item.image));
-      await new Promise((resolve) => viewer.addOnceHandler("open", resolve));
+      const opened = await new Promise((resolve) => {
+        viewer.addOnceHandler("open", () => resolve(true));
+        viewer.addOnceHandler("open-failed", () => resolve(false));
+      });
+      if (!opened) {
+        // the pyramid is still being built (or failed): decisions still work, without the picture
+        toast("This image's zoomable view is not ready yet; the outline is shown without it.");
+        viewerEl.dataset.item = item.type + ":" + item.id;
+        return;
+      }
       LoupeOverlay.addHeatmap(viewer, url(data.urls.heatmap, item.image), 0.45).then((it) => { heatItem = it; }).catch(() => {});
     }
     const id = "item-" + item.type + "-" + item.id;
@@ -133,8 +142,8 @@
     items = (s.body.results || []).map((x) => Object.assign({ type: "suggestion" }, x));
     items = items.concat((l.body.results || []).map((x) => Object.assign({ type: "label" }, x)));
     index = 0;
-    await show();
     viewerEl.dataset.loaded = "1";
+    await show();
   }
 
   function setCategory(id, silent) {
