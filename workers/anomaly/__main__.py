@@ -46,7 +46,11 @@ def _printer(quiet: bool):  # noqa: ANN202
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for engine errors)."""
-    parser = argparse.ArgumentParser(prog="python -m workers.anomaly", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m workers.anomaly",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quiet", action="store_true")
