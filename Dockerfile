@@ -6,6 +6,7 @@ WORKDIR /app
 COPY requirements.txt ./
 COPY workers/anomaly/requirements.txt workers/anomaly/requirements.txt
 COPY workers/detection/requirements.txt workers/detection/requirements.txt
+COPY annotations/formats/requirements.txt annotations/formats/requirements.txt
 RUN pip install --no-cache-dir -r requirements.txt
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund

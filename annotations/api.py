@@ -43,6 +43,9 @@ class AnnotationSerializer(serializers.ModelSerializer):
 class AnnotationWriteSerializer(serializers.Serializer):
     category = serializers.IntegerField()
     geometry = serializers.JSONField()
+    client_id = serializers.CharField(
+        required=False, allow_blank=True, max_length=64, help_text="Makes retries idempotent."
+    )
 
 
 class AnnotationPatchSerializer(serializers.Serializer):
@@ -99,6 +102,7 @@ class ImageAnnotationsView(APIView):
             image=image,
             category_id=data.validated_data["category"],
             geometry=data.validated_data["geometry"],
+            client_id=data.validated_data.get("client_id", ""),
         )
         return Response(AnnotationSerializer(annotation).data, status=status.HTTP_201_CREATED)
 
@@ -191,7 +195,6 @@ class ImageCommentsView(APIView):
     @extend_schema(request=CommentSerializer, responses={201: CommentSerializer})
     def post(self, request, pk):
         image = _image(request, pk)
-        comment = services.image_comment_add(
-            user=request.user, image=image, text=request.data.get("text", "")
-        )
+        text = request.data.get("text", "") if isinstance(request.data, dict) else None
+        comment = services.image_comment_add(user=request.user, image=image, text=text)
         return Response(CommentSerializer(comment).data, status=status.HTTP_201_CREATED)

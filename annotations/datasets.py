@@ -80,11 +80,9 @@ def _frozen_labels(
             if include_ground_truth:
                 out.append(ann)
             continue
-        if (
-            ann.review_status == Annotation.ReviewStatus.APPROVED
-            or ann.source == Annotation.Source.SUGGESTION
-            or include_pending
-        ):
+        # accepted suggestions are approved labels; one edited since by an annotator is
+        # pending again and waits for a reviewer like any other label
+        if ann.review_status == Annotation.ReviewStatus.APPROVED or include_pending:
             out.append(ann)
     return out
 
@@ -155,9 +153,9 @@ def dataset_version_freeze(
     for image in Image.objects.filter(project=project).order_by("id"):
         if image.id in by_image:
             images.append((image, False))
-        elif image.id not in labelled_anywhere and (
-            image.is_normal or image.verdict == Image.Verdict.OK
-        ):
+        elif image.id not in labelled_anywhere and image.is_normal:
+            # normal: uploaded or imported as defect-free, or confirmed OK by a reviewer (an
+            # annotator's OK alone is not a confirmation)
             images.append((image, True))
     if not images:
         raise ValidationError(
@@ -512,72 +510,77 @@ def dataset_import_run(
         counts = Counter()
         group = f"import {source_name}".strip()[:100]
         total = max(len(ds.images), 1)
-        for index, im in enumerate(ds.images):
-            progress(0.1 + 0.85 * index / total, f"Storing {im.file_name}")
-            outcome = image_store_one(
-                project=project,
-                user=user,
-                incoming=IncomingFile(im.file_name, Path(im.path)),
-                is_normal=im.is_negative,
-                split=im.split if im.split in Image.Split.values else "",
-                source_group=group,
-            )
-            if outcome.status == "rejected":
-                skipped.append(_skip(im.key, outcome.reason))
-                continue
-            if outcome.status == "duplicate":
-                counts["duplicates"] += 1
-                skipped.append(_skip(im.key, f"{outcome.reason}; its labels were not imported"))
-                continue
-            stored_ids.append(outcome.image_id)
-            counts["images"] += 1
-            counts["negatives"] += int(im.is_negative)
-            image = Image.objects.get(pk=outcome.image_id)
-            shapes = shapes_by_image.get(im.key, [])
-            if shapes and (image.width, image.height) != (im.width, im.height):
-                skipped.append(
-                    _skip(
-                        im.key,
-                        f"the image is stored as {image.width}x{image.height} (EXIF orientation) "
-                        f"but labelled as {im.width}x{im.height}; its labels were not imported",
-                    )
+        try:
+            for index, im in enumerate(ds.images):
+                progress(0.1 + 0.85 * index / total, f"Storing {im.file_name}")
+                outcome = image_store_one(
+                    project=project,
+                    user=user,
+                    incoming=IncomingFile(im.file_name, Path(im.path)),
+                    is_normal=im.is_negative,
+                    split=im.split if im.split in Image.Split.values else "",
+                    source_group=group,
                 )
-                continue
-            rows = []
-            for n, shape in enumerate(shapes, 1):
-                category = categories.get(shape.category.lower())
-                if category is None:
-                    skipped.append(_skip(f"{im.key} label {n}", "its category was not imported"))
+                if outcome.status == "rejected":
+                    skipped.append(_skip(im.key, outcome.reason))
                     continue
-                try:
-                    kind, geometry = normalize_geometry(
-                        shape.to_geometry(), width=image.width, height=image.height
-                    )
-                except GeometryError as exc:
-                    skipped.append(_skip(f"{im.key} label {n}", str(exc)))
+                if outcome.status == "duplicate":
+                    counts["duplicates"] += 1
+                    skipped.append(_skip(im.key, f"{outcome.reason}; its labels were not imported"))
                     continue
-                rows.append(
-                    Annotation(
-                        image=image,
-                        category=category,
-                        kind=kind,
-                        geometry=geometry,
-                        source=Annotation.Source.IMPORT,
-                        review_status=Annotation.ReviewStatus.APPROVED,
-                        author=user,
-                        updated_by=user,
+                stored_ids.append(outcome.image_id)
+                counts["images"] += 1
+                counts["negatives"] += int(im.is_negative)
+                image = Image.objects.get(pk=outcome.image_id)
+                shapes = shapes_by_image.get(im.key, [])
+                if shapes and (image.width, image.height) != (im.width, im.height):
+                    skipped.append(
+                        _skip(
+                            im.key,
+                            f"the image is stored as {image.width}x{image.height} (EXIF orientation) "
+                            f"but labelled as {im.width}x{im.height}; its labels were not imported",
+                        )
                     )
-                )
-            if rows:
-                Annotation.objects.bulk_create(rows)
-                counts["annotations"] += len(rows)
-                Image.objects.filter(
-                    pk=image.pk, status__in=[Image.Status.NEW, Image.Status.INSPECTED]
-                ).update(status=Image.Status.LABELED)
-    if stored_ids:
-        from inspection.services.images import images_enqueue_derivatives
+                    continue
+                rows = []
+                for n, shape in enumerate(shapes, 1):
+                    category = categories.get(shape.category.lower())
+                    if category is None:
+                        skipped.append(
+                            _skip(f"{im.key} label {n}", "its category was not imported")
+                        )
+                        continue
+                    try:
+                        kind, geometry = normalize_geometry(
+                            shape.to_geometry(), width=image.width, height=image.height
+                        )
+                    except GeometryError as exc:
+                        skipped.append(_skip(f"{im.key} label {n}", str(exc)))
+                        continue
+                    rows.append(
+                        Annotation(
+                            image=image,
+                            category=category,
+                            kind=kind,
+                            geometry=geometry,
+                            source=Annotation.Source.IMPORT,
+                            review_status=Annotation.ReviewStatus.APPROVED,
+                            author=user,
+                            updated_by=user,
+                        )
+                    )
+                if rows:
+                    Annotation.objects.bulk_create(rows)
+                    counts["annotations"] += len(rows)
+                    Image.objects.filter(
+                        pk=image.pk, status__in=[Image.Status.NEW, Image.Status.INSPECTED]
+                    ).update(status=Image.Status.LABELED)
+        finally:
+            # also when the import stops half-way: stored images still get their pyramids
+            if stored_ids:
+                from inspection.services.images import images_enqueue_derivatives
 
-        images_enqueue_derivatives(user=user, project=project, image_ids=stored_ids)
+                images_enqueue_derivatives(user=user, project=project, image_ids=stored_ids)
     progress(1.0, "done")
     return {
         "format": fmt,

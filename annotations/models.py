@@ -87,12 +87,25 @@ class Annotation(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     version = models.PositiveIntegerField(default=1, help_text="Raised by one on every change.")
+    client_id = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="Set by the browser: retries are idempotent.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["id"]
         indexes = [models.Index(fields=["image", "source"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["image", "client_id"],
+                condition=~models.Q(client_id=""),
+                name="unique_client_id_per_image",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.category} on {self.image_id}"

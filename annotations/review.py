@@ -17,7 +17,7 @@ from annotations.geometry import GeometryError, normalize_geometry
 from annotations.models import Annotation, DefectCategory, Review, Suggestion
 from annotations.services import ConflictError, _category_of, _clean_geometry
 from inspection.models import Image, InspectionRun, ModelVersion, Role
-from inspection.permissions import require_role
+from inspection.permissions import has_role, require_role
 
 REJECT_REASONS = {key for key, _ in Review.REJECT_REASONS}
 
@@ -113,6 +113,11 @@ def suggestion_accept(
             updated_by=user,
             review_status=Annotation.ReviewStatus.APPROVED,
         )
+        # a confirmed defect: the image is not a normal one (whatever was said of it before)
+        Image.objects.filter(pk=image.pk).update(
+            is_normal=False, verdict="", verdict_by=None, verdict_at=None
+        )
+        image.refresh_from_db(fields=["is_normal", "verdict", "verdict_by", "verdict_at"])
         current.status = Suggestion.Status.ACCEPTED
         current.category = category
         current.decided_by = user
@@ -217,6 +222,7 @@ def annotation_return(*, user, annotation: Annotation, comment: str) -> Annotati
             geometry_before=current.geometry,
             decided_by=user,
         )
+        image_update_status(image=current.image)
     return current
 
 
@@ -232,7 +238,10 @@ def image_update_status(*, image: Image) -> Image:
     labels = image.annotations.exclude(source=Annotation.Source.GROUND_TRUTH)
     pending_suggestions = image.suggestions.filter(status=Suggestion.Status.PENDING).exists()
     pending_labels = labels.filter(review_status=Annotation.ReviewStatus.PENDING).exists()
-    decided = image.reviews.exists() or image.verdict == Image.Verdict.OK
+    ok_by_reviewer = image.verdict == Image.Verdict.OK and has_role(
+        image.verdict_by, image.project, Role.REVIEWER
+    )  # an annotator's OK is a proposal, not a decision
+    decided = image.reviews.exists() or ok_by_reviewer
     if decided and not pending_suggestions and not pending_labels:
         status = Image.Status.REVIEWED
     elif labels.exists():
@@ -250,8 +259,6 @@ def image_update_status(*, image: Image) -> Image:
 def image_confirm_normal(*, user, image: Image) -> bool:
     """An image a reviewer marks OK, with no accepted defect, becomes a confirmed normal image
     (used when the anomaly model is retrained). Returns whether it did."""
-    from inspection.permissions import has_role
-
     if not has_role(user, image.project, Role.REVIEWER):
         return False
     defects = image.annotations.exclude(source=Annotation.Source.GROUND_TRUTH).exclude(

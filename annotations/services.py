@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
+from django.db import models
 from django.db.models import ProtectedError
 
 from annotations.models import DefectCategory
@@ -138,33 +139,58 @@ def _clean_geometry(image, geometry) -> tuple[str, dict]:
         raise ValidationError({"geometry": str(exc)}) from None
 
 
-def _mark_labeled(image) -> None:
+def _after_label_change(image, *, defect_added: bool = False) -> None:
+    """Keep the image's status (and normal flag) true to its labels after any label write."""
+    from annotations.review import image_update_status
     from inspection.models import Image
 
-    Image.objects.filter(pk=image.pk, status__in=[Image.Status.NEW, Image.Status.INSPECTED]).update(
-        status=Image.Status.LABELED
-    )
+    if defect_added:
+        # a defect on an image counted as defect-free: it is not normal any more, and an earlier
+        # "OK" verdict no longer holds (it must not train the anomaly model or be a negative)
+        Image.objects.filter(pk=image.pk).filter(
+            models.Q(is_normal=True) | models.Q(verdict=Image.Verdict.OK)
+        ).update(is_normal=False, verdict="", verdict_by=None, verdict_at=None)
+        image.refresh_from_db(fields=["is_normal", "verdict", "verdict_by", "verdict_at"])
+    image_update_status(image=image)
 
 
-def annotation_create(*, user, image, category_id, geometry, source: str = "manual"):
-    """Add a label to an image (annotators and up). Geometry is checked against the image size."""
+def annotation_create(
+    *, user, image, category_id, geometry, source: str = "manual", client_id: str = ""
+):
+    """Add a label to an image (annotators and up). Geometry is checked against the image size.
+
+    ``client_id`` makes the call idempotent: a browser that retries a create whose answer it
+    never got (network cut after the server committed) gets the same label back, not a copy.
+    """
+    from django.db import IntegrityError, transaction
+
     from annotations.models import Annotation
 
     require_role(user, image.project, Role.ANNOTATOR)
+    client_id = (client_id or "")[:64]
+    if client_id:
+        existing = Annotation.objects.filter(image=image, client_id=client_id).first()
+        if existing is not None:
+            return existing
     category = _category_of(image.project, category_id)
     kind, clean = _clean_geometry(image, geometry)
     if source not in Annotation.Source.values:
         raise ValidationError({"source": f"Unknown source '{source}'."})
-    annotation = Annotation.objects.create(
-        image=image,
-        category=category,
-        kind=kind,
-        geometry=clean,
-        source=source,
-        author=user,
-        updated_by=user,
-    )
-    _mark_labeled(image)
+    try:
+        with transaction.atomic():
+            annotation = Annotation.objects.create(
+                image=image,
+                category=category,
+                kind=kind,
+                geometry=clean,
+                source=source,
+                author=user,
+                updated_by=user,
+                client_id=client_id,
+            )
+    except IntegrityError:  # the same client_id raced in twice
+        return Annotation.objects.get(image=image, client_id=client_id)
+    _after_label_change(image, defect_added=source != Annotation.Source.GROUND_TRUTH)
     return annotation
 
 
@@ -177,6 +203,8 @@ def annotations_bulk_create(*, user, image, items: list[dict]):
     with transaction.atomic():
         created = []
         for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ValidationError({f"item {index}": ["must be an object {category, geometry}"]})
             try:
                 created.append(
                     annotation_create(
@@ -237,11 +265,14 @@ def annotation_update(*, user, annotation, version, category_id=None, geometry=N
             current.kind, current.geometry = _clean_geometry(current.image, geometry)
         current.version += 1
         current.updated_by = user
-        if current.review_status == Annotation.ReviewStatus.APPROVED and not has_role(
+        if current.review_status == Annotation.ReviewStatus.RETURNED:
+            current.review_status = Annotation.ReviewStatus.PENDING  # fixed: back to the queue
+        elif current.review_status == Annotation.ReviewStatus.APPROVED and not has_role(
             user, current.image.project, Role.REVIEWER
         ):
             current.review_status = Annotation.ReviewStatus.PENDING  # changed after approval
         current.save()
+    _after_label_change(current.image)
     return current
 
 
@@ -255,6 +286,7 @@ def annotation_delete(*, user, annotation, version) -> None:
         require_role(user, annotation.image.project, Role.REVIEWER)
     with transaction.atomic():
         _locked(annotation, version).delete()
+    _after_label_change(annotation.image)
 
 
 def image_set_verdict(*, user, image, verdict: str):
@@ -283,7 +315,9 @@ def image_comment_add(*, user, image, text: str):
     from annotations.models import ImageComment
 
     require_role(user, image.project, Role.ANNOTATOR)
-    text = (text or "").strip()
+    if not isinstance(text, str):
+        raise ValidationError({"text": "A comment is text."})
+    text = text.strip()
     if not text:
         raise ValidationError({"text": "A comment needs some text."})
     if len(text) > 5000:

@@ -218,3 +218,21 @@ def make_thumbnail(src: str | os.PathLike, dest: str | os.PathLike, *, size: int
     if scale < 1.0:
         img = img.resize(scale)
     img.jpegsave(str(dest), Q=85, strip=True)
+
+
+def upright_copy(src: str | os.PathLike, orientation: int, workdir: str | os.PathLike) -> Path:
+    """``src`` turned upright by its EXIF orientation, every bit kept (the file itself when 1).
+
+    Labels, heatmaps and suggestions use the upright frame; readers that ignore EXIF (OpenCV in
+    the ML libraries) get this copy so that their coordinates match.
+    """
+    if orientation in (0, 1):
+        return Path(src)
+    dest = Path(workdir) / f"{Path(src).stem}-upright.tif"
+    try:
+        pyvips.Image.new_from_file(str(src)).autorot().tiffsave(str(dest))
+    except pyvips.Error:
+        dest = dest.with_suffix(".png")
+        with PILImage.open(src) as pil:
+            ImageOps.exif_transpose(pil).save(dest)
+    return dest

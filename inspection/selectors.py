@@ -19,7 +19,10 @@ def projects_visible_to(user) -> QuerySet[Project]:
 def jobs_visible_to(user) -> QuerySet[Job]:
     if is_site_admin(user):
         return Job.objects.all()
-    return Job.objects.filter(Q(project__memberships__user=user) | Q(created_by=user)).distinct()
+    # a project's jobs are for its members only (a removed member loses them with the project)
+    return Job.objects.filter(
+        Q(project__memberships__user=user) | Q(project__isnull=True, created_by=user)
+    ).distinct()
 
 
 def import_path_allowed(user, raw: str) -> Path:

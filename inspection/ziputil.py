@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -88,21 +89,32 @@ def safe_extract(
             if problem:
                 out.skipped.append((name, problem))
                 continue
-            target = (dest / f"{index:06d}" / PurePosixPath(*parts).name).resolve()
+            # the folder is the entry's index; the file keeps its (shortened) name and suffix
+            leaf = PurePosixPath(*parts).name
+            suffix = PurePosixPath(leaf).suffix[:16]
+            leaf = leaf if len(leaf.encode()) <= 200 else f"entry{suffix}"
+            target = (dest / f"{index:06d}" / leaf).resolve()
             if dest not in target.parents:
                 out.skipped.append((name, "the path leaves the upload folder"))
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             # Declared sizes can lie: count the bytes actually written.
-            with zf.open(info) as src, open(target, "wb") as fh:
-                while block := src.read(1 << 20):
-                    written += len(block)
-                    if written > max_total_bytes:
-                        raise ZipRejected(
-                            "the zip unpacks to more than its declared size and over the limit "
-                            f"of {max_total_bytes / 1e6:.0f} MB (a zip bomb?)"
-                        )
-                    fh.write(block)
+            try:
+                with zf.open(info) as src, open(target, "wb") as fh:
+                    while block := src.read(1 << 20):
+                        written += len(block)
+                        if written > max_total_bytes:
+                            raise ZipRejected(
+                                "the zip unpacks to more than its declared size and over the limit "
+                                f"of {max_total_bytes / 1e6:.0f} MB (a zip bomb?)"
+                            )
+                        fh.write(block)
+            except ZipRejected:
+                raise
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
+                target.unlink(missing_ok=True)
+                out.skipped.append((name, f"this entry of the zip is damaged ({exc})"))
+                continue
             out.files.append((name, target))
     return out
 
@@ -132,7 +144,11 @@ def safe_extract_tree(
         if dest not in target.parents:  # already refused above; belt and braces
             out.skipped.append((name, "the path leaves the upload folder"))
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        path.replace(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(target)
+        except OSError as exc:  # e.g. a name too long for the file system
+            out.skipped.append((name, f"cannot be unpacked here ({exc.strerror or exc})"))
+            continue
         out.files.append((name, target))
     return out

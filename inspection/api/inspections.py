@@ -64,12 +64,19 @@ class RunSerializer(serializers.ModelSerializer):
             "job",
             "created_by",
             "created_at",
-            "results",
         ]
         read_only_fields = fields
 
     def get_image_count(self, obj) -> int:
         return len(obj.image_ids)
+
+
+class RunDetailSerializer(RunSerializer):
+    """A run with its per-image outcomes (the list leaves them out: one entry per image)."""
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "results"]
+        read_only_fields = fields
 
 
 class RunStartSerializer(serializers.Serializer):
@@ -178,6 +185,6 @@ class RunView(APIView):
             return Response(
                 {"error": "threshold must be a number."}, status=status.HTTP_400_BAD_REQUEST
             )
-        body = RunSerializer(run).data
+        body = RunDetailSerializer(run).data
         body["figures"] = run_figures(run, threshold=threshold).to_dict()
         return Response(body)

@@ -51,9 +51,14 @@ class ProjectViewSet(viewsets.ModelViewSet):
         return _project(self.request, self.kwargs["pk"])
 
     def perform_create(self, serializer):
-        serializer.instance = project_services.project_create(
-            user=self.request.user, **serializer.validated_data
-        )
+        data = dict(serializer.validated_data)
+        auto_inspect = data.pop("auto_inspect", None)
+        project = project_services.project_create(user=self.request.user, **data)
+        if auto_inspect is not None:
+            project = project_services.project_update(
+                user=self.request.user, project=project, auto_inspect=auto_inspect
+            )
+        serializer.instance = project
 
     def perform_update(self, serializer):
         serializer.instance = project_services.project_update(
@@ -314,7 +319,7 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
     filterset_class = JobFilter
 
     def get_queryset(self):
-        job_services.jobs_requeue_stale()
+        job_services.jobs_requeue_stale_throttled()
         return selectors.jobs_visible_to(self.request.user).select_related("project", "created_by")
 
     @extend_schema(request=None, responses=s.JobSerializer)

@@ -164,6 +164,17 @@ def images_upload(
     with tempfile.TemporaryDirectory(prefix="loupe-upload-") as tmp:
         for index, incoming in enumerate(files):
             if incoming.name.lower().endswith(".zip"):
+                size = incoming.path.stat().st_size
+                if size > settings.LOUPE_MAX_UPLOAD_BYTES:
+                    report.files.append(
+                        FileOutcome(
+                            incoming.name,
+                            "rejected",
+                            f"the zip is {size / 1e6:.0f} MB, over the limit of "
+                            f"{settings.LOUPE_MAX_UPLOAD_BYTES / 1e6:.0f} MB (LOUPE_MAX_UPLOAD_BYTES)",
+                        )
+                    )
+                    continue
                 try:
                     extracted = safe_extract(
                         incoming.path,

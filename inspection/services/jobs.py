@@ -158,3 +158,17 @@ def jobs_requeue_stale(*, now=None) -> list[Job]:
             log.warning("stale job %s -> %s", job.id, job.status)
             touched.append(job)
     return touched
+
+
+_last_sweep = 0.0
+
+
+def jobs_requeue_stale_throttled(every_seconds: float = 30.0) -> None:
+    """The stale sweep, at most once per ``every_seconds`` per process (job lists poll often)."""
+    import time
+
+    global _last_sweep
+    now = time.monotonic()
+    if now - _last_sweep >= every_seconds:
+        _last_sweep = now
+        jobs_requeue_stale()

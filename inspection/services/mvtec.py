@@ -79,9 +79,18 @@ def _find_mask(gt_dir: Path, stem: str) -> Path | None:
 
 
 def mvtec_import(
-    *, user, project: Project, root: Path, progress: Callable[[float, str], None] | None = None
+    *,
+    user,
+    project: Project,
+    root: Path,
+    progress: Callable[[float, str], None] | None = None,
+    report: ImportReport | None = None,
 ) -> ImportReport:
-    """Import an MVTec AD folder into ``project`` (project admins); return what happened."""
+    """Import an MVTec AD folder into ``project`` (project admins); return what happened.
+
+    ``report`` (optional) is filled as the import goes, so a caller still knows which images were
+    stored when the import stops half-way (cancelled, or an error).
+    """
     from annotations.models import Annotation
     from annotations.services import category_get_or_create
 
@@ -108,7 +117,7 @@ def mvtec_import(
                     None if defect_type == "good" else defect_type,
                 )
             )
-    report = ImportReport()
+    report = report if report is not None else ImportReport()
     used_masks: set[Path] = set()
     total = max(len(plan), 1)
     for index, (path, normal, split, group, defect_type) in enumerate(plan):

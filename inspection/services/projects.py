@@ -53,12 +53,22 @@ def project_update(
 def project_delete(*, user, project: Project) -> None:
     """Delete a project with everything in it (project admins)."""
     require_role(user, project, Role.ADMIN)
+    from django.db import transaction
+
     from inspection.services.images import image_files_delete
+    from inspection.storage import delete_tree
 
     images = list(project.images.all())
-    project.delete()
-    for image in images:
-        image_files_delete(image=image)
+    pk = project.pk
+    with transaction.atomic():
+        project.delete()
+
+        def _remove_files() -> None:
+            for image in images:
+                image_files_delete(image=image)
+            delete_tree(f"projects/{pk}")  # models, exports, imports, heatmaps
+
+        transaction.on_commit(_remove_files)
 
 
 def member_set(*, user, project: Project, username: str, role: str) -> Membership:

@@ -271,3 +271,20 @@ def test_heatmap_and_neighbors(team, client_for, image, upload, settings):
     assert (n["previous"], n["next"], n["count"]) == (image.pk, ids[1], 3)
     n = client.get(f"/api/images/{ids[0]}/neighbors/", {"state": "normal"}).json()
     assert (n["previous"], n["next"], n["count"]) == (None, ids[1], 2)
+
+
+def test_a_retried_create_returns_the_same_label(team, client_for, image, cats):
+    """The browser resends a create whose answer it never got: no copy is made."""
+    body = {"category": cats["scratch"].pk, "geometry": box(1, 1, 5, 5), "client_id": "c-123"}
+    url = f"/api/images/{image.pk}/annotations/"
+    first = client_for(team["annotator"]).post(url, body, format="json")
+    again = client_for(team["annotator"]).post(url, body, format="json")
+    assert first.json()["id"] == again.json()["id"] and Annotation.objects.count() == 1
+
+
+def test_malformed_bodies_are_400(team, client_for, image):
+    client = client_for(team["annotator"])
+    r = client.post(f"/api/images/{image.pk}/annotations/", [1, 2], format="json")
+    assert r.status_code == 400 and "item 0" in r.json()["error"]
+    r = client.post(f"/api/images/{image.pk}/comments/", ["text"], format="json")
+    assert r.status_code == 400

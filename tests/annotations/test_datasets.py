@@ -48,10 +48,11 @@ def test_freeze_takes_reviewed_labels_and_confirmed_negatives(team, tmp_path):
     img = {n: add_image(project, admin, tmp_path, f"{n}.png") for n in "ABCDEFGHI"}
     label(img["A"], "scratch", box(1, 2, 10, 5))  # approved
     label(img["B"], "scratch", box(1, 2, 10, 5), review_status="pending")
+    # an accepted suggestion an annotator changed since: pending again, not frozen by default
     label(img["C"], "dent", box(3, 3, 4, 4), review_status="pending", source="suggestion")
     img["D"].is_normal = True
     img["D"].save()
-    Image.objects.filter(pk=img["E"].pk).update(verdict="ok")
+    Image.objects.filter(pk=img["E"].pk).update(verdict="ok")  # an annotator's OK: not confirmed
     Image.objects.filter(pk=img["F"].pk).update(is_normal=True)
     label(img["F"], "dent", box(0, 0, 5, 5), review_status="pending")  # not background
     label(img["G"], "crack", {"type": "polygon", "points": [[1, 1], [9, 1], [5, 8]]},
@@ -59,18 +60,18 @@ def test_freeze_takes_reviewed_labels_and_confirmed_negatives(team, tmp_path):
     label(img["H"], "scratch", box(1, 1, 3, 3), review_status="returned")
 
     v1 = dataset_version_freeze(user=admin, project=project, note="first")
-    assert image_ids(v1) == {img[n].pk for n in "ACDE"}
+    assert image_ids(v1) == {img[n].pk for n in "AD"}
     negatives = {im["id"] for im in v1.content["images"] if im["negative"]}
-    assert negatives == {img["D"].pk, img["E"].pk}
-    assert sorted(s["category"] for s in v1.content["shapes"]) == ["dent", "scratch"]
-    assert v1.counts["images"] == 4 and v1.counts["negatives"] == 2 and v1.counts["shapes"] == 2
+    assert negatives == {img["D"].pk}
+    assert sorted(s["category"] for s in v1.content["shapes"]) == ["scratch"]
+    assert v1.counts["images"] == 2 and v1.counts["negatives"] == 1 and v1.counts["shapes"] == 1
     assert v1.number == 1 and v1.note == "first" and v1.created_by == admin
     assert len(v1.content_hash) == 64
 
     v2 = dataset_version_freeze(
         user=admin, project=project, include_pending=True, include_ground_truth=True
     )
-    assert image_ids(v2) == {img[n].pk for n in "ABCDEFG"}
+    assert image_ids(v2) == {img[n].pk for n in "ABCDFG"}
     assert v2.number == 2 and v2.options["include_pending"] is True
     shape = next(s for s in v2.content["shapes"] if s["category"] == "crack")
     assert shape["kind"] == "polygon" and shape["geometry"]["points"][2] == [5, 8]

@@ -214,12 +214,14 @@ def test_labels_are_approved_by_someone_else(loop, client_for):
     assert r.json()["review_status"] == "returned"
     # the author fixes it: it is pending again, and can then be approved by another reviewer
     current = Annotation.objects.get(pk=own)
-    client_for(loop["reviewer"]).patch(
+    r = client_for(loop["reviewer"]).patch(
         f"/api/annotations/{own}/",
         {"version": current.version, "geometry": {"type": "box", "x": 1, "y": 1, "w": 4, "h": 4}},
         format="json",
     )
-    Annotation.objects.filter(pk=own).update(review_status="pending")
+    assert r.status_code == 200 and r.json()["review_status"] == "pending"
+    pending = client_for(loop["admin"]).get(f"/api/projects/{loop['project'].pk}/pending-labels/")
+    assert [p["id"] for p in pending.json()["results"]] == [own]
     r = client_for(loop["admin"]).post(
         f"/api/annotations/{own}/approve/", {"comment": "good"}, format="json"
     )
@@ -389,3 +391,31 @@ def test_auto_inspect_on_upload(loop, client_for, upload):
         run.image_ids == [r.json()["files"][0]["image_id"]] and run.model_version == loop["version"]
     )
     assert run.job.kind == "anomaly_inspect"
+
+
+def test_an_annotators_ok_is_not_a_decision(loop, client_for):
+    image = loop["images"][1]  # no suggestions
+    client_for(loop["annotator"]).post(
+        f"/api/images/{image.pk}/verdict/", {"verdict": "ok"}, format="json"
+    )
+    image.refresh_from_db()
+    assert image.verdict == "ok" and not image.is_normal and image.status != "reviewed"
+
+
+def test_a_defect_on_a_normal_image_makes_it_not_normal(loop, client_for):
+    from inspection.services.inspections import training_images
+
+    image = loop["images"][1]
+    client_for(loop["reviewer"]).post(
+        f"/api/images/{image.pk}/verdict/", {"verdict": "ok"}, format="json"
+    )
+    image.refresh_from_db()
+    assert image.is_normal and image.status == "reviewed"
+    client_for(loop["annotator"]).post(
+        f"/api/images/{image.pk}/annotations/",
+        {"category": loop["crack"].pk, "geometry": {"type": "box", "x": 1, "y": 1, "w": 5, "h": 5}},
+        format="json",
+    )
+    image.refresh_from_db()
+    assert not image.is_normal and image.verdict == "" and image.status == "labeled"
+    assert image not in training_images(loop["project"])

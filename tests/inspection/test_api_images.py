@@ -219,3 +219,36 @@ def test_unknown_ids_are_json_404(team, client_for):
         r = client.get(url)
         assert r.status_code == 404, url
         assert r.json()["error"]
+
+
+def test_a_damaged_zip_entry_fails_alone(team, client_for, upload):
+    raw = bytearray(
+        _zip(
+            [
+                ("a.png", image_bytes(seed=5)),
+                ("b.png", image_bytes(seed=6)),
+                ("c.png", image_bytes(seed=7)),
+            ]
+        )
+    )
+    start = raw.find(b"b.png") + len(b"b.png") + 20  # inside b.png's compressed data
+    raw[start : start + 40] = bytes(40)
+    long_name = "x" * 300 + ".png"
+    files = [
+        upload("damaged.zip", bytes(raw)),
+        upload("long.zip", _zip([(long_name, image_bytes(seed=8))])),
+    ]
+    r = post_files(client_for(team["admin"]), team["project"], files)
+    assert r.status_code == 201, r.content
+    outcome = {f["name"]: f for f in r.json()["files"]}
+    assert outcome["damaged.zip/a.png"]["status"] == "stored"
+    assert outcome["damaged.zip/c.png"]["status"] == "stored"
+    assert outcome["damaged.zip/b.png"]["status"] == "rejected"
+    assert outcome[f"long.zip/{long_name}"]["status"] == "stored"
+
+
+def test_zip_over_the_upload_limit(team, client_for, upload, settings):
+    settings.LOUPE_MAX_UPLOAD_BYTES = 100
+    files = [upload("big.zip", _zip([("a.png", image_bytes())]))]
+    r = post_files(client_for(team["admin"]), team["project"], files)
+    assert r.status_code == 400 and "LOUPE_MAX_UPLOAD_BYTES" in r.json()["error"]

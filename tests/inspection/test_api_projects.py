@@ -210,3 +210,21 @@ def test_token_auth_for_scripts(team, client):
     assert r.json()["username"] == "padmin"
     r = client.get("/api/projects/", HTTP_AUTHORIZATION="Token wrong")
     assert r.status_code == 401 and r.json()["error"]
+
+
+def test_project_created_with_auto_inspect(make_user, client_for):
+    r = client_for(make_user("alice")).post(
+        "/api/projects/", {"name": "P1", "auto_inspect": True}, format="json"
+    )
+    assert r.status_code == 201 and r.json()["auto_inspect"] is True
+
+
+def test_a_removed_member_loses_the_projects_jobs(team, client_for):
+    from inspection.services.jobs import job_enqueue
+    from inspection.services.projects import member_remove
+
+    job = job_enqueue(kind="pyramid", user=team["annotator"], project=team["project"])
+    assert client_for(team["annotator"]).get(f"/api/jobs/{job.pk}/").status_code == 200
+    member_remove(user=team["admin"], project=team["project"], username="ann")
+    assert client_for(team["annotator"]).get(f"/api/jobs/{job.pk}/").status_code == 404
+    assert client_for(team["annotator"]).get("/api/jobs/").json()["results"] == []

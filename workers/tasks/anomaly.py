@@ -10,8 +10,9 @@ from pathlib import Path
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db import transaction
 
-from inspection import storage
+from inspection import imaging, storage
 from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion
 from inspection.services.inspections import model_version_make_active
 from workers.tasks.runner import JobCancelled, JobContext, JobError, job_task
@@ -48,7 +49,12 @@ def train_anomaly_model(job, ctx: JobContext) -> dict:
         params = {k: v for k, v in version.params.items() if k != "model"}
         config = anomaly.recommended_config(**{"model": version.architecture, **params})
         with tempfile.TemporaryDirectory(prefix="loupe-train-") as tmp, ExitStack() as stack:
-            paths = [stack.enter_context(storage.local_copy(i.file.name)) for i in images]
+            paths = [
+                imaging.upright_copy(
+                    stack.enter_context(storage.local_copy(i.file.name)), i.orientation, tmp
+                )
+                for i in images
+            ]
             ctx.progress(
                 0.02, f"Training {version.architecture} on {len(paths)} normal images", force=True
             )
@@ -85,8 +91,6 @@ def train_anomaly_model(job, ctx: JobContext) -> dict:
 
 @job_task("anomaly_inspect")
 def run_inspection(job, ctx: JobContext) -> dict:
-    from annotations.review import image_update_status, suggestions_store
-
     anomaly = _engine()
     run = InspectionRun.objects.select_related("model_version", "project").get(
         pk=job.payload["run"]
@@ -110,41 +114,24 @@ def run_inspection(job, ctx: JobContext) -> dict:
                 continue
             ctx.progress(index / total, f"{image.original_name} ({index + 1}/{total})", force=True)
             try:
-                with storage.local_copy(image.file.name) as path:
-                    prediction = anomaly.predict(
-                        model, path, progress=_progress(ctx, index / total, 1 / total)
-                    )
-            except anomaly.Cancelled:
+                outcome = _inspect_one(ctx, run, version, model, image, index / total, 1 / total)
+            except (anomaly.Cancelled, JobCancelled):
+                InspectionRun.objects.filter(pk=run.pk).update(results=results)
                 raise JobCancelled() from None
             except anomaly.AnomalyError as exc:
-                results[str(image_id)] = {"error": str(exc)}
+                outcome = {"error": str(exc)}
+            except Exception as exc:  # one image fails alone (deleted meanwhile, file gone...)
+                if not Image.objects.filter(pk=image_id).exists():
+                    outcome = {"error": "the image was deleted while it was inspected"}
+                else:
+                    outcome = {"error": f"{type(exc).__name__}: {exc}"}
+            results[str(image_id)] = outcome
+            if "error" in outcome:
                 failed += 1
-                continue
-            buf = io.BytesIO()
-            from PIL import Image as PILImage
-
-            PILImage.fromarray(prediction.heatmap).save(buf, format="PNG", optimize=True)
-            name = default_storage.save(
-                f"{image.derived_prefix}/heatmaps/run-{run.pk}.png", ContentFile(buf.getvalue())
-            )
-            ImageHeatmap.objects.create(
-                image=image,
-                run=run,
-                path=name,
-                score=prediction.image_score,
-                label=f"{version.architecture} v{version.number}",
-            )
-            stored = suggestions_store(
-                image=image, run=run, model_version=version, regions=prediction.regions
-            )
-            made += len(stored)
-            image_update_status(image=image)
-            results[str(image_id)] = {
-                "score": round(prediction.image_score, 4),
-                "anomalous": bool(prediction.is_anomalous),
-                "regions": len(prediction.regions),
-                "suggestions": len(stored),
-            }
+            else:
+                made += outcome["suggestions"]
+            if index % 20 == 19:  # partial results survive a crash or a cancel
+                InspectionRun.objects.filter(pk=run.pk).update(results=results)
     InspectionRun.objects.filter(pk=run.pk).update(results=results)
     if failed and failed == len(run.image_ids):
         raise JobError(
@@ -158,4 +145,39 @@ def run_inspection(job, ctx: JobContext) -> dict:
         "suggestions": made,
         "message": f"{len(run.image_ids) - failed} image(s) inspected, {made} suggestion(s)"
         + (f", {failed} failed" if failed else ""),
+    }
+
+
+def _inspect_one(ctx, run, version, model, image, start: float, span: float) -> dict:
+    """Heat-map one image, store its heatmap and suggestions; the per-image result."""
+    from annotations.review import image_update_status, suggestions_store
+
+    anomaly = _engine()
+    with storage.local_copy(image.file.name) as path, tempfile.TemporaryDirectory() as tmp:
+        upright = imaging.upright_copy(path, image.orientation, tmp)
+        prediction = anomaly.predict(model, upright, progress=_progress(ctx, start, span))
+    buf = io.BytesIO()
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(prediction.heatmap).save(buf, format="PNG", optimize=True)
+    name = default_storage.save(
+        f"{image.derived_prefix}/heatmaps/run-{run.pk}.png", ContentFile(buf.getvalue())
+    )
+    with transaction.atomic():  # a savepoint: an image deleted meanwhile fails alone
+        ImageHeatmap.objects.create(
+            image=image,
+            run=run,
+            path=name,
+            score=prediction.image_score,
+            label=f"{version.architecture} v{version.number}",
+        )
+        stored = suggestions_store(
+            image=image, run=run, model_version=version, regions=prediction.regions
+        )
+        image_update_status(image=image)
+    return {
+        "score": round(prediction.image_score, 4),
+        "anomalous": bool(prediction.is_anomalous),
+        "regions": len(prediction.regions),
+        "suggestions": len(stored),
     }

@@ -10,7 +10,7 @@ from django.core.files.storage import default_storage
 
 from inspection.models import Job
 from inspection.services.images import images_enqueue_derivatives
-from inspection.services.mvtec import MvtecLayoutError, mvtec_import
+from inspection.services.mvtec import ImportReport, MvtecLayoutError, mvtec_import
 from inspection.storage import local_copy
 from inspection.ziputil import ZipRejected, safe_extract_tree
 from workers.tasks.runner import JobContext, JobError, job_task
@@ -28,6 +28,8 @@ def _single_top_folder(root: Path) -> Path:
 def import_mvtec(job: Job, ctx: JobContext) -> dict:
     user = get_user_model().objects.filter(pk=job.created_by_id).first()
     tmp = None
+    report = ImportReport()
+    queued = False
     try:
         if job.payload.get("zip"):
             tmp = Path(tempfile.mkdtemp(prefix="loupe-mvtec-"))
@@ -49,17 +51,19 @@ def import_mvtec(job: Job, ctx: JobContext) -> dict:
             root = Path(job.payload["path"])
             skipped = []
         try:
-            report = mvtec_import(
+            mvtec_import(
                 user=user,
                 project=job.project,
                 root=root,
                 progress=lambda f, m: ctx.progress(f * 0.99, m),
+                report=report,
             )
         except MvtecLayoutError as exc:
             raise JobError(str(exc)) from None
         report.skipped = skipped + report.skipped
         if report.image_ids:
             images_enqueue_derivatives(user=user, project=job.project, image_ids=report.image_ids)
+            queued = True
         result = report.to_dict()
         result.pop("image_ids")
         result["message"] = (
@@ -68,6 +72,9 @@ def import_mvtec(job: Job, ctx: JobContext) -> dict:
         )
         return result
     finally:
+        if report.image_ids and not queued:
+            # stopped half-way: the images stored so far still get their pyramids
+            images_enqueue_derivatives(user=user, project=job.project, image_ids=report.image_ids)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if job.payload.get("zip") and default_storage.exists(job.payload["zip"]):

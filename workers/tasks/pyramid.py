@@ -3,7 +3,7 @@
 from inspection import imaging
 from inspection.models import Image, Job
 from inspection.services.images import image_build_derivatives
-from workers.tasks.runner import JobContext, JobError, job_task
+from workers.tasks.runner import JobCancelled, JobContext, JobError, job_task
 
 
 @job_task("pyramid")
@@ -19,7 +19,11 @@ def build_pyramids(job: Job, ctx: JobContext) -> dict:
         ctx.progress(index / len(ids), label, force=True)
 
         def on_tiles(fraction: float, _i=index, _label=label) -> bool:
-            ctx.progress((_i + fraction) / len(ids), _label)
+            # runs inside a libvips callback, which swallows exceptions: answer False to stop
+            try:
+                ctx.progress((_i + fraction) / len(ids), _label)
+            except JobCancelled:
+                return False
             return True
 
         try:
