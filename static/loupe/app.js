@@ -74,16 +74,16 @@
         });
         row.dataset.state = stored ? "uploaded" : (problems.some((f) => f.status === "rejected") ? "error" : "duplicate");
         if (body.job) {
+          // the next file uploads now; this row keeps following its pyramid job on its own
           const jobBar = el("progress", { class: "job", max: "100", value: "0", title: "building the zoomable view" });
           const jobText = el("span", { class: "job-status", text: "preparing zoomable view…" });
           row.appendChild(el("div", { class: "jobline" }, [jobBar, jobText]));
           watchJob(body.job, (job) => {
             jobBar.value = job.progress;
             jobText.textContent = job.status === "succeeded" ? "ready" : (job.status === "failed" ? "failed: " + job.error : job.message);
-          }).then((job) => { row.dataset.state = job.status === "succeeded" ? "ready" : "error"; resolve(); });
-        } else {
-          resolve();
+          }).then((job) => { row.dataset.state = job.status === "succeeded" ? "ready" : "error"; });
         }
+        resolve();
       };
       xhr.send(form);
     });

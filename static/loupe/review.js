@@ -135,12 +135,26 @@
 
   async function load() {
     const params = new URLSearchParams(Object.assign({ status: "pending", limit: "200" }, data.filters));
-    const [s, l] = await Promise.all([
-      request("GET", data.urls.suggestions + "?" + params.toString()),
-      data.filters.run || data.filters.score_min || data.filters.score_max ? Promise.resolve({ body: { results: [] } }) : request("GET", data.urls.labels + "?limit=200" + (data.filters.image ? "&image=" + data.filters.image : "")),
-    ]);
+    let s;
+    let l;
+    try {
+      const onlySuggestions = data.filters.run || data.filters.score_min || data.filters.score_max;
+      const labelsUrl = data.urls.labels + "?limit=200" + (data.filters.image ? "&image=" + data.filters.image : "");
+      [s, l] = await Promise.all([
+        request("GET", data.urls.suggestions + "?" + params.toString()),
+        onlySuggestions ? Promise.resolve({ body: { results: [] } }) : request("GET", labelsUrl),
+      ]);
+    } catch (e) {
+      countEl.textContent = "The queue could not be loaded: the server is unreachable. Retrying…";
+      setTimeout(load, 5000);
+      return;
+    }
+    if (s.status !== 200 || !s.body) {
+      countEl.textContent = "The queue could not be loaded: " + ((s.body && s.body.error) || "HTTP " + s.status);
+      return;
+    }
     items = (s.body.results || []).map((x) => Object.assign({ type: "suggestion" }, x));
-    items = items.concat((l.body.results || []).map((x) => Object.assign({ type: "label" }, x)));
+    items = items.concat(((l.body && l.body.results) || []).map((x) => Object.assign({ type: "label" }, x)));
     index = 0;
     viewerEl.dataset.loaded = "1";
     await show();
@@ -167,6 +181,15 @@
       tally.accepted + " accepted · " + tally.rejected + " rejected · " + tally.approved + " approved · " + tally.returned + " sent back";
   }
 
+  // A decision call that cannot reach the server: nothing was decided, say so, stay on the item.
+  async function send(method, target, body) {
+    try {
+      return await request(method, target, body);
+    } catch (e) {
+      return { status: 0, body: { error: "the server is unreachable; nothing was decided, try again" } };
+    }
+  }
+
   async function decided(r, okStatus, counter) {
     if (r.status === okStatus) {
       tally[counter] += 1;
@@ -188,7 +211,7 @@
     const item = current();
     if (!item) return;
     if (item.type === "label") {
-      const r = await request("POST", url(data.urls.approve, item.id), {});
+      const r = await send("POST", url(data.urls.approve, item.id), {});
       return decided(r, 200, "approved");
     }
     if (!category) { toast("Pick a category first (add one in the project settings)."); return; }
@@ -198,19 +221,19 @@
       anno.cancelSelected();
       body.geometry = geometry(a.target.selector);
     }
-    const r = await request("POST", url(data.urls.accept, item.id), body);
+    const r = await send("POST", url(data.urls.accept, item.id), body);
     return decided(r, 201, "accepted");
   }
 
   async function reject(reason) {
     const item = current();
-    const r = await request("POST", url(data.urls.reject, item.id), { reason: reason || "" });
+    const r = await send("POST", url(data.urls.reject, item.id), { reason: reason || "" });
     return decided(r, 200, "rejected");
   }
 
   async function sendBack(comment) {
     const item = current();
-    const r = await request("POST", url(data.urls.return, item.id), { comment });
+    const r = await send("POST", url(data.urls.return, item.id), { comment });
     return decided(r, 200, "returned");
   }
 

@@ -87,7 +87,26 @@
 
   // ---- viewer and annotator --------------------------------------------------------------
 
-  if (!viewerEl) return;
+  if (!viewerEl) {
+    // No zoomable view yet (pyramid pending or failed): the verdict, comments, history and
+    // next/previous still work.
+    showVerdict(data.image.verdict);
+    document.querySelectorAll("[data-verdict]").forEach((b) => b.addEventListener("click", () => setVerdict(b.dataset.verdict)));
+    wireComments();
+    loadComments();
+    loadHistory();
+    document.addEventListener("keydown", (e) => {
+      if (e.target.closest && e.target.closest("input, textarea, select")) return;
+      if (e.ctrlKey || e.metaKey || e.altKey) return;
+      const k = e.key.toLowerCase();
+      if (k === "o") setVerdict("ok");
+      else if (k === "r") setVerdict("needs_review");
+      else if ((k === "n" && data.neighbors.next) || (k === "p" && data.neighbors.previous)) {
+        window.location.href = urlFor(data.urls.page, data.neighbors[k === "n" ? "next" : "previous"]) + (data.query ? "?" + data.query : "");
+      }
+    });
+    return;
+  }
   const viewer = OpenSeadragon({
     element: viewerEl,
     tileSources: data.image.dzi,
@@ -166,7 +185,9 @@
         outcome = "retry"; // network down or server restarting
       }
       if (outcome === "retry") {
-        setStatus("offline", "Not saved: server unreachable, " + queue.length + " change(s) waiting — retrying");
+        if (statusEl.dataset.state !== "offline") {
+          setStatus("offline", "Not saved: server unreachable, " + queue.length + " change(s) waiting — retrying");
+        }
         await new Promise((r) => setTimeout(r, retryDelay));
         retryDelay = Math.min(retryDelay * 2, 15000);
         continue;
@@ -177,6 +198,14 @@
     }
     busy = false;
     renderList();
+  }
+
+  // Logged out (session expired) or refused (CSRF, role removed): keep every change queued and
+  // say so; after logging in again in another tab, the queue goes through.
+  function signedOut(r) {
+    const why = (r.body && r.body.error) || "not allowed";
+    setStatus("offline", "Not saved: " + why + " — log in again (in another tab); " + queue.length + " change(s) kept");
+    return "retry";
   }
 
   function applyRemote(s) {
@@ -207,8 +236,10 @@
       run: async () => {
         const payload = payloadOf(localId);
         if (!payload) return "done"; // removed before it was saved: a later delete op has nothing to do
-        const r = await request("POST", data.urls.annotations, payload);
+        // the local id makes a retried create idempotent on the server
+        const r = await request("POST", data.urls.annotations, Object.assign({ client_id: localId }, payload));
         if (r.status >= 500) return "retry";
+        if (r.status === 401 || r.status === 403) return signedOut(r);
         if (r.status === 201) {
           const s = r.body;
           meta.set(localId, { serverId: s.id, version: s.version, author: s.author, source: s.source, created: s.created_at, updated: s.updated_at, updatedBy: s.updated_by });
@@ -232,6 +263,7 @@
         if (!m || !m.serverId || !payload) return "done";
         const r = await request("PATCH", urlFor(data.urls.annotation, m.serverId), Object.assign({ version: m.version }, payload));
         if (r.status >= 500) return "retry";
+        if (r.status === 401) return signedOut(r);
         if (r.status === 200) {
           Object.assign(m, { version: r.body.version, updated: r.body.updated_at, updatedBy: r.body.updated_by });
         } else if (r.status === 409) {
@@ -259,6 +291,7 @@
         if (!m || !m.serverId) return "done";
         const r = await request("DELETE", urlFor(data.urls.annotation, m.serverId) + "?version=" + m.version);
         if (r.status >= 500) return "retry";
+        if (r.status === 401) return signedOut(r);
         if (r.status === 409) {
           toast(r.body.error + " Their version is back on the image.");
           if (r.body.current) applyRemote(r.body.current);
@@ -574,7 +607,7 @@
     const next = data.image.verdict === v ? "" : v;
     try {
       const r = await request("POST", data.urls.verdict, { verdict: next });
-      if (r.status === 200) { data.image.verdict = next; showVerdict(next); } else toast(r.body.error);
+      if (r.status === 200) { data.image.verdict = next; showVerdict(next); } else toast((r.body && r.body.error) || "HTTP " + r.status);
     } catch (e) { toast("The verdict was not saved: the server is unreachable."); }
   }
   document.querySelectorAll("[data-verdict]").forEach((b) => b.addEventListener("click", () => setVerdict(b.dataset.verdict)));
@@ -593,14 +626,17 @@
       list.appendChild(li);
     });
   }
-  document.getElementById("comment-form").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    const input = document.getElementById("comment-text");
-    try {
-      const r = await request("POST", data.urls.comments, { text: input.value });
-      if (r.status === 201) { input.value = ""; loadComments(); } else toast(r.body.error);
-    } catch (err) { toast("The comment was not saved: the server is unreachable."); }
-  });
+  function wireComments() {
+    document.getElementById("comment-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const input = document.getElementById("comment-text");
+      try {
+        const r = await request("POST", data.urls.comments, { text: input.value });
+        if (r.status === 201) { input.value = ""; loadComments(); } else toast((r.body && r.body.error) || "HTTP " + r.status);
+      } catch (err) { toast("The comment was not saved: the server is unreachable."); }
+    });
+  }
+  wireComments();
 
   // ---- prefetch the next image's first tiles ---------------------------------------------
 
