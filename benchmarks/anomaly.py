@@ -142,7 +142,7 @@ def run_engine(dataset: Path, model_dir: Path, kind: str) -> dict:
     return row
 
 
-def run_large(dataset: Path, out: Path, model: str, overlap: float) -> dict:
+def run_large(dataset: Path, out: Path, model: str, overlap: float, backend: str = "torch") -> dict:
     """A ~20 MP mosaic of test images, heat-mapped at native scale (tiled, 256 px tiles)."""
     import numpy as np
 
@@ -161,7 +161,11 @@ def run_large(dataset: Path, out: Path, model: str, overlap: float) -> dict:
         row = [read_image(tiles[(r * 5 + c) % len(tiles)]) for c in range(5)]
         rows.append(np.concatenate(row, axis=1))
     mosaic = np.concatenate(rows, axis=0)
-    loaded = load_model(model_dir)
+    if backend != "torch":  # always re-export: an older export would be refused
+        from workers.anomaly import export_onnx
+
+        export_onnx(model_dir)
+    loaded = load_model(model_dir, backend=backend)
     config = PredictConfig(batch_size=8, tile_overlap=overlap, allow_size_mismatch=True)
     predict(loaded, "warmup", config, image=mosaic[:900, :900])
     base = _rss_mb()
@@ -175,6 +179,7 @@ def run_large(dataset: Path, out: Path, model: str, overlap: float) -> dict:
         "tiles": len(tile_grid(mosaic.shape[0], mosaic.shape[1], 256, round(overlap * 256))),
         "seconds": seconds,
         "overlap": overlap,
+        "backend": loaded.backend,
         "regions": len(pred.regions),
         "peak_rss_mb": _rss_mb(),
         "rss_before_mb": base,
@@ -231,8 +236,10 @@ def main() -> int:
             kind = "efficientad" if model.startswith("efficientad") else model
             res = run_engine(datasets / dataset, out / f"{dataset}_{model}", kind)
         else:
-            model, overlap = rest
-            res = run_large(datasets / "mvtec_bottle", out, model, float(overlap))
+            model, overlap, *backend = rest
+            res = run_large(
+                datasets / "mvtec_bottle", out, model, float(overlap), *(backend or ["torch"])
+            )
         print(json.dumps(res, default=str))
         return 0
 
@@ -258,10 +265,10 @@ def main() -> int:
         print(json.dumps(row, default=str), file=sys.stderr, flush=True)
     if args.large:
         for model in ("padim", "patchcore"):
-            for overlap in (0.0, 0.25):
-                print(f"== 20MP {model} overlap {overlap}", file=sys.stderr, flush=True)
-                row = _child([*common, "--child", "large", model, str(overlap)])
-                results[f"20MP:{model}:overlap{overlap}"] = row
+            for overlap, backend in ((0.0, "torch"), (0.25, "torch"), (0.0, "openvino")):
+                print(f"== 20MP {model} overlap {overlap} {backend}", file=sys.stderr, flush=True)
+                row = _child([*common, "--child", "large", model, str(overlap), backend])
+                results[f"20MP:{model}:overlap{overlap}:{backend}"] = row
                 results_file.write_text(json.dumps(results, indent=2))
                 print(json.dumps(row, default=str), file=sys.stderr, flush=True)
 
