@@ -112,8 +112,10 @@ class MvtecImportSerializer(serializers.Serializer):
     )
 
     def validate(self, attrs):
-        if bool(attrs.get("zip")) == bool(attrs.get("path")):
-            raise serializers.ValidationError("Give either a zip file or a server path, not both.")
+        if attrs.get("zip") and attrs.get("path"):
+            raise serializers.ValidationError("Give a zip file or a server path, not both.")
+        if not attrs.get("zip") and not attrs.get("path"):
+            raise serializers.ValidationError("Give a (non-empty) zip file or a server path.")
         return attrs
 
 
