@@ -20,6 +20,29 @@
     return body;
   }
 
+  /* fetch with the CSRF token and JSON in and out; {status, body} (body null when not JSON).
+     Network failures reject: callers decide whether to retry. */
+  async function request(method, url, body) {
+    const opts = { method, credentials: "same-origin", headers: { "X-CSRFToken": csrfToken() } };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    const res = await fetch(url, opts);
+    let json = null;
+    try { json = await res.json(); } catch (e) { json = null; }
+    return { status: res.status, body: json };
+  }
+
+  const toastTimers = new WeakMap();
+  /* Show `message` in the page's toast element for `ms` milliseconds. */
+  function toast(node, message, ms) {
+    node.textContent = message;
+    node.hidden = false;
+    clearTimeout(toastTimers.get(node));
+    toastTimers.set(node, setTimeout(() => { node.hidden = true; }, ms || 5000));
+  }
+
   function el(tag, attrs, children) {
     const node = document.createElement(tag);
     Object.entries(attrs || {}).forEach(([k, v]) => {
@@ -247,5 +270,5 @@
     }));
   }
 
-  window.Loupe = { api, watchJob, initUploads, initMvtecImport, initJobs, initModels };
+  window.Loupe = { api, request, toast, watchJob, initUploads, initMvtecImport, initJobs, initModels };
 })();

@@ -36,7 +36,28 @@
     });
   }
 
-  window.LoupeOverlay = { colormap, addHeatmap };
+  function bounds(points) {
+    const xs = points.map((p) => p[0]);
+    const ys = points.map((p) => p[1]);
+    return { minX: Math.min(...xs), minY: Math.min(...ys), maxX: Math.max(...xs), maxY: Math.max(...ys) };
+  }
+
+  /* Loupe geometry (full-resolution pixels) -> Annotorious selector, and back. */
+  function toSelector(g) {
+    if (g.type === "box") {
+      return { type: "RECTANGLE", geometry: { x: g.x, y: g.y, w: g.w, h: g.h, bounds: { minX: g.x, minY: g.y, maxX: g.x + g.w, maxY: g.y + g.h } } };
+    }
+    return { type: "POLYGON", geometry: { points: g.points, bounds: bounds(g.points) } };
+  }
+
+  function toGeometry(selector) {
+    const g = selector.geometry;
+    if (selector.type === "RECTANGLE") return { type: "box", x: g.x, y: g.y, w: g.w, h: g.h };
+    if (selector.type === "POLYGON") return { type: "polygon", points: g.points };
+    return null;
+  }
+
+  window.LoupeOverlay = { colormap, addHeatmap, bounds, toSelector, toGeometry };
 })();
 // Note: with the heatmap as a second world item OpenSeadragon warns that viewport<->image
 // conversions are "not accurate with multi-image". They stay exact here: the heatmap covers the

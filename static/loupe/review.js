@@ -20,46 +20,12 @@
   let heatItem = null;
   const skipped = new Set();
 
-  function csrfToken() {
-    const m = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
-    return m ? decodeURIComponent(m[1]) : "";
-  }
-
-  async function request(method, url, body) {
-    const opts = { method, credentials: "same-origin", headers: { "X-CSRFToken": csrfToken() } };
-    if (body !== undefined) {
-      opts.headers["Content-Type"] = "application/json";
-      opts.body = JSON.stringify(body);
-    }
-    const res = await fetch(url, opts);
-    let json = null;
-    try { json = await res.json(); } catch (e) { json = null; }
-    return { status: res.status, body: json };
-  }
-
-  let toastTimer = null;
-  function toast(message) {
-    toastEl.textContent = message;
-    toastEl.hidden = false;
-    clearTimeout(toastTimer);
-    toastTimer = setTimeout(() => { toastEl.hidden = true; }, 5000);
-  }
+  const request = Loupe.request;
+  const toast = (message) => Loupe.toast(toastEl, message, 5000);
 
   const url = (template, id) => template.replace("{id}", id);
 
-  function selector(g) {
-    if (g.type === "box") {
-      return { type: "RECTANGLE", geometry: { x: g.x, y: g.y, w: g.w, h: g.h, bounds: { minX: g.x, minY: g.y, maxX: g.x + g.w, maxY: g.y + g.h } } };
-    }
-    const xs = g.points.map((p) => p[0]);
-    const ys = g.points.map((p) => p[1]);
-    return { type: "POLYGON", geometry: { points: g.points, bounds: { minX: Math.min(...xs), minY: Math.min(...ys), maxX: Math.max(...xs), maxY: Math.max(...ys) } } };
-  }
-
-  function geometry(sel) {
-    const g = sel.geometry;
-    return sel.type === "RECTANGLE" ? { type: "box", x: g.x, y: g.y, w: g.w, h: g.h } : { type: "polygon", points: g.points };
-  }
+  const { toSelector: selector, toGeometry: geometry } = LoupeOverlay;
 
   const viewer = OpenSeadragon({
     element: viewerEl,

@@ -22,52 +22,13 @@
 
   // ---- small helpers ---------------------------------------------------------------------
 
-  function csrfToken() {
-    const m = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
-    return m ? decodeURIComponent(m[1]) : "";
-  }
+  const request = Loupe.request;
 
-  async function request(method, url, body) {
-    const opts = { method, credentials: "same-origin", headers: { "X-CSRFToken": csrfToken() } };
-    if (body !== undefined) {
-      opts.headers["Content-Type"] = "application/json";
-      opts.body = JSON.stringify(body);
-    }
-    const res = await fetch(url, opts); // throws on network failure
-    let json = null;
-    try { json = await res.json(); } catch (e) { json = null; }
-    return { status: res.status, body: json };
-  }
-
-  let toastTimer = null;
-  function toast(message) {
-    toastEl.textContent = message;
-    toastEl.hidden = false;
-    clearTimeout(toastTimer);
-    toastTimer = setTimeout(() => { toastEl.hidden = true; }, 6000);
-  }
+  const toast = (message) => Loupe.toast(toastEl, message, 6000);
 
   function urlFor(template, id) { return template.replace("{id}", id); }
 
-  function bounds(points) {
-    const xs = points.map((p) => p[0]);
-    const ys = points.map((p) => p[1]);
-    return { minX: Math.min(...xs), minY: Math.min(...ys), maxX: Math.max(...xs), maxY: Math.max(...ys) };
-  }
-
-  function toSelector(g) {
-    if (g.type === "box") {
-      return { type: "RECTANGLE", geometry: { x: g.x, y: g.y, w: g.w, h: g.h, bounds: { minX: g.x, minY: g.y, maxX: g.x + g.w, maxY: g.y + g.h } } };
-    }
-    return { type: "POLYGON", geometry: { points: g.points, bounds: bounds(g.points) } };
-  }
-
-  function toGeometry(selector) {
-    const g = selector.geometry;
-    if (selector.type === "RECTANGLE") return { type: "box", x: g.x, y: g.y, w: g.w, h: g.h };
-    if (selector.type === "POLYGON") return { type: "polygon", points: g.points };
-    return null;
-  }
+  const { bounds, toSelector, toGeometry } = LoupeOverlay;
 
   function categoryOf(a) {
     const body = (a.bodies || []).find((b) => b.purpose === "classifying");

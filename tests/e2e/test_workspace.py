@@ -146,6 +146,9 @@ def test_draw_relabel_undo_navigate_reload(page, live_server, workspace_images):
     # undo step, so a person's pause is imitated)
     page.wait_for_timeout(400)
     page.keyboard.press("b")
+    page.wait_for_function(
+        "() => window.loupeWorkspace.anno.isDrawingEnabled() && !window.loupeWorkspace.anno.getSelected().length"
+    )
     page.mouse.move(cx - 380, cy - 260)  # top left: the minimap sits bottom right
     page.mouse.down()
     page.mouse.move(cx - 300, cy - 190, steps=4)
