@@ -80,7 +80,13 @@ def open_workspace(page, image_id):
     page.locator("#viewer[data-tile-loaded]").wait_for()
 
 
-def wait_saved(page):
+def wait_saved(page, shapes=None):
+    """Wait until `shapes` shapes exist (Annotorious reports a new one a tick after the mouse
+    is released) and every change has reached the server."""
+    if shapes is not None:
+        page.wait_for_function(
+            f"() => window.loupeWorkspace.anno.getAnnotations().length === {shapes}"
+        )
     page.wait_for_function("() => window.loupeWorkspace.idle()")
     page.locator('#save-status[data-state="saved"]').wait_for()
 
@@ -128,7 +134,7 @@ def test_draw_relabel_undo_navigate_reload(page, live_server, workspace_images):
     page.mouse.move(cx, cy, steps=5)
     page.mouse.move(*end, steps=5)
     page.mouse.up()
-    wait_saved(page)
+    wait_saved(page, shapes=1)
     want_box = (to_image(page, *start), to_image(page, *end))
 
     # a polygon elsewhere, at 4x, closed by clicking its first point
@@ -139,7 +145,7 @@ def test_draw_relabel_undo_navigate_reload(page, live_server, workspace_images):
         page.mouse.click(*p)
         page.wait_for_timeout(120)
     page.mouse.click(*pts[0])
-    wait_saved(page)
+    wait_saved(page, shapes=2)
     want_poly = [to_image(page, *p) for p in pts]
 
     # a third shape that we then undo (Annotorious merges changes less than 250 ms apart into one
@@ -153,12 +159,12 @@ def test_draw_relabel_undo_navigate_reload(page, live_server, workspace_images):
     page.mouse.down()
     page.mouse.move(cx - 300, cy - 190, steps=4)
     page.mouse.up()
-    wait_saved(page)
+    wait_saved(page, shapes=3)
     assert Annotation.objects.filter(image=first).count() == 3
     page.wait_for_timeout(400)
     page.keyboard.press("Escape")
     page.keyboard.press("Control+z")
-    wait_saved(page)
+    wait_saved(page, shapes=2)
     assert Annotation.objects.filter(image=first).count() == 2
 
     # new shapes took the first category, 'dent' (key 1); select the box from the list and
@@ -238,6 +244,7 @@ def test_offline_edits_are_queued_and_conflicts_are_shown(
     page.mouse.down()
     page.mouse.move(cx + 100, cy + 60, steps=5)
     page.mouse.up()
+    page.wait_for_function("() => window.loupeWorkspace.anno.getAnnotations().length === 1")
     page.locator('#save-status[data-state="offline"]').wait_for()
     assert "server unreachable" in page.locator("#save-status").inner_text()
     assert Annotation.objects.filter(image=first).count() == 0
