@@ -5,7 +5,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 
@@ -43,17 +43,11 @@ def home(request):
         selectors.projects_visible_to(request.user)
         .annotate(
             image_count=Count("images", distinct=True),
-            normal_count=Count("images", filter=models_q_normal(), distinct=True),
+            normal_count=Count("images", filter=Q(images__is_normal=True), distinct=True),
         )
         .order_by("name")
     )
     return render(request, "home.html", {"projects": projects})
-
-
-def models_q_normal():
-    from django.db.models import Q
-
-    return Q(images__is_normal=True)
 
 
 @login_required

@@ -3,7 +3,6 @@
 import uuid
 from pathlib import Path
 
-from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
 from django.db.models import Count
 from django.http import FileResponse, Http404
@@ -337,6 +336,3 @@ class MeView(APIView):
         return Response(
             {"username": request.user.username, "site_admin": is_site_admin(request.user)}
         )
-
-
-__all__ = ["PermissionDenied"]
