@@ -23,6 +23,11 @@ from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
 logging.getLogger("pyvips").setLevel(logging.WARNING)  # it logs each thread pool at INFO
+# libvips' operation cache hands the same image object to a later load of the same file. The
+# pyramid's progress handler is connected to such an object; once its Python callback is gone, a
+# later evaluation (the thumbnail) calls into freed memory and kills the worker ("ffi.from_handle
+# ... garbage collected", seen in CI). Each file is read once per job anyway: no cache.
+pyvips.cache_set_max(0)
 
 # Loupe applies its own (configurable) pixel limit before decoding; Pillow's default limit and
 # its warnings would otherwise fire first with a less useful message.

@@ -114,3 +114,32 @@ def test_16bit_grey_pyramid_is_stretched_for_display(tmp_path):
     with PILImage.open(thumb) as t:
         lo, hi = t.convert("L").getextrema()
     assert lo < 20 and hi > 235  # dark and bright halves, not a black square
+
+
+def test_pyramid_then_thumbnail_of_the_same_file_does_not_crash(tmp_path):
+    """Regression: with libvips' operation cache on, the thumbnail re-used the image that the
+    pyramid's progress handler was connected to, after that handler was freed, and the worker
+    died with 'ffi.from_handle() ... garbage collected'. Run in a child: a crash kills it."""
+    import subprocess
+    import sys
+
+    script = f"""
+import gc, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from pathlib import Path
+from inspection.imaging import build_pyramid, make_thumbnail
+from tests.conftest import image_bytes
+d = Path({str(tmp_path)!r})
+for i in range(25):
+    p = d / f"s{{i}}.png"
+    p.write_bytes(image_bytes("PNG", size=(64, 48), seed=i))
+    build_pyramid(p, d / f"pyr{{i}}", progress=lambda f: True)
+    gc.collect()
+    make_thumbnail(p, d / f"t{{i}}.jpg")
+print("done")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "done"
