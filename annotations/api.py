@@ -9,6 +9,7 @@ from rest_framework.views import APIView
 
 from annotations import services
 from annotations.models import Annotation, ImageComment
+from inspection.api.lookups import image_for
 from inspection.models import Image, Project, Role
 from inspection.permissions import require_role
 
@@ -67,12 +68,6 @@ class VerdictSerializer(serializers.Serializer):
     verdict = serializers.ChoiceField(choices=Image.Verdict.choices, allow_blank=True)
 
 
-def _image(request, pk) -> Image:
-    image = get_object_or_404(Image.objects.select_related("project"), pk=pk)
-    require_role(request.user, image.project, Role.ANNOTATOR)
-    return image
-
-
 def _annotations():
     return Annotation.objects.select_related("category", "author", "updated_by")
 
@@ -82,12 +77,12 @@ class ImageAnnotationsView(APIView):
 
     @extend_schema(responses=AnnotationSerializer(many=True))
     def get(self, request, pk):
-        image = _image(request, pk)
+        image = image_for(request, pk)
         return Response(AnnotationSerializer(_annotations().filter(image=image), many=True).data)
 
     @extend_schema(request=AnnotationWriteSerializer, responses={201: AnnotationSerializer})
     def post(self, request, pk):
-        image = _image(request, pk)
+        image = image_for(request, pk)
         if isinstance(request.data, list):
             created = services.annotations_bulk_create(
                 user=request.user, image=image, items=request.data
@@ -171,7 +166,7 @@ class ProjectAnnotationsView(generics.ListAPIView):
 class ImageVerdictView(APIView):
     @extend_schema(request=VerdictSerializer, responses=dict)
     def post(self, request, pk):
-        image = _image(request, pk)
+        image = image_for(request, pk)
         data = VerdictSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         image = services.image_set_verdict(
@@ -189,12 +184,12 @@ class ImageVerdictView(APIView):
 class ImageCommentsView(APIView):
     @extend_schema(responses=CommentSerializer(many=True))
     def get(self, request, pk):
-        image = _image(request, pk)
+        image = image_for(request, pk)
         return Response(CommentSerializer(image.comments.select_related("author"), many=True).data)
 
     @extend_schema(request=CommentSerializer, responses={201: CommentSerializer})
     def post(self, request, pk):
-        image = _image(request, pk)
+        image = image_for(request, pk)
         text = request.data.get("text", "") if isinstance(request.data, dict) else None
         comment = services.image_comment_add(user=request.user, image=image, text=text)
         return Response(CommentSerializer(comment).data, status=status.HTTP_201_CREATED)

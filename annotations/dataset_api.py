@@ -17,15 +17,13 @@ from rest_framework.views import APIView
 
 from annotations import datasets as services
 from annotations.models import DatasetVersion
+from inspection.api.lookups import project_for
 from inspection.api.serializers import JobSerializer
 from inspection.models import Job, Project, Role
-from inspection.permissions import require_role
 
 
 def _project(request, pk, minimum=Role.REVIEWER) -> Project:
-    project = get_object_or_404(Project, pk=pk)
-    require_role(request.user, project, minimum)
-    return project
+    return project_for(request, pk, minimum)  # dataset pages start at reviewer
 
 
 def _version(request, pk, number, minimum=Role.REVIEWER) -> DatasetVersion:

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotations.geometry import GeometryError, normalize_geometry
-from annotations.models import Annotation, DefectCategory, Review, Suggestion
+from annotations.models import Annotation, Review, Suggestion
 from annotations.services import ConflictError, _category_of, _clean_geometry
 from inspection.models import Image, InspectionRun, ModelVersion, Role
 from inspection.permissions import has_role, require_role
@@ -274,7 +274,3 @@ def image_confirm_normal(*, user, image: Image) -> bool:
     Image.objects.filter(pk=image.pk).update(is_normal=True)
     image.is_normal = True
     return True
-
-
-def category_for_key(project, value) -> DefectCategory | None:
-    return DefectCategory.objects.filter(project=project, pk=value).first()

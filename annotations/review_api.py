@@ -10,7 +10,8 @@ from rest_framework.views import APIView
 from annotations import review
 from annotations.api import AnnotationFilter, AnnotationSerializer
 from annotations.models import Annotation, Review, Suggestion
-from inspection.models import Image, Project, Role
+from inspection.api.lookups import image_for
+from inspection.models import Project, Role
 from inspection.permissions import require_role
 
 
@@ -211,8 +212,7 @@ class ImageReviewsView(APIView):
 
     @extend_schema(responses=ReviewSerializer(many=True))
     def get(self, request, pk):
-        image = get_object_or_404(Image.objects.select_related("project"), pk=pk)
-        require_role(request.user, image.project, Role.ANNOTATOR)
+        image = image_for(request, pk)
         return Response(
             ReviewSerializer(image.reviews.select_related("decided_by", "category"), many=True).data
         )
@@ -223,7 +223,6 @@ class ImageSuggestionsView(APIView):
 
     @extend_schema(responses=SuggestionSerializer(many=True))
     def get(self, request, pk):
-        image = get_object_or_404(Image.objects.select_related("project"), pk=pk)
-        require_role(request.user, image.project, Role.ANNOTATOR)
+        image = image_for(request, pk)
         qs = image.suggestions.select_related("image", "model_version", "decided_by")
         return Response(SuggestionSerializer(qs, many=True).data)

@@ -7,10 +7,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotations.figures import run_figures
-from inspection.models import InspectionRun, ModelVersion, Project, Role
+from inspection.models import InspectionRun, ModelVersion, Role
 from inspection.permissions import require_role
 from inspection.services import inspections as services
 
+from .lookups import project_for
 from .serializers import JobSerializer
 
 
@@ -87,12 +88,6 @@ class RunStartSerializer(serializers.Serializer):
     model_version = serializers.IntegerField(required=False)
 
 
-def _project(request, pk, minimum=Role.ANNOTATOR) -> Project:
-    project = get_object_or_404(Project, pk=pk)
-    require_role(request.user, project, minimum)
-    return project
-
-
 class ProjectModelsView(generics.ListAPIView):
     """GET the project's anomaly model versions; POST to train a new one (202 with the job)."""
 
@@ -101,12 +96,12 @@ class ProjectModelsView(generics.ListAPIView):
 
     def get_queryset(self):
         return ModelVersion.objects.filter(
-            project=_project(self.request, self.kwargs["pk"])
+            project=project_for(self.request, self.kwargs["pk"])
         ).select_related("created_by")
 
     @extend_schema(request=TrainSerializer, responses={202: ModelVersionSerializer})
     def post(self, request, pk):
-        project = _project(request, pk)
+        project = project_for(request, pk)
         data = TrainSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         version = services.model_version_train(
@@ -147,12 +142,12 @@ class ProjectRunsView(generics.ListAPIView):
 
     def get_queryset(self):
         return InspectionRun.objects.filter(
-            project=_project(self.request, self.kwargs["pk"])
+            project=project_for(self.request, self.kwargs["pk"])
         ).select_related("created_by")
 
     @extend_schema(request=RunStartSerializer, responses={202: RunSerializer})
     def post(self, request, pk):
-        project = _project(request, pk)
+        project = project_for(request, pk)
         data = RunStartSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         version = None

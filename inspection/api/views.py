@@ -18,19 +18,14 @@ from annotations import services as category_services
 from annotations.models import DefectCategory
 from inspection import selectors
 from inspection.filters import ImageFilter, JobFilter
-from inspection.models import Image, Project, Role
+from inspection.models import Image, Role
 from inspection.permissions import is_site_admin, require_role
 from inspection.services import images as image_services
 from inspection.services import jobs as job_services
 from inspection.services import projects as project_services
 
 from . import serializers as s
-
-
-def _project(request, pk, minimum=Role.ANNOTATOR) -> Project:
-    project = get_object_or_404(Project, pk=pk)
-    require_role(request.user, project, minimum)
-    return project
+from .lookups import image_for, project_for
 
 
 class ProjectViewSet(viewsets.ModelViewSet):
@@ -47,7 +42,7 @@ class ProjectViewSet(viewsets.ModelViewSet):
         )
 
     def get_object(self):
-        return _project(self.request, self.kwargs["pk"])
+        return project_for(self.request, self.kwargs["pk"])
 
     def perform_create(self, serializer):
         data = dict(serializer.validated_data)
@@ -73,13 +68,13 @@ class MemberListView(APIView):
 
     @extend_schema(responses=s.MembershipSerializer(many=True))
     def get(self, request, pk):
-        project = _project(request, pk)
+        project = project_for(request, pk)
         members = project.memberships.select_related("user")
         return Response(s.MembershipSerializer(members, many=True).data)
 
     @extend_schema(request=s.MemberWriteSerializer, responses=s.MembershipSerializer)
     def post(self, request, pk):
-        project = _project(request, pk)
+        project = project_for(request, pk)
         data = s.MemberWriteSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         membership = project_services.member_set(
@@ -91,7 +86,7 @@ class MemberListView(APIView):
 class MemberDetailView(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request, pk, username):
-        project = _project(request, pk)
+        project = project_for(request, pk)
         project_services.member_remove(user=request.user, project=project, username=username)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -104,7 +99,7 @@ class CategoryViewSet(viewsets.ModelViewSet):
     http_method_names = ["get", "post", "patch", "delete"]
 
     def get_project(self):
-        return _project(self.request, self.kwargs["project_pk"])
+        return project_for(self.request, self.kwargs["project_pk"])
 
     def get_queryset(self):
         return DefectCategory.objects.filter(project=self.get_project())
@@ -131,7 +126,7 @@ class ProjectImagesView(generics.ListAPIView):
     parser_classes = [MultiPartParser, FormParser]
 
     def get_queryset(self):
-        project = _project(self.request, self.kwargs["pk"])
+        project = project_for(self.request, self.kwargs["pk"])
         return (
             Image.objects.filter(project=project)
             .select_related("uploaded_by")
@@ -141,7 +136,7 @@ class ProjectImagesView(generics.ListAPIView):
 
     @extend_schema(request={"multipart/form-data": s.UploadSerializer}, responses={201: dict})
     def post(self, request, pk):
-        project = _project(request, pk)
+        project = project_for(request, pk)
         form = s.UploadSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         incoming = []
@@ -192,7 +187,7 @@ class MvtecImportView(APIView):
 
     @extend_schema(request=s.MvtecImportSerializer, responses={202: s.JobSerializer})
     def post(self, request, pk):
-        project = _project(request, pk, Role.ADMIN)
+        project = project_for(request, pk, Role.ADMIN)
         form = s.MvtecImportSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         if form.validated_data.get("path"):
@@ -237,12 +232,6 @@ class ImageViewSet(
         image_services.image_delete(user=self.request.user, image=instance)
 
 
-def _image_for(request, pk) -> Image:
-    image = get_object_or_404(Image.objects.select_related("project"), pk=pk)
-    require_role(request.user, image.project, Role.ANNOTATOR)
-    return image
-
-
 def _stored_file(name: str, content_type: str, *, immutable: bool = True) -> FileResponse:
     if not name or not default_storage.exists(name):
         raise Http404("Not generated yet.")
@@ -256,13 +245,13 @@ def _stored_file(name: str, content_type: str, *, immutable: bool = True) -> Fil
 class ImageThumbnailView(APIView):
     @extend_schema(responses={(200, "image/jpeg"): bytes})
     def get(self, request, pk):
-        return _stored_file(_image_for(request, pk).thumbnail_path, "image/jpeg")
+        return _stored_file(image_for(request, pk).thumbnail_path, "image/jpeg")
 
 
 class ImageOriginalView(APIView):
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
     def get(self, request, pk):
-        image = _image_for(request, pk)
+        image = image_for(request, pk)
         if not default_storage.exists(image.file.name):
             raise Http404("The original file is missing.")
         return FileResponse(
@@ -278,13 +267,13 @@ class ImageDziView(APIView):
 
     @extend_schema(responses={(200, "application/xml"): str})
     def get(self, request, pk):
-        return _stored_file(_image_for(request, pk).pyramid_path, "application/xml")
+        return _stored_file(image_for(request, pk).pyramid_path, "application/xml")
 
 
 class ImageTileView(APIView):
     @extend_schema(responses={(200, "image/jpeg"): bytes})
     def get(self, request, pk, level, col, row):
-        image = _image_for(request, pk)
+        image = image_for(request, pk)
         if not image.pyramid_path:
             raise Http404("Not generated yet.")
         base = image.pyramid_path[: -len(".dzi")]
@@ -296,7 +285,7 @@ class ImageHeatmapView(APIView):
 
     @extend_schema(responses={(200, "image/png"): bytes})
     def get(self, request, pk):
-        heatmap = _image_for(request, pk).heatmaps.first()
+        heatmap = image_for(request, pk).heatmaps.first()
         if heatmap is None:
             raise Http404("This image has no heatmap yet.")
         return _stored_file(heatmap.path, "image/png")
@@ -307,7 +296,7 @@ class ImageNeighborsView(APIView):
 
     @extend_schema(responses=dict)
     def get(self, request, pk):
-        image = _image_for(request, pk)
+        image = image_for(request, pk)
         return Response(selectors.image_neighbors(image=image, params=request.query_params))
 
 

@@ -174,11 +174,3 @@ def inspection_run_start(
         )
         run.save(update_fields=["job"])
     return run
-
-
-def project_set_auto_inspect(*, user, project: Project, enabled: bool) -> Project:
-    """Inspect every new upload with the active model (project admins)."""
-    require_role(user, project, Role.ADMIN)
-    project.auto_inspect = enabled
-    project.save(update_fields=["auto_inspect"])
-    return project

@@ -61,9 +61,6 @@ class JobContext:
         if Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists():
             raise JobCancelled()
 
-    def cancelled(self) -> bool:
-        return Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists()
-
 
 def _claim(job_id: str) -> Job | None:
     """Move the job to 'running' unless it is finished or alive on another worker."""
