@@ -6,7 +6,7 @@ every LOUPE_JOB_HEARTBEAT_SECONDS, and finishes it once. Celery acks the message
 task returns (acks_late), so a worker that dies mid-job leaves the message to be delivered again.
 
 Stale jobs: a 'running' job whose heartbeat is older than LOUPE_JOB_STALE_SECONDS lost its worker.
-``jobs_requeue_stale`` (run when any worker starts, by ``manage.py loupe_jobs --sweep``, and each
+``jobs_requeue_stale`` (run when any worker starts, by ``manage.py loupe_jobs --sweep``, and (at most every 30 s) each
 time the job list is read) puts it back in its queue, up to LOUPE_JOB_MAX_ATTEMPTS tries, after
 which it fails with a plain message. A redelivered message for a job that is already running
 elsewhere or finished is ignored, so a job never runs twice at once.
