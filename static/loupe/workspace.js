@@ -173,7 +173,8 @@
     // Show what is stored now, without creating events or undo entries.
     const a = fromServer(s);
     const local = "srv-" + s.id;
-    for (const [id, m] of meta) if (m.serverId === s.id && id !== local) { meta.set(id, meta.get(local)); a.id = id; a.target.annotation = id; a.bodies[0].annotation = id; }
+    // a shape drawn here keeps its local id: move the fresh details onto it
+    for (const [id, m] of [...meta]) if (m.serverId === s.id && id !== local) { meta.set(id, meta.get(local)); meta.delete(local); a.id = id; a.target.annotation = id; a.bodies[0].annotation = id; break; }
     const store = anno.state.store;
     if (store.getAnnotation(a.id)) store.updateAnnotation(a, "REMOTE");
     else store.addAnnotation(a, "REMOTE");
@@ -656,6 +657,14 @@
       const p = viewer.viewport.windowToImageCoordinates(new OpenSeadragon.Point(x, y));
       return { x: p.x, y: p.y };
     },
-    idle: () => queue.length === 0 && !busy,
+    // Every change sent, and the shapes on screen are exactly the ones the server has: Annotorious
+    // changes its store at once but tells us a tick later, so a shape drawn or undone a moment ago
+    // may not have queued its save yet.
+    idle: () => {
+      if (queue.length || busy) return false;
+      const shapes = anno.getAnnotations();
+      const ids = new Set(shapes.map((a) => a.id));
+      return shapes.every((a) => meta.get(a.id) && meta.get(a.id).serverId) && [...meta.keys()].every((id) => ids.has(id));
+    },
   };
 })();
