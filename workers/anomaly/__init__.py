@@ -12,13 +12,19 @@ Public API
 ``recommended_config(device="auto", **overrides) -> TrainConfig``
     EfficientAD-S on a GPU, PaDiM on CPU.
 ``load_model(artifact_path, device="auto", backend="auto") -> LoadedModel``
-    Loads once per process (cached by path and mtime). ``backend="auto"`` runs the ONNX export
-    through ONNX Runtime on CPU when one exists for this model, else torch.
+    Loads once per process (cached by path and mtime). ``backend="auto"`` on CPU runs the INT8
+    export through OpenVINO when one exists for this model, else the ONNX export through
+    OpenVINO, else torch.
 ``export_onnx(artifact_path, out_path=None) -> Path``
     Writes ``model.onnx`` next to the artifact, verified against torch.
+``export_openvino_int8(artifact_path, images, ...) -> dict``
+    NNCF post-training INT8 of the convolutions, verified against fp32; ``model_int8.xml``.
 ``predict(model, image_path, config: PredictConfig | None = None, progress=None) -> Prediction``
     Full-resolution tiled heatmap, calibrated image score, candidate ``Region`` list.
     ``Prediction.to_dict()`` is JSON-ready; ``Prediction.save_heatmap(path)`` writes the 8-bit PNG.
+``predict_many(model, image_paths, config=None, progress=None) -> Iterator[(path, result)]``
+    The same for many images, with read-ahead and whole-image batches; ``result`` is a
+    ``Prediction`` or the ``AnomalyError`` of an image that failed alone.
 ``evaluate(model, samples, config=None, progress=None) -> EvalResult``
     Image/pixel AUROC, AU-PRO, region recall and timings on labelled ``Sample`` s
     (``mvtec_test(root)`` builds them, pairing masks by name).
@@ -45,6 +51,7 @@ from .engine import (
     TrainResult,
     load_model,
     predict,
+    predict_many,
     recommended_config,
     train,
 )
@@ -57,7 +64,7 @@ from .errors import (
     MissingWeightsError,
 )
 from .evaluation import EvalResult, evaluate
-from .export import export_onnx
+from .export import export_onnx, export_openvino_int8
 from .image_io import read_image
 from .regions import Region, RegionConfig
 from .teacher import distill_teacher
@@ -81,11 +88,13 @@ __all__ = [
     "distill_teacher",
     "evaluate",
     "export_onnx",
+    "export_openvino_int8",
     "load_model",
     "mvtec_test",
     "mvtec_train",
     "pair_masks",
     "predict",
+    "predict_many",
     "read_image",
     "recommended_config",
     "train",

@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--specular-mask", action="store_true")
     p.add_argument("--allow-size-mismatch", action="store_true")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"])
+    p.add_argument(
+        "--backend", default="auto", choices=["auto", "torch", "onnx", "openvino", "openvino-int8"]
+    )
     p.add_argument("images", nargs="+")
 
     e = sub.add_parser("evaluate", help="metrics on an MVTec-layout test set")
@@ -86,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--dataset", required=True, help="folder with test/ and ground_truth/")
     e.add_argument("--batch-size", type=int, default=8)
 
-    x = sub.add_parser("export", help="write model.onnx next to the model (ONNX Runtime)")
+    x = sub.add_parser("export", help="write model.onnx (and model_int8.xml) next to the model")
     x.add_argument("--model", required=True)
+    x.add_argument("--int8", action="store_true", help="also NNCF INT8 for OpenVINO")
+    x.add_argument("--images", nargs="*", help="normal images or folders calibrating INT8")
 
     d = sub.add_parser("distill-teacher", help="make the EfficientAD teacher offline")
     d.add_argument("--images", nargs="+", required=True)
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             result = train(config, _images(args.images), args.out, progress)
             print(json.dumps(result.to_dict(), indent=2, default=str))
         elif args.command == "predict":
-            from .engine import PredictConfig, load_model, predict
+            from .engine import PredictConfig, load_model, predict_many
 
             model = load_model(args.model, args.device, args.backend)
             config = PredictConfig(
@@ -140,13 +144,12 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             failed = 0
-            for path in _images(args.images):
-                try:
-                    pred = predict(model, path, config, progress)
-                except AnomalyError as exc:  # one bad image fails alone
+            for name, pred in predict_many(model, _images(args.images), config, progress):
+                if isinstance(pred, AnomalyError):  # one bad image fails alone
                     failed += 1
-                    print(f"error: {exc}", file=sys.stderr)
+                    print(f"error: {pred}", file=sys.stderr)
                     continue
+                path = Path(name)
                 pred.save_heatmap(out / f"{path.stem}_heatmap.png")
                 (out / f"{path.stem}.json").write_text(json.dumps(pred.to_dict(), indent=2))
                 print(
@@ -168,9 +171,14 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate(args.model, mvtec_test(args.dataset), config, progress)
             print(json.dumps(result.metrics, indent=2))
         elif args.command == "export":
-            from .export import export_onnx
+            from .export import export_onnx, export_openvino_int8
 
-            print(json.dumps({"onnx": str(export_onnx(args.model))}))
+            result = {"onnx": str(export_onnx(args.model))}
+            if args.int8:
+                if not args.images:
+                    parser.error("--int8 needs --images (normal images to calibrate with)")
+                result["int8"] = export_openvino_int8(args.model, _images(args.images))
+            print(json.dumps(result, indent=2))
         elif args.command == "distill-teacher":
             from .teacher import distill_teacher
 

@@ -27,7 +27,13 @@ import numpy as np
 import torch
 
 from . import nets
-from .errors import ConfigError, IncompatibleModelError, MissingWeightsError
+from .errors import (
+    AnomalyError,
+    Cancelled,
+    ConfigError,
+    IncompatibleModelError,
+    MissingWeightsError,
+)
 from .image_io import read_image, resize, specular_mask, to_rgb
 from .offline import configure_offline, distilled_teacher_path, official_teacher_path
 from .regions import Region, RegionConfig, extract_regions
@@ -38,6 +44,7 @@ logger = logging.getLogger(__name__)
 ARTIFACT_FORMAT = "loupe-anomaly"
 ARTIFACT_VERSION = 1
 ARTIFACT_NAME = "model.pt"
+BACKENDS = ("auto", "torch", "onnx", "openvino", "openvino-int8")
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -148,7 +155,8 @@ class Prediction:
     """Result for one image.
 
     ``heatmap`` is ``uint8`` ``(h, w)`` at reduced resolution (long side at most
-    ``PredictConfig.heatmap_max_side``, never larger than the image), covering the whole image;
+    ``PredictConfig.heatmap_max_side``, and at most the input size of a whole-image model;
+    never larger than the image), covering the whole image;
     value 128 is the calibrated pixel threshold, 255 at or above twice the threshold's distance
     from normal. ``image_score`` and region scores are calibrated the same way (0.5 = threshold)
     but not capped at 1, so strong anomalies stay ordered. Region coordinates are in original image pixels.
@@ -610,11 +618,13 @@ class LoadedModel:
 
     @property
     def backend(self) -> str:
-        """``"torch"``, ``"onnx"`` or ``"openvino"``."""
+        """``"torch"``, ``"onnx"``, ``"openvino"`` or ``"openvino-int8"``."""
         if isinstance(self.net, torch.nn.Module):
             return "torch"
-        from .export import OpenVinoNet
+        from .export import OpenVinoIrNet, OpenVinoNet
 
+        if isinstance(self.net, OpenVinoIrNet):
+            return "openvino-int8"
         return "openvino" if isinstance(self.net, OpenVinoNet) else "onnx"
 
 
@@ -636,15 +646,22 @@ def _load_cached(path: str, mtime_ns: int, device: str, backend: str) -> LoadedM
         )
     dev = resolve_device(device)
     net = None
-    if backend in ("onnx", "openvino", "auto") and dev.type == "cpu":
+    if backend != "torch" and dev.type == "cpu":
         from .export import load_onnx_net
 
-        net = load_onnx_net(
-            Path(path),
-            blob["model_id"],
-            required=backend != "auto",
-            runtime="openvino" if backend == "openvino" else "onnx",
-        )
+        # auto: the INT8 IR when one was made (and verified) for this model, else OpenVINO on
+        # model.onnx (faster than ONNX Runtime in docs/benchmarks-anomaly.md), else torch
+        for runtime in (backend,) if backend != "auto" else ("openvino-int8", "openvino"):
+            try:
+                net = load_onnx_net(Path(path), blob["model_id"], backend != "auto", runtime)
+            except Exception:
+                if backend != "auto":
+                    raise
+                # auto: an export this OpenVINO cannot read or compile is skipped, not fatal
+                logger.exception("%s export of %s unusable; trying the next", runtime, path)
+                net = None
+            if net is not None:
+                break
     if net is None:
         net = _build_net(blob["kind"], blob["net_args"])
         net.load_state_dict(blob["state_dict"])
@@ -675,12 +692,13 @@ def load_model(
 
     ``backend``: ``"torch"``; ``"onnx"`` (ONNX Runtime on the ``model.onnx`` made by
     :func:`export_onnx`, CPU; error if absent); ``"openvino"`` (OpenVINO on that same file);
-    ``"auto"`` (ONNX Runtime on CPU when an export for
-    this very model exists, else torch). The cache key includes the file's modification time,
-    so a retrained file is reloaded.
+    ``"openvino-int8"`` (the IR made by :func:`export_openvino_int8`); ``"auto"`` (on CPU the
+    INT8 IR if one exists for this very model, else OpenVINO on its ONNX export, else torch).
+    The cache key includes the files' modification times, so a retrained or re-exported model
+    is reloaded.
     """
-    if backend not in ("auto", "torch", "onnx", "openvino"):
-        raise ConfigError(f"backend must be auto, torch, onnx or openvino, not {backend!r}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     path = Path(artifact_path)
     if path.is_dir():
         path = path / ARTIFACT_NAME
@@ -688,9 +706,11 @@ def load_model(
         raise MissingWeightsError(
             f"anomaly model not found: {path} (train one with: python -m workers.anomaly train)"
         )
-    onnx_file = path.parent / "model.onnx"
-    onnx_mtime = onnx_file.stat().st_mtime_ns if onnx_file.is_file() else 0
-    return _load_cached(str(path.resolve()), path.stat().st_mtime_ns + onnx_mtime, device, backend)
+    stamp = path.stat().st_mtime_ns
+    for name in ("model.onnx", "model_int8.xml", "model_int8.bin"):
+        other = path.parent / name
+        stamp += other.stat().st_mtime_ns if other.is_file() else 0
+    return _load_cached(str(path.resolve()), stamp, device, backend)
 
 
 # --------------------------------------------------------------------------- predict
@@ -728,7 +748,7 @@ def raw_heatmap(
     progress = progress or _no_progress
     geo = model.geometry
     h, w = image.shape[:2]
-    out_h, out_w = heatmap_size(h, w, config.heatmap_max_side)
+    out_h, out_w = _output_size(model, h, w, config)
     net_image = geo.prepare(image)
     t = geo.input_size
     device = model.device
@@ -736,8 +756,7 @@ def raw_heatmap(
         "cuda", dtype=torch.float16, enabled=config.half and device.type == "cuda"
     )
     if geo.scale is None:
-        with autocast:
-            raw = model.net(_to_tensor([net_image], device))[0, 0].float().cpu().numpy()
+        raw = _whole_maps(model, [net_image], config)[0]
         progress(1.0, "1/1 tiles")
         return cv2.resize(raw, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     hs, ws = geo.scaled_size(h, w)
@@ -760,6 +779,28 @@ def raw_heatmap(
     ds = stitcher.downsample
     stitched = stitched[: max(1, math.ceil(hs / ds)), : max(1, math.ceil(ws / ds))]
     return cv2.resize(stitched, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+
+
+def _whole_maps(
+    model: LoadedModel, net_images: list[np.ndarray], config: PredictConfig
+) -> np.ndarray:
+    """Raw maps ``(N, T, T)`` of whole-image-mode network inputs, pushed through in one batch."""
+    device = model.device
+    autocast = torch.autocast(
+        "cuda", dtype=torch.float16, enabled=config.half and device.type == "cuda"
+    )
+    with torch.no_grad(), autocast:
+        return model.net(_to_tensor(net_images, device))[:, 0].float().cpu().numpy()
+
+
+def _output_size(model: LoadedModel, height: int, width: int, config: PredictConfig) -> tuple:
+    """Heatmap size for an image: long side at most ``heatmap_max_side``, and for a whole-image
+    model at most its input size, the resolution it actually saw (more pixels would only be
+    interpolated, and would cost region extraction time)."""
+    max_side = config.heatmap_max_side
+    if model.geometry.scale is None:
+        max_side = min(max_side, model.geometry.input_size)
+    return heatmap_size(height, width, max_side)
 
 
 def heatmap_size(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -818,9 +859,17 @@ def _calibrated_map(
     config: PredictConfig,
     progress: ProgressCallback | None,
     spec: np.ndarray | None,
+    whole_raw: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Calibrated heatmap (float, 0.5 = pixel threshold) and calibrated image score."""
-    raw = raw_heatmap(model, image, config, progress)
+    """Calibrated heatmap (float, 0.5 = pixel threshold) and calibrated image score.
+
+    ``whole_raw``: the network's map of a whole-image model, already computed (batched).
+    """
+    if whole_raw is None:
+        raw = raw_heatmap(model, image, config, progress)
+    else:
+        out_h, out_w = _output_size(model, *image.shape[:2], config)
+        raw = cv2.resize(whole_raw, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     cal = model.calibration
     if spec is not None:
         small = cv2.resize(spec.astype(np.uint8), raw.shape[::-1], interpolation=cv2.INTER_NEAREST)
@@ -844,22 +893,41 @@ def predict(
     ``image`` may be passed already decoded (``read_image`` layout) to skip reading the file.
     """
     config = config or PredictConfig()
-    progress = progress or _no_progress
     if not isinstance(model, LoadedModel):
         model = load_model(model, config.device)
     t0 = time.perf_counter()
     if image is None:
         image = read_image(image_path)
-    t_read = time.perf_counter()
+    read_s = time.perf_counter() - t0
     _check_compatible(model, image, str(image_path), config.allow_size_mismatch)
+    return _predict_decoded(model, image_path, image, config, progress, read_s)
+
+
+def _predict_decoded(
+    model: LoadedModel,
+    image_path: str | Path,
+    image: np.ndarray,
+    config: PredictConfig,
+    progress: ProgressCallback | None,
+    read_s: float,
+    whole_raw: np.ndarray | None = None,
+    shared_s: float = 0.0,
+) -> Prediction:
+    """The part of :func:`predict` after decoding; ``whole_raw`` and ``shared_s`` come from
+    :func:`predict_many` (the image's map from a batch, and its share of the batch's time)."""
+    progress = progress or _no_progress
+    t_read = time.perf_counter()
     use_coarse = model.coarse is not None and config.coarse_pass
     spec = None
     if config.specular_mask:
         spec = specular_mask(image, config.specular_v_min, config.specular_s_max)
     fine_progress = _Phase(progress, 0, 0.9) if use_coarse else progress
-    calibrated, image_score = _calibrated_map(model, image, config, fine_progress, spec)
+    calibrated, image_score = _calibrated_map(model, image, config, fine_progress, spec, whole_raw)
     if use_coarse:
         coarse_map, coarse_score = _calibrated_map(model.coarse, image, config, None, spec)
+        if coarse_map.shape != calibrated.shape:  # a whole-image map stops at its input size
+            size = calibrated.shape[::-1]
+            coarse_map = cv2.resize(coarse_map, size, interpolation=cv2.INTER_LINEAR)
         # a defect counts if either scale sees it; both maps share one calibrated scale
         calibrated = np.maximum(calibrated, coarse_map)
         image_score = max(image_score, coarse_score)
@@ -892,9 +960,121 @@ def predict(
         score_map=calibrated,
         params=params,
         timings={
-            "read_s": round(t_read - t0, 4),
-            "heatmap_s": round(t_map - t_read, 4),
-            "total_s": round(t_end - t0, 4),
+            "read_s": round(read_s, 4),
+            "heatmap_s": round(t_map - t_read + shared_s, 4),
+            "total_s": round(t_end - t_read + shared_s + read_s, 4),
             "megapixels": round(megapixels, 3),
         },
     )
+
+
+def predict_many(
+    model: LoadedModel | str | Path,
+    image_paths: Sequence[str | Path],
+    config: PredictConfig | None = None,
+    progress: ProgressCallback | None = None,
+) -> Iterator[tuple[str, Prediction | AnomalyError]]:
+    """:func:`predict` over many images, faster: yields ``(path, Prediction)`` in order, or
+    ``(path, error)`` for an image that cannot be read or does not fit the model (it fails
+    alone; the others go on).
+
+    Decoding runs ahead in one background thread (OpenCV releases the GIL, so reading the next
+    files overlaps the network), and a whole-image model takes ``config.batch_size`` images per
+    network call (PaDiM's per-position covariances, for one, are then read once per batch
+    instead of once per image). Tiled models already batch their tiles; they get the read-ahead.
+    Memory: at most one batch of decoded images ahead for whole-image models, one image ahead
+    for tiled ones (a decoded 24 MP image is ~290 MB as float32).
+    ``progress`` is called after each image with the share done; raising from it stops early.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = config or PredictConfig()
+    progress = progress or _no_progress
+    if not isinstance(model, LoadedModel):
+        model = load_model(model, config.device)
+    paths = [str(p) for p in image_paths]
+    whole = model.geometry.scale is None
+    batch_size = max(1, config.batch_size) if whole else 1
+
+    def load(path: str) -> tuple[np.ndarray, np.ndarray | None, float]:
+        started = time.perf_counter()
+        image = read_image(path)
+        _check_compatible(model, image, path, config.allow_size_mismatch)
+        if not whole:
+            return image, None, time.perf_counter() - started
+        prepared = model.geometry.prepare(image)
+        if not config.specular_mask:
+            # only the shape is used from here on: drop the full-size pixels (a 24 MP image is
+            # ~290 MB as float32) for a zero-byte stand-in of the same shape
+            image = np.broadcast_to(np.zeros((), np.float32), image.shape)
+        return image, prepared, time.perf_counter() - started
+
+    def failure(path: str, exc: BaseException) -> AnomalyError:
+        if isinstance(exc, AnomalyError):
+            return exc
+        logger.exception("anomaly prediction failed for %s", path)
+        return AnomalyError(f"{path}: {type(exc).__name__}: {exc}")
+
+    def maps_of(items: list[tuple[str, tuple]]) -> list:
+        """Whole-image maps of a batch; if the batch fails, one by one so a bad input fails alone."""
+        try:
+            return list(_whole_maps(model, [item[1] for _, item in items], config))
+        except Exception:  # noqa: BLE001 - retried per image below, each failure reported
+            out = []
+            for path, item in items:
+                try:
+                    out.append(_whole_maps(model, [item[1]], config)[0])
+                except Exception as exc:  # noqa: BLE001
+                    out.append(failure(path, exc))
+            return out
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loupe-read") as pool:
+        ahead = batch_size
+        futures: list = [pool.submit(load, p) for p in paths[:ahead]]
+        try:
+            index = 0
+            while index < len(paths):
+                batch: list[tuple[str, tuple | AnomalyError]] = []
+                while index < len(paths) and len(batch) < batch_size:
+                    if index + ahead < len(paths):
+                        futures.append(pool.submit(load, paths[index + ahead]))
+                    future, futures[index] = futures[index], None  # frees the image later
+                    try:
+                        batch.append((paths[index], future.result()))
+                    except Exception as exc:  # noqa: BLE001 - fails alone, reported in place
+                        batch.append((paths[index], failure(paths[index], exc)))
+                    index += 1
+                ok = [(p, item) for p, item in batch if not isinstance(item, AnomalyError)]
+                raws: dict[str, np.ndarray | AnomalyError | None] = dict.fromkeys(p for p, _ in ok)
+                shared = 0.0
+                if whole and ok:
+                    started = time.perf_counter()
+                    raws = dict(zip([p for p, _ in ok], maps_of(ok), strict=True))
+                    shared = (time.perf_counter() - started) / len(ok)
+                for path, item in batch:
+                    result = item if isinstance(item, AnomalyError) else raws[path]
+                    if not isinstance(result, AnomalyError):
+                        image, _, read_s = item
+                        # tiled models report per tile batch: a large image moves the bar and
+                        # can be cancelled mid-way
+                        phase = (
+                            None
+                            if whole
+                            else _Phase(progress, done / len(paths), (done + 1) / len(paths))
+                        )
+                        try:
+                            result = _predict_decoded(
+                                model, path, image, config, phase, read_s, result, shared
+                            )
+                        except Cancelled:
+                            raise
+                        except Exception as exc:  # noqa: BLE001 - this image fails alone
+                            result = failure(path, exc)
+                    yield path, result
+                    done += 1
+                    progress(done / len(paths), f"{done}/{len(paths)} images")
+        finally:
+            for future in futures:
+                if future is not None:
+                    future.cancel()

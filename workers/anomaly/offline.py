@@ -48,6 +48,9 @@ def configure_offline(models_dir: Path | None = None) -> Path:
     os.environ.setdefault("HF_HOME", str(root / "huggingface"))
     # anomalib resolves its pre_trained folder from XDG_CACHE_HOME.
     os.environ.setdefault("XDG_CACHE_HOME", str(root / "cache"))
+    # NNCF (INT8 export) sends usage telemetry unless this is set before it is imported; its
+    # own switch for "do not phone home" is this variable.
+    os.environ.setdefault("NNCF_CI", "1")
     return root
 
 

@@ -207,3 +207,82 @@ def test_recommended_config_depends_on_the_hardware():
     assert recommended_config("cpu", input_size=128).input_size == 128
     if torch.cuda.is_available():
         assert recommended_config("cuda").model == "efficientad"
+
+
+def test_predict_many_matches_predict_and_isolates_a_bad_image(rgb_normals, tmp_path: Path):
+    """Read-ahead and whole-image batches change nothing in the results, in order; an
+    unreadable file and a wrong-size image fail alone."""
+    from workers.anomaly import AnomalyError, predict_many
+
+    config = TrainConfig(model="padim", input_size=64)
+    model = load_model(train(config, rgb_normals, tmp_path / "m").artifact_path)
+    images = [
+        save(add_defect(texture(128, 128, 40 + i), 30 + 10 * i, 60, 9), tmp_path / f"d{i}.png")
+        for i in range(5)
+    ]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG not really")
+    huge = save(texture(64, 1200, 3), tmp_path / "huge.png")
+    paths = [images[0], bad, *images[1:3], huge, *images[3:]]
+    seen = []
+    results = list(
+        predict_many(model, paths, PredictConfig(batch_size=3), lambda f, m: seen.append(f))
+    )
+    assert [r[0] for r in results] == [str(p) for p in paths]
+    assert isinstance(results[1][1], ImageReadError) and "bad.png" in str(results[1][1])
+    assert isinstance(results[4][1], IncompatibleModelError)
+    good = [r for r in results if not isinstance(r[1], AnomalyError)]
+    assert len(good) == 5
+    for path, many in good:
+        one = predict(model, path)
+        assert np.abs(one.score_map - many.score_map).max() < 1e-4
+        assert one.image_score == pytest.approx(many.image_score, abs=1e-4)
+        assert [r.box for r in one.regions] == [r.box for r in many.regions]
+    assert seen[-1] == 1.0 and len(seen) == len(paths)
+
+
+def test_whole_image_heatmap_is_no_larger_than_the_network_input(rgb_normals, tmp_path: Path):
+    config = TrainConfig(model="padim", input_size=64)
+    model = train(config, rgb_normals, tmp_path / "m").artifact_path
+    pred = predict(model, rgb_normals[0])  # 128 x 128 image, 64 px network input
+    assert pred.heatmap.shape == (64, 64)
+
+
+def test_predict_many_survives_a_runtime_error_and_stops_mid_image(
+    rgb_normals, padim_tiled, gray16_normals, tmp_path: Path
+):
+    """A runtime error on one input (OpenVINO or CUDA choking) fails that image alone, the rest
+    of its batch is redone one by one; a tiled model can be cancelled between tile batches."""
+    from dataclasses import replace
+
+    from workers.anomaly import AnomalyError, predict_many
+
+    model = load_model(
+        train(TrainConfig(model="padim", input_size=64), rgb_normals, tmp_path / "m").artifact_path
+    )
+    real = model.net
+
+    def flaky(batch: torch.Tensor) -> torch.Tensor:
+        if (batch.flatten(1).amax(1) < 0.2).any():  # chokes on a (nearly) black input
+            raise RuntimeError("runtime choked")
+        return real(batch)
+
+    broken = replace(model, net=flaky)
+    dark = save(texture(128, 128, 5) * 0.1, tmp_path / "dark.png")
+    good = [save(texture(128, 128, 70 + i), tmp_path / f"g{i}.png") for i in range(3)]
+    results = dict(predict_many(broken, [good[0], dark, *good[1:]], PredictConfig(batch_size=4)))
+    error = results[str(dark)]
+    assert isinstance(error, AnomalyError) and "RuntimeError: runtime choked" in str(error)
+    for path in good:
+        assert results[str(path)].image_score == pytest.approx(predict(model, path).image_score)
+
+    messages = []
+
+    def stop_mid_image(fraction: float, message: str) -> None:
+        messages.append(message)
+        if "tiles" in message:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        list(predict_many(padim_tiled.artifact_path, gray16_normals[:2], progress=stop_mid_image))
+    assert messages and "tiles" in messages[-1] and "images" not in " ".join(messages)

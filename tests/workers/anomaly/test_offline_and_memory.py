@@ -97,3 +97,32 @@ def test_library_imports_neither_django_nor_celery():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_int8_export_sends_no_telemetry(rgb_normals, tmp_path: Path):
+    """NNCF phones home with usage telemetry unless told not to. Outside pytest (which NNCF
+    detects and stays quiet in) the export must neither enable it nor open a connection."""
+    config = TrainConfig(model="efficientad", input_size=256, steps=1, teacher="random")
+    model = train(config, rgb_normals, tmp_path / "m").artifact_path
+    code = textwrap.dedent(
+        f"""
+        import socket, sys
+        attempts = []
+        def refuse(self, address, *a, **k):
+            attempts.append(address)
+            raise OSError("network access attempted")
+        socket.socket.connect = refuse
+        socket.socket.connect_ex = refuse
+        from workers.anomaly import export_openvino_int8
+        export_openvino_int8({str(model)!r}, {[str(p) for p in rgb_normals]!r})
+        import nncf.telemetry.wrapper as wrapper
+        print(isinstance(wrapper.telemetry, wrapper.NNCFTelemetryStub), attempts)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("NNCF_CI", "CI")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True []"
+    assert (model.parent / "model_int8.xml").is_file()
