@@ -19,6 +19,7 @@ queue); their Job rows (who, when, payload, result) are the audit trail.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import tempfile
@@ -43,6 +44,8 @@ from annotations.models import Annotation, DatasetVersion
 from inspection import storage
 from inspection.models import Image, Job, Project, Role
 from inspection.permissions import require_role
+
+logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = {
     "coco": "COCO JSON per split",
@@ -422,9 +425,45 @@ def dataset_export_job(*, user, job: Job) -> Job:
     if job.project is None or job.kind != "export":
         raise ValidationError("This job is not a dataset export.")
     require_role(user, job.project, Role.REVIEWER)
+    if job.result.get("expired"):
+        raise ValidationError(
+            f"This export was deleted {settings.LOUPE_EXPORT_KEEP_DAYS} days after it was made "
+            "(LOUPE_EXPORT_KEEP_DAYS); export the version again."
+        )
     if job.status != Job.Status.SUCCEEDED or not job.result.get("file"):
         raise ValidationError(f"This export is {job.status}; there is nothing to download yet.")
     return job
+
+
+def dataset_exports_prune(*, now=None) -> int:
+    """Delete the zips of exports finished more than LOUPE_EXPORT_KEEP_DAYS ago; their jobs stay
+    (the audit trail) and say the file expired. Returns how many zips were deleted."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    days = settings.LOUPE_EXPORT_KEEP_DAYS
+    if days <= 0:
+        return 0
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    old = Job.objects.filter(
+        kind="export", status=Job.Status.SUCCEEDED, finished_at__lt=cutoff
+    ).exclude(result__has_key="expired")  # not result__expired=True: NULL for other rows
+    pruned = 0
+    for job in old:
+        name = job.result.get("file")
+        try:
+            if name and default_storage.exists(name):
+                default_storage.delete(name)
+                pruned += 1
+        except OSError:  # storage hiccup: try again at the next sweep, never fail the caller
+            logger.exception("could not delete expired export %s", name)
+            continue
+        note = f" (file expired after {days} days)"
+        result = {**job.result, "file": "", "expired": True}
+        result["message"] = f"{result.get('message', 'Exported')}{note}"
+        Job.objects.filter(pk=job.pk).update(result=result, message=f"{job.message}{note}")
+    return pruned
 
 
 # --- import --------------------------------------------------------------------------------------
@@ -616,6 +655,7 @@ __all__ = [
     "FormatError",
     "dataset_export_enqueue",
     "dataset_export_job",
+    "dataset_exports_prune",
     "dataset_export_run",
     "dataset_import_enqueue",
     "dataset_import_run",

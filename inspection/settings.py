@@ -175,6 +175,8 @@ LOUPE_IMPORT_ROOTS = [Path(p) for p in env.list("LOUPE_IMPORT_ROOTS", default=[]
 LOUPE_JOB_HEARTBEAT_SECONDS = env.int("LOUPE_JOB_HEARTBEAT_SECONDS", default=10)
 LOUPE_JOB_STALE_SECONDS = env.int("LOUPE_JOB_STALE_SECONDS", default=120)
 LOUPE_JOB_MAX_ATTEMPTS = env.int("LOUPE_JOB_MAX_ATTEMPTS", default=3)
+# Dataset export zips are deleted this many days after their job finished (0: kept forever).
+LOUPE_EXPORT_KEEP_DAYS = env.int("LOUPE_EXPORT_KEEP_DAYS", default=14)
 LOUPE_ANY_USER_CAN_CREATE_PROJECTS = env.bool("LOUPE_ANY_USER_CAN_CREATE_PROJECTS", default=True)
 LOUPE_TILE_SIZE = env.int("LOUPE_TILE_SIZE", default=254)
 LOUPE_THUMBNAIL_SIZE = env.int("LOUPE_THUMBNAIL_SIZE", default=256)

@@ -215,6 +215,35 @@ def test_download_permissions(team, tmp_path, client_for):
     assert [j["id"] for j in listing.json()] == [str(job.pk)]
 
 
+def test_old_export_zips_expire_and_say_so(team, tmp_path, client_for, settings):
+    from datetime import timedelta
+
+    from django.core.files.storage import default_storage
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    version = make_project(team, tmp_path / "src")
+    old, _ = export(client_for(team["admin"]), version, "coco")
+    recent, _ = export(client_for(team["admin"]), version, "yolo_detect")
+    Job.objects.filter(pk=old.pk).update(finished_at=timezone.now() - timedelta(days=15))
+    out = io.StringIO()
+    call_command("loupe_jobs", "--sweep", stdout=out)
+    assert "deleted 1 expired export zip(s)" in out.getvalue()
+    old.refresh_from_db()
+    assert not default_storage.exists(f"projects/{version.project_id}/exports/{old.pk}.zip")
+    assert old.result["expired"] and "expired after 14 days" in old.result["message"]
+    assert old.message.endswith("(file expired after 14 days)")  # what the jobs page shows
+    r = client_for(team["reviewer"]).get(f"/api/dataset-exports/{old.pk}/download/")
+    assert r.status_code == 400 and "export the version again" in r.json()["error"]
+    r = client_for(team["reviewer"]).get(f"/api/dataset-exports/{recent.pk}/download/")
+    assert r.status_code == 200  # the recent one stays
+    settings.LOUPE_EXPORT_KEEP_DAYS = 0  # 0 keeps every zip
+    Job.objects.filter(pk=recent.pk).update(finished_at=timezone.now() - timedelta(days=400))
+    call_command("loupe_jobs", "--sweep", stdout=io.StringIO())
+    r = client_for(team["reviewer"]).get(f"/api/dataset-exports/{recent.pk}/download/")
+    assert r.status_code == 200
+
+
 # --- DeepPCB, NEU-DET -----------------------------------------------------------------------------
 
 

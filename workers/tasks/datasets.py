@@ -3,7 +3,7 @@
 from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
 
-from annotations.datasets import dataset_export_run, dataset_import_run
+from annotations.datasets import dataset_export_run, dataset_exports_prune, dataset_import_run
 from annotations.formats import FormatError
 from annotations.models import DatasetVersion
 from inspection.models import Job
@@ -20,6 +20,7 @@ def export_dataset(job: Job, ctx: JobContext) -> dict:
     )
     if version is None:
         raise JobError("The dataset version to export no longer exists.")
+    dataset_exports_prune()  # older zips past LOUPE_EXPORT_KEEP_DAYS go as new ones come
     return dataset_export_run(
         version=version,
         fmt=job.payload["format"],

@@ -1,4 +1,5 @@
-"""manage.py loupe_jobs [--sweep]: list active jobs; re-queue those whose worker died."""
+"""manage.py loupe_jobs [--sweep]: list active jobs; re-queue those whose worker died and
+delete export zips past LOUPE_EXPORT_KEEP_DAYS."""
 
 from django.core.management.base import BaseCommand
 
@@ -14,7 +15,12 @@ class Command(BaseCommand):
 
     def handle(self, *args, sweep: bool, **options):
         if sweep:
+            from annotations.datasets import dataset_exports_prune
+
             for job in jobs_requeue_stale():
                 self.stdout.write(f"{job.id} {job.kind}: {job.status} ({job.message or job.error})")
+            pruned = dataset_exports_prune()
+            if pruned:
+                self.stdout.write(f"deleted {pruned} expired export zip(s)")
         for job in Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]):
             self.stdout.write(f"{job.id} {job.kind} {job.status} {job.progress:.0f}% {job.message}")
