@@ -38,6 +38,11 @@ urlpatterns = [
     ),
     path("projects/<int:pk>/images/", views.ProjectImagesView.as_view(), name="api-project-images"),
     path(
+        "projects/<int:pk>/images/rebuild-pyramids/",
+        views.RebuildPyramidsView.as_view(),
+        name="api-rebuild-pyramids",
+    ),
+    path(
         "projects/<int:pk>/import/mvtec/", views.MvtecImportView.as_view(), name="api-import-mvtec"
     ),
     path(

@@ -180,6 +180,20 @@ def _local_path(uploaded) -> Path:
     return Path(tmp.name)
 
 
+class RebuildPyramidsView(APIView):
+    """Rebuild the zoomable views that are missing (a cancelled, failed or lost pyramid job)."""
+
+    @extend_schema(request=None, responses={202: s.JobSerializer, 200: None})
+    def post(self, request, pk):
+        project = project_for(request, pk)
+        job = image_services.images_rebuild_derivatives(user=request.user, project=project)
+        if job is None:
+            return Response({"job": None, "message": "Every image has its zoomable view."})
+        return Response(
+            s.JobSerializer(job, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
+
+
 class MvtecImportView(APIView):
     """Import an MVTec AD folder: upload it as a zip, or (site admins) name a server folder."""
 

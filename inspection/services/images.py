@@ -237,6 +237,50 @@ def images_enqueue_derivatives(*, user, project: Project, image_ids: list[int]) 
     return job_enqueue(kind="pyramid", user=user, project=project, payload={"image_ids": image_ids})
 
 
+# An upload request or an import job stores its images first and starts their pyramid job at
+# the end: images younger than this, or than a running import, may still get theirs.
+UPLOAD_GRACE_SECONDS = 120
+
+
+def images_without_pyramid(project: Project) -> list[int]:
+    """Ids of the project's images with no zoomable view that nothing is going to build: their
+    pyramid job was cancelled, failed or lost (not: queued, running, or not started yet by an
+    upload or import still in progress)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    active = [Job.Status.QUEUED, Job.Status.RUNNING]
+    newest_allowed = timezone.now() - timedelta(seconds=UPLOAD_GRACE_SECONDS)
+    importing = Job.objects.filter(
+        project=project, kind__in=["import_mvtec", "dataset_import"], status__in=active
+    ).order_by("created_at")
+    first_import = importing.values_list("created_at", flat=True).first()
+    if first_import is not None:
+        newest_allowed = min(newest_allowed, first_import)
+    waiting = Image.objects.filter(project=project, created_at__lt=newest_allowed).exclude(
+        pyramid_status=Image.PyramidStatus.READY
+    )
+    ids = set(waiting.values_list("id", flat=True))
+    in_flight = Job.objects.filter(project=project, kind="pyramid", status__in=active)
+    for payload in in_flight.values_list("payload", flat=True):
+        ids -= set(payload.get("image_ids", []))
+    return sorted(ids)
+
+
+def images_rebuild_derivatives(*, user, project: Project) -> Job | None:
+    """Start one pyramid job for every image left without a zoomable view (reviewers and
+    admins, who upload); None when there is nothing to rebuild."""
+    require_role(user, project, Role.REVIEWER)
+    with transaction.atomic():
+        Project.objects.select_for_update().filter(pk=project.pk).first()  # one at a time
+        ids = images_without_pyramid(project)
+        if not ids:
+            return None
+        Image.objects.filter(pk__in=ids).update(pyramid_status=Image.PyramidStatus.PENDING)
+        return images_enqueue_derivatives(user=user, project=project, image_ids=ids)
+
+
 def image_update(
     *, user, image: Image, is_normal: bool | None = None, split: str | None = None
 ) -> Image:

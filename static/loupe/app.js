@@ -112,7 +112,31 @@
     });
   }
 
+  function initRebuild() {
+    const box = document.getElementById("rebuild");
+    if (!box) return;
+    const button = document.getElementById("rebuild-button");
+    const out = document.getElementById("rebuild-status");
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        const job = await api(box.dataset.url, { method: "POST" });
+        if (!job.id) { out.textContent = job.message; return; }
+        const bar = el("progress", { max: "100", value: "0" });
+        const text = el("span", { text: " queued" });
+        out.replaceChildren(bar, text);
+        const done = await watchJob(job.id, (j) => { bar.value = j.progress; text.textContent = " " + (j.error || j.message); });
+        text.textContent = " " + done.status + ": " + (done.error || done.message);
+        if (done.status === "succeeded") out.appendChild(el("a", { href: window.location.href, text: " Show them ↻" }));
+      } catch (err) {
+        out.textContent = err.message;
+        button.disabled = false;
+      }
+    });
+  }
+
   function initUploads() {
+    initRebuild();
     const box = document.getElementById("upload");
     if (!box) return;
     const url = box.dataset.url;

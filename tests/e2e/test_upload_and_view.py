@@ -75,3 +75,45 @@ def test_login_upload_and_deep_zoom(page, live_server, celery_worker, make_user,
     rows = page.locator("#jobs-body tr")
     assert rows.count() == 2
     assert "quality" in rows.first.inner_text() and "100%" in rows.first.inner_text()
+
+
+def test_rebuild_missing_pyramids_from_the_images_page(
+    page, live_server, celery_worker, make_user, tmp_path
+):
+    """Images whose pyramid job was cancelled: the page offers a rebuild, the person clicks it,
+    watches the job finish, and the thumbnails appear."""
+    from datetime import timedelta
+
+    from django.db import transaction
+    from django.utils import timezone
+
+    from inspection.services.images import IncomingFile, images_upload
+    from inspection.services.jobs import job_cancel
+    from inspection.services.projects import project_create
+
+    user = make_user("rebuilder")
+    project = project_create(user=user, name="Gears")
+    files = []
+    for i in range(2):
+        path = tmp_path / f"gear{i}.png"
+        path.write_bytes(image_bytes("PNG", size=(400, 300), seed=60 + i))
+        files.append(IncomingFile(path.name, path))
+    with transaction.atomic():  # cancelled before any worker can take it
+        report = images_upload(user=user, project=project, files=files)
+        job_cancel(user=user, job=Job.objects.get(pk=report.job_id))
+    # ... a while ago (just-uploaded images may still be waiting for their job to start)
+    Image.objects.filter(project=project).update(created_at=timezone.now() - timedelta(hours=1))
+
+    page.goto("/")
+    page.fill("input[name=username]", "rebuilder")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.goto(f"/projects/{project.pk}/")
+    assert page.locator(".tile img").count() == 0
+    assert "2 images have no zoomable view" in page.locator("#rebuild").inner_text()
+    page.click("#rebuild-button")
+    page.get_by_text("succeeded: 2 pyramid(s) built").wait_for(timeout=60_000)
+    page.get_by_role("link", name="Show them").click()
+    page.locator(".tile img").nth(1).wait_for()
+    assert page.locator("#rebuild").count() == 0
+    assert Image.objects.filter(project=project, pyramid_status="ready").count() == 2

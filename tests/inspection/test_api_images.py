@@ -252,3 +252,52 @@ def test_zip_over_the_upload_limit(team, client_for, upload, settings):
     files = [upload("big.zip", _zip([("a.png", image_bytes())]))]
     r = post_files(client_for(team["admin"]), team["project"], files)
     assert r.status_code == 400 and "LOUPE_MAX_UPLOAD_BYTES" in r.json()["error"]
+
+
+def test_rebuild_pyramids_after_a_cancelled_job(team, client_for, client, upload):
+    """A cancelled pyramid job leaves its images without a zoomable view: the images page says
+    so, and one click (the API behind it) builds exactly those again, once."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from inspection.services.jobs import job_enqueue
+    from workers.tasks.pyramid import build_pyramids
+    from workers.tasks.runner import run_job
+
+    project, reviewer = team["project"], team["reviewer"]
+    url = f"/api/projects/{project.pk}/images/rebuild-pyramids/"
+    files = [upload(f"p{i}.png", image_bytes(seed=40 + i)) for i in range(3)]
+    body = post_files(client_for(reviewer), project, files).json()
+    ids = sorted(f["image_id"] for f in body["files"])
+    # while the upload's own job is queued there is nothing to rebuild
+    assert client_for(reviewer).post(url).json() == {
+        "job": None,
+        "message": "Every image has its zoomable view.",
+    }
+    r = client_for(team["admin"]).post(f"/api/jobs/{body['job']}/cancel/")
+    assert r.json()["status"] == "cancelled"
+    # just uploaded: an upload or import may still be about to start their job
+    assert client_for(reviewer).post(url).json()["job"] is None
+    Image.objects.filter(pk__in=ids).update(created_at=timezone.now() - timedelta(minutes=5))
+    importing = job_enqueue(kind="import_mvtec", user=reviewer, project=project)
+    Job.objects.filter(pk=importing.pk).update(created_at=timezone.now() - timedelta(minutes=6))
+    assert client_for(reviewer).post(url).json()["job"] is None  # an import is still running
+    Job.objects.filter(pk=importing.pk).update(status=Job.Status.SUCCEEDED)
+    client.force_login(reviewer)
+    page = client.get(f"/projects/{project.pk}/").content.decode()
+    assert "3 images have no zoomable view" in page and "rebuild-button" in page
+
+    assert client_for(team["annotator"]).post(url).status_code == 403  # annotators do not upload
+    r = client_for(reviewer).post(url)
+    assert r.status_code == 202
+    job = Job.objects.get(pk=r.json()["id"])
+    assert job.kind == "pyramid" and sorted(job.payload["image_ids"]) == ids
+    assert client_for(reviewer).post(url).json()["job"] is None  # not twice while it waits
+    assert run_job(str(job.pk), build_pyramids.body) == "succeeded"
+    assert set(Image.objects.filter(pk__in=ids).values_list("pyramid_status", flat=True)) == {
+        "ready"
+    }
+    assert "zoomable view (" not in client.get(f"/projects/{project.pk}/").content.decode()
+    outsider = client_for(team["outsider"]).post(url)
+    assert outsider.status_code == 404
