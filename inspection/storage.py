@@ -30,6 +30,27 @@ def local_copy(name: str) -> Iterator[Path]:
         yield Path(tmp.name)
 
 
+@contextlib.contextmanager
+def local_tree(prefix: str) -> Iterator[Path]:
+    """A local folder holding every file stored under ``prefix`` (the folder itself when local)."""
+    if is_local():
+        yield Path(default_storage.path(prefix))
+        return
+    with tempfile.TemporaryDirectory(prefix="loupe-tree-") as tmp:
+        _download(prefix, Path(tmp))
+        yield Path(tmp)
+
+
+def _download(prefix: str, dest: Path) -> None:
+    dirs, files = default_storage.listdir(prefix)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        with default_storage.open(f"{prefix}/{name}", "rb") as src, open(dest / name, "wb") as out:
+            shutil.copyfileobj(src, out)
+    for name in dirs:
+        _download(f"{prefix}/{name}", dest / name)
+
+
 def save_tree(local_dir: Path, prefix: str) -> None:
     """Store every file under ``local_dir`` at ``prefix/<relative path>``."""
     for path in sorted(local_dir.rglob("*")):

@@ -17,6 +17,7 @@ from inspection.models import Image, Job, Project, Role
 from inspection.permissions import has_role, require_role
 from inspection.services import jobs as job_services
 from inspection.services import projects as project_services
+from inspection.services.images import images_without_pyramid
 
 
 def _errors(exc: ValidationError) -> str:
@@ -72,6 +73,7 @@ def project_images(request, pk):
             "query": query.urlencode(),
             "categories": DefectCategory.objects.filter(project=project),
             "total": base.count(),
+            "without_pyramid": len(images_without_pyramid(project)),
         },
     )
 

@@ -1,6 +1,8 @@
 """The training and inspection job bodies, run in this process on tiny images with a real model."""
 
 import pytest
+from django.core.files.storage import default_storage
+from django.test import Client
 
 from annotations.models import Suggestion
 from inspection.models import Image, ImageHeatmap, Job, ModelVersion
@@ -29,11 +31,12 @@ def test_train_then_inspect_with_a_deleted_image(
             "files": [
                 upload("t1.png", image_bytes(size=(96, 96), seed=10)),
                 upload("t2.png", image_bytes(size=(96, 96), seed=11)),
+                upload("t3.png", image_bytes(size=(96, 96), seed=12)),
             ]
         },
         format="multipart",
     )
-    t1, t2 = (f["image_id"] for f in r.json()["files"])
+    t1, t2, t3 = (f["image_id"] for f in r.json()["files"])
 
     version = model_version_train(
         user=admin, project=project, architecture="padim", params={"input_size": 64}
@@ -42,18 +45,29 @@ def test_train_then_inspect_with_a_deleted_image(
     version.refresh_from_db()
     assert version.status == "ready" and version.is_active and version.artifact.endswith(".pt")
     assert "model_id" in version.metrics
+    # exported for CPU workers, stored beside the weights: the inspection runs it on OpenVINO
+    assert version.metrics["exports"] == {"onnx": True}
+    folder = version.artifact.rsplit("/", 1)[0]
+    assert default_storage.exists(f"{folder}/model.onnx")
+    page = Client()
+    page.force_login(admin)
+    assert "CPU runtime: OpenVINO<" in page.get(f"/projects/{project.pk}/models/").content.decode()
 
     run = inspection_run_start(
-        user=team["reviewer"], project=project, scope="selected", image_ids=[t1, t2]
+        user=team["reviewer"], project=project, scope="selected", image_ids=[t1, t2, t3]
     )
     Image.objects.filter(pk=t2).delete()  # deleted while the run waits in the queue
+    damaged = Image.objects.get(pk=t3)  # its file damaged on disk since the upload
+    with default_storage.open(damaged.file.name, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n damaged")
     assert run_job(str(run.job_id), run_inspection.body) == "succeeded"
     run.refresh_from_db()
     assert "deleted" in run.results[str(t2)]["error"]
+    assert run.results[str(t3)]["error"] == "t3.png: cannot decode image (Truncated File Read)"
     assert run.results[str(t1)]["score"] >= 0
     assert ImageHeatmap.objects.filter(run=run, image_id=t1).count() == 1
     job = Job.objects.get(pk=run.job_id)
-    assert job.result["failed"] == 1 and job.result["images"] == 1
+    assert job.result["failed"] == 2 and job.result["images"] == 1
     assert Image.objects.get(pk=t1).status in ("inspected", "new")
     heat = client_for(team["annotator"]).get(f"/api/images/{t1}/heatmap.png")
     assert heat.status_code == 200

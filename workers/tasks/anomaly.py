@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import tempfile
 import uuid
 from contextlib import ExitStack
@@ -16,6 +18,8 @@ from inspection import imaging, storage
 from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion
 from inspection.services.inspections import model_version_make_active
 from workers.tasks.runner import JobCancelled, JobContext, JobError, job_task
+
+logger = logging.getLogger(__name__)
 
 
 def _engine():
@@ -66,13 +70,16 @@ def train_anomaly_model(job, ctx: JobContext) -> dict:
                 raise JobCancelled() from None
             except anomaly.AnomalyError as exc:
                 raise JobError(str(exc)) from None
+            model_dir = Path(result.artifact_path).parent
+            ctx.progress(0.93, "Exporting the model for CPU inference (OpenVINO)", force=True)
+            exports = _export_for_cpu(model_dir, version.architecture, paths)
             prefix = f"projects/{version.project_id}/models/{uuid.uuid4()}"
-            for path in sorted(Path(result.artifact_path).parent.iterdir()):
-                if path.is_file():
-                    with open(path, "rb") as fh:
-                        default_storage.save(f"{prefix}/{path.name}", fh)
+            storage.save_tree(model_dir, prefix)  # coarse/ and the exports included
         version.artifact = f"{prefix}/{Path(result.artifact_path).name}"
-        version.metrics = {k: v for k, v in result.to_dict().items() if k != "artifact_path"}
+        version.metrics = {
+            **{k: v for k, v in result.to_dict().items() if k != "artifact_path"},
+            "exports": exports,
+        }
         version.status = ModelVersion.Status.READY
         version.save(update_fields=["artifact", "metrics", "status"])
     except BaseException:
@@ -89,6 +96,34 @@ def train_anomaly_model(job, ctx: JobContext) -> dict:
     }
 
 
+def _export_for_cpu(model_dir: Path, architecture: str, normal_images: list[Path]) -> dict:
+    """ONNX (compiled by OpenVINO on CPU workers) and, for EfficientAD, the verified INT8 IR.
+
+    Never fatal: without an export the worker runs the model on torch, only slower.
+    """
+    anomaly = _engine()
+    done: dict = {}
+    try:
+        anomaly.export_onnx(model_dir)
+        done["onnx"] = True
+    except Exception as exc:  # noqa: BLE001 - recorded on the model version, torch still works
+        logger.exception("ONNX export of %s failed", model_dir)
+        return {"onnx": False, "error": _short(exc, model_dir)}
+    if architecture == "efficientad":  # INT8 is refused for PaDiM/PatchCore (docs/anomaly.md)
+        try:
+            figures = anomaly.export_openvino_int8(model_dir, normal_images)
+            done["int8"] = {k: v for k, v in figures.items() if k != "path"}
+        except Exception as exc:  # noqa: BLE001 - same: the fp32 export still runs
+            logger.warning("INT8 export of %s not made: %s", model_dir, exc)
+            done["int8_error"] = _short(exc, model_dir)
+    return done
+
+
+def _short(exc: BaseException, model_dir: Path) -> str:
+    """An error for people: its type and message, without the worker's temporary paths."""
+    return f"{type(exc).__name__}: {exc}".replace(str(model_dir), "model")[:300]
+
+
 @job_task("anomaly_inspect")
 def run_inspection(job, ctx: JobContext) -> dict:
     anomaly = _engine()
@@ -100,62 +135,106 @@ def run_inspection(job, ctx: JobContext) -> dict:
         raise JobError("The model version of this run was deleted; start a new run.")
     results: dict[str, dict] = {}
     made = failed = 0
-    with storage.local_copy(version.artifact) as artifact:
+    ids = list(dict.fromkeys(run.image_ids))  # an id listed twice is inspected once
+    total = max(len(ids), 1)
+    artifact_name = Path(version.artifact).name
+    with storage.local_tree(str(Path(version.artifact).parent)) as model_dir:
         try:
-            model = anomaly.load_model(artifact)
+            model = anomaly.load_model(model_dir / artifact_name)
         except anomaly.AnomalyError as exc:
             raise JobError(f"The model could not be loaded: {exc}") from None
-        total = max(len(run.image_ids), 1)
-        for index, image_id in enumerate(run.image_ids):
-            image = Image.objects.filter(pk=image_id).first()
-            if image is None:
-                results[str(image_id)] = {"error": "the image was deleted before it was inspected"}
-                failed += 1
-                continue
-            ctx.progress(index / total, f"{image.original_name} ({index + 1}/{total})", force=True)
+        chunk_size = INSPECT_CHUNK
+        for start in range(0, len(ids), chunk_size):
+            chunk = ids[start : start + chunk_size]
             try:
-                outcome = _inspect_one(ctx, run, version, model, image, index / total, 1 / total)
+                with contextlib.closing(
+                    _inspect_chunk(ctx, run, version, model, chunk, start, total)
+                ) as outcomes:
+                    for image_id, outcome in outcomes:
+                        results[str(image_id)] = outcome
+                        if "error" in outcome:
+                            failed += 1
+                        else:
+                            made += outcome["suggestions"]
             except (anomaly.Cancelled, JobCancelled):
-                InspectionRun.objects.filter(pk=run.pk).update(results=results)
                 raise JobCancelled() from None
-            except anomaly.AnomalyError as exc:
-                outcome = {"error": str(exc)}
-            except Exception as exc:  # one image fails alone (deleted meanwhile, file gone...)
-                if not Image.objects.filter(pk=image_id).exists():
-                    outcome = {"error": "the image was deleted while it was inspected"}
-                else:
-                    outcome = {"error": f"{type(exc).__name__}: {exc}"}
-            results[str(image_id)] = outcome
-            if "error" in outcome:
-                failed += 1
-            else:
-                made += outcome["suggestions"]
-            if index % 20 == 19:  # partial results survive a crash or a cancel
+            finally:  # partial results survive a crash, a cancel or an unexpected error
                 InspectionRun.objects.filter(pk=run.pk).update(results=results)
-    InspectionRun.objects.filter(pk=run.pk).update(results=results)
-    if failed and failed == len(run.image_ids):
+    if failed and failed == len(ids):
         raise JobError(
             "No image could be inspected: "
             + "; ".join(r["error"] for r in list(results.values())[:3])
         )
     return {
         "run": run.pk,
-        "images": len(run.image_ids) - failed,
+        "images": len(ids) - failed,
         "failed": failed,
         "suggestions": made,
-        "message": f"{len(run.image_ids) - failed} image(s) inspected, {made} suggestion(s)"
+        "message": f"{len(ids) - failed} image(s) inspected, {made} suggestion(s)"
         + (f", {failed} failed" if failed else ""),
     }
 
 
-def _inspect_one(ctx, run, version, model, image, start: float, span: float) -> dict:
-    """Heat-map one image, store its heatmap and suggestions; the per-image result."""
+# Images fetched, turned upright and handed to predict_many together: the engine reads the next
+# while the network runs, and a whole-image model takes them as one batch.
+INSPECT_CHUNK = 8
+
+
+def _inspect_chunk(ctx, run, version, model, chunk: list[int], start: int, total: int):
+    """Yield ``(image_id, outcome)`` for each id of ``chunk``; one image fails alone."""
+    anomaly = _engine()
+    images = Image.objects.in_bulk(chunk)
+    with tempfile.TemporaryDirectory(prefix="loupe-inspect-") as tmp, ExitStack() as stack:
+        ready: list[tuple[Image, Path]] = []
+        for image_id in chunk:
+            image = images.get(image_id)
+            if image is None:
+                yield image_id, {"error": "the image was deleted before it was inspected"}
+                continue
+            try:
+                path = stack.enter_context(storage.local_copy(image.file.name))
+                folder = tempfile.mkdtemp(dir=tmp)
+                ready.append((image, imaging.upright_copy(path, image.orientation, folder)))
+            except Exception as exc:  # noqa: BLE001 - a missing or unreadable file fails alone
+                logger.warning("inspection: %s could not be fetched: %s", image.file.name, exc)
+                reason = "it is missing" if isinstance(exc, FileNotFoundError) else "it is damaged"
+                yield image_id, {"error": f"{image.original_name}: {reason} ({type(exc).__name__})"}
+        if not ready:
+            return
+        first = ready[0][0]
+        ctx.progress(start / total, f"{first.original_name} ({start + 1}/{total})", force=True)
+
+        def report(fraction: float, _message: str) -> None:
+            done = start + fraction * len(chunk)
+            try:
+                ctx.progress(done / total, f"{min(int(done) + 1, total)}/{total} images")
+            except JobCancelled:
+                raise anomaly.Cancelled() from None
+
+        paths = [p for _, p in ready]
+        with contextlib.closing(anomaly.predict_many(model, paths, progress=report)) as results:
+            for (image, _), (path, prediction) in zip(ready, results, strict=True):
+                yield image.pk, _outcome(run, version, image, path, prediction)
+
+
+def _outcome(run, version, image, path: str, prediction) -> dict:
+    """Store one image's prediction; the per-image result, or the error that stopped it."""
+    anomaly = _engine()
+    if isinstance(prediction, anomaly.AnomalyError):  # named as the user knows the file
+        return {"error": str(prediction).replace(path, image.original_name)}
+    try:
+        return _store_prediction(run, version, image, prediction)
+    except Exception as exc:  # noqa: BLE001 - deleted meanwhile, storage full...
+        if not Image.objects.filter(pk=image.pk).exists():
+            return {"error": "the image was deleted while it was inspected"}
+        logger.exception("inspection: storing the result of image %s failed", image.pk)
+        return {"error": f"the result could not be stored ({type(exc).__name__})"}
+
+
+def _store_prediction(run, version, image, prediction) -> dict:
+    """Store one image's heatmap and suggestions; the per-image result."""
     from annotations.review import image_update_status, suggestions_store
 
-    anomaly = _engine()
-    with storage.local_copy(image.file.name) as path, tempfile.TemporaryDirectory() as tmp:
-        upright = imaging.upright_copy(path, image.orientation, tmp)
-        prediction = anomaly.predict(model, upright, progress=_progress(ctx, start, span))
     buf = io.BytesIO()
     from PIL import Image as PILImage
 
