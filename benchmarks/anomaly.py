@@ -163,7 +163,7 @@ def run_large(dataset: Path, out: Path, model: str, overlap: float, backend: str
     import numpy as np
 
     from workers.anomaly import PredictConfig, TrainConfig, load_model, mvtec_train, predict
-    from workers.anomaly.image_io import read_image
+    from workers.anomaly.image_io import read_pixels
 
     model_dir = out / f"large_{model}"
     if not (model_dir / "model.pt").is_file():
@@ -174,7 +174,7 @@ def run_large(dataset: Path, out: Path, model: str, overlap: float, backend: str
     tiles = sorted((dataset / "test").glob("*/*.png"))
     rows = []
     for r in range(5):  # 5 x 5 mosaic; the test set may hold fewer than 25 images
-        row = [read_image(tiles[(r * 5 + c) % len(tiles)]) for c in range(5)]
+        row = [read_pixels(tiles[(r * 5 + c) % len(tiles)]) for c in range(5)]
         rows.append(np.concatenate(row, axis=1))
     mosaic = np.concatenate(rows, axis=0)
     if backend != "torch":  # always re-export: an older export would be refused

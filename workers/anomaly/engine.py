@@ -34,7 +34,7 @@ from .errors import (
     IncompatibleModelError,
     MissingWeightsError,
 )
-from .image_io import read_image, resize, specular_mask, to_rgb
+from .image_io import read_image, read_pixels, resize, specular_mask, to_float, to_rgb
 from .offline import configure_offline, distilled_teacher_path, official_teacher_path
 from .regions import Region, RegionConfig, extract_regions
 from .tiling import Stitcher, pad_to_tile, tile_grid
@@ -227,16 +227,20 @@ class Geometry:
     tile_overlap: float
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        """RGB float image in network space: resized to the tile (whole mode) or scaled+padded."""
+        """RGB float image in network space: resized to the tile (whole mode) or scaled+padded.
+
+        ``image`` is a :func:`read_pixels` array (resized in its own integer type, then made
+        float: what training and prediction both do) or a :func:`read_image` float one.
+        """
         rgb = to_rgb(image)
         t = self.input_size
         if self.scale is None:
-            return resize(rgb, t, t)
+            return _float(resize(rgb, t, t))
         h, w = rgb.shape[:2]
         hs, ws = max(1, round(h * self.scale)), max(1, round(w * self.scale))
         if (hs, ws) != (h, w):
             rgb = resize(rgb, hs, ws)
-        return pad_to_tile(rgb, t)
+        return _float(pad_to_tile(rgb, t))
 
     def scaled_size(self, height: int, width: int) -> tuple[int, int]:
         if self.scale is None:
@@ -246,6 +250,10 @@ class Geometry:
     def overlap_px(self, overlap: float | None = None) -> int:
         frac = self.tile_overlap if overlap is None else overlap
         return min(self.input_size - 1, int(round(frac * self.input_size)))
+
+
+def _float(image: np.ndarray) -> np.ndarray:
+    return image if image.dtype == np.float32 else to_float(image)
 
 
 def _to_tensor(tiles: list[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -269,7 +277,7 @@ class _TrainImages:
     def get(self, i: int) -> np.ndarray:
         if i in self.cache:
             return self.cache[i]
-        img = self.geometry.prepare(read_image(self.paths[i]))
+        img = self.geometry.prepare(read_pixels(self.paths[i]))
         if self.used + img.nbytes <= self.cache_bytes:
             self.cache[i] = img
             self.used += img.nbytes
@@ -573,7 +581,7 @@ def _image_info(paths: list[Path]) -> dict:
     """Channels (must agree) and size range of the training images."""
     channels, sizes = set(), []
     for p in paths:
-        img = read_image(p)
+        img = read_pixels(p)
         channels.add(img.shape[2])
         sizes.append(img.shape[:2])
     if len(channels) > 1:
@@ -827,7 +835,7 @@ def _calibrate(
     config = PredictConfig()
     rng = np.random.default_rng(0)
     for i, p in enumerate(paths):
-        raw = raw_heatmap(model, read_image(p), config)
+        raw = raw_heatmap(model, read_pixels(p), config)
         flat = raw.ravel()
         if flat.size > 200_000:
             flat = rng.choice(flat, 200_000, replace=False)
@@ -890,14 +898,15 @@ def predict(
     """Heatmap, score and candidate regions for one image at full resolution.
 
     ``model`` is a :class:`LoadedModel` or an artifact path (loaded through the cache).
-    ``image`` may be passed already decoded (``read_image`` layout) to skip reading the file.
+    ``image`` may be passed already decoded (:func:`read_pixels`, as the file is read here,
+    or :func:`read_image`) to skip reading the file.
     """
     config = config or PredictConfig()
     if not isinstance(model, LoadedModel):
         model = load_model(model, config.device)
     t0 = time.perf_counter()
     if image is None:
-        image = read_image(image_path)
+        image = read_pixels(image_path)
     read_s = time.perf_counter() - t0
     _check_compatible(model, image, str(image_path), config.allow_size_mismatch)
     return _predict_decoded(model, image_path, image, config, progress, read_s)
@@ -979,9 +988,11 @@ def predict_many(
     alone; the others go on).
 
     Decoding runs ahead in one background thread (OpenCV releases the GIL, so reading the next
-    files overlaps the network), and a whole-image model takes ``config.batch_size`` images per
-    network call (PaDiM's per-position covariances, for one, are then read once per batch
-    instead of once per image). Tiled models already batch their tiles; they get the read-ahead.
+    files overlaps the network), and a whole-image model takes up to ``config.batch_size``
+    images per network call (PaDiM's per-position covariances, for one, are then read once per
+    batch instead of once per image): as many as are decoded when the network is free, so the
+    network never waits for a batch to fill while the reader is the slower of the two. Tiled
+    models already batch their tiles; they get the read-ahead.
     Memory: at most one batch of decoded images ahead for whole-image models, one image ahead
     for tiled ones (a decoded 24 MP image is ~290 MB as float32).
     ``progress`` is called after each image with the share done; raising from it stops early.
@@ -998,7 +1009,7 @@ def predict_many(
 
     def load(path: str) -> tuple[np.ndarray, np.ndarray | None, float]:
         started = time.perf_counter()
-        image = read_image(path)
+        image = read_pixels(path)
         _check_compatible(model, image, path, config.allow_size_mismatch)
         if not whole:
             return image, None, time.perf_counter() - started
@@ -1037,6 +1048,8 @@ def predict_many(
             while index < len(paths):
                 batch: list[tuple[str, tuple | AnomalyError]] = []
                 while index < len(paths) and len(batch) < batch_size:
+                    if batch and not futures[index].done():
+                        break  # run what is decoded instead of waiting to fill the batch
                     if index + ahead < len(paths):
                         futures.append(pool.submit(load, paths[index + ahead]))
                     future, futures[index] = futures[index], None  # frees the image later

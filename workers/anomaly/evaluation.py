@@ -15,7 +15,7 @@ from . import metrics
 from .datasets import Sample
 from .engine import LoadedModel, PredictConfig, ProgressCallback, load_model, predict
 from .errors import ImageReadError
-from .image_io import read_image
+from .image_io import read_pixels
 
 
 @dataclass
@@ -54,7 +54,7 @@ def evaluate(
     per_image = []
     seconds, megapixels = 0.0, 0.0
     for i, sample in enumerate(samples):
-        image = read_image(sample.image)
+        image = read_pixels(sample.image)  # as predict() reads it
         start = time.perf_counter()
         pred = predict(model, sample.image, config, image=image)
         seconds += time.perf_counter() - start

@@ -49,3 +49,35 @@ def test_specular_mask_finds_bright_unsaturated_pixels():
     mask = specular_mask(img)
     assert mask[2:4, 2:4].all()
     assert mask.sum() == 4
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_pixels_keep_their_type_and_resize_before_becoming_float(tmp_path: Path, bits: int):
+    """The engine reads files in their own pixel type and shrinks them before converting to
+    float; the network input is the float path's to within half a grey level."""
+    from workers.anomaly.engine import Geometry
+    from workers.anomaly.image_io import read_pixels
+
+    rng = np.random.default_rng(0)
+    top = 255 if bits == 8 else 65535
+    dtype = np.uint8 if bits == 8 else np.uint16
+    arr = rng.integers(0, top + 1, (300, 420, 3)).astype(dtype)
+    cv2.imwrite(str(tmp_path / "a.png"), arr)
+    pixels = read_pixels(tmp_path / "a.png")
+    assert pixels.dtype == dtype and pixels.shape == (300, 420, 3)
+    assert np.array_equal(pixels, arr[:, :, ::-1])  # RGB order
+    whole = Geometry(input_size=64, scale=None, tile_overlap=0.25)
+    fast, slow = whole.prepare(pixels), whole.prepare(read_image(tmp_path / "a.png"))
+    assert fast.dtype == np.float32 and fast.shape == slow.shape == (64, 64, 3)
+    assert np.abs(fast - slow).max() <= 0.5 / top + 1e-6
+    tiled = Geometry(input_size=64, scale=1.0, tile_overlap=0.25)
+    assert np.array_equal(tiled.prepare(pixels), tiled.prepare(read_image(tmp_path / "a.png")))
+
+
+def test_specular_mask_of_8_and_16_bit_pixels_uses_the_8_bit_thresholds():
+    rgb8 = np.full((4, 4, 3), 128, np.uint8)
+    rgb8[0, 0] = 241  # V 241 > 240, S 0: highlight
+    rgb8[1, 1] = 240  # V 240 is not above the threshold
+    assert specular_mask(rgb8).sum() == 1 and specular_mask(rgb8)[0, 0]
+    rgb16 = rgb8.astype(np.uint16) * 257  # the same image in 16 bits
+    assert np.array_equal(specular_mask(rgb16), specular_mask(rgb8))
