@@ -994,7 +994,7 @@ def predict_many(
     network never waits for a batch to fill while the reader is the slower of the two. Tiled
     models already batch their tiles; they get the read-ahead.
     Memory: at most one batch of decoded images ahead for whole-image models, one image ahead
-    for tiled ones (a decoded 24 MP image is ~290 MB as float32).
+    for tiled ones (a decoded 24 MP image is 72 MB in 8 bits, ~290 MB as float network input).
     ``progress`` is called after each image with the share done; raising from it stops early.
     """
     from concurrent.futures import ThreadPoolExecutor
@@ -1016,7 +1016,7 @@ def predict_many(
         prepared = model.geometry.prepare(image)
         if not config.specular_mask:
             # only the shape is used from here on: drop the full-size pixels (a 24 MP image is
-            # ~290 MB as float32) for a zero-byte stand-in of the same shape
+            # 72 MB in 8 bits) for a zero-byte stand-in of the same shape
             image = np.broadcast_to(np.zeros((), np.float32), image.shape)
         return image, prepared, time.perf_counter() - started
 
