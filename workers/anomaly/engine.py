@@ -802,13 +802,12 @@ def _whole_maps(
 
 
 def _output_size(model: LoadedModel, height: int, width: int, config: PredictConfig) -> tuple:
-    """Heatmap size for an image: long side at most ``heatmap_max_side``, and for a whole-image
-    model at most its input size, the resolution it actually saw (more pixels would only be
-    interpolated, and would cost region extraction time)."""
-    max_side = config.heatmap_max_side
-    if model.geometry.scale is None:
-        max_side = min(max_side, model.geometry.input_size)
-    return heatmap_size(height, width, max_side)
+    """Heatmap size for an image: long side at most ``heatmap_max_side``, never larger than the
+    image. A whole-image model's map is interpolated up to it too: capping it at the 256 px the
+    network saw cost magnetic_tile PaDiM 0.022 pixel AUROC and 0.020 AU-PRO (thin cracks are
+    thresholded on a coarser grid), for a few ms of region extraction saved."""
+    del model  # the same rule for every model
+    return heatmap_size(height, width, config.heatmap_max_side)
 
 
 def heatmap_size(height: int, width: int, max_side: int) -> tuple[int, int]:

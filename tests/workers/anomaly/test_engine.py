@@ -241,11 +241,14 @@ def test_predict_many_matches_predict_and_isolates_a_bad_image(rgb_normals, tmp_
     assert seen[-1] == 1.0 and len(seen) == len(paths)
 
 
-def test_whole_image_heatmap_is_no_larger_than_the_network_input(rgb_normals, tmp_path: Path):
+def test_whole_image_heatmap_follows_the_image_not_the_network_input(rgb_normals, tmp_path: Path):
     config = TrainConfig(model="padim", input_size=64)
     model = train(config, rgb_normals, tmp_path / "m").artifact_path
     pred = predict(model, rgb_normals[0])  # 128 x 128 image, 64 px network input
-    assert pred.heatmap.shape == (64, 64)
+    assert pred.heatmap.shape == (128, 128)
+    small = predict(model, rgb_normals[0], PredictConfig(heatmap_max_side=100))
+    assert small.heatmap.shape == (100, 100)
+    assert np.abs(small.score_map.max() - pred.score_map.max()) < 0.05
 
 
 def test_predict_many_survives_a_runtime_error_and_stops_mid_image(
