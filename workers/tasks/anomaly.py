@@ -238,7 +238,9 @@ def _store_prediction(run, version, image, prediction) -> dict:
     buf = io.BytesIO()
     from PIL import Image as PILImage
 
-    PILImage.fromarray(prediction.heatmap).save(buf, format="PNG", optimize=True)
+    # zlib's default level: optimize=True made a 900 px heatmap 13 % smaller in 10x the time
+    # (168 against 17 ms), more than the whole network pass costs
+    PILImage.fromarray(prediction.heatmap).save(buf, format="PNG")
     name = default_storage.save(
         f"{image.derived_prefix}/heatmaps/run-{run.pk}.png", ContentFile(buf.getvalue())
     )
