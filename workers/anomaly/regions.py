@@ -81,22 +81,28 @@ def extract_regions(
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
     merge_kernel = _kernel(config.merge_distance / scale)
     grouping = cv2.dilate(mask, merge_kernel) if merge_kernel is not None else mask
-    count, labels = cv2.connectedComponents(grouping, connectivity=8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(grouping, connectivity=8)
+    inside = mask > 0
+    # one pass for every label's pixel count; then each region is cut out of its own box (a
+    # per-label comparison over the whole map cost 2.5 s on a 20 MP mosaic's 1024 px heatmap)
+    pixel_counts = np.bincount(labels[inside], minlength=count)
     regions: list[Region] = []
     for label in range(1, count):
-        member = (labels == label) & (mask > 0)
-        pixels = int(member.sum())
+        pixels = int(pixel_counts[label])
         area = pixels * sy * sx
         if pixels == 0 or area < config.min_area:
             continue
-        values = heatmap[member]
+        left, top, w, h = (int(v) for v in stats[label, :4])
+        window = (slice(top, top + h), slice(left, left + w))
+        member = (labels[window] == label) & inside[window]
+        values = heatmap[window][member]
         ys, xs = np.nonzero(member)
-        x0, y0 = xs.min() * sx, ys.min() * sy
-        x1, y1 = (xs.max() + 1) * sx, (ys.max() + 1) * sy
+        x0, y0 = (left + xs.min()) * sx, (top + ys.min()) * sy
+        x1, y1 = (left + xs.max() + 1) * sx, (top + ys.max() + 1) * sy
         regions.append(
             Region(
                 box=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                polygon=_polygon(member, sx, sy, config.polygon_tolerance / scale),
+                polygon=_polygon(member, sx, sy, config.polygon_tolerance / scale, (left, top)),
                 area=float(area),
                 peak_score=float(values.max()),
                 mean_score=float(values.mean()),
@@ -106,14 +112,17 @@ def extract_regions(
     return regions[: config.top_k]
 
 
-def _polygon(member: np.ndarray, sx: float, sy: float, tolerance: float) -> list[list[float]]:
+def _polygon(
+    member: np.ndarray, sx: float, sy: float, tolerance: float, offset: tuple[int, int] = (0, 0)
+) -> list[list[float]]:
     """Outer contour of a (possibly fragmented) region as one polygon in image pixels.
 
+    ``member`` may be cut out of the heatmap; ``offset`` is its top-left corner there.
     Merged fragments have several outer contours; their convex hull keeps one polygon per region
     as the annotation model expects.
     """
     contours, _ = cv2.findContours(
-        member.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        member.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=offset
     )
     if len(contours) == 1:
         contour = contours[0]

@@ -60,3 +60,49 @@ def test_min_area_threshold_and_top_k():
     assert [r.peak_score for r in regions] == sorted((r.peak_score for r in regions), reverse=True)
     assert regions[0].peak_score == pytest.approx(0.8)
     assert extract_regions(heat * 0.4, (100, 100)) == []  # nothing reaches 0.5
+
+
+def test_many_regions_match_a_whole_map_reference():
+    """Regions are cut out of their own boxes for speed; every figure must be what the whole
+    map gives (boxes, areas, scores and polygons), here with many blobs, some at the edges."""
+    rng = np.random.default_rng(5)
+    heat = np.zeros((300, 400), np.float32)
+    for _ in range(60):
+        cy, cx = int(rng.integers(0, 300)), int(rng.integers(0, 400))
+        blob(heat, cy, cx, int(rng.integers(2, 9)), float(rng.uniform(0.6, 2.0)))
+    heat += rng.uniform(0, 0.05, heat.shape).astype(np.float32)
+    config = RegionConfig(min_area=20, merge_distance=12, top_k=1000)
+    got = extract_regions(heat, (900, 1200), config)
+    assert len(got) > 20
+
+    # reference: every label compared over the whole map
+    from workers.anomaly.regions import _kernel, _polygon
+
+    sy, sx = 900 / 300, 1200 / 400
+    mask = (heat >= 0.5).astype(np.uint8)
+    kernel = _kernel(config.morphology / 3.0)
+    if kernel is not None:
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+    count, labels = cv2.connectedComponents(cv2.dilate(mask, _kernel(12 / 3.0)), connectivity=8)
+    want = []
+    for label in range(1, count):
+        member = (labels == label) & (mask > 0)
+        if member.sum() * sy * sx < config.min_area or not member.any():
+            continue
+        ys, xs = np.nonzero(member)
+        box = [
+            xs.min() * sx,
+            ys.min() * sy,
+            (xs.max() + 1 - xs.min()) * sx,
+            (ys.max() + 1 - ys.min()) * sy,
+        ]
+        want.append((box, member.sum() * sy * sx, heat[member].max(), heat[member].mean(),
+                     _polygon(member, sx, sy, config.polygon_tolerance / 3.0)))  # fmt: skip
+    want.sort(key=lambda w: w[2], reverse=True)
+    assert len(got) == len(want)
+    for region, (box, area, peak, mean, polygon) in zip(got, want, strict=True):
+        assert region.box == pytest.approx(box)
+        assert region.area == pytest.approx(area)
+        assert region.peak_score == pytest.approx(peak) and region.mean_score == pytest.approx(mean)
+        assert np.allclose(region.polygon, polygon)
