@@ -155,8 +155,7 @@ class Prediction:
     """Result for one image.
 
     ``heatmap`` is ``uint8`` ``(h, w)`` at reduced resolution (long side at most
-    ``PredictConfig.heatmap_max_side``, and at most the input size of a whole-image model;
-    never larger than the image), covering the whole image;
+    ``PredictConfig.heatmap_max_side``, never larger than the image), covering the whole image;
     value 128 is the calibrated pixel threshold, 255 at or above twice the threshold's distance
     from normal. ``image_score`` and region scores are calibrated the same way (0.5 = threshold)
     but not capped at 1, so strong anomalies stay ordered. Region coordinates are in original image pixels.
@@ -232,15 +231,19 @@ class Geometry:
         ``image`` is a :func:`read_pixels` array (resized in its own integer type, then made
         float: what training and prediction both do) or a :func:`read_image` float one.
         """
+        return _float(self.prepare_pixels(image))
+
+    def prepare_pixels(self, image: np.ndarray) -> np.ndarray:
+        """:meth:`prepare` before the conversion to float (the image's own pixel type)."""
         rgb = to_rgb(image)
         t = self.input_size
         if self.scale is None:
-            return _float(resize(rgb, t, t))
+            return resize(rgb, t, t)
         h, w = rgb.shape[:2]
         hs, ws = max(1, round(h * self.scale)), max(1, round(w * self.scale))
         if (hs, ws) != (h, w):
             rgb = resize(rgb, hs, ws)
-        return _float(pad_to_tile(rgb, t))
+        return pad_to_tile(rgb, t)
 
     def scaled_size(self, height: int, width: int) -> tuple[int, int]:
         if self.scale is None:
@@ -250,6 +253,10 @@ class Geometry:
     def overlap_px(self, overlap: float | None = None) -> int:
         frac = self.tile_overlap if overlap is None else overlap
         return min(self.input_size - 1, int(round(frac * self.input_size)))
+
+
+# pixel type of a tiled image -> divisor that makes it a [0, 1] float (None: already float32)
+_TILE_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): None}
 
 
 def _float(image: np.ndarray) -> np.ndarray:
@@ -757,17 +764,23 @@ def raw_heatmap(
     geo = model.geometry
     h, w = image.shape[:2]
     out_h, out_w = _output_size(model, h, w, config)
-    net_image = geo.prepare(image)
     t = geo.input_size
     device = model.device
     autocast = torch.autocast(
         "cuda", dtype=torch.float16, enabled=config.half and device.type == "cuda"
     )
     if geo.scale is None:
-        raw = _whole_maps(model, [net_image], config)[0]
+        raw = _whole_maps(model, [geo.prepare(image)], config)[0]
         progress(1.0, "1/1 tiles")
         return cv2.resize(raw, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     hs, ws = geo.scaled_size(h, w)
+    # Tiles are cut from the image in its own pixel type and made float a batch at a time: a
+    # 20 MP RGB image stays 61 MB (8 bits) instead of 243 MB as float, twice over for the
+    # channel-first copy, and a GPU receives a quarter of the bytes.
+    net_image = geo.prepare_pixels(image)
+    if net_image.dtype not in _TILE_SCALE:
+        net_image = _float(net_image)
+    scale_to_float = _TILE_SCALE[net_image.dtype]
     grid = tile_grid(net_image.shape[0], net_image.shape[1], t, geo.overlap_px(config.tile_overlap))
     stitch_device = device if isinstance(model.net, torch.nn.Module) else torch.device("cpu")
     stitcher = Stitcher(
@@ -778,6 +791,8 @@ def raw_heatmap(
     for start in range(0, len(grid), config.batch_size):
         chunk = grid[start : start + config.batch_size]
         batch = torch.stack([whole[:, c.y : c.y + t, c.x : c.x + t] for c in chunk])
+        if scale_to_float is not None:  # what to_float does, in the same float32 arithmetic
+            batch = batch.float() / scale_to_float
         with autocast:
             maps = model.net(batch)[:, 0]
         stitcher.add_batch(chunk, maps)
@@ -933,7 +948,7 @@ def _predict_decoded(
     calibrated, image_score = _calibrated_map(model, image, config, fine_progress, spec, whole_raw)
     if use_coarse:
         coarse_map, coarse_score = _calibrated_map(model.coarse, image, config, None, spec)
-        if coarse_map.shape != calibrated.shape:  # a whole-image map stops at its input size
+        if coarse_map.shape != calibrated.shape:  # both follow the image; be safe anyway
             size = calibrated.shape[::-1]
             coarse_map = cv2.resize(coarse_map, size, interpolation=cv2.INTER_LINEAR)
         # a defect counts if either scale sees it; both maps share one calibrated scale

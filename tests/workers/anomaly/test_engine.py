@@ -53,6 +53,23 @@ def test_defect_on_a_tile_seam_is_found_once(padim_tiled, tmp_path: Path):
     assert not normal.regions
 
 
+def test_tiles_cut_from_8_and_16_bit_pixels_give_the_float_images_map(padim_tiled, tmp_path):
+    """Tiled prediction keeps the image in its own pixel type and converts a batch of tiles at a
+    time; the map is exactly the one of the same image passed as floats."""
+    from workers.anomaly.image_io import read_image, read_pixels
+
+    model = load_model(padim_tiled.artifact_path)
+    img = add_defect(texture(128, 256, 97, 1), 60, 100, 6)
+    for bits in (16, 8):
+        path = save(img, tmp_path / f"d{bits}.png", bits=bits)
+        pixels = read_pixels(path)
+        assert pixels.dtype == (np.uint16 if bits == 16 else np.uint8)
+        fast = predict(model, path, image=pixels)
+        slow = predict(model, path, image=read_image(path))
+        assert np.array_equal(fast.score_map, slow.score_map)
+        assert fast.image_score == slow.image_score and fast.is_anomalous
+
+
 def test_prediction_output_formats(padim_tiled, tmp_path: Path):
     img = add_defect(texture(128, 256, 97, 1), 30, 200, 6)
     path = save(img, tmp_path / "d.png", bits=16)
