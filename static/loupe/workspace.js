@@ -197,7 +197,11 @@
       localId,
       run: async () => {
         const payload = payloadOf(localId);
-        if (!payload) return "done"; // removed before it was saved: a later delete op has nothing to do
+        if (!payload) {
+          // removed before it was saved: nothing to send, and the later delete op has nothing to do
+          if (!anno.state.store.getAnnotation(localId)) meta.delete(localId);
+          return "done";
+        }
         // the local id makes a retried create idempotent on the server
         const r = await request("POST", data.urls.annotations, Object.assign({ client_id: localId }, payload));
         if (r.status >= 500) return "retry";
@@ -250,13 +254,18 @@
       localId,
       run: async () => {
         const m = meta.get(localId);
-        if (!m || !m.serverId) return "done";
+        if (!m || !m.serverId) {
+          // never saved: forget it unless it is back on screen (undo) with its own create queued
+          if (m && !anno.state.store.getAnnotation(localId)) meta.delete(localId);
+          return "done";
+        }
         const r = await request("DELETE", urlFor(data.urls.annotation, m.serverId) + "?version=" + m.version);
         if (r.status >= 500) return "retry";
         if (r.status === 401) return signedOut(r);
         if (r.status === 409) {
           toast(r.body.error + " Their version is back on the image.");
           if (r.body.current) applyRemote(r.body.current);
+          else if (meta.get(localId) === m) meta.delete(localId);
           return "done";
         }
         if (r.status === 403) {

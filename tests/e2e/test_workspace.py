@@ -247,9 +247,26 @@ def test_offline_edits_are_queued_and_conflicts_are_shown(
     page.wait_for_function("() => window.loupeWorkspace.anno.getAnnotations().length === 1")
     page.locator('#save-status[data-state="offline"]').wait_for()
     assert "server unreachable" in page.locator("#save-status").inner_text()
+
+    # a second box, drawn and deleted again while offline: it never reaches the server, and
+    # the page does not wait for it forever once the network is back
+    page.wait_for_timeout(400)
+    page.keyboard.press("b")
+    page.wait_for_function(
+        "() => window.loupeWorkspace.anno.isDrawingEnabled() && !window.loupeWorkspace.anno.getSelected().length"
+    )
+    page.mouse.move(cx - 380, cy - 260)
+    page.mouse.down()
+    page.mouse.move(cx - 300, cy - 190, steps=4)
+    page.mouse.up()
+    page.wait_for_function("() => window.loupeWorkspace.anno.getAnnotations().length === 2")
+    page.wait_for_function("() => window.loupeWorkspace.anno.getSelected().length === 1")
+    page.keyboard.press("Delete")
+    page.wait_for_function("() => window.loupeWorkspace.anno.getAnnotations().length === 1")
     assert Annotation.objects.filter(image=first).count() == 0
     page.context.set_offline(False)
     wait_saved(page)
+    assert Annotation.objects.filter(image=first).count() == 1
     box = Annotation.objects.get(image=first)
     assert box.author.username == "labeler"
 
