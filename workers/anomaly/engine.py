@@ -1008,8 +1008,14 @@ def predict_many(
     network never waits for a batch to fill while the reader is the slower of the two. Their
     heatmaps, calibration and regions are made in a third thread while the network runs the next
     batch. Tiled models already batch their tiles; they get the read-ahead.
-    Memory: at most one batch of decoded images ahead for whole-image models, one image ahead
-    for tiled ones (a decoded 24 MP image is 72 MB in 8 bits, ~290 MB as float network input).
+    Memory: for whole-image models, one batch being decoded ahead, one in the network and one
+    in the post thread; each image is held as its network input only (the full-size pixels are
+    dropped after resizing), except with ``config.specular_mask``, which needs them: then up to
+    about three batches of full-size decoded images wait (a 24 MP image is 72 MB in 8 bits).
+    Tiled models keep one image ahead (~290 MB of float tiles are made a batch at a time, not
+    all at once). Batches hold what is decoded, so their make-up varies from run to run, and a
+    batched matrix product may round differently: maps can differ in the last float bits
+    between runs (a pixel exactly at a threshold could then flip).
     ``progress`` is called after each image with the share done; raising from it stops early.
     """
     from collections import deque

@@ -1,8 +1,10 @@
-"""Reading images of any depth and layout into one float format, plus the specular mask.
+"""Reading images of any depth and layout, plus the specular mask.
 
-Images may be 8- or 16-bit, grayscale, RGB or RGBA, up to tens of megapixels. Everything is
-turned into ``float32`` in ``[0, 1]``, shape ``(H, W, C)`` with ``C`` 1 or 3, so the rest of the
-engine has one format to handle.
+Images may be 8- or 16-bit (or float / other integer TIFFs), grayscale, RGB or RGBA, up to tens
+of megapixels. :func:`read_image` turns everything into ``float32`` in ``[0, 1]``, shape
+``(H, W, C)`` with ``C`` 1 or 3. :func:`read_pixels` keeps 8- and 16-bit pixels as they are (the
+engine resizes or cuts tiles first and converts afterwards) and converts any other type to that
+float form, so the engine handles exactly three pixel types: uint8, uint16 and float32 in [0, 1].
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_pixels(path: str | Path) -> np.ndarray:
-    """:func:`read_image` without the conversion to float: the file's own pixel type (uint8,
-    uint16, ...), RGB or grayscale, shape ``(H, W, C)``.
+    """:func:`read_image` without the conversion to float for 8- and 16-bit files: uint8 or
+    uint16 as stored, RGB or grayscale, shape ``(H, W, C)``. Other pixel types (float, int8,
+    int32 TIFFs) come back as :func:`read_image` gives them, float32 in ``[0, 1]``: OpenCV cannot
+    resize some of them, and the engine's tile scale table knows only these three types.
 
     The engine reads this way and converts after resizing (:meth:`Geometry.prepare`): a 900 px
     PNG is shrunk to 256 px in its 8-bit form instead of as 4x larger floats first (5 ms of the
@@ -78,7 +82,10 @@ def read_pixels(path: str | Path) -> np.ndarray:
         array = cv2.cvtColor(array, code)
     if array.shape[0] * array.shape[1] > MAX_PIXELS:
         raise ImageReadError(f"{path}: {array.shape[1]}x{array.shape[0]} is larger than supported")
-    return normalise_layout(array)
+    array = normalise_layout(array)
+    if array.dtype not in (np.uint8, np.uint16):
+        array = to_float(array)
+    return array
 
 
 def _read_with_pillow(path: Path) -> np.ndarray:

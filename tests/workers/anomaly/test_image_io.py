@@ -81,3 +81,25 @@ def test_specular_mask_of_8_and_16_bit_pixels_uses_the_8_bit_thresholds():
     assert specular_mask(rgb8).sum() == 1 and specular_mask(rgb8)[0, 0]
     rgb16 = rgb8.astype(np.uint16) * 257  # the same image in 16 bits
     assert np.array_equal(specular_mask(rgb16), specular_mask(rgb8))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int8, np.int32])
+def test_other_pixel_types_are_read_as_float_in_range_and_resize(tmp_path: Path, dtype):
+    """A float TIFF with values outside [0, 1], or an int8/int32 TIFF (which OpenCV cannot
+    resize), reaches the engine as float32 in [0, 1] and makes a network input."""
+    from workers.anomaly.engine import Geometry
+    from workers.anomaly.image_io import read_pixels
+
+    values = np.linspace(-2, 3, 120 * 90).reshape(90, 120)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        values = np.linspace(info.min, info.max, 120 * 90).reshape(90, 120)
+    cv2.imwrite(str(tmp_path / "a.tiff"), values.astype(dtype))
+    pixels = read_pixels(tmp_path / "a.tiff")
+    assert pixels.dtype == np.float32 and pixels.shape == (90, 120, 1)
+    assert pixels.min() == 0.0 and pixels.max() == 1.0
+    assert np.array_equal(pixels, read_image(tmp_path / "a.tiff"))
+    for geometry in (Geometry(64, None, 0.25), Geometry(64, 0.5, 0.25)):
+        prepared = geometry.prepare(pixels)
+        assert prepared.dtype == np.float32 and prepared.shape[-1] == 3
+        assert -1e-6 <= prepared.min() <= prepared.max() <= 1.0 + 1e-6  # resampling rounds
