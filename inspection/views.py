@@ -254,7 +254,11 @@ def review_page(request, pk):
 def models_page(request, pk):
     """Anomaly models of a project (train, activate) and its inspection runs."""
     from inspection.models import InspectionRun, ModelVersion
-    from inspection.services.inspections import ARCHITECTURES, training_images
+    from inspection.services.inspections import (
+        ARCHITECTURES,
+        training_geometry_hint,
+        training_images,
+    )
 
     project = get_object_or_404(Project, pk=pk)
     role = require_role(request.user, project)
@@ -274,6 +278,7 @@ def models_page(request, pk):
             )[:50],
             "architectures": ARCHITECTURES,
             "normal_count": training_images(project).count(),
+            "geometry": training_geometry_hint(project),
         },
     )
 

@@ -27,8 +27,45 @@ TRAIN_PARAMS = {
     "max_seconds",
     "patience",
     "seed",
+    "scale",
+    "tile_overlap",
+    "coarse_pass",
 }
 MIN_NORMAL_IMAGES = 2
+# Normal images whose median long side reaches this are trained as tiles by default (models
+# page): resizing them whole to the network's 256 px would shrink them 4x or more.
+TILES_FROM_LONG_SIDE = 1024
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_geometry(params: dict) -> None:
+    """Whole image or tiles: the parameters the training job would otherwise refuse later."""
+    scale = params.get("scale")
+    if scale is not None and not (_number(scale) and 0 < scale <= 4):
+        what = "scale is the tiles' resolution, in (0, 4] (1 = full resolution), or null"
+        raise ValidationError({"params": f"{what} to resize each whole image to the input size."})
+    overlap = params.get("tile_overlap", 0.25)
+    if not (_number(overlap) and 0 <= overlap < 0.9):
+        raise ValidationError({"params": "tile_overlap is a fraction of a tile in [0, 0.9)."})
+    coarse = params.get("coarse_pass", False)
+    if not isinstance(coarse, bool):
+        raise ValidationError({"params": "coarse_pass is true or false."})
+    if coarse and scale is None:
+        raise ValidationError(
+            {"params": "coarse_pass adds a whole-image pass to a tiled model: set scale too."}
+        )
+
+
+def training_geometry_hint(project: Project) -> dict:
+    """How big the project's normal images are, and whether tiles should be the default."""
+    sides = sorted(max(w, h) for w, h in training_images(project).values_list("width", "height"))
+    if not sides:
+        return {"median_long_side": None, "tiles": False}
+    median = sides[len(sides) // 2]
+    return {"median_long_side": median, "tiles": median >= TILES_FROM_LONG_SIDE}
 
 
 def training_images(project: Project):
@@ -52,6 +89,7 @@ def model_version_train(
     unknown = set(params) - TRAIN_PARAMS
     if unknown:
         raise ValidationError({"params": f"Unknown parameter(s): {', '.join(sorted(unknown))}."})
+    _check_geometry(params)
     ids = list(training_images(project).order_by("id").values_list("id", flat=True))
     if len(ids) < MIN_NORMAL_IMAGES:
         raise ValidationError(

@@ -265,6 +265,13 @@
         const f = new FormData(train);
         const params = { input_size: Number(f.get("input_size")) };
         if (f.get("architecture") === "efficientad") params.steps = Number(f.get("steps"));
+        if (f.get("scale")) {
+          params.scale = Number(f.get("scale"));
+          params.coarse_pass = f.get("coarse_pass") === "on";
+        } else if (f.get("coarse_pass") === "on") {
+          document.getElementById("train-status").textContent = "The whole-image pass goes with tiles: choose a tile resolution, or untick it.";
+          return;
+        }
         try {
           const v = await api(root.dataset.modelsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ architecture: f.get("architecture"), params }) });
           follow(document.getElementById("train-status"), v.job, () => window.location.reload());

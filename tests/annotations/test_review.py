@@ -296,6 +296,42 @@ def test_training_needs_normal_images_and_an_admin(loop, client_for):
     assert r.status_code == 400 and "bogus" in r.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"scale": 0}, "scale is the tiles' resolution"),
+        ({"scale": 5}, "scale is the tiles' resolution"),
+        ({"scale": "1"}, "scale is the tiles' resolution"),
+        ({"scale": True}, "scale is the tiles' resolution"),
+        ({"scale": 1, "tile_overlap": 0.95}, "tile_overlap"),
+        ({"scale": 1, "coarse_pass": "yes"}, "coarse_pass is true or false"),
+        ({"coarse_pass": True}, "set scale too"),
+    ],
+)
+def test_tile_parameters_are_checked_before_training(loop, client_for, params, says):
+    Image.objects.filter(project=loop["project"]).update(is_normal=True)
+    url = f"/api/projects/{loop['project'].pk}/models/"
+    r = client_for(loop["admin"]).post(url, {"architecture": "padim", "params": params}, "json")
+    assert r.status_code == 400 and says in r.json()["error"]
+    assert ModelVersion.objects.filter(project=loop["project"]).count() == 1  # nothing queued
+
+
+def test_tiled_training_is_stored_and_shown(loop, client, client_for):
+    Image.objects.filter(project=loop["project"]).update(is_normal=True)
+    url = f"/api/projects/{loop['project'].pk}/models/"
+    params = {"input_size": 128, "scale": 0.5, "tile_overlap": 0.1, "coarse_pass": True}
+    r = client_for(loop["admin"]).post(url, {"architecture": "padim", "params": params}, "json")
+    assert r.status_code == 202
+    assert r.json()["params"] == {"model": "padim", **params}
+    client.force_login(loop["admin"])
+    page = client.get(f"/projects/{loop['project'].pk}/models/").content.decode()
+    assert "tiles of 128 px at scale 0.5 + whole-image pass" in page
+    assert "whole image at 256 px" in page  # the fixture's version, trained before
+    # 200 px images are small enough to be seen whole: that is what the form proposes
+    assert "200 px on their long side (median)" in page and "small enough" in page
+    assert '<option value="" selected>' in page
+
+
 def test_inspection_needs_a_ready_model(loop, client_for):
     url = f"/api/projects/{loop['project'].pk}/runs/"
     ModelVersion.objects.update(is_active=False)

@@ -59,8 +59,11 @@ def train_anomaly_model(job, ctx: JobContext) -> dict:
                 )
                 for i in images
             ]
+            how = f"tiles at scale {config.scale:g}" if config.scale else "whole images"
             ctx.progress(
-                0.02, f"Training {version.architecture} on {len(paths)} normal images", force=True
+                0.02,
+                f"Training {version.architecture} on {len(paths)} normal images ({how})",
+                force=True,
             )
             try:
                 result = anomaly.train(

@@ -1,0 +1,92 @@
+"""An admin trains a tiled anomaly model from the models page on 1600 x 1200 photos (the page
+proposes tiles for photos this large), then inspects one with a thin scratch: the suggestion is
+on the scratch, in full-resolution pixels, and the heatmap covers the whole photo."""
+
+import io
+
+import numpy as np
+import pytest
+from django.core.files.storage import default_storage
+from PIL import Image as PILImage
+
+from annotations.models import Suggestion
+from inspection.models import Image, ImageHeatmap, ModelVersion
+from inspection.services.images import IncomingFile, image_store_one
+from tests.conftest import PASSWORD
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+WIDTH, HEIGHT = 1600, 1200
+SCRATCH = (700, 560, 820, 563)  # x0, y0, x1, y1: 120 x 3 px, dark
+
+
+def photo(seed: int, scratch: bool = False) -> bytes:
+    """A brushed, evenly lit surface (a new phase and grain per seed), optionally scratched."""
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    base = 140 + 25 * np.sin(xx / 400.0 + seed) * np.cos(yy / 300.0)
+    rng = np.random.default_rng(seed)
+    img = base[..., None] + rng.normal(0, 4, (HEIGHT, WIDTH, 3))
+    if scratch:
+        x0, y0, x1, y1 = SCRATCH
+        img[y0:y1, x0:x1] = 40
+    buf = io.BytesIO()
+    PILImage.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def store(project, user, tmp_path, name: str, data: bytes, **kw) -> Image:
+    path = tmp_path / name
+    path.write_bytes(data)
+    out = image_store_one(project=project, user=user, incoming=IncomingFile(name, path), **kw)
+    assert out.status == "stored", out
+    return Image.objects.get(pk=out.image_id)
+
+
+def test_train_tiles_and_inspect_from_the_models_page(page, celery_worker, team, tmp_path):
+    project, admin = team["project"], team["admin"]
+    for i in range(4):
+        store(project, admin, tmp_path, f"good-{i}.jpg", photo(seed=i), is_normal=True)
+    scratched = store(project, admin, tmp_path, "part-17.jpg", photo(seed=17, scratch=True))
+
+    page.goto("/login/")
+    page.fill("input[name=username]", admin.username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.goto(f"/projects/{project.pk}/models/")
+
+    # 1600 px photos: the page proposes full-resolution tiles, and says why
+    form = page.locator("#train-form")
+    assert form.locator("select[name=scale]").input_value() == "1"
+    assert "1600 px on their long side" in form.inner_text()
+    form.locator("button[type=submit]").click()
+    page.locator("tr[data-version] .status-ready").wait_for(timeout=180_000)
+    version = ModelVersion.objects.get(project=project)
+    assert version.params["scale"] == 1 and version.params["coarse_pass"] is False
+    assert version.metrics["tiles"] > 4 * 3  # every training photo was cut into many tiles
+    row = page.locator(f'tr[data-version="{version.pk}"]')
+    assert "tiles of 256 px at full resolution" in row.inner_text()
+    assert "active" in row.inner_text()
+
+    # inspect: the run page opens when the job is done
+    page.select_option("#run-form select[name=scope]", "new")
+    page.click("#run-form button[type=submit]")
+    page.wait_for_url("**/runs/*/", timeout=180_000)
+    heatmap = ImageHeatmap.objects.get(image=scratched)
+    with default_storage.open(heatmap.path) as fh:
+        assert PILImage.open(fh).size == (1024, 768)  # the whole photo, at most 1024 px
+
+    # the 3 px scratch is a suggestion at its place, in full-resolution pixels
+    def bounds(g: dict) -> tuple:
+        if g["type"] == "box":
+            return g["x"], g["y"], g["x"] + g["w"], g["y"] + g["h"]
+        xs, ys = [p[0] for p in g["points"]], [p[1] for p in g["points"]]
+        return min(xs), min(ys), max(xs), max(ys)
+
+    x0, y0, x1, y1 = SCRATCH
+    found = [
+        bounds(s.geometry)
+        for s in Suggestion.objects.filter(image=scratched, model_version=version)
+    ]
+    assert any(
+        bx0 <= x1 and bx1 >= x0 and by0 <= y1 and by1 >= y0 for bx0, by0, bx1, by1 in found
+    ), found
