@@ -6,6 +6,8 @@ functions check the rules and enqueue them.
 
 from __future__ import annotations
 
+import statistics
+
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
@@ -61,10 +63,10 @@ def _check_geometry(params: dict) -> None:
 
 def training_geometry_hint(project: Project) -> dict:
     """How big the project's normal images are, and whether tiles should be the default."""
-    sides = sorted(max(w, h) for w, h in training_images(project).values_list("width", "height"))
+    sides = [max(w, h) for w, h in training_images(project).values_list("width", "height")]
     if not sides:
         return {"median_long_side": None, "tiles": False}
-    median = sides[len(sides) // 2]
+    median = round(statistics.median(sides))
     return {"median_long_side": median, "tiles": median >= TILES_FROM_LONG_SIDE}
 
 

@@ -263,7 +263,8 @@
       train.addEventListener("submit", async (e) => {
         e.preventDefault();
         const f = new FormData(train);
-        const params = { input_size: Number(f.get("input_size")) };
+        const params = {};
+        if (f.get("input_size")) params.input_size = Number(f.get("input_size"));
         if (f.get("architecture") === "efficientad") params.steps = Number(f.get("steps"));
         if (f.get("scale")) {
           params.scale = Number(f.get("scale"));

@@ -116,6 +116,7 @@
 
   const queue = [];
   let busy = false;
+  let inFlight = null; // the op whose request is on its way: it cannot be withdrawn
   let retryDelay = 1000;
 
   function setStatus(state, text) {
@@ -140,10 +141,13 @@
     while (queue.length) {
       const op = queue[0];
       let outcome;
+      inFlight = op;
       try {
         outcome = await op.run();
       } catch (e) {
         outcome = "retry"; // network down or server restarting
+      } finally {
+        inFlight = null;
       }
       if (outcome === "retry") {
         if (statusEl.dataset.state !== "offline") {
@@ -154,7 +158,8 @@
         continue;
       }
       retryDelay = 1000;
-      queue.shift();
+      const done = queue.indexOf(op); // ops waiting to be retried may have been withdrawn
+      if (done >= 0) queue.splice(done, 1);
       refreshStatus();
     }
     busy = false;
@@ -192,16 +197,20 @@
   }
 
   function createOp(localId) {
+    let sent = null; // what an earlier attempt sent: it may have reached the server
     return {
       kind: "create",
       localId,
       run: async () => {
-        const payload = payloadOf(localId);
+        // A shape removed since an attempt that may have been stored (its answer was lost) is
+        // sent once more, so that its id is known and the queued delete removes it.
+        const payload = payloadOf(localId) || sent;
         if (!payload) {
-          // removed before it was saved: nothing to send, and the later delete op has nothing to do
+          // removed before it was ever sent: nothing to send, and the later delete op has nothing to do
           if (!anno.state.store.getAnnotation(localId)) meta.delete(localId);
           return "done";
         }
+        sent = payload;
         // the local id makes a retried create idempotent on the server
         const r = await request("POST", data.urls.annotations, Object.assign({ client_id: localId }, payload));
         if (r.status >= 500) return "retry";
@@ -248,12 +257,14 @@
     };
   }
 
-  function deleteOp(localId) {
+  function deleteOp(localId, before) {
     return {
       kind: "delete",
       localId,
+      before, // the shape's record when it was deleted: an undo before this runs cancels it
       run: async () => {
-        const m = meta.get(localId);
+        // the record it had when deleted, or (created meanwhile) the one its create stored
+        const m = before && before.serverId ? before : meta.get(localId);
         if (!m || !m.serverId) {
           // never saved: forget it unless it is back on screen (undo) with its own create queued
           if (m && !anno.state.store.getAnnotation(localId)) meta.delete(localId);
@@ -263,9 +274,10 @@
         if (r.status >= 500) return "retry";
         if (r.status === 401) return signedOut(r);
         if (r.status === 409) {
-          toast(r.body.error + " Their version is back on the image.");
-          if (r.body.current) applyRemote(r.body.current);
-          else if (meta.get(localId) === m) meta.delete(localId);
+          if (r.body.current) {
+            toast(r.body.error + " Their version is back on the image.");
+            applyRemote(r.body.current);
+          } else if (meta.get(localId) === m) meta.delete(localId); // already deleted: as wished
           return "done";
         }
         if (r.status === 403) {
@@ -290,12 +302,27 @@
       }
       anno.state.store.updateAnnotation(withCategory(a, currentCategory), "SILENT");
     }
+    // An undone delete that has not been sent yet cancels it: the shape keeps its record on the
+    // server instead of being deleted there and stored again as a new one.
+    const waiting = (kind, op) => op.kind === kind && op.localId === a.id && op !== inFlight;
+    const pending = queue.findIndex((op) => waiting("delete", op));
+    if (pending >= 0) {
+      const op = queue.splice(pending, 1)[0];
+      const current = meta.get(a.id);
+      if (!(current && current.serverId) && op.before && op.before.serverId) meta.set(a.id, op.before);
+      const m = meta.get(a.id);
+      if ((m && m.serverId) || queue.some((op2) => waiting("create", op2))) {
+        refreshStatus();
+        renderList();
+        return;
+      }
+    }
     meta.set(a.id, Object.assign({ author: me, source: "manual" }, meta.get(a.id) || {}, { serverId: null, version: 0 }));
     enqueue(createOp(a.id));
     renderList();
   });
   anno.on("updateAnnotation", (a) => { enqueue(updateOp(a.id)); renderList(); });
-  anno.on("deleteAnnotation", (a) => { enqueue(deleteOp(a.id)); renderList(); });
+  anno.on("deleteAnnotation", (a) => { enqueue(deleteOp(a.id, meta.get(a.id))); renderList(); });
   anno.on("selectionChanged", () => renderList());
 
   // ---- loading and polling ---------------------------------------------------------------

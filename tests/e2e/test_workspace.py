@@ -270,6 +270,25 @@ def test_offline_edits_are_queued_and_conflicts_are_shown(
     box = Annotation.objects.get(image=first)
     assert box.author.username == "labeler"
 
+    # after a reload (the box now comes from the server), offline again: the box is deleted and
+    # the delete undone before it could be sent; back online it is still the same stored box,
+    # not deleted and stored again
+    page.reload()
+    page.locator("#viewer[data-annotations-loaded]").wait_for()
+    page.context.set_offline(True)
+    page.keyboard.press("v")
+    page.locator("#shape-list li").first.click()
+    page.keyboard.press("Delete")
+    page.wait_for_function("() => window.loupeWorkspace.anno.getAnnotations().length === 0")
+    page.locator('#save-status[data-state="offline"]').wait_for()
+    page.wait_for_timeout(400)
+    page.keyboard.press("Control+z")
+    page.wait_for_function("() => window.loupeWorkspace.anno.getAnnotations().length === 1")
+    page.context.set_offline(False)
+    wait_saved(page)
+    assert list(Annotation.objects.filter(image=first).values_list("pk", flat=True)) == [box.pk]
+    page.keyboard.press("Escape")
+
     # a colleague moves the same box meanwhile (before our page polls); our relabel is refused,
     # we are told, and we see their change
     from django.contrib.auth import get_user_model

@@ -78,8 +78,11 @@ def read_pixels(path: str | Path) -> np.ndarray:
         array = _read_with_pillow(path)
     elif array.ndim == 3 and array.shape[2] >= 3:
         # OpenCV decodes colour as BGR(A); the models were trained on RGB.
-        code = cv2.COLOR_BGRA2RGB if array.shape[2] == 4 else cv2.COLOR_BGR2RGB
-        array = cv2.cvtColor(array, code)
+        if array.dtype in (np.uint8, np.uint16, np.float32):
+            code = cv2.COLOR_BGRA2RGB if array.shape[2] == 4 else cv2.COLOR_BGR2RGB
+            array = cv2.cvtColor(array, code)
+        else:  # cvtColor refuses int8/int16/int32/float64 colour
+            array = np.ascontiguousarray(array[:, :, 2::-1])
     if array.shape[0] * array.shape[1] > MAX_PIXELS:
         raise ImageReadError(f"{path}: {array.shape[1]}x{array.shape[0]} is larger than supported")
     array = normalise_layout(array)
@@ -95,7 +98,12 @@ def _read_with_pillow(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return np.asarray(img).astype(np.uint16)
+                array = np.asarray(img)
+                if array.size and (array.min() < 0 or array.max() > 65535):
+                    raise ImageReadError(
+                        f"{path}: 32-bit integer pixels outside 0-65535 are not supported"
+                    )
+                return array.astype(np.uint16)
             if img.mode not in ("L", "RGB", "RGBA"):
                 img = img.convert("RGB")
             return np.asarray(img)

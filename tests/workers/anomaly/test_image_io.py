@@ -83,10 +83,12 @@ def test_specular_mask_of_8_and_16_bit_pixels_uses_the_8_bit_thresholds():
     assert np.array_equal(specular_mask(rgb16), specular_mask(rgb8))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.int8, np.int32])
-def test_other_pixel_types_are_read_as_float_in_range_and_resize(tmp_path: Path, dtype):
-    """A float TIFF with values outside [0, 1], or an int8/int32 TIFF (which OpenCV cannot
-    resize), reaches the engine as float32 in [0, 1] and makes a network input."""
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int8, np.int16, np.int32])
+def test_other_pixel_types_are_read_as_float_in_range_and_resize(tmp_path: Path, dtype, channels):
+    """A float TIFF with values outside [0, 1], or an int8/int16/int32 TIFF (which OpenCV can
+    neither resize nor, in colour, reorder), reaches the engine as float32 in [0, 1], RGB, and
+    makes a network input."""
     from workers.anomaly.engine import Geometry
     from workers.anomaly.image_io import read_pixels
 
@@ -94,10 +96,14 @@ def test_other_pixel_types_are_read_as_float_in_range_and_resize(tmp_path: Path,
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         values = np.linspace(info.min, info.max, 120 * 90).reshape(90, 120)
+    if channels == 3:  # BGR on disk: blue is the ramp, red the top of the range
+        values = np.stack([values, values, np.full_like(values, values.max())], axis=2)
     cv2.imwrite(str(tmp_path / "a.tiff"), values.astype(dtype))
     pixels = read_pixels(tmp_path / "a.tiff")
-    assert pixels.dtype == np.float32 and pixels.shape == (90, 120, 1)
+    assert pixels.dtype == np.float32 and pixels.shape == (90, 120, channels)
     assert pixels.min() == 0.0 and pixels.max() == 1.0
+    if channels == 3:
+        assert (pixels[..., 0] == 1.0).all() and pixels[..., 2].min() == 0.0  # RGB order
     assert np.array_equal(pixels, read_image(tmp_path / "a.tiff"))
     for geometry in (Geometry(64, None, 0.25), Geometry(64, 0.5, 0.25)):
         prepared = geometry.prepare(pixels)
