@@ -23,6 +23,12 @@ class Project(models.Model):
     auto_inspect = models.BooleanField(
         default=False, help_text="Run the active anomaly model on every new upload."
     )
+    inspection = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="How heatmaps become suggestions (threshold, minimum area, suggestions per "
+        "image, specular mask); missing keys take inspection.services.projects.INSPECTION_DEFAULTS.",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -259,6 +259,7 @@ def models_page(request, pk):
         training_geometry_hint,
         training_images,
     )
+    from inspection.services.projects import INSPECTION_DEFAULTS, inspection_settings
 
     project = get_object_or_404(Project, pk=pk)
     role = require_role(request.user, project)
@@ -279,6 +280,8 @@ def models_page(request, pk):
             "architectures": ARCHITECTURES,
             "normal_count": training_images(project).count(),
             "geometry": training_geometry_hint(project),
+            "inspection": inspection_settings(project),
+            "inspection_defaults": INSPECTION_DEFAULTS,
         },
     )
 

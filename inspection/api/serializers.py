@@ -19,6 +19,7 @@ class ProjectSerializer(serializers.ModelSerializer):
             "name",
             "description",
             "auto_inspect",
+            "inspection",
             "created_at",
             "my_role",
             "image_count",
@@ -27,6 +28,13 @@ class ProjectSerializer(serializers.ModelSerializer):
 
     def get_my_role(self, obj) -> str | None:
         return role_of(self.context["request"].user, obj)
+
+    def to_representation(self, instance):
+        from inspection.services.projects import inspection_settings
+
+        data = super().to_representation(instance)
+        data["inspection"] = inspection_settings(instance)  # every setting, defaults filled in
+        return data
 
 
 class MembershipSerializer(serializers.ModelSerializer):

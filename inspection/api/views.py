@@ -4,6 +4,7 @@ import uuid
 from pathlib import Path
 
 from django.core.files.storage import default_storage
+from django.db import transaction
 from django.db.models import Count
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
@@ -46,12 +47,13 @@ class ProjectViewSet(viewsets.ModelViewSet):
 
     def perform_create(self, serializer):
         data = dict(serializer.validated_data)
-        auto_inspect = data.pop("auto_inspect", None)
-        project = project_services.project_create(user=self.request.user, **data)
-        if auto_inspect is not None:
-            project = project_services.project_update(
-                user=self.request.user, project=project, auto_inspect=auto_inspect
-            )
+        settings = {k: data.pop(k) for k in ("auto_inspect", "inspection") if k in data}
+        with transaction.atomic():  # refused settings leave no project behind
+            project = project_services.project_create(user=self.request.user, **data)
+            if settings:
+                project = project_services.project_update(
+                    user=self.request.user, project=project, **settings
+                )
         serializer.instance = project
 
     def perform_update(self, serializer):

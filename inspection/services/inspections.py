@@ -15,6 +15,7 @@ from django.db.models import Max
 from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion, Project, Role
 from inspection.permissions import require_role
 from inspection.services.jobs import job_enqueue
+from inspection.services.projects import inspection_settings
 
 ARCHITECTURES = ("padim", "patchcore", "efficientad")
 # TrainConfig fields a user may set from the API (everything else stays at the engine default).
@@ -207,7 +208,12 @@ def inspection_run_start(
         raise ValidationError("There is nothing to inspect: no images match.")
     with transaction.atomic():
         run = InspectionRun.objects.create(
-            project=project, model_version=version, scope=scope, image_ids=ids, created_by=user
+            project=project,
+            model_version=version,
+            scope=scope,
+            image_ids=ids,
+            params=inspection_settings(project),  # what the run uses, kept with its figures
+            created_by=user,
         )
         run.job = job_enqueue(
             kind="anomaly_inspect", user=user, project=project, payload={"run": run.pk}

@@ -25,6 +25,55 @@ def project_create(*, user, name: str, description: str = "") -> Project:
     return project
 
 
+# How an inspection turns heatmaps into suggestions. Scores are calibrated: 0.5 is the pixel
+# threshold learnt from the normal images; areas are in the original image's pixels. The
+# specular mask ignores bright, colourless pixels (HSV value above v_min, saturation below
+# s_max, on 0-255 scales) before scoring: reflections on glossy parts.
+INSPECTION_DEFAULTS = {
+    "threshold": 0.5,
+    "min_area": 64,
+    "max_regions": 20,
+    "specular_mask": False,
+    "specular_v_min": 240,
+    "specular_s_max": 30,
+}
+_INSPECTION_RANGES = {
+    "threshold": (0.05, 10.0),
+    "min_area": (0, 10_000_000),
+    "max_regions": (1, 500),
+    "specular_v_min": (0, 255),
+    "specular_s_max": (0, 255),
+}
+
+
+def inspection_settings(project: Project) -> dict:
+    """The project's inspection settings, defaults filled in."""
+    return {**INSPECTION_DEFAULTS, **(project.inspection or {})}
+
+
+def _checked_inspection(values) -> dict:
+    if not isinstance(values, dict):
+        raise ValidationError({"inspection": 'An object of settings, e.g. {"threshold": 0.6}.'})
+    unknown = set(values) - set(INSPECTION_DEFAULTS)
+    if unknown:
+        known = ", ".join(INSPECTION_DEFAULTS)
+        raise ValidationError(
+            {"inspection": f"Unknown setting(s): {', '.join(sorted(unknown))} (known: {known})."}
+        )
+    for key, value in values.items():
+        if key == "specular_mask":
+            if not isinstance(value, bool):
+                raise ValidationError({"inspection": "specular_mask is true or false."})
+            continue
+        lo, hi = _INSPECTION_RANGES[key]
+        whole = key == "max_regions"
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not lo <= value <= hi or (whole and value != int(value)):
+            kind = "a whole number" if whole else "a number"
+            raise ValidationError({"inspection": f"{key} must be {kind} from {lo} to {hi}."})
+    return values
+
+
 def project_update(
     *,
     user,
@@ -32,9 +81,14 @@ def project_update(
     name: str | None = None,
     description: str | None = None,
     auto_inspect: bool | None = None,
+    inspection: dict | None = None,
 ) -> Project:
-    """Rename or describe a project, or switch inspection of new uploads (project admins)."""
+    """Rename or describe a project, switch inspection of new uploads, or change how
+    inspections make suggestions (``inspection``: some of INSPECTION_DEFAULTS' keys; project
+    admins). Settings apply to runs started afterwards."""
     require_role(user, project, Role.ADMIN)
+    if inspection is not None:
+        project.inspection = {**(project.inspection or {}), **_checked_inspection(inspection)}
     if name is not None:
         name = name.strip()
         if not name:

@@ -287,6 +287,22 @@
         } catch (err) { alert(err.message); auto.checked = !auto.checked; }
       });
     }
+    const settings = document.getElementById("inspection-form");
+    if (settings) {
+      settings.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        const f = new FormData(settings);
+        const inspection = { specular_mask: f.get("specular_mask") === "on" };
+        for (const k of ["threshold", "min_area", "max_regions", "specular_v_min", "specular_s_max"]) {
+          if (f.get(k) !== "") inspection[k] = Number(f.get(k));
+        }
+        const out = document.getElementById("inspection-status");
+        try {
+          await api(root.dataset.projectUrl, { method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ inspection }) });
+          out.textContent = "Saved: the next inspection runs use these settings.";
+        } catch (err) { out.textContent = "Not saved: " + err.message; }
+      });
+    }
     const run = document.getElementById("run-form");
     if (run) {
       run.addEventListener("submit", async (e) => {

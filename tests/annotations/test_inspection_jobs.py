@@ -96,3 +96,67 @@ def test_training_failure_marks_the_version_failed(team, client_for, upload):
     job = Job.objects.get(pk=version.job_id)
     assert version.status == ModelVersion.Status.FAILED and not version.is_active
     assert "input_size" in job.error
+
+
+def grey_part(seed: int, highlight: bool = False) -> bytes:
+    """A flat grey part with fine grain; optionally a white reflection in the middle."""
+    import io
+
+    import numpy as np
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(seed)
+    img = np.clip(128 + rng.normal(0, 3, (128, 128, 3)), 0, 255).astype(np.uint8)
+    if highlight:
+        img[44:84, 44:84] = 255
+    buf = io.BytesIO()
+    PILImage.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_projects_inspection_settings_reach_the_engine(team, client_for, upload):
+    """The specular mask, the minimum area and the rest are the project's; each run keeps the
+    settings it used."""
+    from PIL import Image as PILImage
+
+    from inspection.services.projects import project_update
+    from workers.tasks.anomaly import run_inspection, train_anomaly_model
+    from workers.tasks.runner import run_job
+
+    project, admin = team["project"], team["admin"]
+    api = client_for(admin)
+    normals = [upload(f"n{i}.png", grey_part(seed=i)) for i in range(5)]
+    api.post(f"/api/projects/{project.pk}/images/", {"files": normals, "is_normal": "true"})
+    r = api.post(
+        f"/api/projects/{project.pk}/images/",
+        {"files": [upload("shiny.png", grey_part(seed=9, highlight=True))]},
+    )
+    shiny = r.json()["files"][0]["image_id"]
+    version = model_version_train(
+        user=admin, project=project, architecture="padim", params={"input_size": 64}
+    )
+    assert run_job(str(version.job_id), train_anomaly_model.body) == "succeeded"
+
+    def inspect() -> tuple[int, int, dict]:
+        """Suggestions on the shiny image and its heatmap in the middle of the highlight."""
+        run = inspection_run_start(user=admin, project=project, scope="selected", image_ids=[shiny])
+        assert run_job(str(run.job_id), run_inspection.body) == "succeeded"
+        heat = ImageHeatmap.objects.get(run=run)
+        with default_storage.open(heat.path) as fh:
+            middle = PILImage.open(fh).getpixel((64, 64))
+        run.refresh_from_db()
+        return Suggestion.objects.filter(run=run).count(), middle, run.params
+
+    found, middle, params = inspect()
+    assert found >= 1 and middle > 128  # the reflection is an anomaly to the model
+    assert params["specular_mask"] is False and params["min_area"] == 64
+
+    project_update(user=admin, project=project, inspection={"specular_mask": True})
+    found, middle, params = inspect()
+    assert middle == 0 and params["specular_mask"] is True  # masked before scoring
+
+    project_update(
+        user=admin, project=project, inspection={"specular_mask": False, "min_area": 100_000}
+    )
+    found, middle, params = inspect()
+    assert found == 0 and middle > 128  # nothing is that large: no suggestion

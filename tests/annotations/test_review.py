@@ -455,3 +455,23 @@ def test_a_defect_on_a_normal_image_makes_it_not_normal(loop, client_for):
     image.refresh_from_db()
     assert not image.is_normal and image.verdict == "" and image.status == "labeled"
     assert image not in training_images(loop["project"])
+
+
+def test_inspection_settings_on_the_models_and_run_pages(loop, client):
+    from inspection.services.projects import project_update
+
+    project = loop["project"]
+    client.force_login(loop["reviewer"])
+    page = client.get(f"/projects/{project.pk}/models/").content.decode()
+    assert "Run inspection" in page and "inspection-form" not in page  # admins only
+    project_update(user=loop["admin"], project=project, inspection={"threshold": 0.8})
+    client.force_login(loop["admin"])
+    page = client.get(f"/projects/{project.pk}/models/").content.decode()
+    assert "(changed)" in page and 'name="threshold" type="number"' in page
+    assert 'value="0.8"' in page and 'value="64"' in page
+    loop["run"].params = {**project.inspection, "min_area": 64, "max_regions": 20}
+    loop["run"].params |= {"specular_mask": True, "specular_v_min": 230, "specular_s_max": 30}
+    loop["run"].save()
+    page = client.get(f"/runs/{loop['run'].pk}/").content.decode()
+    assert "calibrated score 0.8 up, at least 64 px, at most 20 per image" in page
+    assert "specular mask on (value &gt; 230, saturation &lt; 30)" in page

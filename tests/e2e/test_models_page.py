@@ -67,10 +67,19 @@ def test_train_tiles_and_inspect_from_the_models_page(page, celery_worker, team,
     assert "tiles of 256 px at full resolution" in row.inner_text()
     assert "active" in row.inner_text()
 
-    # inspect: the run page opens when the job is done
+    # how heatmaps become suggestions: a smaller minimum area, saved for the next runs
+    page.click("#inspection-settings summary")
+    page.fill("#inspection-form input[name=min_area]", "32")
+    page.click("#inspection-form button[type=submit]")
+    page.get_by_text("Saved: the next inspection runs use these settings.").wait_for()
+    project.refresh_from_db()
+    assert project.inspection["min_area"] == 32 and project.inspection["specular_mask"] is False
+
+    # inspect: the run page opens when the job is done, and says which settings it used
     page.select_option("#run-form select[name=scope]", "new")
     page.click("#run-form button[type=submit]")
     page.wait_for_url("**/runs/*/", timeout=180_000)
+    assert "at least 32 px, at most 20 per image" in page.locator("#run-settings").inner_text()
     heatmap = ImageHeatmap.objects.get(image=scratched)
     with default_storage.open(heatmap.path) as fh:
         assert PILImage.open(fh).size == (1024, 768)  # the whole photo, at most 1024 px

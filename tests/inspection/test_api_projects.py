@@ -228,3 +228,41 @@ def test_a_removed_member_loses_the_projects_jobs(team, client_for):
     member_remove(user=team["admin"], project=team["project"], username="ann")
     assert client_for(team["annotator"]).get(f"/api/jobs/{job.pk}/").status_code == 404
     assert client_for(team["annotator"]).get("/api/jobs/").json()["results"] == []
+
+
+def test_inspection_settings_are_checked_stored_and_shown_with_defaults(team, client_for):
+    project, url = team["project"], f"/api/projects/{team['project'].pk}/"
+    admin = client_for(team["admin"])
+    body = admin.get(url).json()
+    assert body["inspection"] == {
+        "threshold": 0.5,
+        "min_area": 64,
+        "max_regions": 20,
+        "specular_mask": False,
+        "specular_v_min": 240,
+        "specular_s_max": 30,
+    }
+    r = admin.patch(url, {"inspection": {"threshold": 0.7, "specular_mask": True}}, "json")
+    assert r.status_code == 200
+    assert r.json()["inspection"]["threshold"] == 0.7 and r.json()["inspection"]["min_area"] == 64
+    r = admin.patch(url, {"inspection": {"max_regions": 5}}, "json")  # the others stay
+    want = {**body["inspection"], "threshold": 0.7, "specular_mask": True, "max_regions": 5}
+    assert r.json()["inspection"] == want
+    for bad, says in [
+        ({"threshold": 0}, "threshold must be a number from 0.05 to 10.0"),
+        ({"threshold": "high"}, "threshold must be a number"),
+        ({"max_regions": 2.5}, "max_regions must be a whole number"),
+        ({"specular_v_min": 300}, "specular_v_min must be a number from 0 to 255"),
+        ({"specular_mask": 1}, "specular_mask is true or false"),
+        ({"min_area": True}, "min_area must be a number"),
+        ({"sensitivity": 3}, "Unknown setting(s): sensitivity"),
+        ([1, 2], "An object of settings"),
+    ]:
+        r = admin.patch(url, {"inspection": bad}, "json")
+        assert r.status_code == 400 and says in r.json()["error"], (bad, r.json())
+    project.refresh_from_db()
+    assert project.inspection == {"threshold": 0.7, "specular_mask": True, "max_regions": 5}
+    r = client_for(team["reviewer"]).patch(url, {"inspection": {"threshold": 0.9}}, "json")
+    assert r.status_code == 403
+    r = admin.post("/api/projects/", {"name": "P2", "inspection": {"threshold": -1}}, "json")
+    assert r.status_code == 400 and not Project.objects.filter(name="P2").exists()

@@ -215,9 +215,31 @@ def _inspect_chunk(ctx, run, version, model, chunk: list[int], start: int, total
                 raise anomaly.Cancelled() from None
 
         paths = [p for _, p in ready]
-        with contextlib.closing(anomaly.predict_many(model, paths, progress=report)) as results:
+        config = _predict_config(run.params)
+        with contextlib.closing(
+            anomaly.predict_many(model, paths, config, progress=report)
+        ) as results:
             for (image, _), (path, prediction) in zip(ready, results, strict=True):
                 yield image.pk, _outcome(run, version, image, path, prediction)
+
+
+def _predict_config(params: dict):
+    """The engine's settings for a run's inspection settings (runs from before there were
+    settings have none stored: the defaults)."""
+    from inspection.services.projects import INSPECTION_DEFAULTS
+
+    anomaly = _engine()
+    s = {**INSPECTION_DEFAULTS, **(params or {})}
+    return anomaly.PredictConfig(
+        specular_mask=bool(s["specular_mask"]),
+        specular_v_min=float(s["specular_v_min"]),
+        specular_s_max=float(s["specular_s_max"]),
+        regions=anomaly.RegionConfig(
+            threshold=float(s["threshold"]),
+            min_area=float(s["min_area"]),
+            top_k=int(s["max_regions"]),
+        ),
+    )
 
 
 def _outcome(run, version, image, path: str, prediction) -> dict:
