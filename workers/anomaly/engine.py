@@ -862,6 +862,14 @@ def _calibrate(
     pixel_thr = float(np.quantile(allpix, quantile))
     image_lo = float(np.median(scores))
     image_thr = float(scores.max())
+    rule, quantile_thr = "quantile", pixel_thr
+    if model.geometry.scale is not None and image_lo > pixel_thr:
+        # A pixel quantile is not a rate of false regions on large images: 0.1 % of a 20 MP
+        # map is 20 000 pixels above the threshold on every normal photo, which made 20
+        # suggestions per normal 20 MP mosaic. Tiled models also need the threshold to reach
+        # the peak of a typical normal image (the median of their maxima): about half the
+        # normal images then show one region at most, the rest none.
+        pixel_thr, rule = image_lo, "median of normal images' maxima"
     if image_thr - image_lo < 0.05 * abs(image_thr):
         # one image (or identical scores): the max alone says nothing about the spread
         image_lo = image_thr - 0.05 * abs(image_thr) - 1e-9
@@ -871,6 +879,8 @@ def _calibrate(
         "image_lo": image_lo,
         "image_threshold": image_thr,
         "pixel_quantile": quantile,
+        "pixel_threshold_rule": rule,
+        "pixel_quantile_threshold": quantile_thr,
         "images": len(paths),
     }
 
