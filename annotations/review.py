@@ -31,13 +31,28 @@ def suggestions_store(
     """Store a model's regions for an image as pending suggestions.
 
     Re-running the same model version on the same image never duplicates: when that pair already
-    has suggestions, nothing new is stored.
+    has suggestions made with the same inspection settings, nothing new is stored. With other
+    settings (a new threshold, the specular mask...), the suggestions nobody decided yet are
+    replaced by the new ones; decided ones stay, and a region on the place of a decided one is
+    not suggested again.
     """
-    if Suggestion.objects.filter(image=image, model_version=model_version).exists():
-        return []
+    existing = Suggestion.objects.filter(image=image, model_version=model_version)
+    decided: list[tuple] = []
+    if existing.exists():
+        made_with = (
+            existing.filter(run__isnull=False).order_by("-run_id").values_list("run", flat=True)
+        ).first()
+        previous = InspectionRun.objects.filter(pk=made_with).values_list("params", flat=True)
+        if run is None or _settings(previous.first()) == _settings(run.params):
+            return []
+        kept = existing.exclude(status=Suggestion.Status.PENDING)
+        decided = [_bounds(g) for g in kept.values_list("geometry", flat=True)]
+        existing.filter(status=Suggestion.Status.PENDING).delete()
     created = []
     for region in regions:
         x, y, w, h = region.box
+        if any(_iou((x, y, x + w, y + h), box) >= 0.5 for box in decided):
+            continue  # accepted or rejected already
         geometry = None
         if len(region.polygon) >= 3:
             try:
@@ -70,6 +85,35 @@ def suggestions_store(
             )
         )
     return Suggestion.objects.bulk_create(created)
+
+
+def _settings(params: dict | None) -> dict:
+    from inspection.services.projects import INSPECTION_DEFAULTS
+
+    return {**INSPECTION_DEFAULTS, **(params or {})}
+
+
+def _bounds(geometry: dict) -> tuple:
+    if geometry["type"] == "box":
+        return (
+            geometry["x"],
+            geometry["y"],
+            geometry["x"] + geometry["w"],
+            geometry["y"] + geometry["h"],
+        )
+    xs = [p[0] for p in geometry["points"]]
+    ys = [p[1] for p in geometry["points"]]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _iou(a: tuple, b: tuple) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 # --- decisions ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ class MembershipInline(admin.TabularInline):
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
     list_display = ["name", "created_by", "created_at"]
+    readonly_fields = ["inspection"]  # checked by the service: the models page or the API
     inlines = [MembershipInline]
 
 

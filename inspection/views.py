@@ -296,10 +296,11 @@ def run_page(request, pk):
         InspectionRun.objects.select_related("project", "model_version", "job"), pk=pk
     )
     require_role(request.user, run.project)
+    default = (run.params or {}).get("threshold", 0.5)  # the score the run suggested from
     try:
-        threshold = float(request.GET.get("threshold", 0.5))
+        threshold = float(request.GET.get("threshold", default))
     except ValueError:
-        threshold = 0.5
+        threshold = default
     figures = run_figures(run, threshold=threshold)
     failed = [(image_id, r["error"]) for image_id, r in (run.results or {}).items() if "error" in r]
     return render(

@@ -62,6 +62,7 @@ class RunSerializer(serializers.ModelSerializer):
             "model_version",
             "scope",
             "image_count",
+            "params",
             "job",
             "created_by",
             "created_at",
@@ -175,7 +176,8 @@ class RunView(APIView):
         run = get_object_or_404(InspectionRun.objects.select_related("project"), pk=pk)
         require_role(request.user, run.project, Role.ANNOTATOR)
         try:
-            threshold = float(request.query_params.get("threshold", 0.5))
+            default = (run.params or {}).get("threshold", 0.5)  # the score it suggested from
+            threshold = float(request.query_params.get("threshold", default))
         except ValueError:
             return Response(
                 {"error": "threshold must be a number."}, status=status.HTTP_400_BAD_REQUEST

@@ -41,8 +41,9 @@ _INSPECTION_RANGES = {
     "threshold": (0.05, 10.0),
     "min_area": (0, 10_000_000),
     "max_regions": (1, 500),
-    "specular_v_min": (0, 255),
-    "specular_s_max": (0, 255),
+    # the mask is value > v_min and saturation < s_max: 255 or 0 would mask nothing
+    "specular_v_min": (0, 254),
+    "specular_s_max": (1, 255),
 }
 
 
@@ -71,6 +72,8 @@ def _checked_inspection(values) -> dict:
         if not ok or not lo <= value <= hi or (whole and value != int(value)):
             kind = "a whole number" if whole else "a number"
             raise ValidationError({"inspection": f"{key} must be {kind} from {lo} to {hi}."})
+    if "max_regions" in values:
+        values = {**values, "max_regions": int(values["max_regions"])}
     return values
 
 

@@ -5,7 +5,7 @@ from django.core.files.storage import default_storage
 from django.test import Client
 
 from annotations.models import Suggestion
-from inspection.models import Image, ImageHeatmap, Job, ModelVersion
+from inspection.models import Image, ImageHeatmap, InspectionRun, Job, ModelVersion
 from inspection.services.inspections import inspection_run_start, model_version_train
 from tests.conftest import image_bytes
 
@@ -154,9 +154,14 @@ def test_a_projects_inspection_settings_reach_the_engine(team, client_for, uploa
     project_update(user=admin, project=project, inspection={"specular_mask": True})
     found, middle, params = inspect()
     assert middle == 0 and params["specular_mask"] is True  # masked before scoring
+    # the rerun with other settings replaced the first run's undecided suggestions
+    left = Suggestion.objects.filter(image_id=shiny, model_version=version)
+    latest = InspectionRun.objects.latest("id").pk
+    assert set(left.values_list("run_id", flat=True)) <= {latest} and left.count() == found
 
     project_update(
         user=admin, project=project, inspection={"specular_mask": False, "min_area": 100_000}
     )
     found, middle, params = inspect()
     assert found == 0 and middle > 128  # nothing is that large: no suggestion
+    assert not Suggestion.objects.filter(image_id=shiny, model_version=version).exists()

@@ -81,6 +81,39 @@ def test_rerun_never_duplicates(loop):
     assert again == [] and Suggestion.objects.filter(image=loop["images"][0]).count() == 2
 
 
+def test_rerun_with_new_settings_replaces_what_nobody_decided(loop, client_for):
+    image, version = loop["images"][0], loop["version"]
+    accepted, pending = loop["suggestions"]  # at (10, 10) and (100, 50)
+    r = client_for(loop["reviewer"]).post(
+        f"/api/suggestions/{accepted.pk}/accept/", {"category": loop["crack"].pk}, format="json"
+    )
+    assert r.status_code == 201
+    rerun = InspectionRun.objects.create(
+        project=loop["project"], model_version=version, image_ids=[image.pk],
+        params={"threshold": 0.7, "specular_mask": True},
+    )  # fmt: skip
+    made = suggestions_store(
+        image=image,
+        run=rerun,
+        model_version=version,
+        regions=[
+            FakeRegion([10, 10, 21, 20], square(10, 10, 21), 0.95),  # the accepted place again
+            FakeRegion([150, 20, 8, 8], square(150, 20, 8), 0.8),  # new
+        ],
+    )
+    assert [s.geometry["points"][0] for s in made] == [[150, 20]]
+    left = Suggestion.objects.filter(image=image).order_by("id")
+    assert [(s.pk, s.status) for s in left] == [(accepted.pk, "accepted"), (made[0].pk, "pending")]
+    assert not Suggestion.objects.filter(pk=pending.pk).exists()
+    # the same settings again: nothing new
+    again = InspectionRun.objects.create(
+        project=loop["project"], model_version=version, image_ids=[image.pk],
+        params={"specular_mask": True, "threshold": 0.7, "min_area": 64},
+    )  # fmt: skip
+    regions = [FakeRegion([150, 20, 8, 8], square(150, 20, 8), 0.8)]
+    assert suggestions_store(image=image, run=again, model_version=version, regions=regions) == []
+
+
 def test_queue_ordered_by_score_with_filters(loop, client_for):
     url = f"/api/projects/{loop['project'].pk}/suggestions/"
     got = client_for(loop["reviewer"]).get(url, {"status": "pending"}).json()["results"]
@@ -457,7 +490,7 @@ def test_a_defect_on_a_normal_image_makes_it_not_normal(loop, client_for):
     assert image not in training_images(loop["project"])
 
 
-def test_inspection_settings_on_the_models_and_run_pages(loop, client):
+def test_inspection_settings_on_the_models_and_run_pages(loop, client, client_for):
     from inspection.services.projects import project_update
 
     project = loop["project"]
@@ -475,3 +508,8 @@ def test_inspection_settings_on_the_models_and_run_pages(loop, client):
     page = client.get(f"/runs/{loop['run'].pk}/").content.decode()
     assert "calibrated score 0.8 up, at least 64 px, at most 20 per image" in page
     assert "specular mask on (value &gt; 230, saturation &lt; 30)" in page
+    # its figures count from the score it suggested from, unless asked otherwise
+    body = client_for(loop["admin"]).get(f"/api/runs/{loop['run'].pk}/").json()
+    assert body["params"]["threshold"] == 0.8 and body["figures"]["threshold"] == 0.8
+    body = client_for(loop["admin"]).get(f"/api/runs/{loop['run'].pk}/", {"threshold": 0.5})
+    assert body.json()["figures"]["threshold"] == 0.5

@@ -245,14 +245,15 @@ def test_inspection_settings_are_checked_stored_and_shown_with_defaults(team, cl
     r = admin.patch(url, {"inspection": {"threshold": 0.7, "specular_mask": True}}, "json")
     assert r.status_code == 200
     assert r.json()["inspection"]["threshold"] == 0.7 and r.json()["inspection"]["min_area"] == 64
-    r = admin.patch(url, {"inspection": {"max_regions": 5}}, "json")  # the others stay
+    r = admin.patch(url, {"inspection": {"max_regions": 5.0}}, "json")  # the others stay
     want = {**body["inspection"], "threshold": 0.7, "specular_mask": True, "max_regions": 5}
     assert r.json()["inspection"] == want
     for bad, says in [
         ({"threshold": 0}, "threshold must be a number from 0.05 to 10.0"),
         ({"threshold": "high"}, "threshold must be a number"),
         ({"max_regions": 2.5}, "max_regions must be a whole number"),
-        ({"specular_v_min": 300}, "specular_v_min must be a number from 0 to 255"),
+        ({"specular_v_min": 255}, "specular_v_min must be a number from 0 to 254"),
+        ({"specular_s_max": 0}, "specular_s_max must be a number from 1 to 255"),
         ({"specular_mask": 1}, "specular_mask is true or false"),
         ({"min_area": True}, "min_area must be a number"),
         ({"sensitivity": 3}, "Unknown setting(s): sensitivity"),
@@ -262,6 +263,7 @@ def test_inspection_settings_are_checked_stored_and_shown_with_defaults(team, cl
         assert r.status_code == 400 and says in r.json()["error"], (bad, r.json())
     project.refresh_from_db()
     assert project.inspection == {"threshold": 0.7, "specular_mask": True, "max_regions": 5}
+    assert isinstance(project.inspection["max_regions"], int)  # shown as 5, not 5.0
     r = client_for(team["reviewer"]).patch(url, {"inspection": {"threshold": 0.9}}, "json")
     assert r.status_code == 403
     r = admin.post("/api/projects/", {"name": "P2", "inspection": {"threshold": -1}}, "json")

@@ -439,8 +439,14 @@ def train(
     # in <out_dir>/coarse and referenced by the main artifact; trained first so that the main
     # model.pt (written last, atomically) never points at a missing coarse model.
     coarse_config = replace(config, scale=None, coarse_pass=False)
+    # its map joins the tiled one at full size, so it takes the tiled threshold rule too
     coarse = _train_one(
-        coarse_config, normal_image_paths, Path(out_dir) / "coarse", _Phase(progress, 0, 0.3), None
+        coarse_config,
+        normal_image_paths,
+        Path(out_dir) / "coarse",
+        _Phase(progress, 0, 0.3),
+        None,
+        peak_floor=True,
     )
     return _train_one(config, normal_image_paths, out_dir, _Phase(progress, 0.3, 1.0), coarse)
 
@@ -451,7 +457,12 @@ def _train_one(
     out_dir: str | Path,
     progress: ProgressCallback,
     coarse: TrainResult | None,
+    peak_floor: bool | None = None,
 ) -> TrainResult:
+    """One model; ``peak_floor`` (default: tiled models) raises the pixel threshold to the
+    typical normal image's peak (see :func:`_calibrate`)."""
+    if peak_floor is None:
+        peak_floor = config.scale is not None
     configure_offline(Path(config.models_dir) if config.models_dir else None)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -535,7 +546,11 @@ def _train_one(
     )
     progress(0.88, "calibrating")
     calibration = _calibrate(
-        loaded, cal_paths or train_paths, config.pixel_quantile, _Phase(progress, 0.88, 0.99)
+        loaded,
+        cal_paths or train_paths,
+        config.pixel_quantile,
+        _Phase(progress, 0.88, 0.99),
+        peak_floor,
     )
     calibration["on_training_images"] = not cal_paths
     loaded.calibration = calibration
@@ -842,9 +857,16 @@ def normalise(raw: np.ndarray | float, lo: float, threshold: float) -> np.ndarra
 
 
 def _calibrate(
-    model: LoadedModel, paths: list[Path], quantile: float, progress: ProgressCallback
+    model: LoadedModel,
+    paths: list[Path],
+    quantile: float,
+    progress: ProgressCallback,
+    peak_floor: bool = False,
 ) -> dict:
-    """Pixel and image thresholds from normal images (held out from training when possible)."""
+    """Pixel and image thresholds from normal images (held out from training when possible).
+
+    ``peak_floor``: the pixel threshold is at least the median of the images' maxima (tiled
+    models, and the whole-image pass that joins a tiled model's map)."""
     pixels, image_scores = [], []
     config = PredictConfig()
     rng = np.random.default_rng(0)
@@ -863,12 +885,12 @@ def _calibrate(
     image_lo = float(np.median(scores))
     image_thr = float(scores.max())
     rule, quantile_thr = "quantile", pixel_thr
-    if model.geometry.scale is not None and image_lo > pixel_thr:
+    if peak_floor and image_lo > pixel_thr:
         # A pixel quantile is not a rate of false regions on large images: 0.1 % of a 20 MP
         # map is 20 000 pixels above the threshold on every normal photo, which made 20
-        # suggestions per normal 20 MP mosaic. Tiled models also need the threshold to reach
-        # the peak of a typical normal image (the median of their maxima): about half the
-        # normal images then show one region at most, the rest none.
+        # suggestions on a normal 19 MP mosaic. Tiled models also need the threshold to reach
+        # the peak of a typical normal image (the median of their maxima), so that a typical
+        # normal image shows no region.
         pixel_thr, rule = image_lo, "median of normal images' maxima"
     if image_thr - image_lo < 0.05 * abs(image_thr):
         # one image (or identical scores): the max alone says nothing about the spread
