@@ -90,8 +90,7 @@ def project_update(
     inspections make suggestions (``inspection``: some of INSPECTION_DEFAULTS' keys; project
     admins). Settings apply to runs started afterwards."""
     require_role(user, project, Role.ADMIN)
-    if inspection is not None:
-        project.inspection = {**(project.inspection or {}), **_checked_inspection(inspection)}
+    fields = []
     if name is not None:
         name = name.strip()
         if not name:
@@ -99,11 +98,23 @@ def project_update(
         if Project.objects.filter(name__iexact=name).exclude(pk=project.pk).exists():
             raise ValidationError({"name": f"A project named '{name}' already exists."})
         project.name = name
+        fields.append("name")
     if description is not None:
         project.description = description
+        fields.append("description")
     if auto_inspect is not None:
         project.auto_inspect = auto_inspect
-    project.save()
+        fields.append("auto_inspect")
+    checked = _checked_inspection(inspection) if inspection is not None else None
+    with transaction.atomic():
+        # two admins saving at once: each merges into what the other stored, and only the
+        # fields given are written
+        if checked is not None:
+            stored = Project.objects.select_for_update().get(pk=project.pk).inspection
+            project.inspection = {**(stored or {}), **checked}
+            fields.append("inspection")
+        if fields:
+            project.save(update_fields=fields)
     return project
 
 
