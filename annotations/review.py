@@ -13,11 +13,12 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from annotations.geometry import GeometryError, normalize_geometry
+from annotations.geometry import GeometryError, bounds, normalize_geometry
 from annotations.models import Annotation, Review, Suggestion
 from annotations.services import ConflictError, _category_of, _clean_geometry
 from inspection.models import Image, InspectionRun, ModelVersion, Role
 from inspection.permissions import has_role, require_role
+from inspection.services.projects import with_inspection_defaults
 
 REJECT_REASONS = {key for key, _ in Review.REJECT_REASONS}
 
@@ -39,14 +40,17 @@ def suggestions_store(
     existing = Suggestion.objects.filter(image=image, model_version=model_version)
     decided: list[tuple] = []
     if existing.exists():
-        made_with = (
-            existing.filter(run__isnull=False).order_by("-run_id").values_list("run", flat=True)
+        # the settings of the latest run that stored suggestions here (none: the defaults)
+        previous = (
+            existing.filter(run__isnull=False)
+            .order_by("-run_id")
+            .values_list("run__params", flat=True)
         ).first()
-        previous = InspectionRun.objects.filter(pk=made_with).values_list("params", flat=True)
-        if run is None or _settings(previous.first()) == _settings(run.params):
+        same = with_inspection_defaults(previous) == with_inspection_defaults(run and run.params)
+        if run is None or same:
             return []
         kept = existing.exclude(status=Suggestion.Status.PENDING)
-        decided = [_bounds(g) for g in kept.values_list("geometry", flat=True)]
+        decided = [bounds(g) for g in kept.values_list("geometry", flat=True)]
         existing.filter(status=Suggestion.Status.PENDING).delete()
     created = []
     for region in regions:
@@ -85,25 +89,6 @@ def suggestions_store(
             )
         )
     return Suggestion.objects.bulk_create(created)
-
-
-def _settings(params: dict | None) -> dict:
-    from inspection.services.projects import INSPECTION_DEFAULTS
-
-    return {**INSPECTION_DEFAULTS, **(params or {})}
-
-
-def _bounds(geometry: dict) -> tuple:
-    if geometry["type"] == "box":
-        return (
-            geometry["x"],
-            geometry["y"],
-            geometry["x"] + geometry["w"],
-            geometry["y"] + geometry["h"],
-        )
-    xs = [p[0] for p in geometry["points"]]
-    ys = [p[1] for p in geometry["points"]]
-    return min(xs), min(ys), max(xs), max(ys)
 
 
 def _iou(a: tuple, b: tuple) -> float:

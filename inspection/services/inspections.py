@@ -15,7 +15,7 @@ from django.db.models import Max
 from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion, Project, Role
 from inspection.permissions import require_role
 from inspection.services.jobs import job_enqueue
-from inspection.services.projects import inspection_settings
+from inspection.services.projects import inspection_settings, is_number
 
 ARCHITECTURES = ("padim", "patchcore", "efficientad")
 # TrainConfig fields a user may set from the API (everything else stays at the engine default).
@@ -40,18 +40,14 @@ MIN_NORMAL_IMAGES = 2
 TILES_FROM_LONG_SIDE = 1024
 
 
-def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _check_geometry(params: dict) -> None:
     """Whole image or tiles: the parameters the training job would otherwise refuse later."""
     scale = params.get("scale")
-    if scale is not None and not (_number(scale) and 0 < scale <= 4):
+    if scale is not None and not (is_number(scale) and 0 < scale <= 4):
         what = "scale is the tiles' resolution, in (0, 4] (1 = full resolution), or null"
         raise ValidationError({"params": f"{what} to resize each whole image to the input size."})
     overlap = params.get("tile_overlap", 0.25)
-    if not (_number(overlap) and 0 <= overlap < 0.9):
+    if not (is_number(overlap) and 0 <= overlap < 0.9):
         raise ValidationError({"params": "tile_overlap is a fraction of a tile in [0, 0.9)."})
     coarse = params.get("coarse_pass", False)
     if not isinstance(coarse, bool):

@@ -47,9 +47,19 @@ _INSPECTION_RANGES = {
 }
 
 
+def with_inspection_defaults(values: dict | None) -> dict:
+    """Stored inspection settings (a project's, or a run's ``params``), defaults filled in."""
+    return {**INSPECTION_DEFAULTS, **(values or {})}
+
+
 def inspection_settings(project: Project) -> dict:
     """The project's inspection settings, defaults filled in."""
-    return {**INSPECTION_DEFAULTS, **(project.inspection or {})}
+    return with_inspection_defaults(project.inspection)
+
+
+def is_number(value) -> bool:
+    """An int or float from JSON, not a bool (which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _checked_inspection(values) -> dict:
@@ -68,8 +78,7 @@ def _checked_inspection(values) -> dict:
             continue
         lo, hi = _INSPECTION_RANGES[key]
         whole = key == "max_regions"
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not lo <= value <= hi or (whole and value != int(value)):
+        if not is_number(value) or not lo <= value <= hi or (whole and value != int(value)):
             kind = "a whole number" if whole else "a number"
             raise ValidationError({"inspection": f"{key} must be {kind} from {lo} to {hi}."})
     if "max_regions" in values:

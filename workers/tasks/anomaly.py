@@ -226,10 +226,10 @@ def _inspect_chunk(ctx, run, version, model, chunk: list[int], start: int, total
 def _predict_config(params: dict):
     """The engine's settings for a run's inspection settings (runs from before there were
     settings have none stored: the defaults)."""
-    from inspection.services.projects import INSPECTION_DEFAULTS
+    from inspection.services.projects import with_inspection_defaults
 
     anomaly = _engine()
-    s = {**INSPECTION_DEFAULTS, **(params or {})}
+    s = with_inspection_defaults(params)
     return anomaly.PredictConfig(
         specular_mask=bool(s["specular_mask"]),
         specular_v_min=float(s["specular_v_min"]),
