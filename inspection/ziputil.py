@@ -9,6 +9,7 @@ encrypted entries.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import zipfile
 import zlib
@@ -151,4 +152,5 @@ def safe_extract_tree(
             out.skipped.append((name, f"cannot be unpacked here ({exc.strerror or exc})"))
             continue
         out.files.append((name, target))
+    shutil.rmtree(flat_dir, ignore_errors=True)  # only the emptied index folders are left
     return out

@@ -1,7 +1,8 @@
 """Dataset formats: one module per format, pure read/write/validate functions.
 
 Nothing here imports Django or Celery; services and jobs convert between the ORM and the neutral
-model in ``model.py`` and call these functions with paths.
+model in ``model.py`` and call these functions with paths. Each format module registers its
+exporters and importers in ``registry.py`` (the one table the app lists and looks formats up in).
 """
 
 from .model import (

@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+# Every image suffix the formats read (compared lower-cased, so ``.PNG`` counts).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+# Left in folders by archivers and file browsers, never part of a dataset.
+_JUNK_NAMES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a visible regular file whose suffix (any case) is an image suffix."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(path) and path.is_file()
+
+
+def is_hidden(path: Path) -> bool:
+    """Dot files (``.DS_Store``, AppleDouble ``._x.png``, ziputil's ``.flat``) and archiver junk."""
+    return path.name.startswith(".") or path.name in _JUNK_NAMES
+
+
+def find_root(folder: str | os.PathLike[str], *, layout_names: Collection[str] = ()) -> Path:
+    """The dataset root inside an unpacked upload.
+
+    When everything visible in ``folder`` sits in one folder (``my_dataset/...``, as zipping a
+    folder gives), that folder is the root; otherwise ``folder`` itself is. A single folder whose
+    name (any case) is in ``layout_names`` is part of the layout itself (an MVTec zip holding only
+    ``train/``), so ``folder`` stays the root. One level only: ``a/b/...`` gives ``a``.
+    """
+    root = Path(folder)
+    entries = [p for p in root.iterdir() if not is_hidden(p)] if root.is_dir() else []
+    keep = {name.lower() for name in layout_names}
+    if len(entries) == 1 and entries[0].is_dir() and entries[0].name.lower() not in keep:
+        return entries[0]
+    return root
 
 
 def image_size(path: Path) -> tuple[int, int] | str:

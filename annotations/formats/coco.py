@@ -38,7 +38,7 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ._files import IMAGE_SUFFIXES, image_size, place_file
+from ._files import IMAGE_SUFFIXES, find_root, image_size, place_file
 from .model import (
     SPLITS,
     Category,
@@ -54,6 +54,7 @@ from .model import (
     safe_relative_name,
     unique_export_names,
 )
+from .registry import exporter, importer
 
 __all__ = ["to_coco_dict", "write_coco", "read_coco", "read_coco_folder", "category_ids"]
 
@@ -168,7 +169,20 @@ def write_coco(
     return written
 
 
+@exporter("coco", label="COCO JSON per split")
+def export_coco(dataset: Dataset, out_dir: Path) -> dict[str, Any]:
+    """Registry entry: ``write_coco`` with the images."""
+    write_coco(dataset, out_dir)
+    return {}
+
+
 # --- reading -------------------------------------------------------------------------------------
+
+
+@importer("coco", label="COCO JSON", label_source="import")
+def import_coco(root: Path) -> ImportReport:
+    """Registry entry: ``read_coco_folder`` on the folder, or on its one top folder."""
+    return read_coco_folder(find_root(root))
 
 
 def _split_from_name(name: str) -> str:

@@ -32,6 +32,8 @@ class DatasetImage:
     ``key`` is the stable identity (the caller's image id or, on import, the relative file path);
     ``file_name`` is the name written into exports; ``path`` is where the pixels are, when known.
     ``is_negative`` marks a confirmed defect-free image (it has no shapes on purpose).
+    ``group`` is the folder an import found it in, when the layout gives it a meaning
+    (``"train/good"``, ``"test/crack"`` in MVTec AD); the app stores it as the image's source folder.
     """
 
     key: str
@@ -41,6 +43,7 @@ class DatasetImage:
     split: str = "train"
     is_negative: bool = False
     path: Path | None = None
+    group: str = ""
 
 
 @dataclass

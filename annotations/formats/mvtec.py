@@ -1,4 +1,4 @@
-"""MVTec-AD layout for anomaly training and evaluation (write only).
+"""MVTec-AD layout: the one owner of its rules, with a writer and a reader.
 
 ::
 
@@ -8,17 +8,34 @@
                                              holds only good images)
     ground_truth/<category>/<stem>_mask.png  0/255 single-channel mask, the image's size
 
-An image whose shapes are all of one category goes to that category's folder; an image with
-several categories goes to ``combined`` (the name MVTec AD itself uses). An image without shapes
-counts as good. Image files are copied byte for byte, keeping their format (anomalib matches
-masks to images by stem). Category names become folder names with characters outside
-``[A-Za-z0-9._-]`` replaced by ``_``; a category named ``good`` or ``combined`` gets a ``_defect``
-suffix so it cannot be mistaken for those folders.
+Rules shared by the writer, the reader (``read_mvtec``) and ``workers.anomaly.datasets``:
+
+* image files: any suffix in ``IMAGE_SUFFIXES``, in any case (``.PNG`` too); dot files are not
+  images (``list_images``);
+* a defect image's mask is ``ground_truth/<type>/<stem>_mask.<ext>`` or ``<stem>.<ext>`` (any
+  image suffix, any case), found by the image's exact stem, never by sorted order
+  (``mask_candidates``, ``match_masks``); two candidates for one image, or one mask named by two
+  images, is ambiguous and never guessed. The writer writes ``<stem>_mask.png``.
+
+Writing (``write_mvtec``): an image whose shapes are all of one category goes to that category's
+folder; an image with several categories goes to ``combined`` (the name MVTec AD itself uses). An
+image without shapes counts as good. Image files are copied byte for byte, keeping their format
+(anomalib matches masks to images by stem). Category names become folder names with characters
+outside ``[A-Za-z0-9._-]`` replaced by ``_``; a category named ``good`` or ``combined`` gets a
+``_defect`` suffix so it cannot be mistaken for those folders.
 
 Masks are rasterised with the pixel-centre rule: a pixel is on when its centre lies inside a
 shape (a box ``(x, y, w, h)`` covers columns ``ceil(x - 0.5)`` to ``ceil(x + w - 0.5) - 1``, so a
 box on whole pixels covers exactly those pixels); every shape covers at least one pixel, so tiny
 defects do not vanish from the mask.
+
+Reading (``read_mvtec``): ``train/good`` images are negatives of split train; ``test/<type>``
+images are split test and NOT negatives, ``test/good`` included (they are for evaluation, so they
+stay unlabeled); each defect image's mask becomes polygons of category ``<type>``
+(``mask_to_polygons``). Each image's ``group`` is its folder (``"train/good"``, ``"test/crack"``).
+Refused one by one, with the reason: unreadable images, unreadable masks, masks whose size is not
+the image's, defect images without a mask (the image itself still imports), masks without an
+image.
 """
 
 from __future__ import annotations
@@ -27,23 +44,146 @@ import math
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 
-from ._files import place_file
-from .model import Dataset, Shape, unique_export_names
+from ._files import IMAGE_SUFFIXES, find_root, image_size, is_hidden, is_image_file, place_file
+from .model import (
+    Category,
+    Dataset,
+    DatasetImage,
+    FormatError,
+    ImportReport,
+    Shape,
+    unique_export_names,
+)
+from .registry import exporter, importer
 
-__all__ = ["write_mvtec", "rasterize_mask", "folder_name"]
+__all__ = [
+    "COMBINED",
+    "GOOD",
+    "GROUND_TRUTH",
+    "IMAGE_SUFFIXES",
+    "MASK_SUFFIX",
+    "TEST",
+    "TRAIN",
+    "MaskMatch",
+    "MvtecLayoutError",
+    "folder_name",
+    "is_mvtec_root",
+    "list_images",
+    "mask_candidates",
+    "mask_file_name",
+    "mask_to_polygons",
+    "match_masks",
+    "rasterize_mask",
+    "read_mvtec",
+    "type_dirs",
+    "write_mvtec",
+]
 
+TRAIN, TEST, GROUND_TRUTH = "train", "test", "ground_truth"
+GOOD = "good"
 COMBINED = "combined"
+MASK_SUFFIX = "_mask"  # <stem>_mask.<ext>; a bare <stem>.<ext> is accepted on reading
+MASK_WRITE_SUFFIX = ".png"
+
+
+class MvtecLayoutError(FormatError):
+    """The folder is not in MVTec AD layout at all."""
+
+
+# --- layout rules --------------------------------------------------------------------------------
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name; ``[]`` when it is not a folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+def type_dirs(root: str | os.PathLike[str]) -> list[Path]:
+    """The folders ``test/<type>`` (``good`` among them), sorted by name."""
+    test = Path(root) / TEST
+    if not test.is_dir():
+        return []
+    return sorted(p for p in test.iterdir() if p.is_dir() and not is_hidden(p))
+
+
+def is_mvtec_root(root: str | os.PathLike[str]) -> bool:
+    """True when ``root`` has ``train/good`` or ``test/``."""
+    root = Path(root)
+    return (root / TRAIN / GOOD).is_dir() or (root / TEST).is_dir()
+
+
+def mask_file_name(image_name: str) -> str:
+    """The mask file name the writer gives an image: ``<stem>_mask.png``."""
+    return f"{PurePosixPath(image_name).stem}{MASK_SUFFIX}{MASK_WRITE_SUFFIX}"
+
+
+def _masks_by_stem(mask_dir: Path) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {}
+    for path in list_images(mask_dir):
+        out.setdefault(path.stem, []).append(path)
+    return out
+
+
+def _candidates(index: dict[str, list[Path]], stem: str) -> list[Path]:
+    return [*index.get(f"{stem}{MASK_SUFFIX}", []), *index.get(stem, [])]
+
+
+def mask_candidates(mask_dir: str | os.PathLike[str], stem: str) -> list[Path]:
+    """Every mask in ``mask_dir`` named for the image with ``stem``: ``<stem>_mask.<ext>`` first,
+    then ``<stem>.<ext>`` (any image suffix, any case). One is a match; more is ambiguous."""
+    return _candidates(_masks_by_stem(Path(mask_dir)), stem)
+
+
+@dataclass
+class MaskMatch:
+    """Images of one ``test/<type>`` folder matched with the masks of ``ground_truth/<type>``."""
+
+    masks: dict[Path, Path] = field(default_factory=dict)  # image -> its one mask
+    missing: list[Path] = field(default_factory=list)  # images no mask is named for
+    ambiguous: dict[Path, list[Path]] = field(default_factory=dict)  # image -> its candidates
+    shared: dict[Path, list[Path]] = field(default_factory=dict)  # mask -> images naming it
+    unused: list[Path] = field(default_factory=list)  # masks no image names
+
+
+def match_masks(images: Iterable[Path], mask_dir: str | os.PathLike[str]) -> MaskMatch:
+    """Pair each image with its own mask by stem (``mask_candidates``); never by order.
+
+    A mask named by two images (``a.png``'s ``a_mask.png`` is also image ``a_mask.png``'s
+    ``<stem>.png``) is given to none of them: it is in ``shared``.
+    """
+    index = _masks_by_stem(Path(mask_dir))
+    out = MaskMatch()
+    found_by_image = {image: _candidates(index, image.stem) for image in images}
+    claims: dict[Path, list[Path]] = {}
+    for image, found in found_by_image.items():
+        for mask in found:
+            claims.setdefault(mask, []).append(image)
+    for image, found in found_by_image.items():
+        if not found:
+            out.missing.append(image)
+        elif len(found) > 1:
+            out.ambiguous[image] = found
+        elif len(claims[found[0]]) == 1:
+            out.masks[image] = found[0]
+    out.shared = {mask: named for mask, named in claims.items() if len(named) > 1}
+    out.unused = sorted(m for paths in index.values() for m in paths if m not in claims)
+    return out
 
 
 def folder_name(category: str) -> str:
     """A safe folder name for a category."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", category).strip("._") or "defect"
-    return f"{name}_defect" if name.lower() in ("good", COMBINED) else name
+    return f"{name}_defect" if name.lower() in (GOOD, COMBINED) else name
 
 
 def _fill_polygon(mask: np.ndarray, points: list[list[float]]) -> None:
@@ -116,15 +256,223 @@ def write_mvtec(dataset: Dataset, out_dir: str | os.PathLike[str]) -> dict[str, 
         shapes = by_image.get(im.key, [])
         name = names[im.key]
         if not shapes:
-            folder = "train/good" if im.split == "train" else "test/good"
+            folder = f"{TRAIN}/{GOOD}" if im.split == "train" else f"{TEST}/{GOOD}"
             place_file(Path(im.path), out / folder / name)
             counts[folder] += 1
             continue
         cats = {s.category for s in shapes}
         defect = folder_name(next(iter(cats))) if len(cats) == 1 else COMBINED
-        place_file(Path(im.path), out / "test" / defect / name)
-        mask_path = out / "ground_truth" / defect / f"{PurePosixPath(name).stem}_mask.png"
+        place_file(Path(im.path), out / TEST / defect / name)
+        mask_path = out / GROUND_TRUTH / defect / mask_file_name(name)
         mask_path.parent.mkdir(parents=True, exist_ok=True)
         rasterize_mask(shapes, im.width, im.height).save(mask_path)
-        counts[f"test/{defect}"] += 1
+        counts[f"{TEST}/{defect}"] += 1
     return dict(counts)
+
+
+@exporter("mvtec", label="MVTec AD layout")
+def export_mvtec(dataset: Dataset, out_dir: Path) -> dict[str, dict[str, int]]:
+    """Registry entry: the layout, with the image count per folder as ``folders``."""
+    return {"folders": write_mvtec(dataset, out_dir)}
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def mask_to_polygons(mask: np.ndarray) -> list[list[list[float]]]:
+    """The outlines of a binary mask's (``mask > 0``) regions, on the pixels' edges.
+
+    One polygon per 8-connected region, outlining exactly its pixels (a one-pixel speck is the
+    unit square around it), so rasterising it again with the pixel-centre rule (``write_mvtec``)
+    gives the same pixels back. Holes are filled and regions inside another's hole dropped, as
+    an outer contour would. Every outline is a simple polygon (``annotations.geometry`` refuses
+    self-touching rings, which OpenCV's contours of thin or diagonal shapes are).
+    """
+    import cv2  # only readers of masks need OpenCV
+    from shapely.geometry import Polygon, box
+    from shapely.ops import unary_union
+
+    binary = (np.asarray(mask) > 0).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    outlines: list[Polygon] = []
+    for label in range(1, count):
+        x0, y0, w, h = (int(v) for v in stats[label, :4])
+        pixels = labels[y0 : y0 + h, x0 : x0 + w] == label
+        boxes = [
+            box(x0 + start, y0 + row, x0 + end, y0 + row + 1)
+            for row, runs in enumerate(_row_runs(pixels))
+            for start, end in runs
+        ]
+        shape = unary_union(boxes)
+        if shape.geom_type != "Polygon":
+            # pixels that meet only at a corner (8-connected): a 0.05 px mitred rim joins them
+            # into one outline, keeping every pixel centre where it was
+            shape = shape.buffer(0.05, join_style="mitre")
+        outlines.append(Polygon(shape.exterior).simplify(0))
+    kept = [p for p in outlines if not any(o is not p and p.within(o) for o in outlines)]
+    return [_points(p) for p in kept]
+
+
+def _points(polygon) -> list[list[float]]:
+    """The ring's points clockwise on screen (y down), from its top-left corner."""
+    from shapely.geometry.polygon import orient
+
+    pts = [[round(float(x), 2), round(float(y), 2)] for x, y in orient(polygon).exterior.coords]
+    pts = pts[:-1]
+    first = min(range(len(pts)), key=lambda i: (pts[i][1], pts[i][0]))
+    return pts[first:] + pts[:first]
+
+
+def _row_runs(pixels: np.ndarray) -> list[list[tuple[int, int]]]:
+    """For each row, the [start, end) column ranges of its set pixels."""
+    padded = np.zeros((pixels.shape[0], pixels.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = pixels
+    edges = np.diff(padded, axis=1)
+    out = []
+    for row in edges:
+        starts = np.flatnonzero(row == 1)
+        ends = np.flatnonzero(row == -1)
+        out.append(list(zip(starts.tolist(), ends.tolist(), strict=True)))
+    return out
+
+
+def _read_mask(path: Path) -> np.ndarray | str:
+    """The mask as a 2-D uint8 array, or a plain-words reason it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L"))
+    except Image.DecompressionBombError:
+        return "unreadable mask: too large to open safely (decompression bomb limit)"
+    except Exception as exc:  # noqa: BLE001 - one bad mask must never stop the import
+        return f"unreadable mask: not a readable image ({exc.__class__.__name__})"
+
+
+class _Reader:
+    """One ``read_mvtec`` pass: adds images, shapes and refusals to ``report``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.report = ImportReport()
+        self.categories: set[str] = set()
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def add_image(
+        self, path: Path, *, split: str, group: str, negative: bool
+    ) -> DatasetImage | None:
+        size = image_size(path)
+        if isinstance(size, str):
+            self.report.skip(self.rel(path), size)
+            return None
+        image = DatasetImage(
+            key=self.rel(path),
+            file_name=path.name,
+            width=size[0],
+            height=size[1],
+            split=split,
+            is_negative=negative,
+            path=path,
+            group=group,
+        )
+        self.report.dataset.images.append(image)
+        return image
+
+    def add_mask(self, image: DatasetImage, mask_path: Path, defect_type: str) -> None:
+        where = self.rel(mask_path)
+        mask = _read_mask(mask_path)
+        if isinstance(mask, str):
+            self.report.skip(where, mask)
+            return
+        height, width = mask.shape
+        if (width, height) != (image.width, image.height):
+            self.report.skip(
+                where, f"mask is {width}x{height} but the image is {image.width}x{image.height}"
+            )
+            return
+        polygons = mask_to_polygons(mask)
+        if not polygons:
+            self.report.adjust(where, "the mask is empty (no defect pixels): no label")
+            return
+        if defect_type not in self.categories:
+            self.categories.add(defect_type)
+            self.report.dataset.categories.append(Category(defect_type))
+        for points in polygons:
+            self.report.dataset.shapes.append(Shape.from_polygon(image.key, defect_type, points))
+
+    def defect_folder(self, type_dir: Path) -> set[Path]:
+        """Read ``test/<type>`` with its masks; return the masks it accounted for."""
+        defect_type = type_dir.name
+        group = f"{TEST}/{defect_type}"
+        gt_dir = self.root / GROUND_TRUTH / defect_type
+        images = list_images(type_dir)
+        match = match_masks(images, gt_dir)
+        accounted = set(match.masks.values()) | set(match.shared)
+        for found in match.ambiguous.values():
+            accounted.update(found)
+        shared_by = {img: mask for mask, imgs in match.shared.items() for img in imgs}
+        for path in images:
+            image = self.add_image(path, split=TEST, group=group, negative=False)
+            if image is None:
+                continue  # refused above; its mask is not an orphan
+            if path in match.masks:
+                self.add_mask(image, match.masks[path], defect_type)
+            elif path in match.ambiguous:
+                names = ", ".join(m.name for m in match.ambiguous[path])
+                self.report.skip(
+                    self.rel(path), f"several masks match this image ({names}); none was used"
+                )
+            elif path in shared_by:
+                mask = shared_by[path]
+                names = ", ".join(p.name for p in match.shared[mask])
+                self.report.skip(
+                    self.rel(path),
+                    f"the mask {mask.name} fits several images ({names}); none got it",
+                )
+            else:
+                self.report.skip(
+                    f"{GROUND_TRUTH}/{defect_type}/{mask_file_name(path.name)}",
+                    "no ground-truth mask for this defect image",
+                )
+        return accounted
+
+    def orphan_masks(self, accounted: set[Path]) -> None:
+        gt_root = self.root / GROUND_TRUTH
+        if not gt_root.is_dir():
+            return
+        for mask in sorted(gt_root.rglob("*")):
+            if mask not in accounted and is_image_file(mask):
+                self.report.skip(self.rel(mask), "mask without a matching test image")
+
+
+def read_mvtec(root: str | os.PathLike[str]) -> ImportReport:
+    """Read an MVTec AD folder (see the module docstring for the rules).
+
+    Raises ``MvtecLayoutError`` (a ``FormatError``) when ``root`` has neither ``train/good`` nor
+    ``test/``; every other problem is one refused item in the report.
+    """
+    root = Path(root)
+    if not is_mvtec_root(root):
+        raise MvtecLayoutError(
+            f"'{root.name}' has neither train/good nor test/: not an MVTec AD folder"
+        )
+    reader = _Reader(root)
+    for path in list_images(root / TRAIN / GOOD):
+        reader.add_image(path, split=TRAIN, group=f"{TRAIN}/{GOOD}", negative=True)
+    accounted: set[Path] = set()
+    for type_dir in type_dirs(root):
+        if type_dir.name == GOOD:
+            for path in list_images(type_dir):
+                # for evaluation: neither a negative nor labelled
+                reader.add_image(path, split=TEST, group=f"{TEST}/{GOOD}", negative=False)
+        else:
+            accounted |= reader.defect_folder(type_dir)
+    reader.orphan_masks(accounted)
+    return reader.report
+
+
+@importer("mvtec", label="MVTec AD layout", label_source="ground_truth")
+def import_mvtec(root: Path) -> ImportReport:
+    """Registry entry: ``read_mvtec`` on the folder, or on its one top folder (a zipped
+    ``bottle/``; a lone ``train/`` or ``test/`` is the layout itself)."""
+    return read_mvtec(find_root(root, layout_names=(TRAIN, TEST, GROUND_TRUTH)))

@@ -40,8 +40,9 @@ from shapely.errors import GEOSException
 from shapely.geometry import Polygon
 from shapely.geometry import box as shapely_box
 
-from .coco import to_coco_dict
+from . import coco  # the module, not its names: see the note at the end of registry.py
 from .model import Dataset, DatasetImage, Shape, unique_export_names
+from .registry import Option, exporter
 
 __all__ = ["SliceWindow", "SlicedDataset", "slice_dataset", "write_sliced_coco", "slice_windows"]
 
@@ -263,13 +264,53 @@ def write_sliced_coco(
     source_names = unique_export_names(dataset.images)
     for split in sliced.dataset.splits():
         part = sliced.dataset.subset(split)
-        coco = to_coco_dict(part, info={"description": "Sliced export by Loupe"})
-        for entry, tile in zip(coco["images"], part.images, strict=True):
+        data = coco.to_coco_dict(part, info={"description": "Sliced export by Loupe"})
+        for entry, tile in zip(data["images"], part.images, strict=True):
             w = sliced.windows[tile.key]
             entry["source_file_name"] = source_names[w.source_key]
             entry["slice_box"] = [w.x0, w.y0, w.x1, w.y1]
         path = out / "annotations" / f"instances_{split}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(coco, ensure_ascii=False), encoding="utf-8")
+        path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
         written[split] = path
     return sliced, written
+
+
+# The options an export job accepts (the API's words; defaults are the ones above).
+SLICED_OPTIONS = (
+    Option("slice_size", int, DEFAULT_SLICE_SIZE, lambda v: 32 <= v <= 8192, "between 32 and 8192"),
+    Option("overlap", float, DEFAULT_OVERLAP, lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    Option(
+        "min_area_ratio", float, DEFAULT_MIN_AREA_RATIO, lambda v: 0 <= v <= 1, "between 0 and 1"
+    ),
+    Option("negative_ratio", float, DEFAULT_NEGATIVE_RATIO, lambda v: v >= 0, "at least 0"),
+)
+
+
+@exporter("sliced_coco", label="Sliced COCO (SAHI tiles)", options=SLICED_OPTIONS)
+def export_sliced_coco(
+    dataset: Dataset,
+    out_dir: Path,
+    *,
+    slice_size: int,
+    overlap: float,
+    min_area_ratio: float,
+    negative_ratio: float,
+) -> dict[str, dict[str, int]]:
+    """Registry entry: ``write_sliced_coco``; the slice counts as ``slices``."""
+    sliced, _ = write_sliced_coco(
+        dataset,
+        out_dir,
+        slice_size=slice_size,
+        overlap=overlap,
+        min_area_ratio=min_area_ratio,
+        negative_ratio=negative_ratio,
+    )
+    return {
+        "slices": {
+            "positive": sliced.positive,
+            "negative_kept": sliced.negative_kept,
+            "negative_candidates": sliced.negative_candidates,
+            "partial_only": sliced.partial_only,
+        }
+    }

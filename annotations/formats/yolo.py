@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ._files import IMAGE_SUFFIXES, image_size, place_file
+from ._files import IMAGE_SUFFIXES, find_root, image_size, place_file
 from .model import (
     Category,
     Dataset,
@@ -50,6 +50,7 @@ from .model import (
     safe_relative_name,
     unique_export_names,
 )
+from .registry import exporter, importer
 
 __all__ = ["write_yolo", "read_yolo", "yolo_label_lines"]
 
@@ -137,6 +138,20 @@ def write_yolo(
         header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8"
     )
     return yaml_path
+
+
+@exporter("yolo_detect", label="YOLO detection (Ultralytics)")
+def export_yolo_detect(dataset: Dataset, out_dir: Path) -> dict[str, Any]:
+    """Registry entry: boxes, ``class cx cy w h``."""
+    write_yolo(dataset, out_dir, flavour="detect")
+    return {}
+
+
+@exporter("yolo_segment", label="YOLO segmentation (Ultralytics)")
+def export_yolo_segment(dataset: Dataset, out_dir: Path) -> dict[str, Any]:
+    """Registry entry: polygons, ``class x1 y1 ...`` (boxes as their four corners)."""
+    write_yolo(dataset, out_dir, flavour="segment")
+    return {}
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -402,3 +417,10 @@ def _parse_line(
         report.skip(where, "the polygon has no area")
         return None
     return Shape.from_polygon(image.key, category, points)
+
+
+@importer("yolo", label="YOLO (Ultralytics)", label_source="import")
+def import_yolo(root: Path) -> ImportReport:
+    """Registry entry: ``read_yolo`` (detection and segmentation lines both accepted) on the
+    folder, or on its one top folder."""
+    return read_yolo(find_root(root))

@@ -63,3 +63,36 @@ def test_magnetic_tile_masks_pair_by_stem():
         assert s.mask.parent.name == s.image.parent.name
     images = [s.image for s in samples if s.defect_type == "crack"]
     assert len(pair_masks(images, root / "ground_truth" / "crack")) == 10
+
+
+def test_layout_rules_are_the_formats_rules(tmp_path: Path):
+    """Suffixes in any case, <stem>.png masks, dot files ignored: the rules of
+    annotations.formats.mvtec, which the importer and the exporter use too."""
+    from annotations.formats import mvtec as layout
+    from workers.anomaly.datasets import IMAGE_EXTS, find_mask, mvtec_train
+
+    assert set(IMAGE_EXTS) == layout.IMAGE_SUFFIXES
+    (tmp_path / "train" / "good").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "train" / "good" / "n.PNG"), np.zeros((8, 8), np.uint8))
+    (tmp_path / "train" / "good" / "._n.png").write_bytes(b"AppleDouble")
+    assert [p.name for p in mvtec_train(tmp_path)] == ["n.PNG"]
+    crack, gt = tmp_path / "test" / "crack", tmp_path / "ground_truth" / "crack"
+    crack.mkdir(parents=True)
+    gt.mkdir(parents=True)
+    for name in ("u.JPG", "v.png", "w.png", "w_mask.png"):
+        cv2.imwrite(str(crack / name), np.zeros((8, 8), np.uint8))
+    for name in ("u_mask.PNG", "v.png", "w_mask.png"):
+        cv2.imwrite(str(gt / name), np.zeros((8, 8), np.uint8))
+    assert find_mask(crack / "u.JPG", gt) == gt / "u_mask.PNG"
+    assert find_mask(crack / "v.png", gt) == gt / "v.png"
+    # w_mask.png is image w's <stem>_mask.png and image w_mask's <stem>.png: never guessed
+    with pytest.raises(ConfigError, match="share one mask"):
+        pair_masks(sorted(crack.iterdir()), gt)
+    cv2.imwrite(str(gt / "v_mask.png"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(ConfigError, match="ambiguous masks"):
+        find_mask(crack / "v.png", gt)
+
+
+def test_no_test_folder_is_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not a folder"):
+        mvtec_test(tmp_path)
