@@ -1,12 +1,228 @@
-"""The datasets page: frozen versions with counts; freeze, export and import go through the API."""
+"""Server-rendered pages of the labeling side: the image grid, project settings (team and defect
+categories), the labeling workspace, the review queue, run figures and dataset versions. Reads
+use selectors and FilterSets; writes call services."""
 
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import get_object_or_404, render
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 
-from annotations.datasets import EXPORT_FORMATS
-from annotations.models import DatasetVersion
-from inspection.models import Job, Project, Role
+from annotations import selectors
+from annotations.figures import curve_svg_points, run_figures
+from annotations.filters import ImageFilter
+from annotations.models import DatasetVersion, DefectCategory, Review
+from annotations.services import categories as category_services
+from annotations.services.dataset_export import JOB_KIND as EXPORT_KIND
+from annotations.services.dataset_export import export_formats
+from inspection.models import Image, InspectionRun, Job, Project, Role
 from inspection.permissions import has_role, require_role
+from inspection.services import projects as project_services
+from inspection.services.images import images_without_pyramid
+from inspection.views import form_errors
+
+
+def _categories(project: Project) -> list[dict]:
+    return [
+        {"id": c.pk, "name": c.name, "color": c.color, "shortcut": c.shortcut}
+        for c in DefectCategory.objects.filter(project=project)
+    ]
+
+
+def _url_template(name: str) -> str:
+    """A route of one object with ``{id}`` where its id goes (filled in by the page's script)."""
+    return reverse(name, args=[0]).replace("/0/", "/{id}/")
+
+
+@login_required
+def project_images(request, pk):
+    project = get_object_or_404(Project, pk=pk)
+    role = require_role(request.user, project)
+    base = Image.objects.filter(project=project).order_by("id")
+    filterset = ImageFilter(request.GET, queryset=base)
+    filterset.form.fields["category"].widget.attrs["list"] = "categories"
+    page = Paginator(filterset.qs, 48).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "project_images.html",
+        {
+            "project": project,
+            "role": role,
+            "can_upload": has_role(request.user, project, Role.REVIEWER),
+            "filterset": filterset,
+            "page": page,
+            "query": query.urlencode(),
+            "categories": DefectCategory.objects.filter(project=project),
+            "total": base.count(),
+            "without_pyramid": len(images_without_pyramid(project)),
+        },
+    )
+
+
+@login_required
+def project_settings(request, pk):
+    project = get_object_or_404(Project, pk=pk)
+    role = require_role(request.user, project)
+    if request.method == "POST":
+        require_role(request.user, project, Role.ADMIN)
+        action = request.POST.get("action")
+        try:
+            if action == "add-category":
+                category_services.category_create(
+                    user=request.user,
+                    project=project,
+                    name=request.POST.get("name", ""),
+                    color=request.POST.get("color", ""),
+                    shortcut=request.POST.get("shortcut") or None,
+                )
+            elif action == "delete-category":
+                category = get_object_or_404(
+                    DefectCategory, pk=request.POST.get("category"), project=project
+                )
+                category_services.category_delete(user=request.user, category=category)
+            elif action == "set-member":
+                project_services.member_set(
+                    user=request.user,
+                    project=project,
+                    username=request.POST.get("username", "").strip(),
+                    role=request.POST.get("role", ""),
+                )
+            elif action == "remove-member":
+                project_services.member_remove(
+                    user=request.user, project=project, username=request.POST.get("username", "")
+                )
+            else:
+                raise ValidationError("Unknown action.")
+        except ValidationError as exc:
+            messages.error(request, form_errors(exc))
+        else:
+            messages.success(request, "Saved.")
+        return redirect("project-settings", pk=project.pk)
+    return render(
+        request,
+        "project_settings.html",
+        {
+            "project": project,
+            "role": role,
+            "is_admin": role == Role.ADMIN,
+            "categories": DefectCategory.objects.filter(project=project),
+            "members": project.memberships.select_related("user"),
+            "roles": Role.choices,
+        },
+    )
+
+
+@login_required
+def image_page(request, pk):
+    """The labeling workspace: deep zoom, shapes, heatmap overlay, verdict, comments."""
+    image = get_object_or_404(Image.objects.select_related("project"), pk=pk)
+    role = require_role(request.user, image.project)
+    query = request.GET.copy()
+    query.pop("page", None)
+    neighbors = selectors.image_neighbors(image=image, params=query)
+    heatmap = image.heatmaps.first()
+    data = {
+        "image": {
+            "id": image.pk,
+            "name": image.original_name,
+            "width": image.width,
+            "height": image.height,
+            "dzi": reverse("api-image-dzi", args=[image.pk]) if image.pyramid_path else None,
+            "heatmap": reverse("api-image-heatmap", args=[image.pk]) if heatmap else None,
+            "heatmapLabel": heatmap.label if heatmap else "",
+            "verdict": image.verdict,
+        },
+        "categories": _categories(image.project),
+        "user": {"username": request.user.username, "role": role},
+        "neighbors": neighbors,
+        "query": query.urlencode(),
+        "pollSeconds": settings.LOUPE_WORKSPACE_POLL_SECONDS,
+        "urls": {
+            "annotations": reverse("api-image-annotations", args=[image.pk]),
+            "annotation": _url_template("api-annotation-detail"),
+            "verdict": reverse("api-image-verdict", args=[image.pk]),
+            "comments": reverse("api-image-comments", args=[image.pk]),
+            "suggestions": reverse("api-image-suggestions", args=[image.pk]),
+            "reviews": reverse("api-image-reviews", args=[image.pk]),
+            "page": _url_template("image-page"),
+            "dzi": _url_template("api-image-dzi"),
+        },
+    }
+    return render(
+        request,
+        "workspace.html",
+        {
+            "image": image,
+            "project": image.project,
+            "data": data,
+            "neighbors": neighbors,
+            "query": data["query"],
+        },
+    )
+
+
+@login_required
+def review_page(request, pk):
+    """The review queue: suggestions by score, then labels waiting for approval; keyboard-first."""
+
+    project = get_object_or_404(Project, pk=pk)
+    require_role(request.user, project, Role.REVIEWER)
+    filters = {
+        k: v
+        for k, v in request.GET.items()
+        if k in ("run", "image", "category", "score_min", "score_max")
+    }
+    data = {
+        "project": project.pk,
+        "me": request.user.username,
+        "filters": filters,
+        "categories": _categories(project),
+        "reasons": [{"key": k, "label": label} for k, label in Review.REJECT_REASONS],
+        "urls": {
+            "suggestions": reverse("api-project-suggestions", args=[project.pk]),
+            "labels": reverse("api-project-pending-labels", args=[project.pk]),
+            "accept": _url_template("api-suggestion-accept"),
+            "reject": _url_template("api-suggestion-reject"),
+            "approve": _url_template("api-annotation-approve"),
+            "return": _url_template("api-annotation-return"),
+            "dzi": _url_template("api-image-dzi"),
+            "heatmap": _url_template("api-image-heatmap"),
+            "image": _url_template("api-image-detail"),
+            "page": _url_template("image-page"),
+        },
+    }
+    return render(request, "review.html", {"project": project, "data": data, "filters": filters})
+
+
+@login_required
+def run_page(request, pk):
+    """An inspection run's figures, with the precision/recall curve."""
+    run = get_object_or_404(
+        InspectionRun.objects.select_related("project", "model_version", "job"), pk=pk
+    )
+    require_role(request.user, run.project)
+    default = (run.params or {}).get("threshold", 0.5)  # the score the run suggested from
+    try:
+        threshold = float(request.GET.get("threshold", default))
+    except ValueError:
+        threshold = default
+    figures = run_figures(run, threshold=threshold)
+    failed = [(image_id, r["error"]) for image_id, r in (run.results or {}).items() if "error" in r]
+    return render(
+        request,
+        "run.html",
+        {
+            "run": run,
+            "project": run.project,
+            "f": figures,
+            "curve": curve_svg_points(figures.curve),
+            "failed": failed,
+        },
+    )
 
 
 @login_required
@@ -17,7 +233,7 @@ def datasets_page(request, pk):
         DatasetVersion.objects.filter(project=project).select_related("created_by").defer("content")
     )
     exports: dict[int, list[Job]] = {}
-    for job in Job.objects.filter(project=project, kind="export", status=Job.Status.SUCCEEDED):
+    for job in Job.objects.filter(project=project, kind=EXPORT_KIND, status=Job.Status.SUCCEEDED):
         exports.setdefault(job.payload.get("version"), []).append(job)
     for version in versions:
         version.exports = exports.get(version.id, [])[:10]
@@ -29,6 +245,6 @@ def datasets_page(request, pk):
             "role": role,
             "is_admin": has_role(request.user, project, Role.ADMIN),
             "versions": versions,
-            "formats": EXPORT_FORMATS.items(),
+            "formats": export_formats().items(),
         },
     )

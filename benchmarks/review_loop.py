@@ -48,9 +48,9 @@ def main() -> None:
     from django.contrib.auth import get_user_model
 
     from annotations.figures import run_figures
+    from annotations.services.dataset_import import dataset_import_run
     from inspection.models import Job
     from inspection.services.inspections import inspection_run_start, model_version_train
-    from inspection.services.mvtec import mvtec_import
     from inspection.services.projects import project_create
     from workers.tasks.anomaly import run_inspection, train_anomaly_model
     from workers.tasks.runner import run_job
@@ -61,7 +61,9 @@ def main() -> None:
         root = Path(args.datasets) / name
         project = project_create(user=user, name=name)
         t0 = time.perf_counter()
-        report = mvtec_import(user=user, project=project, root=root)
+        report = dataset_import_run(
+            user=user, project=project, fmt="mvtec", folder=root, build_pyramids=False
+        )
         params = {"input_size": args.input_size}
         if args.steps:
             params["steps"] = args.steps
@@ -84,7 +86,7 @@ def main() -> None:
         f = run_figures(run)
         rows.append((name, report, f, train_s, inspect_s, len(run.image_ids)))
         print(
-            f"{name}: {report.normal} normal, {len(run.image_ids)} inspected in {inspect_s:.0f} s "
+            f"{name}: {report['negatives']} normal, {len(run.image_ids)} inspected in {inspect_s:.0f} s "
             f"({1000 * inspect_s / max(len(run.image_ids), 1):.0f} ms/image), trained in {train_s:.0f} s; "
             f"{f.suggestions} suggestions, precision {f.precision_gt}, region recall {f.region_recall}, "
             f"false/normal image {f.false_per_normal_image}, recall at <=1 false/normal {f.recall_at_1_false_per_normal} "
@@ -97,7 +99,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, report, f, train_s, inspect_s, n in rows:
         print(
-            f"| {name} | {args.model} {args.input_size}px | {report.normal} / {n} | {f.suggestions} | {f.precision_gt} | "
+            f"| {name} | {args.model} {args.input_size}px | {report['negatives']} / {n} | {f.suggestions} | {f.precision_gt} | "
             f"{f.region_recall} ({f.gt_regions} regions) | {f.false_per_normal_image} ({f.normal_images} images) | "
             f"{f.recall_at_1_false_per_normal} | {train_s:.0f} | {1000 * inspect_s / max(n, 1):.0f} |"
         )

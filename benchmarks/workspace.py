@@ -230,7 +230,8 @@ def screenshot(args) -> None:
         from django.core.files.base import ContentFile
         from django.core.files.storage import default_storage
 
-        from annotations.services import annotation_create, category_create
+        from annotations.services.categories import category_create
+        from annotations.services.labels import annotation_create
         from inspection.models import ImageHeatmap
         from inspection.services.projects import project_create
         from workers import anomaly

@@ -4,3 +4,7 @@ from django.apps import AppConfig
 class InspectionConfig(AppConfig):
     name = "inspection"
     verbose_name = "Inspection"
+
+    def ready(self) -> None:
+        # registers its maintenance hook (stale jobs)
+        from inspection.services import jobs  # noqa: F401

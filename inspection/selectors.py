@@ -40,14 +40,3 @@ def import_path_allowed(user, raw: str) -> Path:
     if not path.is_dir():
         raise ValidationError({"path": f"No folder at {path}."})
     return path
-
-
-def image_neighbors(*, image, params) -> dict:
-    """Ids of the images before and after ``image`` in its project's filtered grid order."""
-    from inspection.filters import ImageFilter
-    from inspection.models import Image
-
-    qs = ImageFilter(params, queryset=Image.objects.filter(project_id=image.project_id)).qs
-    prev_id = qs.filter(id__lt=image.id).order_by("-id").values_list("id", flat=True).first()
-    next_id = qs.filter(id__gt=image.id).order_by("id").values_list("id", flat=True).first()
-    return {"previous": prev_id, "next": next_id, "count": qs.count()}

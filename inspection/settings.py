@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "inspection",
     "annotations",
+    "workers.tasks",  # job bodies: registers every job kind and maintenance hook at start
 ]
 
 MIDDLEWARE = [
@@ -164,6 +165,16 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("LOUPE_VISIBILITY_TIMEOUT", default=6 * 3600),
 }
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+# Periodic housekeeping (inspection.services.maintenance): beat sends one task that runs every
+# registered hook (stale jobs, expired export zips...).
+LOUPE_MAINTENANCE_SECONDS = env.int("LOUPE_MAINTENANCE_SECONDS", default=60)
+CELERY_BEAT_SCHEDULE = {
+    "loupe-maintenance": {
+        "task": "loupe.maintenance",
+        "schedule": LOUPE_MAINTENANCE_SECONDS,
+        "options": {"queue": LOUPE_QUEUE_PREFIX + "cpu", "expires": LOUPE_MAINTENANCE_SECONDS},
+    }
+}
 
 # Loupe's own limits.
 LOUPE_MAX_IMAGE_PIXELS = env.int("LOUPE_MAX_IMAGE_PIXELS", default=100_000_000)

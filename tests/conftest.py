@@ -200,8 +200,9 @@ def _database_url() -> str:
 
 
 @pytest.fixture
-def celery_worker(transactional_db, redis_url, settings):
-    """A real Celery worker process on this test database, consuming this session's queues."""
+def start_worker(transactional_db, redis_url, settings):
+    """Start a real Celery worker process on this test database, consuming this session's queues:
+    ``start_worker(*extra_args, **extra_env)``; stopped at the end of the test."""
     from celery import current_app  # noqa: F401  (the app is configured below)
 
     from workers.celery import app
@@ -211,58 +212,74 @@ def celery_worker(transactional_db, redis_url, settings):
         if app._pool is not None:  # the producer holds connections to the old URL: drop them
             app._pool.force_close_all()
             app._pool = None
-    env = dict(
-        os.environ,
-        DATABASE_URL=_database_url(),
-        REDIS_URL=redis_url,
-        MEDIA_ROOT=_MEDIA,
-        LOUPE_QUEUE_PREFIX=_QUEUE_PREFIX,
-        LOUPE_JOB_HEARTBEAT_SECONDS="1",
-        DJANGO_SETTINGS_MODULE="inspection.settings",
-    )
-    log = tempfile.NamedTemporaryFile(prefix="loupe-worker-", suffix=".log", delete=False)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery",
-            "worker",
-            "--pool",
-            "solo",
-            "-Q",
-            f"{_QUEUE_PREFIX}cpu,{_QUEUE_PREFIX}gpu",
-            "--loglevel",
-            "INFO",
-            "-n",
-            f"test{os.getpid()}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if b"ready." in Path(log.name).read_bytes():
-            break
-        if proc.poll() is not None:
-            pytest.fail("Celery worker exited:\n" + Path(log.name).read_text())
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("Celery worker did not start:\n" + Path(log.name).read_text())
-    proc.log_path = log.name
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    started: list[subprocess.Popen] = []
+
+    def _start(*extra_args: str, **extra_env: str) -> subprocess.Popen:
+        env = dict(
+            os.environ,
+            DATABASE_URL=_database_url(),
+            REDIS_URL=redis_url,
+            MEDIA_ROOT=_MEDIA,
+            LOUPE_QUEUE_PREFIX=_QUEUE_PREFIX,
+            LOUPE_JOB_HEARTBEAT_SECONDS="1",
+            DJANGO_SETTINGS_MODULE="inspection.settings",
+            **extra_env,
+        )
+        log = tempfile.NamedTemporaryFile(prefix="loupe-worker-", suffix=".log", delete=False)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery",
+                "worker",
+                "--pool",
+                "solo",
+                "-Q",
+                f"{_QUEUE_PREFIX}cpu,{_QUEUE_PREFIX}gpu",
+                "--loglevel",
+                "INFO",
+                "-n",
+                f"test{os.getpid()}-{len(started)}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                *extra_args,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        started.append(proc)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if b"ready." in Path(log.name).read_bytes():
+                break
+            if proc.poll() is not None:
+                pytest.fail("Celery worker exited:\n" + Path(log.name).read_text())
+            time.sleep(0.2)
+        else:
+            proc.kill()
+            pytest.fail("Celery worker did not start:\n" + Path(log.name).read_text())
+        proc.log_path = log.name
+        return proc
+
+    yield _start
+    for proc in started:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def celery_worker(start_worker):
+    """A real Celery worker process on this test database, consuming this session's queues."""
+    return start_worker()
 
 
 def wait_for_job(job_id, timeout: float = 120.0):

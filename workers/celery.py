@@ -1,12 +1,14 @@
-"""The one Celery app. Queues: ``cpu`` and ``gpu`` (optionally prefixed by LOUPE_QUEUE_PREFIX).
+"""The one Celery app and its configuration; nothing else (no app code is imported here).
 
-Start a worker with ``celery -A workers.celery worker -Q cpu,gpu``.
+Queues: ``cpu`` and ``gpu`` (optionally prefixed by LOUPE_QUEUE_PREFIX). Start a worker with
+``celery -A workers.celery worker -Q cpu,gpu`` (add ``-B`` to run beat's maintenance schedule
+in the same process). Celery's Django fixup sets Django up when the worker starts; the
+``workers.tasks`` app then imports every job module, which registers its task on this app.
 """
 
 import os
 
 from celery import Celery
-from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inspection.settings")
 # torch, OpenVINO (which follows torch) and OpenBLAS size their thread pools from this when they
@@ -20,21 +22,5 @@ os.environ.setdefault(
 )
 
 app = Celery("loupe")
+# CELERY_* settings, beat's schedule (CELERY_BEAT_SCHEDULE) included
 app.config_from_object("django.conf:settings", namespace="CELERY")
-# Every job kind's module; each registers its task with the runner.
-app.conf.imports = (
-    "workers.tasks.pyramid",
-    "workers.tasks.imports",
-    "workers.tasks.anomaly",
-    "workers.tasks.datasets",
-)
-
-
-@worker_ready.connect
-def _sweep_stale_jobs_on_start(**_kwargs) -> None:
-    """A worker that starts after a crash re-queues the jobs the dead worker left 'running'."""
-    from annotations.datasets import dataset_exports_prune
-    from inspection.services.jobs import jobs_requeue_stale
-
-    jobs_requeue_stale()
-    dataset_exports_prune()

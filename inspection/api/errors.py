@@ -7,6 +7,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from inspection.errors import ConflictError
+
 
 def _first_message(detail) -> str:
     if isinstance(detail, dict):
@@ -20,12 +22,12 @@ def _first_message(detail) -> str:
 
 
 def exception_handler(exc, context):
-    from annotations.services import ConflictError
-
     if isinstance(exc, ConflictError):
-        from annotations.api import AnnotationSerializer
-
-        current = AnnotationSerializer(exc.current).data if exc.current is not None else None
+        # the view says how to show what is stored now (e.g. the label someone else changed)
+        serializer = getattr(context.get("view"), "conflict_serializer_class", None)
+        current = None
+        if exc.current is not None and serializer is not None:
+            current = serializer(exc.current).data
         return Response({"error": str(exc), "current": current}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, DjangoValidationError):
         detail = (

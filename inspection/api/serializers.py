@@ -3,9 +3,10 @@
 from django.urls import reverse
 from rest_framework import serializers
 
-from annotations.models import DefectCategory
-from inspection.models import Image, Job, Membership, Project, Role
+from inspection.models import Image, InspectionRun, Job, Membership, ModelVersion, Project, Role
 from inspection.permissions import has_role, role_of
+from inspection.services.inspections import ARCHITECTURES
+from inspection.services.jobs import job_label
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -50,15 +51,6 @@ class MemberWriteSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
-class CategorySerializer(serializers.ModelSerializer):
-    class Meta:
-        model = DefectCategory
-        fields = ["id", "name", "color", "shortcut", "created_at"]
-        read_only_fields = ["id", "created_at"]
-        extra_kwargs = {"color": {"required": False}, "shortcut": {"required": False}}
-        validators = []  # uniqueness is a service rule, with a clearer message
-
-
 class ImageSerializer(serializers.ModelSerializer):
     uploaded_by = serializers.CharField(source="uploaded_by.username", default=None, read_only=True)
     megapixels = serializers.FloatField(read_only=True)
@@ -89,11 +81,19 @@ class ImageSerializer(serializers.ModelSerializer):
             "created_at",
             "urls",
         ]
-        read_only_fields = [f for f in fields if f not in ("is_normal", "split")]
+        read_only_fields = [f for f in fields if f != "split"]
+
+    def validate(self, attrs):
+        # is_normal is a decision with rules (a reviewer's, refused on images with defects): it
+        # has its own action, and a PATCH that tries it is refused rather than ignored
+        if "is_normal" in self.initial_data:
+            raise serializers.ValidationError(
+                {"is_normal": 'Use POST /api/images/{id}/normal/ with {"is_normal": true|false}.'}
+            )
+        return attrs
 
     def get_urls(self, obj) -> dict:
         return {
-            "page": reverse("image-page", args=[obj.pk]),
             "original": reverse("api-image-original", args=[obj.pk]),
             "thumbnail": reverse("api-image-thumbnail", args=[obj.pk])
             if obj.thumbnail_path
@@ -102,7 +102,6 @@ class ImageSerializer(serializers.ModelSerializer):
             "heatmap": reverse("api-image-heatmap", args=[obj.pk])
             if len(obj.heatmaps.all())
             else None,
-            "annotations": reverse("api-image-annotations", args=[obj.pk]),
         }
 
 
@@ -111,20 +110,6 @@ class UploadSerializer(serializers.Serializer):
         child=serializers.FileField(allow_empty_file=True), allow_empty=False
     )
     is_normal = serializers.BooleanField(required=False, default=False)
-
-
-class MvtecImportSerializer(serializers.Serializer):
-    zip = serializers.FileField(required=False, help_text="A zip of an MVTec AD folder.")
-    path = serializers.CharField(
-        required=False, help_text="A folder on the server (site admins; under LOUPE_IMPORT_ROOTS)."
-    )
-
-    def validate(self, attrs):
-        if attrs.get("zip") and attrs.get("path"):
-            raise serializers.ValidationError("Give a zip file or a server path, not both.")
-        if not attrs.get("zip") and not attrs.get("path"):
-            raise serializers.ValidationError("Give a (non-empty) zip file or a server path.")
-        return attrs
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -163,9 +148,7 @@ class JobSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_kind_label(self, obj) -> str:
-        from inspection.services.jobs import JOB_LABELS
-
-        return JOB_LABELS.get(obj.kind, obj.kind)
+        return job_label(obj.kind)
 
     def get_traceback(self, obj) -> str | None:
         """Tracebacks are for admins (site admins and the project's admins)."""
@@ -173,3 +156,77 @@ class JobSerializer(serializers.ModelSerializer):
         if obj.project_id and has_role(user, obj.project, Role.ADMIN):
             return obj.traceback
         return obj.traceback if user.is_staff or user.is_superuser else None
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username", default=None, read_only=True)
+    job = serializers.UUIDField(source="job_id", read_only=True)
+    image_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "project",
+            "number",
+            "kind",
+            "architecture",
+            "params",
+            "image_count",
+            "metrics",
+            "status",
+            "is_active",
+            "job",
+            "created_by",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_image_count(self, obj) -> int:
+        return len(obj.image_ids)
+
+
+class TrainSerializer(serializers.Serializer):
+    architecture = serializers.ChoiceField(choices=ARCHITECTURES, default="padim")
+    params = serializers.DictField(required=False, default=dict)
+    activate = serializers.BooleanField(default=True)
+
+
+class RunSerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username", default=None, read_only=True)
+    job = serializers.UUIDField(source="job_id", read_only=True)
+    image_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = InspectionRun
+        fields = [
+            "id",
+            "project",
+            "model_version",
+            "scope",
+            "image_count",
+            "params",
+            "job",
+            "created_by",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_image_count(self, obj) -> int:
+        return len(obj.image_ids)
+
+
+class RunDetailSerializer(RunSerializer):
+    """A run with its per-image outcomes (the list leaves them out: one entry per image)."""
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "results"]
+        read_only_fields = fields
+
+
+class RunStartSerializer(serializers.Serializer):
+    scope = serializers.ChoiceField(
+        choices=InspectionRun.Scope.choices, default=InspectionRun.Scope.NEW
+    )
+    image_ids = serializers.ListField(child=serializers.IntegerField(), required=False)
+    model_version = serializers.IntegerField(required=False)

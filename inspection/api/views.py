@@ -1,36 +1,34 @@
-"""API views: authenticate, parse, call one service or selector, shape the answer."""
+"""API views of the core: projects and their members, images and their files, jobs, anomaly
+model versions and inspection runs. Each view authenticates, parses, calls one service or
+selector, and shapes the answer. Labels, suggestions, reviews and datasets: annotations.api.
+"""
 
-import uuid
-from pathlib import Path
-
-from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Count
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
-from rest_framework import generics, mixins, status, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotations import services as category_services
-from annotations.models import DefectCategory
 from inspection import selectors
-from inspection.filters import ImageFilter, JobFilter
-from inspection.models import Image, Role
+from inspection.filters import JobFilter
+from inspection.models import Image, InspectionRun, ModelVersion, Role
 from inspection.permissions import is_site_admin, require_role
 from inspection.services import images as image_services
+from inspection.services import inspections as inspection_services
 from inspection.services import jobs as job_services
 from inspection.services import projects as project_services
 
 from . import serializers as s
+from .base import list_response, stored_file
 from .lookups import image_for, project_for
 
 
 class ProjectViewSet(viewsets.ModelViewSet):
-    """Projects you are a member of (site admins: all)."""
+    """Projects you are a member of (site admins: all), with their members, models and runs."""
 
     serializer_class = s.ProjectSerializer
     http_method_names = ["get", "post", "patch", "delete"]
@@ -64,19 +62,17 @@ class ProjectViewSet(viewsets.ModelViewSet):
     def perform_destroy(self, instance):
         project_services.project_delete(user=self.request.user, project=instance)
 
-
-class MemberListView(APIView):
-    """GET the members of a project; POST {username, role} to add one or change a role."""
-
-    @extend_schema(responses=s.MembershipSerializer(many=True))
-    def get(self, request, pk):
-        project = project_for(request, pk)
-        members = project.memberships.select_related("user")
-        return Response(s.MembershipSerializer(members, many=True).data)
-
-    @extend_schema(request=s.MemberWriteSerializer, responses=s.MembershipSerializer)
-    def post(self, request, pk):
-        project = project_for(request, pk)
+    @extend_schema(methods=["GET"], responses=s.MembershipSerializer(many=True))
+    @extend_schema(
+        methods=["POST"], request=s.MemberWriteSerializer, responses={201: s.MembershipSerializer}
+    )
+    @action(detail=True, methods=["get", "post"])
+    def members(self, request, pk=None):
+        """GET the members of a project; POST {username, role} to add one or change a role."""
+        project = self.get_object()
+        if request.method == "GET":
+            members = project.memberships.select_related("user")
+            return Response(s.MembershipSerializer(members, many=True).data)
         data = s.MemberWriteSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         membership = project_services.member_set(
@@ -84,142 +80,82 @@ class MemberListView(APIView):
         )
         return Response(s.MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
-
-class MemberDetailView(APIView):
-    @extend_schema(responses={204: None})
-    def delete(self, request, pk, username):
-        project = project_for(request, pk)
-        project_services.member_remove(user=request.user, project=project, username=username)
+    @extend_schema(request=None, responses={204: None})
+    @action(
+        detail=True,
+        methods=["delete"],
+        url_path=r"members/(?P<username>[^/]+)",
+        url_name="member",
+    )
+    def member(self, request, pk=None, username=None):
+        """Remove a member (project admins; the last admin stays)."""
+        project_services.member_remove(
+            user=request.user, project=self.get_object(), username=username
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-
-class CategoryViewSet(viewsets.ModelViewSet):
-    """Defect categories of a project."""
-
-    serializer_class = s.CategorySerializer
-    pagination_class = None
-    http_method_names = ["get", "post", "patch", "delete"]
-
-    def get_project(self):
-        return project_for(self.request, self.kwargs["project_pk"])
-
-    def get_queryset(self):
-        return DefectCategory.objects.filter(project=self.get_project())
-
-    def perform_create(self, serializer):
-        serializer.instance = category_services.category_create(
-            user=self.request.user, project=self.get_project(), **serializer.validated_data
-        )
-
-    def perform_update(self, serializer):
-        serializer.instance = category_services.category_update(
-            user=self.request.user, category=serializer.instance, **serializer.validated_data
-        )
-
-    def perform_destroy(self, instance):
-        category_services.category_delete(user=self.request.user, category=instance)
-
-
-class ProjectImagesView(generics.ListAPIView):
-    """GET: the project's images (filters: state, split, category, name). POST: upload files or zips."""
-
-    serializer_class = s.ImageSerializer
-    filterset_class = ImageFilter
-    parser_classes = [MultiPartParser, FormParser]
-
-    def get_queryset(self):
-        project = project_for(self.request, self.kwargs["pk"])
-        return (
-            Image.objects.filter(project=project)
-            .select_related("uploaded_by")
-            .prefetch_related("heatmaps")
-            .order_by("id")
-        )
-
-    @extend_schema(request={"multipart/form-data": s.UploadSerializer}, responses={201: dict})
-    def post(self, request, pk):
-        project = project_for(request, pk)
-        form = s.UploadSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
-        incoming = []
-        try:
-            for f in form.validated_data["files"]:
-                incoming.append(image_services.IncomingFile(f.name, _local_path(f)))
-            report = image_services.images_upload(
-                user=request.user,
-                project=project,
-                files=incoming,
-                is_normal=form.validated_data["is_normal"],
-            )
-        finally:
-            for f in form.validated_data["files"]:
-                if getattr(f, "_loupe_tmp", None):
-                    Path(f._loupe_tmp).unlink(missing_ok=True)
-        body = report.to_dict()
-        counts = report.counts()
-        if counts["stored"]:
-            return Response(body, status=status.HTTP_201_CREATED)
-        if counts["rejected"] and not counts["duplicate"]:
-            first = next(f for f in report.files if f.status == "rejected")
-            body["error"] = f"No image was stored. {first.name}: {first.reason}"
-            return Response(body, status=status.HTTP_400_BAD_REQUEST)
-        return Response(body, status=status.HTTP_200_OK)
-
-
-def _local_path(uploaded) -> Path:
-    """Uploaded files on local disk (small ones arrive in memory: spill them)."""
-    if hasattr(uploaded, "temporary_file_path"):
-        return Path(uploaded.temporary_file_path())
-    import tempfile
-
-    tmp = tempfile.NamedTemporaryFile(
-        delete=False, prefix="loupe-", suffix=Path(uploaded.name).suffix
-    )
-    for chunk in uploaded.chunks():
-        tmp.write(chunk)
-    tmp.close()
-    uploaded._loupe_tmp = tmp.name
-    return Path(tmp.name)
-
-
-class RebuildPyramidsView(APIView):
-    """Rebuild the zoomable views that are missing (a cancelled, failed or lost pyramid job)."""
-
     @extend_schema(request=None, responses={202: s.JobSerializer, 200: None})
-    def post(self, request, pk):
-        project = project_for(request, pk)
-        job = image_services.images_rebuild_derivatives(user=request.user, project=project)
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="images/rebuild-pyramids",
+        url_name="rebuild-pyramids",
+    )
+    def rebuild_pyramids(self, request, pk=None):
+        """Rebuild the zoomable views that are missing (a cancelled, failed or lost pyramid job)."""
+        job = image_services.images_rebuild_derivatives(
+            user=request.user, project=self.get_object()
+        )
         if job is None:
             return Response({"job": None, "message": "Every image has its zoomable view."})
         return Response(
             s.JobSerializer(job, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
         )
 
-
-class MvtecImportView(APIView):
-    """Import an MVTec AD folder: upload it as a zip, or (site admins) name a server folder."""
-
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
-
-    @extend_schema(request=s.MvtecImportSerializer, responses={202: s.JobSerializer})
-    def post(self, request, pk):
-        project = project_for(request, pk, Role.ADMIN)
-        form = s.MvtecImportSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
-        if form.validated_data.get("path"):
-            path = selectors.import_path_allowed(request.user, form.validated_data["path"])
-            payload = {"path": str(path)}
-        else:
-            upload = form.validated_data["zip"]
-            # through storage, so that a worker on another machine can read it
-            name = default_storage.save(f"projects/{project.pk}/imports/{uuid.uuid4()}.zip", upload)
-            payload = {"zip": name, "name": upload.name}
-        job = job_services.job_enqueue(
-            kind="import_mvtec", user=request.user, project=project, payload=payload
+    @extend_schema(methods=["GET"], responses=s.ModelVersionSerializer(many=True))
+    @extend_schema(
+        methods=["POST"], request=s.TrainSerializer, responses={202: s.ModelVersionSerializer}
+    )
+    @action(detail=True, methods=["get", "post"])
+    def models(self, request, pk=None):
+        """GET the project's anomaly model versions; POST to train a new one (202 with the job)."""
+        project = self.get_object()
+        if request.method == "GET":
+            versions = ModelVersion.objects.filter(project=project).select_related("created_by")
+            return list_response(self, versions, s.ModelVersionSerializer, paginate=False)
+        data = s.TrainSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        version = inspection_services.model_version_train(
+            user=request.user, project=project, **data.validated_data
         )
-        return Response(
-            s.JobSerializer(job, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        return Response(s.ModelVersionSerializer(version).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(methods=["GET"], responses=s.RunSerializer(many=True))
+    @extend_schema(methods=["POST"], request=s.RunStartSerializer, responses={202: s.RunSerializer})
+    @action(detail=True, methods=["get", "post"])
+    def runs(self, request, pk=None):
+        """GET the project's inspection runs; POST to start one (202 with the run and its job)."""
+        project = self.get_object()
+        if request.method == "GET":
+            runs = InspectionRun.objects.filter(project=project).select_related("created_by")
+            return list_response(self, runs, s.RunSerializer)
+        data = s.RunStartSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        version = None
+        if data.validated_data.get("model_version"):
+            version = get_object_or_404(
+                ModelVersion, pk=data.validated_data["model_version"], project=project
+            )
+        run = inspection_services.inspection_run_start(
+            user=request.user,
+            project=project,
+            scope=data.validated_data["scope"],
+            image_ids=data.validated_data.get("image_ids"),
+            model_version=version,
         )
+        body = s.RunSerializer(run).data
+        body["job_detail"] = s.JobSerializer(run.job, context={"request": request}).data
+        return Response(body, status=status.HTTP_202_ACCEPTED)
 
 
 class ImageViewSet(
@@ -228,7 +164,8 @@ class ImageViewSet(
     mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):
-    """One image: read it, mark it normal / set its split, delete it."""
+    """One image: read it, set its split, delete it; its original, thumbnail, Deep Zoom pyramid
+    and latest heatmap."""
 
     serializer_class = s.ImageSerializer
     http_method_names = ["get", "patch", "delete"]
@@ -247,26 +184,16 @@ class ImageViewSet(
     def perform_destroy(self, instance):
         image_services.image_delete(user=self.request.user, image=instance)
 
-
-def _stored_file(name: str, content_type: str, *, immutable: bool = True) -> FileResponse:
-    if not name or not default_storage.exists(name):
-        raise Http404("Not generated yet.")
-    response = FileResponse(default_storage.open(name, "rb"), content_type=content_type)
-    response["Cache-Control"] = (
-        "private, max-age=31536000, immutable" if immutable else "private, no-cache"
-    )
-    return response
-
-
-class ImageThumbnailView(APIView):
     @extend_schema(responses={(200, "image/jpeg"): bytes})
-    def get(self, request, pk):
-        return _stored_file(image_for(request, pk).thumbnail_path, "image/jpeg")
+    @action(detail=True)
+    def thumbnail(self, request, pk=None):
+        return stored_file(image_for(request, pk).thumbnail_path, "image/jpeg")
 
-
-class ImageOriginalView(APIView):
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
-    def get(self, request, pk):
+    @action(detail=True)
+    def original(self, request, pk=None):
+        from django.core.files.storage import default_storage
+
         image = image_for(request, pk)
         if not default_storage.exists(image.file.name):
             raise Http404("The original file is missing.")
@@ -277,43 +204,29 @@ class ImageOriginalView(APIView):
             content_type=f"image/{image.format}",
         )
 
-
-class ImageDziView(APIView):
-    """The Deep Zoom descriptor; tiles live at .../image_files/<level>/<col>_<row>.jpg."""
-
+    # The three below are files whose names are their URLs (OpenSeadragon finds the tiles of
+    # .../image.dzi at .../image_files/<level>/<col>_<row>.jpg): bound in urls.py without the
+    # router's trailing slash.
     @extend_schema(responses={(200, "application/xml"): str})
-    def get(self, request, pk):
-        return _stored_file(image_for(request, pk).pyramid_path, "application/xml")
+    def dzi(self, request, pk=None):
+        """The Deep Zoom descriptor."""
+        return stored_file(image_for(request, pk).pyramid_path, "application/xml")
 
-
-class ImageTileView(APIView):
     @extend_schema(responses={(200, "image/jpeg"): bytes})
-    def get(self, request, pk, level, col, row):
+    def tile(self, request, pk=None, level=None, col=None, row=None):
         image = image_for(request, pk)
         if not image.pyramid_path:
             raise Http404("Not generated yet.")
         base = image.pyramid_path[: -len(".dzi")]
-        return _stored_file(f"{base}_files/{level}/{col}_{row}.jpg", "image/jpeg")
-
-
-class ImageHeatmapView(APIView):
-    """The latest anomaly heatmap of the image (8-bit grey PNG), 404 when there is none."""
+        return stored_file(f"{base}_files/{level}/{col}_{row}.jpg", "image/jpeg")
 
     @extend_schema(responses={(200, "image/png"): bytes})
-    def get(self, request, pk):
+    def heatmap(self, request, pk=None):
+        """The latest anomaly heatmap of the image (8-bit grey PNG), 404 when there is none."""
         heatmap = image_for(request, pk).heatmaps.first()
         if heatmap is None:
             raise Http404("This image has no heatmap yet.")
-        return _stored_file(heatmap.path, "image/png")
-
-
-class ImageNeighborsView(APIView):
-    """Previous and next image in the project's list under the same filters as the grid."""
-
-    @extend_schema(responses=dict)
-    def get(self, request, pk):
-        image = image_for(request, pk)
-        return Response(selectors.image_neighbors(image=image, params=request.query_params))
+        return stored_file(heatmap.path, "image/png")
 
 
 class JobViewSet(viewsets.ReadOnlyModelViewSet):
@@ -323,7 +236,6 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
     filterset_class = JobFilter
 
     def get_queryset(self):
-        job_services.jobs_requeue_stale_throttled()
         return selectors.jobs_visible_to(self.request.user).select_related("project", "created_by")
 
     @extend_schema(request=None, responses=s.JobSerializer)
@@ -331,6 +243,31 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
     def cancel(self, request, pk=None):
         job = job_services.job_cancel(user=request.user, job=self.get_object())
         return Response(s.JobSerializer(job, context={"request": request}).data)
+
+
+class ModelVersionViewSet(
+    mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
+):
+    """One anomaly model version: read it, make it the active one, delete it (labels stay)."""
+
+    serializer_class = s.ModelVersionSerializer
+    queryset = ModelVersion.objects.select_related("project", "created_by")
+
+    def get_object(self):
+        version = get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
+        require_role(self.request.user, version.project, Role.ANNOTATOR)
+        return version
+
+    def perform_destroy(self, instance):
+        inspection_services.model_version_delete(user=self.request.user, model_version=instance)
+
+    @extend_schema(request=None, responses=s.ModelVersionSerializer)
+    @action(detail=True, methods=["post"])
+    def activate(self, request, pk=None):
+        version = inspection_services.model_version_activate(
+            user=request.user, model_version=self.get_object()
+        )
+        return Response(s.ModelVersionSerializer(version).data)
 
 
 class MeView(APIView):

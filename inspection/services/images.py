@@ -252,9 +252,12 @@ def images_without_pyramid(project: Project) -> list[int]:
 
     active = [Job.Status.QUEUED, Job.Status.RUNNING]
     newest_allowed = timezone.now() - timedelta(seconds=UPLOAD_GRACE_SECONDS)
-    importing = Job.objects.filter(
-        project=project, kind__in=["import_mvtec", "dataset_import"], status__in=active
-    ).order_by("created_at")
+    from inspection.services.jobs import job_kinds
+
+    imports = [k.kind for k in job_kinds() if k.stores_images]
+    importing = Job.objects.filter(project=project, kind__in=imports, status__in=active).order_by(
+        "created_at"
+    )
     first_import = importing.values_list("created_at", flat=True).first()
     if first_import is not None:
         newest_allowed = min(newest_allowed, first_import)

@@ -1,4 +1,11 @@
-"""The generic Job: enqueue, cancel, progress, finish, and the stale-job sweep.
+"""The generic Job: the job-kind registry, enqueue, cancel, and the stale-job sweep.
+
+Job kinds: each kind is registered once, where its task is defined (``@job_task(kind, queue=...,
+label=...)`` in ``workers/tasks/``), through :func:`job_kind_register`. The registry keeps the
+kind's queue, its label and how to send it; enqueueing looks the kind up there, so a kind without
+a task cannot be enqueued. The ``workers.tasks`` Django app imports every task module when Django
+starts, so the web process, the worker and management commands all see the same table (task
+modules import the ML libraries only inside job bodies: the web process never loads torch).
 
 How a job runs (see workers/tasks/runner.py): the Job row is created, and on commit its id is
 sent to the queue its kind belongs to. A worker claims it (queued -> running), writes a heartbeat
@@ -6,15 +13,17 @@ every LOUPE_JOB_HEARTBEAT_SECONDS, and finishes it once. Celery acks the message
 task returns (acks_late), so a worker that dies mid-job leaves the message to be delivered again.
 
 Stale jobs: a 'running' job whose heartbeat is older than LOUPE_JOB_STALE_SECONDS lost its worker.
-``jobs_requeue_stale`` (run when any worker starts, by ``manage.py loupe_jobs --sweep``, and (at most every 30 s) each
-time the job list is read) puts it back in its queue, up to LOUPE_JOB_MAX_ATTEMPTS tries, after
-which it fails with a plain message. A redelivered message for a job that is already running
+``jobs_requeue_stale`` (a maintenance hook: run by Celery beat, when a worker starts and by
+``manage.py loupe_jobs --sweep``) puts it back in its queue, up to LOUPE_JOB_MAX_ATTEMPTS tries,
+after which it fails with a plain message. A redelivered message for a job that is already running
 elsewhere or finished is ignored, so a job never runs twice at once.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -24,63 +33,84 @@ from django.utils import timezone
 
 from inspection.models import Job, Project, Role
 from inspection.permissions import has_role, is_site_admin, require_role
+from inspection.services.maintenance import maintenance_hook
 
 log = logging.getLogger(__name__)
 
-# Job kind -> queue. GPU work (training, inference) goes to 'gpu'; everything else to 'cpu'.
-JOB_QUEUES: dict[str, str] = {
-    "pyramid": "cpu",
-    "import_mvtec": "cpu",
-    "export": "cpu",
-    "dataset_import": "cpu",
-    "anomaly_train": "gpu",
-    "anomaly_inspect": "gpu",
-    "detection_train": "gpu",
-    "detection_predict": "gpu",
-}
-
-JOB_LABELS: dict[str, str] = {
-    "pyramid": "Image pyramids",
-    "import_mvtec": "MVTec AD import",
-    "export": "Dataset export",
-    "anomaly_train": "Anomaly model training",
-    "anomaly_inspect": "Inspection run",
-    "detection_train": "Detector training",
-    "detection_predict": "Detection run",
-    "dataset_import": "Dataset import",
-}
+QUEUES = ("cpu", "gpu")  # GPU work (training, inference) goes to 'gpu'; everything else to 'cpu'
 
 
-def task_name(kind: str) -> str:
-    return f"loupe.job.{kind}"
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of background work: where it runs, what people call it, how it is sent."""
+
+    kind: str
+    queue: str
+    label: str
+    send: Callable[[Job], None]
+    # The job stores images as it goes (imports): images it stored may still wait for the
+    # pyramid job it starts at its end (see images_without_pyramid).
+    stores_images: bool = False
 
 
-def queue_name(kind: str) -> str:
-    return settings.LOUPE_QUEUE_PREFIX + JOB_QUEUES[kind]
+_KINDS: dict[str, JobKind] = {}
+
+
+def job_kind_register(
+    *,
+    kind: str,
+    queue: str,
+    label: str,
+    send: Callable[[Job], None],
+    stores_images: bool = False,
+) -> JobKind:
+    """Add a job kind to the registry (called by ``@job_task``; a kind is registered once)."""
+    if queue not in QUEUES:
+        raise ValueError(f"job kind {kind!r}: queue must be one of {QUEUES}, not {queue!r}")
+    if kind in _KINDS:
+        raise ValueError(f"job kind {kind!r} is registered twice")
+    _KINDS[kind] = JobKind(kind, queue, label, send, stores_images)
+    return _KINDS[kind]
+
+
+def job_kind(kind: str) -> JobKind:
+    """The registered kind, or ValueError naming the kinds that exist."""
+    try:
+        return _KINDS[kind]
+    except KeyError:
+        known = ", ".join(sorted(_KINDS)) or "none (is the workers.tasks app installed?)"
+        raise ValueError(f"unknown job kind {kind!r}; registered kinds: {known}") from None
+
+
+def job_kinds() -> list[JobKind]:
+    return sorted(_KINDS.values(), key=lambda k: k.kind)
+
+
+def job_label(kind: str) -> str:
+    """What people call a kind (rows of a kind that no longer exists show its name)."""
+    found = _KINDS.get(kind)
+    return found.label if found else kind
+
+
+def queue_name(queue: str) -> str:
+    return settings.LOUPE_QUEUE_PREFIX + queue
 
 
 def job_enqueue(
     *, kind: str, user=None, project: Project | None = None, payload: dict | None = None
 ) -> Job:
     """Create a job and send it to its queue once the surrounding transaction commits."""
-    if kind not in JOB_QUEUES:
-        raise ValueError(f"unknown job kind {kind!r}")
+    entry = job_kind(kind)
     job = Job.objects.create(
         kind=kind,
-        queue=JOB_QUEUES[kind],
+        queue=entry.queue,
         project=project,
         created_by=user if user is not None and user.is_authenticated else None,
         payload=payload or {},
         message="Waiting for a worker",
     )
-    transaction.on_commit(lambda: _send(job))
+    transaction.on_commit(lambda: entry.send(job))
     return job
-
-
-def _send(job: Job) -> None:
-    from workers.celery import app
-
-    app.send_task(task_name(job.kind), args=[str(job.id)], queue=queue_name(job.kind))
 
 
 def job_visible_to(user, job: Job) -> bool:
@@ -119,6 +149,7 @@ def job_cancel(*, user, job: Job) -> Job:
     return job
 
 
+@maintenance_hook("requeue stale jobs")
 def jobs_requeue_stale(*, now=None) -> list[Job]:
     """Re-queue (or fail, after too many tries) running jobs whose worker stopped heart-beating."""
     now = now or timezone.now()
@@ -142,6 +173,11 @@ def jobs_requeue_stale(*, now=None) -> list[Job]:
                 job.status = Job.Status.CANCELLED
                 job.finished_at = now
                 job.message = "Cancelled (its worker stopped)"
+            elif job.kind not in _KINDS:
+                job.status = Job.Status.FAILED
+                job.finished_at = now
+                job.error = f"This version of Loupe has no job kind '{job.kind}' any more."
+                job.message = "Failed: unknown kind"
             elif job.attempts >= settings.LOUPE_JOB_MAX_ATTEMPTS:
                 job.status = Job.Status.FAILED
                 job.finished_at = now
@@ -153,22 +189,9 @@ def jobs_requeue_stale(*, now=None) -> list[Job]:
             else:
                 job.status = Job.Status.QUEUED
                 job.message = f"Re-queued: its worker {job.worker or ''} stopped responding".strip()
-                transaction.on_commit(lambda j=job: _send(j))
+                send = _KINDS[job.kind].send
+                transaction.on_commit(lambda j=job, s=send: s(j))
             job.save()
             log.warning("stale job %s -> %s", job.id, job.status)
             touched.append(job)
     return touched
-
-
-_last_sweep = 0.0
-
-
-def jobs_requeue_stale_throttled(every_seconds: float = 30.0) -> None:
-    """The stale sweep, at most once per ``every_seconds`` per process (job lists poll often)."""
-    import time
-
-    global _last_sweep
-    now = time.monotonic()
-    if now - _last_sweep >= every_seconds:
-        _last_sweep = now
-        jobs_requeue_stale()

@@ -3,7 +3,7 @@
 import pytest
 
 from annotations.models import Annotation
-from annotations.services import category_create
+from annotations.services.categories import category_create
 from inspection.models import Image, ImageHeatmap
 from tests.conftest import image_bytes
 

@@ -16,9 +16,10 @@ import yaml
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from annotations.datasets import dataset_import_run, dataset_version_freeze
 from annotations.formats import FormatError
 from annotations.models import Annotation
+from annotations.services.dataset_import import dataset_import_run
+from annotations.services.dataset_versions import dataset_version_freeze
 from inspection.models import Image, Job
 from inspection.services.projects import project_create
 from tests.annotations.test_datasets import add_image, box, label
@@ -228,7 +229,7 @@ def test_old_export_zips_expire_and_say_so(team, tmp_path, client_for, settings)
     Job.objects.filter(pk=old.pk).update(finished_at=timezone.now() - timedelta(days=15))
     out = io.StringIO()
     call_command("loupe_jobs", "--sweep", stdout=out)
-    assert "deleted 1 expired export zip(s)" in out.getvalue()
+    assert "delete expired export zips: 1" in out.getvalue()
     old.refresh_from_db()
     assert not default_storage.exists(f"projects/{version.project_id}/exports/{old.pk}.zip")
     assert old.result["expired"] and "expired after 14 days" in old.result["message"]
@@ -413,15 +414,17 @@ def test_a_refused_zip_fails_the_job_with_the_reason(team, client_for):
     )
 
 
-def test_mvtec_zip_goes_to_the_mvtec_importer(team, client_for, upload):
+def test_an_mvtec_zip_is_one_more_format_of_the_import_job(team, client_for, upload):
     r = client_for(team["admin"]).post(
         f"/api/projects/{team['project'].pk}/datasets/import/",
         {"format": "mvtec", "zip": upload("bottle.zip", _zip({"bottle/train/good/a.png": PNG}))},
         format="multipart",
     )
     assert r.status_code == 202, r.content
-    assert r.json()["kind"] == "import_mvtec" and r.json()["payload"]["name"] == "bottle.zip"
-    from workers.tasks.imports import import_mvtec
-
-    assert run_job(r.json()["id"], import_mvtec.body) == "succeeded"
+    assert r.json()["kind"] == "dataset_import" and r.json()["payload"]["name"] == "bottle.zip"
+    assert run_job(r.json()["id"], import_dataset.body) == "succeeded"
+    job = Job.objects.get(pk=r.json()["id"])
+    assert (job.result["images"], job.result["negatives"]) == (1, 1), job.result
+    (image,) = Image.objects.filter(project=team["project"])
+    assert image.is_normal and image.split == "train" and image.source_group == "train/good"
     assert Image.objects.get(project=team["project"]).is_normal

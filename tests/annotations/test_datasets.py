@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ValidationError
 
-from annotations.datasets import dataset_version_freeze, dataset_versions_compare
 from annotations.models import Annotation, DatasetVersion
-from annotations.services import category_get_or_create
+from annotations.services.categories import category_get_or_create
+from annotations.services.dataset_versions import dataset_version_freeze, dataset_versions_compare
 from inspection.models import Image
 from inspection.services.images import IncomingFile, image_store_one
 from tests.conftest import image_bytes

@@ -1,4 +1,5 @@
-"""MVTec AD import: the shared datasets, mask pairing by name, the command and the API."""
+"""MVTec AD import (one more format of the dataset import): the shared datasets, masks paired by
+name, ground truth through labels_import, the command and the API."""
 
 import io
 import zipfile
@@ -10,10 +11,13 @@ from django.core.files.storage import default_storage
 from django.core.management import call_command
 from PIL import Image as PILImage
 
+from annotations.formats import FormatError
 from annotations.models import Annotation, DefectCategory
+from annotations.services.dataset_import import dataset_import_run
 from inspection.models import Image, Job
-from inspection.services.mvtec import MvtecLayoutError, mask_to_polygons, mvtec_import
 from tests.conftest import dataset
+from workers.tasks.datasets import import_dataset
+from workers.tasks.runner import run_job
 
 pytestmark = pytest.mark.django_db
 
@@ -46,19 +50,25 @@ def make_mvtec(root: Path) -> Path:
     return root
 
 
+def mvtec_import(team, root: Path) -> dict:
+    return dataset_import_run(user=team["admin"], project=team["project"], fmt="mvtec", folder=root)
+
+
 def test_masks_pair_by_name_not_by_order(team, tmp_path):
     root = make_mvtec(tmp_path / "parts")
-    report = mvtec_import(user=team["admin"], project=team["project"], root=root)
-    assert (report.normal, report.unlabeled) == (3, 4)
-    reasons = {item["name"]: item["reason"] for item in report.skipped}
+    report = mvtec_import(team, root)
+    assert (report["images"], report["negatives"], report["annotations"]) == (7, 3, 2)
+    reasons = {item["item"]: item["reason"] for item in report["skipped"]}
     assert "no ground-truth mask" in reasons["ground_truth/crack/nomask_mask.png"]
     assert "without a matching test image" in reasons["ground_truth/crack/orphan_mask.png"]
-    assert "not a supported image" in reasons["test/crack/broken.png"]
+    assert "not a readable image" in reasons["test/crack/broken.png"]
+    assert report["categories_created"] == ["crack"]
     for stem, (x0, y0, x1, y1) in (("a", (2, 2, 10, 8)), ("a_1", (30, 20, 40, 30))):
         image = Image.objects.get(original_name=f"{stem}.png")
         (ann,) = image.annotations.all()
         pts = np.array(ann.geometry["points"])
         assert ann.source == "ground_truth" and ann.category.name == "crack"
+        assert ann.author == team["admin"]
         assert pts[:, 0].min() == pytest.approx(x0 + 0.5, abs=1) and pts[
             :, 0
         ].max() == pytest.approx(x1 - 0.5, abs=1)
@@ -69,27 +79,17 @@ def test_masks_pair_by_name_not_by_order(team, tmp_path):
     assert good.count() == 3 and all(i.is_normal and i.split == "train" for i in good)
     test_good = Image.objects.get(source_group="test/good")
     assert not test_good.is_normal and test_good.split == "test"
+    # ground truth is data, not a decision: the images stay new, nobody reviews these labels
+    assert set(Image.objects.values_list("status", flat=True)) == {"new"}
     # importing again stores nothing twice
-    again = mvtec_import(user=team["admin"], project=team["project"], root=root)
-    assert again.duplicates == 7 and again.annotations == 0
+    again = mvtec_import(team, root)
+    assert again["duplicates"] == 7 and again["annotations"] == 0
 
 
 def test_not_an_mvtec_folder(team, tmp_path):
     (tmp_path / "random").mkdir()
-    with pytest.raises(MvtecLayoutError, match="not an MVTec AD folder"):
-        mvtec_import(user=team["admin"], project=team["project"], root=tmp_path / "random")
-
-
-def test_mask_to_polygons_keeps_specks():
-    mask = np.zeros((20, 20), dtype=np.uint8)
-    mask[5, 5] = 255
-    mask[10:15, 10:16] = 255
-    polys = mask_to_polygons(mask)
-    assert len(polys) == 2
-    assert [[5.0, 5.0], [6.0, 5.0], [6.0, 6.0], [5.0, 6.0]] in polys
-    (rect,) = [p for p in polys if p[0] != [5.0, 5.0]]
-    xs, ys = [x for x, _ in rect], [y for _, y in rect]
-    assert (min(xs), max(xs), min(ys), max(ys)) == (10.5, 15.5, 10.5, 14.5)  # pixel centres
+    with pytest.raises(FormatError, match="not an MVTec AD folder"):
+        mvtec_import(team, tmp_path / "random")
 
 
 def test_import_bottle_with_the_command(team):
@@ -110,10 +110,10 @@ def test_import_bottle_with_the_command(team):
 
 def test_import_magnetic_tile(team):
     root = dataset("magnetic_tile")
-    report = mvtec_import(user=team["admin"], project=team["project"], root=root)
-    assert report.normal == 120 and report.unlabeled == 70
-    assert sorted(report.categories) == ["blowhole", "break", "crack", "fray", "uneven"]
-    assert report.skipped == []
+    report = mvtec_import(team, root)
+    assert report["negatives"] == 120 and report["images"] == 190
+    assert sorted(report["categories_created"]) == ["blowhole", "break", "crack", "fray", "uneven"]
+    assert report["skipped"] == []  # every mask's outline is a valid shape
     assert (
         Annotation.objects.filter(image__project=team["project"], source="ground_truth").count()
         >= 50
@@ -132,36 +132,40 @@ def _zip_folder(root: Path) -> bytes:
 def test_api_import_zip_starts_a_job(team, client_for, upload, tmp_path):
     root = make_mvtec(tmp_path / "parts")
     r = client_for(team["admin"]).post(
-        f"/api/projects/{team['project'].pk}/import/mvtec/",
-        {"zip": upload("parts.zip", _zip_folder(root))},
+        f"/api/projects/{team['project'].pk}/datasets/import/",
+        {"format": "mvtec", "zip": upload("parts.zip", _zip_folder(root))},
         format="multipart",
     )
     assert r.status_code == 202, r.content
     job = Job.objects.get(pk=r.json()["id"])
-    assert job.kind == "import_mvtec" and default_storage.exists(job.payload["zip"])
+    assert job.kind == "dataset_import" and default_storage.exists(job.payload["zip"])
     # run it here, as a worker would
-    from workers.tasks.imports import import_mvtec
-    from workers.tasks.runner import run_job
-
-    assert run_job(str(job.pk), import_mvtec.body) == "succeeded"
+    assert run_job(str(job.pk), import_dataset.body) == "succeeded"
     job.refresh_from_db()
-    assert job.result["normal"] == 3 and job.result["annotations"] == 2
+    assert job.result["negatives"] == 3 and job.result["annotations"] == 2
+    assert job.message.startswith("7 images (3 normal), 2 labels")
     assert not default_storage.exists(job.payload["zip"])
+    pyramids = Job.objects.get(kind="pyramid", project=team["project"])
+    assert len(pyramids.payload["image_ids"]) == 7
 
 
 def test_api_server_path_import_is_for_site_admins_under_allowed_roots(
     team, client_for, tmp_path, settings
 ):
     root = make_mvtec(tmp_path / "allowed" / "parts")
-    url = f"/api/projects/{team['project'].pk}/import/mvtec/"
-    r = client_for(team["admin"]).post(url, {"path": str(root)}, format="json")
+    url = f"/api/projects/{team['project'].pk}/datasets/import/"
+    form = {"format": "mvtec"}
+    r = client_for(team["admin"]).post(url, {**form, "path": str(root)}, format="json")
     assert r.status_code == 403 and "site admins" in r.json()["error"]
     settings.LOUPE_IMPORT_ROOTS = [tmp_path / "allowed"]
-    r = client_for(team["site_admin"]).post(url, {"path": "/etc"}, format="json")
+    r = client_for(team["site_admin"]).post(url, {**form, "path": "/etc"}, format="json")
     assert r.status_code == 400 and "LOUPE_IMPORT_ROOTS" in r.json()["error"]
     r = client_for(team["site_admin"]).post(
-        url, {"path": str(root / ".." / ".." / "..")}, format="json"
+        url, {**form, "path": str(root / ".." / ".." / "..")}, format="json"
     )
     assert r.status_code == 400
-    r = client_for(team["site_admin"]).post(url, {"path": str(root)}, format="json")
+    r = client_for(team["site_admin"]).post(url, {**form, "path": str(root)}, format="json")
     assert r.status_code == 202
+    assert run_job(r.json()["id"], import_dataset.body) == "succeeded"
+    assert Job.objects.get(pk=r.json()["id"]).result["images"] == 7
+    assert root.is_dir()  # a server folder is read, never deleted

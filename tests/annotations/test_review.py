@@ -1,30 +1,24 @@
 """The review loop's rules: who decides, races, records, image status, model versions, figures."""
 
 import threading
-from dataclasses import dataclass
 
 import pytest
 from django.db import connection
 
 from annotations.figures import run_figures
 from annotations.models import Annotation, Review, Suggestion
-from annotations.review import suggestions_store
-from annotations.services import category_create
+from annotations.services.categories import category_create
+from annotations.services.suggestions import suggestions_store
 from inspection.models import Image, InspectionRun, ModelVersion
 from tests.conftest import image_bytes
+from workers.anomaly.regions import Region
 
 pytestmark = pytest.mark.django_db
 
 
-@dataclass
-class FakeRegion:
-    """What workers.anomaly.Region carries (box in COCO order, polygon, scores, area)."""
-
-    box: list
-    polygon: list
-    peak_score: float
-    mean_score: float = 0.6
-    area: float = 100.0
+def region(box, polygon, peak_score, mean_score=0.6, area=100.0) -> Region:
+    """A region as the anomaly engine returns it (box in COCO order)."""
+    return Region(box=box, polygon=polygon, area=area, peak_score=peak_score, mean_score=mean_score)
 
 
 def square(x, y, s):
@@ -56,8 +50,8 @@ def loop(team, client_for, upload):
         run=run,
         model_version=version,
         regions=[
-            FakeRegion([10, 10, 20, 20], square(10, 10, 20), 0.9),
-            FakeRegion([100, 50, 10, 10], square(100, 50, 10), 0.7),
+            region([10, 10, 20, 20], square(10, 10, 20), 0.9),
+            region([100, 50, 10, 10], square(100, 50, 10), 0.7),
         ],
     )
     crack = category_create(user=team["admin"], project=project, name="crack")
@@ -76,7 +70,7 @@ def test_rerun_never_duplicates(loop):
         image=loop["images"][0],
         run=loop["run"],
         model_version=loop["version"],
-        regions=[FakeRegion([1, 1, 5, 5], square(1, 1, 5), 0.99)],
+        regions=[region([1, 1, 5, 5], square(1, 1, 5), 0.99)],
     )
     assert again == [] and Suggestion.objects.filter(image=loop["images"][0]).count() == 2
 
@@ -97,8 +91,8 @@ def test_rerun_with_new_settings_replaces_what_nobody_decided(loop, client_for):
         run=rerun,
         model_version=version,
         regions=[
-            FakeRegion([10, 10, 21, 20], square(10, 10, 21), 0.95),  # the accepted place again
-            FakeRegion([150, 20, 8, 8], square(150, 20, 8), 0.8),  # new
+            region([10, 10, 21, 20], square(10, 10, 21), 0.95),  # the accepted place again
+            region([150, 20, 8, 8], square(150, 20, 8), 0.8),  # new
         ],
     )
     assert [s.geometry["points"][0] for s in made] == [[150, 20]]
@@ -110,7 +104,7 @@ def test_rerun_with_new_settings_replaces_what_nobody_decided(loop, client_for):
         project=loop["project"], model_version=version, image_ids=[image.pk],
         params={"specular_mask": True, "threshold": 0.7, "min_area": 64},
     )  # fmt: skip
-    regions = [FakeRegion([150, 20, 8, 8], square(150, 20, 8), 0.8)]
+    regions = [region([150, 20, 8, 8], square(150, 20, 8), 0.8)]
     assert suggestions_store(image=image, run=again, model_version=version, regions=regions) == []
 
 
@@ -266,7 +260,7 @@ def test_labels_are_approved_by_someone_else(loop, client_for):
 
 def test_image_status_follows_the_work(loop, client_for):
     image = loop["images"][0]
-    from annotations.review import image_update_status
+    from annotations.services.image_state import image_update_status
 
     assert image_update_status(image=image).status == "inspected"
     for s in loop["suggestions"]:
@@ -405,7 +399,7 @@ def test_run_figures_against_ground_truth(loop, client_for):
         image=other,
         run=loop["run"],
         model_version=loop["version"],
-        regions=[FakeRegion([1, 1, 5, 5], square(1, 1, 5), 0.8)],
+        regions=[region([1, 1, 5, 5], square(1, 1, 5), 0.8)],
     )
     fig = run_figures(loop["run"], threshold=0.5)
     assert (fig.gt_regions, fig.normal_images, fig.suggestions) == (2, 1, 3)
@@ -488,6 +482,36 @@ def test_a_defect_on_a_normal_image_makes_it_not_normal(loop, client_for):
     image.refresh_from_db()
     assert not image.is_normal and image.verdict == "" and image.status == "labeled"
     assert image not in training_images(loop["project"])
+
+
+def test_marking_an_image_normal_is_a_reviewers_decision_with_rules(loop, client_for):
+    clean, defective = loop["images"][1], loop["images"][0]
+    url = f"/api/images/{clean.pk}/normal/"
+    r = client_for(loop["annotator"]).post(url, {"is_normal": True}, format="json")
+    assert r.status_code == 403
+    r = client_for(loop["reviewer"]).post(url, {"is_normal": True}, format="json")
+    assert r.status_code == 200 and r.json()["is_normal"] is True
+    # the old PATCH of the flag is refused with the way to do it, not silently ignored
+    r = client_for(loop["reviewer"]).patch(
+        f"/api/images/{clean.pk}/", {"is_normal": False}, format="json"
+    )
+    assert r.status_code == 400 and "/normal/" in r.json()["error"]
+    clean.refresh_from_db()
+    assert clean.is_normal
+    # an image with an accepted defect cannot be called normal
+    client_for(loop["reviewer"]).post(
+        f"/api/suggestions/{loop['suggestions'][0].pk}/accept/",
+        {"category": loop["crack"].pk},
+        format="json",
+    )
+    r = client_for(loop["reviewer"]).post(
+        f"/api/images/{defective.pk}/normal/", {"is_normal": True}, format="json"
+    )
+    assert r.status_code == 400 and "defect labels" in r.json()["error"]
+    defective.refresh_from_db()
+    assert not defective.is_normal
+    r = client_for(loop["admin"]).post(url, {"is_normal": False}, format="json")
+    assert r.status_code == 200 and r.json()["is_normal"] is False
 
 
 def test_inspection_settings_on_the_models_and_run_pages(loop, client, client_for):

@@ -150,7 +150,7 @@ def test_zip_bomb_is_refused_and_other_files_stored(team, client_for, upload, se
 
 def test_list_filters_and_paging(team, client_for, upload):
     from annotations.models import Annotation
-    from annotations.services import category_create
+    from annotations.services.categories import category_create
 
     client = client_for(team["admin"])
     post_files(
@@ -280,7 +280,7 @@ def test_rebuild_pyramids_after_a_cancelled_job(team, client_for, client, upload
     # just uploaded: an upload or import may still be about to start their job
     assert client_for(reviewer).post(url).json()["job"] is None
     Image.objects.filter(pk__in=ids).update(created_at=timezone.now() - timedelta(minutes=5))
-    importing = job_enqueue(kind="import_mvtec", user=reviewer, project=project)
+    importing = job_enqueue(kind="dataset_import", user=reviewer, project=project)
     Job.objects.filter(pk=importing.pk).update(created_at=timezone.now() - timedelta(minutes=6))
     assert client_for(reviewer).post(url).json()["job"] is None  # an import is still running
     Job.objects.filter(pk=importing.pk).update(status=Job.Status.SUCCEEDED)

@@ -134,13 +134,19 @@ def _matrix(project_id, image_id):
         (
             "patch",
             f"/api/images/{image_id}/",
+            {"split": "val"},
+            {"outsider": 404, "annotator": 403, "reviewer": 200, "admin": 200},
+        ),
+        (
+            "post",
+            f"/api/images/{image_id}/normal/",
             {"is_normal": True},
             {"outsider": 404, "annotator": 403, "reviewer": 200, "admin": 200},
         ),
         (
             "post",
-            f"{p}/import/mvtec/",
-            {"path": "/tmp"},
+            f"{p}/datasets/import/",
+            {"format": "mvtec", "path": "/tmp"},
             {"outsider": 404, "annotator": 403, "reviewer": 403, "admin": 403},
         ),
         (

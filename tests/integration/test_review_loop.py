@@ -1,21 +1,30 @@
-"""The whole loop through a real Celery worker on Redis: MVTec bottle in, a model trained, an
-inspection run, one suggestion accepted and one rejected, and the run's figures."""
+"""The whole loop through a real Celery worker on Redis: MVTec bottle imported from a server
+folder, a model trained, an inspection run, one suggestion accepted and one rejected, and the
+run's figures."""
 
 import pytest
 
 from annotations.models import Annotation, Review, Suggestion
 from inspection.models import Image, ImageHeatmap, InspectionRun, Job, ModelVersion
-from inspection.services.mvtec import mvtec_import
 from tests.conftest import dataset, wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.datasets]
 
 
-def test_bottle_train_inspect_review(team, client_for, celery_worker):
+def test_bottle_train_inspect_review(team, client_for, celery_worker, settings):
     root = dataset("mvtec_bottle")
     project = team["project"]
-    report = mvtec_import(user=team["admin"], project=project, root=root)
-    assert report.normal >= 2 and report.annotations > 0
+    settings.LOUPE_IMPORT_ROOTS = [root.parent]
+    r = client_for(team["site_admin"]).post(
+        f"/api/projects/{project.pk}/datasets/import/",
+        {"format": "mvtec", "path": str(root)},
+        format="json",
+    )
+    assert r.status_code == 202, r.content
+    job = wait_for_job(r.json()["id"], timeout=300)
+    assert job.status == "succeeded", (job.error, job.traceback[-2000:])
+    report = job.result
+    assert report["negatives"] >= 2 and report["annotations"] > 0 and not report["skipped"]
     admin, reviewer = client_for(team["admin"]), client_for(team["reviewer"])
 
     # train (PaDiM: one pass over the normal images; the CPU default)
@@ -30,7 +39,7 @@ def test_bottle_train_inspect_review(team, client_for, celery_worker):
     assert job.queue == "gpu" and job.progress == 100.0
     version = ModelVersion.objects.get(pk=r.json()["id"])
     assert version.status == "ready" and version.is_active and version.artifact
-    assert len(version.image_ids) == report.normal
+    assert len(version.image_ids) == report["negatives"]
 
     # inspect the test images
     r = reviewer.post(f"/api/projects/{project.pk}/runs/", {"scope": "new"}, format="json")

@@ -1,14 +1,13 @@
 """A real Celery worker on the real Redis: upload -> pyramid job -> tiles, end to end."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
+from datetime import timedelta
 
 import pytest
 from django.core.files.storage import default_storage
+from django.utils import timezone
 
 from inspection.models import Image, Job
 from tests.conftest import image_bytes, wait_for_job
@@ -54,11 +53,9 @@ def test_upload_builds_pyramids_through_a_real_worker(team, client_for, upload, 
 
 
 def test_a_killed_worker_leaves_the_job_redeliverable(
-    team, client_for, upload, celery_worker, settings, redis_url
+    team, client_for, upload, celery_worker, start_worker, settings
 ):
     """Kill the worker mid-job: the job is found stale, re-queued, and a new worker finishes it."""
-    from tests.conftest import _MEDIA, _QUEUE_PREFIX, ROOT, _database_url
-
     settings.LOUPE_JOB_STALE_SECONDS = 3
     files = [
         upload(f"p{i}.jpg", image_bytes("JPEG", size=(4000, 3000), seed=20 + i)) for i in range(6)
@@ -77,42 +74,36 @@ def test_a_killed_worker_leaves_the_job_redeliverable(
     time.sleep(3.5)
     job.refresh_from_db()
     assert job.status == "running"  # what a dead worker leaves behind...
-    env = dict(
-        os.environ,
-        DATABASE_URL=_database_url(),
-        REDIS_URL=redis_url,
-        MEDIA_ROOT=_MEDIA,
-        LOUPE_QUEUE_PREFIX=_QUEUE_PREFIX,
-        LOUPE_JOB_STALE_SECONDS="3",
-        LOUPE_JOB_HEARTBEAT_SECONDS="1",
-    )
-    # ...until a new worker starts: it sweeps stale jobs and re-queues them
-    second = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery",
-            "worker",
-            "--pool",
-            "solo",
-            "-Q",
-            f"{_QUEUE_PREFIX}cpu",
-            "-n",
-            f"second{os.getpid()}@%h",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        job = wait_for_job(job_id, timeout=180)
-    finally:
-        second.terminate()
-        second.wait(timeout=20)
+    # ...until a new worker starts: it runs the maintenance hooks, which re-queue stale jobs
+    start_worker(LOUPE_JOB_STALE_SECONDS="3")
+    job = wait_for_job(job_id, timeout=180)
     assert job.status == "succeeded" and job.attempts == 2
     assert Image.objects.filter(project=team["project"], pyramid_status="ready").count() == 6
+
+
+def test_beat_in_the_worker_runs_the_maintenance_hooks(team, start_worker, tmp_path):
+    """The embedded beat of ``./loupe run`` (worker -B): a job whose worker died after this
+    worker started is re-queued by the periodic maintenance task and then finished."""
+    worker = start_worker(
+        "-B",
+        "--schedule",
+        str(tmp_path / "beat-schedule"),
+        LOUPE_MAINTENANCE_SECONDS="1",
+        LOUPE_JOB_STALE_SECONDS="2",
+    )
+    # as a worker that died mid-job leaves it: claimed, then silent, its message consumed (no
+    # message is sent here: only the maintenance task can bring it back)
+    job = Job.objects.create(
+        kind="pyramid",
+        queue="cpu",
+        project=team["project"],
+        payload={"image_ids": []},
+        status="running",
+        attempts=1,
+        worker="gone@host",
+        heartbeat_at=timezone.now() - timedelta(minutes=10),
+    )
+    done = wait_for_job(job.pk, timeout=60)
+    log = open(worker.log_path).read()
+    assert done.status == "succeeded" and done.attempts == 2, log[-3000:]
+    assert "loupe.maintenance" in log

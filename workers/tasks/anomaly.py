@@ -14,6 +14,8 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 
+from annotations.services.image_state import image_update_status
+from annotations.services.suggestions import suggestions_store
 from inspection import imaging, storage
 from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion
 from inspection.services.inspections import model_version_make_active
@@ -42,7 +44,7 @@ def _progress(ctx: JobContext, start: float, span: float):
     return report
 
 
-@job_task("anomaly_train")
+@job_task("anomaly_train", queue="gpu", label="Anomaly model training")
 def train_anomaly_model(job, ctx: JobContext) -> dict:
     anomaly = _engine()
     version = ModelVersion.objects.select_related("project").get(pk=job.payload["model_version"])
@@ -127,7 +129,7 @@ def _short(exc: BaseException, model_dir: Path) -> str:
     return f"{type(exc).__name__}: {exc}".replace(str(model_dir), "model")[:300]
 
 
-@job_task("anomaly_inspect")
+@job_task("anomaly_inspect", queue="gpu", label="Inspection run")
 def run_inspection(job, ctx: JobContext) -> dict:
     anomaly = _engine()
     run = InspectionRun.objects.select_related("model_version", "project").get(
@@ -258,8 +260,6 @@ def _outcome(run, version, image, path: str, prediction) -> dict:
 
 def _store_prediction(run, version, image, prediction) -> dict:
     """Store one image's heatmap and suggestions; the per-image result."""
-    from annotations.review import image_update_status, suggestions_store
-
     buf = io.BytesIO()
     from PIL import Image as PILImage
 

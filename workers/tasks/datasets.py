@@ -1,17 +1,21 @@
-"""Job kinds 'export' (a frozen dataset version to a zip) and 'dataset_import' (COCO/YOLO zip)."""
+"""Job kinds 'export' (a frozen dataset version to a zip) and 'dataset_import' (a COCO, YOLO or
+MVTec AD zip, or a server folder)."""
+
+from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
 
-from annotations.datasets import dataset_export_run, dataset_exports_prune, dataset_import_run
 from annotations.formats import FormatError
 from annotations.models import DatasetVersion
+from annotations.services.dataset_export import dataset_export_run
+from annotations.services.dataset_import import dataset_import_run
 from inspection.models import Job
 from inspection.storage import local_copy
 from workers.tasks.runner import JobContext, JobError, job_task
 
 
-@job_task("export")
+@job_task("export", queue="cpu", label="Dataset export")
 def export_dataset(job: Job, ctx: JobContext) -> dict:
     version = (
         DatasetVersion.objects.select_related("project")
@@ -20,7 +24,6 @@ def export_dataset(job: Job, ctx: JobContext) -> dict:
     )
     if version is None:
         raise JobError("The dataset version to export no longer exists.")
-    dataset_exports_prune()  # older zips past LOUPE_EXPORT_KEEP_DAYS go as new ones come
     return dataset_export_run(
         version=version,
         fmt=job.payload["format"],
@@ -30,22 +33,25 @@ def export_dataset(job: Job, ctx: JobContext) -> dict:
     )
 
 
-@job_task("dataset_import")
+@job_task("dataset_import", queue="cpu", label="Dataset import", stores_images=True)
 def import_dataset(job: Job, ctx: JobContext) -> dict:
     user = get_user_model().objects.filter(pk=job.created_by_id).first()
-    name = job.payload["zip"]
+    name = job.payload.get("zip")
+    common = {
+        "user": user,
+        "project": job.project,
+        "fmt": job.payload["format"],
+        "source_name": job.payload.get("name", ""),
+        "progress": lambda f, m: ctx.progress(f * 0.99, m),
+    }
     try:
+        if not name:
+            return dataset_import_run(folder=Path(job.payload["path"]), **common)
         with local_copy(name) as archive:
-            return dataset_import_run(
-                user=user,
-                project=job.project,
-                archive=archive,
-                fmt=job.payload["format"],
-                source_name=job.payload.get("name", ""),
-                progress=lambda f, m: ctx.progress(f * 0.99, m),
-            )
+            return dataset_import_run(archive=archive, **common)
     except FormatError as exc:
-        raise JobError(f"The zip was refused: {exc}") from None
+        what = "The zip" if name else "The folder"
+        raise JobError(f"{what} was refused: {exc}") from None
     finally:
-        if default_storage.exists(name):
+        if name and default_storage.exists(name):
             default_storage.delete(name)

@@ -6,7 +6,7 @@ from inspection.services.images import image_build_derivatives
 from workers.tasks.runner import JobCancelled, JobContext, JobError, job_task
 
 
-@job_task("pyramid")
+@job_task("pyramid", queue="cpu", label="Image pyramids")
 def build_pyramids(job: Job, ctx: JobContext) -> dict:
     ids = list(job.payload.get("image_ids", []))
     built, failed, missing = [], [], []

@@ -22,6 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from inspection.models import Job
+from inspection.services.jobs import job_kind_register, queue_name
 from workers.celery import app
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ class JobContext:
     def __init__(self, job: Job, *, min_interval: float = 0.5) -> None:
         self.job = job
         self._last_write = 0.0
-        self._last_value = -1.0
         self._min_interval = min_interval
 
     def progress(self, fraction: float, message: str = "", *, force: bool = False) -> None:
@@ -50,7 +50,6 @@ class JobContext:
         if not force and now - self._last_write < self._min_interval and value < 100:
             return
         self._last_write = now
-        self._last_value = value
         fields = {"progress": value, "heartbeat_at": timezone.now()}
         if message:
             fields["message"] = message[:500]
@@ -166,16 +165,23 @@ def run_job(job_id: str, fn: Callable[[Job, JobContext], dict | None]) -> str:
     return Job.Status.SUCCEEDED
 
 
-def job_task(kind: str):
-    """Register ``fn(job, ctx)`` as the Celery task for job kind ``kind``."""
+def job_task(kind: str, *, queue: str, label: str, stores_images: bool = False):
+    """Register ``fn(job, ctx)`` as job kind ``kind``: its Celery task and its registry entry
+    (queue ``cpu`` or ``gpu``, the label people see) in one place."""
 
     def decorator(fn: Callable[[Job, JobContext], dict | None]):
-        @app.task(
-            name=f"loupe.job.{kind}", acks_late=True, reject_on_worker_lost=True, ignore_result=True
-        )
+        name = f"loupe.job.{kind}"
+
+        @app.task(name=name, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
         def _task(job_id: str) -> str:
             return run_job(job_id, fn)
 
+        def send(job: Job) -> None:
+            app.send_task(name, args=[str(job.id)], queue=queue_name(queue))
+
+        job_kind_register(
+            kind=kind, queue=queue, label=label, send=send, stores_images=stores_images
+        )
         _task.body = fn
         return _task
 

@@ -18,7 +18,8 @@ from inspection.redis_local import redis_answers, start_local_redis
 
 class Command(BaseCommand):
     help = (
-        "Run the web server (gunicorn), a Celery worker (queues cpu and gpu) and, if needed, Redis."
+        "Run the web server (gunicorn), a Celery worker (queues cpu and gpu, with beat for the "
+        "maintenance hooks) and, if needed, Redis."
     )
 
     def add_arguments(self, parser):
@@ -57,6 +58,11 @@ class Command(BaseCommand):
                         "INFO",
                         "-n",
                         "loupe@%h",
+                        # beat in the same process: the maintenance hooks (stale jobs, expired
+                        # exports) every LOUPE_MAINTENANCE_SECONDS
+                        "-B",
+                        "--schedule",
+                        str(var / "celerybeat-schedule"),
                     ]
                 ),
             )

@@ -1,0 +1,1 @@
+"""The labeling side's REST API (routes in urls.py)."""

@@ -1,0 +1,229 @@
+"""API representations of labels, suggestions, reviews and dataset versions (writes go through
+services; these only shape data)."""
+
+from django.urls import reverse
+from rest_framework import serializers
+
+from annotations.formats.registry import EXPORTERS, IMPORTERS
+from annotations.models import (
+    Annotation,
+    DatasetVersion,
+    DefectCategory,
+    ImageComment,
+    Review,
+    Suggestion,
+)
+from inspection.api.serializers import ImageSerializer as CoreImageSerializer
+from inspection.models import Image
+
+
+class CategorySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DefectCategory
+        fields = ["id", "name", "color", "shortcut", "created_at"]
+        read_only_fields = ["id", "created_at"]
+        extra_kwargs = {"color": {"required": False}, "shortcut": {"required": False}}
+        validators = []  # uniqueness is a service rule, with a clearer message
+
+
+class ImageSerializer(CoreImageSerializer):
+    """An image in the grid: its files, plus where it is labelled."""
+
+    def get_urls(self, obj) -> dict:
+        return {
+            "page": reverse("image-page", args=[obj.pk]),
+            **super().get_urls(obj),
+            "annotations": reverse("api-image-annotations", args=[obj.pk]),
+        }
+
+
+class NormalSerializer(serializers.Serializer):
+    is_normal = serializers.BooleanField()
+
+
+class AnnotationSerializer(serializers.ModelSerializer):
+    category_name = serializers.CharField(source="category.name", read_only=True)
+    color = serializers.CharField(source="category.color", read_only=True)
+    author = serializers.CharField(source="author.username", default=None, read_only=True)
+    updated_by = serializers.CharField(source="updated_by.username", default=None, read_only=True)
+
+    class Meta:
+        model = Annotation
+        fields = [
+            "id",
+            "image",
+            "category",
+            "category_name",
+            "color",
+            "kind",
+            "geometry",
+            "source",
+            "review_status",
+            "author",
+            "updated_by",
+            "created_at",
+            "updated_at",
+            "version",
+        ]
+        read_only_fields = fields
+
+
+class AnnotationWriteSerializer(serializers.Serializer):
+    category = serializers.IntegerField()
+    geometry = serializers.JSONField()
+    client_id = serializers.CharField(
+        required=False, allow_blank=True, max_length=64, help_text="Makes retries idempotent."
+    )
+
+
+class AnnotationPatchSerializer(serializers.Serializer):
+    version = serializers.IntegerField()
+    category = serializers.IntegerField(required=False)
+    geometry = serializers.JSONField(required=False)
+
+
+class CommentSerializer(serializers.ModelSerializer):
+    author = serializers.CharField(source="author.username", default=None, read_only=True)
+
+    class Meta:
+        model = ImageComment
+        fields = ["id", "text", "author", "created_at"]
+        read_only_fields = ["id", "author", "created_at"]
+
+
+class VerdictSerializer(serializers.Serializer):
+    verdict = serializers.ChoiceField(choices=Image.Verdict.choices, allow_blank=True)
+
+
+class SuggestionSerializer(serializers.ModelSerializer):
+    decided_by = serializers.CharField(source="decided_by.username", default=None, read_only=True)
+    image_name = serializers.CharField(source="image.original_name", read_only=True)
+    image_width = serializers.IntegerField(source="image.width", read_only=True)
+    image_height = serializers.IntegerField(source="image.height", read_only=True)
+    model = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Suggestion
+        fields = [
+            "id",
+            "image",
+            "image_name",
+            "image_width",
+            "image_height",
+            "run",
+            "model_version",
+            "model",
+            "category",
+            "kind",
+            "geometry",
+            "score",
+            "mean_score",
+            "area",
+            "status",
+            "reject_reason",
+            "decided_by",
+            "decided_at",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_model(self, obj) -> str | None:
+        mv = obj.model_version
+        return f"{mv.architecture} v{mv.number}" if mv else None
+
+
+class ReviewSerializer(serializers.ModelSerializer):
+    decided_by = serializers.CharField(source="decided_by.username", default=None, read_only=True)
+    category_name = serializers.CharField(source="category.name", default=None, read_only=True)
+
+    class Meta:
+        model = Review
+        fields = [
+            "id",
+            "image",
+            "suggestion",
+            "annotation",
+            "action",
+            "reason",
+            "comment",
+            "category",
+            "category_name",
+            "geometry_before",
+            "geometry_after",
+            "decided_by",
+            "decided_at",
+        ]
+        read_only_fields = fields
+
+
+class AcceptSerializer(serializers.Serializer):
+    category = serializers.IntegerField()
+    geometry = serializers.JSONField(required=False, help_text="The edited shape, when edited.")
+
+
+class RejectSerializer(serializers.Serializer):
+    reason = serializers.ChoiceField(
+        choices=Review.REJECT_REASONS, required=False, allow_blank=True, default=""
+    )
+    comment = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class DecisionCommentSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class DatasetVersionSerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username", default=None, read_only=True)
+
+    class Meta:
+        model = DatasetVersion
+        fields = [
+            "id",
+            "project",
+            "number",
+            "note",
+            "options",
+            "content_hash",
+            "counts",
+            "created_by",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class DatasetVersionContentSerializer(DatasetVersionSerializer):
+    class Meta(DatasetVersionSerializer.Meta):
+        fields = [*DatasetVersionSerializer.Meta.fields, "content"]
+        read_only_fields = fields
+
+
+class FreezeSerializer(serializers.Serializer):
+    note = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+    include_pending = serializers.BooleanField(required=False, default=False)
+    include_ground_truth = serializers.BooleanField(required=False, default=False)
+    seed = serializers.IntegerField(required=False, default=0)
+    ratios = serializers.DictField(child=serializers.FloatField(), required=False, default=None)
+
+
+class ExportSerializer(serializers.Serializer):
+    format = serializers.ChoiceField(choices=list(EXPORTERS))
+    options = serializers.DictField(required=False, default=dict)
+
+
+class ImportSerializer(serializers.Serializer):
+    format = serializers.ChoiceField(choices=list(IMPORTERS))
+    zip = serializers.FileField(
+        required=False,
+        help_text="COCO: JSON + images; YOLO: data.yaml, images/, labels/; MVTec AD: train/good, "
+        "test/<type>, ground_truth/<type>.",
+    )
+    path = serializers.CharField(
+        required=False, help_text="A folder on the server (site admins; under LOUPE_IMPORT_ROOTS)."
+    )
+
+    def validate(self, attrs):
+        if attrs.get("zip") and attrs.get("path"):
+            raise serializers.ValidationError("Give a zip file or a server path, not both.")
+        if not attrs.get("zip") and not attrs.get("path"):
+            raise serializers.ValidationError("Give a (non-empty) zip file or a server path.")
+        return attrs

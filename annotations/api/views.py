@@ -1,0 +1,368 @@
+"""API of the labeling side: categories, the image grid (with uploads into it), labels, verdicts,
+comments, suggestions and their review, and run figures. Writes call one service each."""
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+
+from annotations import selectors
+from annotations.figures import run_figures
+from annotations.filters import AnnotationFilter, ImageFilter, SuggestionFilter
+from annotations.models import Annotation, DefectCategory, Suggestion
+from annotations.services import categories, comments, labels, review
+from inspection.api.base import list_response
+from inspection.api.lookups import image_for, project_for
+from inspection.api.serializers import RunDetailSerializer, UploadSerializer
+from inspection.api.uploads import upload_response
+from inspection.models import Image, InspectionRun, Role
+from inspection.permissions import require_role
+
+from . import serializers as s
+
+
+def _annotations():
+    return Annotation.objects.select_related("category", "author", "updated_by")
+
+
+class CategoryViewSet(viewsets.ModelViewSet):
+    """Defect categories of a project (project admins change them)."""
+
+    serializer_class = s.CategorySerializer
+    pagination_class = None
+    http_method_names = ["get", "post", "patch", "delete"]
+
+    def get_project(self):
+        return project_for(self.request, self.kwargs["project_pk"])
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return DefectCategory.objects.none()
+        return DefectCategory.objects.filter(project=self.get_project())
+
+    def perform_create(self, serializer):
+        serializer.instance = categories.category_create(
+            user=self.request.user, project=self.get_project(), **serializer.validated_data
+        )
+
+    def perform_update(self, serializer):
+        serializer.instance = categories.category_update(
+            user=self.request.user, category=serializer.instance, **serializer.validated_data
+        )
+
+    def perform_destroy(self, instance):
+        categories.category_delete(user=self.request.user, category=instance)
+
+
+class ProjectLabelsViewSet(viewsets.GenericViewSet):
+    """A project's images (the grid, filtered by labels; uploads), labels and suggestions."""
+
+    serializer_class = s.ImageSerializer
+    filterset_class = None  # set per action (lists filter, and the schema shows the filters)
+
+    def get_queryset(self):
+        # every route is an action on one project that builds its own list; this only tells the
+        # schema which model each action's filters are about
+        models = {
+            "annotations": Annotation,
+            "pending_labels": Annotation,
+            "suggestions": Suggestion,
+        }
+        return models.get(self.action, Image).objects.none()
+
+    @extend_schema(methods=["GET"], responses=s.ImageSerializer(many=True))
+    @extend_schema(
+        methods=["POST"], request={"multipart/form-data": UploadSerializer}, responses={201: dict}
+    )
+    @action(
+        detail=True,
+        methods=["get", "post"],
+        parser_classes=[MultiPartParser, FormParser],
+        filterset_class=ImageFilter,
+    )
+    def images(self, request, pk=None):
+        """GET: the project's images (filters: state, split, category, name, group).
+        POST: upload files or zips (reviewers and admins)."""
+        project = project_for(request, pk)
+        if request.method == "POST":
+            return upload_response(request, project)
+        images = (
+            Image.objects.filter(project=project)
+            .select_related("uploaded_by")
+            .prefetch_related("heatmaps")
+            .order_by("id")
+        )
+        return list_response(self, images, s.ImageSerializer, filterset_class=ImageFilter)
+
+    @extend_schema(responses=s.AnnotationSerializer(many=True))
+    @action(detail=True, filterset_class=AnnotationFilter)
+    def annotations(self, request, pk=None):
+        """Every label of a project, paged (filters: image, category, source, review_status,
+        author, kind)."""
+        project = project_for(request, pk)
+        qs = _annotations().filter(image__project=project).order_by("id")
+        return list_response(self, qs, s.AnnotationSerializer, filterset_class=AnnotationFilter)
+
+    @extend_schema(responses=s.SuggestionSerializer(many=True))
+    @action(detail=True, filterset_class=SuggestionFilter)
+    def suggestions(self, request, pk=None):
+        """Suggestions of a project, highest score first (filters: status, run, image, category,
+        score range)."""
+        project = project_for(request, pk)
+        qs = (
+            Suggestion.objects.filter(image__project=project)
+            .select_related("image", "model_version", "decided_by")
+            .order_by("-score", "id")
+        )
+        return list_response(self, qs, s.SuggestionSerializer, filterset_class=SuggestionFilter)
+
+    @extend_schema(responses=s.AnnotationSerializer(many=True))
+    @action(
+        detail=True,
+        url_path="pending-labels",
+        url_name="pending-labels",
+        filterset_class=AnnotationFilter,
+    )
+    def pending_labels(self, request, pk=None):
+        """Labels drawn by annotators that wait for review (not your own), oldest first."""
+        project = project_for(request, pk)
+        qs = (
+            Annotation.objects.filter(
+                image__project=project, review_status=Annotation.ReviewStatus.PENDING
+            )
+            .exclude(source=Annotation.Source.GROUND_TRUTH)
+            .exclude(author=request.user)
+            .select_related("category", "author", "updated_by")
+            .order_by("created_at", "id")
+        )
+        return list_response(self, qs, s.AnnotationSerializer, filterset_class=AnnotationFilter)
+
+
+class ImageLabelsViewSet(viewsets.GenericViewSet):
+    """One image's labels, verdict, normal flag, comments, decisions and suggestions; its
+    neighbours in the grid."""
+
+    queryset = Image.objects.none()
+    serializer_class = s.AnnotationSerializer
+    conflict_serializer_class = s.AnnotationSerializer
+
+    @extend_schema(methods=["GET"], responses=s.AnnotationSerializer(many=True))
+    @extend_schema(
+        methods=["POST"],
+        request=s.AnnotationWriteSerializer,
+        responses={201: s.AnnotationSerializer},
+    )
+    @action(detail=True, methods=["get", "post"])
+    def annotations(self, request, pk=None):
+        """GET every label of an image; POST one ({category, geometry}) or a list of them."""
+        image = image_for(request, pk)
+        if request.method == "GET":
+            return Response(
+                s.AnnotationSerializer(_annotations().filter(image=image), many=True).data
+            )
+        if isinstance(request.data, list):
+            created = labels.annotations_bulk_create(
+                user=request.user, image=image, items=request.data
+            )
+            return Response(
+                s.AnnotationSerializer(created, many=True).data, status=status.HTTP_201_CREATED
+            )
+        data = s.AnnotationWriteSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        annotation = labels.annotation_create(
+            user=request.user,
+            image=image,
+            category_id=data.validated_data["category"],
+            geometry=data.validated_data["geometry"],
+            client_id=data.validated_data.get("client_id", ""),
+        )
+        return Response(s.AnnotationSerializer(annotation).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.VerdictSerializer, responses=dict)
+    @action(detail=True, methods=["post"])
+    def verdict(self, request, pk=None):
+        image = image_for(request, pk)
+        data = s.VerdictSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        image = review.image_set_verdict(
+            user=request.user, image=image, verdict=data.validated_data["verdict"]
+        )
+        return Response(
+            {
+                "verdict": image.verdict,
+                "verdict_by": request.user.username if image.verdict else None,
+                "verdict_at": image.verdict_at,
+            }
+        )
+
+    @extend_schema(request=s.NormalSerializer, responses=s.ImageSerializer)
+    @action(detail=True, methods=["post"])
+    def normal(self, request, pk=None):
+        """Mark the image defect-free (it trains the anomaly model) or not (reviewers and admins;
+        refused for an image with defect labels)."""
+        image = image_for(request, pk)
+        data = s.NormalSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        image = review.image_set_normal(
+            user=request.user, image=image, normal=data.validated_data["is_normal"]
+        )
+        return Response(s.ImageSerializer(image, context=self.get_serializer_context()).data)
+
+    @extend_schema(methods=["GET"], responses=s.CommentSerializer(many=True))
+    @extend_schema(
+        methods=["POST"], request=s.CommentSerializer, responses={201: s.CommentSerializer}
+    )
+    @action(detail=True, methods=["get", "post"])
+    def comments(self, request, pk=None):
+        image = image_for(request, pk)
+        if request.method == "GET":
+            return Response(
+                s.CommentSerializer(image.comments.select_related("author"), many=True).data
+            )
+        text = request.data.get("text", "") if isinstance(request.data, dict) else None
+        comment = comments.image_comment_add(user=request.user, image=image, text=text)
+        return Response(s.CommentSerializer(comment).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=s.ReviewSerializer(many=True))
+    @action(detail=True)
+    def reviews(self, request, pk=None):
+        """Every decision on an image, newest first."""
+        image = image_for(request, pk)
+        qs = image.reviews.select_related("decided_by", "category")
+        return Response(s.ReviewSerializer(qs, many=True).data)
+
+    @extend_schema(responses=s.SuggestionSerializer(many=True))
+    @action(detail=True)
+    def suggestions(self, request, pk=None):
+        """The image's suggestions (all statuses), for the workspace overlay."""
+        image = image_for(request, pk)
+        qs = image.suggestions.select_related("image", "model_version", "decided_by")
+        return Response(s.SuggestionSerializer(qs, many=True).data)
+
+    @extend_schema(responses=dict)
+    @action(detail=True)
+    def neighbors(self, request, pk=None):
+        """Previous and next image in the project's list under the same filters as the grid."""
+        image = image_for(request, pk)
+        return Response(selectors.image_neighbors(image=image, params=request.query_params))
+
+
+class AnnotationViewSet(
+    mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
+):
+    """One label: GET, PATCH ({version, category?, geometry?}), DELETE (?version=N); a reviewer
+    approves it or sends it back."""
+
+    serializer_class = s.AnnotationSerializer
+    conflict_serializer_class = s.AnnotationSerializer
+    queryset = _annotations().select_related("image__project")
+    http_method_names = ["get", "patch", "delete", "post"]
+
+    def get_object(self) -> Annotation:
+        annotation = get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
+        require_role(self.request.user, annotation.image.project, Role.ANNOTATOR)
+        return annotation
+
+    @extend_schema(request=s.AnnotationPatchSerializer, responses=s.AnnotationSerializer)
+    def partial_update(self, request, pk=None):
+        annotation = self.get_object()
+        data = s.AnnotationPatchSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        updated = labels.annotation_update(
+            user=request.user,
+            annotation=annotation,
+            version=v["version"],
+            category_id=v.get("category"),
+            geometry=v.get("geometry"),
+        )
+        return Response(s.AnnotationSerializer(updated).data)
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request, pk=None):
+        annotation = self.get_object()
+        version = request.query_params.get("version") or (request.data or {}).get("version")
+        if version is not None and not str(version).isdigit():
+            raise serializers.ValidationError("version must be a number.")
+        labels.annotation_delete(user=request.user, annotation=annotation, version=version)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=s.DecisionCommentSerializer, responses=s.AnnotationSerializer)
+    @action(detail=True, methods=["post"])
+    def approve(self, request, pk=None):
+        data = s.DecisionCommentSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        approved = review.annotation_approve(
+            user=request.user, annotation=self.get_object(), comment=data.validated_data["comment"]
+        )
+        return Response(s.AnnotationSerializer(approved).data)
+
+    @extend_schema(request=s.DecisionCommentSerializer, responses=s.AnnotationSerializer)
+    @action(detail=True, methods=["post"], url_path="return", url_name="return")
+    def return_(self, request, pk=None):
+        data = s.DecisionCommentSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        returned = review.annotation_return(
+            user=request.user, annotation=self.get_object(), comment=data.validated_data["comment"]
+        )
+        return Response(s.AnnotationSerializer(returned).data)
+
+
+class SuggestionViewSet(viewsets.GenericViewSet):
+    """A reviewer accepts (optionally with an edited shape) or rejects one suggestion."""
+
+    serializer_class = s.SuggestionSerializer
+    queryset = Suggestion.objects.select_related("image__project")
+
+    def get_object(self) -> Suggestion:
+        suggestion = get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
+        require_role(self.request.user, suggestion.image.project, Role.ANNOTATOR)
+        return suggestion
+
+    @extend_schema(request=s.AcceptSerializer, responses={201: s.AnnotationSerializer})
+    @action(detail=True, methods=["post"])
+    def accept(self, request, pk=None):
+        suggestion = self.get_object()
+        data = s.AcceptSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        annotation = review.suggestion_accept(
+            user=request.user,
+            suggestion=suggestion,
+            category_id=data.validated_data["category"],
+            geometry=data.validated_data.get("geometry"),
+        )
+        return Response(s.AnnotationSerializer(annotation).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.RejectSerializer, responses=s.SuggestionSerializer)
+    @action(detail=True, methods=["post"])
+    def reject(self, request, pk=None):
+        suggestion = self.get_object()
+        data = s.RejectSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        rejected = review.suggestion_reject(
+            user=request.user, suggestion=suggestion, **data.validated_data
+        )
+        return Response(s.SuggestionSerializer(rejected).data)
+
+
+class RunViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """One inspection run with its figures: decisions, and recall and false alarms against
+    ground truth (``?threshold=`` moves the score they count from; default: the run's own)."""
+
+    serializer_class = RunDetailSerializer
+    queryset = InspectionRun.objects.select_related("project")
+
+    @extend_schema(responses=dict)
+    def retrieve(self, request, pk=None):
+        run = get_object_or_404(self.get_queryset(), pk=pk)
+        require_role(request.user, run.project, Role.ANNOTATOR)
+        try:
+            default = (run.params or {}).get("threshold", 0.5)  # the score it suggested from
+            threshold = float(request.query_params.get("threshold", default))
+        except ValueError:
+            raise serializers.ValidationError("threshold must be a number.") from None
+        body = RunDetailSerializer(run).data
+        body["figures"] = run_figures(run, threshold=threshold).to_dict()
+        return Response(body)

@@ -1,0 +1,78 @@
+"""FilterSets shared by the HTML pages and the API: the image grid (by labels), labels, suggestions."""
+
+import django_filters
+from django.db.models import Exists, OuterRef
+
+from annotations.models import Annotation, Suggestion
+from inspection.models import Image
+
+
+class ImageFilter(django_filters.FilterSet):
+    """state: normal | unlabeled | labeled | reviewed; split; category (id); name contains."""
+
+    STATES = (
+        ("normal", "Normal (defect-free)"),
+        ("unlabeled", "Unlabeled"),
+        ("labeled", "Labeled"),
+        ("reviewed", "Reviewed"),
+    )
+    state = django_filters.ChoiceFilter(choices=STATES, method="filter_state", label="State")
+    split = django_filters.ChoiceFilter(
+        choices=[(v, v) for v in ("train", "val", "test")], label="Split"
+    )
+    category = django_filters.NumberFilter(method="filter_category", label="Category")
+    name = django_filters.CharFilter(
+        field_name="original_name", lookup_expr="icontains", label="Name"
+    )
+    group = django_filters.CharFilter(field_name="source_group", label="Source folder")
+
+    class Meta:
+        model = Image
+        fields = ["state", "split", "category", "name", "group"]
+
+    @staticmethod
+    def _labels():
+        return Annotation.objects.filter(image=OuterRef("pk")).exclude(
+            source=Annotation.Source.GROUND_TRUTH
+        )
+
+    def filter_state(self, queryset, name, value):
+        if value == "normal":
+            return queryset.filter(is_normal=True)
+        if value == "reviewed":
+            return queryset.filter(status=Image.Status.REVIEWED)
+        has_labels = Exists(self._labels())
+        if value == "labeled":
+            return queryset.filter(has_labels)
+        if value == "unlabeled":
+            return queryset.filter(~has_labels, is_normal=False)
+        return queryset
+
+    def filter_category(self, queryset, name, value):
+        return queryset.filter(
+            Exists(Annotation.objects.filter(image=OuterRef("pk"), category_id=value))
+        )
+
+
+class AnnotationFilter(django_filters.FilterSet):
+    image = django_filters.NumberFilter(field_name="image_id")
+    category = django_filters.NumberFilter(field_name="category_id")
+    author = django_filters.CharFilter(field_name="author__username")
+
+    class Meta:
+        model = Annotation
+        fields = ["image", "category", "source", "review_status", "author", "kind"]
+
+
+class SuggestionFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=Suggestion.Status.choices)
+    run = django_filters.NumberFilter(field_name="run_id")
+    model_version = django_filters.NumberFilter(field_name="model_version_id")
+    image = django_filters.NumberFilter(field_name="image_id")
+    category = django_filters.NumberFilter(field_name="category_id")
+    score_min = django_filters.NumberFilter(field_name="score", lookup_expr="gte")
+    score_max = django_filters.NumberFilter(field_name="score", lookup_expr="lte")
+
+    class Meta:
+        model = Suggestion
+        fields = ["status", "run", "model_version", "image", "category", "score_min", "score_max"]

@@ -1,0 +1,213 @@
+"""Labels on images: every way a label comes in or changes goes through this module.
+
+``annotation_create`` / ``annotations_bulk_create`` / ``annotation_update`` /
+``annotation_delete`` serve people in the workspace and the API; ``labels_import`` serves the
+COCO, YOLO and MVTec imports. All of them check shapes with ``clean_geometry`` (clipped to the
+image, refused when degenerate) and keep the image's state true through ``image_state``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+
+from annotations.geometry import GeometryError, normalize_geometry
+from annotations.models import Annotation, DefectCategory
+from annotations.services.categories import category_of
+from annotations.services.image_state import image_defect_added, image_update_status
+from inspection.errors import ConflictError
+from inspection.models import Image, Role
+from inspection.permissions import has_role, require_role
+
+
+def clean_geometry(image: Image, geometry: Any) -> tuple[str, dict]:
+    """(kind, clean geometry) of a shape on ``image``, or a ValidationError on ``geometry``."""
+    try:
+        return normalize_geometry(geometry, width=image.width, height=image.height)
+    except GeometryError as exc:
+        raise ValidationError({"geometry": str(exc)}) from None
+
+
+def _after_label_change(image: Image, *, defect_added: bool = False) -> None:
+    if defect_added:
+        image_defect_added(image=image)
+    image_update_status(image=image)
+
+
+def annotation_create(
+    *, user, image: Image, category_id, geometry, source: str = "manual", client_id: str = ""
+) -> Annotation:
+    """Add a label to an image (annotators and up). Geometry is checked against the image size.
+
+    ``client_id`` makes the call idempotent: a browser that retries a create whose answer it
+    never got (network cut after the server committed) gets the same label back, not a copy.
+    """
+    require_role(user, image.project, Role.ANNOTATOR)
+    client_id = (client_id or "")[:64]
+    if client_id:
+        existing = Annotation.objects.filter(image=image, client_id=client_id).first()
+        if existing is not None:
+            return existing
+    category = category_of(image.project, category_id)
+    kind, clean = clean_geometry(image, geometry)
+    if source not in Annotation.Source.values:
+        raise ValidationError({"source": f"Unknown source '{source}'."})
+    try:
+        with transaction.atomic():
+            annotation = Annotation.objects.create(
+                image=image,
+                category=category,
+                kind=kind,
+                geometry=clean,
+                source=source,
+                author=user,
+                updated_by=user,
+                client_id=client_id,
+            )
+    except IntegrityError:  # the same client_id raced in twice
+        return Annotation.objects.get(image=image, client_id=client_id)
+    _after_label_change(image, defect_added=source != Annotation.Source.GROUND_TRUTH)
+    return annotation
+
+
+def annotations_bulk_create(*, user, image: Image, items: list[dict]) -> list[Annotation]:
+    """Add many labels at once: all are stored, or none (the error names the item)."""
+    if not isinstance(items, list) or not items:
+        raise ValidationError("Send a non-empty list of annotations.")
+    with transaction.atomic():
+        created = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ValidationError({f"item {index}": ["must be an object {category, geometry}"]})
+            try:
+                created.append(
+                    annotation_create(
+                        user=user,
+                        image=image,
+                        category_id=item.get("category"),
+                        geometry=item.get("geometry"),
+                    )
+                )
+            except ValidationError as exc:
+                detail = exc.message_dict if hasattr(exc, "error_dict") else {"item": exc.messages}
+                raise ValidationError(
+                    {f"item {index}": [f"{k}: {' '.join(v)}" for k, v in detail.items()]}
+                ) from None
+        return created
+
+
+def _may_change(user, annotation: Annotation) -> None:
+    project = annotation.image.project
+    if annotation.source == Annotation.Source.GROUND_TRUTH:
+        require_role(user, project, Role.ADMIN)
+    elif annotation.author_id != getattr(user, "id", None):
+        require_role(user, project, Role.ANNOTATOR)
+
+
+def _locked(annotation: Annotation, version) -> Annotation:
+    current = Annotation.objects.select_for_update().filter(pk=annotation.pk).first()
+    if current is None:
+        raise ConflictError("This annotation was deleted by someone else.", None)
+    if version is None:
+        raise ValidationError({"version": "Send the version you edited (for conflict checks)."})
+    if int(version) != current.version:
+        who = current.updated_by.username if current.updated_by else "someone"
+        raise ConflictError(
+            f"{who} changed this annotation first (version {current.version}, you edited {version}).",
+            current,
+        )
+    return current
+
+
+def annotation_update(
+    *, user, annotation: Annotation, version, category_id=None, geometry=None
+) -> Annotation:
+    """Change a label's category or shape, if nobody changed it since ``version`` (else 409)."""
+    require_role(user, annotation.image.project, Role.ANNOTATOR)
+    _may_change(user, annotation)
+    with transaction.atomic():
+        current = _locked(annotation, version)
+        if category_id is not None:
+            current.category = category_of(current.image.project, category_id)
+        if geometry is not None:
+            current.kind, current.geometry = clean_geometry(current.image, geometry)
+        current.version += 1
+        current.updated_by = user
+        if current.review_status == Annotation.ReviewStatus.RETURNED:
+            current.review_status = Annotation.ReviewStatus.PENDING  # fixed: back to the queue
+        elif current.review_status == Annotation.ReviewStatus.APPROVED and not has_role(
+            user, current.image.project, Role.REVIEWER
+        ):
+            current.review_status = Annotation.ReviewStatus.PENDING  # changed after approval
+        current.save()
+    _after_label_change(current.image)
+    return current
+
+
+def annotation_delete(*, user, annotation: Annotation, version) -> None:
+    """Delete a label, if nobody changed it since ``version`` (else 409)."""
+    require_role(user, annotation.image.project, Role.ANNOTATOR)
+    _may_change(user, annotation)
+    if annotation.author_id != getattr(user, "id", None):
+        require_role(user, annotation.image.project, Role.REVIEWER)
+    with transaction.atomic():
+        _locked(annotation, version).delete()
+    _after_label_change(annotation.image)
+
+
+@dataclass(frozen=True)
+class LabelIn:
+    """One label an importer brings: its category and its shape as a geometry dict."""
+
+    category: DefectCategory
+    geometry: dict
+
+
+# The label source an import writes -> the review status its labels get. Imported labels were
+# reviewed where they came from; ground truth (MVTec masks) is not reviewed at all.
+IMPORT_SOURCES = {
+    Annotation.Source.IMPORT: Annotation.ReviewStatus.APPROVED,
+    Annotation.Source.GROUND_TRUTH: Annotation.ReviewStatus.PENDING,
+}
+
+
+def labels_import(
+    *, user, image: Image, labels: Iterable[LabelIn], source: str
+) -> tuple[int, list[tuple[int, str]]]:
+    """Store an importer's labels on one image (the import job checked the role).
+
+    Every shape goes through ``clean_geometry``; a shape refused there is left out and reported
+    as ``(index, reason)`` (index from 1), the others are stored in one insert. Returns the number
+    stored and the refusals.
+    """
+    if source not in IMPORT_SOURCES:
+        raise ValueError(f"labels_import writes sources {sorted(IMPORT_SOURCES)}, not {source!r}")
+    rows, refused = [], []
+    for index, label in enumerate(labels, 1):
+        try:
+            kind, geometry = normalize_geometry(
+                label.geometry, width=image.width, height=image.height
+            )
+        except GeometryError as exc:
+            refused.append((index, str(exc)))
+            continue
+        rows.append(
+            Annotation(
+                image=image,
+                category=label.category,
+                kind=kind,
+                geometry=geometry,
+                source=source,
+                review_status=IMPORT_SOURCES[source],
+                author=user,
+                updated_by=user,
+            )
+        )
+    if rows:
+        Annotation.objects.bulk_create(rows)
+        _after_label_change(image, defect_added=source != Annotation.Source.GROUND_TRUTH)
+    return len(rows), refused
