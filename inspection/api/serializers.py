@@ -158,11 +158,18 @@ class JobSerializer(serializers.ModelSerializer):
         return obj.traceback if user.is_staff or user.is_superuser else None
 
 
-class ModelVersionSerializer(serializers.ModelSerializer):
+class _MadeByAJobSerializer(serializers.ModelSerializer):
+    """What model versions and runs share: who asked, the job that made them, how many images."""
+
     created_by = serializers.CharField(source="created_by.username", default=None, read_only=True)
     job = serializers.UUIDField(source="job_id", read_only=True)
     image_count = serializers.SerializerMethodField()
 
+    def get_image_count(self, obj) -> int:
+        return len(obj.image_ids)
+
+
+class ModelVersionSerializer(_MadeByAJobSerializer):
     class Meta:
         model = ModelVersion
         fields = [
@@ -182,9 +189,6 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    def get_image_count(self, obj) -> int:
-        return len(obj.image_ids)
-
 
 class TrainSerializer(serializers.Serializer):
     architecture = serializers.ChoiceField(choices=ARCHITECTURES, default="padim")
@@ -192,11 +196,7 @@ class TrainSerializer(serializers.Serializer):
     activate = serializers.BooleanField(default=True)
 
 
-class RunSerializer(serializers.ModelSerializer):
-    created_by = serializers.CharField(source="created_by.username", default=None, read_only=True)
-    job = serializers.UUIDField(source="job_id", read_only=True)
-    image_count = serializers.SerializerMethodField()
-
+class RunSerializer(_MadeByAJobSerializer):
     class Meta:
         model = InspectionRun
         fields = [
@@ -211,9 +211,6 @@ class RunSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = fields
-
-    def get_image_count(self, obj) -> int:
-        return len(obj.image_ids)
 
 
 class RunDetailSerializer(RunSerializer):
