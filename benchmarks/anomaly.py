@@ -89,7 +89,9 @@ def run_engine(dataset: Path, model_dir: Path, kind: str) -> dict:
         predict,
         predict_many,
     )
-    from workers.anomaly.nets import LITE0, PADIM_LAYERS, PATCHCORE_LAYERS
+    from workers.anomaly.backbone import LITE0
+    from workers.anomaly.models.padim import LAYERS as PADIM_LAYERS
+    from workers.anomaly.models.patchcore import LAYERS as PATCHCORE_LAYERS
 
     loaded = load_model(model_dir, backend="torch")
     if kind == "padim":

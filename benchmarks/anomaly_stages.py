@@ -24,8 +24,8 @@ def main() -> None:
     import torch
 
     from workers.anomaly import PredictConfig, export_onnx, load_model, mvtec_test, predict_many
-    from workers.anomaly.engine import _predict_decoded, _whole_maps
     from workers.anomaly.image_io import read_pixels
+    from workers.anomaly.inference import predict_decoded, whole_maps
 
     parser = argparse.ArgumentParser()
     parser.add_argument("model_dir")
@@ -52,18 +52,18 @@ def main() -> None:
     inputs = [model.geometry.prepare(i) for i in images]
     row["resize_ms"] = ms(started)
     config = PredictConfig()
-    _whole_maps(model, inputs[:8], config)  # warm-up
+    whole_maps(model, inputs[:8], config)  # warm-up
     raws: list = []
     for batch in (1, 8):
         started, raws = time.perf_counter(), []
         for k in range(0, n, batch):
-            raws.extend(_whole_maps(model, inputs[k : k + batch], config))
+            raws.extend(whole_maps(model, inputs[k : k + batch], config))
         row[f"network_batch{batch}_ms"] = ms(started)
     for side in (1024, model.geometry.input_size):
         c = PredictConfig(heatmap_max_side=side)
         started = time.perf_counter()
         for i, p in enumerate(paths):
-            _predict_decoded(model, p, images[i], c, None, 0.0, raws[i])
+            predict_decoded(model, p, images[i], c, None, 0.0, raws[i])
         row[f"heatmap_regions_{side}px_ms"] = ms(started)
     for side in (1024, model.geometry.input_size):
         c = PredictConfig(heatmap_max_side=side)

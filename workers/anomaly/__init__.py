@@ -38,23 +38,17 @@ the exception propagates and no artifact is written.
 Errors: :class:`MissingWeightsError` (names the file and the command that makes it),
 :class:`ImageReadError` (names the file), :class:`IncompatibleModelError` (channels/size/format),
 :class:`ConfigError`; all derive from :class:`AnomalyError`.
+
+Names are imported when first used (module ``__getattr__``), so importing this package, or
+``workers.anomaly.regions`` / ``workers.anomaly.errors``, does not load torch: the web process
+imports them. docs/anomaly.md has the module map.
 """
 
 from __future__ import annotations
 
-from .datasets import Sample, mvtec_test, mvtec_train, pair_masks
-from .engine import (
-    LoadedModel,
-    PredictConfig,
-    Prediction,
-    TrainConfig,
-    TrainResult,
-    load_model,
-    predict,
-    predict_many,
-    recommended_config,
-    train,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AnomalyError,
     Cancelled,
@@ -63,11 +57,44 @@ from .errors import (
     IncompatibleModelError,
     MissingWeightsError,
 )
-from .evaluation import EvalResult, evaluate
-from .export import export_onnx, export_openvino_int8
-from .image_io import read_image
-from .regions import Region, RegionConfig
-from .teacher import distill_teacher
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .artifact import LoadedModel, load_model
+    from .config import PredictConfig, TrainConfig, recommended_config
+    from .datasets import Sample, mvtec_test, mvtec_train, pair_masks
+    from .evaluation import EvalResult, evaluate
+    from .export import export_onnx, export_openvino_int8
+    from .image_io import read_image
+    from .inference import Prediction, predict
+    from .pipeline import predict_many
+    from .regions import Region, RegionConfig
+    from .teacher import distill_teacher
+    from .training import TrainResult, train
+
+_LAZY = {
+    "LoadedModel": "artifact",
+    "load_model": "artifact",
+    "PredictConfig": "config",
+    "TrainConfig": "config",
+    "recommended_config": "config",
+    "Sample": "datasets",
+    "mvtec_test": "datasets",
+    "mvtec_train": "datasets",
+    "pair_masks": "datasets",
+    "EvalResult": "evaluation",
+    "evaluate": "evaluation",
+    "export_onnx": "export",
+    "export_openvino_int8": "export",
+    "read_image": "image_io",
+    "Prediction": "inference",
+    "predict": "inference",
+    "predict_many": "pipeline",
+    "Region": "regions",
+    "RegionConfig": "regions",
+    "distill_teacher": "teacher",
+    "TrainResult": "training",
+    "train": "training",
+}
 
 __all__ = [
     "AnomalyError",
@@ -99,3 +126,15 @@ __all__ = [
     "recommended_config",
     "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

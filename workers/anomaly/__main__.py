@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import models
+from .config import BACKENDS
 from .errors import AnomalyError
 
 
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="train a model on defect-free images")
     t.add_argument("--images", nargs="+", required=True, help="image files or folders")
     t.add_argument("--out", required=True, help="output folder for model.pt")
-    t.add_argument("--model", default="efficientad", choices=["efficientad", "patchcore", "padim"])
+    t.add_argument("--model", default="efficientad", choices=models.names())
     t.add_argument("--input-size", type=int, default=256)
     t.add_argument("--scale", type=float, default=None, help="tiled mode scale (omit: whole)")
     t.add_argument("--steps", type=int, default=1000)
@@ -78,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--specular-mask", action="store_true")
     p.add_argument("--allow-size-mismatch", action="store_true")
-    p.add_argument(
-        "--backend", default="auto", choices=["auto", "torch", "onnx", "openvino", "openvino-int8"]
-    )
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("images", nargs="+")
 
     e = sub.add_parser("evaluate", help="metrics on an MVTec-layout test set")
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     progress = _printer(args.quiet)
     try:
         if args.command == "train":
-            from .engine import TrainConfig, train
+            from .config import TrainConfig
+            from .training import train
 
             config = TrainConfig(
                 model=args.model,
@@ -132,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             result = train(config, _images(args.images), args.out, progress)
             print(json.dumps(result.to_dict(), indent=2, default=str))
         elif args.command == "predict":
-            from .engine import PredictConfig, load_model, predict_many
+            from .artifact import load_model
+            from .config import PredictConfig
+            from .pipeline import predict_many
 
             model = load_model(args.model, args.device, args.backend)
             config = PredictConfig(
@@ -163,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             return 1 if failed else 0
         elif args.command == "evaluate":
+            from .config import PredictConfig
             from .datasets import mvtec_test
-            from .engine import PredictConfig
             from .evaluation import evaluate
 
             config = PredictConfig(batch_size=args.batch_size, device=args.device)

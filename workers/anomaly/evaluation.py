@@ -12,10 +12,12 @@ import cv2
 import numpy as np
 
 from . import metrics
+from .artifact import LoadedModel, load_model
+from .config import PredictConfig, ProgressCallback
 from .datasets import Sample
-from .engine import LoadedModel, PredictConfig, ProgressCallback, load_model, predict
 from .errors import ImageReadError
 from .image_io import read_pixels
+from .inference import predict
 
 
 @dataclass

@@ -63,9 +63,9 @@ def read_pixels(path: str | Path) -> np.ndarray:
     int32 TIFFs) come back as :func:`read_image` gives them, float32 in ``[0, 1]``: OpenCV cannot
     resize some of them, and the engine's tile scale table knows only these three types.
 
-    The engine reads this way and converts after resizing (:meth:`Geometry.prepare`): a 900 px
-    PNG is shrunk to 256 px in its 8-bit form instead of as 4x larger floats first (5 ms of the
-    reader's 25 ms), and a 24 MP image waits for its tiles in 72 MB instead of 290 MB.
+    The engine reads this way and converts after resizing (:meth:`Geometry.prepare`): an image
+    is shrunk in its 8- or 16-bit form instead of as 4x larger floats, and a large one waits for
+    its tiles in a quarter of the memory (figures: docs/anomaly.md, "The same maps as anomalib").
     """
     path = Path(path)
     if not path.is_file():

@@ -84,7 +84,7 @@ def extract_regions(
     count, labels, stats, _ = cv2.connectedComponentsWithStats(grouping, connectivity=8)
     inside = mask > 0
     # one pass for every label's pixel count; then each region is cut out of its own box (a
-    # per-label comparison over the whole map cost 2.5 s on a 20 MP mosaic's 1024 px heatmap)
+    # per-label comparison over the whole map is slow on large maps: docs/anomaly.md)
     pixel_counts = np.bincount(labels[inside], minlength=count)
     regions: list[Region] = []
     for label in range(1, count):

@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from . import nets
+from .backbone import LITE0, lite_normalise, load_lite0_into
+from .config import resolve_device
 from .errors import ConfigError
 from .image_io import read_image, resize, to_rgb
-from .offline import configure_offline, distilled_teacher_path, load_lite0_into
+from .models.efficientad import DISTILL_CHANNELS, build_pdn
+from .offline import configure_offline, distilled_teacher_path
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +38,14 @@ class _Lite0Target(torch.nn.Module):
 
         configure_offline()
         self.backbone = timm.create_model(
-            nets.LITE0, pretrained=False, features_only=True, out_indices=(1, 2, 3)
+            LITE0, pretrained=False, features_only=True, out_indices=(1, 2, 3)
         )
         load_lite0_into(self.backbone)
         self.backbone.eval()
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone(nets._lite_normalise(x))
+        feats = self.backbone(lite_normalise(x))
         size = feats[0].shape[-2:]
         up = [feats[0]] + [F.interpolate(f, size=size, mode="bilinear") for f in feats[1:]]
         target = torch.cat(up, 1)
@@ -70,8 +72,6 @@ def distill_teacher(
     varied patches. Returns figures about the run (steps, final loss, seconds, path).
     """
     progress = progress or (lambda f, m: None)
-    from .engine import resolve_device
-
     paths = [Path(p) for p in image_paths]
     if not paths:
         raise ConfigError("distill-teacher needs at least one image")
@@ -81,7 +81,7 @@ def distill_teacher(
     rng = np.random.default_rng(seed)
     images = [to_rgb(read_image(p)) for p in paths[:500]]
     target_net = _Lite0Target().to(dev)
-    pdn = nets.build_pdn(size, nets.DISTILL_CHANNELS).to(dev)
+    pdn = build_pdn(size, DISTILL_CHANNELS).to(dev)
 
     def batch() -> torch.Tensor:
         crops = []
@@ -134,7 +134,7 @@ def distill_teacher(
     torch.save(
         {
             "state_dict": {k: v.cpu() for k, v in pdn.state_dict().items()},
-            "channels": nets.DISTILL_CHANNELS,
+            "channels": DISTILL_CHANNELS,
             "size": size,
             "source": "distilled from ImageNet EfficientNet-Lite0 (PyPI) blocks.1/2/4",
             "steps": steps,

@@ -1,4 +1,5 @@
-"""Overlapping tiles over a large image and seamless blending of their heatmaps.
+"""How an image becomes network inputs (:class:`Geometry`: the whole image resized, or scaled
+and cut into overlapping tiles), and seamless blending of the tiles' heatmaps.
 
 Tiles are placed evenly so that they cover the image exactly (the last tile ends on the border,
 no padding unless the image is smaller than one tile). Each tile's map is multiplied by a smooth
@@ -16,6 +17,8 @@ import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
+
+from .image_io import resize, to_float, to_rgb
 
 
 def axis_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -124,3 +127,63 @@ class Stitcher:
         weight = self.weight[: self.out_h, : self.out_w]
         out = torch.where(weight > 0, acc / weight.clamp_min(1e-12), torch.zeros_like(acc))
         return out.cpu().numpy()
+
+
+@dataclass
+class Geometry:
+    """How an image maps onto network inputs; stored in the artifact.
+
+    ``scale=None`` ("whole image"): every image is resized to ``input_size`` x ``input_size``,
+    like anomalib's MVTec setup; right when defects are large relative to the image.
+    ``scale=s`` ("tiled"): images are resized by the factor ``s`` (1.0 = native pixels) and
+    covered by overlapping ``input_size`` tiles, in training (random crops or the tile grid) and
+    prediction (the tile grid, batched, blended); right for 8-24 MP images with small defects.
+    """
+
+    input_size: int
+    scale: float | None
+    tile_overlap: float
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """RGB float image in network space: resized to the tile (whole mode) or scaled+padded.
+
+        ``image`` is a :func:`read_pixels` array (resized in its own integer type, then made
+        float: what training and prediction both do) or a :func:`read_image` float one.
+        """
+        return as_float(self.prepare_pixels(image))
+
+    def prepare_pixels(self, image: np.ndarray) -> np.ndarray:
+        """:meth:`prepare` before the conversion to float (the image's own pixel type)."""
+        rgb = to_rgb(image)
+        t = self.input_size
+        if self.scale is None:
+            return resize(rgb, t, t)
+        h, w = rgb.shape[:2]
+        hs, ws = max(1, round(h * self.scale)), max(1, round(w * self.scale))
+        if (hs, ws) != (h, w):
+            rgb = resize(rgb, hs, ws)
+        return pad_to_tile(rgb, t)
+
+    def scaled_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.scale is None:
+            return self.input_size, self.input_size
+        return max(1, round(height * self.scale)), max(1, round(width * self.scale))
+
+    def overlap_px(self, overlap: float | None = None) -> int:
+        frac = self.tile_overlap if overlap is None else overlap
+        return min(self.input_size - 1, int(round(frac * self.input_size)))
+
+
+#: pixel type of a tiled image -> divisor that makes it a [0, 1] float (None: already float32)
+TILE_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): None}
+
+
+def as_float(image: np.ndarray) -> np.ndarray:
+    """``image`` as float32 in [0, 1] (unchanged if it is float32 already)."""
+    return image if image.dtype == np.float32 else to_float(image)
+
+
+def to_tensor(tiles: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """``(N, C, T, T)`` tensor on ``device`` from ``(T, T, C)`` arrays."""
+    array = np.stack(tiles).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device)

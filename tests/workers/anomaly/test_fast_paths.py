@@ -10,7 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.anomaly.nets import PadimNet, PatchcoreNet, _lite_normalise, separable_blur
+from workers.anomaly.backbone import lite_normalise, separable_blur
+from workers.anomaly.models.padim import PadimNet
+from workers.anomaly.models.patchcore import PatchcoreNet
 
 
 def _fitted_padim() -> PadimNet:
@@ -38,7 +40,7 @@ def test_padim_forward_is_anomalibs_forward():
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ours = net(x)
-        theirs = net.model(_lite_normalise(x)).anomaly_map
+        theirs = net.model(lite_normalise(x)).anomaly_map
     assert ours.shape == theirs.shape == (2, 1, 64, 64)
     span = float(theirs.max() - theirs.min())
     assert span > 0
@@ -55,7 +57,7 @@ def test_patchcore_forward_is_anomalibs_forward(bank_rows: int):
         other = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(4))
         m.memory_bank = net.embed(other)[:bank_rows].contiguous()
         ours = net(x)
-        features = m.feature_extractor(_lite_normalise(x))
+        features = m.feature_extractor(lite_normalise(x))
         features = {k: m.feature_pooler(v) for k, v in features.items()}
         embedding = m.generate_embedding(features)
         b, c, h, w = embedding.shape

@@ -55,8 +55,8 @@ def test_specular_mask_finds_bright_unsaturated_pixels():
 def test_pixels_keep_their_type_and_resize_before_becoming_float(tmp_path: Path, bits: int):
     """The engine reads files in their own pixel type and shrinks them before converting to
     float; the network input is the float path's to within half a grey level."""
-    from workers.anomaly.engine import Geometry
     from workers.anomaly.image_io import read_pixels
+    from workers.anomaly.tiling import Geometry
 
     rng = np.random.default_rng(0)
     top = 255 if bits == 8 else 65535
@@ -89,8 +89,8 @@ def test_other_pixel_types_are_read_as_float_in_range_and_resize(tmp_path: Path,
     """A float TIFF with values outside [0, 1], or an int8/int16/int32 TIFF (which OpenCV can
     neither resize nor, in colour, reorder), reaches the engine as float32 in [0, 1], RGB, and
     makes a network input."""
-    from workers.anomaly.engine import Geometry
     from workers.anomaly.image_io import read_pixels
+    from workers.anomaly.tiling import Geometry
 
     values = np.linspace(-2, 3, 120 * 90).reshape(90, 120)
     if np.issubdtype(dtype, np.integer):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from workers.anomaly import PredictConfig, TrainConfig, predict, train
-from workers.anomaly.nets import greedy_coreset
+from workers.anomaly.models.patchcore import greedy_coreset
 
 pytestmark = pytest.mark.ml
 
@@ -69,7 +69,7 @@ def test_coreset_memory_is_bounded():
         """
         import resource, torch
         torch.set_num_threads(1)
-        from workers.anomaly.nets import greedy_coreset
+        from workers.anomaly.models.patchcore import greedy_coreset
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         x = torch.randn(100_000, 152)
         idx = greedy_coreset(x, 500)
@@ -88,7 +88,9 @@ def test_coreset_memory_is_bounded():
 
 def test_library_imports_neither_django_nor_celery():
     code = (
-        "import sys, workers.anomaly, workers.anomaly.__main__, workers.anomaly.nets; "
+        "import sys, workers.anomaly, workers.anomaly.__main__, workers.anomaly.training, "
+        "workers.anomaly.pipeline, workers.anomaly.export, workers.anomaly.teacher, "
+        "workers.anomaly.models.padim, workers.anomaly.models.patchcore; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'django', 'celery'}))"
     )
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}

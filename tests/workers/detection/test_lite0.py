@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.detection.backbone import Lite0Backbone, lite0_weights_path
+from workers import lite0
+from workers.detection.backbone import Lite0Backbone
 from workers.detection.config import ModelConfig
 from workers.detection.model import build_model
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.ml
 
 
 def test_packaged_weights_are_mapped_onto_timm() -> None:
-    source = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    source = torch.load(lite0.weights_file(), map_location="cpu", weights_only=True)
     body = Lite0Backbone(pretrained=True).body
     sd = body.state_dict()
     assert torch.equal(sd["conv_stem.weight"], source["_conv_stem.weight"])

@@ -1,0 +1,135 @@
+"""Settings: how a model is trained (:class:`TrainConfig`), how an image is predicted
+(:class:`PredictConfig`), the default for the hardware, and the progress-callback type.
+
+Importing this module does not import torch (the web process builds these dataclasses): the
+model table and torch are imported by the functions that need them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError, IncompatibleModelError
+from .regions import RegionConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+ProgressCallback = Callable[[float, str], None]
+
+#: What can run a model's network (``load_model(..., backend=...)``; see :mod:`.runtimes`).
+BACKENDS = ("auto", "torch", "onnx", "openvino", "openvino-int8")
+
+
+def no_progress(fraction: float, message: str) -> None:
+    """Default progress callback: does nothing."""
+
+
+class Phase:
+    """Maps a sub-task's 0..1 progress into a slice of the overall 0..1 bar."""
+
+    def __init__(self, progress: ProgressCallback, start: float, end: float) -> None:
+        self.progress, self.start, self.end = progress, start, end
+
+    def __call__(self, fraction: float, message: str) -> None:
+        fraction = min(1.0, max(0.0, fraction))
+        self.progress(self.start + (self.end - self.start) * fraction, message)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides how a model is trained; stored in the artifact.
+
+    Defaults are for a GPU worker; on CPU lower ``steps`` (EfficientAD) or choose ``padim``.
+    """
+
+    model: str = "efficientad"
+    input_size: int = 256
+    scale: float | None = None
+    efficientad_size: str = "small"
+    teacher: str = "auto"
+    steps: int = 1000
+    batch_size: int = 1
+    learning_rate: float = 1e-4
+    patience: int = 0
+    max_seconds: float | None = None
+    penalty_dir: str | None = None
+    tile_overlap: float = 0.25
+    calibration_fraction: float = 0.15
+    pixel_quantile: float = 0.999
+    coreset_ratio: float = 0.1
+    max_memory_bank: int = 20_000
+    max_candidates: int = 200_000
+    padim_features: int = 100
+    coarse_pass: bool = False
+    seed: int = 0
+    device: str = "auto"
+    models_dir: str | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values that cannot work."""
+        from . import models
+
+        try:
+            minimum = models.get(self.model).min_input_size
+        except IncompatibleModelError:
+            raise ConfigError(
+                f"model must be one of {models.names()}, not {self.model!r}"
+            ) from None
+        if self.input_size < minimum or self.input_size % 32:
+            raise ConfigError(
+                f"input_size must be a multiple of 32 and >= {minimum} for {self.model}, "
+                f"not {self.input_size}"
+            )
+        if self.scale is not None and not 0 < self.scale <= 4:
+            raise ConfigError(f"scale must be in (0, 4] or None, not {self.scale}")
+        if not 0 <= self.tile_overlap < 0.9:
+            raise ConfigError("tile_overlap must be a fraction in [0, 0.9)")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("steps and batch_size must be >= 1")
+        if not 0 < self.pixel_quantile <= 1:
+            raise ConfigError("pixel_quantile must be in (0, 1]")
+        if self.coarse_pass and self.scale is None:
+            raise ConfigError("coarse_pass adds a whole-image pass to a tiled model: set scale")
+
+
+def recommended_config(device: str = "auto", **overrides: object) -> TrainConfig:
+    """The default model for the hardware: EfficientAD-S (1000 steps) when training on a GPU,
+    PaDiM on CPU (one pass over the images: seconds, where EfficientAD needs hours).
+
+    ``overrides`` are any :class:`TrainConfig` fields.
+    """
+    if resolve_device(device).type == "cuda":
+        config = TrainConfig(model="efficientad", steps=1000, batch_size=1, device=device)
+    else:
+        config = TrainConfig(model="padim", device=device)
+    return replace(config, **overrides)
+
+
+@dataclass
+class PredictConfig:
+    """How one image is turned into a heatmap and regions. Nothing here changes the model."""
+
+    batch_size: int = 8
+    tile_overlap: float | None = None
+    heatmap_max_side: int = 1024
+    stitch_downsample: int = 2
+    regions: RegionConfig = field(default_factory=RegionConfig)
+    specular_mask: bool = False
+    specular_v_min: float = 240.0
+    specular_s_max: float = 30.0
+    allow_size_mismatch: bool = False
+    coarse_pass: bool = True
+    half: bool = False  # fp16 autocast on CUDA only
+    device: str = "auto"

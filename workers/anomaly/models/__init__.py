@@ -1,0 +1,89 @@
+"""The table of anomaly models: one module per model, each registering itself in :data:`MODELS`.
+
+A model module (``models/<name>.py``, named after its ``TrainConfig.model`` value) holds the
+network and its fitting, and ends with ``register(ModelSpec(name=..., build=..., fit=...))``.
+Training, loading, the runtimes and the INT8 export look a model up here and never branch on
+its name, so adding a model is adding one module (docs/anomaly.md has an example).
+
+A model's module is imported by the first :func:`get` of its name; :func:`names` lists the
+modules without importing them, so neither this package nor :func:`names` pulls in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..errors import IncompatibleModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+class Fitted(NamedTuple):
+    """What a model's ``fit`` returns: the fitted network, the arguments that rebuild its
+    shape (stored in the artifact as ``net_args``) and figures for the artifact's metrics."""
+
+    net: torch.nn.Module
+    net_args: dict
+    metrics: dict
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model kind.
+
+    ``build(net_args, pretrained)`` makes the network with the shapes ``net_args`` describe
+    (``pretrained``: fill an ImageNet backbone; loading an artifact passes ``False`` and then
+    loads every tensor). Its forward maps RGB batches in ``[0, 1]`` ``(N, 3, T, T)`` to raw
+    anomaly maps ``(N, 1, T, T)``.
+    ``fit(config, data, device, progress)`` trains or fits a new network (``config``: a
+    ``TrainConfig``; ``data``: a ``training_data.TrainData``; ``progress``: a progress callback)
+    and returns :class:`Fitted`.
+    ``min_input_size``: the smallest tile the network takes.
+    ``quantized_modules``: names of the convolutional submodules INT8 may quantize (everything
+    after them, such as distances, stays fp32); empty: the model has no INT8 export.
+    ``int8_by_default``: an INT8 export is worth making after training, because it passes the
+    export's accuracy check (PaDiM's and PatchCore's distances amplify the INT8 noise of their
+    backbone, so their exports are refused: docs/anomaly.md, "Runtimes and INT8").
+    """
+
+    name: str
+    build: Callable[[dict, bool], Any]
+    fit: Callable[..., Fitted]
+    min_input_size: int = 64
+    quantized_modules: tuple[str, ...] = ()
+    int8_by_default: bool = False
+
+
+#: The registered models by name; each module adds itself when imported (:func:`get` does).
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add a model to :data:`MODELS` (called once, at the end of its module)."""
+    if spec.name in MODELS and MODELS[spec.name] is not spec:
+        raise ValueError(f"anomaly model {spec.name!r} is registered twice")
+    MODELS[spec.name] = spec
+    return spec
+
+
+def names() -> tuple[str, ...]:
+    """The model names, from the module names (nothing is imported)."""
+    return tuple(
+        sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    )
+
+
+def get(name: str) -> ModelSpec:
+    """The registered model ``name``; :class:`IncompatibleModelError` if there is none."""
+    if name not in MODELS:
+        if name not in names():
+            raise IncompatibleModelError(f"unknown model kind {name!r}")
+        importlib.import_module(f"{__name__}.{name}")
+        if name not in MODELS:
+            raise ValueError(f"models/{name}.py does not register a model named {name!r}")
+    return MODELS[name]

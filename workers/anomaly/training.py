@@ -1,0 +1,168 @@
+"""Training: hold out calibration images, fit the model its module defines, calibrate, write.
+
+What is model-specific (the network, how it is fitted) is the model's entry in
+:data:`~workers.anomaly.models.MODELS`; this module does the same steps around it for every
+model, and the coarse whole-image pass of a tiled model.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import models
+from .artifact import LoadedModel, save_artifact
+from .calibration import calibrate
+from .config import Phase, ProgressCallback, TrainConfig, no_progress, resolve_device
+from .errors import ConfigError
+from .image_io import read_pixels
+from .offline import configure_offline
+from .tiling import Geometry
+from .training_data import TrainData, TrainImages
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` made: the artifact file and figures about the run."""
+
+    artifact_path: Path
+    model_id: str
+    metrics: dict
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable dict."""
+        return {"artifact_path": str(self.artifact_path), "model_id": self.model_id, **self.metrics}
+
+
+def train(
+    config: TrainConfig,
+    normal_image_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    progress: ProgressCallback | None = None,
+) -> TrainResult:
+    """Train a model on defect-free images and write ``<out_dir>/model.pt`` (+ ``model.json``).
+
+    ``progress(fraction, message)`` is called often; raising :class:`Cancelled` from it stops
+    training at once and nothing is written. Held-out normal images calibrate the scores.
+    """
+    progress = progress or no_progress
+    config.validate()
+    if not config.coarse_pass:
+        return _train_one(config, normal_image_paths, out_dir, progress, None)
+    # The downscaled whole-image pass is a second, whole-image model of the same kind, stored
+    # in <out_dir>/coarse and referenced by the main artifact; trained first so that the main
+    # model.pt (written last, atomically) never points at a missing coarse model.
+    coarse_config = replace(config, scale=None, coarse_pass=False)
+    # its map joins the tiled one at full size, so it takes the tiled threshold rule too
+    coarse = _train_one(
+        coarse_config,
+        normal_image_paths,
+        Path(out_dir) / "coarse",
+        Phase(progress, 0, 0.3),
+        None,
+        peak_floor=True,
+    )
+    return _train_one(config, normal_image_paths, out_dir, Phase(progress, 0.3, 1.0), coarse)
+
+
+def _train_one(
+    config: TrainConfig,
+    normal_image_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    progress: ProgressCallback,
+    coarse: TrainResult | None,
+    peak_floor: bool | None = None,
+) -> TrainResult:
+    """One model; ``peak_floor`` (default: tiled models) raises the pixel threshold to the
+    typical normal image's peak (see :func:`~workers.anomaly.calibration.calibrate`)."""
+    if peak_floor is None:
+        peak_floor = config.scale is not None
+    configure_offline(Path(config.models_dir) if config.models_dir else None)
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    paths = [Path(p) for p in normal_image_paths]
+    if not paths:
+        raise ConfigError("no training images")
+    started = time.monotonic()
+    progress(0.0, f"reading {len(paths)} images")
+    info = _image_info(paths)
+    geometry = Geometry(config.input_size, config.scale, config.tile_overlap)
+    train_paths, cal_paths = _split(paths, config.calibration_fraction, config.seed)
+    data = TrainData(
+        images=TrainImages(train_paths, geometry),
+        held_out=TrainImages(cal_paths or train_paths, geometry),
+    )
+    metrics: dict = {"train_images": len(train_paths), "calibration_images": len(cal_paths)}
+    fitted = models.get(config.model).fit(config, data, device, progress)
+    metrics.update(fitted.metrics)
+    net = fitted.net
+    net.eval()
+    metrics["train_seconds"] = round(time.monotonic() - started, 2)
+
+    loaded = LoadedModel(
+        net=net,
+        kind=config.model,
+        model_id=uuid.uuid4().hex,
+        geometry=geometry,
+        channels=info["channels"],
+        calibration={},
+        info=info,
+        device=device,
+        meta={},
+    )
+    progress(0.88, "calibrating")
+    calibration = calibrate(
+        loaded,
+        cal_paths or train_paths,
+        config.pixel_quantile,
+        Phase(progress, 0.88, 0.99),
+        peak_floor,
+    )
+    calibration["on_training_images"] = not cal_paths
+    loaded.calibration = calibration
+    path = save_artifact(
+        out_dir,
+        loaded,
+        net_args=fitted.net_args,
+        config=config,
+        metrics=metrics,
+        coarse_model_id=coarse.model_id if coarse else None,
+    )
+    progress(1.0, "done")
+    return TrainResult(artifact_path=path, model_id=loaded.model_id, metrics=metrics)
+
+
+def _split(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Hold out ``fraction`` of the normal images for calibration (none when fewer than 4)."""
+    if len(paths) < 4 or fraction <= 0:
+        return paths, []
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(paths))
+    n_cal = max(1, int(round(fraction * len(paths))))
+    cal = [paths[i] for i in sorted(order[:n_cal])]
+    train = [paths[i] for i in sorted(order[n_cal:])]
+    return train, cal
+
+
+def _image_info(paths: list[Path]) -> dict:
+    """Channels (must agree) and size range of the training images."""
+    channels, sizes = set(), []
+    for p in paths:
+        img = read_pixels(p)
+        channels.add(img.shape[2])
+        sizes.append(img.shape[:2])
+    if len(channels) > 1:
+        raise ConfigError("training images mix grayscale and colour; convert them to one kind")
+    longs = [max(s) for s in sizes]
+    return {
+        "channels": channels.pop(),
+        "min_long_side": int(min(longs)),
+        "max_long_side": int(max(longs)),
+        "count": len(paths),
+    }

