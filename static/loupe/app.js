@@ -318,5 +318,5 @@
     }));
   }
 
-  window.Loupe = { api, request, toast, watchJob, initUploads, initMvtecImport, initJobs, initModels };
+  window.Loupe = { api, request, csrfToken, toast, watchJob, initUploads, initMvtecImport, initJobs, initModels };
 })();

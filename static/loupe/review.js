@@ -35,7 +35,7 @@
     maxZoomPixelRatio: 16,
     loadTilesWithAjax: true,
     ajaxWithCredentials: true,
-    drawer: "canvas", // see workspace.js
+    drawer: "canvas", // see workspace/viewer.js
     gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: false },
   });
   viewer.addHandler("canvas-key", (e) => { e.preventDefaultAction = true; });

@@ -4,12 +4,12 @@ a reason, N skips; labels drawn by an annotator are approved or sent back."""
 import pytest
 
 from annotations.models import Annotation, Review, Suggestion
-from annotations.review import suggestions_store
-from annotations.services import category_create
+from annotations.services.categories import category_create
+from annotations.services.suggestions import suggestions_store
 from inspection.models import Image, InspectionRun, ModelVersion, Role
 from inspection.services.images import IncomingFile, image_build_derivatives, image_store_one
 from inspection.services.projects import member_set, project_create
-from tests.annotations.test_review import FakeRegion, square
+from tests.annotations.conftest import region, square
 from tests.e2e.test_workspace import login, part_photo
 
 pytestmark = pytest.mark.e2e
@@ -42,10 +42,10 @@ def queue(transactional_db, make_user, tmp_path):
         run=run,
         model_version=version,
         regions=[
-            FakeRegion([200, 200, 100, 100], square(200, 200, 100), 0.95),
-            FakeRegion([900, 600, 120, 120], square(900, 600, 120), 0.85),
-            FakeRegion([1500, 300, 80, 80], square(1500, 300, 80), 0.75),
-            FakeRegion([2000, 1200, 90, 90], square(2000, 1200, 90), 0.65),
+            region([200, 200, 100, 100], square(200, 200, 100), 0.95),
+            region([900, 600, 120, 120], square(900, 600, 120), 0.85),
+            region([1500, 300, 80, 80], square(1500, 300, 80), 0.75),
+            region([2000, 1200, 90, 90], square(2000, 1200, 90), 0.65),
         ],
     )
     from django.contrib.auth import get_user_model
@@ -90,7 +90,7 @@ def test_review_queue_by_keyboard(page, live_server, queue):
     page.keyboard.press("2")
     page.keyboard.press("e")
     page.locator('#viewer[data-mode="edit"]').wait_for()
-    page.wait_for_timeout(300)  # the editor handles are drawn on the next frame
+    page.locator("#viewer .a9s-annotation.selected .a9s-shape-handle").wait_for()
     centre = page.evaluate(
         "() => { const v = window.loupeReview.viewer; const p = v.viewport.imageToWindowCoordinates(new OpenSeadragon.Point(960, 660)); return {x: p.x, y: p.y}; }"
     )

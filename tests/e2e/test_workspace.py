@@ -12,7 +12,7 @@ from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
 from annotations.models import Annotation
-from annotations.services import category_create
+from annotations.services.categories import category_create
 from inspection.models import Image, ImageHeatmap
 from inspection.services.images import IncomingFile, image_build_derivatives, image_store_one
 from inspection.services.projects import project_create
@@ -92,14 +92,21 @@ def wait_saved(page, shapes=None):
 
 
 def zoom_to(page, x, y, pixel_ratio):
-    """Centre image point (x, y) with `pixel_ratio` screen pixels per image pixel."""
+    """Centre image point (x, y) with `pixel_ratio` screen pixels per image pixel; returns once
+    the viewer (and the shape layer with it) has drawn the new view."""
     page.evaluate(
-        """([x, y, r]) => { const v = window.loupeWorkspace.viewer.viewport;
+        """async ([x, y, r]) => { const ws = window.loupeWorkspace; const v = ws.viewer.viewport;
             v.zoomTo(v.imageToViewportZoom(r), null, true);
-            v.panTo(v.imageToViewportCoordinates(x, y), true); }""",
+            v.panTo(v.imageToViewportCoordinates(x, y), true);
+            await ws.drawn(); }""",
         [x, y, pixel_ratio],
     )
-    page.wait_for_timeout(300)
+
+
+def pause(page):
+    """Annotorious merges changes less than 250 ms apart into one undo step: wait until the last
+    change is older than that, as a person's pause between two changes would be."""
+    page.wait_for_function("() => window.loupeWorkspace.sinceLastChange() > 300")
 
 
 def to_image(page, sx, sy):
@@ -143,14 +150,12 @@ def test_draw_relabel_undo_navigate_reload(page, live_server, workspace_images):
     pts = [(cx - 150, cy - 100), (cx + 160, cy - 80), (cx + 120, cy + 130), (cx - 130, cy + 90)]
     for p in pts:
         page.mouse.click(*p)
-        page.wait_for_timeout(120)
     page.mouse.click(*pts[0])
     wait_saved(page, shapes=2)
     want_poly = [to_image(page, *p) for p in pts]
 
-    # a third shape that we then undo (Annotorious merges changes less than 250 ms apart into one
-    # undo step, so a person's pause is imitated)
-    page.wait_for_timeout(400)
+    # a third shape that we then undo (a pause first, so that it is an undo step of its own)
+    pause(page)
     page.keyboard.press("b")
     page.wait_for_function(
         "() => window.loupeWorkspace.anno.isDrawingEnabled() && !window.loupeWorkspace.anno.getSelected().length"
@@ -161,7 +166,7 @@ def test_draw_relabel_undo_navigate_reload(page, live_server, workspace_images):
     page.mouse.up()
     wait_saved(page, shapes=3)
     assert Annotation.objects.filter(image=first).count() == 3
-    page.wait_for_timeout(400)
+    pause(page)
     page.keyboard.press("Escape")
     page.keyboard.press("Control+z")
     wait_saved(page, shapes=2)
@@ -183,8 +188,9 @@ def test_draw_relabel_undo_navigate_reload(page, live_server, workspace_images):
     # heatmap overlay on, then a screenshot for the docs
     page.keyboard.press("h")
     page.locator('#viewer[data-heatmap="shown"]').wait_for()
-    page.evaluate("() => window.loupeWorkspace.viewer.viewport.goHome(true)")
-    page.wait_for_timeout(800)
+    page.evaluate(
+        "async () => { window.loupeWorkspace.viewer.viewport.goHome(true); await window.loupeWorkspace.loaded(); }"
+    )
     shot(page, "workspace-heatmap")
 
     # next image and back, then reload: the shapes come back from the server
@@ -250,7 +256,6 @@ def test_offline_edits_are_queued_and_conflicts_are_shown(
 
     # a second box, drawn and deleted again while offline: it never reaches the server, and
     # the page does not wait for it forever once the network is back
-    page.wait_for_timeout(400)
     page.keyboard.press("b")
     page.wait_for_function(
         "() => window.loupeWorkspace.anno.isDrawingEnabled() && !window.loupeWorkspace.anno.getSelected().length"
@@ -280,10 +285,11 @@ def test_offline_edits_are_queued_and_conflicts_are_shown(
     page.locator("#shape-list li").first.click()
     page.keyboard.press("Delete")
     page.wait_for_function("() => window.loupeWorkspace.anno.getAnnotations().length === 0")
-    page.locator('#save-status[data-state="offline"]').wait_for()
-    page.wait_for_timeout(400)
+    page.locator('#save-status[data-state="offline"][data-pending="1"]').wait_for()
     page.keyboard.press("Control+z")
     page.wait_for_function("() => window.loupeWorkspace.anno.getAnnotations().length === 1")
+    # the delete is withdrawn: nothing is left to send, even before the network is back
+    page.locator('#save-status[data-state="saved"][data-pending="0"]').wait_for()
     page.context.set_offline(False)
     wait_saved(page)
     assert list(Annotation.objects.filter(image=first).values_list("pk", flat=True)) == [box.pk]

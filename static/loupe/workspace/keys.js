@@ -1,0 +1,170 @@
+/* Tools, categories, the clipboard, zoom and pan, next / previous, and the keyboard that drives
+ * them (see docs/workspace.md#keys). */
+
+import { pageUrl } from "./format.js";
+import { categoryOf, withCategory } from "./shapes.js";
+
+/* global OpenSeadragon */
+
+const typingIn = (e) => e.target.closest && e.target.closest("input, textarea, select");
+
+/** Tool and category buttons; returns {setTool, setCategory}. */
+export function createTools(ctx) {
+  const { anno } = ctx;
+
+  function setTool(tool) {
+    if (tool === "select") {
+      anno.setDrawingEnabled(false);
+    } else {
+      if (!ctx.category) { ctx.toast("Add a defect category first (project settings)."); return; }
+      anno.cancelSelected();
+      anno.setDrawingTool(tool);
+      anno.setDrawingMode(tool === "rectangle" ? "drag" : "click");
+      anno.setDrawingEnabled(true);
+    }
+    document.querySelectorAll(".tool").forEach((b) => b.setAttribute("aria-pressed", b.dataset.tool === tool ? "true" : "false"));
+    ctx.els.viewer.dataset.tool = tool;
+  }
+
+  function setCategory(id) {
+    if (!ctx.categories.has(String(id))) return;
+    ctx.category = String(id);
+    document.querySelectorAll(".cat").forEach((b) => b.setAttribute("aria-pressed", b.dataset.category === ctx.category ? "true" : "false"));
+    // With a shape selected, the key relabels it (an undoable update).
+    anno.getSelected().forEach((a) => {
+      if (categoryOf(a) !== ctx.category) anno.updateAnnotation(withCategory(a, ctx.category));
+    });
+    ctx.renderList();
+  }
+
+  document.querySelectorAll(".tool").forEach((b) => b.addEventListener("click", () => setTool(b.dataset.tool)));
+  document.querySelectorAll(".cat").forEach((b) => b.addEventListener("click", () => setCategory(b.dataset.category)));
+  return { setTool, setCategory };
+}
+
+function createClipboard(ctx) {
+  const { anno, data } = ctx;
+  const { bounds, toSelector, toGeometry } = window.LoupeOverlay;
+  let clipboard = null;
+
+  function copy() {
+    const a = anno.getSelected()[0];
+    if (a) { clipboard = { geometry: toGeometry(a.target.selector), category: categoryOf(a) }; ctx.toast("Shape copied: Ctrl+V pastes it"); }
+  }
+
+  function paste() {
+    if (!clipboard) return;
+    const off = 10;
+    const W = data.image.width;
+    const H = data.image.height;
+    const g = JSON.parse(JSON.stringify(clipboard.geometry));
+    if (g.type === "box") {
+      g.x = Math.min(g.x + off, W - g.w);
+      g.y = Math.min(g.y + off, H - g.h);
+    } else {
+      const b = bounds(g.points);
+      const dx = Math.min(off, W - b.maxX);
+      const dy = Math.min(off, H - b.maxY);
+      g.points = g.points.map(([x, y]) => [x + dx, y + dy]);
+    }
+    const id = "new-" + Math.random().toString(36).slice(2);
+    const a = withCategory({ id, bodies: [], target: { annotation: id, selector: toSelector(g), creator: { id: ctx.me } } }, clipboard.category || ctx.category);
+    anno.state.store.addAnnotation(a, "LOCAL");
+    anno.setSelected(id);
+  }
+
+  return { copy, paste };
+}
+
+/** Go to the next or previous image of the grid's list once every change is sent. */
+async function go(ctx, which) {
+  const id = ctx.data.neighbors[which];
+  if (!id) { ctx.toast(which === "next" ? "This is the last image of the list." : "This is the first image of the list."); return; }
+  await ctx.queue.leaving();
+  window.location.href = pageUrl(ctx.data, id);
+}
+
+/** Every key of the workspace with a viewer. */
+export function bindKeys(ctx, tools, notes) {
+  const { anno, viewer, data } = ctx;
+  const { setTool, setCategory } = tools;
+  const clipboard = createClipboard(ctx);
+
+  const deleteSelected = () => anno.getSelected().forEach((a) => anno.removeAnnotation(a.id));
+  const zoomBy = (f) => { viewer.viewport.zoomBy(f); viewer.viewport.applyConstraints(); };
+  const panBy = (dx, dy) => {
+    const b = viewer.viewport.getBounds();
+    viewer.viewport.panBy(new OpenSeadragon.Point(dx * b.width, dy * b.height));
+    viewer.viewport.applyConstraints();
+  };
+  const toggle = (id) => {
+    const t = document.getElementById(id);
+    if (!t.disabled) { t.checked = !t.checked; t.dispatchEvent(new Event("change")); }
+  };
+
+  const categoryKeys = new Map();
+  data.categories.forEach((c, i) => {
+    if (i < 9) categoryKeys.set(String(i + 1), String(c.id));
+  });
+  data.categories.forEach((c) => { if (c.shortcut && !categoryKeys.has(c.shortcut)) categoryKeys.set(c.shortcut, String(c.id)); });
+
+  const actions = {
+    b: () => setTool("rectangle"),
+    g: () => setTool("polygon"),
+    v: () => setTool("select"),
+    Escape: () => { anno.cancelDrawing(); anno.cancelSelected(); setTool("select"); },
+    Delete: deleteSelected,
+    Backspace: deleteSelected,
+    h: () => toggle("heatmap-toggle"),
+    s: () => toggle("suggestions-toggle"),
+    o: () => notes.setVerdict("ok"),
+    r: () => notes.setVerdict("needs_review"),
+    n: () => go(ctx, "next"),
+    p: () => go(ctx, "previous"),
+    "+": () => zoomBy(1.5),
+    "=": () => zoomBy(1.5),
+    "-": () => zoomBy(1 / 1.5),
+    0: () => viewer.viewport.goHome(),
+    ArrowLeft: () => panBy(-0.2, 0),
+    ArrowRight: () => panBy(0.2, 0),
+    ArrowUp: () => panBy(0, -0.2),
+    ArrowDown: () => panBy(0, 0.2),
+  };
+
+  document.addEventListener("keydown", (e) => {
+    if (typingIn(e) && e.key !== "Escape") return;
+    const ctrl = e.ctrlKey || e.metaKey;
+    const inViewer = ctx.els.viewer.contains(e.target);
+    const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+    if (ctrl) {
+      // Annotorious handles Ctrl+Z / Ctrl+Y itself while the viewer has focus.
+      if (key === "z" && !inViewer) { e.preventDefault(); e.shiftKey ? anno.redo() : anno.undo(); }
+      else if (key === "y" && !inViewer) { e.preventDefault(); anno.redo(); }
+      else if (key === "c") { clipboard.copy(); }
+      else if (key === "v") { e.preventDefault(); clipboard.paste(); }
+      return;
+    }
+    if (e.altKey) return;
+    if (categoryKeys.has(key) && !(key in actions && isNaN(Number(key)))) {
+      e.preventDefault();
+      setCategory(categoryKeys.get(key));
+      return;
+    }
+    if (actions[key]) { e.preventDefault(); actions[key](); }
+  });
+}
+
+/** The keys that work without a zoomable view (pyramid pending or failed). */
+export function bindPlainKeys(ctx, notes) {
+  const { data } = ctx;
+  document.addEventListener("keydown", (e) => {
+    if (typingIn(e)) return;
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const k = e.key.toLowerCase();
+    if (k === "o") notes.setVerdict("ok");
+    else if (k === "r") notes.setVerdict("needs_review");
+    else if ((k === "n" && data.neighbors.next) || (k === "p" && data.neighbors.previous)) {
+      window.location.href = pageUrl(data, data.neighbors[k === "n" ? "next" : "previous"]);
+    }
+  });
+}

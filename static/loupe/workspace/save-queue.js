@@ -1,0 +1,343 @@
+/* The workspace's save queue: every change to a shape (create, edit, delete, and their undo and
+ * redo) becomes an operation sent to the REST API in order, one at a time.
+ *
+ * Network errors, server errors and a lost session leave the operation at the head of the queue
+ * and retry with back-off (1 s, doubling, at most 15 s). A create carries the shape's local id as
+ * `client_id`, so a retried create whose answer was lost does not make a copy. Changes that cancel
+ * out while they wait are not sent. Version conflicts (409) show what is stored now.
+ *
+ * No DOM here: the page injects `fetch`, the timers, the shapes on screen (`shapes`) and what to do
+ * with the status, messages and changes, so that Node's test runner imports this file as it is.
+ */
+
+export const FIRST_RETRY_MS = 1000;
+export const MAX_RETRY_MS = 15000;
+
+/** What this page keeps about a stored annotation, from the API's representation of it. */
+export function recordOf(s) {
+  return { serverId: s.id, version: s.version, author: s.author, source: s.source, created: s.created_at, updated: s.updated_at, updatedBy: s.updated_by };
+}
+
+/** The local id a stored annotation gets when this page first shows it. */
+export function serverLocalId(serverId) {
+  return "srv-" + serverId;
+}
+
+/** fetch with Django's CSRF header, JSON in and out: resolves to {status, body} (body null when
+ * not JSON); a network failure rejects. */
+export function jsonRequest(fetchFn, csrfToken) {
+  return async (method, url, body) => {
+    const opts = { method, credentials: "same-origin", headers: { "X-CSRFToken": csrfToken() } };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    const res = await fetchFn(url, opts);
+    let json = null;
+    try { json = await res.json(); } catch (e) { json = null; }
+    return { status: res.status, body: json };
+  };
+}
+
+/**
+ * options:
+ *   urls        {annotations: the image's list URL, annotation: one annotation's URL with "{id}"}
+ *   user        the username new shapes are recorded under
+ *   shapes      the shapes on screen, by local id:
+ *                 payload(id) -> {category, geometry}, or null when the shape is not on screen
+ *                 has(id)     -> whether it is on screen
+ *                 put(id, s)  show stored annotation `s` under `id` (no change event, no undo step)
+ *                 drop(id)    take it off the screen (no change event, no undo step)
+ *   fetch       window.fetch or a stand-in
+ *   csrfToken   () -> Django's CSRF token
+ *   setTimeout  the timer used for back-off
+ *   onStatus({state: "saved" | "saving" | "offline", text, pending})   on every status change
+ *   onToast(message)                                                    something to tell the person
+ *   onChange()  the records changed outside an event the page handles itself (refresh the list)
+ */
+export function createSaveQueue(options) {
+  const { urls, user, shapes } = options;
+  if (typeof options.fetch !== "function") throw new TypeError("createSaveQueue needs fetch");
+  if (typeof options.setTimeout !== "function") throw new TypeError("createSaveQueue needs setTimeout");
+  const send = jsonRequest(options.fetch, options.csrfToken || (() => ""));
+  const setTimer = options.setTimeout;
+  const onStatus = options.onStatus || (() => {});
+  const onToast = options.onToast || (() => {});
+  const onChange = options.onChange || (() => {});
+
+  const records = new Map(); // local id -> recordOf(...) (serverId null until its create is stored)
+  const ops = [];
+  let busy = false;
+  let inFlight = null; // the op whose request is on its way: it cannot be withdrawn
+  let retryDelay = FIRST_RETRY_MS;
+  let status = { state: "saved", text: "All changes saved" };
+  let drainWaiters = [];
+
+  const urlFor = (id) => urls.annotation.replace("{id}", id);
+  const sleep = (ms) => new Promise((resolve) => setTimer(resolve, ms));
+
+  function notify() {
+    onStatus({ state: status.state, text: status.text, pending: ops.length });
+    if (!ops.length && drainWaiters.length) {
+      const waiters = drainWaiters;
+      drainWaiters = [];
+      waiters.forEach((resolve) => resolve());
+    }
+  }
+
+  function setStatus(state, text) {
+    status = { state, text };
+    notify();
+  }
+
+  function refreshStatus() {
+    if (!ops.length) setStatus("saved", "All changes saved");
+    else if (status.state !== "offline") setStatus("saving", "Saving " + ops.length + " change(s)…");
+    else notify();
+  }
+
+  function enqueue(op) {
+    ops.push(op);
+    refreshStatus();
+    pump();
+  }
+
+  async function pump() {
+    if (busy) return;
+    busy = true;
+    while (ops.length) {
+      const op = ops[0];
+      let outcome;
+      inFlight = op;
+      try {
+        outcome = await op.run();
+      } catch (e) {
+        outcome = "retry"; // network down or server restarting
+      } finally {
+        inFlight = null;
+      }
+      if (outcome === "retry") {
+        if (status.state !== "offline") {
+          setStatus("offline", "Not saved: server unreachable, " + ops.length + " change(s) waiting — retrying");
+        }
+        await sleep(retryDelay);
+        retryDelay = Math.min(retryDelay * 2, MAX_RETRY_MS);
+        continue;
+      }
+      retryDelay = FIRST_RETRY_MS;
+      const done = ops.indexOf(op); // ops waiting to be retried may have been withdrawn
+      if (done >= 0) ops.splice(done, 1);
+      refreshStatus();
+    }
+    busy = false;
+    onChange();
+  }
+
+  // Logged out (session expired) or refused (CSRF, role removed): keep every change queued and
+  // say so; after logging in again in another tab, the queue goes through.
+  function signedOut(r) {
+    const why = (r.body && r.body.error) || "not allowed";
+    setStatus("offline", "Not saved: " + why + " — log in again (in another tab); " + ops.length + " change(s) kept");
+    return "retry";
+  }
+
+  /** Show what is stored now (from the server), without change events or undo steps. A shape
+   * drawn here keeps its local id. */
+  function applyRemote(s) {
+    const shown = serverLocalId(s.id);
+    const drawnHere = [...records].find(([id, m]) => m.serverId === s.id && id !== shown);
+    const localId = drawnHere ? drawnHere[0] : shown;
+    if (drawnHere) records.delete(shown);
+    records.set(localId, recordOf(s));
+    shapes.put(localId, s);
+  }
+
+  function removeRemote(localId) {
+    records.delete(localId);
+    if (shapes.has(localId)) shapes.drop(localId);
+  }
+
+  function createOp(localId) {
+    let sent = null; // what an earlier attempt sent: it may have reached the server
+    return {
+      kind: "create",
+      localId,
+      run: async () => {
+        // A shape removed since an attempt that may have been stored (its answer was lost) is
+        // sent once more, so that its id is known and the queued delete removes it.
+        const payload = shapes.payload(localId) || sent;
+        if (!payload) {
+          // removed before it was ever sent: nothing to send, and the later delete op has nothing to do
+          if (!shapes.has(localId)) records.delete(localId);
+          return "done";
+        }
+        sent = payload;
+        // the local id makes a retried create idempotent on the server
+        const r = await send("POST", urls.annotations, Object.assign({ client_id: localId }, payload));
+        if (r.status >= 500) return "retry";
+        if (r.status === 401 || r.status === 403) return signedOut(r);
+        if (r.status === 201) {
+          records.set(localId, recordOf(r.body));
+          return "done";
+        }
+        onToast("Not saved: " + ((r.body && r.body.error) || "HTTP " + r.status));
+        removeRemote(localId);
+        return "done";
+      },
+    };
+  }
+
+  function updateOp(localId) {
+    return {
+      kind: "update",
+      localId,
+      run: async () => {
+        const m = records.get(localId);
+        const payload = shapes.payload(localId);
+        if (!m || !m.serverId || !payload) return "done";
+        const r = await send("PATCH", urlFor(m.serverId), Object.assign({ version: m.version }, payload));
+        if (r.status >= 500) return "retry";
+        if (r.status === 401) return signedOut(r);
+        if (r.status === 200) {
+          Object.assign(m, { version: r.body.version, updated: r.body.updated_at, updatedBy: r.body.updated_by });
+        } else if (r.status === 409) {
+          onToast(r.body.error + " Showing their version.");
+          if (r.body.current) applyRemote(r.body.current); else removeRemote(localId);
+        } else if (r.status === 404) {
+          onToast("This shape was deleted by someone else.");
+          removeRemote(localId);
+        } else {
+          onToast("Not saved: " + ((r.body && r.body.error) || "HTTP " + r.status));
+          const fresh = await send("GET", urlFor(m.serverId));
+          if (fresh.status === 200) applyRemote(fresh.body);
+        }
+        return "done";
+      },
+    };
+  }
+
+  function deleteOp(localId, before) {
+    return {
+      kind: "delete",
+      localId,
+      before, // the shape's record when it was deleted: an undo before this runs cancels it
+      run: async () => {
+        // the record it had when deleted, or (created meanwhile) the one its create stored
+        const m = before && before.serverId ? before : records.get(localId);
+        if (!m || !m.serverId) {
+          // never saved: forget it unless it is back on screen (undo) with its own create queued
+          if (m && !shapes.has(localId)) records.delete(localId);
+          return "done";
+        }
+        const r = await send("DELETE", urlFor(m.serverId) + "?version=" + m.version);
+        if (r.status >= 500) return "retry";
+        if (r.status === 401) return signedOut(r);
+        if (r.status === 409) {
+          if (r.body.current) {
+            onToast(r.body.error + " Their version is back on the image.");
+            applyRemote(r.body.current);
+          } else if (records.get(localId) === m) records.delete(localId); // already deleted: as wished
+          return "done";
+        }
+        if (r.status === 403) {
+          onToast(r.body.error);
+          const fresh = await send("GET", urlFor(m.serverId));
+          if (fresh.status === 200) applyRemote(fresh.body);
+          return "done";
+        }
+        if (records.get(localId) === m) records.delete(localId);
+        return "done";
+      },
+    };
+  }
+
+  /** A shape appeared on screen (drawn, pasted, or brought back by undo or redo). */
+  function created(localId) {
+    // An undone delete that has not been sent yet cancels it: the shape keeps its record on the
+    // server instead of being deleted there and stored again as a new one.
+    const waiting = (kind, op) => op.kind === kind && op.localId === localId && op !== inFlight;
+    const pending = ops.findIndex((op) => waiting("delete", op));
+    if (pending >= 0) {
+      const op = ops.splice(pending, 1)[0];
+      const current = records.get(localId);
+      if (!(current && current.serverId) && op.before && op.before.serverId) records.set(localId, op.before);
+      const m = records.get(localId);
+      if ((m && m.serverId) || ops.some((other) => waiting("create", other))) {
+        refreshStatus();
+        return;
+      }
+    }
+    records.set(localId, Object.assign({ author: user, source: "manual" }, records.get(localId) || {}, { serverId: null, version: 0 }));
+    enqueue(createOp(localId));
+  }
+
+  /** A shape on screen changed (geometry or category). */
+  function updated(localId) {
+    enqueue(updateOp(localId));
+  }
+
+  /** A shape left the screen (deleted, or taken away by undo or redo). */
+  function deleted(localId) {
+    enqueue(deleteOp(localId, records.get(localId)));
+  }
+
+  /** Remember a stored annotation shown as the page loads; returns its local id. */
+  function track(s) {
+    const id = serverLocalId(s.id);
+    records.set(id, recordOf(s));
+    return id;
+  }
+
+  /** Bring the screen up to the server's list: new and newer shapes shown, gone ones removed. */
+  function reconcile(list) {
+    const seen = new Set();
+    for (const s of list) {
+      seen.add(s.id);
+      const entry = [...records.entries()].find(([, m]) => m.serverId === s.id);
+      if (!entry || entry[1].version < s.version) applyRemote(s);
+    }
+    for (const [id, m] of [...records.entries()]) if (m.serverId && !seen.has(m.serverId)) removeRemote(id);
+    onChange();
+  }
+
+  /** Fetch the image's shapes and reconcile, unless changes are waiting to be sent. */
+  async function poll() {
+    if (ops.length) return;
+    let r;
+    try { r = await send("GET", urls.annotations); } catch (e) { return; }
+    if (r.status !== 200 || ops.length) return;
+    reconcile(r.body);
+  }
+
+  /** Resolves once nothing waits to be sent. */
+  function drained() {
+    if (!ops.length) return Promise.resolve();
+    return new Promise((resolve) => drainWaiters.push(resolve));
+  }
+
+  /** Before going to another page: say so, and resolve once everything is sent. */
+  function leaving() {
+    if (ops.length) setStatus("saving", "Saving before leaving…");
+    return drained();
+  }
+
+  return {
+    records,
+    created,
+    updated,
+    deleted,
+    track,
+    applyRemote,
+    reconcile,
+    poll,
+    drained,
+    leaving,
+    /** Changes not sent yet. */
+    pending: () => ops.length,
+    /** Nothing waiting and nothing on its way. */
+    idle: () => !ops.length && !busy,
+    /** The queued operations, oldest first (a copy, for tests and debugging). */
+    operations: () => ops.map((op) => ({ kind: op.kind, localId: op.localId, inFlight: op === inFlight })),
+    status: () => Object.assign({ pending: ops.length }, status),
+  };
+}

@@ -1,0 +1,58 @@
+/* The deep-zoom viewer (OpenSeadragon) and the shape layer on top of it (Annotorious), and
+ * promises for "the viewer has drawn" and "every tile of this view is loaded". */
+
+/* global OpenSeadragon, AnnotoriousOSD */
+
+export function createViewer(element, data) {
+  const viewer = OpenSeadragon({
+    element,
+    tileSources: data.image.dzi,
+    prefixUrl: document.querySelector("script[src*='openseadragon.min.js']").src.replace(/openseadragon\.min\.js.*$/, "images/"),
+    showNavigator: true,
+    navigatorPosition: "BOTTOM_RIGHT",
+    maxZoomPixelRatio: 16,
+    zoomPerScroll: 1.4,
+    loadTilesWithAjax: true,
+    ajaxWithCredentials: true,
+    imageLoaderLimit: 8,
+    visibilityRatio: 0.5,
+    gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: false },
+    // The canvas drawer: measured 5x faster than OpenSeadragon's WebGL default where WebGL is
+    // emulated in software (VMs, PCs without a GPU driver) and as fast elsewhere for plain tiles;
+    // ?drawer=webgl switches (see docs/benchmarks.md).
+    drawer: new URLSearchParams(window.location.search).get("drawer") || "canvas",
+  });
+  // Our own keys replace OpenSeadragon's (its w/a/s/d/r/f would clash with shortcuts).
+  viewer.addHandler("canvas-key", (e) => { e.preventDefaultAction = true; });
+  viewer.addHandler("tile-loaded", () => element.setAttribute("data-tile-loaded", "1"));
+  return viewer;
+}
+
+/** Annotorious on `viewer`, drawing each shape with `style(annotation, state)`. */
+export function createAnnotator(viewer, user, style) {
+  const anno = AnnotoriousOSD.createOSDAnnotator(viewer, {
+    drawingEnabled: false,
+    drawingMode: "drag",
+    autoSave: true,
+    style,
+  });
+  anno.setUser({ id: user, name: user });
+  return anno;
+}
+
+/** Resolves once the viewer has drawn its current viewport (the next 'update-viewport': the shape
+ * layer moves with it), e.g. after an immediate zoom or pan. */
+export function nextDraw(viewer) {
+  return new Promise((resolve) => {
+    viewer.addOnceHandler("update-viewport", () => resolve());
+    viewer.forceRedraw();
+  });
+}
+
+/** Resolves once the current view is drawn with every tile it needs (image and heatmap). */
+export async function whenLoaded(viewer) {
+  await nextDraw(viewer);
+  const items = [];
+  for (let i = 0; i < viewer.world.getItemCount(); i++) items.push(viewer.world.getItemAt(i));
+  await Promise.all(items.map((item) => new Promise((resolve) => item.whenFullyLoaded(resolve))));
+}
