@@ -17,6 +17,7 @@ from annotations.models import DatasetVersion, DefectCategory, Review
 from annotations.services import categories as category_services
 from annotations.services.dataset_export import JOB_KIND as EXPORT_KIND
 from annotations.services.dataset_export import export_formats
+from annotations.services.dataset_import import import_formats
 from inspection.models import Image, InspectionRun, Job, Project, Role
 from inspection.permissions import has_role, require_role
 from inspection.services import projects as project_services
@@ -246,5 +247,6 @@ def datasets_page(request, pk):
             "is_admin": has_role(request.user, project, Role.ADMIN),
             "versions": versions,
             "formats": export_formats().items(),
+            "import_formats": import_formats().items(),
         },
     )

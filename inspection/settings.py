@@ -148,6 +148,15 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # several models have a "kind" or a "status": one schema name each
+    "ENUM_NAME_OVERRIDES": {
+        "ShapeKindEnum": "annotations.models.Annotation.Kind",
+        "ModelKindEnum": "inspection.models.ModelVersion.Kind",
+        "ImageStatusEnum": "inspection.models.Image.Status",
+        "JobStatusEnum": "inspection.models.Job.Status",
+        "ModelStatusEnum": "inspection.models.ModelVersion.Status",
+        "SuggestionStatusEnum": "annotations.models.Suggestion.Status",
+    },
 }
 
 # Celery: Redis broker; one job runner (workers/tasks/runner.py).

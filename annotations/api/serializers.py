@@ -13,7 +13,7 @@ from annotations.models import (
     Review,
     Suggestion,
 )
-from inspection.api.serializers import ImageSerializer as CoreImageSerializer
+from inspection.api.serializers import ImageSerializer
 from inspection.models import Image
 
 
@@ -26,8 +26,8 @@ class CategorySerializer(serializers.ModelSerializer):
         validators = []  # uniqueness is a service rule, with a clearer message
 
 
-class ImageSerializer(CoreImageSerializer):
-    """An image in the grid: its files, plus where it is labelled."""
+class GridImageSerializer(ImageSerializer):
+    """An image in the grid (and after a decision on it): its files, plus where it is labelled."""
 
     def get_urls(self, obj) -> dict:
         return {

@@ -13,7 +13,7 @@ from annotations.figures import run_figures
 from annotations.filters import AnnotationFilter, ImageFilter, SuggestionFilter
 from annotations.models import Annotation, DefectCategory, Suggestion
 from annotations.services import categories, comments, labels, review
-from inspection.api.base import list_response
+from inspection.api.base import NumericIds, list_response
 from inspection.api.lookups import image_for, project_for
 from inspection.api.serializers import RunDetailSerializer, UploadSerializer
 from inspection.api.uploads import upload_response
@@ -27,7 +27,7 @@ def _annotations():
     return Annotation.objects.select_related("category", "author", "updated_by")
 
 
-class CategoryViewSet(viewsets.ModelViewSet):
+class CategoryViewSet(NumericIds, viewsets.ModelViewSet):
     """Defect categories of a project (project admins change them)."""
 
     serializer_class = s.CategorySerializer
@@ -56,10 +56,10 @@ class CategoryViewSet(viewsets.ModelViewSet):
         categories.category_delete(user=self.request.user, category=instance)
 
 
-class ProjectLabelsViewSet(viewsets.GenericViewSet):
+class ProjectLabelsViewSet(NumericIds, viewsets.GenericViewSet):
     """A project's images (the grid, filtered by labels; uploads), labels and suggestions."""
 
-    serializer_class = s.ImageSerializer
+    serializer_class = s.GridImageSerializer
     filterset_class = None  # set per action (lists filter, and the schema shows the filters)
 
     def get_queryset(self):
@@ -72,7 +72,7 @@ class ProjectLabelsViewSet(viewsets.GenericViewSet):
         }
         return models.get(self.action, Image).objects.none()
 
-    @extend_schema(methods=["GET"], responses=s.ImageSerializer(many=True))
+    @extend_schema(methods=["GET"], responses=s.GridImageSerializer(many=True))
     @extend_schema(
         methods=["POST"], request={"multipart/form-data": UploadSerializer}, responses={201: dict}
     )
@@ -94,7 +94,7 @@ class ProjectLabelsViewSet(viewsets.GenericViewSet):
             .prefetch_related("heatmaps")
             .order_by("id")
         )
-        return list_response(self, images, s.ImageSerializer, filterset_class=ImageFilter)
+        return list_response(self, images, s.GridImageSerializer, filterset_class=ImageFilter)
 
     @extend_schema(responses=s.AnnotationSerializer(many=True))
     @action(detail=True, filterset_class=AnnotationFilter)
@@ -140,13 +140,12 @@ class ProjectLabelsViewSet(viewsets.GenericViewSet):
         return list_response(self, qs, s.AnnotationSerializer, filterset_class=AnnotationFilter)
 
 
-class ImageLabelsViewSet(viewsets.GenericViewSet):
+class ImageLabelsViewSet(NumericIds, viewsets.GenericViewSet):
     """One image's labels, verdict, normal flag, comments, decisions and suggestions; its
     neighbours in the grid."""
 
     queryset = Image.objects.none()
     serializer_class = s.AnnotationSerializer
-    conflict_serializer_class = s.AnnotationSerializer
 
     @extend_schema(methods=["GET"], responses=s.AnnotationSerializer(many=True))
     @extend_schema(
@@ -197,7 +196,7 @@ class ImageLabelsViewSet(viewsets.GenericViewSet):
             }
         )
 
-    @extend_schema(request=s.NormalSerializer, responses=s.ImageSerializer)
+    @extend_schema(request=s.NormalSerializer, responses=s.GridImageSerializer)
     @action(detail=True, methods=["post"])
     def normal(self, request, pk=None):
         """Mark the image defect-free (it trains the anomaly model) or not (reviewers and admins;
@@ -208,7 +207,7 @@ class ImageLabelsViewSet(viewsets.GenericViewSet):
         image = review.image_set_normal(
             user=request.user, image=image, normal=data.validated_data["is_normal"]
         )
-        return Response(s.ImageSerializer(image, context=self.get_serializer_context()).data)
+        return Response(s.GridImageSerializer(image, context=self.get_serializer_context()).data)
 
     @extend_schema(methods=["GET"], responses=s.CommentSerializer(many=True))
     @extend_schema(
@@ -250,7 +249,7 @@ class ImageLabelsViewSet(viewsets.GenericViewSet):
 
 
 class AnnotationViewSet(
-    mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
+    NumericIds, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
 ):
     """One label: GET, PATCH ({version, category?, geometry?}), DELETE (?version=N); a reviewer
     approves it or sends it back."""
@@ -310,7 +309,7 @@ class AnnotationViewSet(
         return Response(s.AnnotationSerializer(returned).data)
 
 
-class SuggestionViewSet(viewsets.GenericViewSet):
+class SuggestionViewSet(NumericIds, viewsets.GenericViewSet):
     """A reviewer accepts (optionally with an edited shape) or rejects one suggestion."""
 
     serializer_class = s.SuggestionSerializer
@@ -347,7 +346,7 @@ class SuggestionViewSet(viewsets.GenericViewSet):
         return Response(s.SuggestionSerializer(rejected).data)
 
 
-class RunViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class RunViewSet(NumericIds, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """One inspection run with its figures: decisions, and recall and false alarms against
     ground truth (``?threshold=`` moves the score they count from; default: the run's own)."""
 

@@ -8,7 +8,8 @@
                                              holds only good images)
     ground_truth/<category>/<stem>_mask.png  0/255 single-channel mask, the image's size
 
-Rules shared by the writer, the reader (``read_mvtec``) and ``workers.anomaly.datasets``:
+Rules shared by the writer, the reader (``read_mvtec``) and ``workers.anomaly.datasets`` (they
+live in ``mvtec_layout.py``, which loads nothing else):
 
 * image files: any suffix in ``IMAGE_SUFFIXES``, in any case (``.PNG`` too); dot files are not
   images (``list_images``);
@@ -44,22 +45,34 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ._files import IMAGE_SUFFIXES, find_root, image_size, is_hidden, is_image_file, place_file
+from ._files import IMAGE_SUFFIXES, find_root, image_size, is_image_file, place_file
 from .model import (
     Category,
     Dataset,
     DatasetImage,
-    FormatError,
     ImportReport,
     Shape,
     unique_export_names,
+)
+from .mvtec_layout import (
+    GOOD,
+    GROUND_TRUTH,
+    MASK_SUFFIX,
+    TEST,
+    TRAIN,
+    MaskMatch,
+    MvtecLayoutError,
+    is_mvtec_root,
+    list_images,
+    mask_candidates,
+    mask_file_name,
+    match_masks,
+    type_dirs,
 )
 from .registry import exporter, importer
 
@@ -86,98 +99,7 @@ __all__ = [
     "write_mvtec",
 ]
 
-TRAIN, TEST, GROUND_TRUTH = "train", "test", "ground_truth"
-GOOD = "good"
 COMBINED = "combined"
-MASK_SUFFIX = "_mask"  # <stem>_mask.<ext>; a bare <stem>.<ext> is accepted on reading
-MASK_WRITE_SUFFIX = ".png"
-
-
-class MvtecLayoutError(FormatError):
-    """The folder is not in MVTec AD layout at all."""
-
-
-# --- layout rules --------------------------------------------------------------------------------
-
-
-def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name; ``[]`` when it is not a folder."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
-
-
-def type_dirs(root: str | os.PathLike[str]) -> list[Path]:
-    """The folders ``test/<type>`` (``good`` among them), sorted by name."""
-    test = Path(root) / TEST
-    if not test.is_dir():
-        return []
-    return sorted(p for p in test.iterdir() if p.is_dir() and not is_hidden(p))
-
-
-def is_mvtec_root(root: str | os.PathLike[str]) -> bool:
-    """True when ``root`` has ``train/good`` or ``test/``."""
-    root = Path(root)
-    return (root / TRAIN / GOOD).is_dir() or (root / TEST).is_dir()
-
-
-def mask_file_name(image_name: str) -> str:
-    """The mask file name the writer gives an image: ``<stem>_mask.png``."""
-    return f"{PurePosixPath(image_name).stem}{MASK_SUFFIX}{MASK_WRITE_SUFFIX}"
-
-
-def _masks_by_stem(mask_dir: Path) -> dict[str, list[Path]]:
-    out: dict[str, list[Path]] = {}
-    for path in list_images(mask_dir):
-        out.setdefault(path.stem, []).append(path)
-    return out
-
-
-def _candidates(index: dict[str, list[Path]], stem: str) -> list[Path]:
-    return [*index.get(f"{stem}{MASK_SUFFIX}", []), *index.get(stem, [])]
-
-
-def mask_candidates(mask_dir: str | os.PathLike[str], stem: str) -> list[Path]:
-    """Every mask in ``mask_dir`` named for the image with ``stem``: ``<stem>_mask.<ext>`` first,
-    then ``<stem>.<ext>`` (any image suffix, any case). One is a match; more is ambiguous."""
-    return _candidates(_masks_by_stem(Path(mask_dir)), stem)
-
-
-@dataclass
-class MaskMatch:
-    """Images of one ``test/<type>`` folder matched with the masks of ``ground_truth/<type>``."""
-
-    masks: dict[Path, Path] = field(default_factory=dict)  # image -> its one mask
-    missing: list[Path] = field(default_factory=list)  # images no mask is named for
-    ambiguous: dict[Path, list[Path]] = field(default_factory=dict)  # image -> its candidates
-    shared: dict[Path, list[Path]] = field(default_factory=dict)  # mask -> images naming it
-    unused: list[Path] = field(default_factory=list)  # masks no image names
-
-
-def match_masks(images: Iterable[Path], mask_dir: str | os.PathLike[str]) -> MaskMatch:
-    """Pair each image with its own mask by stem (``mask_candidates``); never by order.
-
-    A mask named by two images (``a.png``'s ``a_mask.png`` is also image ``a_mask.png``'s
-    ``<stem>.png``) is given to none of them: it is in ``shared``.
-    """
-    index = _masks_by_stem(Path(mask_dir))
-    out = MaskMatch()
-    found_by_image = {image: _candidates(index, image.stem) for image in images}
-    claims: dict[Path, list[Path]] = {}
-    for image, found in found_by_image.items():
-        for mask in found:
-            claims.setdefault(mask, []).append(image)
-    for image, found in found_by_image.items():
-        if not found:
-            out.missing.append(image)
-        elif len(found) > 1:
-            out.ambiguous[image] = found
-        elif len(claims[found[0]]) == 1:
-            out.masks[image] = found[0]
-    out.shared = {mask: named for mask, named in claims.items() if len(named) > 1}
-    out.unused = sorted(m for paths in index.values() for m in paths if m not in claims)
-    return out
 
 
 def folder_name(category: str) -> str:
@@ -284,8 +206,8 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[list[float]]]:
 
     One polygon per 8-connected region, outlining exactly its pixels (a one-pixel speck is the
     unit square around it), so rasterising it again with the pixel-centre rule (``write_mvtec``)
-    gives the same pixels back. Holes are filled and regions inside another's hole dropped, as
-    an outer contour would. Every outline is a simple polygon (``annotations.geometry`` refuses
+    gives the same pixels back. Holes are filled (a region inside another's hole is part of it),
+    as an outer contour would. Every outline is a simple polygon (``annotations.geometry`` refuses
     self-touching rings, which OpenCV's contours of thin or diagonal shapes are).
     """
     import cv2  # only readers of masks need OpenCV
@@ -293,8 +215,13 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[list[float]]]:
     from shapely.ops import unary_union
 
     binary = (np.asarray(mask) > 0).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    outlines: list[Polygon] = []
+    # Fill the holes first (background the border cannot reach, 4-connected: the complement of
+    # 8-connected regions), so each region is one outline and an island in a hole is inside it.
+    outside = np.pad(binary, 1)
+    cv2.floodFill(outside, None, (0, 0), 1, flags=4)
+    filled = binary | (outside[1:-1, 1:-1] == 0)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(filled, connectivity=8)
+    outlines = []
     for label in range(1, count):
         x0, y0, w, h = (int(v) for v in stats[label, :4])
         pixels = labels[y0 : y0 + h, x0 : x0 + w] == label
@@ -308,9 +235,8 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[list[float]]]:
             # pixels that meet only at a corner (8-connected): a 0.05 px mitred rim joins them
             # into one outline, keeping every pixel centre where it was
             shape = shape.buffer(0.05, join_style="mitre")
-        outlines.append(Polygon(shape.exterior).simplify(0))
-    kept = [p for p in outlines if not any(o is not p and p.within(o) for o in outlines)]
-    return [_points(p) for p in kept]
+        outlines.append(_points(Polygon(shape.exterior).simplify(0)))
+    return outlines
 
 
 def _points(polygon) -> list[list[float]]:

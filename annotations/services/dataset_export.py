@@ -22,7 +22,7 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from annotations.formats import Dataset
-from annotations.formats.registry import EXPORTERS, OptionError, get_exporter
+from annotations.formats.registry import OptionError, export_choices, get_exporter
 from annotations.models import DatasetVersion
 from annotations.services.dataset_versions import version_dataset_from_content
 from inspection import storage
@@ -39,7 +39,7 @@ JOB_KIND = "export"
 
 def export_formats() -> dict[str, str]:
     """Export format name -> what people call it, in the registry's order."""
-    return {name: exporter.label for name, exporter in EXPORTERS.items()}
+    return dict(export_choices())
 
 
 def dataset_export_enqueue(

@@ -21,7 +21,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 
 from annotations.formats import FormatError, Skipped
-from annotations.formats.registry import IMPORTERS, get_importer
+from annotations.formats.registry import OptionError, get_importer, import_choices
 from annotations.services.categories import category_get_or_create
 from annotations.services.labels import LabelIn, labels_import
 from inspection.models import Image, Job, Project, Role
@@ -43,7 +43,7 @@ def _no_progress(_fraction: float, _message: str) -> None:
 
 def import_formats() -> dict[str, str]:
     """Import format name -> what people call it."""
-    return {name: importer.label for name, importer in IMPORTERS.items()}
+    return dict(import_choices())
 
 
 def dataset_import_enqueue(
@@ -52,12 +52,14 @@ def dataset_import_enqueue(
     """Start importing an uploaded zip, or a server folder (site admins), into ``project``
     (project admins). ``fmt``: a registered importer (coco, yolo, mvtec)."""
     require_role(user, project, Role.ADMIN)
-    if fmt not in IMPORTERS:
-        raise ValidationError(
-            {"format": f"Unknown import format '{fmt}'; use one of {', '.join(IMPORTERS)}."}
-        )
-    if (upload is None) == (not path):
+    try:
+        get_importer(fmt)
+    except OptionError as exc:
+        raise ValidationError({exc.field: str(exc)}) from None
+    if upload is not None and path:
         raise ValidationError("Give a zip file or a server path, not both.")
+    if upload is None and not path:
+        raise ValidationError("Give a zip file or a server path.")
     if path:
         payload = {"path": str(import_path_allowed(user, path)), "name": Path(path).name}
     else:
@@ -90,7 +92,7 @@ def dataset_import_run(
     build_pyramids: bool = True,
 ) -> dict[str, Any]:
     """Import a zip (``archive``) or a folder in format ``fmt`` into ``project``; return the
-    report (project admins; ``user=None`` for the command line). The stored images' pyramid job
+    report (project admins). The stored images' pyramid job
     is started at the end, also when the import stops half-way (unless ``build_pyramids`` is
     false).
 
@@ -98,8 +100,7 @@ def dataset_import_run(
     reason, items changed on the way in (clipped boxes) in ``adjusted``. A zip or folder that
     cannot be read at all raises ``FormatError``.
     """
-    if user is not None:
-        require_role(user, project, Role.ADMIN)
+    require_role(user, project, Role.ADMIN)
     importer = get_importer(fmt)
     with tempfile.TemporaryDirectory(prefix="loupe-import-") as tmp:
         progress(0.0, "Unpacking and checking the files")
@@ -211,7 +212,6 @@ def _store(
     progress(1.0, "done")
     return {
         "format": fmt,
-        "image_ids": stored_ids[:MAX_REPORT_ITEMS],
         "images": counts["images"],
         "negatives": counts["negatives"],
         "annotations": counts["annotations"],

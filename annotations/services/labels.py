@@ -1,9 +1,11 @@
 """Labels on images: every way a label comes in or changes goes through this module.
 
 ``annotation_create`` / ``annotations_bulk_create`` / ``annotation_update`` /
-``annotation_delete`` serve people in the workspace and the API; ``labels_import`` serves the
-COCO, YOLO and MVTec imports. All of them check shapes with ``clean_geometry`` (clipped to the
-image, refused when degenerate) and keep the image's state true through ``image_state``.
+``annotation_delete`` serve people in the workspace and the API, ``annotation_from_suggestion``
+the review of suggestions, ``labels_import`` the COCO, YOLO and MVTec imports. Every shape is
+checked by ``annotations.geometry.normalize_geometry`` (clipped to the image, refused when
+degenerate; ``clean_geometry`` turns a refusal into a ValidationError), and every change keeps
+the image's state true through ``image_state``.
 """
 
 from __future__ import annotations
@@ -71,6 +73,27 @@ def annotation_create(
     except IntegrityError:  # the same client_id raced in twice
         return Annotation.objects.get(image=image, client_id=client_id)
     _after_label_change(image, defect_added=source != Annotation.Source.GROUND_TRUTH)
+    return annotation
+
+
+def annotation_from_suggestion(
+    *, user, suggestion, category: DefectCategory, kind: str, geometry: dict
+) -> Annotation:
+    """The approved label a reviewer makes by accepting a suggestion (``review.suggestion_accept``
+    checks and records the decision; ``geometry`` is clean). A confirmed defect: the image is
+    not normal any more."""
+    annotation = Annotation.objects.create(
+        image=suggestion.image,
+        category=category,
+        kind=kind,
+        geometry=geometry,
+        source=Annotation.Source.SUGGESTION,
+        suggestion=suggestion,
+        author=user,
+        updated_by=user,
+        review_status=Annotation.ReviewStatus.APPROVED,
+    )
+    image_defect_added(image=suggestion.image)
     return annotation
 
 
@@ -168,7 +191,8 @@ class LabelIn:
 
 
 # The label source an import writes -> the review status its labels get. Imported labels were
-# reviewed where they came from; ground truth (MVTec masks) is not reviewed at all.
+# reviewed where they came from. Ground truth (MVTec masks) is reference data that no queue
+# shows (review and freezing select it by its source), so it keeps the default status.
 IMPORT_SOURCES = {
     Annotation.Source.IMPORT: Annotation.ReviewStatus.APPROVED,
     Annotation.Source.GROUND_TRUTH: Annotation.ReviewStatus.PENDING,
@@ -180,7 +204,7 @@ def labels_import(
 ) -> tuple[int, list[tuple[int, str]]]:
     """Store an importer's labels on one image (the import job checked the role).
 
-    Every shape goes through ``clean_geometry``; a shape refused there is left out and reported
+    Every shape goes through ``normalize_geometry``; a shape refused there is left out and reported
     as ``(index, reason)`` (index from 1), the others are stored in one insert. Returns the number
     stored and the refusals.
     """

@@ -17,13 +17,12 @@ from django.utils import timezone
 from annotations.models import Annotation, Review, Suggestion
 from annotations.services.categories import category_of
 from annotations.services.image_state import (
-    image_defect_added,
     image_has_defects,
     image_update_status,
     image_write_normal,
     image_write_verdict,
 )
-from annotations.services.labels import clean_geometry
+from annotations.services.labels import annotation_from_suggestion, clean_geometry
 from inspection.errors import ConflictError
 from inspection.models import Image, Role
 from inspection.permissions import has_role, require_role
@@ -61,18 +60,9 @@ def suggestion_accept(
         else:
             kind, after = current.kind, current.geometry
         edited = after != before
-        annotation = Annotation.objects.create(
-            image=image,
-            category=category,
-            kind=kind,
-            geometry=after,
-            source=Annotation.Source.SUGGESTION,
-            suggestion=current,
-            author=user,
-            updated_by=user,
-            review_status=Annotation.ReviewStatus.APPROVED,
+        annotation = annotation_from_suggestion(
+            user=user, suggestion=current, category=category, kind=kind, geometry=after
         )
-        image_defect_added(image=image)  # whatever was said of the image before
         current.status = Suggestion.Status.ACCEPTED
         current.category = category
         current.decided_by = user
@@ -218,11 +208,15 @@ def image_set_normal(*, user, image: Image, normal: bool) -> Image:
     """Say whether an image is defect-free, i.e. used to train the anomaly model (reviewers and
     admins). Refused for an image with defect labels or accepted suggestions."""
     require_role(user, image.project, Role.REVIEWER)
-    if normal and image_has_defects(image=image):
-        raise ValidationError(
-            {
-                "is_normal": "This image has defect labels or accepted suggestions: delete or "
-                "send them back before marking it normal."
-            }
-        )
-    return image_write_normal(image=image, normal=normal)
+    with transaction.atomic():
+        # the image row is the lock: a defect accepted meanwhile waits, then clears the flag
+        Image.objects.select_for_update().filter(pk=image.pk).first()
+        image.refresh_from_db(fields=["is_normal"])
+        if normal and image_has_defects(image=image):
+            raise ValidationError(
+                {
+                    "is_normal": "This image has defect labels or accepted suggestions: delete "
+                    "or send them back before marking it normal."
+                }
+            )
+        return image_write_normal(image=image, normal=normal)

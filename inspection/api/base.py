@@ -8,6 +8,13 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 
+class NumericIds:
+    """For viewsets whose ids are numbers: the router only matches digits, so ``/api/images/abc/``
+    is a 404 like any unknown id (otherwise the lookup raises a ValueError: a 500)."""
+
+    lookup_value_regex = r"\d+"
+
+
 def list_response(view, queryset, serializer_class, *, filterset_class=None, paginate=True):
     """What a ListAPIView answers, for an ``@action``: filtered, paged (limit/offset)."""
     if filterset_class is not None:

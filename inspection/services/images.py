@@ -284,13 +284,10 @@ def images_rebuild_derivatives(*, user, project: Project) -> Job | None:
         return images_enqueue_derivatives(user=user, project=project, image_ids=ids)
 
 
-def image_update(
-    *, user, image: Image, is_normal: bool | None = None, split: str | None = None
-) -> Image:
-    """Mark an image normal (defect-free) or not, or set its split (reviewers and admins)."""
+def image_update(*, user, image: Image, split: str | None = None) -> Image:
+    """Set an image's split (reviewers and admins). Whether it is normal is a review decision:
+    annotations.services.review.image_set_normal."""
     require_role(user, image.project, Role.REVIEWER)
-    if is_normal is not None:
-        image.is_normal = is_normal
     if split is not None:
         if split not in Image.Split.values:
             from django.core.exceptions import ValidationError
@@ -298,8 +295,8 @@ def image_update(
             raise ValidationError(
                 {"split": f"Unknown split '{split}'; use train, val, test or ''."}
             )
+        Image.objects.filter(pk=image.pk).update(split=split)
         image.split = split
-    image.save(update_fields=["is_normal", "split"])
     return image
 
 

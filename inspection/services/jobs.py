@@ -15,7 +15,8 @@ task returns (acks_late), so a worker that dies mid-job leaves the message to be
 Stale jobs: a 'running' job whose heartbeat is older than LOUPE_JOB_STALE_SECONDS lost its worker.
 ``jobs_requeue_stale`` (a maintenance hook: run by Celery beat, when a worker starts and by
 ``manage.py loupe_jobs --sweep``) puts it back in its queue, up to LOUPE_JOB_MAX_ATTEMPTS tries,
-after which it fails with a plain message. A redelivered message for a job that is already running
+after which it fails with a plain message. Jobs of a kind that no longer exists are failed by
+``jobs_fail_unknown_kinds``. A redelivered message for a job that is already running
 elsewhere or finished is ignored, so a job never runs twice at once.
 """
 
@@ -156,9 +157,9 @@ def jobs_requeue_stale(*, now=None) -> list[Job]:
     cutoff = now - timedelta(seconds=settings.LOUPE_JOB_STALE_SECONDS)
     touched: list[Job] = []
     stale_ids = list(
-        Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=cutoff).values_list(
-            "id", flat=True
-        )
+        Job.objects.filter(
+            status=Job.Status.RUNNING, heartbeat_at__lt=cutoff, kind__in=list(_KINDS)
+        ).values_list("id", flat=True)
     )
     for job_id in stale_ids:
         with transaction.atomic():
@@ -173,11 +174,6 @@ def jobs_requeue_stale(*, now=None) -> list[Job]:
                 job.status = Job.Status.CANCELLED
                 job.finished_at = now
                 job.message = "Cancelled (its worker stopped)"
-            elif job.kind not in _KINDS:
-                job.status = Job.Status.FAILED
-                job.finished_at = now
-                job.error = f"This version of Loupe has no job kind '{job.kind}' any more."
-                job.message = "Failed: unknown kind"
             elif job.attempts >= settings.LOUPE_JOB_MAX_ATTEMPTS:
                 job.status = Job.Status.FAILED
                 job.finished_at = now
@@ -195,3 +191,20 @@ def jobs_requeue_stale(*, now=None) -> list[Job]:
             log.warning("stale job %s -> %s", job.id, job.status)
             touched.append(job)
     return touched
+
+
+@maintenance_hook("fail jobs of removed kinds")
+def jobs_fail_unknown_kinds(*, now=None) -> int:
+    """Fail queued or running jobs of a kind this version no longer has (left by an upgrade):
+    no worker would ever take them. Returns how many."""
+    return (
+        Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+        .exclude(kind__in=list(_KINDS))
+        .update(
+            status=Job.Status.FAILED,
+            finished_at=now or timezone.now(),
+            error="This version of Loupe has no job of this kind any more (renamed or removed "
+            "in an upgrade); start the work again.",
+            message="Failed: unknown kind",
+        )
+    )

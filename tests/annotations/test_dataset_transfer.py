@@ -427,4 +427,3 @@ def test_an_mvtec_zip_is_one_more_format_of_the_import_job(team, client_for, upl
     assert (job.result["images"], job.result["negatives"]) == (1, 1), job.result
     (image,) = Image.objects.filter(project=team["project"])
     assert image.is_normal and image.split == "train" and image.source_group == "train/good"
-    assert Image.objects.get(project=team["project"]).is_normal

@@ -169,3 +169,42 @@ def test_api_server_path_import_is_for_site_admins_under_allowed_roots(
     assert run_job(r.json()["id"], import_dataset.body) == "succeeded"
     assert Job.objects.get(pk=r.json()["id"]).result["images"] == 7
     assert root.is_dir()  # a server folder is read, never deleted
+
+
+def test_an_import_stopped_half_way_still_queues_the_pyramids_of_what_it_stored(team, tmp_path):
+    root = make_mvtec(tmp_path / "parts")
+    calls = []
+
+    def progress(fraction, message):  # the job's progress raises like this on cancel
+        calls.append(message)
+        if len(calls) == 4:
+            raise RuntimeError("cancelled")
+
+    with pytest.raises(RuntimeError):
+        dataset_import_run(
+            user=team["admin"], project=team["project"], fmt="mvtec", folder=root, progress=progress
+        )
+    stored = sorted(Image.objects.filter(project=team["project"]).values_list("id", flat=True))
+    assert len(stored) == 2
+    (job,) = Job.objects.filter(kind="pyramid", project=team["project"])
+    assert sorted(job.payload["image_ids"]) == stored
+
+
+def test_the_command_imports_any_format_and_can_leave_pyramids_for_later(team, tmp_path):
+    root = make_mvtec(tmp_path / "parts")
+    out = io.StringIO()
+    call_command(
+        "import_dataset",
+        str(root),
+        "--format",
+        "mvtec",
+        "--project",
+        "Bottles",
+        "--user",
+        "padmin",
+        "--no-pyramids",
+        stdout=out,
+    )
+    assert "Bottles: 7 images (3 normal), 2 labels" in out.getvalue()
+    assert "skipped ground_truth/crack/orphan_mask.png: mask without" in out.getvalue()
+    assert not Job.objects.filter(kind="pyramid").exists()

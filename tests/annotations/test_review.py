@@ -6,6 +6,7 @@ import pytest
 from django.db import connection
 
 from annotations.models import Annotation, Review, Suggestion
+from inspection.models import Image
 
 pytestmark = pytest.mark.django_db
 
@@ -158,6 +159,32 @@ def test_labels_are_approved_by_someone_else(loop, client_for):
     assert client_for(loop["annotator"]).post(f"/api/annotations/{own}/approve/").status_code == 403
     image.refresh_from_db()
     assert image.status == "reviewed"
+    # deciding it again is a conflict that shows the label as it is now
+    r = client_for(loop["admin"]).post(
+        f"/api/annotations/{own}/return/", {"comment": "again"}, format="json"
+    )
+    assert r.status_code == 409 and "already approved" in r.json()["error"]
+    assert r.json()["current"]["id"] == own and r.json()["current"]["review_status"] == "approved"
+
+
+def test_a_confirmed_defect_clears_ok_and_normal_but_keeps_a_request_for_review(loop, client_for):
+    image = loop["images"][0]
+    first, second = loop["suggestions"]
+    client_for(loop["annotator"]).post(
+        f"/api/images/{image.pk}/verdict/", {"verdict": "needs_review"}, format="json"
+    )
+    client_for(loop["reviewer"]).post(
+        f"/api/suggestions/{first.pk}/accept/", {"category": loop["crack"].pk}, format="json"
+    )
+    image.refresh_from_db()
+    assert image.verdict == "needs_review" and not image.is_normal  # a defect agrees with it
+    Image.objects.filter(pk=image.pk).update(verdict="ok", verdict_by=loop["reviewer"])
+    Image.objects.filter(pk=image.pk).update(is_normal=True)
+    client_for(loop["reviewer"]).post(
+        f"/api/suggestions/{second.pk}/accept/", {"category": loop["crack"].pk}, format="json"
+    )
+    image.refresh_from_db()
+    assert (image.verdict, image.verdict_by, image.is_normal) == ("", None, False)
 
 
 def test_image_status_follows_the_work(loop, client_for):

@@ -215,10 +215,24 @@ def test_unknown_ids_are_json_404(team, client_for):
         "/api/projects/999999/images/",
         "/api/jobs/00000000-0000-0000-0000-000000000000/",
         "/api/nowhere/",
+        # ids that are not numbers are unknown ids too, on every router (not a 500)
+        "/api/images/abc/",
+        "/api/images/abc/thumbnail/",
+        "/api/images/1x/annotations/",
+        "/api/projects/abc/images/",
+        "/api/projects/abc/members/",
+        "/api/models/abc/",
+        "/api/runs/abc/",
+        "/api/annotations/abc/",
+        "/api/jobs/not-a-uuid/",
+        "/api/projects/1/datasets/abc/",
+        "/api/dataset-exports/abc/download/",
     ]:
         r = client.get(url)
         assert r.status_code == 404, url
         assert r.json()["error"]
+    for url in ("/api/suggestions/abc/accept/", "/api/projects/abc/categories/"):
+        assert client.post(url, {}, format="json").status_code == 404, url
 
 
 def test_a_damaged_zip_entry_fails_alone(team, client_for, upload):

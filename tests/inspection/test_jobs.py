@@ -1,5 +1,6 @@
-"""The job-kind registry and the maintenance hooks: one place per kind, no kind without a task,
-housekeeping run by beat and the sweep command, never by a read."""
+"""Jobs as people see them: the job-kind registry (one place per kind, no kind without a task),
+who may cancel and who sees tracebacks, and the maintenance hooks (run by beat and the sweep
+command, never by a read)."""
 
 import io
 import subprocess
@@ -67,6 +68,36 @@ def test_a_fresh_web_process_knows_every_kind_without_loading_torch():
     assert kinds == str(sorted(KINDS)) and heavy == "[]"
 
 
+def make_job(team, **fields) -> Job:
+    job = job_enqueue(kind="pyramid", user=team["admin"], project=team["project"])
+    Job.objects.filter(pk=job.pk).update(**fields)
+    job.refresh_from_db()
+    return job
+
+
+def test_who_may_cancel(team, client_for):
+    job = make_job(team)
+    assert client_for(team["outsider"]).post(f"/api/jobs/{job.pk}/cancel/").status_code == 404
+    r = client_for(team["annotator"]).post(f"/api/jobs/{job.pk}/cancel/")
+    assert r.status_code == 403 and "started a job" in r.json()["error"]
+    assert client_for(team["admin"]).post(f"/api/jobs/{job.pk}/cancel/").status_code == 200
+
+
+def test_job_list_and_traceback_only_for_admins(team, client_for):
+    job = make_job(team, status="failed", error="boom", traceback="Traceback: secret path")
+    mine = client_for(team["annotator"]).get("/api/jobs/").json()["results"]
+    assert [j["id"] for j in mine] == [str(job.pk)]
+    assert mine[0]["error"] == "boom" and mine[0]["traceback"] is None
+    assert mine[0]["created_by"] == "padmin"
+    admin_view = client_for(team["admin"]).get(f"/api/jobs/{job.pk}/").json()
+    assert admin_view["traceback"] == "Traceback: secret path"
+    assert client_for(team["outsider"]).get("/api/jobs/").json()["results"] == []
+    assert (
+        client_for(team["annotator"]).get("/api/jobs/", {"status": "queued"}).json()["results"]
+        == []
+    )
+
+
 def stale_job(team, **fields) -> Job:
     job = job_enqueue(kind="pyramid", user=team["admin"], project=team["project"])
     Job.objects.filter(pk=job.pk).update(
@@ -91,9 +122,11 @@ def test_the_sweep_command_runs_every_hook(team):
     out = io.StringIO()
     call_command("loupe_jobs", "--sweep", stdout=out)
     job.refresh_from_db()
-    assert job.status == "queued" and f"{job.pk} pyramid: queued" in out.getvalue()
+    assert job.status == "queued"
+    assert f"requeue stale jobs: pyramid {job.pk} (queued)" in out.getvalue()
     assert set(maintenance.maintenance_hooks()) == {
         "requeue stale jobs",
+        "fail jobs of removed kinds",
         "delete expired export zips",
     }
 
@@ -113,18 +146,17 @@ def test_a_failing_hook_is_reported_and_the_others_still_run(team, monkeypatch):
     assert job.status == "queued"
 
 
-def test_a_stale_job_of_a_kind_that_no_longer_exists_fails_with_a_reason(team):
-    job = stale_job(team)
-    Job.objects.filter(pk=job.pk).update(kind="import_mvtec")
+def test_jobs_of_a_kind_that_no_longer_exists_fail_with_a_reason(team):
+    """An upgrade that renames a kind (import_mvtec became dataset_import) leaves rows no worker
+    would take: queued ones would wait forever, running ones could not be re-sent."""
+    stale = stale_job(team)
+    queued = job_enqueue(kind="pyramid", user=team["admin"], project=team["project"])
+    fine = job_enqueue(kind="pyramid", user=team["admin"], project=team["project"])
+    Job.objects.filter(pk__in=[stale.pk, queued.pk]).update(kind="import_mvtec")
     maintenance.maintenance_run()
-    job.refresh_from_db()
-    assert job.status == "failed" and "no job kind 'import_mvtec'" in job.error
-
-
-def test_beat_sends_the_maintenance_task_to_the_cpu_queue(settings):
-    from workers.celery import app
-
-    entry = app.conf.beat_schedule["loupe-maintenance"]
-    assert entry["task"] == "loupe.maintenance" and entry["task"] in app.tasks
-    assert entry["schedule"] == settings.LOUPE_MAINTENANCE_SECONDS
-    assert entry["options"]["queue"].endswith("cpu")
+    for job in (stale, queued):
+        job.refresh_from_db()
+        assert job.status == "failed" and "no job of this kind any more" in job.error
+        assert job.finished_at
+    fine.refresh_from_db()
+    assert fine.status == "queued"

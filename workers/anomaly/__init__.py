@@ -40,8 +40,10 @@ Errors: :class:`MissingWeightsError` (names the file and the command that makes 
 :class:`ConfigError`; all derive from :class:`AnomalyError`.
 
 Names are imported when first used (module ``__getattr__``), so importing this package, or
-``workers.anomaly.regions`` / ``workers.anomaly.errors``, does not load torch: the web process
-imports them. docs/anomaly.md has the module map.
+``workers.anomaly.regions`` / ``workers.anomaly.errors``, does not load torch: the CLI's
+argument parsing, a worker's start-up and the job modules import the package long before (or
+without) running a model. ``__all__`` is spelled out (not built from ``_LAZY``) because linters
+and type checkers read it literally. docs/anomaly.md has the module map.
 """
 
 from __future__ import annotations

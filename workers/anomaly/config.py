@@ -1,8 +1,9 @@
 """Settings: how a model is trained (:class:`TrainConfig`), how an image is predicted
 (:class:`PredictConfig`), the default for the hardware, and the progress-callback type.
 
-Importing this module does not import torch (the web process builds these dataclasses): the
-model table and torch are imported by the functions that need them.
+Importing this module does not import torch (a job builds these before it loads a model, and the
+CLI to parse its arguments): the model table and torch are imported by the functions that need
+them.
 """
 
 from __future__ import annotations

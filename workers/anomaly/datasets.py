@@ -6,7 +6,7 @@ name contains the other. With ``<stem>_mask.png`` masks the two sort orders can 
 silently. Here a mask is found by its exact stem, and anything ambiguous is an error.
 
 The layout rules themselves (image suffixes, mask names, folder names) have one owner,
-``annotations.formats.mvtec``, which the importer and the exporter use too; this module turns
+``annotations.formats.mvtec_layout``, which the importer and the exporter use too; this module turns
 what does not fit them into ``ConfigError``.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from annotations.formats import mvtec as layout
+from annotations.formats import mvtec_layout as layout
 
 from .errors import ConfigError
 

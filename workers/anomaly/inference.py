@@ -104,7 +104,7 @@ def raw_heatmap(
     progress = progress or no_progress
     geo = model.geometry
     h, w = image.shape[:2]
-    out_h, out_w = output_size(h, w, config)
+    out_h, out_w = heatmap_size(h, w, config.heatmap_max_side)
     t = geo.input_size
     device = model.device
     autocast = torch.autocast(
@@ -157,15 +157,11 @@ def whole_maps(
         return model.net(to_tensor(net_images, device))[:, 0].float().cpu().numpy()
 
 
-def output_size(height: int, width: int, config: PredictConfig) -> tuple[int, int]:
-    """Heatmap size for an image: long side at most ``heatmap_max_side``, never larger than the
-    image. A whole-image model's map is interpolated up to it too: stopping at the network's
-    size thresholds thin defects on a coarser grid (docs/anomaly.md, "Heatmap size")."""
-    return heatmap_size(height, width, config.heatmap_max_side)
-
-
 def heatmap_size(height: int, width: int, max_side: int) -> tuple[int, int]:
-    """Output heatmap size: the image shrunk so its long side is at most ``max_side``."""
+    """Output heatmap size: the image shrunk so its long side is at most ``max_side``
+    (``PredictConfig.heatmap_max_side``), never larger than the image. A whole-image model's map
+    is interpolated up to it too: stopping at the network's size thresholds thin defects on a
+    coarser grid (docs/anomaly.md, "Heatmap size")."""
     factor = min(1.0, max_side / max(height, width))
     return max(1, round(height * factor)), max(1, round(width * factor))
 
@@ -195,7 +191,7 @@ def calibrated_map(
     if whole_raw is None:
         raw = raw_heatmap(model, image, config, progress)
     else:
-        out_h, out_w = output_size(*image.shape[:2], config)
+        out_h, out_w = heatmap_size(*image.shape[:2], config.heatmap_max_side)
         raw = cv2.resize(whole_raw, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     cal = model.calibration
     if spec is not None:

@@ -106,18 +106,19 @@ def _export_for_cpu(model_dir: Path, architecture: str, normal_images: list[Path
 
     Never fatal: without an export the worker runs the model on torch, only slower.
     """
+    from workers.anomaly.models import get as model_spec
+
     anomaly = _engine()
     done: dict = {}
     try:
         anomaly.export_onnx(model_dir)
         done["onnx"] = True
+        # an INT8 export is refused for PaDiM/PatchCore (docs/anomaly.md)
+        int8 = model_spec(architecture).int8_by_default
     except Exception as exc:  # noqa: BLE001 - recorded on the model version, torch still works
         logger.exception("ONNX export of %s failed", model_dir)
         return {"onnx": False, "error": _short(exc, model_dir)}
-    from workers.anomaly.models import get as model_spec
-
-    # an INT8 export is refused for PaDiM/PatchCore (docs/anomaly.md)
-    if model_spec(architecture).int8_by_default:
+    if int8:
         try:
             figures = anomaly.export_openvino_int8(model_dir, normal_images)
             done["int8"] = {k: v for k, v in figures.items() if k != "path"}

@@ -18,8 +18,8 @@ TASK_NAME = "loupe.maintenance"
 
 
 @app.task(name=TASK_NAME, ignore_result=True)
-def run_maintenance() -> dict:
-    return _run()
+def run_maintenance() -> None:
+    _run()
 
 
 @worker_ready.connect
@@ -27,9 +27,7 @@ def _on_worker_ready(**_kwargs) -> None:
     _run()
 
 
-def _run() -> dict:
-    out = maintenance_run()
-    done = {name: result for name, result in out.items() if result}
+def _run() -> None:
+    done = {name: result for name, result in maintenance_run().items() if result}
     if done:
         log.info("maintenance: %s", done)
-    return {name: repr(result)[:200] for name, result in out.items()}

@@ -15,13 +15,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, sweep: bool, **options):
         if sweep:
+            # each hook returns what it did: a count, or the rows it changed
             for name, result in maintenance_run().items():
-                if isinstance(result, list):
-                    for job in result:
-                        self.stdout.write(
-                            f"{job.id} {job.kind}: {job.status} ({job.message or job.error})"
-                        )
-                elif result:
-                    self.stdout.write(f"{name}: {result}")
+                for item in result if isinstance(result, list) else [result] if result else []:
+                    self.stdout.write(f"{name}: {item}")
         for job in Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]):
             self.stdout.write(f"{job.id} {job.kind} {job.status} {job.progress:.0f}% {job.message}")

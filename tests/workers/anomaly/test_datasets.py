@@ -66,16 +66,16 @@ def test_magnetic_tile_masks_pair_by_stem():
 
 
 def test_layout_rules_are_the_formats_rules(tmp_path: Path):
-    """Suffixes in any case, <stem>.png masks, dot files ignored: the rules of
-    annotations.formats.mvtec, which the importer and the exporter use too."""
-    from annotations.formats import mvtec as layout
-    from workers.anomaly.datasets import IMAGE_EXTS, find_mask, mvtec_train
+    """Suffixes in any case (WebP too), <stem>.png masks, dot files ignored: the rules of
+    annotations.formats.mvtec_layout, which the importer and the exporter use too."""
+    from workers.anomaly.datasets import find_mask, mvtec_train
 
-    assert set(IMAGE_EXTS) == layout.IMAGE_SUFFIXES
     (tmp_path / "train" / "good").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "train" / "good" / "n.PNG"), np.zeros((8, 8), np.uint8))
+    cv2.imwrite(str(tmp_path / "train" / "good" / "o.webp"), np.zeros((8, 8), np.uint8))
     (tmp_path / "train" / "good" / "._n.png").write_bytes(b"AppleDouble")
-    assert [p.name for p in mvtec_train(tmp_path)] == ["n.PNG"]
+    (tmp_path / "train" / "good" / "notes.txt").write_text("not an image")
+    assert [p.name for p in mvtec_train(tmp_path)] == ["n.PNG", "o.webp"]
     crack, gt = tmp_path / "test" / "crack", tmp_path / "ground_truth" / "crack"
     crack.mkdir(parents=True)
     gt.mkdir(parents=True)

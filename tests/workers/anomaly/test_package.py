@@ -38,6 +38,22 @@ def test_importing_the_package_and_its_light_modules_does_not_load_torch():
     assert out.returncode == 0, out.stderr
 
 
+def test_reading_mvtec_folders_does_not_load_the_formats_registry():
+    """The MVTec rules come from annotations.formats.mvtec_layout: the CLI's train/predict must not
+    need the registry's other formats (SAHI, shapely, YAML are not anomaly requirements)."""
+    code = (
+        "import sys, workers.anomaly.datasets; "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('sahi', 'shapely', 'yaml', 'torch', 'django') or m == 'annotations.formats.registry'); "
+        "assert not heavy, heavy"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+
+
 def test_every_public_name_resolves():
     import workers.anomaly as anomaly
 

@@ -12,6 +12,15 @@ from tests.conftest import image_bytes
 pytestmark = pytest.mark.django_db
 
 
+def test_the_app_offers_exactly_the_engines_models():
+    """The web process cannot read the engine's MODELS table (it never imports the ML packages):
+    the app's own list must name the same models, no more and no fewer."""
+    from inspection.services.inspections import ARCHITECTURES
+    from workers.anomaly import models
+
+    assert sorted(ARCHITECTURES) == sorted(models.names())
+
+
 def test_train_then_inspect_with_a_deleted_image(
     team, client_for, upload, django_capture_on_commit_callbacks
 ):
