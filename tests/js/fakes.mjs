@@ -1,6 +1,6 @@
 /* Stand-ins for what the workspace page gives its save queue: the annotation API (an in-memory
- * server behind a fake fetch that can go offline, lose answers and hold requests), the shapes on
- * screen, and timers that run only when a test says so. */
+ * server behind a fake `Loupe.request` that can go offline, lose answers and hold requests), the
+ * shapes on screen, and timers that run only when a test says so. */
 
 export const URLS = { annotations: "/api/images/7/annotations/", annotation: "/api/annotations/{id}/" };
 
@@ -42,8 +42,9 @@ export function fakeServer({ user = "labeler" } = {}) {
     requests: [], // "METHOD path" of every request that reached the server
     offline: false, // every request fails as a network error
     loseAnswers: 0, // the next N requests are handled, but their answers never arrive
-    next: [], // canned answers for the next requests: {status, body} or (req) => {status, body}
+    next: [], // canned answers for the next requests: {status, body} or (req) => {status, body}; no body: not JSON
     held: null, // a Promise: requests wait for it before they are answered
+    delayed: null, // a Promise: the next request is handled at once, its answer waits for it
 
     /** Store an annotation as if made earlier (e.g. by someone else); returns it. */
     seed(fields = {}) {
@@ -70,28 +71,36 @@ export function fakeServer({ user = "labeler" } = {}) {
       return () => { server.held = null; release(); };
     },
 
+    /** Handle the next request at once but hold its answer until the returned function is
+     * called (a slow answer: later requests overtake it). */
+    late() {
+      let deliver;
+      server.delayed = new Promise((resolve) => { deliver = resolve; });
+      return () => deliver();
+    },
+
     sent: (method) => server.requests.filter((r) => r.startsWith(method + " ")),
 
-    fetch: async (url, opts = {}) => {
-      const method = opts.method || "GET";
+    /** What the page's `Loupe.request` (app.js) does against this server: {status, body} whatever
+     * the status (body null when the answer has none), rejecting only on a network failure. */
+    request: async (method, url, body) => {
       server.started += 1;
       if (server.held) await server.held;
       if (server.offline) throw new TypeError("Failed to fetch");
       server.requests.push(method + " " + url);
-      const body = opts.body === undefined ? undefined : JSON.parse(opts.body);
+      const sent = body === undefined ? undefined : JSON.parse(JSON.stringify(body));
       const canned = server.next.shift();
-      const answer = canned ? (typeof canned === "function" ? canned({ method, url, body }) : canned) : handle(method, url, body);
+      const answer = canned ? (typeof canned === "function" ? canned({ method, url, body: sent }) : canned) : handle(method, url, sent);
+      if (server.delayed) {
+        const delayed = server.delayed;
+        server.delayed = null;
+        await delayed;
+      }
       if (server.loseAnswers > 0) {
         server.loseAnswers -= 1;
         throw new TypeError("Failed to fetch"); // handled, but the answer was lost on the way back
       }
-      return {
-        status: answer.status,
-        json: async () => {
-          if (answer.body === undefined) throw new SyntaxError("Unexpected end of JSON input");
-          return JSON.parse(JSON.stringify(answer.body));
-        },
-      };
+      return { status: answer.status, body: answer.body === undefined ? null : JSON.parse(JSON.stringify(answer.body)) };
     },
   };
 

@@ -1,6 +1,7 @@
 /* The workspace's save queue (static/loupe/workspace/save-queue.js) against an in-memory
- * annotation API: order, retries and back-off, idempotent creates, changes that cancel out
- * while they wait, conflicts, and the status the page shows. Run: node --test tests/js/ */
+ * annotation API: order, retries and back-off, a lost session, idempotent creates, changes that
+ * cancel out while they wait, conflicts and refusals (also answers without a JSON body), polling,
+ * and the status the page shows. Run: node --test tests/js/ */
 
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
@@ -20,8 +21,7 @@ function workspace() {
     urls: URLS,
     user: "labeler",
     shapes,
-    fetch: server.fetch,
-    csrfToken: () => "token",
+    request: server.request,
     setTimeout: (fn, ms) => timers.setTimeout(fn, ms),
     onStatus: (s) => statuses.push(s),
     onToast: (m) => toasts.push(m),
@@ -192,6 +192,40 @@ describe("network trouble", () => {
     assert.equal(w.server.rows.size, 0);
     await w.timers.fire();
     assert.equal(w.server.rows.size, 2);
+    assertSettled(w);
+  });
+  test("a lost session on an edit (401) keeps it queued and sends it after logging in again", async () => {
+    const w = workspace();
+    const { id, s } = w.loaded();
+    w.server.next.push({ status: 401, body: { error: "Authentication credentials were not provided." } });
+    w.person.edit(id, { category: 2 });
+    await settle();
+    assert.deepEqual(w.queue.status(), {
+      state: "offline",
+      text: "Not saved: Authentication credentials were not provided. — log in again (in another tab); 1 change(s) kept",
+      pending: 1,
+    });
+    assert.deepEqual(w.toasts, []);
+    assert.equal(w.shapes.onScreen.get(id).category, 2, "the edit stays on screen");
+    assert.equal(w.server.rows.get(s.id).category, 1);
+    await w.timers.fire();
+    assert.deepEqual(w.server.sent("PATCH"), ["PATCH /api/annotations/" + s.id + "/", "PATCH /api/annotations/" + s.id + "/"]);
+    assert.equal(w.server.rows.get(s.id).category, 2);
+    assert.equal(w.queue.records.get(id).version, 2);
+    assertSettled(w);
+  });
+
+  test("a lost session on a delete (401, no JSON body) keeps it queued and deletes after logging in again", async () => {
+    const w = workspace();
+    const { id, s } = w.loaded();
+    w.server.next.push({ status: 401 });
+    w.person.erase(id);
+    await settle();
+    assert.deepEqual(w.queue.status(), { state: "offline", text: "Not saved: not allowed — log in again (in another tab); 1 change(s) kept", pending: 1 });
+    assert.ok(w.server.rows.has(s.id));
+    await w.timers.fire();
+    assert.deepEqual(w.server.sent("DELETE"), ["DELETE /api/annotations/" + s.id + "/?version=1", "DELETE /api/annotations/" + s.id + "/?version=1"]);
+    assert.equal(w.server.rows.size, 0);
     assertSettled(w);
   });
 });
@@ -397,6 +431,128 @@ describe("someone else changed it first", () => {
     assert.equal(w.shapes.has("new-a"), false);
     assertSettled(w);
   });
+  test("an edit of a shape someone deleted meanwhile (409, current null): the person is told and it leaves the screen", async () => {
+    const w = workspace();
+    const { id, s } = w.loaded();
+    w.server.next.push({ status: 409, body: { error: "This annotation was deleted by someone else.", current: null } });
+    w.person.edit(id, { category: 2 });
+    await settle();
+    assert.deepEqual(w.toasts, ["This annotation was deleted by someone else."]);
+    assert.equal(w.shapes.has(id), false);
+    assert.equal(w.queue.records.has(id), false);
+    assert.deepEqual(w.server.requests, ["PATCH /api/annotations/" + s.id + "/"], "sent once, not retried");
+    assertSettled(w);
+  });
+
+  test("a 409 without a JSON body on an edit is not retried: the stored version is fetched and shown", async () => {
+    const w = workspace();
+    const { id, s } = w.loaded();
+    const moved = { type: "box", x: 1, y: 2, w: 3, h: 4 };
+    w.server.change(s.id, { geometry: moved });
+    w.server.next.push({ status: 409 });
+    w.person.edit(id, { category: 2 });
+    await settle();
+    assert.deepEqual(w.toasts, ["Someone else changed this shape first. Showing their version."]);
+    assert.deepEqual(w.server.requests, ["PATCH /api/annotations/" + s.id + "/", "GET /api/annotations/" + s.id + "/"]);
+    assert.deepEqual(w.shapes.onScreen.get(id), { category: 1, geometry: moved });
+    assert.equal(w.queue.records.get(id).version, 2);
+    assert.equal(w.timers.pending(), 0, "no retry waiting");
+    assertSettled(w);
+  });
+
+  test("a 409 without a JSON body on an edit of a shape deleted there: it leaves the screen", async () => {
+    const w = workspace();
+    const { id, s } = w.loaded();
+    w.server.rows.delete(s.id);
+    w.server.next.push({ status: 409 });
+    w.person.edit(id, { category: 2 });
+    await settle();
+    assert.deepEqual(w.toasts, ["This shape was deleted by someone else."]);
+    assert.equal(w.shapes.has(id), false);
+    assert.equal(w.timers.pending(), 0, "no retry waiting");
+    assertSettled(w);
+  });
+
+  test("a 409 without a JSON body on a delete is not retried: their version comes back", async () => {
+    const w = workspace();
+    const { id, s } = w.loaded();
+    w.server.change(s.id, { category: 2 });
+    w.server.next.push({ status: 409 });
+    w.person.erase(id);
+    await settle();
+    assert.deepEqual(w.toasts, ["Someone else changed this shape first. Their version is back on the image."]);
+    assert.deepEqual(w.server.requests, ["DELETE /api/annotations/" + s.id + "/?version=1", "GET /api/annotations/" + s.id + "/"]);
+    assert.equal(w.shapes.onScreen.get(id).category, 2);
+    assert.equal(w.timers.pending(), 0, "no retry waiting");
+    assertSettled(w);
+  });
+
+  test("an edit refused with another 4xx: the server's reason, then the stored version is shown again", async () => {
+    const w = workspace();
+    const { id, s } = w.loaded();
+    w.server.next.push({ status: 400, body: { error: "Shapes must lie inside the image." } });
+    w.person.edit(id, { geometry: { type: "box", x: -50, y: 10, w: 20, h: 20 } });
+    await settle();
+    assert.deepEqual(w.toasts, ["Not saved: Shapes must lie inside the image."]);
+    assert.deepEqual(w.server.requests, ["PATCH /api/annotations/" + s.id + "/", "GET /api/annotations/" + s.id + "/"]);
+    assert.deepEqual(w.shapes.onScreen.get(id), { category: 1, geometry: s.geometry });
+    assert.equal(w.queue.records.get(id).version, 1);
+    assertSettled(w);
+  });
+
+  test("an edit refused without a JSON body (403): a generic reason, then the stored version is shown again", async () => {
+    const w = workspace();
+    const { id, s } = w.loaded();
+    w.server.next.push({ status: 403 });
+    w.person.edit(id, { category: 2 });
+    await settle();
+    assert.deepEqual(w.toasts, ["Not saved: HTTP 403"]);
+    assert.equal(w.shapes.onScreen.get(id).category, 1);
+    assert.equal(w.timers.pending(), 0, "no retry waiting");
+    assertSettled(w);
+  });
+
+  test("a delete refused (403): the server's reason, and the shape comes back as stored", async () => {
+    const w = workspace();
+    const { id, s } = w.loaded({ author: "colleague" });
+    w.server.next.push({ status: 403, body: { error: "Only its author or a reviewer can delete this annotation." } });
+    w.person.erase(id);
+    await settle();
+    assert.deepEqual(w.toasts, ["Only its author or a reviewer can delete this annotation."]);
+    assert.deepEqual(w.server.requests, ["DELETE /api/annotations/" + s.id + "/?version=1", "GET /api/annotations/" + s.id + "/"]);
+    assert.deepEqual(w.shapes.onScreen.get(id), { category: 1, geometry: s.geometry });
+    assert.equal(w.queue.records.get(id).author, "colleague");
+    assert.ok(w.server.rows.has(s.id));
+    assertSettled(w);
+  });
+
+  test("a delete refused without a JSON body (403) is not retried: a generic reason, and the shape comes back", async () => {
+    const w = workspace();
+    const { id, s } = w.loaded();
+    w.server.next.push({ status: 403 });
+    w.person.erase(id);
+    await settle();
+    assert.deepEqual(w.toasts, ["Not deleted: not allowed."]);
+    assert.ok(w.shapes.has(id));
+    assert.ok(w.server.rows.has(s.id));
+    assert.equal(w.timers.pending(), 0, "no retry waiting");
+    assertSettled(w);
+  });
+
+  test("an edit of a shape whose create was refused is not sent", async () => {
+    const w = workspace();
+    const release = w.server.hold();
+    w.server.next.push({ status: 400, body: { error: "Shapes must lie inside the image." } });
+    w.person.draw("new-a");
+    w.person.edit("new-a", { category: 2 }); // waits behind the create
+    release();
+    await settle();
+    assert.deepEqual(w.server.requests, ["POST " + URLS.annotations]);
+    assert.deepEqual(w.toasts, ["Not saved: Shapes must lie inside the image."]);
+    assert.equal(w.shapes.has("new-a"), false);
+    assert.equal(w.server.rows.size, 0);
+    assertSettled(w);
+  });
 });
 
 describe("polling and leaving", () => {
@@ -430,6 +586,77 @@ describe("polling and leaving", () => {
     assert.deepEqual(w.server.requests, ["POST " + URLS.annotations]);
   });
 
+  test("a poll that fails (no network) changes nothing, and the next one catches up", async () => {
+    const w = workspace();
+    const { id, s } = w.loaded();
+    w.server.change(s.id, { category: 2 });
+    w.server.offline = true;
+    await w.queue.poll();
+    assert.equal(w.shapes.onScreen.get(id).category, 1);
+    assert.equal(w.queue.records.get(id).version, 1);
+    assert.equal(status(w.queue), "saved", "a failed poll is not a change waiting");
+    w.server.offline = false;
+    await w.queue.poll();
+    assert.equal(w.shapes.onScreen.get(id).category, 2);
+    assertSettled(w);
+  });
+
+  test("a poll answered with an error (non-200, or no JSON body) changes nothing", async () => {
+    const w = workspace();
+    const { id } = w.loaded();
+    const changes = w.changes();
+    w.server.next.push({ status: 500, body: { error: "Server error" } });
+    await w.queue.poll();
+    w.server.next.push({ status: 200 }); // e.g. a proxy's empty answer
+    await w.queue.poll();
+    w.server.next.push({ status: 403, body: { error: "Authentication credentials were not provided." } });
+    await w.queue.poll();
+    assert.deepEqual(w.server.sent("GET").length, 3);
+    assert.ok(w.shapes.has(id), "an empty or refused list does not remove the shapes");
+    assert.ok(w.queue.records.has(id));
+    assert.equal(w.changes(), changes, "nothing to redraw");
+    assertSettled(w);
+  });
+
+  test("a poll whose list was read before changes made meanwhile is not applied, even once they are stored", async () => {
+    const w = workspace();
+    const { id, s } = w.loaded();
+    const deliver = w.server.late(); // the poll's GET is read now, its answer comes late
+    const polled = w.queue.poll();
+    await settle();
+    w.person.draw("new-b"); // queued while the GET is out...
+    w.person.erase(id);
+    await settle(); // ... and stored before its answer arrives
+    assert.deepEqual(w.server.requests, ["GET " + URLS.annotations, "POST " + URLS.annotations, "DELETE /api/annotations/" + s.id + "/?version=1"]);
+    assert.equal(w.queue.pending(), 0);
+    deliver(); // the list from before: the old shape, not the new one
+    await polled;
+    assert.ok(w.shapes.has("new-b"), "the new shape is not removed as 'gone on the server'");
+    assert.ok(w.queue.records.has("new-b"));
+    assert.equal(w.shapes.onScreen.size, 1, "the erased shape is not brought back");
+    assertSettled(w);
+
+    await w.queue.poll(); // the next poll applies
+    assert.deepEqual([...w.queue.records.keys()], ["new-b"]);
+  });
+
+  test("a poll whose answer arrives while a change waits is not applied", async () => {
+    const w = workspace();
+    const { id } = w.loaded();
+    const deliver = w.server.late();
+    const polled = w.queue.poll();
+    await settle();
+    const release = w.server.hold();
+    w.person.edit(id, { category: 2 }); // on its way when the list arrives
+    deliver();
+    await polled;
+    assert.equal(w.changes(), 0, "the list is not applied (nor the page told to redraw)");
+    release();
+    await settle();
+    assert.equal(w.queue.records.get(id).version, 2);
+    assertSettled(w);
+  });
+
   test("leaving waits until every change is sent, and says so", async () => {
     const w = workspace();
     w.server.offline = true;
@@ -447,7 +674,7 @@ describe("polling and leaving", () => {
   });
 });
 
-test("needs fetch and setTimeout", () => {
-  assert.throws(() => createSaveQueue({ urls: URLS, shapes: fakeShapes(), setTimeout }), /fetch/);
-  assert.throws(() => createSaveQueue({ urls: URLS, shapes: fakeShapes(), fetch: fakeServer().fetch }), /setTimeout/);
+test("needs request and setTimeout", () => {
+  assert.throws(() => createSaveQueue({ urls: URLS, shapes: fakeShapes(), setTimeout }), /request/);
+  assert.throws(() => createSaveQueue({ urls: URLS, shapes: fakeShapes(), request: fakeServer().request }), /setTimeout/);
 });

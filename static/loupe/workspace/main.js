@@ -71,8 +71,8 @@ function startWorkspace() {
     urls: { annotations: data.urls.annotations, annotation: data.urls.annotation },
     user: ctx.me,
     shapes: annotoriousShapes(ctx),
-    fetch: (url, opts) => window.fetch(url, opts),
-    csrfToken: () => window.Loupe.csrfToken(),
+    // app.js' JSON request helper: {status, body} whatever the status, rejects when no answer came
+    request: (method, url, body) => window.Loupe.request(method, url, body),
     setTimeout: (fn, ms) => window.setTimeout(fn, ms),
     // data-state (saved / saving / offline) and data-pending (changes not sent yet) say where
     // saving stands, for people's stylesheets and for browser tests

@@ -6,37 +6,30 @@
  * `client_id`, so a retried create whose answer was lost does not make a copy. Changes that cancel
  * out while they wait are not sent. Version conflicts (409) show what is stored now.
  *
- * No DOM here: the page injects `fetch`, the timers, the shapes on screen (`shapes`) and what to do
- * with the status, messages and changes, so that Node's test runner imports this file as it is.
+ * No DOM here: the page injects the request function (`Loupe.request` from app.js), the timers,
+ * the shapes on screen (`shapes`) and what to do with the status, messages and changes, so that
+ * Node's test runner imports this file as it is.
  */
+
+import { urlFor } from "./format.js";
 
 export const FIRST_RETRY_MS = 1000;
 export const MAX_RETRY_MS = 15000;
 
 /** What this page keeps about a stored annotation, from the API's representation of it. */
-export function recordOf(s) {
+function recordOf(s) {
   return { serverId: s.id, version: s.version, author: s.author, source: s.source, created: s.created_at, updated: s.updated_at, updatedBy: s.updated_by };
 }
 
 /** The local id a stored annotation gets when this page first shows it. */
-export function serverLocalId(serverId) {
+function serverLocalId(serverId) {
   return "srv-" + serverId;
 }
 
-/** fetch with Django's CSRF header, JSON in and out: resolves to {status, body} (body null when
- * not JSON); a network failure rejects. */
-export function jsonRequest(fetchFn, csrfToken) {
-  return async (method, url, body) => {
-    const opts = { method, credentials: "same-origin", headers: { "X-CSRFToken": csrfToken() } };
-    if (body !== undefined) {
-      opts.headers["Content-Type"] = "application/json";
-      opts.body = JSON.stringify(body);
-    }
-    const res = await fetchFn(url, opts);
-    let json = null;
-    try { json = await res.json(); } catch (e) { json = null; }
-    return { status: res.status, body: json };
-  };
+/** The server's reason for refusing a request, or `otherwise` when the answer had no JSON body
+ * (a proxy's error page, an empty answer). */
+function reason(r, otherwise) {
+  return (r.body && typeof r.body.error === "string" && r.body.error) || otherwise || "HTTP " + r.status;
 }
 
 /**
@@ -48,8 +41,9 @@ export function jsonRequest(fetchFn, csrfToken) {
  *                 has(id)     -> whether it is on screen
  *                 put(id, s)  show stored annotation `s` under `id` (no change event, no undo step)
  *                 drop(id)    take it off the screen (no change event, no undo step)
- *   fetch       window.fetch or a stand-in
- *   csrfToken   () -> Django's CSRF token
+ *   request(method, url, body)   sends JSON (body omitted: none) with the CSRF token and resolves
+ *               to {status, body} whatever the status (body null when the answer is not JSON);
+ *               rejects only when no answer came (network down). `Loupe.request` in app.js.
  *   setTimeout  the timer used for back-off
  *   onStatus({state: "saved" | "saving" | "offline", text, pending})   on every status change
  *   onToast(message)                                                    something to tell the person
@@ -57,9 +51,9 @@ export function jsonRequest(fetchFn, csrfToken) {
  */
 export function createSaveQueue(options) {
   const { urls, user, shapes } = options;
-  if (typeof options.fetch !== "function") throw new TypeError("createSaveQueue needs fetch");
+  if (typeof options.request !== "function") throw new TypeError("createSaveQueue needs request");
   if (typeof options.setTimeout !== "function") throw new TypeError("createSaveQueue needs setTimeout");
-  const send = jsonRequest(options.fetch, options.csrfToken || (() => ""));
+  const send = options.request;
   const setTimer = options.setTimeout;
   const onStatus = options.onStatus || (() => {});
   const onToast = options.onToast || (() => {});
@@ -72,8 +66,9 @@ export function createSaveQueue(options) {
   let retryDelay = FIRST_RETRY_MS;
   let status = { state: "saved", text: "All changes saved" };
   let drainWaiters = [];
+  let changesMade = 0; // changes queued or withdrawn so far: a poll's list read before one is stale
 
-  const urlFor = (id) => urls.annotation.replace("{id}", id);
+  const annotationUrl = (serverId) => urlFor(urls.annotation, serverId);
   const sleep = (ms) => new Promise((resolve) => setTimer(resolve, ms));
 
   function notify() {
@@ -97,6 +92,7 @@ export function createSaveQueue(options) {
   }
 
   function enqueue(op) {
+    changesMade += 1;
     ops.push(op);
     refreshStatus();
     pump();
@@ -136,7 +132,7 @@ export function createSaveQueue(options) {
   // Logged out (session expired) or refused (CSRF, role removed): keep every change queued and
   // say so; after logging in again in another tab, the queue goes through.
   function signedOut(r) {
-    const why = (r.body && r.body.error) || "not allowed";
+    const why = reason(r, "not allowed");
     setStatus("offline", "Not saved: " + why + " — log in again (in another tab); " + ops.length + " change(s) kept");
     return "retry";
   }
@@ -180,11 +176,27 @@ export function createSaveQueue(options) {
           records.set(localId, recordOf(r.body));
           return "done";
         }
-        onToast("Not saved: " + ((r.body && r.body.error) || "HTTP " + r.status));
+        onToast("Not saved: " + reason(r));
         removeRemote(localId);
         return "done";
       },
     };
+  }
+
+  /** Show what the server stores now for a shape whose change it refused (no change events, no
+   * undo steps). */
+  async function showStored(serverId) {
+    const fresh = await send("GET", annotationUrl(serverId));
+    if (fresh.status === 200 && fresh.body) applyRemote(fresh.body);
+  }
+
+  /** What a 409 says is stored now: its `current` (null: deleted meanwhile). An answer without
+   * that (no JSON body) is asked again with a GET; undefined when that does not tell either. */
+  async function conflicting(r, serverId) {
+    if (r.body && r.body.current !== undefined) return r.body.current;
+    const fresh = await send("GET", annotationUrl(serverId));
+    if (fresh.status === 200 && fresh.body) return fresh.body;
+    return fresh.status === 404 ? null : undefined;
   }
 
   function updateOp(localId) {
@@ -195,21 +207,26 @@ export function createSaveQueue(options) {
         const m = records.get(localId);
         const payload = shapes.payload(localId);
         if (!m || !m.serverId || !payload) return "done";
-        const r = await send("PATCH", urlFor(m.serverId), Object.assign({ version: m.version }, payload));
+        const r = await send("PATCH", annotationUrl(m.serverId), Object.assign({ version: m.version }, payload));
         if (r.status >= 500) return "retry";
         if (r.status === 401) return signedOut(r);
         if (r.status === 200) {
           Object.assign(m, { version: r.body.version, updated: r.body.updated_at, updatedBy: r.body.updated_by });
         } else if (r.status === 409) {
-          onToast(r.body.error + " Showing their version.");
-          if (r.body.current) applyRemote(r.body.current); else removeRemote(localId);
+          const current = await conflicting(r, m.serverId);
+          if (current === null) {
+            onToast(reason(r, "This shape was deleted by someone else."));
+            removeRemote(localId);
+          } else {
+            onToast(reason(r, "Someone else changed this shape first.") + (current ? " Showing their version." : ""));
+            if (current) applyRemote(current);
+          }
         } else if (r.status === 404) {
           onToast("This shape was deleted by someone else.");
           removeRemote(localId);
         } else {
-          onToast("Not saved: " + ((r.body && r.body.error) || "HTTP " + r.status));
-          const fresh = await send("GET", urlFor(m.serverId));
-          if (fresh.status === 200) applyRemote(fresh.body);
+          onToast("Not saved: " + reason(r));
+          await showStored(m.serverId);
         }
         return "done";
       },
@@ -229,20 +246,20 @@ export function createSaveQueue(options) {
           if (m && !shapes.has(localId)) records.delete(localId);
           return "done";
         }
-        const r = await send("DELETE", urlFor(m.serverId) + "?version=" + m.version);
+        const r = await send("DELETE", annotationUrl(m.serverId) + "?version=" + m.version);
         if (r.status >= 500) return "retry";
         if (r.status === 401) return signedOut(r);
         if (r.status === 409) {
-          if (r.body.current) {
-            onToast(r.body.error + " Their version is back on the image.");
-            applyRemote(r.body.current);
+          const current = await conflicting(r, m.serverId);
+          if (current) {
+            onToast(reason(r, "Someone else changed this shape first.") + " Their version is back on the image.");
+            applyRemote(current);
           } else if (records.get(localId) === m) records.delete(localId); // already deleted: as wished
           return "done";
         }
         if (r.status === 403) {
-          onToast(r.body.error);
-          const fresh = await send("GET", urlFor(m.serverId));
-          if (fresh.status === 200) applyRemote(fresh.body);
+          onToast(reason(r, "Not deleted: not allowed."));
+          await showStored(m.serverId);
           return "done";
         }
         if (records.get(localId) === m) records.delete(localId);
@@ -259,6 +276,7 @@ export function createSaveQueue(options) {
     const pending = ops.findIndex((op) => waiting("delete", op));
     if (pending >= 0) {
       const op = ops.splice(pending, 1)[0];
+      changesMade += 1;
       const current = records.get(localId);
       if (!(current && current.serverId) && op.before && op.before.serverId) records.set(localId, op.before);
       const m = records.get(localId);
@@ -300,12 +318,15 @@ export function createSaveQueue(options) {
     onChange();
   }
 
-  /** Fetch the image's shapes and reconcile, unless changes are waiting to be sent. */
+  /** Fetch the image's shapes and reconcile, unless changes are waiting to be sent or were made
+   * while the list was on its way (it may not have them, even once they are stored). A failed or
+   * refused poll changes nothing: the next one catches up. */
   async function poll() {
     if (ops.length) return;
+    const before = changesMade;
     let r;
     try { r = await send("GET", urls.annotations); } catch (e) { return; }
-    if (r.status !== 200 || ops.length) return;
+    if (r.status !== 200 || !Array.isArray(r.body) || changesMade !== before) return;
     reconcile(r.body);
   }
 

@@ -2,7 +2,8 @@
  * 'classifying' body, the geometry as a selector), the adapter the save queue works through, and
  * Annotorious' change events turned into save-queue operations. */
 
-const { toSelector, toGeometry } = window.LoupeOverlay;
+// overlay.js' geometry conversion (window.LoupeOverlay) is looked up when called, as the other
+// modules do, so that this module (and those importing it) also load without a browser.
 
 export function categoryOf(a) {
   const body = (a.bodies || []).find((b) => b.purpose === "classifying");
@@ -16,7 +17,7 @@ export function withCategory(a, categoryId) {
 
 /** Stored annotation `s` (the API's representation) as an Annotorious annotation `localId`. */
 export function toAnnotation(localId, s) {
-  return withCategory({ id: localId, bodies: [], target: { annotation: localId, selector: toSelector(s.geometry) } }, s.category);
+  return withCategory({ id: localId, bodies: [], target: { annotation: localId, selector: window.LoupeOverlay.toSelector(s.geometry) } }, s.category);
 }
 
 /** The save queue's view of the shapes on screen (see save-queue.js). Changes made through it
@@ -28,7 +29,7 @@ export function annotoriousShapes(ctx) {
     payload(id) {
       const a = anno.getAnnotationById(id);
       if (!a) return null;
-      return { category: Number(categoryOf(a) || ctx.category), geometry: toGeometry(a.target.selector) };
+      return { category: Number(categoryOf(a) || ctx.category), geometry: window.LoupeOverlay.toGeometry(a.target.selector) };
     },
     has: (id) => Boolean(store.getAnnotation(id)),
     put(id, s) {

@@ -49,10 +49,25 @@ export function nextDraw(viewer) {
   });
 }
 
-/** Resolves once the current view is drawn with every tile it needs (image and heatmap). */
+/** Resolves once the current view is drawn with every tile it needs (image and heatmap). Rejects
+ * with the tile's URL when a tile fails to load for good while it waits (the view may then never
+ * be reported fully loaded), so that a browser test fails with that reason, not at its timeout. */
 export async function whenLoaded(viewer) {
-  await nextDraw(viewer);
-  const items = [];
-  for (let i = 0; i < viewer.world.getItemCount(); i++) items.push(viewer.world.getItemAt(i));
-  await Promise.all(items.map((item) => new Promise((resolve) => item.whenFullyLoaded(resolve))));
+  let failed;
+  const failure = new Promise((resolve, reject) => {
+    failed = (e) => {
+      if (e.maxReached === false) return; // OpenSeadragon tries it again
+      const url = e.tile && typeof e.tile.getUrl === "function" ? e.tile.getUrl() : String(e.tile && e.tile.url);
+      reject(new Error("tile failed to load: " + url + (e.message ? " (" + e.message + ")" : "")));
+    };
+    viewer.addHandler("tile-load-failed", failed);
+  });
+  try {
+    await Promise.race([nextDraw(viewer), failure]);
+    const items = [];
+    for (let i = 0; i < viewer.world.getItemCount(); i++) items.push(viewer.world.getItemAt(i));
+    await Promise.race([Promise.all(items.map((item) => new Promise((resolve) => item.whenFullyLoaded(resolve)))), failure]);
+  } finally {
+    viewer.removeHandler("tile-load-failed", failed);
+  }
 }
