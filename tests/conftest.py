@@ -30,6 +30,25 @@ def dataset(name: str) -> Path:
     return path
 
 
+def run_python(
+    code: str, *, drop_env: tuple[str, ...] = (), timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter at the repository root (what a new process imports),
+    without the environment variables ``drop_env``; fails the test with its stderr unless it
+    exits 0."""
+    env = {k: v for k, v in os.environ.items() if k not in drop_env}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 # --- media and queues isolated per test session ---------------------------------------------
 
 _MEDIA = tempfile.mkdtemp(prefix="loupe-test-media-")

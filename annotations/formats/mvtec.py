@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ._files import IMAGE_SUFFIXES, find_root, image_size, is_image_file, place_file
+from ._files import find_root, image_size, is_image_file, place_file
 from .model import (
     Category,
     Dataset,
@@ -62,40 +62,23 @@ from .model import (
 from .mvtec_layout import (
     GOOD,
     GROUND_TRUTH,
-    MASK_SUFFIX,
     TEST,
     TRAIN,
-    MaskMatch,
     MvtecLayoutError,
     is_mvtec_root,
     list_images,
-    mask_candidates,
     mask_file_name,
     match_masks,
     type_dirs,
 )
 from .registry import exporter, importer
 
-__all__ = [
+__all__ = [  # the layout's rules are mvtec_layout's names
     "COMBINED",
-    "GOOD",
-    "GROUND_TRUTH",
-    "IMAGE_SUFFIXES",
-    "MASK_SUFFIX",
-    "TEST",
-    "TRAIN",
-    "MaskMatch",
-    "MvtecLayoutError",
     "folder_name",
-    "is_mvtec_root",
-    "list_images",
-    "mask_candidates",
-    "mask_file_name",
     "mask_to_polygons",
-    "match_masks",
     "rasterize_mask",
     "read_mvtec",
-    "type_dirs",
     "write_mvtec",
 ]
 

@@ -3,8 +3,6 @@ who may cancel and who sees tracebacks, and the maintenance hooks (run by beat a
 command, never by a read)."""
 
 import io
-import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
@@ -14,7 +12,7 @@ from django.utils import timezone
 from inspection.models import Job
 from inspection.services import maintenance
 from inspection.services.jobs import job_enqueue, job_kind_register, job_kinds, job_label
-from tests.conftest import ROOT
+from tests.conftest import run_python
 
 pytestmark = pytest.mark.django_db
 
@@ -60,10 +58,7 @@ def test_a_fresh_web_process_knows_every_kind_without_loading_torch():
         "print(sorted(k.kind for k in job_kinds()))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'anomalib', 'openvino')))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(code)
     kinds, heavy = out.stdout.strip().splitlines()[-2:]
     assert kinds == str(sorted(KINDS)) and heavy == "[]"
 

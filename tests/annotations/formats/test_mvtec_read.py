@@ -12,14 +12,12 @@ from PIL import Image
 from scipy.ndimage import binary_fill_holes
 
 from annotations.formats import FormatError
-from annotations.formats.mvtec import (
+from annotations.formats.mvtec import mask_to_polygons, rasterize_mask, read_mvtec
+from annotations.formats.mvtec_layout import (
     MvtecLayoutError,
     list_images,
     mask_candidates,
-    mask_to_polygons,
     match_masks,
-    rasterize_mask,
-    read_mvtec,
     type_dirs,
 )
 from annotations.formats.registry import get_importer

@@ -4,8 +4,6 @@ registry lookups, and a registry that stays pure (no Django) whatever is importe
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from annotations.formats.registry import (
     import_choices,
     importer,
 )
+from tests.conftest import run_python
 
 from .conftest import geometry_by_name
 
@@ -65,10 +64,7 @@ def test_tables_are_complete_and_pure_whatever_is_imported_first(first):
         "    sorted(m for m in sys.modules if m.split('.')[0] in ('django', 'celery',\n"
         "    'inspection', 'workers', 'torch'))]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python(code)
     exports, imports, impure = json.loads(done.stdout.strip().splitlines()[-1])
     assert exports == [name for name, _ in EXPECTED_EXPORTS]
     assert imports == list(EXPECTED_IMPORTS)
@@ -282,10 +278,7 @@ def test_the_docs_example_registers_a_format(tmp_path):
         "print(json.dumps([list(r.EXPORTERS)[-1], e.label, e.clean_options({}), error, written,\n"
         "    i.label_source, isinstance(report, ImportReport)]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python(code)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [
         "labelme",
         "LabelMe JSON",

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import run_python
 from workers.anomaly import PredictConfig, TrainConfig, predict, train
 from workers.anomaly.models.patchcore import greedy_coreset
 
@@ -78,10 +77,7 @@ def test_coreset_memory_is_bounded():
         print((peak - base) // 1024)
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(code)
     grown_mb = int(out.stdout.strip().splitlines()[-1])
     assert grown_mb < 600, f"coreset grew RSS by {grown_mb} MB"
 
@@ -93,11 +89,7 @@ def test_library_imports_neither_django_nor_celery():
         "workers.anomaly.models.padim, workers.anomaly.models.patchcore; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'django', 'celery'}))"
     )
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_python(code, drop_env=("DJANGO_SETTINGS_MODULE",))
     assert out.stdout.strip() == "[]"
 
 
@@ -121,10 +113,6 @@ def test_int8_export_sends_no_telemetry(rgb_normals, tmp_path: Path):
         print(isinstance(wrapper.telemetry, wrapper.NNCFTelemetryStub), attempts)
         """
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("NNCF_CI", "CI")}
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = run_python(code, drop_env=("NNCF_CI", "CI"), timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "True []"
     assert (model.parent / "model_int8.xml").is_file()

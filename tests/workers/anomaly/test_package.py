@@ -4,15 +4,13 @@ training and prediction use without naming a model, and no import cycles."""
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import run_python
 from workers.anomaly import models
 
 from .conftest import add_defect, save, texture
@@ -31,11 +29,7 @@ def test_importing_the_package_and_its_light_modules_does_not_load_torch():
         "workers.anomaly.models.names(); "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
+    run_python(code, drop_env=("DJANGO_SETTINGS_MODULE",))
 
 
 def test_reading_mvtec_folders_does_not_load_the_formats_registry():
@@ -47,11 +41,7 @@ def test_reading_mvtec_folders_does_not_load_the_formats_registry():
         "('sahi', 'shapely', 'yaml', 'torch', 'django') or m == 'annotations.formats.registry'); "
         "assert not heavy, heavy"
     )
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
+    run_python(code, drop_env=("DJANGO_SETTINGS_MODULE",))
 
 
 def test_every_public_name_resolves():
