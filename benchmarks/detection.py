@@ -74,7 +74,8 @@ def main() -> int:
         def progress(f: float, msg: str, metrics: dict | None, name: str = backbone) -> None:
             extra = ""
             if metrics:
-                extra = " " + json.dumps({k: round(v, 4) for k, v in metrics.items()})
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+                extra = " " + json.dumps(shown)
             print(f"[{name} {f * 100:5.1f}%] {msg}{extra}", flush=True)
 
         artifact = out / f"deeppcb-{backbone}.pt"

@@ -2,10 +2,10 @@
 
 A plain library: no Django, no Celery. Typical use from a job::
 
-    from workers.detection import ModelConfig, TrainConfig, train, Detector, evaluate
+    from workers.detection import ModelConfig, TrainConfig, train, load_detector, evaluate
 
     result = train("train.json", "model.pt", image_root="images/", progress=callback)
-    detector = Detector.load(result.artifact)
+    detector = load_detector(result.artifact)   # ONNX Runtime on CPU, torch on CUDA
     detections = detector.predict_sliced(big_image, slice_size=640, overlap=0.25)
 
 Heavy imports (torch, sahi, pycocotools) happen when the names are first used, so importing
@@ -16,7 +16,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import Cancelled, DetectionDataError, DetectionError, WeightsNotFound
+from .errors import (
+    Cancelled,
+    CheckpointError,
+    DetectionDataError,
+    DetectionError,
+    RuntimeUnavailable,
+    WeightsNotFound,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .artifact import load_artifact, read_artifact, save_artifact
@@ -24,9 +31,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .convert import ConversionReport, convert_pdparams, convert_state_dict, read_pdparams
     from .data import Category, CocoDetectionDataset
     from .evaluation import EvalResult, evaluate
-    from .inference import Detection, Detector
+    from .inference import Detection, Detector, RuntimeDetector
     from .model import PPYOLOE, build_model
     from .onnx_export import OnnxDetector, export_onnx
+    from .runtimes import RUNTIMES, ensure_onnx_export, load_detector
     from .sahi_model import LoupeSahiModel
     from .trainer import ProgressCallback, TrainResult, train
 
@@ -42,6 +50,10 @@ _LAZY = {
     "ProgressCallback": "trainer",
     "Detector": "inference",
     "Detection": "inference",
+    "RuntimeDetector": "inference",
+    "load_detector": "runtimes",
+    "ensure_onnx_export": "runtimes",
+    "RUNTIMES": "runtimes",
     "evaluate": "evaluation",
     "EvalResult": "evaluation",
     "LoupeSahiModel": "sahi_model",
@@ -58,6 +70,8 @@ _LAZY = {
 
 __all__ = [
     "Cancelled",
+    "CheckpointError",
+    "RuntimeUnavailable",
     "DetectionDataError",
     "DetectionError",
     "WeightsNotFound",
@@ -72,6 +86,10 @@ __all__ = [
     "ProgressCallback",
     "Detector",
     "Detection",
+    "RuntimeDetector",
+    "load_detector",
+    "ensure_onnx_export",
+    "RUNTIMES",
     "evaluate",
     "EvalResult",
     "LoupeSahiModel",

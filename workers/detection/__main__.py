@@ -8,24 +8,35 @@ import sys
 from typing import Any
 
 
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):  # per_class_ap50
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
 def _progress(fraction: float, message: str, metrics: dict[str, Any] | None) -> None:
     line = f"[{fraction * 100:5.1f}%] {message}"
     if metrics:
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-        line += f" {json.dumps(shown)}"
+        line += f" {json.dumps(_rounded(metrics))}"
     print(line, flush=True)
 
 
-def _model_config(args: argparse.Namespace, num_classes: int) -> Any:
+def _model_config(args: argparse.Namespace, num_classes: int | None) -> Any:
+    """The preset or ``--config`` model; ``num_classes`` None keeps the config's own class
+    count (a preset without a count gets COCO's 80, what official weights have)."""
     from .config import ModelConfig
 
     overrides: dict[str, Any] = {}
     if getattr(args, "eval_size", None):
         overrides["eval_size"] = args.eval_size
     if args.config:
-        return ModelConfig.from_ppdet_yaml(args.config, num_classes=num_classes, **overrides)
+        if num_classes is not None:
+            overrides["num_classes"] = num_classes
+        return ModelConfig.from_ppdet_yaml(args.config, **overrides)
     presets = {"s": ModelConfig.sod_s, "l": ModelConfig.sod_l, "lite0": ModelConfig.lite0}
-    return presets[args.model](num_classes, **overrides)
+    return presets[args.model](80 if num_classes is None else num_classes, **overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -62,6 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.val_split
         else None,
         eval_every=args.eval_every,
+        checkpoint=args.checkpoint,
     )
     print(json.dumps({"artifact": str(result.artifact), "seconds": round(result.seconds, 1)}))
     return 0
@@ -69,11 +81,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
-    from .inference import Detector
+    from .runtimes import load_detector
 
     split = args.split
     image_filter = (lambda img: img.get("official_split") == split) if split else None
-    det = Detector.load(args.model, device=args.device)
+    det = load_detector(args.model, args.runtime, device=args.device)
     res = evaluate(
         det,
         args.coco,
@@ -99,9 +111,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import Detector
+    from .runtimes import load_detector
 
-    det = Detector.load(args.model, device=args.device)
+    det = load_detector(args.model, args.runtime, device=args.device)
     for image in args.images:
         dets = det.predict_sliced(
             image,
@@ -168,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", help="PaddleDetection PP-YOLOE yml (overrides --model)")
         sp.add_argument("--eval-size", type=int, default=None, help="inference input size")
 
+    def runtime_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--runtime",
+            choices=["torch", "onnx", "auto"],
+            default="torch",
+            help="onnx/auto (CPU): ONNX Runtime, exporting <model>.<size>.onnx next to the "
+            "model on first use",
+        )
+
     t = sub.add_parser("train", help="train on a COCO JSON file")
     t.add_argument("coco")
     t.add_argument("--images", help="image root (default: the JSON's folder)")
@@ -185,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None)
     t.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--checkpoint",
+        help="write a checkpoint here after every epoch; if it exists, continue from it",
+    )
     model_opts(t)
     t.set_defaults(func=cmd_train)
 
@@ -197,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overlap", type=float, default=0.25)
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--device", default=None)
+    runtime_opt(e)
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="sliced prediction, JSON lines on stdout")
@@ -207,12 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--score", type=float, default=0.25)
     pr.add_argument("--batch-size", type=int, default=4)
     pr.add_argument("--device", default=None)
+    runtime_opt(pr)
     pr.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("convert", help="PaddleDetection .pdparams -> Loupe artifact")
     c.add_argument("pdparams")
     c.add_argument("output")
-    c.add_argument("--num-classes", type=int, default=80)
+    c.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="class count of the weights (default: the --config's num_classes, else 80)",
+    )
     c.add_argument("--categories", help="comma-separated class names (sets the class count)")
     c.add_argument("--lenient", action="store_true", help="skip unmatched tensors")
     model_opts(c)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,21 @@ def save_artifact(
     torch.save(payload, tmp)
     tmp.replace(path)
     return path
+
+
+def artifact_sha256(path: str | Path) -> str:
+    """sha256 of the artifact file: what an export made from it is tagged with."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFound(
+            f"model artifact {path} not found; create one with "
+            f"`python -m workers.detection train ... --output {path}`"
+        )
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_artifact(path: str | Path) -> dict[str, Any]:

@@ -13,5 +13,14 @@ class WeightsNotFound(DetectionError, FileNotFoundError):
     """A weights file the caller asked for does not exist."""
 
 
+class CheckpointError(DetectionError):
+    """A training checkpoint is unreadable or belongs to a different run (configs, categories
+    or training images differ): training refuses to continue from it rather than mix runs."""
+
+
+class RuntimeUnavailable(DetectionError):
+    """The inference runtime asked for (ONNX Runtime, OpenVINO) cannot be used here."""
+
+
 class Cancelled(Exception):  # noqa: N818 - the job runner catches it by this name
     """Raised by a progress callback to stop a running job cooperatively."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import numpy as np
 import torch
 
 from .artifact import load_artifact
+from .config import ModelConfig
 from .data import Category, load_image, resize_stretched, to_tensor
 from .model import PPYOLOE
+from .nms import postprocess
 
 
 @dataclass
@@ -40,8 +43,12 @@ class Detector:
     """A loaded detector. Load once per worker process and reuse.
 
     ``predict`` runs whole images at the model's eval size (stretched, like PaddleDetection);
-    ``predict_sliced`` tiles large images through SAHI.
+    ``predict_sliced`` tiles large images through SAHI. This class runs the network in torch
+    (``runtime == "torch"``); :class:`RuntimeDetector` runs an exported copy of it with the same
+    pre- and post-processing. :func:`workers.detection.load_detector` picks the faster one.
     """
+
+    runtime = "torch"
 
     def __init__(
         self,
@@ -51,11 +58,19 @@ class Detector:
         eval_size: int | None = None,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
-        self.model = model.to(self.device).eval()
+        self.model: PPYOLOE | None = model.to(self.device).eval()
+        self.model_config = model.cfg
         self.categories = categories
         self.eval_size = eval_size or model.cfg.eval_size
         if self.eval_size % 32:
             raise ValueError("eval_size must be a multiple of 32")
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Network outputs for a float [N, 3, S, S] batch in [0, 1]: scores [N, L, C] and
+        boxes [N, L, 4] in input pixels (before NMS)."""
+        if self.model is None:
+            raise RuntimeError("this detector has no torch model")
+        return self.model(batch.to(self.device))
 
     @classmethod
     def load(
@@ -82,9 +97,8 @@ class Detector:
         if not images:
             return []
         size = self.eval_size
-        tensor = to_tensor([resize_stretched(im, size) for im in images]).to(self.device)
-        scores, boxes = self.model(tensor)
-        dets = self.model.postprocess(scores, boxes, score_threshold=score_threshold)
+        scores, boxes = self.forward(to_tensor([resize_stretched(im, size) for im in images]))
+        dets = postprocess(scores, boxes, self.model_config, score_threshold)
         out = []
         for im, d in zip(images, dets, strict=True):
             h, w = im.shape[:2]
@@ -172,3 +186,37 @@ class Detector:
             cat = self.categories[int(row[0])]
             out.append(Detection(row[2], row[3], row[4], row[5], row[1], cat.id, cat.name))
         return out
+
+
+NetworkFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class RuntimeDetector(Detector):
+    """A :class:`Detector` whose network is an exported copy run outside torch (ONNX Runtime,
+    OpenVINO): the same resizing, NMS and SAHI merge, so the detections are the same up to
+    float rounding. ``net`` maps a float32 [N, 3, S, S] array to (scores [N, L, C], boxes
+    [N, L, 4]); ``eval_size`` is the fixed S it was exported at. CPU only; ``model`` is None.
+    """
+
+    def __init__(
+        self,
+        net: NetworkFn,
+        categories: list[Category],
+        model_config: ModelConfig,
+        eval_size: int,
+        runtime: str,
+    ) -> None:
+        self.device = torch.device("cpu")
+        self.model = None
+        self.net = net
+        self.model_config = model_config
+        self.categories = categories
+        self.eval_size = eval_size
+        self.runtime = runtime
+        if self.eval_size % 32:
+            raise ValueError("eval_size must be a multiple of 32")
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Network outputs, as :meth:`Detector.forward`."""
+        scores, boxes = self.net(batch.numpy().astype(np.float32, copy=False))
+        return torch.from_numpy(np.asarray(scores)), torch.from_numpy(np.asarray(boxes))

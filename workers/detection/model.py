@@ -9,7 +9,7 @@ from .backbone import CSPResNet, Lite0Backbone, RepVggBlock
 from .config import ModelConfig
 from .head import HeadOutput, PPYOLOEHead
 from .neck import CustomCSPPAN
-from .nms import multiclass_nms
+from .nms import postprocess
 
 
 class PPYOLOE(nn.Module):
@@ -95,17 +95,7 @@ class PPYOLOE(nn.Module):
     ) -> list[torch.Tensor]:
         """Per-image NMS with the config's SOD limits; rows (label, score, x1, y1, x2, y2)."""
         thr = self.cfg.score_threshold if score_threshold is None else score_threshold
-        return [
-            multiclass_nms(
-                boxes[i],
-                scores[i].transpose(0, 1),
-                score_threshold=thr,
-                nms_threshold=self.cfg.nms_threshold,
-                nms_top_k=self.cfg.nms_top_k,
-                keep_top_k=self.cfg.keep_top_k,
-            )
-            for i in range(scores.shape[0])
-        ]
+        return postprocess(scores, boxes, self.cfg, thr)
 
     def convert_to_deploy(self) -> PPYOLOE:
         """Re-parameterise every RepVGG block into a single conv (inference only)."""

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torchvision.ops import nms
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import ModelConfig
 
 
 def multiclass_nms(
@@ -44,3 +49,22 @@ def multiclass_nms(
     if keep_top_k > -1:
         order = order[:keep_top_k]
     return dets[order]
+
+
+def postprocess(
+    scores: torch.Tensor, boxes: torch.Tensor, cfg: ModelConfig, score_threshold: float
+) -> list[torch.Tensor]:
+    """Per-image NMS of a batch (scores [N, L, C], boxes [N, L, 4]) with the config's SOD
+    limits; rows (label, score, x1, y1, x2, y2). The one post-processing every runtime shares
+    (torch eager, ONNX Runtime, OpenVINO)."""
+    return [
+        multiclass_nms(
+            boxes[i],
+            scores[i].transpose(0, 1),
+            score_threshold=score_threshold,
+            nms_threshold=cfg.nms_threshold,
+            nms_top_k=cfg.nms_top_k,
+            keep_top_k=cfg.keep_top_k,
+        )
+        for i in range(scores.shape[0])
+    ]

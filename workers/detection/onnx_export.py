@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .artifact import load_artifact
-from .data import Category, load_image, resize_stretched, to_tensor
+from .artifact import artifact_sha256, load_artifact
+from .config import ModelConfig
+from .data import Category
 from .errors import WeightsNotFound
-from .inference import Detection
-from .nms import multiclass_nms
+from .inference import RuntimeDetector
+
+# Bumped whenever the exported graph or its metadata change meaning: :func:`load_detector`
+# then re-exports instead of running an export made by older code.
+EXPORT_VERSION = "1"
 
 
 class _Exportable(torch.nn.Module):
@@ -42,8 +48,9 @@ def export_onnx(
     artifact: str | Path, output: str | Path, size: int | None = None, opset: int = 17
 ) -> Path:
     """Export an artifact to ONNX: input ``images`` [N, 3, S, S] in [0, 1]; outputs ``scores``
-    [N, L, C] and ``boxes`` [N, L, 4] (pixels of the input). Categories and the model config
-    are stored in the ONNX metadata so the file is self-describing."""
+    [N, L, C] and ``boxes`` [N, L, 4] (pixels of the input). Categories, the model config, the
+    input size and the artifact's sha256 are stored in the ONNX metadata, so the file is
+    self-describing and a stale export can be recognised. Written atomically."""
     model, cats, _ = load_artifact(artifact, "cpu")
     model.convert_to_deploy().eval()
     size = size or model.cfg.eval_size
@@ -51,88 +58,91 @@ def export_onnx(
         raise ValueError("size must be a multiple of 32")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     dummy = torch.zeros(1, 3, size, size)
-    with warnings.catch_warnings():
-        # The position embedding and anchors are built from the (fixed) input size; tracing
-        # freezing them as constants is intended, so the TracerWarnings are noise.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter, chosen on purpose
-        _export(model, dummy, output, opset)
-    import onnx
+    try:
+        with warnings.catch_warnings():
+            # The position embedding and anchors are built from the (fixed) input size;
+            # tracing freezing them as constants is intended, so the TracerWarnings are noise.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter, on purpose
+            _export(model, dummy, tmp, opset)
+        import onnx
 
-    proto = onnx.load(str(output))
-    meta = {
-        "loupe_categories": json.dumps([{"id": c.id, "name": c.name} for c in cats]),
-        "loupe_model_config": json.dumps(model.cfg.to_dict()),
-        "loupe_input_size": str(size),
-    }
-    for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.save(proto, str(output))
+        proto = onnx.load(str(tmp))
+        meta = {
+            "loupe_categories": json.dumps([{"id": c.id, "name": c.name} for c in cats]),
+            "loupe_model_config": json.dumps(model.cfg.to_dict()),
+            "loupe_input_size": str(size),
+            "loupe_artifact_sha256": artifact_sha256(artifact),
+            "loupe_export_version": EXPORT_VERSION,
+        }
+        for k, v in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
     return output
 
 
-class OnnxDetector:
-    """Whole-image inference from an exported ONNX file (CPU ONNX Runtime by default)."""
+def read_export_metadata(path: str | Path) -> dict[str, str]:
+    """The ``loupe_*`` metadata of an exported file ({} if it cannot be read)."""
+    import onnx
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
-        import onnxruntime as ort
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - unreadable means "no usable export", nothing more
+        return {}
+    return {p.key: p.value for p in proto.metadata_props if p.key.startswith("loupe_")}
 
+
+def describe_export(meta: dict[str, str]) -> tuple[list[Category], ModelConfig, int]:
+    """Categories, model config and input size from an export's metadata."""
+    cats = [
+        Category(id=int(c["id"]), name=str(c["name"]), index=i)
+        for i, c in enumerate(json.loads(meta["loupe_categories"]))
+    ]
+    cfg = ModelConfig.from_dict(json.loads(meta["loupe_model_config"]))
+    return cats, cfg, int(meta["loupe_input_size"])
+
+
+def onnx_session(path: str | Path, threads: int | None = None, providers: Any = None) -> Any:
+    """An ONNX Runtime session on ``threads`` intra-op threads (default: torch's count), one
+    inter-op thread: a worker runs one image at a time and its slices batch by batch."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+class OnnxDetector(RuntimeDetector):
+    """A detector run from an exported ONNX file by ONNX Runtime (CPU by default): whole-image
+    ``predict``, ``predict_batch`` and SAHI ``predict_sliced`` exactly as :class:`Detector`,
+    with the same NMS; the input size is the export's."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
         path = Path(path)
         if not path.is_file():
             raise WeightsNotFound(
                 f"{path} not found; create it with `python -m workers.detection export-onnx`"
             )
-        self.session = ort.InferenceSession(
-            str(path), providers=providers or ["CPUExecutionProvider"]
-        )
+        self.path = path
+        self.session = onnx_session(path, threads, providers)
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.categories = [
-            Category(id=int(c["id"]), name=str(c["name"]), index=i)
-            for i, c in enumerate(json.loads(meta["loupe_categories"]))
-        ]
-        cfg = json.loads(meta["loupe_model_config"])
-        self.size = int(meta["loupe_input_size"])
-        self.nms_kwargs = {
-            "nms_threshold": cfg["nms_threshold"],
-            "nms_top_k": cfg["nms_top_k"],
-            "keep_top_k": cfg["keep_top_k"],
-        }
+        cats, cfg, size = describe_export(meta)
+        super().__init__(self.raw, cats, cfg, size, runtime="onnx")
+        self.size = size
 
     def raw(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Network outputs for a float32 [N, 3, S, S] batch."""
-        scores, boxes = self.session.run(None, {"images": images.astype(np.float32)})
+        scores, boxes = self.session.run(None, {"images": images.astype(np.float32, copy=False)})
         return scores, boxes
-
-    def predict(
-        self, image: np.ndarray | str | Path, score_threshold: float = 0.25
-    ) -> list[Detection]:
-        """Detections for one RGB uint8 image (or path), in original pixels."""
-        if not isinstance(image, np.ndarray):
-            image = load_image(image)
-        h, w = image.shape[:2]
-        batch = to_tensor([resize_stretched(image, self.size)]).numpy()
-        scores, boxes = self.raw(batch)
-        dets = multiclass_nms(
-            torch.from_numpy(boxes[0]),
-            torch.from_numpy(scores[0]).t(),
-            score_threshold=score_threshold,
-            **self.nms_kwargs,
-        )
-        sx, sy = w / self.size, h / self.size
-        out = []
-        for row in dets.tolist():
-            cat = self.categories[int(row[0])]
-            out.append(
-                Detection(
-                    min(max(row[2] * sx, 0), w),
-                    min(max(row[3] * sy, 0), h),
-                    min(max(row[4] * sx, 0), w),
-                    min(max(row[5] * sy, 0), h),
-                    row[1],
-                    cat.id,
-                    cat.name,
-                )
-            )
-        return out

@@ -16,6 +16,15 @@ import torch
 from torch import nn
 
 from .artifact import read_artifact, save_artifact
+from .checkpoint import (
+    capture_rng,
+    check_matches,
+    dataset_fingerprint,
+    read_checkpoint,
+    restore_rng,
+    run_identity,
+    save_checkpoint,
+)
 from .config import ModelConfig, TrainConfig
 from .data import (
     CocoDetectionDataset,
@@ -25,7 +34,7 @@ from .data import (
     random_distort,
     random_flip,
 )
-from .errors import Cancelled, DetectionDataError
+from .errors import Cancelled, CheckpointError, DetectionDataError
 from .model import PPYOLOE, build_model
 
 ProgressCallback = Callable[[float, str, "dict[str, Any] | None"], None]
@@ -39,7 +48,8 @@ class TrainResult:
     epochs: int
     iterations: int
     seconds: float
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_epoch: int = 0  # epochs taken from the checkpoint (0: trained from the start)
 
 
 class ModelEMA:
@@ -146,7 +156,12 @@ def _validate(
         image_filter=val_filter,
         slice_size=slice_size,
     )
-    return {"map": res.map, "map50": res.map50, "ap_small": res.ap_small}
+    return {
+        "map": res.map,
+        "map50": res.map50,
+        "ap_small": res.ap_small,
+        "per_class_ap50": dict(res.per_class_ap50),
+    }
 
 
 def train(
@@ -163,6 +178,7 @@ def train(
     val_filter: Callable[[dict[str, Any]], bool] | None = None,
     eval_every: int = 1,
     eval_slice_size: int = 640,
+    checkpoint: str | Path | None = None,
 ) -> TrainResult:
     """Train PP-YOLOE+-SOD on a COCO JSON file and write one artifact to ``output``.
 
@@ -171,7 +187,17 @@ def train(
     :class:`Cancelled`; the exception propagates and no artifact is written.
 
     With ``val_json`` the EMA weights are evaluated (sliced, pycocotools) every ``eval_every``
-    epochs and after the last one; ``map``, ``map50`` and ``ap_small`` join that epoch's metrics.
+    epochs and after the last one; ``map``, ``map50``, ``ap_small`` and ``per_class_ap50``
+    (category name -> AP50) join that epoch's metrics.
+
+    With ``checkpoint`` a checkpoint is written there (atomically) after every epoch, before
+    that epoch's progress call, so a run cancelled from the callback or lost with its worker
+    keeps the epoch. If the file exists when training starts, the run continues from the epoch
+    after it, with the same weights, optimizer, schedule, history and RNG states, so the result
+    equals an uninterrupted run; a checkpoint of another run (model or train config, categories
+    or training images differ) raises :class:`CheckpointError`. The checkpoint is left in place
+    when training ends (a rerun then only writes the artifact again): delete it once the
+    artifact is stored.
     """
     tcfg = train_config or TrainConfig()
     dataset = CocoDetectionDataset(train_json, image_root, image_filter=image_filter)
@@ -184,6 +210,15 @@ def train(
         )
     report = progress or (lambda f, m, d: None)
 
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    identity: dict[str, Any] = {}
+    resume: dict[str, Any] | None = None
+    if ckpt_path is not None:
+        identity = run_identity(mcfg, tcfg, dataset.categories, dataset_fingerprint(dataset))
+        if ckpt_path.exists():
+            resume = read_checkpoint(ckpt_path)
+            check_matches(resume, identity, ckpt_path)
+
     random.seed(tcfg.seed)
     np.random.seed(tcfg.seed)
     torch.manual_seed(tcfg.seed)
@@ -192,8 +227,8 @@ def train(
         torch.set_num_threads(tcfg.num_threads)  # process-wide: workers run one job at a time
     device = torch.device(tcfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    model = build_model(mcfg, pretrained_backbone=True)
-    if tcfg.pretrained:
+    model = build_model(mcfg, pretrained_backbone=resume is None)
+    if tcfg.pretrained and resume is None:
         _load_initial_weights(model, tcfg.pretrained)
     model.to(device).train()
     lr = tcfg.base_lr * tcfg.batch_size / tcfg.base_batch_size
@@ -207,14 +242,46 @@ def train(
     total_iters = iters_per_epoch * tcfg.epochs
     warmup_steps = int(round(tcfg.warmup_epochs * iters_per_epoch))
     max_steps = max(1, int(round(tcfg.epochs * tcfg.cosine_epochs_factor * iters_per_epoch)))
+    schedule = {
+        "kind": "linear_warmup_cosine",
+        "base_lr": lr,
+        "warmup_steps": warmup_steps,
+        "max_steps": max_steps,
+    }
 
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     cur_lr = 0.0
     start = time.time()
     step = 0
-    report(0.0, f"training {len(dataset)} images, {total_iters} iterations", None)
-    for epoch in range(tcfg.epochs):
+    first_epoch = 0
+    if resume is not None:
+        saved_schedule = {k: v for k, v in resume["lr_schedule"].items() if k != "step"}
+        if saved_schedule != schedule:  # configs and images matched, so this is a code change
+            raise CheckpointError(
+                f"training checkpoint {ckpt_path} was written with LR schedule {saved_schedule}, "
+                f"this run computes {schedule}; delete it to train from the start"
+            )
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if ema is not None:
+            ema.state = {k: v.to(device) for k, v in resume["ema"]["state"].items()}
+            ema.step = int(resume["ema"]["step"])
+        step = int(resume["iteration"])
+        first_epoch = int(resume["epoch"])
+        history = list(resume["history"])
+        skipped = dict(resume["skipped_images"])
+        start -= float(resume["seconds"])
+        # Last, after everything above that draws random numbers (weight init).
+        restore_rng(resume["rng"], rng)
+        report(
+            step / total_iters,
+            f"resuming from {ckpt_path} after epoch {first_epoch}/{tcfg.epochs}",
+            None,
+        )
+    else:
+        report(0.0, f"training {len(dataset)} images, {total_iters} iterations", None)
+    for epoch in range(first_epoch, tcfg.epochs):
         epoch_start = time.time()
         order = list(range(len(dataset)))
         rng.shuffle(order)
@@ -279,6 +346,23 @@ def train(
             )
             model.train()
         history.append(metrics)
+        if ckpt_path is not None:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "run": identity,
+                    "epoch": epoch + 1,
+                    "iteration": step,
+                    "model": model.state_dict(),
+                    "ema": {"state": ema.state, "step": ema.step} if ema is not None else None,
+                    "optimizer": optimizer.state_dict(),
+                    "lr_schedule": {**schedule, "step": step},
+                    "history": history,
+                    "skipped_images": skipped,
+                    "seconds": time.time() - start,
+                    "rng": capture_rng(rng),
+                },
+            )
         report(
             step / total_iters,
             f"epoch {epoch + 1}/{tcfg.epochs} done, loss {metrics.get('loss', float('nan')):.4f}",
@@ -305,7 +389,7 @@ def train(
         state_dict=final_state,
     )
     report(1.0, f"saved {path}", None)
-    return TrainResult(path, tcfg.epochs, step, seconds, history)
+    return TrainResult(path, tcfg.epochs, step, seconds, history, first_epoch)
 
 
 __all__ = ["Cancelled", "ModelEMA", "TrainResult", "lr_at", "param_groups", "train"]

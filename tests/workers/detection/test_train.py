@@ -110,6 +110,19 @@ def test_package_exports_functions_not_modules_and_no_django() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def test_importing_the_package_loads_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, workers.detection as d;"
+        "assert d.CheckpointError and d.RuntimeUnavailable and d.Cancelled;"
+        "assert 'torch' not in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_unreadable_image_is_skipped_and_recorded(synthetic_coco: Path, tmp_path: Path) -> None:
     import json
 
