@@ -52,6 +52,10 @@ class RunFigures:
     rejected: int = 0
     pending: int = 0
     precision_reviewed: float | None = None  # accepted / decided
+    # the detector's proposed categories, as reviewers decided (accepted suggestions with one)
+    category_proposed: int = 0
+    category_kept: int = 0
+    category_kept_share: float | None = None
     # against ground truth (None when the run's images have none)
     gt_images: int = 0
     gt_regions: int = 0
@@ -79,7 +83,9 @@ def run_figures(run: InspectionRun, *, threshold: float = 0.5) -> RunFigures:
     suggestions = list(
         Suggestion.objects.filter(
             image_id__in=image_ids, model_version_id=run.model_version_id
-        ).values("id", "image_id", "geometry", "score", "status")
+        ).values(
+            "id", "image_id", "geometry", "score", "status", "category_id", "proposed_category_id"
+        )
     )
     figures.suggestions = len(suggestions)
     figures.accepted = sum(1 for s in suggestions if s["status"] == Suggestion.Status.ACCEPTED)
@@ -87,6 +93,17 @@ def run_figures(run: InspectionRun, *, threshold: float = 0.5) -> RunFigures:
     figures.pending = figures.suggestions - figures.accepted - figures.rejected
     decided = figures.accepted + figures.rejected
     figures.precision_reviewed = round(figures.accepted / decided, 4) if decided else None
+    proposed = [
+        s
+        for s in suggestions
+        if s["status"] == Suggestion.Status.ACCEPTED and s["proposed_category_id"] is not None
+    ]
+    figures.category_proposed = len(proposed)
+    figures.category_kept = sum(
+        1 for s in proposed if s["category_id"] == s["proposed_category_id"]
+    )
+    if proposed:
+        figures.category_kept_share = round(figures.category_kept / len(proposed), 4)
 
     truth: dict[int, list] = {}
     for a in Annotation.objects.filter(

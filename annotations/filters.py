@@ -4,7 +4,7 @@ import django_filters
 from django.db.models import Exists, OuterRef
 
 from annotations.models import Annotation, Suggestion
-from inspection.models import Image
+from inspection.models import Image, ModelVersion
 
 
 class ImageFilter(django_filters.FilterSet):
@@ -66,6 +66,11 @@ class AnnotationFilter(django_filters.FilterSet):
 
 class SuggestionFilter(django_filters.FilterSet):
     status = django_filters.ChoiceFilter(choices=Suggestion.Status.choices)
+    source = django_filters.ChoiceFilter(
+        field_name="model_version__kind",
+        choices=ModelVersion.Kind.choices,
+        label="Source (anomaly model or detector)",
+    )
     run = django_filters.NumberFilter(field_name="run_id")
     model_version = django_filters.NumberFilter(field_name="model_version_id")
     image = django_filters.NumberFilter(field_name="image_id")
@@ -75,4 +80,13 @@ class SuggestionFilter(django_filters.FilterSet):
 
     class Meta:
         model = Suggestion
-        fields = ["status", "run", "model_version", "image", "category", "score_min", "score_max"]
+        fields = [
+            "status",
+            "source",
+            "run",
+            "model_version",
+            "image",
+            "category",
+            "score_min",
+            "score_max",
+        ]

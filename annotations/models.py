@@ -160,7 +160,18 @@ class Suggestion(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="suggestions",
-        help_text="Detectors propose a category; anomaly models do not.",
+        help_text="The category: a detector's proposal until a reviewer accepts it with theirs.",
+    )
+    proposed_category = models.ForeignKey(
+        DefectCategory,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="What a detector proposed (kept after the decision, to measure it).",
+    )
+    category_score = models.FloatField(
+        null=True, blank=True, help_text="The detector's confidence in the proposed category."
     )
     kind = models.CharField(max_length=10, choices=Annotation.Kind.choices)
     geometry = models.JSONField()

@@ -21,7 +21,7 @@ class Project(models.Model):
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True)
     auto_inspect = models.BooleanField(
-        default=False, help_text="Run the active anomaly model on every new upload."
+        default=False, help_text="Run the active anomaly model and detector on every new upload."
     )
     inspection = models.JSONField(
         default=dict,

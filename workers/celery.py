@@ -21,6 +21,11 @@ os.environ.setdefault(
     os.environ.get("LOUPE_WORKER_THREADS") or str(max(1, (os.cpu_count() or 2) // 2)),
 )
 
+# Idle OpenMP threads sleep instead of spinning: torch eager with 2 spinning threads next to
+# another busy process burned 1.4-3.1 s of CPU per detector forward on the 2-core machine
+# (docs/operations.md). An operator's own OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 app = Celery("loupe")
 # CELERY_* settings, beat's schedule (CELERY_BEAT_SCHEDULE) included
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -16,9 +16,9 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from annotations.models import DatasetVersion
-from annotations.services import dataset_export, dataset_import, dataset_versions
+from annotations.services import dataset_export, dataset_import, dataset_versions, detectors
 from inspection.api.lookups import project_for
-from inspection.api.serializers import JobSerializer
+from inspection.api.serializers import JobSerializer, ModelVersionSerializer
 from inspection.models import Job, Project, Role
 
 from . import serializers as s
@@ -137,6 +137,33 @@ class DatasetVersionViewSet(
         return Response(
             JobSerializer(job, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
         )
+
+    @extend_schema(methods=["GET"], parameters=[s.DetectorParamsQuery], responses=dict)
+    @extend_schema(
+        methods=["POST"], request=s.DetectorTrainSerializer, responses={202: ModelVersionSerializer}
+    )
+    @action(detail=True, methods=["get", "post"])
+    def detector(self, request, project_pk=None, number=None):
+        """GET: the parameters proposed for training a detector on this version, why, and how
+        long it would take (with query parameters: how long those edits would take, or why they
+        are refused). POST ``{params?, activate?}``: start training (202 + the model version;
+        project admins)."""
+        project = self.project(Role.ADMIN)
+        version = get_object_or_404(DatasetVersion, project=project, number=number)
+        if request.method == "GET":
+            query = s.DetectorParamsQuery(data=request.query_params)
+            query.is_valid(raise_exception=True)
+            return Response(
+                detectors.detector_proposal(
+                    user=request.user, version=version, params=query.validated_data
+                )
+            )
+        form = s.DetectorTrainSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        model = detectors.detector_train(
+            user=request.user, project=project, version=version, **form.validated_data
+        )
+        return Response(ModelVersionSerializer(model).data, status=status.HTTP_202_ACCEPTED)
 
 
 class DatasetExportViewSet(viewsets.GenericViewSet):

@@ -101,6 +101,8 @@ class SuggestionSerializer(serializers.ModelSerializer):
     image_width = serializers.IntegerField(source="image.width", read_only=True)
     image_height = serializers.IntegerField(source="image.height", read_only=True)
     model = serializers.SerializerMethodField()
+    source = serializers.CharField(source="model_version.kind", default=None, read_only=True)
+    category_name = serializers.CharField(source="category.name", default=None, read_only=True)
 
     class Meta:
         model = Suggestion
@@ -113,7 +115,9 @@ class SuggestionSerializer(serializers.ModelSerializer):
             "run",
             "model_version",
             "model",
+            "source",
             "category",
+            "category_name",
             "kind",
             "geometry",
             "score",
@@ -227,3 +231,29 @@ class ImportSerializer(serializers.Serializer):
         if not attrs.get("zip") and not attrs.get("path"):
             raise serializers.ValidationError("Give a (non-empty) zip file or a server path.")
         return attrs
+
+
+class DetectorTrainSerializer(serializers.Serializer):
+    params = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="backbone (lite0, s, m, l), input_size, slice, overlap, epochs, batch_size, "
+        "iterations_per_epoch, seed; missing ones take the proposal's values",
+    )
+    activate = serializers.BooleanField(default=True)
+
+
+class DetectorParamsQuery(serializers.Serializer):
+    """The training form's edits as query parameters (each optional), for their time estimate."""
+
+    backbone = serializers.CharField(required=False)
+    input_size = serializers.IntegerField(required=False)
+    # not a BooleanField: in a query string DRF reads a missing boolean as false
+    slice = serializers.ChoiceField(choices=["true", "false"], required=False)
+    overlap = serializers.FloatField(required=False)
+    epochs = serializers.IntegerField(required=False)
+    batch_size = serializers.IntegerField(required=False)
+    iterations_per_epoch = serializers.IntegerField(required=False)
+
+    def validate_slice(self, value: str) -> bool:
+        return value == "true"

@@ -113,7 +113,7 @@ class ProjectLabelsViewSet(NumericIds, viewsets.GenericViewSet):
         project = project_for(request, pk)
         qs = (
             Suggestion.objects.filter(image__project=project)
-            .select_related("image", "model_version", "decided_by")
+            .select_related("image", "model_version", "decided_by", "category")
             .order_by("-score", "id")
         )
         return list_response(self, qs, s.SuggestionSerializer, filterset_class=SuggestionFilter)
@@ -237,7 +237,7 @@ class ImageLabelsViewSet(NumericIds, viewsets.GenericViewSet):
     def suggestions(self, request, pk=None):
         """The image's suggestions (all statuses), for the workspace overlay."""
         image = image_for(request, pk)
-        qs = image.suggestions.select_related("image", "model_version", "decided_by")
+        qs = image.suggestions.select_related("image", "model_version", "decided_by", "category")
         return Response(s.SuggestionSerializer(qs, many=True).data)
 
     @extend_schema(responses=dict)

@@ -1,17 +1,80 @@
-"""Model output becomes pending suggestions here, and only here."""
+"""Model output becomes pending suggestions here, and only here.
+
+Two producers: the anomaly engine's regions (an outline, no category) and the detector's boxes
+(a category and its confidence). Both reach ``suggestions_store`` as :class:`SuggestionIn`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from annotations.geometry import GeometryError, bounds, normalize_geometry
-from annotations.models import Suggestion
+from annotations.models import DefectCategory, Suggestion
 from inspection.models import Image, InspectionRun, ModelVersion
 from inspection.services.projects import with_inspection_defaults
 
-if TYPE_CHECKING:  # the app never loads the ML packages at run time
-    from workers.anomaly.regions import Region
+SAME_PLACE_IOU = 0.5  # a new suggestion this close to a decided or older one is the same place
+
+
+@dataclass(frozen=True)
+class SuggestionIn:
+    """One candidate region from a model: ``box`` is ``[x, y, w, h]`` in image pixels,
+    ``polygon`` an outline (may be empty), ``score`` the calibrated peak score or the detector's
+    confidence, ``category`` a detector's category name ('' when none proposed one: an anomaly
+    region the active detector did not classify)."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    polygon: list[list[float]] = field(default_factory=list)
+    mean_score: float | None = None
+    area: float = 0.0
+    category: str = ""
+    category_score: float | None = None  # the detector's confidence in ``category``
+
+    @classmethod
+    def from_region(cls, region: Any) -> SuggestionIn:
+        """From a ``workers.anomaly.regions.Region`` (read by its fields: the app never imports
+        the ML packages)."""
+        return cls(
+            box=tuple(float(v) for v in region.box),
+            score=float(region.peak_score),
+            polygon=region.polygon,
+            mean_score=float(region.mean_score),
+            area=float(region.area),
+        )
+
+    @classmethod
+    def from_detection(cls, detection: Any) -> SuggestionIn:
+        """From a ``workers.detection.Detection`` (corners ``x1, y1, x2, y2``)."""
+        w, h = detection.x2 - detection.x1, detection.y2 - detection.y1
+        return cls(
+            box=(float(detection.x1), float(detection.y1), float(w), float(h)),
+            score=float(detection.score),
+            area=float(w * h),
+            category=detection.category_name,
+            category_score=float(detection.score),
+        )
+
+    def classified(self, detections: Iterable[Any], *, min_cover: float = 0.3) -> SuggestionIn:
+        """This anomaly region with the category of the detection that covers most of it (the
+        overlap over the smaller of the two, at least ``min_cover``), and its confidence: the
+        seeds' pipeline, heatmap region -> detector's class. Unchanged when none covers it."""
+        x, y, w, h = self.box
+        best, best_cover = None, min_cover
+        for d in detections:
+            iw = min(x + w, d.x2) - max(x, d.x1)
+            ih = min(y + h, d.y2) - max(y, d.y1)
+            if iw <= 0 or ih <= 0:
+                continue
+            smaller = min(w * h, (d.x2 - d.x1) * (d.y2 - d.y1))
+            cover = iw * ih / smaller if smaller > 0 else 0.0
+            if cover > best_cover or (cover == best_cover and best and d.score > best.score):
+                best, best_cover = d, cover
+        if best is None:
+            return self
+        return replace(self, category=best.category_name, category_score=float(best.score))
 
 
 def suggestions_store(
@@ -19,18 +82,19 @@ def suggestions_store(
     image: Image,
     run: InspectionRun | None,
     model_version: ModelVersion,
-    regions: Iterable[Region],
+    suggestions: Iterable[SuggestionIn],
 ) -> list[Suggestion]:
-    """Store a model's regions for an image as pending suggestions.
+    """Store a model's candidates for an image as pending suggestions.
 
     Re-running the same model version on the same image never duplicates: when that pair already
     has suggestions made with the same inspection settings, nothing new is stored. With other
     settings (a new threshold, the specular mask...), the suggestions nobody decided yet are
-    replaced by the new ones; decided ones stay, and a region on the place of a decided one is
-    not suggested again.
+    replaced by the new ones. A region on the place of a decided suggestion (any version) is not
+    suggested again, and a newer version's suggestion supersedes the undecided ones of older
+    versions of the same kind at its place. A detector's category is the project's category of
+    that name (any case), when it still exists.
     """
     existing = Suggestion.objects.filter(image=image, model_version=model_version)
-    decided: list[tuple] = []
     if existing.exists():
         # the settings of the latest run that stored suggestions here (none: the defaults)
         previous = (
@@ -41,33 +105,35 @@ def suggestions_store(
         same = with_inspection_defaults(previous) == with_inspection_defaults(run and run.params)
         if run is None or same:
             return []
-        kept = existing.exclude(status=Suggestion.Status.PENDING)
-        decided = [bounds(g) for g in kept.values_list("geometry", flat=True)]
         existing.filter(status=Suggestion.Status.PENDING).delete()
-    created = []
-    for region in regions:
-        x, y, w, h = region.box
-        if any(_iou((x, y, x + w, y + h), box) >= 0.5 for box in decided):
+    on_image = Suggestion.objects.filter(image=image)
+    decided = [
+        bounds(g)
+        for g in on_image.exclude(status=Suggestion.Status.PENDING).values_list(
+            "geometry", flat=True
+        )
+    ]
+    older = list(
+        on_image.filter(
+            status=Suggestion.Status.PENDING,
+            model_version__kind=model_version.kind,
+            model_version__number__lt=model_version.number,
+        ).values_list("id", "geometry")
+    )
+    categories = {
+        c.name.lower(): c for c in DefectCategory.objects.filter(project_id=image.project_id)
+    }
+    created, superseded = [], set()
+    for item in suggestions:
+        x, y, w, h = item.box
+        place = (x, y, x + w, y + h)
+        if any(_iou(place, box) >= SAME_PLACE_IOU for box in decided):
             continue  # accepted or rejected already
-        geometry = None
-        if len(region.polygon) >= 3:
-            try:
-                _kind, geometry = normalize_geometry(
-                    {"type": "polygon", "points": region.polygon},
-                    width=image.width,
-                    height=image.height,
-                )
-            except GeometryError:
-                geometry = None  # a degenerate outline: the box still says where to look
+        geometry = _geometry(image, item)
         if geometry is None:
-            try:
-                _kind, geometry = normalize_geometry(
-                    {"type": "box", "x": x, "y": y, "w": w, "h": h},
-                    width=image.width,
-                    height=image.height,
-                )
-            except GeometryError:
-                continue
+            continue
+        superseded.update(pk for pk, g in older if _iou(place, bounds(g)) >= SAME_PLACE_IOU)
+        category = categories.get(item.category.lower()) if item.category else None
         created.append(
             Suggestion(
                 image=image,
@@ -75,12 +141,32 @@ def suggestions_store(
                 model_version=model_version,
                 kind=geometry["type"],
                 geometry=geometry,
-                score=float(region.peak_score),
-                mean_score=float(region.mean_score),
-                area=float(region.area),
+                score=item.score,
+                mean_score=item.mean_score,
+                area=item.area,
+                category=category,
+                proposed_category=category,
+                category_score=item.category_score if category else None,
             )
         )
+    if superseded:
+        Suggestion.objects.filter(pk__in=superseded, status=Suggestion.Status.PENDING).delete()
     return Suggestion.objects.bulk_create(created)
+
+
+def _geometry(image: Image, item: SuggestionIn) -> dict | None:
+    """The outline when it is a valid polygon, else the box; None when neither fits the image."""
+    x, y, w, h = item.box
+    shapes = []
+    if len(item.polygon) >= 3:
+        shapes.append({"type": "polygon", "points": item.polygon})
+    shapes.append({"type": "box", "x": x, "y": y, "w": w, "h": h})
+    for shape in shapes:
+        try:
+            return normalize_geometry(shape, width=image.width, height=image.height)[1]
+        except GeometryError:
+            continue  # a degenerate outline: the box still says where to look
+    return None
 
 
 def _iou(a: tuple, b: tuple) -> float:

@@ -227,3 +227,8 @@ class RunStartSerializer(serializers.Serializer):
     )
     image_ids = serializers.ListField(child=serializers.IntegerField(), required=False)
     model_version = serializers.IntegerField(required=False)
+    kind = serializers.ChoiceField(
+        choices=ModelVersion.Kind.choices,
+        default=ModelVersion.Kind.ANOMALY,
+        help_text="Which active model runs when model_version is not given.",
+    )

@@ -121,7 +121,9 @@ class ProjectViewSet(NumericIds, viewsets.ModelViewSet):
     )
     @action(detail=True, methods=["get", "post"])
     def models(self, request, pk=None):
-        """GET the project's anomaly model versions; POST to train a new one (202 with the job)."""
+        """GET the project's model versions (anomaly models and detectors); POST to train a new
+        anomaly model (202 with the job; detectors train from a dataset version:
+        ``.../datasets/{n}/detector/``)."""
         project = self.get_object()
         if request.method == "GET":
             versions = ModelVersion.objects.filter(project=project).select_related("created_by")
@@ -155,6 +157,7 @@ class ProjectViewSet(NumericIds, viewsets.ModelViewSet):
             scope=data.validated_data["scope"],
             image_ids=data.validated_data.get("image_ids"),
             model_version=version,
+            kind=data.validated_data["kind"],
         )
         body = s.RunSerializer(run).data
         body["job_detail"] = s.JobSerializer(run.job, context={"request": request}).data

@@ -17,7 +17,7 @@ from django.core.files import File
 from django.db import IntegrityError, transaction
 
 from inspection import imaging, storage
-from inspection.models import Image, Job, Project, Role
+from inspection.models import Image, Job, ModelVersion, Project, Role
 from inspection.permissions import require_role
 from inspection.ziputil import ZipRejected, safe_extract
 
@@ -41,7 +41,8 @@ class UploadReport:
 
     files: list[FileOutcome] = field(default_factory=list)
     job_id: str | None = None
-    inspection_run: int | None = None
+    inspection_run: int | None = None  # the anomaly model's run of an auto-inspected upload
+    detection_run: int | None = None  # the detector's
 
     @property
     def stored(self) -> list[FileOutcome]:
@@ -58,6 +59,7 @@ class UploadReport:
             "counts": self.counts(),
             "job": self.job_id,
             "inspection_run": self.inspection_run,
+            "detection_run": self.detection_run,
             "files": [asdict(f) for f in self.files],
         }
 
@@ -214,20 +216,31 @@ def images_upload(
             images_enqueue_derivatives(user=user, project=project, image_ids=ids).id
         )
         if project.auto_inspect:
-            report.inspection_run = _auto_inspect(user=user, project=project, image_ids=ids)
+            runs = _auto_inspect(user=user, project=project, image_ids=ids)
+            report.inspection_run = runs.get(ModelVersion.Kind.ANOMALY)
+            report.detection_run = runs.get(ModelVersion.Kind.DETECTOR)
     return report
 
 
-def _auto_inspect(*, user, project: Project, image_ids: list[int]) -> int | None:
-    """Start an inspection of new uploads with the active model, when the project asks for it."""
+def _auto_inspect(*, user, project: Project, image_ids: list[int]) -> dict[str, int]:
+    """Run each active model (anomaly, detector) on new uploads, when the project asks for it;
+    model kind -> run id."""
     from inspection.services.inspections import active_model, inspection_run_start
 
-    if active_model(project) is None:
-        return None
-    run = inspection_run_start(
-        user=user, project=project, scope="selected", image_ids=image_ids, require_user_role=False
-    )
-    return run.pk
+    runs = {}
+    for kind in ModelVersion.Kind.values:
+        if active_model(project, kind) is None:
+            continue
+        run = inspection_run_start(
+            user=user,
+            project=project,
+            scope="selected",
+            image_ids=image_ids,
+            kind=kind,
+            require_user_role=False,
+        )
+        runs[kind] = run.pk
+    return runs
 
 
 def images_enqueue_derivatives(*, user, project: Project, image_ids: list[int]) -> Job:

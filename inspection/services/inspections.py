@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
 
-from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion, Project, Role
+from inspection.models import Image, InspectionRun, ModelVersion, Project, Role
 from inspection.permissions import require_role
 from inspection.services.jobs import job_enqueue
 from inspection.services.projects import inspection_settings, is_number
@@ -94,27 +94,59 @@ def model_version_train(
         raise ValidationError(
             f"Training needs at least {MIN_NORMAL_IMAGES} normal (defect-free) images; the project has {len(ids)}."
         )
+    return model_version_create(
+        user=user,
+        project=project,
+        kind=ModelVersion.Kind.ANOMALY,
+        architecture=architecture,
+        params={"model": architecture, **params},
+        image_ids=ids,
+        activate=activate,
+    )
+
+
+# A detector's boxes under this confidence are not suggested (SAHI merges what is left).
+DETECTION_SCORE_THRESHOLD = 0.3
+
+# What trains and what runs each kind of model (job kinds registered in workers/tasks/).
+JOB_KINDS = {
+    ModelVersion.Kind.ANOMALY: {"train": "anomaly_train", "run": "anomaly_inspect"},
+    ModelVersion.Kind.DETECTOR: {"train": "detection_train", "run": "detection_inspect"},
+}
+
+
+def model_version_create(
+    *,
+    user,
+    project: Project,
+    kind: str,
+    architecture: str,
+    params: dict,
+    image_ids: list[int],
+    activate: bool = True,
+    payload: dict | None = None,
+) -> ModelVersion:
+    """A new version (numbered per project and kind) and its training job (callers checked the
+    role and the parameters)."""
     with transaction.atomic():
         number = (
-            ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.ANOMALY).aggregate(
-                n=Max("number")
-            )["n"]
+            ModelVersion.objects.filter(project=project, kind=kind).aggregate(n=Max("number"))["n"]
             or 0
         ) + 1
         version = ModelVersion.objects.create(
             project=project,
             number=number,
-            kind=ModelVersion.Kind.ANOMALY,
+            kind=kind,
             architecture=architecture,
-            params={"model": architecture, **params},
-            image_ids=ids,
+            params=params,
+            image_ids=image_ids,
             created_by=user,
         )
         version.job = job_enqueue(
-            kind="anomaly_train",
+            kind=JOB_KINDS[kind]["train"],
             user=user,
             project=project,
-            payload={"model_version": version.pk, "activate": activate},
+            payload={"model_version": version.pk, "activate": activate, **(payload or {})},
         )
         version.save(update_fields=["job"])
     return version
@@ -158,10 +190,18 @@ def model_version_delete(*, user, model_version: ModelVersion) -> None:
         )
 
 
-def active_model(project: Project) -> ModelVersion | None:
-    return ModelVersion.objects.filter(
-        project=project, kind=ModelVersion.Kind.ANOMALY, is_active=True
-    ).first()
+def active_model(project: Project, kind: str = ModelVersion.Kind.ANOMALY) -> ModelVersion | None:
+    return ModelVersion.objects.filter(project=project, kind=kind, is_active=True).first()
+
+
+def images_run_by(version: ModelVersion) -> set[int]:
+    """Ids of the images a version's runs have looked at (not those that failed)."""
+    seen: set[int] = set()
+    for results in InspectionRun.objects.filter(model_version=version).values_list(
+        "results", flat=True
+    ):
+        seen.update(int(k) for k, r in (results or {}).items() if "error" not in r)
+    return seen
 
 
 def inspection_run_start(
@@ -171,14 +211,17 @@ def inspection_run_start(
     scope: str = InspectionRun.Scope.NEW,
     image_ids: list[int] | None = None,
     model_version: ModelVersion | None = None,
+    kind: str = ModelVersion.Kind.ANOMALY,
     require_user_role: bool = True,
 ) -> InspectionRun:
-    """Run a model over images (reviewers and admins): selected ids, new images, or all."""
+    """Run a model over images (reviewers and admins): selected ids, new images, or all. Without
+    ``model_version``, the project's active model of ``kind``."""
     if require_user_role:
         require_role(user, project, Role.REVIEWER)
-    version = model_version or active_model(project)
+    version = model_version or active_model(project, kind)
     if version is None:
-        raise ValidationError("This project has no active anomaly model: train one first.")
+        what = "anomaly model" if kind == ModelVersion.Kind.ANOMALY else "detector"
+        raise ValidationError(f"This project has no active {what}: train one first.")
     if version.project_id != project.pk or version.status != ModelVersion.Status.READY:
         raise ValidationError("That model version is not a ready model of this project.")
     images = Image.objects.filter(project=project)
@@ -193,10 +236,7 @@ def inspection_run_start(
     elif scope in (InspectionRun.Scope.NEW, InspectionRun.Scope.ALL):
         candidates = images.exclude(pk__in=version.image_ids)
         if scope == InspectionRun.Scope.NEW:
-            seen = ImageHeatmap.objects.filter(run__model_version=version).values_list(
-                "image_id", flat=True
-            )
-            candidates = candidates.exclude(pk__in=seen)
+            candidates = candidates.exclude(pk__in=images_run_by(version))
         ids = list(candidates.order_by("id").values_list("id", flat=True))
     else:
         raise ValidationError({"scope": "Use selected, new or all."})
@@ -208,11 +248,14 @@ def inspection_run_start(
             model_version=version,
             scope=scope,
             image_ids=ids,
-            params=inspection_settings(project),  # what the run uses, kept with its figures
+            # what the run uses, kept with its figures
+            params=inspection_settings(project)
+            if version.kind == ModelVersion.Kind.ANOMALY
+            else {"score_threshold": DETECTION_SCORE_THRESHOLD},
             created_by=user,
         )
         run.job = job_enqueue(
-            kind="anomaly_inspect", user=user, project=project, payload={"run": run.pk}
+            kind=JOB_KINDS[version.kind]["run"], user=user, project=project, payload={"run": run.pk}
         )
         run.save(update_fields=["job"])
     return run

@@ -60,8 +60,10 @@
     open.hidden = false;
     open.href = url(data.urls.page, item.image);
     if (item.type === "suggestion") {
-      title.textContent = "Suggestion · score " + item.score.toFixed(3);
+      const what = item.category_name ? item.category_name + " · " : "";
+      title.textContent = "Suggestion · " + what + "score " + item.score.toFixed(3);
       info.textContent = item.image_name + " · " + (item.model || "model") + " · " + Math.round(item.area) + " px²";
+      if (item.category) setCategory(String(item.category), true);  // the detector's category
     } else {
       title.textContent = "Label by " + item.author + " · " + item.category_name;
       info.textContent = "Image " + item.image + " · " + item.kind + " · waiting for approval";
@@ -91,7 +93,9 @@
         viewerEl.dataset.item = item.type + ":" + item.id;
         return;
       }
-      LoupeOverlay.addHeatmap(viewer, url(data.urls.heatmap, item.image), 0.45).then((it) => { heatItem = it; }).catch(() => {});
+      if (item.source !== "detector") {  // a detector makes no heatmap
+        LoupeOverlay.addHeatmap(viewer, url(data.urls.heatmap, item.image), 0.45).then((it) => { heatItem = it; }).catch(() => {});
+      }
     }
     const id = "item-" + item.type + "-" + item.id;
     anno.setAnnotations([{ id, bodies: [], target: { annotation: id, selector: selector(item.geometry) } }], true);
@@ -104,7 +108,8 @@
     let s;
     let l;
     try {
-      const onlySuggestions = data.filters.run || data.filters.score_min || data.filters.score_max;
+      const f = data.filters;  // filters about model output leave labels out of the queue
+      const onlySuggestions = f.source || f.run || f.model_version || f.score_min || f.score_max;
       const labelsUrl = data.urls.labels + "?limit=200" + (data.filters.image ? "&image=" + data.filters.image : "");
       [s, l] = await Promise.all([
         request("GET", data.urls.suggestions + "?" + params.toString()),

@@ -3,15 +3,18 @@
 import pytest
 
 from annotations.services.categories import category_create
-from annotations.services.suggestions import suggestions_store
+from annotations.services.suggestions import SuggestionIn, suggestions_store
 from inspection.models import Image, InspectionRun, ModelVersion
 from tests.conftest import image_bytes
 from workers.anomaly.regions import Region
 
 
-def region(box, polygon, peak_score, mean_score=0.6, area=100.0) -> Region:
-    """A region as the anomaly engine returns it (box in COCO order)."""
-    return Region(box=box, polygon=polygon, area=area, peak_score=peak_score, mean_score=mean_score)
+def region(box, polygon, peak_score, mean_score=0.6, area=100.0) -> SuggestionIn:
+    """A region as the anomaly engine returns it (box in COCO order), as the inspection job
+    hands it to suggestions_store."""
+    return SuggestionIn.from_region(
+        Region(box=box, polygon=polygon, area=area, peak_score=peak_score, mean_score=mean_score)
+    )
 
 
 def square(x, y, s):
@@ -42,7 +45,7 @@ def loop(team, client_for, upload):
         image=images[0],
         run=run,
         model_version=version,
-        regions=[
+        suggestions=[
             region([10, 10, 20, 20], square(10, 10, 20), 0.9),
             region([100, 50, 10, 10], square(100, 50, 10), 0.7),
         ],

@@ -19,7 +19,7 @@ def test_rerun_never_duplicates(loop):
         image=loop["images"][0],
         run=loop["run"],
         model_version=loop["version"],
-        regions=[region([1, 1, 5, 5], square(1, 1, 5), 0.99)],
+        suggestions=[region([1, 1, 5, 5], square(1, 1, 5), 0.99)],
     )
     assert again == [] and Suggestion.objects.filter(image=loop["images"][0]).count() == 2
 
@@ -39,7 +39,7 @@ def test_rerun_with_new_settings_replaces_what_nobody_decided(loop, client_for):
         image=image,
         run=rerun,
         model_version=version,
-        regions=[
+        suggestions=[
             region([10, 10, 21, 20], square(10, 10, 21), 0.95),  # the accepted place again
             region([150, 20, 8, 8], square(150, 20, 8), 0.8),  # new
         ],
@@ -54,7 +54,9 @@ def test_rerun_with_new_settings_replaces_what_nobody_decided(loop, client_for):
         params={"specular_mask": True, "threshold": 0.7, "min_area": 64},
     )  # fmt: skip
     regions = [region([150, 20, 8, 8], square(150, 20, 8), 0.8)]
-    assert suggestions_store(image=image, run=again, model_version=version, regions=regions) == []
+    assert (
+        suggestions_store(image=image, run=again, model_version=version, suggestions=regions) == []
+    )
 
 
 def test_deleting_a_model_version_keeps_its_labels(loop, client_for):
@@ -167,7 +169,7 @@ def test_run_figures_against_ground_truth(loop, client_for):
         image=other,
         run=loop["run"],
         model_version=loop["version"],
-        regions=[region([1, 1, 5, 5], square(1, 1, 5), 0.8)],
+        suggestions=[region([1, 1, 5, 5], square(1, 1, 5), 0.8)],
     )
     fig = run_figures(loop["run"], threshold=0.5)
     assert (fig.gt_regions, fig.normal_images, fig.suggestions) == (2, 1, 3)

@@ -41,7 +41,7 @@ def queue(transactional_db, make_user, tmp_path):
         image=image,
         run=run,
         model_version=version,
-        regions=[
+        suggestions=[
             region([200, 200, 100, 100], square(200, 200, 100), 0.95),
             region([900, 600, 120, 120], square(900, 600, 120), 0.85),
             region([1500, 300, 80, 80], square(1500, 300, 80), 0.75),

@@ -22,6 +22,8 @@ KINDS = {
     "export": ("cpu", "Dataset export"),
     "anomaly_train": ("gpu", "Anomaly model training"),
     "anomaly_inspect": ("gpu", "Inspection run"),
+    "detection_train": ("gpu", "Detector training"),
+    "detection_inspect": ("gpu", "Detection run"),
 }
 
 
@@ -35,12 +37,12 @@ def test_every_kind_is_registered_once_with_its_task_queue_and_label():
     with pytest.raises(ValueError, match="registered twice"):
         job_kind_register(kind="pyramid", queue="cpu", label="again", send=lambda job: None)
     with pytest.raises(ValueError, match="queue must be one of"):
-        job_kind_register(kind="detection_train", queue="tpu", label="x", send=lambda job: None)
+        job_kind_register(kind="retrain", queue="tpu", label="x", send=lambda job: None)
 
 
 def test_a_kind_without_a_task_cannot_be_enqueued(team):
-    with pytest.raises(ValueError, match="unknown job kind 'detection_train'; registered kinds: "):
-        job_enqueue(kind="detection_train", user=team["admin"], project=team["project"])
+    with pytest.raises(ValueError, match="unknown job kind 'retrain'; registered kinds: "):
+        job_enqueue(kind="retrain", user=team["admin"], project=team["project"])
     assert not Job.objects.exists()
     # rows of a kind that no longer exists still show (by name)
     assert job_label("import_mvtec") == "import_mvtec" and job_label("export") == "Dataset export"

@@ -15,10 +15,11 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 
 from annotations.services.image_state import image_update_status
-from annotations.services.suggestions import suggestions_store
+from annotations.services.suggestions import SuggestionIn, suggestions_store
 from inspection import imaging, storage
 from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion
 from inspection.services.inspections import model_version_make_active
+from workers.tasks.detection import active_detector
 from workers.tasks.runner import JobCancelled, JobContext, JobError, job_task
 
 logger = logging.getLogger(__name__)
@@ -147,7 +148,10 @@ def run_inspection(job, ctx: JobContext) -> dict:
     ids = list(dict.fromkeys(run.image_ids))  # an id listed twice is inspected once
     total = max(len(ids), 1)
     artifact_name = Path(version.artifact).name
-    with storage.local_tree(str(Path(version.artifact).parent)) as model_dir:
+    with (
+        storage.local_tree(str(Path(version.artifact).parent)) as model_dir,
+        active_detector(run.project) as detect,  # classifies the regions, when there is one
+    ):
         try:
             model = anomaly.load_model(model_dir / artifact_name)
         except anomaly.AnomalyError as exc:
@@ -157,7 +161,7 @@ def run_inspection(job, ctx: JobContext) -> dict:
             chunk = ids[start : start + chunk_size]
             try:
                 with contextlib.closing(
-                    _inspect_chunk(ctx, run, version, model, chunk, start, total)
+                    _inspect_chunk(ctx, run, version, model, chunk, start, total, detect)
                 ) as outcomes:
                     for image_id, outcome in outcomes:
                         results[str(image_id)] = outcome
@@ -189,7 +193,7 @@ def run_inspection(job, ctx: JobContext) -> dict:
 INSPECT_CHUNK = 8
 
 
-def _inspect_chunk(ctx, run, version, model, chunk: list[int], start: int, total: int):
+def _inspect_chunk(ctx, run, version, model, chunk: list[int], start: int, total: int, detect):
     """Yield ``(image_id, outcome)`` for each id of ``chunk``; one image fails alone."""
     anomaly = _engine()
     images = Image.objects.in_bulk(chunk)
@@ -226,7 +230,7 @@ def _inspect_chunk(ctx, run, version, model, chunk: list[int], start: int, total
             anomaly.predict_many(model, paths, config, progress=report)
         ) as results:
             for (image, _), (path, prediction) in zip(ready, results, strict=True):
-                yield image.pk, _outcome(run, version, image, path, prediction)
+                yield image.pk, _outcome(run, version, image, path, prediction, detect)
 
 
 def _predict_config(params: dict):
@@ -248,13 +252,13 @@ def _predict_config(params: dict):
     )
 
 
-def _outcome(run, version, image, path: str, prediction) -> dict:
+def _outcome(run, version, image, path: str, prediction, detect) -> dict:
     """Store one image's prediction; the per-image result, or the error that stopped it."""
     anomaly = _engine()
     if isinstance(prediction, anomaly.AnomalyError):  # named as the user knows the file
         return {"error": str(prediction).replace(path, image.original_name)}
     try:
-        return _store_prediction(run, version, image, prediction)
+        return _store_prediction(run, version, image, prediction, path, detect)
     except Exception as exc:  # noqa: BLE001 - deleted meanwhile, storage full...
         if not Image.objects.filter(pk=image.pk).exists():
             return {"error": "the image was deleted while it was inspected"}
@@ -262,7 +266,21 @@ def _outcome(run, version, image, path: str, prediction) -> dict:
         return {"error": f"the result could not be stored ({type(exc).__name__})"}
 
 
-def _store_prediction(run, version, image, prediction) -> dict:
+def _classified(regions, path, detect) -> list[SuggestionIn]:
+    """The regions as suggestions, each with the category of the active detector's box that
+    covers it (the seeds' pipeline: heatmap -> candidate regions -> detector's class)."""
+    items = [SuggestionIn.from_region(r) for r in regions]
+    if not items or detect is None:
+        return items
+    try:
+        detections = detect(Path(path))
+    except Exception:  # noqa: BLE001 - a failing detector leaves the regions unclassified
+        logger.exception("inspection: the detector failed on %s", path)
+        return items
+    return [item.classified(detections) for item in items]
+
+
+def _store_prediction(run, version, image, prediction, path, detect) -> dict:
     """Store one image's heatmap and suggestions; the per-image result."""
     buf = io.BytesIO()
     from PIL import Image as PILImage
@@ -282,7 +300,10 @@ def _store_prediction(run, version, image, prediction) -> dict:
             label=f"{version.architecture} v{version.number}",
         )
         stored = suggestions_store(
-            image=image, run=run, model_version=version, regions=prediction.regions
+            image=image,
+            run=run,
+            model_version=version,
+            suggestions=_classified(prediction.regions, path, detect),
         )
         image_update_status(image=image)
     return {

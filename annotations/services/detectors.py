@@ -1,0 +1,214 @@
+"""Detector training from a frozen dataset version: what the form proposes, and the checks
+before the training job (kind ``detection_train``, ``gpu`` queue) is queued.
+
+A detector learns from a dataset version as it was frozen (its train split, its val split for
+the per-epoch figures), so the model version records which version, and the lineage version ->
+model -> runs -> suggestions can always be followed.
+
+Slicing (SAHI's rule, and the reason the model must be trained at the resolution it predicts
+at): when the images are much larger than the network's input, the job trains on random
+``input_size`` crops at full resolution and prediction cuts images into slices of that same
+size; the slice settings are stored with the model and every run uses them.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from django.core.exceptions import ValidationError
+
+from annotations.models import DatasetVersion
+from inspection.models import ModelVersion, Project, Role
+from inspection.permissions import require_role
+from inspection.services.inspections import model_version_create
+from inspection.services.projects import is_number
+
+# The backbones the app offers (workers/detection builds them; the web process never imports
+# it, so tests/workers/tasks/test_detection.py checks that the job knows every one).
+BACKBONES = {
+    "lite0": "EfficientNet-Lite0, ImageNet-pretrained: for small datasets",
+    "s": "CSPResNet s (PP-YOLOE+-SOD s, from scratch)",
+    "m": "CSPResNet m",
+    "l": "CSPResNet l",
+}
+# Images whose median long side exceeds the input size this many times are trained and
+# predicted as slices of the input size (smaller ones are resized whole, as PaddleDetection does).
+SLICE_FROM = 1.5
+# Seconds per training image on this kind of machine (2 CPU cores, one torch thread, batch 4),
+# measured with benchmarks/detector_loop.py --estimate; the form's time estimate multiplies it.
+SECONDS_PER_IMAGE = {("lite0", 640): 0.55, ("s", 640): 0.75, ("m", 640): 1.5, ("l", 640): 2.6}
+
+LIMITS = {
+    "input_size": (160, 1280),
+    "epochs": (1, 500),
+    "batch_size": (1, 64),
+    "iterations_per_epoch": (1, 100_000),
+}
+
+
+def _version_facts(version: DatasetVersion) -> dict[str, Any]:
+    content = version.content or {}
+    train = {im["id"]: im for im in content.get("images", []) if im["split"] == "train"}
+    val = [im for im in content.get("images", []) if im["split"] == "val"]
+    shapes = content.get("shapes", [])
+    per_category: dict[str, dict[str, int]] = {}
+    split_of = {im["id"]: im["split"] for im in content.get("images", [])}
+    box_sides = []
+    for s in shapes:
+        row = per_category.setdefault(s["category"], {"train": 0, "val": 0, "test": 0})
+        row[split_of.get(s["image"], "train")] += 1
+        if s["image"] in train:
+            g = s["geometry"]
+            if g["type"] == "box":
+                w, h = g["w"], g["h"]
+            else:
+                xs = [p[0] for p in g["points"]]
+                ys = [p[1] for p in g["points"]]
+                w, h = max(xs) - min(xs), max(ys) - min(ys)
+            box_sides.append(min(w, h))
+    long_sides = [max(im["width"], im["height"]) for im in train.values()]
+    return {
+        "train_images": len(train),
+        "val_images": len(val),
+        "train_boxes": sum(r["train"] for r in per_category.values()),
+        "per_category": per_category,
+        "median_long_side": round(statistics.median(long_sides)) if long_sides else None,
+        "median_box_side": round(statistics.median(box_sides), 1) if box_sides else None,
+        "train_image_ids": sorted(train),
+    }
+
+
+def detector_proposal(
+    *, user, version: DatasetVersion, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What the training form proposes for ``version``, why, and how long it would take here;
+    with ``params`` (the form's edits, checked as training would), their time instead."""
+    require_role(user, version.project, Role.ADMIN)
+    facts = _version_facts(version)
+    reasons = []
+    input_size = 640
+    sliced = bool(facts["median_long_side"] and facts["median_long_side"] > SLICE_FROM * input_size)
+    if sliced:
+        reasons.append(
+            f"The train images are {facts['median_long_side']} px on their long side (median), "
+            f"over {SLICE_FROM:g}x the {input_size} px input: training and prediction use "
+            f"{input_size} px slices at full resolution, so small defects keep their pixels."
+        )
+    else:
+        reasons.append(
+            f"The train images ({facts['median_long_side']} px median long side) are resized "
+            f"whole to the {input_size} px input."
+        )
+    backbone = "lite0" if facts["train_boxes"] < 2000 else "s"
+    reasons.append(
+        f"{facts['train_boxes']} labelled boxes in the train split: "
+        + (
+            "the ImageNet-pretrained Lite0 backbone learns from few examples."
+            if backbone == "lite0"
+            else "enough to train CSPResNet s from scratch."
+        )
+    )
+    if facts["median_box_side"] is not None and facts["median_box_side"] < 8:
+        reasons.append(
+            f"The defects are small ({facts['median_box_side']} px median short side): keep "
+            "the full resolution (slices) rather than shrinking the images."
+        )
+    batch_size = 4
+    # about 3000 training iterations when the data allow, within 10..80 epochs
+    per_epoch = max(1, math.ceil(facts["train_images"] / batch_size))
+    epochs = max(10, min(80, round(3000 / per_epoch)))
+    proposed = {
+        "backbone": backbone,
+        "input_size": input_size,
+        "slice": sliced,
+        "overlap": 0.25,
+        "epochs": epochs,
+        "batch_size": batch_size,
+    }
+    params = _checked(params, proposed) if params else proposed
+    return {
+        "params": params,
+        "proposed": proposed,
+        "backbones": BACKBONES,
+        "reasons": reasons,
+        "facts": {k: v for k, v in facts.items() if k != "train_image_ids"},
+        "estimate_seconds": estimate_seconds(params, facts["train_images"]),
+    }
+
+
+def estimate_seconds(params: dict[str, Any], train_images: int) -> int | None:
+    """Training time on a machine like the one the figures were measured on (None: unknown)."""
+    per_image = SECONDS_PER_IMAGE.get((params["backbone"], 640))
+    if per_image is None:
+        return None
+    scale = (params["input_size"] / 640) ** 2
+    per_epoch = train_images
+    if params.get("iterations_per_epoch"):
+        per_epoch = min(per_epoch, params["iterations_per_epoch"] * params["batch_size"])
+    return round(per_image * scale * per_epoch * params["epochs"])
+
+
+def _checked(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    known = {"backbone", "input_size", "slice", "overlap", "epochs", "batch_size"}
+    known |= {"iterations_per_epoch", "seed"}
+    unknown = set(params) - known
+    if unknown:
+        raise ValidationError({"params": f"Unknown parameter(s): {', '.join(sorted(unknown))}."})
+    out = {**defaults, **params}
+    if out["backbone"] not in BACKBONES:
+        raise ValidationError({"params": f"backbone is one of {', '.join(BACKBONES)}."})
+    for name, (lo, hi) in LIMITS.items():
+        value = out.get(name)
+        if value is None and name == "iterations_per_epoch":
+            continue
+        if not (isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi):
+            raise ValidationError({"params": f"{name} is a whole number from {lo} to {hi}."})
+    if out["input_size"] % 32:
+        raise ValidationError({"params": "input_size is a multiple of 32 (the network's stride)."})
+    if not isinstance(out["slice"], bool):
+        raise ValidationError({"params": "slice is true or false."})
+    if not (is_number(out["overlap"]) and 0 <= out["overlap"] <= 0.5):
+        raise ValidationError({"params": "overlap is a fraction of a slice from 0 to 0.5."})
+    if "seed" in out and not (isinstance(out["seed"], int) and not isinstance(out["seed"], bool)):
+        raise ValidationError({"params": "seed is a whole number."})
+    return out
+
+
+def detector_train(
+    *,
+    user,
+    project: Project,
+    version: DatasetVersion,
+    params: dict[str, Any] | None = None,
+    activate: bool = True,
+) -> ModelVersion:
+    """Start training a detector on a frozen dataset version (project admins). Parameters not
+    given take the proposal's values."""
+    require_role(user, project, Role.ADMIN)
+    if version.project_id != project.pk:
+        raise ValidationError("That dataset version belongs to another project.")
+    clean = detector_proposal(user=user, version=version, params=params or {})["params"]
+    facts = _version_facts(version)
+    if not facts["train_boxes"]:
+        raise ValidationError(
+            f"Dataset version {version.number} has no labels in its train split: freeze approved "
+            "labels first (or include pending ones)."
+        )
+    categories = sorted(facts["per_category"], key=str.lower)
+    return model_version_create(
+        user=user,
+        project=project,
+        kind=ModelVersion.Kind.DETECTOR,
+        architecture=f"ppyoloe-sod-{clean['backbone']}",
+        params={
+            **clean,
+            "dataset_version": version.pk,
+            "dataset_number": version.number,
+            "content_hash": version.content_hash,
+            "categories": categories,
+        },
+        image_ids=facts["train_image_ids"],
+        activate=activate,
+    )

@@ -1,0 +1,225 @@
+"""Detector training from a dataset version: the proposal, who may train, every refused
+parameter, lineage; detection runs; suggestions with categories and superseding."""
+
+from __future__ import annotations
+
+import pytest
+
+from annotations.models import Suggestion
+from annotations.services.categories import category_create
+from annotations.services.dataset_versions import dataset_version_freeze
+from annotations.services.suggestions import SuggestionIn, suggestions_store
+from inspection.models import InspectionRun, Job, ModelVersion
+from inspection.services.projects import project_create
+from tests.annotations.test_datasets import add_image, box, label
+
+pytestmark = pytest.mark.django_db
+
+
+def frozen(team, tmp_path, size=(64, 48), boxes=True):
+    project, admin = team["project"], team["admin"]
+    for n in range(4):
+        image = add_image(project, admin, tmp_path, f"p{n}.png", size=size, split="train")
+        if boxes:
+            label(image, "scratch", box(5, 5, 10, 4))
+            label(image, "dent", box(30, 20, 6, 6))
+        else:
+            image.is_normal = True
+            image.save(update_fields=["is_normal"])
+    add_image(project, admin, tmp_path, "v.png", size=size, split="val", is_normal=True)
+    return dataset_version_freeze(user=admin, project=project)
+
+
+def url(team, version, tail="detector/"):
+    return f"/api/projects/{team['project'].pk}/datasets/{version.number}/{tail}"
+
+
+def test_the_form_proposes_slices_for_large_photos_and_says_why(team, tmp_path, client_for):
+    version = frozen(team, tmp_path, size=(2000, 1500))
+    r = client_for(team["admin"]).get(url(team, version))
+    assert r.status_code == 200, r.content
+    body = r.json()
+    assert body["params"] == {
+        "backbone": "lite0",
+        "input_size": 640,
+        "slice": True,
+        "overlap": 0.25,
+        "epochs": 80,
+        "batch_size": 4,
+    }
+    assert "2000 px on their long side" in body["reasons"][0]
+    assert "8 labelled boxes" in body["reasons"][1]
+    assert body["facts"]["per_category"] == {
+        "dent": {"train": 4, "val": 0, "test": 0},
+        "scratch": {"train": 4, "val": 0, "test": 0},
+    }
+    assert body["estimate_seconds"] > 0
+
+
+def test_small_images_are_resized_whole(team, tmp_path, client_for):
+    body = client_for(team["admin"]).get(url(team, frozen(team, tmp_path))).json()
+    assert body["params"]["slice"] is False and "resized whole" in body["reasons"][0]
+
+
+def test_training_a_detector_records_its_lineage_and_queues_the_job(team, tmp_path, client_for):
+    version = frozen(team, tmp_path)
+    r = client_for(team["admin"]).post(
+        url(team, version), {"params": {"epochs": 3, "backbone": "s"}}, format="json"
+    )
+    assert r.status_code == 202, r.content
+    model = ModelVersion.objects.get(pk=r.json()["id"])
+    assert (model.kind, model.number, model.architecture) == ("detector", 1, "ppyoloe-sod-s")
+    assert model.params["dataset_version"] == version.pk and model.params["dataset_number"] == 1
+    assert model.params["content_hash"] == version.content_hash
+    assert model.params["categories"] == ["dent", "scratch"] and model.params["epochs"] == 3
+    assert len(model.image_ids) == 4  # the train split
+    job = Job.objects.get(pk=model.job_id)
+    assert (job.kind, job.queue, job.payload["model_version"]) == (
+        "detection_train",
+        "gpu",
+        model.pk,
+    )
+    # numbered apart from the anomaly models
+    again = client_for(team["admin"]).post(url(team, version), {}, format="json")
+    assert ModelVersion.objects.get(pk=again.json()["id"]).number == 2
+
+
+def test_who_may_train_a_detector(team, tmp_path, client_for):
+    version = frozen(team, tmp_path)
+    for who, code in (("outsider", 404), ("annotator", 403), ("reviewer", 403)):
+        assert client_for(team[who]).post(url(team, version), {}, format="json").status_code == code
+        assert client_for(team[who]).get(url(team, version)).status_code == code
+    other = project_create(user=team["admin"], name="Other")
+    r = client_for(team["admin"]).post(
+        f"/api/projects/{other.pk}/datasets/{version.number}/detector/", {}, format="json"
+    )
+    assert r.status_code == 404  # a version of another project is not found there
+    assert not ModelVersion.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"colour": "red"}, "Unknown parameter(s): colour"),
+        ({"backbone": "xl"}, "backbone is one of lite0, s, m, l"),
+        ({"input_size": 650}, "multiple of 32"),
+        ({"input_size": 64}, "input_size is a whole number from 160 to 1280"),
+        ({"epochs": 0}, "epochs is a whole number from 1 to 500"),
+        ({"epochs": 2.5}, "epochs is a whole number"),
+        ({"batch_size": True}, "batch_size is a whole number"),
+        ({"slice": "yes"}, "slice is true or false"),
+        ({"overlap": 0.9}, "overlap is a fraction"),
+        ({"iterations_per_epoch": 0}, "iterations_per_epoch is a whole number"),
+    ],
+)
+def test_bad_parameters_are_refused_before_anything_is_queued(
+    team, tmp_path, client_for, params, says
+):
+    version = frozen(team, tmp_path)
+    r = client_for(team["admin"]).post(url(team, version), {"params": params}, format="json")
+    assert r.status_code == 400 and says in r.json()["error"], r.json()
+    assert not Job.objects.exists()
+
+
+def test_a_version_without_boxes_cannot_train_a_detector(team, tmp_path, client_for):
+    version = frozen(team, tmp_path, boxes=False)
+    r = client_for(team["admin"]).post(url(team, version), {}, format="json")
+    assert r.status_code == 400 and "no labels in its train split" in r.json()["error"]
+
+
+def test_a_detection_run_needs_an_active_detector(team, client_for):
+    r = client_for(team["reviewer"]).post(
+        f"/api/projects/{team['project'].pk}/runs/", {"kind": "detector"}, format="json"
+    )
+    assert r.status_code == 400 and "no active detector" in r.json()["error"]
+
+
+def test_detector_suggestions_carry_their_category_and_supersede_older_ones(team, tmp_path):
+    project = team["project"]
+    image = add_image(project, team["admin"], tmp_path, "a.png", size=(200, 100))
+    dent = category_create(user=team["admin"], project=project, name="Dent")
+    v1, v2 = (
+        ModelVersion.objects.create(
+            project=project, number=n, kind="detector", architecture="ppyoloe-sod-s", status="ready"
+        )
+        for n in (1, 2)
+    )
+    run = InspectionRun.objects.create(project=project, model_version=v1, image_ids=[image.pk])
+    old = suggestions_store(
+        image=image,
+        run=run,
+        model_version=v1,
+        suggestions=[
+            SuggestionIn(box=(10, 10, 20, 20), score=0.8, category="dent"),
+            SuggestionIn(box=(100, 50, 10, 10), score=0.7, category="gone"),  # no such category
+            SuggestionIn(box=(150, 10, 10, 10), score=0.6, category="dent"),
+        ],
+    )
+    assert [(s.category, s.kind) for s in old] == [(dent, "box"), (None, "box"), (dent, "box")]
+    Suggestion.objects.filter(pk=old[2].pk).update(status="rejected")
+    run2 = InspectionRun.objects.create(project=project, model_version=v2, image_ids=[image.pk])
+    new = suggestions_store(
+        image=image,
+        run=run2,
+        model_version=v2,
+        suggestions=[
+            SuggestionIn(box=(11, 10, 20, 20), score=0.9, category="Dent"),  # the same place
+            SuggestionIn(box=(150, 10, 10, 10), score=0.9, category="dent"),  # decided place
+        ],
+    )
+    assert [(s.model_version, s.category) for s in new] == [(v2, dent)]
+    left = Suggestion.objects.filter(image=image, status="pending").order_by("id")
+    # v1's undecided suggestion at that place is superseded; the one elsewhere stays
+    assert [(s.model_version, s.geometry["x"]) for s in left] == [(v1, 100.0), (v2, 11.0)]
+
+
+def test_the_form_asks_how_long_its_edits_would_take(team, tmp_path, client_for):
+    version = frozen(team, tmp_path, size=(2000, 1500))
+    admin = client_for(team["admin"])
+    base = admin.get(url(team, version)).json()
+    half = admin.get(url(team, version), {"epochs": base["params"]["epochs"] // 2}).json()
+    assert half["params"]["epochs"] == base["params"]["epochs"] // 2
+    assert half["params"]["slice"] is True  # what was not edited stays as proposed
+    assert half["proposed"] == base["params"]
+    assert abs(half["estimate_seconds"] - base["estimate_seconds"] / 2) <= 1
+    assert set(base["backbones"]) == {"lite0", "s", "m", "l"}
+    whole = admin.get(url(team, version), {"slice": "false", "input_size": "320"}).json()
+    assert whole["params"]["slice"] is False and whole["params"]["input_size"] == 320
+    r = admin.get(url(team, version), {"input_size": 650})
+    assert r.status_code == 400 and "multiple of 32" in r.json()["error"]
+
+
+def test_the_run_page_says_how_often_reviewers_keep_the_detectors_category(
+    team, tmp_path, client_for, client
+):
+    from annotations.figures import run_figures
+
+    project = team["project"]
+    image = add_image(project, team["admin"], tmp_path, "a.png", size=(200, 100))
+    dent = category_create(user=team["admin"], project=project, name="dent")
+    scratch = category_create(user=team["admin"], project=project, name="scratch")
+    model = ModelVersion.objects.create(
+        project=project, number=1, kind="detector", architecture="ppyoloe-sod-s", status="ready"
+    )
+    run = InspectionRun.objects.create(project=project, model_version=model, image_ids=[image.pk])
+    a, b = suggestions_store(
+        image=image,
+        run=run,
+        model_version=model,
+        suggestions=[
+            SuggestionIn(box=(10, 10, 20, 20), score=0.8, category="dent", category_score=0.8),
+            SuggestionIn(box=(100, 50, 10, 10), score=0.7, category="dent", category_score=0.7),
+        ],
+    )
+    assert (a.proposed_category, a.category_score) == (dent, 0.8)
+    reviewer = client_for(team["reviewer"])
+    reviewer.post(f"/api/suggestions/{a.pk}/accept/", {"category": dent.pk}, format="json")
+    reviewer.post(f"/api/suggestions/{b.pk}/accept/", {"category": scratch.pk}, format="json")
+    b.refresh_from_db()
+    assert (b.category, b.proposed_category) == (scratch, dent)  # the proposal is kept
+    figures = run_figures(run)
+    assert (figures.category_proposed, figures.category_kept) == (2, 1)
+    assert figures.category_kept_share == 0.5
+    client.force_login(team["reviewer"])
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    assert "1 of 2 accepted (0.500)" in page

@@ -1,0 +1,182 @@
+"""The detector job bodies, run in this process: train on a frozen dataset version (a few
+iterations on tiny images), activate, run sliced detection, suggestions with categories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from django.core.files.storage import default_storage
+from PIL import Image as PILImage
+
+from annotations.models import Suggestion
+from annotations.services.categories import category_create
+from annotations.services.dataset_versions import dataset_version_freeze
+from annotations.services.detectors import BACKBONES, detector_train
+from annotations.services.labels import LabelIn, labels_import
+from inspection.models import Image, InspectionRun, Job, ModelVersion
+from inspection.services.images import IncomingFile, image_store_one
+from inspection.services.inspections import inspection_run_start
+from workers.tasks.detection import run_detection, train_detector
+from workers.tasks.runner import run_job
+
+pytestmark = pytest.mark.django_db
+
+GREY, RED, BLUE = (90, 90, 90), (230, 40, 40), (40, 40, 230)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second spinning thread only slows a 2-core box
+    yield
+    torch.set_num_threads(before)
+
+
+def squares_image(tmp_path, n: int, size=(160, 128)):
+    """A grey photo with a red and a blue square; returns (path, red box, blue box)."""
+    rng = np.random.default_rng(n)
+    w, h = size
+    arr = np.full((h, w, 3), GREY, np.uint8)
+    boxes = []
+    for colour in (RED, BLUE):
+        s = int(rng.integers(14, 24))
+        x, y = int(rng.integers(0, w - s)), int(rng.integers(0, h - s))
+        arr[y : y + s, x : x + s] = colour
+        boxes.append({"type": "box", "x": x, "y": y, "w": s, "h": s})
+    path = tmp_path / f"p{n}.png"
+    PILImage.fromarray(arr).save(path)
+    return path, boxes
+
+
+@pytest.fixture
+def version(team, tmp_path):
+    return squares_version(team, tmp_path)
+
+
+def squares_version(team, tmp_path, n: int = 6):
+    """A frozen dataset version of ``n`` labelled photos (the last one in the val split)."""
+    project, admin = team["project"], team["admin"]
+    red = category_create(user=admin, project=project, name="red")
+    blue = category_create(user=admin, project=project, name="blue")
+    for i in range(n):
+        path, (rbox, bbox) = squares_image(tmp_path, i)
+        out = image_store_one(
+            project=project,
+            user=admin,
+            incoming=IncomingFile(path.name, path),
+            split="val" if i == n - 1 else "train",
+        )
+        image = Image.objects.select_related("project").get(pk=out.image_id)
+        labels_import(
+            user=admin,
+            image=image,
+            labels=[LabelIn(red, rbox), LabelIn(blue, bbox)],
+            source="import",
+        )
+    return dataset_version_freeze(user=admin, project=project)
+
+
+def test_the_job_knows_every_backbone_the_app_offers():
+    from workers import detection
+    from workers.tasks.detection import _model_config
+
+    for backbone in BACKBONES:
+        assert isinstance(_model_config(detection, backbone, 2, 160), detection.ModelConfig)
+
+
+def test_train_activate_detect_and_suggest_with_categories(team, version):
+    model = detector_train(
+        user=team["admin"],
+        project=team["project"],
+        version=version,
+        params={
+            "backbone": "s",
+            "input_size": 160,
+            "epochs": 2,
+            "batch_size": 2,
+            "iterations_per_epoch": 2,
+        },
+    )
+    assert run_job(str(model.job_id), train_detector.body) == "succeeded", Job.objects.get(
+        pk=model.job_id
+    ).error
+    model.refresh_from_db()
+    assert model.status == "ready" and model.is_active and default_storage.exists(model.artifact)
+    history = model.metrics["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and all("loss" in h for h in history)
+    assert model.metrics["evaluated_on"] == "val" and model.metrics["map50"] is not None
+    assert set(model.metrics["per_class_ap50"]) == {"red", "blue"}
+    assert model.metrics["exports"] == {"onnx": True}
+    prefix = model.artifact.rsplit("/", 1)[0]
+    assert not default_storage.exists(f"{prefix}/checkpoint.pt")  # only kept while training
+    job = Job.objects.get(pk=model.job_id)
+    assert job.message.startswith(f"ppyoloe-sod-s v{model.number}: 2 epochs")
+
+    run = inspection_run_start(user=team["reviewer"], project=team["project"], kind="detector",
+                               scope="selected", image_ids=list(version.content and
+                               Image.objects.values_list("id", flat=True)))  # fmt: skip
+    assert run.model_version == model and run.job.kind == "detection_inspect"
+    # two iterations teach little: keep every box the network gives, to see them stored
+    InspectionRun.objects.filter(pk=run.pk).update(params={"score_threshold": 0.0})
+    assert run_job(str(run.job_id), run_detection.body) == "succeeded"
+    run.refresh_from_db()
+    assert len(run.results) == 6 and all("detections" in r for r in run.results.values())
+    made = Suggestion.objects.filter(run=run)
+    assert made.exists()
+    assert {s.category.name for s in made} <= {"red", "blue"} and all(s.kind == "box" for s in made)
+    assert all(s.model_version_id == model.pk for s in made)
+    assert all(s.proposed_category == s.category and s.category_score is not None for s in made)
+
+    # the anomaly job classifies its regions with the active detector
+    from workers.tasks.detection import active_detector
+
+    image = Image.objects.filter(project=team["project"]).first()
+    with active_detector(team["project"]) as detect:
+        boxes = detect(Path(default_storage.path(image.file.name)))
+    assert isinstance(boxes, list) and all(b.category_name in {"red", "blue"} for b in boxes)
+
+
+def test_a_training_whose_dataset_version_is_gone_fails_with_the_reason(team, version):
+    model = detector_train(user=team["admin"], project=team["project"], version=version)
+    ModelVersion.objects.filter(pk=model.pk).update(
+        params={**model.params, "dataset_version": 999999}
+    )
+    assert run_job(str(model.job_id), train_detector.body) == "failed"
+    assert "no longer exists" in Job.objects.get(pk=model.job_id).error
+    model.refresh_from_db()
+    assert model.status == "failed"
+
+
+def test_anomaly_regions_take_the_category_of_the_detector_box_covering_them(tmp_path):
+    """The seeds' pipeline: heatmap -> candidate regions -> the detector classifies them."""
+    from workers.anomaly.regions import Region as EngineRegion
+    from workers.detection import Detection
+    from workers.tasks.anomaly import _classified
+
+    regions = [
+        EngineRegion(box=[10, 10, 20, 20], polygon=[], area=400, peak_score=0.9, mean_score=0.7),
+        EngineRegion(box=[100, 100, 8, 8], polygon=[], area=64, peak_score=0.8, mean_score=0.6),
+        EngineRegion(box=[200, 10, 30, 30], polygon=[], area=900, peak_score=0.7, mean_score=0.6),
+    ]
+    found = [
+        Detection(12, 12, 28, 28, 0.55, 1, "scratch"),  # inside the first region
+        Detection(0, 0, 40, 40, 0.95, 2, "dent"),  # covers it too, and more surely
+        Detection(98, 98, 140, 140, 0.6, 1, "scratch"),  # covers all of the small second one
+        Detection(225, 35, 260, 60, 0.9, 2, "dent"),  # touches the third by 5x5 px: too little
+    ]
+    out = _classified(regions, tmp_path / "a.png", lambda path: found)
+    assert [(s.category, s.category_score) for s in out] == [
+        ("dent", 0.95),
+        ("scratch", 0.6),
+        ("", None),
+    ]
+    assert [s.score for s in out] == [0.9, 0.8, 0.7]  # the anomaly scores stay
+    assert _classified(regions, tmp_path / "a.png", None)[0].category == ""
+
+    def broken(path):
+        raise RuntimeError("runtime gone")
+
+    assert [s.category for s in _classified(regions, tmp_path / "a.png", broken)] == [""] * 3
