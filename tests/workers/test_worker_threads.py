@@ -16,9 +16,7 @@ PROBE = (
 
 def _threads(**env: str) -> tuple[int, int]:
     """(OMP_NUM_THREADS as the worker sets it, torch's thread count) in a fresh process."""
-    clean = {
-        k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")
-    }
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     clean.pop("LOUPE_WORKER_THREADS", None)
     out = subprocess.run(
         [sys.executable, "-c", PROBE],
