@@ -36,9 +36,11 @@ BACKBONES = {
 # Images whose median long side exceeds the input size this many times are trained and
 # predicted as slices of the input size (smaller ones are resized whole, as PaddleDetection does).
 SLICE_FROM = 1.5
-# Seconds per training image on this kind of machine (2 CPU cores, one torch thread, batch 4),
-# measured with benchmarks/detector_loop.py --estimate; the form's time estimate multiplies it.
-SECONDS_PER_IMAGE = {("lite0", 640): 0.55, ("s", 640): 0.75, ("m", 640): 1.5, ("l", 640): 2.6}
+# Seconds per training image on a 2-core CPU worker (one torch thread, the worker's default
+# there; batch 4, multi-scale 320..768 around 640), measured 2026-12-02 with
+# `OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/detector_loop.py
+# --estimate`; the form's time estimate scales them by the input's area.
+SECONDS_PER_IMAGE = {("lite0", 640): 4.35, ("s", 640): 2.85, ("m", 640): 6.35, ("l", 640): 12.3}
 
 LIMITS = {
     "input_size": (160, 1280),

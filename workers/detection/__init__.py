@@ -27,7 +27,7 @@ from .errors import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from .artifact import load_artifact, read_artifact, save_artifact
-    from .config import ModelConfig, TrainConfig
+    from .config import ModelConfig, TrainConfig, model_config_for, train_sizes_around
     from .convert import ConversionReport, convert_pdparams, convert_state_dict, read_pdparams
     from .data import Category, CocoDetectionDataset
     from .evaluation import EvalResult, evaluate
@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _LAZY = {
     "ModelConfig": "config",
+    "model_config_for": "config",
+    "train_sizes_around": "config",
     "TrainConfig": "config",
     "PPYOLOE": "model",
     "build_model": "model",
@@ -76,6 +78,8 @@ __all__ = [
     "DetectionError",
     "WeightsNotFound",
     "ModelConfig",
+    "model_config_for",
+    "train_sizes_around",
     "TrainConfig",
     "PPYOLOE",
     "build_model",

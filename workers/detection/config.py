@@ -194,3 +194,27 @@ class TrainConfig:
         return {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
         }
+
+
+# The sizes a trained model is named by: the pretrained Lite0 backbone, or CSPResNet s / m / l
+# (PaddleDetection's crn_s, crn_m, crn_l widths and depths).
+SIZES = {
+    "lite0": {"backbone": "lite0"},
+    "s": {"width_mult": 0.50, "depth_mult": 0.33},
+    "m": {"width_mult": 0.75, "depth_mult": 0.67},
+    "l": {"width_mult": 1.0, "depth_mult": 1.0},
+}
+
+
+def model_config_for(size: str, num_classes: int, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of one of :data:`SIZES` (``"lite0"``, ``"s"``, ``"m"``, ``"l"``)."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+    return ModelConfig(num_classes=num_classes, **SIZES[size], **overrides)
+
+
+def train_sizes_around(input_size: int) -> tuple[int, ...]:
+    """Multi-scale training sizes around an input size, in multiples of the stride 32, from half
+    to 1.2x (320..768 for 640: the SOD recipe)."""
+    low = -(-input_size // 64) * 32  # half, rounded up to a multiple of 32
+    return tuple(range(low, int(input_size * 1.2) // 32 * 32 + 1, 32))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import tempfile
 from contextlib import ExitStack
@@ -37,25 +36,6 @@ def _library():
     from workers import detection
 
     return detection
-
-
-def _model_config(detection, backbone: str, num_classes: int, input_size: int):
-    build = {
-        "lite0": detection.ModelConfig.lite0,
-        "s": detection.ModelConfig.sod_s,
-        "l": detection.ModelConfig.sod_l,
-        # PaddleDetection's crn_m: between s and l
-        "m": lambda n, **kw: detection.ModelConfig(
-            num_classes=n, width_mult=0.75, depth_mult=0.67, **kw
-        ),
-    }
-    return build[backbone](num_classes, eval_size=input_size)
-
-
-def _train_sizes(input_size: int) -> tuple[int, ...]:
-    """Multi-scale training around the input size, in multiples of the network's stride 32
-    (320..768 for 640, the SOD recipe)."""
-    return tuple(range(math.ceil(input_size / 64) * 32, int(input_size * 1.2) // 32 * 32 + 1, 32))
 
 
 def _prepare(version: ModelVersion, dataset: DatasetVersion, folder: Path, stack: ExitStack):
@@ -141,12 +121,14 @@ def train_detector(job, ctx: JobContext) -> dict:
                 train_json,
                 work / "model" / ARTIFACT,
                 image_root=image_root,
-                model_config=_model_config(detection, p["backbone"], num_classes, p["input_size"]),
+                model_config=detection.model_config_for(
+                    p["backbone"], num_classes, eval_size=p["input_size"]
+                ),
                 train_config=detection.TrainConfig(
                     epochs=p["epochs"],
                     batch_size=p["batch_size"],
                     crop_size=p["input_size"] if p["slice"] else None,
-                    train_sizes=_train_sizes(p["input_size"]),
+                    train_sizes=detection.train_sizes_around(p["input_size"]),
                     max_iters_per_epoch=p.get("iterations_per_epoch"),
                     seed=p.get("seed", 0),
                 ),

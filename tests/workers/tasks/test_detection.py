@@ -79,12 +79,14 @@ def squares_version(team, tmp_path, n: int = 6):
     return dataset_version_freeze(user=admin, project=project)
 
 
-def test_the_job_knows_every_backbone_the_app_offers():
-    from workers import detection
-    from workers.tasks.detection import _model_config
+def test_the_app_offers_exactly_the_librarys_sizes():
+    """The web process cannot read workers.detection (it never imports the ML packages)."""
+    from workers.detection.config import SIZES, model_config_for, train_sizes_around
 
-    for backbone in BACKBONES:
-        assert isinstance(_model_config(detection, backbone, 2, 160), detection.ModelConfig)
+    assert list(BACKBONES) == list(SIZES)
+    assert model_config_for("m", 2).width_mult == 0.75
+    assert train_sizes_around(640) == tuple(range(320, 769, 32))
+    assert train_sizes_around(160) == (96, 128, 160, 192)  # all multiples of the stride
 
 
 def test_train_activate_detect_and_suggest_with_categories(team, version):
