@@ -207,7 +207,8 @@ def run_page(request, pk):
         InspectionRun.objects.select_related("project", "model_version", "job"), pk=pk
     )
     require_role(request.user, run.project)
-    default = (run.params or {}).get("threshold", 0.5)  # the score the run suggested from
+    params = run.params or {}  # the score the run suggested from: its threshold or confidence
+    default = params.get("threshold", params.get("score_threshold", 0.5))
     try:
         threshold = float(request.GET.get("threshold", default))
     except ValueError:

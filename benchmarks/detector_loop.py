@@ -170,9 +170,10 @@ def run_set(args, user, root: Path, tmp: Path) -> dict:
     held_out = _held_out(coco)
     names = {Path(im["file_name"]).name for im in coco["images"] if im["id"] in held_out}
     Image.objects.filter(project=project, original_name__in=names).update(split="test")
-    version = dataset_version_freeze(
-        user=user, project=project, ratios={"train": 0.9, "val": 0.1}, seed=0
-    )
+    # the held-out images are fixed in test and count towards its share: the rest go 90/10
+    f = len(held_out) / len(coco["images"])
+    ratios = {"train": 0.9 * (1 - f), "val": 0.1 * (1 - f), "test": f}
+    version = dataset_version_freeze(user=user, project=project, ratios=ratios, seed=0)
     print(f"{root.name}: frozen v{version.number}: {version.counts['splits']}")
     params = {
         "backbone": args.backbone,

@@ -30,6 +30,17 @@ def local_copy(name: str) -> Iterator[Path]:
         yield Path(tmp.name)
 
 
+def fetched(name: str, workdir: Path) -> Path:
+    """A local path of the stored file ``name``: the file itself on local disk, else a copy
+    downloaded into ``workdir`` (closed at once, so a thousand images need no open files)."""
+    if is_local():
+        return Path(default_storage.path(name))
+    dest = Path(tempfile.mkdtemp(dir=workdir)) / Path(name).name
+    with default_storage.open(name, "rb") as src, open(dest, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return dest
+
+
 @contextlib.contextmanager
 def local_tree(prefix: str) -> Iterator[Path]:
     """A local folder holding every file stored under ``prefix`` (the folder itself when local)."""

@@ -84,7 +84,9 @@ def job_page(request, pk):
 
 @login_required
 def models_page(request, pk):
-    """Anomaly models of a project (train, activate) and its inspection runs."""
+    """A project's model versions, anomaly models and detectors (train, activate), and its
+    inspection and detection runs. Detector training picks a dataset version, which this page's
+    script reads from the API (this app never imports the labeling side)."""
     project = get_object_or_404(Project, pk=pk)
     role = require_role(request.user, project)
     return render(

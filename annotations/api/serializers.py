@@ -118,6 +118,8 @@ class SuggestionSerializer(serializers.ModelSerializer):
             "source",
             "category",
             "category_name",
+            "proposed_category",
+            "category_score",
             "kind",
             "geometry",
             "score",
@@ -246,6 +248,14 @@ class DetectorTrainSerializer(serializers.Serializer):
 class DetectorParamsQuery(serializers.Serializer):
     """The training form's edits as query parameters (each optional), for their time estimate."""
 
+    def validate(self, attrs):
+        unknown = set(self.initial_data) - set(self.fields)
+        if unknown:  # as training refuses them: a typo must not silently estimate the default
+            raise serializers.ValidationError(
+                f"Unknown parameter(s): {', '.join(sorted(unknown))}."
+            )
+        return attrs
+
     backbone = serializers.CharField(required=False)
     input_size = serializers.IntegerField(required=False)
     # not a BooleanField: in a query string DRF reads a missing boolean as false
@@ -254,6 +264,7 @@ class DetectorParamsQuery(serializers.Serializer):
     epochs = serializers.IntegerField(required=False)
     batch_size = serializers.IntegerField(required=False)
     iterations_per_epoch = serializers.IntegerField(required=False)
+    seed = serializers.IntegerField(required=False)
 
     def validate_slice(self, value: str) -> bool:
         return value == "true"

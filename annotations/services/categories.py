@@ -101,6 +101,12 @@ def category_delete(*, user, category: DefectCategory) -> None:
         ) from None
 
 
+def categories_by_name(project: Project) -> dict[str, DefectCategory]:
+    """The project's categories by lower-cased name: names are matched ignoring case (and are
+    unique that way: ``_validate``)."""
+    return {c.name.lower(): c for c in DefectCategory.objects.filter(project=project)}
+
+
 def category_get_or_create(*, project: Project, name: str) -> DefectCategory:
     """The category called ``name`` (any case), created when missing. For importers."""
     found = DefectCategory.objects.filter(project=project, name__iexact=name).first()

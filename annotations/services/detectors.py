@@ -20,6 +20,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from annotations.models import DatasetVersion
+from annotations.services.categories import categories_by_name
 from inspection.models import ModelVersion, Project, Role
 from inspection.permissions import require_role
 from inspection.services.inspections import model_version_create
@@ -40,7 +41,7 @@ SLICE_FROM = 1.5
 # there; batch 4, multi-scale 320..768 around 640), measured 2026-12-02 with
 # `OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/detector_loop.py
 # --estimate`; the form's time estimate scales them by the input's area.
-SECONDS_PER_IMAGE = {("lite0", 640): 4.35, ("s", 640): 2.85, ("m", 640): 6.35, ("l", 640): 12.3}
+SECONDS_PER_IMAGE = {"lite0": 4.35, "s": 2.85, "m": 6.35, "l": 12.3}  # at 640 px
 
 LIMITS = {
     "input_size": (160, 1280),
@@ -142,7 +143,7 @@ def detector_proposal(
 
 def estimate_seconds(params: dict[str, Any], train_images: int) -> int | None:
     """Training time on a machine like the one the figures were measured on (None: unknown)."""
-    per_image = SECONDS_PER_IMAGE.get((params["backbone"], 640))
+    per_image = SECONDS_PER_IMAGE.get(params["backbone"])
     if per_image is None:
         return None
     scale = (params["input_size"] / 640) ** 2
@@ -199,6 +200,7 @@ def detector_train(
             "labels first (or include pending ones)."
         )
     categories = sorted(facts["per_category"], key=str.lower)
+    known = categories_by_name(project)
     return model_version_create(
         user=user,
         project=project,
@@ -210,6 +212,9 @@ def detector_train(
             "dataset_number": version.number,
             "content_hash": version.content_hash,
             "categories": categories,
+            # runs match the detector's names to the project's categories by these ids, so a
+            # category renamed after the training still gets its boxes
+            "category_ids": {n: known[n.lower()].pk for n in categories if n.lower() in known},
         },
         image_ids=facts["train_image_ids"],
         activate=activate,

@@ -10,8 +10,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from django.db import transaction
+
 from annotations.geometry import GeometryError, bounds, normalize_geometry
-from annotations.models import DefectCategory, Suggestion
+from annotations.models import Suggestion
+from annotations.services.categories import categories_by_name
 from inspection.models import Image, InspectionRun, ModelVersion
 from inspection.services.projects import with_inspection_defaults
 
@@ -62,7 +65,7 @@ class SuggestionIn:
         overlap over the smaller of the two, at least ``min_cover``), and its confidence: the
         seeds' pipeline, heatmap region -> detector's class. Unchanged when none covers it."""
         x, y, w, h = self.box
-        best, best_cover = None, min_cover
+        best, best_cover = None, 0.0
         for d in detections:
             iw = min(x + w, d.x2) - max(x, d.x1)
             ih = min(y + h, d.y2) - max(y, d.y1)
@@ -70,13 +73,16 @@ class SuggestionIn:
                 continue
             smaller = min(w * h, (d.x2 - d.x1) * (d.y2 - d.y1))
             cover = iw * ih / smaller if smaller > 0 else 0.0
-            if cover > best_cover or (cover == best_cover and best and d.score > best.score):
+            if cover < min_cover:
+                continue
+            if best is None or cover > best_cover or (cover == best_cover and d.score > best.score):
                 best, best_cover = d, cover
         if best is None:
             return self
         return replace(self, category=best.category_name, category_score=float(best.score))
 
 
+@transaction.atomic  # the superseded ones go only with their successors stored
 def suggestions_store(
     *,
     image: Image,
@@ -90,8 +96,8 @@ def suggestions_store(
     has suggestions made with the same inspection settings, nothing new is stored. With other
     settings (a new threshold, the specular mask...), the suggestions nobody decided yet are
     replaced by the new ones. A region on the place of a decided suggestion (any version) is not
-    suggested again, and a newer version's suggestion supersedes the undecided ones of older
-    versions of the same kind at its place. A detector's category is the project's category of
+    suggested again, and it supersedes the undecided suggestions of the other versions of the
+    same kind at its place (the latest run wins, also when an older version runs again). A detector's category is the project's category of
     that name (any case), when it still exists.
     """
     existing = Suggestion.objects.filter(image=image, model_version=model_version)
@@ -113,16 +119,12 @@ def suggestions_store(
             "geometry", flat=True
         )
     ]
-    older = list(
-        on_image.filter(
-            status=Suggestion.Status.PENDING,
-            model_version__kind=model_version.kind,
-            model_version__number__lt=model_version.number,
-        ).values_list("id", "geometry")
+    others = list(  # the latest run wins, whichever version it ran
+        on_image.filter(status=Suggestion.Status.PENDING, model_version__kind=model_version.kind)
+        .exclude(model_version=model_version)
+        .values_list("id", "geometry")
     )
-    categories = {
-        c.name.lower(): c for c in DefectCategory.objects.filter(project_id=image.project_id)
-    }
+    categories = categories_by_name(image.project)
     created, superseded = [], set()
     for item in suggestions:
         x, y, w, h = item.box
@@ -132,7 +134,7 @@ def suggestions_store(
         geometry = _geometry(image, item)
         if geometry is None:
             continue
-        superseded.update(pk for pk, g in older if _iou(place, bounds(g)) >= SAME_PLACE_IOU)
+        superseded.update(pk for pk, g in others if _iou(place, bounds(g)) >= SAME_PLACE_IOU)
         category = categories.get(item.category.lower()) if item.category else None
         created.append(
             Suggestion(

@@ -12,9 +12,10 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
 
-from inspection.models import Image, InspectionRun, ModelVersion, Project, Role
+from inspection.models import Image, InspectionRun, Job, ModelVersion, Project, Role
 from inspection.permissions import require_role
 from inspection.services.jobs import job_enqueue
+from inspection.services.maintenance import maintenance_hook
 from inspection.services.projects import inspection_settings, is_number
 
 ARCHITECTURES = ("padim", "patchcore", "efficientad")
@@ -124,7 +125,6 @@ def model_version_create(
     params: dict,
     image_ids: list[int],
     activate: bool = True,
-    payload: dict | None = None,
 ) -> ModelVersion:
     """A new version (numbered per project and kind) and its training job (callers checked the
     role and the parameters)."""
@@ -146,7 +146,7 @@ def model_version_create(
             kind=JOB_KINDS[kind]["train"],
             user=user,
             project=project,
-            payload={"model_version": version.pk, "activate": activate, **(payload or {})},
+            payload={"model_version": version.pk, "activate": activate},
         )
         version.save(update_fields=["job"])
     return version
@@ -171,16 +171,29 @@ def model_version_make_active(*, model_version: ModelVersion) -> ModelVersion:
     return model_version
 
 
+def model_version_folder(model_version: ModelVersion) -> str:
+    """Where a version's training keeps its files while it trains (a detector's checkpoint) and,
+    for detectors, its model: deleted with the version."""
+    return f"projects/{model_version.project_id}/models/{model_version.kind}-{model_version.pk}"
+
+
 def model_version_delete(*, user, model_version: ModelVersion) -> None:
-    """Delete a model version and its artifact. Labels accepted from its suggestions stay."""
+    """Delete a model version and its files (a training still running is cancelled). Labels
+    accepted from its suggestions stay."""
     from django.core.files.storage import default_storage
+
+    from inspection.storage import delete_tree
 
     require_role(user, model_version.project, Role.ADMIN)
     artifact = model_version.artifact
+    folder = model_version_folder(model_version)
+    if model_version.job_id and model_version.status == ModelVersion.Status.TRAINING:
+        Job.objects.filter(pk=model_version.job_id).exclude(status__in=Job.FINISHED).update(
+            cancel_requested=True
+        )
     model_version.delete()
+    transaction.on_commit(lambda: delete_tree(folder))
     if artifact:
-        from inspection.storage import delete_tree
-
         transaction.on_commit(
             lambda: (
                 delete_tree(artifact.rsplit("/", 1)[0])
@@ -236,8 +249,10 @@ def inspection_run_start(
     elif scope in (InspectionRun.Scope.NEW, InspectionRun.Scope.ALL):
         candidates = images.exclude(pk__in=version.image_ids)
         if scope == InspectionRun.Scope.NEW:
-            candidates = candidates.exclude(pk__in=images_run_by(version))
-        ids = list(candidates.order_by("id").values_list("id", flat=True))
+            seen = images_run_by(version)  # filtered here: a long list is no SQL parameter
+        else:
+            seen = set()
+        ids = [i for i in candidates.order_by("id").values_list("id", flat=True) if i not in seen]
     else:
         raise ValidationError({"scope": "Use selected, new or all."})
     if not ids:
@@ -259,3 +274,23 @@ def inspection_run_start(
         )
         run.save(update_fields=["job"])
     return run
+
+
+@maintenance_hook("fail model versions whose training ended")
+def model_versions_fail_orphans() -> int:
+    """A version whose training job ended without finishing it (cancelled before it started,
+    given up after lost workers, failed outside the job body) is failed, and its files deleted.
+    Returns how many."""
+    from inspection.storage import delete_tree
+
+    stuck = list(
+        ModelVersion.objects.filter(
+            status=ModelVersion.Status.TRAINING, job__status__in=Job.FINISHED
+        ).exclude(job__status=Job.Status.SUCCEEDED)
+    )
+    for version in stuck:
+        ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.TRAINING).update(
+            status=ModelVersion.Status.FAILED
+        )
+        delete_tree(model_version_folder(version))
+    return len(stuck)

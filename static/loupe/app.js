@@ -246,18 +246,22 @@
     setInterval(refresh, 1500);
   }
 
+  /* A job's progress bar and message in `out`; resolves with the finished job, after done(job). */
+  function follow(out, jobId, done) {
+    const bar = el("progress", { max: "100", value: "0" });
+    const text = el("span", { text: " queued" });
+    out.replaceChildren(bar, text);
+    return watchJob(jobId, (j) => { bar.value = j.progress; text.textContent = " " + (j.error || j.message || j.status); })
+      .then((j) => {
+        text.textContent = " " + j.status + ": " + (j.error || j.message);
+        if (done) done(j);
+        return j;
+      });
+  }
+
   function initModels() {
     const root = document.getElementById("models-page");
     if (!root) return;
-    const follow = (out, job, done) => {
-      const bar = el("progress", { max: "100", value: "0" });
-      const text = el("span", { text: " queued" });
-      out.replaceChildren(bar, text);
-      watchJob(job, (j) => { bar.value = j.progress; text.textContent = " " + (j.error || j.message); }).then((j) => {
-        text.textContent = " " + j.status + ": " + (j.error || j.message);
-        if (j.status === "succeeded" && done) done();
-      });
-    };
     const train = document.getElementById("train-form");
     if (train) {
       train.addEventListener("submit", async (e) => {
@@ -275,7 +279,7 @@
         }
         try {
           const v = await api(root.dataset.modelsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ architecture: f.get("architecture"), params }) });
-          follow(document.getElementById("train-status"), v.job, () => window.location.reload());
+          follow(document.getElementById("train-status"), v.job, (j) => { if (j.status === "succeeded") window.location.reload(); });
         } catch (err) { document.getElementById("train-status").textContent = "Not started: " + err.message; }
       });
     }
@@ -309,7 +313,7 @@
         e.preventDefault();
         try {
           const r = await api(root.dataset.runsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ scope: new FormData(run).get("scope") }) });
-          follow(document.getElementById("run-status"), r.job, () => { window.location.href = "/runs/" + r.id + "/"; });
+          follow(document.getElementById("run-status"), r.job, (j) => { if (j.status === "succeeded") window.location.href = "/runs/" + r.id + "/"; });
         } catch (err) { document.getElementById("run-status").textContent = "Not started: " + err.message; }
       });
     }
@@ -318,5 +322,5 @@
     }));
   }
 
-  window.Loupe = { api, request, csrfToken, toast, watchJob, initUploads, initMvtecImport, initJobs, initModels };
+  window.Loupe = { api, request, csrfToken, toast, watchJob, follow, initUploads, initMvtecImport, initJobs, initModels };
 })();

@@ -123,18 +123,7 @@
 
   const json = (body) => ({ method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
 
-  /* A job's progress bar and message in `out`; done(job) once it has finished. */
-  function follow(out, jobId, done) {
-    const bar = el("progress", { max: "100", value: "0" });
-    const text = el("span", { text: " queued" });
-    out.replaceChildren(bar, text);
-    return window.Loupe.watchJob(jobId, (j) => { bar.value = j.progress; text.textContent = " " + (j.error || j.message || j.status); })
-      .then((j) => {
-        text.textContent = " " + j.status + ": " + (j.error || j.message);
-        if (done) done(j);
-        return j;
-      });
-  }
+  const follow = (out, jobId, done) => window.Loupe.follow(out, jobId, done);
 
   function initTraining(box) {
     const api = window.Loupe.api;
@@ -218,6 +207,10 @@
           parts.push(el("p", { class: "hint warn", text: "This version has no val images: the detector trains, but no mAP can be measured. Freeze a version with a val split to compare detectors." }));
         }
         proposalBox.replaceChildren(...parts);
+        if (!p.facts.train_boxes) {  // the server would refuse it: say why instead of a form
+          proposalBox.appendChild(el("p", { class: "status-failed", text: "Dataset v" + number + " has no labels in its train split: a detector has nothing to learn. Freeze a version with approved labels first." }));
+          return;
+        }
         const f = form.elements;
         f.backbone.value = p.params.backbone;
         f.input_size.value = p.params.input_size;
@@ -288,12 +281,21 @@
     const form = document.getElementById("detect-form");
     if (!form) return;
     const out = document.getElementById("detect-status");
+    const button = form.querySelector("button[type=submit]");
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
+      if (button.disabled) return;  // one run per press
+      button.disabled = true;
       try {
         const r = await window.Loupe.api(runsUrl, json({ kind: "detector", scope: new FormData(form).get("scope") }));
-        follow(out, r.job, (j) => { if (j.status === "succeeded") window.location.href = "/runs/" + r.id + "/"; });
-      } catch (err) { out.textContent = "Not started: " + err.message; }
+        follow(out, r.job, (j) => {
+          if (j.status === "succeeded") window.location.href = "/runs/" + r.id + "/";
+          else button.disabled = false;
+        });
+      } catch (err) {
+        out.textContent = "Not started: " + err.message;
+        button.disabled = false;
+      }
     });
   }
 

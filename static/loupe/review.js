@@ -16,6 +16,7 @@
   let index = 0;
   let mode = "idle"; // idle | edit | reject | return
   let category = data.categories.length ? String(data.categories[0].id) : null;
+  let chosen = category;  // the reviewer's own last choice, for items that propose none
   let openImage = null;
   let heatItem = null;
   const skipped = new Set();
@@ -63,7 +64,7 @@
       const what = item.category_name ? item.category_name + " · " : "";
       title.textContent = "Suggestion · " + what + "score " + item.score.toFixed(3);
       info.textContent = item.image_name + " · " + (item.model || "model") + " · " + Math.round(item.area) + " px²";
-      if (item.category) setCategory(String(item.category), true);  // the detector's category
+      setCategory(item.category ? String(item.category) : chosen, true);  // a detector's proposal
     } else {
       title.textContent = "Label by " + item.author + " · " + item.category_name;
       info.textContent = "Image " + item.image + " · " + item.kind + " · waiting for approval";
@@ -134,6 +135,7 @@
   function setCategory(id, silent) {
     if (!id) return;
     category = String(id);
+    if (!silent) chosen = category;
     document.querySelectorAll(".cat").forEach((b) => b.setAttribute("aria-pressed", b.dataset.category === category ? "true" : "false"));
     if (!silent) viewerEl.dataset.category = category;
   }

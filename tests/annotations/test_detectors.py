@@ -171,6 +171,52 @@ def test_detector_suggestions_carry_their_category_and_supersede_older_ones(team
     left = Suggestion.objects.filter(image=image, status="pending").order_by("id")
     # v1's undecided suggestion at that place is superseded; the one elsewhere stays
     assert [(s.model_version, s.geometry["x"]) for s in left] == [(v1, 100.0), (v2, 11.0)]
+    # running the older version again (made active again): its run is the latest, it wins
+    run3 = InspectionRun.objects.create(
+        project=project, model_version=v1, image_ids=[image.pk], params={"score_threshold": 0.1}
+    )
+    suggestions_store(
+        image=image,
+        run=run3,
+        model_version=v1,
+        suggestions=[SuggestionIn(box=(12, 10, 20, 20), score=0.85, category="dent")],
+    )
+    left = Suggestion.objects.filter(image=image, status="pending").order_by("id")
+    assert [(s.model_version, s.geometry["x"]) for s in left] == [(v1, 12.0)]
+
+
+def test_the_queue_filters_by_source_and_new_runs_skip_what_a_detector_saw(
+    team, tmp_path, client_for
+):
+    from inspection.services.inspections import images_run_by, inspection_run_start
+
+    project = team["project"]
+    a = add_image(project, team["admin"], tmp_path, "a.png", size=(200, 100))
+    b = add_image(project, team["admin"], tmp_path, "b.png", size=(200, 100))
+    detector = ModelVersion.objects.create(
+        project=project, number=1, kind="detector", architecture="ppyoloe-sod-s",
+        status="ready", is_active=True,
+    )  # fmt: skip
+    anomaly = ModelVersion.objects.create(
+        project=project, number=1, kind="anomaly", architecture="padim", status="ready"
+    )
+    for version in (detector, anomaly):
+        run = InspectionRun.objects.create(
+            project=project, model_version=version, image_ids=[a.pk],
+            results={str(a.pk): {"suggestions": 1}},
+        )  # fmt: skip
+        suggestions_store(
+            image=a, run=run, model_version=version,
+            suggestions=[SuggestionIn(box=(10, 10, 20, 20), score=0.8)],
+        )  # fmt: skip
+    url = f"/api/projects/{project.pk}/suggestions/"
+    got = client_for(team["reviewer"]).get(url, {"source": "detector"}).json()["results"]
+    assert [(s["source"], s["model_version"]) for s in got] == [("detector", detector.pk)]
+    got = client_for(team["reviewer"]).get(url, {"source": "anomaly"}).json()["results"]
+    assert [s["source"] for s in got] == ["anomaly"]
+    assert images_run_by(detector) == {a.pk}
+    run = inspection_run_start(user=team["reviewer"], project=project, kind="detector")
+    assert run.image_ids == [b.pk] and run.params == {"score_threshold": 0.3}
 
 
 def test_the_form_asks_how_long_its_edits_would_take(team, tmp_path, client_for):

@@ -124,6 +124,7 @@ def test_the_sweep_command_runs_every_hook(team):
     assert set(maintenance.maintenance_hooks()) == {
         "requeue stale jobs",
         "fail jobs of removed kinds",
+        "fail model versions whose training ended",
         "delete expired export zips",
     }
 
@@ -157,3 +158,50 @@ def test_jobs_of_a_kind_that_no_longer_exists_fail_with_a_reason(team):
         assert job.finished_at
     fine.refresh_from_db()
     assert fine.status == "queued"
+
+
+def test_a_version_whose_training_job_ended_without_it_fails_and_loses_its_files(team):
+    """Cancelled before a worker took it, or given up after lost workers: the job body never
+    ran to say so, and a detector's checkpoint would stay forever."""
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from inspection.models import ModelVersion
+    from inspection.services.inspections import model_version_create, model_version_folder
+
+    version = model_version_create(
+        user=team["admin"],
+        project=team["project"],
+        kind="detector",
+        architecture="ppyoloe-sod-s",
+        params={},
+        image_ids=[],
+    )
+    folder = model_version_folder(version)
+    default_storage.save(f"{folder}/checkpoint-e3.pt", ContentFile(b"weights"))
+    maintenance.maintenance_run()
+    version.refresh_from_db()
+    assert version.status == "training"  # its job is still queued: nothing to say yet
+    Job.objects.filter(pk=version.job_id).update(status="cancelled")
+    maintenance.maintenance_run()
+    version.refresh_from_db()
+    assert version.status == "failed"
+    assert not default_storage.exists(f"{folder}/checkpoint-e3.pt")
+    assert ModelVersion.objects.filter(status="training").count() == 0
+
+
+def test_deleting_a_version_that_trains_cancels_its_job(team, client_for):
+    from inspection.services.inspections import model_version_create
+
+    version = model_version_create(
+        user=team["admin"],
+        project=team["project"],
+        kind="detector",
+        architecture="ppyoloe-sod-s",
+        params={},
+        image_ids=[],
+    )
+    Job.objects.filter(pk=version.job_id).update(status="running")
+    assert client_for(team["admin"]).delete(f"/api/models/{version.pk}/").status_code == 204
+    job = Job.objects.get(pk=version.job_id)
+    assert job.cancel_requested and job.status == "running"  # it stops at its next report

@@ -55,11 +55,9 @@ def train_anomaly_model(job, ctx: JobContext) -> dict:
             raise JobError("Fewer than 2 of the training images still exist; nothing to train on.")
         params = {k: v for k, v in version.params.items() if k != "model"}
         config = anomaly.recommended_config(**{"model": version.architecture, **params})
-        with tempfile.TemporaryDirectory(prefix="loupe-train-") as tmp, ExitStack() as stack:
+        with tempfile.TemporaryDirectory(prefix="loupe-train-") as tmp:
             paths = [
-                imaging.upright_copy(
-                    stack.enter_context(storage.local_copy(i.file.name)), i.orientation, tmp
-                )
+                imaging.upright_copy(storage.fetched(i.file.name, Path(tmp)), i.orientation, tmp)
                 for i in images
             ]
             how = f"tiles at scale {config.scale:g}" if config.scale else "whole images"
@@ -291,6 +289,8 @@ def _store_prediction(run, version, image, prediction, path, detect) -> dict:
     name = default_storage.save(
         f"{image.derived_prefix}/heatmaps/run-{run.pk}.png", ContentFile(buf.getvalue())
     )
+    # the detector runs before the transaction: no database lock is held while it computes
+    suggestions = _classified(prediction.regions, path, detect)
     with transaction.atomic():  # a savepoint: an image deleted meanwhile fails alone
         ImageHeatmap.objects.create(
             image=image,
@@ -303,7 +303,7 @@ def _store_prediction(run, version, image, prediction, path, detect) -> dict:
             image=image,
             run=run,
             model_version=version,
-            suggestions=_classified(prediction.regions, path, detect),
+            suggestions=suggestions,
         )
         image_update_status(image=image)
     return {

@@ -1,6 +1,12 @@
 """Job kinds 'detection_train' and 'detection_inspect': glue between the app and
 workers.detection. A detector trains on a frozen dataset version (its train split; its val
-split gives the per-epoch figures) and its sliced predictions become suggestions with categories.
+split gives the per-epoch figures) and its predictions become suggestions with categories.
+
+Checkpoints: training writes one after every epoch in the version's folder
+(``inspection.services.inspections.model_version_folder``). A worker that dies leaves it there
+and the re-queued job goes on from it; a training that ends (done, cancelled, failed) deletes it,
+and the maintenance hook that fails orphaned versions deletes the folder of the ones no job will
+finish.
 """
 
 from __future__ import annotations
@@ -9,11 +15,14 @@ import contextlib
 import json
 import logging
 import os
+import re
+import shutil
 import tempfile
-from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 from django.core.files.storage import default_storage
+from django.db import transaction
 
 from annotations.formats.coco import to_coco_dict
 from annotations.models import DatasetVersion
@@ -22,13 +31,19 @@ from annotations.services.image_state import image_update_status
 from annotations.services.suggestions import SuggestionIn, suggestions_store
 from inspection import imaging, storage
 from inspection.models import Image, InspectionRun, ModelVersion
-from inspection.services.inspections import model_version_make_active
+from inspection.services.inspections import (
+    DETECTION_SCORE_THRESHOLD,
+    active_model,
+    model_version_folder,
+    model_version_make_active,
+)
 from workers.tasks.runner import JobCancelled, JobContext, JobError, job_task
 
 logger = logging.getLogger(__name__)
 
 ARTIFACT = "model.pt"
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = re.compile(r"^checkpoint-e(\d+)\.pt$")
+RESULTS_EVERY = 8  # a run's per-image results are saved this often (a lost worker keeps them)
 
 
 def _library():
@@ -38,23 +53,25 @@ def _library():
     return detection
 
 
-def _prepare(version: ModelVersion, dataset: DatasetVersion, folder: Path, stack: ExitStack):
-    """COCO files of the version's train and val splits over upright local copies of its images;
+def _prepare(dataset: DatasetVersion, folder: Path):
+    """COCO files of a version's train and val splits over upright local copies of its images;
     returns (train json, val json or None, images folder, skipped image ids)."""
     ds = version_dataset_from_content(dataset.content)
     images = Image.objects.in_bulk([int(im.key) for im in ds.images])
     names, skipped = {}, []
     (folder / "images").mkdir()
     for im in ds.images:
+        if im.split not in ("train", "val"):
+            continue
         image = images.get(int(im.key))
-        if image is None or im.split not in ("train", "val"):
-            if image is None:
-                skipped.append(int(im.key))
+        if image is None:  # deleted since the freeze
+            skipped.append(int(im.key))
             continue
         try:
-            src = stack.enter_context(storage.local_copy(image.file.name))
+            src = storage.fetched(image.file.name, folder)
             upright = imaging.upright_copy(src, image.orientation, tempfile.mkdtemp(dir=folder))
-        except (OSError, FileNotFoundError):
+        except Exception:  # noqa: BLE001 - a missing or damaged file is left out, and listed
+            logger.warning("detector training: image %s left out", image.pk, exc_info=True)
             skipped.append(image.pk)
             continue
         name = f"{im.key}{Path(upright).suffix.lower()}"
@@ -79,52 +96,43 @@ def train_detector(job, ctx: JobContext) -> dict:
     detection = _library()
     version = ModelVersion.objects.select_related("project").get(pk=job.payload["model_version"])
     p = version.params
+    folder = model_version_folder(version)
     dataset = DatasetVersion.objects.filter(pk=p["dataset_version"]).first()
     if dataset is None:
-        _give_up(version, f"projects/{version.project_id}/models/detector-{version.pk}")
+        _give_up(version, folder)
         raise JobError(f"Dataset version {p['dataset_number']} no longer exists.")
-    prefix = f"projects/{version.project_id}/models/detector-{version.pk}"
     # a job run again after its worker died shows the epochs it had reported so far
     history: list[dict] = list((version.metrics or {}).get("history", []))
     try:
-        with tempfile.TemporaryDirectory(prefix="loupe-detector-") as tmp, ExitStack() as stack:
+        with tempfile.TemporaryDirectory(prefix="loupe-detector-") as tmp:
             work = Path(tmp)
             ctx.progress(
                 0.0, f"Collecting the images of dataset v{p['dataset_number']}", force=True
             )
-            train_json, val_json, image_root, skipped = _prepare(version, dataset, work, stack)
-            checkpoint = _checkpoint_path(prefix, work)
-            resumed = checkpoint.is_file()
+            train_json, val_json, image_root, skipped = _prepare(dataset, work)
+            checkpoint = _checkpoint_fetch(folder, work)
 
             def report(fraction: float, message: str, metrics: dict | None) -> None:
                 try:
                     ctx.progress(0.02 + 0.9 * fraction, message)
                 except JobCancelled:
                     raise detection.Cancelled() from None
-                if metrics is not None:  # an epoch ended: keep its figures and the checkpoint
+                if metrics is not None:  # an epoch ended: keep its figures and its checkpoint
                     history[:] = [h for h in history if h["epoch"] < metrics["epoch"]]
                     history.append(metrics)
-                    ModelVersion.objects.filter(pk=version.pk).update(
-                        metrics={"history": history, "training": True}
-                    )
-                    _checkpoint_save(prefix, checkpoint)
+                    ModelVersion.objects.filter(pk=version.pk).update(metrics={"history": history})
+                    _checkpoint_store(folder, checkpoint, metrics["epoch"])
 
-            ctx.progress(
-                0.02,
-                ("Resuming" if resumed else "Training")
-                + f" {version.architecture} on {len(version.image_ids)} images",
-                force=True,
-            )
             with open(train_json) as fh:
                 num_classes = len(json.load(fh)["categories"])
-            result = detection.train(
-                train_json,
-                work / "model" / ARTIFACT,
-                image_root=image_root,
-                model_config=detection.model_config_for(
+            train = {
+                "train_json": train_json,
+                "output": work / "model" / ARTIFACT,
+                "image_root": image_root,
+                "model_config": detection.model_config_for(
                     p["backbone"], num_classes, eval_size=p["input_size"]
                 ),
-                train_config=detection.TrainConfig(
+                "train_config": detection.TrainConfig(
                     epochs=p["epochs"],
                     batch_size=p["batch_size"],
                     crop_size=p["input_size"] if p["slice"] else None,
@@ -132,20 +140,35 @@ def train_detector(job, ctx: JobContext) -> dict:
                     max_iters_per_epoch=p.get("iterations_per_epoch"),
                     seed=p.get("seed", 0),
                 ),
-                progress=report,
-                val_json=val_json,
-                val_image_root=image_root if val_json else None,
-                eval_slice_size=p["input_size"],
-                checkpoint=checkpoint,
+                "progress": report,
+                "val_json": val_json,
+                "val_image_root": image_root if val_json else None,
+                "eval_slice_size": p["input_size"],
+                "checkpoint": checkpoint,
+            }
+            what = f"{version.architecture} on {len(version.image_ids)} images"
+            ctx.progress(
+                0.02, ("Resuming " if checkpoint.is_file() else "Training ") + what, force=True
             )
+            try:
+                result = detection.train(**train)
+            except detection.CheckpointError as exc:
+                # the training set changed under a lost worker (an image deleted meanwhile):
+                # its checkpoint cannot be continued, so the training starts again, once
+                logger.warning("detector %s: checkpoint not continued (%s)", version.pk, exc)
+                checkpoint.unlink(missing_ok=True)
+                _checkpoint_delete(folder)
+                history.clear()
+                ctx.progress(0.02, f"Training {what} again: {exc}"[:500], force=True)
+                result = detection.train(**train)
             history = result.history
             model_dir = work / "model"
             ctx.progress(0.94, "Exporting the detector for CPU inference (ONNX)", force=True)
             exports = _export(detection, model_dir / ARTIFACT)
-            storage.save_tree(model_dir, prefix)
-        _checkpoint_delete(prefix)
+            storage.save_tree(model_dir, folder)
+        _checkpoint_delete(folder)
         last = next((h for h in reversed(history) if "map50" in h), {})
-        version.artifact = f"{prefix}/{ARTIFACT}"
+        version.artifact = f"{folder}/{ARTIFACT}"
         version.metrics = {
             "history": history,
             "map": last.get("map"),
@@ -162,15 +185,16 @@ def train_detector(job, ctx: JobContext) -> dict:
         version.status = ModelVersion.Status.READY
         version.save(update_fields=["artifact", "metrics", "status"])
     except detection.Cancelled:
-        _give_up(version, prefix)
+        _give_up(version, folder)
         raise JobCancelled() from None
     except detection.DetectionError as exc:
-        _give_up(version, prefix)
+        _give_up(version, folder)
         raise JobError(str(exc)) from None
-    except BaseException:
-        # cancelled, or failed; a worker that dies runs none of this: the version stays
-        # 'training' and its checkpoint stays, so the re-queued job resumes from the last epoch
-        _give_up(version, prefix)
+    except Exception:
+        # cancelled or failed. Not for SystemExit and the like (a worker shutting down) and
+        # not when the worker dies: the version stays 'training' with its checkpoint, so the
+        # re-queued job goes on from the last epoch.
+        _give_up(version, folder)
         raise
     if job.payload.get("activate", True):
         model_version_make_active(model_version=version)  # the role was checked when asked
@@ -185,39 +209,49 @@ def train_detector(job, ctx: JobContext) -> dict:
     }
 
 
-def _give_up(version: ModelVersion, prefix: str) -> None:
+def _give_up(version: ModelVersion, folder: str) -> None:
     ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.FAILED)
-    _checkpoint_delete(prefix)
+    _checkpoint_delete(folder)
 
 
-def _checkpoint_path(prefix: str, work: Path) -> Path:
-    """Where training keeps its checkpoint: in storage itself when it is local disk; else a
-    local copy (downloaded when a lost worker's job runs again)."""
-    name = f"{prefix}/{CHECKPOINT}"
-    if storage.is_local():
-        path = Path(default_storage.path(name))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-    local = work / CHECKPOINT
-    if default_storage.exists(name):
-        with default_storage.open(name, "rb") as src, open(local, "wb") as dst:
-            dst.write(src.read())
+def _checkpoints(folder: str) -> list[tuple[int, str]]:
+    """(epoch, storage name) of the checkpoints stored in ``folder``, newest last."""
+    try:
+        _dirs, files = default_storage.listdir(folder)
+    except (FileNotFoundError, NotImplementedError):
+        return []
+    found = [(int(m.group(1)), f"{folder}/{f}") for f in files if (m := CHECKPOINT.match(f))]
+    return sorted(found)
+
+
+def _checkpoint_fetch(folder: str, work: Path) -> Path:
+    """The local file training keeps its checkpoint in: the newest stored one, copied down
+    (a lost worker's job going on), or a path that does not exist yet."""
+    local = work / "checkpoint.pt"
+    stored = _checkpoints(folder)
+    if stored:
+        with default_storage.open(stored[-1][1], "rb") as src, open(local, "wb") as dst:
+            shutil.copyfileobj(src, dst)
     return local
 
 
-def _checkpoint_save(prefix: str, path: Path) -> None:
-    if storage.is_local() or not path.is_file():
+def _checkpoint_store(folder: str, path: Path, epoch: int) -> None:
+    """Keep the epoch's checkpoint in storage: written under a new name, then the older ones
+    deleted, so a worker killed while uploading still leaves a whole one."""
+    if not path.is_file():
         return
-    name = f"{prefix}/{CHECKPOINT}"
-    with contextlib.suppress(OSError):
-        default_storage.delete(name)
     with open(path, "rb") as fh:
-        default_storage.save(name, fh)
+        name = default_storage.save(f"{folder}/checkpoint-e{epoch}.pt", fh)
+    for _epoch, older in _checkpoints(folder):
+        if older != name:
+            with contextlib.suppress(OSError):
+                default_storage.delete(older)
 
 
-def _checkpoint_delete(prefix: str) -> None:
-    with contextlib.suppress(OSError):
-        default_storage.delete(f"{prefix}/{CHECKPOINT}")
+def _checkpoint_delete(folder: str) -> None:
+    for _epoch, name in _checkpoints(folder):
+        with contextlib.suppress(OSError):
+            default_storage.delete(name)
 
 
 def _export(detection, artifact: Path) -> dict:
@@ -239,8 +273,8 @@ def run_detection(job, ctx: JobContext) -> dict:
     version = run.model_version
     if version is None or not version.artifact:
         raise JobError("The model version of this run was deleted; start a new run.")
-    p = version.params
-    threshold = float((run.params or {}).get("score_threshold", 0.3))
+    threshold = float((run.params or {}).get("score_threshold", DETECTION_SCORE_THRESHOLD))
+    names = _category_names(version)
     ids = list(dict.fromkeys(run.image_ids))
     results: dict[str, dict] = {}
     made = failed = 0
@@ -252,17 +286,16 @@ def run_detection(job, ctx: JobContext) -> dict:
         try:
             for n, image_id in enumerate(ids):
                 image = Image.objects.filter(pk=image_id).first()
-                if image is None:
-                    results[str(image_id)] = {"error": "the image was deleted before it was run"}
-                    failed += 1
-                    continue
-                ctx.progress(n / max(len(ids), 1), f"{image.original_name} ({n + 1}/{len(ids)})")
-                outcome = _detect_one(detector, run, version, image, p, threshold)
-                results[str(image_id)] = outcome
-                if "error" in outcome:
-                    failed += 1
+                if image is not None:
+                    ctx.progress(n / len(ids), f"{image.original_name} ({n + 1}/{len(ids)})")
+                    outcome = _detect_one(detector, run, version, image, threshold, names)
                 else:
-                    made += outcome["suggestions"]
+                    outcome = {"error": "the image was deleted before it was run"}
+                results[str(image_id)] = outcome
+                failed += "error" in outcome
+                made += outcome.get("suggestions", 0)
+                if n % RESULTS_EVERY == RESULTS_EVERY - 1:
+                    InspectionRun.objects.filter(pk=run.pk).update(results=results)
         finally:  # partial results survive a crash, a cancel or an unexpected error
             InspectionRun.objects.filter(pk=run.pk).update(results=results)
     if ids and failed == len(ids):
@@ -277,6 +310,21 @@ def run_detection(job, ctx: JobContext) -> dict:
         "message": f"{len(ids) - failed} image(s) run, {made} suggestion(s)"
         + (f", {failed} failed" if failed else ""),
     }
+
+
+def _category_names(version: ModelVersion) -> dict[str, str]:
+    """The detector's category name -> the project's category's name now: matched by the id
+    recorded at training, so a category renamed since still gets the detector's boxes (by name
+    for versions trained before ids were recorded)."""
+    from annotations.models import DefectCategory
+
+    ids = version.params.get("category_ids") or {}
+    now = dict(
+        DefectCategory.objects.filter(pk__in=ids.values(), project_id=version.project_id)
+        .values_list("pk", "name")
+        .iterator()
+    )
+    return {trained: now[pk] for trained, pk in ids.items() if pk in now}
 
 
 def _predict(detector, path: Path, p: dict, threshold: float) -> list:
@@ -296,15 +344,15 @@ def _predict(detector, path: Path, p: dict, threshold: float) -> list:
 
 @contextlib.contextmanager
 def active_detector(project):
-    """``detect(upright image path) -> detections`` of the project's active detector, or None
-    when it has none (for the anomaly job, which classifies its regions with it)."""
-    from inspection.services.inspections import DETECTION_SCORE_THRESHOLD, active_model
-
+    """``detect(upright image path) -> detections`` of the project's active detector (category
+    names as the project calls them now), or None when it has none. For the anomaly job, which
+    classifies its regions with it."""
     version = active_model(project, ModelVersion.Kind.DETECTOR)
     if version is None or not version.artifact:
         yield None
         return
     detection = _library()
+    names = _category_names(version)
     with storage.local_tree(str(Path(version.artifact).parent)) as model_dir:
         try:
             detector = detection.load_detector(model_dir / Path(version.artifact).name)
@@ -312,23 +360,45 @@ def active_detector(project):
             logger.exception("the active detector %s could not be loaded", version.pk)
             yield None
             return
-        yield lambda path: _predict(detector, path, version.params, DETECTION_SCORE_THRESHOLD)
+
+        def detect(path: Path) -> list:
+            found = _predict(detector, path, version.params, DETECTION_SCORE_THRESHOLD)
+            return [_renamed(d, names) for d in found]
+
+        yield detect
 
 
-def _detect_one(detector, run, version, image, p: dict, threshold: float) -> dict:
+def _renamed(detection, names: dict[str, str]):
+    name = names.get(detection.category_name)
+    if name is None or name == detection.category_name:
+        return detection
+    return replace(detection, category_name=name)
+
+
+def _detect_one(detector, run, version, image, threshold: float, names: dict) -> dict:
     try:
-        with tempfile.TemporaryDirectory(prefix="loupe-detect-") as tmp, ExitStack() as stack:
-            src = stack.enter_context(storage.local_copy(image.file.name))
+        with tempfile.TemporaryDirectory(prefix="loupe-detect-") as tmp:
+            src = storage.fetched(image.file.name, Path(tmp))
             path = imaging.upright_copy(src, image.orientation, tmp)
-            found = _predict(detector, path, p, threshold)
+            found = [
+                _renamed(d, names) for d in _predict(detector, path, version.params, threshold)
+            ]
     except Exception as exc:  # noqa: BLE001 - a missing or unreadable file fails alone
         logger.warning("detection: image %s failed: %s", image.pk, exc)
-        return {"error": f"{image.original_name}: {type(exc).__name__}: {exc}"[:300]}
-    stored = suggestions_store(
-        image=image,
-        run=run,
-        model_version=version,
-        suggestions=[SuggestionIn.from_detection(d) for d in found],
-    )
-    image_update_status(image=image)
+        reason = "it is missing" if isinstance(exc, FileNotFoundError) else type(exc).__name__
+        return {"error": f"{image.original_name}: {reason}"}
+    try:
+        with transaction.atomic():  # a savepoint: an image deleted meanwhile fails alone
+            stored = suggestions_store(
+                image=image,
+                run=run,
+                model_version=version,
+                suggestions=[SuggestionIn.from_detection(d) for d in found],
+            )
+            image_update_status(image=image)
+    except Exception as exc:  # noqa: BLE001 - deleted meanwhile, storage full...
+        if not Image.objects.filter(pk=image.pk).exists():
+            return {"error": "the image was deleted while it was run"}
+        logger.exception("detection: storing the result of image %s failed", image.pk)
+        return {"error": f"the result could not be stored ({type(exc).__name__})"}
     return {"detections": len(found), "suggestions": len(stored)}

@@ -11,7 +11,7 @@ import torch
 from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
-from annotations.models import Suggestion
+from annotations.models import DefectCategory, Suggestion
 from annotations.services.categories import category_create
 from annotations.services.dataset_versions import dataset_version_freeze
 from annotations.services.detectors import BACKBONES, detector_train
@@ -117,9 +117,15 @@ def test_train_activate_detect_and_suggest_with_categories(team, version):
     job = Job.objects.get(pk=model.job_id)
     assert job.message.startswith(f"ppyoloe-sod-s v{model.number}: 2 epochs")
 
-    run = inspection_run_start(user=team["reviewer"], project=team["project"], kind="detector",
-                               scope="selected", image_ids=list(version.content and
-                               Image.objects.values_list("id", flat=True)))  # fmt: skip
+    # a category renamed after the training still gets the detector's boxes (matched by id)
+    DefectCategory.objects.filter(project=team["project"], name="red").update(name="Red spot")
+    run = inspection_run_start(
+        user=team["reviewer"],
+        project=team["project"],
+        kind="detector",
+        scope="selected",
+        image_ids=list(Image.objects.values_list("id", flat=True)),
+    )
     assert run.model_version == model and run.job.kind == "detection_inspect"
     # two iterations teach little: keep every box the network gives, to see them stored
     InspectionRun.objects.filter(pk=run.pk).update(params={"score_threshold": 0.0})
@@ -128,7 +134,8 @@ def test_train_activate_detect_and_suggest_with_categories(team, version):
     assert len(run.results) == 6 and all("detections" in r for r in run.results.values())
     made = Suggestion.objects.filter(run=run)
     assert made.exists()
-    assert {s.category.name for s in made} <= {"red", "blue"} and all(s.kind == "box" for s in made)
+    assert {s.category.name for s in made} <= {"Red spot", "blue"}
+    assert all(s.kind == "box" for s in made) and None not in {s.category for s in made}
     assert all(s.model_version_id == model.pk for s in made)
     assert all(s.proposed_category == s.category and s.category_score is not None for s in made)
 
@@ -138,7 +145,7 @@ def test_train_activate_detect_and_suggest_with_categories(team, version):
     image = Image.objects.filter(project=team["project"]).first()
     with active_detector(team["project"]) as detect:
         boxes = detect(Path(default_storage.path(image.file.name)))
-    assert isinstance(boxes, list) and all(b.category_name in {"red", "blue"} for b in boxes)
+    assert isinstance(boxes, list) and all(b.category_name in {"Red spot", "blue"} for b in boxes)
 
 
 def test_a_training_whose_dataset_version_is_gone_fails_with_the_reason(team, version):
@@ -182,3 +189,33 @@ def test_anomaly_regions_take_the_category_of_the_detector_box_covering_them(tmp
         raise RuntimeError("runtime gone")
 
     assert [s.category for s in _classified(regions, tmp_path / "a.png", broken)] == [""] * 3
+
+
+def test_a_checkpoint_that_cannot_be_continued_starts_the_training_again(team, version):
+    """Left by a lost worker, but the training set changed since (or the file is damaged): the
+    job trains from epoch 1 again rather than failing or mixing two trainings."""
+    from django.core.files.base import ContentFile
+
+    from inspection.services.inspections import model_version_folder
+
+    model = detector_train(
+        user=team["admin"],
+        project=team["project"],
+        version=version,
+        params={
+            "backbone": "s",
+            "input_size": 160,
+            "epochs": 1,
+            "batch_size": 2,
+            "iterations_per_epoch": 1,
+        },
+    )
+    folder = model_version_folder(model)
+    default_storage.save(f"{folder}/checkpoint-e1.pt", ContentFile(b"not a checkpoint"))
+    assert run_job(str(model.job_id), train_detector.body) == "succeeded"
+    job = Job.objects.get(pk=model.job_id)
+    assert job.result["resumed_after_epoch"] == 0
+    model.refresh_from_db()
+    assert model.status == "ready" and [h["epoch"] for h in model.metrics["history"]] == [1]
+    _dirs, files = default_storage.listdir(folder)
+    assert not [f for f in files if f.startswith("checkpoint")]
