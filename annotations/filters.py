@@ -1,7 +1,8 @@
 """FilterSets shared by the HTML pages and the API: the image grid (by labels), labels, suggestions."""
 
 import django_filters
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, F, OuterRef, Value
+from django.db.models.functions import Abs, Coalesce, Least
 
 from annotations.models import Annotation, Suggestion
 from inspection.models import Image, ModelVersion
@@ -66,6 +67,15 @@ class AnnotationFilter(django_filters.FilterSet):
 
 class SuggestionFilter(django_filters.FilterSet):
     status = django_filters.ChoiceFilter(choices=Suggestion.Status.choices)
+    order = django_filters.ChoiceFilter(
+        choices=[
+            ("score", "Highest score first"),
+            ("uncertainty", "Most uncertain first"),
+            ("image", "Image by image"),
+        ],
+        method="filter_order",
+        label="Order",
+    )
     source = django_filters.ChoiceFilter(
         field_name="model_version__kind",
         choices=ModelVersion.Kind.choices,
@@ -82,6 +92,7 @@ class SuggestionFilter(django_filters.FilterSet):
         model = Suggestion
         fields = [
             "status",
+            "order",
             "source",
             "run",
             "model_version",
@@ -90,3 +101,17 @@ class SuggestionFilter(django_filters.FilterSet):
             "score_min",
             "score_max",
         ]
+
+    def filter_order(self, queryset, name, value):
+        """``uncertainty``: scores nearest the decision (0.5 is the calibrated threshold of an
+        anomaly model and the middle of a detector's confidence), counting the detector's
+        confidence in a proposed category too: what a reviewer's decision teaches most."""
+        if value == "uncertainty":
+            doubt = Least(
+                Abs(F("score") - 0.5),
+                Coalesce(Abs(F("category_score") - 0.5), Value(1.0)),
+            )
+            return queryset.annotate(doubt=doubt).order_by("doubt", "-score", "id")
+        if value == "image":
+            return queryset.order_by("image_id", "-score", "id")
+        return queryset.order_by("-score", "id")

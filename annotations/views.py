@@ -175,7 +175,17 @@ def review_page(request, pk):
     filters = {
         k: v
         for k, v in request.GET.items()
-        if k in ("source", "run", "model_version", "image", "category", "score_min", "score_max")
+        if k
+        in (
+            "order",
+            "source",
+            "run",
+            "model_version",
+            "image",
+            "category",
+            "score_min",
+            "score_max",
+        )
         and v
     }
     data = {

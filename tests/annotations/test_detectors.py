@@ -269,3 +269,32 @@ def test_the_run_page_says_how_often_reviewers_keep_the_detectors_category(
     client.force_login(team["reviewer"])
     page = client.get(f"/runs/{run.pk}/").content.decode()
     assert "1 of 2 accepted (0.500)" in page
+
+
+def test_the_queue_can_put_the_most_uncertain_suggestions_first(team, tmp_path, client_for):
+    project = team["project"]
+    image = add_image(project, team["admin"], tmp_path, "a.png", size=(300, 100))
+    category_create(user=team["admin"], project=project, name="dent")
+    model = ModelVersion.objects.create(
+        project=project, number=1, kind="detector", architecture="ppyoloe-sod-s", status="ready"
+    )
+    run = InspectionRun.objects.create(project=project, model_version=model, image_ids=[image.pk])
+    suggestions_store(
+        image=image,
+        run=run,
+        model_version=model,
+        suggestions=[
+            SuggestionIn(box=(10, 10, 20, 20), score=0.95),  # sure
+            SuggestionIn(box=(60, 10, 20, 20), score=0.52),  # on the edge
+            SuggestionIn(box=(110, 10, 20, 20), score=0.9, category="dent", category_score=0.45),
+            SuggestionIn(box=(160, 10, 20, 20), score=0.7),
+        ],
+    )
+    url = f"/api/projects/{project.pk}/suggestions/"
+    order = [
+        s["score"]
+        for s in client_for(team["reviewer"]).get(url, {"order": "uncertainty"}).json()["results"]
+    ]
+    assert order == [0.52, 0.9, 0.7, 0.95]  # 0.9's category is the uncertain part
+    by_score = client_for(team["reviewer"]).get(url).json()["results"]
+    assert [s["score"] for s in by_score] == [0.95, 0.9, 0.7, 0.52]
