@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from annotations import selectors
 from annotations.figures import curve_svg_points, run_figures
-from annotations.filters import ImageFilter
+from annotations.filters import ImageFilter, SuggestionFilter
 from annotations.models import DatasetVersion, DefectCategory, Review
 from annotations.services import categories as category_services
 from annotations.services.dataset_export import JOB_KIND as EXPORT_KIND
@@ -175,18 +175,7 @@ def review_page(request, pk):
     filters = {
         k: v
         for k, v in request.GET.items()
-        if k
-        in (
-            "order",
-            "source",
-            "run",
-            "model_version",
-            "image",
-            "category",
-            "score_min",
-            "score_max",
-        )
-        and v
+        if k in SuggestionFilter.Meta.fields and k != "status" and v  # the queue is pending
     }
     data = {
         "project": project.pk,

@@ -160,16 +160,11 @@ def test_jobs_of_a_kind_that_no_longer_exists_fail_with_a_reason(team):
     assert fine.status == "queued"
 
 
-def test_a_version_whose_training_job_ended_without_it_fails_and_loses_its_files(team):
-    """Cancelled before a worker took it, or given up after lost workers: the job body never
-    ran to say so, and a detector's checkpoint would stay forever."""
-    from django.core.files.base import ContentFile
-    from django.core.files.storage import default_storage
+def training_detector(team):
+    """A detector version whose training job is queued."""
+    from inspection.services.inspections import model_version_create
 
-    from inspection.models import ModelVersion
-    from inspection.services.inspections import model_version_create, model_version_folder
-
-    version = model_version_create(
+    return model_version_create(
         user=team["admin"],
         project=team["project"],
         kind="detector",
@@ -177,6 +172,18 @@ def test_a_version_whose_training_job_ended_without_it_fails_and_loses_its_files
         params={},
         image_ids=[],
     )
+
+
+def test_a_version_whose_training_job_ended_without_it_fails_and_loses_its_files(team):
+    """Cancelled before a worker took it, or given up after lost workers: the job body never
+    ran to say so, and a detector's checkpoint would stay forever."""
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from inspection.models import ModelVersion
+    from inspection.services.inspections import model_version_folder
+
+    version = training_detector(team)
     folder = model_version_folder(version)
     default_storage.save(f"{folder}/checkpoint-e3.pt", ContentFile(b"weights"))
     maintenance.maintenance_run()
@@ -191,16 +198,7 @@ def test_a_version_whose_training_job_ended_without_it_fails_and_loses_its_files
 
 
 def test_deleting_a_version_that_trains_cancels_its_job(team, client_for):
-    from inspection.services.inspections import model_version_create
-
-    version = model_version_create(
-        user=team["admin"],
-        project=team["project"],
-        kind="detector",
-        architecture="ppyoloe-sod-s",
-        params={},
-        image_ids=[],
-    )
+    version = training_detector(team)
     Job.objects.filter(pk=version.job_id).update(status="running")
     assert client_for(team["admin"]).delete(f"/api/models/{version.pk}/").status_code == 204
     job = Job.objects.get(pk=version.job_id)

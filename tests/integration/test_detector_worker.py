@@ -7,7 +7,7 @@ import pytest
 from annotations.services.detectors import detector_train
 from inspection.models import Job, ModelVersion
 from tests.conftest import wait_for_job
-from tests.workers.tasks.test_detection import squares_version
+from tests.workers.tasks.test_detection import TINY, squares_version
 
 pytestmark = pytest.mark.integration
 
@@ -22,13 +22,7 @@ def test_a_worker_killed_mid_training_resumes_from_the_last_epoch(
         user=team["admin"],
         project=team["project"],
         version=version,
-        params={
-            "backbone": "s",
-            "input_size": 160,
-            "epochs": 3,
-            "batch_size": 2,
-            "iterations_per_epoch": 6,
-        },
+        params={**TINY, "epochs": 3, "iterations_per_epoch": 6},
     )
     deadline = time.time() + 300
     while time.time() < deadline:

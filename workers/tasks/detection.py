@@ -55,7 +55,8 @@ def _library():
 
 def _prepare(dataset: DatasetVersion, folder: Path):
     """COCO files of a version's train and val splits over upright local copies of its images;
-    returns (train json, val json or None, images folder, skipped image ids)."""
+    returns (train json, val json or None, images folder, skipped image ids, the val images'
+    longest side)."""
     ds = version_dataset_from_content(dataset.content)
     images = Image.objects.in_bulk([int(im.key) for im in ds.images])
     names, skipped = {}, []
@@ -88,7 +89,8 @@ def _prepare(dataset: DatasetVersion, folder: Path):
             files[split].write_text(json.dumps(to_coco_dict(part, file_names=names)))
     if "train" not in files:
         raise JobError("None of the version's train images is stored any more.")
-    return files["train"], files.get("val"), folder / "images", skipped
+    val_side = max((max(im.width, im.height) for im in ds.subset("val").images), default=0)
+    return files["train"], files.get("val"), folder / "images", skipped, val_side
 
 
 @job_task("detection_train", queue="gpu", label="Detector training")
@@ -109,7 +111,7 @@ def train_detector(job, ctx: JobContext) -> dict:
             ctx.progress(
                 0.0, f"Collecting the images of dataset v{p['dataset_number']}", force=True
             )
-            train_json, val_json, image_root, skipped = _prepare(dataset, work)
+            train_json, val_json, image_root, skipped, val_side = _prepare(dataset, work)
             checkpoint = _checkpoint_fetch(folder, work)
 
             def report(fraction: float, message: str, metrics: dict | None) -> None:
@@ -143,7 +145,9 @@ def train_detector(job, ctx: JobContext) -> dict:
                 "progress": report,
                 "val_json": val_json,
                 "val_image_root": image_root if val_json else None,
-                "eval_slice_size": p["input_size"],
+                # judged as it will predict: slices of its input size, or each whole image
+                # resized (one slice as large as the largest val image)
+                "eval_slice_size": p["input_size"] if p["slice"] else max(val_side, 32),
                 "checkpoint": checkpoint,
             }
             what = f"{version.architecture} on {len(version.image_ids)} images"
