@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,11 +120,12 @@ def train_detector(job, ctx: JobContext) -> dict:
                     ctx.progress(0.02 + 0.9 * fraction, message)
                 except JobCancelled:
                     raise detection.Cancelled() from None
-                if metrics is not None:  # an epoch ended: keep its figures and its checkpoint
+                if metrics is not None:  # an epoch ended: keep its checkpoint and its figures
+                    # in that order: an epoch shown as done can always be continued from
+                    _checkpoint_store(folder, checkpoint, metrics["epoch"])
                     history[:] = [h for h in history if h["epoch"] < metrics["epoch"]]
                     history.append(metrics)
                     ModelVersion.objects.filter(pk=version.pk).update(metrics={"history": history})
-                    _checkpoint_store(folder, checkpoint, metrics["epoch"])
 
             with open(train_json) as fh:
                 num_classes = len(json.load(fh)["categories"])
@@ -229,13 +231,23 @@ def _checkpoints(folder: str) -> list[tuple[int, str]]:
 
 
 def _checkpoint_fetch(folder: str, work: Path) -> Path:
-    """The local file training keeps its checkpoint in: the newest stored one, copied down
-    (a lost worker's job going on), or a path that does not exist yet."""
+    """The local file training keeps its checkpoint in: the newest whole stored one, copied down
+    (a lost worker's job going on), or a path that does not exist yet.
+
+    Storage writes are not atomic (FileSystemStorage writes the final name chunk by chunk): a
+    worker killed while uploading epoch N's checkpoint leaves a truncated file beside epoch N-1's
+    whole one. A torch checkpoint is a zip archive whose directory is written last, so a
+    truncated one is not a zip file: it is deleted and the one before it is used."""
     local = work / "checkpoint.pt"
-    stored = _checkpoints(folder)
-    if stored:
-        with default_storage.open(stored[-1][1], "rb") as src, open(local, "wb") as dst:
+    for epoch, name in reversed(_checkpoints(folder)):
+        with default_storage.open(name, "rb") as src, open(local, "wb") as dst:
             shutil.copyfileobj(src, dst)
+        if zipfile.is_zipfile(local):
+            return local
+        logger.warning("checkpoint %s (epoch %s) is truncated; deleting it", name, epoch)
+        local.unlink()
+        with contextlib.suppress(OSError):
+            default_storage.delete(name)
     return local
 
 

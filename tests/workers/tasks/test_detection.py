@@ -3,6 +3,8 @@ iterations on tiny images), activate, run sliced detection, suggestions with cat
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -201,11 +203,60 @@ def test_a_checkpoint_that_cannot_be_continued_starts_the_training_again(team, v
         params={**TINY, "epochs": 1, "iterations_per_epoch": 1},
     )
     folder = model_version_folder(model)
-    default_storage.save(f"{folder}/checkpoint-e1.pt", ContentFile(b"not a checkpoint"))
+    foreign = io.BytesIO()
+    with zipfile.ZipFile(foreign, "w") as zf:  # whole, but not a torch checkpoint
+        zf.writestr("data.txt", "not a checkpoint")
+    default_storage.save(f"{folder}/checkpoint-e1.pt", ContentFile(foreign.getvalue()))
     assert run_job(str(model.job_id), train_detector.body) == "succeeded"
     job = Job.objects.get(pk=model.job_id)
     assert job.result["resumed_after_epoch"] == 0
     model.refresh_from_db()
     assert model.status == "ready" and [h["epoch"] for h in model.metrics["history"]] == [1]
+    _dirs, files = default_storage.listdir(folder)
+    assert not [f for f in files if f.startswith("checkpoint")]
+
+
+def test_a_checkpoint_cut_short_by_a_lost_worker_falls_back_to_the_one_before(
+    team, version, monkeypatch
+):
+    """Storage writes a checkpoint under its final name chunk by chunk: a worker killed while
+    uploading epoch 2's leaves a truncated file beside epoch 1's whole one. The re-queued job
+    goes on after epoch 1 (and the truncated file goes), not from zero."""
+    from django.core.files.base import ContentFile
+
+    from inspection.services.inspections import model_version_folder
+    from workers.tasks import detection as task_module
+
+    model = detector_train(
+        user=team["admin"],
+        project=team["project"],
+        version=version,
+        params={**TINY, "epochs": 3, "iterations_per_epoch": 1},
+    )
+    folder = model_version_folder(model)
+    store = task_module._checkpoint_store
+
+    def store_then_die_uploading_the_next(folder_, path, epoch):
+        store(folder_, path, epoch)
+        default_storage.save(
+            f"{folder_}/checkpoint-e{epoch + 1}.pt", ContentFile(path.read_bytes()[:1000])
+        )
+        raise SystemExit("worker killed")  # not an Exception: nothing cleans up, as on SIGKILL
+
+    monkeypatch.setattr(task_module, "_checkpoint_store", store_then_die_uploading_the_next)
+    with pytest.raises(SystemExit):
+        run_job(str(model.job_id), train_detector.body)
+    monkeypatch.setattr(task_module, "_checkpoint_store", store)
+    _dirs, files = default_storage.listdir(folder)
+    assert sorted(f for f in files if f.startswith("checkpoint")) == [
+        "checkpoint-e1.pt",
+        "checkpoint-e2.pt",
+    ]
+    Job.objects.filter(pk=model.job_id).update(status="queued")  # as the stale sweep does
+    assert run_job(str(model.job_id), train_detector.body) == "succeeded"
+    job = Job.objects.get(pk=model.job_id)
+    assert job.result["resumed_after_epoch"] == 1 and job.attempts == 2
+    model.refresh_from_db()
+    assert [h["epoch"] for h in model.metrics["history"]] == [1, 2, 3]
     _dirs, files = default_storage.listdir(folder)
     assert not [f for f in files if f.startswith("checkpoint")]
