@@ -1,11 +1,21 @@
 """FilterSets shared by the HTML pages and the API: the image grid (by labels), labels, suggestions."""
 
 import django_filters
-from django.db.models import Exists, F, OuterRef, Value
+from django.db.models import Exists, F, FloatField, OuterRef, Subquery, Value
 from django.db.models.functions import Abs, Coalesce, Least
 
 from annotations.models import Annotation, Suggestion
-from inspection.models import Image, ModelVersion
+from inspection.models import Image, ImageHeatmap, ModelVersion
+
+# How far a model's output is from its decision: 0 is a coin toss, 0.5 is sure. 0.5 is the
+# calibrated threshold of an anomaly model (suggestion and image scores) and the middle of a
+# detector's confidence; a detector's confidence in the category it proposes counts too.
+# Shared by the review queue's "most uncertain first" and the image grid's "label next".
+SUGGESTION_DOUBT = Least(
+    Abs(F("score") - 0.5),
+    Coalesce(Abs(F("category_score") - 0.5), Value(1.0)),
+)
+NO_MODEL_OUTPUT = 9.0  # ranks images no model has looked at after every one it has
 
 
 class ImageFilter(django_filters.FilterSet):
@@ -26,10 +36,25 @@ class ImageFilter(django_filters.FilterSet):
         field_name="original_name", lookup_expr="icontains", label="Name"
     )
     group = django_filters.CharFilter(field_name="source_group", label="Source folder")
+    order = django_filters.ChoiceFilter(
+        choices=[("upload", "Upload order"), ("uncertainty", "Most uncertain first")],
+        method="filter_order",
+        label="Order",
+        empty_label=None,
+    )
 
     class Meta:
         model = Image
-        fields = ["state", "split", "category", "name", "group"]
+        fields = ["state", "split", "category", "name", "group", "order"]
+
+    def filter_order(self, queryset, name, value):
+        """``uncertainty`` ("label next"): the images whose labels would teach the models most
+        first, i.e. those whose most doubtful output is nearest the decision: a pending
+        suggestion's score or proposed category's confidence, or the latest heatmap's image
+        score. Images no model has looked at come last, in upload order."""
+        if value != "uncertainty":
+            return queryset.order_by("id")
+        return uncertainty_ranked(queryset)
 
     @staticmethod
     def _labels():
@@ -103,15 +128,34 @@ class SuggestionFilter(django_filters.FilterSet):
         ]
 
     def filter_order(self, queryset, name, value):
-        """``uncertainty``: scores nearest the decision (0.5 is the calibrated threshold of an
-        anomaly model and the middle of a detector's confidence), counting the detector's
-        confidence in a proposed category too: what a reviewer's decision teaches most."""
+        """``uncertainty``: scores nearest the decision (SUGGESTION_DOUBT): what a reviewer's
+        decision teaches most."""
         if value == "uncertainty":
-            doubt = Least(
-                Abs(F("score") - 0.5),
-                Coalesce(Abs(F("category_score") - 0.5), Value(1.0)),
-            )
-            return queryset.annotate(doubt=doubt).order_by("doubt", "-score", "id")
+            return queryset.annotate(doubt=SUGGESTION_DOUBT).order_by("doubt", "-score", "id")
         if value == "image":
             return queryset.order_by("image_id", "-score", "id")
         return queryset.order_by("-score", "id")
+
+
+def uncertainty_ranked(images):
+    """``images`` annotated with ``doubt`` (SUGGESTION_DOUBT of their most doubtful pending
+    suggestion or the latest heatmap's |score - 0.5|; NO_MODEL_OUTPUT where there is neither)
+    and ordered most uncertain first, then by id."""
+    suggestion = (
+        Suggestion.objects.filter(image=OuterRef("pk"), status=Suggestion.Status.PENDING)
+        .annotate(doubt=SUGGESTION_DOUBT)
+        .order_by("doubt")
+        .values("doubt")[:1]
+    )
+    heatmap = (
+        ImageHeatmap.objects.filter(image=OuterRef("pk"), score__isnull=False)
+        .order_by("-created_at", "-id")
+        .annotate(doubt=Abs(F("score") - 0.5))
+        .values("doubt")[:1]
+    )
+    none = Value(NO_MODEL_OUTPUT)
+    doubt = Least(
+        Coalesce(Subquery(suggestion, output_field=FloatField()), none),
+        Coalesce(Subquery(heatmap, output_field=FloatField()), none),
+    )
+    return images.annotate(doubt=doubt).order_by("doubt", "id")

@@ -7,6 +7,7 @@ from annotations import views
 urlpatterns = [
     path("projects/<int:pk>/", views.project_images, name="project"),
     path("projects/<int:pk>/settings/", views.project_settings, name="project-settings"),
+    path("projects/<int:pk>/label-next/", views.label_next, name="label-next"),
     path("projects/<int:pk>/review/", views.review_page, name="review"),
     path("projects/<int:pk>/datasets/", views.datasets_page, name="project-datasets"),
     path("runs/<int:pk>/", views.run_page, name="run"),

@@ -7,6 +7,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
+from django.http import QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
@@ -115,6 +116,26 @@ def project_settings(request, pk):
             "roles": Role.choices,
         },
     )
+
+
+LABEL_NEXT = {"state": "unlabeled", "order": "uncertainty"}
+
+
+@login_required
+def label_next(request, pk):
+    """ "Label next": the workspace of the unlabelled image the models are least sure about, its
+    previous/next links going on down the same ranking (the grid's filters state=unlabeled,
+    order=uncertainty)."""
+    project = get_object_or_404(Project, pk=pk)
+    require_role(request.user, project)
+    images = ImageFilter(LABEL_NEXT, queryset=Image.objects.filter(project=project)).qs
+    first = images.values_list("id", flat=True).first()
+    if first is None:
+        messages.info(request, "Every image is labelled or marked normal: nothing to label next.")
+        return redirect("project", pk=project.pk)
+    query = QueryDict(mutable=True)
+    query.update(LABEL_NEXT)
+    return redirect(f"{reverse('image-page', args=[first])}?{query.urlencode()}")
 
 
 @login_required

@@ -83,7 +83,8 @@ class ProjectLabelsViewSet(NumericIds, viewsets.GenericViewSet):
         filterset_class=ImageFilter,
     )
     def images(self, request, pk=None):
-        """GET: the project's images (filters: state, split, category, name, group).
+        """GET: the project's images (filters: state, split, category, name, group; order=upload
+        or uncertainty, the "label next" ranking).
         POST: upload files or zips (reviewers and admins)."""
         project = project_for(request, pk)
         if request.method == "POST":
