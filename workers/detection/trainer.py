@@ -148,7 +148,9 @@ def _validate(
     if ema is not None:
         copy_model.load_state_dict(ema.state)
     copy_model.eval().convert_to_deploy()
-    detector = Detector(copy_model, dataset.categories, device, eval_size=slice_size)
+    # the network at the model's own input size, as the deployed artifact runs it (a whole
+    # 640 px image through a 416 px model is resized to 416, not run at 640)
+    detector = Detector(copy_model, dataset.categories, device)
     res = evaluate(
         detector,
         val_json,
@@ -186,8 +188,9 @@ def train(
     None) and at the end of each epoch (metrics: epoch, mean losses, lr, seconds). It may raise
     :class:`Cancelled`; the exception propagates and no artifact is written.
 
-    With ``val_json`` the EMA weights are evaluated (sliced, pycocotools) every ``eval_every``
-    epochs and after the last one; ``map``, ``map50``, ``ap_small`` and ``per_class_ap50``
+    With ``val_json`` the EMA weights are evaluated (pycocotools; each image cut into slices of
+    ``eval_slice_size``, every slice resized to the model's ``eval_size`` as the deployed
+    artifact does) every ``eval_every`` epochs and after the last one; ``map``, ``map50``, ``ap_small`` and ``per_class_ap50``
     (category name -> AP50) join that epoch's metrics.
 
     With ``checkpoint`` a checkpoint is written there (atomically) after every epoch, before

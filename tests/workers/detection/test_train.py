@@ -141,3 +141,29 @@ def test_unreadable_image_is_skipped_and_recorded(synthetic_coco: Path, tmp_path
     skipped = read_artifact(result.artifact)["metadata"]["skipped_images"]
     assert list(skipped) == ["img/does-not-exist.png"]
     assert any("does-not-exist.png" in m for m in messages)
+
+
+def test_validation_judges_the_model_as_its_artifact_predicts(
+    synthetic_coco: Path, tmp_path: Path
+) -> None:
+    """A 96 px model judged on whole 128 px images runs each at 96 px, as its saved artifact
+    runs them: the last epoch's val mAP is the artifact's own on the same images. (Validation
+    once ran the network at the slice size: a 416 px DeepPCB model judged on whole 640 px
+    images scored 0.154 val mAP50 during training and 0.489 once deployed.)"""
+    out = tmp_path / "m.pt"
+    result = train(
+        synthetic_coco,
+        out,
+        model_config=tiny_model_config(eval_size=96),
+        train_config=TrainConfig(
+            epochs=60, batch_size=4, base_lr=0.02, train_sizes=(96,), distort=False
+        ),
+        val_json=synthetic_coco,
+        eval_every=60,
+        eval_slice_size=128,
+    )
+    during = result.history[-1]
+    deployed = evaluate(Detector.load(out, device="cpu"), synthetic_coco, slice_size=128)
+    assert deployed.map50 > 0.3, deployed  # something to compare
+    assert during["map50"] == pytest.approx(deployed.map50, abs=1e-6)
+    assert during["map"] == pytest.approx(deployed.map, abs=1e-6)
