@@ -6,5 +6,5 @@ class AnnotationsConfig(AppConfig):
     verbose_name = "Annotations"
 
     def ready(self) -> None:
-        # registers its maintenance hook (expired export zips)
-        from annotations.services import dataset_export  # noqa: F401
+        # register their maintenance hooks (expired export zips, the detector retrain trigger)
+        from annotations.services import dataset_export, detectors  # noqa: F401

@@ -23,6 +23,12 @@ class Project(models.Model):
     auto_inspect = models.BooleanField(
         default=False, help_text="Run the active anomaly model and detector on every new upload."
     )
+    retrain_after_labels = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Freeze a new dataset version and train the active detector again once this "
+        "many approved labels were added since its dataset version (empty: never).",
+    )
     inspection = models.JSONField(
         default=dict,
         blank=True,

@@ -12,7 +12,7 @@ from annotations import selectors
 from annotations.figures import run_figures
 from annotations.filters import AnnotationFilter, ImageFilter, SuggestionFilter
 from annotations.models import Annotation, DefectCategory, Suggestion
-from annotations.services import categories, comments, labels, review
+from annotations.services import categories, comments, detectors, labels, review
 from inspection.api.base import NumericIds, list_response
 from inspection.api.lookups import image_for, project_for
 from inspection.api.serializers import RunDetailSerializer, UploadSerializer
@@ -118,6 +118,23 @@ class ProjectLabelsViewSet(NumericIds, viewsets.GenericViewSet):
             .order_by("-score", "id")
         )
         return list_response(self, qs, s.SuggestionSerializer, filterset_class=SuggestionFilter)
+
+    @extend_schema(responses=dict)
+    @action(detail=True, url_path="detector-retrain", url_name="detector-retrain")
+    def detector_retrain(self, request, pk=None):
+        """The retrain trigger's state: ``retrain_after_labels`` (None: off; set it with a PATCH
+        of the project), and, with an active detector, the approved labels added since its
+        dataset version (``new_labels``), its number and that version's."""
+        project = project_for(request, pk)
+        state = detectors.detector_new_labels(project)
+        out = {"retrain_after_labels": project.retrain_after_labels, "detector": None}
+        if state is not None:
+            out.update(
+                detector=state["detector"].number,
+                dataset=state["dataset"].number if state["dataset"] else None,
+                new_labels=state["new_labels"],
+            )
+        return Response(out)
 
     @extend_schema(responses=s.AnnotationSerializer(many=True))
     @action(

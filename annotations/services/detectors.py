@@ -13,18 +13,24 @@ size; the slice settings are stored with the model and every run uses them.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 
-from annotations.models import DatasetVersion
+from annotations.models import Annotation, DatasetVersion
 from annotations.services.categories import categories_by_name
-from inspection.models import ModelVersion, Project, Role
+from annotations.services.dataset_versions import dataset_version_freeze
+from inspection.models import Job, ModelVersion, Project, Role
 from inspection.permissions import require_role
-from inspection.services.inspections import model_version_create
+from inspection.services.inspections import JOB_KINDS, model_version_create
+from inspection.services.maintenance import maintenance_hook
 from inspection.services.projects import is_number
+
+log = logging.getLogger(__name__)
 
 # The backbones the app offers (workers/detection builds them; the web process never imports
 # it, so tests/workers/tasks/test_detection.py checks that the job knows every one).
@@ -153,10 +159,12 @@ def estimate_seconds(params: dict[str, Any], train_images: int) -> int | None:
     return round(per_image * scale * per_epoch * params["epochs"])
 
 
+TRAINING_PARAMS = {"backbone", "input_size", "slice", "overlap", "epochs", "batch_size"}
+TRAINING_PARAMS |= {"iterations_per_epoch", "seed"}
+
+
 def _checked(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    known = {"backbone", "input_size", "slice", "overlap", "epochs", "batch_size"}
-    known |= {"iterations_per_epoch", "seed"}
-    unknown = set(params) - known
+    unknown = set(params) - TRAINING_PARAMS
     if unknown:
         raise ValidationError({"params": f"Unknown parameter(s): {', '.join(sorted(unknown))}."})
     out = {**defaults, **params}
@@ -219,3 +227,107 @@ def detector_train(
         image_ids=facts["train_image_ids"],
         activate=activate,
     )
+
+
+# --- the optional retrain trigger -----------------------------------------------------------
+
+
+def detector_new_labels(project: Project) -> dict[str, Any] | None:
+    """How many approved labels were added since the active detector's dataset version was
+    frozen (labels of that version edited since do not count: they are not new), with the
+    detector and its version; None without an active detector."""
+    active = (
+        ModelVersion.objects.filter(
+            project=project,
+            kind=ModelVersion.Kind.DETECTOR,
+            is_active=True,
+            status=ModelVersion.Status.READY,
+        )
+        .select_related("created_by")
+        .first()
+    )
+    if active is None:
+        return None
+    dataset = DatasetVersion.objects.filter(pk=active.params.get("dataset_version")).first()
+    frozen = {s.get("annotation") for s in (dataset.content if dataset else {}).get("shapes", [])}
+    new = (
+        Annotation.objects.filter(
+            image__project=project, review_status=Annotation.ReviewStatus.APPROVED
+        )
+        .exclude(source=Annotation.Source.GROUND_TRUTH)
+        .exclude(pk__in=[a for a in frozen if a is not None])
+        .count()
+    )
+    return {"detector": active, "dataset": dataset, "new_labels": new}
+
+
+@maintenance_hook("retrain detectors")
+def detectors_retrain_due() -> list[ModelVersion]:
+    """For each project with ``retrain_after_labels`` set (off by default): once that many
+    approved labels were added since the active detector's dataset version, freeze a new version
+    with the same freeze options and train the detector again with the same settings, as the
+    admin who trained the active one. Only while the active detector is the project's newest:
+    one retraining at a time, and one that failed (or a newer version left inactive) waits for
+    a person instead of being retried every period. Returns the versions queued."""
+    queued: list[ModelVersion] = []
+    for project in Project.objects.filter(retrain_after_labels__isnull=False):
+        try:
+            version = _retrain_if_due(project)
+        except (PermissionDenied, ValidationError) as exc:
+            log.warning("project %s: automatic detector retraining not started: %s", project, exc)
+            continue
+        if version is not None:
+            queued.append(version)
+    return queued
+
+
+def _retrain_if_due(project: Project) -> ModelVersion | None:
+    with transaction.atomic():
+        # the project row serialises two maintenance runs at once (beat and a worker's start)
+        project = Project.objects.select_for_update().get(pk=project.pk)
+        state = detector_new_labels(project)
+        if state is None or state["new_labels"] < (project.retrain_after_labels or 0):
+            return None
+        active, dataset = state["detector"], state["dataset"]
+        newest = (
+            ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.DETECTOR)
+            .order_by("-number")
+            .first()
+        )
+        busy = Job.objects.filter(
+            project=project,
+            kind=JOB_KINDS[ModelVersion.Kind.DETECTOR]["train"],
+            status__in=[Job.Status.QUEUED, Job.Status.RUNNING],
+        ).exists()
+        if newest != active or busy:
+            return None
+        if active.created_by is None:
+            raise PermissionDenied(
+                f"detector v{active.number} was trained by a user deleted since: train the "
+                "next one by hand"
+            )
+        options = (dataset.options if dataset else {}) or {}
+        frozen = dataset_version_freeze(
+            user=active.created_by,
+            project=project,
+            note=(
+                f"Frozen automatically: {state['new_labels']} approved labels since detector "
+                f"v{active.number}'s dataset version" + (f" v{dataset.number}" if dataset else "")
+            ),
+            include_pending=bool(options.get("include_pending", False)),
+            include_ground_truth=bool(options.get("include_ground_truth", False)),
+            seed=options.get("seed", 0) if isinstance(options.get("seed"), int) else 0,
+            ratios=options.get("ratios"),
+        )
+        params = {k: v for k, v in active.params.items() if k in TRAINING_PARAMS}
+        version = detector_train(
+            user=active.created_by, project=project, version=frozen, params=params
+        )
+        log.info(
+            "project %s: %s new approved labels, dataset v%s frozen, detector v%s training",
+            project,
+            state["new_labels"],
+            frozen.number,
+            version.number,
+        )
+        return version

@@ -21,6 +21,7 @@ class ProjectSerializer(serializers.ModelSerializer):
             "description",
             "auto_inspect",
             "inspection",
+            "retrain_after_labels",
             "created_at",
             "my_role",
             "image_count",

@@ -48,7 +48,11 @@ class ProjectViewSet(NumericIds, viewsets.ModelViewSet):
 
     def perform_create(self, serializer):
         data = dict(serializer.validated_data)
-        settings = {k: data.pop(k) for k in ("auto_inspect", "inspection") if k in data}
+        settings = {
+            k: data.pop(k)
+            for k in ("auto_inspect", "inspection", "retrain_after_labels")
+            if k in data
+        }
         with transaction.atomic():  # refused settings leave no project behind
             project = project_services.project_create(user=self.request.user, **data)
             if settings:

@@ -86,6 +86,10 @@ def _checked_inspection(values) -> dict:
     return values
 
 
+UNCHANGED = object()  # project_update: a setting not given (None turns retraining off)
+RETRAIN_MAX = 1_000_000
+
+
 def project_update(
     *,
     user,
@@ -94,12 +98,27 @@ def project_update(
     description: str | None = None,
     auto_inspect: bool | None = None,
     inspection: dict | None = None,
+    retrain_after_labels: int | None | object = UNCHANGED,
 ) -> Project:
-    """Rename or describe a project, switch inspection of new uploads, or change how
-    inspections make suggestions (``inspection``: some of INSPECTION_DEFAULTS' keys; project
+    """Rename or describe a project, switch inspection of new uploads, change how
+    inspections make suggestions (``inspection``: some of INSPECTION_DEFAULTS' keys), or set
+    after how many new approved labels the detector is trained again (None: never; project
     admins). Settings apply to runs started afterwards."""
     require_role(user, project, Role.ADMIN)
     fields = []
+    if retrain_after_labels is not UNCHANGED:
+        n = retrain_after_labels
+        if n is not None and not (
+            isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= RETRAIN_MAX
+        ):
+            raise ValidationError(
+                {
+                    "retrain_after_labels": f"A whole number of labels from 1 to {RETRAIN_MAX}, "
+                    "or empty to never retrain automatically."
+                }
+            )
+        project.retrain_after_labels = n
+        fields.append("retrain_after_labels")
     if name is not None:
         name = name.strip()
         if not name:

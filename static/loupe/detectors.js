@@ -165,8 +165,11 @@
         return;
       }
       if (mine !== asked) return;
+      estimate.textContent = estimateLine(answer);
+    };
+    const estimateLine = (answer) => {
       const seconds = humanDuration(answer.estimate_seconds);
-      estimate.textContent = seconds
+      return seconds
         ? "Training time: " + seconds + " on a 2-core CPU worker (a GPU worker takes much less)."
         : "Training time: no estimate for these settings.";
     };
@@ -220,8 +223,9 @@
         f.batch_size.value = p.params.batch_size;
         f.iterations_per_epoch.value = "";
         form.querySelector("button[type=submit]").textContent = "Train a detector on dataset v" + number;
+        asked++;  // the proposal's own estimate: shown with the form, no second request
+        estimate.textContent = estimateLine(p);
         form.hidden = false;
-        showEstimate();
       } catch (err) {
         proposalBox.replaceChildren(el("p", { class: "status-failed", text: "No proposal for dataset v" + number + ": " + err.message }));
       }
@@ -299,6 +303,35 @@
     });
   }
 
+  /* "12 of 50 new approved labels since detector v2's dataset v3": the retrain trigger's state. */
+  function retrainLine(state) {
+    if (!state) return "";
+    if (state.detector == null) return "No active detector yet: the first one is trained by hand.";
+    const since = "since detector v" + state.detector + (state.dataset != null ? "'s dataset v" + state.dataset : "");
+    if (state.retrain_after_labels == null) return state.new_labels + " new approved label" + (state.new_labels === 1 ? "" : "s") + " " + since + "; automatic retraining is off.";
+    return state.new_labels + " of " + state.retrain_after_labels + " new approved labels " + since + ".";
+  }
+
+  function initRetrain(projectUrl) {
+    const form = document.getElementById("retrain-form");
+    if (!form) return;
+    const out = document.getElementById("retrain-status");
+    const show = async () => {
+      try { out.textContent = retrainLine(await window.Loupe.api(form.dataset.url)); } catch (err) { out.textContent = err.message; }
+    };
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const raw = new FormData(form).get("retrain_after_labels");
+      const value = raw === "" ? null : Number(raw);
+      try {
+        await window.Loupe.api(projectUrl, { method: "PATCH", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ retrain_after_labels: value }) });
+        await show();
+        out.textContent = "Saved. " + out.textContent;
+      } catch (err) { out.textContent = "Not saved: " + err.message; }
+    });
+    show();
+  }
+
   /* Curves of every detector row; while one trains, poll and redraw; when it has finished,
      reload (the row's figures are rendered by the server), unless someone is filling a form. */
   function initCurves(modelsUrl, training) {
@@ -342,8 +375,9 @@
     const box = document.getElementById("detector-train");
     const training = box ? initTraining(box) : null;
     initRun(root.dataset.runsUrl);
+    initRetrain(root.dataset.projectUrl);
     initCurves(root.dataset.modelsUrl, training);
   }
 
-  window.LoupeDetectors = { humanDuration, niceCeil, chartSvg, curvesSvg, progressLine, init };
+  window.LoupeDetectors = { humanDuration, niceCeil, chartSvg, curvesSvg, progressLine, retrainLine, init };
 })();

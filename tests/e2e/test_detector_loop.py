@@ -161,6 +161,22 @@ def test_train_a_detector_run_it_and_accept_its_category(page, celery_worker, la
     accepted = Annotation.objects.get(suggestion=target)
     assert accepted.category == expected and accepted.image_id == big.pk
 
+    # the retrain trigger: the accepted label is the first new one since the detector's version
+    page.goto(f"/projects/{project.pk}/models/")
+    status = page.locator("#retrain-status")
+    page.locator('#retrain-status:has-text("automatic retraining is off")').wait_for()
+    assert status.inner_text() == (
+        "1 new approved label since detector v1's dataset v1; automatic retraining is off."
+    )
+    page.fill("#retrain-form input[name=retrain_after_labels]", "5")
+    page.click("#retrain-form button[type=submit]")
+    page.locator('#retrain-status:has-text("Saved.")').wait_for()
+    assert status.inner_text() == (
+        "Saved. 1 of 5 new approved labels since detector v1's dataset v1."
+    )
+    project.refresh_from_db()
+    assert project.retrain_after_labels == 5
+
 
 def test_without_a_dataset_version_the_page_says_where_to_make_one(page, team):
     project = team["project"]

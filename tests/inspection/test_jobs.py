@@ -126,6 +126,7 @@ def test_the_sweep_command_runs_every_hook(team):
         "fail jobs of removed kinds",
         "fail model versions whose training ended",
         "delete expired export zips",
+        "retrain detectors",
     }
 
 

@@ -94,3 +94,15 @@ test("a training version's progress in one line", () => {
     "epoch 2 of 10 · loss 1.25 · mAP50 0.200",
   );
 });
+
+test("the retrain trigger's state in one line", () => {
+  assert.equal(D.retrainLine({ retrain_after_labels: null, detector: null }), "No active detector yet: the first one is trained by hand.");
+  assert.equal(
+    D.retrainLine({ retrain_after_labels: null, detector: 2, dataset: 3, new_labels: 1 }),
+    "1 new approved label since detector v2's dataset v3; automatic retraining is off.",
+  );
+  assert.equal(
+    D.retrainLine({ retrain_after_labels: 50, detector: 2, dataset: null, new_labels: 12 }),
+    "12 of 50 new approved labels since detector v2.",
+  );
+});
