@@ -12,14 +12,19 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from annotations import selectors
-from annotations.figures import curve_svg_points, run_figures
+from annotations.figures import (
+    curve_svg_points,
+    detection_figures,
+    run_figures,
+    run_threshold,
+)
 from annotations.filters import ImageFilter, SuggestionFilter
 from annotations.models import DatasetVersion, DefectCategory, Review
 from annotations.services import categories as category_services
 from annotations.services.dataset_export import JOB_KIND as EXPORT_KIND
 from annotations.services.dataset_export import export_formats
 from annotations.services.dataset_import import import_formats
-from inspection.models import Image, InspectionRun, Job, Project, Role
+from inspection.models import Image, InspectionRun, Job, ModelVersion, Project, Role
 from inspection.permissions import has_role, require_role
 from inspection.services import projects as project_services
 from inspection.services.images import images_without_pyramid
@@ -227,14 +232,18 @@ def run_page(request, pk):
         InspectionRun.objects.select_related("project", "model_version", "job"), pk=pk
     )
     require_role(request.user, run.project)
-    params = run.params or {}  # the score the run suggested from: its threshold or confidence
-    default = params.get("threshold", params.get("score_threshold", 0.5))
+    default = run_threshold(run)  # the score the run suggested from
     try:
         threshold = float(request.GET.get("threshold", default))
     except ValueError:
         threshold = default
     figures = run_figures(run, threshold=threshold)
     failed = [(image_id, r["error"]) for image_id, r in (run.results or {}).items() if "error" in r]
+    per_category = None
+    if run.model_version is not None and run.model_version.kind == ModelVersion.Kind.DETECTOR:
+        per_category = detection_figures(run, threshold=threshold)
+        for row in per_category.categories:
+            row.svg = curve_svg_points(row.curve, width=160, height=110, pad=14)
     return render(
         request,
         "run.html",
@@ -243,6 +252,7 @@ def run_page(request, pk):
             "project": run.project,
             "f": figures,
             "curve": curve_svg_points(figures.curve),
+            "d": per_category,
             "failed": failed,
         },
     )

@@ -9,7 +9,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
 from annotations import selectors
-from annotations.figures import run_figures
+from annotations.figures import detection_figures, run_figures, run_threshold
 from annotations.filters import AnnotationFilter, ImageFilter, SuggestionFilter
 from annotations.models import Annotation, DefectCategory, Suggestion
 from annotations.services import categories, comments, detectors, labels, review
@@ -17,7 +17,7 @@ from inspection.api.base import NumericIds, list_response
 from inspection.api.lookups import image_for, project_for
 from inspection.api.serializers import RunDetailSerializer, UploadSerializer
 from inspection.api.uploads import upload_response
-from inspection.models import Image, InspectionRun, Role
+from inspection.models import Image, InspectionRun, ModelVersion, Role
 from inspection.permissions import require_role
 
 from . import serializers as s
@@ -366,20 +366,23 @@ class SuggestionViewSet(NumericIds, viewsets.GenericViewSet):
 
 class RunViewSet(NumericIds, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """One inspection run with its figures: decisions, and recall and false alarms against
-    ground truth (``?threshold=`` moves the score they count from; default: the run's own)."""
+    ground truth; a detection run's also per category against its reviewed images
+    (``per_category``). ``?threshold=`` moves the score they count from (default: the run's
+    own)."""
 
     serializer_class = RunDetailSerializer
-    queryset = InspectionRun.objects.select_related("project")
+    queryset = InspectionRun.objects.select_related("project", "model_version")
 
     @extend_schema(responses=dict)
     def retrieve(self, request, pk=None):
         run = get_object_or_404(self.get_queryset(), pk=pk)
         require_role(request.user, run.project, Role.ANNOTATOR)
         try:
-            default = (run.params or {}).get("threshold", 0.5)  # the score it suggested from
-            threshold = float(request.query_params.get("threshold", default))
+            threshold = float(request.query_params.get("threshold", run_threshold(run)))
         except ValueError:
             raise serializers.ValidationError("threshold must be a number.") from None
         body = RunDetailSerializer(run).data
         body["figures"] = run_figures(run, threshold=threshold).to_dict()
+        if run.model_version is not None and run.model_version.kind == ModelVersion.Kind.DETECTOR:
+            body["per_category"] = detection_figures(run, threshold=threshold).to_dict()
         return Response(body)

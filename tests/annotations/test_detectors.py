@@ -298,3 +298,102 @@ def test_the_queue_can_put_the_most_uncertain_suggestions_first(team, tmp_path, 
     assert order == [0.52, 0.9, 0.7, 0.95]  # 0.9's category is the uncertain part
     by_score = client_for(team["reviewer"]).get(url).json()["results"]
     assert [s["score"] for s in by_score] == [0.95, 0.9, 0.7, 0.52]
+
+
+def test_a_detection_run_is_judged_per_category_on_its_reviewed_images(
+    team, tmp_path, client_for, client
+):
+    """Reviewers' decisions are the truth on the images they finished: a box accepted with its
+    category is found, one accepted as another category is a false box of the predicted one
+    and leaves the chosen one's label unfound, a rejected box is false, a label drawn by hand
+    is a miss; an image not reviewed yet does not count."""
+    project = team["project"]
+    a = add_image(project, team["admin"], tmp_path, "a.png", size=(200, 100))
+    b = add_image(project, team["admin"], tmp_path, "b.png", size=(200, 100))
+    crack = category_create(user=team["admin"], project=project, name="crack")
+    dent = category_create(user=team["admin"], project=project, name="dent")
+    model = ModelVersion.objects.create(
+        project=project, number=1, kind="detector", architecture="ppyoloe-sod-s", status="ready"
+    )
+    run = InspectionRun.objects.create(
+        project=project,
+        model_version=model,
+        image_ids=[a.pk, b.pk],
+        params={"score_threshold": 0.3},
+    )
+    s1, s2, s3 = suggestions_store(
+        image=a,
+        run=run,
+        model_version=model,
+        suggestions=[
+            SuggestionIn(box=(10, 10, 20, 20), score=0.9, category="crack"),
+            SuggestionIn(box=(50, 50, 10, 10), score=0.8, category="dent"),
+            SuggestionIn(box=(70, 10, 10, 10), score=0.4, category="crack"),
+        ],
+    )
+    suggestions_store(
+        image=b,
+        run=run,
+        model_version=model,
+        suggestions=[SuggestionIn(box=(10, 10, 20, 20), score=0.7, category="crack")],
+    )
+    reviewer = client_for(team["reviewer"])
+    url = f"/api/runs/{run.pk}/"
+    empty = reviewer.get(url).json()["per_category"]
+    assert empty["reviewed_images"] == 0 and empty["categories"] == []
+
+    reviewer.post(f"/api/suggestions/{s1.pk}/accept/", {"category": crack.pk}, format="json")
+    reviewer.post(f"/api/suggestions/{s2.pk}/reject/", {}, format="json")
+    reviewer.post(f"/api/suggestions/{s3.pk}/accept/", {"category": dent.pk}, format="json")
+    r = reviewer.post(
+        f"/api/images/{a.pk}/annotations/",
+        {"category": dent.pk, "geometry": box(150, 40, 10, 10)},
+        format="json",
+    )
+    assert r.status_code == 201 and r.json()["review_status"] == "pending"
+    assert (
+        client_for(team["admin"])
+        .post(f"/api/annotations/{r.json()['id']}/approve/", {}, format="json")
+        .status_code
+        == 200
+    )
+    a.refresh_from_db()
+    assert a.status == "reviewed"
+
+    got = reviewer.get(url).json()["per_category"]
+    assert got["reviewed_images"] == 1 and got["threshold"] == 0.3
+    rows = {c["name"]: c for c in got["categories"]}
+    assert {k: rows["crack"][k] for k in ("labels", "suggestions", "true_at_threshold")} == {
+        "labels": 1,
+        "suggestions": 2,  # s1, and s3 which the reviewer made a dent (b is not reviewed)
+        "true_at_threshold": 1,
+    }
+    assert (rows["crack"]["precision"], rows["crack"]["recall"], rows["crack"]["ap50"]) == (
+        0.5,
+        1.0,
+        1.0,  # its best box is right: full precision up to full recall
+    )
+    assert {k: rows["dent"][k] for k in ("labels", "suggestions", "true_at_threshold")} == {
+        "labels": 2,  # s3 as the reviewer chose, and the one drawn by hand
+        "suggestions": 1,
+        "true_at_threshold": 0,
+    }
+    assert (rows["dent"]["precision"], rows["dent"]["recall"], rows["dent"]["ap50"]) == (
+        0.0,
+        0.0,
+        0.0,
+    )
+    assert got["map50"] == 0.5
+    assert rows["crack"]["curve"][0] == {"recall": 0.0, "precision": 1.0}
+    # from 0.95 the crack box at 0.9 no longer counts
+    high = reviewer.get(url, {"threshold": 0.95}).json()["per_category"]
+    assert {c["name"]: c["true_at_threshold"] for c in high["categories"]} == {
+        "crack": 0,
+        "dent": 0,
+    }
+
+    client.force_login(team["reviewer"])
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    assert "1 of this run's images is reviewed" in page
+    assert 'data-figure="map50">0.500' in page
+    assert '<tr data-category="crack">' in page and "<polyline" in page
