@@ -15,6 +15,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("projects/<int:pk>/models/", views.models_page, name="models"),
+    path("projects/<int:pk>/models/compare/", views.models_compare, name="models-compare"),
     path("jobs/", views.jobs_page, name="jobs"),
     path("jobs/<uuid:pk>/", views.job_page, name="job"),
     path("", include("annotations.urls")),

@@ -100,6 +100,9 @@ def models_page(request, pk):
             "versions": ModelVersion.objects.filter(project=project).select_related(
                 "created_by", "job"
             ),
+            "detector_count": ModelVersion.objects.filter(
+                project=project, kind=ModelVersion.Kind.DETECTOR
+            ).count(),
             "runs": InspectionRun.objects.filter(project=project).select_related(
                 "model_version", "created_by", "job"
             )[:50],
@@ -108,5 +111,95 @@ def models_page(request, pk):
             "geometry": training_geometry_hint(project),
             "inspection": inspection_settings(project),
             "inspection_defaults": INSPECTION_DEFAULTS,
+        },
+    )
+
+
+def _delta(a, b):
+    """b - a where both are figures (a -1 AP means "no label of that category": no figure)."""
+    if isinstance(a, int | float) and isinstance(b, int | float) and a >= 0 and b >= 0:
+        return round(b - a, 4)
+    return None
+
+
+@login_required
+def models_compare(request, pk):
+    """Two detector versions side by side (``?a=<number>&b=<number>``): lineage, settings,
+    validation figures overall and per category with b - a, training time and curves."""
+    project = get_object_or_404(Project, pk=pk)
+    role = require_role(request.user, project)
+    detectors = ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.DETECTOR)
+    numbers = sorted(detectors.values_list("number", flat=True))
+
+    def pick(key: str, default):
+        raw = request.GET.get(key, default)
+        try:
+            return detectors.select_related("created_by").get(number=int(raw))
+        except (TypeError, ValueError, ModelVersion.DoesNotExist):
+            raise Http404(f"No detector v{raw} in this project.") from None
+
+    if len(numbers) < 2:
+        return render(
+            request,
+            "models_compare.html",
+            {"project": project, "role": role, "too_few": True, "numbers": numbers},
+        )
+    a = pick("a", numbers[-2])
+    b = pick("b", numbers[-1])
+    ma, mb = a.metrics or {}, b.metrics or {}
+    overall = [
+        {
+            "name": label,
+            "a": ma.get(key),
+            "b": mb.get(key),
+            "delta": _delta(ma.get(key), mb.get(key)),
+        }
+        for key, label in (("map50", "mAP50"), ("map", "mAP"), ("ap_small", "AP small"))
+    ]
+    pa, pb = ma.get("per_class_ap50") or {}, mb.get("per_class_ap50") or {}
+    per_category = [
+        {
+            "name": name,
+            "a": pa.get(name),
+            "b": pb.get(name),
+            "delta": _delta(pa.get(name), pb.get(name)),
+        }
+        for name in sorted(set(pa) | set(pb), key=str.lower)
+    ]
+
+    def shown(value):
+        return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
+
+    settings = [
+        (label, shown(a.params.get(key)), shown(b.params.get(key)))
+        for key, label in (
+            ("dataset_number", "Dataset version"),
+            ("backbone", "Backbone"),
+            ("input_size", "Input size (px)"),
+            ("slice", "Slices at full resolution"),
+            ("overlap", "Slice overlap"),
+            ("epochs", "Epochs"),
+            ("batch_size", "Batch size"),
+            ("iterations_per_epoch", "Iterations per epoch, at most"),
+        )
+    ]
+    return render(
+        request,
+        "models_compare.html",
+        {
+            "project": project,
+            "role": role,
+            "a": a,
+            "b": b,
+            "numbers": numbers,
+            "settings": settings,
+            "overall": overall,
+            "per_category": per_category,
+            "same_val": a.params.get("dataset_version") == b.params.get("dataset_version"),
+            "train": [
+                ("Train images", len(a.image_ids), len(b.image_ids)),
+                ("Training time (s)", ma.get("seconds"), mb.get("seconds")),
+                ("Epochs trained", ma.get("epochs"), mb.get("epochs")),
+            ],
         },
     )

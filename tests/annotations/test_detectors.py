@@ -397,3 +397,72 @@ def test_a_detection_run_is_judged_per_category_on_its_reviewed_images(
     assert "1 of this run's images is reviewed" in page
     assert 'data-figure="map50">0.500' in page
     assert '<tr data-category="crack">' in page and "<polyline" in page
+
+
+def test_two_detector_versions_side_by_side(team, tmp_path, client):
+    project = team["project"]
+    client.force_login(team["annotator"])
+    url = f"/projects/{project.pk}/models/compare/"
+    assert "Comparing needs two detector versions" in client.get(url).content.decode()
+    v1 = frozen(team, tmp_path)
+    common = {"backbone": "lite0", "input_size": 640, "slice": False, "batch_size": 4}
+    ModelVersion.objects.create(
+        project=project,
+        number=1,
+        kind="detector",
+        architecture="ppyoloe-sod-lite0",
+        status="ready",
+        params={**common, "epochs": 10, "dataset_version": v1.pk, "dataset_number": 1},
+        metrics={
+            "map50": 0.5,
+            "map": 0.2,
+            "ap_small": -1,
+            "seconds": 60,
+            "epochs": 10,
+            "per_class_ap50": {"dent": 0.4, "scratch": 0.6},
+        },
+    )
+    ModelVersion.objects.create(
+        project=project,
+        number=2,
+        kind="detector",
+        architecture="ppyoloe-sod-lite0",
+        status="ready",
+        is_active=True,
+        params={**common, "epochs": 30, "dataset_version": v1.pk, "dataset_number": 1},
+        metrics={
+            "map50": 0.65,
+            "map": 0.25,
+            "ap_small": 0.1,
+            "seconds": 180,
+            "epochs": 30,
+            "per_class_ap50": {"dent": 0.7, "scratch": 0.6, "hole": -1},
+        },
+    )
+    assert "compare-link" in client.get(f"/projects/{project.pk}/models/").content.decode()
+    page = client.get(url).content.decode()  # the two newest by default
+    assert '<tr class="differs"><td>Epochs</td><td>10</td><td>30</td>' in page
+    assert "<tr><td>Backbone</td><td>lite0</td><td>lite0</td>" in page
+    assert '<tr data-figure="mAP50"><td>mAP50</td>' in page and "+0.150" in page
+    assert '<tr data-category="dent"><td>dent</td>' in page and "+0.300" in page
+    # no AP for a category without val labels, and no difference drawn from it
+    hole = page.split('<tr data-category="hole">')[1].split("</tr>")[0]
+    assert hole.count("—") == 3
+    assert "compare-warning" not in page  # same dataset version: same val images
+    swapped = client.get(url, {"a": 2, "b": 1}).content.decode()
+    assert "-0.150" in swapped
+    assert "<td>Slices at full resolution</td><td>no</td><td>no</td>" in page
+    ModelVersion.objects.create(
+        project=project,
+        number=3,
+        kind="detector",
+        architecture="ppyoloe-sod-lite0",
+        status="training",
+        params={**common, "epochs": 30, "dataset_version": v1.pk + 1, "dataset_number": 2},
+    )
+    newer = client.get(url, {"a": 1, "b": 3}).content.decode()
+    assert "different dataset versions (v1 and v2)" in newer
+    assert client.get(url, {"a": 7}).status_code == 404
+    assert client.get(url, {"a": "x"}).status_code == 404
+    client.force_login(team["outsider"])
+    assert client.get(url).status_code == 404

@@ -246,3 +246,27 @@ def test_a_training_detector_draws_its_curves_so_far_and_reloads_when_ready(page
     assert row.locator('[data-metric="map50"]').inner_text() == "0.500"
     assert row.locator('[data-metric="ap_small"]').inner_text() == "—"  # no small objects
     assert "0.625" in row.locator(".ap-table").inner_text()
+
+    # a second version: the two compared side by side, each with its curves
+    ModelVersion.objects.create(
+        project=project,
+        number=2,
+        kind="detector",
+        architecture="ppyoloe-sod-lite0",
+        status="ready",
+        params={**params, "epochs": 4, "categories": ["dent", "scratch"]},
+        metrics={
+            "history": [*history, {"epoch": 4, "loss": 1.9, "map50": 0.6}],
+            "map50": 0.6,
+            "per_class_ap50": {"dent": 0.7, "scratch": 0.5},
+            "epochs": 4,
+        },
+    )
+    page.reload()
+    page.click("#compare-link")
+    page.wait_for_url(f"**/projects/{project.pk}/models/compare/")
+    assert page.locator('tr[data-figure="mAP50"] td.delta').inner_text() == "+0.100"
+    assert page.locator('tr[data-category="dent"] td.delta').inner_text() == "+0.075"
+    for v, points in ((version, "3"), (ModelVersion.objects.get(number=2), "4")):
+        cell = page.locator(f'[data-curves="{v.pk}"]')
+        cell.locator(f'svg.curve[data-series="loss"][data-points="{points}"]').wait_for()
