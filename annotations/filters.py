@@ -1,7 +1,7 @@
 """FilterSets shared by the HTML pages and the API: the image grid (by labels), labels, suggestions."""
 
 import django_filters
-from django.db.models import Exists, F, FloatField, OuterRef, Subquery, Value
+from django.db.models import Exists, F, FloatField, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Abs, Coalesce, Least
 
 from annotations.models import Annotation, Suggestion
@@ -101,13 +101,14 @@ class SuggestionFilter(django_filters.FilterSet):
         method="filter_order",
         label="Order",
     )
+    # a queue item stands for its echoes too (the other kind's suggestions at its place)
     source = django_filters.ChoiceFilter(
-        field_name="model_version__kind",
         choices=ModelVersion.Kind.choices,
+        method="filter_with_echoes",
         label="Source (anomaly model or detector)",
     )
-    run = django_filters.NumberFilter(field_name="run_id")
-    model_version = django_filters.NumberFilter(field_name="model_version_id")
+    run = django_filters.NumberFilter(method="filter_with_echoes")
+    model_version = django_filters.NumberFilter(method="filter_with_echoes")
     image = django_filters.NumberFilter(field_name="image_id")
     category = django_filters.NumberFilter(field_name="category_id")
     score_min = django_filters.NumberFilter(field_name="score", lookup_expr="gte")
@@ -126,6 +127,18 @@ class SuggestionFilter(django_filters.FilterSet):
             "score_min",
             "score_max",
         ]
+
+    ECHO_FIELDS = {
+        "source": "model_version__kind",
+        "run": "run_id",
+        "model_version": "model_version_id",
+    }
+
+    def filter_with_echoes(self, queryset, name, value):
+        """Suggestions of that source / run / model version, or with an echo of it."""
+        field = self.ECHO_FIELDS[name]
+        echo = Suggestion.objects.filter(same_as=OuterRef("pk"), **{field: value})
+        return queryset.filter(Q(**{field: value}) | Exists(echo))
 
     def filter_order(self, queryset, name, value):
         """``uncertainty``: scores nearest the decision (SUGGESTION_DOUBT): what a reviewer's

@@ -173,6 +173,16 @@ class Suggestion(models.Model):
     category_score = models.FloatField(
         null=True, blank=True, help_text="The detector's confidence in the proposed category."
     )
+    same_as = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="echoes",
+        help_text="A pending suggestion of the other kind of model (anomaly / detector) at the "
+        "same place when this one was stored: the queue shows that one with both sources, and "
+        "a decision on it decides this one too.",
+    )
     kind = models.CharField(max_length=10, choices=Annotation.Kind.choices)
     geometry = models.JSONField()
     score = models.FloatField(help_text="Peak calibrated score (0.5 = the model's threshold).")

@@ -103,11 +103,13 @@ class SuggestionSerializer(serializers.ModelSerializer):
     model = serializers.SerializerMethodField()
     source = serializers.CharField(source="model_version.kind", default=None, read_only=True)
     category_name = serializers.CharField(source="category.name", default=None, read_only=True)
+    also = serializers.SerializerMethodField()
 
     class Meta:
         model = Suggestion
         fields = [
             "id",
+            "also",
             "image",
             "image_name",
             "image_width",
@@ -136,6 +138,23 @@ class SuggestionSerializer(serializers.ModelSerializer):
     def get_model(self, obj) -> str | None:
         mv = obj.model_version
         return f"{mv.architecture} v{mv.number}" if mv else None
+
+    def get_also(self, obj) -> list[dict]:
+        """The other kind's suggestions at the same place (``same_as`` this one): one queue
+        item with both sources; deciding this one decides them."""
+        if obj.same_as_id is not None:
+            return []
+        return [
+            {
+                "id": e.pk,
+                "source": e.model_version.kind if e.model_version else None,
+                "model": self.get_model(e),
+                "score": e.score,
+                "category_name": e.category.name if e.category else None,
+                "status": e.status,
+            }
+            for e in obj.echoes.all()
+        ]
 
 
 class ReviewSerializer(serializers.ModelSerializer):

@@ -1,6 +1,7 @@
 """API of the labeling side: categories, the image grid (with uploads into it), labels, verdicts,
 comments, suggestions and their review, and run figures. Writes call one service each."""
 
+from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
@@ -54,6 +55,12 @@ class CategoryViewSet(NumericIds, viewsets.ModelViewSet):
 
     def perform_destroy(self, instance):
         categories.category_delete(user=self.request.user, category=instance)
+
+
+# what a queue item's "also found by" shows
+ECHOES = Prefetch(
+    "echoes", queryset=Suggestion.objects.select_related("model_version", "category").order_by("id")
+)
 
 
 class ProjectLabelsViewSet(NumericIds, viewsets.GenericViewSet):
@@ -113,8 +120,10 @@ class ProjectLabelsViewSet(NumericIds, viewsets.GenericViewSet):
         score range)."""
         project = project_for(request, pk)
         qs = (
-            Suggestion.objects.filter(image__project=project)
+            # an echo (same place, other kind of model) is shown with its main, not alone
+            Suggestion.objects.filter(image__project=project, same_as__isnull=True)
             .select_related("image", "model_version", "decided_by", "category")
+            .prefetch_related(ECHOES)
             .order_by("-score", "id")
         )
         return list_response(self, qs, s.SuggestionSerializer, filterset_class=SuggestionFilter)
@@ -255,7 +264,11 @@ class ImageLabelsViewSet(NumericIds, viewsets.GenericViewSet):
     def suggestions(self, request, pk=None):
         """The image's suggestions (all statuses), for the workspace overlay."""
         image = image_for(request, pk)
-        qs = image.suggestions.select_related("image", "model_version", "decided_by", "category")
+        qs = (
+            image.suggestions.filter(same_as__isnull=True)
+            .select_related("image", "model_version", "decided_by", "category")
+            .prefetch_related(ECHOES)
+        )
         return Response(s.SuggestionSerializer(qs, many=True).data)
 
     @extend_schema(responses=dict)

@@ -68,18 +68,35 @@ def suggestion_accept(
         current.decided_by = user
         current.decided_at = timezone.now()
         current.save(update_fields=["status", "category", "decided_by", "decided_at"])
-        Review.objects.create(
-            image=image,
-            suggestion=current,
-            annotation=annotation,
-            action=Review.Action.EDIT_ACCEPT if edited else Review.Action.ACCEPT,
-            category=category,
-            geometry_before=before,
-            geometry_after=after,
-            decided_by=user,
-        )
+        for decided in (current, *_echoes(current)):
+            if decided is not current:
+                decided.status = Suggestion.Status.ACCEPTED
+                decided.category = category
+                decided.decided_by = user
+                decided.decided_at = current.decided_at
+                decided.save(update_fields=["status", "category", "decided_by", "decided_at"])
+            Review.objects.create(
+                image=image,
+                suggestion=decided,
+                annotation=annotation,
+                action=Review.Action.EDIT_ACCEPT if edited else Review.Action.ACCEPT,
+                category=category,
+                geometry_before=decided.geometry,
+                geometry_after=after,
+                decided_by=user,
+            )
         image_update_status(image=image)
     return annotation
+
+
+def _echoes(suggestion: Suggestion) -> list[Suggestion]:
+    """The other kind's pending suggestions stored at this one's place (``same_as``): one
+    queue item, so one decision decides them too (each gets its own Review row)."""
+    return list(
+        Suggestion.objects.select_for_update().filter(
+            same_as=suggestion, status=Suggestion.Status.PENDING
+        )
+    )
 
 
 def suggestion_reject(
@@ -98,15 +115,22 @@ def suggestion_reject(
         current.decided_by = user
         current.decided_at = timezone.now()
         current.save(update_fields=["status", "reject_reason", "decided_by", "decided_at"])
-        Review.objects.create(
-            image=current.image,
-            suggestion=current,
-            action=Review.Action.REJECT,
-            reason=reason,
-            comment=comment,
-            geometry_before=current.geometry,
-            decided_by=user,
-        )
+        for decided in (current, *_echoes(current)):
+            if decided is not current:
+                decided.status = Suggestion.Status.REJECTED
+                decided.reject_reason = reason
+                decided.decided_by = user
+                decided.decided_at = current.decided_at
+                decided.save(update_fields=["status", "reject_reason", "decided_by", "decided_at"])
+            Review.objects.create(
+                image=current.image,
+                suggestion=decided,
+                action=Review.Action.REJECT,
+                reason=reason,
+                comment=comment,
+                geometry_before=decided.geometry,
+                decided_by=user,
+            )
         image_update_status(image=current.image)
     return current
 

@@ -19,6 +19,10 @@ from inspection.models import Image, InspectionRun, ModelVersion
 from inspection.services.projects import with_inspection_defaults
 
 SAME_PLACE_IOU = 0.5  # a new suggestion this close to a decided or older one is the same place
+# An anomaly outline and a detector box of one defect rarely share a box (a heatmap blob is
+# looser): the other kind's suggestion is at the same place when their overlap covers this much
+# of the smaller of the two, the rule that classifies anomaly regions (0.3) made stricter.
+SAME_PLACE_COVER = 0.5
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,11 @@ def suggestions_store(
     suggested again, and it supersedes the undecided suggestions of the other versions of the
     same kind at its place (the latest run wins, also when an older version runs again). A detector's category is the project's category of
     that name (any case), when it still exists.
+
+    Where a pending suggestion of the other kind (anomaly / detector) covers the same place
+    (SAME_PLACE_COVER), the new one is stored as its echo (``same_as``): the queue shows one item
+    with both sources, and deciding it decides both. An anomaly suggestion without a category
+    then takes the detector box's, as the classification of regions does.
     """
     existing = Suggestion.objects.filter(image=image, model_version=model_version)
     if existing.exists():
@@ -124,6 +133,12 @@ def suggestions_store(
         .exclude(model_version=model_version)
         .values_list("id", "geometry")
     )
+    cross = list(  # the other kind's pending suggestions here, each the main of its place
+        on_image.filter(status=Suggestion.Status.PENDING, same_as__isnull=True)
+        .exclude(model_version__kind=model_version.kind)
+        .exclude(model_version__isnull=True)
+        .select_related("category")
+    )
     categories = categories_by_name(image.project)
     created, superseded = [], set()
     for item in suggestions:
@@ -136,6 +151,12 @@ def suggestions_store(
             continue
         superseded.update(pk for pk, g in others if _iou(place, bounds(g)) >= SAME_PLACE_IOU)
         category = categories.get(item.category.lower()) if item.category else None
+        main = _same_place(place, cross)
+        if main is not None and main.category_id is None and category is not None:
+            # an unclassified anomaly region takes the detector's category at its place
+            main.category = main.proposed_category = category
+            main.category_score = item.category_score
+            main.save(update_fields=["category", "proposed_category", "category_score"])
         created.append(
             Suggestion(
                 image=image,
@@ -149,11 +170,32 @@ def suggestions_store(
                 category=category,
                 proposed_category=category,
                 category_score=item.category_score if category else None,
+                same_as=main,
             )
         )
     if superseded:
         Suggestion.objects.filter(pk__in=superseded, status=Suggestion.Status.PENDING).delete()
     return Suggestion.objects.bulk_create(created)
+
+
+def _same_place(place: tuple, candidates: list[Suggestion]) -> Suggestion | None:
+    """The candidate whose box covers most of the smaller of it and ``place`` (at least
+    SAME_PLACE_COVER), or None."""
+    best, best_cover = None, SAME_PLACE_COVER
+    for candidate in candidates:
+        other = bounds(candidate.geometry)
+        w = min(place[2], other[2]) - max(place[0], other[0])
+        h = min(place[3], other[3]) - max(place[1], other[1])
+        if w <= 0 or h <= 0:
+            continue
+        smaller = min(
+            (place[2] - place[0]) * (place[3] - place[1]),
+            (other[2] - other[0]) * (other[3] - other[1]),
+        )
+        cover = w * h / smaller if smaller > 0 else 0.0
+        if cover >= best_cover:
+            best, best_cover = candidate, cover
+    return best
 
 
 def _geometry(image: Image, item: SuggestionIn) -> dict | None:

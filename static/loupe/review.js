@@ -62,8 +62,11 @@
     open.href = url(data.urls.page, item.image);
     if (item.type === "suggestion") {
       const what = item.category_name ? item.category_name + " · " : "";
-      title.textContent = "Suggestion · " + what + "score " + item.score.toFixed(3);
-      info.textContent = item.image_name + " · " + (item.model || "model") + " · " + Math.round(item.area) + " px²";
+      const also = item.also || [];
+      const both = also.length ? "anomaly model and detector · " : "";
+      title.textContent = "Suggestion · " + both + what + "score " + item.score.toFixed(3);
+      info.textContent = item.image_name + " · " + (item.model || "model") + " · " + Math.round(item.area) + " px²" +
+        also.map((a) => " · also found by " + (a.model || "a deleted model") + " (" + (a.category_name ? a.category_name + " " : "score ") + a.score.toFixed(2) + ")").join("");
       setCategory(item.category ? String(item.category) : chosen, true);  // a detector's proposal
     } else {
       title.textContent = "Label by " + item.author + " · " + item.category_name;
@@ -94,7 +97,8 @@
         viewerEl.dataset.item = item.type + ":" + item.id;
         return;
       }
-      if (item.source !== "detector") {  // a detector makes no heatmap
+      const anomaly = item.source !== "detector" || (item.also || []).some((a) => a.source === "anomaly");
+      if (anomaly) {  // a detector makes no heatmap
         LoupeOverlay.addHeatmap(viewer, url(data.urls.heatmap, item.image), 0.45).then((it) => { heatItem = it; }).catch(() => {});
       }
     }

@@ -200,14 +200,14 @@ def test_the_queue_filters_by_source_and_new_runs_skip_what_a_detector_saw(
     anomaly = ModelVersion.objects.create(
         project=project, number=1, kind="anomaly", architecture="padim", status="ready"
     )
-    for version in (detector, anomaly):
+    for version, x in ((detector, 10), (anomaly, 120)):  # two places: two queue items
         run = InspectionRun.objects.create(
             project=project, model_version=version, image_ids=[a.pk],
             results={str(a.pk): {"suggestions": 1}},
         )  # fmt: skip
         suggestions_store(
             image=a, run=run, model_version=version,
-            suggestions=[SuggestionIn(box=(10, 10, 20, 20), score=0.8)],
+            suggestions=[SuggestionIn(box=(x, 10, 20, 20), score=0.8)],
         )  # fmt: skip
     url = f"/api/projects/{project.pk}/suggestions/"
     got = client_for(team["reviewer"]).get(url, {"source": "detector"}).json()["results"]
@@ -466,3 +466,95 @@ def test_two_detector_versions_side_by_side(team, tmp_path, client):
     assert client.get(url, {"a": "x"}).status_code == 404
     client.force_login(team["outsider"])
     assert client.get(url).status_code == 404
+
+
+def test_an_anomaly_region_and_a_detector_box_at_one_place_are_one_queue_item(
+    team, tmp_path, client_for
+):
+    """Both models found the same defect: one item, with both sources, the detector's category
+    preselected; deciding it decides both suggestions (a Review row each, one label)."""
+    from annotations.models import Annotation, Review
+
+    project = team["project"]
+    image = add_image(project, team["admin"], tmp_path, "a.png", size=(200, 100))
+    dent = category_create(user=team["admin"], project=project, name="dent")
+    category_create(user=team["admin"], project=project, name="scratch")
+    padim = ModelVersion.objects.create(
+        project=project, number=1, kind="anomaly", architecture="padim", status="ready"
+    )
+    detector = ModelVersion.objects.create(
+        project=project, number=1, kind="detector", architecture="ppyoloe-sod-s", status="ready"
+    )
+    inspect = InspectionRun.objects.create(
+        project=project, model_version=padim, image_ids=[image.pk]
+    )
+    blob, elsewhere, third = suggestions_store(
+        image=image,
+        run=inspect,
+        model_version=padim,
+        suggestions=[
+            SuggestionIn(
+                box=(10, 10, 40, 40), score=0.7, polygon=[[10, 10], [50, 10], [50, 50], [10, 50]]
+            ),
+            SuggestionIn(box=(150, 50, 20, 20), score=0.6),
+            SuggestionIn(box=(60, 60, 30, 30), score=0.55),
+        ],
+    )
+    detect = InspectionRun.objects.create(
+        project=project, model_version=detector, image_ids=[image.pk]
+    )
+    inside, alone, over_third = suggestions_store(
+        image=image,
+        run=detect,
+        model_version=detector,
+        suggestions=[
+            SuggestionIn(box=(15, 15, 30, 30), score=0.8, category="dent", category_score=0.8),
+            SuggestionIn(box=(100, 10, 10, 10), score=0.9, category="scratch", category_score=0.9),
+            SuggestionIn(box=(62, 62, 30, 30), score=0.4, category="dent", category_score=0.4),
+        ],
+    )
+    assert (inside.same_as, alone.same_as, over_third.same_as) == (blob, None, third)
+    blob.refresh_from_db()  # the unclassified region takes the detector's category
+    assert (blob.category, blob.proposed_category, blob.category_score) == (dent, dent, 0.8)
+
+    reviewer = client_for(team["reviewer"])
+    queue = f"/api/projects/{project.pk}/suggestions/"
+
+    def ids(**filters):
+        got = reviewer.get(queue, {"status": "pending", **filters}).json()["results"]
+        return [s["id"] for s in got]
+
+    assert ids() == [alone.pk, blob.pk, elsewhere.pk, third.pk]
+    item = reviewer.get(queue, {"status": "pending"}).json()["results"][1]
+    assert item["category_name"] == "dent" and item["also"] == [
+        {
+            "id": inside.pk,
+            "source": "detector",
+            "model": "ppyoloe-sod-s v1",
+            "score": 0.8,
+            "category_name": "dent",
+            "status": "pending",
+        }
+    ]
+    # the filters about model output see an item through its echo too
+    assert ids(source="detector") == [alone.pk, blob.pk, third.pk]
+    assert ids(run=detect.pk) == [alone.pk, blob.pk, third.pk]
+    assert ids(model_version=detector.pk) == [alone.pk, blob.pk, third.pk]
+    assert ids(source="anomaly") == [blob.pk, elsewhere.pk, third.pk]
+    overlay = reviewer.get(f"/api/images/{image.pk}/suggestions/").json()
+    assert inside.pk not in [s["id"] for s in overlay]
+
+    r = reviewer.post(f"/api/suggestions/{blob.pk}/accept/", {"category": dent.pk}, format="json")
+    assert r.status_code == 201, r.content
+    for s in (blob, inside):
+        s.refresh_from_db()
+        assert (s.status, s.category, s.decided_by) == ("accepted", dent, team["reviewer"])
+    assert Annotation.objects.filter(image=image).count() == 1
+    assert sorted(
+        Review.objects.filter(action="accept").values_list("suggestion", flat=True)
+    ) == sorted([blob.pk, inside.pk])
+    r = reviewer.post(f"/api/suggestions/{third.pk}/reject/", {"reason": "reflection"}, format="json")
+    assert r.status_code == 200, r.content
+    over_third.refresh_from_db()
+    assert (over_third.status, over_third.reject_reason) == ("rejected", "reflection")
+    assert ids() == [alone.pk, elsewhere.pk]

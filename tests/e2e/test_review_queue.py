@@ -5,7 +5,7 @@ import pytest
 
 from annotations.models import Annotation, Review, Suggestion
 from annotations.services.categories import category_create
-from annotations.services.suggestions import suggestions_store
+from annotations.services.suggestions import SuggestionIn, suggestions_store
 from inspection.models import Image, InspectionRun, ModelVersion, Role
 from inspection.services.images import IncomingFile, image_build_derivatives, image_store_one
 from inspection.services.projects import member_set, project_create
@@ -146,3 +146,41 @@ def test_review_queue_by_keyboard(page, live_server, queue):
     label = Annotation.objects.get(pk=queue["label"].pk)
     assert label.review_status == "returned"
     assert Review.objects.get(annotation=label).comment == "the crack continues to the right"
+
+
+def test_one_item_for_a_defect_both_models_found(page, live_server, queue):
+    """An anomaly region and a detector box at one place: one item that names both sources and
+    preselects the detector's category; A accepts both."""
+    project, image, porosity = queue["project"], queue["image"], queue["porosity"]
+    detector = ModelVersion.objects.create(
+        project=project, number=1, kind="detector", architecture="ppyoloe-sod-s", status="ready"
+    )
+    run = InspectionRun.objects.create(
+        project=project, model_version=detector, image_ids=[image.pk]
+    )
+    (box,) = suggestions_store(
+        image=image,
+        run=run,
+        model_version=detector,
+        suggestions=[
+            SuggestionIn(box=(210, 210, 80, 80), score=0.8, category="porosity", category_score=0.8)
+        ],
+    )
+    top = Suggestion.objects.filter(model_version__kind="anomaly").order_by("-score")[0]
+    assert box.same_as == top
+    login(page, "rev")
+    page.goto(f"/projects/{project.pk}/review/?source=detector")
+    page.locator("#viewer[data-loaded]").wait_for()
+    wait_item(page, f"suggestion:{top.pk}")
+    assert "anomaly model and detector · porosity" in page.locator("#item-title").inner_text()
+    assert (
+        "also found by ppyoloe-sod-s v1 (porosity 0.80)" in page.locator("#item-info").inner_text()
+    )
+    chosen = page.locator('#categories .cat[aria-pressed="true"]')
+    assert chosen.get_attribute("data-category") == str(porosity.pk)
+    page.keyboard.press("a")
+    page.wait_for_function("() => document.getElementById('tally').textContent.startsWith('1 acc')")
+    assert set(
+        Suggestion.objects.filter(pk__in=[top.pk, box.pk]).values_list("status", "category")
+    ) == {("accepted", porosity.pk)}
+    assert Annotation.objects.filter(suggestion=top, category=porosity).count() == 1
