@@ -112,6 +112,11 @@ def main() -> None:
     ap.add_argument("--active-learning", action="store_true")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--al-epochs", type=int, default=4)
+    ap.add_argument(
+        "--only-active-learning",
+        action="store_true",
+        help="skip the full training, speed and 20 MP figures: only the rounds",
+    )
     args = ap.parse_args()
     if args.estimate:
         estimate(["lite0", "s", "m", "l"], 640, args.batch_size, args.estimate_iterations)
@@ -140,6 +145,8 @@ def main() -> None:
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
+        if "map50" not in r:  # --only-active-learning: its rounds were printed above
+            continue
         print(
             f"| {r['set']} | {r['backbone']} | {r['input']} | {r['epochs']} | "
             f"{r['s_per_epoch']:.0f} | {r['val_map50']} | {r['map50']:.3f} | {r['map']:.3f} | "
@@ -187,6 +194,18 @@ def run_set(args, user, root: Path, tmp: Path) -> dict:
     }
     if args.iterations_per_epoch:
         params["iterations_per_epoch"] = args.iterations_per_epoch
+    if args.only_active_learning:
+        from annotations.services.detectors import detector_proposal
+
+        sliced = detector_proposal(user=user, version=version, params=params)["params"]["slice"]
+        test_json, image_root = _split_json(version, "test", tmp / f"{root.name}-test")
+        whole = max(max(im["width"], im["height"]) for im in version.content["images"])
+        eval_slice = args.input_size if sliced else whole
+        lines = _active_learning(
+            args, user, project, version, test_json, image_root, tmp, eval_slice, sliced
+        )
+        print("\n".join(lines))
+        return {"set": root.name, "al": lines}
     model = detector_train(user=user, project=project, version=version, params=params)
     t0 = time.perf_counter()
     status = run_job(str(model.job_id), train_detector.body)
@@ -225,7 +244,7 @@ def run_set(args, user, root: Path, tmp: Path) -> dict:
     }
     if args.active_learning:
         row["al"] = _active_learning(
-            args, user, project, version, test_json, image_root, tmp, eval_slice
+            args, user, project, version, test_json, image_root, tmp, eval_slice, sliced
         )
     return row
 
@@ -335,9 +354,16 @@ def _twenty_megapixels(artifact: Path, image_root: Path, size: int, tmp: Path) -
     return {"mp20_s": float(seconds), "mp20_rss_mb": int(rss_kb) / 1024}
 
 
-def _active_learning(args, user, project, version, test_json, image_root, tmp, eval_slice):
+def _active_learning(args, user, project, version, test_json, image_root, tmp, eval_slice, sliced):
     """Rounds of 'label the next images': start from a third of the train split, add a third
-    each round, chosen by uncertainty or at random; train a fresh detector each round."""
+    each round, chosen at random or as the app's "label next" chooses them (each round's
+    detector predicts the images not chosen yet, its boxes are stored as suggestions, and the
+    image grid's order=uncertainty ranks the images: annotations.filters.uncertainty_ranked);
+    train a fresh detector each round, as the job does (slices when the job would slice)."""
+    from annotations.filters import uncertainty_ranked
+    from annotations.models import Suggestion
+    from annotations.services.suggestions import SuggestionIn, suggestions_store
+    from inspection.models import Image, InspectionRun, ModelVersion
     from workers import detection
 
     train = [im for im in version.content["images"] if im["split"] == "train"]
@@ -353,7 +379,9 @@ def _active_learning(args, user, project, version, test_json, image_root, tmp, e
     chosen = {"uncertainty": set(random.Random(1).sample(keys, step))}
     chosen["random"] = set(chosen["uncertainty"])
     maps: dict[str, list[float]] = {"uncertainty": [], "random": []}
+    number = 100
     for round_ in range(1, args.rounds + 1):
+        labelled = len(chosen["random"])
         for how in ("uncertainty", "random"):
             folder = tmp / f"al-{version.project_id}-{how}-{round_}"
             train_json, root = _split_json(version, "train", folder, chosen[how])
@@ -368,27 +396,44 @@ def _active_learning(args, user, project, version, test_json, image_root, tmp, e
                 train_config=detection.TrainConfig(
                     epochs=args.al_epochs,
                     batch_size=args.batch_size,
+                    crop_size=args.input_size if sliced else None,
                     train_sizes=detection.train_sizes_around(args.input_size),
+                    max_iters_per_epoch=args.iterations_per_epoch,
                 ),
             )
             figures = _evaluate(result.artifact, test_json, image_root, eval_slice)
             maps[how].append(figures["map50"])
+            print(f"AL round {round_} {how}: {labelled} images, test mAP50 {figures['map50']:.3f}")
             rest = [k for k in keys if k not in chosen[how]]
-            if not rest:
+            if not rest or round_ == args.rounds:
                 continue
             if how == "random":
                 chosen[how] |= set(random.Random(round_).sample(rest, min(step, len(rest))))
-            else:
-                detector = detection.load_detector(result.artifact)
-                doubt = {}
-                for k in rest:
-                    found = detector.predict(str(path_of[k]), score_threshold=0.3)
-                    doubt[k] = sum(1 for d in found if d.score < 0.6)
-                ranked = sorted(rest, key=lambda k: -doubt[k])
-                chosen[how] |= set(ranked[:step])
+                continue
+            detector = detection.load_detector(result.artifact)
+            # only this round's detector speaks: the previous rounds' suggestions go
+            Suggestion.objects.filter(model_version__architecture="al").delete()
+            number += 1
+            mv = ModelVersion.objects.create(
+                project=project, number=number, kind="detector", architecture="al", status="ready"
+            )
+            run = InspectionRun.objects.create(
+                project=project, model_version=mv, image_ids=[int(k) for k in rest]
+            )
+            for k in rest:
+                found = detector.predict_sliced(
+                    str(path_of[k]), slice_size=eval_slice, score_threshold=0.3
+                )
+                suggestions_store(
+                    image=Image.objects.get(pk=int(k)),
+                    run=run,
+                    model_version=mv,
+                    suggestions=[SuggestionIn.from_detection(d) for d in found],
+                )
+            ranked = uncertainty_ranked(Image.objects.filter(pk__in=[int(k) for k in rest]))
+            chosen[how] |= {str(pk) for pk in ranked.values_list("id", flat=True)[:step]}
         lines.append(
-            f"| {round_} | {len(chosen['random'])} | {maps['uncertainty'][-1]:.3f} | "
-            f"{maps['random'][-1]:.3f} |"
+            f"| {round_} | {labelled} | {maps['uncertainty'][-1]:.3f} | {maps['random'][-1]:.3f} |"
         )
     return lines
 
