@@ -7,7 +7,7 @@ job bodies as the worker runs them.
     # import -> freeze -> train (detection_train) -> held-out mAP -> speed -> 20 MP -> optional AL
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/detector_loop.py \\
         --sets deeppcb neu_det --epochs 12 [--backbone lite0] [--input-size 640] \\
-        [--active-learning --rounds 3]
+        [--active-learning --rounds 3 --al-epochs 4]
 
 For each set: import its COCO file (`dataset_import` as the job runs it), put the held-out images
 in the test split (DeepPCB: its official test list; NEU-DET: a seeded 20 %), freeze a version
@@ -15,8 +15,9 @@ in the test split (DeepPCB: its official test list; NEU-DET: a seeded 20 %), fre
 val mAP50 from the job's history), then on the held-out split: mAP50, mAP and AP_small of the
 deployed runtime (`load_detector`, ONNX Runtime on CPU); ms per 640 slice through ONNX Runtime
 and torch eager; a 20 MP mosaic of test images predicted sliced, with its peak RSS (in a child
-process); and, with --active-learning, rounds of "label the next images" chosen by uncertainty
-(most boxes with confidence in [0.3, 0.6)) against random, mAP after each round. Paddle's CPU
+process); and, with --active-learning (or --only-active-learning), rounds of "label the next
+images" chosen as the app's "label next" ranks them (the round's detector's boxes stored as
+suggestions, the image grid's order=uncertainty) against random, test mAP50 after each round. Paddle's CPU
 figure for one 640 slice is 2.1 s (docs/benchmarks-detection.md). A throwaway SQLite database
 and media folder are used; nothing is downloaded.
 """

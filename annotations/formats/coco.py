@@ -1,5 +1,9 @@
 """COCO detection/segmentation JSON: write one file per split, read with per-item validation.
 
+(About 570 lines, over the ~500 of docs/architecture.md on purpose: the writer and the reader
+share the id, bbox and segmentation conventions below, and most of the length is the reader's
+per-item checks, each with the message a user sees; split in two they would drift apart.)
+
 Export layout (``write_coco``)::
 
     annotations/instances_<split>.json
