@@ -68,13 +68,9 @@ def suggestion_accept(
         current.decided_by = user
         current.decided_at = timezone.now()
         current.save(update_fields=["status", "category", "decided_by", "decided_at"])
-        for decided in (current, *_echoes(current)):
-            if decided is not current:
-                decided.status = Suggestion.Status.ACCEPTED
-                decided.category = category
-                decided.decided_by = user
-                decided.decided_at = current.decided_at
-                decided.save(update_fields=["status", "category", "decided_by", "decided_at"])
+        for decided in _with_echoes(
+            current, status=current.status, category=category, decided_by=user
+        ):
             Review.objects.create(
                 image=image,
                 suggestion=decided,
@@ -89,14 +85,20 @@ def suggestion_accept(
     return annotation
 
 
-def _echoes(suggestion: Suggestion) -> list[Suggestion]:
-    """The other kind's pending suggestions stored at this one's place (``same_as``): one
-    queue item, so one decision decides them too (each gets its own Review row)."""
-    return list(
+def _with_echoes(current: Suggestion, **decision) -> list[Suggestion]:
+    """``current`` (decided and saved) and the other kind's pending suggestions stored at its
+    place (``same_as``), given the same ``decision`` fields: one queue item, one decision (the
+    caller writes a Review row for each)."""
+    echoes = list(
         Suggestion.objects.select_for_update().filter(
-            same_as=suggestion, status=Suggestion.Status.PENDING
+            same_as=current, status=Suggestion.Status.PENDING
         )
     )
+    for echo in echoes:
+        for name, value in {**decision, "decided_at": current.decided_at}.items():
+            setattr(echo, name, value)
+        echo.save(update_fields=[*decision, "decided_at"])
+    return [current, *echoes]
 
 
 def suggestion_reject(
@@ -115,13 +117,9 @@ def suggestion_reject(
         current.decided_by = user
         current.decided_at = timezone.now()
         current.save(update_fields=["status", "reject_reason", "decided_by", "decided_at"])
-        for decided in (current, *_echoes(current)):
-            if decided is not current:
-                decided.status = Suggestion.Status.REJECTED
-                decided.reject_reason = reason
-                decided.decided_by = user
-                decided.decided_at = current.decided_at
-                decided.save(update_fields=["status", "reject_reason", "decided_by", "decided_at"])
+        for decided in _with_echoes(
+            current, status=current.status, reject_reason=reason, decided_by=user
+        ):
             Review.objects.create(
                 image=current.image,
                 suggestion=decided,
