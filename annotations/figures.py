@@ -169,22 +169,6 @@ def run_figures(run: InspectionRun, *, threshold: float = 0.5) -> RunFigures:
     return figures
 
 
-def curve_svg_points(
-    curve: list[dict], *, width: int = 320, height: int = 220, pad: int = 30
-) -> str:
-    """'x,y x,y ...' of precision (y) over recall (x) for an inline SVG polyline."""
-    pts = [
-        (p["recall"], p["precision"])
-        for p in curve
-        if p["recall"] is not None and p["precision"] is not None
-    ]
-    pts.sort()
-    return " ".join(
-        f"{pad + r * (width - 2 * pad):.1f},{height - pad - p * (height - 2 * pad):.1f}"
-        for r, p in pts
-    )
-
-
 def run_threshold(run: InspectionRun) -> float:
     """The score a run suggested from: an anomaly run's threshold, a detection run's confidence."""
     params = run.params or {}

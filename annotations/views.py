@@ -12,12 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from annotations import selectors
-from annotations.figures import (
-    curve_svg_points,
-    detection_figures,
-    run_figures,
-    run_threshold,
-)
+from annotations.figures import detection_figures, run_figures, run_threshold
 from annotations.filters import ImageFilter, SuggestionFilter
 from annotations.models import DatasetVersion, DefectCategory, Review
 from annotations.services import categories as category_services
@@ -26,6 +21,7 @@ from annotations.services.dataset_export import export_formats
 from annotations.services.dataset_import import import_formats
 from inspection.models import Image, InspectionRun, Job, ModelVersion, Project, Role
 from inspection.permissions import has_role, require_role
+from inspection.plots import curve_svg_points
 from inspection.services import projects as project_services
 from inspection.services.images import images_without_pyramid
 from inspection.views import form_errors

@@ -12,6 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from inspection import selectors
 from inspection.models import InspectionRun, Job, ModelVersion, Project, Role
 from inspection.permissions import has_role, require_role
+from inspection.plots import curve_svg_points
 from inspection.services import jobs as job_services
 from inspection.services import projects as project_services
 from inspection.services.inspections import (
@@ -97,8 +98,8 @@ def models_page(request, pk):
             "role": role,
             "is_admin": role == Role.ADMIN,
             "can_inspect": has_role(request.user, project, Role.REVIEWER),
-            "versions": ModelVersion.objects.filter(project=project).select_related(
-                "created_by", "job"
+            "versions": _with_class_rows(
+                ModelVersion.objects.filter(project=project).select_related("created_by", "job")
             ),
             "detector_count": ModelVersion.objects.filter(
                 project=project, kind=ModelVersion.Kind.DETECTOR
@@ -113,6 +114,30 @@ def models_page(request, pk):
             "inspection_defaults": INSPECTION_DEFAULTS,
         },
     )
+
+
+def _with_class_rows(versions) -> list[ModelVersion]:
+    """Detector versions get ``class_rows``: per category AP50, AP and the PR curve's points
+    on their val split (figures of the last evaluation; older versions have AP50 only)."""
+    out = list(versions)
+    for v in out:
+        m = v.metrics or {}
+        ap, pr = m.get("per_class_ap") or {}, m.get("per_class_pr") or {}
+        v.class_rows = [
+            {
+                "name": name,
+                "ap50": ap50,
+                "ap": ap.get(name),
+                "svg": curve_svg_points(
+                    [{"recall": r, "precision": p} for r, p in pr.get(name, [])],
+                    width=120,
+                    height=60,
+                    pad=6,
+                ),
+            }
+            for name, ap50 in (m.get("per_class_ap50") or {}).items()
+        ]
+    return out
 
 
 def _delta(a, b):

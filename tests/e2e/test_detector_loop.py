@@ -116,6 +116,8 @@ def test_train_a_detector_run_it_and_accept_its_category(page, celery_worker, la
     assert row.locator('[data-metric="map50"]').inner_text() == f"{detector.metrics['map50']:.3f}"
     for name in detector.metrics["per_class_ap50"]:
         assert name in row.locator(".ap-table").inner_text()
+        # AP and the precision/recall curve on val, per category
+        assert row.locator(f'.ap-table tr[data-category="{name}"] svg.pr polyline').count() == 1
     loss = row.locator('svg.curve[data-series="loss"]')
     loss.wait_for()
     assert loss.get_attribute("data-points") == "1"

@@ -28,6 +28,10 @@ class EvalResult:
     ms_per_image: float
     stats: list[float] = field(default_factory=list)
     per_class_ap50: dict[str, float] = field(default_factory=dict)
+    per_class_ap: dict[str, float] = field(default_factory=dict)  # AP at IoU 0.5:0.95
+    # precision at COCO's 101 recall points (IoU 0.5, all areas, up to 100 boxes per image):
+    # {name: [[recall, precision], ...]}, only the points the category reaches
+    per_class_pr: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
 def evaluate(
@@ -97,13 +101,21 @@ def evaluate(
         ev.accumulate()
         ev.summarize()
     stats = [float(s) for s in ev.stats]
-    per_class = {}
+    per_class, per_class_ap, per_class_pr = {}, {}, {}
     precision = ev.eval["precision"]  # [T, R, K, A, M]
     for k, cat_id in enumerate(ev.params.catIds):
-        p = precision[0, :, k, 0, -1]
-        p = p[p > -1]
         name = next((c.name for c in ds.categories if c.id == cat_id), str(cat_id))
+        at50 = precision[0, :, k, 0, -1]
+        p = at50[at50 > -1]
         per_class[name] = float(np.mean(p)) if p.size else -1.0
+        every = precision[:, :, k, 0, -1]
+        every = every[every > -1]
+        per_class_ap[name] = float(np.mean(every)) if every.size else -1.0
+        per_class_pr[name] = [
+            [round(float(r), 2), round(float(q), 4)]
+            for r, q in zip(ev.params.recThrs, at50, strict=True)
+            if q > -1
+        ]
     return EvalResult(
         map=stats[0],
         map50=stats[1],
@@ -113,4 +125,6 @@ def evaluate(
         ms_per_image=1000 * seconds / max(1, len(ds)),
         stats=stats,
         per_class_ap50=per_class,
+        per_class_ap=per_class_ap,
+        per_class_pr=per_class_pr,
     )

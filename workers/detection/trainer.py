@@ -163,6 +163,8 @@ def _validate(
         "map50": res.map50,
         "ap_small": res.ap_small,
         "per_class_ap50": dict(res.per_class_ap50),
+        "per_class_ap": dict(res.per_class_ap),
+        "per_class_pr": dict(res.per_class_pr),
     }
 
 
@@ -190,8 +192,10 @@ def train(
 
     With ``val_json`` the EMA weights are evaluated (pycocotools; each image cut into slices of
     ``eval_slice_size``, every slice resized to the model's ``eval_size`` as the deployed
-    artifact does) every ``eval_every`` epochs and after the last one; ``map``, ``map50``, ``ap_small`` and ``per_class_ap50``
-    (category name -> AP50) join that epoch's metrics.
+    artifact does) every ``eval_every`` epochs and after the last one; ``map``, ``map50``,
+    ``ap_small``, ``per_class_ap50`` and ``per_class_ap`` (category name -> AP50, AP) and
+    ``per_class_pr`` (category name -> [[recall, precision], ...] at IoU 0.5) join that epoch's
+    metrics.
 
     With ``checkpoint`` a checkpoint is written there (atomically) after every epoch, before
     that epoch's progress call, so a run cancelled from the callback or lost with its worker

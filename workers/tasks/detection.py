@@ -124,7 +124,7 @@ def train_detector(job, ctx: JobContext) -> dict:
                     # in that order: an epoch shown as done can always be continued from
                     _checkpoint_store(folder, checkpoint, metrics["epoch"])
                     history[:] = [h for h in history if h["epoch"] < metrics["epoch"]]
-                    history.append(metrics)
+                    history.append(_light(metrics))
                     ModelVersion.objects.filter(pk=version.pk).update(metrics={"history": history})
 
             with open(train_json) as fh:
@@ -167,7 +167,10 @@ def train_detector(job, ctx: JobContext) -> dict:
                 history.clear()
                 ctx.progress(0.02, f"Training {what} again: {exc}"[:500], force=True)
                 result = detection.train(**train)
-            history = result.history
+            last_pr = next(
+                (h["per_class_pr"] for h in reversed(result.history) if "per_class_pr" in h), {}
+            )
+            history = [_light(h) for h in result.history]
             model_dir = work / "model"
             ctx.progress(0.94, "Exporting the detector for CPU inference (ONNX)", force=True)
             exports = _export(detection, model_dir / ARTIFACT)
@@ -181,6 +184,8 @@ def train_detector(job, ctx: JobContext) -> dict:
             "map50": last.get("map50"),
             "ap_small": last.get("ap_small"),
             "per_class_ap50": last.get("per_class_ap50", {}),
+            "per_class_ap": last.get("per_class_ap", {}),
+            "per_class_pr": last_pr,  # the last evaluation's curves only: history stays light
             "evaluated_on": "val" if val_json else None,
             "epochs": result.epochs,
             "resumed_after_epoch": result.resumed_from_epoch,
@@ -213,6 +218,12 @@ def train_detector(job, ctx: JobContext) -> dict:
         "resumed_after_epoch": result.resumed_from_epoch,
         "message": f"{version.architecture} v{version.number}: {result.epochs} epochs{mark}",
     }
+
+
+def _light(metrics: dict) -> dict:
+    """An epoch's figures without its precision/recall curves (a few kB per epoch that the
+    models page would poll): the version keeps the last evaluation's curves apart."""
+    return {k: v for k, v in metrics.items() if k != "per_class_pr"}
 
 
 def _give_up(version: ModelVersion, folder: str) -> None:

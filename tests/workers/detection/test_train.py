@@ -167,3 +167,12 @@ def test_validation_judges_the_model_as_its_artifact_predicts(
     assert deployed.map50 > 0.3, deployed  # something to compare
     assert during["map50"] == pytest.approx(deployed.map50, abs=1e-6)
     assert during["map"] == pytest.approx(deployed.map, abs=1e-6)
+    # per category: AP50, AP and the precision/recall curve at IoU 0.5 (COCO's 101 points)
+    assert during["per_class_ap"] == pytest.approx(deployed.per_class_ap, abs=1e-6)
+    assert during["per_class_pr"] == deployed.per_class_pr
+    for name, curve in deployed.per_class_pr.items():
+        assert curve[0][0] == 0.0 and all(0 <= p <= 1 for _r, p in curve)
+        if len(curve) == 101:  # reached full recall: AP50 is the mean precision of the points
+            mean = sum(p for _r, p in curve) / 101
+            assert deployed.per_class_ap50[name] == pytest.approx(mean, abs=1e-3)
+        assert deployed.per_class_ap[name] <= deployed.per_class_ap50[name] + 1e-9

@@ -109,6 +109,16 @@ def test_train_activate_detect_and_suggest_with_categories(team, version):
     assert [h["epoch"] for h in history] == [1, 2] and all("loss" in h for h in history)
     assert model.metrics["evaluated_on"] == "val" and model.metrics["map50"] is not None
     assert set(model.metrics["per_class_ap50"]) == {"red", "blue"}
+    assert (
+        set(model.metrics["per_class_ap"])
+        == set(model.metrics["per_class_pr"])
+        == {
+            "red",
+            "blue",
+        }
+    )
+    # the curves are kept once, for the last evaluation: the polled history stays light
+    assert not any("per_class_pr" in h for h in history) and "per_class_ap" in history[-1]
     assert model.metrics["exports"] == {"onnx": True}
     prefix = model.artifact.rsplit("/", 1)[0]
     assert not default_storage.exists(f"{prefix}/checkpoint.pt")  # only kept while training
