@@ -4,6 +4,10 @@ job bodies as the worker runs them.
     # seconds per training image for each backbone (the models page's time estimate)
     .venv/bin/python benchmarks/detector_loop.py --estimate
 
+    # speed only, of an artifact trained by a run below (on a quiet machine)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detector_loop.py --speed <media>/.../model.pt \\
+        --images <a folder of the set's images> --input-size 416
+
     # import -> freeze -> train (detection_train) -> held-out mAP -> speed -> 20 MP -> optional AL
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/detector_loop.py \\
         --sets deeppcb neu_det --epochs 12 [--backbone lite0] [--input-size 640] \\
@@ -118,24 +122,31 @@ def main() -> None:
         action="store_true",
         help="skip the full training, speed and 20 MP figures: only the rounds",
     )
+    ap.add_argument(
+        "--speed",
+        metavar="ARTIFACT",
+        help="only the speed figures of a trained artifact (model.pt): ms per 640 slice and the "
+        "20 MP mosaic at --input-size, over the images of --images",
+    )
+    ap.add_argument("--images", help="with --speed: a folder of the set's images")
     args = ap.parse_args()
+    if args.speed:
+        tmp = Path(tempfile.mkdtemp(prefix="loupe-detector-speed-"))
+        speed = _speed(Path(args.speed), Path(args.images), 640)
+        mp20 = _twenty_megapixels(Path(args.speed), Path(args.images), args.input_size, tmp)
+        print(
+            f"ms per 640 slice: ONNX {speed['ms_onnx']:.0f}, torch {speed['ms_torch']:.0f} "
+            f"({PADDLE_SECONDS_PER_SLICE * 1000 / speed['ms_onnx']:.1f}x Paddle's 2.1 s); "
+            f"20 MP: {mp20['mp20_s']:.1f} s, peak RSS {mp20['mp20_rss_mb']:.0f} MB"
+        )
+        return
     if args.estimate:
         estimate(["lite0", "s", "m", "l"], 640, args.batch_size, args.estimate_iterations)
         return
 
-    tmp = Path(tempfile.mkdtemp(prefix="loupe-detector-bench-"))
-    os.environ["DATABASE_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
-    os.environ["MEDIA_ROOT"] = str(tmp / "media")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inspection.settings")
-    import django
+    from benchmarks.throwaway import throwaway_site
 
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    from django.contrib.auth import get_user_model
-
-    user = get_user_model().objects.create_superuser("bench", "", "bench-password-1")
+    tmp, user = throwaway_site("loupe-detector-bench-")
     rows = []
     for name in args.sets:
         rows.append(run_set(args, user, Path(args.datasets) / name, tmp))

@@ -15,9 +15,7 @@ throwaway SQLite database and media folder are used.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,18 +32,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="EfficientAD steps")
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="loupe-bench-"))
-    os.environ["DATABASE_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
-    os.environ["MEDIA_ROOT"] = str(tmp / "media")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inspection.settings")
-    import django
+    from benchmarks.throwaway import throwaway_site
 
-    django.setup()
-    from django.core.management import call_command
+    _tmp, user = throwaway_site("loupe-bench-")
     from django.db import transaction
-
-    call_command("migrate", verbosity=0)
-    from django.contrib.auth import get_user_model
 
     from annotations.figures import run_figures
     from annotations.services.dataset_import import dataset_import_run
@@ -55,7 +45,6 @@ def main() -> None:
     from workers.tasks.anomaly import run_inspection, train_anomaly_model
     from workers.tasks.runner import run_job
 
-    user = get_user_model().objects.create_superuser("bench", "", "bench-password-1")
     rows = []
     for name in args.sets:
         root = Path(args.datasets) / name
