@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .inference import Detection, Detector, RuntimeDetector
     from .model import PPYOLOE, build_model
     from .onnx_export import OnnxDetector, export_onnx
+    from .quantize import check_int8
     from .runtimes import RUNTIMES, ensure_onnx_export, load_detector
     from .sahi_model import LoupeSahiModel
     from .trainer import ProgressCallback, TrainResult, train
@@ -68,6 +69,7 @@ _LAZY = {
     "ConversionReport": "convert",
     "export_onnx": "onnx_export",
     "OnnxDetector": "onnx_export",
+    "check_int8": "quantize",
 }
 
 __all__ = [
@@ -106,6 +108,7 @@ __all__ = [
     "ConversionReport",
     "export_onnx",
     "OnnxDetector",
+    "check_int8",
 ]
 
 

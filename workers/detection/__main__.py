@@ -170,6 +170,25 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_int8(args: argparse.Namespace) -> int:
+    from .quantize import check_int8
+
+    result = check_int8(
+        args.model,
+        args.coco,
+        image_root=args.images,
+        calibration_json=args.calibration_coco,
+        calibration_root=args.calibration_images,
+        slice_size=args.slice_size,
+        overlap=args.overlap,
+        tolerance=args.tolerance,
+        threads=args.threads,
+        progress=lambda message: print(message, file=sys.stderr),
+    )
+    print(json.dumps(result))
+    return 0 if result["passed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
     p = argparse.ArgumentParser(prog="python -m workers.detection", description=__doc__)
@@ -255,6 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("output")
     x.add_argument("--size", type=int, default=None)
     x.set_defaults(func=cmd_export_onnx)
+
+    q = sub.add_parser(
+        "check-int8",
+        help="quantize the ONNX export to INT8 and keep it beside the model only if its mAP50 "
+        "on held-out images is within --tolerance of fp32 and it is faster (exit 1 if not)",
+    )
+    q.add_argument("model")
+    q.add_argument("coco", help="held-out COCO JSON to judge on (the val split)")
+    q.add_argument("--images", help="image root of COCO (default: the JSON's folder)")
+    q.add_argument("--calibration-coco", help="COCO JSON of calibration images (training split)")
+    q.add_argument("--calibration-images", help="image root of --calibration-coco")
+    q.add_argument(
+        "--slice-size", type=int, default=None, help="slices as predicted (default: whole)"
+    )
+    q.add_argument("--overlap", type=float, default=0.25)
+    q.add_argument("--tolerance", type=float, default=0.01, help="mAP50 INT8 may lose")
+    q.add_argument("--threads", type=int, default=None)
+    q.set_defaults(func=cmd_check_int8)
     return p
 
 

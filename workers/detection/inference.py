@@ -49,6 +49,7 @@ class Detector:
     """
 
     runtime = "torch"
+    precision = "fp32"  # "int8" for a checked quantized ONNX copy (see quantize.py)
 
     def __init__(
         self,

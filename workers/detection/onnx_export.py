@@ -141,6 +141,7 @@ class OnnxDetector(RuntimeDetector):
         cats, cfg, size = describe_export(meta)
         super().__init__(self.raw, cats, cfg, size, runtime="onnx")
         self.size = size
+        self.precision = meta.get("loupe_precision", "fp32")
 
     def raw(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Network outputs for a float32 [N, 3, S, S] batch."""

@@ -24,6 +24,7 @@ from .inference import Detector, default_device
 logger = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "onnx")
+PRECISIONS = ("auto", "fp32", "int8")
 
 
 def onnx_export_path(artifact: str | Path, size: int, export_dir: str | Path | None = None) -> Path:
@@ -79,6 +80,7 @@ def load_detector(
     threads: int | None = None,
     export_dir: str | Path | None = None,
     export_missing: bool = True,
+    precision: str = "auto",
 ) -> Detector:
     """A predictor for ``artifact`` with ``predict``, ``predict_batch`` and ``predict_sliced``.
 
@@ -96,6 +98,12 @@ def load_detector(
       else ONNX Runtime; if that cannot be used, torch, with a logged warning. The returned
       object's ``runtime`` attribute says which ran.
 
+    ``precision`` (ONNX Runtime only): ``"auto"`` runs the INT8 copy of the export when one
+    passed its check against fp32 for this very artifact (:func:`~.quantize.check_int8`, run by
+    the training job on the val split), else fp32; ``"fp32"`` never runs INT8; ``"int8"``
+    raises :class:`WeightsNotFound` when there is no checked INT8 copy. The returned object's
+    ``precision`` attribute says which ran.
+
     ``eval_size`` is the network input (default: the artifact's); the ONNX export is made at
     that size. ``threads`` is the number of intra-op threads of the ONNX Runtime session
     (default: torch's current count); torch's own count is process-wide and left to the caller
@@ -104,6 +112,10 @@ def load_detector(
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "int8" and runtime == "torch":
+        raise RuntimeUnavailable("INT8 runs through ONNX Runtime only; use runtime='onnx'")
     if eval_size is not None and eval_size % 32:
         raise ValueError("eval_size must be a multiple of 32")
     artifact = Path(artifact)
@@ -117,9 +129,9 @@ def load_detector(
             f"the ONNX runtime runs on the CPU only, not on {dev}; use runtime='torch' there"
         )
     try:
-        return _onnx_detector(artifact, eval_size, threads, export_dir, export_missing)
+        return _onnx_detector(artifact, eval_size, threads, export_dir, export_missing, precision)
     except Exception as exc:
-        if runtime == "onnx":
+        if runtime == "onnx" or precision == "int8":
             raise
         # auto: slower is better than failing the job; the log says why.
         logger.warning("ONNX Runtime unusable for %s (%s); using torch", artifact, exc)
@@ -132,6 +144,7 @@ def _onnx_detector(
     threads: int | None,
     export_dir: str | Path | None,
     export_missing: bool,
+    precision: str = "auto",
 ) -> Detector:
     try:
         import onnxruntime  # noqa: F401
@@ -152,7 +165,18 @@ def _onnx_detector(
             f"cannot write the ONNX export of {artifact} ({exc}); pass export_dir= a writable "
             "folder, or export it first with `python -m workers.detection export-onnx`"
         ) from exc
+    if precision != "fp32":
+        from .quantize import checked_int8_export
+
+        int8 = checked_int8_export(path, artifact_sha256(artifact))
+        if int8 is not None:
+            return OnnxDetector(int8, threads=threads)
+        if precision == "int8":
+            raise WeightsNotFound(
+                f"no INT8 copy of {artifact} that passed its check against fp32 beside {path}; "
+                "make one with `python -m workers.detection check-int8`"
+            )
     return OnnxDetector(path, threads=threads)
 
 
-__all__ = ["RUNTIMES", "ensure_onnx_export", "load_detector", "onnx_export_path"]
+__all__ = ["PRECISIONS", "RUNTIMES", "ensure_onnx_export", "load_detector", "onnx_export_path"]

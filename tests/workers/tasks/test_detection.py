@@ -119,8 +119,15 @@ def test_train_activate_detect_and_suggest_with_categories(team, version):
     )
     # the curves are kept once, for the last evaluation: the polled history stays light
     assert not any("per_class_pr" in h for h in history) and "per_class_ap" in history[-1]
-    assert model.metrics["exports"] == {"onnx": True}
+    exports = model.metrics["exports"]
+    assert exports["onnx"] is True
+    # INT8 is checked against fp32 on the val split; kept (beside the export) only if it passed
+    int8 = exports["int8"]
+    assert {"passed", "reason", "map50_fp32", "map50_int8", "ms_fp32", "ms_int8"} <= set(int8)
     prefix = model.artifact.rsplit("/", 1)[0]
+    assert (
+        default_storage.exists(f"{prefix}/model.{TINY['input_size']}.int8.onnx") is int8["passed"]
+    )
     assert not default_storage.exists(f"{prefix}/checkpoint.pt")  # only kept while training
     job = Job.objects.get(pk=model.job_id)
     assert job.message.startswith(f"ppyoloe-sod-s v{model.number}: 2 epochs")
@@ -138,6 +145,17 @@ def test_train_activate_detect_and_suggest_with_categories(team, version):
     # two iterations teach little: keep every box the network gives, to see them stored
     InspectionRun.objects.filter(pk=run.pk).update(params={"score_threshold": 0.0})
     assert run_job(str(run.job_id), run_detection.body) == "succeeded"
+    precision = "INT8" if int8["passed"] else "FP32"
+    from django.test import Client
+
+    page = Client()
+    page.force_login(team["admin"])
+    html = page.get(f"/projects/{team['project'].pk}/models/").content.decode()
+    verdict = "INT8 kept" if int8["passed"] else "INT8 not used, fp32 runs"
+    from django.utils.html import escape
+
+    assert escape(f"{verdict}: {int8['reason']}") in html
+    assert Job.objects.get(pk=run.job_id).message.endswith(f"(ONNX Runtime, {precision})")
     run.refresh_from_db()
     assert len(run.results) == 6 and all("detections" in r for r in run.results.values())
     made = Suggestion.objects.filter(run=run)
