@@ -22,9 +22,15 @@ class GeometryError(ValueError):
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise GeometryError(f"{what} must be a finite number")
-    return float(value)
+    try:
+        number = float(value)  # a JSON integer of 400 digits does not fit a float
+    except OverflowError:
+        raise GeometryError(f"{what} must be a finite number") from None
+    if not math.isfinite(number):
+        raise GeometryError(f"{what} must be a finite number")
+    return number
 
 
 def _clip(value: float, limit: float, what: str) -> float:

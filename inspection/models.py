@@ -18,7 +18,9 @@ ROLE_RANK = {Role.ANNOTATOR: 1, Role.REVIEWER: 2, Role.ADMIN: 3}
 class Project(models.Model):
     """One product category: its images, defect categories, members and (later) models."""
 
-    name = models.CharField(max_length=200, unique=True)
+    # unique among the projects a user can see (services.projects), not site-wide: a refusal
+    # would tell a non-member that a project of that name exists (docs/permissions.md)
+    name = models.CharField(max_length=200, db_index=True)
     description = models.TextField(blank=True)
     auto_inspect = models.BooleanField(
         default=False, help_text="Run the active anomaly model and detector on every new upload."

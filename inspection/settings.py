@@ -133,7 +133,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "inspection.api.pagination.Paging",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -186,6 +186,7 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # Loupe's own limits.
+LOUPE_MAX_LABELS_PER_REQUEST = env.int("LOUPE_MAX_LABELS_PER_REQUEST", default=5000)
 LOUPE_MAX_IMAGE_PIXELS = env.int("LOUPE_MAX_IMAGE_PIXELS", default=100_000_000)
 LOUPE_MAX_UPLOAD_BYTES = env.int("LOUPE_MAX_UPLOAD_BYTES", default=512 * 1024 * 1024)
 LOUPE_ZIP_MAX_ENTRIES = env.int("LOUPE_ZIP_MAX_ENTRIES", default=20_000)

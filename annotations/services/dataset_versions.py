@@ -16,6 +16,7 @@ What a freeze takes (see docs/datasets.md):
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -66,8 +67,10 @@ def _check_ratios(ratios: Any) -> dict[str, float]:
         )
     try:
         clean = {k: float(v) for k, v in ratios.items()}
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValidationError({"ratios": "Split weights must be numbers."}) from None
+    if not all(math.isfinite(v) for v in clean.values()):
+        raise ValidationError({"ratios": "Split weights must be finite numbers."})
     if any(v < 0 for v in clean.values()) or sum(clean.values()) <= 0:
         raise ValidationError({"ratios": "Split weights must be >= 0 with a positive sum."})
     return clean

@@ -9,6 +9,18 @@ from inspection.models import Membership, Project, Role
 from inspection.permissions import forget_cached_roles, is_site_admin, require_role
 
 
+def _name_taken(user, name: str, exclude: int | None = None) -> bool:
+    """Whether ``user`` already sees a project called ``name`` (case-insensitive). Names are
+    unique among the projects a user can see, not site-wide: a refusal for a project the user
+    cannot see would tell them it exists."""
+    from inspection.selectors import projects_visible_to
+
+    taken = projects_visible_to(user).filter(name__iexact=name)
+    if exclude is not None:
+        taken = taken.exclude(pk=exclude)
+    return taken.exists()
+
+
 def project_create(*, user, name: str, description: str = "") -> Project:
     """Create a project; its creator becomes its admin."""
     if not (is_site_admin(user) or settings.LOUPE_ANY_USER_CAN_CREATE_PROJECTS):
@@ -16,8 +28,8 @@ def project_create(*, user, name: str, description: str = "") -> Project:
     name = (name or "").strip()
     if not name:
         raise ValidationError({"name": "A project needs a name."})
-    if Project.objects.filter(name__iexact=name).exists():
-        raise ValidationError({"name": f"A project named '{name}' already exists."})
+    if _name_taken(user, name):
+        raise ValidationError({"name": f"You already have a project named '{name}'."})
     with transaction.atomic():
         project = Project.objects.create(name=name, description=description, created_by=user)
         Membership.objects.create(project=project, user=user, role=Role.ADMIN)
@@ -123,8 +135,8 @@ def project_update(
         name = name.strip()
         if not name:
             raise ValidationError({"name": "A project needs a name."})
-        if Project.objects.filter(name__iexact=name).exclude(pk=project.pk).exists():
-            raise ValidationError({"name": f"A project named '{name}' already exists."})
+        if _name_taken(user, name, exclude=project.pk):
+            raise ValidationError({"name": f"You already have a project named '{name}'."})
         project.name = name
         fields.append("name")
     if description is not None:
@@ -157,6 +169,9 @@ def project_delete(*, user, project: Project) -> None:
     images = list(project.images.all())
     pk = project.pk
     with transaction.atomic():
+        # images first: their labels go with them, so the categories the labels protect
+        # (a label never loses its category) can go with the project (it was a 500)
+        project.images.all().delete()
         project.delete()
 
         def _remove_files() -> None:

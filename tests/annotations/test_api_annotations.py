@@ -116,6 +116,53 @@ def test_bulk_create_is_all_or_nothing(team, client_for, image, cats):
     assert r.status_code == 201 and len(r.json()) == 2
 
 
+def test_bulk_create_stores_thousands_in_one_insert_and_refuses_more_than_the_cap(
+    team, client_for, image, cats, settings, django_assert_max_num_queries
+):
+    url = f"/api/images/{image.pk}/annotations/"
+    items = [
+        {"category": cats["scratch"].pk, "geometry": box(i % 190, i // 190 % 140, 5, 5)}
+        for i in range(5000)
+    ]
+    # one insert, not one per label (5000 labels took 82 s one by one): a bounded query count
+    with django_assert_max_num_queries(40):
+        r = client_for(team["annotator"]).post(url, items, format="json")
+    assert r.status_code == 201 and len(r.json()) == 5000
+    assert Annotation.objects.filter(image=image).count() == 5000
+    assert {a["author"] for a in r.json()} == {"ann"} and r.json()[0]["version"] == 1
+    image.refresh_from_db()
+    assert image.status == "labeled"
+
+    settings.LOUPE_MAX_LABELS_PER_REQUEST = 3
+    r = client_for(team["annotator"]).post(url, items[:4], format="json")
+    assert r.status_code == 400 and "at most 3" in r.json()["error"]
+    assert Annotation.objects.filter(image=image).count() == 5000  # nothing added
+    # categories by id, as numbers or digit strings; anything else names the item
+    r = client_for(team["annotator"]).post(
+        url, [{**items[0], "category": str(cats["dent"].pk)}, "box"], format="json"
+    )
+    assert r.status_code == 400 and "item 1" in r.json()["error"]
+    r = client_for(team["annotator"]).post(
+        url, [{**items[0], "category": str(cats["dent"].pk)}], format="json"
+    )
+    assert r.status_code == 201 and r.json()[0]["category_name"] == "dent"
+    r = client_for(team["reviewer"]).post(url, [{**items[0], "category": 10**30}], format="json")
+    assert r.status_code == 400 and "Unknown category" in r.json()["error"]
+
+
+def test_a_number_too_large_for_a_float_is_a_400_not_a_500(team, client_for, image, cats):
+    url = f"/api/images/{image.pk}/annotations/"
+    huge = "1" + "0" * 400  # valid JSON; float() of it overflows
+    body = '{"category": %d, "geometry": {"type": "box", "x": 1, "y": 1, "w": %s, "h": 5}}'
+    client = client_for(team["annotator"])
+    for payload in (body, f"[{body}]"):
+        r = client.generic(
+            "POST", url, payload % (cats["scratch"].pk, huge), content_type="application/json"
+        )
+        assert r.status_code == 400 and "w must be a finite number" in r.json()["error"]
+    assert Annotation.objects.count() == 0
+
+
 def test_two_people_editing_the_same_shape(team, client_for, image, cats):
     """The second save, made on the old version, gets 409 and sees the other person's change."""
     created = (

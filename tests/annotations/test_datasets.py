@@ -173,6 +173,11 @@ def test_api_freeze_list_get_and_roles(team, tmp_path, client_for):
     assert client_for(team["outsider"]).post(base, {}, format="json").status_code == 404
     bad = client_for(team["admin"]).post(base, {"ratios": {"train": -1}}, format="json")
     assert bad.status_code == 400 and "ratios" in bad.json()["error"]
+    for weight in ("1" + "0" * 400, "1e400"):  # float() overflows, or is infinite: 400, no 500
+        bad = client_for(team["admin"]).generic(
+            "POST", base, f'{{"ratios": {{"train": {weight}}}}}', content_type="application/json"
+        )
+        assert bad.status_code == 400 and "ratios" in bad.json()["error"], bad.content
     r = client_for(team["admin"]).post(base, {"note": "v1", "seed": 3}, format="json")
     assert r.status_code == 201, r.content
     assert r.json()["number"] == 1 and r.json()["counts"]["shapes"] == 1

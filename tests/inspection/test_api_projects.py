@@ -17,7 +17,110 @@ def test_create_project_makes_the_creator_its_admin(make_user, client_for):
     assert Membership.objects.get(project__name="Caps", user=alice).role == "admin"
     r = client_for(alice).post("/api/projects/", {"name": "caps"}, format="json")
     assert r.status_code == 400
-    assert "already exists" in r.json()["error"]
+    assert "already have a project named" in r.json()["error"]
+
+
+def test_a_project_name_taken_by_others_does_not_leak(team, client_for, tmp_path):
+    """Names are unique among the projects one can see: refusing 'Bottles' to an outsider
+    would tell them that a project of that name exists (docs/permissions.md)."""
+    outsider = client_for(team["outsider"])
+    r = outsider.post("/api/projects/", {"name": "Bottles"}, format="json")
+    assert r.status_code == 201, r.content
+    assert [p["name"] for p in outsider.get("/api/projects/").json()["results"]] == ["Bottles"]
+    assert Project.objects.filter(name="Bottles").count() == 2
+    # within what one sees, a name is still unique: create and rename refuse it
+    r = client_for(team["admin"]).post("/api/projects/", {"name": "BOTTLES"}, format="json")
+    assert r.status_code == 400 and "already have a project named" in r.json()["error"]
+    caps = client_for(team["admin"]).post("/api/projects/", {"name": "Caps"}, format="json")
+    r = client_for(team["admin"]).patch(
+        f"/api/projects/{caps.json()['id']}/", {"name": "bottles"}, format="json"
+    )
+    assert r.status_code == 400 and "already have a project named" in r.json()["error"]
+    # a site admin sees both; the import command refuses to guess which one is meant
+    from django.core.management import CommandError, call_command
+
+    source = tmp_path / "labels.json"
+    source.write_text("{}")
+    with pytest.raises(CommandError, match="2 projects named 'Bottles'"):
+        call_command(
+            "import_dataset",
+            str(source),
+            "--format",
+            "coco",
+            "--project",
+            "Bottles",
+            "--user",
+            "root",
+        )
+
+
+def test_a_project_with_labels_can_be_deleted(team, client_for, upload):
+    """Its labels protect their categories; deleting the project deletes both (it was a 500)."""
+    from annotations.models import Annotation, DefectCategory
+    from annotations.services.categories import category_create
+    from tests.conftest import image_bytes
+
+    admin = client_for(team["admin"])
+    pk = team["project"].pk
+    r = admin.post(
+        f"/api/projects/{pk}/images/",
+        {"files": [upload("a.png", image_bytes())]},
+        format="multipart",
+    )
+    image = r.json()["files"][0]["image_id"]
+    cat = category_create(user=team["admin"], project=team["project"], name="scratch")
+    geometry = {"type": "box", "x": 1, "y": 1, "w": 5, "h": 5}
+    r = admin.post(
+        f"/api/images/{image}/annotations/",
+        {"category": cat.pk, "geometry": geometry},
+        format="json",
+    )
+    assert r.status_code == 201
+    assert client_for(team["reviewer"]).delete(f"/api/projects/{pk}/").status_code == 403
+    assert admin.delete(f"/api/projects/{pk}/").status_code == 204
+    assert not Project.objects.filter(pk=pk).exists()
+    assert not Annotation.objects.exists() and not DefectCategory.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/projects/abc/",
+        "/api/images/abc/",
+        "/api/models/abc/",
+        "/api/jobs/abc/",
+        "/api/annotations/abc/",
+        "/api/suggestions/abc/accept/",
+    ],
+)
+def test_a_non_numeric_id_is_a_404(team, client_for, url):
+    r = client_for(team["admin"]).generic("GET" if "accept" not in url else "POST", url)
+    assert r.status_code == 404 and r.json()["error"]
+
+
+def test_paging_beyond_what_the_database_can_count_is_not_a_500(team, client_for):
+    client = client_for(team["admin"])
+    r = client.get("/api/projects/?limit=99999999999999999999999")
+    assert r.status_code == 200 and [p["name"] for p in r.json()["results"]] == ["Bottles"]
+    r = client.get("/api/projects/?offset=99999999999999999999999")
+    assert r.status_code == 200 and r.json()["results"] == [] and r.json()["count"] == 1
+    pk = team["project"].pk
+    r = client.get(f"/api/projects/{pk}/images/?offset=99999999999999999999999&limit=5")
+    assert r.status_code == 200 and r.json()["results"] == []
+
+
+def test_actions_answer_only_their_own_methods(team, client_for):
+    """DELETE on /activate/ must not delete the model version (it once did)."""
+    from inspection.models import ModelVersion
+
+    version = ModelVersion.objects.create(
+        project=team["project"], number=1, architecture="padim", status="ready"
+    )
+    client = client_for(team["admin"])
+    for method in ("delete", "put", "patch", "get"):
+        r = getattr(client, method)(f"/api/models/{version.pk}/activate/")
+        assert r.status_code == 405, (method, r.status_code)
+    assert ModelVersion.objects.filter(pk=version.pk).exists()
 
 
 def test_project_list_shows_only_my_projects(team, client_for):

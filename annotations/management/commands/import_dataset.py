@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from annotations.formats import FormatError
 from annotations.formats.registry import IMPORTERS
 from annotations.services.dataset_import import dataset_import_run
-from inspection.models import Project
+from inspection.selectors import projects_visible_to
 from inspection.services.projects import project_create
 
 
@@ -38,9 +38,13 @@ class Command(BaseCommand):
             raise CommandError("No such user (create a superuser first, or pass --user).")
         if not source.exists():
             raise CommandError(f"No file or folder at {source}.")
-        proj = Project.objects.filter(name=project).first() or project_create(
-            user=who, name=project
-        )
+        same = list(projects_visible_to(who).filter(name__iexact=project)[:2])
+        if len(same) > 1:
+            raise CommandError(
+                f"{len(same)} projects named '{project}' are visible to {who.username}; "
+                "rename one, or import as a user who sees only one of them (--user)."
+            )
+        proj = same[0] if same else project_create(user=who, name=project)
 
         def progress(fraction: float, message: str) -> None:
             self.stdout.write(f"\r{fraction * 100:5.1f}% {message[:60]:<60}", ending="")
