@@ -161,6 +161,19 @@ SPECTACULAR_SETTINGS = {
 
 # Celery: Redis broker; one job runner (workers/tasks/runner.py).
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Counters shared by every web process (sign-in throttling, inspection/throttling.py); short
+# timeouts: an unreachable Redis lets the attempt through rather than hanging the login page.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    },
+}
+LOUPE_LOGIN_FAILURES_PER_USER = env.int("LOUPE_LOGIN_FAILURES_PER_USER", default=10)
+LOUPE_LOGIN_FAILURES_PER_ADDRESS = env.int("LOUPE_LOGIN_FAILURES_PER_ADDRESS", default=100)
+LOUPE_LOGIN_WINDOW_SECONDS = env.int("LOUPE_LOGIN_WINDOW_SECONDS", default=600)
 LOUPE_QUEUE_PREFIX = env("LOUPE_QUEUE_PREFIX", default="")
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None

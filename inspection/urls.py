@@ -12,7 +12,7 @@ handler500 = "inspection.api.errors.json_500"
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("projects/<int:pk>/models/", views.models_page, name="models"),
     path("projects/<int:pk>/models/compare/", views.models_compare, name="models-compare"),

@@ -3,6 +3,7 @@ services. Pages that show or change labels (the image grid, the workspace, revie
 datasets, project settings with categories) are in annotations.views."""
 
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
@@ -28,6 +29,25 @@ def form_errors(exc: ValidationError) -> str:
     if hasattr(exc, "error_dict"):
         return " ".join(f"{m}" for msgs in exc.message_dict.values() for m in msgs)
     return " ".join(exc.messages)
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login page, with failed attempts counted and refused (429) once too many."""
+
+    def post(self, request, *args, **kwargs):
+        from inspection import throttling
+
+        username = str(request.POST.get("username", ""))[:150]
+        wait = throttling.retry_after(request, username)
+        if wait:
+            context = self.get_context_data(form=self.get_form(), throttled=wait // 60 + 1)
+            return self.render_to_response(context, status=429, headers={"Retry-After": wait})
+        response = super().post(request, *args, **kwargs)
+        if request.user.is_authenticated:
+            throttling.succeeded(request, username)
+        else:
+            throttling.failed(request, username)
+        return response
 
 
 @login_required

@@ -9,7 +9,8 @@ from django.db.models import Count
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -279,6 +280,30 @@ class ModelVersionViewSet(
             user=request.user, model_version=self.get_object()
         )
         return Response(s.ModelVersionSerializer(version).data)
+
+
+class TokenView(ObtainAuthToken):
+    """DRF's token endpoint ({username, password} -> {token}), with failed attempts counted and
+    refused with 429 once too many (inspection/throttling.py)."""
+
+    def post(self, request, *args, **kwargs):
+        from inspection import throttling
+
+        username = str(request.data.get("username", ""))[:150]
+        wait = throttling.retry_after(request, username)
+        if wait:
+            return Response(
+                {"error": f"Too many failed attempts; try again in {wait} s."},
+                status=status.HTTP_429_TOO_MANY_REQUESTS,
+                headers={"Retry-After": str(wait)},
+            )
+        try:
+            response = super().post(request, *args, **kwargs)
+        except serializers.ValidationError:
+            throttling.failed(request, username)
+            raise
+        throttling.succeeded(request, username)
+        return response
 
 
 class MeView(APIView):
