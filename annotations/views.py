@@ -2,6 +2,7 @@
 categories), the labeling workspace, the review queue, run figures and dataset versions. Reads
 use selectors and FilterSets; writes call services."""
 
+from csp.decorators import csp_update
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -25,6 +26,10 @@ from inspection.plots import curve_svg_points
 from inspection.services import projects as project_services
 from inspection.services.images import images_without_pyramid
 from inspection.views import form_errors
+
+# Annotorious draws with PixiJS, which compiles its shaders with `new Function`: the two pages
+# that draw need 'unsafe-eval' (inline scripts stay refused; settings.CONTENT_SECURITY_POLICY).
+DRAWING_PAGE_CSP = {"script-src": ["'unsafe-eval'"]}
 
 
 def _categories(project: Project) -> list[dict]:
@@ -140,6 +145,7 @@ def label_next(request, pk):
 
 
 @login_required
+@csp_update(DRAWING_PAGE_CSP)
 def image_page(request, pk):
     """The labeling workspace: deep zoom, shapes, heatmap overlay, verdict, comments."""
     image = get_object_or_404(Image.objects.select_related("project"), pk=pk)
@@ -189,6 +195,7 @@ def image_page(request, pk):
 
 
 @login_required
+@csp_update(DRAWING_PAGE_CSP)
 def review_page(request, pk):
     """The review queue: suggestions by score, then labels waiting for approval; keyboard-first."""
 

@@ -59,7 +59,14 @@ def page(browser, live_server):
     p = context.new_page()
     p.set_default_timeout(30_000)
     # the browser's console and page errors appear in the test's captured output on failure
-    p.on("console", lambda m: print(f"[console.{m.type}] {m.text}"))
+    blocked: list[str] = []
+
+    def console(m) -> None:
+        print(f"[console.{m.type}] {m.text}")
+        if "Content Security Policy" in m.text:
+            blocked.append(m.text)
+
+    p.on("console", console)
     p.on("pageerror", lambda e: print(f"[pageerror] {e}"))
     p.on(
         "response",
@@ -71,3 +78,5 @@ def page(browser, live_server):
     )
     yield p
     context.close()
+    # every page works under Loupe's Content-Security-Policy: nothing it loads or runs is refused
+    assert not blocked, blocked
