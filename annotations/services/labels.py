@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 
 from annotations.geometry import GeometryError, normalize_geometry
@@ -152,11 +152,17 @@ def annotations_bulk_create(*, user, image: Image, items: list[dict]) -> list[An
 
 
 def _may_change(user, annotation: Annotation) -> None:
+    """Annotators change their own labels; reviewers and admins anyone's; ground truth only
+    admins (docs/permissions.md, "Labels")."""
     project = annotation.image.project
     if annotation.source == Annotation.Source.GROUND_TRUTH:
         require_role(user, project, Role.ADMIN)
     elif annotation.author_id != getattr(user, "id", None):
-        require_role(user, project, Role.ANNOTATOR)
+        if not has_role(user, project, Role.REVIEWER):
+            raise PermissionDenied(
+                "Only its author, a reviewer or an admin may change this label; "
+                "comment on the image to ask for a change."
+            )
 
 
 def _locked(annotation: Annotation, version) -> Annotation:
@@ -201,10 +207,20 @@ def annotation_update(
 
 def annotation_delete(*, user, annotation: Annotation, version) -> None:
     """Delete a label, if nobody changed it since ``version`` (else 409)."""
-    require_role(user, annotation.image.project, Role.ANNOTATOR)
+    project = annotation.image.project
+    require_role(user, project, Role.ANNOTATOR)
     _may_change(user, annotation)
-    if annotation.author_id != getattr(user, "id", None):
-        require_role(user, annotation.image.project, Role.REVIEWER)
+    if annotation.review_status == Annotation.ReviewStatus.APPROVED and not (
+        has_role(user, project, Role.ADMIN)
+        or (
+            has_role(user, project, Role.REVIEWER)
+            and getattr(user, "id", None) not in (annotation.author_id, annotation.updated_by_id)
+        )
+    ):
+        raise PermissionDenied(
+            "This label was approved: only another reviewer or an admin may delete it. "
+            "Edit it instead (it goes back to review), or comment on the image."
+        )
     with transaction.atomic():
         _locked(annotation, version).delete()
     _after_label_change(annotation.image)

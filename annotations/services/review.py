@@ -146,6 +146,12 @@ def _lock_label(annotation: Annotation, user) -> Annotation:
         raise ValidationError("Ground-truth labels are not reviewed.")
     if current.author_id == user.id:
         raise ValidationError("You cannot review a label you drew yourself: ask another reviewer.")
+    if current.updated_by_id == user.id:
+        # the label as it is now is the reviewer's own work (they redrew it or changed its
+        # category): approving it would be reviewing themselves
+        raise ValidationError(
+            "You changed this label last, so you cannot review it: ask another reviewer."
+        )
     if current.review_status != Annotation.ReviewStatus.PENDING:
         raise ConflictError(
             f"This label was already {current.get_review_status_display().lower()}.", current

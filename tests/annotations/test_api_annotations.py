@@ -4,7 +4,8 @@ import pytest
 
 from annotations.models import Annotation
 from annotations.services.categories import category_create
-from inspection.models import Image, ImageHeatmap
+from inspection.models import Image, ImageHeatmap, Role
+from inspection.services.projects import member_set
 from tests.conftest import image_bytes
 
 pytestmark = pytest.mark.django_db
@@ -335,3 +336,77 @@ def test_malformed_bodies_are_400(team, client_for, image):
     assert r.status_code == 400 and "item 0" in r.json()["error"]
     r = client.post(f"/api/images/{image.pk}/comments/", ["text"], format="json")
     assert r.status_code == 400
+
+
+# --- who may change, delete and approve which label (docs/permissions.md, "Labels") ---
+
+
+@pytest.fixture
+def second_annotator(team, make_user):
+    user = make_user("bea")
+    member_set(user=team["admin"], project=team["project"], username="bea", role=Role.ANNOTATOR)
+    return user
+
+
+def drawn(client, image, category, geometry=None) -> dict:
+    r = client.post(
+        f"/api/images/{image.pk}/annotations/",
+        {"category": category.pk, "geometry": geometry or box(10, 10, 20, 20)},
+        format="json",
+    )
+    assert r.status_code == 201, r.content
+    return r.json()
+
+
+def test_an_annotator_changes_only_their_own_labels(
+    team, client_for, image, cats, second_annotator
+):
+    ann, bea = client_for(team["annotator"]), client_for(second_annotator)
+    label = drawn(ann, image, cats["scratch"])
+    url = f"/api/annotations/{label['id']}/"
+    r = bea.patch(url, {"version": 1, "geometry": box(0, 0, 5, 5)}, format="json")
+    assert r.status_code == 403 and "Only its author" in r.json()["error"]
+    r = bea.delete(url, {"version": 1}, format="json")
+    assert r.status_code == 403
+    assert Annotation.objects.get(pk=label["id"]).geometry == box(10, 10, 20, 20)
+    # its author and a reviewer may
+    r = ann.patch(url, {"version": 1, "geometry": box(11, 11, 20, 20)}, format="json")
+    assert r.status_code == 200
+    r = client_for(team["reviewer"]).patch(url, {"version": 2, "category": cats["dent"].pk})
+    assert r.status_code == 200 and r.json()["category_name"] == "dent"
+
+
+def test_an_approved_label_is_not_deleted_by_its_author(team, client_for, image, cats):
+    ann = client_for(team["annotator"])
+    label = drawn(ann, image, cats["scratch"])
+    url = f"/api/annotations/{label['id']}/"
+    r = client_for(team["reviewer"]).post(f"{url}approve/", {}, format="json")
+    assert r.status_code == 200
+    r = ann.delete(url, {"version": 1}, format="json")
+    assert r.status_code == 403 and "approved" in r.json()["error"]
+    assert Annotation.objects.filter(pk=label["id"]).exists()
+    # editing it is allowed: the change goes back to review
+    r = ann.patch(url, {"version": 1, "geometry": box(12, 12, 20, 20)}, format="json")
+    assert r.status_code == 200 and r.json()["review_status"] == "pending"
+    r = client_for(team["reviewer"]).post(f"{url}approve/", {}, format="json")
+    assert r.status_code == 200
+    # another reviewer (here the one who approved it) may delete it
+    assert (
+        client_for(team["reviewer"]).delete(url, {"version": 2}, format="json").status_code == 204
+    )
+
+
+def test_a_reviewer_who_redrew_a_label_cannot_approve_it(team, client_for, image, cats):
+    label = drawn(client_for(team["annotator"]), image, cats["scratch"])
+    url = f"/api/annotations/{label['id']}/"
+    rita = client_for(team["reviewer"])
+    r = rita.patch(url, {"version": 1, "geometry": box(30, 30, 40, 40)}, format="json")
+    assert r.status_code == 200 and r.json()["review_status"] == "pending"
+    r = rita.post(f"{url}approve/", {}, format="json")
+    assert r.status_code == 400 and "You changed this label last" in r.json()["error"]
+    assert Annotation.objects.get(pk=label["id"]).review_status == "pending"
+    # nor delete it once approved by someone else, having drawn its shape
+    r = client_for(team["admin"]).post(f"{url}approve/", {}, format="json")
+    assert r.status_code == 200
+    assert rita.delete(url, {"version": 2}, format="json").status_code == 403
+    assert client_for(team["admin"]).delete(url, {"version": 2}, format="json").status_code == 204

@@ -235,7 +235,7 @@ def test_offline_edits_are_queued_and_conflicts_are_shown(
         user=workspace_images["user"],
         project=workspace_images["project"],
         username="colleague",
-        role=Role.ANNOTATOR,
+        role=Role.REVIEWER,  # a reviewer may change someone else's label (annotators may not)
     )
     login(page, "labeler")
     open_workspace(page, first.pk)
