@@ -114,6 +114,16 @@ def job_enqueue(
     return job
 
 
+def job_ended_unfinished() -> None:
+    """Call when a job ends without its body finishing it (cancelled before a worker took it,
+    cancelled or given up by the stale sweep, failed, of a removed kind): once the transaction
+    commits, the model version it was training fails and loses its files at once, not at the
+    next maintenance run. The rule itself is ``model_versions_fail_orphans`` (its one owner)."""
+    from inspection.services.inspections import model_versions_fail_orphans
+
+    transaction.on_commit(model_versions_fail_orphans)
+
+
 def job_visible_to(user, job: Job) -> bool:
     if is_site_admin(user):
         return True
@@ -144,6 +154,7 @@ def job_cancel(*, user, job: Job) -> Job:
             job.status = Job.Status.CANCELLED
             job.finished_at = timezone.now()
             job.message = f"Cancelled by {user.username} before it started"
+            job_ended_unfinished()
         else:
             job.message = f"Cancelling (asked by {user.username})"
         job.save(update_fields=["cancel_requested", "status", "finished_at", "message"])
@@ -188,6 +199,8 @@ def jobs_requeue_stale(*, now=None) -> list[Job]:
                 send = _KINDS[job.kind].send
                 transaction.on_commit(lambda j=job, s=send: s(j))
             job.save()
+            if job.status != Job.Status.QUEUED:
+                job_ended_unfinished()
             log.warning("stale job %s -> %s", job.id, job.status)
             touched.append(job)
     return touched
@@ -197,7 +210,7 @@ def jobs_requeue_stale(*, now=None) -> list[Job]:
 def jobs_fail_unknown_kinds(*, now=None) -> int:
     """Fail queued or running jobs of a kind this version no longer has (left by an upgrade):
     no worker would ever take them. Returns how many."""
-    return (
+    failed = (
         Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
         .exclude(kind__in=list(_KINDS))
         .update(
@@ -208,3 +221,6 @@ def jobs_fail_unknown_kinds(*, now=None) -> int:
             message="Failed: unknown kind",
         )
     )
+    if failed:
+        job_ended_unfinished()
+    return failed

@@ -198,6 +198,52 @@ def test_a_version_whose_training_job_ended_without_it_fails_and_loses_its_files
     assert ModelVersion.objects.filter(status="training").count() == 0
 
 
+def test_a_versions_status_follows_its_job_at_once(
+    team, client_for, settings, django_capture_on_commit_callbacks
+):
+    """Not at the next maintenance run: the models page must not say "training" for a job that
+    was cancelled before it started, or given up after its workers were lost."""
+    from inspection.models import ModelVersion
+    from inspection.services.jobs import jobs_requeue_stale
+    from workers.tasks.runner import run_job
+
+    cancelled = training_detector(team)
+    with django_capture_on_commit_callbacks(execute=True):
+        r = client_for(team["admin"]).post(f"/api/jobs/{cancelled.job_id}/cancel/")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    cancelled.refresh_from_db()
+    assert cancelled.status == "failed"
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(team["admin"])
+    page = browser.get(f"/projects/{team['project'].pk}/models/").content.decode()
+    assert "Cancelled by padmin before it started" in page
+
+    lost = training_detector(team)
+    Job.objects.filter(pk=lost.job_id).update(
+        status="running",
+        heartbeat_at=timezone.now() - timedelta(hours=1),
+        attempts=settings.LOUPE_JOB_MAX_ATTEMPTS,
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs_requeue_stale()
+    lost.refresh_from_db()
+    assert lost.status == "failed" and Job.objects.get(pk=lost.job_id).status == "failed"
+
+    # a job body that fails outside its own handling (here: a kind whose body raises)
+    crashed = training_detector(team)
+
+    def body(job, ctx):
+        raise RuntimeError("disk full")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert run_job(str(crashed.job_id), body) == "failed"
+    crashed.refresh_from_db()
+    assert crashed.status == "failed"
+    assert ModelVersion.objects.filter(status="training").count() == 0
+
+
 def test_deleting_a_version_that_trains_cancels_its_job(team, client_for):
     version = training_detector(team)
     Job.objects.filter(pk=version.job_id).update(status="running")

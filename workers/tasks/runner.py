@@ -22,7 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from inspection.models import Job
-from inspection.services.jobs import job_kind_register, queue_name
+from inspection.services.jobs import job_ended_unfinished, job_kind_register, queue_name
 from workers.celery import app
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ def _claim(job_id: str) -> Job | None:
             job.status = Job.Status.CANCELLED
             job.finished_at = now
             job.save(update_fields=["status", "finished_at"])
+            job_ended_unfinished()
             return None
         job.status = Job.Status.RUNNING
         job.started_at = job.started_at or now
@@ -114,7 +115,10 @@ class _Heartbeat(threading.Thread):
 
 def _finish(job: Job, **fields) -> None:
     fields["finished_at"] = timezone.now()
-    Job.objects.filter(pk=job.pk).update(**fields)
+    with transaction.atomic():
+        Job.objects.filter(pk=job.pk).update(**fields)
+        if fields["status"] != Job.Status.SUCCEEDED:
+            job_ended_unfinished()
 
 
 def run_job(job_id: str, fn: Callable[[Job, JobContext], dict | None]) -> str:
