@@ -12,3 +12,8 @@ class ConflictError(Exception):
     def __init__(self, message: str, current: Any = None) -> None:
         super().__init__(message)
         self.current = current
+
+
+class BrokerUnavailable(Exception):
+    """The job queue (Redis) did not take a job's message (HTTP 503). The job row is kept and
+    sent again by the maintenance sweep once the broker answers (a transactional outbox)."""

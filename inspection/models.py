@@ -196,6 +196,11 @@ class Job(models.Model):
     cancel_requested = models.BooleanField(default=False)
     attempts = models.PositiveSmallIntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True)
+    sent_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When its message last reached the broker; empty: not yet (the sweep sends it).",
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -247,6 +247,7 @@ LOUPE_ZIP_MAX_RATIO = env.int("LOUPE_ZIP_MAX_RATIO", default=200)
 LOUPE_IMPORT_ROOTS = [Path(p) for p in env.list("LOUPE_IMPORT_ROOTS", default=[])]
 LOUPE_JOB_HEARTBEAT_SECONDS = env.int("LOUPE_JOB_HEARTBEAT_SECONDS", default=10)
 LOUPE_JOB_STALE_SECONDS = env.int("LOUPE_JOB_STALE_SECONDS", default=120)
+LOUPE_JOB_SEND_GRACE_SECONDS = env.int("LOUPE_JOB_SEND_GRACE_SECONDS", default=5)
 LOUPE_JOB_MAX_ATTEMPTS = env.int("LOUPE_JOB_MAX_ATTEMPTS", default=3)
 # Dataset export zips are deleted this many days after their job finished (0: kept forever).
 LOUPE_EXPORT_KEEP_DAYS = env.int("LOUPE_EXPORT_KEEP_DAYS", default=14)

@@ -79,7 +79,13 @@ def home(request):
 
 @login_required
 def jobs_page(request):
-    return render(request, "jobs.html", {"projects": selectors.projects_visible_to(request.user)})
+    from inspection.services.queue_health import queue_health
+
+    return render(
+        request,
+        "jobs.html",
+        {"projects": selectors.projects_visible_to(request.user), "health": queue_health()},
+    )
 
 
 @login_required

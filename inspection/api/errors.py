@@ -7,7 +7,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from inspection.errors import ConflictError
+from inspection.errors import BrokerUnavailable, ConflictError
 
 
 def _first_message(detail) -> str:
@@ -22,6 +22,12 @@ def _first_message(detail) -> str:
 
 
 def exception_handler(exc, context):
+    if isinstance(exc, BrokerUnavailable):
+        return Response(
+            {"error": str(exc)},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "30"},
+        )
     if isinstance(exc, ConflictError):
         # the view says how to show what is stored now (e.g. the label someone else changed)
         serializer = getattr(context.get("view"), "conflict_serializer_class", None)

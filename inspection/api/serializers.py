@@ -233,3 +233,12 @@ class RunStartSerializer(serializers.Serializer):
         default=ModelVersion.Kind.ANOMALY,
         help_text="Which active model runs when model_version is not given.",
     )
+
+
+class QueueHealthSerializer(serializers.Serializer):
+    """``GET /api/jobs/health/`` (schema only)."""
+
+    broker = serializers.BooleanField()
+    workers = serializers.ListField(child=serializers.DictField())
+    waiting = serializers.DictField(child=serializers.IntegerField())
+    problems = serializers.ListField(child=serializers.CharField())

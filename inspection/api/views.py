@@ -250,6 +250,15 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
             return Job.objects.none()
         return selectors.jobs_visible_to(self.request.user).select_related("project", "created_by")
 
+    @extend_schema(responses=s.QueueHealthSerializer)
+    @action(detail=False, pagination_class=None, filterset_class=None)
+    def health(self, request):
+        """Whether jobs can run now: the broker (Redis) answers, the live workers and their
+        queues, the queued jobs per queue, and the problems in words."""
+        from inspection.services.queue_health import queue_health
+
+        return Response(queue_health().to_dict())
+
     @extend_schema(request=None, responses=s.JobSerializer)
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):

@@ -22,6 +22,7 @@ elsewhere or finished is ignored, so a job never runs twice at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from inspection.errors import BrokerUnavailable
 from inspection.models import Job, Project, Role
 from inspection.permissions import has_role, is_site_admin, require_role
 from inspection.services.maintenance import maintenance_hook
@@ -110,8 +112,51 @@ def job_enqueue(
         payload=payload or {},
         message="Waiting for a worker",
     )
-    transaction.on_commit(lambda: entry.send(job))
+    transaction.on_commit(lambda: job_send(job))
     return job
+
+
+def job_send(job: Job) -> None:
+    """Send the job's message to its queue and note when (``sent_at``). When the broker does not
+    take it, the job stays queued with ``sent_at`` empty and says so, the sweep
+    (:func:`jobs_send_unsent`) sends it once the broker answers, and
+    :class:`~inspection.errors.BrokerUnavailable` (503) tells the caller."""
+    try:
+        job_kind(job.kind).send(job)
+    except Exception as exc:  # noqa: BLE001 - kombu/redis raise many kinds for "not reachable"
+        log.warning("job %s not sent: %s: %s", job.pk, type(exc).__name__, exc)
+        Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(message=NOT_SENT)
+        raise BrokerUnavailable(
+            f"Loupe's job queue (Redis) is not answering, so '{job_label(job.kind)}' could not "
+            "be started now. What you sent is kept and the job starts by itself once the queue "
+            "answers again; if it does not within minutes, ask whoever runs Loupe to check Redis."
+        ) from None
+    Job.objects.filter(pk=job.pk).update(sent_at=timezone.now())
+
+
+NOT_SENT = "Waiting for the job queue (Redis not answering); sent again when it answers"
+
+
+@maintenance_hook("send jobs the broker never took")
+def jobs_send_unsent(*, now=None) -> int:
+    """The outbox: queued jobs whose message never reached the broker (it was down when they
+    were made) are sent, oldest first, once they are ``LOUPE_JOB_SEND_GRACE_SECONDS`` old (a
+    job being sent right now is not sent twice). Stops at the first refusal (the broker is still
+    down). Returns how many were sent."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.LOUPE_JOB_SEND_GRACE_SECONDS)
+    unsent = Job.objects.filter(
+        status=Job.Status.QUEUED, sent_at__isnull=True, created_at__lt=cutoff, kind__in=list(_KINDS)
+    ).order_by("created_at")
+    sent = 0
+    for job in unsent.iterator():
+        try:
+            job_send(job)
+        except BrokerUnavailable:
+            break
+        Job.objects.filter(pk=job.pk, message=NOT_SENT).update(message="Waiting for a worker")
+        sent += 1
+    return sent
 
 
 def job_ended_unfinished() -> None:
@@ -196,14 +241,20 @@ def jobs_requeue_stale(*, now=None) -> list[Job]:
             else:
                 job.status = Job.Status.QUEUED
                 job.message = f"Re-queued: its worker {job.worker or ''} stopped responding".strip()
-                send = _KINDS[job.kind].send
-                transaction.on_commit(lambda j=job, s=send: s(j))
+                job.sent_at = None  # sent again on commit; the outbox retries if that fails
+                transaction.on_commit(lambda j=job: _send_quietly(j))
             job.save()
             if job.status != Job.Status.QUEUED:
                 job_ended_unfinished()
             log.warning("stale job %s -> %s", job.id, job.status)
             touched.append(job)
     return touched
+
+
+def _send_quietly(job: Job) -> None:
+    """For sweeps: a job the broker refuses now is left to :func:`jobs_send_unsent`."""
+    with contextlib.suppress(BrokerUnavailable):
+        job_send(job)
 
 
 @maintenance_hook("fail jobs of removed kinds")

@@ -244,6 +244,15 @@
     filters.addEventListener("change", refresh);
     refresh();
     setInterval(refresh, 1500);
+    // no broker or no worker answering: said above the list, and kept up to date
+    const health = document.getElementById("queue-health");
+    const checkHealth = async () => {
+      try {
+        const h = await api("/api/jobs/health/");
+        health.replaceChildren(...h.problems.map((p) => el("p", { class: "flash error", text: p })));
+      } catch (e) { /* the page keeps what it had */ }
+    };
+    setInterval(checkHealth, 10000);
   }
 
   /* A job's progress bar and message in `out`; resolves with the finished job, after done(job). */

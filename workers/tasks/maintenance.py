@@ -10,14 +10,16 @@ The hooks themselves are registered where their rule lives (``@maintenance_hook`
 inspection.services.maintenance); this module only runs them.
 """
 
+import contextlib
 import logging
 import threading
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import connection
 
 from inspection.services.maintenance import maintenance_run
+from inspection.services.queue_health import PRESENCE_SECONDS, PRESENCE_TTL, presence_key
 from workers.celery import app
 
 log = logging.getLogger(__name__)
@@ -31,13 +33,60 @@ def run_maintenance() -> None:
 
 
 @worker_ready.connect
-def _on_worker_ready(**_kwargs) -> None:
+def _on_worker_ready(sender=None, **_kwargs) -> None:
+    _announce(sender)
     _run()
     delay = settings.LOUPE_JOB_STALE_SECONDS + settings.LOUPE_JOB_HEARTBEAT_SECONDS
     timer = threading.Timer(delay, _run_in_thread)
     timer.daemon = True
     timer.name = "maintenance-after-start"
     timer.start()
+
+
+def _announce(consumer) -> None:
+    """Keep this worker's presence key (its queues) in Redis while it runs: the jobs page shows
+    who is alive from it (inspection/services/queue_health.py)."""
+    import json
+    import socket
+
+    import redis
+
+    hostname = getattr(consumer, "hostname", None) or socket.gethostname()
+    try:
+        queues = sorted(q.name for q in consumer.task_consumer.queues)
+    except AttributeError:
+        queues = []
+    key, value = presence_key(hostname), json.dumps(queues)
+
+    def beat() -> None:
+        client = redis.Redis.from_url(
+            settings.CELERY_BROKER_URL, socket_connect_timeout=2, socket_timeout=2
+        )
+        while True:
+            try:
+                client.set(key, value, ex=PRESENCE_TTL)
+            except redis.RedisError:
+                log.warning("worker presence not written (Redis not answering)")
+            if stop.wait(PRESENCE_SECONDS):
+                return
+
+    def leave() -> None:
+        stop.set()
+        with contextlib.suppress(redis.RedisError):
+            redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2).delete(key)
+
+    stop = threading.Event()
+    _LEAVE.append(leave)
+    threading.Thread(target=beat, daemon=True, name="worker-presence").start()
+
+
+_LEAVE: list = []  # what a worker shutting down does: its presence goes at once, not in 35 s
+
+
+@worker_shutdown.connect
+def _on_worker_shutdown(**_kwargs) -> None:
+    for leave in _LEAVE:
+        leave()
 
 
 def _run_in_thread() -> None:
