@@ -14,6 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from inspection.redis_local import redis_answers, start_local_redis
+from inspection.supervise import Child, Supervisor
 
 
 class Command(BaseCommand):
@@ -30,66 +31,60 @@ class Command(BaseCommand):
     def handle(self, *args, bind: str, web_workers: int, worker_concurrency: int, **options):
         var = settings.BASE_DIR / "var"
         var.mkdir(exist_ok=True)
-        procs: list[tuple[str, subprocess.Popen]] = []
+        children: list[Child] = []
         if redis_answers(settings.REDIS_URL):
             self.stdout.write(f"Redis answers at {settings.REDIS_URL}")
         else:
             self.stdout.write(f"No Redis at {settings.REDIS_URL}: starting a local one")
-            procs.append(("redis", start_local_redis(settings.REDIS_URL, var / "redis")))
+            children.append(
+                Child("redis", lambda: start_local_redis(settings.REDIS_URL, var / "redis"))
+            )
         call_command("collectstatic", interactive=False, verbosity=0)
         login = self._ensure_admin(var)
         queues = ",".join(settings.LOUPE_QUEUE_PREFIX + q for q in ("cpu", "gpu"))
-        procs.append(
-            (
-                "worker",
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "workers.celery",
-                        "worker",
-                        "-Q",
-                        queues,
-                        "--concurrency",
-                        str(worker_concurrency),
-                        "--loglevel",
-                        "INFO",
-                        "-n",
-                        "loupe@%h",
-                        # beat in the same process: the maintenance hooks (stale jobs, expired
-                        # exports) every LOUPE_MAINTENANCE_SECONDS
-                        "-B",
-                        "--schedule",
-                        str(var / "celerybeat-schedule"),
-                    ]
-                ),
-            )
-        )
-        procs.append(
-            (
-                "web",
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "gunicorn",
-                        "inspection.wsgi",
-                        "--bind",
-                        bind,
-                        "--workers",
-                        str(web_workers),
-                        "--threads",
-                        "4",
-                        "--timeout",
-                        "300",
-                        "--access-logfile",
-                        "-",
-                    ]
-                ),
-            )
-        )
+        worker = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery",
+            "worker",
+            "-Q",
+            queues,
+            "--concurrency",
+            str(worker_concurrency),
+            "--loglevel",
+            "INFO",
+            "-n",
+            "loupe@%h",
+            # beat in the same process: the maintenance hooks (stale jobs, expired exports)
+            # every LOUPE_MAINTENANCE_SECONDS
+            "-B",
+            "--schedule",
+            str(var / "celerybeat-schedule"),
+        ]
+        web = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "inspection.wsgi",
+            "--bind",
+            bind,
+            "--workers",
+            str(web_workers),
+            "--threads",
+            "4",
+            "--timeout",
+            "300",
+            "--access-logfile",
+            "-",
+        ]
+        children.append(Child("worker", lambda: subprocess.Popen(worker)))
+        children.append(Child("web", lambda: subprocess.Popen(web)))
+        # a child that exits is started again (with back-off) while the others keep running:
+        # a crashed worker must not take the web server down with it
+        supervisor = Supervisor(children, lambda line: self.stderr.write(line))
+        supervisor.start_all()
         self.stdout.write(
             self.style.SUCCESS(
                 f"\nLoupe is running at http://{bind}/\n{login}\nPress Ctrl+C to stop.\n"
@@ -105,20 +100,10 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         try:
             while not stopping:
-                for name, proc in procs:
-                    if proc.poll() is not None:
-                        self.stderr.write(f"{name} exited with {proc.returncode}; stopping Loupe")
-                        stopping = True
+                supervisor.tick()
                 time.sleep(0.5)
         finally:
-            for _name, proc in reversed(procs):
-                if proc.poll() is None:
-                    proc.terminate()
-            for _name, proc in procs:
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            supervisor.stop_all()
 
     def _ensure_admin(self, var) -> str:
         User = get_user_model()
