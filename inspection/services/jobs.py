@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -206,25 +208,50 @@ def job_cancel(*, user, job: Job) -> Job:
     return job
 
 
+def worker_label() -> str:
+    """What a job records as its worker: this machine and this process."""
+    return f"{socket.gethostname()} pid {os.getpid()}"[:200]
+
+
+def worker_gone(label: str) -> bool:
+    """Whether the process a job recorded as its worker (:func:`worker_label`) is known to be
+    dead: it ran on this machine and no process has its pid any more. Unknown (another
+    machine, an older label) is not "gone": the heartbeat's stale timeout decides those."""
+    host, _, pid = (label or "").rpartition(" pid ")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
 @maintenance_hook("requeue stale jobs")
 def jobs_requeue_stale(*, now=None) -> list[Job]:
-    """Re-queue (or fail, after too many tries) running jobs whose worker stopped heart-beating."""
+    """Re-queue (or fail, after too many tries) running jobs whose worker is lost: its heartbeat
+    is older than LOUPE_JOB_STALE_SECONDS, or its process on this machine is dead (a killed
+    worker's job goes back within seconds of the next sweep, e.g. its restarted worker's)."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.LOUPE_JOB_STALE_SECONDS)
     touched: list[Job] = []
-    stale_ids = list(
-        Job.objects.filter(
-            status=Job.Status.RUNNING, heartbeat_at__lt=cutoff, kind__in=list(_KINDS)
-        ).values_list("id", flat=True)
-    )
+    running = Job.objects.filter(status=Job.Status.RUNNING, kind__in=list(_KINDS))
+    stale_ids = list(running.filter(heartbeat_at__lt=cutoff).values_list("id", flat=True))
+    stale_ids += [
+        pk
+        for pk, worker in running.exclude(pk__in=stale_ids).values_list("id", "worker")
+        if worker_gone(worker)
+    ]
     for job_id in stale_ids:
         with transaction.atomic():
             job = (
-                Job.objects.select_for_update()
-                .filter(pk=job_id, status=Job.Status.RUNNING, heartbeat_at__lt=cutoff)
-                .first()
+                Job.objects.select_for_update().filter(pk=job_id, status=Job.Status.RUNNING).first()
             )
-            if job is None:
+            if job is None or not (
+                (job.heartbeat_at and job.heartbeat_at < cutoff) or worker_gone(job.worker)
+            ):
                 continue
             if job.cancel_requested:
                 job.status = Job.Status.CANCELLED

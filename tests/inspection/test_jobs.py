@@ -122,6 +122,7 @@ def test_the_sweep_command_runs_every_hook(team):
     assert job.status == "queued"
     assert f"requeue stale jobs: pyramid {job.pk} (queued)" in out.getvalue()
     assert set(maintenance.maintenance_hooks()) == {
+        "send jobs the broker never took",
         "requeue stale jobs",
         "fail jobs of removed kinds",
         "fail model versions whose training ended",
@@ -242,6 +243,50 @@ def test_a_versions_status_follows_its_job_at_once(
     crashed.refresh_from_db()
     assert crashed.status == "failed"
     assert ModelVersion.objects.filter(status="training").count() == 0
+
+
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_killed_workers_job_goes_back_at_once_not_after_the_stale_timeout(team):
+    """Its heartbeat is still fresh, but its process on this machine is gone (killed for
+    memory, say): the next sweep re-queues it, and a redelivered message may claim it."""
+    import os
+    import socket
+
+    from inspection.services.jobs import jobs_requeue_stale
+    from workers.tasks.runner import run_job
+
+    host = socket.gethostname()
+    fresh = timezone.now()
+    killed = make_job(
+        team, status="running", heartbeat_at=fresh, attempts=1, worker=f"{host} pid {dead_pid()}"
+    )
+    alive = make_job(
+        team, status="running", heartbeat_at=fresh, attempts=1, worker=f"{host} pid {os.getppid()}"
+    )
+    elsewhere = make_job(
+        team, status="running", heartbeat_at=fresh, attempts=1, worker="other-host pid 1"
+    )
+    touched = jobs_requeue_stale()
+    assert [j.pk for j in touched] == [killed.pk]
+    for job, status in ((killed, "queued"), (alive, "running"), (elsewhere, "running")):
+        job.refresh_from_db()
+        assert job.status == status, job
+    assert "stopped responding" in killed.message
+
+    # a message delivered again at once claims the job whose worker died, and only that one
+    Job.objects.filter(pk=killed.pk).update(status="running", worker=f"{host} pid {dead_pid()}")
+    assert run_job(str(killed.pk), lambda job, ctx: {"message": "done"}) == "succeeded"
+    assert run_job(str(alive.pk), lambda job, ctx: {"message": "done"}) == "skipped"
+    killed.refresh_from_db()
+    assert killed.worker == f"{host} pid {os.getpid()}" and killed.attempts == 2
 
 
 def test_deleting_a_version_that_trains_cancels_its_job(team, client_for):

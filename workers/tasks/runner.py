@@ -10,7 +10,6 @@ its type and message, and the traceback is kept for admins.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 import traceback
@@ -18,11 +17,16 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from inspection.models import Job
-from inspection.services.jobs import job_ended_unfinished, job_kind_register, queue_name
+from inspection.services.jobs import (
+    job_ended_unfinished,
+    job_kind_register,
+    queue_name,
+    worker_gone,
+    worker_label,
+)
 from workers.celery import app
 
 log = logging.getLogger(__name__)
@@ -68,14 +72,16 @@ def _claim(job_id: str) -> Job | None:
     with transaction.atomic():
         job = (
             Job.objects.select_for_update()
-            .filter(pk=job_id)
-            .filter(
-                Q(status=Job.Status.QUEUED) | Q(status=Job.Status.RUNNING, heartbeat_at__lt=stale)
-            )
+            .filter(pk=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
             .first()
         )
-        if job is None:
-            return None
+        if job is None or (
+            job.status == Job.Status.RUNNING
+            and job.heartbeat_at is not None
+            and job.heartbeat_at >= stale
+            and not worker_gone(job.worker)
+        ):
+            return None  # finished, or alive on another worker
         if job.cancel_requested:
             job.status = Job.Status.CANCELLED
             job.finished_at = now
@@ -86,7 +92,7 @@ def _claim(job_id: str) -> Job | None:
         job.started_at = job.started_at or now
         job.heartbeat_at = now
         job.attempts += 1
-        job.worker = socket.gethostname()[:200]
+        job.worker = worker_label()
         job.message = "Started"
         job.save(
             update_fields=["status", "started_at", "heartbeat_at", "attempts", "worker", "message"]
