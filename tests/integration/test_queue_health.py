@@ -18,6 +18,15 @@ def health(client) -> dict:
 def test_the_jobs_page_says_when_no_worker_or_no_broker_answers(
     team, client_for, start_worker, settings
 ):
+    import redis
+
+    from inspection.services.queue_health import presence_key
+
+    # workers of earlier tests in this session were stopped, some killed (their presence
+    # expires after 35 s): start from none
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    for key in client.scan_iter(match=presence_key("*")):
+        client.delete(key)
     api = client_for(team["admin"])
     page = Client()
     page.force_login(team["admin"])
