@@ -27,7 +27,7 @@ from django.db.models import Max
 from annotations.formats import Category, Dataset, DatasetImage, Shape
 from annotations.formats.splits import DEFAULT_RATIOS, SplitItem, assign_splits
 from annotations.formats.versions import content_hash, diff_datasets
-from annotations.models import Annotation, DatasetVersion
+from annotations.models import Annotation, DatasetVersion, DefectCategory
 from inspection.models import Image, Project, Role
 from inspection.permissions import require_role
 
@@ -166,7 +166,14 @@ def dataset_version_freeze(
                 }
                 for image, negative in images
             ],
-            "categories": sorted({a.category.name for a in labels}, key=str.lower),
+            # every category of the project, in the order they were made, labelled or not: class
+            # ids in exports (YOLO `names`, COCO ids) and detectors stay the same from one version
+            # to the next (a YOLO export once dropped unused ones and its ids shifted)
+            "categories": list(
+                DefectCategory.objects.filter(project=project)
+                .order_by("id")
+                .values_list("name", flat=True)
+            ),
             "shapes": [
                 {
                     "image": a.image_id,

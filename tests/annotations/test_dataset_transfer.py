@@ -150,12 +150,18 @@ def test_coco_round_trip_and_pycocotools(team, tmp_path, client_for):
 
 @pytest.mark.parametrize("flavour", ["detect", "segment"])
 def test_yolo_round_trip(flavour, team, tmp_path, client_for):
+    from annotations.services.categories import category_create
+
+    # a category nobody used yet keeps its class id: ids are the project's categories in the
+    # order they were made, the same in every version (a version once listed only used ones)
+    category_create(user=team["admin"], project=team["project"], name="hole")
     version = make_project(team, tmp_path / "src")
     client = client_for(team["admin"])
     job, data = export(client, version, f"yolo_{flavour}")
     out = unzip(data, tmp_path / "yolo")
     spec = yaml.safe_load((out / "data.yaml").read_text())
-    assert spec["names"] == {0: "Dent", 1: "scratch"} and spec["val"] == "images/val"
+    assert spec["names"] == {0: "hole", 1: "scratch", 2: "Dent"} and spec["nc"] == 3
+    assert spec["val"] == "images/val"
     assert (out / "labels" / "train" / "good.txt").read_text() == ""  # negative
     other = project_create(user=team["admin"], name=f"Copy {flavour}")
     job = import_zip(client, other, "yolo", data)
