@@ -90,3 +90,43 @@ def test_image_grid_filters(team, client, client_for, upload):
     client.force_login(team["annotator"])
     page = client.get(f"/projects/{team['project'].pk}/", {"state": "normal"}).content.decode()
     assert "n.png" in page and "t.png" not in page and "1 of 2 images" in page
+
+
+def test_error_pages_keep_the_layout_and_say_why(team, client):
+    """An annotator following "Review →" used to get a bare "403 Forbidden"."""
+    client.force_login(team["annotator"])
+    r = client.get(f"/projects/{team['project'].pk}/review/")
+    assert r.status_code == 403
+    page = r.content.decode()
+    assert 'id="error-page"' in page and 'class="topbar"' in page  # the site's layout
+    assert "Roles are per project" in page and "<span>ann</span>" in page  # who is logged in
+    r = client.get("/projects/999999/models/")
+    assert r.status_code == 404 and 'id="error-page"' in r.content.decode()
+    # the API still answers JSON
+    assert client.get("/api/projects/999999/").json()["error"]
+
+
+def test_the_favicon_is_served(client):
+    r = client.get("/favicon.ico")
+    assert r.status_code == 301 and r["Location"].endswith("loupe/favicon.svg")
+
+
+def test_loupe_run_help_describes_its_options_without_touching_the_database(tmp_path):
+    import os
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    db = tmp_path / "never.sqlite3"
+    done = subprocess.run(
+        ["./loupe", "run", "--help"],
+        cwd=ROOT,
+        env=dict(os.environ, DATABASE_URL=f"sqlite:///{db}"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "address:port the web server listens on" in done.stdout
+    assert "jobs the Celery worker runs at once" in done.stdout
+    assert not db.exists()  # --help migrated the database before printing, once

@@ -24,9 +24,25 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--bind", default="127.0.0.1:8000")
-        parser.add_argument("--web-workers", type=int, default=2)
-        parser.add_argument("--worker-concurrency", type=int, default=1)
+        parser.add_argument(
+            "--bind",
+            default="127.0.0.1:8000",
+            help="address:port the web server listens on (0.0.0.0:8000 for the whole network; "
+            "then set ALLOWED_HOSTS). Default: %(default)s",
+        )
+        parser.add_argument(
+            "--web-workers",
+            type=int,
+            default=2,
+            help="gunicorn processes (each with 4 threads). Default: %(default)s",
+        )
+        parser.add_argument(
+            "--worker-concurrency",
+            type=int,
+            default=1,
+            help="jobs the Celery worker runs at once; each training or inference uses "
+            "LOUPE_WORKER_THREADS CPU threads. Default: %(default)s",
+        )
 
     def handle(self, *args, bind: str, web_workers: int, worker_concurrency: int, **options):
         var = settings.BASE_DIR / "var"
