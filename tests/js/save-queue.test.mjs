@@ -89,13 +89,28 @@ describe("saving as shapes change", () => {
     await settle();
     w.person.erase("new-a");
     await settle();
+    // both edits were made before the first PATCH left: it carries both, and the second edit's
+    // PATCH would send the same again, so it is not sent
     assert.deepEqual(w.server.requests, [
       "POST " + URLS.annotations,
       "PATCH /api/annotations/1/",
-      "PATCH /api/annotations/1/",
-      "DELETE /api/annotations/1/?version=3",
+      "DELETE /api/annotations/1/?version=2",
     ]);
     assert.equal(w.server.rows.size, 0);
+    assertSettled(w);
+  });
+
+  test("an update that changes nothing is not sent (a new shape went out as a POST and a same PATCH)", async () => {
+    const w = workspace();
+    w.person.draw("new-a");
+    await settle();
+    w.person.edit("new-a", {}); // Annotorious reports an update as the new shape is deselected
+    await settle();
+    assert.deepEqual(w.server.requests, ["POST " + URLS.annotations]);
+    w.person.edit("new-a", { category: 2 });
+    w.person.edit("new-a", {});
+    await settle();
+    assert.deepEqual(w.server.requests, ["POST " + URLS.annotations, "PATCH /api/annotations/1/"]);
     assertSettled(w);
   });
 

@@ -173,7 +173,8 @@ export function createSaveQueue(options) {
         if (r.status >= 500) return "retry";
         if (r.status === 401 || r.status === 403) return signedOut(r);
         if (r.status === 201) {
-          records.set(localId, recordOf(r.body));
+          // what the server now stores for it: an "update" that changes nothing is not sent
+          records.set(localId, Object.assign(recordOf(r.body), { saved: JSON.stringify(payload) }));
           return "done";
         }
         onToast("Not saved: " + reason(r));
@@ -207,11 +208,15 @@ export function createSaveQueue(options) {
         const m = records.get(localId);
         const payload = shapes.payload(localId);
         if (!m || !m.serverId || !payload) return "done";
+        // Annotorious reports an update as a new shape is deselected, with nothing changed:
+        // that one is not sent again (every new shape went out as a POST and a same PATCH)
+        const body = JSON.stringify(payload);
+        if (m.saved === body) return "done";
         const r = await send("PATCH", annotationUrl(m.serverId), Object.assign({ version: m.version }, payload));
         if (r.status >= 500) return "retry";
         if (r.status === 401) return signedOut(r);
         if (r.status === 200) {
-          Object.assign(m, { version: r.body.version, updated: r.body.updated_at, updatedBy: r.body.updated_by });
+          Object.assign(m, { version: r.body.version, updated: r.body.updated_at, updatedBy: r.body.updated_by, saved: body });
         } else if (r.status === 409) {
           const current = await conflicting(r, m.serverId);
           if (current === null) {
