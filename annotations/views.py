@@ -242,6 +242,8 @@ def run_page(request, pk):
         threshold = default
     figures = run_figures(run, threshold=threshold)
     failed = [(image_id, r["error"]) for image_id, r in (run.results or {}).items() if "error" in r]
+    # photos far off the normals' size were inspected resized into their range: say how much
+    resized = [r["resized"] for r in (run.results or {}).values() if r.get("resized")]
     per_category = None
     if run.model_version is not None and run.model_version.kind == ModelVersion.Kind.DETECTOR:
         per_category = detection_figures(run, threshold=threshold)
@@ -257,6 +259,12 @@ def run_page(request, pk):
             "curve": curve_svg_points(figures.curve),
             "d": per_category,
             "failed": failed,
+            "resized": {
+                "count": len(resized),
+                "from": max((r["from"] for r in resized), default=0),
+                "to": min((r["to"] for r in resized), default=0),
+                "factor": max((r["from"] / r["to"] for r in resized), default=1),
+            },
         },
     )
 

@@ -131,6 +131,12 @@ class PredictConfig:
     specular_v_min: float = 240.0
     specular_s_max: float = 30.0
     allow_size_mismatch: bool = False
+    # An image far off the training images' size (x0.5-x2 of their long sides) is resized into
+    # their range before the model sees it, at the pixel scale it learnt normal at, instead of
+    # being refused; its heatmap and regions are in the full image's coordinates, and
+    # Prediction.params["resized"] says so ({"from": long side, "to": long side}). Whole-image
+    # models resize every image to their input anyway: for them only the refusal goes.
+    fit_size: bool = False
     coarse_pass: bool = True
     half: bool = False  # fp16 autocast on CUDA only
     device: str = "auto"

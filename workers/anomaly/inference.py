@@ -70,6 +70,31 @@ class Prediction:
         return path
 
 
+def size_outside(model: LoadedModel, image: np.ndarray) -> bool:
+    """Whether the image's long side is outside x0.5-x2 of the training images' long sides."""
+    long_side = max(image.shape[:2])
+    return not model.info["min_long_side"] / 2 <= long_side <= model.info["max_long_side"] * 2
+
+
+def fitted(model: LoadedModel, image: np.ndarray) -> tuple[np.ndarray, dict | None]:
+    """The image a tiled model should see: itself, or (its size outside the trained range)
+    resized so its long side is the nearest end of the training images' range, with
+    ``{"from", "to"}`` long sides; a whole-image model takes any image as it is."""
+    if model.geometry.scale is None or not size_outside(model, image):
+        return image, None
+    h, w = image.shape[:2]
+    long_side = max(h, w)
+    lo, hi = model.info["min_long_side"], model.info["max_long_side"]
+    target = min(max(long_side, lo), hi)
+    f = target / long_side
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
+    small = cv2.resize(image, size, interpolation=interp)
+    if small.ndim == 2:
+        small = small[:, :, None]
+    return small, {"from": int(long_side), "to": int(target)}
+
+
 def check_compatible(model: LoadedModel, image: np.ndarray, path: str, allow: bool) -> None:
     """Refuse an image of the other channel kind, or (unless ``allow``) far off the training
     images' size range (x0.5-x2 of their long sides)."""
@@ -84,11 +109,11 @@ def check_compatible(model: LoadedModel, image: np.ndarray, path: str, allow: bo
         return
     long_side = max(image.shape[:2])
     lo, hi = model.info["min_long_side"], model.info["max_long_side"]
-    if long_side < lo / 2 or long_side > hi * 2:
+    if size_outside(model, image):
         raise IncompatibleModelError(
             f"{path}: image long side {long_side}px is outside the range the model was trained "
-            f"for ({lo}-{hi}px, x0.5-x2 tolerated); train a model for this image size or pass "
-            "allow_size_mismatch=True"
+            f"for ({lo}-{hi}px, x0.5-x2 tolerated); train a model for this image size, or pass "
+            "fit_size=True (resize it into that range) or allow_size_mismatch=True"
         )
 
 
@@ -223,7 +248,7 @@ def predict(
     if image is None:
         image = read_pixels(image_path)
     read_s = time.perf_counter() - t0
-    check_compatible(model, image, str(image_path), config.allow_size_mismatch)
+    check_compatible(model, image, str(image_path), config.allow_size_mismatch or config.fit_size)
     return predict_decoded(model, image_path, image, config, progress, read_s)
 
 
@@ -242,6 +267,12 @@ def predict_decoded(
     of the batch's time)."""
     progress = progress or no_progress
     t_read = time.perf_counter()
+    full_shape = image.shape[:2]
+    resized = None
+    if config.fit_size:
+        image, resized = fitted(model, image)
+        if resized is not None:
+            whole_raw = None  # a batched map was of the image before it was resized
     use_coarse = model.coarse is not None and config.coarse_pass
     spec = None
     if config.specular_mask:
@@ -259,10 +290,10 @@ def predict_decoded(
         progress(1.0, "coarse pass")
     t_map = time.perf_counter()
     cal = model.calibration
-    regions = extract_regions(calibrated, image.shape[:2], config.regions)
+    regions = extract_regions(calibrated, full_shape, config.regions)  # full-resolution pixels
     heatmap = np.round(np.clip(calibrated, 0.0, 1.0) * 255).astype(np.uint8)
     t_end = time.perf_counter()
-    megapixels = image.shape[0] * image.shape[1] / 1e6
+    megapixels = full_shape[0] * full_shape[1] / 1e6
     params = {
         "geometry": asdict(model.geometry),
         "tile_overlap": config.tile_overlap,
@@ -272,10 +303,11 @@ def predict_decoded(
         "specular_mask": config.specular_mask,
         "coarse_pass": use_coarse,
         "calibration": cal,
+        "resized": resized,
     }
     return Prediction(
         image_path=str(image_path),
-        image_size=(int(image.shape[0]), int(image.shape[1])),
+        image_size=(int(full_shape[0]), int(full_shape[1])),
         image_score=image_score,
         is_anomalous=image_score >= 0.5,
         heatmap=heatmap,

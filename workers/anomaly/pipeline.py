@@ -59,7 +59,7 @@ def predict_many(
     def load(path: str) -> tuple[np.ndarray, np.ndarray | None, float]:
         started = time.perf_counter()
         image = read_pixels(path)
-        check_compatible(model, image, path, config.allow_size_mismatch)
+        check_compatible(model, image, path, config.allow_size_mismatch or config.fit_size)
         if not whole:
             return image, None, time.perf_counter() - started
         prepared = model.geometry.prepare(image)

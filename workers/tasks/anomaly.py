@@ -142,7 +142,7 @@ def run_inspection(job, ctx: JobContext) -> dict:
     if version is None or not version.artifact:
         raise JobError("The model version of this run was deleted; start a new run.")
     results: dict[str, dict] = {}
-    made = failed = 0
+    made = failed = resized = 0
     ids = list(dict.fromkeys(run.image_ids))  # an id listed twice is inspected once
     total = max(len(ids), 1)
     artifact_name = Path(version.artifact).name
@@ -167,6 +167,7 @@ def run_inspection(job, ctx: JobContext) -> dict:
                             failed += 1
                         else:
                             made += outcome["suggestions"]
+                            resized += "resized" in outcome
             except (anomaly.Cancelled, JobCancelled):
                 raise JobCancelled() from None
             finally:  # partial results survive a crash, a cancel or an unexpected error
@@ -181,8 +182,10 @@ def run_inspection(job, ctx: JobContext) -> dict:
         "images": len(ids) - failed,
         "failed": failed,
         "suggestions": made,
+        "resized": resized,
         "message": f"{len(ids) - failed} image(s) inspected, {made} suggestion(s)"
-        + (f", {failed} failed" if failed else ""),
+        + (f", {failed} failed" if failed else "")
+        + (f", {resized} resized to the normals' size" if resized else ""),
     }
 
 
@@ -239,6 +242,9 @@ def _predict_config(params: dict):
     anomaly = _engine()
     s = with_inspection_defaults(params)
     return anomaly.PredictConfig(
+        # a photo far larger (or smaller) than the normals is inspected resized into their
+        # size range, at the pixel scale the model learnt; the result says so (below)
+        fit_size=True,
         specular_mask=bool(s["specular_mask"]),
         specular_v_min=float(s["specular_v_min"]),
         specular_s_max=float(s["specular_s_max"]),
@@ -306,9 +312,12 @@ def _store_prediction(run, version, image, prediction, path, detect) -> dict:
             suggestions=suggestions,
         )
         image_update_status(image=image)
-    return {
+    out = {
         "score": round(prediction.image_score, 4),
         "anomalous": bool(prediction.is_anomalous),
         "regions": len(prediction.regions),
         "suggestions": len(stored),
     }
+    if prediction.params.get("resized"):
+        out["resized"] = prediction.params["resized"]
+    return out

@@ -144,6 +144,36 @@ def test_wrong_channels_and_size_give_clear_errors(padim_tiled, tmp_path: Path):
     assert ok.heatmap.shape == (109, 1024)  # long side capped at heatmap_max_side
 
 
+def test_a_photo_of_the_part_at_five_times_the_resolution_is_inspected_at_the_models_scale(
+    padim_tiled, tmp_path: Path
+):
+    """A 20 MP photo in a project of 900 px normals used to be refused; fit_size resizes it
+    into the trained range (a tiled model is a pixel scale) and reports where, at full size."""
+    part = add_defect(texture(128, 256, 77, 1), cy=64, cx=192, radius=7)
+    photo = cv2.resize(part, (1280, 640), interpolation=cv2.INTER_CUBIC)  # the same part, 5x
+    path = save(photo, tmp_path / "photo.png", bits=16)
+    with pytest.raises(IncompatibleModelError, match="fit_size=True"):
+        predict(padim_tiled.artifact_path, path)
+    got = predict(padim_tiled.artifact_path, path, PredictConfig(fit_size=True))
+    assert got.params["resized"] == {"from": 1280, "to": 256}
+    assert got.image_size == (640, 1280)
+    # the defect, at (960, 320) in the photo's own pixels
+    hits = [
+        r
+        for r in got.regions
+        if r.box[0] <= 960 <= r.box[0] + r.box[2] and r.box[1] <= 320 <= r.box[1] + r.box[3]
+    ]
+    assert hits, [r.box for r in got.regions]
+    assert all(r.box[0] + r.box[2] <= 1280 and r.box[1] + r.box[3] <= 640 for r in got.regions)
+    # an image inside the range is untouched
+    same = predict(
+        padim_tiled.artifact_path,
+        save(part, tmp_path / "part.png", bits=16),
+        PredictConfig(fit_size=True),
+    )
+    assert same.params["resized"] is None
+
+
 def test_unreadable_image_and_bad_artifact(padim_tiled, tmp_path: Path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG broken")

@@ -174,3 +174,37 @@ def test_a_projects_inspection_settings_reach_the_engine(team, client_for, uploa
     found, middle, params = inspect()
     assert found == 0 and middle > 128  # nothing is that large: no suggestion
     assert not Suggestion.objects.filter(image_id=shiny, model_version=version).exists()
+
+
+def test_a_photo_five_times_larger_than_the_normals_is_inspected_resized_and_says_so(
+    team, client_for, upload
+):
+    """It used to fail: "image long side 480px is outside the range the model was trained for
+    ... or pass allow_size_mismatch=True", a flag only the API offered."""
+    from workers.tasks.anomaly import run_inspection, train_anomaly_model
+    from workers.tasks.runner import run_job
+
+    project, admin = team["project"], team["admin"]
+    api = client_for(admin)
+    normals = [upload(f"n{i}.png", image_bytes(size=(96, 96), seed=i)) for i in range(4)]
+    api.post(f"/api/projects/{project.pk}/images/", {"files": normals, "is_normal": "true"})
+    r = api.post(
+        f"/api/projects/{project.pk}/images/",
+        {"files": [upload("photo.png", image_bytes(size=(480, 480), seed=7))]},
+    )
+    photo = r.json()["files"][0]["image_id"]
+    version = model_version_train(  # tiles at full resolution: a pixel scale
+        user=admin, project=project, architecture="padim", params={"input_size": 64, "scale": 1}
+    )
+    assert run_job(str(version.job_id), train_anomaly_model.body) == "succeeded"
+    run = inspection_run_start(user=admin, project=project, scope="selected", image_ids=[photo])
+    assert run_job(str(run.job_id), run_inspection.body) == "succeeded"
+    run.refresh_from_db()
+    assert run.results[str(photo)]["resized"] == {"from": 480, "to": 96}
+    assert Job.objects.get(pk=run.job_id).message.endswith("1 resized to the normals' size")
+    assert ImageHeatmap.objects.filter(run=run, image_id=photo).exists()
+    page = Client()
+    page.force_login(admin)
+    html = page.get(f"/runs/{run.pk}/").content.decode()
+    assert 'id="resized"' in html and "inspected resized to their size (96 px)" in html
+    assert "smaller than about 5 px at full resolution" in html
