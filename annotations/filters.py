@@ -19,13 +19,15 @@ NO_MODEL_OUTPUT = 9.0  # ranks images no model has looked at after every one it 
 
 
 class ImageFilter(django_filters.FilterSet):
-    """state: normal | unlabeled | labeled | reviewed; split; category (id); name contains."""
+    """state: normal | unlabeled | labeled | reviewed | returned (labels sent back to the user
+    asking); split; category (id); name contains."""
 
     STATES = (
         ("normal", "Normal (defect-free)"),
         ("unlabeled", "Unlabeled"),
         ("labeled", "Labeled"),
         ("reviewed", "Reviewed"),
+        ("returned", "With labels sent back to me"),
     )
     state = django_filters.ChoiceFilter(choices=STATES, method="filter_state", label="State")
     split = django_filters.ChoiceFilter(
@@ -67,6 +69,17 @@ class ImageFilter(django_filters.FilterSet):
             return queryset.filter(is_normal=True)
         if value == "reviewed":
             return queryset.filter(status=Image.Status.REVIEWED)
+        if value == "returned":  # an annotator's to-do: what reviewers sent back to them
+            user = getattr(self.request, "user", None)
+            return queryset.filter(
+                Exists(
+                    Annotation.objects.filter(
+                        image=OuterRef("pk"),
+                        review_status=Annotation.ReviewStatus.RETURNED,
+                        author_id=getattr(user, "id", None),
+                    )
+                )
+            )
         has_labels = Exists(self._labels())
         if value == "labeled":
             return queryset.filter(has_labels)

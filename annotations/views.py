@@ -49,7 +49,7 @@ def project_images(request, pk):
     project = get_object_or_404(Project, pk=pk)
     role = require_role(request.user, project)
     base = Image.objects.filter(project=project).order_by("id")
-    filterset = ImageFilter(request.GET, queryset=base)
+    filterset = ImageFilter(request.GET, queryset=base, request=request)
     filterset.form.fields["category"].widget.attrs["list"] = "categories"
     page = Paginator(filterset.qs, 48).get_page(request.GET.get("page"))
     query = request.GET.copy()

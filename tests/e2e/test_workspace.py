@@ -325,3 +325,42 @@ def test_offline_edits_are_queued_and_conflicts_are_shown(
     )
     assert (shown["x"], shown["y"], shown["w"], shown["h"]) == (100, 120, 40, 30)
     assert scratch.pk != dent.pk
+
+
+def test_an_annotator_finds_what_came_back_to_them(page, live_server, workspace_images, make_user):
+    """The grid filters "with labels sent back to me"; the shapes list says approved / sent back."""
+    from annotations.services.labels import annotation_create
+    from annotations.services.review import annotation_approve, annotation_return
+    from inspection.models import Role
+    from inspection.services.projects import member_set
+
+    user, project = workspace_images["user"], workspace_images["project"]
+    first, second = workspace_images["images"]
+    make_user("rita")
+    member_set(user=user, project=project, username="rita", role=Role.REVIEWER)
+    from django.contrib.auth import get_user_model
+
+    rita = get_user_model().objects.get(username="rita")
+    box = {"type": "box", "x": 100, "y": 100, "w": 80, "h": 60}
+    kept = annotation_create(
+        user=user, image=first, category_id=workspace_images["scratch"].pk, geometry=box
+    )
+    back = annotation_create(
+        user=user, image=first, category_id=workspace_images["dent"].pk, geometry=box
+    )
+    annotation_create(
+        user=user, image=second, category_id=workspace_images["dent"].pk, geometry=box
+    )
+    annotation_approve(user=rita, annotation=kept)
+    annotation_return(user=rita, annotation=back, comment="this is a scratch, not a dent")
+
+    login(page, "labeler")
+    page.goto(f"/projects/{project.pk}/?state=returned")
+    page.locator(f"a.tile[data-image='{first.pk}']").wait_for()
+    assert page.locator(f"a.tile[data-image='{second.pk}']").count() == 0
+    assert page.locator("select[name=state]").input_value() == "returned"
+    open_workspace(page, first.pk)
+    returned = page.locator("#shape-list li[data-review='returned']")
+    returned.wait_for()
+    assert "sent back" in returned.inner_text() and "dent" in returned.inner_text()
+    assert "approved" in page.locator("#shape-list li[data-review='approved']").inner_text()

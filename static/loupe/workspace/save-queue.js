@@ -18,7 +18,7 @@ export const MAX_RETRY_MS = 15000;
 
 /** What this page keeps about a stored annotation, from the API's representation of it. */
 function recordOf(s) {
-  return { serverId: s.id, version: s.version, author: s.author, source: s.source, created: s.created_at, updated: s.updated_at, updatedBy: s.updated_by };
+  return { serverId: s.id, version: s.version, author: s.author, source: s.source, created: s.created_at, updated: s.updated_at, updatedBy: s.updated_by, review: s.review_status };
 }
 
 /** The local id a stored annotation gets when this page first shows it. */
@@ -216,7 +216,7 @@ export function createSaveQueue(options) {
         if (r.status >= 500) return "retry";
         if (r.status === 401) return signedOut(r);
         if (r.status === 200) {
-          Object.assign(m, { version: r.body.version, updated: r.body.updated_at, updatedBy: r.body.updated_by, saved: body });
+          Object.assign(m, { version: r.body.version, updated: r.body.updated_at, updatedBy: r.body.updated_by, review: r.body.review_status, saved: body });
         } else if (r.status === 409) {
           const current = await conflicting(r, m.serverId);
           if (current === null) {

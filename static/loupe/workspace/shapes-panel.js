@@ -1,5 +1,8 @@
-/* The side panel's list of shapes: category, kind, who made it and when, who edited it last,
- * and whether it is still being saved; a click selects the shape and zooms to it. */
+/* The side panel's list of shapes: category, its review state (approved, sent back), kind, who
+ * made it and when, who edited it last, and whether it is still being saved; a click selects the
+ * shape and zooms to it. */
+
+const REVIEW = { approved: "approved", returned: "sent back" };
 
 import { ago } from "./format.js";
 import { categoryOf } from "./shapes.js";
@@ -30,7 +33,15 @@ export function renderShapeList(ctx) {
     const who = m.author || me;
     const edited = m.updatedBy && m.updatedBy !== who ? ", edited by " + m.updatedBy : "";
     info.textContent = kind + " · " + (m.source && m.source !== "manual" ? m.source.replace("_", " ") + " · " : "") + "by " + who + " " + ago(m.created) + edited + (m.serverId ? "" : " · saving");
-    li.append(sw, name, info);
+    li.append(sw, name);
+    if (REVIEW[m.review]) {
+      li.dataset.review = m.review;
+      const badge = document.createElement("span");
+      badge.className = "badge review-" + m.review;
+      badge.textContent = REVIEW[m.review];
+      li.append(badge);
+    }
+    li.append(info);
     li.addEventListener("click", () => { anno.setSelected(a.id); anno.fitBoundsWithConstraints(a.id, { padding: 80 }); });
     list.appendChild(li);
   });
