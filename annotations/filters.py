@@ -5,6 +5,7 @@ from django.db.models import Exists, F, FloatField, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Abs, Coalesce, Least
 
 from annotations.models import Annotation, Suggestion
+from inspection.filters import IdFilter
 from inspection.models import Image, ImageHeatmap, ModelVersion
 
 # How far a model's output is from its decision: 0 is a coin toss, 0.5 is sure. 0.5 is the
@@ -33,7 +34,7 @@ class ImageFilter(django_filters.FilterSet):
     split = django_filters.ChoiceFilter(
         choices=[(v, v) for v in ("train", "val", "test")], label="Split"
     )
-    category = django_filters.NumberFilter(method="filter_category", label="Category")
+    category = IdFilter(method="filter_category", label="Category")
     name = django_filters.CharFilter(
         field_name="original_name", lookup_expr="icontains", label="Name"
     )
@@ -94,8 +95,8 @@ class ImageFilter(django_filters.FilterSet):
 
 
 class AnnotationFilter(django_filters.FilterSet):
-    image = django_filters.NumberFilter(field_name="image_id")
-    category = django_filters.NumberFilter(field_name="category_id")
+    image = IdFilter(field_name="image_id")
+    category = IdFilter(field_name="category_id")
     author = django_filters.CharFilter(field_name="author__username")
 
     class Meta:
@@ -120,10 +121,10 @@ class SuggestionFilter(django_filters.FilterSet):
         method="filter_with_echoes",
         label="Source (anomaly model or detector)",
     )
-    run = django_filters.NumberFilter(method="filter_with_echoes")
-    model_version = django_filters.NumberFilter(method="filter_with_echoes")
-    image = django_filters.NumberFilter(field_name="image_id")
-    category = django_filters.NumberFilter(field_name="category_id")
+    run = IdFilter(method="filter_with_echoes")
+    model_version = IdFilter(method="filter_with_echoes")
+    image = IdFilter(field_name="image_id")
+    category = IdFilter(field_name="category_id")
     score_min = django_filters.NumberFilter(field_name="score", lookup_expr="gte")
     score_max = django_filters.NumberFilter(field_name="score", lookup_expr="lte")
 

@@ -2,15 +2,30 @@
 by labels, is annotations.filters.ImageFilter)."""
 
 import django_filters
+from django import forms
 from django.db.models import Q
 
 from inspection.models import Job
+
+BIGINT_MAX = 2**63 - 1
+
+
+class IdFilter(django_filters.NumberFilter):
+    """A database id: a whole number from 1 to PostgreSQL's bigint maximum. A float or a
+    300-digit number is a 400 with the reason, not a database error (a 500)."""
+
+    field_class = forms.IntegerField
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", BIGINT_MAX)
+        super().__init__(*args, **kwargs)
 
 
 class JobFilter(django_filters.FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=Job.Status.choices)
     kind = django_filters.CharFilter()
-    project = django_filters.NumberFilter(field_name="project_id")
+    project = IdFilter(field_name="project_id")
     active = django_filters.BooleanFilter(method="filter_active", label="Queued or running")
 
     class Meta:

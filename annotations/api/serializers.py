@@ -44,8 +44,12 @@ class NormalSerializer(serializers.Serializer):
 class AnnotationSerializer(serializers.ModelSerializer):
     category_name = serializers.CharField(source="category.name", read_only=True)
     color = serializers.CharField(source="category.color", read_only=True)
-    author = serializers.CharField(source="author.username", default=None, read_only=True)
-    updated_by = serializers.CharField(source="updated_by.username", default=None, read_only=True)
+    author = serializers.CharField(
+        source="author.username", default=None, read_only=True, allow_null=True
+    )
+    updated_by = serializers.CharField(
+        source="updated_by.username", default=None, read_only=True, allow_null=True
+    )
 
     class Meta:
         model = Annotation
@@ -83,7 +87,9 @@ class AnnotationPatchSerializer(serializers.Serializer):
 
 
 class CommentSerializer(serializers.ModelSerializer):
-    author = serializers.CharField(source="author.username", default=None, read_only=True)
+    author = serializers.CharField(
+        source="author.username", default=None, read_only=True, allow_null=True
+    )
 
     class Meta:
         model = ImageComment
@@ -96,13 +102,19 @@ class VerdictSerializer(serializers.Serializer):
 
 
 class SuggestionSerializer(serializers.ModelSerializer):
-    decided_by = serializers.CharField(source="decided_by.username", default=None, read_only=True)
+    decided_by = serializers.CharField(
+        source="decided_by.username", default=None, read_only=True, allow_null=True
+    )
     image_name = serializers.CharField(source="image.original_name", read_only=True)
     image_width = serializers.IntegerField(source="image.width", read_only=True)
     image_height = serializers.IntegerField(source="image.height", read_only=True)
     model = serializers.SerializerMethodField()
-    source = serializers.CharField(source="model_version.kind", default=None, read_only=True)
-    category_name = serializers.CharField(source="category.name", default=None, read_only=True)
+    source = serializers.CharField(
+        source="model_version.kind", default=None, read_only=True, allow_null=True
+    )
+    category_name = serializers.CharField(
+        source="category.name", default=None, read_only=True, allow_null=True
+    )
     also = serializers.SerializerMethodField()
 
     class Meta:
@@ -158,8 +170,12 @@ class SuggestionSerializer(serializers.ModelSerializer):
 
 
 class ReviewSerializer(serializers.ModelSerializer):
-    decided_by = serializers.CharField(source="decided_by.username", default=None, read_only=True)
-    category_name = serializers.CharField(source="category.name", default=None, read_only=True)
+    decided_by = serializers.CharField(
+        source="decided_by.username", default=None, read_only=True, allow_null=True
+    )
+    category_name = serializers.CharField(
+        source="category.name", default=None, read_only=True, allow_null=True
+    )
 
     class Meta:
         model = Review
@@ -198,7 +214,9 @@ class DecisionCommentSerializer(serializers.Serializer):
 
 
 class DatasetVersionSerializer(serializers.ModelSerializer):
-    created_by = serializers.CharField(source="created_by.username", default=None, read_only=True)
+    created_by = serializers.CharField(
+        source="created_by.username", default=None, read_only=True, allow_null=True
+    )
 
     class Meta:
         model = DatasetVersion

@@ -36,6 +36,8 @@ class ProjectSerializer(serializers.ModelSerializer):
 
         data = super().to_representation(instance)
         data["inspection"] = inspection_settings(instance)  # every setting, defaults filled in
+        if data.get("image_count") is None:  # a created or updated project is not annotated
+            data["image_count"] = instance.images.count()
         return data
 
 
@@ -53,7 +55,9 @@ class MemberWriteSerializer(serializers.Serializer):
 
 
 class ImageSerializer(serializers.ModelSerializer):
-    uploaded_by = serializers.CharField(source="uploaded_by.username", default=None, read_only=True)
+    uploaded_by = serializers.CharField(
+        source="uploaded_by.username", default=None, read_only=True, allow_null=True
+    )
     megapixels = serializers.FloatField(read_only=True)
     urls = serializers.SerializerMethodField()
 
@@ -114,9 +118,13 @@ class UploadSerializer(serializers.Serializer):
 
 
 class JobSerializer(serializers.ModelSerializer):
-    created_by = serializers.CharField(source="created_by.username", default=None, read_only=True)
-    project_name = serializers.CharField(source="project.name", default=None, read_only=True)
-    duration_seconds = serializers.FloatField(read_only=True)
+    created_by = serializers.CharField(
+        source="created_by.username", default=None, read_only=True, allow_null=True
+    )
+    project_name = serializers.CharField(
+        source="project.name", default=None, read_only=True, allow_null=True
+    )
+    duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
     kind_label = serializers.SerializerMethodField()
     traceback = serializers.SerializerMethodField()
 
@@ -162,8 +170,10 @@ class JobSerializer(serializers.ModelSerializer):
 class _MadeByAJobSerializer(serializers.ModelSerializer):
     """What model versions and runs share: who asked, the job that made them, how many images."""
 
-    created_by = serializers.CharField(source="created_by.username", default=None, read_only=True)
-    job = serializers.UUIDField(source="job_id", read_only=True)
+    created_by = serializers.CharField(
+        source="created_by.username", default=None, read_only=True, allow_null=True
+    )
+    job = serializers.UUIDField(source="job_id", read_only=True, allow_null=True)
     image_count = serializers.SerializerMethodField()
 
     def get_image_count(self, obj) -> int:

@@ -74,7 +74,7 @@ class ProjectViewSet(NumericIds, viewsets.ModelViewSet):
     @extend_schema(
         methods=["POST"], request=s.MemberWriteSerializer, responses={201: s.MembershipSerializer}
     )
-    @action(detail=True, methods=["get", "post"])
+    @action(detail=True, methods=["get", "post"], pagination_class=None)
     def members(self, request, pk=None):
         """GET the members of a project; POST {username, role} to add one or change a role."""
         project = self.get_object()
@@ -124,7 +124,7 @@ class ProjectViewSet(NumericIds, viewsets.ModelViewSet):
     @extend_schema(
         methods=["POST"], request=s.TrainSerializer, responses={202: s.ModelVersionSerializer}
     )
-    @action(detail=True, methods=["get", "post"])
+    @action(detail=True, methods=["get", "post"], pagination_class=None)
     def models(self, request, pk=None):
         """GET the project's model versions (anomaly models and detectors); POST to train a new
         anomaly model (202 with the job; detectors train from a dataset version:
