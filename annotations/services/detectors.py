@@ -97,7 +97,12 @@ def detector_proposal(
     require_role(user, version.project, Role.ADMIN)
     facts = _version_facts(version)
     reasons = []
-    input_size = 640
+    # slices or whole images follow the input size asked for (not only the default 640): a
+    # 416 px input for 640 px photos is a slice decision too (it once stayed "whole", and
+    # shrank every photo to 0.65x without saying so)
+    asked = (params or {}).get("input_size")
+    valid = isinstance(asked, int) and not isinstance(asked, bool) and asked > 0
+    input_size = asked if valid else 640
     sliced = bool(facts["median_long_side"] and facts["median_long_side"] > SLICE_FROM * input_size)
     if sliced:
         reasons.append(

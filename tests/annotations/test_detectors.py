@@ -61,6 +61,30 @@ def test_small_images_are_resized_whole(team, tmp_path, client_for):
     assert body["params"]["slice"] is False and "resized whole" in body["reasons"][0]
 
 
+def test_a_smaller_input_size_makes_large_enough_photos_slices(team, tmp_path):
+    """640 px photos are resized whole to the default 640 px input; asked for 416 px, they
+    are over 1.5x the input and train (and predict) as slices at full resolution. The slice
+    decision once stayed the default's, and shrank every photo to 0.65x without saying so."""
+    from annotations.services.detectors import detector_proposal, detector_train
+
+    version = frozen(team, tmp_path, size=(640, 480))
+    default = detector_proposal(user=team["admin"], version=version)
+    assert default["params"]["slice"] is False
+    smaller = detector_proposal(user=team["admin"], version=version, params={"input_size": 416})
+    assert smaller["params"]["slice"] is True and "416 px slices" in smaller["reasons"][0]
+    model = detector_train(
+        user=team["admin"], project=team["project"], version=version, params={"input_size": 416}
+    )
+    assert model.params["slice"] is True
+    kept = detector_train(
+        user=team["admin"],
+        project=team["project"],
+        version=version,
+        params={"input_size": 416, "slice": False},  # asked for: kept
+    )
+    assert kept.params["slice"] is False
+
+
 def test_training_a_detector_records_its_lineage_and_queues_the_job(team, tmp_path, client_for):
     version = frozen(team, tmp_path)
     r = client_for(team["admin"]).post(
