@@ -15,8 +15,10 @@
   let items = [];
   let index = 0;
   let mode = "idle"; // idle | edit | reject | return
-  let category = data.categories.length ? String(data.categories[0].id) : null;
-  let chosen = category;  // the reviewer's own last choice, for items that propose none
+  // The category an accept gives: the one the item proposes (a detector's), else none until the
+  // reviewer presses 1-9 for this item. Preselecting the first category (or the last one
+  // chosen) made every accept of a trial session the same, wrong, category.
+  let category = null;
   let openImage = null;
   let heatItem = null;
   const skipped = new Set();
@@ -67,7 +69,7 @@
       title.textContent = "Suggestion · " + both + what + "score " + item.score.toFixed(3);
       info.textContent = item.image_name + " · " + (item.model || "model") + " · " + Math.round(item.area) + " px²" +
         also.map((a) => " · also found by " + (a.model || "a deleted model") + " (" + (a.category_name ? a.category_name + " " : "score ") + a.score.toFixed(2) + ")").join("");
-      setCategory(item.category ? String(item.category) : chosen, true);  // a detector's proposal
+      setCategory(item.category ? String(item.category) : null, true);  // a detector's proposal
     } else {
       title.textContent = "Label by " + item.author + " · " + item.category_name;
       info.textContent = "Image " + item.image + " · " + item.kind + " · waiting for approval";
@@ -137,11 +139,9 @@
   }
 
   function setCategory(id, silent) {
-    if (!id) return;
-    category = String(id);
-    if (!silent) chosen = category;
+    category = id ? String(id) : null;
     document.querySelectorAll(".cat").forEach((b) => b.setAttribute("aria-pressed", b.dataset.category === category ? "true" : "false"));
-    if (!silent) viewerEl.dataset.category = category;
+    if (!silent && category) viewerEl.dataset.category = category;
   }
 
   function setMode(m) {
@@ -191,7 +191,10 @@
       const r = await send("POST", url(data.urls.approve, item.id), {});
       return decided(r, 200, "approved");
     }
-    if (!category) { toast("Pick a category first (add one in the project settings)."); return; }
+    if (!category) {
+      toast(data.categories.length ? "Which defect is it? Press 1-" + Math.min(9, data.categories.length) + " (or click a category), then A." : "Add a defect category first (project settings).");
+      return;
+    }
     const body = { category: Number(category) };
     if (mode === "edit") {
       const a = anno.getAnnotations()[0];
