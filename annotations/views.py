@@ -87,6 +87,17 @@ def project_settings(request, pk):
                     color=request.POST.get("color", ""),
                     shortcut=request.POST.get("shortcut") or None,
                 )
+            elif action == "edit-category":
+                category = get_object_or_404(
+                    DefectCategory, pk=request.POST.get("category"), project=project
+                )
+                category_services.category_update(
+                    user=request.user,
+                    category=category,
+                    name=request.POST.get("name"),
+                    color=request.POST.get("color"),
+                    shortcut=request.POST.get("shortcut"),
+                )
             elif action == "delete-category":
                 category = get_object_or_404(
                     DefectCategory, pk=request.POST.get("category"), project=project
@@ -118,6 +129,8 @@ def project_settings(request, pk):
             "role": role,
             "is_admin": role == Role.ADMIN,
             "categories": DefectCategory.objects.filter(project=project),
+            # a new category's colour: the next of the palette, not the same red every time
+            "next_color": category_services.next_color(project),
             "members": project.memberships.select_related("user"),
             "roles": Role.choices,
         },

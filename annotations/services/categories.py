@@ -56,16 +56,20 @@ def category_create(
     """Add a defect category (project admins). Colour and key default to the next free ones."""
     if user is not None:
         require_role(user, project, Role.ADMIN)
-    count = DefectCategory.objects.filter(project=project).count()
     category = DefectCategory(
         project=project,
         name=(name or "").strip(),
-        color=color or PALETTE[count % len(PALETTE)],
+        color=color or next_color(project),
         shortcut=next_free_shortcut(project) if shortcut is None else shortcut.strip().lower(),
     )
     _validate(category)
     category.save()
     return category
+
+
+def next_color(project: Project) -> str:
+    """The palette's colour for the project's next category (they cycle)."""
+    return PALETTE[DefectCategory.objects.filter(project=project).count() % len(PALETTE)]
 
 
 def category_update(

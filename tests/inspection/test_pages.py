@@ -37,6 +37,33 @@ def test_create_project_and_set_it_up_from_the_browser(make_user, client):
     assert Membership.objects.get(project=project, user__username="ann").role == "annotator"
     cat = DefectCategory.objects.get(project=project)
     assert (cat.color, cat.shortcut) == ("#112233", "p")
+    # the next category's colour is proposed from the palette, not the same red every time
+    from annotations.services.categories import PALETTE
+
+    page = client.get(url).content.decode()
+    assert f'name="color" type="color" value="{PALETTE[1]}"' in page
+    # categories can be edited: name, colour, key
+    r = client.post(
+        url,
+        {
+            "action": "edit-category",
+            "category": cat.pk,
+            "name": "gas porosity",
+            "color": "#445566",
+            "shortcut": "g",
+        },
+        follow=True,
+    )
+    assert "Saved." in r.content.decode()
+    cat.refresh_from_db()
+    assert (cat.name, cat.color, cat.shortcut) == ("gas porosity", "#445566", "g")
+    r = client.post(
+        url,
+        {"action": "edit-category", "category": cat.pk, "name": "", "color": "#445566"},
+        follow=True,
+    )
+    cat.refresh_from_db()
+    assert cat.name == "gas porosity"  # refused with the reason, nothing changed
     home = client.get("/").content.decode()
     assert "Castings" in home and "aluminium" in home
 
