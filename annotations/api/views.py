@@ -173,6 +173,7 @@ class ImageLabelsViewSet(NumericIds, viewsets.GenericViewSet):
 
     queryset = Image.objects.none()
     serializer_class = s.AnnotationSerializer
+    pagination_class = None  # one image's lists are short and returned whole (so says the schema)
 
     @extend_schema(methods=["GET"], responses=s.AnnotationSerializer(many=True))
     @extend_schema(
