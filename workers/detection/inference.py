@@ -126,9 +126,9 @@ class Detector:
         overlap: float = 0.25,
         score_threshold: float = 0.25,
         batch_size: int = 4,
-        postprocess_type: str = "GREEDYNMM",
+        postprocess_type: str = "NMS",
         match_metric: str = "IOS",
-        match_threshold: float = 0.5,
+        match_threshold: float = 0.6,
         class_agnostic: bool = True,
         perform_standard_pred: bool = False,
     ) -> list[Detection]:
@@ -137,6 +137,13 @@ class Detector:
         Images no larger than one slice are predicted directly (one forward pass). Merging is
         class-agnostic by default: a defect cut by a slice border can be classified
         differently in that slice, and one defect must give one suggestion.
+
+        The merge is NMS on intersection over the smaller box (PaddleDetection's sliced
+        inference default): the piece of a defect seen cut at a slice border lies inside the
+        whole box from the neighbouring slice and is dropped. SAHI's GREEDYNMM (union of the
+        matched boxes) is not the default: at evaluation's 0.01 score it merged every faint box
+        around a defect into one ever larger box (a DeepPCB model's slice mAP50 0.000 against
+        0.33 with NMS; docs/benchmarks-detection.md).
         """
         from sahi.predict import get_sliced_prediction
 
