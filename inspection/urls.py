@@ -7,7 +7,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from inspection import views
+from inspection import account_views, views
 
 handler404 = "inspection.api.errors.json_404"
 handler500 = "inspection.api.errors.json_500"
@@ -18,6 +18,13 @@ urlpatterns = [
     path("favicon.ico", RedirectView.as_view(url=static("loupe/favicon.svg"), permanent=True)),
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("users/", account_views.users_page, name="users"),
+    path("account/", account_views.account_page, name="account"),
+    path(
+        "account/set-password/<uidb64>/<token>/",
+        account_views.PasswordSetView.as_view(),
+        name="password-set",
+    ),
     path("projects/<int:pk>/models/", views.models_page, name="models"),
     path("projects/<int:pk>/models/compare/", views.models_compare, name="models-compare"),
     path("jobs/", views.jobs_page, name="jobs"),

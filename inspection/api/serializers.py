@@ -252,3 +252,40 @@ class QueueHealthSerializer(serializers.Serializer):
     workers = serializers.ListField(child=serializers.DictField())
     waiting = serializers.DictField(child=serializers.IntegerField())
     problems = serializers.ListField(child=serializers.CharField())
+
+
+class UserSerializer(serializers.Serializer):
+    """An account as site admins see it. Writes are checked by inspection/services/accounts.py
+    (the one owner of what a user name or e-mail may be), so the fields here are plain text."""
+
+    id = serializers.IntegerField(read_only=True)
+    username = serializers.CharField(allow_blank=True)
+    email = serializers.CharField(required=False, allow_blank=True, default="")
+    site_admin = serializers.BooleanField(required=False, default=False)
+    is_active = serializers.BooleanField(read_only=True)
+    has_password = serializers.SerializerMethodField()
+    last_login = serializers.DateTimeField(read_only=True, allow_null=True)
+    projects = serializers.SerializerMethodField()
+
+    def get_has_password(self, obj) -> bool:
+        return obj.has_usable_password()
+
+    def get_projects(self, obj) -> list[dict[str, str]]:
+        return [{"project": name, "role": role} for name, role in obj.project_roles]
+
+
+class UserCreatedSerializer(UserSerializer):
+    set_password_link = serializers.URLField(read_only=True)
+
+
+class UserUpdateSerializer(serializers.Serializer):
+    is_active = serializers.BooleanField(required=False)
+    site_admin = serializers.BooleanField(required=False)
+
+
+class PasswordLinkSerializer(serializers.Serializer):
+    set_password_link = serializers.URLField()
+
+
+class UserNamesSerializer(serializers.Serializer):
+    usernames = serializers.ListField(child=serializers.CharField())

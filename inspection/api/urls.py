@@ -11,6 +11,7 @@ router.register("projects", views.ProjectViewSet, basename="api-project")
 router.register("images", views.ImageViewSet, basename="api-image")
 router.register("jobs", views.JobViewSet, basename="api-job")
 router.register("models", views.ModelVersionViewSet, basename="api-model")
+router.register("users", views.UserViewSet, basename="api-user")
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -3,12 +3,13 @@ model versions and inspection runs. Each view authenticates, parses, calls one s
 selector, and shapes the answer. Labels, suggestions, reviews and datasets: annotations.api.
 """
 
+from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Count
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
@@ -19,6 +20,7 @@ from inspection import selectors
 from inspection.filters import JobFilter
 from inspection.models import Image, InspectionRun, Job, ModelVersion, Project, Role
 from inspection.permissions import is_site_admin, require_role
+from inspection.services import accounts
 from inspection.services import images as image_services
 from inspection.services import inspections as inspection_services
 from inspection.services import jobs as job_services
@@ -289,6 +291,63 @@ class ModelVersionViewSet(
             user=request.user, model_version=self.get_object()
         )
         return Response(s.ModelVersionSerializer(version).data)
+
+
+class UserViewSet(NumericIds, viewsets.GenericViewSet):
+    """Accounts (site admins): list, create (answers a one-time set-password link), deactivate
+    or activate, give or take the site-admin role, a new set-password link. ``names`` is the
+    member lookup for project admins. Rules: inspection/services/accounts.py."""
+
+    serializer_class = s.UserSerializer
+    pagination_class = None
+
+    def get_queryset(self):
+        return get_user_model().objects.none()  # every answer comes from the service
+
+    def _one(self, pk):
+        users = accounts.users_overview(by=self.request.user, pk=int(pk))
+        if not users:
+            raise Http404("No such user.")
+        return users[0]
+
+    def list(self, request):
+        return Response(s.UserSerializer(accounts.users_overview(by=request.user), many=True).data)
+
+    def retrieve(self, request, pk=None):
+        return Response(s.UserSerializer(self._one(pk)).data)
+
+    @extend_schema(request=s.UserSerializer, responses={201: s.UserCreatedSerializer})
+    def create(self, request):
+        data = s.UserSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user, path = accounts.user_create(by=request.user, **data.validated_data)
+        body = s.UserSerializer(self._one(user.pk)).data
+        body["set_password_link"] = request.build_absolute_uri(path)
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.UserUpdateSerializer, responses=s.UserSerializer)
+    def partial_update(self, request, pk=None):
+        target = self._one(pk)
+        data = s.UserUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        accounts.user_update(by=request.user, user=target, **data.validated_data)
+        return Response(s.UserSerializer(self._one(pk)).data)
+
+    @extend_schema(request=None, responses=s.PasswordLinkSerializer)
+    @action(detail=True, methods=["post"], url_path="password-link")
+    def password_link(self, request, pk=None):
+        path = accounts.user_password_link(by=request.user, user=self._one(pk))
+        return Response({"set_password_link": request.build_absolute_uri(path)})
+
+    @extend_schema(
+        parameters=[OpenApiParameter("search", str, description="part of the user name")],
+        responses=s.UserNamesSerializer,
+    )
+    @action(detail=False, methods=["get"])
+    def names(self, request):
+        """Active user names containing ``search`` (20 at most), for adding project members."""
+        found = accounts.users_search(by=request.user, query=request.query_params.get("search"))
+        return Response({"usernames": found})
 
 
 class TokenView(ObtainAuthToken):

@@ -191,7 +191,11 @@ def member_set(*, user, project: Project, username: str, role: str) -> Membershi
         )
     target = get_user_model().objects.filter(username=username).first()
     if target is None:
-        raise ValidationError({"username": f"No user named '{username}'."})
+        raise ValidationError(
+            {
+                "username": f"No user named '{username}'. Site admins create accounts on the Users page."
+            }
+        )
     membership, created = Membership.objects.get_or_create(
         project=project, user=target, defaults={"role": role}
     )

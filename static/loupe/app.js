@@ -331,5 +331,36 @@
     }));
   }
 
-  window.Loupe = { api, request, csrfToken, toast, watchJob, follow, initUploads, initMvtecImport, initJobs, initModels };
+  /* The team form's user name field suggests existing accounts as one types (a <datalist>
+     filled from /api/users/names/, which only project admins may read). */
+  function initUserLookup(input) {
+    if (!input) return;
+    const list = document.createElement("datalist");
+    list.id = input.name + "-options";
+    input.setAttribute("list", list.id);
+    input.setAttribute("autocomplete", "off");
+    input.after(list);
+    let timer = null;
+    let asked = null;
+    input.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(async () => {
+        const q = input.value.trim();
+        if (q === asked) return;
+        asked = q;
+        try {
+          const body = await api("/api/users/names/?search=" + encodeURIComponent(q));
+          if (asked !== q) return; // a later keystroke asked again
+          list.replaceChildren(...body.usernames.map((name) => {
+            const o = document.createElement("option");
+            o.value = name;
+            return o;
+          }));
+          list.dataset.loaded = q;
+        } catch (e) { /* no suggestions: the field still takes a typed name */ }
+      }, 150);
+    });
+  }
+
+  window.Loupe = { api, request, csrfToken, toast, watchJob, follow, initUploads, initMvtecImport, initJobs, initModels, initUserLookup };
 })();
