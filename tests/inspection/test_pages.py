@@ -126,7 +126,7 @@ def test_error_pages_keep_the_layout_and_say_why(team, client):
     assert r.status_code == 403
     page = r.content.decode()
     assert 'id="error-page"' in page and 'class="topbar"' in page  # the site's layout
-    assert "Roles are per project" in page and "<span>ann</span>" in page  # who is logged in
+    assert "Roles are per project" in page and ">ann</a>" in page  # who is logged in
     r = client.get("/projects/999999/models/")
     assert r.status_code == 404 and 'id="error-page"' in r.content.decode()
     # the API still answers JSON
