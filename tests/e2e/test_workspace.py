@@ -364,3 +364,39 @@ def test_an_annotator_finds_what_came_back_to_them(page, live_server, workspace_
     returned.wait_for()
     assert "sent back" in returned.inner_text() and "dent" in returned.inner_text()
     assert "approved" in page.locator("#shape-list li[data-review='approved']").inner_text()
+
+
+def test_a_box_dragged_onto_the_minimap_is_kept(page, live_server, workspace_images):
+    """Issue #17: a box dragged from the image onto the minimap (bottom right) was lost: the
+    minimap took the mouse-up, the outline stayed and the next click discarded it."""
+    first = workspace_images["images"][0]
+    login(page, "labeler")
+    open_workspace(page, first.pk)
+    vb = viewer_box(page)
+    nav = page.evaluate(
+        "() => { const r = window.loupeWorkspace.viewer.navigator.element.getBoundingClientRect();"
+        " return {x: r.x, y: r.y, width: r.width, height: r.height}; }"
+    )
+    assert nav["width"] > 0 and nav["x"] > vb["x"] + vb["width"] / 2  # bottom right
+    page.keyboard.press("b")
+    start = (vb["x"] + vb["width"] / 2, vb["y"] + vb["height"] / 2)
+    end = (nav["x"] + nav["width"] / 2, nav["y"] + nav["height"] / 2)
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move((start[0] + end[0]) / 2, (start[1] + end[1]) / 2, steps=5)
+    page.mouse.move(*end, steps=5)
+    page.mouse.up()
+    wait_saved(page, shapes=1)
+    box = Annotation.objects.get(image=first)
+    top_left, bottom_right = to_image(page, *start), to_image(page, *end)
+    assert box.geometry["x"] == pytest.approx(top_left["x"], abs=3)
+    assert box.geometry["y"] == pytest.approx(top_left["y"], abs=3)
+    assert box.geometry["x"] + box.geometry["w"] == pytest.approx(bottom_right["x"], abs=3)
+    assert page.locator("#shape-list li").count() == 1
+    # the minimap still moves the view once the drawing is done
+    page.keyboard.press("v")
+    before = page.evaluate("() => window.loupeWorkspace.viewer.viewport.getCenter().x")
+    page.mouse.click(nav["x"] + 5, nav["y"] + 5)
+    page.wait_for_function(
+        f"() => Math.abs(window.loupeWorkspace.viewer.viewport.getCenter(true).x - {before}) > 0.01"
+    )

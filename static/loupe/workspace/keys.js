@@ -8,6 +8,19 @@ import { categoryOf, withCategory } from "./shapes.js";
 
 const typingIn = (e) => e.target.closest && e.target.closest("input, textarea, select");
 
+/** While a drawing tool is on, the minimap (bottom right) and the control boxes OpenSeadragon
+ * wraps it in let the pointer through, so a box dragged onto it ends on the image: the minimap
+ * used to take the mouse-up and the shape was lost (issue #17). OpenSeadragon sets the
+ * minimap's pointer-events inline, hence a property set here, not a stylesheet rule. */
+function minimapLetsThrough(viewer, on) {
+  const nav = viewer && viewer.navigator && viewer.navigator.element;
+  for (let el = nav; el && !el.classList.contains("openseadragon-container"); el = el.parentElement) {
+    if (on) el.style.setProperty("pointer-events", "none", "important");
+    else el.style.removeProperty("pointer-events");
+  }
+  if (nav) nav.style.setProperty("opacity", on ? "0.4" : "0.8");
+}
+
 /** Tool and category buttons; returns {setTool, setCategory}. */
 export function createTools(ctx) {
   const { anno } = ctx;
@@ -24,6 +37,7 @@ export function createTools(ctx) {
     }
     document.querySelectorAll(".tool").forEach((b) => b.setAttribute("aria-pressed", b.dataset.tool === tool ? "true" : "false"));
     ctx.els.viewer.dataset.tool = tool;
+    minimapLetsThrough(ctx.viewer, tool !== "select");
   }
 
   function setCategory(id) {
