@@ -25,6 +25,7 @@ from inspection.permissions import has_role, require_role
 from inspection.plots import curve_svg_points
 from inspection.services import projects as project_services
 from inspection.services.images import images_without_pyramid
+from inspection.services.inspections import active_model
 from inspection.views import form_errors
 
 # Annotorious draws with PixiJS, which compiles its shaders with `new Function`: the two pages
@@ -67,6 +68,8 @@ def project_images(request, pk):
             "categories": DefectCategory.objects.filter(project=project),
             "total": base.count(),
             "without_pyramid": len(images_without_pyramid(project)),
+            "has_anomaly_model": active_model(project, ModelVersion.Kind.ANOMALY) is not None,
+            "has_detector": active_model(project, ModelVersion.Kind.DETECTOR) is not None,
         },
     )
 
@@ -114,6 +117,23 @@ def project_settings(request, pk):
                 project_services.member_remove(
                     user=request.user, project=project, username=request.POST.get("username", "")
                 )
+            elif action == "rename":
+                project_services.project_update(
+                    user=request.user,
+                    project=project,
+                    name=request.POST.get("name", ""),
+                    description=request.POST.get("description", ""),
+                )
+            elif action == "delete-project":
+                # typing the name is the confirmation: a slip of the mouse deletes nothing
+                if request.POST.get("confirm_name", "").strip() != project.name:
+                    raise ValidationError(
+                        f"Type the project's name, '{project.name}', to delete it."
+                    )
+                name = project.name
+                project_services.project_delete(user=request.user, project=project)
+                messages.success(request, f"Project '{name}' deleted, with its images and labels.")
+                return redirect("home")
             else:
                 raise ValidationError("Unknown action.")
         except ValidationError as exc:

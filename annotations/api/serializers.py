@@ -37,6 +37,28 @@ class GridImageSerializer(ImageSerializer):
         }
 
 
+class ImageBulkSerializer(serializers.Serializer):
+    image_ids = serializers.ListField(child=serializers.JSONField(), help_text="ids of images")
+    action = serializers.CharField(help_text="normal, not_normal, split, inspect, detect, delete")
+    split = serializers.CharField(
+        required=False, allow_blank=True, help_text="with action=split: train, val, test or ''"
+    )
+
+
+class ImageBulkRefusedSerializer(serializers.Serializer):
+    image = serializers.IntegerField()
+    name = serializers.CharField()
+    reason = serializers.CharField()
+
+
+class ImageBulkResultSerializer(serializers.Serializer):
+    action = serializers.CharField()
+    done = serializers.ListField(child=serializers.IntegerField())
+    refused = ImageBulkRefusedSerializer(many=True)
+    run = serializers.IntegerField(allow_null=True)
+    message = serializers.CharField()
+
+
 class NormalSerializer(serializers.Serializer):
     is_normal = serializers.BooleanField()
 

@@ -13,7 +13,7 @@ from annotations import selectors
 from annotations.figures import detection_figures, run_figures, run_threshold
 from annotations.filters import AnnotationFilter, ImageFilter, SuggestionFilter
 from annotations.models import Annotation, DefectCategory, Suggestion
-from annotations.services import categories, comments, detectors, labels, review
+from annotations.services import categories, comments, detectors, image_bulk, labels, review
 from inspection.api.base import NumericIds, list_response
 from inspection.api.lookups import image_for, project_for
 from inspection.api.serializers import RunDetailSerializer, UploadSerializer
@@ -103,6 +103,25 @@ class ProjectLabelsViewSet(NumericIds, viewsets.GenericViewSet):
             .order_by("id")
         )
         return list_response(self, images, s.GridImageSerializer, filterset_class=ImageFilter)
+
+    @extend_schema(request=s.ImageBulkSerializer, responses=s.ImageBulkResultSerializer)
+    @action(detail=True, methods=["post"], url_path="images/bulk")
+    def images_bulk(self, request, pk=None):
+        """One action on many images (the grid's selection): mark normal or not, set the split,
+        inspect, detect, delete. Images a rule refuses are listed with the reason; the others
+        are done."""
+        project = project_for(request, pk)
+        data = s.ImageBulkSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return Response(
+            image_bulk.images_bulk_apply(
+                user=request.user,
+                project=project,
+                image_ids=data.validated_data["image_ids"],
+                action=data.validated_data["action"],
+                split=data.validated_data.get("split"),
+            )
+        )
 
     @extend_schema(responses=s.AnnotationSerializer(many=True))
     @action(detail=True, filterset_class=AnnotationFilter)

@@ -12,6 +12,7 @@ One owner per rule, and imports that run one way (a module imports only those ab
     dataset_export.py     export jobs, download checks, expiry of old zips
     dataset_import.py     COCO / YOLO / MVTec imports (one job kind, one way in for labels)
     detectors.py          detector training from a dataset version: proposal, checks, the job
+    image_bulk.py         one action on many images (the grid's selection)
 
 Import the module you need (``from annotations.services import labels``); this package
 re-exports nothing, so there is one name for each function.

@@ -362,5 +362,71 @@
     });
   }
 
-  window.Loupe = { api, request, csrfToken, toast, watchJob, follow, initUploads, initMvtecImport, initJobs, initModels, initUserLookup };
+  /* The image grid's selection: a checkbox on each tile (reviewers and admins) and a bar of
+     actions for the selected images (POST /api/projects/{id}/images/bulk/). The page reloads
+     afterwards and says what was done and what was refused, and why. */
+  function initBulk() {
+    const bar = document.getElementById("bulkbar");
+    if (!bar) return;
+    const result = document.getElementById("bulk-result");
+    const picks = () => Array.from(document.querySelectorAll("#image-grid .pick"));
+    const chosen = () => picks().filter((p) => p.checked).map((p) => Number(p.value));
+    const said = sessionStorage.getItem("loupe-bulk-result");
+    if (said) {
+      sessionStorage.removeItem("loupe-bulk-result");
+      const r = JSON.parse(said);
+      const p = document.createElement("p");
+      p.className = "flash " + (r.refused.length ? "error" : "success");
+      p.textContent = r.message;
+      if (r.run) {
+        const a = document.createElement("a");
+        a.href = "/runs/" + r.run + "/";
+        a.textContent = " Follow the run →";
+        p.append(a);
+      }
+      result.append(p);
+      if (r.refused.length > 1) {
+        const ul = document.createElement("ul");
+        ul.className = "hint";
+        r.refused.forEach((x) => { const li = document.createElement("li"); li.textContent = x.name + ": " + x.reason; ul.append(li); });
+        result.append(ul);
+      }
+    }
+    function update() {
+      const n = chosen().length;
+      bar.hidden = n === 0;
+      document.getElementById("bulk-count").textContent = n + " selected";
+    }
+    picks().forEach((p) => p.addEventListener("change", update));
+    document.getElementById("bulk-all").addEventListener("click", () => { picks().forEach((p) => { p.checked = true; }); update(); });
+    document.getElementById("bulk-none").addEventListener("click", () => { picks().forEach((p) => { p.checked = false; }); update(); });
+    bar.querySelectorAll("[data-bulk]").forEach((b) => b.addEventListener("click", async () => {
+      const ids = chosen();
+      const action = b.dataset.bulk;
+      if (action === "delete" && !window.confirm("Delete " + ids.length + " image" + (ids.length === 1 ? "" : "s") + " with their labels and suggestions? This cannot be undone.")) return;
+      const body = { image_ids: ids, action };
+      if (action === "split") body.split = document.getElementById("bulk-split").value;
+      bar.querySelectorAll("button").forEach((x) => { x.disabled = true; });
+      let res;
+      try {
+        res = await request("POST", bar.dataset.url, body);
+      } catch (e) {
+        res = { status: 0, body: { error: "No answer from the server: nothing was changed. Try again." } };
+      }
+      bar.querySelectorAll("button").forEach((x) => { x.disabled = false; });
+      if (res.status === 200) {
+        sessionStorage.setItem("loupe-bulk-result", JSON.stringify(res.body));
+        window.location.reload();
+      } else {
+        result.replaceChildren();
+        const p = document.createElement("p");
+        p.className = "flash error";
+        p.textContent = (res.body && res.body.error) || "The action failed (" + res.status + ").";
+        result.append(p);
+      }
+    }));
+    update();
+  }
+
+  window.Loupe = { api, request, csrfToken, toast, watchJob, follow, initUploads, initMvtecImport, initJobs, initModels, initUserLookup, initBulk };
 })();
