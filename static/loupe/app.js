@@ -428,5 +428,39 @@
     update();
   }
 
+  /* "?" on a page with keys (the workspace, the review queue) shows them over the page; Esc or
+     "?" again closes it. While it is open the page's own keys are held back, so a key pressed
+     to read about it does nothing behind the list. The list is the page's own "Keys" section. */
+  function initKeysHelp() {
+    const source = document.querySelector("details.help dl");
+    if (!source) return;
+    const dialog = document.createElement("dialog");
+    dialog.id = "keys-dialog";
+    dialog.className = "keys-dialog";
+    dialog.setAttribute("aria-label", "Keyboard keys");
+    const title = document.createElement("h2");
+    title.textContent = "Keys";
+    const close = document.createElement("button");
+    close.type = "button";
+    close.className = "link";
+    close.textContent = "Close (Esc)";
+    close.addEventListener("click", () => dialog.close());
+    dialog.append(title, source.cloneNode(true), close);
+    document.body.append(dialog);
+    document.addEventListener("keydown", (e) => {
+      const typing = e.target.closest && e.target.closest("input, textarea, select");
+      if (e.key === "?" && !typing) {
+        e.preventDefault();
+        e.stopImmediatePropagation();
+        if (dialog.open) dialog.close(); else dialog.showModal();
+      } else if (dialog.open) {
+        // the page's own Esc handlers would cancel the dialog's closing (preventDefault)
+        e.stopImmediatePropagation();
+        if (e.key === "Escape") { e.preventDefault(); dialog.close(); }
+      }
+    }, true);
+  }
+  initKeysHelp();
+
   window.Loupe = { api, request, csrfToken, toast, watchJob, follow, initUploads, initMvtecImport, initJobs, initModels, initUserLookup, initBulk };
 })();

@@ -81,6 +81,14 @@ def test_review_queue_by_keyboard(page, live_server, queue):
     page.locator("#viewer[data-loaded]").wait_for()
     wait_item(page, f"suggestion:{s[0].pk}")
 
+    # ? lists the keys; A pressed while reading does not accept anything; Esc closes the list
+    page.keyboard.press("?")
+    page.locator("#keys-dialog", has_text="reject with a reason").wait_for()
+    page.keyboard.press("a")
+    page.keyboard.press("Escape")
+    page.locator("#keys-dialog").wait_for(state="hidden")
+    assert Suggestion.objects.get(pk=s[0].pk).status == "pending"
+
     # an anomaly suggestion proposes no category, and none is preselected: A asks for one
     # (a preselected first category once made every accept of a session the same, wrong, one)
     assert page.locator('#categories .cat[aria-pressed="true"]').count() == 0

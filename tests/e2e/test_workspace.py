@@ -400,3 +400,24 @@ def test_a_box_dragged_onto_the_minimap_is_kept(page, live_server, workspace_ima
     page.wait_for_function(
         f"() => Math.abs(window.loupeWorkspace.viewer.viewport.getCenter(true).x - {before}) > 0.01"
     )
+
+
+def test_question_mark_shows_the_keys_and_holds_them_back(page, live_server, workspace_images):
+    first = workspace_images["images"][0]
+    login(page, "labeler")
+    open_workspace(page, first.pk)
+    page.keyboard.press("v")
+    page.keyboard.press("?")
+    dialog = page.locator("#keys-dialog")
+    dialog.wait_for(state="visible")
+    assert "next / previous image" in dialog.inner_text()
+    page.keyboard.press("b")  # read about, not acted on
+    assert page.get_attribute("#viewer", "data-tool") == "select"
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="hidden")
+    page.keyboard.press("b")
+    assert page.get_attribute("#viewer", "data-tool") == "rectangle"
+    page.keyboard.press("?")
+    dialog.wait_for(state="visible")
+    page.keyboard.press("?")
+    dialog.wait_for(state="hidden")
