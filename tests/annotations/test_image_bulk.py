@@ -152,7 +152,7 @@ def test_inspect_selected_starts_one_run_of_the_active_model(grid, client_for):
     assert run.image_ids == chosen and r.json()["message"] == "2 images sent to the anomaly model."
 
 
-def test_the_grid_offers_the_actions_each_role_may_take(grid):
+def test_pages_offer_the_actions_each_role_may_take(grid):
     def page(who):
         c = Client()
         assert c.login(username=grid[who].username, password=PASSWORD)
@@ -163,6 +163,13 @@ def test_the_grid_offers_the_actions_each_role_may_take(grid):
     assert 'class="pick"' in reviewer and 'data-bulk="delete"' not in reviewer
     assert 'data-bulk="inspect"' not in reviewer  # no active anomaly model yet
     assert 'id="bulkbar"' not in annotator and 'class="pick"' not in annotator
+    # the workspace offers "Review →" only to those who may review (an annotator got a 403)
+    image = grid["images"][1].pk
+    for who, shown in (("annotator", False), ("reviewer", True)):
+        c = Client()
+        assert c.login(username=grid[who].username, password=PASSWORD)
+        html = c.get(f"/images/{image}/").content.decode()
+        assert (f"/review/?image={image}" in html) is shown, who
 
 
 def test_project_rename_and_delete_on_the_settings_page(grid):
