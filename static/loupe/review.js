@@ -3,6 +3,13 @@
  * Keys: 1-9 category · A accept (or approve a label) · E edit the outline, then A/Enter ·
  * R reject (then 1-4 for the reason, Enter for none) or send a label back (with a comment) ·
  * N next without deciding. Each decision is one API call; the server keeps the record.
+ *
+ * Speed (issue #17: the next item on screen <= 300 ms after a decision): two viewers are stacked
+ * in #viewer. The visible one shows the item; the hidden one has already opened the next item
+ * that is on another image, zoomed on it, its tiles loaded, so moving on is a swap. A decision
+ * moves on at once and its call finishes in the background: a refusal puts the item back with
+ * the reason; "already decided" (409) just says so. #viewer[data-pending] counts the calls not
+ * answered yet.
  */
 (function () {
   "use strict";
@@ -19,9 +26,8 @@
   // reviewer presses 1-9 for this item. Preselecting the first category (or the last one
   // chosen) made every accept of a trial session the same, wrong, category.
   let category = null;
-  let openImage = null;
-  let heatItem = null;
   const skipped = new Set();
+  let heatShown = true;
 
   const request = Loupe.request;
   const toast = (message) => Loupe.toast(toastEl, message, 5000);
@@ -30,23 +36,84 @@
 
   const { toSelector: selector, toGeometry: geometry } = LoupeOverlay;
 
-  const viewer = OpenSeadragon({
-    element: viewerEl,
-    prefixUrl: document.querySelector("script[src*='openseadragon.min.js']").src.replace(/openseadragon\.min\.js.*$/, "images/"),
-    showNavigator: true,
-    navigatorPosition: "BOTTOM_RIGHT",
-    maxZoomPixelRatio: 16,
-    loadTilesWithAjax: true,
-    ajaxWithCredentials: true,
-    drawer: "canvas", // see workspace/viewer.js
-    gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: false },
-  });
-  viewer.addHandler("canvas-key", (e) => { e.preventDefaultAction = true; });
-  const anno = AnnotoriousOSD.createOSDAnnotator(viewer, {
-    drawingEnabled: false,
-    userSelectAction: "NONE",
-    style: (a, state) => ({ stroke: "#facc15", strokeWidth: state && state.selected ? 3 : 2, fill: "#facc15", fillOpacity: 0.08 }),
-  });
+  const prefixUrl = document.querySelector("script[src*='openseadragon.min.js']").src.replace(/openseadragon\.min\.js.*$/, "images/");
+
+  /* One viewer with its outline layer, the image it has open and that image's heatmap. */
+  function makePane() {
+    const el = document.createElement("div");
+    el.className = "review-pane";
+    viewerEl.append(el);
+    const viewer = OpenSeadragon({
+      element: el,
+      prefixUrl,
+      showNavigator: true,
+      navigatorPosition: "BOTTOM_RIGHT",
+      maxZoomPixelRatio: 16,
+      loadTilesWithAjax: true,
+      ajaxWithCredentials: true,
+      drawer: "canvas", // see workspace/viewer.js
+      gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: false },
+    });
+    viewer.addHandler("canvas-key", (e) => { e.preventDefaultAction = true; });
+    const anno = AnnotoriousOSD.createOSDAnnotator(viewer, {
+      drawingEnabled: false,
+      userSelectAction: "NONE",
+      style: (a, state) => ({ stroke: "#facc15", strokeWidth: state && state.selected ? 3 : 2, fill: "#facc15", fillOpacity: 0.08 }),
+    });
+    return { el, viewer, anno, image: null, opened: null, heat: null };
+  }
+
+  viewerEl.classList.add("has-panes");
+  let active = makePane();
+  let spare = makePane();
+  active.el.classList.add("shown");
+
+  /* Open `image` in `pane` (once): resolves true when its pyramid opened. */
+  function openIn(pane, item) {
+    if (pane.image === item.image && pane.opened) return pane.opened;
+    pane.image = item.image;
+    pane.heat = null;
+    pane.anno.clearAnnotations();
+    pane.opened = new Promise((resolve) => {
+      pane.viewer.addOnceHandler("open", () => resolve(true));
+      pane.viewer.addOnceHandler("open-failed", () => resolve(false));
+      pane.viewer.open(url(data.urls.dzi, item.image));
+    }).then((ok) => {
+      const anomaly = item.type === "suggestion" && (item.source !== "detector" || (item.also || []).some((x) => x.source === "anomaly"));
+      if (ok && anomaly) {  // a detector makes no heatmap
+        LoupeOverlay.addHeatmap(pane.viewer, url(data.urls.heatmap, item.image), 0.45).then((it) => {
+          pane.heat = it;
+          if (!heatShown) it.setOpacity(0);
+        }).catch(() => {});
+      }
+      return ok;
+    });
+    return pane.opened;
+  }
+
+  /* Outline `item` in `pane` and zoom on it (the pane's image must be the item's). */
+  function place(pane, item) {
+    const id = "item-" + item.type + "-" + item.id;
+    pane.anno.setAnnotations([{ id, bodies: [], target: { annotation: id, selector: selector(item.geometry) } }], true);
+    pane.anno.fitBoundsWithConstraints(id, { padding: 140, immediately: true });
+  }
+
+  function swap() {
+    [active, spare] = [spare, active];
+    active.el.classList.add("shown");
+    spare.el.classList.remove("shown");
+    spare.anno.cancelSelected();
+  }
+
+  /* The hidden pane opens the next item that is on another image and zooms on it, so its tiles
+     are loaded before the reviewer gets there. */
+  async function preload() {
+    const shown = current();
+    const upcoming = items.slice(index + 1).find((x) => shown && x.image !== shown.image);
+    if (!upcoming) return;
+    const ok = await openIn(spare, upcoming);
+    if (ok && spare.image === upcoming.image && current() === shown) place(spare, upcoming);
+  }
 
   function current() { return items[index]; }
 
@@ -83,34 +150,27 @@
     setMode("idle");
     const item = current();
     describe(item);
-    anno.clearAnnotations();
-    if (!item) { viewerEl.dataset.item = ""; return; }
-    if (openImage !== item.image) {
-      openImage = item.image;
-      heatItem = null;
-      viewer.open(url(data.urls.dzi, item.image));
-      const opened = await new Promise((resolve) => {
-        viewer.addOnceHandler("open", () => resolve(true));
-        viewer.addOnceHandler("open-failed", () => resolve(false));
-      });
-      if (!opened) {
+    if (!item) { active.anno.clearAnnotations(); viewerEl.dataset.item = ""; return; }
+    if (active.image !== item.image) {
+      if (spare.image === item.image) swap(); // preloaded: already open, usually zoomed on it
+      const ok = await openIn(active, item);
+      if (current() !== item) return; // the reviewer moved on meanwhile
+      if (!ok) {
         // the pyramid is still being built (or failed): decisions still work, without the picture
+        active.anno.clearAnnotations();
         toast("This image's zoomable view is not ready yet; the outline is shown without it.");
         viewerEl.dataset.item = item.type + ":" + item.id;
+        preload();
         return;
       }
-      const anomaly = item.source !== "detector" || (item.also || []).some((a) => a.source === "anomaly");
-      if (anomaly) {  // a detector makes no heatmap
-        LoupeOverlay.addHeatmap(viewer, url(data.urls.heatmap, item.image), 0.45).then((it) => { heatItem = it; }).catch(() => {});
-      }
     }
-    const id = "item-" + item.type + "-" + item.id;
-    anno.setAnnotations([{ id, bodies: [], target: { annotation: id, selector: selector(item.geometry) } }], true);
-    anno.fitBoundsWithConstraints(id, { padding: 140, immediately: true });
+    place(active, item);
     viewerEl.dataset.item = item.type + ":" + item.id;
+    preload();
   }
 
   async function load() {
+    await Promise.allSettled(Array.from(inflight.values()));
     const params = new URLSearchParams(Object.assign({ status: "pending", limit: "200" }, data.filters));
     let s;
     let l;
@@ -133,6 +193,7 @@
     }
     items = (s.body.results || []).map((x) => Object.assign({ type: "suggestion" }, x));
     items = items.concat(((l.body && l.body.results) || []).map((x) => Object.assign({ type: "label" }, x)));
+    items = items.filter((x) => !inflight.has(x.type + ":" + x.id));
     index = 0;
     viewerEl.dataset.loaded = "1";
     await show();
@@ -167,62 +228,81 @@
     }
   }
 
-  async function decided(r, okStatus, counter) {
+  const inflight = new Map(); // "type:id" -> the decision call's promise
+
+  function setPending() { viewerEl.dataset.pending = String(inflight.size); }
+
+  /* Move on at once and send the decision; reconcile when the answer comes. */
+  async function decide(item, target, body, okStatus, counter) {
+    const key = item.type + ":" + item.id;
+    const call = send("POST", target, body);
+    inflight.set(key, call);
+    setPending();
+    const at = items.indexOf(item);
+    if (at >= 0) {
+      items.splice(at, 1);
+      if (at < index) index -= 1;
+      if (index >= items.length) index = Math.max(0, items.length - 1);
+    }
+    const moved = show();
+    const r = await call;
+    inflight.delete(key);
+    setPending();
     if (r.status === okStatus) {
       tally[counter] += 1;
       updateTally();
     } else if (r.status === 409) {
       toast((r.body && r.body.error) || "Already decided by someone else.");
     } else {
-      toast((r.body && r.body.error) || "HTTP " + r.status);
+      // not decided: the item comes back, shown again, with the reason
+      toast("Not decided: " + ((r.body && r.body.error) || "HTTP " + r.status) + ". The item is back.");
+      await moved;
+      items.splice(index, 0, item);
+      await show();
       return false;
     }
-    items.splice(index, 1);
-    if (index >= items.length) index = Math.max(0, items.length - 1);
-    await show();
-    if (!items.length) load();
+    await moved;
+    if (!items.length && !inflight.size) load();
     return true;
   }
 
   async function accept() {
     const item = current();
     if (!item) return;
-    if (item.type === "label") {
-      const r = await send("POST", url(data.urls.approve, item.id), {});
-      return decided(r, 200, "approved");
-    }
+    if (item.type === "label") return decide(item, url(data.urls.approve, item.id), {}, 200, "approved");
     if (!category) {
       toast(data.categories.length ? "Which defect is it? Press 1-" + Math.min(9, data.categories.length) + " (or click a category), then A." : "Add a defect category first (project settings).");
       return;
     }
     const body = { category: Number(category) };
     if (mode === "edit") {
-      const a = anno.getAnnotations()[0];
-      anno.cancelSelected();
+      const a = active.anno.getAnnotations()[0];
+      active.anno.cancelSelected();
+      active.anno.setUserSelectAction("NONE");
       body.geometry = geometry(a.target.selector);
     }
-    const r = await send("POST", url(data.urls.accept, item.id), body);
-    return decided(r, 201, "accepted");
+    return decide(item, url(data.urls.accept, item.id), body, 201, "accepted");
   }
 
   async function reject(reason) {
     const item = current();
-    const r = await send("POST", url(data.urls.reject, item.id), { reason: reason || "" });
-    return decided(r, 200, "rejected");
+    if (!item) return;
+    return decide(item, url(data.urls.reject, item.id), { reason: reason || "" }, 200, "rejected");
   }
 
   async function sendBack(comment) {
     const item = current();
-    const r = await send("POST", url(data.urls.return, item.id), { comment });
-    return decided(r, 200, "returned");
+    if (!item) return;
+    return decide(item, url(data.urls.return, item.id), { comment }, 200, "returned");
   }
 
   function edit() {
     const item = current();
     if (!item || item.type !== "suggestion") return;
-    const a = anno.getAnnotations()[0];
-    anno.setUserSelectAction("EDIT");
-    anno.setSelected(a.id, true);
+    const a = active.anno.getAnnotations()[0];
+    if (!a) return;
+    active.anno.setUserSelectAction("EDIT");
+    active.anno.setSelected(a.id, true);
     setMode("edit");
   }
 
@@ -259,8 +339,12 @@
       const item = current();
       if (item) setMode(item.type === "label" ? "return" : "reject");
     } else if (key === "n") { e.preventDefault(); next(); }
-    else if (key === "Escape") { anno.cancelSelected(); anno.setUserSelectAction("NONE"); setMode("idle"); show(); }
-    else if (key === "h" && heatItem) { heatItem.setOpacity(heatItem.getOpacity() > 0 ? 0 : 0.45); }
+    else if (key === "Escape") { active.anno.cancelSelected(); active.anno.setUserSelectAction("NONE"); setMode("idle"); show(); }
+    else if (key === "h") {
+      // one switch for both panes, so the next image keeps the reviewer's choice
+      heatShown = !heatShown;
+      [active, spare].forEach((p) => { if (p.heat) p.heat.setOpacity(heatShown ? 0.45 : 0); });
+    }
   });
 
   document.querySelectorAll("[data-key]").forEach((b) => b.addEventListener("click", () => {
@@ -282,5 +366,11 @@
 
   setCategory(category);
   load();
-  window.loupeReview = { viewer, anno, items: () => items, current };
+  // for browser tests and benchmarks/review_speed.py: the visible pane's viewer and annotator
+  window.loupeReview = {
+    get viewer() { return active.viewer; },
+    get anno() { return active.anno; },
+    items: () => items,
+    current,
+  };
 })();

@@ -68,8 +68,13 @@ def queue(transactional_db, make_user, tmp_path):
 
 
 def wait_item(page, prefix):
+    """Wait until the item is shown and every decision sent so far is answered (the page moves
+    on before the server answers; the database is checked after)."""
     page.wait_for_function(
         f"() => (document.getElementById('viewer').dataset.item || '').startsWith('{prefix}')"
+    )
+    page.wait_for_function(
+        "() => (document.getElementById('viewer').dataset.pending || '0') === '0'"
     )
 
 
