@@ -206,3 +206,32 @@ def test_one_item_for_a_defect_both_models_found(page, live_server, queue):
         Suggestion.objects.filter(pk__in=[top.pk, box.pk]).values_list("status", "category")
     ) == {("accepted", porosity.pk)}
     assert Annotation.objects.filter(suggestion=top, category=porosity).count() == 1
+
+
+def test_a_refused_decision_brings_the_item_back_and_a_taken_one_is_skipped(
+    page, live_server, queue
+):
+    """The queue moves on before the server answers. When the server refuses (here: the
+    category was deleted meanwhile), the item comes back with the reason and nothing is
+    decided; when someone else decided it first, the page says so and stays moved on."""
+    project, porosity = queue["project"], queue["porosity"]
+    s = list(Suggestion.objects.order_by("-score"))
+    login(page, "rev")
+    page.goto(f"/projects/{project.pk}/review/")
+    wait_item(page, f"suggestion:{s[0].pk}")
+    porosity.delete()  # behind the page's back; its button (key 2) stays
+    page.keyboard.press("2")
+    page.keyboard.press("a")
+    page.locator("#toast", has_text="Not decided:").wait_for()
+    assert "The item is back." in page.locator("#toast").inner_text()
+    wait_item(page, f"suggestion:{s[0].pk}")
+    assert Suggestion.objects.get(pk=s[0].pk).status == "pending"
+    assert "0 accepted" in page.locator("#tally").inner_text()
+
+    # someone else rejects the first item meanwhile: R, Enter says so and the queue goes on
+    Suggestion.objects.filter(pk=s[0].pk).update(status="rejected")
+    page.keyboard.press("r")
+    page.keyboard.press("Enter")
+    page.locator("#toast", has_text="already").wait_for()
+    wait_item(page, f"suggestion:{s[1].pk}")
+    assert "0 rejected" in page.locator("#tally").inner_text()
