@@ -235,3 +235,36 @@ def test_a_refused_decision_brings_the_item_back_and_a_taken_one_is_skipped(
     page.locator("#toast", has_text="already").wait_for()
     wait_item(page, f"suggestion:{s[1].pk}")
     assert "0 rejected" in page.locator("#tally").inner_text()
+
+
+def test_a_phone_sized_window_can_review_by_touch(browser, live_server, queue):
+    """At 390 px wide the viewer was 32 px wide. Now the side panel goes under it: the item is
+    visible across the screen and the on-screen buttons decide."""
+    project = queue["project"]
+    s = list(Suggestion.objects.order_by("-score"))
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844},
+        has_touch=True,
+        is_mobile=True,
+        base_url=live_server.url,
+    )
+    page = context.new_page()
+    try:
+        login(page, "rev")
+        page.goto(f"/projects/{project.pk}/review/")
+        wait_item(page, f"suggestion:{s[0].pk}")
+        viewer = page.locator("#viewer").bounding_box()
+        assert viewer["width"] >= 350 and viewer["height"] >= 260, viewer
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390 + 1
+        page.locator("#categories .cat", has_text="porosity").tap()
+        page.locator('[data-key="a"]').tap()
+        wait_item(page, f"suggestion:{s[1].pk}")
+        page.locator('[data-key="r"]').tap()
+        page.locator("[data-reason]").first.tap()
+        wait_item(page, f"suggestion:{s[2].pk}")
+        assert [x.status for x in Suggestion.objects.order_by("-score")][:2] == [
+            "accepted",
+            "rejected",
+        ]
+    finally:
+        context.close()
