@@ -10,7 +10,7 @@ from annotations.services.categories import category_create
 from inspection.models import Image, Membership
 from inspection.services.images import IncomingFile, image_build_derivatives, image_store_one
 from inspection.services.projects import project_create
-from tests.e2e.test_workspace import login, open_workspace, part_photo, wait_saved, zoom_to
+from tests.e2e.test_workspace import login, open_workspace, part_photo, shot, wait_saved, zoom_to
 
 pytestmark = pytest.mark.e2e
 
@@ -41,6 +41,7 @@ def test_a_new_user_is_invited_added_and_labels(page, browser, live_server, site
     page.locator("#password-link").wait_for()
     link = page.input_value("#password-link-url")
     assert "/account/set-password/" in link
+    shot(page, "first-day-users")
     row = page.locator('tr[data-user="anna"]')
     assert "no password set yet" in row.inner_text()
 
@@ -48,6 +49,7 @@ def test_a_new_user_is_invited_added_and_labels(page, browser, live_server, site
     anna_ctx = browser.new_context(base_url=live_server.url)
     anna = anna_ctx.new_page()
     anna.goto(link)
+    shot(anna, "first-day-set-password")
     anna.fill("input[name=new_password1]", ANNA_PASSWORD)
     anna.fill("input[name=new_password2]", ANNA_PASSWORD)
     anna.click("button[type=submit]")
@@ -66,6 +68,7 @@ def test_a_new_user_is_invited_added_and_labels(page, browser, live_server, site
         "datalist#username-options option", "els => els.map(e => e.value)"
     )
     assert options == ["anna"]
+    shot(page, "first-day-team")
     page.fill("#member-username", options[0])
     page.select_option("select[name=role]", "annotator")
     page.click("text=Add or change")

@@ -10,7 +10,7 @@ from inspection.models import Image, Project
 from inspection.services.images import IncomingFile, image_build_derivatives, image_store_one
 from inspection.services.projects import project_create
 from tests.conftest import image_bytes
-from tests.e2e.test_workspace import login
+from tests.e2e.test_workspace import login, shot
 
 pytestmark = pytest.mark.e2e
 
@@ -51,6 +51,7 @@ def test_select_set_split_mark_normal_delete_then_rename_and_delete(page, live_s
     tick(page, first)
     tick(page, second)
     assert page.inner_text("#bulk-count") == "2 selected"
+    shot(page, "first-day-grid-selection")
     page.select_option("#bulk-split", "val")
     page.click('[data-bulk="split"]')
     page.locator(

@@ -10,7 +10,7 @@ from inspection.models import Image, InspectionRun, ModelVersion, Role
 from inspection.services.images import IncomingFile, image_build_derivatives, image_store_one
 from inspection.services.projects import member_set, project_create
 from tests.annotations.conftest import region, square
-from tests.e2e.test_workspace import login, part_photo
+from tests.e2e.test_workspace import login, part_photo, shot
 
 pytestmark = pytest.mark.e2e
 
@@ -256,6 +256,10 @@ def test_a_phone_sized_window_can_review_by_touch(browser, live_server, queue):
         viewer = page.locator("#viewer").bounding_box()
         assert viewer["width"] >= 350 and viewer["height"] >= 260, viewer
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 390 + 1
+        page.wait_for_function(
+            "() => window.loupeReview.viewer.world.getItemAt(0).getFullyLoaded()"
+        )
+        shot(page, "first-day-review-phone")
         page.locator("#categories .cat", has_text="porosity").tap()
         page.locator('[data-key="a"]').tap()
         wait_item(page, f"suggestion:{s[1].pk}")
