@@ -224,18 +224,32 @@ def main() -> None:
                     "() => window.loupeWorkspace && window.loupeWorkspace.viewer.world.getItemCount() > 0"
                     " && window.loupeWorkspace.viewer.world.getItemAt(0).getFullyLoaded()"
                 )
-                moves = []
+                moves, phases = [], []
                 for k in range(args.navigations):
                     key = "n" if (k // (len(images) - 1)) % 2 == 0 else "p"
                     before = page.evaluate("() => location.pathname")
                     page.evaluate(NAVIGATE, key)
                     page.wait_for_url(lambda url, b=before: not url.endswith(b))
                     moves.append(page.evaluate(ARRIVED, before))
+                    nav = page.evaluate(
+                        "() => { const n = performance.getEntriesByType('navigation')[0];"
+                        " return [n.responseStart, n.responseEnd, n.domContentLoadedEventEnd,"
+                        " n.loadEventEnd]; }"
+                    )
+                    phases.append(nav)
                 print(
                     f"workspace: N/P -> next image drawn, {len(moves)} moves: "
                     f"median {statistics.median(moves):.0f} ms, p95 {p95(moves):.0f} ms"
                 )
                 print("  each (ms): " + " ".join(f"{ms:.0f}" for ms in moves))
+                names = ("first byte", "page received", "scripts run", "load event")
+                print(
+                    "  the new page, from its navigation (median ms): "
+                    + ", ".join(
+                        f"{n} {statistics.median(p[i] for p in phases):.0f}"
+                        for i, n in enumerate(names)
+                    )
+                )
             finally:
                 browser.close()
                 server.kill()

@@ -52,6 +52,8 @@
       loadTilesWithAjax: true,
       ajaxWithCredentials: true,
       drawer: "canvas", // see workspace/viewer.js
+      imageLoaderLimit: 8,
+      maxTilesPerFrame: 16, // see workspace/viewer.js
       gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: false },
     });
     viewer.addHandler("canvas-key", (e) => { e.preventDefaultAction = true; });

@@ -15,6 +15,10 @@ export function createViewer(element, data) {
     loadTilesWithAjax: true,
     ajaxWithCredentials: true,
     imageLoaderLimit: 8,
+    // OpenSeadragon starts one new tile per frame by default; on a busy CPU a frame takes
+    // ~60 ms, so a view of 60 tiles (cached ones included) took 3-4 s to fill. 16 per frame
+    // fills it in a few frames (benchmarks/review_speed.py, docs/benchmarks.md).
+    maxTilesPerFrame: 16,
     visibilityRatio: 0.5,
     gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: false },
     // The canvas drawer: measured 5x faster than OpenSeadragon's WebGL default where WebGL is
