@@ -149,6 +149,18 @@ WHITENOISE_USE_FINDERS = True
 
 MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(VAR_DIR / "media")))
 MEDIA_URL = "media/"
+# S3-compatible object storage (MinIO, Ceph, AWS): STORAGE_BACKEND=storages.backends.s3.S3Storage
+# and these; django-storages reads them. Files are private and served through Loupe (which
+# checks the project role), so no public URLs are made.
+AWS_STORAGE_BUCKET_NAME = env("AWS_STORAGE_BUCKET_NAME", default=None)
+AWS_S3_ENDPOINT_URL = env("AWS_S3_ENDPOINT_URL", default=None)
+AWS_S3_REGION_NAME = env("AWS_S3_REGION_NAME", default=None)
+AWS_ACCESS_KEY_ID = env("AWS_ACCESS_KEY_ID", default=None)
+AWS_SECRET_ACCESS_KEY = env("AWS_SECRET_ACCESS_KEY", default=None)
+AWS_DEFAULT_ACL = None
+AWS_QUERYSTRING_AUTH = True
+AWS_S3_FILE_OVERWRITE = False
+
 STORAGES = {
     "default": {
         "BACKEND": env("STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage")
