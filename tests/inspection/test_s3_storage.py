@@ -105,3 +105,81 @@ def test_upload_pyramid_tiles_and_delete_on_s3(s3, team, client_for, upload, set
     # deleting the image removes its original and every derived file from the bucket
     assert api.delete(f"/api/images/{image.pk}/").status_code == 204
     assert keys(s3) == []
+
+
+@pytest.mark.ml
+def test_train_inspect_and_export_with_the_worker_on_its_own_disk(
+    s3, team, client_for, upload, settings, tmp_path
+):
+    """The web process and the worker share no disk: the job bodies run with a MEDIA_ROOT of
+    their own, which stays empty, and read and write everything through the bucket."""
+    import io
+    import zipfile
+
+    from annotations.services.categories import category_create
+    from annotations.services.dataset_versions import dataset_version_freeze
+    from annotations.services.labels import annotation_create
+    from inspection.models import Job
+    from inspection.services.inspections import inspection_run_start, model_version_train
+    from workers.tasks.anomaly import run_inspection, train_anomaly_model
+    from workers.tasks.datasets import export_dataset
+    from workers.tasks.runner import run_job
+
+    project, admin = team["project"], team["admin"]
+    api = client_for(admin)
+    normals = [upload(f"n{i}.png", image_bytes(size=(96, 96), seed=i)) for i in range(4)]
+    api.post(
+        f"/api/projects/{project.pk}/images/",
+        {"files": normals, "is_normal": "true"},
+        format="multipart",
+    )
+    r = api.post(
+        f"/api/projects/{project.pk}/images/",
+        {"files": [upload("t1.png", image_bytes(size=(96, 96), seed=10))]},
+        format="multipart",
+    )
+    t1 = r.json()["files"][0]["image_id"]
+
+    worker_disk = tmp_path / "worker-media"
+    worker_disk.mkdir()
+    settings.MEDIA_ROOT = str(worker_disk)  # what the worker machine has: nothing
+
+    version = model_version_train(
+        user=admin, project=project, architecture="padim", params={"input_size": 64}
+    )
+    assert run_job(str(version.job_id), train_anomaly_model.body) == "succeeded", Job.objects.get(
+        pk=version.job_id
+    ).error
+    version.refresh_from_db()
+    assert version.status == "ready" and keys(s3, version.artifact) == [version.artifact]
+
+    run = inspection_run_start(
+        user=team["reviewer"], project=project, scope="selected", image_ids=[t1]
+    )
+    assert run_job(str(run.job_id), run_inspection.body) == "succeeded"
+    run.refresh_from_db()
+    assert run.results[str(t1)]["score"] >= 0
+    heat = api.get(f"/api/images/{t1}/heatmap.png")
+    assert heat.status_code == 200 and b"".join(heat.streaming_content)[:4] == b"\x89PNG"
+
+    # a label, a frozen version, its COCO export: the zip is stored in the bucket and downloaded
+    scratch = category_create(user=admin, project=project, name="scratch")
+    annotation_create(
+        user=admin,
+        image=Image.objects.get(pk=t1),
+        category_id=scratch.pk,
+        geometry={"type": "box", "x": 10, "y": 10, "w": 20, "h": 20},
+    )
+    frozen = dataset_version_freeze(user=admin, project=project, note="on s3")
+    r = api.post(
+        f"/api/projects/{project.pk}/datasets/{frozen.number}/exports/",
+        {"format": "coco", "options": {}},
+        format="json",
+    )
+    assert r.status_code == 202, r.content
+    assert run_job(r.json()["id"], export_dataset.body) == "succeeded"
+    got = api.get(f"/api/dataset-exports/{r.json()['id']}/download/")
+    assert got.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(b"".join(got.streaming_content))) as z:
+        assert any(n.endswith(".json") for n in z.namelist())
+    assert list(worker_disk.rglob("*")) == []  # the worker wrote nothing to its own disk
