@@ -107,7 +107,6 @@ def test_upload_pyramid_tiles_and_delete_on_s3(s3, team, client_for, upload, set
     assert keys(s3) == []
 
 
-@pytest.mark.ml
 def test_train_inspect_and_export_with_the_worker_on_its_own_disk(
     s3, team, client_for, upload, settings, tmp_path
 ):
