@@ -70,20 +70,25 @@
   let spare = makePane();
   active.el.classList.add("shown");
 
-  /* Open `image` in `pane` (once): resolves true when its pyramid opened. */
+  /* Open the item's image in `pane` (once): resolves true when its pyramid opened. Opens of one
+     pane run one after the other, so an "open" event always belongs to the image that waits for
+     it, and a heatmap that arrives after its pane moved on to another image is dropped. */
   function openIn(pane, item) {
     if (pane.image === item.image && pane.opened) return pane.opened;
-    pane.image = item.image;
+    const image = item.image;
+    const before = pane.opened || Promise.resolve(true);
+    pane.image = image;
     pane.heat = null;
     pane.anno.clearAnnotations();
-    pane.opened = new Promise((resolve) => {
+    pane.opened = before.then(() => new Promise((resolve) => {
       pane.viewer.addOnceHandler("open", () => resolve(true));
       pane.viewer.addOnceHandler("open-failed", () => resolve(false));
-      pane.viewer.open(url(data.urls.dzi, item.image));
-    }).then((ok) => {
+      pane.viewer.open(url(data.urls.dzi, image));
+    })).then((ok) => {
       const anomaly = item.type === "suggestion" && (item.source !== "detector" || (item.also || []).some((x) => x.source === "anomaly"));
-      if (ok && anomaly) {  // a detector makes no heatmap
-        LoupeOverlay.addHeatmap(pane.viewer, url(data.urls.heatmap, item.image), 0.45).then((it) => {
+      if (ok && anomaly && pane.image === image) {  // a detector makes no heatmap
+        LoupeOverlay.addHeatmap(pane.viewer, url(data.urls.heatmap, image), 0.45).then((it) => {
+          if (pane.image !== image) { pane.viewer.world.removeItem(it); return; }
           pane.heat = it;
           if (!heatShown) it.setOpacity(0);
         }).catch(() => {});
