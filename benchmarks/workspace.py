@@ -77,7 +77,7 @@ def add_image(project, user, name: str, data: bytes, tmp: Path):
     return image
 
 
-def serve(tmp: Path, port: int) -> subprocess.Popen:
+def serve(tmp: Path, port: int, workers: int = 2, threads: int = 8) -> subprocess.Popen:
     env = dict(os.environ)
     proc = subprocess.Popen(
         [
@@ -88,9 +88,9 @@ def serve(tmp: Path, port: int) -> subprocess.Popen:
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",
-            "2",
+            str(workers),
             "--threads",
-            "8",
+            str(threads),
         ],
         cwd=ROOT,
         env=env,

@@ -1,0 +1,242 @@
+"""Concurrent API load against gunicorn + PostgreSQL on this machine (issue #18).
+
+    .venv/bin/python benchmarks/load.py [--clients 20] [--seconds 60] [--workers 3 --threads 4]
+        [--database-url postgres://postgres@127.0.0.1:5432/postgres]
+
+Makes a throwaway database in the given PostgreSQL server (dropped at the end) and a media
+folder, fills one project as a team would after a few days (--images images with labels and
+pending suggestions, one with a Deep Zoom pyramid), serves it with gunicorn on 127.0.0.1, and
+runs --clients client threads for --seconds, each sending, in turn: the images list (50 per page),
+an image's labels, the review queue (50 pending suggestions) and a Deep Zoom tile, with a token.
+Prints per request kind: requests, errors, median and p95 latency, and the total requests per
+second. The clients run on the same 2 cores as the server, so the figures are a floor of what the
+server alone can do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.workspace import free_port, serve  # noqa: E402
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def make_database(server_url: str) -> str:
+    import psycopg
+
+    name = f"loupe_load_{os.getpid()}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    u = urlparse(server_url)
+    return u._replace(path=f"/{name}").geturl()
+
+
+def drop_database(server_url: str, url: str) -> None:
+    import psycopg
+
+    name = urlparse(url).path.lstrip("/")
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def fill(n_images: int, tmp: Path):
+    import io
+
+    import numpy as np
+    from django.contrib.auth import get_user_model
+    from PIL import Image as PILImage
+    from rest_framework.authtoken.models import Token
+
+    from annotations.services.categories import category_create
+    from annotations.services.labels import annotation_create
+    from annotations.services.suggestions import SuggestionIn, suggestions_store
+    from inspection.models import Image, InspectionRun, ModelVersion
+    from inspection.services.images import IncomingFile, image_build_derivatives, image_store_one
+    from inspection.services.projects import project_create
+    from workers.anomaly.regions import Region
+
+    user = get_user_model().objects.create_superuser("load", "", "load-password-1")
+    project = project_create(user=user, name="Load")
+    cats = [category_create(user=user, project=project, name=n) for n in ("scratch", "dent")]
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(n_images):
+        size = (2400, 1600) if i == 0 else (320, 240)
+        arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        path = tmp / f"part-{i}.png"
+        buf = io.BytesIO()
+        PILImage.fromarray(arr).save(buf, format="PNG")
+        path.write_bytes(buf.getvalue())
+        outcome = image_store_one(
+            project=project, user=user, incoming=IncomingFile(path.name, path)
+        )
+        images.append(Image.objects.get(pk=outcome.image_id))
+    image_build_derivatives(image=images[0])
+    version = ModelVersion.objects.create(
+        project=project, number=1, architecture="padim", status="ready", is_active=True
+    )
+    run = InspectionRun.objects.create(
+        project=project, model_version=version, image_ids=[i.pk for i in images]
+    )
+    for k, image in enumerate(images):
+        for j in range(3):
+            x, y = 10 + 40 * j, 10 + 30 * (k % 3)
+            annotation_create(
+                user=user,
+                image=image,
+                category_id=cats[j % 2].pk,
+                geometry={"type": "box", "x": x, "y": y, "w": 20, "h": 15},
+            )
+        poly = [[200, 150], [230, 150], [230, 180], [200, 180]]
+        suggestions_store(
+            image=image,
+            run=run,
+            model_version=version,
+            suggestions=[
+                SuggestionIn.from_region(
+                    Region(
+                        box=[200, 150, 30, 30],
+                        polygon=poly,
+                        area=900.0,
+                        peak_score=float(rng.uniform(0.5, 1)),
+                        mean_score=0.6,
+                    )
+                )
+            ],
+        )
+    token = Token.objects.create(user=user).key
+    return project, images, token
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--seconds", type=int, default=60)
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+    )
+    args = ap.parse_args()
+
+    server_url = args.database_url
+    db_url = make_database(server_url)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d)
+            os.environ["DATABASE_URL"] = db_url
+            os.environ["MEDIA_ROOT"] = str(tmp / "media")
+            os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inspection.settings")
+            import django
+
+            django.setup()
+            from django.core.management import call_command
+
+            call_command("migrate", verbosity=0)
+            t = time.perf_counter()
+            project, images, token = fill(args.images, tmp)
+            print(f"{len(images)} images filled in {time.perf_counter() - t:.0f} s")
+            from django.db import connections
+
+            connections.close_all()
+            port = free_port()
+            server = serve(tmp, port, args.workers, args.threads)
+            try:
+                run_load(args, port, project, images, token)
+            finally:
+                server.kill()
+                server.wait()
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        drop_database(server_url, db_url)
+
+
+def run_load(args, port: int, project, images, token: str) -> None:
+    import urllib3
+
+    base = f"http://127.0.0.1:{port}"
+    kinds = {
+        "images list": f"/api/projects/{project.pk}/images/?limit=50",
+        "an image's labels": None,  # per request, a different image
+        "review queue": f"/api/projects/{project.pk}/suggestions/?status=pending&limit=50",
+        "a tile": f"/api/images/{images[0].pk}/dzi/image_files/10/0_0.jpg",
+    }
+    headers = {"Authorization": f"Token {token}"}
+    results: dict[str, list[float]] = {k: [] for k in kinds}
+    errors: dict[str, int] = {k: 0 for k in kinds}
+    lock = threading.Lock()
+    stop = time.perf_counter() + args.seconds
+    # warm every path once (first-request imports are not what is measured)
+    warm = urllib3.PoolManager()
+    for path in kinds.values():
+        warm.request(
+            "GET", base + (path or f"/api/images/{images[0].pk}/annotations/"), headers=headers
+        )
+
+    def client(n: int) -> None:
+        pool = urllib3.PoolManager(maxsize=1)
+        names = list(kinds)
+        i = n
+        while time.perf_counter() < stop:
+            kind = names[i % len(names)]
+            path = kinds[kind] or f"/api/images/{images[i % len(images)].pk}/annotations/"
+            t0 = time.perf_counter()
+            try:
+                r = pool.request("GET", base + path, headers=headers, retries=False, timeout=30)
+                ok = r.status == 200
+            except Exception:  # noqa: BLE001 - a refused or dropped connection is an error
+                ok = False
+            ms = 1000 * (time.perf_counter() - t0)
+            with lock:
+                results[kind].append(ms)
+                errors[kind] += 0 if ok else 1
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    total = sum(len(v) for v in results.values())
+    every = [ms for v in results.values() for ms in v]
+    print(
+        f"\n{args.clients} clients, {wall:.0f} s, gunicorn {args.workers} workers x "
+        f"{args.threads} threads, PostgreSQL\n"
+    )
+    print("| request | requests | errors | median ms | p95 ms |")
+    print("| --- | --- | --- | --- | --- |")
+    for k, v in results.items():
+        print(
+            f"| {k} | {len(v)} | {errors[k]} | {statistics.median(v) if v else 0:.0f} | "
+            f"{p95(v):.0f} |"
+        )
+    print(
+        f"| **all** | {total} | {sum(errors.values())} | {statistics.median(every):.0f} | "
+        f"{p95(every):.0f} |\n\n{total / wall:.1f} requests/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
