@@ -103,24 +103,15 @@ def test_django_starts_with_the_stacks_environment():
         "print(settings.DATABASES['default']['ENGINE'], settings.AWS_S3_ENDPOINT_URL)"
     )
     env["DJANGO_SETTINGS_MODULE"] = "inspection.settings"
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.strip().splitlines()
+
+    def run(*args):
+        done = subprocess.run(
+            [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip().splitlines()
+
+    lines = run("-c", code)
     assert lines[-2] == "S3Storage"
     assert lines[-1] == "django.db.backends.postgresql http://minio:9000"
-    check = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert check.returncode == 0, check.stderr[-2000:]
+    run("manage.py", "check")
