@@ -18,6 +18,8 @@ from inspection.services import jobs as job_services
 from inspection.services import projects as project_services
 from inspection.services.inspections import (
     ARCHITECTURES,
+    active_model,
+    images_outside_trained_size,
     training_geometry_hint,
     training_images,
 )
@@ -138,6 +140,7 @@ def models_page(request, pk):
             "geometry": training_geometry_hint(project),
             "inspection": inspection_settings(project),
             "inspection_defaults": INSPECTION_DEFAULTS,
+            "size_mismatch": images_outside_trained_size(active_model(project)),
         },
     )
 

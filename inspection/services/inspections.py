@@ -10,7 +10,8 @@ import statistics
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Count, Max, Min, Q
+from django.db.models.functions import Greatest
 
 from inspection.models import Image, InspectionRun, Job, ModelVersion, Project, Role
 from inspection.permissions import require_role
@@ -205,6 +206,39 @@ def model_version_delete(*, user, model_version: ModelVersion) -> None:
 
 def active_model(project: Project, kind: str = ModelVersion.Kind.ANOMALY) -> ModelVersion | None:
     return ModelVersion.objects.filter(project=project, kind=kind, is_active=True).first()
+
+
+def images_outside_trained_size(version: ModelVersion | None) -> dict | None:
+    """For an active tiled anomaly model: the project's other images whose long side is outside
+    the range it inspects as they are (the engine's ``accepted_long_sides``, stored with the
+    version as it is trained). The job inspects those resized into that range, so a 20 MP photo
+    in a project of 900 px normals loses detail; the models page says so before anyone runs an
+    inspection (issue #17). None when there are none, or for a model that sees whole images
+    (every image is resized to its input anyway)."""
+    metrics = (version.metrics or {}) if version else {}
+    if not metrics.get("accepted_long_sides") or not metrics.get("trained_long_sides"):
+        return None
+    lo, hi = metrics["accepted_long_sides"]
+    trained_max = metrics["trained_long_sides"][1]
+    outside = (
+        Image.objects.filter(project_id=version.project_id)
+        .exclude(pk__in=version.image_ids)
+        .annotate(long=Greatest("width", "height"))
+        .filter(Q(long__lt=lo) | Q(long__gt=hi))
+        .aggregate(count=Count("id"), smallest=Min("long"), largest=Max("long"))
+    )
+    if not outside["count"]:
+        return None
+    return {
+        "count": outside["count"],
+        "accepted_min": lo,
+        "accepted_max": hi,
+        "smallest": outside["smallest"],
+        "largest": outside["largest"],
+        # the largest photo is inspected resized to the training images' largest long side:
+        # this many times smaller (its details shrink as much)
+        "shrink": round(outside["largest"] / trained_max, 1) if outside["largest"] > hi else None,
+    }
 
 
 def images_run_by(version: ModelVersion) -> set[int]:

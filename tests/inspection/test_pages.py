@@ -157,3 +157,55 @@ def test_loupe_run_help_describes_its_options_without_touching_the_database(tmp_
     assert "address:port the web server listens on" in done.stdout
     assert "jobs the Celery worker runs at once" in done.stdout
     assert not db.exists()  # --help migrated the database before printing, once
+
+
+def test_models_page_warns_when_photos_are_far_from_the_normals_size(team, client, client_for):
+    """Issue #17: a 20 MP photo in a project of 900 px normals is inspected resized into the
+    tiled model's range; the models page says so before anyone runs an inspection, and says
+    nothing for a model that sees whole images or photos that fit."""
+    from inspection.models import Image, ModelVersion
+
+    project = team["project"]
+
+    def image(name, w, h, normal=False):
+        return Image.objects.create(
+            project=project,
+            file=f"x/{name}",
+            original_name=name,
+            width=w,
+            height=h,
+            format="jpeg",
+            sha256=name.ljust(64, "0"),
+            is_normal=normal,
+            size_bytes=1000,
+        )
+
+    normals = [image(f"n{i}.jpg", 900, 600, normal=True) for i in range(3)]
+    image("fits.jpg", 1600, 1000)
+    version = ModelVersion.objects.create(
+        project=project,
+        number=1,
+        architecture="padim",
+        status="ready",
+        is_active=True,
+        params={"model": "padim", "scale": 1, "input_size": 256},
+        image_ids=[n.pk for n in normals],
+        metrics={"trained_long_sides": [900, 900], "accepted_long_sides": [450, 1800]},
+    )
+    client.force_login(team["reviewer"])
+    url = f"/projects/{project.pk}/models/"
+    assert 'id="size-mismatch"' not in client.get(url).content.decode()  # 1600 px fits
+
+    image("big-1.jpg", 5472, 3648)
+    image("big-2.jpg", 4000, 3000)
+    html = client.get(url).content.decode()
+    assert 'id="size-mismatch"' in html
+    assert "2 images are far from the size the active model learnt from" in html
+    assert "450–1800 px on their long side as they are, and these are 4000–5472 px" in html
+    assert "the largest 6.1× smaller" in html
+
+    # a whole-image model resizes every image to its input: nothing to warn about
+    version.params = {"model": "padim", "input_size": 256}
+    version.metrics = {}
+    version.save()
+    assert 'id="size-mismatch"' not in client.get(url).content.decode()

@@ -24,6 +24,18 @@ ProgressCallback = Callable[[float, str], None]
 BACKENDS = ("auto", "torch", "onnx", "openvino", "openvino-int8")
 
 
+#: A tiled model inspects an image as it is when its long side is within x1/2 - x2 of the
+#: training images' long sides; farther off, the image is refused, or resized into the training
+#: range with ``PredictConfig.fit_size`` (the app does that, and says so beforehand).
+SIZE_TOLERANCE = 2.0
+
+
+def accepted_long_sides(min_long_side: int, max_long_side: int) -> tuple[float, float]:
+    """The long sides (px) a tiled model trained on images of ``min_long_side``-``max_long_side``
+    inspects as they are."""
+    return min_long_side / SIZE_TOLERANCE, max_long_side * SIZE_TOLERANCE
+
+
 def no_progress(fraction: float, message: str) -> None:
     """Default progress callback: does nothing."""
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .artifact import LoadedModel, load_model
-from .config import Phase, PredictConfig, ProgressCallback, no_progress
+from .config import Phase, PredictConfig, ProgressCallback, accepted_long_sides, no_progress
 from .errors import IncompatibleModelError
 from .image_io import read_pixels, specular_mask
 from .regions import Region, extract_regions
@@ -72,8 +72,8 @@ class Prediction:
 
 def size_outside(model: LoadedModel, image: np.ndarray) -> bool:
     """Whether the image's long side is outside x0.5-x2 of the training images' long sides."""
-    long_side = max(image.shape[:2])
-    return not model.info["min_long_side"] / 2 <= long_side <= model.info["max_long_side"] * 2
+    lo, hi = accepted_long_sides(model.info["min_long_side"], model.info["max_long_side"])
+    return not lo <= max(image.shape[:2]) <= hi
 
 
 def fitted(model: LoadedModel, image: np.ndarray) -> tuple[np.ndarray, dict | None]:

@@ -19,7 +19,14 @@ import torch
 from . import models
 from .artifact import LoadedModel, save_artifact
 from .calibration import calibrate
-from .config import Phase, ProgressCallback, TrainConfig, no_progress, resolve_device
+from .config import (
+    Phase,
+    ProgressCallback,
+    TrainConfig,
+    accepted_long_sides,
+    no_progress,
+    resolve_device,
+)
 from .errors import ConfigError
 from .image_io import read_pixels
 from .offline import configure_offline
@@ -99,6 +106,12 @@ def _train_one(
         held_out=TrainImages(cal_paths or train_paths, geometry),
     )
     metrics: dict = {"train_images": len(train_paths), "calibration_images": len(cal_paths)}
+    if config.scale is not None:  # tiles at a pixel scale: other sizes are resized (fit_size)
+        # the training images' long sides, and those inspected as they are; an image outside
+        # is resized to the nearest end of the first (inference.fitted)
+        metrics["trained_long_sides"] = [info["min_long_side"], info["max_long_side"]]
+        lo, hi = accepted_long_sides(info["min_long_side"], info["max_long_side"])
+        metrics["accepted_long_sides"] = [round(lo), round(hi)]
     fitted = models.get(config.model).fit(config, data, device, progress)
     metrics.update(fitted.metrics)
     net = fitted.net

@@ -197,14 +197,23 @@ def test_a_photo_five_times_larger_than_the_normals_is_inspected_resized_and_say
         user=admin, project=project, architecture="padim", params={"input_size": 64, "scale": 1}
     )
     assert run_job(str(version.job_id), train_anomaly_model.body) == "succeeded"
+    version.refresh_from_db()
+    assert version.metrics["trained_long_sides"] == [96, 96]
+    assert version.metrics["accepted_long_sides"] == [48, 192]
+    page = Client()
+    page.force_login(admin)
+    # the models page says so before anyone inspects
+    html = page.get(f"/projects/{project.pk}/models/").content.decode()
+    assert 'id="size-mismatch"' in html
+    assert "1 image is far from the size the active model learnt from" in html
+    assert "48–192 px on their long side as they are, and this one is 480 px" in html
+    assert "the largest 5.0× smaller" in html
     run = inspection_run_start(user=admin, project=project, scope="selected", image_ids=[photo])
     assert run_job(str(run.job_id), run_inspection.body) == "succeeded"
     run.refresh_from_db()
     assert run.results[str(photo)]["resized"] == {"from": 480, "to": 96}
     assert Job.objects.get(pk=run.job_id).message.endswith("1 resized to the normals' size")
     assert ImageHeatmap.objects.filter(run=run, image_id=photo).exists()
-    page = Client()
-    page.force_login(admin)
     html = page.get(f"/runs/{run.pk}/").content.decode()
     assert 'id="resized"' in html and "inspected resized to their size (96 px)" in html
     assert "smaller than about 5 px at full resolution" in html
