@@ -12,4 +12,5 @@ urlpatterns = [
     path("projects/<int:pk>/datasets/", views.datasets_page, name="project-datasets"),
     path("runs/<int:pk>/", views.run_page, name="run"),
     path("images/<int:pk>/", views.image_page, name="image-page"),
+    path("images/<int:pk>/workspace.json", views.image_page_data, name="image-page-data"),
 ]

@@ -8,7 +8,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import QueryDict
+from django.http import JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
@@ -177,22 +177,27 @@ def label_next(request, pk):
     return redirect(f"{reverse('image-page', args=[first])}?{query.urlencode()}")
 
 
-@login_required
-@csp_update(DRAWING_PAGE_CSP)
-def image_page(request, pk):
-    """The labeling workspace: deep zoom, shapes, heatmap overlay, verdict, comments."""
-    image = get_object_or_404(Image.objects.select_related("project"), pk=pk)
-    role = require_role(request.user, image.project)
+def _workspace_data(request, image: Image, role: str) -> dict:
+    """What the workspace's script needs about ``image``: the page embeds it, and the page asks
+    for it again (``image_page_data``) when N / P switch images without loading a page."""
     query = request.GET.copy()
     query.pop("page", None)
-    neighbors = selectors.image_neighbors(image=image, params=query)
+    query.pop("format", None)
     heatmap = image.heatmaps.first()
-    data = {
+    details = [
+        f"{image.width}×{image.height}",
+        f"{image.megapixels} MP",
+        f"{image.format.upper()} {image.bit_depth}-bit",
+    ]
+    if image.is_normal:
+        details.append("normal")
+    return {
         "image": {
             "id": image.pk,
             "name": image.original_name,
             "width": image.width,
             "height": image.height,
+            "details": " · ".join(details),
             "dzi": reverse("api-image-dzi", args=[image.pk]) if image.pyramid_path else None,
             "heatmap": reverse("api-image-heatmap", args=[image.pk]) if heatmap else None,
             "heatmapLabel": heatmap.label if heatmap else "",
@@ -200,7 +205,7 @@ def image_page(request, pk):
         },
         "categories": _categories(image.project),
         "user": {"username": request.user.username, "role": role},
-        "neighbors": neighbors,
+        "neighbors": selectors.image_neighbors(image=image, params=query),
         "query": query.urlencode(),
         "pollSeconds": settings.LOUPE_WORKSPACE_POLL_SECONDS,
         "urls": {
@@ -210,10 +215,21 @@ def image_page(request, pk):
             "comments": reverse("api-image-comments", args=[image.pk]),
             "suggestions": reverse("api-image-suggestions", args=[image.pk]),
             "reviews": reverse("api-image-reviews", args=[image.pk]),
+            "review": reverse("review", args=[image.project_id]) + f"?image={image.pk}",
             "page": _url_template("image-page"),
+            "pageData": _url_template("image-page-data"),
             "dzi": _url_template("api-image-dzi"),
         },
     }
+
+
+@login_required
+@csp_update(DRAWING_PAGE_CSP)
+def image_page(request, pk):
+    """The labeling workspace: deep zoom, shapes, heatmap overlay, verdict, comments."""
+    image = get_object_or_404(Image.objects.select_related("project"), pk=pk)
+    role = require_role(request.user, image.project)
+    data = _workspace_data(request, image, role)
     return render(
         request,
         "workspace.html",
@@ -221,10 +237,20 @@ def image_page(request, pk):
             "image": image,
             "project": image.project,
             "data": data,
-            "neighbors": neighbors,
+            "neighbors": data["neighbors"],
             "query": data["query"],
         },
     )
+
+
+@login_required
+def image_page_data(request, pk):
+    """The workspace's data for image ``pk`` as JSON (the grid's filters in the query string, as
+    on the page): N / P fetch it to switch images inside the open page (issue #17: no page load
+    between images)."""
+    image = get_object_or_404(Image.objects.select_related("project"), pk=pk)
+    role = require_role(request.user, image.project)
+    return JsonResponse(_workspace_data(request, image, role))
 
 
 @login_required

@@ -41,7 +41,7 @@
   /* One viewer with its outline layer, the image it has open and that image's heatmap. */
   function makePane() {
     const el = document.createElement("div");
-    el.className = "review-pane";
+    el.className = "viewer-pane";
     viewerEl.append(el);
     const viewer = OpenSeadragon({
       element: el,

@@ -221,6 +221,96 @@ def test_draw_relabel_undo_navigate_reload(page, live_server, workspace_images):
         assert abs(gx - w["x"]) <= 1 and abs(gy - w["y"]) <= 1
 
 
+def draw_box(page, start, end):
+    page.keyboard.press("b")
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move((start[0] + end[0]) / 2, (start[1] + end[1]) / 2, steps=4)
+    page.mouse.move(*end, steps=4)
+    page.mouse.up()
+
+
+def test_next_and_previous_switch_images_without_a_page_load(
+    page, live_server, workspace_images, tmp_path
+):
+    """N / P (issue #17: <= 500 ms): the other image comes on screen inside the open page, with
+    its own shapes, heatmap state, bar and address; new shapes and undo go to the image on
+    screen; the browser's back button comes back; an image without a zoomable view yet is opened
+    as a page (which says so)."""
+    first, second = workspace_images["images"]
+    # a third image whose zoomable view is not made yet
+    path = tmp_path / "housing-2.jpg"
+    path.write_bytes(part_photo(800, 600, seed=2))
+    third = image_store_one(
+        project=workspace_images["project"],
+        user=workspace_images["user"],
+        incoming=IncomingFile(path.name, path),
+    ).image_id
+    login(page, "labeler")
+    open_workspace(page, first.pk)
+    vb = viewer_box(page)
+    cx, cy = vb["x"] + vb["width"] / 2, vb["y"] + vb["height"] / 2
+    draw_box(page, (cx - 120, cy - 80), (cx - 20, cy))
+    wait_saved(page, shapes=1)
+    page.keyboard.press("h")
+    page.locator('#viewer[data-heatmap="shown"]').wait_for()
+    page.evaluate("() => { window.noPageLoad = true; }")  # gone if a new page loads
+
+    page.keyboard.press("n")
+    page.wait_for_url(f"**/images/{second.pk}/")
+    page.locator("#viewer[data-annotations-loaded]").wait_for()
+    page.wait_for_function("() => window.loupeWorkspace.loaded().then(() => true)")
+    assert page.evaluate("() => window.noPageLoad") is True
+    assert page.locator("#ws-name").inner_text() == "housing-1.jpg"
+    assert "3000×2000" in page.locator("#ws-details").inner_text()
+    assert page.title().startswith("housing-1.jpg")
+    assert page.locator("#shape-list li").count() == 0
+    # the second image has no heatmap: the switch is off for it, the choice is kept
+    assert page.locator("#heatmap-toggle").is_disabled()
+    assert page.locator("#viewer[data-heatmap]").count() == 0
+    assert page.locator("#next-image").get_attribute("href").endswith(f"/images/{third}/")
+    assert page.locator("#prev-image").get_attribute("href").endswith(f"/images/{first.pk}/")
+
+    # a box drawn now belongs to the second image; undo stays on it
+    draw_box(page, (cx + 20, cy + 20), (cx + 140, cy + 100))
+    wait_saved(page, shapes=1)
+    assert Annotation.objects.filter(image=second).count() == 1
+    assert Annotation.objects.filter(image=first).count() == 1
+    pause(page)
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+z")
+    wait_saved(page, shapes=0)
+    assert Annotation.objects.filter(image=second).count() == 0
+    page.keyboard.press("Control+z")  # nothing left to undo on this image: the first's box stays
+    page.keyboard.press("Control+y")
+    wait_saved(page, shapes=1)
+    page.keyboard.press("Control+y")  # nothing left to redo
+    wait_saved(page, shapes=1)
+    assert Annotation.objects.filter(image=second).count() == 1
+    assert Annotation.objects.filter(image=first).count() == 1
+
+    # the browser's back button: the first image again, its box and its heatmap
+    page.go_back()
+    page.wait_for_url(f"**/images/{first.pk}/")
+    page.locator("#viewer[data-annotations-loaded]").wait_for()
+    page.locator('#viewer[data-heatmap="shown"]').wait_for()
+    assert page.evaluate("() => window.noPageLoad") is True
+    assert page.locator("#shape-list li").count() == 1
+    assert page.locator("#ws-name").inner_text() == "housing-0.jpg"
+    page.keyboard.press("p")
+    page.locator("#toast", has_text="first image of the list").wait_for()
+
+    # the image without a zoomable view yet: N loads its page, which says so
+    page.keyboard.press("n")
+    page.wait_for_url(f"**/images/{second.pk}/")
+    page.locator("#viewer[data-annotations-loaded]").wait_for()
+    assert page.evaluate("() => window.noPageLoad") is True
+    page.keyboard.press("n")
+    page.wait_for_url(f"**/images/{third}/")
+    page.locator("#viewer-pending").wait_for()
+    assert page.evaluate("() => window.noPageLoad") is None
+
+
 def test_offline_edits_are_queued_and_conflicts_are_shown(
     page, live_server, workspace_images, make_user, client_for, settings
 ):

@@ -689,6 +689,49 @@ describe("polling and leaving", () => {
   });
 });
 
+describe("switching images inside the page (N / P)", () => {
+  const OTHER = { annotations: "/api/images/8/annotations/", annotation: URLS.annotation };
+
+  test("reset forgets the image's shapes and sends the next image's changes to its URL", async () => {
+    const w = workspace();
+    w.loaded();
+    w.person.draw("new-a");
+    await w.queue.leaving();
+    w.queue.reset(OTHER);
+    assert.equal(w.queue.records.size, 0);
+    w.shapes.onScreen.clear(); // the page takes the old image's shapes off the screen
+    w.person.draw("new-b");
+    await settle();
+    assert.deepEqual(w.server.requests, ["POST " + URLS.annotations, "POST " + OTHER.annotations]);
+    await w.queue.poll();
+    assert.equal(w.server.requests.at(-1), "GET " + OTHER.annotations);
+    assertSettled(w);
+  });
+
+  test("reset is refused while changes wait to be sent (they would go to the wrong image)", async () => {
+    const w = workspace();
+    w.server.offline = true;
+    w.person.draw("new-a");
+    await settle();
+    assert.throws(() => w.queue.reset(OTHER), /1 change\(s\) to send/);
+    assert.equal(w.queue.pending(), 1);
+  });
+
+  test("a poll of the previous image that answers after the switch is not applied", async () => {
+    const w = workspace();
+    w.loaded();
+    const deliver = w.server.late();
+    const polled = w.queue.poll();
+    await settle();
+    w.queue.reset(OTHER);
+    w.shapes.onScreen.clear();
+    deliver();
+    await polled;
+    assert.equal(w.shapes.onScreen.size, 0, "the previous image's shape is not drawn on this one");
+    assert.equal(w.queue.records.size, 0);
+  });
+});
+
 test("needs request and setTimeout", () => {
   assert.throws(() => createSaveQueue({ urls: URLS, shapes: fakeShapes(), setTimeout }), /request/);
   assert.throws(() => createSaveQueue({ urls: URLS, shapes: fakeShapes(), request: fakeServer().request }), /setTimeout/);

@@ -11,7 +11,7 @@ const workspace = new URL("../../static/loupe/workspace/", import.meta.url);
 
 test("every workspace module but the entry (main.js) imports without a browser", async () => {
   assert.equal(typeof globalThis.window, "undefined");
-  for (const name of ["format", "keys", "notes", "overlays", "prefetch", "save-queue", "shapes", "shapes-panel", "viewer"]) {
+  for (const name of ["format", "keys", "notes", "overlays", "panes", "save-queue", "shapes", "shapes-panel", "viewer"]) {
     await assert.doesNotReject(import(new URL(name + ".js", workspace).href), name + ".js");
   }
 });
@@ -58,5 +58,19 @@ describe("the save queue's view of the shapes on screen (annotoriousShapes)", ()
     assert.equal(shapes.has("new-a"), false);
     shapes.drop("new-a"); // not there: nothing happens
     assert.deepEqual(anno.log, [["add", "srv-3", "REMOTE"], ["add", "new-a", "REMOTE"], ["update", "srv-3", "REMOTE"], ["delete", "new-a", "REMOTE"]]);
+  });
+
+  test("the adapter works on the annotator on screen: after N / P swap the panes, the other one", async () => {
+    const { annotoriousShapes } = await import(new URL("shapes.js", workspace).href);
+    const first = fakeAnno();
+    const second = fakeAnno();
+    const ctx = { anno: first, category: "1" };
+    const shapes = annotoriousShapes(ctx);
+    shapes.put("srv-1", { id: 1, category: 2, geometry: { type: "box", x: 1, y: 2, w: 3, h: 4 } });
+    ctx.anno = second;
+    assert.equal(shapes.has("srv-1"), false, "the hidden pane's shapes are not the ones on screen");
+    shapes.put("srv-9", { id: 9, category: 2, geometry: { type: "box", x: 5, y: 6, w: 7, h: 8 } });
+    assert.deepEqual(second.log, [["add", "srv-9", "REMOTE"]]);
+    assert.equal(first.log.length, 1);
   });
 });

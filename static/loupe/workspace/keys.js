@@ -21,11 +21,13 @@ function minimapLetsThrough(viewer, on) {
   if (nav) nav.style.setProperty("opacity", on ? "0.4" : "0.8");
 }
 
-/** Tool and category buttons; returns {setTool, setCategory}. */
+/** Tool and category buttons; returns {setTool, setCategory, tool()}. They act on the viewer on
+ * screen (`ctx.anno`, `ctx.viewer`: the page keeps two, see panes.js). */
 export function createTools(ctx) {
-  const { anno } = ctx;
+  let current = "select";
 
   function setTool(tool) {
+    const { anno } = ctx;
     if (tool === "select") {
       anno.setDrawingEnabled(false);
     } else {
@@ -35,6 +37,7 @@ export function createTools(ctx) {
       anno.setDrawingMode(tool === "rectangle" ? "drag" : "click");
       anno.setDrawingEnabled(true);
     }
+    current = tool;
     document.querySelectorAll(".tool").forEach((b) => b.setAttribute("aria-pressed", b.dataset.tool === tool ? "true" : "false"));
     ctx.els.viewer.dataset.tool = tool;
     minimapLetsThrough(ctx.viewer, tool !== "select");
@@ -45,6 +48,7 @@ export function createTools(ctx) {
     ctx.category = String(id);
     document.querySelectorAll(".cat").forEach((b) => b.setAttribute("aria-pressed", b.dataset.category === ctx.category ? "true" : "false"));
     // With a shape selected, the key relabels it (an undoable update).
+    const { anno } = ctx;
     anno.getSelected().forEach((a) => {
       if (categoryOf(a) !== ctx.category) anno.updateAnnotation(withCategory(a, ctx.category));
     });
@@ -53,16 +57,16 @@ export function createTools(ctx) {
 
   document.querySelectorAll(".tool").forEach((b) => b.addEventListener("click", () => setTool(b.dataset.tool)));
   document.querySelectorAll(".cat").forEach((b) => b.addEventListener("click", () => setCategory(b.dataset.category)));
-  return { setTool, setCategory };
+  return { setTool, setCategory, tool: () => current };
 }
 
 function createClipboard(ctx) {
-  const { anno, data } = ctx;
+  const { data } = ctx;
   const { bounds, toSelector, toGeometry } = window.LoupeOverlay;
-  let clipboard = null;
+  let clipboard = null; // kept from image to image: a shape copied on one can be pasted on the next
 
   function copy() {
-    const a = anno.getSelected()[0];
+    const a = ctx.anno.getSelected()[0];
     if (a) { clipboard = { geometry: toGeometry(a.target.selector), category: categoryOf(a) }; ctx.toast("Shape copied: Ctrl+V pastes it"); }
   }
 
@@ -83,33 +87,26 @@ function createClipboard(ctx) {
     }
     const id = "new-" + Math.random().toString(36).slice(2);
     const a = withCategory({ id, bodies: [], target: { annotation: id, selector: toSelector(g), creator: { id: ctx.me } } }, clipboard.category || ctx.category);
-    anno.state.store.addAnnotation(a, "LOCAL");
-    anno.setSelected(id);
+    ctx.anno.state.store.addAnnotation(a, "LOCAL");
+    ctx.anno.setSelected(id);
   }
 
   return { copy, paste };
 }
 
-/** Go to the next or previous image of the grid's list once every change is sent. */
-async function go(ctx, which) {
-  const id = ctx.data.neighbors[which];
-  if (!id) { ctx.toast(which === "next" ? "This is the last image of the list." : "This is the first image of the list."); return; }
-  await ctx.queue.leaving();
-  window.location.href = pageUrl(ctx.data, id);
-}
-
 /** Every key of the workspace with a viewer. */
 export function bindKeys(ctx, tools, notes) {
-  const { anno, viewer, data } = ctx;
+  const { data } = ctx;
   const { setTool, setCategory } = tools;
   const clipboard = createClipboard(ctx);
 
-  const deleteSelected = () => anno.getSelected().forEach((a) => anno.removeAnnotation(a.id));
-  const zoomBy = (f) => { viewer.viewport.zoomBy(f); viewer.viewport.applyConstraints(); };
+  const deleteSelected = () => ctx.anno.getSelected().forEach((a) => ctx.anno.removeAnnotation(a.id));
+  const zoomBy = (f) => { ctx.viewer.viewport.zoomBy(f); ctx.viewer.viewport.applyConstraints(); };
   const panBy = (dx, dy) => {
-    const b = viewer.viewport.getBounds();
-    viewer.viewport.panBy(new OpenSeadragon.Point(dx * b.width, dy * b.height));
-    viewer.viewport.applyConstraints();
+    const viewport = ctx.viewer.viewport;
+    const b = viewport.getBounds();
+    viewport.panBy(new OpenSeadragon.Point(dx * b.width, dy * b.height));
+    viewport.applyConstraints();
   };
   const toggle = (id) => {
     const t = document.getElementById(id);
@@ -126,19 +123,19 @@ export function bindKeys(ctx, tools, notes) {
     b: () => setTool("rectangle"),
     g: () => setTool("polygon"),
     v: () => setTool("select"),
-    Escape: () => { anno.cancelDrawing(); anno.cancelSelected(); setTool("select"); },
+    Escape: () => { ctx.anno.cancelDrawing(); ctx.anno.cancelSelected(); setTool("select"); },
     Delete: deleteSelected,
     Backspace: deleteSelected,
     h: () => toggle("heatmap-toggle"),
     s: () => toggle("suggestions-toggle"),
     o: () => notes.setVerdict("ok"),
     r: () => notes.setVerdict("needs_review"),
-    n: () => go(ctx, "next"),
-    p: () => go(ctx, "previous"),
+    n: () => ctx.images.go("next"),
+    p: () => ctx.images.go("previous"),
     "+": () => zoomBy(1.5),
     "=": () => zoomBy(1.5),
     "-": () => zoomBy(1 / 1.5),
-    0: () => viewer.viewport.goHome(),
+    0: () => ctx.viewer.viewport.goHome(),
     ArrowLeft: () => panBy(-0.2, 0),
     ArrowRight: () => panBy(0.2, 0),
     ArrowUp: () => panBy(0, -0.2),
@@ -148,13 +145,10 @@ export function bindKeys(ctx, tools, notes) {
   document.addEventListener("keydown", (e) => {
     if (typingIn(e) && e.key !== "Escape") return;
     const ctrl = e.ctrlKey || e.metaKey;
-    const inViewer = ctx.els.viewer.contains(e.target);
     const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
     if (ctrl) {
-      // Annotorious handles Ctrl+Z / Ctrl+Y itself while the viewer has focus.
-      if (key === "z" && !inViewer) { e.preventDefault(); e.shiftKey ? anno.redo() : anno.undo(); }
-      else if (key === "y" && !inViewer) { e.preventDefault(); anno.redo(); }
-      else if (key === "c") { clipboard.copy(); }
+      // Ctrl+Z / Ctrl+Y: panes.js (undo stays on the image it was made on)
+      if (key === "c") { clipboard.copy(); }
       else if (key === "v") { e.preventDefault(); clipboard.paste(); }
       return;
     }

@@ -12,11 +12,11 @@
 import { bindHeatmap, bindSuggestions } from "./overlays.js";
 import { bindKeys, bindPlainKeys, createTools } from "./keys.js";
 import { createNotes } from "./notes.js";
-import { prefetchNext } from "./prefetch.js";
 import { createSaveQueue } from "./save-queue.js";
-import { annotoriousShapes, bindShapeEvents, categoryOf, loadShapes, pollShapes, shapesIdle } from "./shapes.js";
+import { createPanes } from "./panes.js";
+import { annotoriousShapes, bindShapeEvents, categoryOf, pollShapes, shapesIdle } from "./shapes.js";
 import { renderShapeList } from "./shapes-panel.js";
-import { createAnnotator, createViewer, nextDraw, whenLoaded } from "./viewer.js";
+import { nextDraw, whenLoaded } from "./viewer.js";
 
 /* global OpenSeadragon */
 
@@ -50,7 +50,6 @@ if (!ctx.els.viewer) {
 
 function startWorkspace() {
   const viewerEl = ctx.els.viewer;
-  const viewer = createViewer(viewerEl, data);
   const styleFor = (a, state) => {
     const c = ctx.categories.get(categoryOf(a) || ctx.category);
     const color = c ? c.color : "#ff00ff";
@@ -64,8 +63,6 @@ function startWorkspace() {
       fillOpacity: state && state.selected ? 0.25 : (mine ? 0.12 : 0.05),
     };
   };
-  const anno = createAnnotator(viewer, ctx.me, styleFor);
-  Object.assign(ctx, { viewer, anno });
 
   ctx.queue = createSaveQueue({
     urls: { annotations: data.urls.annotations, annotation: data.urls.annotation },
@@ -85,7 +82,6 @@ function startWorkspace() {
     onChange: () => ctx.renderList(),
   });
   ctx.renderList = () => renderShapeList(ctx);
-  bindShapeEvents(ctx);
   pollShapes(ctx, data.pollSeconds || 10);
   window.addEventListener("beforeunload", (e) => {
     if (ctx.queue.pending()) { e.preventDefault(); e.returnValue = "Some changes are not saved yet."; }
@@ -94,38 +90,50 @@ function startWorkspace() {
   // Annotorious merges store changes less than 250 ms apart into one undo step; the time of the
   // last one lets tests imitate a person's pause between two changes.
   let lastChange = -Infinity;
-  anno.state.store.observe(() => { lastChange = performance.now(); }, { origin: "LOCAL" });
-
-  const tools = createTools(ctx);
+  const heatmap = bindHeatmap(ctx);
+  const suggestions = bindSuggestions(ctx);
+  let tools = null;
+  // two viewers, one shown: N / P swap them (panes.js)
+  const panes = createPanes(ctx, {
+    style: styleFor,
+    bind(anno) {
+      bindShapeEvents(ctx, anno);
+      anno.state.store.observe(() => { lastChange = performance.now(); }, { origin: "LOCAL" });
+    },
+    prepare: (pane) => heatmap.prepare(pane),
+    leave: (pane) => suggestions.leave(pane),
+    shown() {
+      if (tools) tools.setTool(tools.tool()); // the tool in hand goes on to the next image
+      notes.show();
+      notes.loadComments();
+      notes.loadHistory();
+      suggestions.load();
+      heatmap.shown();
+    },
+    refreshed: () => notes.show({ keepLists: true }),
+  });
+  ctx.images = panes;
+  tools = createTools(ctx);
   bindKeys(ctx, tools, notes);
-  bindHeatmap(ctx);
-  const loadSuggestions = bindSuggestions(ctx);
-
   tools.setTool("select");
   if (ctx.category) tools.setCategory(ctx.category);
-  viewer.addHandler("open", () => {
-    viewerEl.setAttribute("data-opened", "1");
-    loadShapes(ctx);
-    notes.loadComments();
-    loadSuggestions();
-    notes.loadHistory();
-    setTimeout(() => prefetchNext(ctx), 1500);
-  });
+  panes.first();
 
-  // For browser tests and benchmarks (tests/e2e, benchmarks/workspace.py).
+  // For browser tests and benchmarks (tests/e2e, benchmarks/workspace.py): the viewer and
+  // annotator on screen.
   window.loupeWorkspace = {
-    viewer,
-    anno,
+    get viewer() { return ctx.viewer; },
+    get anno() { return ctx.anno; },
     queue: ctx.queue,
     meta: ctx.queue.records,
     setTool: tools.setTool,
     setCategory: tools.setCategory,
     imageToWindow: (x, y) => {
-      const p = viewer.viewport.imageToWindowCoordinates(new OpenSeadragon.Point(x, y));
+      const p = ctx.viewer.viewport.imageToWindowCoordinates(new OpenSeadragon.Point(x, y));
       return { x: p.x, y: p.y };
     },
     windowToImage: (x, y) => {
-      const p = viewer.viewport.windowToImageCoordinates(new OpenSeadragon.Point(x, y));
+      const p = ctx.viewer.viewport.windowToImageCoordinates(new OpenSeadragon.Point(x, y));
       return { x: p.x, y: p.y };
     },
     // every change sent, and the shapes on screen are exactly the ones the server has
@@ -133,8 +141,8 @@ function startWorkspace() {
     // milliseconds since the last change a person made to the shapes (see above)
     sinceLastChange: () => performance.now() - lastChange,
     // resolves once the viewer has drawn its current view (after an immediate zoom or pan)
-    drawn: () => nextDraw(viewer),
+    drawn: () => nextDraw(ctx.viewer),
     // resolves once the current view is drawn with all its tiles
-    loaded: () => whenLoaded(viewer),
+    loaded: () => whenLoaded(ctx.viewer),
   };
 }

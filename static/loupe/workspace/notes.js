@@ -1,5 +1,6 @@
 /* The image as a whole: its verdict (OK / needs review), comments, and the history of review
- * decisions on it. All of it works without a zoomable view too. */
+ * decisions on it. All of it works without a zoomable view too, and follows the image when N / P
+ * switch images inside the page (`show()`). An answer about an image the page left is dropped. */
 
 import { ago } from "./format.js";
 
@@ -14,15 +15,21 @@ export function createNotes(ctx) {
 
   /** Set the verdict, or clear it when it is already `v`. */
   async function setVerdict(v) {
-    const next = data.image.verdict === v ? "" : v;
+    const image = data.image;
+    const next = image.verdict === v ? "" : v;
     try {
       const r = await request("POST", data.urls.verdict, { verdict: next });
-      if (r.status === 200) { data.image.verdict = next; showVerdict(next); } else ctx.toast((r.body && r.body.error) || "HTTP " + r.status);
+      if (r.status === 200) {
+        image.verdict = next;
+        if (image === data.image) showVerdict(next);
+      } else ctx.toast((r.body && r.body.error) || "HTTP " + r.status);
     } catch (e) { ctx.toast("The verdict was not saved: the server is unreachable."); }
   }
 
   async function loadComments() {
+    const forImage = data.image.id;
     const r = await request("GET", data.urls.comments);
+    if (forImage !== data.image.id) return;
     const list = document.getElementById("comment-list");
     list.replaceChildren();
     (r.body || []).forEach((c) => {
@@ -36,8 +43,10 @@ export function createNotes(ctx) {
   }
 
   async function loadHistory() {
+    const forImage = data.image.id;
     let r;
     try { r = await request("GET", data.urls.reviews); } catch (e) { return; }
+    if (forImage !== data.image.id) return;
     const list = document.getElementById("history-list");
     list.replaceChildren();
     const words = { accept: "accepted a suggestion", edit_accept: "edited and accepted a suggestion", reject: "rejected a suggestion", approve: "approved a label", return: "sent a label back" };
@@ -65,5 +74,14 @@ export function createNotes(ctx) {
   });
   showVerdict(data.image.verdict);
 
-  return { setVerdict, loadComments, loadHistory };
+  /** Another image is shown (or its data was read again: `keepLists`): its verdict, and its
+   * comments and history once loaded. */
+  function show({ keepLists = false } = {}) {
+    showVerdict(data.image.verdict);
+    if (keepLists) return;
+    document.getElementById("comment-list").replaceChildren();
+    document.getElementById("history-list").replaceChildren();
+  }
+
+  return { setVerdict, loadComments, loadHistory, show };
 }

@@ -50,7 +50,8 @@ function reason(r, otherwise) {
  *   onChange()  the records changed outside an event the page handles itself (refresh the list)
  */
 export function createSaveQueue(options) {
-  const { urls, user, shapes } = options;
+  const { user, shapes } = options;
+  let urls = options.urls;
   if (typeof options.request !== "function") throw new TypeError("createSaveQueue needs request");
   if (typeof options.setTimeout !== "function") throw new TypeError("createSaveQueue needs setTimeout");
   const send = options.request;
@@ -347,6 +348,18 @@ export function createSaveQueue(options) {
     return drained();
   }
 
+  /** The page switched to another image without loading (N / P): forget this image's shapes and
+   * send what comes next to `newUrls`. Only once nothing waits to be sent (after `leaving()`); a
+   * poll of the old image still on its way is then ignored. */
+  function reset(newUrls) {
+    if (ops.length) throw new Error("the save queue still has " + ops.length + " change(s) to send");
+    urls = newUrls;
+    records.clear();
+    changesMade += 1;
+    retryDelay = FIRST_RETRY_MS;
+    setStatus("saved", "All changes saved");
+  }
+
   return {
     records,
     created,
@@ -358,6 +371,7 @@ export function createSaveQueue(options) {
     poll,
     drained,
     leaving,
+    reset,
     /** Changes not sent yet. */
     pending: () => ops.length,
     /** Nothing waiting and nothing on its way. */

@@ -20,33 +20,35 @@ export function toAnnotation(localId, s) {
   return withCategory({ id: localId, bodies: [], target: { annotation: localId, selector: window.LoupeOverlay.toSelector(s.geometry) } }, s.category);
 }
 
-/** The save queue's view of the shapes on screen (see save-queue.js). Changes made through it
- * are REMOTE: they raise no change events and make no undo steps. */
+/** The save queue's view of the shapes on screen (see save-queue.js): those of the viewer on
+ * screen (`ctx.anno`). Changes made through it are REMOTE: they raise no change events and make
+ * no undo steps. */
 export function annotoriousShapes(ctx) {
-  const { anno } = ctx;
-  const store = anno.state.store;
+  const store = () => ctx.anno.state.store;
   return {
     payload(id) {
-      const a = anno.getAnnotationById(id);
+      const a = ctx.anno.getAnnotationById(id);
       if (!a) return null;
       return { category: Number(categoryOf(a) || ctx.category), geometry: window.LoupeOverlay.toGeometry(a.target.selector) };
     },
-    has: (id) => Boolean(store.getAnnotation(id)),
+    has: (id) => Boolean(store().getAnnotation(id)),
     put(id, s) {
       const a = toAnnotation(id, s);
-      if (store.getAnnotation(id)) store.updateAnnotation(a, "REMOTE");
-      else store.addAnnotation(a, "REMOTE");
+      if (store().getAnnotation(id)) store().updateAnnotation(a, "REMOTE");
+      else store().addAnnotation(a, "REMOTE");
     },
     drop(id) {
-      if (store.getAnnotation(id)) store.deleteAnnotation(id, "REMOTE");
+      if (store().getAnnotation(id)) store().deleteAnnotation(id, "REMOTE");
     },
   };
 }
 
-/** Every change Annotorious reports (including undo and redo) goes to the save queue. */
-export function bindShapeEvents(ctx) {
-  const { anno, queue } = ctx;
-  anno.on("createAnnotation", (a) => {
+/** Every change `anno` reports (including undo and redo) goes to the save queue, while it is the
+ * annotator on screen. */
+export function bindShapeEvents(ctx, anno) {
+  const { queue } = ctx;
+  const onScreen = (handler) => (a) => { if (anno === ctx.anno) handler(a); };
+  anno.on("createAnnotation", onScreen((a) => {
     // New shapes (and redone/undone deletions) take the current category unless they carry one.
     if (!categoryOf(a)) {
       if (!ctx.category) {
@@ -58,17 +60,26 @@ export function bindShapeEvents(ctx) {
     }
     queue.created(a.id);
     ctx.renderList();
-  });
-  anno.on("updateAnnotation", (a) => { queue.updated(a.id); ctx.renderList(); });
-  anno.on("deleteAnnotation", (a) => { queue.deleted(a.id); ctx.renderList(); });
-  anno.on("selectionChanged", () => ctx.renderList());
+  }));
+  anno.on("updateAnnotation", onScreen((a) => { queue.updated(a.id); ctx.renderList(); }));
+  anno.on("deleteAnnotation", onScreen((a) => { queue.deleted(a.id); ctx.renderList(); }));
+  anno.on("selectionChanged", onScreen(() => ctx.renderList()));
 }
 
-/** The image's stored shapes, shown as the page opens. */
-export async function loadShapes(ctx) {
-  const r = await window.Loupe.request("GET", ctx.data.urls.annotations);
-  if (r.status !== 200) { ctx.toast("Could not load the shapes: " + ((r.body && r.body.error) || r.status)); return; }
-  ctx.anno.setAnnotations(r.body.map((s) => toAnnotation(ctx.queue.track(s), s)), true);
+/** The image's stored shapes, as the API lists them (null when they could not be read). */
+export async function fetchShapes(ctx, url) {
+  const r = await window.Loupe.request("GET", url);
+  if (r.status !== 200 || !Array.isArray(r.body)) {
+    ctx.toast("Could not load the shapes: " + ((r.body && r.body.error) || r.status));
+    return null;
+  }
+  return r.body;
+}
+
+/** Show `list` (stored shapes of the image on screen) as the shapes on screen. */
+export function showShapes(ctx, list) {
+  // added to what is there (nothing, or a shape drawn a moment ago), not replacing it
+  ctx.anno.setAnnotations(list.map((s) => toAnnotation(ctx.queue.track(s), s)), false);
   ctx.renderList();
   ctx.els.viewer.setAttribute("data-annotations-loaded", "1");
 }

@@ -1,12 +1,13 @@
-/* The deep-zoom viewer (OpenSeadragon) and the shape layer on top of it (Annotorious), and
- * promises for "the viewer has drawn" and "every tile of this view is loaded". */
+/* A deep-zoom viewer (OpenSeadragon) and the shape layer on top of it (Annotorious), and
+ * promises for "the viewer has drawn" and "every tile of this view is loaded". The workspace
+ * keeps two of each (panes.js). */
 
 /* global OpenSeadragon, AnnotoriousOSD */
 
-export function createViewer(element, data) {
+/** A viewer in `element`, empty until it opens an image. */
+export function createViewer(element) {
   const viewer = OpenSeadragon({
     element,
-    tileSources: data.image.dzi,
     prefixUrl: document.querySelector("script[src*='openseadragon.min.js']").src.replace(/openseadragon\.min\.js.*$/, "images/"),
     showNavigator: true,
     navigatorPosition: "BOTTOM_RIGHT",
@@ -28,7 +29,6 @@ export function createViewer(element, data) {
   });
   // Our own keys replace OpenSeadragon's (its w/a/s/d/r/f would clash with shortcuts).
   viewer.addHandler("canvas-key", (e) => { e.preventDefaultAction = true; });
-  viewer.addHandler("tile-loaded", () => element.setAttribute("data-tile-loaded", "1"));
   return viewer;
 }
 
