@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from django.db.models import Count
+
 from annotations.filters import ImageFilter
+from annotations.models import Suggestion
 from inspection.models import Image
 
 
@@ -24,3 +27,46 @@ def image_neighbors(*, image: Image, params) -> dict:
     prev_id = qs.filter(id__lt=image.id).order_by("-id").values_list("id", flat=True).first()
     next_id = qs.filter(id__gt=image.id).order_by("id").values_list("id", flat=True).first()
     return {"previous": prev_id, "next": next_id, "count": qs.count()}
+
+
+def review_filter_choices(*, project) -> dict:
+    """What the review queue's filter menus offer: the model versions and runs that have pending
+    suggestions in ``project``, newest first, each with its count of pending suggestions."""
+    pending = Suggestion.objects.filter(image__project=project, status=Suggestion.Status.PENDING)
+    versions = (
+        pending.values(
+            "model_version_id",
+            "model_version__kind",
+            "model_version__number",
+            "model_version__architecture",
+        )
+        .annotate(n=Count("id"))
+        .order_by("-model_version__kind", "-model_version__number")
+    )
+    runs = (
+        pending.exclude(run=None)
+        .values("run_id", "run__created_at", "model_version__kind", "model_version__number")
+        .annotate(n=Count("id"))
+        .order_by("-run__created_at", "-run_id")[:30]
+    )
+    return {
+        "versions": [
+            {
+                "id": v["model_version_id"],
+                "label": f"{v['model_version__kind']} v{v['model_version__number']} "
+                f"({v['model_version__architecture']})",
+                "pending": v["n"],
+            }
+            for v in versions
+            if v["model_version_id"]
+        ],
+        "runs": [
+            {
+                "id": r["run_id"],
+                "label": f"run {r['run_id']} · {r['model_version__kind']} "
+                f"v{r['model_version__number']} · {r['run__created_at']:%Y-%m-%d %H:%M}",
+                "pending": r["n"],
+            }
+            for r in runs
+        ],
+    }

@@ -253,6 +253,10 @@ def image_page_data(request, pk):
     return JsonResponse(_workspace_data(request, image, role))
 
 
+# the review queue's filters with a menu of their own on the page
+REVIEW_MENUS = {"source", "model_version", "run", "category", "score_min", "order"}
+
+
 @login_required
 @csp_update(DRAWING_PAGE_CSP)
 def review_page(request, pk):
@@ -284,7 +288,18 @@ def review_page(request, pk):
             "page": _url_template("image-page"),
         },
     }
-    return render(request, "review.html", {"project": project, "data": data, "filters": filters})
+    return render(
+        request,
+        "review.html",
+        {
+            "project": project,
+            "data": data,
+            "filters": filters,
+            "choices": selectors.review_filter_choices(project=project),
+            # filters the menus do not show (e.g. image, from an image's "Review" link) ride along
+            "hidden_filters": {k: v for k, v in filters.items() if k not in REVIEW_MENUS},
+        },
+    )
 
 
 @login_required

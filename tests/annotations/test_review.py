@@ -22,6 +22,31 @@ def test_queue_ordered_by_score_with_filters(loop, client_for):
     assert client_for(loop["outsider"]).get(url).status_code == 404
 
 
+def test_review_page_offers_model_run_category_and_score_menus(loop, client):
+    """Issue #17: after a second model version the queue mixed both; the page's menus pick a
+    version, a run, a category or a lowest score (the API filters behind them are tested
+    above), and say how many suggestions wait under each."""
+    project, version, run = loop["project"], loop["version"], loop["run"]
+    client.force_login(loop["reviewer"])
+    html = client.get(f"/projects/{project.pk}/review/").content.decode()
+    assert f'<option value="{version.pk}">anomaly v1 (padim) · 2 pending</option>' in html
+    assert f'<option value="{run.pk}">run {run.pk} · anomaly v1 · ' in html
+    assert f'<option value="{loop["crack"].pk}">crack</option>' in html
+    # chosen filters stay selected, reach the page's script, and others ride along hidden
+    html = client.get(
+        f"/projects/{project.pk}/review/",
+        {"model_version": version.pk, "score_min": "0.8", "image": loop["images"][0].pk},
+    ).content.decode()
+    assert f'<option value="{version.pk}" selected>' in html
+    assert 'name="score_min" type="number" min="0" max="1" step="0.05" value="0.8"' in html
+    assert f'<input type="hidden" name="image" value="{loop["images"][0].pk}">' in html
+    assert f'"model_version": "{version.pk}"' in html and '"score_min": "0.8"' in html
+    # decided suggestions leave the counts
+    Suggestion.objects.filter(pk=loop["suggestions"][0].pk).update(status="rejected")
+    html = client.get(f"/projects/{project.pk}/review/").content.decode()
+    assert "anomaly v1 (padim) · 1 pending" in html
+
+
 def test_accept_creates_a_label_that_points_back(loop, client_for):
     s = loop["suggestions"][0]
     r = client_for(loop["reviewer"]).post(

@@ -272,3 +272,36 @@ def test_a_phone_sized_window_can_review_by_touch(browser, live_server, queue):
         ]
     finally:
         context.close()
+
+
+def test_the_reviewer_picks_a_model_version_from_the_menu(page, live_server, queue):
+    """Issue #17: after a second model version the queue mixed both versions' suggestions; the
+    Model menu shows each version with what it has pending and keeps the queue to one."""
+    project, image = queue["project"], queue["image"]
+    v2 = ModelVersion.objects.create(
+        project=project, number=2, architecture="patchcore", status="ready"
+    )
+    run = InspectionRun.objects.create(project=project, model_version=v2, image_ids=[image.pk])
+    mine = suggestions_store(
+        image=image,
+        run=run,
+        model_version=v2,
+        suggestions=[
+            region([400, 1200, 60, 60], square(400, 1200, 60), 0.55),
+            region([1200, 1300, 70, 70], square(1200, 1300, 70), 0.52),
+        ],
+    )
+    login(page, "rev")
+    page.goto(f"/projects/{project.pk}/review/")
+    page.locator("#viewer[data-loaded]").wait_for()
+    shot(page, "review-queue-filters")
+    page.select_option(
+        "#queue-source select[name=model_version]", label="anomaly v2 (patchcore) · 2 pending"
+    )
+    page.click("#queue-source button[type=submit]")
+    page.wait_for_url(f"**/review/?*model_version={v2.pk}*")
+    page.locator("#viewer[data-loaded]").wait_for()
+    wait_item(page, f"suggestion:{mine[0].pk}")
+    assert "2 suggestions in this batch" in page.locator("#queue-count").inner_text()
+    page.keyboard.press("n")
+    wait_item(page, f"suggestion:{mine[1].pk}")
