@@ -215,7 +215,10 @@ def _workspace_data(request, image: Image, role: str) -> dict:
             "comments": reverse("api-image-comments", args=[image.pk]),
             "suggestions": reverse("api-image-suggestions", args=[image.pk]),
             "reviews": reverse("api-image-reviews", args=[image.pk]),
-            "review": reverse("review", args=[image.project_id]) + f"?image={image.pk}",
+            # annotators have no review queue (the bar offers them no link)
+            "review": reverse("review", args=[image.project_id]) + f"?image={image.pk}"
+            if role != Role.ANNOTATOR
+            else None,
             "page": _url_template("image-page"),
             "pageData": _url_template("image-page-data"),
             "dzi": _url_template("api-image-dzi"),

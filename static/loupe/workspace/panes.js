@@ -161,7 +161,7 @@ export function createPanes(ctx, hooks) {
       if (id) { a.href = pageUrl(data, id); a.removeAttribute("aria-disabled"); } else { a.removeAttribute("href"); a.setAttribute("aria-disabled", "true"); }
     }
     const review = document.getElementById("review-link");
-    if (review) review.href = data.urls.review;
+    if (review && data.urls.review) review.href = data.urls.review;
     document.title = img.name + " · Loupe";
   }
 
