@@ -39,6 +39,7 @@ from inspection.errors import BrokerUnavailable
 from inspection.models import Job, Project, Role
 from inspection.permissions import has_role, is_site_admin, require_role
 from inspection.services.maintenance import maintenance_hook
+from inspection.services.queue_health import worker_hosts
 
 log = logging.getLogger(__name__)
 
@@ -213,12 +214,24 @@ def worker_label() -> str:
     return f"{socket.gethostname()} pid {os.getpid()}"[:200]
 
 
-def worker_gone(label: str) -> bool:
+def worker_gone(label: str, heartbeat_at=None) -> bool:
     """Whether the process a job recorded as its worker (:func:`worker_label`) is known to be
-    dead: it ran on this machine and no process has its pid any more. Unknown (another
-    machine, an older label) is not "gone": the heartbeat's stale timeout decides those."""
+    dead: it ran on this machine and no process has its pid any more; or it ran on another
+    machine that has no live worker any more (no presence key in Redis names it: a worker
+    killed there, or the machine down, is seen within ``PRESENCE_TTL``) and the job's
+    heartbeat has missed two beats (so a Redis hiccup alone never passes for a lost worker).
+    Unknown (Redis not answering, an older label) is not "gone": the heartbeat's stale timeout
+    decides those."""
     host, _, pid = (label or "").rpartition(" pid ")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+    if not host or not pid.isdigit():
+        return False
+    if host != socket.gethostname():
+        quiet = timezone.now() - timedelta(seconds=2 * settings.LOUPE_JOB_HEARTBEAT_SECONDS)
+        if heartbeat_at is None or heartbeat_at >= quiet:
+            return False
+        hosts = worker_hosts()
+        return hosts is not None and host not in hosts
+    if int(pid) == os.getpid():
         return False
     try:
         os.kill(int(pid), 0)
@@ -232,8 +245,9 @@ def worker_gone(label: str) -> bool:
 @maintenance_hook("requeue stale jobs")
 def jobs_requeue_stale(*, now=None) -> list[Job]:
     """Re-queue (or fail, after too many tries) running jobs whose worker is lost: its heartbeat
-    is older than LOUPE_JOB_STALE_SECONDS, or its process on this machine is dead (a killed
-    worker's job goes back within seconds of the next sweep, e.g. its restarted worker's)."""
+    is older than LOUPE_JOB_STALE_SECONDS, or its worker is known to be gone (:func:`worker_gone`:
+    a killed worker's job on this machine goes back at the next sweep, e.g. its restarted
+    worker's; on another machine once that machine has no live worker left)."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.LOUPE_JOB_STALE_SECONDS)
     touched: list[Job] = []
@@ -241,8 +255,10 @@ def jobs_requeue_stale(*, now=None) -> list[Job]:
     stale_ids = list(running.filter(heartbeat_at__lt=cutoff).values_list("id", flat=True))
     stale_ids += [
         pk
-        for pk, worker in running.exclude(pk__in=stale_ids).values_list("id", "worker")
-        if worker_gone(worker)
+        for pk, worker, beat in running.exclude(pk__in=stale_ids).values_list(
+            "id", "worker", "heartbeat_at"
+        )
+        if worker_gone(worker, beat)
     ]
     for job_id in stale_ids:
         with transaction.atomic():
@@ -250,7 +266,8 @@ def jobs_requeue_stale(*, now=None) -> list[Job]:
                 Job.objects.select_for_update().filter(pk=job_id, status=Job.Status.RUNNING).first()
             )
             if job is None or not (
-                (job.heartbeat_at and job.heartbeat_at < cutoff) or worker_gone(job.worker)
+                (job.heartbeat_at and job.heartbeat_at < cutoff)
+                or worker_gone(job.worker, job.heartbeat_at)
             ):
                 continue
             if job.cancel_requested:

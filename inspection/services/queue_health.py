@@ -2,9 +2,10 @@
 ``GET /api/jobs/health/`` report them.
 
 Workers announce themselves: each one keeps a key ``loupe<prefix>:worker:<hostname>`` in Redis
-(its queues, refreshed every ``PRESENCE_SECONDS``, expiring after ``PRESENCE_TTL``;
-``workers/tasks/maintenance.py``), so the web process learns who is alive with one Redis call
-and no broadcast to wait for.
+(its queues and its machine's name, refreshed every ``PRESENCE_SECONDS``, expiring after
+``PRESENCE_TTL``; ``workers/tasks/maintenance.py``), so the web process learns who is alive with
+one Redis call and no broadcast to wait for, and the stale-job sweep learns which machines still
+run a worker (a job whose machine has none lost its worker: ``jobs.worker_gone``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,35 @@ def _redis():
     )
 
 
+def _presences(client) -> list[dict]:
+    """The live workers' presence keys: ``{"name", "queues", "host"}`` each (``host`` None for
+    a worker of an older version, which wrote its queues only)."""
+    keys = list(client.scan_iter(match=presence_key("*"), count=200))
+    found = []
+    for key, value in zip(keys, client.mget(keys) if keys else [], strict=True):
+        if value is None:
+            continue  # expired between the scan and the read
+        name = key.decode().rsplit(":worker:", 1)[1]
+        data = json.loads(value)
+        if isinstance(data, list):
+            data = {"queues": data}
+        found.append({"name": name, "queues": data.get("queues", []), "host": data.get("host")})
+    return found
+
+
+def worker_hosts() -> set[str] | None:
+    """The machines (``socket.gethostname()``) with a live worker, or None when Redis does not
+    answer (then nobody can tell) or a worker of an older version is alive (its machine is not
+    known)."""
+    try:
+        presences = _presences(_redis())
+    except Exception:  # noqa: BLE001 - any failure to talk to Redis: unknown
+        return None
+    if any(p["host"] is None for p in presences):
+        return None
+    return {p["host"] for p in presences}
+
+
 def queue_health() -> QueueHealth:
     """The broker's answer, the live workers and their queues, the queued jobs per queue, and
     the problems in words (empty when all is well)."""
@@ -54,12 +84,7 @@ def queue_health() -> QueueHealth:
         client = _redis()
         client.ping()
         health.broker = True
-        keys = list(client.scan_iter(match=presence_key("*"), count=200))
-        for key, value in zip(keys, client.mget(keys) if keys else [], strict=True):
-            if value is None:
-                continue  # expired between the scan and the read
-            name = key.decode().rsplit(":worker:", 1)[1]
-            health.workers.append({"name": name, "queues": json.loads(value)})
+        health.workers = [{"name": w["name"], "queues": w["queues"]} for w in _presences(client)]
     except Exception:  # noqa: BLE001 - any failure to talk to Redis means "not answering"
         health.broker = False
     if not health.broker:

@@ -289,6 +289,53 @@ def test_a_killed_workers_job_goes_back_at_once_not_after_the_stale_timeout(team
     assert killed.worker == f"{host} pid {os.getpid()}" and killed.attempts == 2
 
 
+def test_a_job_on_a_machine_with_no_worker_left_goes_back_before_the_stale_timeout(team, settings):
+    """Issue #18: a worker killed on another machine (or the machine gone) left its job for the
+    stale timeout (2 min, then the next sweep). Workers keep a presence key in Redis naming
+    their machine: once no key names the job's machine and its heartbeat has missed two beats,
+    the sweep re-queues it. A live worker there, a fresh heartbeat (Redis may just have lost
+    the key) or a Redis that does not answer leave it running."""
+    import json
+    from datetime import timedelta
+
+    import redis
+
+    from inspection.services.jobs import jobs_requeue_stale
+    from inspection.services.queue_health import PRESENCE_TTL, presence_key
+
+    settings.LOUPE_JOB_HEARTBEAT_SECONDS, settings.LOUPE_JOB_STALE_SECONDS = 10, 120  # defaults
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    for key in client.scan_iter(match=presence_key("*")):
+        client.delete(key)
+    quiet = timezone.now() - timedelta(seconds=3 * settings.LOUPE_JOB_HEARTBEAT_SECONDS)
+    assert quiet > timezone.now() - timedelta(seconds=settings.LOUPE_JOB_STALE_SECONDS)
+    lost = make_job(team, status="running", heartbeat_at=quiet, attempts=1, worker="gpu-7 pid 41")
+    busy = make_job(team, status="running", heartbeat_at=quiet, attempts=1, worker="gpu-8 pid 41")
+    beating = make_job(
+        team, status="running", heartbeat_at=timezone.now(), attempts=1, worker="gpu-9 pid 41"
+    )
+    # gpu-8 still runs a worker (its key as workers/tasks/maintenance.py writes it)
+    client.set(
+        presence_key("celery@gpu-8"),
+        json.dumps({"queues": ["gpu"], "host": "gpu-8"}),
+        ex=PRESENCE_TTL,
+    )
+    broker = settings.CELERY_BROKER_URL
+    try:
+        # Redis not answering: nobody can tell, nothing moves
+        settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+        assert jobs_requeue_stale() == []
+        settings.CELERY_BROKER_URL = broker
+        touched = jobs_requeue_stale()
+    finally:
+        client.delete(presence_key("celery@gpu-8"))
+    assert [j.pk for j in touched] == [lost.pk]
+    for job, status in ((lost, "queued"), (busy, "running"), (beating, "running")):
+        job.refresh_from_db()
+        assert job.status == status, job
+    assert lost.message == "Re-queued: its worker gpu-7 pid 41 stopped responding"
+
+
 def test_deleting_a_version_that_trains_cancels_its_job(team, client_for):
     version = training_detector(team)
     Job.objects.filter(pk=version.job_id).update(status="running")

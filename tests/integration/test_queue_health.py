@@ -1,6 +1,7 @@
 """Whether jobs can run now, as the jobs page says it: a real Redis, real worker processes, and a
 broker that does not answer."""
 
+import socket
 import time
 
 from django.test import Client
@@ -45,6 +46,10 @@ def test_the_jobs_page_says_when_no_worker_or_no_broker_answers(
         f"1 job(s) wait for a worker on the gpu queue, and no running worker takes that queue "
         f"(start one with -Q {_QUEUE_PREFIX}gpu)."
     ]
+    # its presence names this machine, as its jobs record it (the stale sweep relies on that)
+    from inspection.services.queue_health import worker_hosts
+
+    assert worker_hosts() == {socket.gethostname()}
     # a worker that stops says so at once (not when its presence expires)
     worker.terminate()
     worker.wait(timeout=30)

@@ -56,7 +56,12 @@ def _announce(consumer) -> None:
         queues = sorted(q.name for q in consumer.task_consumer.queues)
     except AttributeError:
         queues = []
-    key, value = presence_key(hostname), json.dumps(queues)
+    # the machine's name as jobs record it (jobs.worker_label): the sweep tells from it that a
+    # job's machine has no worker left
+    key, value = (
+        presence_key(hostname),
+        json.dumps({"queues": queues, "host": socket.gethostname()}),
+    )
 
     def beat() -> None:
         client = redis.Redis.from_url(

@@ -79,7 +79,7 @@ def _claim(job_id: str) -> Job | None:
             job.status == Job.Status.RUNNING
             and job.heartbeat_at is not None
             and job.heartbeat_at >= stale
-            and not worker_gone(job.worker)
+            and not worker_gone(job.worker, job.heartbeat_at)
         ):
             return None  # finished, or alive on another worker
         if job.cancel_requested:
