@@ -102,6 +102,7 @@ function startWorkspace() {
     },
     prepare: (pane) => heatmap.prepare(pane),
     leave: (pane) => suggestions.leave(pane),
+    leaving: () => notes.leave(),
     shown() {
       if (tools) tools.setTool(tools.tool()); // the tool in hand goes on to the next image
       notes.show();

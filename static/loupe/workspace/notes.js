@@ -21,7 +21,10 @@ export function createNotes(ctx) {
       const r = await request("POST", data.urls.verdict, { verdict: next });
       if (r.status === 200) {
         image.verdict = next;
-        if (image === data.image) showVerdict(next);
+        if (image.id === data.image.id) {
+          data.image.verdict = next; // the same image's data may have been read again meanwhile
+          showVerdict(next);
+        }
       } else ctx.toast((r.body && r.body.error) || "HTTP " + r.status);
     } catch (e) { ctx.toast("The verdict was not saved: the server is unreachable."); }
   }
@@ -83,5 +86,13 @@ export function createNotes(ctx) {
     document.getElementById("history-list").replaceChildren();
   }
 
-  return { setVerdict, loadComments, loadHistory, show };
+  /** The image is about to leave the screen: a comment typed and not added stays with it
+   * (not posted on the next image), and the person is told. */
+  function leave() {
+    const input = document.getElementById("comment-text");
+    if (input.value.trim()) ctx.toast("Your comment on " + data.image.name + " was not added (press Add before moving on).");
+    input.value = "";
+  }
+
+  return { setVerdict, loadComments, loadHistory, show, leave };
 }

@@ -23,7 +23,8 @@ export function bindHeatmap(ctx) {
     } finally {
       if (pane.heatAdding === forImage) pane.heatAdding = null;
     }
-    if (pane.image !== forImage) { pane.viewer.world.removeItem(item); return; }
+    // the pane moved on to another image, or another add for it (N / P back and forth) won
+    if (pane.image !== forImage || pane.heat) { pane.viewer.world.removeItem(item); return; }
     pane.heat = item;
     item.setOpacity(opacity());
     if (pane === ctx.pane) viewerEl.dataset.heatmap = toggle.checked ? "shown" : "hidden";

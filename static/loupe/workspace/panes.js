@@ -61,6 +61,7 @@ export function imageIdOf(path) {
  *   bind(anno)                 wire an annotator's change events (once per pane)
  *   prepare(pane)              extra work on a pane that opened an image (its heatmap)
  *   leave(pane)                a pane goes off screen
+ *   leaving(pane)              ... the last moment `ctx.data` is still its image
  *   shown(pane)                a pane came on screen with `ctx.data` set to its image
  *   refreshed()                `ctx.data` was read again for the image on screen
  * Sets ctx.pane / ctx.viewer / ctx.anno to the pane on screen; returns {go, first}.
@@ -93,6 +94,7 @@ export function createPanes(ctx, hooks) {
   let direction = "next"; // where the person went last: the hidden pane prepares that way
   let chain = Promise.resolve(); // switches run one after the other (N three times: three images)
   let switching = false; // the hidden pane is taken by a switch: not for preparing
+  let moves = 0; // back / forward presses: a switch asked for before one is dropped
 
   /** Open image `id` in `pane` and fetch its shapes, its workspace data coming from `dataP` (the
    * pyramid is asked for at once, from the address every image's pyramid has). Opens of one pane
@@ -108,13 +110,19 @@ export function createPanes(ctx, hooks) {
       if (pane.image === id) pane.data = d;
       return d && d.image.dzi ? d : null;
     });
-    pane.shapes = pane.ready.then((d) => (d && pane.image === id ? fetchShapes(ctx, d.urls.annotations) : null));
+    pane.shapes = pane.ready.then((d) => (d && pane.image === id ? fetchShapes(d.urls.annotations) : null));
+    pane.shapesAt = Date.now();
     pane.opened = before.then(() => new Promise((resolve) => {
       if (pane.image !== id) { resolve(false); return; } // asked for another image meanwhile
-      const opened = () => { pane.viewer.removeHandler("open-failed", failed); resolve(true); };
-      const failed = () => { pane.viewer.removeHandler("open", opened); resolve(false); };
-      pane.viewer.addOnceHandler("open", opened);
-      pane.viewer.addOnceHandler("open-failed", failed);
+      const done = (ok) => {
+        pane.viewer.removeHandler("open", opened);
+        pane.viewer.removeHandler("open-failed", failed);
+        resolve(ok);
+      };
+      const opened = () => done(true);
+      const failed = () => done(false);
+      pane.viewer.addHandler("open", opened);
+      pane.viewer.addHandler("open-failed", failed);
       // A hidden pane loads only the tiles of the view it will show, not the blurry levels
       // before them (nobody sees them): fewer tiles to fetch and decode.
       pane.viewer.immediateRender = pane !== active;
@@ -170,24 +178,46 @@ export function createPanes(ctx, hooks) {
     viewerEl.setAttribute("data-opened", "1");
     hooks.shown(pane);
     const image = pane.image;
-    const list = await (pane.shapes || (pane.shapes = fetchShapes(ctx, pane.data.urls.annotations)));
+    // shapes fetched while the pane was hidden are used when recent (and brought up to date by
+    // a poll); older ones are fetched again, so a colleague's new shape is not missing
+    if (!pane.shapes || Date.now() - pane.shapesAt > 1000 * (data.pollSeconds || 10)) {
+      pane.shapes = fetchShapes(pane.data.urls.annotations);
+      pane.shapesAt = Date.now();
+    }
+    const list = await pane.shapes;
     if (pane !== active || pane.image !== image) return;
     if (list) {
       showShapes(ctx, list);
-      ctx.queue.poll(); // shapes fetched while the pane was hidden: bring them up to date
-    }
+      ctx.queue.poll();
+    } else ctx.toast("Could not load this image's shapes: reload the page to try again.");
     prepareNext();
   }
 
-  async function switchTo(id, push) {
-    await ctx.queue.leaving();
+  /** Every change to the shown image sent. A selected shape's last edit is reported as it is
+   * deselected, a moment later: deselect first and let the report arrive, then drain the queue
+   * (changes go to the image they were made on). */
+  async function settled() {
+    active.anno.cancelDrawing();
+    active.anno.cancelSelected();
+    await new Promise((resolve) => window.setTimeout(resolve, 20));
+    while (ctx.queue.pending()) await ctx.queue.leaving();
+  }
+
+  /** Show image `id`; `asked` is the back / forward count when it was asked for (a switch a
+   * back or forward press overtook is dropped, so the address and the screen agree). */
+  async function switchTo(id, push, asked = moves) {
+    await settled();
     const pane = spare;
     if (pane.image !== id) openIn(pane, id, fetchData(id));
     const [ok, d] = await Promise.all([pane.opened, pane.ready]);
-    if (!ok || !d || pane.image !== id) { window.location.assign(pageUrl(data, id)); return; }
-    // A change made meanwhile is sent first, on the image it was made on.
-    active.anno.cancelDrawing();
-    while (ctx.queue.pending()) await ctx.queue.leaving();
+    if (asked !== moves) return;
+    if (!ok || !d || pane.image !== id) {
+      await settled();
+      window.location.assign(pageUrl(data, id));
+      return;
+    }
+    await settled(); // changes made while the image was being prepared
+    if (asked !== moves) return;
     // From here on nothing waits: the panes swap in one go.
     const old = active;
     old.anno.cancelSelected();
@@ -199,6 +229,7 @@ export function createPanes(ctx, hooks) {
     active.el.classList.add("shown");
     old.el.classList.remove("shown");
     if (old.el.contains(document.activeElement)) active.viewer.canvas.focus();
+    hooks.leaving(old); // before `data` follows the new image
     for (let i = 0; i < active.viewer.world.getItemCount(); i++) active.viewer.world.getItemAt(i).immediateRender = false;
     active.viewer.immediateRender = false;
     ctx.queue.reset({ annotations: pane.data.urls.annotations, annotation: pane.data.urls.annotation });
@@ -212,8 +243,11 @@ export function createPanes(ctx, hooks) {
     show(active);
     // the data the hidden pane was opened with may be a little old: the verdict, neighbours
     // and counts come again (the shapes are polled in show)
+    const verdict = data.image.verdict;
     fetchData(id).then((d) => {
       if (!d || active !== pane || pane.image !== id) return;
+      // a verdict set meanwhile stands (the answer may have been read before it was stored)
+      if (data.image.verdict !== verdict) d.image.verdict = data.image.verdict;
       pane.data = d;
       Object.assign(data, d);
       showBar();
@@ -231,11 +265,17 @@ export function createPanes(ctx, hooks) {
 
   /** Go to the next or previous image of the grid's list once every change is sent. */
   function go(which) {
+    if (ctx.queue.status().state === "offline") {
+      ctx.toast("Your last changes are not saved yet (the server does not answer): this image stays until they are.");
+      return chain;
+    }
+    const asked = moves;
     return run(() => {
+      if (asked !== moves) return undefined; // back or forward was pressed since
       const id = data.neighbors[which];
       if (!id) { ctx.toast(which === "next" ? "This is the last image of the list." : "This is the first image of the list."); return undefined; }
       direction = which;
-      return switchTo(id, true);
+      return switchTo(id, true, asked);
     });
   }
 
@@ -255,8 +295,13 @@ export function createPanes(ctx, hooks) {
   }
   // back and forward through the images switched to in the page
   window.addEventListener("popstate", () => {
-    const id = imageIdOf(window.location.pathname);
-    if (id && id !== data.image.id) run(() => switchTo(id, false));
+    moves += 1;
+    const asked = moves;
+    run(() => {
+      const id = imageIdOf(window.location.pathname); // where the address is when it runs
+      if (id && id !== data.image.id) return switchTo(id, false, asked);
+      return undefined;
+    });
   });
   window.history.replaceState({ image: data.image.id }, "", window.location.href);
   // Ctrl+Z / Ctrl+Y (Cmd+Z, Cmd+Shift+Z): the shown pane's annotator, within its image's changes.

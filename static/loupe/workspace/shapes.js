@@ -66,14 +66,15 @@ export function bindShapeEvents(ctx, anno) {
   anno.on("selectionChanged", onScreen(() => ctx.renderList()));
 }
 
-/** The image's stored shapes, as the API lists them (null when they could not be read). */
-export async function fetchShapes(ctx, url) {
-  const r = await window.Loupe.request("GET", url);
-  if (r.status !== 200 || !Array.isArray(r.body)) {
-    ctx.toast("Could not load the shapes: " + ((r.body && r.body.error) || r.status));
+/** An image's stored shapes, as the API lists them (null when they could not be read: the
+ * page says so when that image is on screen). */
+export async function fetchShapes(url) {
+  try {
+    const r = await window.Loupe.request("GET", url);
+    return r.status === 200 && Array.isArray(r.body) ? r.body : null;
+  } catch (e) {
     return null;
   }
-  return r.body;
 }
 
 /** Show `list` (stored shapes of the image on screen) as the shapes on screen. */
