@@ -4,12 +4,14 @@ by labels, is annotations.filters.ImageFilter)."""
 import django_filters
 from django import forms
 from django.db.models import Q
+from drf_spectacular.utils import extend_schema_field
 
 from inspection.models import Job
 
 BIGINT_MAX = 2**63 - 1
 
 
+@extend_schema_field({"type": "integer", "minimum": 1, "maximum": BIGINT_MAX})
 class IdFilter(django_filters.NumberFilter):
     """A database id: a whole number from 1 to PostgreSQL's bigint maximum. A float or a
     300-digit number is a 400 with the reason, not a database error (a 500)."""

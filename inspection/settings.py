@@ -199,6 +199,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # the default hook, and the errors every operation can answer (inspection/api/schema.py)
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "inspection.api.schema.error_responses",
+    ],
     # several models have a "kind" or a "status": one schema name each
     "ENUM_NAME_OVERRIDES": {
         "ShapeKindEnum": "annotations.models.Annotation.Kind",

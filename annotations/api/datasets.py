@@ -6,6 +6,8 @@ services in ``annotations.services.dataset_*``.
 
 from __future__ import annotations
 
+import uuid
+
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
@@ -64,7 +66,10 @@ class DatasetVersionViewSet(
         return Response(s.DatasetVersionSerializer(version).data)
 
     @extend_schema(
-        parameters=[OpenApiParameter("old", int, required=True), OpenApiParameter("new", int)],
+        parameters=[
+            OpenApiParameter("old", {"type": "integer", "minimum": 1}, required=True),
+            OpenApiParameter("new", {"type": "integer", "minimum": 1}, required=True),
+        ],
         responses=dict,
     )
     @action(detail=False)
@@ -178,6 +183,10 @@ class DatasetExportViewSet(viewsets.GenericViewSet):
     @extend_schema(responses={(200, "application/zip"): bytes})
     @action(detail=True)
     def download(self, request, job_id=None):
+        try:
+            uuid.UUID(job_id)
+        except ValueError:
+            raise Http404("No such export.") from None  # as for any unknown id
         job = get_object_or_404(self.get_queryset(), pk=job_id)
         job = dataset_export.dataset_export_job(user=request.user, job=job)
         name = job.result["file"]

@@ -59,8 +59,15 @@ class ImageBulkResultSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
+class RequiredBooleanField(serializers.BooleanField):
+    """A boolean that must be sent. DRF reads a boolean missing from a form (multipart) as
+    false, an unticked checkbox; here that would unmark an image's "normal" by omission."""
+
+    default_empty_html = serializers.empty
+
+
 class NormalSerializer(serializers.Serializer):
-    is_normal = serializers.BooleanField()
+    is_normal = RequiredBooleanField()
 
 
 class AnnotationSerializer(serializers.ModelSerializer):

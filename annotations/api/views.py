@@ -3,7 +3,7 @@ comments, suggestions and their review, and run figures. Writes call one service
 
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -330,7 +330,17 @@ class AnnotationViewSet(
         )
         return Response(s.AnnotationSerializer(updated).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "version",
+                {"type": "integer", "minimum": 1},
+                required=True,
+                description="The version you deleted (a 409 when someone changed it since).",
+            )
+        ],
+        responses={204: None},
+    )
     def destroy(self, request, pk=None):
         annotation = self.get_object()
         version = request.query_params.get("version") or (request.data or {}).get("version")

@@ -7,6 +7,7 @@ from inspection.models import Image, InspectionRun, Job, Membership, ModelVersio
 from inspection.permissions import has_role, role_of
 from inspection.services.inspections import ARCHITECTURES
 from inspection.services.jobs import job_label
+from inspection.services.projects import RETRAIN_MAX
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -27,6 +28,8 @@ class ProjectSerializer(serializers.ModelSerializer):
             "image_count",
         ]
         read_only_fields = ["id", "created_at", "my_role", "image_count"]
+        # the service's bounds, in the schema too (it words the refusal)
+        extra_kwargs = {"retrain_after_labels": {"min_value": 1, "max_value": RETRAIN_MAX}}
 
     def get_my_role(self, obj) -> str | None:
         return role_of(self.context["request"].user, obj)

@@ -203,7 +203,7 @@ class ImageViewSet(
     def thumbnail(self, request, pk=None):
         return stored_file(image_for(request, pk).thumbnail_path, "image/jpeg")
 
-    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @extend_schema(responses={(200, "image/*"): bytes})  # as uploaded: JPEG, PNG, TIFF...
     @action(detail=True)
     def original(self, request, pk=None):
         image = image_for(request, pk)
@@ -357,6 +357,10 @@ class TokenView(ObtainAuthToken):
     def post(self, request, *args, **kwargs):
         from inspection import throttling
 
+        if not hasattr(request.data, "get"):  # a JSON list or number, not {username, password}
+            raise serializers.ValidationError(
+                {"non_field_errors": ["Send an object with username and password."]}
+            )
         username = str(request.data.get("username", ""))[:150]
         wait = throttling.retry_after(request, username)
         if wait:

@@ -216,6 +216,9 @@ def test_download_permissions(team, tmp_path, client_for):
     assert client_for(team["reviewer"]).get(url).status_code == 200
     assert client_for(team["annotator"]).get(url).status_code == 403
     assert client_for(team["outsider"]).get(url).status_code == 404
+    # an id of the right shape that is no UUID is unknown, not a 400 (schemathesis)
+    r = client_for(team["reviewer"]).get(f"/api/dataset-exports/{'0' * 36}/download/")
+    assert r.status_code == 404 and r.json()["error"] == "No such export."
     listing = client_for(team["reviewer"]).get(
         f"/api/projects/{version.project_id}/datasets/1/exports/"
     )

@@ -278,6 +278,13 @@ def test_marking_an_image_normal_is_a_reviewers_decision_with_rules(loop, client
     assert r.status_code == 403
     r = client_for(loop["reviewer"]).post(url, {"is_normal": True}, format="json")
     assert r.status_code == 200 and r.json()["is_normal"] is True
+    # a form without the field does not unmark it by omission (DRF reads a missing boolean in a
+    # form as false; schemathesis found it)
+    r = client_for(loop["reviewer"]).post(url, {"other": "1"}, format="multipart")
+    assert r.status_code == 400 and "is_normal" in r.json()["detail"]
+    r = client_for(loop["reviewer"]).post(url, {"is_normal": "false"}, format="multipart")
+    assert r.status_code == 200 and r.json()["is_normal"] is False
+    r = client_for(loop["reviewer"]).post(url, {"is_normal": True}, format="json")
     # the old PATCH of the flag is refused with the way to do it, not silently ignored
     r = client_for(loop["reviewer"]).patch(
         f"/api/images/{clean.pk}/", {"is_normal": False}, format="json"

@@ -109,6 +109,24 @@ def test_paging_beyond_what_the_database_can_count_is_not_a_500(team, client_for
     assert r.status_code == 200 and r.json()["results"] == []
 
 
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("offset=abc", "offset"),
+        ("offset=-1", "offset"),
+        ("offset=1.5", "offset"),
+        ("limit=0", "limit"),
+        ("limit=x", "limit"),
+        ("offset=²", "offset"),
+    ],
+)
+def test_paging_that_is_not_a_whole_number_is_a_400(team, client_for, query, field):
+    """Schemathesis: `?offset=abc` was read as 0 and gave the first page (a typo passed for a
+    page); it says what is wrong instead."""
+    r = client_for(team["admin"]).get(f"/api/projects/?{query}")
+    assert r.status_code == 400 and field in r.json()["detail"], r.content
+
+
 def test_actions_answer_only_their_own_methods(team, client_for):
     """DELETE on /activate/ must not delete the model version (it once did)."""
     from inspection.models import ModelVersion
@@ -331,6 +349,10 @@ def test_token_auth_for_scripts(team, client):
     assert r.json()["username"] == "padmin"
     r = client.get("/api/projects/", HTTP_AUTHORIZATION="Token wrong")
     assert r.status_code == 401 and r.json()["error"]
+    # a JSON list instead of {username, password} was a 500 (schemathesis)
+    for body in ("[null, null]", "3", '"padmin"'):
+        r = client.post("/api/auth/token/", body, content_type="application/json")
+        assert r.status_code == 400 and "username and password" in r.json()["error"], body
 
 
 def test_project_created_with_auto_inspect(make_user, client_for):
