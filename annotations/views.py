@@ -182,7 +182,6 @@ def _workspace_data(request, image: Image, role: str) -> dict:
     for it again (``image_page_data``) when N / P switch images without loading a page."""
     query = request.GET.copy()
     query.pop("page", None)
-    query.pop("format", None)
     heatmap = image.heatmaps.first()
     details = [
         f"{image.width}×{image.height}",
