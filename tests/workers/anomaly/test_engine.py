@@ -353,7 +353,10 @@ def test_predict_many_survives_a_runtime_error_and_stops_mid_image(
     error = results[str(dark)]
     assert isinstance(error, AnomalyError) and "RuntimeError: runtime choked" in str(error)
     for path in good:
-        assert results[str(path)].image_score == pytest.approx(predict(model, path).image_score)
+        # Same image, same batch of one; oneDNN may still pick another kernel for the second
+        # call (seen on CI: 1.4e-5 relative), so this checks the redo, not bit equality.
+        expected = predict(model, path).image_score
+        assert results[str(path)].image_score == pytest.approx(expected, rel=1e-4)
 
     messages = []
 
