@@ -6,7 +6,7 @@ from django import forms
 from django.db.models import Q
 from drf_spectacular.utils import extend_schema_field
 
-from inspection.models import Job
+from inspection.models import Job, Station, StationResult
 
 BIGINT_MAX = 2**63 - 1
 
@@ -37,3 +37,23 @@ class JobFilter(django_filters.FilterSet):
     def filter_active(self, queryset, name, value):
         active = Q(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
         return queryset.filter(active) if value else queryset.exclude(active)
+
+
+class StationFilter(django_filters.FilterSet):
+    project = IdFilter(field_name="project_id")
+
+    class Meta:
+        model = Station
+        fields = ["project"]
+
+
+class StationResultFilter(django_filters.FilterSet):
+    """A station's results: a time range (ISO 8601, start included, end not) and verdicts."""
+
+    start = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="gte")
+    end = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="lt")
+    verdict = django_filters.MultipleChoiceFilter(choices=StationResult.Verdict.choices)
+
+    class Meta:
+        model = StationResult
+        fields = ["start", "end", "verdict"]

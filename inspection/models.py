@@ -289,6 +289,14 @@ class InspectionRun(models.Model):
     params = models.JSONField(default=dict, blank=True)
     results = models.JSONField(default=dict, blank=True, help_text="Per-image outcome and errors.")
     job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    station = models.ForeignKey(
+        "Station",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="runs",
+        help_text="The station whose sampled frames this run inspected (no job then).",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -323,3 +331,111 @@ class ImageHeatmap(models.Model):
 
     def __str__(self) -> str:
         return f"heatmap of {self.image_id} ({self.label})"
+
+
+class Station(models.Model):
+    """A place at the line where a camera, a video or a watched folder is inspected frame by
+    frame with the project's active model (``manage.py loupe_station NAME``, docs/stations.md).
+
+    The station process owns ``status``, ``message``, ``heartbeat_at`` and ``latest_frame``;
+    people own the rest. ``enabled`` is how the station page starts and stops a running process.
+    """
+
+    class Status(models.TextChoices):
+        STOPPED = "stopped", "Stopped"
+        RUNNING = "running", "Running"
+        WAITING = "waiting", "Waiting for the source"
+        PAUSED = "paused", "Paused"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="stations")
+    name = models.SlugField(
+        max_length=100, unique=True, help_text="Also the name `loupe_station` is started with."
+    )
+    source = models.CharField(
+        max_length=500,
+        help_text="A camera index (0), an rtsp:// or http:// stream, a video file or a folder "
+        "on the station's machine.",
+    )
+    enabled = models.BooleanField(default=True, help_text="Inspect while the process runs.")
+    start_with_loupe = models.BooleanField(
+        default=False, help_text="`loupe run` starts this station's process."
+    )
+    unsure_margin = models.FloatField(
+        default=0.1, help_text="Scores within this distance of the threshold (0.5) are unsure."
+    )
+    ok_sample_rate = models.FloatField(
+        default=0.01, help_text="Share of OK frames stored for review (0-1)."
+    )
+    sample_quota = models.PositiveIntegerField(
+        default=500, help_text="Most frames this station stores as project images."
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.STOPPED)
+    message = models.CharField(max_length=500, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    latest_frame = models.CharField(max_length=300, blank=True, help_text="Storage name (JPEG).")
+    latest = models.JSONField(default=dict, blank=True, help_text="The latest frame's verdict.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StationResult(models.Model):
+    """One inspected frame: written in batches by the station process, once per ``key``."""
+
+    class Verdict(models.TextChoices):
+        OK = "ok", "OK"
+        NG = "ng", "NG"
+        UNSURE = "unsure", "Unsure"
+        FAILED = "failed", "Failed"
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="results")
+    key = models.CharField(max_length=300, help_text="Unique per station: file#frame, file name.")
+    at = models.DateTimeField(db_index=True)
+    source_name = models.CharField(max_length=300)
+    frame_number = models.BigIntegerField(null=True, blank=True)
+    verdict = models.CharField(max_length=10, choices=Verdict.choices)
+    score = models.FloatField(null=True, blank=True)
+    regions = models.JSONField(default=list, blank=True)
+    latency_ms = models.FloatField()
+    skipped = models.PositiveIntegerField(default=0, help_text="Live frames that went by unseen.")
+    error = models.CharField(max_length=300, blank=True)
+    model_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    image = models.ForeignKey(
+        Image, null=True, blank=True, on_delete=models.SET_NULL, related_name="station_results"
+    )
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["station", "key"], name="station_result_once"),
+        ]
+        indexes = [models.Index(fields=["station", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.station} {self.key} {self.verdict}"
+
+
+class StationEvent(models.Model):
+    """Something that happened to a station: started, stopped, lost or regained its source."""
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(auto_now_add=True)
+    kind = models.CharField(max_length=20)
+    message = models.CharField(max_length=500, blank=True)
+    gap_s = models.FloatField(default=0.0, help_text="Seconds without frames (reconnected).")
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.station} {self.kind}"

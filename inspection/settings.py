@@ -212,6 +212,8 @@ SPECTACULAR_SETTINGS = {
         "JobStatusEnum": "inspection.models.Job.Status",
         "ModelStatusEnum": "inspection.models.ModelVersion.Status",
         "SuggestionStatusEnum": "annotations.models.Suggestion.Status",
+        "StationStatusEnum": "inspection.models.Station.Status",
+        "VerdictEnum": "inspection.models.StationResult.Verdict",
     },
 }
 

@@ -3,7 +3,17 @@
 from django.urls import reverse
 from rest_framework import serializers
 
-from inspection.models import Image, InspectionRun, Job, Membership, ModelVersion, Project, Role
+from inspection.models import (
+    Image,
+    InspectionRun,
+    Job,
+    Membership,
+    ModelVersion,
+    Project,
+    Role,
+    Station,
+    StationResult,
+)
 from inspection.permissions import has_role, role_of
 from inspection.services.inspections import ARCHITECTURES
 from inspection.services.jobs import job_label
@@ -292,3 +302,58 @@ class PasswordLinkSerializer(serializers.Serializer):
 
 class UserNamesSerializer(serializers.Serializer):
     usernames = serializers.ListField(child=serializers.CharField())
+
+
+class StationSerializer(serializers.ModelSerializer):
+    """A line station: its settings (project admins change them) and what its process reports."""
+
+    class Meta:
+        model = Station
+        fields = [
+            "id",
+            "project",
+            "name",
+            "source",
+            "enabled",
+            "start_with_loupe",
+            "unsure_margin",
+            "ok_sample_rate",
+            "sample_quota",
+            "status",
+            "message",
+            "heartbeat_at",
+            "latest",
+            "created_at",
+        ]
+        read_only_fields = ["status", "message", "heartbeat_at", "latest", "created_at"]
+        extra_kwargs = {
+            "unsure_margin": {"min_value": 0.0, "max_value": 0.49},
+            "ok_sample_rate": {"min_value": 0.0, "max_value": 1.0},
+            "sample_quota": {"max_value": 1_000_000},
+        }
+
+
+class StationUpdateSerializer(StationSerializer):
+    class Meta(StationSerializer.Meta):
+        read_only_fields = [*StationSerializer.Meta.read_only_fields, "project", "name"]
+
+
+class StationResultSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = StationResult
+        fields = [
+            "id",
+            "key",
+            "at",
+            "source_name",
+            "frame_number",
+            "verdict",
+            "score",
+            "regions",
+            "latency_ms",
+            "skipped",
+            "error",
+            "model_version",
+            "image",
+        ]
+        read_only_fields = fields

@@ -1,4 +1,4 @@
-"""The core API's routes: viewsets on a router; the three file routes whose names are URLs."""
+"""The core API's routes: viewsets on a router; the file routes whose names are URLs."""
 
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -12,6 +12,7 @@ router.register("images", views.ImageViewSet, basename="api-image")
 router.register("jobs", views.JobViewSet, basename="api-job")
 router.register("models", views.ModelVersionViewSet, basename="api-model")
 router.register("users", views.UserViewSet, basename="api-user")
+router.register("stations", views.StationViewSet, basename="api-station")
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
@@ -32,6 +33,16 @@ urlpatterns = [
         "images/<int:pk>/heatmap.png",
         views.ImageViewSet.as_view({"get": "heatmap"}),
         name="api-image-heatmap",
+    ),
+    path(
+        "stations/<int:pk>/results.csv",
+        views.StationViewSet.as_view({"get": "results_csv"}),
+        name="api-station-results-csv",
+    ),
+    path(
+        "stations/<int:pk>/latest.jpg",
+        views.StationViewSet.as_view({"get": "latest_frame"}),
+        name="api-station-latest-frame",
     ),
     *router.urls,
 ]

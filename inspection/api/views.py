@@ -7,8 +7,9 @@ from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Count
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authtoken.views import ObtainAuthToken
@@ -17,14 +18,15 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from inspection import selectors
-from inspection.filters import JobFilter
-from inspection.models import Image, InspectionRun, Job, ModelVersion, Project, Role
+from inspection.filters import JobFilter, StationFilter, StationResultFilter
+from inspection.models import Image, InspectionRun, Job, ModelVersion, Project, Role, Station
 from inspection.permissions import is_site_admin, require_role
 from inspection.services import accounts
 from inspection.services import images as image_services
 from inspection.services import inspections as inspection_services
 from inspection.services import jobs as job_services
 from inspection.services import projects as project_services
+from inspection.services import stations as station_services
 
 from . import serializers as s
 from .base import NumericIds, list_response, stored_file
@@ -386,3 +388,98 @@ class MeView(APIView):
         return Response(
             {"username": request.user.username, "site_admin": is_site_admin(request.user)}
         )
+
+
+class StationViewSet(NumericIds, viewsets.ModelViewSet):
+    """Line stations (docs/stations.md): settings (project admins), the live state the station
+    page polls, the results as JSON pages or CSV for a time range (for a PLC gateway or an MES),
+    and the latest frame. Members of the project read; the station process writes."""
+
+    filterset_class = StationFilter
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Station.objects.none()
+        return Station.objects.filter(
+            project__in=selectors.projects_visible_to(self.request.user)
+        ).select_related("project")
+
+    def get_serializer_class(self):
+        if self.action == "partial_update":
+            return s.StationUpdateSerializer
+        return s.StationSerializer
+
+    def get_object(self):
+        station = get_object_or_404(Station.objects.select_related("project"), pk=self.kwargs["pk"])
+        require_role(self.request.user, station.project, Role.ANNOTATOR)
+        return station
+
+    def perform_create(self, serializer):
+        data = dict(serializer.validated_data)
+        project = data.pop("project")
+        require_role(self.request.user, project, Role.ANNOTATOR)  # a 404 for non-members
+        serializer.instance = station_services.station_create(
+            user=self.request.user,
+            project=project,
+            name=data.pop("name"),
+            source=data.pop("source"),
+            **data,
+        )
+
+    def perform_update(self, serializer):
+        serializer.instance = station_services.station_update(
+            user=self.request.user, station=serializer.instance, **serializer.validated_data
+        )
+
+    def perform_destroy(self, instance):
+        station_services.station_delete(user=self.request.user, station=instance)
+
+    @extend_schema(responses=dict)
+    @action(detail=True, pagination_class=None, filterset_class=None)
+    def live(self, request, pk=None):
+        return Response(station_services.station_live(self.get_object()))
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("start", OpenApiTypes.DATETIME, description="included"),
+            OpenApiParameter("end", OpenApiTypes.DATETIME, description="not included"),
+            OpenApiParameter(
+                "verdict", str, many=True, enum=["ok", "ng", "unsure", "failed"], explode=True
+            ),
+        ],
+        responses=s.StationResultSerializer(many=True),
+    )
+    @action(detail=True, filterset_class=None)
+    def results(self, request, pk=None):
+        station = self.get_object()
+        return list_response(
+            self,
+            station.results.all(),
+            s.StationResultSerializer,
+            filterset_class=StationResultFilter,
+        )
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("start", OpenApiTypes.DATETIME, description="included"),
+            OpenApiParameter("end", OpenApiTypes.DATETIME, description="not included"),
+        ],
+        responses={(200, "text/csv"): str},
+    )
+    def results_csv(self, request, pk=None):
+        station = self.get_object()
+        bounds = StationResultFilter(request.query_params, queryset=station.results.all())
+        if not bounds.is_valid():
+            raise serializers.ValidationError(bounds.errors)
+        data = bounds.form.cleaned_data
+        lines = station_services.station_results_csv(
+            station, start=data.get("start"), end=data.get("end")
+        )
+        response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{station.name}-results.csv"'
+        return response
+
+    @extend_schema(responses={(200, "image/jpeg"): bytes})
+    def latest_frame(self, request, pk=None):
+        return stored_file(self.get_object().latest_frame, "image/jpeg", immutable=False)

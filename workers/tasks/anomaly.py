@@ -226,7 +226,7 @@ def _inspect_chunk(ctx, run, version, model, chunk: list[int], start: int, total
                 raise anomaly.Cancelled() from None
 
         paths = [p for _, p in ready]
-        config = _predict_config(run.params)
+        config = predict_config(run.params)
         with contextlib.closing(
             anomaly.predict_many(model, paths, config, progress=report)
         ) as results:
@@ -234,7 +234,7 @@ def _inspect_chunk(ctx, run, version, model, chunk: list[int], start: int, total
                 yield image.pk, _outcome(run, version, image, path, prediction, detect)
 
 
-def _predict_config(params: dict):
+def predict_config(params: dict):
     """The engine's settings for a run's inspection settings (runs from before there were
     settings have none stored: the defaults)."""
     from inspection.services.projects import with_inspection_defaults
@@ -262,7 +262,7 @@ def _outcome(run, version, image, path: str, prediction, detect) -> dict:
     if isinstance(prediction, anomaly.AnomalyError):  # named as the user knows the file
         return {"error": str(prediction).replace(path, image.original_name)}
     try:
-        return _store_prediction(run, version, image, prediction, path, detect)
+        return store_prediction(run, version, image, prediction, path, detect)
     except Exception as exc:  # noqa: BLE001 - deleted meanwhile, storage full...
         if not Image.objects.filter(pk=image.pk).exists():
             return {"error": "the image was deleted while it was inspected"}
@@ -284,7 +284,7 @@ def _classified(regions, path, detect) -> list[SuggestionIn]:
     return [item.classified(detections) for item in items]
 
 
-def _store_prediction(run, version, image, prediction, path, detect) -> dict:
+def store_prediction(run, version, image, prediction, path, detect) -> dict:
     """Store one image's heatmap and suggestions; the per-image result."""
     buf = io.BytesIO()
     from PIL import Image as PILImage

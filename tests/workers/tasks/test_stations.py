@@ -1,0 +1,121 @@
+"""A line station end to end with the app: a video made from real bottle photos with defective
+ones at known frames, a model trained in the test, the station process writing result rows,
+sampling NG frames into the project with their heatmaps and suggestions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from django.test import Client
+
+from annotations.models import Suggestion
+from inspection.models import Image, ImageHeatmap, StationResult
+from inspection.services.inspections import model_version_train
+from inspection.services.stations import station_create
+from tests.conftest import dataset
+
+SIDE = 256  # bottle photos are 900 px: a quarter keeps the test fast, the defects stay visible
+NG_FRAMES = {4, 9}
+TRAINED = 28
+
+
+def bottle(path: Path) -> np.ndarray:
+    """A bottle photo as a BGR frame of SIDE x SIDE."""
+    return cv2.resize(cv2.imread(str(path)), (SIDE, SIDE), interpolation=cv2.INTER_AREA)
+
+
+def png(frame: np.ndarray) -> bytes:
+    return cv2.imencode(".png", frame)[1].tobytes()
+
+
+@pytest.fixture
+def trained(team, client_for, upload):
+    """The Bottles project with an active PaDiM trained on 28 normal photos (4 of them held out
+    for calibration: with 16, two held-out maxima made a threshold that normals crossed)."""
+    from workers.tasks.anomaly import train_anomaly_model
+    from workers.tasks.runner import run_job
+
+    root = dataset("mvtec_bottle")
+    normals = sorted((root / "train" / "good").glob("*.png"))
+    project, admin = team["project"], team["admin"]
+    files = [upload(f"n{i}.png", png(bottle(p))) for i, p in enumerate(normals[:TRAINED])]
+    r = client_for(admin).post(
+        f"/api/projects/{project.pk}/images/",
+        {"files": files, "is_normal": "true"},
+        format="multipart",
+    )
+    assert r.status_code == 201, r.content
+    version = model_version_train(
+        user=admin, project=project, architecture="padim", params={"input_size": SIDE}
+    )
+    assert run_job(str(version.job_id), train_anomaly_model.body) == "succeeded"
+    team["version"] = version
+    team["root"] = root
+    team["unseen_normals"] = normals[TRAINED:] + sorted((root / "test" / "good").glob("*.png"))
+    return team
+
+
+def line_video(path: Path, team: dict, length: int = 14) -> Path:
+    """Unseen normal bottles, with broken ones at NG_FRAMES (MJPG, as cameras record)."""
+    root, normals = team["root"], team["unseen_normals"]
+    broken = sorted((root / "test" / "broken_large").glob("*.png"))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (SIDE, SIDE))
+    writer.set(cv2.VIDEOWRITER_PROP_QUALITY, 95)
+    b = iter(broken)
+    for i in range(length):
+        writer.write(bottle(next(b)) if i in NG_FRAMES else bottle(normals[i % len(normals)]))
+    writer.release()
+    return path
+
+
+@pytest.mark.django_db
+def test_a_station_inspects_a_video_and_sends_the_ng_frames_to_review(trained, tmp_path):
+    from workers.tasks.stations import StationProcess
+
+    project, admin = trained["project"], trained["admin"]
+    video = line_video(tmp_path / "line-3.avi", trained)
+    station = station_create(
+        user=admin, project=project, name="line-3", source=str(video), ok_sample_rate=0.0
+    )
+    assert StationProcess("line-3", until_idle=True).run() == 0
+
+    rows = list(StationResult.objects.filter(station=station).order_by("frame_number"))
+    assert [r.frame_number for r in rows] == list(range(14))  # one row per frame
+    assert [r.key for r in rows] == [f"line-3.avi#{i}" for i in range(14)]
+    verdicts = {r.frame_number: r.verdict for r in rows}
+    assert {n for n, v in verdicts.items() if v == "ng"} == NG_FRAMES, verdicts
+    assert all(r.model_version_id == trained["version"].pk for r in rows)
+    assert all(r.latency_ms > 0 for r in rows)
+    for r in rows:
+        if r.verdict == "ng":
+            assert r.regions and r.image_id is not None
+    # the NG frames are project images now, with their heatmaps and pending suggestions
+    sampled = Image.objects.filter(station_results__station=station)
+    assert sampled.count() == sum(v in ("ng", "unsure") for v in verdicts.values())
+    ng_image = Image.objects.get(station_results__station=station, station_results__frame_number=4)
+    assert ng_image.original_name == "line-3-line-3-f000004.png"
+    assert ng_image.source_group == "station line-3" and not ng_image.is_normal
+    assert ImageHeatmap.objects.filter(image=ng_image, run__station=station).exists()
+    assert Suggestion.objects.filter(image=ng_image, status="pending").exists()
+    station.refresh_from_db()
+    assert station.status == "stopped" and station.message == "the video ended"
+    assert station.latest["key"] == "line-3.avi#13" and station.latest_frame.endswith(".jpg")
+
+    # the page's live data: counts, yield, latency, the last NG frames linking to the workspace
+    c = Client()
+    c.force_login(trained["reviewer"])
+    live = c.get(f"/api/stations/{station.pk}/live/").json()
+    assert live["counts"]["total"] == 14 and live["counts"]["ng"] == 2
+    assert live["latency_ms"]["p50"] > 0 and live["latency_ms"]["p95"] >= live["latency_ms"]["p50"]
+    assert {x["image"] for x in live["last_ng"]} == {r.image_id for r in rows if r.verdict == "ng"}
+    answer = c.get(f"/api/stations/{station.pk}/results.csv")
+    csv = b"".join(answer.streaming_content).decode().splitlines()
+    assert csv[0].startswith("at,key,source,frame,verdict,score")
+    assert len(csv) == 15 and sum(",ng," in line for line in csv) == 2
+
+    # run again: the video was used up; nothing is inspected or written twice
+    assert StationProcess("line-3", until_idle=True).run() == 0
+    assert StationResult.objects.filter(station=station).count() == 14

@@ -1,0 +1,341 @@
+"""A line station's process (``manage.py loupe_station NAME``): glue between the station's
+settings and results in the app, the frame sources and loop of ``workers.station`` and the
+anomaly engine.
+
+Not a job: a station runs for weeks, one process each, supervised by whatever runs the
+deployment (``loupe run`` starts the stations marked "start with Loupe"). It reports every
+second (``station_report``): people stop and start it from the station page through
+``Station.enabled``, and a new active model or new settings are picked up without a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+
+from inspection import storage
+from inspection.models import ModelVersion, Station
+from inspection.services.images import (
+    IncomingFile,
+    image_store_one,
+    images_enqueue_derivatives,
+)
+from inspection.services.inspections import active_model
+from inspection.services.projects import with_inspection_defaults
+from inspection.services.stations import (
+    station_done_keys,
+    station_event_add,
+    station_report,
+    station_results_record,
+    station_resume_frame,
+    station_run_add_image,
+    station_run_for,
+    station_sample_room,
+)
+from workers.station import loop as station_loop
+from workers.station import sources
+from workers.tasks.anomaly import predict_config, store_prediction
+from workers.tasks.detection import active_detector
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+LATEST_FRAME_SIDE = 960  # the live view's frame: enough for a page, cheap to encode
+
+
+class Restart(Exception):
+    """The model or the settings changed, or the station was paused: set up again."""
+
+
+class StationProcess:
+    """Runs one station until SIGTERM/SIGINT (or, with ``until_idle``, until a video file or the
+    folder has nothing more: tests and one-off runs)."""
+
+    def __init__(self, name: str, *, until_idle: bool = False, log=None):
+        self.name = name
+        self.until_idle = until_idle
+        self.log = log or (lambda message: logger.info("%s: %s", name, message))
+        self.stopping = False
+        self.latest: station_loop.FrameResult | None = None
+        self.latest_image: np.ndarray | None = None
+        self.shown_key: str | None = None
+        self.last_beat = 0.0
+        self.settings: tuple = ()
+
+    # --- the outer loop: set up, inspect, set up again ---------------------------------------
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._stop)
+        try:
+            station = Station.objects.select_related("project").get(name=self.name)
+        except Station.DoesNotExist:
+            raise SystemExit(
+                f"No station named {self.name!r}: create it on the project's stations page first."
+            ) from None
+        station_event_add(station=station, kind="started", message="process started")
+        wait = 1.0
+        try:
+            while not self.stopping:
+                station.refresh_from_db()
+                if not station.enabled:
+                    self._beat(station, Station.Status.PAUSED, "paused on the station page")
+                    time.sleep(HEARTBEAT_S)
+                    continue
+                version = active_model(station.project)
+                if version is None or not version.artifact:
+                    self._beat(station, Station.Status.WAITING, "the project has no active model")
+                    if self.until_idle:
+                        return 1
+                    time.sleep(2 * HEARTBEAT_S)
+                    continue
+                try:
+                    finished = self._inspect(station, version)
+                    wait = 1.0
+                except Restart:
+                    continue
+                except sources.SourceError as exc:
+                    self._beat(station, Station.Status.WAITING, str(exc))
+                    if self.until_idle:
+                        return 1
+                    time.sleep(wait)
+                    wait = min(wait * 2, 30.0)
+                    continue
+                if finished and (
+                    self.until_idle or sources.source_kind_of(station.source) == "video"
+                ):
+                    self._beat(station, Station.Status.STOPPED, "the video ended")
+                    return 0
+        finally:
+            station.refresh_from_db()
+            if station.status != Station.Status.STOPPED:
+                station_report(station=station, status=Station.Status.STOPPED, message="stopped")
+            station_event_add(station=station, kind="stopped", message="process stopped")
+        return 0
+
+    def _stop(self, *_args) -> None:
+        self.stopping = True
+
+    def _inspect(self, station: Station, version: ModelVersion) -> bool:
+        """Inspect the station's source with ``version``; True when the source is used up."""
+        from workers import anomaly
+
+        params = with_inspection_defaults(station.project.inspection)
+        run = station_run_for(station=station, model_version=version, params=params)
+        config = predict_config(params)
+        self.settings = self._settings_of(station, version)
+        artifact = Path(version.artifact)
+        with (
+            storage.local_tree(str(artifact.parent)) as model_dir,
+            active_detector(station.project) as detect,
+        ):
+            model = anomaly.load_model(model_dir / artifact.name)
+            self.log(
+                f"{version.architecture} v{version.number} loaded; inspecting {station.source}"
+            )
+
+            def infer(frame: sources.Frame) -> station_loop.Inference:
+                prediction = anomaly.predict(model, frame.name, config, image=frame.image)
+                return station_loop.Inference(
+                    score=prediction.image_score,
+                    regions=[
+                        {"box": [round(v, 1) for v in r.box], "score": round(r.peak_score, 4)}
+                        for r in prediction.regions
+                    ],
+                    detail=prediction,
+                )
+
+            sink = _Sink(station, version, run, detect)
+            loop_config = station_loop.LoopConfig(
+                unsure_margin=station.unsure_margin, ok_sample_rate=station.ok_sample_rate
+            )
+            self._beat(station, Station.Status.RUNNING, f"inspecting with {version}")
+            frames = self._frames(station, stop=lambda: self._should_stop(station))
+            station_loop.run(frames, infer, sink, loop_config, on_frame=self._shown)
+        if self._changed(station):
+            raise Restart()
+        return not self.stopping
+
+    def _frames(self, station: Station, stop):
+        kind = sources.source_kind_of(station.source)
+        if kind == "video":
+            name = Path(station.source).name
+            start = station_resume_frame(station, name)
+            if start:
+                self.log(f"resuming {name} at frame {start}")
+            return sources.video_frames(station.source, start=start, stop=stop)
+        if kind == "folder":
+            done = station_done_keys(station)
+            return sources.folder_frames(station.source, done, stop=stop, once=self.until_idle)
+
+        def on_event(event: str, message: str, gap_s: float) -> None:
+            station_event_add(station=station, kind=event, message=message, gap_s=gap_s)
+
+        uri = int(station.source) if kind == "camera" else station.source
+        return sources.live_frames(uri, stop=stop, on_event=on_event)
+
+    # --- heartbeat, live view, settings -------------------------------------------------------
+
+    @staticmethod
+    def _settings_of(station: Station, version: ModelVersion) -> tuple:
+        return (
+            version.pk,
+            station.source,
+            station.enabled,
+            station.unsure_margin,
+            station.ok_sample_rate,
+            repr(sorted(with_inspection_defaults(station.project.inspection).items())),
+        )
+
+    def _changed(self, station: Station) -> bool:
+        version = active_model(station.project)
+        return version is None or self._settings_of(station, version) != self.settings
+
+    def _shown(self, result: station_loop.FrameResult, frame: sources.Frame) -> None:
+        self.latest, self.latest_image = result, frame.image
+
+    def _should_stop(self, station: Station) -> bool:
+        """Called by the sources between frames: the heartbeat, and whether to stop."""
+        if self.stopping:
+            return True
+        if time.monotonic() - self.last_beat < HEARTBEAT_S:
+            return False
+        self._beat(station, Station.Status.RUNNING, "")
+        station.project.refresh_from_db(fields=["inspection"])
+        return self._changed(station)
+
+    def _beat(self, station: Station, status: str, message: str) -> None:
+        self.last_beat = time.monotonic()
+        name, latest = None, None
+        result = self.latest
+        if result is not None and result.key != self.shown_key:
+            latest = {
+                "key": result.key,
+                "verdict": result.verdict,
+                "score": None if result.score is None else round(result.score, 4),
+                "regions": result.regions[:20],
+                "latency_ms": round(result.latency_ms, 1),
+            }
+            name = self._save_frame(station, result, latest)
+            self.shown_key = result.key
+        old = station.latest_frame
+        station_report(
+            station=station, status=status, message=message, latest_frame=name, latest=latest
+        )
+        if name and old and old != name:
+            with contextlib.suppress(Exception):
+                default_storage.delete(old)
+
+    def _save_frame(self, station: Station, result, latest: dict) -> str | None:
+        image = self.latest_image
+        if image is None or image.size == 0:
+            return None
+        h, w = image.shape[:2]
+        scale = min(1.0, LATEST_FRAME_SIDE / max(h, w))
+        if scale < 1:
+            image = cv2.resize(image, (round(w * scale), round(h * scale)), cv2.INTER_AREA)
+        latest.update(width=w, height=h)
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        if not ok:
+            return None
+        stamp = int(time.time() * 1000)
+        return default_storage.save(
+            f"stations/{station.pk}/latest-{stamp}.jpg", ContentFile(data.tobytes())
+        )
+
+
+class _Sink:
+    """Writes a batch: the sampled frames as project images (heatmap and suggestions, under the
+    station's run, within its quota), then every row in one insert."""
+
+    def __init__(self, station: Station, version: ModelVersion, run, detect):
+        self.station, self.version, self.run, self.detect = station, version, run, detect
+        self.room = station_sample_room(station)
+
+    def flush(self, results: list[station_loop.FrameResult]) -> None:
+        rows, new_images = [], []
+        for result in results:
+            image_id = None
+            if result.sample and result.frame is not None and self.room > 0:
+                image_id, created = self._store(result)
+                if created:
+                    new_images.append(image_id)
+                    self.room -= 1
+            rows.append(
+                {
+                    "key": result.key[:300],
+                    "at": datetime.fromtimestamp(result.captured_at, tz=UTC),
+                    "source_name": result.name[:300],
+                    "frame_number": result.number,
+                    "verdict": result.verdict,
+                    "score": result.score,
+                    "regions": result.regions,
+                    "latency_ms": result.latency_ms,
+                    "skipped": result.skipped,
+                    "error": result.error[:300],
+                    "model_version_id": self.version.pk,
+                    "image_id": image_id,
+                }
+            )
+        station_results_record(station=self.station, rows=rows)
+        if new_images:
+            with transaction.atomic():
+                images_enqueue_derivatives(
+                    user=None, project=self.station.project, image_ids=new_images
+                )
+
+    def _store(self, result: station_loop.FrameResult) -> tuple[int | None, bool]:
+        """The frame as a project image with its heatmap and suggestions; (id, newly stored).
+        A frame stored before a crash comes back as a duplicate (same pixels): its id."""
+        frame = result.frame
+        stem = Path(result.name).stem or "frame"
+        label = f"{self.station.name}-{stem}" + (
+            f"-f{result.number:06d}" if result.number is not None else ""
+        )
+        with tempfile.TemporaryDirectory(prefix="loupe-station-") as tmp:
+            path = Path(tmp) / f"{label}.png"
+            bgr = (
+                cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
+                if frame.image.ndim == 3
+                else frame.image
+            )
+            if not cv2.imwrite(str(path), bgr):
+                logger.error("station %s: frame %s could not be written", self.station, result.key)
+                return None, False
+            outcome = image_store_one(
+                project=self.station.project,
+                user=None,
+                incoming=IncomingFile(path.name, path),
+                source_group=f"station {self.station.name}",
+            )
+            if outcome.status == "duplicate":
+                return outcome.duplicate_of, False
+            if outcome.status != "stored":
+                logger.error(
+                    "station %s: frame %s not stored: %s", self.station, result.key, outcome.reason
+                )
+                return None, False
+            from inspection.models import Image
+
+            image = Image.objects.get(pk=outcome.image_id)
+            try:
+                stored = store_prediction(
+                    self.run, self.version, image, result.inference.detail, str(path), self.detect
+                )
+            except Exception:  # noqa: BLE001 - the image is kept; its rows go on
+                logger.exception("station %s: suggestions of %s not stored", self.station, image.pk)
+                stored = {"error": "the heatmap or suggestions could not be stored"}
+            station_run_add_image(run=self.run, image=image, outcome=stored)
+            return image.pk, True
