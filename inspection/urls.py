@@ -27,6 +27,8 @@ urlpatterns = [
     ),
     path("projects/<int:pk>/models/", views.models_page, name="models"),
     path("projects/<int:pk>/models/compare/", views.models_compare, name="models-compare"),
+    path("projects/<int:pk>/stations/", views.stations_page, name="stations"),
+    path("stations/<int:pk>/", views.station_page, name="station"),
     path("jobs/", views.jobs_page, name="jobs"),
     path("jobs/<uuid:pk>/", views.job_page, name="job"),
     path("", include("annotations.urls")),

@@ -11,7 +11,7 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 
 from inspection import selectors
-from inspection.models import InspectionRun, Job, ModelVersion, Project, Role
+from inspection.models import InspectionRun, Job, ModelVersion, Project, Role, Station
 from inspection.permissions import has_role, require_role
 from inspection.plots import curve_svg_points
 from inspection.services import jobs as job_services
@@ -256,4 +256,38 @@ def models_compare(request, pk):
                 ("Epochs trained", ma.get("epochs"), mb.get("epochs")),
             ],
         },
+    )
+
+
+def stations_page(request, pk):
+    """A project's line stations: their state at a glance; project admins add one."""
+    project = get_object_or_404(Project, pk=pk)
+    role = require_role(request.user, project)
+    stations = list(Station.objects.filter(project=project))
+    from inspection.services.stations import station_running
+
+    for station in stations:
+        station.is_running = station_running(station)
+    return render(
+        request,
+        "stations.html",
+        {
+            "project": project,
+            "role": role,
+            "is_admin": role == Role.ADMIN,
+            "stations": stations,
+            "has_model": active_model(project) is not None,
+        },
+    )
+
+
+def station_page(request, pk):
+    """One station, live: the latest frame with its verdict, counts, yield over time, latency,
+    the last NG frames (to the workspace), events, CSV export; admins change its settings."""
+    station = get_object_or_404(Station.objects.select_related("project"), pk=pk)
+    role = require_role(request.user, station.project)
+    return render(
+        request,
+        "station.html",
+        {"station": station, "project": station.project, "is_admin": role == Role.ADMIN},
     )

@@ -112,17 +112,30 @@ class StationProcess:
                     time.sleep(wait)
                     wait = min(wait * 2, 30.0)
                     continue
-                if finished and (
-                    self.until_idle or sources.source_kind_of(station.source) == "video"
-                ):
+                if finished and self.until_idle:
                     self._beat(station, Station.Status.STOPPED, "the video ended")
                     return 0
+                if finished and sources.source_kind_of(station.source) == "video":
+                    # a supervised process stays up (a restart would only find the same end):
+                    # a new source or model on the station page starts it again
+                    self._idle(station, "the video ended; change the source to go on")
         finally:
             station.refresh_from_db()
             if station.status != Station.Status.STOPPED:
                 station_report(station=station, status=Station.Status.STOPPED, message="stopped")
             station_event_add(station=station, kind="stopped", message="process stopped")
         return 0
+
+    def _idle(self, station: Station, message: str) -> None:
+        version = active_model(station.project)
+        self.settings = self._settings_of(station, version) if version else ()
+        while not self.stopping:
+            self._beat(station, Station.Status.WAITING, message)
+            time.sleep(HEARTBEAT_S)
+            station.refresh_from_db()
+            station.project.refresh_from_db(fields=["inspection"])
+            if self._changed(station):
+                return
 
     def _stop(self, *_args) -> None:
         self.stopping = True

@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from inspection.models import Station
 from inspection.redis_local import redis_answers, start_local_redis
 from inspection.supervise import Child, Supervisor
 
@@ -20,7 +21,7 @@ from inspection.supervise import Child, Supervisor
 class Command(BaseCommand):
     help = (
         "Run the web server (gunicorn), a Celery worker (queues cpu and gpu, with beat for the "
-        "maintenance hooks) and, if needed, Redis."
+        "maintenance hooks), the line stations marked 'start with Loupe' and, if needed, Redis."
     )
 
     def add_arguments(self, parser):
@@ -97,6 +98,10 @@ class Command(BaseCommand):
         ]
         children.append(Child("worker", lambda: subprocess.Popen(worker)))
         children.append(Child("web", lambda: subprocess.Popen(web)))
+        # line stations marked "start with Loupe" (docs/stations.md), each its own process
+        for name in Station.objects.filter(start_with_loupe=True).values_list("name", flat=True):
+            command = [sys.executable, str(settings.BASE_DIR / "manage.py"), "loupe_station", name]
+            children.append(Child(f"station {name}", lambda c=command: subprocess.Popen(c)))
         # a child that exits is started again (with back-off) while the others keep running:
         # a crashed worker must not take the web server down with it
         supervisor = Supervisor(children, lambda line: self.stderr.write(line))

@@ -1,0 +1,159 @@
+/* The stations pages: add a station; one station live (polled every second, no reload). */
+(function () {
+  "use strict";
+  const { api, request } = window.Loupe;
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    Object.entries(attrs || {}).forEach(([k, v]) => {
+      if (k === "text") node.textContent = v;
+      else node.setAttribute(k, v);
+    });
+    (children || []).forEach((c) => node.appendChild(c));
+    return node;
+  }
+  const SVG = "http://www.w3.org/2000/svg";
+  function svg(tag, attrs) {
+    const node = document.createElementNS(SVG, tag);
+    Object.entries(attrs).forEach(([k, v]) => node.setAttribute(k, v));
+    return node;
+  }
+
+  /* --- the list: add a station ---------------------------------------------------------- */
+  const form = document.getElementById("station-new");
+  if (form) {
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const status = document.getElementById("station-new-status");
+      const f = new FormData(form);
+      const body = {
+        project: Number(form.dataset.project),
+        name: f.get("name"),
+        source: f.get("source"),
+        ok_sample_rate: Number(f.get("ok_sample_rate")),
+        unsure_margin: Number(f.get("unsure_margin")),
+        sample_quota: Number(f.get("sample_quota")),
+        start_with_loupe: f.get("start_with_loupe") === "on",
+      };
+      const res = await request("POST", form.dataset.url, body);
+      if (res.status === 201) {
+        window.location.href = "/stations/" + res.body.id + "/";
+        return;
+      }
+      const b = res.body || {};
+      status.textContent = b.error || Object.entries(b).map(([k, v]) => k + ": " + v).join("; ") || "Not added (" + res.status + ")";
+    });
+  }
+
+  /* --- one station, live ---------------------------------------------------------------- */
+  const live = document.getElementById("station-live");
+  if (!live) return;
+  const $ = (id) => document.getElementById(id);
+  const STATUS = { running: "Running", waiting: "Waiting for the source", paused: "Paused", failed: "Failed", stopped: "Not running" };
+  let shownKey = null;
+  let enabled = null;
+
+  function pct(x) { return x === null || x === undefined ? "—" : (x * 100).toFixed(1) + " %"; }
+
+  function drawFrame(d) {
+    const latest = d.latest || {};
+    if (!latest.key || latest.key === shownKey) return;
+    shownKey = latest.key;
+    const img = $("st-frame");
+    img.src = live.dataset.frame + "?k=" + encodeURIComponent(latest.key);
+    const verdict = $("st-verdict");
+    verdict.textContent = (latest.verdict || "").toUpperCase() + (latest.score === null || latest.score === undefined ? "" : ": " + latest.score.toFixed(2));
+    verdict.className = "verdict " + (latest.verdict || "");
+    const boxes = $("st-regions");
+    boxes.innerHTML = "";
+    if (latest.width && latest.height) {
+      boxes.setAttribute("viewBox", "0 0 " + latest.width + " " + latest.height);
+      (latest.regions || []).forEach((r) => {
+        const [x, y, w, h] = r.box;
+        boxes.appendChild(svg("rect", { x, y, width: w, height: h, class: "region" }));
+      });
+    }
+    $("st-frame-caption").textContent = latest.key + " · " + latest.latency_ms + " ms";
+  }
+
+  function drawPlot(rows) {
+    const plot = $("st-plot");
+    plot.innerHTML = "";
+    if (!rows.length) return;
+    const max = Math.max(1, ...rows.map((r) => r.ok + r.ng + r.unsure));
+    const w = 600 / Math.max(rows.length, 60);
+    rows.forEach((r, i) => {
+      let y = 120;
+      [["ok", r.ok], ["unsure", r.unsure], ["ng", r.ng]].forEach(([kind, n]) => {
+        const h = (n / max) * 116;
+        y -= h;
+        if (n) plot.appendChild(svg("rect", { x: i * w, y, width: Math.max(w - 1, 1), height: h, class: "bar " + kind }));
+      });
+    });
+  }
+
+  let ngShown = null;
+  function drawNg(items) {
+    const key = JSON.stringify(items);
+    if (key === ngShown) return; // unchanged: keep the thumbnails as they are
+    ngShown = key;
+    const list = $("st-ng");
+    list.innerHTML = "";
+    items.forEach((n) => {
+      const label = n.key + " · " + (n.score === null ? "" : n.score.toFixed(2)) + " · " + n.regions + " region" + (n.regions === 1 ? "" : "s");
+      const link = el("a", n.image ? { href: "/images/" + n.image + "/" } : {}, [el("span", { text: label })]);
+      if (n.image) {
+        const thumb = el("img", { src: "/api/images/" + n.image + "/thumbnail/", alt: "", loading: "lazy" });
+        thumb.addEventListener("error", () => thumb.remove());
+        link.prepend(thumb);
+      }
+      list.appendChild(el("li", { class: "ng-frame" }, [link]));
+    });
+    if (!items.length) list.appendChild(el("li", { class: "hint", text: "None yet." }));
+  }
+
+  function draw(d) {
+    $("st-status").textContent = STATUS[d.status] || d.status;
+    $("st-status").className = "badge status-" + d.status;
+    const c = d.counts;
+    $("st-total").textContent = c.total;
+    $("st-counts").textContent = c.ok + " / " + c.ng + " / " + c.unsure + " / " + c.failed;
+    $("st-yield").textContent = pct(d.yield);
+    $("st-fps").textContent = d.frames_per_s === null ? "—" : d.frames_per_s + " frames/s";
+    $("st-latency").textContent = d.latency_ms.p50 === null ? "—" : d.latency_ms.p50 + " / " + d.latency_ms.p95 + " ms";
+    $("st-skipped").textContent = d.skipped;
+    $("st-sampled").textContent = c.sampled;
+    $("st-message").textContent = d.message || "";
+    enabled = d.enabled;
+    const toggle = $("st-toggle");
+    if (toggle) toggle.textContent = enabled ? "Pause" : "Resume";
+    drawFrame(d);
+    drawPlot(d.per_minute);
+    drawNg(d.last_ng);
+    const events = $("st-events");
+    events.innerHTML = "";
+    d.events.forEach((e) => {
+      const gap = e.gap_s ? " (no frames for " + e.gap_s.toFixed(1) + " s)" : "";
+      events.appendChild(el("li", { text: e.at.replace("T", " ").slice(0, 19) + " · " + e.kind + " · " + e.message + gap }));
+    });
+  }
+
+  async function poll() {
+    try {
+      draw(await api(live.dataset.live));
+    } catch (err) {
+      $("st-message").textContent = "Cannot reach Loupe: " + err.message;
+    }
+    window.setTimeout(poll, 1000);
+  }
+
+  const toggle = $("st-toggle");
+  if (toggle) {
+    toggle.addEventListener("click", async () => {
+      const res = await request("PATCH", live.dataset.api, { enabled: !enabled });
+      if (res.status === 200) enabled = res.body.enabled;
+      toggle.textContent = enabled ? "Pause" : "Resume";
+    });
+  }
+  poll();
+})();

@@ -1,0 +1,81 @@
+"""An admin adds a station on the project's stations page; the station process inspects a
+video of bottles at the line; the station page shows the counts, the latest frame with its
+verdict and the NG frames live (no reload), and the NG frame opens in the workspace."""
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from inspection.models import Station, StationResult
+from tests.conftest import PASSWORD
+from tests.integration.test_station_process import start_station
+from tests.workers.tasks.test_stations import NG_FRAMES, line_video, trained  # noqa: F401
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_station_page_shows_counts_and_ng_frames_live(page, trained, tmp_path):  # noqa: F811
+    project, admin = trained["project"], trained["admin"]
+    video = line_video(tmp_path / "line-5.avi", trained, length=14)
+
+    page.goto("/login/")
+    page.fill("input[name=username]", admin.username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.goto(f"/projects/{project.pk}/")
+    page.click("text=Stations")
+    form = page.locator("#station-new")
+    form.locator("input[name=name]").fill("line 5")  # not a name a command line takes
+    form.locator("input[name=source]").fill(str(video))
+    form.locator("button[type=submit]").click()
+    page.locator("#station-new-status").filter(has_text="name").wait_for()
+    assert "letters, numbers" in page.locator("#station-new-status").inner_text()
+    form.locator("input[name=name]").fill("line-5")
+    form.locator("input[name=ok_sample_rate]").fill("0")
+    form.locator("button[type=submit]").click()
+    page.wait_for_url("**/stations/*/")
+    station = Station.objects.get(name="line-5")
+    assert station.source == str(video) and station.ok_sample_rate == 0
+    page.locator("#st-status").filter(has_text="Not running").wait_for()
+
+    proc = start_station("line-5", "--until-idle")
+    try:
+        assert proc.wait(timeout=180) == 0, Path(proc.log_path).read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+    # the page follows by itself: counts, yield, the latest frame and the NG frames
+    page.locator("#st-total:text-is('14')").wait_for(timeout=30_000)
+    counts = page.locator("#st-counts").inner_text()
+    assert counts.split(" / ")[1] == "2", counts
+    ok = int(counts.split(" / ")[0])
+    assert page.locator("#st-yield").inner_text() == f"{ok / (ok + 2) * 100:.1f} %"
+    assert "line-5.avi#13" in page.locator("#st-frame-caption").inner_text()
+    page.locator("#st-frame[src]").wait_for()
+    for _ in range(50):  # the frame has loaded: a picture, not a broken image
+        if page.locator("#st-frame").evaluate("e => e.complete && e.naturalWidth") > 0:
+            break
+        page.wait_for_timeout(100)
+    assert page.locator("#st-frame").evaluate("e => e.naturalWidth") == 256
+    assert page.locator("#st-verdict").inner_text().split(":")[0] in ("OK", "UNSURE")
+    ng = page.locator("#st-ng li.ng-frame")
+    assert ng.count() == 2
+    assert {t.split(" · ")[0] for t in ng.all_inner_texts()} == {
+        f"line-5.avi#{n}" for n in NG_FRAMES
+    }
+    assert page.locator("#st-plot rect.bar.ng").count() >= 1
+    assert "started" in page.locator("#st-events").inner_text()
+
+    # the NG frame opens in the workspace, with the station's suggestion on it
+    image_id = StationResult.objects.get(station=station, frame_number=4).image_id
+    page.click(f"#st-ng a[href='/images/{image_id}/']")
+    page.wait_for_url(f"**/images/{image_id}/")
+
+    # pause from the page: the station is told through its settings
+    page.go_back()
+    page.click("#st-toggle")
+    page.locator("#st-toggle:text-is('Resume')").wait_for()
+    station.refresh_from_db()
+    assert station.enabled is False
