@@ -9,6 +9,8 @@ rows are keyed by ``FrameResult.key`` so a frame redone after a restart is writt
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -147,3 +149,53 @@ def _inspect(frame: Frame, infer: Callable[[Frame], Inference], config: LoopConf
         frame=frame if sample else None,
         inference=out if sample else None,
     )
+
+
+class BackgroundSink:
+    """Hands batches to ``sink`` on a writer thread, so the next frames are inspected while a
+    batch is stored (sampled frames are images to encode and store: far slower than a row).
+
+    At most ``depth`` batches wait; more make ``flush`` wait (memory stays bounded when storage
+    is slower than the line). An error of the writer comes out of the next ``flush`` or of
+    ``close``. ``on_exit`` runs on the writer thread as it ends (the app closes its database
+    connection there).
+    """
+
+    def __init__(self, sink: Sink, depth: int = 8, on_exit: Callable[[], None] | None = None):
+        self.sink = sink
+        self.on_exit = on_exit
+        self.batches: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._write, name="station-writer", daemon=True)
+        self.thread.start()
+
+    def _write(self) -> None:
+        try:
+            while True:
+                batch = self.batches.get()
+                if batch is None:
+                    return
+                if self.error is None:
+                    try:
+                        self.sink.flush(batch)
+                    except BaseException as exc:  # noqa: BLE001 - raised on the caller's side
+                        self.error = exc
+        finally:
+            if self.on_exit is not None:
+                self.on_exit()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def flush(self, results: list[FrameResult]) -> None:
+        self._raise()
+        self.batches.put(list(results))
+
+    def close(self) -> None:
+        """Store what waits, stop the thread; raises the writer's error if there was one."""
+        if self.thread.is_alive():
+            self.batches.put(None)
+            self.thread.join()
+        self._raise()

@@ -16,6 +16,7 @@ Each source yields :class:`Frame` s. The three differ in what "keeping up" means
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -281,3 +282,45 @@ def source_kind_of(source: str) -> str:
     if "://" in source:
         return "stream"
     return "folder" if os.path.isdir(source) else "video"
+
+
+def prefetched(frames: Iterator[Frame], depth: int = 2) -> Iterator[Frame]:
+    """``frames`` read ahead on a thread (``depth`` frames at most): a video's next frame is
+    decoded while the model looks at this one (OpenCV's decoder releases the GIL). Errors of the
+    source come out here, in order; closing this generator stops the thread."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    closed = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not closed.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            for frame in frames:
+                if not put(frame):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(exc)
+        finally:
+            put(end)
+
+    thread = threading.Thread(target=pump, name="station-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        closed.set()
+        thread.join(timeout=5)

@@ -14,12 +14,14 @@ import contextlib
 import logging
 import signal
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
+from django import db
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -72,6 +74,9 @@ class StationProcess:
         self.shown_key: str | None = None
         self.last_beat = 0.0
         self.settings: tuple = ()
+        self.station: Station | None = None
+        self.halt = threading.Event()  # stops a video's reader thread
+        self.reading_video = False
 
     # --- the outer loop: set up, inspect, set up again ---------------------------------------
 
@@ -169,25 +174,37 @@ class StationProcess:
                     detail=prediction,
                 )
 
-            sink = _Sink(station, version, run, detect)
+            # rows and sampled frames are stored on a writer thread while inspection goes on
+            writer = station_loop.BackgroundSink(
+                _Sink(station, version, run, detect), on_exit=db.connection.close
+            )
             loop_config = station_loop.LoopConfig(
                 unsure_margin=station.unsure_margin, ok_sample_rate=station.ok_sample_rate
             )
             self._beat(station, Station.Status.RUNNING, f"inspecting with {version}")
+            self.station, self.halt = station, threading.Event()
             frames = self._frames(station, stop=lambda: self._should_stop(station))
-            station_loop.run(frames, infer, sink, loop_config, on_frame=self._shown)
+            try:
+                station_loop.run(frames, infer, writer, loop_config, on_frame=self._shown)
+            finally:
+                writer.close()
         if self._changed(station):
             raise Restart()
         return not self.stopping
 
     def _frames(self, station: Station, stop):
         kind = sources.source_kind_of(station.source)
+        self.reading_video = kind == "video"
         if kind == "video":
             name = Path(station.source).name
             start = station_resume_frame(station, name)
             if start:
                 self.log(f"resuming {name} at frame {start}")
-            return sources.video_frames(station.source, start=start, stop=stop)
+            # decoded on a thread ahead of the model; the heartbeat runs here, between frames
+            # (``_shown``), and stops the reader through ``halt``
+            return sources.prefetched(
+                sources.video_frames(station.source, start=start, stop=self.halt.is_set)
+            )
         if kind == "folder":
             done = station_done_keys(station)
             return sources.folder_frames(station.source, done, stop=stop, once=self.until_idle)
@@ -217,6 +234,8 @@ class StationProcess:
 
     def _shown(self, result: station_loop.FrameResult, frame: sources.Frame) -> None:
         self.latest, self.latest_image = result, frame.image
+        if self.reading_video and self._should_stop(self.station):
+            self.halt.set()
 
     def _should_stop(self, station: Station) -> bool:
         """Called by the sources between frames: the heartbeat, and whether to stop."""
@@ -324,7 +343,9 @@ class _Sink:
                 if frame.image.ndim == 3
                 else frame.image
             )
-            if not cv2.imwrite(str(path), bgr):
+            # lossless (tiny defects), the fastest zlib level: 87 against 98 ms for a 1080p
+            # frame at OpenCV's default, 5 % larger
+            if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
                 logger.error("station %s: frame %s could not be written", self.station, result.key)
                 return None, False
             outcome = image_store_one(

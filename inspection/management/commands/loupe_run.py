@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import signal
 import subprocess
@@ -98,10 +99,18 @@ class Command(BaseCommand):
         ]
         children.append(Child("worker", lambda: subprocess.Popen(worker)))
         children.append(Child("web", lambda: subprocess.Popen(web)))
-        # line stations marked "start with Loupe" (docs/stations.md), each its own process
+        # line stations marked "start with Loupe" (docs/stations.md), each its own process,
+        # with half the cores: here they share the machine with the worker and the web server
+        station_env = dict(os.environ)
+        station_env.setdefault("LOUPE_STATION_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
         for name in Station.objects.filter(start_with_loupe=True).values_list("name", flat=True):
             command = [sys.executable, str(settings.BASE_DIR / "manage.py"), "loupe_station", name]
-            children.append(Child(f"station {name}", lambda c=command: subprocess.Popen(c)))
+            children.append(
+                Child(
+                    f"station {name}",
+                    lambda c=command: subprocess.Popen(c, env=station_env),
+                )
+            )
         # a child that exits is started again (with back-off) while the others keep running:
         # a crashed worker must not take the web server down with it
         supervisor = Supervisor(children, lambda line: self.stderr.write(line))

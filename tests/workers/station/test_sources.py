@@ -192,3 +192,60 @@ def test_rows_in_hand_are_flushed_when_the_source_fails(tmp_path):
     with pytest.raises(OSError):
         loop.run(frames(), lambda f: loop.Inference(0.1, []), sink, loop.LoopConfig(flush_rows=50))
     assert [r.key for b in sink.batches for r in b] == ["0", "1", "2"]
+
+
+def test_prefetched_frames_come_in_order_with_the_sources_error_and_stop_when_closed(tmp_path):
+    video = write_video(tmp_path / "line.avi", 10)
+    assert [f.number for f in sources.prefetched(sources.video_frames(video))] == list(range(10))
+
+    def failing():
+        yield sources.Frame(key="0", name="x", image=numbered_frame(0), number=0)
+        raise sources.SourceError("camera unplugged")
+
+    got = []
+    with pytest.raises(sources.SourceError, match="unplugged"):
+        for frame in sources.prefetched(failing()):
+            got.append(frame.key)
+    assert got == ["0"]
+    read = []
+
+    def endless():
+        i = 0
+        while True:
+            read.append(i)
+            yield sources.Frame(key=str(i), name="x", image=numbered_frame(i % 250), number=i)
+            i += 1
+
+    stream = sources.prefetched(endless(), depth=2)
+    assert next(stream).number == 0
+    stream.close()  # the reader thread stops; at most depth + 2 frames were read ahead
+    time.sleep(0.3)
+    assert len(read) <= 4
+    assert not any(t.name == "station-prefetch" for t in threading.enumerate())
+
+
+def test_a_background_sink_stores_every_batch_in_order_and_reports_its_error():
+    class Slow(ListSink):
+        def flush(self, results):
+            time.sleep(0.02)
+            if results and results[0].key == "boom":
+                raise OSError("disk full")
+            super().flush(results)
+
+    def result(key):
+        return loop.FrameResult(key, "x", None, 0.0, loop.OK, 0.1, [], 1.0)
+
+    inner, exited = Slow(), []
+    sink = loop.BackgroundSink(inner, depth=2, on_exit=lambda: exited.append(True))
+    for i in range(6):
+        sink.flush([result(f"{i}a"), result(f"{i}b")])
+    sink.close()
+    assert [r.key for b in inner.batches for r in b] == [f"{i}{s}" for i in range(6) for s in "ab"]
+    assert exited == [True]
+
+    sink = loop.BackgroundSink(Slow())
+    sink.flush([result("boom")])
+    time.sleep(0.2)
+    with pytest.raises(OSError, match="disk full"):
+        sink.flush([result("next")])
+    sink.close()

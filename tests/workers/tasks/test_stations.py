@@ -71,7 +71,7 @@ def line_video(path: Path, team: dict, length: int = 14) -> Path:
     return path
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # rows are stored by the station's writer thread
 def test_a_station_inspects_a_video_and_sends_the_ng_frames_to_review(trained, tmp_path):
     from workers.tasks.stations import StationProcess
 

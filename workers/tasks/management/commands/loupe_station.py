@@ -22,12 +22,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, name: str, until_idle: bool, **options):
-        # before torch is imported (by the first model load): as for the Celery worker
-        # (workers/celery.py), half the cores unless LOUPE_WORKER_THREADS / OMP_NUM_THREADS say,
-        # and idle OpenMP threads that sleep instead of spinning
+        # before torch and OpenVINO are imported (by the first model load): a station machine
+        # runs the station and little else, so every core unless LOUPE_STATION_THREADS (or
+        # OMP_NUM_THREADS) says otherwise — 256 px PaDiM on OpenVINO took 44 ms per 1080p frame
+        # on one core of the 2-core dev machine and 32 ms on both (docs/stations.md). Idle
+        # OpenMP threads sleep instead of spinning, as in the worker (workers/celery.py).
         os.environ.setdefault(
             "OMP_NUM_THREADS",
-            os.environ.get("LOUPE_WORKER_THREADS") or str(max(1, (os.cpu_count() or 2) // 2)),
+            os.environ.get("LOUPE_STATION_THREADS") or str(os.cpu_count() or 1),
         )
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from workers.tasks.stations import StationProcess
