@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,18 @@ def _images(items: list[str]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def _output_names(items: list[str], images: list[Path]) -> list[Path]:
+    """Where each image's results go under ``--out``, without its suffix: its path relative to
+    the common parent of the inputs (a folder given counts as itself, a file as its folder), so
+    ``test/good/000.png`` and ``test/hole/000.png`` become ``good/000`` and ``hole/000`` instead
+    of overwriting each other."""
+    if not images:
+        return []
+    roots = [os.path.abspath(p if Path(p).is_dir() else Path(p).parent) for p in items]
+    common = Path(os.path.commonpath(roots))
+    return [Path(os.path.abspath(p)).relative_to(common).with_suffix("") for p in images]
 
 
 def _printer(quiet: bool):  # noqa: ANN202
@@ -76,7 +89,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("predict", help="heatmaps and regions for images")
     p.add_argument("--model", required=True, help="model.pt or its folder")
-    p.add_argument("--out", required=True, help="folder for <stem>.json and <stem>_heatmap.png")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for <name>.json and <name>_heatmap.png, <name> being the image's path "
+        "relative to the common parent of the inputs (sub-folders are made)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--specular-mask", action="store_true")
     p.add_argument("--allow-size-mismatch", action="store_true")
@@ -146,19 +164,24 @@ def main(argv: list[str] | None = None) -> int:
             )
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
+            images = _images(args.images)
+            names = dict(zip(map(str, images), _output_names(args.images, images), strict=True))
             failed = 0
-            for name, pred in predict_many(model, _images(args.images), config, progress):
+            for name, pred in predict_many(model, images, config, progress):
                 if isinstance(pred, AnomalyError):  # one bad image fails alone
                     failed += 1
                     print(f"error: {pred}", file=sys.stderr)
                     continue
-                path = Path(name)
-                pred.save_heatmap(out / f"{path.stem}_heatmap.png")
-                (out / f"{path.stem}.json").write_text(json.dumps(pred.to_dict(), indent=2))
+                base = out / names[str(name)]
+                base.parent.mkdir(parents=True, exist_ok=True)
+                pred.save_heatmap(base.with_name(f"{base.name}_heatmap.png"))
+                result = base.with_name(f"{base.name}.json")
+                result.write_text(json.dumps(pred.to_dict(), indent=2))
                 print(
                     json.dumps(
                         {
-                            "image": str(path),
+                            "image": str(name),
+                            "result": str(result),
                             "score": pred.image_score,
                             "regions": len(pred.regions),
                         }

@@ -78,14 +78,46 @@ def test_cli_train_predict_evaluate(tmp_path: Path, capsys):
     captured = capsys.readouterr()
     assert code == 1  # one image failed ...
     assert "bad.png" in captured.err
-    result = json.loads((out / "000.json").read_text())  # ... the other was still written
-    assert result["regions"] and (out / "000_heatmap.png").is_file()
+    # ... the other was still written, under its path relative to the inputs' common parent
+    result = json.loads((out / "data/test/hole/000.json").read_text())
+    assert result["regions"] and (out / "data/test/hole/000_heatmap.png").is_file()
 
     assert main([*args, "evaluate", "--model", str(model), "--dataset", str(data)]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["images"] == 3
     assert metrics["image_auroc"] == 1.0
     assert metrics["region_recall"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def cli_data_and_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny MVTec folder and a PaDiM model trained on it by the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    tiny_mvtec(root / "data")
+    args = ["--threads", "1", "--quiet", "train", "--images", str(root / "data/train/good")]
+    args += ["--out", str(root / "model"), "--model", "padim", "--input-size", "64"]
+    assert main([*args, "--scale", "1.0"]) == 0
+    return root / "data", root / "model"
+
+
+def test_cli_predict_keeps_the_inputs_relative_paths(cli_data_and_model, tmp_path: Path):
+    """MVTec names repeat across folders (test/good/000.png, test/hole/000.png): each result
+    goes under its path relative to the inputs' common parent instead of overwriting another."""
+    data, model = cli_data_and_model
+    out = tmp_path / "pred"
+    folders = [str(data / "test/good"), str(data / "test/hole")]
+    assert main(["--quiet", "predict", "--model", str(model), "--out", str(out), *folders]) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == [
+        "good/000.json", "good/000_heatmap.png",
+        "hole/000.json", "hole/000_heatmap.png", "hole/001.json", "hole/001_heatmap.png",
+    ]  # fmt: skip
+    assert json.loads((out / "good/000.json").read_text())["image_path"].endswith("good/000.png")
+    assert json.loads((out / "hole/000.json").read_text())["image_path"].endswith("hole/000.png")
+
+    one = tmp_path / "one"  # a single folder: its images directly under --out
+    assert main(["--quiet", "predict", "--model", str(model), "--out", str(one), folders[1]]) == 0
+    assert (one / "000.json").is_file() and (one / "001_heatmap.png").is_file()
 
 
 def test_cli_reports_missing_teacher_as_an_error(tmp_path: Path, capsys, monkeypatch):
