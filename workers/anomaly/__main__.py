@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for <name>.json and <name>_heatmap.png, <name> being the image's path "
         "relative to the common parent of the inputs (sub-folders are made)",
     )
+    p.add_argument(
+        "--float-maps",
+        action="store_true",
+        help="also write <name>_heatmap.npy: the float32 calibrated map, uncapped, for scoring "
+        "(the PNG is for display: 8-bit, capped at twice the threshold)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--specular-mask", action="store_true")
     p.add_argument("--allow-size-mismatch", action="store_true")
@@ -175,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                 base = out / names[str(name)]
                 base.parent.mkdir(parents=True, exist_ok=True)
                 pred.save_heatmap(base.with_name(f"{base.name}_heatmap.png"))
+                if args.float_maps:
+                    pred.save_score_map(base.with_name(f"{base.name}_heatmap.npy"))
                 result = base.with_name(f"{base.name}.json")
                 result.write_text(json.dumps(pred.to_dict(), indent=2))
                 print(

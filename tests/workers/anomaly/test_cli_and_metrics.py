@@ -120,6 +120,27 @@ def test_cli_predict_keeps_the_inputs_relative_paths(cli_data_and_model, tmp_pat
     assert (one / "000.json").is_file() and (one / "001_heatmap.png").is_file()
 
 
+def test_cli_predict_writes_the_float_map_for_scoring(cli_data_and_model, tmp_path: Path):
+    """The PNG is 8-bit and capped at twice the threshold; --float-maps adds the calibrated float
+    map behind it, uncapped, on the same grid."""
+    data, model = cli_data_and_model
+    out = tmp_path / "pred"
+    image = data / "test/hole/000.png"
+    args = ["--quiet", "predict", "--model", str(model), "--out", str(out), str(image)]
+    assert main(args) == 0
+    assert not list(out.glob("*.npy"))  # opt-in: 4 bytes per pixel, uncompressed
+    assert main([*args, "--float-maps"]) == 0
+    scores = np.load(out / "000_heatmap.npy")
+    png = cv2.imread(str(out / "000_heatmap.png"), cv2.IMREAD_UNCHANGED)
+    assert scores.dtype == np.float32 and scores.shape == png.shape
+    assert scores.max() > 1.0  # the dark disc is far past twice the threshold: the PNG saturates
+    assert np.array_equal(png, np.round(np.clip(scores, 0, 1) * 255).astype(np.uint8))
+    from workers.anomaly import load_model, predict
+
+    pred = predict(load_model(model, device="cpu", backend="torch"), image)
+    assert np.abs(scores - pred.score_map).max() < 1e-4
+
+
 def test_cli_reports_missing_teacher_as_an_error(tmp_path: Path, capsys, monkeypatch):
     data = tmp_path / "imgs"
     data.mkdir()
