@@ -147,9 +147,24 @@ def test_cli_reports_missing_teacher_as_an_error(tmp_path: Path, capsys, monkeyp
     save(texture(64, 64, 0), data / "a.png")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("LOUPE_MODELS_DIR", str(tmp_path / "empty-models"))
-    code = main(["--quiet", "train", "--images", str(data), "--out", str(tmp_path / "m")])
-    assert code == 2
+    args = ["--quiet", "train", "--images", str(data), "--out", str(tmp_path / "m")]
+    assert main([*args, "--model", "efficientad"]) == 2
     assert "distill-teacher" in capsys.readouterr().err
+
+
+def test_cli_train_defaults_to_what_the_device_can_train(tmp_path: Path, capsys):
+    """Without --model the CLI trains recommended_config's model (PaDiM on CPU, where
+    EfficientAD has no teacher and would take hours) and says which and why."""
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for i in range(4):
+        save(texture(96, 96, i), data / f"{i}.png")
+    args = ["--quiet", "--device", "cpu", "train", "--images", str(data), "--out"]
+    assert main([*args, str(tmp_path / "m"), "--input-size", "64"]) == 0
+    captured = capsys.readouterr()
+    assert Path(json.loads(captured.out)["artifact_path"]).is_file()
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["kind"] == "padim"
+    assert "model: padim (no --model given; training on cpu: no GPU" in captured.err
 
 
 def test_metrics_on_known_maps():
