@@ -9,6 +9,10 @@ Prints a Markdown table and writes every figure as JSON under ``--out``.
                bottle:efficientad-distilled magnetic_tile:padim magnetic_tile:patchcore \
                magnetic_tile:efficientad-distilled --steps 100 --large --engine
 
+Without ``--out`` the models and the results file go to a temporary folder, removed at the
+end (only the printed table stays); library caches go to ``$LOUPE_MODELS_DIR`` (default
+``~/.cache/loupe/models``), never into the checkout.
+
 ``efficientad-distilled`` needs the teacher made by
 ``python -m workers.anomaly distill-teacher`` first (see docs/benchmarks-anomaly.md).
 """
@@ -21,6 +25,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,7 +78,6 @@ def run_engine(dataset: Path, model_dir: Path, kind: str) -> dict:
     anomalib's visualiser is switched off (it would write images and look slower than it is).
     """
     import shutil
-    import tempfile
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -110,15 +114,18 @@ def run_engine(dataset: Path, model_dir: Path, kind: str) -> dict:
         )  # fmt: skip
     lm.model = loaded.net.model
     paths = [s.image for s in mvtec_test(dataset)]
-    folder = Path(tempfile.mkdtemp())
-    for p in paths:
-        shutil.copy(p, folder / f"{p.parent.name}_{p.name}")
-    engine = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=str(folder / "r"))
-    engine.predict(model=lm, data_path=str(folder), return_predictions=True)  # warm-up
-    started = time.perf_counter()
-    batches = engine.predict(model=lm, data_path=str(folder), return_predictions=True)
-    engine_s = (time.perf_counter() - started) / sum(len(b.pred_score) for b in batches)
-    shutil.rmtree(folder, ignore_errors=True)
+    # Engine.predict reads one folder: a flat copy of the test set, removed even if it fails
+    with tempfile.TemporaryDirectory(prefix="loupe-engine-") as tmp:
+        folder = Path(tmp)
+        for p in paths:
+            shutil.copy(p, folder / f"{p.parent.name}_{p.name}")
+        engine = Engine(
+            accelerator="cpu", devices=1, logger=False, default_root_dir=str(folder / "r")
+        )
+        engine.predict(model=lm, data_path=str(folder), return_predictions=True)  # warm-up
+        started = time.perf_counter()
+        batches = engine.predict(model=lm, data_path=str(folder), return_predictions=True)
+        engine_s = (time.perf_counter() - started) / sum(len(b.pred_score) for b in batches)
     row: dict = {"engine_ms_per_image": 1000 * engine_s, "images": len(paths)}
 
     def timed(name: str, model, many: bool, config=None) -> None:  # noqa: ANN001
@@ -231,7 +238,12 @@ def _fmt(v: object) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=str(ROOT / ".." / "shared" / "datasets"))
-    parser.add_argument("--out", default=str(ROOT / "var" / "bench"))
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="folder for the trained models and anomaly_results.json, kept (and merged into) "
+        "for later runs; default: a temporary folder, removed at the end",
+    )
     parser.add_argument("--runs", nargs="*", default=["bottle:padim", "bottle:patchcore"])
     parser.add_argument("--steps", type=int, default=100, help="EfficientAD training steps")
     parser.add_argument("--input-size", type=int, default=256)
@@ -247,34 +259,42 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    datasets, out = Path(args.datasets), Path(args.out)
-    if args.child:
-        phase, *rest = args.child
-        if phase == "train":
-            dataset, model = rest
-            res = run_train(
-                datasets / dataset,
-                model,
-                out / f"{dataset}_{model}",
-                args.steps,
-                args.input_size,
-                args.scale,
-            )
-        elif phase == "eval":
-            dataset, model = rest
-            res = run_eval(datasets / dataset, out / f"{dataset}_{model}")
-        elif phase == "engine":
-            dataset, model = rest
-            kind = "efficientad" if model.startswith("efficientad") else model
-            res = run_engine(datasets / dataset, out / f"{dataset}_{model}", kind)
-        else:
-            model, overlap, *backend = rest
-            res = run_large(
-                datasets / "mvtec_bottle", out, model, float(overlap), *(backend or ["torch"])
-            )
-        print(json.dumps(res, default=str))
-        return 0
+    datasets = Path(args.datasets)
+    if not args.child:
+        if args.out:
+            return run_all(args, datasets, Path(args.out))
+        with tempfile.TemporaryDirectory(prefix="loupe-anomaly-bench-") as tmp:
+            return run_all(args, datasets, Path(tmp))
+    out = Path(args.out)  # the parent always passes its folder
+    phase, *rest = args.child
+    if phase == "train":
+        dataset, model = rest
+        res = run_train(
+            datasets / dataset,
+            model,
+            out / f"{dataset}_{model}",
+            args.steps,
+            args.input_size,
+            args.scale,
+        )
+    elif phase == "eval":
+        dataset, model = rest
+        res = run_eval(datasets / dataset, out / f"{dataset}_{model}")
+    elif phase == "engine":
+        dataset, model = rest
+        kind = "efficientad" if model.startswith("efficientad") else model
+        res = run_engine(datasets / dataset, out / f"{dataset}_{model}", kind)
+    else:
+        model, overlap, *backend = rest
+        res = run_large(
+            datasets / "mvtec_bottle", out, model, float(overlap), *(backend or ["torch"])
+        )
+    print(json.dumps(res, default=str))
+    return 0
 
+
+def run_all(args: argparse.Namespace, datasets: Path, out: Path) -> int:
+    """Every run in child processes (training and evaluation apart), then the table."""
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "anomaly_results.json"
     # merge with earlier runs into the same folder instead of overwriting them

@@ -145,6 +145,9 @@ def main() -> None:
             os.environ["DATABASE_URL"] = db_url
             os.environ["MEDIA_ROOT"] = str(tmp / "media")
             os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inspection.settings")
+            from benchmarks.throwaway import throwaway_secret_key
+
+            throwaway_secret_key()
             import django
 
             django.setup()

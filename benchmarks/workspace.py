@@ -45,6 +45,9 @@ def setup_django(tmp: Path) -> None:
     os.environ["MEDIA_ROOT"] = str(tmp / "media")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inspection.settings")
     os.environ["CELERY_TASK_ALWAYS_EAGER"] = "false"
+    from benchmarks.throwaway import throwaway_secret_key
+
+    throwaway_secret_key()
     import django
 
     django.setup()

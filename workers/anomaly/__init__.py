@@ -21,7 +21,8 @@ Public API
     NNCF post-training INT8 of the convolutions, verified against fp32; ``model_int8.xml``.
 ``predict(model, image_path, config: PredictConfig | None = None, progress=None) -> Prediction``
     Full-resolution tiled heatmap, calibrated image score, candidate ``Region`` list.
-    ``Prediction.to_dict()`` is JSON-ready; ``Prediction.save_heatmap(path)`` writes the 8-bit PNG.
+    ``Prediction.to_dict()`` is JSON-ready; ``Prediction.save_heatmap(path)`` writes the 8-bit PNG (display),
+    ``save_score_map(path)`` the float32 ``.npy`` (scoring).
 ``predict_many(model, image_paths, config=None, progress=None) -> Iterator[(path, result)]``
     The same for many images, with read-ahead and whole-image batches; ``result`` is a
     ``Prediction`` or the ``AnomalyError`` of an image that failed alone.

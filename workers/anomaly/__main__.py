@@ -3,15 +3,16 @@
 Examples::
 
     python -m workers.anomaly distill-teacher --images data/train/good --steps 500
-    python -m workers.anomaly train --images data/train/good --out var/models/bottle --model padim
-    python -m workers.anomaly predict --model var/models/bottle --out var/pred img1.png img2.png
-    python -m workers.anomaly evaluate --model var/models/bottle --dataset data
+    python -m workers.anomaly train --images data/train/good --out models/bottle
+    python -m workers.anomaly predict --model models/bottle --out pred data/test/*
+    python -m workers.anomaly evaluate --model models/bottle --dataset data
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,18 @@ def _images(items: list[str]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def _output_names(items: list[str], images: list[Path]) -> list[Path]:
+    """Where each image's results go under ``--out``, without its suffix: its path relative to
+    the common parent of the inputs (a folder given counts as itself, a file as its folder), so
+    ``test/good/000.png`` and ``test/hole/000.png`` become ``good/000`` and ``hole/000`` instead
+    of overwriting each other."""
+    if not images:
+        return []
+    roots = [os.path.abspath(p if Path(p).is_dir() else Path(p).parent) for p in items]
+    common = Path(os.path.commonpath(roots))
+    return [Path(os.path.abspath(p)).relative_to(common).with_suffix("") for p in images]
 
 
 def _printer(quiet: bool):  # noqa: ANN202
@@ -61,22 +74,39 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="train a model on defect-free images")
     t.add_argument("--images", nargs="+", required=True, help="image files or folders")
     t.add_argument("--out", required=True, help="output folder for model.pt")
-    t.add_argument("--model", default="efficientad", choices=models.names())
-    t.add_argument("--input-size", type=int, default=256)
+    # Unset options keep recommended_config's values (the default for the hardware).
+    t.add_argument(
+        "--model",
+        default=None,
+        choices=models.names(),
+        help="default: what the device can train (EfficientAD on a GPU, PaDiM on CPU)",
+    )
+    t.add_argument("--input-size", type=int, default=None, help="default 256")
     t.add_argument("--scale", type=float, default=None, help="tiled mode scale (omit: whole)")
-    t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--batch-size", type=int, default=1)
-    t.add_argument("--teacher", default="auto", help="auto|official|distilled|random|<file>")
-    t.add_argument("--size", default="small", choices=["small", "medium"])
-    t.add_argument("--patience", type=int, default=0)
+    t.add_argument("--steps", type=int, default=None, help="EfficientAD steps (default 1000)")
+    t.add_argument("--batch-size", type=int, default=None, help="default 1")
+    t.add_argument("--teacher", default=None, help="auto|official|distilled|random|<file>")
+    t.add_argument("--size", default=None, choices=["small", "medium"])
+    t.add_argument("--patience", type=int, default=None)
     t.add_argument("--max-seconds", type=float, default=None)
     t.add_argument("--penalty-dir", default=None)
-    t.add_argument("--overlap", type=float, default=0.25)
+    t.add_argument("--overlap", type=float, default=None, help="tile overlap (default 0.25)")
     t.add_argument("--coarse-pass", action="store_true", help="add a whole-image pass (tiled)")
 
     p = sub.add_parser("predict", help="heatmaps and regions for images")
     p.add_argument("--model", required=True, help="model.pt or its folder")
-    p.add_argument("--out", required=True, help="folder for <stem>.json and <stem>_heatmap.png")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for <name>.json and <name>_heatmap.png, <name> being the image's path "
+        "relative to the common parent of the inputs (sub-folders are made)",
+    )
+    p.add_argument(
+        "--float-maps",
+        action="store_true",
+        help="also write <name>_heatmap.npy: the float32 calibrated map, uncapped, for scoring "
+        "(the PNG is for display: 8-bit, capped at twice the threshold)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--specular-mask", action="store_true")
     p.add_argument("--allow-size-mismatch", action="store_true")
@@ -112,24 +142,35 @@ def main(argv: list[str] | None = None) -> int:
     progress = _printer(args.quiet)
     try:
         if args.command == "train":
-            from .config import TrainConfig
+            from dataclasses import replace
+
+            from .config import RECOMMENDED_BECAUSE, TrainConfig, recommended_config, resolve_device
             from .training import train
 
-            config = TrainConfig(
-                model=args.model,
-                input_size=args.input_size,
-                scale=args.scale,
-                efficientad_size=args.size,
-                teacher=args.teacher,
-                steps=args.steps,
-                batch_size=args.batch_size,
-                patience=args.patience,
-                max_seconds=args.max_seconds,
-                penalty_dir=args.penalty_dir,
-                tile_overlap=args.overlap,
-                coarse_pass=args.coarse_pass,
-                device=args.device,
-            )
+            given = {
+                "input_size": args.input_size,
+                "scale": args.scale,
+                "efficientad_size": args.size,
+                "teacher": args.teacher,
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "patience": args.patience,
+                "max_seconds": args.max_seconds,
+                "penalty_dir": args.penalty_dir,
+                "tile_overlap": args.overlap,
+                "coarse_pass": args.coarse_pass or None,
+            }
+            given = {k: v for k, v in given.items() if v is not None}
+            if args.model is None:
+                config = recommended_config(args.device, **given)
+                kind = resolve_device(args.device).type
+                because = RECOMMENDED_BECAUSE.get(kind, RECOMMENDED_BECAUSE["cpu"])
+                print(
+                    f"model: {config.model} (no --model given; training on {kind}: {because})",
+                    file=sys.stderr,
+                )
+            else:
+                config = replace(TrainConfig(model=args.model, device=args.device), **given)
             result = train(config, _images(args.images), args.out, progress)
             print(json.dumps(result.to_dict(), indent=2, default=str))
         elif args.command == "predict":
@@ -146,19 +187,26 @@ def main(argv: list[str] | None = None) -> int:
             )
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
+            images = _images(args.images)
+            names = dict(zip(map(str, images), _output_names(args.images, images), strict=True))
             failed = 0
-            for name, pred in predict_many(model, _images(args.images), config, progress):
+            for name, pred in predict_many(model, images, config, progress):
                 if isinstance(pred, AnomalyError):  # one bad image fails alone
                     failed += 1
                     print(f"error: {pred}", file=sys.stderr)
                     continue
-                path = Path(name)
-                pred.save_heatmap(out / f"{path.stem}_heatmap.png")
-                (out / f"{path.stem}.json").write_text(json.dumps(pred.to_dict(), indent=2))
+                base = out / names[str(name)]
+                base.parent.mkdir(parents=True, exist_ok=True)
+                pred.save_heatmap(base.with_name(f"{base.name}_heatmap.png"))
+                if args.float_maps:
+                    pred.save_score_map(base.with_name(f"{base.name}_heatmap.npy"))
+                result = base.with_name(f"{base.name}.json")
+                result.write_text(json.dumps(pred.to_dict(), indent=2))
                 print(
                     json.dumps(
                         {
-                            "image": str(path),
+                            "image": str(name),
+                            "result": str(result),
                             "score": pred.image_score,
                             "regions": len(pred.regions),
                         }

@@ -136,7 +136,9 @@ def load_model(
 def _load_cached(path: str, mtime_ns: int, device: str, backend: str) -> LoadedModel:
     configure_offline()
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: the weights are read only if used (the torch backend copies them into the
+        # network; an exported backend never touches them: 0.2 s and the file's size in RSS)
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our artifact"
         raise IncompatibleModelError(
             f"{path} is not a readable Loupe anomaly model: {exc}"

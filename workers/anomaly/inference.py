@@ -63,10 +63,21 @@ class Prediction:
         }
 
     def save_heatmap(self, path: str | Path) -> Path:
-        """Write the heatmap as an 8-bit grayscale PNG and return the path."""
+        """Write the heatmap as an 8-bit grayscale PNG and return the path: for display (it is
+        quantised and capped at twice the threshold; score with :meth:`save_score_map`)."""
         path = Path(path)
         if not cv2.imwrite(str(path), self.heatmap):
             raise OSError(f"cannot write heatmap to {path}")
+        return path
+
+    def save_score_map(self, path: str | Path) -> Path:
+        """Write ``score_map`` (float32, calibrated: 0.5 = pixel threshold, not capped) as a
+        ``.npy`` file and return the path: the map to score or threshold, pixel for pixel the
+        same grid as the PNG."""
+        if self.score_map is None:
+            raise ValueError(f"{self.image_path}: this prediction holds no float score map")
+        path = Path(path)
+        np.save(path, self.score_map.astype(np.float32, copy=False), allow_pickle=False)
         return path
 
 

@@ -21,11 +21,13 @@ MODELS_DIR_ENV = "LOUPE_MODELS_DIR"
 
 
 def default_models_dir() -> Path:
-    """Return the folder for caches and weights: ``$LOUPE_MODELS_DIR`` or ``<repo>/var/models``."""
+    """Return the folder for caches and weights: ``$LOUPE_MODELS_DIR``, else
+    ``$XDG_CACHE_HOME/loupe/models`` (``~/.cache/loupe/models``), never the checkout."""
     env = os.environ.get(MODELS_DIR_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "var" / "models"
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "loupe" / "models"
 
 
 def configure_offline(models_dir: Path | None = None) -> Path:
@@ -36,6 +38,9 @@ def configure_offline(models_dir: Path | None = None) -> Path:
     """
     root = Path(models_dir) if models_dir else default_models_dir()
     root.mkdir(parents=True, exist_ok=True)
+    if models_dir is None and not os.environ.get(MODELS_DIR_ENV):
+        # XDG_CACHE_HOME is pointed inside root below: later calls must not derive another root.
+        os.environ[MODELS_DIR_ENV] = str(root)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TORCH_HOME", str(root / "torch"))

@@ -59,9 +59,9 @@ def openvino_f32() -> dict:
 class OnnxNet:
     """Callable with the torch network's contract (tensor in, tensor out), run by ONNX Runtime."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, session: Any = None) -> None:
         self.path = path
-        self.session = onnx_session(path)
+        self.session = session if session is not None else onnx_session(path)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.detach().cpu().numpy().astype(np.float32, copy=False)
@@ -77,12 +77,13 @@ class OnnxNet:
 class OpenVinoNet(OnnxNet):
     """The same exported graph compiled by OpenVINO for CPU (fp32 precision, so scores match)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, model: Any = None) -> None:
         import openvino as ov
 
         self.path = path
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", openvino_f32())
+        model = model if model is not None else core.read_model(str(path))
+        self.compiled = core.compile_model(model, "CPU", openvino_f32())
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.detach().cpu().numpy().astype(np.float32, copy=False)
@@ -104,17 +105,23 @@ def backend_of(net: Any) -> str:
 
 def int8_model_id(path: Path) -> str | None:
     """The ``model_id`` an INT8 IR made by this code's export version was made from, or None."""
+    return _read_int8(path)[1]
+
+
+def _read_int8(path: Path) -> tuple[Any, str | None]:
+    """The INT8 IR read by OpenVINO (or None) and the ``model_id`` it was made from when this
+    code's export version made it (or None)."""
     import openvino as ov
 
     if not path.is_file() or not path.with_suffix(".bin").is_file():
-        return None
+        return None, None
     try:
         model = ov.Core().read_model(str(path))
         if model.get_rt_info(["loupe", "export"]).astype(str) != EXPORT_VERSION:
-            return None
-        return model.get_rt_info(["loupe", "model_id"]).astype(str)
+            return model, None
+        return model, model.get_rt_info(["loupe", "model_id"]).astype(str)
     except Exception:  # noqa: BLE001 - unreadable or untagged: not a usable export
-        return None
+        return None, None
 
 
 def onnx_model_id(path: Path) -> str | None:
@@ -125,10 +132,46 @@ def onnx_model_id(path: Path) -> str | None:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - any unreadable file just means "no usable export"
         return None
-    props = {p.key: p.value for p in proto.metadata_props}
+    return _tagged_id({p.key: p.value for p in proto.metadata_props})
+
+
+def _tagged_id(props: dict) -> str | None:
+    """The model id of an export's metadata when this code's export version wrote it."""
     if props.get("loupe_export") != EXPORT_VERSION:
         return None
     return props.get("loupe_model_id")
+
+
+_TAGS = ("loupe_export", "loupe_model_id")
+
+
+def _open_export(path: Path, model_id: str, runtime: str) -> OnnxNet | None:
+    """``model.onnx`` run by ONNX Runtime or OpenVINO when it was exported from ``model_id``,
+    else None. The runtime reads the file once and its metadata comes from the runtime's own
+    reader: ``onnx_model_id`` would import ``onnx`` (1 s, most of it ml_dtypes) and parse the
+    whole file a second time (0.7 s for PaDiM's 168 MB), on every first load."""
+    try:
+        if runtime == "openvino":
+            import openvino as ov
+
+            model = ov.Core().read_model(str(path))
+            # OpenVINO keeps an ONNX file's metadata_props as rt_info under "framework"
+            tagged = all(model.has_rt_info(["framework", k]) for k in _TAGS)
+            props = (
+                {k: model.get_rt_info(["framework", k]).astype(str) for k in _TAGS}
+                if tagged
+                else None
+            )
+        else:
+            session = onnx_session(path)
+            props = dict(session.get_modelmeta().custom_metadata_map)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is no usable export
+        logger.warning("%s cannot read %s: %s", runtime, path, exc)
+        return None
+    found = _tagged_id(props) if props is not None else onnx_model_id(path)
+    if found != model_id:
+        return None
+    return OpenVinoNet(path, model) if runtime == "openvino" else OnnxNet(path, session)
 
 
 def load_onnx_net(
@@ -139,8 +182,9 @@ def load_onnx_net(
     ``required``) if there is no such export for this very model."""
     if runtime == "openvino-int8":
         ir = artifact.parent / INT8_NAME
-        if int8_model_id(ir) == model_id:
-            return OpenVinoIrNet(ir)
+        model, found = _read_int8(ir)
+        if found == model_id:
+            return OpenVinoIrNet(ir, model)  # compiles the IR read above: one read
         if required:
             raise MissingWeightsError(
                 f"no INT8 export of model {model_id} at {ir} (make it with: python -m "
@@ -148,8 +192,9 @@ def load_onnx_net(
             )
         return None
     path = artifact.parent / ONNX_NAME
-    if path.is_file() and onnx_model_id(path) == model_id:
-        return OpenVinoNet(path) if runtime == "openvino" else OnnxNet(path)
+    net = _open_export(path, model_id, runtime) if path.is_file() else None
+    if net is not None:
+        return net
     if required:
         raise MissingWeightsError(
             f"no ONNX export of model {model_id} at {path} (make it with: python -m "

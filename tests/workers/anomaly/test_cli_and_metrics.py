@@ -78,8 +78,9 @@ def test_cli_train_predict_evaluate(tmp_path: Path, capsys):
     captured = capsys.readouterr()
     assert code == 1  # one image failed ...
     assert "bad.png" in captured.err
-    result = json.loads((out / "000.json").read_text())  # ... the other was still written
-    assert result["regions"] and (out / "000_heatmap.png").is_file()
+    # ... the other was still written, under its path relative to the inputs' common parent
+    result = json.loads((out / "data/test/hole/000.json").read_text())
+    assert result["regions"] and (out / "data/test/hole/000_heatmap.png").is_file()
 
     assert main([*args, "evaluate", "--model", str(model), "--dataset", str(data)]) == 0
     metrics = json.loads(capsys.readouterr().out)
@@ -88,15 +89,82 @@ def test_cli_train_predict_evaluate(tmp_path: Path, capsys):
     assert metrics["region_recall"] == 1.0
 
 
+@pytest.fixture(scope="module")
+def cli_data_and_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny MVTec folder and a PaDiM model trained on it by the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    tiny_mvtec(root / "data")
+    args = ["--threads", "1", "--quiet", "train", "--images", str(root / "data/train/good")]
+    args += ["--out", str(root / "model"), "--model", "padim", "--input-size", "64"]
+    assert main([*args, "--scale", "1.0"]) == 0
+    return root / "data", root / "model"
+
+
+def test_cli_predict_keeps_the_inputs_relative_paths(cli_data_and_model, tmp_path: Path):
+    """MVTec names repeat across folders (test/good/000.png, test/hole/000.png): each result
+    goes under its path relative to the inputs' common parent instead of overwriting another."""
+    data, model = cli_data_and_model
+    out = tmp_path / "pred"
+    folders = [str(data / "test/good"), str(data / "test/hole")]
+    assert main(["--quiet", "predict", "--model", str(model), "--out", str(out), *folders]) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == [
+        "good/000.json", "good/000_heatmap.png",
+        "hole/000.json", "hole/000_heatmap.png", "hole/001.json", "hole/001_heatmap.png",
+    ]  # fmt: skip
+    assert json.loads((out / "good/000.json").read_text())["image_path"].endswith("good/000.png")
+    assert json.loads((out / "hole/000.json").read_text())["image_path"].endswith("hole/000.png")
+
+    one = tmp_path / "one"  # a single folder: its images directly under --out
+    assert main(["--quiet", "predict", "--model", str(model), "--out", str(one), folders[1]]) == 0
+    assert (one / "000.json").is_file() and (one / "001_heatmap.png").is_file()
+
+
+def test_cli_predict_writes_the_float_map_for_scoring(cli_data_and_model, tmp_path: Path):
+    """The PNG is 8-bit and capped at twice the threshold; --float-maps adds the calibrated float
+    map behind it, uncapped, on the same grid."""
+    data, model = cli_data_and_model
+    out = tmp_path / "pred"
+    image = data / "test/hole/000.png"
+    args = ["--quiet", "predict", "--model", str(model), "--out", str(out), str(image)]
+    assert main(args) == 0
+    assert not list(out.glob("*.npy"))  # opt-in: 4 bytes per pixel, uncompressed
+    assert main([*args, "--float-maps"]) == 0
+    scores = np.load(out / "000_heatmap.npy")
+    png = cv2.imread(str(out / "000_heatmap.png"), cv2.IMREAD_UNCHANGED)
+    assert scores.dtype == np.float32 and scores.shape == png.shape
+    assert scores.max() > 1.0  # the dark disc is far past twice the threshold: the PNG saturates
+    assert np.array_equal(png, np.round(np.clip(scores, 0, 1) * 255).astype(np.uint8))
+    from workers.anomaly import load_model, predict
+
+    pred = predict(load_model(model, device="cpu", backend="torch"), image)
+    assert np.abs(scores - pred.score_map).max() < 1e-4
+
+
 def test_cli_reports_missing_teacher_as_an_error(tmp_path: Path, capsys, monkeypatch):
     data = tmp_path / "imgs"
     data.mkdir()
     save(texture(64, 64, 0), data / "a.png")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("LOUPE_MODELS_DIR", str(tmp_path / "empty-models"))
-    code = main(["--quiet", "train", "--images", str(data), "--out", str(tmp_path / "m")])
-    assert code == 2
+    args = ["--quiet", "train", "--images", str(data), "--out", str(tmp_path / "m")]
+    assert main([*args, "--model", "efficientad"]) == 2
     assert "distill-teacher" in capsys.readouterr().err
+
+
+def test_cli_train_defaults_to_what_the_device_can_train(tmp_path: Path, capsys):
+    """Without --model the CLI trains recommended_config's model (PaDiM on CPU, where
+    EfficientAD has no teacher and would take hours) and says which and why."""
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for i in range(4):
+        save(texture(96, 96, i), data / f"{i}.png")
+    args = ["--quiet", "--device", "cpu", "train", "--images", str(data), "--out"]
+    assert main([*args, str(tmp_path / "m"), "--input-size", "64"]) == 0
+    captured = capsys.readouterr()
+    assert Path(json.loads(captured.out)["artifact_path"]).is_file()
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["kind"] == "padim"
+    assert "model: padim (no --model given; training on cpu: no GPU" in captured.err
 
 
 def test_metrics_on_known_maps():

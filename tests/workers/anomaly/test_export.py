@@ -55,6 +55,27 @@ def test_stale_export_is_ignored(padim_tiled, rgb_normals, tmp_path: Path):
         load_model(other, backend="onnx")
 
 
+def test_loading_an_export_imports_neither_onnx_nor_anomalib(padim_tiled, tmp_path: Path):
+    """A worker's first load of an exported model: the runtime reads the file and its tags, so
+    the ``onnx`` package (1 s to import, and a second parse of the file) is not needed, nor
+    anomalib and Lightning (only building the torch network needs them)."""
+    from tests.conftest import run_python
+
+    folder = tmp_path / "model"
+    shutil.copytree(padim_tiled.artifact_path.parent, folder)
+    export_onnx(folder)
+    img = save(add_defect(texture(128, 256, 7, 1), 64, 120, 7), tmp_path / "d.png", bits=16)
+    for backend, runs_on in (("auto", "openvino"), ("onnx", "onnx")):
+        code = (
+            "import sys; from workers.anomaly import load_model, predict; "
+            f"m = load_model({str(folder)!r}, device='cpu', backend={backend!r}); "
+            f"assert m.backend == {runs_on!r}, m.backend; assert predict(m, {str(img)!r}).regions; "
+            "heavy = {'onnx', 'anomalib', 'lightning', 'timm'} & {n.split('.')[0] for n in sys.modules}; "
+            "assert not heavy, heavy"
+        )
+        run_python(code, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def efficientad_whole(rgb_normals, tmp_path_factory: pytest.TempPathFactory):
     """EfficientAD-S, random teacher, a few steps: enough to have real convolutions to quantize."""

@@ -49,6 +49,34 @@ def test_network_guard_itself_works(monkeypatch):
         s.connect(("127.0.0.1", 9))
 
 
+@pytest.mark.parametrize("env", ["home", "xdg", "empty"])
+def test_models_and_caches_default_outside_the_checkout(monkeypatch, tmp_path: Path, env: str):
+    """Without LOUPE_MODELS_DIR (or with it empty, as a .env copied from .env.example has it),
+    weights and library caches go to $XDG_CACHE_HOME/loupe/models (~/.cache/loupe/models), never
+    into <checkout>/var/models, and stay there on later calls (configure_offline points
+    XDG_CACHE_HOME inside that folder)."""
+    for name in ("LOUPE_MODELS_DIR", "XDG_CACHE_HOME", "TORCH_HOME", "HF_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    if env == "xdg":
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if env == "empty":
+        monkeypatch.setenv("LOUPE_MODELS_DIR", "")
+    code = (
+        "import os; from workers.anomaly.offline import configure_offline as c, "
+        "distilled_teacher_path as d; "
+        "print(c(), c(), d().parent, os.environ['TORCH_HOME'], sep='\\n')"
+    )
+    lines = run_python(code).stdout.split()
+    expected = tmp_path / ("xdg" if env == "xdg" else "home/.cache") / "loupe" / "models"
+    assert lines == [
+        str(expected),
+        str(expected),
+        str(expected / "teachers"),
+        str(expected / "torch"),
+    ]
+
+
 def test_coreset_picks_one_point_per_cluster():
     gen = torch.Generator().manual_seed(0)
     centres = torch.randn(8, 152, generator=gen) * 50
