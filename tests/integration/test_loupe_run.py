@@ -1,4 +1,5 @@
-"""`loupe run` keeps serving when its worker crashes, and starts the worker again."""
+"""`loupe run` keeps serving when its worker crashes, and starts the worker again; it starts
+the line stations marked for it."""
 
 import os
 import signal
@@ -53,6 +54,15 @@ def test_a_crashed_worker_is_started_again_and_the_web_keeps_serving(redis_url):
     )
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "--noinput"], cwd=ROOT, env=env, check=True, timeout=300)
+    # a line station marked "start with Loupe" (its project has no model yet: it waits for one)
+    make_station = (
+        "from inspection.models import Project, Station; "
+        "p = Project.objects.create(name='Line'); "
+        "Station.objects.create(project=p, name='line-9', source='/nowhere', start_with_loupe=True)"
+    )
+    subprocess.run(
+        [*manage, "shell", "-c", make_station], cwd=ROOT, env=env, check=True, timeout=120
+    )
     log = open(var / "run.log", "w+b")  # noqa: SIM115 - read while the process runs
     run = subprocess.Popen(
         [*manage, "loupe_run", "--bind", f"127.0.0.1:{port}", "--web-workers", "1"],
@@ -69,6 +79,11 @@ def test_a_crashed_worker_is_started_again_and_the_web_keeps_serving(redis_url):
             time.sleep(0.5)
         workers = {p for p, cmd in children_of(run.pid).items() if "celery" in cmd}
         assert len(workers) == 1, children_of(run.pid)
+        stations = [p for p, cmd in children_of(run.pid).items() if "loupe_station line-9" in cmd]
+        assert len(stations) == 1, children_of(run.pid)
+        station_env = Path(f"/proc/{stations[0]}/environ").read_bytes().split(b"\0")
+        half = max(1, (os.cpu_count() or 2) // 2)
+        assert f"LOUPE_STATION_THREADS={half}".encode() in station_env
         (first,) = workers
         os.kill(first, signal.SIGKILL)  # out of memory, say
         deadline = time.time() + 60
