@@ -318,6 +318,8 @@ def store_prediction(run, version, image, prediction, path, detect) -> dict:
         "regions": len(prediction.regions),
         "suggestions": len(stored),
     }
+    if any(s.category for s in suggestions):  # per region, in order ('' : not classified)
+        out["categories"] = [s.category for s in suggestions]
     if prediction.params.get("resized"):
         out["resized"] = prediction.params["resized"]
     return out

@@ -27,7 +27,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 
 from inspection import storage
-from inspection.models import ModelVersion, Station
+from inspection.models import Image, ModelVersion, Station
 from inspection.services.images import (
     IncomingFile,
     image_store_one,
@@ -301,10 +301,14 @@ class _Sink:
         for result in results:
             image_id = None
             if result.sample and result.frame is not None and self.room > 0:
-                image_id, created = self._store(result)
+                image_id, created, categories = self._store(result)
                 if created:
                     new_images.append(image_id)
                     self.room -= 1
+                # the active detector's category of each region (NG frames: what went wrong)
+                for region, category in zip(result.regions, categories, strict=False):
+                    if category:
+                        region["category"] = category
             rows.append(
                 {
                     "key": result.key[:300],
@@ -328,9 +332,10 @@ class _Sink:
                     user=None, project=self.station.project, image_ids=new_images
                 )
 
-    def _store(self, result: station_loop.FrameResult) -> tuple[int | None, bool]:
-        """The frame as a project image with its heatmap and suggestions; (id, newly stored).
-        A frame stored before a crash comes back as a duplicate (same pixels): its id."""
+    def _store(self, result: station_loop.FrameResult) -> tuple[int | None, bool, list[str]]:
+        """The frame as a project image with its heatmap and suggestions: (id, newly stored,
+        the detector's category per region). A frame stored before a crash comes back as a
+        duplicate (same pixels): its id."""
         frame = result.frame
         stem = Path(result.name).stem or "frame"
         label = f"{self.station.name}-{stem}" + (
@@ -347,7 +352,7 @@ class _Sink:
             # frame at OpenCV's default, 5 % larger
             if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
                 logger.error("station %s: frame %s could not be written", self.station, result.key)
-                return None, False
+                return None, False, []
             outcome = image_store_one(
                 project=self.station.project,
                 user=None,
@@ -355,13 +360,12 @@ class _Sink:
                 source_group=f"station {self.station.name}",
             )
             if outcome.status == "duplicate":
-                return outcome.duplicate_of, False
+                return outcome.duplicate_of, False, []
             if outcome.status != "stored":
                 logger.error(
                     "station %s: frame %s not stored: %s", self.station, result.key, outcome.reason
                 )
-                return None, False
-            from inspection.models import Image
+                return None, False, []
 
             image = Image.objects.get(pk=outcome.image_id)
             try:
@@ -372,4 +376,4 @@ class _Sink:
                 logger.exception("station %s: suggestions of %s not stored", self.station, image.pk)
                 stored = {"error": "the heatmap or suggestions could not be stored"}
             station_run_add_image(run=self.run, image=image, outcome=stored)
-            return image.pk, True
+            return image.pk, True, stored.get("categories", [])

@@ -4,6 +4,7 @@ sampling NG frames into the project with their heatmaps and suggestions."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import cv2
@@ -119,3 +120,62 @@ def test_a_station_inspects_a_video_and_sends_the_ng_frames_to_review(trained, t
     # run again: the video was used up; nothing is inspected or written twice
     assert StationProcess("line-3", until_idle=True).run() == 0
     assert StationResult.objects.filter(station=station).count() == 14
+
+
+@pytest.mark.django_db
+def test_ng_rows_carry_the_category_the_active_detector_gives_their_regions(team, tmp_path):
+    """The station's writer classifies the regions of the frames it stores with the active
+    detector (here a stand-in for one: its boxes are given): the row says what went wrong."""
+    from annotations.services.categories import category_create
+    from inspection.models import ModelVersion, StationResult
+    from inspection.services.stations import station_run_for
+    from workers.anomaly import Prediction
+    from workers.anomaly.regions import Region
+    from workers.detection import Detection
+    from workers.station import loop, sources
+    from workers.tasks.stations import _Sink
+
+    project, admin = team["project"], team["admin"]
+    category_create(user=admin, project=project, name="dent")
+    version = ModelVersion.objects.create(
+        project=project, number=1, architecture="padim", status="ready", is_active=True
+    )
+    station = station_create(user=admin, project=project, name="press-1", source=str(tmp_path))
+    run = station_run_for(station=station, model_version=version, params={})
+    regions = [
+        Region(box=[10, 10, 20, 20], polygon=[], area=400, peak_score=0.9, mean_score=0.7),
+        Region(box=[100, 100, 8, 8], polygon=[], area=64, peak_score=0.8, mean_score=0.6),
+    ]
+    prediction = Prediction(
+        image_path="part.png",
+        image_size=(128, 128),
+        image_score=0.9,
+        is_anomalous=True,
+        heatmap=np.zeros((32, 32), np.uint8),
+        regions=regions,
+        model_id="m",
+        model_kind="padim",
+        params={},
+        timings={},
+    )
+    frame = sources.Frame(
+        key="part.png", name="part.png", image=np.full((128, 128, 3), 90, np.uint8)
+    )
+    result = loop.FrameResult(
+        key="part.png",
+        name="part.png",
+        number=None,
+        captured_at=time.time(),
+        verdict=loop.NG,
+        score=0.9,
+        regions=[{"box": r.box, "score": r.peak_score} for r in regions],
+        latency_ms=20.0,
+        sample=True,
+        frame=frame,
+        inference=loop.Inference(0.9, [], prediction),
+    )
+    dent = Detection(0, 0, 40, 40, 0.95, 2, "dent")  # covers the first region, not the second
+    _Sink(station, version, run, lambda path: [dent]).flush([result])
+    row = StationResult.objects.get(station=station)
+    assert [r.get("category") for r in row.regions] == ["dent", None]
+    assert row.image.suggestions.get(category__name="dent").category_score == 0.95
