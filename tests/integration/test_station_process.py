@@ -1,14 +1,17 @@
 """The station as operators run it: ``manage.py loupe_station NAME`` in its own process, on this
 test database. Killed mid-video (SIGKILL: no chance to flush) and started again, it resumes with
-no frame missing and none written twice; a watched folder takes files as they arrive."""
+no frame missing and none written twice; a watched folder takes files as they arrive; a camera
+stream that drops is waited for and followed again when it is back."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -126,3 +129,94 @@ def test_a_watched_folder_is_inspected_as_files_arrive(trained, tmp_path):  # no
     proc = start_station("press-2", "--until-idle")
     assert proc.wait(timeout=120) == 0, Path(proc.log_path).read_text()[-3000:]
     assert rows.count() == 3
+
+
+class MjpegCamera:
+    """An IP camera on 127.0.0.1: multipart JPEG over HTTP (what many cameras serve), bottle
+    frames at 25 per second. ``stop()`` pulls its plug; ``start()`` plugs it in again on the
+    same address."""
+
+    def __init__(self, frames: list) -> None:
+        self.jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
+        self.port = 0
+        self.server = None
+
+    def start(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        jpegs = self.jpegs
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                i = 0
+                try:
+                    while not self.server.unplugged:
+                        jpg = jpegs[i % len(jpegs)]
+                        self.wfile.write(
+                            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                            + str(len(jpg)).encode()
+                            + b"\r\n\r\n"
+                            + jpg
+                            + b"\r\n"
+                        )
+                        i += 1
+                        time.sleep(0.04)
+                except OSError:  # the station went away
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        self.server.unplugged = False
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stream.mjpg"
+
+    def stop(self) -> None:
+        self.server.unplugged = True
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_camera_stream_that_drops_is_waited_for_and_followed_again(trained, tmp_path):  # noqa: F811
+    camera = MjpegCamera([bottle(p) for p in trained["unseen_normals"][:4]])
+    camera.start()
+    station = station_create(
+        user=trained["admin"], project=trained["project"], name="cam-1", source=camera.url
+    )
+    rows = StationResult.objects.filter(station=station)
+    events = station.events.all()
+    proc = start_station("cam-1")
+    try:
+        wait_until(lambda: rows.count() >= 10, 120, proc, "frames from the camera")
+        camera.stop()  # the cable is pulled
+        wait_until(
+            lambda: Station.objects.get(pk=station.pk).status == "waiting", 30, proc, "waiting"
+        )
+        assert "trying again" in Station.objects.get(pk=station.pk).message
+        before = rows.count()
+        time.sleep(1.5)
+        camera.start()  # and plugged in again
+        wait_until(lambda: events.filter(kind="reconnected").exists(), 60, proc, "a reconnect")
+        wait_until(lambda: rows.count() >= before + 10, 60, proc, "frames again")
+        assert Station.objects.get(pk=station.pk).status == "running"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, Path(proc.log_path).read_text()[-3000:]
+        if camera.server is not None:
+            with contextlib.suppress(OSError):
+                camera.stop()
+    kinds = list(events.order_by("at", "id").values_list("kind", flat=True))
+    assert kinds[:3] == ["started", "connected", "disconnected"], kinds
+    assert events.get(kind="reconnected").gap_s >= 1.5
+    assert rows.filter(verdict="ng").count() == 0  # normal bottles only
+    assert len(set(rows.values_list("key", flat=True))) == rows.count()

@@ -16,6 +16,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from inspection.services.stations import (
     station_run_for,
     station_sample_room,
 )
+from workers.anomaly import errors as anomaly_errors
 from workers.station import loop as station_loop
 from workers.station import sources
 from workers.tasks.anomaly import predict_config, store_prediction
@@ -77,6 +79,8 @@ class StationProcess:
         self.station: Station | None = None
         self.halt = threading.Event()  # stops a video's reader thread
         self.reading_video = False
+        self.source_events: deque = deque()  # a live reader's connects and drops
+        self.source_down = ""
 
     # --- the outer loop: set up, inspect, set up again ---------------------------------------
 
@@ -117,8 +121,21 @@ class StationProcess:
                     time.sleep(wait)
                     wait = min(wait * 2, 30.0)
                     continue
+                except anomaly_errors.AnomalyError as exc:  # a damaged or incompatible artifact
+                    self._beat(
+                        station, Station.Status.FAILED, f"the model could not be loaded: {exc}"
+                    )
+                    if self.until_idle:
+                        return 1
+                    time.sleep(10 * HEARTBEAT_S)  # another model may be activated meanwhile
+                    continue
                 if finished and self.until_idle:
-                    self._beat(station, Station.Status.STOPPED, "the video ended")
+                    ended = (
+                        "the video ended"
+                        if sources.source_kind_of(station.source) == "video"
+                        else "no new file in the folder"
+                    )
+                    self._beat(station, Station.Status.STOPPED, ended)
                     return 0
                 if finished and sources.source_kind_of(station.source) == "video":
                     # a supervised process stays up (a restart would only find the same end):
@@ -210,7 +227,8 @@ class StationProcess:
             return sources.folder_frames(station.source, done, stop=stop, once=self.until_idle)
 
         def on_event(event: str, message: str, gap_s: float) -> None:
-            station_event_add(station=station, kind=event, message=message, gap_s=gap_s)
+            # the reader's thread: noted here, written by the heartbeat on this one
+            self.source_events.append((event, message, gap_s))
 
         uri = int(station.source) if kind == "camera" else station.source
         return sources.live_frames(uri, stop=stop, on_event=on_event)
@@ -243,7 +261,14 @@ class StationProcess:
             return True
         if time.monotonic() - self.last_beat < HEARTBEAT_S:
             return False
-        self._beat(station, Station.Status.RUNNING, "")
+        while self.source_events:
+            event, message, gap_s = self.source_events.popleft()
+            station_event_add(station=station, kind=event, message=message, gap_s=gap_s)
+            self.source_down = message if event == "disconnected" else ""
+        if self.source_down:  # a live source that does not answer: the page says so
+            self._beat(station, Station.Status.WAITING, self.source_down + "; trying again")
+        else:
+            self._beat(station, Station.Status.RUNNING, "")
         station.project.refresh_from_db(fields=["inspection"])
         return self._changed(station)
 
