@@ -375,6 +375,13 @@ class Station(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     latest_frame = models.CharField(max_length=300, blank=True, help_text="Storage name (JPEG).")
     latest = models.JSONField(default=dict, blank=True, help_text="The latest frame's verdict.")
+    # running totals, kept with the rows (the live page reads them every second: counting
+    # millions of rows each time would not do)
+    count_ok = models.PositiveBigIntegerField(default=0)
+    count_ng = models.PositiveBigIntegerField(default=0)
+    count_unsure = models.PositiveBigIntegerField(default=0)
+    count_failed = models.PositiveBigIntegerField(default=0)
+    count_sampled = models.PositiveBigIntegerField(default=0)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )

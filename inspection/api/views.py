@@ -435,10 +435,23 @@ class StationViewSet(NumericIds, viewsets.ModelViewSet):
     def perform_destroy(self, instance):
         station_services.station_delete(user=self.request.user, station=instance)
 
-    @extend_schema(responses=dict)
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "minutes",
+                int,
+                description="per-minute counts over the last N minutes (0-1440, default 60; "
+                "0: none, for the every-second poll)",
+            )
+        ],
+        responses=dict,
+    )
     @action(detail=True, pagination_class=None, filterset_class=None)
     def live(self, request, pk=None):
-        return Response(station_services.station_live(self.get_object()))
+        raw = request.query_params.get("minutes", "60")
+        if not raw.isdigit() or int(raw) > 1440:
+            raise serializers.ValidationError({"minutes": "A whole number from 0 to 1440."})
+        return Response(station_services.station_live(self.get_object(), minutes=int(raw)))
 
     @extend_schema(
         parameters=[

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F
+from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from inspection.models import (
@@ -120,17 +121,29 @@ def station_event_add(*, station: Station, kind: str, message: str = "", gap_s: 
 
 def station_results_record(*, station: Station, rows: Iterable[dict]) -> int:
     """Store result rows (dicts of StationResult fields, ``key`` unique per station) in one
-    insert; a row whose key is already stored (a batch redone after a crash) is skipped.
-    Returns how many rows were new."""
-    objs = [StationResult(station=station, **row) for row in rows]
+    insert and add them to the station's totals; a row whose key is already stored (a batch
+    redone after a crash) is skipped. Returns how many rows were new."""
+    objs = {row["key"]: StationResult(station=station, **row) for row in rows}
     if not objs:
         return 0
-    keys = [o.key for o in objs]
     with transaction.atomic():
-        before = StationResult.objects.filter(station=station, key__in=keys).count()
-        StationResult.objects.bulk_create(objs, ignore_conflicts=True, batch_size=500)
-        after = StationResult.objects.filter(station=station, key__in=keys).count()
-    return after - before
+        stored = set(
+            StationResult.objects.filter(station=station, key__in=list(objs)).values_list(
+                "key", flat=True
+            )
+        )
+        new = [o for key, o in objs.items() if key not in stored]
+        # one process writes a station's rows: no other insert races this one (the unique
+        # key still guards against a second process started by mistake)
+        StationResult.objects.bulk_create(new, ignore_conflicts=True, batch_size=500)
+        counts = {f"count_{v}": 0 for v in StationResult.Verdict.values}
+        for o in new:
+            counts[f"count_{o.verdict}"] += 1
+        counts["count_sampled"] = sum(o.image_id is not None for o in new)
+        Station.objects.filter(pk=station.pk).update(
+            **{field: F(field) + n for field, n in counts.items() if n}
+        )
+    return len(new)
 
 
 def station_sample_room(station: Station) -> int:
@@ -209,16 +222,13 @@ def station_running(station: Station) -> bool:
 
 def station_live(station: Station, *, minutes: int = 60, recent: int = 200) -> dict:
     """What the station page shows: state, counts and yield, throughput and latency of the
-    latest ``recent`` frames, per-minute counts over ``minutes``, the last NG frames."""
+    latest ``recent`` frames, per-minute counts over the last ``minutes`` (0: none), the last NG
+    frames."""
     results = StationResult.objects.filter(station=station)
-    totals = results.aggregate(
-        total=Count("id"),
-        ok=Count("id", filter=Q(verdict="ok")),
-        ng=Count("id", filter=Q(verdict="ng")),
-        unsure=Count("id", filter=Q(verdict="unsure")),
-        failed=Count("id", filter=Q(verdict="failed")),
-        sampled=Count("id", filter=Q(image__isnull=False)),
-    )
+    totals = {
+        v: getattr(station, f"count_{v}") for v in ("ok", "ng", "unsure", "failed", "sampled")
+    }
+    totals["total"] = sum(totals[v] for v in StationResult.Verdict.values)
     judged = totals["ok"] + totals["ng"]
     last = list(results.order_by("-at", "-id").values("at", "latency_ms", "skipped")[:recent])
     latencies = [r["latency_ms"] for r in last]
@@ -226,13 +236,20 @@ def station_live(station: Station, *, minutes: int = 60, recent: int = 200) -> d
     if len(last) >= 2:
         span = (last[0]["at"] - last[-1]["at"]).total_seconds()
         fps = round((len(last) - 1) / span, 2) if span > 0 else None
-    since = timezone.now() - timedelta(minutes=minutes)
     buckets: dict[str, dict] = {}
-    for at, verdict in results.filter(at__gte=since).values_list("at", "verdict"):
-        minute = at.replace(second=0, microsecond=0).isoformat()
-        b = buckets.setdefault(minute, {"minute": minute, "ok": 0, "ng": 0, "unsure": 0})
-        if verdict in b:
-            b[verdict] += 1
+    if minutes:  # counted by the database (90,000 rows an hour at 25 frames/s)
+        since = timezone.now() - timedelta(minutes=minutes)
+        per_minute = (
+            results.filter(at__gte=since)
+            .annotate(minute=TruncMinute("at"))
+            .values("minute", "verdict")
+            .annotate(n=Count("id"))
+        )
+        for row in per_minute:
+            minute = row["minute"].isoformat()
+            b = buckets.setdefault(minute, {"minute": minute, "ok": 0, "ng": 0, "unsure": 0})
+            if row["verdict"] in b:
+                b[row["verdict"]] += row["n"]
     ng = results.filter(verdict="ng").select_related("image").order_by("-at", "-id")[:8]
     return {
         "id": station.pk,

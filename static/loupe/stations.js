@@ -112,7 +112,7 @@
     if (!items.length) list.appendChild(el("li", { class: "hint", text: "None yet." }));
   }
 
-  function draw(d) {
+  function draw(d, plot) {
     $("st-status").textContent = STATUS[d.status] || d.status;
     $("st-status").className = "badge status-" + d.status;
     const c = d.counts;
@@ -128,7 +128,7 @@
     const toggle = $("st-toggle");
     if (toggle) toggle.textContent = enabled ? "Pause" : "Resume";
     drawFrame(d);
-    drawPlot(d.per_minute);
+    if (plot) drawPlot(d.per_minute);
     drawNg(d.last_ng);
     const events = $("st-events");
     events.innerHTML = "";
@@ -138,9 +138,14 @@
     });
   }
 
+  /* every second the state and the counts; every tenth time the per-minute plot too (the
+     database counts an hour of rows for it) */
+  let polls = 0;
   async function poll() {
+    const plot = polls % 10 === 0;
+    polls += 1;
     try {
-      draw(await api(live.dataset.live));
+      draw(await api(live.dataset.live + "?minutes=" + (plot ? 60 : 0)), plot);
     } catch (err) {
       $("st-message").textContent = "Cannot reach Loupe: " + err.message;
     }

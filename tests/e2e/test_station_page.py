@@ -65,7 +65,7 @@ def test_the_station_page_shows_counts_and_ng_frames_live(page, trained, tmp_pat
     assert {t.split(" · ")[0] for t in ng.all_inner_texts()} == {
         f"line-5.avi#{n}" for n in NG_FRAMES
     }
-    assert page.locator("#st-plot rect.bar.ng").count() >= 1
+    page.locator("#st-plot rect.bar.ng").first.wait_for(timeout=15_000)  # redrawn every 10 s
     assert "started" in page.locator("#st-events").inner_text()
 
     # the NG frame opens in the workspace, with the station's suggestion on it

@@ -96,3 +96,19 @@ def test_results_by_time_range_and_verdict_and_rows_written_once(team, client_fo
     assert len(lines) == 3 and lines[1].split(",")[1] == "v.avi#3"
     assert c.get(f"/api/stations/{station.pk}/results.csv", {"end": "x"}).status_code == 400
     assert c.get(f"/api/stations/{station.pk}/latest.jpg").status_code == 404  # no frame yet
+    # the live figures: totals kept with the rows (a redone batch is not counted twice)
+    live = c.get(f"/api/stations/{station.pk}/live/", {"minutes": 0}).json()
+    assert live["counts"] == {
+        "ok": 4,
+        "ng": 1,
+        "unsure": 0,
+        "failed": 0,
+        "sampled": 0,
+        "total": 5,
+    }
+    assert live["yield"] == 0.8 and live["per_minute"] == []
+    assert live["latency_ms"] == {"p50": 12.5, "p95": 12.5}
+    assert live["frames_per_s"] == round(4 / 240, 2)  # 5 frames a minute apart
+    for bad in ("abc", "-1", "1441"):
+        r = c.get(f"/api/stations/{station.pk}/live/", {"minutes": bad})
+        assert r.status_code == 400 and "minutes" in r.json()["detail"]
