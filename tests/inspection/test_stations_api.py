@@ -112,3 +112,26 @@ def test_results_by_time_range_and_verdict_and_rows_written_once(team, client_fo
     for bad in ("abc", "-1", "1441"):
         r = c.get(f"/api/stations/{station.pk}/live/", {"minutes": bad})
         assert r.status_code == 400 and "minutes" in r.json()["detail"]
+
+
+def test_the_stations_pages_show_what_each_role_may_do(team):
+    from django.test import Client
+
+    project = team["project"]
+    station = Station.objects.create(project=project, name="line-1", source="/data/line1.avi")
+
+    def page(user, url):
+        c = Client()
+        c.force_login(user)
+        return c.get(url)
+
+    assert page(team["outsider"], f"/projects/{project.pk}/stations/").status_code == 404
+    assert page(team["outsider"], f"/stations/{station.pk}/").status_code == 404
+    html = page(team["annotator"], f"/projects/{project.pk}/stations/").content.decode()
+    assert "line-1" in html and "Not running" in html and "station-new" not in html
+    assert "no active anomaly model" in html  # a station would only wait
+    html = page(team["admin"], f"/projects/{project.pk}/stations/").content.decode()
+    assert 'id="station-new"' in html
+    html = page(team["annotator"], f"/stations/{station.pk}/").content.decode()
+    assert "/data/line1.avi" in html and 'id="st-toggle"' not in html
+    assert 'id="st-toggle"' in page(team["admin"], f"/stations/{station.pk}/").content.decode()

@@ -243,6 +243,7 @@ class StationProcess:
             station.enabled,
             station.unsure_margin,
             station.ok_sample_rate,
+            station.sample_quota,
             repr(sorted(with_inspection_defaults(station.project.inspection).items())),
         )
 
