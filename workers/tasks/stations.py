@@ -193,7 +193,8 @@ class StationProcess:
 
             # rows and sampled frames are stored on a writer thread while inspection goes on
             writer = station_loop.BackgroundSink(
-                _Sink(station, version, run, detect), on_exit=db.connection.close
+                _Sink(station, version, run, detect),
+                on_exit=lambda: db.connection.close(),  # the writer thread's own connection
             )
             loop_config = station_loop.LoopConfig(
                 unsure_margin=station.unsure_margin, ok_sample_rate=station.ok_sample_rate

@@ -18,6 +18,9 @@ from inspection.services.inspections import model_version_train
 from inspection.services.stations import station_create
 from tests.conftest import dataset
 
+# the station's reader and writer threads: an error there fails the test, not just a warning
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 SIDE = 256  # bottle photos are 900 px: a quarter keeps the test fast, the defects stay visible
 NG_FRAMES = {4, 9}
 TRAINED = 28
