@@ -186,6 +186,13 @@ def main() -> None:
     ap.add_argument("--normals", type=int, default=28)
     ap.add_argument("--ng-every", type=int, default=25, help="one broken bottle per N frames")
     ap.add_argument("--minutes", type=float, default=0, help="memory run: loop the video")
+    ap.add_argument(
+        "--unsure-margin",
+        type=float,
+        default=0.1,
+        help="the station's setting: frames this close to the threshold are stored for review",
+    )
+    ap.add_argument("--ok-rate", type=float, default=0.01, help="share of OK frames stored")
     ap.add_argument("--skip-seeds", action="store_true")
     args = ap.parse_args()
     if not (DATASETS / "mvtec_bottle").is_dir():
@@ -216,7 +223,12 @@ def run(args, tmp: Path) -> None:
         f"{len(ng)} broken bottles, written in {time.perf_counter() - t:.0f} s"
     )
     station = station_create(
-        user=args.user, project=project, name="line-3", source=str(video), ok_sample_rate=0.01
+        user=args.user,
+        project=project,
+        name="line-3",
+        source=str(video),
+        ok_sample_rate=args.ok_rate,
+        unsure_margin=args.unsure_margin,
     )
 
     if args.minutes:
