@@ -24,8 +24,9 @@ class Command(BaseCommand):
     def handle(self, *args, name: str, until_idle: bool, **options):
         # before torch and OpenVINO are imported (by the first model load): a station machine
         # runs the station and little else, so every core unless LOUPE_STATION_THREADS (or
-        # OMP_NUM_THREADS) says otherwise — 256 px PaDiM on OpenVINO took 44 ms per 1080p frame
-        # on one core of the 2-core dev machine and 32 ms on both (docs/stations.md). Idle
+        # OMP_NUM_THREADS) says otherwise — 256 px PaDiM on OpenVINO took 52.5 ms per 1080p
+        # frame with one thread of the 2-core dev machine, 42.5 ms with two (docs/stations.md,
+        # benchmarks/station.py). Idle
         # OpenMP threads sleep instead of spinning, as in the worker (workers/celery.py).
         os.environ.setdefault(
             "OMP_NUM_THREADS",
