@@ -26,8 +26,8 @@ class Command(BaseCommand):
         # runs the station and little else, so every core unless LOUPE_STATION_THREADS (or
         # OMP_NUM_THREADS) says otherwise — 256 px PaDiM on OpenVINO took 52.5 ms per 1080p
         # frame with one thread of the 2-core dev machine, 42.5 ms with two (docs/stations.md,
-        # benchmarks/station.py). Idle
-        # OpenMP threads sleep instead of spinning, as in the worker (workers/celery.py).
+        # benchmarks/station.py). Idle OpenMP threads sleep instead of spinning, as in the
+        # worker (workers/celery.py).
         os.environ.setdefault(
             "OMP_NUM_THREADS",
             os.environ.get("LOUPE_STATION_THREADS") or str(os.cpu_count() or 1),
