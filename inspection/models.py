@@ -426,7 +426,11 @@ class StationResult(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["station", "key"], name="station_result_once"),
         ]
-        indexes = [models.Index(fields=["station", "at"])]
+        indexes = [
+            models.Index(fields=["station", "at"]),
+            # where a video resumes: the last frame recorded of that file
+            models.Index(fields=["station", "source_name", "frame_number"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.station} {self.key} {self.verdict}"

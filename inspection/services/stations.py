@@ -147,9 +147,10 @@ def station_results_record(*, station: Station, rows: Iterable[dict]) -> int:
 
 
 def station_sample_room(station: Station) -> int:
-    """How many more frames the station may store as images (its quota minus those stored)."""
-    used = StationResult.objects.filter(station=station, image__isnull=False).count()
-    return max(station.sample_quota - used, 0)
+    """How many more frames the station may store as images: its quota minus the rows that
+    point to a stored frame (the running total, not a count of millions of rows)."""
+    station.refresh_from_db(fields=["count_sampled", "sample_quota"])
+    return max(station.sample_quota - station.count_sampled, 0)
 
 
 def station_resume_frame(station: Station, source_name: str) -> int:

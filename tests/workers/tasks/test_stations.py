@@ -125,32 +125,14 @@ def test_a_station_inspects_a_video_and_sends_the_ng_frames_to_review(trained, t
     assert StationResult.objects.filter(station=station).count() == 14
 
 
-@pytest.mark.django_db
-def test_ng_rows_carry_the_category_the_active_detector_gives_their_regions(team, tmp_path):
-    """The station's writer classifies the regions of the frames it stores with the active
-    detector (here a stand-in for one: its boxes are given): the row says what went wrong."""
-    from annotations.services.categories import category_create
-    from inspection.models import ModelVersion, StationResult
-    from inspection.services.stations import station_run_for
+def ng_result(key: str, grey: int, regions: list):
+    """A sampled NG frame as the loop hands it to the writer, with a prediction of the engine
+    (made here: these tests are about what the writer stores, not about the model)."""
     from workers.anomaly import Prediction
-    from workers.anomaly.regions import Region
-    from workers.detection import Detection
     from workers.station import loop, sources
-    from workers.tasks.stations import _Sink
 
-    project, admin = team["project"], team["admin"]
-    category_create(user=admin, project=project, name="dent")
-    version = ModelVersion.objects.create(
-        project=project, number=1, architecture="padim", status="ready", is_active=True
-    )
-    station = station_create(user=admin, project=project, name="press-1", source=str(tmp_path))
-    run = station_run_for(station=station, model_version=version, params={})
-    regions = [
-        Region(box=[10, 10, 20, 20], polygon=[], area=400, peak_score=0.9, mean_score=0.7),
-        Region(box=[100, 100, 8, 8], polygon=[], area=64, peak_score=0.8, mean_score=0.6),
-    ]
     prediction = Prediction(
-        image_path="part.png",
+        image_path=key,
         image_size=(128, 128),
         image_score=0.9,
         is_anomalous=True,
@@ -161,12 +143,9 @@ def test_ng_rows_carry_the_category_the_active_detector_gives_their_regions(team
         params={},
         timings={},
     )
-    frame = sources.Frame(
-        key="part.png", name="part.png", image=np.full((128, 128, 3), 90, np.uint8)
-    )
-    result = loop.FrameResult(
-        key="part.png",
-        name="part.png",
+    return loop.FrameResult(
+        key=key,
+        name=key,
         number=None,
         captured_at=time.time(),
         verdict=loop.NG,
@@ -174,11 +153,61 @@ def test_ng_rows_carry_the_category_the_active_detector_gives_their_regions(team
         regions=[{"box": r.box, "score": r.peak_score} for r in regions],
         latency_ms=20.0,
         sample=True,
-        frame=frame,
+        frame=sources.Frame(key=key, name=key, image=np.full((128, 128, 3), grey, np.uint8)),
         inference=loop.Inference(0.9, [], prediction),
     )
+
+
+@pytest.fixture
+def writer_setup(team, tmp_path):
+    from inspection.models import ModelVersion
+    from inspection.services.stations import station_run_for
+
+    project, admin = team["project"], team["admin"]
+    version = ModelVersion.objects.create(
+        project=project, number=1, architecture="padim", status="ready", is_active=True
+    )
+    station = station_create(user=admin, project=project, name="press-1", source=str(tmp_path))
+    run = station_run_for(station=station, model_version=version, params={})
+    return station, version, run
+
+
+@pytest.mark.django_db
+def test_ng_rows_carry_the_category_the_active_detector_gives_their_regions(team, writer_setup):
+    """The station's writer classifies the regions of the frames it stores with the active
+    detector (here a stand-in for one: its boxes are given): the row says what went wrong."""
+    from annotations.services.categories import category_create
+    from workers.anomaly.regions import Region
+    from workers.detection import Detection
+    from workers.tasks.stations import _Sink
+
+    station, version, run = writer_setup
+    category_create(user=team["admin"], project=team["project"], name="dent")
+    regions = [
+        Region(box=[10, 10, 20, 20], polygon=[], area=400, peak_score=0.9, mean_score=0.7),
+        Region(box=[100, 100, 8, 8], polygon=[], area=64, peak_score=0.8, mean_score=0.6),
+    ]
     dent = Detection(0, 0, 40, 40, 0.95, 2, "dent")  # covers the first region, not the second
-    _Sink(station, version, run, lambda path: [dent]).flush([result])
+    _Sink(station, version, run, lambda path: [dent]).flush([ng_result("part.png", 90, regions)])
     row = StationResult.objects.get(station=station)
     assert [r.get("category") for r in row.regions] == ["dent", None]
     assert row.image.suggestions.get(category__name="dent").category_score == 0.95
+
+
+@pytest.mark.django_db
+def test_a_station_stores_no_more_frames_than_its_quota(writer_setup):
+    from workers.tasks.stations import _Sink
+
+    station, version, run = writer_setup
+    station.sample_quota = 2
+    station.save()
+    _Sink(station, version, run, None).flush(
+        [ng_result("a.png", 10, []), ng_result("b.png", 20, [])]
+    )
+    # a new writer (the station started again) knows what is left of the quota
+    _Sink(station, version, run, None).flush([ng_result("c.png", 30, [])])
+    rows = {r.key: r.image_id for r in StationResult.objects.filter(station=station)}
+    assert rows["a.png"] and rows["b.png"] and rows["c.png"] is None  # recorded, not stored
+    station.refresh_from_db()
+    assert station.count_sampled == 2 and station.count_ng == 3
+    assert Image.objects.filter(source_group="station press-1").count() == 2
