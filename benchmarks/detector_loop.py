@@ -131,9 +131,11 @@ def main() -> None:
     ap.add_argument("--images", help="with --speed: a folder of the set's images")
     args = ap.parse_args()
     if args.speed:
-        tmp = Path(tempfile.mkdtemp(prefix="loupe-detector-speed-"))
         speed = _speed(Path(args.speed), Path(args.images), 640)
-        mp20 = _twenty_megapixels(Path(args.speed), Path(args.images), args.input_size, tmp)
+        with tempfile.TemporaryDirectory(prefix="loupe-detector-speed-") as tmp:  # the mosaic
+            mp20 = _twenty_megapixels(
+                Path(args.speed), Path(args.images), args.input_size, Path(tmp)
+            )
         print(
             f"ms per 640 slice: ONNX {speed['ms_onnx']:.0f}, torch {speed['ms_torch']:.0f} "
             f"({PADDLE_SECONDS_PER_SLICE * 1000 / speed['ms_onnx']:.1f}x Paddle's 2.1 s); "
