@@ -152,6 +152,20 @@
     window.setTimeout(poll, 1000);
   }
 
+  /* the CSV link follows the time range (local times in the inputs, UTC in the link) */
+  const exportForm = $("st-export");
+  function exportLink() {
+    const query = new URLSearchParams();
+    ["start", "end"].forEach((name) => {
+      const value = exportForm.elements[name].value;
+      if (value) query.set(name, new Date(value).toISOString());
+    });
+    const q = query.toString();
+    $("st-csv").href = exportForm.dataset.url + (q ? "?" + q : "");
+  }
+  exportForm.addEventListener("input", exportLink);
+  exportForm.addEventListener("submit", (e) => e.preventDefault());
+
   const toggle = $("st-toggle");
   if (toggle) {
     toggle.addEventListener("click", async () => {

@@ -68,6 +68,18 @@ def test_the_station_page_shows_counts_and_ng_frames_live(page, trained, tmp_pat
     page.locator("#st-plot rect.bar.ng").first.wait_for(timeout=15_000)  # redrawn every 10 s
     assert "started" in page.locator("#st-events").inner_text()
 
+    # the results of a time range as CSV: everything up to now, nothing from tomorrow on
+    with page.expect_download() as got:
+        page.click("#st-csv")
+    lines = Path(got.value.path()).read_text().splitlines()
+    assert lines[0].startswith("at,key,source,frame,verdict") and len(lines) == 15
+    page.fill("#st-export input[name=start]", "2099-01-01T00:00:00")
+    href = page.locator("#st-csv").get_attribute("href")  # UTC: a day either side of local
+    assert "start=2099-01-01T" in href or "start=2098-12-31T" in href
+    with page.expect_download() as got:
+        page.click("#st-csv")
+    assert Path(got.value.path()).read_text().splitlines() == [lines[0]]
+
     # the NG frame opens in the workspace, with the station's suggestion on it
     image_id = StationResult.objects.get(station=station, frame_number=4).image_id
     page.click(f"#st-ng a[href='/images/{image_id}/']")
