@@ -238,8 +238,11 @@ class StationProcess:
 
     @staticmethod
     def _settings_of(station: Station, version: ModelVersion) -> tuple:
+        """What the loop was set up with: when any of it changes, it is set up again."""
+        detector = active_model(station.project, ModelVersion.Kind.DETECTOR)
         return (
             version.pk,
+            detector.pk if detector is not None else None,  # it classifies stored frames
             station.source,
             station.enabled,
             station.unsure_margin,

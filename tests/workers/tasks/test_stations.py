@@ -211,3 +211,29 @@ def test_a_station_stores_no_more_frames_than_its_quota(writer_setup):
     station.refresh_from_db()
     assert station.count_sampled == 2 and station.count_ng == 3
     assert Image.objects.filter(source_group="station press-1").count() == 2
+
+
+@pytest.mark.django_db
+def test_a_new_active_detector_sets_the_station_up_again(team, writer_setup):
+    """The loop is set up with the active models: a detector trained or activated meanwhile
+    must classify the next stored frames, as a new anomaly model or new settings do."""
+    from inspection.models import ModelVersion
+    from workers.tasks.stations import StationProcess
+
+    station, version, _ = writer_setup
+    process = StationProcess(station.name)
+    process.settings = process._settings_of(station, version)
+    assert not process._changed(station)
+    ModelVersion.objects.create(
+        project=team["project"],
+        number=1,
+        kind="detector",
+        architecture="ppyoloe-sod-s",
+        status="ready",
+        is_active=True,
+    )
+    assert process._changed(station)
+    station.ok_sample_rate = 0.5  # and the station's own settings, as before
+    process.settings = process._settings_of(station, version)
+    station.ok_sample_rate = 0.01
+    assert process._changed(station)
