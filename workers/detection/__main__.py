@@ -31,6 +31,8 @@ def _model_config(args: argparse.Namespace, num_classes: int | None) -> Any:
     overrides: dict[str, Any] = {}
     if getattr(args, "eval_size", None):
         overrides["eval_size"] = args.eval_size
+    if getattr(args, "siamese", False):
+        overrides["reference"] = "siamese"
     if args.config:
         if num_classes is not None:
             overrides["num_classes"] = num_classes
@@ -74,6 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         else None,
         eval_every=args.eval_every,
         checkpoint=args.checkpoint,
+        reference_root=args.references,
+        val_reference_root=args.references,
     )
     print(json.dumps({"artifact": str(result.artifact), "seconds": round(result.seconds, 1)}))
     return 0
@@ -94,6 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         slice_size=args.slice_size,
         overlap=args.overlap,
         batch_size=args.batch_size,
+        reference_root=args.references,
     )
     print(
         json.dumps(
@@ -111,16 +116,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .errors import DetectionError
     from .runtimes import load_detector
 
+    references = args.reference or [None] * len(args.images)
+    if len(references) != len(args.images):
+        raise DetectionError(
+            f"{len(args.images)} images but {len(references)} --reference files: one per image"
+        )
     det = load_detector(args.model, args.runtime, device=args.device)
-    for image in args.images:
+    for image, reference in zip(args.images, references, strict=True):
         dets = det.predict_sliced(
             image,
             slice_size=args.slice_size,
             overlap=args.overlap,
             score_threshold=args.score,
             batch_size=args.batch_size,
+            reference=reference,
         )
         print(
             json.dumps(
@@ -184,6 +196,8 @@ def cmd_check_int8(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         threads=args.threads,
         progress=lambda message: print(message, file=sys.stderr),
+        reference_root=args.references,
+        calibration_reference_root=args.calibration_references,
     )
     print(json.dumps(result))
     return 0 if result["passed"] else 1
@@ -229,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         help="write a checkpoint here after every epoch; if it exists, continue from it",
     )
+    t.add_argument(
+        "--siamese",
+        action="store_true",
+        help="Siamese detector: each image with its reference (COCO image field "
+        "'reference_file_name' or 'template_file_name')",
+    )
+    t.add_argument("--references", help="root of the reference files (default: --images)")
     model_opts(t)
     t.set_defaults(func=cmd_train)
 
@@ -241,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overlap", type=float, default=0.25)
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--device", default=None)
+    e.add_argument("--references", help="root of a Siamese model's references (default: --images)")
     runtime_opt(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -252,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--score", type=float, default=0.25)
     pr.add_argument("--batch-size", type=int, default=4)
     pr.add_argument("--device", default=None)
+    pr.add_argument(
+        "--reference",
+        nargs="+",
+        help="a Siamese model's reference images, one per image, aligned to it, in order",
+    )
     runtime_opt(pr)
     pr.set_defaults(func=cmd_predict)
 
@@ -291,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overlap", type=float, default=0.25)
     q.add_argument("--tolerance", type=float, default=0.01, help="mAP50 INT8 may lose")
     q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--references", help="a Siamese model's reference root for COCO")
+    q.add_argument("--calibration-references", help="reference root of --calibration-coco")
     q.set_defaults(func=cmd_check_int8)
     return p
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig, TrainConfig
-from .data import Category, CocoDetectionDataset
+from .data import Category, CocoDetectionDataset, reference_file_name
 from .errors import CheckpointError
 
 FORMAT = "loupe-ppyoloe-sod-checkpoint"
@@ -38,12 +38,16 @@ RUNTIME_FIELDS = frozenset({"device", "num_threads", "log_every", "pretrained"})
 
 
 def dataset_fingerprint(dataset: CocoDetectionDataset) -> str:
-    """sha256 over the training images (id, file name) and their boxes and labels, in order:
-    the data order and augmentation only replay exactly on the same list."""
+    """sha256 over the training images (id, file name; for a Siamese run, the reference's file
+    name too) and their boxes and labels, in order: the data order and augmentation only replay
+    exactly on the same list."""
     h = hashlib.sha256()
     for i, img in enumerate(dataset.images):
         boxes, labels = dataset.targets(i)
-        h.update(json.dumps([img["id"], img["file_name"]]).encode())
+        ident = [img["id"], img["file_name"]]
+        if dataset.references:
+            ident.append(reference_file_name(img))
+        h.update(json.dumps(ident).encode())
         h.update(np.ascontiguousarray(boxes, dtype=np.float32).tobytes())
         h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
     return h.hexdigest()

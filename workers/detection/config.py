@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 BACKBONES = ("cspresnet", "lite0")
+# "none": one image in; "siamese": the image and its aligned reference (golden sample, before
+# image) through the same backbone, fused per pyramid level (workers/detection/fusion.py).
+REFERENCES = ("none", "siamese")
 
 
 @dataclass
@@ -62,10 +65,14 @@ class ModelConfig:
     nms_threshold: float = 0.6
     # Inference input (square, stretched like PaddleDetection's eval reader)
     eval_size: int = 640
+    # Loupe's extension, not a PaddleDetection key: "siamese" takes a reference image too.
+    reference: str = "none"
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, got {self.reference!r}")
         if self.num_classes < 1:
             raise ValueError("num_classes must be >= 1")
         # JSON round trips turn tuples into lists; keep them hashable and comparable.
@@ -142,11 +149,21 @@ class ModelConfig:
         kw.update(overrides)
         return cls(**kw)
 
+    @property
+    def siamese(self) -> bool:
+        """True when the network takes a reference image beside the image."""
+        return self.reference == "siamese"
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (tuples become lists)."""
-        return {
+        """Plain-JSON form (tuples become lists). ``reference`` is left out when it is
+        ``"none"``: single-image artifacts, checkpoints and exports stay exactly what they were
+        before the field existed (and older ones still match a resumed run)."""
+        out = {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
         }
+        if out["reference"] == "none":
+            del out["reference"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:

@@ -18,6 +18,19 @@ from .errors import DetectionDataError
 # Paddle's BatchRandomResize with random_interp draws from these cv2 interpolations.
 INTERPS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC, cv2.INTER_LANCZOS4)
 
+# COCO image fields naming an image's reference (its golden sample or "before" image, aligned to
+# it): Loupe's own extension first, then DeepPCB's name for its defect-free templates.
+REFERENCE_FIELDS = ("reference_file_name", "template_file_name")
+
+
+def reference_file_name(image: dict[str, Any]) -> str | None:
+    """The reference file named by a COCO image entry (:data:`REFERENCE_FIELDS`), or None."""
+    for key in REFERENCE_FIELDS:
+        value = image.get(key)
+        if value:
+            return str(value)
+    return None
+
 
 @dataclass
 class Category:
@@ -37,6 +50,7 @@ class Sample:
     labels: np.ndarray  # [n] int64
     image_id: int
     file_name: str
+    reference: np.ndarray | None = None  # H x W x 3 uint8 RGB, aligned to image (Siamese)
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -57,7 +71,13 @@ def read_coco_categories(data: dict[str, Any]) -> list[Category]:
 
 
 class CocoDetectionDataset:
-    """Images and boxes from a COCO JSON file; images are read lazily from ``image_root``."""
+    """Images and boxes from a COCO JSON file; images are read lazily from ``image_root``.
+
+    With ``references=True`` every sample also carries its reference image (for a Siamese
+    detector): the file named by the image's ``reference_file_name`` (or DeepPCB's
+    ``template_file_name``), relative to ``reference_root`` (default: ``image_root``). An image
+    without one is a :class:`DetectionDataError` naming it, raised here, before any training.
+    """
 
     def __init__(
         self,
@@ -65,6 +85,9 @@ class CocoDetectionDataset:
         image_root: str | Path | None = None,
         image_filter: Any | None = None,
         categories: list[Category] | None = None,
+        *,
+        references: bool = False,
+        reference_root: str | Path | None = None,
     ) -> None:
         ann_file = Path(ann_file)
         try:
@@ -84,6 +107,21 @@ class CocoDetectionDataset:
         ]
         self._anns = anns_by_image
         self.coco = data
+        self.references = references
+        self.reference_root = (
+            Path(reference_root) if reference_root is not None else self.image_root
+        )
+        if references:
+            missing = [str(img["file_name"]) for img in self.images if not reference_file_name(img)]
+            if missing:
+                shown = ", ".join(missing[:5]) + (
+                    f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+                )
+                raise DetectionDataError(
+                    f"{len(missing)} of {len(self.images)} images in {ann_file} have no reference "
+                    f"image (COCO image field 'reference_file_name'), which a Siamese detector "
+                    f"needs: {shown}"
+                )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -105,15 +143,40 @@ class CocoDetectionDataset:
             np.asarray(labels, dtype=np.int64),
         )
 
+    def reference_path(self, idx: int) -> Path | None:
+        """Path of image ``idx``'s reference, or None when its COCO entry names none."""
+        name = reference_file_name(self.images[idx])
+        return None if name is None else self.reference_root / name
+
+    def load_reference(self, idx: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """The reference of image ``idx`` (RGB uint8); with ``shape``, it must be that size."""
+        file_name = self.images[idx]["file_name"]
+        path = self.reference_path(idx)
+        if path is None:
+            raise DetectionDataError(f"image {file_name} has no reference image")
+        try:
+            reference = load_image(path)
+        except DetectionDataError as exc:
+            raise DetectionDataError(f"reference of image {file_name}: {exc}") from exc
+        if shape is not None and reference.shape[:2] != tuple(shape[:2]):
+            raise DetectionDataError(
+                f"reference {path.name} of image {file_name} is {reference.shape[1]}x"
+                f"{reference.shape[0]} px, the image {shape[1]}x{shape[0]}: a reference must "
+                "be aligned to its image, at the same size"
+            )
+        return reference
+
     def __getitem__(self, idx: int) -> Sample:
         img = self.images[idx]
         boxes, labels = self.targets(idx)
+        image = load_image(self.image_root / img["file_name"])
         return Sample(
-            image=load_image(self.image_root / img["file_name"]),
+            image=image,
             boxes=boxes,
             labels=labels,
             image_id=int(img["id"]),
             file_name=str(img["file_name"]),
+            reference=self.load_reference(idx, image.shape) if self.references else None,
         )
 
 
@@ -147,8 +210,25 @@ def random_distort(image: np.ndarray, rng: random.Random) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def random_distort_pair(
+    image: np.ndarray, reference: np.ndarray, rng: random.Random, jitter: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`random_distort` with the same draws on an image and its reference, then the
+    reference's brightness and contrast moved a little more (up to ``jitter``): a golden sample
+    photographed on another day is lit almost, not exactly, alike."""
+    state = rng.getstate()
+    image = random_distort(image, rng)
+    twin = random.Random()
+    twin.setstate(state)
+    reference = random_distort(reference, twin).astype(np.float32)
+    mean = reference.mean()
+    gain, contrast = rng.uniform(1 - jitter, 1 + jitter), rng.uniform(1 - jitter, 1 + jitter)
+    reference = ((reference - mean) * contrast + mean) * gain
+    return image, np.clip(reference, 0, 255).astype(np.uint8)
+
+
 def random_flip(sample: Sample, rng: random.Random, prob: float = 0.5) -> Sample:
-    """Horizontal flip of image and boxes."""
+    """Horizontal flip of image and boxes (and of the reference, with the image)."""
     if rng.random() >= prob:
         return sample
     w = sample.image.shape[1]
@@ -160,6 +240,7 @@ def random_flip(sample: Sample, rng: random.Random, prob: float = 0.5) -> Sample
         sample.labels,
         sample.image_id,
         sample.file_name,
+        None if sample.reference is None else np.ascontiguousarray(sample.reference[:, ::-1]),
     )
 
 
@@ -174,7 +255,8 @@ def random_crop(
     are kept whole), centred on a random object with probability ``object_prob``.
 
     Boxes are clipped to the window; boxes with less than ``min_visible`` of their area inside
-    are dropped, as the datasets exporter does for sliced tiles.
+    are dropped, as the datasets exporter does for sliced tiles. The reference, if any, is cut
+    at the same window.
     """
     h, w = sample.image.shape[:2]
     if h <= size and w <= size:
@@ -192,12 +274,16 @@ def random_crop(
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
     keep = visible >= min_visible * np.maximum(area, 1e-6)
+    reference = sample.reference
+    if reference is not None:
+        reference = np.ascontiguousarray(reference[y0 : y0 + ch, x0 : x0 + cw])
     return Sample(
         np.ascontiguousarray(sample.image[y0 : y0 + ch, x0 : x0 + cw]),
         clipped[keep],
         sample.labels[keep],
         sample.image_id,
         sample.file_name,
+        reference,
     )
 
 
@@ -222,15 +308,22 @@ class Batch:
     gt_labels: torch.Tensor  # [B, n, 1]
     gt_bboxes: torch.Tensor  # [B, n, 4]
     pad_gt_mask: torch.Tensor  # [B, n, 1]
+    references: torch.Tensor | None = None  # [B, 3, S, S] for a Siamese detector
 
 
 def collate_train(samples: list[Sample], size: int, rng: random.Random) -> Batch:
-    """BatchRandomResize (one size per batch, random interpolation) + PadGT."""
+    """BatchRandomResize (one size per batch, random interpolation) + PadGT; references, when
+    the samples have them, are resized exactly as their images."""
     images, boxes_list, labels_list = [], [], []
+    references = [] if samples and samples[0].reference is not None else None
     interp = rng.choice(INTERPS)
     for s in samples:
         h, w = s.image.shape[:2]
         images.append(resize_stretched(s.image, size, interp))
+        if references is not None:
+            if s.reference is None:
+                raise DetectionDataError(f"image {s.file_name} has no reference image")
+            references.append(resize_stretched(s.reference, size, interp))
         boxes = s.boxes * np.array([size / w, size / h, size / w, size / h], np.float32)
         boxes = np.clip(boxes, 0, size)
         keep = ((boxes[:, 2] - boxes[:, 0]) > 1e-3) & ((boxes[:, 3] - boxes[:, 1]) > 1e-3)
@@ -247,4 +340,5 @@ def collate_train(samples: list[Sample], size: int, rng: random.Random) -> Batch
             gt_bboxes[i, :k] = torch.from_numpy(b)
             gt_labels[i, :k, 0] = torch.from_numpy(lab)
             pad[i, :k] = 1.0
-    return Batch(to_tensor(images), gt_labels, gt_bboxes, pad)
+    refs = None if references is None else to_tensor(references)
+    return Batch(to_tensor(images), gt_labels, gt_bboxes, pad, refs)

@@ -45,16 +45,26 @@ def evaluate(
     score_threshold: float = 0.01,
     batch_size: int = 4,
     progress: Callable[[float, str, dict[str, Any] | None], None] | None = None,
+    reference_root: str | Path | None = None,
 ) -> EvalResult:
     """Predict every image with :meth:`Detector.predict_sliced` and score with COCOeval.
 
     The low default ``score_threshold`` matches PaddleDetection's eval NMS (0.01) so AP
-    integrates over the whole precision-recall curve.
+    integrates over the whole precision-recall curve. A Siamese detector gets each image's
+    reference (its COCO ``reference_file_name`` or ``template_file_name``, under
+    ``reference_root``, default ``image_root``), sliced at the same windows.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    ds = CocoDetectionDataset(coco_json, image_root, image_filter=image_filter)
+    siamese = detector.model_config.siamese
+    ds = CocoDetectionDataset(
+        coco_json,
+        image_root,
+        image_filter=image_filter,
+        references=siamese,
+        reference_root=reference_root,
+    )
     results: list[dict[str, Any]] = []
     start = time.time()
     for i in range(len(ds)):
@@ -65,6 +75,7 @@ def evaluate(
             overlap=overlap,
             score_threshold=score_threshold,
             batch_size=batch_size,
+            **({"reference": sample.reference} if siamese else {}),
         )
         for d in dets:
             results.append(

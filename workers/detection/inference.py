@@ -12,6 +12,7 @@ import torch
 from .artifact import load_artifact
 from .config import ModelConfig
 from .data import Category, load_image, resize_stretched, to_tensor
+from .errors import DetectionError
 from .model import PPYOLOE
 from .nms import postprocess
 
@@ -46,6 +47,10 @@ class Detector:
     ``predict_sliced`` tiles large images through SAHI. This class runs the network in torch
     (``runtime == "torch"``); :class:`RuntimeDetector` runs an exported copy of it with the same
     pre- and post-processing. :func:`workers.detection.load_detector` picks the faster one.
+
+    A Siamese detector (``siamese`` True) takes each image's reference beside it
+    (``reference=`` / ``references=``): the golden sample or "before" image already aligned to
+    the image, at its size. Sliced prediction cuts both at the same windows.
     """
 
     runtime = "torch"
@@ -66,12 +71,45 @@ class Detector:
         if self.eval_size % 32:
             raise ValueError("eval_size must be a multiple of 32")
 
-    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Network outputs for a float [N, 3, S, S] batch in [0, 1]: scores [N, L, C] and
-        boxes [N, L, 4] in input pixels (before NMS)."""
+    @property
+    def siamese(self) -> bool:
+        """True when the network takes a reference image beside each image."""
+        return self.model_config.siamese
+
+    def forward(
+        self, batch: torch.Tensor, references: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Network outputs for a float [N, 3, S, S] batch in [0, 1] (and, for a Siamese
+        network, its references, same shape): scores [N, L, C] and boxes [N, L, 4] in input
+        pixels (before NMS)."""
         if self.model is None:
             raise RuntimeError("this detector has no torch model")
-        return self.model(batch.to(self.device))
+        if references is None:
+            return self.model(batch.to(self.device))
+        return self.model(batch.to(self.device), references.to(self.device))
+
+    def _check_references(
+        self, images: list[np.ndarray], references: list[np.ndarray] | None
+    ) -> None:
+        if not self.siamese:
+            if references is not None:
+                raise DetectionError(
+                    "this detector is a single-image model: it takes no reference image"
+                )
+            return
+        if references is None or any(r is None for r in references):
+            raise DetectionError(
+                "this detector is a Siamese model: pass each image's reference (aligned to the "
+                "image, at its size) as reference=... / references=[...]"
+            )
+        if len(references) != len(images):
+            raise DetectionError(f"{len(images)} images but {len(references)} references")
+        for im, ref in zip(images, references, strict=True):
+            if ref.shape[:2] != im.shape[:2]:
+                raise DetectionError(
+                    f"the reference is {ref.shape[1]}x{ref.shape[0]} px, its image "
+                    f"{im.shape[1]}x{im.shape[0]}: warp the reference onto the image first"
+                )
 
     @classmethod
     def load(
@@ -92,13 +130,23 @@ class Detector:
 
     @torch.no_grad()
     def predict_batch(
-        self, images: list[np.ndarray], score_threshold: float = 0.25
+        self,
+        images: list[np.ndarray],
+        score_threshold: float = 0.25,
+        references: list[np.ndarray] | None = None,
     ) -> list[list[Detection]]:
-        """Detections for RGB uint8 images of any size (each resized to eval_size)."""
+        """Detections for RGB uint8 images of any size (each resized to eval_size); a Siamese
+        detector needs ``references``, one per image and of its size."""
+        self._check_references(images, references)
         if not images:
             return []
         size = self.eval_size
-        scores, boxes = self.forward(to_tensor([resize_stretched(im, size) for im in images]))
+        batch = to_tensor([resize_stretched(im, size) for im in images])
+        if references is None:
+            scores, boxes = self.forward(batch)
+        else:
+            refs = to_tensor([resize_stretched(r, size) for r in references])
+            scores, boxes = self.forward(batch, refs)
         dets = postprocess(scores, boxes, self.model_config, score_threshold)
         out = []
         for im, d in zip(images, dets, strict=True):
@@ -112,12 +160,20 @@ class Detector:
         return out
 
     def predict(
-        self, image: np.ndarray | str | Path, score_threshold: float = 0.25
+        self,
+        image: np.ndarray | str | Path,
+        score_threshold: float = 0.25,
+        reference: np.ndarray | str | Path | None = None,
     ) -> list[Detection]:
-        """Detections for one whole image (array or path)."""
+        """Detections for one whole image (array or path); a Siamese detector needs its
+        ``reference`` (array or path, aligned to the image, same size)."""
         if not isinstance(image, np.ndarray):
             image = load_image(image)
-        return self.predict_batch([image], score_threshold)[0]
+        if reference is None:
+            return self.predict_batch([image], score_threshold)[0]
+        if not isinstance(reference, np.ndarray):
+            reference = load_image(reference)
+        return self.predict_batch([image], score_threshold, references=[reference])[0]
 
     def predict_sliced(
         self,
@@ -131,8 +187,13 @@ class Detector:
         match_threshold: float = 0.6,
         class_agnostic: bool = True,
         perform_standard_pred: bool = False,
+        reference: np.ndarray | str | Path | None = None,
     ) -> list[Detection]:
         """SAHI sliced prediction on a large image; slices are run ``batch_size`` at a time.
+
+        A Siamese detector needs the image's ``reference`` (array or path; aligned to the image,
+        at its size): it is cut at the same windows as the image, and each slice is predicted
+        with its reference slice. The windows and the merge are SAHI's, as for one image.
 
         Images no larger than one slice are predicted directly (one forward pass). Merging is
         class-agnostic by default: a defect cut by a slice border can be classified
@@ -151,9 +212,27 @@ class Detector:
 
         if not isinstance(image, np.ndarray):
             image = load_image(image)
+        if reference is not None and not isinstance(reference, np.ndarray):
+            reference = load_image(reference)
+        self._check_references([image], None if reference is None else [reference])
         h, w = image.shape[:2]
         if h <= slice_size and w <= slice_size:
-            return self.predict(image, score_threshold)
+            return self.predict(image, score_threshold, reference=reference)
+        if reference is not None:
+            predictions = self._sliced_pairs(
+                image,
+                reference,
+                slice_size=slice_size,
+                overlap=overlap,
+                score_threshold=score_threshold,
+                batch_size=batch_size,
+                postprocess_type=postprocess_type,
+                match_metric=match_metric,
+                match_threshold=match_threshold,
+                class_agnostic=class_agnostic,
+                perform_standard_pred=perform_standard_pred,
+            )
+            return self._from_object_predictions(predictions)
         sahi_model = LoupeSahiModel(detector=self, confidence_threshold=score_threshold)
         result = get_sliced_prediction(
             image,
@@ -171,8 +250,80 @@ class Detector:
             batch_size=batch_size,
             force_postprocess_type=True,
         )
+        return self._from_object_predictions(result.object_prediction_list)
+
+    def _sliced_pairs(
+        self,
+        image: np.ndarray,
+        reference: np.ndarray | None,
+        *,
+        slice_size: int,
+        overlap: float,
+        score_threshold: float,
+        batch_size: int,
+        postprocess_type: str,
+        match_metric: str,
+        match_threshold: float,
+        class_agnostic: bool,
+        perform_standard_pred: bool,
+    ) -> list:
+        """``sahi.predict.get_sliced_prediction`` for an image and its reference: SAHI's own
+        windows (``get_slice_bboxes``), shifts and merge, each batch of image slices predicted
+        with the reference slices at the same windows. (SAHI's function takes one image only.)
+        With ``reference`` None it is the one-image path, which the tests compare with SAHI's."""
+        from sahi.predict import POSTPROCESS_NAME_TO_CLASS
+        from sahi.slicing import get_slice_bboxes
+
+        from .sahi_model import LoupeSahiModel
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if postprocess_type not in POSTPROCESS_NAME_TO_CLASS:
+            raise ValueError(
+                f"postprocess_type should be one of {list(POSTPROCESS_NAME_TO_CLASS)} "
+                f"but given as {postprocess_type}"
+            )
+        h, w = image.shape[:2]
+        windows = get_slice_bboxes(
+            image_height=h,
+            image_width=w,
+            slice_height=slice_size,
+            slice_width=slice_size,
+            auto_slice_resolution=True,
+            overlap_height_ratio=overlap,
+            overlap_width_ratio=overlap,
+        )
+        sahi_model = LoupeSahiModel(detector=self, confidence_threshold=score_threshold)
+        merge = POSTPROCESS_NAME_TO_CLASS[postprocess_type](
+            match_threshold=match_threshold,
+            match_metric=match_metric,
+            class_agnostic=class_agnostic,
+        )
+        predictions = []
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start : start + batch_size]
+            crops = [np.ascontiguousarray(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in chunk]
+            refs = None
+            if reference is not None:
+                refs = [np.ascontiguousarray(reference[y0:y1, x0:x1]) for x0, y0, x1, y1 in chunk]
+            sahi_model.perform_batch_inference(crops, references=refs)
+            sahi_model.convert_original_predictions(
+                shift_amount=[[x0, y0] for x0, y0, _, _ in chunk], full_shape=[[h, w]] * len(chunk)
+            )
+            for per_image in sahi_model.object_prediction_list_per_image:
+                predictions.extend(p.get_shifted_object_prediction() for p in per_image if p)
+        if len(windows) > 1 and perform_standard_pred:
+            refs = None if reference is None else [reference]
+            sahi_model.perform_batch_inference([image], references=refs)
+            sahi_model.convert_original_predictions(shift_amount=[[0, 0]], full_shape=[[h, w]])
+            predictions.extend(sahi_model.object_prediction_list_per_image[0])
+        if len(predictions) > 1:
+            predictions = merge(predictions)
+        return predictions
+
+    def _from_object_predictions(self, object_predictions: list) -> list[Detection]:
         dets = []
-        for op in result.object_prediction_list:
+        for op in object_predictions:
             x1, y1, x2, y2 = op.bbox.to_xyxy()
             dets.append(
                 Detection(
@@ -196,13 +347,14 @@ class Detector:
         return out
 
 
-NetworkFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+NetworkFn = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 class RuntimeDetector(Detector):
     """A :class:`Detector` whose network is an exported copy run outside torch (ONNX Runtime,
     OpenVINO): the same resizing, NMS and SAHI merge, so the detections are the same up to
-    float rounding. ``net`` maps a float32 [N, 3, S, S] array to (scores [N, L, C], boxes
+    float rounding. ``net`` maps a float32 [N, 3, S, S] array (and, for a Siamese network, the
+    references' array of the same shape as a second argument) to (scores [N, L, C], boxes
     [N, L, 4]); ``eval_size`` is the fixed S it was exported at. CPU only; ``model`` is None.
     """
 
@@ -224,7 +376,12 @@ class RuntimeDetector(Detector):
         if self.eval_size % 32:
             raise ValueError("eval_size must be a multiple of 32")
 
-    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, batch: torch.Tensor, references: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Network outputs, as :meth:`Detector.forward`."""
-        scores, boxes = self.net(batch.numpy().astype(np.float32, copy=False))
+        arrays = [batch.numpy().astype(np.float32, copy=False)]
+        if references is not None:
+            arrays.append(references.numpy().astype(np.float32, copy=False))
+        scores, boxes = self.net(*arrays)
         return torch.from_numpy(np.asarray(scores)), torch.from_numpy(np.asarray(boxes))

@@ -14,12 +14,16 @@ import torch
 from .artifact import artifact_sha256, load_artifact
 from .config import ModelConfig
 from .data import Category
-from .errors import WeightsNotFound
+from .errors import DetectionError, WeightsNotFound
 from .inference import RuntimeDetector
 
 # Bumped whenever the exported graph or its metadata change meaning: :func:`load_detector`
 # then re-exports instead of running an export made by older code.
 EXPORT_VERSION = "1"
+
+
+# Input names of the Siamese export (the single-image export's one input is ``images``).
+SIAMESE_INPUTS = ("image", "reference")
 
 
 class _Exportable(torch.nn.Module):
@@ -29,6 +33,17 @@ class _Exportable(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(images)
+
+
+class _ExportablePair(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, image: torch.Tensor, reference: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(image, reference)
 
 
 def _export(model: torch.nn.Module, dummy: torch.Tensor, output: Path, opset: int) -> None:
@@ -44,13 +59,31 @@ def _export(model: torch.nn.Module, dummy: torch.Tensor, output: Path, opset: in
     )
 
 
+def _export_pair(model: torch.nn.Module, dummy: torch.Tensor, output: Path, opset: int) -> None:
+    axes = {name: {0: "batch"} for name in (*SIAMESE_INPUTS, "scores", "boxes")}
+    torch.onnx.export(
+        _ExportablePair(model),
+        (dummy, dummy.clone()),
+        str(output),
+        input_names=list(SIAMESE_INPUTS),
+        output_names=["scores", "boxes"],
+        dynamic_axes=axes,
+        opset_version=opset,
+        dynamo=False,
+    )
+
+
 def export_onnx(
     artifact: str | Path, output: str | Path, size: int | None = None, opset: int = 17
 ) -> Path:
     """Export an artifact to ONNX: input ``images`` [N, 3, S, S] in [0, 1]; outputs ``scores``
     [N, L, C] and ``boxes`` [N, L, 4] (pixels of the input). Categories, the model config, the
     input size and the artifact's sha256 are stored in the ONNX metadata, so the file is
-    self-describing and a stale export can be recognised. Written atomically."""
+    self-describing and a stale export can be recognised. Written atomically.
+
+    A Siamese artifact is exported with two inputs, ``image`` and ``reference`` (both
+    [N, 3, S, S] in [0, 1]), and the metadata ``loupe_reference`` = ``"siamese"`` (its model
+    config says so too)."""
     model, cats, _ = load_artifact(artifact, "cpu")
     model.convert_to_deploy().eval()
     size = size or model.cfg.eval_size
@@ -66,7 +99,7 @@ def export_onnx(
             # tracing freezing them as constants is intended, so the TracerWarnings are noise.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter, on purpose
-            _export(model, dummy, tmp, opset)
+            (_export_pair if model.cfg.siamese else _export)(model, dummy, tmp, opset)
         import onnx
 
         proto = onnx.load(str(tmp))
@@ -77,6 +110,8 @@ def export_onnx(
             "loupe_artifact_sha256": artifact_sha256(artifact),
             "loupe_export_version": EXPORT_VERSION,
         }
+        if model.cfg.siamese:
+            meta["loupe_reference"] = model.cfg.reference
         for k, v in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = k, v
@@ -122,7 +157,8 @@ def onnx_session(path: str | Path, threads: int | None = None, providers: Any = 
 class OnnxDetector(RuntimeDetector):
     """A detector run from an exported ONNX file by ONNX Runtime (CPU by default): whole-image
     ``predict``, ``predict_batch`` and SAHI ``predict_sliced`` exactly as :class:`Detector`,
-    with the same NMS; the input size is the export's."""
+    with the same NMS; the input size is the export's. A Siamese export is fed the image and
+    its reference (``reference=`` as for :class:`Detector`)."""
 
     def __init__(
         self,
@@ -143,7 +179,25 @@ class OnnxDetector(RuntimeDetector):
         self.size = size
         self.precision = meta.get("loupe_precision", "fp32")
 
-    def raw(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Network outputs for a float32 [N, 3, S, S] batch."""
-        scores, boxes = self.session.run(None, {"images": images.astype(np.float32, copy=False)})
+    def raw(
+        self, images: np.ndarray, references: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Network outputs for a float32 [N, 3, S, S] batch (and, for a Siamese export, the
+        references' batch of the same shape)."""
+        images = images.astype(np.float32, copy=False)
+        if self.model_config.siamese:
+            if references is None:
+                raise DetectionError(
+                    f"{self.path.name} is a Siamese detector: it needs the reference batch too"
+                )
+            feeds = dict(
+                zip(
+                    SIAMESE_INPUTS, (images, references.astype(np.float32, copy=False)), strict=True
+                )
+            )
+        elif references is not None:
+            raise DetectionError(f"{self.path.name} is a single-image detector: no reference")
+        else:
+            feeds = {"images": images}
+        scores, boxes = self.session.run(None, feeds)
         return scores, boxes

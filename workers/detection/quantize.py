@@ -70,11 +70,41 @@ def calibration_slices(
         yield to_tensor([resize_stretched(im, size)]).numpy()
 
 
+def calibration_pairs(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+    size: int,
+    slice_size: int | None,
+    count: int = CALIBRATION_SLICES,
+    seed: int = 0,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`calibration_slices` for a Siamese network: (image, reference) batches, the
+    reference cut at the image's window."""
+    rng = np.random.default_rng(seed)
+    pool = list(pairs)
+    if not pool:
+        raise DetectionError("INT8 calibration needs at least one image")
+    for n in range(count):
+        im, ref = pool[n % len(pool)]
+        h, w = im.shape[:2]
+        if slice_size is not None and (h > slice_size or w > slice_size):
+            s = min(slice_size, h, w)
+            y = int(rng.integers(0, h - s + 1))
+            x = int(rng.integers(0, w - s + 1))
+            im, ref = im[y : y + s, x : x + s], ref[y : y + s, x : x + s]
+        yield (
+            to_tensor([resize_stretched(im, size)]).numpy(),
+            to_tensor([resize_stretched(ref, size)]).numpy(),
+        )
+
+
 def quantize_onnx(
-    fp32_export: str | Path, output: str | Path, batches: Iterable[np.ndarray]
+    fp32_export: str | Path,
+    output: str | Path,
+    batches: Iterable[np.ndarray] | Iterable[tuple[np.ndarray, np.ndarray]],
 ) -> Path:
     """Statically quantize ``fp32_export`` (QDQ, :data:`QUANTIZED_OPS`) calibrated on
-    ``batches``; the fp32 file's ``loupe_*`` metadata is carried over. Written atomically."""
+    ``batches`` (arrays; for a Siamese export, (image, reference) pairs of arrays); the fp32
+    file's ``loupe_*`` metadata is carried over. Written atomically."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -83,13 +113,19 @@ def quantize_onnx(
         quantize_static,
     )
 
+    from .onnx_export import SIAMESE_INPUTS
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.it = iter(batches)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.it, None)
-            return None if batch is None else {"images": batch}
+            if batch is None:
+                return None
+            if isinstance(batch, tuple):  # a Siamese export's two inputs
+                return dict(zip(SIAMESE_INPUTS, batch, strict=True))
+            return {"images": batch}
 
     fp32_export, output = Path(fp32_export), Path(output)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
@@ -119,11 +155,12 @@ def quantize_onnx(
 
 def _ms_per_slice(detector: Any, size: int, repeats: int = 7) -> float:
     batch = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-    detector.raw(batch)  # warm-up
+    inputs = (batch, batch) if detector.siamese else (batch,)
+    detector.raw(*inputs)  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        detector.raw(batch)
+        detector.raw(*inputs)
         times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times)
 
@@ -141,6 +178,8 @@ def check_int8(
     min_speedup: float = INT8_MIN_SPEEDUP,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    reference_root: str | Path | None = None,
+    calibration_reference_root: str | Path | None = None,
 ) -> dict[str, Any]:
     """Quantize the artifact's ONNX export, score fp32 and INT8 on the images of ``coco_json``
     (sliced at ``slice_size`` as the detector predicts; whole images when None) and keep the
@@ -150,6 +189,10 @@ def check_int8(
     Returns the figures: ``passed``, ``reason``, ``map50_fp32``, ``map50_int8``, ``map_fp32``,
     ``map_int8``, ``ms_fp32``, ``ms_int8`` (one slice at the input size, median), ``images``,
     ``tolerance``. Raises :class:`DetectionError` when there is nothing to judge on.
+
+    A Siamese artifact is calibrated on (image, reference) slices cut at the same windows and
+    judged with each image's reference; the references are read from ``reference_root`` and
+    ``calibration_reference_root`` (defaults: the images' roots), as :func:`evaluate` does.
     """
     from .evaluation import evaluate
     from .onnx_export import OnnxDetector
@@ -160,26 +203,41 @@ def check_int8(
     fp32_path = ensure_onnx_export(artifact)
     fp32 = OnnxDetector(fp32_path, threads=threads)
     size = fp32.eval_size
-    judged = CocoDetectionDataset(coco_json, image_root)
+    siamese = fp32.siamese
+    judged = CocoDetectionDataset(
+        coco_json, image_root, references=siamese, reference_root=reference_root
+    )
     if not any(len(judged.targets(i)[0]) for i in range(len(judged))):
         raise DetectionError("INT8 check: the held-out images have no boxes to judge on")
     calibration = (
-        CocoDetectionDataset(calibration_json, calibration_root)
+        CocoDetectionDataset(
+            calibration_json,
+            calibration_root,
+            references=siamese,
+            reference_root=calibration_reference_root,
+        )
         if calibration_json is not None
         else judged
     )
     say(f"Calibrating INT8 on {CALIBRATION_SLICES} slices")
     picks = np.linspace(0, len(calibration) - 1, min(len(calibration), 16)).round().astype(int)
-    images = (calibration[int(i)].image for i in dict.fromkeys(picks.tolist()))
+    samples = (calibration[int(i)] for i in dict.fromkeys(picks.tolist()))
+    if siamese:
+        batches: Iterator[Any] = calibration_pairs(
+            ((s.image, s.reference) for s in samples), size, slice_size
+        )
+    else:
+        batches = calibration_slices((s.image for s in samples), size, slice_size)
     out = int8_export_path(fp32_path)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.check")
     try:
-        quantize_onnx(fp32_path, tmp, calibration_slices(images, size, slice_size))
+        quantize_onnx(fp32_path, tmp, batches)
         int8 = OnnxDetector(tmp, threads=threads)
         sliced = {"slice_size": slice_size or max(size, _largest_side(judged)), "overlap": overlap}
         say(f"Scoring fp32 and INT8 on {len(judged)} held-out images")
-        r32 = evaluate(fp32, coco_json, image_root=image_root, **sliced)
-        r8 = evaluate(int8, coco_json, image_root=image_root, **sliced)
+        roots = {"image_root": image_root, "reference_root": reference_root}
+        r32 = evaluate(fp32, coco_json, **roots, **sliced)
+        r8 = evaluate(int8, coco_json, **roots, **sliced)
         ms32, ms8 = _ms_per_slice(fp32, size), _ms_per_slice(int8, size)
         figures = {
             "map50_fp32": round(r32.map50, 4),
@@ -251,6 +309,7 @@ def checked_int8_export(fp32_export: str | Path, sha: str) -> Path | None:
 __all__ = [
     "INT8_TOLERANCE",
     "QUANTIZED_OPS",
+    "calibration_pairs",
     "calibration_slices",
     "check_int8",
     "checked_int8_export",

@@ -46,12 +46,17 @@ class LoupeSahiModel(DetectionModel):
             [image], score_threshold=self.confidence_threshold
         )
 
-    def perform_batch_inference(self, images: list[np.ndarray]) -> None:
-        """Predict a batch of slices in one forward pass."""
+    def perform_batch_inference(
+        self, images: list[np.ndarray], references: list[np.ndarray] | None = None
+    ) -> None:
+        """Predict a batch of slices in one forward pass (a Siamese detector's with the
+        reference slices at the same windows: :meth:`Detector.predict_sliced` passes them;
+        SAHI's own ``get_sliced_prediction`` cannot, so a Siamese detector fails there with a
+        clear error)."""
         self._batch_images = None
         self._original_shapes = [img.shape for img in images]
         self._original_predictions = self._detector.predict_batch(
-            list(images), score_threshold=self.confidence_threshold
+            list(images), score_threshold=self.confidence_threshold, references=references
         )
 
     def _create_object_prediction_list_from_original_predictions(

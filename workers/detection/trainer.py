@@ -32,6 +32,7 @@ from .data import (
     collate_train,
     random_crop,
     random_distort,
+    random_distort_pair,
     random_flip,
 )
 from .errors import Cancelled, CheckpointError, DetectionDataError
@@ -101,7 +102,12 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, max_steps: int) -> float
 def _augment(sample: Sample, cfg: TrainConfig, rng: random.Random) -> Sample:
     if cfg.crop_size:
         sample = random_crop(sample, cfg.crop_size, rng)
-    if cfg.distort:
+    if cfg.distort and sample.reference is not None:
+        image, reference = random_distort_pair(sample.image, sample.reference, rng)
+        sample = Sample(
+            image, sample.boxes, sample.labels, sample.image_id, sample.file_name, reference
+        )
+    elif cfg.distort:
         sample = Sample(
             random_distort(sample.image, rng),
             sample.boxes,
@@ -139,6 +145,7 @@ def _validate(
     val_filter: Callable[[dict[str, Any]], bool] | None,
     slice_size: int,
     device: torch.device,
+    val_reference_root: str | Path | None = None,
 ) -> dict[str, float]:
     """Evaluate a deploy copy holding the EMA weights; the training model is untouched."""
     from .evaluation import evaluate
@@ -157,6 +164,7 @@ def _validate(
         image_root=val_image_root,
         image_filter=val_filter,
         slice_size=slice_size,
+        reference_root=val_reference_root,
     )
     return {
         "map": res.map,
@@ -183,6 +191,8 @@ def train(
     eval_every: int = 1,
     eval_slice_size: int = 640,
     checkpoint: str | Path | None = None,
+    reference_root: str | Path | None = None,
+    val_reference_root: str | Path | None = None,
 ) -> TrainResult:
     """Train PP-YOLOE+-SOD on a COCO JSON file and write one artifact to ``output``.
 
@@ -205,9 +215,24 @@ def train(
     or training images differ) raises :class:`CheckpointError`. The checkpoint is left in place
     when training ends (a rerun then only writes the artifact again): delete it once the
     artifact is stored.
+
+    A Siamese ``model_config`` (``reference="siamese"``) trains on image pairs: every training
+    image needs a reference, named by its COCO entry's ``reference_file_name`` (or DeepPCB's
+    ``template_file_name``) and read from ``reference_root`` (default: ``image_root``); one
+    without is a :class:`DetectionDataError` before training starts. Flip, crop and resize move
+    image and reference alike; colour distortion draws the same values for both, then shifts
+    the reference's brightness and contrast by up to 5 %. Validation reads the val images'
+    references from ``val_reference_root`` (default: ``val_image_root``).
     """
     tcfg = train_config or TrainConfig()
-    dataset = CocoDetectionDataset(train_json, image_root, image_filter=image_filter)
+    siamese = model_config is not None and model_config.siamese
+    dataset = CocoDetectionDataset(
+        train_json,
+        image_root,
+        image_filter=image_filter,
+        references=siamese,
+        reference_root=reference_root,
+    )
     if len(dataset) == 0:
         raise DetectionDataError(f"no training images in {train_json}")
     mcfg = model_config or ModelConfig.sod_s(num_classes=len(dataset.categories))
@@ -317,6 +342,7 @@ def train(
                 batch.gt_labels.to(device),
                 batch.gt_bboxes.to(device),
                 batch.pad_gt_mask.to(device),
+                references=None if batch.references is None else batch.references.to(device),
             )
             if not torch.isfinite(losses["loss"]):
                 raise FloatingPointError(f"loss is not finite at epoch {epoch + 1} step {it + 1}")
@@ -349,6 +375,7 @@ def train(
                     val_filter,
                     eval_slice_size,
                     device,
+                    val_reference_root,
                 )
             )
             model.train()
