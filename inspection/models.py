@@ -37,6 +37,13 @@ class Project(models.Model):
         help_text="How heatmaps become suggestions (threshold, minimum area, suggestions per "
         "image, specular mask); missing keys take inspection.services.projects.INSPECTION_DEFAULTS.",
     )
+    reference_rule = models.TextField(
+        default="_test=_temp",
+        blank=True,
+        help_text="How uploads are paired with their reference by file name: 'image "
+        "suffix=reference suffix' per line ('_test=_temp': a_test.jpg is compared with "
+        "a_temp.jpg); empty: never by name.",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -129,6 +136,31 @@ class Image(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     verdict_at = models.DateTimeField(null=True, blank=True)
+    is_reference = models.BooleanField(
+        default=False,
+        help_text="A golden sample, template or 'before' picture other images are compared with.",
+    )
+    reference = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="paired_images",
+        help_text="The reference this image is compared with (same project).",
+    )
+    alignment = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="How the reference was registered onto this image: status (pending, ok, "
+        "failed), method, inliers, matches, residual_px, overlap, matrix (reference pixels -> "
+        "image pixels), reason; written by inspection.services.references only.",
+    )
+    reference_pyramid_path = models.CharField(
+        max_length=300, blank=True, help_text="Deep Zoom pyramid of the aligned reference."
+    )
+    difference_path = models.CharField(
+        max_length=300, blank=True, help_text="Aligned difference (grey PNG, display size)."
+    )
     pyramid_status = models.CharField(
         max_length=10, choices=PyramidStatus.choices, default=PyramidStatus.PENDING
     )

@@ -66,6 +66,12 @@ from .registry import exporter, importer
 
 __all__ = ["to_coco_dict", "write_coco", "read_coco", "read_coco_folder", "category_ids"]
 
+#: Loupe's COCO extension: an image's reference (golden sample, template, 'before' picture),
+#: a path relative to the dataset's root like ``file_name``.
+REFERENCE_FIELD = "reference_file_name"
+#: Other datasets' names for the same thing, read on import (DeepPCB: ``template_file_name``).
+REFERENCE_ALIASES = ("template_file_name",)
+
 
 # --- writing -------------------------------------------------------------------------------------
 
@@ -90,10 +96,12 @@ def to_coco_dict(
     *,
     file_names: dict[str, str] | None = None,
     info: dict[str, Any] | None = None,
+    reference_names: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The COCO dict for all images of ``dataset`` (call ``dataset.subset(split)`` for one split).
 
-    ``file_names`` maps image key -> the ``file_name`` to write (default: the image's own).
+    ``file_names`` maps image key -> the ``file_name`` to write (default: the image's own);
+    ``reference_names`` image key -> its reference's path in the export (``reference_file_name``).
     Shapes whose category is not in ``dataset.categories`` raise ``ValueError``: the caller
     built an inconsistent dataset, which is a bug, not bad user input.
     """
@@ -102,14 +110,15 @@ def to_coco_dict(
     image_ids: dict[str, int] = {}
     for n, im in enumerate(dataset.images, start=1):
         image_ids[im.key] = n
-        images.append(
-            {
-                "id": n,
-                "file_name": (file_names or {}).get(im.key, im.file_name),
-                "width": int(im.width),
-                "height": int(im.height),
-            }
-        )
+        entry = {
+            "id": n,
+            "file_name": (file_names or {}).get(im.key, im.file_name),
+            "width": int(im.width),
+            "height": int(im.height),
+        }
+        if reference_names and im.key in reference_names:
+            entry[REFERENCE_FIELD] = reference_names[im.key]
+        images.append(entry)
     ann_id = 0
     for shape in dataset.shapes:
         if shape.image_key not in image_ids:
@@ -162,10 +171,18 @@ def write_coco(
     """
     out = Path(out_dir)
     names = unique_export_names(dataset.images)
+    references = _reference_names(dataset)
     written: dict[str, Path] = {}
+    if copy_images:
+        placed: set[str] = set()
+        for im in dataset.images:
+            name = references.get(im.key)
+            if name and name not in placed and im.reference_path is not None:
+                place_file(Path(im.reference_path), out / name)
+                placed.add(name)
     for split in dataset.splits():
         part = dataset.subset(split)
-        coco = to_coco_dict(part, file_names=names)
+        coco = to_coco_dict(part, file_names=names, reference_names=references)
         path = out / "annotations" / f"instances_{split}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(coco, ensure_ascii=False), encoding="utf-8")
@@ -175,6 +192,28 @@ def write_coco(
                 if im.path is not None:
                     place_file(Path(im.path), out / "images" / split / names[im.key])
     return written
+
+
+def _reference_names(dataset: Dataset) -> dict[str, str]:
+    """Image key -> ``references/<name>`` for images with a reference; a reference shared by
+    several images is written once, names made unique (``a.png``, ``a_2.png``)."""
+    by_file: dict[str, str] = {}
+    taken: set[str] = set()
+    out: dict[str, str] = {}
+    for im in dataset.images:
+        if im.reference_path is None and not im.reference_name:
+            continue
+        source = str(im.reference_path or im.reference_name)
+        if source not in by_file:
+            base = PurePosixPath(im.reference_name or Path(source).name)
+            name, n = base.name, 1
+            while name.lower() in taken:
+                n += 1
+                name = f"{base.stem}_{n}{base.suffix}"
+            taken.add(name.lower())
+            by_file[source] = f"references/{name}"
+        out[im.key] = by_file[source]
+    return out
 
 
 @exporter("coco", label="COCO JSON per split")
@@ -449,9 +488,36 @@ def _read_images(
             split=split if split in SPLITS else "train",
             path=found,
         )
+        _read_reference(entry, image, index, where, report)
         out[iid] = image
         report.dataset.images.append(image)
     return out
+
+
+def _read_reference(
+    entry: dict, image: DatasetImage, index: _ImageIndex | None, where: str, report: ImportReport
+) -> None:
+    """The image's reference from ``reference_file_name`` (or DeepPCB's ``template_file_name``);
+    a missing or unreadable reference is noted in ``adjusted`` and the image imported alone."""
+    name = next(
+        (entry[f] for f in (REFERENCE_FIELD, *REFERENCE_ALIASES) if isinstance(entry.get(f), str)),
+        None,
+    )
+    if not name:
+        return
+    if not is_valid_text(name) or not safe_relative_name(name):
+        report.adjust(where, "its reference's file name is not usable; imported without one")
+        return
+    image.reference_name = PurePosixPath(name.replace("\\", "/")).name
+    if index is None:
+        return
+    found = index.find(name)
+    reason = "the file is missing" if found is None else image_size(found)
+    if isinstance(reason, str):
+        report.adjust(where, f"its reference {name}: {reason}; imported without a reference")
+        image.reference_name = ""
+        return
+    image.reference_path = found
 
 
 def _polygon_parts(segmentation: Any) -> list[list[list[float]]] | str | None:

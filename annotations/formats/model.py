@@ -34,6 +34,9 @@ class DatasetImage:
     ``is_negative`` marks a confirmed defect-free image (it has no shapes on purpose).
     ``group`` is the folder an import found it in, when the layout gives it a meaning
     (``"train/good"``, ``"test/crack"`` in MVTec AD); the app stores it as the image's source folder.
+    ``reference_path`` / ``reference_name``: the image's reference (golden sample, template,
+    'before' picture) when it has one: COCO's ``reference_file_name`` field, a YOLO zip's
+    ``references/`` folder.
     """
 
     key: str
@@ -44,6 +47,8 @@ class DatasetImage:
     is_negative: bool = False
     path: Path | None = None
     group: str = ""
+    reference_path: Path | None = None
+    reference_name: str = ""
 
 
 @dataclass

@@ -5,6 +5,8 @@ Export layout (``write_yolo``)::
     data.yaml                 names (index -> name), nc, train/val/test image folders
     images/<split>/<name>     the image files
     labels/<split>/<stem>.txt one line per shape; an EMPTY file for images without shapes
+    references/<split>/<stem>.<ext>  the image's reference (golden sample, template), when it
+                              has one (Loupe's extension; Ultralytics ignores the folder)
 
 Detection lines are ``class cx cy w h`` and segmentation lines ``class x1 y1 x2 y2 ...``, all
 normalised by the image width/height (so 0..1), six decimals. In the segmentation flavour a box
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+from glob import escape as glob_escape
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -119,6 +122,9 @@ def write_yolo(
         label.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         if copy_images and im.path is not None:
             place_file(Path(im.path), out / "images" / im.split / name)
+        if copy_images and im.reference_path is not None:
+            ref = PurePosixPath(name).stem + Path(im.reference_path).suffix.lower()
+            place_file(Path(im.reference_path), out / "references" / im.split / ref)
     data: dict[str, Any] = {}
     if path:
         data["path"] = path
@@ -191,6 +197,25 @@ def _label_path(image: Path, root: Path) -> Path:
             parts[i] = "labels"
             break
     return (root / Path(*parts)).with_suffix(".txt")
+
+
+def _reference_of(image: Path, root: Path) -> Path | None:
+    """The image's reference: the last ``images`` folder becomes ``references``, same stem,
+    any image suffix (Loupe's extension of the layout)."""
+    parts = list(image.relative_to(root).parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "references"
+            break
+    else:
+        return None
+    folder = (root / Path(*parts)).parent
+    if not folder.is_dir():
+        return None
+    for candidate in sorted(folder.glob(f"{glob_escape(image.stem)}.*")):
+        if candidate.suffix.lower() in IMAGE_SUFFIXES and candidate.is_file():
+            return candidate
+    return None
 
 
 def _listed_images(
@@ -329,6 +354,13 @@ def _read_one(
         split=split,
         path=image_path,
     )
+    reference = _reference_of(image_path, root)
+    if reference is not None:
+        size = image_size(reference)
+        if isinstance(size, str):
+            report.adjust(where, f"its reference {_rel(reference, root)}: {size}; not paired")
+        else:
+            image.reference_path, image.reference_name = reference, reference.name
     if not label.is_file():
         if missing_labels == "skip":
             report.skip(where, "the image has no label file")

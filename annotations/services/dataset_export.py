@@ -67,25 +67,38 @@ def dataset_export_enqueue(
 def _with_local_files(dataset: Dataset, content: dict, tmp: Path) -> list[str]:
     """Point every image at a local file; returns the keys whose file is gone (then dropped)."""
     files = {str(im["id"]): im["file"] for im in content["images"]}
+    references = {str(im["id"]): im["reference"] for im in content["images"] if im.get("reference")}
     missing = []
     for im in dataset.images:
         name = files[im.key]
         if not name or not default_storage.exists(name):
             missing.append(im.key)
             continue
-        if storage.is_local():
-            im.path = Path(default_storage.path(name))
+        im.path = _local(name, tmp / "originals" / f"{im.key}{Path(name).suffix}")
+        ref = references.get(im.key)
+        if ref and ref.get("file") and default_storage.exists(ref["file"]):
+            # a reference deleted since the freeze: the image is exported without it
+            im.reference_path = _local(
+                ref["file"], tmp / "references" / f"{ref['id']}{Path(ref['file']).suffix}"
+            )
         else:
-            local = tmp / "originals" / f"{im.key}{Path(name).suffix}"
-            local.parent.mkdir(parents=True, exist_ok=True)
-            with default_storage.open(name, "rb") as src, open(local, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            im.path = local
+            im.reference_name = ""
     if missing:
         gone = set(missing)
         dataset.images = [im for im in dataset.images if im.key not in gone]
         dataset.shapes = [s for s in dataset.shapes if s.image_key not in gone]
     return missing
+
+
+def _local(name: str, copy_to: Path) -> Path:
+    """The stored file ``name`` on local disk: itself, or a copy at ``copy_to``."""
+    if storage.is_local():
+        return Path(default_storage.path(name))
+    if not copy_to.exists():
+        copy_to.parent.mkdir(parents=True, exist_ok=True)
+        with default_storage.open(name, "rb") as src, open(copy_to, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return copy_to
 
 
 def _zip_folder(folder: Path, target: Path) -> None:

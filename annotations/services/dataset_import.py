@@ -29,6 +29,7 @@ from inspection.permissions import require_role
 from inspection.selectors import import_path_allowed
 from inspection.services.images import IncomingFile, image_store_one, images_enqueue_derivatives
 from inspection.services.jobs import job_enqueue
+from inspection.services.references import references_pair
 from inspection.ziputil import ZipRejected, safe_extract_tree
 
 JOB_KIND = "dataset_import"
@@ -136,6 +137,22 @@ def dataset_import_run(
         )
 
 
+def _store_reference(*, user, project, im, group: str, skipped: list) -> int | None:
+    """Store an imported image's reference (or find it: one template may serve many images);
+    its id, or None when it was refused (reported)."""
+    outcome = image_store_one(
+        project=project,
+        user=user,
+        incoming=IncomingFile(im.reference_name or im.reference_path.name, im.reference_path),
+        is_normal=True,  # a golden sample / template shows the part without defects
+        source_group=(f"{im.group or group} references").strip()[:100],
+    )
+    if outcome.status == "rejected":
+        skipped.append(_skip(f"{im.key} (its reference)", outcome.reason))
+        return None
+    return outcome.image_id if outcome.status == "stored" else outcome.duplicate_of
+
+
 def _store(
     *, user, project, fmt, report, skipped, source, group, progress, build_pyramids
 ) -> dict[str, Any]:
@@ -157,6 +174,8 @@ def _store(
             continue
         (matched if existed else created).append(categories[cat.name.lower()].name)
     stored_ids: list[int] = []
+    pairs: list[tuple[int, int]] = []
+    reference_ids: set[int] = set()
     counts = Counter()
     total = max(len(ds.images), 1)
     try:
@@ -180,6 +199,15 @@ def _store(
             stored_ids.append(outcome.image_id)
             counts["images"] += 1
             counts["negatives"] += int(im.is_negative)
+            if im.reference_path is not None:
+                reference_id = _store_reference(
+                    user=user, project=project, im=im, group=group, skipped=skipped
+                )
+                if reference_id is not None:
+                    if reference_id not in stored_ids and reference_id not in reference_ids:
+                        stored_ids.append(reference_id)  # its pyramid
+                    reference_ids.add(reference_id)
+                    pairs.append((outcome.image_id, reference_id))
             shapes = shapes_by_image.get(im.key, [])
             if not shapes:
                 continue
@@ -206,7 +234,18 @@ def _store(
             for index_in_batch, reason in refused:
                 skipped.append(_skip(f"{im.key} label {numbers[index_in_batch - 1]}", reason))
     finally:
-        # also when the import stops half-way: stored images still get their pyramids
+        # also when the import stops half-way: stored images still get their pyramids and
+        # their references
+        if pairs:
+            images = Image.objects.in_bulk({i for pair in pairs for i in pair})
+            paired, refused = references_pair(
+                user=user,
+                project=project,
+                pairs=[(images[a], images[b]) for a, b in pairs if a in images and b in images],
+            )
+            counts["paired"] = paired
+            for name, reason in refused:
+                skipped.append(_skip(f"{name} (its reference)", reason))
         if stored_ids and build_pyramids:
             images_enqueue_derivatives(user=user, project=project, image_ids=stored_ids)
     progress(1.0, "done")
@@ -216,6 +255,7 @@ def _store(
         "negatives": counts["negatives"],
         "annotations": counts["annotations"],
         "duplicates": counts["duplicates"],
+        "paired": counts["paired"],
         "categories_created": created,
         "categories_matched": matched,
         "skipped_count": len(skipped),
@@ -224,7 +264,9 @@ def _store(
         "adjusted": _items(report.adjusted),
         "message": (
             f"{counts['images']} images ({counts['negatives']} normal), "
-            f"{counts['annotations']} labels; {counts['duplicates']} duplicates, "
+            f"{counts['annotations']} labels"
+            + (f", {counts['paired']} paired with a reference" if counts["paired"] else "")
+            + f"; {counts['duplicates']} duplicates, "
             f"{len(skipped)} skipped, {len(report.adjusted)} adjusted"
         ),
     }

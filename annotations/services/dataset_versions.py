@@ -97,6 +97,30 @@ def _counts(dataset: Dataset) -> dict[str, Any]:
     }
 
 
+def _reference_entry(image: Image) -> dict[str, Any]:
+    """The pair as frozen: the reference's file and how it was aligned (the matrix maps the
+    reference's pixels onto the image's), so a version trains the same pairs later."""
+    ref = image.reference
+    if ref is None:
+        return {}
+    alignment = image.alignment or {}
+    return {
+        "reference": {
+            "id": ref.id,
+            "file": ref.file.name,
+            "file_name": ref.original_name,
+            "sha256": ref.sha256,
+            "width": ref.width,
+            "height": ref.height,
+            "alignment": {
+                k: alignment[k]
+                for k in ("status", "method", "matrix", "residual_px", "inliers")
+                if k in alignment
+            },
+        }
+    }
+
+
 def dataset_version_freeze(
     *,
     user,
@@ -120,7 +144,7 @@ def dataset_version_freeze(
         Annotation.objects.filter(image__project=project).values_list("image_id", flat=True)
     )
     images = []
-    for image in Image.objects.filter(project=project).order_by("id"):
+    for image in Image.objects.filter(project=project).select_related("reference").order_by("id"):
         if image.id in by_image:
             images.append((image, False))
         elif image.id not in labelled_anywhere and image.is_normal:
@@ -163,6 +187,7 @@ def dataset_version_freeze(
                     "height": image.height,
                     "split": splits[str(image.id)],
                     "negative": negative,
+                    **_reference_entry(image),
                 }
                 for image, negative in images
             ],
@@ -215,6 +240,7 @@ def version_dataset_from_content(content: dict[str, Any]) -> Dataset:
             height=im["height"],
             split=im["split"],
             is_negative=im["negative"],
+            reference_name=(im.get("reference") or {}).get("file_name", ""),
         )
         for im in content.get("images", [])
     ]

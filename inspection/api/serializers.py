@@ -33,6 +33,7 @@ class ProjectSerializer(serializers.ModelSerializer):
             "auto_inspect",
             "inspection",
             "retrain_after_labels",
+            "reference_rule",
             "created_at",
             "my_role",
             "image_count",
@@ -95,6 +96,9 @@ class ImageSerializer(serializers.ModelSerializer):
             "split",
             "source_group",
             "pyramid_status",
+            "is_reference",
+            "reference",
+            "alignment",
             "uploaded_by",
             "created_at",
             "urls",
@@ -120,7 +124,22 @@ class ImageSerializer(serializers.ModelSerializer):
             "heatmap": reverse("api-image-heatmap", args=[obj.pk])
             if len(obj.heatmaps.all())
             else None,
+            # ?v= changes with every alignment: the files are cached as immutable
+            "reference_dzi": reverse("api-image-reference-dzi", args=[obj.pk])
+            + f"?v={(obj.alignment or {}).get('stamp', '')}"
+            if obj.reference_pyramid_path
+            else None,
+            "difference": reverse("api-image-difference", args=[obj.pk])
+            + f"?v={(obj.alignment or {}).get('stamp', '')}"
+            if obj.difference_path
+            else None,
         }
+
+
+class ReferenceSerializer(serializers.Serializer):
+    reference = serializers.IntegerField(
+        allow_null=True, help_text="The reference image's id (same project); null: none."
+    )
 
 
 class UploadSerializer(serializers.Serializer):

@@ -35,6 +35,21 @@ urlpatterns = [
         name="api-image-heatmap",
     ),
     path(
+        "images/<int:pk>/reference/image.dzi",
+        views.ImageViewSet.as_view({"get": "reference_dzi"}),
+        name="api-image-reference-dzi",
+    ),
+    re_path(
+        r"^images/(?P<pk>\d+)/reference/image_files/(?P<level>\d+)/(?P<col>\d+)_(?P<row>\d+)\.jpg$",
+        views.ImageViewSet.as_view({"get": "reference_tile"}),
+        name="api-image-reference-tile",
+    ),
+    path(
+        "images/<int:pk>/difference.png",
+        views.ImageViewSet.as_view({"get": "difference"}),
+        name="api-image-difference",
+    ),
+    path(
         "stations/<int:pk>/results.csv",
         views.StationViewSet.as_view({"get": "results_csv"}),
         name="api-station-results-csv",

@@ -26,6 +26,7 @@ from inspection.services import images as image_services
 from inspection.services import inspections as inspection_services
 from inspection.services import jobs as job_services
 from inspection.services import projects as project_services
+from inspection.services import references as reference_services
 from inspection.services import stations as station_services
 
 from . import serializers as s
@@ -55,7 +56,7 @@ class ProjectViewSet(NumericIds, viewsets.ModelViewSet):
         data = dict(serializer.validated_data)
         settings = {
             k: data.pop(k)
-            for k in ("auto_inspect", "inspection", "retrain_after_labels")
+            for k in ("auto_inspect", "inspection", "retrain_after_labels", "reference_rule")
             if k in data
         }
         with transaction.atomic():  # refused settings leave no project behind
@@ -184,7 +185,7 @@ class ImageViewSet(
     and latest heatmap."""
 
     serializer_class = s.ImageSerializer
-    http_method_names = ["get", "patch", "delete"]
+    http_method_names = ["get", "post", "patch", "delete"]
     queryset = Image.objects.select_related("project", "uploaded_by")
 
     def get_object(self):
@@ -241,6 +242,46 @@ class ImageViewSet(
         if heatmap is None:
             raise Http404("This image has no heatmap yet.")
         return stored_file(heatmap.path, "image/png")
+
+    @extend_schema(request=s.ReferenceSerializer, responses=s.ImageSerializer)
+    @action(detail=True, methods=["post"])
+    def reference(self, request, pk=None):
+        """Compare the image with a reference image of its project (``{"reference": id}``) or
+        with nothing (``{"reference": null}``); the alignment is then redone in the background
+        (``alignment.status``: pending, then ok or failed with its reason)."""
+        image = self.get_object()
+        data = s.ReferenceSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        ref_id = data.validated_data["reference"]
+        reference = None
+        if ref_id is not None:
+            reference = Image.objects.filter(pk=ref_id, project_id=image.project_id).first()
+            if reference is None:
+                raise serializers.ValidationError(
+                    {"reference": f"No image {ref_id} in this project."}
+                )
+        image = reference_services.image_set_reference(
+            user=request.user, image=image, reference=reference
+        )
+        return Response(s.ImageSerializer(image, context=self.get_serializer_context()).data)
+
+    @extend_schema(responses={(200, "application/xml"): str})
+    def reference_dzi(self, request, pk=None):
+        """The Deep Zoom descriptor of the reference, aligned onto this image."""
+        return stored_file(image_for(request, pk).reference_pyramid_path, "application/xml")
+
+    @extend_schema(responses={(200, "image/jpeg"): bytes})
+    def reference_tile(self, request, pk=None, level=None, col=None, row=None):
+        image = image_for(request, pk)
+        if not image.reference_pyramid_path:
+            raise Http404("The reference is not aligned (yet).")
+        base = image.reference_pyramid_path[: -len(".dzi")]
+        return stored_file(f"{base}_files/{level}/{col}_{row}.jpg", "image/jpeg")
+
+    @extend_schema(responses={(200, "image/png"): bytes})
+    def difference(self, request, pk=None):
+        """The aligned difference to the reference (8-bit grey PNG, display size)."""
+        return stored_file(image_for(request, pk).difference_path, "image/png")
 
 
 class JobViewSet(viewsets.ReadOnlyModelViewSet):

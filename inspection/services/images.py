@@ -43,6 +43,8 @@ class UploadReport:
     job_id: str | None = None
     inspection_run: int | None = None  # the anomaly model's run of an auto-inspected upload
     detection_run: int | None = None  # the detector's
+    paired: int = 0  # images paired with their reference by the project's file-name rule
+    pairing_refused: list[dict] = field(default_factory=list)  # {name, reason}
 
     @property
     def stored(self) -> list[FileOutcome]:
@@ -60,6 +62,8 @@ class UploadReport:
             "job": self.job_id,
             "inspection_run": self.inspection_run,
             "detection_run": self.detection_run,
+            "paired": self.paired,
+            "pairing_refused": self.pairing_refused,
             "files": [asdict(f) for f in self.files],
         }
 
@@ -215,6 +219,12 @@ def images_upload(
         report.job_id = str(
             images_enqueue_derivatives(user=user, project=project, image_ids=ids).id
         )
+        from inspection.services.references import references_pair_by_name
+
+        report.paired, refused = references_pair_by_name(
+            user=user, project=project, images=list(Image.objects.filter(pk__in=ids))
+        )
+        report.pairing_refused = [{"name": n, "reason": r} for n, r in refused]
         if project.auto_inspect:
             runs = _auto_inspect(user=user, project=project, image_ids=ids)
             report.inspection_run = runs.get(ModelVersion.Kind.ANOMALY)

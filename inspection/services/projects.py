@@ -111,13 +111,21 @@ def project_update(
     auto_inspect: bool | None = None,
     inspection: dict | None = None,
     retrain_after_labels: int | None | object = UNCHANGED,
+    reference_rule: str | None = None,
 ) -> Project:
     """Rename or describe a project, switch inspection of new uploads, change how
     inspections make suggestions (``inspection``: some of INSPECTION_DEFAULTS' keys), or set
     after how many new approved labels the detector is trained again (None: never; project
-    admins). Settings apply to runs started afterwards."""
+    admins), or how uploads are paired with references by file name (``reference_rule``,
+    services.references). Settings apply to runs and uploads started afterwards."""
     require_role(user, project, Role.ADMIN)
     fields = []
+    if reference_rule is not None:
+        from inspection.services.references import parse_name_rule
+
+        parse_name_rule(reference_rule)  # refuses a malformed rule
+        project.reference_rule = reference_rule.strip()
+        fields.append("reference_rule")
     if retrain_after_labels is not UNCHANGED:
         n = retrain_after_labels
         if n is not None and not (

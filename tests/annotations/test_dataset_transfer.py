@@ -273,6 +273,8 @@ def dataset_subset(name: str, n: int = 6) -> tuple[bytes, dict]:
         zf.writestr(f"{name}/annotations.json", json.dumps(sub))
         for im in images:
             zf.write(root / im["file_name"], f"{name}/{im['file_name']}")
+            if "template_file_name" in im:  # DeepPCB: its defect-free template (the reference)
+                zf.write(root / im["template_file_name"], f"{name}/{im['template_file_name']}")
     return buf.getvalue(), sub
 
 

@@ -24,6 +24,7 @@ KINDS = {
     "anomaly_inspect": ("gpu", "Inspection run"),
     "detection_train": ("gpu", "Detector training"),
     "detection_inspect": ("gpu", "Detection run"),
+    "reference_align": ("cpu", "Reference alignment"),
 }
 
 

@@ -1,0 +1,140 @@
+"""Job kind 'reference_align': register each image's reference onto it (workers/change), build
+the aligned reference's Deep Zoom pyramid and the difference image, and record the alignment
+(inspection.services.references is the one writer)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from inspection import imaging, storage
+from inspection.models import Image, Job
+from inspection.services.references import reference_alignment_store
+from workers.tasks.runner import JobContext, JobError, job_task
+
+#: The difference image is shown as an overlay: no larger than this on its long side.
+DIFFERENCE_MAX_SIDE = 2048
+
+
+def _pixels(image: Image, workdir: Path) -> np.ndarray:
+    from workers.anomaly.image_io import read_pixels
+
+    upright = imaging.upright_copy(
+        storage.fetched(image.file.name, workdir), image.orientation, workdir
+    )
+    array = read_pixels(upright)
+    if array.dtype == np.uint16:
+        array = (array >> 8).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        array = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return array
+
+
+def display_scaled(difference: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The grey-level difference scaled for the overlay, whose colours start at 128: 128 is
+    three times the 98th percentile of the pair's differences (what alignment noise and JPEG
+    leave on unchanged surface; at least 8 grey levels), so noise stays clear and a real change
+    shows at full colour."""
+    inside = difference[valid]
+    noise = float(np.percentile(inside, 98)) if inside.size else 0.0
+    gain = 128.0 / max(3.0 * noise, 8.0)
+    return np.clip(difference.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+
+
+def align_one(image: Image, reference: Image, *, tile_size: int) -> tuple[dict, str, str]:
+    """Align ``reference`` onto ``image``; returns (alignment dict, pyramid path, difference path)
+    with empty paths when the alignment is refused."""
+    from django.core.files.storage import default_storage
+
+    from workers.change.align import align, difference_image, warp_reference
+
+    with tempfile.TemporaryDirectory(prefix="loupe-align-") as tmp:
+        work = Path(tmp)
+        pixels = _pixels(image, work)
+        ref_pixels = _pixels(reference, work)
+        result = align(pixels, ref_pixels)
+        stamp = uuid.uuid4().hex[:12]
+        alignment = {**result.to_dict(), "status": "ok" if result.ok else "failed", "stamp": stamp}
+        alignment["reference"] = reference.pk
+        if not result.ok:
+            return alignment, "", ""
+        height, width = pixels.shape[:2]
+        warped, valid = warp_reference(ref_pixels, result, (height, width))
+        difference = display_scaled(difference_image(pixels, warped, valid), valid)
+        folder = f"{image.derived_prefix}/reference-{stamp}"
+        out = work / "out"
+        out.mkdir()
+        warped_file = work / "warped.png"
+        bgr = warped if warped.ndim == 2 else cv2.cvtColor(warped, cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(warped_file), bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        imaging.build_pyramid(warped_file, out / "pyramid", tile_size=tile_size)
+        scale = min(1.0, DIFFERENCE_MAX_SIDE / max(height, width))
+        if scale < 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            difference = cv2.resize(difference, size, interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(out / "difference.png"), difference)
+        if storage.is_local():
+            target = Path(default_storage.path(folder))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(out), str(target))
+        else:
+            storage.save_tree(out, folder)
+    return alignment, f"{folder}/pyramid/image.dzi", f"{folder}/difference.png"
+
+
+@job_task("reference_align", queue="cpu", label="Reference alignment")
+def align_references(job: Job, ctx: JobContext) -> dict:
+    from django.conf import settings
+
+    ids = list(job.payload.get("image_ids", []))
+    aligned, refused, failed = [], [], []
+    for index, image_id in enumerate(ids):
+        image = Image.objects.select_related("reference").filter(pk=image_id).first()
+        if image is None or image.reference is None:
+            continue  # deleted or unpaired meanwhile: nothing to do
+        ctx.progress(index / max(len(ids), 1), f"Aligning {image.original_name}", force=True)
+        reference = image.reference
+        try:
+            alignment, pyramid, difference = align_one(
+                image, reference, tile_size=settings.LOUPE_TILE_SIZE
+            )
+        except Exception as exc:  # one bad pair fails alone, with its reason
+            alignment = {
+                "status": "failed",
+                "reason": f"the pair could not be read or aligned: {exc}",
+                "reference": reference.pk,
+            }
+            pyramid = difference = ""
+            failed.append({"image": image_id, "name": image.original_name, "error": str(exc)})
+        stored = reference_alignment_store(
+            image_id=image.pk,
+            reference_id=reference.pk,
+            alignment=alignment,
+            pyramid_path=pyramid,
+            difference_path=difference,
+        )
+        if not stored and pyramid:
+            storage.delete_tree(str(Path(pyramid).parent.parent))  # the pair changed meanwhile
+        if alignment["status"] == "ok":
+            aligned.append(image_id)
+        elif not failed or failed[-1]["image"] != image_id:
+            refused.append(
+                {"image": image_id, "name": image.original_name, "reason": alignment["reason"]}
+            )
+    if ids and failed and not aligned and not refused:
+        raise JobError(
+            "No pair could be aligned: " + "; ".join(f"{f['name']}: {f['error']}" for f in failed)
+        )
+    message = f"{len(aligned)} aligned"
+    if refused:
+        message += f", {len(refused)} refused (the images do not match their reference)"
+    if failed:
+        message += f", {len(failed)} failed"
+    return {"aligned": aligned, "refused": refused, "failed": failed, "message": message}
