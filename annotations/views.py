@@ -201,6 +201,8 @@ def _workspace_data(request, image: Image, role: str) -> dict:
             "heatmap": reverse("api-image-heatmap", args=[image.pk]) if heatmap else None,
             "heatmapLabel": heatmap.label if heatmap else "",
             "verdict": image.verdict,
+            "isReference": image.is_reference,
+            "reference": _reference_data(image),
         },
         "categories": _categories(image.project),
         "user": {"username": request.user.username, "role": role},
@@ -221,17 +223,56 @@ def _workspace_data(request, image: Image, role: str) -> dict:
             "page": _url_template("image-page"),
             "pageData": _url_template("image-page-data"),
             "dzi": _url_template("api-image-dzi"),
+            "setReference": reverse("api-image-reference", args=[image.pk]),
+            "imageApi": reverse("api-image-detail", args=[image.pk]),
         },
     }
+
+
+def _reference_data(image: Image) -> dict | None:
+    """The image's reference as the workspace shows it: aligned pyramid, difference, how the
+    alignment went (``status`` pending / ok / failed with its reason and figures)."""
+    ref = image.reference
+    if ref is None:
+        return None
+    a = image.alignment or {}
+    stamp = f"?v={a.get('stamp', '')}"
+    return {
+        "id": ref.pk,
+        "name": ref.original_name,
+        "dzi": reverse("api-image-reference-dzi", args=[image.pk]) + stamp
+        if image.reference_pyramid_path
+        else None,
+        "difference": reverse("api-image-difference", args=[image.pk]) + stamp
+        if image.difference_path
+        else None,
+        **{
+            k: a[k]
+            for k in ("status", "method", "residual_px", "inliers", "matches", "reason")
+            if k in a
+        },
+    }
+
+
+def _reference_choices(image: Image, limit: int = 500) -> list[dict]:
+    """The project's reference images a person can compare ``image`` with (newest first)."""
+    refs = (
+        Image.objects.filter(project_id=image.project_id, is_reference=True)
+        .exclude(pk=image.pk)
+        .order_by("-id")
+        .values("id", "original_name")[:limit]
+    )
+    return [{"id": r["id"], "name": r["original_name"]} for r in refs]
 
 
 @login_required
 @csp_update(DRAWING_PAGE_CSP)
 def image_page(request, pk):
     """The labeling workspace: deep zoom, shapes, heatmap overlay, verdict, comments."""
-    image = get_object_or_404(Image.objects.select_related("project"), pk=pk)
+    image = get_object_or_404(Image.objects.select_related("project", "reference"), pk=pk)
     role = require_role(request.user, image.project)
     data = _workspace_data(request, image, role)
+    data["references"] = _reference_choices(image)
     return render(
         request,
         "workspace.html",
@@ -250,7 +291,7 @@ def image_page_data(request, pk):
     """The workspace's data for image ``pk`` as JSON (the grid's filters in the query string, as
     on the page): N / P fetch it to switch images inside the open page (issue #17: no page load
     between images)."""
-    image = get_object_or_404(Image.objects.select_related("project"), pk=pk)
+    image = get_object_or_404(Image.objects.select_related("project", "reference"), pk=pk)
     role = require_role(request.user, image.project)
     return JsonResponse(_workspace_data(request, image, role))
 

@@ -19,3 +19,16 @@ export function ago(iso, now = Date.now()) {
   if (s < 86400) return Math.round(s / 3600) + " h ago";
   return new Date(iso).toLocaleDateString();
 }
+
+// keys a slider uses itself; letters mean nothing to a slider or a checkbox, so they stay the
+// workspace's (F after dragging the reference swipe slider flickers, it does not get lost)
+const SLIDER_KEYS = new Set(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End", "PageUp", "PageDown"]);
+
+/** Whether key event `e` belongs to a form field (typing, a menu) rather than the workspace. */
+export function typingIn(e) {
+  const field = e.target.closest && e.target.closest("input, textarea, select");
+  if (!field) return false;
+  if (field.type === "checkbox") return false;
+  if (field.type === "range") return SLIDER_KEYS.has(e.key);
+  return true;
+}

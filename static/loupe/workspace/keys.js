@@ -1,12 +1,11 @@
 /* Tools, categories, the clipboard, zoom and pan, next / previous, and the keyboard that drives
  * them (see docs/workspace.md#keys). */
 
-import { pageUrl } from "./format.js";
+import { pageUrl, typingIn } from "./format.js";
 import { categoryOf, withCategory } from "./shapes.js";
 
 /* global OpenSeadragon */
 
-const typingIn = (e) => e.target.closest && e.target.closest("input, textarea, select");
 
 /** While a drawing tool is on, the minimap (bottom right) and the control boxes OpenSeadragon
  * wraps it in let the pointer through, so a box dragged onto it ends on the image: the minimap
@@ -128,6 +127,8 @@ export function bindKeys(ctx, tools, notes) {
     Backspace: deleteSelected,
     h: () => toggle("heatmap-toggle"),
     s: () => toggle("suggestions-toggle"),
+    f: () => toggle("reference-toggle"),
+    d: () => toggle("difference-toggle"),
     o: () => notes.setVerdict("ok"),
     r: () => notes.setVerdict("needs_review"),
     n: () => ctx.images.go("next"),

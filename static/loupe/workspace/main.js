@@ -10,6 +10,7 @@
  */
 
 import { bindHeatmap, bindSuggestions } from "./overlays.js";
+import { bindReference } from "./reference.js";
 import { bindKeys, bindPlainKeys, createTools } from "./keys.js";
 import { createNotes } from "./notes.js";
 import { createSaveQueue } from "./save-queue.js";
@@ -91,6 +92,7 @@ function startWorkspace() {
   // last one lets tests imitate a person's pause between two changes.
   let lastChange = -Infinity;
   const heatmap = bindHeatmap(ctx);
+  const reference = bindReference(ctx);
   const suggestions = bindSuggestions(ctx);
   let tools = null;
   // two viewers, one shown: N / P swap them (panes.js)
@@ -100,7 +102,7 @@ function startWorkspace() {
       bindShapeEvents(ctx, anno);
       anno.state.store.observe(() => { lastChange = performance.now(); }, { origin: "LOCAL" });
     },
-    prepare: (pane) => heatmap.prepare(pane),
+    prepare: (pane) => { heatmap.prepare(pane); reference.prepare(pane); },
     leave: (pane) => suggestions.leave(pane),
     leaving: () => notes.leave(),
     shown() {
@@ -110,8 +112,9 @@ function startWorkspace() {
       notes.loadHistory();
       suggestions.load();
       heatmap.shown();
+      reference.shown();
     },
-    refreshed: () => notes.show({ keepLists: true }),
+    refreshed: () => { notes.show({ keepLists: true }); reference.shown(); },
   });
   ctx.images = panes;
   tools = createTools(ctx);

@@ -14,11 +14,10 @@
  * for its lifetime, so this page owns Ctrl+Z / Ctrl+Y and holds them back where they would reach
  * into an earlier image's changes. */
 
-import { pageUrl, urlFor } from "./format.js";
+import { pageUrl, typingIn, urlFor } from "./format.js";
 import { fetchShapes, showShapes } from "./shapes.js";
 import { createAnnotator, createViewer, whenLoaded } from "./viewer.js";
 
-const typingIn = (e) => e.target.closest && e.target.closest("input, textarea, select");
 
 /** Which Ctrl/Cmd key combination `e` is: "undo", "redo", or null. */
 export function undoKey(e) {
@@ -77,7 +76,7 @@ export function createPanes(ctx, hooks) {
     viewerEl.append(el);
     const viewer = createViewer(el);
     const anno = createAnnotator(viewer, ctx.me, hooks.style);
-    const pane = { el, viewer, anno, undo: createUndoFloor(anno), image: null, data: null, opened: null, shapes: null, heat: null, heatAdding: null };
+    const pane = { el, viewer, anno, undo: createUndoFloor(anno), image: null, data: null, opened: null, shapes: null, heat: null, heatAdding: null, ref: null, refAdding: null, diff: null, diffAdding: null };
     viewer.addHandler("tile-loaded", () => { if (pane === active) viewerEl.setAttribute("data-tile-loaded", "1"); });
     hooks.bind(anno);
     return pane;
@@ -103,7 +102,7 @@ export function createPanes(ctx, hooks) {
   function openIn(pane, id, dataP) {
     if (pane.image === id && pane.opened) return pane.opened;
     const before = pane.opened || Promise.resolve(true);
-    Object.assign(pane, { image: id, data: null, heat: null, heatAdding: null });
+    Object.assign(pane, { image: id, data: null, heat: null, heatAdding: null, ref: null, refAdding: null, diff: null, diffAdding: null });
     pane.anno.cancelSelected();
     pane.anno.setAnnotations([], true); // REMOTE: nothing is deleted on the server
     pane.ready = Promise.resolve(dataP).then((d) => {
