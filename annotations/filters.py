@@ -119,7 +119,7 @@ class SuggestionFilter(django_filters.FilterSet):
     source = django_filters.ChoiceFilter(
         choices=ModelVersion.Kind.choices,
         method="filter_with_echoes",
-        label="Source (anomaly model or detector)",
+        label="Source (anomaly model, detector or change detector)",
     )
     run = IdFilter(method="filter_with_echoes")
     model_version = IdFilter(method="filter_with_echoes")

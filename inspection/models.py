@@ -261,6 +261,7 @@ class ModelVersion(models.Model):
     class Kind(models.TextChoices):
         ANOMALY = "anomaly", "Anomaly model"
         DETECTOR = "detector", "Detector"
+        CHANGE = "change", "Change detector (against references)"
 
     class Status(models.TextChoices):
         TRAINING = "training", "Training"

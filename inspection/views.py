@@ -19,6 +19,8 @@ from inspection.services import projects as project_services
 from inspection.services.inspections import (
     ARCHITECTURES,
     active_model,
+    aligned_pairs,
+    change_calibration_images,
     images_outside_trained_size,
     training_geometry_hint,
     training_images,
@@ -141,6 +143,11 @@ def models_page(request, pk):
             "inspection": inspection_settings(project),
             "inspection_defaults": INSPECTION_DEFAULTS,
             "size_mismatch": images_outside_trained_size(active_model(project)),
+            "change": {
+                "pairs": aligned_pairs(project).count(),
+                "calibration_pairs": change_calibration_images(project).count(),
+                "active": active_model(project, ModelVersion.Kind.CHANGE),
+            },
         },
     )
 

@@ -2,6 +2,7 @@
 services; these only shape data)."""
 
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from annotations.formats.registry import EXPORTERS, IMPORTERS
@@ -145,12 +146,14 @@ class SuggestionSerializer(serializers.ModelSerializer):
         source="category.name", default=None, read_only=True, allow_null=True
     )
     also = serializers.SerializerMethodField()
+    reference = serializers.SerializerMethodField()
 
     class Meta:
         model = Suggestion
         fields = [
             "id",
             "also",
+            "reference",
             "image",
             "image_name",
             "image_width",
@@ -175,6 +178,27 @@ class SuggestionSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "properties": {"dzi": {"type": "string"}, "difference": {"type": "string"}},
+        }
+    )
+    def get_reference(self, obj) -> dict | None:
+        """The image's aligned reference, when it has one: the review queue flickers to it (F)
+        and overlays the difference (D) as the workspace does."""
+        image = obj.image
+        if not image.reference_pyramid_path:
+            return None
+        stamp = f"?v={(image.alignment or {}).get('stamp', '')}"
+        return {
+            "dzi": reverse("api-image-reference-dzi", args=[image.pk]) + stamp,
+            "difference": reverse("api-image-difference", args=[image.pk]) + stamp
+            if image.difference_path
+            else None,
+        }
 
     def get_model(self, obj) -> str | None:
         mv = obj.model_version

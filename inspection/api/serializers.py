@@ -234,6 +234,13 @@ class ModelVersionSerializer(_MadeByAJobSerializer):
 
 
 class TrainSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(
+        choices=[ModelVersion.Kind.ANOMALY, ModelVersion.Kind.CHANGE],
+        default=ModelVersion.Kind.ANOMALY,
+        help_text="anomaly: train on the normal images; change: calibrate the change detector on "
+        "the aligned pairs (params: quantile, pixel_weight). Detectors train from a dataset "
+        "version.",
+    )
     architecture = serializers.ChoiceField(choices=ARCHITECTURES, default="padim")
     params = serializers.DictField(required=False, default=dict)
     activate = serializers.BooleanField(default=True)

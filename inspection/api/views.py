@@ -131,18 +131,25 @@ class ProjectViewSet(NumericIds, viewsets.ModelViewSet):
     )
     @action(detail=True, methods=["get", "post"], pagination_class=None)
     def models(self, request, pk=None):
-        """GET the project's model versions (anomaly models and detectors); POST to train a new
-        anomaly model (202 with the job; detectors train from a dataset version:
-        ``.../datasets/{n}/detector/``)."""
+        """GET the project's model versions (anomaly models, detectors, change detectors); POST
+        to train a new anomaly model or (``kind: change``) calibrate a change detector (202 with
+        the job; detectors train from a dataset version: ``.../datasets/{n}/detector/``)."""
         project = self.get_object()
         if request.method == "GET":
             versions = ModelVersion.objects.filter(project=project).select_related("created_by")
             return list_response(self, versions, s.ModelVersionSerializer, paginate=False)
         data = s.TrainSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        version = inspection_services.model_version_train(
-            user=request.user, project=project, **data.validated_data
-        )
+        options = dict(data.validated_data)
+        if options.pop("kind") == ModelVersion.Kind.CHANGE:
+            options.pop("architecture")
+            version = inspection_services.change_model_calibrate(
+                user=request.user, project=project, **options
+            )
+        else:
+            version = inspection_services.model_version_train(
+                user=request.user, project=project, **options
+            )
         return Response(s.ModelVersionSerializer(version).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(methods=["GET"], responses=s.RunSerializer(many=True))

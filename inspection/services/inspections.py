@@ -114,7 +114,70 @@ DETECTION_SCORE_THRESHOLD = 0.3
 JOB_KINDS = {
     ModelVersion.Kind.ANOMALY: {"train": "anomaly_train", "run": "anomaly_inspect"},
     ModelVersion.Kind.DETECTOR: {"train": "detection_train", "run": "detection_inspect"},
+    ModelVersion.Kind.CHANGE: {"train": "change_calibrate", "run": "change_inspect"},
 }
+
+#: What each kind is called in a sentence.
+KIND_NAMES = {
+    ModelVersion.Kind.ANOMALY: "anomaly model",
+    ModelVersion.Kind.DETECTOR: "detector",
+    ModelVersion.Kind.CHANGE: "change detector",
+}
+
+# The change detector: frozen ImageNet features of an image and of its aligned reference
+# (workers/change/heatmap.py); "training" fits where unchanged pairs end (the calibration).
+CHANGE_ARCHITECTURE = "lite0-difference"
+CHANGE_PARAMS = {"quantile": (0.9, 0.999999), "pixel_weight": (0.0, 10.0)}
+
+
+def aligned_pairs(project: Project):
+    """Images of the project compared with a reference that was aligned (ok)."""
+    return Image.objects.filter(project=project, reference__isnull=False, alignment__status="ok")
+
+
+def change_calibration_images(project: Project):
+    """The pairs a change detector calibrates on: aligned pairs whose image is normal (nothing
+    changed) or labelled (its labels are masked out: the rest is unchanged), minus the test
+    split."""
+    return (
+        aligned_pairs(project)
+        .exclude(split=Image.Split.TEST)
+        .filter(Q(is_normal=True) | Q(annotations__isnull=False))
+        .distinct()
+    )
+
+
+def change_model_calibrate(
+    *, user, project: Project, params: dict | None = None, activate: bool = True
+) -> ModelVersion:
+    """Fit a change detector on the project's pairs (project admins): see
+    :func:`change_calibration_images`. ``params``: ``quantile`` of unchanged scores that becomes
+    the threshold, ``pixel_weight`` of the grey-level difference beside the features."""
+    require_role(user, project, Role.ADMIN)
+    params = dict(params or {})
+    unknown = set(params) - set(CHANGE_PARAMS)
+    if unknown:
+        raise ValidationError({"params": f"Unknown parameter(s): {', '.join(sorted(unknown))}."})
+    for key, (lo, hi) in CHANGE_PARAMS.items():
+        if key in params:
+            value = params[key]
+            if isinstance(value, bool) or not is_number(value) or not lo <= value <= hi:
+                raise ValidationError({"params": f"{key} must be a number from {lo} to {hi}."})
+    ids = list(change_calibration_images(project).order_by("id").values_list("id", flat=True))
+    if not ids:
+        raise ValidationError(
+            "A change detector calibrates on aligned pairs that are normal or labelled: this "
+            "project has none (pair images with references first: docs/references.md)."
+        )
+    return model_version_create(
+        user=user,
+        project=project,
+        kind=ModelVersion.Kind.CHANGE,
+        architecture=CHANGE_ARCHITECTURE,
+        params=params,
+        image_ids=ids,
+        activate=activate,
+    )
 
 
 def model_version_create(
@@ -267,11 +330,29 @@ def inspection_run_start(
         require_role(user, project, Role.REVIEWER)
     version = model_version or active_model(project, kind)
     if version is None:
-        what = "anomaly model" if kind == ModelVersion.Kind.ANOMALY else "detector"
+        what = KIND_NAMES.get(kind, kind)
         raise ValidationError(f"This project has no active {what}: train one first.")
     if version.project_id != project.pk or version.status != ModelVersion.Status.READY:
         raise ValidationError("That model version is not a ready model of this project.")
     images = Image.objects.filter(project=project)
+    if version.kind == ModelVersion.Kind.CHANGE:
+        # only images with an aligned reference can be compared; others are refused by name
+        # when selected, left out otherwise
+        if scope == InspectionRun.Scope.SELECTED and image_ids:
+            unpaired = list(
+                images.filter(pk__in=image_ids)
+                .exclude(pk__in=aligned_pairs(project))
+                .values_list("original_name", flat=True)[:5]
+            )
+            if unpaired:
+                raise ValidationError(
+                    {
+                        "image_ids": "No aligned reference to compare with: "
+                        + ", ".join(unpaired)
+                        + " (docs/references.md)."
+                    }
+                )
+        images = aligned_pairs(project)
     if scope == InspectionRun.Scope.SELECTED:
         if not image_ids:
             raise ValidationError({"image_ids": "Select at least one image."})
@@ -299,7 +380,7 @@ def inspection_run_start(
             image_ids=ids,
             # what the run uses, kept with its figures
             params=inspection_settings(project)
-            if version.kind == ModelVersion.Kind.ANOMALY
+            if version.kind != ModelVersion.Kind.DETECTOR
             else {"score_threshold": DETECTION_SCORE_THRESHOLD},
             created_by=user,
         )

@@ -326,6 +326,29 @@
         } catch (err) { document.getElementById("run-status").textContent = "Not started: " + err.message; }
       });
     }
+    // the change detector: calibrate (admins), run over the aligned pairs (reviewers)
+    const calibrate = document.getElementById("change-calibrate-form");
+    if (calibrate) {
+      calibrate.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        const out = document.getElementById("change-calibrate-status");
+        try {
+          const v = await api(root.dataset.modelsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ kind: "change" }) });
+          follow(out, v.job, (j) => { if (j.status === "succeeded") window.location.reload(); });
+        } catch (err) { out.textContent = "Not started: " + err.message; }
+      });
+    }
+    const changeRun = document.getElementById("change-run-form");
+    if (changeRun) {
+      changeRun.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        const out = document.getElementById("change-run-status");
+        try {
+          const r = await api(root.dataset.runsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ kind: "change", scope: new FormData(changeRun).get("scope") }) });
+          follow(out, r.job, (j) => { if (j.status === "succeeded") window.location.href = "/runs/" + r.id + "/"; });
+        } catch (err) { out.textContent = "Not started: " + err.message; }
+      });
+    }
     document.querySelectorAll("[data-activate]").forEach((b) => b.addEventListener("click", async () => {
       try { await api(b.dataset.activate, { method: "POST" }); window.location.reload(); } catch (err) { alert(err.message); }
     }));

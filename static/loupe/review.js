@@ -2,7 +2,8 @@
  *
  * Keys: 1-9 category · A accept (or approve a label) · E edit the outline, then A/Enter ·
  * R reject (then 1-4 for the reason, Enter for none) or send a label back (with a comment) ·
- * N next without deciding. Each decision is one API call; the server keeps the record.
+ * N next without deciding · H heatmap · F / D the aligned reference / difference, for an image
+ * with a reference. Each decision is one API call; the server keeps the record.
  *
  * Speed (issue #17: the next item on screen <= 300 ms after a decision): two viewers are stacked
  * in #viewer. The visible one shows the item; the hidden one has already opened the next item
@@ -28,6 +29,8 @@
   let category = null;
   const skipped = new Set();
   let heatShown = true;
+  let refShown = false; // F: the image's aligned reference instead of the image (flicker)
+  let diffShown = false; // D: the aligned difference over the image
 
   const request = Loupe.request;
   const toast = (message) => Loupe.toast(toastEl, message, 5000);
@@ -62,7 +65,7 @@
       userSelectAction: "NONE",
       style: (a, state) => ({ stroke: "#facc15", strokeWidth: state && state.selected ? 3 : 2, fill: "#facc15", fillOpacity: 0.08 }),
     });
-    return { el, viewer, anno, image: null, opened: null, heat: null };
+    return { el, viewer, anno, image: null, opened: null, heat: null, ref: null, diff: null };
   }
 
   viewerEl.classList.add("has-panes");
@@ -79,6 +82,8 @@
     const before = pane.opened || Promise.resolve(true);
     pane.image = image;
     pane.heat = null;
+    pane.ref = null;
+    pane.diff = null;
     pane.anno.clearAnnotations();
     pane.opened = before.then(() => new Promise((resolve) => {
       pane.viewer.addOnceHandler("open", () => resolve(true));
@@ -93,9 +98,37 @@
           if (!heatShown) it.setOpacity(0);
         }).catch(() => {});
       }
+      if (ok && item.reference && pane.image === image) addReference(pane, item.reference, image);
       return ok;
     });
     return pane.opened;
+  }
+
+  /* The image's aligned reference (hidden until F; its tiles load meanwhile) and the difference
+     (hidden until D): the same pair view as the workspace's (docs/references.md). */
+  function addReference(pane, ref, image) {
+    pane.viewer.addTiledImage({
+      tileSource: ref.dzi, x: 0, y: 0, width: 1, opacity: refShown ? 1 : 0, preload: true,
+      success: (ev) => {
+        if (pane.image !== image) { pane.viewer.world.removeItem(ev.item); return; }
+        pane.ref = ev.item;
+        markPair();
+      },
+    });
+    if (!ref.difference) return;
+    LoupeOverlay.addHeatmap(pane.viewer, ref.difference, diffShown ? 0.6 : 0).then((it) => {
+      if (pane.image !== image) { pane.viewer.world.removeItem(it); return; }
+      pane.diff = it;
+      markPair();
+    }).catch(() => {});
+  }
+
+  /* data-reference / data-difference on #viewer: what the visible pane shows (tests read it). */
+  function markPair() {
+    if (active.ref) viewerEl.dataset.reference = refShown ? "shown" : "hidden";
+    else delete viewerEl.dataset.reference;
+    if (active.diff) viewerEl.dataset.difference = diffShown ? "shown" : "hidden";
+    else delete viewerEl.dataset.difference;
   }
 
   /* Outline `item` in `pane` and zoom on it (the pane's image must be the item's). */
@@ -172,6 +205,7 @@
       }
     }
     place(active, item);
+    markPair();
     viewerEl.dataset.item = item.type + ":" + item.id;
     preload();
   }
@@ -351,6 +385,14 @@
       // one switch for both panes, so the next image keeps the reviewer's choice
       heatShown = !heatShown;
       [active, spare].forEach((p) => { if (p.heat) p.heat.setOpacity(heatShown ? 0.45 : 0); });
+    } else if (key === "f") {
+      refShown = !refShown;
+      [active, spare].forEach((p) => { if (p.ref) p.ref.setOpacity(refShown ? 1 : 0); });
+      markPair();
+    } else if (key === "d") {
+      diffShown = !diffShown;
+      [active, spare].forEach((p) => { if (p.diff) p.diff.setOpacity(diffShown ? 0.6 : 0); });
+      markPair();
     }
   });
 

@@ -1,9 +1,12 @@
-"""A paired image in the workspace, in a real browser with a real worker: the alignment is
+"""Reference images in a real browser with a real worker. The workspace: the alignment is
 reported, F lays the aligned reference over the image (the defect disappears where the reference
 shows), the swipe slider limits it to the left part, D shows the difference over the defect, and
-the reference is unset and set again from the side panel (the worker aligns it anew)."""
+the reference is unset and set again from the side panel (the worker aligns it anew). The change
+detector: calibrated and run from the models page, its suggestion looked at with F / D and
+accepted in the review queue."""
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -138,3 +141,95 @@ def test_flicker_swipe_and_difference_against_the_reference(page, celery_worker,
     page.goto(f"/images/{reference.pk}/")
     status.filter(has_text="This image is a reference").wait_for()
     assert page.locator("#reference-choice").is_hidden()
+
+
+@pytest.fixture
+def golden_line(transactional_db, make_user, tmp_path):
+    """A project admin's golden sample and three plates aligned to it: one confirmed normal (the
+    calibration), one with a pit, one unchanged."""
+    from annotations.services.categories import category_create
+    from inspection.models import Membership, Role
+
+    admin = make_user("qe")
+    project = project_create(user=admin, name="Plates line 2")
+    category_create(user=admin, project=project, name="pit", color="#ff3b30")
+    assert Membership.objects.get(project=project, user=admin).role == Role.ADMIN
+    big = textured(seed=11)
+    w, h = SIZE
+    rng = np.random.default_rng(0)
+
+    def shot(dy: int, dx: int, pit: bool = False) -> np.ndarray:
+        crop = big[dy : dy + h, dx : dx + w].astype(np.float32)
+        if pit:
+            x, y, r = DEFECT
+            yy, xx = np.mgrid[0:h, 0:w]
+            crop[(xx - x) ** 2 + (yy - y) ** 2 < r * r] = 20
+        return np.clip(crop + rng.normal(0, 3, crop.shape), 0, 255).astype(np.uint8)
+
+    files = {
+        "golden.jpg": shot(20, 20),
+        "plate-1.jpg": shot(22, 23),
+        "plate-2.jpg": shot(18, 21, pit=True),
+        "plate-3.jpg": shot(21, 17),
+    }
+    images = {}
+    for name, array in files.items():
+        path = tmp_path / name
+        path.write_bytes(jpeg(array))
+        out = image_store_one(
+            project=project,
+            user=admin,
+            incoming=IncomingFile(name, path),
+            is_normal=name in ("golden.jpg", "plate-1.jpg"),
+        )
+        images[name] = Image.objects.get(pk=out.image_id)
+        image_build_derivatives(image=images[name])
+    for name in ("plate-1.jpg", "plate-2.jpg", "plate-3.jpg"):
+        image_set_reference(user=admin, image=images[name], reference=images["golden.jpg"])
+    return {"project": project, "images": images}
+
+
+def test_calibrate_run_and_accept_a_change_suggestion(page, celery_worker, golden_line):
+    from annotations.models import Annotation, Suggestion
+
+    project, images = golden_line["project"], golden_line["images"]
+    wait = time.time() + 60
+    while Image.objects.filter(project=project, alignment__status="ok").count() < 3:
+        assert time.time() < wait, "the worker did not align the three pairs"
+        time.sleep(0.3)
+    login(page, "qe")
+    page.goto(f"/projects/{project.pk}/models/")
+    page.locator(
+        "#change-pairs", has_text="3 aligned pairs, 1 of them normal or labelled"
+    ).wait_for()
+    page.locator("#change-calibrate-form button", has_text="Calibrate on 1 pair").click()
+    # the page reloads when the job is done, with the active change detector and its run form
+    page.locator("tr[data-kind=change][data-status=ready]", has_text="active").wait_for(
+        timeout=90_000
+    )
+    page.locator("#change-run-form button").click()
+    page.wait_for_url("**/runs/*/", timeout=90_000)
+    found = Suggestion.objects.filter(image=images["plate-2.jpg"], status="pending")
+    assert found.exists() and not Suggestion.objects.filter(image=images["plate-3.jpg"]).exists()
+
+    page.goto(f"/projects/{project.pk}/review/?source=change")
+    page.locator("#viewer[data-loaded]").wait_for()
+    # the reviewer looks at the pair as in the workspace: F flickers, D shows the difference
+    page.locator("#viewer[data-reference=hidden][data-difference=hidden]").wait_for()
+    page.keyboard.press("f")
+    page.locator("#viewer[data-reference=shown]").wait_for()
+    page.keyboard.press("d")
+    page.locator("#viewer[data-difference=shown]").wait_for()
+    page.keyboard.press("f")
+    page.locator("#viewer[data-reference=hidden]").wait_for()
+    page.keyboard.press("1")  # pit
+    page.keyboard.press("a")
+    page.wait_for_function("() => document.getElementById('tally').textContent.startsWith('1 acc')")
+    label = Annotation.objects.get(image=images["plate-2.jpg"])
+    decided = Suggestion.objects.get(image=images["plate-2.jpg"], status="accepted")
+    assert label.category.name == "pit" and decided.model_version.kind == "change"
+    g = label.geometry
+    xs = [p[0] for p in g["points"]] if g["type"] == "polygon" else [g["x"], g["x"] + g["w"]]
+    ys = [p[1] for p in g["points"]] if g["type"] == "polygon" else [g["y"], g["y"] + g["h"]]
+    x, y, _ = DEFECT
+    assert min(xs) <= x <= max(xs) and min(ys) <= y <= max(ys), g

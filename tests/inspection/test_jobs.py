@@ -25,6 +25,8 @@ KINDS = {
     "detection_train": ("gpu", "Detector training"),
     "detection_inspect": ("gpu", "Detection run"),
     "reference_align": ("cpu", "Reference alignment"),
+    "change_calibrate": ("gpu", "Change detector calibration"),
+    "change_inspect": ("gpu", "Change run"),
 }
 
 

@@ -21,7 +21,8 @@ from workers.tasks.runner import JobContext, JobError, job_task
 DIFFERENCE_MAX_SIDE = 2048
 
 
-def _pixels(image: Image, workdir: Path) -> np.ndarray:
+def image_pixels(image: Image, workdir: Path) -> np.ndarray:
+    """The image upright as uint8 (grey HxW or RGB HxWx3), as the change library takes it."""
     from workers.anomaly.image_io import read_pixels
 
     upright = imaging.upright_copy(
@@ -57,8 +58,8 @@ def align_one(image: Image, reference: Image, *, tile_size: int) -> tuple[dict, 
 
     with tempfile.TemporaryDirectory(prefix="loupe-align-") as tmp:
         work = Path(tmp)
-        pixels = _pixels(image, work)
-        ref_pixels = _pixels(reference, work)
+        pixels = image_pixels(image, work)
+        ref_pixels = image_pixels(reference, work)
         result = align(pixels, ref_pixels)
         stamp = uuid.uuid4().hex[:12]
         alignment = {**result.to_dict(), "status": "ok" if result.ok else "failed", "stamp": stamp}
