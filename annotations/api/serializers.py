@@ -355,6 +355,7 @@ class DetectorParamsQuery(serializers.Serializer):
     batch_size = serializers.IntegerField(required=False)
     iterations_per_epoch = serializers.IntegerField(required=False)
     seed = serializers.IntegerField(required=False)
+    reference = serializers.ChoiceField(choices=["none", "siamese"], required=False)
 
     def validate_slice(self, value: str) -> bool:
         return value == "true"

@@ -57,6 +57,11 @@ LIMITS = {
 }
 
 
+def _aligned(image: dict) -> bool:
+    """A frozen image entry with a reference that was aligned when the version was frozen."""
+    return ((image.get("reference") or {}).get("alignment") or {}).get("status") == "ok"
+
+
 def _version_facts(version: DatasetVersion) -> dict[str, Any]:
     content = version.content or {}
     train = {im["id"]: im for im in content.get("images", []) if im["split"] == "train"}
@@ -78,8 +83,13 @@ def _version_facts(version: DatasetVersion) -> dict[str, Any]:
                 w, h = max(xs) - min(xs), max(ys) - min(ys)
             box_sides.append(min(w, h))
     long_sides = [max(im["width"], im["height"]) for im in train.values()]
+    labelled = {s["image"] for s in shapes if s["image"] in train}
     return {
         "train_images": len(train),
+        # images frozen with a reference that was aligned: what a Siamese detector learns from
+        "train_paired": sum(1 for im in train.values() if _aligned(im)),
+        "train_labelled": len(labelled),
+        "train_labelled_paired": sum(1 for i in labelled if _aligned(train[i])),
         "val_images": len(val),
         "train_boxes": sum(r["train"] for r in per_category.values()),
         "per_category": per_category,
@@ -129,6 +139,19 @@ def detector_proposal(
             f"The defects are small ({facts['median_box_side']} px median short side): keep "
             "the full resolution (slices) rather than shrinking the images."
         )
+    # Siamese when most labelled train images have an aligned reference (docs/references.md)
+    paired, labelled = facts["train_labelled_paired"], facts["train_labelled"]
+    reference = "siamese" if labelled and paired >= 0.8 * labelled else "none"
+    if reference == "siamese":
+        reasons.append(
+            f"{paired} of the {labelled} labelled train images have an aligned reference: the "
+            "Siamese detector compares each image with it (images without one are left out)."
+        )
+    elif paired:
+        reasons.append(
+            f"Only {paired} of the {labelled} labelled train images have an aligned reference: "
+            "the single-image detector learns from all of them."
+        )
     batch_size = 4
     # about 3000 training iterations when the data allow, within 10..80 epochs
     per_epoch = max(1, math.ceil(facts["train_images"] / batch_size))
@@ -140,6 +163,7 @@ def detector_proposal(
         "overlap": 0.25,
         "epochs": epochs,
         "batch_size": batch_size,
+        "reference": reference,
     }
     params = _checked(params, proposed) if params else proposed
     return {
@@ -165,7 +189,8 @@ def estimate_seconds(params: dict[str, Any], train_images: int) -> int | None:
 
 
 TRAINING_PARAMS = {"backbone", "input_size", "slice", "overlap", "epochs", "batch_size"}
-TRAINING_PARAMS |= {"iterations_per_epoch", "seed"}
+TRAINING_PARAMS |= {"iterations_per_epoch", "seed", "reference"}
+REFERENCE_MODES = ("none", "siamese")
 
 
 def _checked(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -189,6 +214,13 @@ def _checked(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]
         raise ValidationError({"params": "overlap is a fraction of a slice from 0 to 0.5."})
     if "seed" in out and not (isinstance(out["seed"], int) and not isinstance(out["seed"], bool)):
         raise ValidationError({"params": "seed is a whole number."})
+    out.setdefault("reference", "none")
+    if out["reference"] not in REFERENCE_MODES:
+        raise ValidationError(
+            {
+                "params": "reference is 'none' (one image) or 'siamese' (the image and its reference)."
+            }
+        )
     return out
 
 
@@ -212,13 +244,21 @@ def detector_train(
             f"Dataset version {version.number} has no labels in its train split: freeze approved "
             "labels first (or include pending ones)."
         )
+    if clean["reference"] == "siamese" and not facts["train_labelled_paired"]:
+        raise ValidationError(
+            {
+                "params": f"A Siamese detector learns from images with an aligned reference: none "
+                f"of the labelled train images of dataset version {version.number} has one."
+            }
+        )
     categories = sorted(facts["per_category"], key=str.lower)
     known = categories_by_name(project)
+    siamese = "-siamese" if clean["reference"] == "siamese" else ""
     return model_version_create(
         user=user,
         project=project,
         kind=ModelVersion.Kind.DETECTOR,
-        architecture=f"ppyoloe-sod-{clean['backbone']}",
+        architecture=f"ppyoloe-sod-{clean['backbone']}{siamese}",
         params={
             **clean,
             "dataset_version": version.pk,

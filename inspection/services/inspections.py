@@ -335,7 +335,7 @@ def inspection_run_start(
     if version.project_id != project.pk or version.status != ModelVersion.Status.READY:
         raise ValidationError("That model version is not a ready model of this project.")
     images = Image.objects.filter(project=project)
-    if version.kind == ModelVersion.Kind.CHANGE:
+    if version.kind == ModelVersion.Kind.CHANGE or version.params.get("reference") == "siamese":
         # only images with an aligned reference can be compared; others are refused by name
         # when selected, left out otherwise
         if scope == InspectionRun.Scope.SELECTED and image_ids:

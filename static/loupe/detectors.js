@@ -146,6 +146,7 @@
         overlap: Number(f.overlap.value),
         epochs: Number(f.epochs.value),
         batch_size: Number(f.batch_size.value),
+        reference: f.siamese.checked ? "siamese" : "none",
       };
       if (f.iterations_per_epoch.value !== "") p.iterations_per_epoch = Number(f.iterations_per_epoch.value);
       return p;
@@ -181,6 +182,7 @@
       add("Labelled boxes (train)", String(f.train_boxes));
       if (f.median_long_side != null) add("Image size", f.median_long_side + " px long side (median)");
       if (f.median_box_side != null) add("Defect size", f.median_box_side + " px short side (median)");
+      if (f.train_paired) add("With a reference", f.train_labelled_paired + " of " + f.train_labelled + " labelled train images (aligned)");
       const rows = Object.entries(f.per_category || {}).map(([name, n]) => el("tr", {}, [
         el("td", { text: name }), el("td", { text: String(n.train) }), el("td", { text: String(n.val) }), el("td", { text: String(n.test) }),
       ]));
@@ -221,6 +223,9 @@
         f.overlap.value = p.params.overlap;
         f.epochs.value = p.params.epochs;
         f.batch_size.value = p.params.batch_size;
+        f.siamese.checked = p.params.reference === "siamese";
+        // the Siamese option is offered when some labelled train images have an aligned reference
+        f.siamese.closest("label").hidden = !p.facts.train_labelled_paired;
         f.iterations_per_epoch.value = "";
         form.querySelector("button[type=submit]").textContent = "Train a detector on dataset v" + number;
         asked++;  // the proposal's own estimate: shown with the form, no second request

@@ -46,6 +46,7 @@ def test_the_form_proposes_slices_for_large_photos_and_says_why(team, tmp_path, 
         "overlap": 0.25,
         "epochs": 80,
         "batch_size": 4,
+        "reference": "none",  # no image of the version has a reference
     }
     assert "2000 px on their long side" in body["reasons"][0]
     assert "8 labelled boxes" in body["reasons"][1]

@@ -54,29 +54,42 @@ def _library():
     return detection
 
 
-def _prepare(dataset: DatasetVersion, folder: Path):
+def _prepare(dataset: DatasetVersion, folder: Path, *, siamese: bool = False):
     """COCO files of a version's train and val splits over upright local copies of its images;
     returns (train json, val json or None, images folder, skipped image ids, the val images'
-    longest side)."""
+    longest side). For a Siamese detector each image's reference, warped onto it as the version
+    froze the pair, goes to ``folder/references`` under the image's name; images without an
+    aligned reference are left out (skipped)."""
     ds = version_dataset_from_content(dataset.content)
+    frozen_refs = {
+        str(im["id"]): im["reference"]
+        for im in dataset.content.get("images", [])
+        if ((im.get("reference") or {}).get("alignment") or {}).get("status") == "ok"
+    }
     images = Image.objects.in_bulk([int(im.key) for im in ds.images])
-    names, skipped = {}, []
+    names, skipped, references = {}, [], {}
     (folder / "images").mkdir()
+    if siamese:
+        (folder / "references").mkdir()
     for im in ds.images:
         if im.split not in ("train", "val"):
             continue
         image = images.get(int(im.key))
-        if image is None:  # deleted since the freeze
-            skipped.append(int(im.key))
+        if image is None or (siamese and im.key not in frozen_refs):
+            skipped.append(int(im.key))  # deleted since the freeze, or nothing to compare with
             continue
         try:
             src = storage.fetched(image.file.name, folder)
             upright = imaging.upright_copy(src, image.orientation, tempfile.mkdtemp(dir=folder))
+            name = f"{im.key}{Path(upright).suffix.lower()}"
+            if siamese:
+                references[im.key] = _warped_reference(
+                    frozen_refs[im.key], image, folder, folder / "references" / f"{im.key}.png"
+                )
         except Exception:  # noqa: BLE001 - a missing or damaged file is left out, and listed
             logger.warning("detector training: image %s left out", image.pk, exc_info=True)
             skipped.append(image.pk)
             continue
-        name = f"{im.key}{Path(upright).suffix.lower()}"
         os.symlink(upright, folder / "images" / name)
         names[im.key] = name
     files = {}
@@ -87,11 +100,42 @@ def _prepare(dataset: DatasetVersion, folder: Path):
         part.shapes = [s for s in part.shapes if s.image_key in keys]
         if part.images:
             files[split] = folder / f"{split}.json"
-            files[split].write_text(json.dumps(to_coco_dict(part, file_names=names)))
+            files[split].write_text(
+                json.dumps(to_coco_dict(part, file_names=names, reference_names=references))
+            )
     if "train" not in files:
-        raise JobError("None of the version's train images is stored any more.")
+        raise JobError(
+            "None of the version's train images "
+            + ("with an aligned reference " if siamese else "")
+            + "is stored any more."
+        )
     val_side = max((max(im.width, im.height) for im in ds.subset("val").images), default=0)
     return files["train"], files.get("val"), folder / "images", skipped, val_side
+
+
+def _warped_reference(frozen: dict, image: Image, work: Path, out: Path) -> str:
+    """The frozen pair's reference warped onto ``image`` by the frozen alignment, written to
+    ``out``; returns its file name (relative to the references folder). Raises when the
+    reference was deleted since the freeze (the image is then left out)."""
+    import cv2
+
+    from workers.change.align import Alignment, warp_reference
+    from workers.tasks.references import image_pixels
+
+    reference = Image.objects.get(pk=frozen["id"])
+    pixels = image_pixels(image, Path(tempfile.mkdtemp(dir=work)))
+    ref_pixels = image_pixels(reference, Path(tempfile.mkdtemp(dir=work)))
+    if (pixels.ndim == 3) != (ref_pixels.ndim == 3):  # the detector reads both as colour
+        ref_pixels = (
+            ref_pixels if ref_pixels.ndim == 3 else cv2.cvtColor(ref_pixels, cv2.COLOR_GRAY2RGB)
+        )
+    defaults = {"method": "", "inliers": 0, "matches": 0, "residual_px": 0.0, "overlap": 1.0}
+    alignment = Alignment.from_dict({**defaults, **frozen["alignment"], "ok": True})
+    warped, _ = warp_reference(ref_pixels, alignment, pixels.shape[:2])
+    if warped.ndim == 3:
+        warped = cv2.cvtColor(warped, cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(out), warped, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return out.name
 
 
 @job_task("detection_train", queue="gpu", label="Detector training")
@@ -112,7 +156,11 @@ def train_detector(job, ctx: JobContext) -> dict:
             ctx.progress(
                 0.0, f"Collecting the images of dataset v{p['dataset_number']}", force=True
             )
-            train_json, val_json, image_root, skipped, val_side = _prepare(dataset, work)
+            siamese = p.get("reference") == "siamese"
+            train_json, val_json, image_root, skipped, val_side = _prepare(
+                dataset, work, siamese=siamese
+            )
+            reference_root = work / "references" if siamese else None
             checkpoint = _checkpoint_fetch(folder, work)
 
             def report(fraction: float, message: str, metrics: dict | None) -> None:
@@ -134,7 +182,10 @@ def train_detector(job, ctx: JobContext) -> dict:
                 "output": work / "model" / ARTIFACT,
                 "image_root": image_root,
                 "model_config": detection.model_config_for(
-                    p["backbone"], num_classes, eval_size=p["input_size"]
+                    p["backbone"],
+                    num_classes,
+                    eval_size=p["input_size"],
+                    **({"reference": "siamese"} if siamese else {}),
                 ),
                 "train_config": detection.TrainConfig(
                     epochs=p["epochs"],
@@ -151,6 +202,8 @@ def train_detector(job, ctx: JobContext) -> dict:
                 # resized (one slice as large as the largest val image)
                 "eval_slice_size": p["input_size"] if p["slice"] else max(val_side, 32),
                 "checkpoint": checkpoint,
+                "reference_root": reference_root,
+                "val_reference_root": reference_root if val_json else None,
             }
             what = f"{version.architecture} on {len(version.image_ids)} images"
             ctx.progress(
@@ -176,7 +229,14 @@ def train_detector(job, ctx: JobContext) -> dict:
             exports = _export(detection, model_dir / ARTIFACT)
             if exports["onnx"] and val_json:
                 exports["int8"] = _check_int8(
-                    detection, ctx, model_dir / ARTIFACT, val_json, train_json, image_root, p
+                    detection,
+                    ctx,
+                    model_dir / ARTIFACT,
+                    val_json,
+                    train_json,
+                    image_root,
+                    p,
+                    reference_root=reference_root,
                 )
             storage.save_tree(model_dir, folder)
         _checkpoint_delete(folder)
@@ -295,7 +355,9 @@ def _export(detection, artifact: Path) -> dict:
         return {"onnx": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
-def _check_int8(detection, ctx, artifact: Path, val_json, train_json, image_root, p) -> dict:
+def _check_int8(
+    detection, ctx, artifact: Path, val_json, train_json, image_root, p, reference_root=None
+) -> dict:
     """An INT8 copy of the ONNX export, kept beside it only when it keeps the val split's mAP50
     (within 0.01) and is faster; runs load it from then on. Never fatal: fp32 runs."""
     try:
@@ -308,6 +370,8 @@ def _check_int8(detection, ctx, artifact: Path, val_json, train_json, image_root
             slice_size=p["input_size"] if p["slice"] else None,
             overlap=p.get("overlap", 0.25),
             progress=lambda message: ctx.progress(0.96, message, force=True),
+            reference_root=reference_root,
+            calibration_reference_root=reference_root,
         )
     except JobCancelled:
         raise
@@ -389,9 +453,13 @@ def _category_names(version: ModelVersion) -> dict[str, str]:
     return {trained: now[pk] for trained, pk in ids.items() if pk in now}
 
 
-def _predict(detector, path: Path, p: dict, threshold: float) -> list:
+def _predict(
+    detector, path: Path, p: dict, threshold: float, reference: Path | None = None
+) -> list:
     """One upright image through the detector as it was trained: slices of its input size, or
-    the whole image resized to it."""
+    the whole image resized to it; a Siamese detector gets the reference warped onto the image
+    (sliced at the same windows)."""
+    extra = {"reference": str(reference)} if reference is not None else {}
     if p.get("slice"):
         return detector.predict_sliced(
             str(path),
@@ -400,8 +468,19 @@ def _predict(detector, path: Path, p: dict, threshold: float) -> list:
             score_threshold=threshold,
             # on a CPU one slice at a time is faster per slice (docs/detection.md, runtimes)
             batch_size=1 if getattr(detector, "runtime", "torch") == "onnx" else 4,
+            **extra,
         )
-    return detector.predict(str(path), score_threshold=threshold)
+    return detector.predict(str(path), score_threshold=threshold, **extra)
+
+
+def _current_reference(image: Image, work: Path) -> Path:
+    """The image's reference warped onto it by its current alignment (a Siamese detector's
+    second input); raises ValueError naming the image when it has none."""
+    alignment = image.alignment or {}
+    if image.reference_id is None or alignment.get("status") != "ok":
+        raise ValueError(f"{image.original_name} has no aligned reference to compare with")
+    frozen = {"id": image.reference_id, "alignment": alignment}
+    return work / _warped_reference(frozen, image, work, work / "reference.png")
 
 
 @contextlib.contextmanager
@@ -410,7 +489,8 @@ def active_detector(project):
     names as the project calls them now), or None when it has none. For the anomaly job, which
     classifies its regions with it."""
     version = active_model(project, ModelVersion.Kind.DETECTOR)
-    if version is None or not version.artifact:
+    if version is None or not version.artifact or version.params.get("reference") == "siamese":
+        # a Siamese detector needs each image's reference: it makes its own runs only
         yield None
         return
     detection = _library()
@@ -438,13 +518,18 @@ def _renamed(detection, names: dict[str, str]):
 
 
 def _detect_one(detector, run, version, image, threshold: float, names: dict) -> dict:
+    siamese = version.params.get("reference") == "siamese"
     try:
         with tempfile.TemporaryDirectory(prefix="loupe-detect-") as tmp:
             src = storage.fetched(image.file.name, Path(tmp))
             path = imaging.upright_copy(src, image.orientation, tmp)
+            reference = _current_reference(image, Path(tmp)) if siamese else None
             found = [
-                _renamed(d, names) for d in _predict(detector, path, version.params, threshold)
+                _renamed(d, names)
+                for d in _predict(detector, path, version.params, threshold, reference)
             ]
+    except ValueError as exc:  # no aligned reference (a Siamese detector)
+        return {"error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - a missing or unreadable file fails alone
         logger.warning("detection: image %s failed: %s", image.pk, exc)
         reason = "it is missing" if isinstance(exc, FileNotFoundError) else type(exc).__name__
