@@ -70,6 +70,7 @@ def project_images(request, pk):
             "without_pyramid": len(images_without_pyramid(project)),
             "has_anomaly_model": active_model(project, ModelVersion.Kind.ANOMALY) is not None,
             "has_detector": active_model(project, ModelVersion.Kind.DETECTOR) is not None,
+            "has_references": project.images.filter(is_reference=True).exists(),
         },
     )
 
@@ -224,6 +225,8 @@ def _workspace_data(request, image: Image, role: str) -> dict:
             "pageData": _url_template("image-page-data"),
             "dzi": _url_template("api-image-dzi"),
             "setReference": reverse("api-image-reference", args=[image.pk]),
+            "bulk": reverse("api-project-images-bulk", args=[image.project_id]),
+            "job": _url_template("api-job-detail"),
             "imageApi": reverse("api-image-detail", args=[image.pk]),
         },
     }

@@ -40,7 +40,10 @@ class GridImageSerializer(ImageSerializer):
 
 class ImageBulkSerializer(serializers.Serializer):
     image_ids = serializers.ListField(child=serializers.JSONField(), help_text="ids of images")
-    action = serializers.CharField(help_text="normal, not_normal, split, inspect, detect, delete")
+    action = serializers.CharField(
+        help_text="normal, not_normal, split, inspect, detect, reference, not_reference, "
+        "propose_reference, delete"
+    )
     split = serializers.CharField(
         required=False, allow_blank=True, help_text="with action=split: train, val, test or ''"
     )
@@ -57,6 +60,7 @@ class ImageBulkResultSerializer(serializers.Serializer):
     done = serializers.ListField(child=serializers.IntegerField())
     refused = ImageBulkRefusedSerializer(many=True)
     run = serializers.IntegerField(allow_null=True)
+    job = serializers.CharField(allow_null=True, help_text="propose_reference: its job")
     message = serializers.CharField()
 
 

@@ -1,5 +1,6 @@
 """One action on many images of a project, as the image grid's selection asks: mark normal or
-not, set the split, inspect with the active anomaly model or detector, delete.
+not, set the split, inspect with the active anomaly model or detector, mark as references (golden
+samples) or not, find each image's most similar reference, delete.
 
 Each image goes through the service that owns the rule (review.image_set_normal, the core's
 image_update / image_delete, inspection_run_start), so a bulk action allows exactly what the
@@ -17,6 +18,7 @@ from annotations.services import review
 from inspection.models import Image, InspectionRun, ModelVersion, Project, Role
 from inspection.permissions import require_role
 from inspection.services import images as image_services
+from inspection.services import references
 from inspection.services.inspections import inspection_run_start
 
 MAX_IMAGES = 1000
@@ -27,6 +29,9 @@ ACTIONS = {
     "split": (Role.REVIEWER, "moved to split"),
     "inspect": (Role.REVIEWER, "sent to the anomaly model"),
     "detect": (Role.REVIEWER, "sent to the detector"),
+    "reference": (Role.REVIEWER, "marked as references"),
+    "not_reference": (Role.REVIEWER, "no longer references"),
+    "propose_reference": (Role.ANNOTATOR, "sent to find their most similar reference"),
     "delete": (Role.ADMIN, "deleted"),
 }
 
@@ -66,8 +71,11 @@ def images_bulk_apply(
     if missing:
         raise ValidationError({"image_ids": f"Not images of this project: {missing[:10]}."})
 
-    done, refused, run = [], [], None
-    if action in ("inspect", "detect"):
+    done, refused, run, job = [], [], None, None
+    if action == "propose_reference":
+        job = references.references_propose(user=user, project=project, image_ids=ids)
+        done = ids
+    elif action in ("inspect", "detect"):
         kind = ModelVersion.Kind.ANOMALY if action == "inspect" else ModelVersion.Kind.DETECTOR
         run = inspection_run_start(
             user=user,
@@ -86,6 +94,10 @@ def images_bulk_apply(
                         review.image_set_normal(user=user, image=image, normal=action == "normal")
                     elif action == "split":
                         image_services.image_update(user=user, image=image, split=split)
+                    elif action in ("reference", "not_reference"):
+                        references.image_mark_reference(
+                            user=user, image=image, is_reference=action == "reference"
+                        )
                     else:
                         image_services.image_delete(user=user, image=image)
             except (ValidationError, PermissionDenied) as exc:
@@ -104,5 +116,6 @@ def images_bulk_apply(
         "done": done,
         "refused": refused,
         "run": run.pk if run is not None else None,
+        "job": str(job.pk) if job is not None else None,
         "message": message,
     }

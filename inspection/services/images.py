@@ -45,6 +45,7 @@ class UploadReport:
     detection_run: int | None = None  # the detector's
     paired: int = 0  # images paired with their reference by the project's file-name rule
     pairing_refused: list[dict] = field(default_factory=list)  # {name, reason}
+    reference_job: str | None = None  # the others look for their most similar reference
 
     @property
     def stored(self) -> list[FileOutcome]:
@@ -64,6 +65,7 @@ class UploadReport:
             "detection_run": self.detection_run,
             "paired": self.paired,
             "pairing_refused": self.pairing_refused,
+            "reference_job": self.reference_job,
             "files": [asdict(f) for f in self.files],
         }
 
@@ -225,6 +227,18 @@ def images_upload(
             user=user, project=project, images=list(Image.objects.filter(pk__in=ids))
         )
         report.pairing_refused = [{"name": n, "reason": r} for n, r in refused]
+        # the rest look for their most similar reference, when the project has references
+        from inspection.services.references import references_propose
+
+        unpaired = list(
+            Image.objects.filter(
+                pk__in=ids, reference__isnull=True, is_reference=False
+            ).values_list("id", flat=True)
+        )
+        if unpaired and project.images.filter(is_reference=True).exists():
+            report.reference_job = str(
+                references_propose(user=user, project=project, image_ids=unpaired).id
+            )
         if project.auto_inspect:
             runs = _auto_inspect(user=user, project=project, image_ids=ids)
             report.inspection_run = runs.get(ModelVersion.Kind.ANOMALY)

@@ -223,3 +223,74 @@ def reference_alignment_store(
         difference_path=difference_path if status == "ok" else "",
     )
     return bool(updated)
+
+
+PROPOSE_JOB_KIND = "reference_propose"
+#: How many of the most similar references the proposal tries to align, best first.
+PROPOSE_CANDIDATES = 3
+
+
+def image_mark_reference(*, user, image: Image, is_reference: bool) -> Image:
+    """Mark an image as a reference (a golden sample others may be compared with) or not
+    (reviewers and above). Refused for an image compared with a reference itself, and unmarking
+    for one that others are compared with."""
+    require_role(user, image.project, Role.REVIEWER)
+    if is_reference and image.reference_id is not None:
+        raise ValidationError(
+            f"'{image.original_name}' is compared with a reference itself; a reference is a "
+            "golden sample without one."
+        )
+    if not is_reference:
+        others = image.paired_images.count()
+        if others:
+            raise ValidationError(
+                f"'{image.original_name}' is the reference of {others} image(s): unpair them first."
+            )
+    Image.objects.filter(pk=image.pk).update(is_reference=is_reference)
+    image.is_reference = is_reference
+    return image
+
+
+def references_propose(*, user, project: Project, image_ids: list[int]) -> Job:
+    """Queue the proposal of a reference for each of these images (annotators and above): the
+    project's references most similar to it by a global descriptor are aligned in turn, and the
+    first that aligns becomes its reference (``alignment.proposed`` says so). Images that have a
+    reference, or are references, are left as they are."""
+    require_role(user, project, Role.ANNOTATOR)
+    if not project.images.filter(is_reference=True).exists():
+        raise ValidationError(
+            "This project has no reference images to propose from: mark a golden sample as a "
+            "reference first."
+        )
+    return job_enqueue(
+        kind=PROPOSE_JOB_KIND,
+        user=user,
+        project=project,
+        payload={"image_ids": list(image_ids)},
+    )
+
+
+def reference_proposal_store(
+    *,
+    image_id: int,
+    reference_id: int,
+    alignment: dict,
+    pyramid_path: str,
+    difference_path: str,
+) -> bool:
+    """Pair an image with the reference a proposal found and aligned (the job's result); only
+    while the image still has no reference (a person may have chosen one meanwhile)."""
+    if alignment.get("status") != "ok":
+        raise ValueError("a proposal is stored only with an alignment that succeeded")
+    with transaction.atomic():
+        updated = Image.objects.filter(
+            pk=image_id, reference__isnull=True, is_reference=False
+        ).update(
+            reference_id=reference_id,
+            alignment=alignment,
+            reference_pyramid_path=pyramid_path,
+            difference_path=difference_path,
+        )
+        if updated:
+            Image.objects.filter(pk=reference_id, is_reference=False).update(is_reference=True)
+    return bool(updated)

@@ -407,6 +407,12 @@
         a.textContent = " Follow the run →";
         p.append(a);
       }
+      if (r.job) {
+        const a = document.createElement("a");
+        a.href = "/jobs/" + r.job + "/";
+        a.textContent = " Follow the job →";
+        p.append(a);
+      }
       result.append(p);
       if (r.refused.length > 1) {
         const ul = document.createElement("ul");

@@ -1,7 +1,8 @@
 """Reference images in a real browser with a real worker. The workspace: the alignment is
 reported, F lays the aligned reference over the image (the defect disappears where the reference
 shows), the swipe slider limits it to the left part, D shows the difference over the defect, and
-the reference is unset and set again from the side panel (the worker aligns it anew). The change
+the reference is unset, found again (the most similar reference that aligns) and set by hand from
+the side panel (the worker aligns it anew). The change
 detector: calibrated and run from the models page, its suggestion looked at with F / D and
 accepted in the review queue."""
 
@@ -132,9 +133,17 @@ def test_flicker_swipe_and_difference_against_the_reference(page, celery_worker,
     assert page.locator("#reference-toggle").is_disabled()
     image.refresh_from_db()
     assert image.reference is None
-    select.select_option(str(reference.pk))
+    # the panel finds it again: the most similar reference that aligns
+    page.locator("#reference-find").click()
     status.filter(has_text="Aligned with plate-golden.jpg").wait_for(timeout=60_000)
     assert page.locator("#reference-toggle").is_enabled()
+    image.refresh_from_db()
+    assert image.reference_id == reference.pk and image.alignment["proposed"] is True
+    # and set by hand from the menu
+    select.select_option("")
+    status.filter(has_text="No reference").wait_for()
+    select.select_option(str(reference.pk))
+    status.filter(has_text="Aligned with plate-golden.jpg").wait_for(timeout=60_000)
     image.refresh_from_db()
     assert image.reference_id == reference.pk and image.alignment["status"] == "ok"
     # the reference's own page says what it is

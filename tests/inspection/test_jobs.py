@@ -25,6 +25,7 @@ KINDS = {
     "detection_train": ("gpu", "Detector training"),
     "detection_inspect": ("gpu", "Detection run"),
     "reference_align": ("cpu", "Reference alignment"),
+    "reference_propose": ("cpu", "Reference proposal"),
     "change_calibrate": ("gpu", "Change detector calibration"),
     "change_inspect": ("gpu", "Change run"),
 }

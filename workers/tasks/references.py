@@ -139,3 +139,99 @@ def align_references(job: Job, ctx: JobContext) -> dict:
     if failed:
         message += f", {len(failed)} failed"
     return {"aligned": aligned, "refused": refused, "failed": failed, "message": message}
+
+
+_DESCRIPTOR = None  # one per worker process
+
+
+def _descriptor_model():
+    global _DESCRIPTOR
+    if _DESCRIPTOR is None:
+        from workers.change.descriptor import DescriptorModel
+
+        _DESCRIPTOR = DescriptorModel()
+    return _DESCRIPTOR
+
+
+@job_task("reference_propose", queue="cpu", label="Reference proposal")
+def propose_references(job: Job, ctx: JobContext) -> dict:
+    """For each image without a reference: rank the project's references by a global descriptor,
+    align the best few in turn, and pair the image with the first that aligns."""
+    from django.conf import settings
+
+    from inspection.services.references import PROPOSE_CANDIDATES, reference_proposal_store
+    from workers.change.descriptor import rank
+
+    model = _descriptor_model()
+    ids = list(job.payload.get("image_ids", []))
+    references = list(Image.objects.filter(project_id=job.project_id, is_reference=True))
+    paired, unpaired, left = [], [], []
+    descriptors: dict[int, np.ndarray] = {}
+    with tempfile.TemporaryDirectory(prefix="loupe-propose-") as tmp:
+        for ref in references:
+            try:
+                descriptors[ref.pk] = model.describe(
+                    image_pixels(ref, Path(tempfile.mkdtemp(dir=tmp)))
+                )
+            except Exception as exc:  # noqa: BLE001 - an unreadable reference is not proposed
+                left.append({"image": ref.pk, "name": ref.original_name, "reason": str(exc)})
+        for n, image_id in enumerate(ids):
+            image = Image.objects.filter(pk=image_id).first()
+            if image is None or image.reference_id is not None or image.is_reference:
+                continue  # deleted, paired meanwhile, or a reference itself
+            ctx.progress(
+                n / max(len(ids), 1), f"Looking for {image.original_name}'s reference", force=True
+            )
+            try:
+                query = model.describe(image_pixels(image, Path(tempfile.mkdtemp(dir=tmp))))
+            except Exception as exc:  # noqa: BLE001 - one unreadable image fails alone
+                unpaired.append(
+                    {"image": image_id, "name": image.original_name, "reason": str(exc)}
+                )
+                continue
+            candidates = {k: v for k, v in descriptors.items() if k != image.pk}
+            tried = []
+            for ref_id, similarity in rank(query, candidates)[:PROPOSE_CANDIDATES]:
+                reference = next(r for r in references if r.pk == ref_id)
+                alignment, pyramid, difference = align_one(
+                    image, reference, tile_size=settings.LOUPE_TILE_SIZE
+                )
+                if alignment["status"] == "ok":
+                    alignment.update(proposed=True, similarity=round(similarity, 4))
+                    if reference_proposal_store(
+                        image_id=image.pk,
+                        reference_id=reference.pk,
+                        alignment=alignment,
+                        pyramid_path=pyramid,
+                        difference_path=difference,
+                    ):
+                        paired.append(
+                            {
+                                "image": image_id,
+                                "reference": reference.pk,
+                                "similarity": round(similarity, 4),
+                            }
+                        )
+                    else:
+                        storage.delete_tree(str(Path(pyramid).parent.parent))
+                    break
+                tried.append(f"{reference.original_name} ({alignment['reason']})")
+            else:
+                unpaired.append(
+                    {
+                        "image": image_id,
+                        "name": image.original_name,
+                        "reason": "no reference aligns: " + "; ".join(tried)
+                        if tried
+                        else "no reference to compare with",
+                    }
+                )
+    message = f"{len(paired)} image(s) paired with a proposed reference"
+    if unpaired:
+        message += f", {len(unpaired)} without one ({unpaired[0]['name']}: {unpaired[0]['reason']})"
+    return {
+        "paired": paired,
+        "unpaired": unpaired,
+        "unreadable_references": left,
+        "message": message[:500],
+    }

@@ -16,6 +16,7 @@ export function bindReference(ctx) {
   const status = document.getElementById("reference-status");
   const select = document.getElementById("reference-select");
   const choice = document.getElementById("reference-choice");
+  const find = document.getElementById("reference-find");
   const choices = ctx.data.references || [];
 
   const ref = (pane) => (pane.data && pane.data.image.reference) || null;
@@ -94,6 +95,7 @@ export function bindReference(ctx) {
     status.textContent = describe(r);
     status.dataset.state = r ? r.status || "" : "none";
     choice.hidden = Boolean(ctx.data.image.isReference);
+    find.hidden = Boolean(ctx.data.image.isReference || r || !choices.length);
     select.replaceChildren(new Option("— none —", ""));
     choices.filter((c) => c.id !== ctx.data.image.id).forEach((c) => select.add(new Option(c.name, String(c.id))));
     if (r && !choices.some((c) => c.id === r.id)) select.add(new Option(r.name, String(r.id)));
@@ -159,6 +161,35 @@ export function bindReference(ctx) {
     const name = id ? (choices.find((c) => c.id === id) || { name: String(id) }).name : "";
     pane.data.image.reference = ctx.data.image.reference = id ? { id, name, status: "pending" } : null;
     shown();
+  });
+
+  // the server ranks the references by a global descriptor and keeps the first that aligns
+  find.addEventListener("click", async () => {
+    const image = ctx.pane.image;
+    find.disabled = true;
+    status.textContent = "Looking for the most similar reference…";
+    try {
+      const r = await window.Loupe.request("POST", ctx.data.urls.bulk, { image_ids: [image], action: "propose_reference" });
+      if (r.status !== 200) throw new Error((r.body && (r.body.error || r.body.detail)) || "refused (" + r.status + ")");
+      let job = null;
+      for (let waited = 0; waited < 600; waited++) {
+        await new Promise((ok) => setTimeout(ok, 1000));
+        job = (await window.Loupe.request("GET", urlFor(ctx.data.urls.job, r.body.job))).body;
+        if (job && ["succeeded", "failed", "cancelled"].includes(job.status)) break;
+      }
+      if (ctx.pane.image !== image) return;
+      const page = (await window.Loupe.request("GET", urlFor(ctx.data.urls.pageData, image))).body;
+      const found = page && page.image.reference;
+      ctx.pane.data.image.reference = ctx.data.image.reference = found;
+      const missed = job && job.result && (job.result.unpaired || [])[0];
+      if (!found) ctx.toast("No reference found: " + (missed ? missed.reason : (job && job.error) || "the search did not finish"));
+      shown();
+    } catch (e) {
+      ctx.toast("The search could not start: " + e.message);
+      shown();
+    } finally {
+      find.disabled = false;
+    }
   });
 
   return { prepare, shown, forget };
