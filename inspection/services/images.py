@@ -340,7 +340,10 @@ def image_update(*, user, image: Image, split: str | None = None) -> Image:
 def image_delete(*, user, image: Image) -> None:
     """Delete an image, its labels and its files (project admins)."""
     require_role(user, image.project, Role.ADMIN)
+    from inspection.services.references import references_unpair_from
+
     with transaction.atomic():
+        references_unpair_from(reference=image)
         image.delete()
         transaction.on_commit(lambda: image_files_delete(image=image))
 

@@ -27,10 +27,6 @@ from inspection.services.jobs import job_enqueue
 
 JOB_KIND = "reference_align"
 
-#: The project's default file-name rule: ``<stem>_test.<ext>`` is compared with
-#: ``<stem>_temp.<ext>`` (DeepPCB's names). ``image suffix=reference suffix``, one per line.
-DEFAULT_NAME_RULE = "_test=_temp"
-
 
 def parse_name_rule(rule: str) -> list[tuple[str, str]]:
     """``"_test=_temp\\n_after=_before"`` -> ``[("_test", "_temp"), ("_after", "_before")]``.
@@ -100,6 +96,19 @@ def _forget_derived(image: Image) -> None:
             folder = str(PurePosixPath(name).parent)
             transaction.on_commit(lambda folder=folder: storage.delete_tree(folder))
             return
+
+
+def references_unpair_from(*, reference: Image) -> int:
+    """Before ``reference`` is deleted: the images compared with it lose the pair, its
+    alignment and their aligned files (the foreign key alone would leave them pointing at a
+    pyramid of a reference that is gone). Returns how many."""
+    paired = list(Image.objects.filter(reference=reference))
+    for image in paired:
+        _forget_derived(image)
+    Image.objects.filter(pk__in=[i.pk for i in paired]).update(
+        reference=None, alignment={}, reference_pyramid_path="", difference_path=""
+    )
+    return len(paired)
 
 
 def image_set_reference(*, user, image: Image, reference: Image | None) -> Image:

@@ -193,3 +193,53 @@ def test_the_file_name_rule_is_a_project_setting(team, client_for, upload):
     after = Image.objects.get(original_name="lot7_after.png")
     assert after.reference.original_name == "lot7_before.png"
     assert Image.objects.get(original_name="q_test.png").reference is None
+
+
+def test_deleting_a_reference_unpairs_its_images(team, client_for, upload):
+    image, reference = pair_bytes(4)
+    admin = client_for(team["admin"])
+    post_files(
+        admin, team["project"], [upload("z_test.png", image), upload("z_temp.png", reference)]
+    )
+    job = Job.objects.get(kind="reference_align")
+    assert run_job(str(job.pk), align_references.body) == "succeeded"
+    test = Image.objects.get(original_name="z_test.png")
+    assert test.alignment["status"] == "ok" and test.reference_pyramid_path
+    temp = Image.objects.get(original_name="z_temp.png")
+    assert admin.delete(f"/api/images/{temp.pk}/").status_code == 204
+    body = admin.get(f"/api/images/{test.pk}/").json()
+    assert body["reference"] is None and body["alignment"] == {}
+    assert body["urls"]["reference_dzi"] is None and body["urls"]["difference"] is None
+
+
+def test_a_pair_whose_file_is_damaged_fails_alone_with_its_reason(team, client_for, upload):
+    from django.core.files.storage import default_storage
+
+    admin = client_for(team["admin"])
+    pairs = [pair_bytes(5), pair_bytes(6)]
+    post_files(
+        admin,
+        team["project"],
+        [
+            upload(f"{s}_{k}.png", data)
+            for s, p in zip("uv", pairs, strict=True)
+            for k, data in zip(("test", "temp"), p, strict=True)
+        ],
+    )
+    broken = Image.objects.get(original_name="v_temp.png")
+    with default_storage.open(broken.file.name, "wb") as fh:  # the disk lost it
+        fh.write(b"\x89PNG\r\n\x1a\n garbage")
+    job = Job.objects.get(kind="reference_align")
+    assert run_job(str(job.pk), align_references.body) == "succeeded"
+    job.refresh_from_db()
+    assert job.result["aligned"] == [Image.objects.get(original_name="u_test.png").pk]
+    (failed,) = job.result["failed"]
+    assert failed["name"] == "v_test.png" and failed["error"].startswith(
+        "v_temp.png cannot be read"
+    )
+    v = Image.objects.get(original_name="v_test.png")
+    assert v.alignment["status"] == "failed"
+    assert v.alignment["reason"].startswith(
+        "the pair could not be read or aligned: v_temp.png cannot be read"
+    ), v.alignment
+    assert "1 failed" in job.message

@@ -22,13 +22,18 @@ DIFFERENCE_MAX_SIDE = 2048
 
 
 def image_pixels(image: Image, workdir: Path) -> np.ndarray:
-    """The image upright as uint8 (grey HxW or RGB HxWx3), as the change library takes it."""
+    """The image upright as uint8 (grey HxW or RGB HxWx3), as the change library takes it.
+    Raises ValueError naming the image as people know it when its file is missing or damaged."""
     from workers.anomaly.image_io import read_pixels
 
-    upright = imaging.upright_copy(
-        storage.fetched(image.file.name, workdir), image.orientation, workdir
-    )
-    array = read_pixels(upright)
+    try:
+        upright = imaging.upright_copy(
+            storage.fetched(image.file.name, workdir), image.orientation, workdir
+        )
+        array = read_pixels(upright)
+    except Exception as exc:  # noqa: BLE001 - missing, truncated, not an image...
+        what = "is missing" if isinstance(exc, FileNotFoundError) else "cannot be read"
+        raise ValueError(f"{image.original_name} {what} ({type(exc).__name__})") from exc
     if array.dtype == np.uint16:
         array = (array >> 8).astype(np.uint8)
     elif array.dtype != np.uint8:
