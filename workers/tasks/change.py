@@ -63,20 +63,28 @@ def _raw_map(image: Image, work: Path, pixel_weight: float) -> tuple[np.ndarray,
     return change_heatmap(_encoder(), pixels, warped, valid, pixel_weight=pixel_weight), size
 
 
-def _label_mask(image: Image, size: tuple[int, int]) -> np.ndarray | None:
-    """True where the image has a label (its defects: not 'unchanged'); None without labels."""
+def _label_mask(image: Image, size: tuple[int, int], shape: tuple[int, int]) -> np.ndarray | None:
+    """True where the image (``size`` pixels) has a label, on the raw map's grid (``shape``
+    cells: a 20 MP image's mask would be 20 MB per pair); None without labels."""
     geometries = list(Annotation.objects.filter(image=image).values_list("geometry", flat=True))
     if not geometries:
         return None
-    mask = np.zeros(size, np.uint8)
+    sy, sx = shape[0] / size[0], shape[1] / size[1]
+    mask = np.zeros(shape, np.uint8)
     for g in geometries:
         if g.get("type") == "box":
-            x0, y0 = int(g["x"]), int(g["y"])
-            x1, y1 = int(np.ceil(g["x"] + g["w"])), int(np.ceil(g["y"] + g["h"]))
+            x0, y0 = int(g["x"] * sx), int(g["y"] * sy)
+            x1, y1 = int(np.ceil((g["x"] + g["w"]) * sx)), int(np.ceil((g["y"] + g["h"]) * sy))
             mask[max(y0, 0) : y1, max(x0, 0) : x1] = 1
         elif g.get("points"):
-            cv2.fillPoly(mask, [np.round(np.array(g["points"])).astype(np.int32)], 1)
+            points = np.array(g["points"], np.float64) * [sx, sy]
+            cv2.fillPoly(mask, [np.round(points).astype(np.int32)], 1)
     return mask.astype(bool)
+
+
+#: Labelled places grow by this much before they are left out of the calibration (image
+#: pixels): a label drawn tight around a defect leaves its blurred edge outside.
+LABEL_MARGIN_PX = 16
 
 
 @job_task("change_calibrate", queue="gpu", label="Change detector calibration")
@@ -104,8 +112,10 @@ def calibrate_change_model(job, ctx: JobContext) -> dict:
                 except Exception as exc:  # noqa: BLE001 - one unreadable pair fails alone
                     skipped.append(f"{image.original_name}: {exc}")
                     continue
+                if not maps:
+                    first_size = size
                 maps.append(raw)
-                masks.append(_label_mask(image, size))
+                masks.append(_label_mask(image, size, raw.shape))
                 used.append(image.pk)
         if not maps:
             raise JobError(
@@ -113,7 +123,9 @@ def calibrate_change_model(job, ctx: JobContext) -> dict:
                 + ("; ".join(skipped[:3]) if skipped else "none of them is aligned any more.")
             )
         try:
-            calibration = fit_calibration(maps, masks, quantile=quantile)
+            cell = max(first_size[0] / maps[0].shape[0], 1.0)  # image pixels per map cell
+            margin = max(1, round(LABEL_MARGIN_PX / cell))
+            calibration = fit_calibration(maps, masks, quantile=quantile, margin=margin)
         except ValueError as exc:  # e.g. every compared place is labelled
             raise JobError(f"The calibration found nothing to learn from: {exc}.") from None
         folder = model_version_folder(version)
