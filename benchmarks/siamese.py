@@ -1,0 +1,322 @@
+"""The Siamese detector against the single-image one on DeepPCB: the same recipe and budget for
+both (lite0 ImageNet backbone, input size, epochs, batch, seed), trained on the official
+trainval split (the Siamese one with each image's defect-free template as its reference),
+evaluated on the official test split (mAP50, mAP, AP_small, per-category AP50). Prints a table;
+``--json`` writes the figures. Not a test.
+
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 10 .venv/bin/python benchmarks/siamese.py \\
+        --epochs 12 --input-size 416 --minutes 25 --json var/bench-siamese/results.json
+
+``--minutes`` caps each model's training (validation excluded): a run past it stops at the end
+of that epoch and is evaluated from the epoch's EMA weights (the table says so), so a slow
+model is never given more time than the budget. ``--eval-every k`` adds test-split figures every
+k epochs (a learning curve; it costs time and is not used to pick anything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class BudgetSpent(Exception):
+    """Raised from the progress callback at the end of the epoch that used up the budget."""
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--datasets", default=os.environ.get("LOUPE_DATASETS", ROOT.parent / "shared" / "datasets")
+    )
+    p.add_argument(
+        "--models", nargs="+", default=["single", "siamese"], choices=["single", "siamese"]
+    )
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--input-size", type=int, default=416, help="network input (eval_size)")
+    p.add_argument(
+        "--train-sizes",
+        default=None,
+        help="comma-separated multi-scale sizes (default: half to 1.2x the input size)",
+    )
+    p.add_argument(
+        "--slice",
+        action="store_true",
+        help="train on input-size crops at full resolution and evaluate on input-size slices "
+        "(default: whole 640 px images resized to the input size)",
+    )
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.01, help="for batch 8 (scaled linearly)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--minutes", type=float, default=None, help="training budget per model")
+    p.add_argument("--eval-every", type=int, default=0, help="test figures every k epochs")
+    p.add_argument("--max-iters", type=int, default=None, help="cap per epoch (smoke runs)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "var" / "bench-siamese"))
+    p.add_argument("--json", help="write the figures here")
+    args = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from workers.detection import ModelConfig, TrainConfig, train, train_sizes_around
+
+    root = Path(args.datasets) / "deeppcb"
+    ann = root / "annotations.json"
+    if not ann.is_file():
+        print(f"DeepPCB not found at {root}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = (
+        tuple(int(s) for s in args.train_sizes.split(","))
+        if args.train_sizes
+        else train_sizes_around(args.input_size)
+    )
+    eval_slice = args.input_size if args.slice else 640
+
+    def trainval(img: dict) -> bool:
+        return img.get("official_split") == "trainval"
+
+    def test(img: dict) -> bool:
+        return img.get("official_split") == "test"
+
+    rows = []
+    for name in args.models:
+        mcfg = ModelConfig.lite0(
+            num_classes=6,
+            eval_size=args.input_size,
+            reference="siamese" if name == "siamese" else "none",
+        )
+        tcfg = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            base_lr=args.lr,
+            warmup_epochs=args.warmup_epochs,
+            train_sizes=sizes,
+            crop_size=args.input_size if args.slice else None,
+            seed=args.seed,
+            device=args.device,
+            max_iters_per_epoch=args.max_iters,
+            log_every=10,
+        )
+        artifact = out / f"deeppcb-{name}.pt"
+        ckpt = out / f"deeppcb-{name}.ckpt"
+        ckpt.unlink(missing_ok=True)
+        trained_s = [0.0]
+        curve: list[dict[str, Any]] = []
+
+        def progress(
+            fraction: float,
+            message: str,
+            metrics: dict | None,
+            name: str = name,
+            trained_s: list[float] = trained_s,
+            curve: list[dict[str, Any]] = curve,
+        ) -> None:
+            extra = ""
+            if metrics:
+                trained_s[0] += metrics["seconds"]
+                keep = ("epoch", "loss", "loss_cls", "loss_iou", "lr", "seconds", "map50", "map")
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+                extra = " " + json.dumps({k: shown[k] for k in keep if k in shown})
+                if "map50" in metrics:
+                    curve.append(
+                        {
+                            "epoch": metrics["epoch"],
+                            "map50": round(metrics["map50"], 4),
+                            "map": round(metrics["map"], 4),
+                        }
+                    )
+            print(f"[{name} {fraction * 100:5.1f}%] {message}{extra}", flush=True)
+            if metrics and args.minutes and trained_s[0] > 60 * args.minutes:
+                if metrics["epoch"] < args.epochs:
+                    raise BudgetSpent(metrics["epoch"])
+
+        t0 = time.time()
+        stopped_at = None
+        try:
+            result = train(
+                ann,
+                artifact,
+                image_root=root,
+                model_config=mcfg,
+                train_config=tcfg,
+                image_filter=trainval,
+                progress=progress,
+                val_json=ann if args.eval_every else None,
+                val_filter=test,
+                eval_every=args.eval_every or 1,
+                eval_slice_size=eval_slice,
+                checkpoint=ckpt,
+            )
+            history = result.history
+        except BudgetSpent as spent:
+            stopped_at = int(spent.args[0])
+            history = _artifact_from_checkpoint(ckpt, artifact, mcfg, ann)
+        wall_s = time.time() - t0
+        row = _evaluate(artifact, ann, root, test, eval_slice, args.device)
+        row.update(
+            {
+                "model": name,
+                "epochs": len(history),
+                "epochs_planned": args.epochs,
+                "stopped_by_budget": stopped_at is not None,
+                "train_min": round(trained_s[0] / 60, 1),
+                "wall_min": round(wall_s / 60, 1),
+                "s_per_epoch": round(trained_s[0] / max(1, len(history)), 1),
+                "final_loss": round(history[-1]["loss"], 3),
+                "curve": curve,
+            }
+        )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    print(
+        f"\nDeepPCB official split (trainval 150 -> test 57), lite0, input {args.input_size}, "
+        f"train sizes {sizes[0]}..{sizes[-1]}, {'416 px crops/slices' if args.slice else 'whole images'}"
+        f", batch {args.batch_size}, lr {args.lr} for batch 8; CPU: "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{args.threads}, torch {torch.__version__}, device {args.device}"
+    )
+    print(
+        "| model | epochs | train min | s/epoch | mAP50 | mAP | AP_small | class-agnostic "
+        "mAP50 / mAP | found | right class | ms/image | "
+        + " | ".join(rows[0]["per_class_ap50"])
+        + " |"
+    )
+    print("|---" * (11 + len(rows[0]["per_class_ap50"])) + "|")
+    for r in rows:
+        ep = f"{r['epochs']}" + (" (budget)" if r["stopped_by_budget"] else "")
+        print(
+            f"| {r['model']} | {ep} | {r['train_min']} | {r['s_per_epoch']} | {r['map50']:.3f} "
+            f"| {r['map']:.3f} | {r['ap_small']:.3f} | {r['agnostic_map50']:.3f} / "
+            f"{r['agnostic_map']:.3f} | {r['recall']:.3f} | {r['class_right']:.3f} | "
+            f"{r['ms_per_image']:.0f} | "
+            + " | ".join(f"{v:.3f}" for v in r["per_class_ap50"].values())
+            + " |"
+        )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "rows": rows}, indent=2, default=str)
+        )
+    return 0
+
+
+def _artifact_from_checkpoint(ckpt: Path, artifact: Path, mcfg: Any, ann: Path) -> list[dict]:
+    """The artifact a run stopped by the budget would have written: the last epoch's EMA."""
+    from workers.detection.artifact import save_artifact
+    from workers.detection.checkpoint import read_checkpoint
+    from workers.detection.data import CocoDetectionDataset
+    from workers.detection.model import build_model
+
+    payload = read_checkpoint(ckpt)
+    model = build_model(mcfg, pretrained_backbone=False)
+    state = payload["ema"]["state"] if payload.get("ema") else payload["model"]
+    cats = CocoDetectionDataset(ann).categories
+    save_artifact(artifact, model, cats, {"history": payload["history"]}, state_dict=state)
+    return list(payload["history"])
+
+
+def _evaluate(
+    artifact: Path, ann: Path, root: Path, test: Any, slice_size: int, device: str
+) -> dict:
+    from workers.detection import Detector, evaluate
+
+    det = Detector.load(artifact, device=device)
+    res = evaluate(
+        det, ann, image_root=root, image_filter=test, slice_size=slice_size, overlap=0.25
+    )
+    return {
+        "map50": round(res.map50, 4),
+        "map": round(res.map, 4),
+        "ap_small": round(res.ap_small, 4),
+        "ms_per_image": round(res.ms_per_image, 1),
+        "per_class_ap50": {k: round(v, 4) for k, v in res.per_class_ap50.items()},
+        "per_class_ap": {k: round(v, 4) for k, v in res.per_class_ap.items()},
+        **_class_agnostic(det, ann, root, test, slice_size),
+    }
+
+
+def _class_agnostic(det: Any, ann: Path, root: Path, test: Any, slice_size: int) -> dict:
+    """Where the errors are: mAP50 and mAP with every category made one ("is there a defect
+    here"), and, of the defects found (IoU >= 0.5 with a box scored >= 0.25), the share whose
+    best box has the right category."""
+    import contextlib
+    import io
+
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from workers.detection import CocoDetectionDataset
+
+    ds = CocoDetectionDataset(ann, root, image_filter=test, references=det.siamese)
+    results, found, right, total = [], 0, 0, 0
+    for i in range(len(ds)):
+        s = ds[i]
+        dets = det.predict_sliced(
+            s.image,
+            slice_size=slice_size,
+            overlap=0.25,
+            score_threshold=0.01,
+            reference=s.reference,
+        )
+        results += [
+            {"image_id": s.image_id, "category_id": 1, "bbox": d.bbox_xywh, "score": d.score}
+            for d in dets
+        ]
+        kept = [d for d in dets if d.score >= 0.25]
+        boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in kept]).reshape(-1, 4)
+        for b, label in zip(s.boxes, s.labels, strict=True):
+            total += 1
+            ix = np.clip(np.minimum(b[2], boxes[:, 2]) - np.maximum(b[0], boxes[:, 0]), 0, None)
+            iy = np.clip(np.minimum(b[3], boxes[:, 3]) - np.maximum(b[1], boxes[:, 1]), 0, None)
+            inter = ix * iy
+            union = (b[2] - b[0]) * (b[3] - b[1]) + np.prod(boxes[:, 2:] - boxes[:, :2], 1) - inter
+            hits = np.flatnonzero(inter / np.maximum(union, 1e-9) >= 0.5).tolist()
+            if hits:
+                found += 1
+                best = max(hits, key=lambda k: kept[k].score)
+                right += int(kept[best].category_id == ds.categories[label].id)
+    if not results:
+        return {"agnostic_map50": 0.0, "agnostic_map": 0.0, "recall": 0.0, "class_right": 0.0}
+    ids = {im["id"] for im in ds.images}
+    gt = {
+        "images": ds.images,
+        "categories": [{"id": 1, "name": "defect"}],
+        "annotations": [
+            {**a, "category_id": 1, "area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0}
+            for a in ds.coco["annotations"]
+            if a["image_id"] in ids
+        ],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = gt
+        coco.createIndex()
+        ev = COCOeval(coco, coco.loadRes(results), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {
+        "agnostic_map50": round(float(ev.stats[1]), 4),
+        "agnostic_map": round(float(ev.stats[0]), 4),
+        "recall": round(found / max(1, total), 4),  # IoU >= 0.5, score >= 0.25, any category
+        "class_right": round(right / max(1, found), 4),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
