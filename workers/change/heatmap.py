@@ -35,7 +35,7 @@ import numpy as np
 
 from workers import lite0
 
-from .align import AlignmentError, match_brightness
+from .align import AlignmentError
 
 #: The output map's cell, in image pixels (the finest level's stride).
 OUT_STRIDE = 4
@@ -106,6 +106,8 @@ class ChangeEncoder:
         out_size = (a.shape[0] // OUT_STRIDE, a.shape[1] // OUT_STRIDE)
         total = torch.zeros((1, 1, *out_size), device=self.device)
         with torch.inference_mode():
+            # both images in one batch: a quarter faster on a CPU thread than one after the
+            # other, for ~170 MB more at a 1024 px tile
             for feats in self.model(x):
                 f = feats.float()
                 if self.distance_kind == "cosine":
@@ -121,32 +123,45 @@ class ChangeEncoder:
         return total[0, 0].cpu().numpy().astype(np.float32)
 
 
-def _as_float_pair(image: np.ndarray, warped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both as float32 HxWx3 in [0, 255]; grey when either is grey (RGB files of grey scans)."""
-    arrays = []
-    for name, arr in (("image", image), ("reference", warped)):
-        if arr.ndim == 3 and arr.shape[2] == 4:
-            arr = arr[:, :, :3]
-        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3)):
-            raise AlignmentError(f"the {name} has an unsupported shape {arr.shape}")
-        if arr.dtype == np.uint16:
-            arr = arr.astype(np.float32) / 257.0
-        elif np.issubdtype(arr.dtype, np.floating):
-            arr = arr.astype(np.float32) * 255.0
-        arrays.append(arr.astype(np.float32))
-    a, b = arrays
-    grey = any(x.ndim == 2 or x.shape[2] == 1 for x in arrays)
-    if grey:
-        a, b = (
-            x.reshape(x.shape[0], x.shape[1])
-            if x.ndim == 2 or x.shape[2] == 1
-            else cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)
-            for x in (a, b)
-        )
-        a, b = (np.repeat(x[:, :, None], 3, axis=2) for x in (a, b))
-    if a.shape != b.shape:
-        raise AlignmentError(f"image {a.shape[:2]} and warped reference {b.shape[:2]} differ")
-    return a, b
+def _layout(array: np.ndarray, name: str) -> np.ndarray:
+    """HxW or HxWx3 (alpha dropped, one channel squeezed), any pixel type kept."""
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, :3]
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+        raise AlignmentError(f"the {name} has an unsupported shape {array.shape}")
+    return array
+
+
+def _float(crop: np.ndarray, grey: bool) -> np.ndarray:
+    """float32 in [0, 255]; grey (HxW) when ``grey``, else HxWx3."""
+    if crop.dtype == np.uint16:
+        out = crop.astype(np.float32) / 257.0
+    elif np.issubdtype(crop.dtype, np.floating):
+        out = crop.astype(np.float32) * 255.0
+    else:
+        out = crop.astype(np.float32)
+    if grey and out.ndim == 3:
+        out = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
+    return out
+
+
+def _brightness(
+    a: np.ndarray, b: np.ndarray, valid: np.ndarray, grey: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image mean, reference mean, gain) per channel inside ``valid``, on about a million
+    samples (a regular grid), so a 20 MP pair needs no full-size float copies."""
+    step = max(1, int(np.sqrt(a.shape[0] * a.shape[1] / 1e6)))
+    inside = valid[::step, ::step]
+    fa = _float(a[::step, ::step], grey).reshape(inside.shape[0], inside.shape[1], -1)
+    fb = _float(b[::step, ::step], grey).reshape(inside.shape[0], inside.shape[1], -1)
+    if not inside.any():
+        inside = np.ones_like(inside)
+    va, vb = fa[inside], fb[inside]  # (n, channels)
+    sa, sb = va.std(axis=0), vb.std(axis=0)
+    gain = np.where(sb > 1e-6, sa / np.maximum(sb, 1e-6), 1.0)
+    return va.mean(axis=0), vb.mean(axis=0), gain.astype(np.float32)
 
 
 def _pad32(x: np.ndarray) -> np.ndarray:
@@ -181,16 +196,16 @@ def change_heatmap(
     :func:`~workers.change.align.warp_reference`). The map has ``ceil(H / 4) x ceil(W / 4)``
     cells and covers the image exactly (cell = 4x4 image pixels); 0 where not valid.
     """
-    a, b = _as_float_pair(image, warped)
+    a, b = _layout(image, "image"), _layout(warped, "reference")
     height, width = a.shape[:2]
-    if valid.shape != (height, width):
-        raise AlignmentError(f"valid mask {valid.shape} does not match the image {a.shape[:2]}")
+    if b.shape[:2] != (height, width) or valid.shape != (height, width):
+        raise AlignmentError(
+            f"image {a.shape[:2]}, warped reference {b.shape[:2]} and valid mask {valid.shape} "
+            "differ in size"
+        )
     valid = valid.astype(bool)
-    b = match_brightness(a, b, valid)
-    b[~valid] = a[~valid]  # no features of the border where the reference does not reach
-    if input_blur > 0:
-        a = cv2.GaussianBlur(a, (0, 0), input_blur)
-        b = cv2.GaussianBlur(b, (0, 0), input_blur)
+    grey = a.ndim == 2 or b.ndim == 2  # an RGB file of a grey scan is compared as grey
+    mean_a, mean_b, gain = _brightness(a, b, valid, grey)
     tile = max(64, int(tile) // 32 * 32)
     out_h, out_w = -(-height // OUT_STRIDE), -(-width // OUT_STRIDE)
     out = np.zeros((out_h, out_w), np.float32)
@@ -200,15 +215,26 @@ def change_heatmap(
             y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
             cy0, cx0 = max(0, y0 - TILE_MARGIN), max(0, x0 - TILE_MARGIN)
             cy1, cx1 = min(height, y1 + TILE_MARGIN), min(width, x1 + TILE_MARGIN)
-            dist = encoder.distance(_pad32(a[cy0:cy1, cx0:cx1]), _pad32(b[cy0:cy1, cx0:cx1]))
+            ca = _float(a[cy0:cy1, cx0:cx1], grey)
+            cb = (_float(b[cy0:cy1, cx0:cx1], grey) - mean_b) * gain + mean_a
+            cb = cb.astype(np.float32)
+            outside = ~valid[cy0:cy1, cx0:cx1]
+            cb[outside] = ca[outside]  # no features of the border the reference does not reach
+            if input_blur > 0:
+                ca = cv2.GaussianBlur(ca, (0, 0), input_blur)
+                cb = cv2.GaussianBlur(cb, (0, 0), input_blur)
+            ea, eb = (np.repeat(x[:, :, None], 3, axis=2) if grey else x for x in (ca, cb))
+            dist = encoder.distance(_pad32(ea), _pad32(eb))
             oy, ox = (y0 - cy0) // OUT_STRIDE, (x0 - cx0) // OUT_STRIDE
             ty, tx = y0 // OUT_STRIDE, x0 // OUT_STRIDE
             th, tw = min(cell, out_h - ty), min(cell, out_w - tx)
-            out[ty : ty + th, tx : tx + tw] = dist[oy : oy + th, ox : ox + tw]
-    if pixel_weight:
-        ga = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY)
-        gb = cv2.cvtColor(b, cv2.COLOR_RGB2GRAY)
-        out += pixel_weight * _cell_mean(np.abs(ga - gb), (out_h, out_w))
+            scores = dist[oy : oy + th, ox : ox + tw]
+            if pixel_weight:
+                ga = ca if grey else cv2.cvtColor(ca, cv2.COLOR_RGB2GRAY)
+                gb = cb if grey else cv2.cvtColor(cb, cv2.COLOR_RGB2GRAY)
+                diff = np.abs(ga - gb)[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
+                scores = scores + pixel_weight * _cell_mean(diff, (th, tw))
+            out[ty : ty + th, tx : tx + tw] = scores
     cells_valid = _cell_mean(valid.astype(np.float32), (out_h, out_w)) > 0.999
     out[~cells_valid] = 0.0
     return out
