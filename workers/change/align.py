@@ -6,9 +6,9 @@ to ``max_side``:
 
 1. Both images must show something: a blank (uniform) one is refused.
 2. Same aspect ratio (usually the same size, a fixed camera or a scanner): ECC from the identity
-   on an image pyramid (affine on the coarse levels, a homography at the working level). It is
-   cheap and sub-pixel on pairs that are already close; its correlation must reach
-   ``ECC_MIN_CORRELATION``.
+   on an image pyramid (a rigid motion on every level, then an affine and a homography at the
+   working level when they fit clearly better). It is cheap and sub-pixel on pairs that are
+   already close; its correlation must reach ``ECC_MIN_CORRELATION``.
 3. Otherwise, when ECC fails, or when the features disagree with it: ORB features (OpenCV 5
    moved AKAZE to contrib), Lowe's ratio test, ``cv2.findHomography`` (MAGSAC), then an ECC
    refinement started from that homography (kept when it raises the correlation). Of two
@@ -50,6 +50,9 @@ ECC_MIN_CORRELATION = 0.75
 IDENTITY_PX = 0.3
 #: Grey-level standard deviation below which an image counts as blank.
 BLANK_STD = 2.0
+#: Share of the misfit (1 - ECC correlation) an affine or homography must remove to replace the
+#: simpler motion near the identity (model selection: more freedom must earn its keep).
+MODEL_GAIN = 0.1
 #: ECC pyramid: coarsest level's longer side.
 ECC_COARSEST = 160
 #: Most keypoints kept per image (strongest first).
@@ -191,14 +194,36 @@ def _overlap(h: np.ndarray, ref_size: tuple[int, int], image_size: tuple[int, in
     return float(np.clip(area / max((w - 1) * (hgt - 1), 1), 0.0, 1.0))
 
 
+def _ecc_step(
+    image: np.ndarray, reference: np.ndarray, warp: np.ndarray, motion: int
+) -> tuple[np.ndarray, float] | None:
+    """One ECC run from ``warp`` (3x3, image -> reference); None when it does not converge."""
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 60, 1e-5)
+    if motion == cv2.MOTION_HOMOGRAPHY:
+        w = warp.astype(np.float32)
+    else:
+        w = (warp[:2] / warp[2, 2]).astype(np.float32)
+    try:
+        rho, w = cv2.findTransformECC(image, reference, w, motion, criteria, None, 5)
+    except cv2.error:
+        return None
+    out = np.vstack([w, [0, 0, 1]]) if w.shape[0] == 2 else w.astype(np.float64)
+    if not np.all(np.isfinite(out)) or abs(np.linalg.det(out)) < 1e-12:
+        return None
+    return out.astype(np.float64), float(rho)
+
+
 def _ecc(
     image: np.ndarray, reference: np.ndarray, start: np.ndarray, pyramid: bool
 ) -> tuple[np.ndarray, float] | None:
     """Refine ``start`` (reference -> image, working coordinates) by ECC.
 
-    ``pyramid``: begin at a coarse level with an affine model (``start`` must then be affine);
-    the working level always ends with a full homography. Returns (matrix, correlation) or None
-    when ECC does not converge.
+    ``pyramid`` (near-identity pairs): a rigid motion (rotation + shift) from a coarse level
+    down to the working level, then an affine and a homography each kept only when it cuts the
+    misfit (1 - correlation) by ``MODEL_GAIN``: where an image has structure in one corner only,
+    the extra freedom of a homography is unconstrained elsewhere and would swing the reference
+    away from the rest of the image for a negligible gain. Without ``pyramid``: one homography
+    from ``start`` (a feature homography). Returns (matrix, correlation) or None.
     """
     images, references = [image], [reference]
     if pyramid:
@@ -210,32 +235,27 @@ def _ecc(
     # ECC warps its input into the template's frame: template = image, input = reference, so
     # its warp maps image -> reference; we keep the inverse (reference -> image) outside.
     warp = np.linalg.inv(start)
-    for _ in range(levels - 1):
-        warp = down @ warp @ np.linalg.inv(down)
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 60, 1e-5)
-    rho = -1.0
-    for level in range(levels - 1, -1, -1):
-        motions = [cv2.MOTION_AFFINE] if level else [cv2.MOTION_AFFINE, cv2.MOTION_HOMOGRAPHY]
-        if not pyramid:
-            motions = [cv2.MOTION_HOMOGRAPHY]
-        for motion in motions:
-            try:
-                if motion == cv2.MOTION_AFFINE:
-                    w = (warp[:2] / warp[2, 2]).astype(np.float32)
-                else:
-                    w = warp.astype(np.float32)
-                rho, w = cv2.findTransformECC(
-                    images[level], references[level], w, motion, criteria, None, 5
-                )
-            except cv2.error:
+    if not pyramid:
+        found = _ecc_step(image, reference, warp, cv2.MOTION_HOMOGRAPHY)
+    else:
+        for _ in range(levels - 1):
+            warp = down @ warp @ np.linalg.inv(down)
+        found = None
+        for level in range(levels - 1, -1, -1):
+            found = _ecc_step(images[level], references[level], warp, cv2.MOTION_EUCLIDEAN)
+            if found is None:
                 return None
-            warp = np.vstack([w, [0, 0, 1]]) if w.shape[0] == 2 else w.astype(np.float64)
-        if level:
-            warp = np.linalg.inv(down) @ warp @ down
-    if not np.all(np.isfinite(warp)) or abs(np.linalg.det(warp)) < 1e-12:
+            warp = found[0]
+            if level:
+                warp = np.linalg.inv(down) @ warp @ down
+        for motion in (cv2.MOTION_AFFINE, cv2.MOTION_HOMOGRAPHY):
+            richer = _ecc_step(image, reference, found[0], motion)
+            if richer is not None and 1.0 - richer[1] <= (1.0 - found[1]) * (1.0 - MODEL_GAIN):
+                found = richer
+    if found is None:
         return None
-    result = np.linalg.inv(warp)
-    return result / result[2, 2], float(rho)
+    result = np.linalg.inv(found[0])
+    return result / result[2, 2], found[1]
 
 
 def _features(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
