@@ -288,6 +288,25 @@ def test_training_checkpoints_and_resumes_exactly(pairs: Path, tmp_path: Path) -
     assert [c.name for c in cats] == ["spot", "gap"]
 
 
+def test_siamese_starts_from_a_single_image_artifact(tmp_path: Path) -> None:
+    """``TrainConfig(pretrained=<single-image artifact>)``: every tensor but the fusion's is
+    taken, and the fusion's identity start keeps that detector's outputs."""
+    from workers.detection.trainer import _load_initial_weights
+
+    torch.manual_seed(5)
+    single = randomised(build_model(tiny_model_config()))
+    path = save_artifact(tmp_path / "single.pt", single, CATS)
+    torch.manual_seed(6)  # other initial weights
+    siamese = build_model(siamese_config())
+    _load_initial_weights(siamese, str(path))
+    siamese.eval()
+    images = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            siamese(images, torch.rand(1, 3, 128, 128)), single(images), rtol=0, atol=1e-6
+        )
+
+
 def test_siamese_training_set_without_references_fails_before_training(
     pairs: Path, tmp_path: Path
 ) -> None:
