@@ -194,7 +194,8 @@ def change_heatmap(
 
     ``valid`` (bool HxW) is where the warped reference is defined (from
     :func:`~workers.change.align.warp_reference`). The map has ``ceil(H / 4) x ceil(W / 4)``
-    cells and covers the image exactly (cell = 4x4 image pixels); 0 where not valid.
+    cells and covers the image exactly (cell = 4x4 image pixels); 0 exactly where not valid
+    (compared places score more than 0, also when identical).
     """
     a, b = _layout(image, "image"), _layout(warped, "reference")
     height, width = a.shape[:2]
@@ -236,6 +237,9 @@ def change_heatmap(
                 scores = scores + pixel_weight * _cell_mean(diff, (th, tw))
             out[ty : ty + th, tx : tx + tw] = scores
     cells_valid = _cell_mean(valid.astype(np.float32), (out_h, out_w)) > 0.999
+    # 0 marks "not compared" (fit_calibration skips it): a place compared and found identical
+    # (a lossless copy of the reference) scores the smallest positive float instead
+    np.maximum(out, np.finfo(np.float32).tiny, out=out)
     out[~cells_valid] = 0.0
     return out
 

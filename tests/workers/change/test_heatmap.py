@@ -124,3 +124,18 @@ def test_calibration_convention_and_round_trip():
     assert fitted.lo == pytest.approx(0.5, abs=1e-3)
     assert fitted.threshold == pytest.approx(0.9998, abs=1e-3)
     assert ChangeCalibration.from_dict(fitted.to_dict()) == fitted
+
+
+def test_an_identical_pair_calibrates_and_finds_nothing():
+    """A reference compared with a lossless copy of itself: every place scores (just above) 0,
+    which the calibration must not take for 'not compared'."""
+    from workers.change.heatmap import ChangeEncoder, change_heatmap, fit_calibration
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    valid = np.ones(image.shape[:2], bool)
+    raw = change_heatmap(ChangeEncoder(), image, image.copy(), valid)
+    assert (raw > 0).all()
+    calibration = fit_calibration([raw])
+    assert calibration.pixels == raw.size
+    assert calibration.apply(raw).max() < 0.5  # no region
