@@ -227,7 +227,6 @@ def _workspace_data(request, image: Image, role: str) -> dict:
             "setReference": reverse("api-image-reference", args=[image.pk]),
             "bulk": reverse("api-project-images-bulk", args=[image.project_id]),
             "job": _url_template("api-job-detail"),
-            "imageApi": reverse("api-image-detail", args=[image.pk]),
         },
     }
 

@@ -138,7 +138,10 @@ class ImageSerializer(serializers.ModelSerializer):
 
 class ReferenceSerializer(serializers.Serializer):
     reference = serializers.IntegerField(
-        allow_null=True, help_text="The reference image's id (same project); null: none."
+        allow_null=True,
+        min_value=1,
+        max_value=2**63 - 1,
+        help_text="The reference image's id (same project); null: none.",
     )
 
 
