@@ -1,11 +1,13 @@
 """The Siamese detector against the single-image one on DeepPCB: the same recipe and budget for
 both (lite0 ImageNet backbone, input size, epochs, batch, seed), trained on the official
 trainval split (the Siamese one with each image's defect-free template as its reference),
-evaluated on the official test split (mAP50, mAP, AP_small, per-category AP50). Prints a table;
-``--json`` writes the figures. Not a test.
+evaluated on the official test split (mAP50, mAP, AP_small, per-category AP50, and where the
+errors are: class-agnostic mAP50 / mAP, the share of defects found at IoU 0.5 and the share of
+those given the right category). Prints a table; ``--json`` writes the figures. Not a test.
+Figures: docs/benchmarks-detection.md, section 4.
 
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 10 .venv/bin/python benchmarks/siamese.py \\
-        --epochs 12 --input-size 416 --minutes 25 --json var/bench-siamese/results.json
+        --epochs 8 --minutes 25 --json var/bench-siamese/results.json
 
 ``--minutes`` caps each model's training (validation excluded): a run past it stops at the end
 of that epoch and is evaluated from the epoch's EMA weights (the table says so), so a slow
