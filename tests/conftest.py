@@ -313,3 +313,15 @@ def wait_for_job(job_id, timeout: float = 120.0):
     raise AssertionError(
         f"job {job_id} did not finish in {timeout} s (status {job.status}, {job.message})"
     )
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Torch on one thread for the test: tiny models on a 2-core box run faster than with a
+    second, busy-waiting OpenMP thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

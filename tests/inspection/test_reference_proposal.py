@@ -7,22 +7,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from inspection.models import Image, Job
 from tests.inspection.test_references import png, post_files
 from workers.tasks.references import propose_references
 from workers.tasks.runner import run_job
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("torch_one_thread")]
 
 
 def product(kind: str, size=(256, 200)) -> np.ndarray:

@@ -10,7 +10,6 @@ import io
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image as PILImage
 
 from annotations.models import Suggestion
@@ -21,17 +20,9 @@ from workers.tasks.change import calibrate_change_model, run_change
 from workers.tasks.references import align_references
 from workers.tasks.runner import run_job
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("torch_one_thread")]
 
 SIZE = 256
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def surface(seed: int) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from django.core.exceptions import ValidationError
 from PIL import Image as PILImage
 
@@ -23,17 +22,9 @@ from workers.tasks.detection import run_detection, train_detector
 from workers.tasks.references import align_references
 from workers.tasks.runner import run_job
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("torch_one_thread")]
 
 SIZE = (160, 128)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def board(seed: int) -> np.ndarray:
