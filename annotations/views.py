@@ -124,6 +124,7 @@ def project_settings(request, pk):
                     project=project,
                     name=request.POST.get("name", ""),
                     description=request.POST.get("description", ""),
+                    reference_rule=request.POST.get("reference_rule"),
                 )
             elif action == "delete-project":
                 # typing the name is the confirmation: a slip of the mouse deletes nothing

@@ -183,6 +183,17 @@ def test_project_rename_and_delete_on_the_settings_page(grid):
     assert (project.name, project.description) == ("Bottles 2", "line 3")
     page = c.post(url, {"action": "rename", "name": "  "}, follow=True)
     assert b"A project needs a name." in page.content
+    # the file-name rule that pairs uploads with their references is set here too
+    assert b"_test=_temp</textarea>" in c.get(url).content
+    c.post(url, {"action": "rename", "name": "Bottles 2", "reference_rule": "_after=_before"})
+    project.refresh_from_db()
+    assert project.reference_rule == "_after=_before"
+    page = c.post(
+        url, {"action": "rename", "name": "Bottles 2", "reference_rule": "after"}, follow=True
+    )
+    assert b"is not &#x27;image suffix=reference suffix&#x27;" in page.content
+    project.refresh_from_db()
+    assert project.reference_rule == "_after=_before"
 
     # a reviewer cannot delete; the admin must type the name
     r = Client()
