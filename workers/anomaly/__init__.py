@@ -26,6 +26,9 @@ Public API
 ``predict_many(model, image_paths, config=None, progress=None) -> Iterator[(path, result)]``
     The same for many images, with read-ahead and whole-image batches; ``result`` is a
     ``Prediction`` or the ``AnomalyError`` of an image that failed alone.
+``predict_batch(model, [(name, pixels), ...], config=None) -> list[Prediction | AnomalyError]``
+    Images already decoded (a station's frames), a whole-image model's in one network call;
+    ``network_input(model, pixels)`` makes their network input ahead (``prepared=``).
 ``evaluate(model, samples, config=None, progress=None) -> EvalResult``
     Image/pixel AUROC, AU-PRO, region recall and timings on labelled ``Sample`` s
     (``mvtec_test(root)`` builds them, pairing masks by name).
@@ -69,7 +72,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .export import export_onnx, export_openvino_int8
     from .image_io import read_image
     from .inference import Prediction, predict
-    from .pipeline import predict_many
+    from .pipeline import network_input, predict_batch, predict_many
     from .regions import Region, RegionConfig
     from .teacher import distill_teacher
     from .training import TrainResult, train
@@ -91,6 +94,8 @@ _LAZY = {
     "read_image": "image_io",
     "Prediction": "inference",
     "predict": "inference",
+    "network_input": "pipeline",
+    "predict_batch": "pipeline",
     "predict_many": "pipeline",
     "Region": "regions",
     "RegionConfig": "regions",
@@ -124,6 +129,8 @@ __all__ = [
     "mvtec_train",
     "pair_masks",
     "predict",
+    "network_input",
+    "predict_batch",
     "predict_many",
     "read_image",
     "recommended_config",

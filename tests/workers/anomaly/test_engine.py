@@ -317,6 +317,53 @@ def test_predict_many_matches_predict_and_isolates_a_bad_image(rgb_normals, tmp_
     assert seen[-1] == 1.0 and len(seen) == len(paths)
 
 
+def test_predict_batch_of_decoded_frames_matches_predict_and_isolates_a_bad_one(
+    rgb_normals, padim_tiled, gray16_normals, tmp_path: Path
+):
+    """A station's frames in one network call give what predict gives each; a frame of the
+    wrong size, and a batch the runtime chokes on, fail only the frames that are bad."""
+    from dataclasses import replace
+
+    from workers.anomaly import AnomalyError, predict_batch
+    from workers.anomaly.image_io import read_pixels
+
+    model = load_model(
+        train(TrainConfig(model="padim", input_size=64), rgb_normals, tmp_path / "m").artifact_path
+    )
+    paths = [
+        save(add_defect(texture(128, 128, 50 + i), 30 + 15 * i, 60, 9), tmp_path / f"f{i}.png")
+        for i in range(3)
+    ]
+    frames = [(p.name, read_pixels(p)) for p in paths]
+    huge = ("huge", read_pixels(save(texture(64, 1200, 3), tmp_path / "huge.png")))
+    results = predict_batch(model, [frames[0], huge, *frames[1:]])
+    assert isinstance(results[1], IncompatibleModelError)
+    for (name, _), path, many in zip(frames, paths, [results[0], *results[2:]], strict=True):
+        one = predict(model, path)
+        assert many.image_path == name
+        assert np.abs(one.score_map - many.score_map).max() < 1e-4
+        assert one.image_score == pytest.approx(many.image_score, abs=1e-4)
+        assert [r.box for r in one.regions] == [r.box for r in many.regions]
+
+    real = model.net
+
+    def flaky(batch: torch.Tensor) -> torch.Tensor:
+        if (batch.flatten(1).amax(1) < 0.2).any():  # chokes on a (nearly) black input
+            raise RuntimeError("runtime choked")
+        return real(batch)
+
+    dark = ("dark", (texture(128, 128, 5) * 0.1 * 255).astype(np.uint8))
+    redone = predict_batch(replace(model, net=flaky), [frames[0], dark, frames[1]])
+    assert isinstance(redone[1], AnomalyError) and "runtime choked" in str(redone[1])
+    assert redone[0].image_score == pytest.approx(results[0].image_score, rel=1e-4)
+    assert redone[2].image_score == pytest.approx(results[2].image_score, rel=1e-4)
+
+    # a tiled model predicts frame after frame (it batches its tiles)
+    tiled = predict_batch(padim_tiled.artifact_path, [("g", read_pixels(gray16_normals[0]))])
+    expected = predict(padim_tiled.artifact_path, gray16_normals[0]).image_score
+    assert tiled[0].image_score == pytest.approx(expected, rel=1e-4)
+
+
 def test_whole_image_heatmap_follows_the_image_not_the_network_input(rgb_normals, tmp_path: Path):
     config = TrainConfig(model="padim", input_size=64)
     model = train(config, rgb_normals, tmp_path / "m").artifact_path
