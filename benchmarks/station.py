@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/station.py                       # PaDiM, 300 frames
     .venv/bin/python benchmarks/station.py --model patchcore
     .venv/bin/python benchmarks/station.py --minutes 30          # memory over a looped video
+    .venv/bin/python benchmarks/station.py --storage             # what a stored frame costs
 
 Builds a throwaway Loupe (SQLite and media in a temporary folder, removed at the end), trains the
 model as the app does (job body in this process: 256 px input, ONNX export, OpenVINO on CPU) on
@@ -135,16 +136,22 @@ class LoopedStation:
 
                 def frames():
                     nonlocal n
-                    while time.monotonic() < end and not stop():
-                        for frame in sources.video_frames(station.source, stop=stop):
+                    while time.monotonic() < end and not self.halt.is_set():
+                        for frame in sources.video_frames(station.source, stop=self.halt.is_set):
                             frame.key = f"pass{n}:{frame.key}"
                             yield frame
-                            report()
                             if time.monotonic() >= end:
                                 return
                         n += 1
 
-                return frames()
+                # read ahead and prepared on a thread, batched, the heartbeat on this one (in
+                # ``_shown``): as the station reads a video
+                self.reading_video = True
+                return sources.Prefetched(frames(), prepare=self._prepare)
+
+            def _shown(self, result, frame):
+                super()._shown(result, frame)
+                report()
 
         return Looped(name, until_idle=True, log=lambda m: None)
 
@@ -179,6 +186,84 @@ def seeds_loop(video: Path, model, config, db: Path) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
+def storage_costs(args, tmp: Path, project, version, unseen, broken) -> None:
+    """``--storage``: what a frame sent to review costs (CPU ms), whole and by part."""
+    import io
+
+    import cv2
+    from PIL import Image as PILImage
+
+    from inspection import storage
+    from inspection.imaging import probe_image
+    from inspection.services.projects import with_inspection_defaults
+    from inspection.services.stations import station_create, station_run_for
+    from workers import anomaly
+    from workers.station import loop, sources
+    from workers.tasks.anomaly import predict_config
+    from workers.tasks.stations import PNG_FAST, ResultSink
+
+    def cpu_ms(fn, n: int = 5) -> float:
+        t = time.process_time()
+        for _ in range(n):
+            fn()
+        return (time.process_time() - t) / n * 1000
+
+    station = station_create(user=args.user, project=project, name="line-3", source=str(tmp))
+    params = with_inspection_defaults(project.inspection)
+    run_ = station_run_for(station=station, model_version=version, params=params)
+    config = predict_config(project.inspection)
+    paths = broken[:10] + unseen[:10]
+    frames = [cv2.cvtColor(framed(p), cv2.COLOR_BGR2RGB) for p in paths]
+    artifact = Path(version.artifact)
+    with storage.local_tree(str(artifact.parent)) as model_dir:
+        model = anomaly.load_model(model_dir / artifact.name)
+        results = []
+        for i, image in enumerate(frames):
+            p = anomaly.predict(model, f"f{i}", config, image=image)
+            frame = sources.Frame(key=f"f{i}", name=f"f{i}.png", image=image, number=i)
+            out = loop.Inference(p.image_score, [{"box": list(r.box)} for r in p.regions], p)
+            results.append(
+                loop.FrameResult(
+                    key=frame.key, name=frame.name, number=i, captured_at=time.time(),
+                    verdict=loop.NG, score=p.image_score, regions=out.regions, latency_ms=0.0,
+                    sample=True, frame=frame, inference=out,
+                )
+            )  # fmt: skip
+        t = time.process_time()
+        ResultSink(station, version, run_, None).flush(results)
+        per_frame = (time.process_time() - t) / len(results) * 1000
+    bgr = framed(paths[-1])
+    print(
+        f"a 1080p frame sent to review (ResultSink.flush, {len(results)} frames): {per_frame:.0f} ms CPU each"
+    )
+    for label, params_ in [
+        ("PNG, zlib level 1", [cv2.IMWRITE_PNG_COMPRESSION, 1]),
+        ("PNG, the station's (level 1, up filter, RLE)", PNG_FAST),
+    ]:
+        size = len(cv2.imencode(".png", bgr, params_)[1]) / 1e6
+        ms = cpu_ms(lambda p_=params_: cv2.imencode(".png", bgr, p_))
+        print(f"  {label}: {ms:.0f} ms, {size:.2f} MB")
+    png = tmp / "frame.png"
+    cv2.imwrite(str(png), bgr, PNG_FAST)
+
+    def pillow_exif() -> None:
+        with PILImage.open(png) as im:
+            im.getexif()  # decodes the whole PNG to look for eXIf
+
+    print(f"  upload check of that PNG (probe_image): {cpu_ms(lambda: probe_image(png, max_pixels=10**9)):.0f} ms; "
+          f"Pillow's getexif() on it, no longer called for PNG: {cpu_ms(pillow_exif):.0f} ms")  # fmt: skip
+    heat = results[0].inference.detail.heatmap
+    for level in (6, 3, 1):
+        buf = io.BytesIO()
+        PILImage.fromarray(heat).save(buf, format="PNG", compress_level=level)
+
+        def enc(level_=level) -> None:
+            PILImage.fromarray(heat).save(io.BytesIO(), format="PNG", compress_level=level_)
+
+        print(f"  heatmap {heat.shape[1]}x{heat.shape[0]} PNG, zlib level {level}: "
+              f"{cpu_ms(enc):.0f} ms, {len(buf.getvalue()) / 1e3:.0f} KB")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="padim", choices=["padim", "patchcore"])
@@ -193,7 +278,16 @@ def main() -> None:
         help="the station's setting: frames this close to the threshold are stored for review",
     )
     ap.add_argument("--ok-rate", type=float, default=0.01, help="share of OK frames stored")
+    ap.add_argument(
+        "--batch-frames",
+        type=int,
+        default=4,
+        help="frames read ahead inferred in one network call (the station's default; 1: one by one)",
+    )
     ap.add_argument("--skip-seeds", action="store_true")
+    ap.add_argument(
+        "--storage", action="store_true", help="only what a frame sent to review costs, by part"
+    )
     args = ap.parse_args()
     if not (DATASETS / "mvtec_bottle").is_dir():
         sys.exit(f"no mvtec_bottle under {DATASETS} (set LOUPE_DATASETS)")
@@ -215,6 +309,9 @@ def run(args, tmp: Path) -> None:
     from workers.tasks.stations import StationProcess
 
     project, version, unseen, broken = train(args, tmp)
+    if args.storage:
+        storage_costs(args, tmp, project, version, unseen, broken)
+        return
     video = tmp / "line-3.avi"
     t = time.perf_counter()
     ng = make_video(video, unseen, broken, args.frames, args.ng_every)
@@ -255,7 +352,9 @@ def run(args, tmp: Path) -> None:
         return
 
     t = time.perf_counter()
-    StationProcess("line-3", until_idle=True, log=lambda m: None).run()
+    StationProcess(
+        "line-3", until_idle=True, log=lambda m: None, batch_frames=args.batch_frames
+    ).run()
     wall = time.perf_counter() - t
     rows = list(
         StationResult.objects.filter(station=station)
@@ -270,7 +369,8 @@ def run(args, tmp: Path) -> None:
     stored = sum(r["image_id"] is not None for r in rows)
     station_fps = (len(rows) - 1) / span
     print(
-        f"\nLoupe station ({args.model}, {os.environ['OMP_NUM_THREADS']} threads, exports "
+        f"\nLoupe station ({args.model}, {os.environ['OMP_NUM_THREADS']} threads, batches of up "
+        f"to {args.batch_frames} frames, exports "
         f"{version.metrics.get('exports')}): "
         f"{len(rows)} frames; {station_fps:.1f} frames/s from first frame to last row "
         f"({len(rows) / wall:.1f} with the model load, {wall:.1f} s in all); "

@@ -100,12 +100,12 @@ def probe_image(path: str | os.PathLike, *, max_pixels: int) -> ImageInfo:
                 f"the image is {raw_w}x{raw_h} = {raw_w * raw_h / 1e6:.1f} MP, over the limit of "
                 f"{max_pixels / 1e6:.0f} MP (LOUPE_MAX_IMAGE_PIXELS)"
             )
-        try:
-            orientation = int(pil.getexif().get(0x0112, 1) or 1)
-        except Exception:
-            orientation = 1
-        if orientation not in range(1, 9):
-            orientation = 1
+        orientation = 1
+        if fmt != "png":  # Pillow decodes a whole PNG to look for eXIf: vips tells below
+            try:
+                orientation = int(pil.getexif().get(0x0112, 1) or 1)
+            except Exception:
+                orientation = 1
         pil_mode = pil.mode
         if fmt not in _VIPS_FORMATS:
             try:
@@ -115,13 +115,18 @@ def probe_image(path: str | os.PathLike, *, max_pixels: int) -> ImageInfo:
             channels = len(pil.getbands())
             bit_depth = 16 if pil_mode.startswith("I;16") else 8
     if fmt in _VIPS_FORMATS:
-        channels, bit_depth = _decode_with_vips(path)
+        channels, bit_depth, vips_orientation = _decode_with_vips(path)
+        if fmt == "png":
+            orientation = vips_orientation
+    if orientation not in range(1, 9):
+        orientation = 1
     if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: displayed size swaps
         raw_w, raw_h = raw_h, raw_w
     return ImageInfo(fmt, raw_w, raw_h, channels, bit_depth, orientation)
 
 
-def _decode_with_vips(path: str | os.PathLike) -> tuple[int, int]:
+def _decode_with_vips(path: str | os.PathLike) -> tuple[int, int, int]:
+    """Bands, bit depth and EXIF orientation (1 when none) of a fully decoded image."""
     try:
         img = pyvips.Image.new_from_file(str(path), access="sequential", fail=True)
         img.avg()  # decodes every pixel; raises on truncation or corrupt data
@@ -129,7 +134,11 @@ def _decode_with_vips(path: str | os.PathLike) -> tuple[int, int]:
         reason = " ".join(str(exc).split())
         raise ImageRejected(f"the image data is corrupt or truncated ({reason[:200]})") from None
     depth = {"uchar": 8, "char": 8, "ushort": 16, "short": 16}.get(img.format, 32)
-    return img.bands, depth
+    try:
+        orientation = int(img.get("orientation")) if img.get_typeof("orientation") else 1
+    except (pyvips.Error, TypeError, ValueError):
+        orientation = 1
+    return img.bands, depth, orientation
 
 
 def open_for_display(path: str | os.PathLike) -> pyvips.Image:

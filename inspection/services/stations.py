@@ -164,9 +164,18 @@ def station_resume_frame(station: Station, source_name: str) -> int:
     return 0 if last is None else last + 1
 
 
-def station_done_keys(station: Station) -> set[str]:
-    """The keys already recorded (a watched folder's file names)."""
-    return set(StationResult.objects.filter(station=station).values_list("key", flat=True))
+def station_recorded_keys(station: Station, keys: list[str]) -> set[str]:
+    """Which of ``keys`` (a watched folder's file names) have a result row already: looked up
+    in chunks by the unique (station, key) index, never the station's whole history."""
+    found: set[str] = set()
+    for start in range(0, len(keys), 500):
+        chunk = [key[:300] for key in keys[start : start + 500]]  # rows keep 300 characters
+        found.update(
+            StationResult.objects.filter(station=station, key__in=chunk).values_list(
+                "key", flat=True
+            )
+        )
+    return {key for key in keys if key[:300] in found}
 
 
 def station_run_for(

@@ -103,9 +103,18 @@
       const label = n.key + " · " + (n.score === null ? "" : n.score.toFixed(2)) + " · " + n.regions + " region" + (n.regions === 1 ? "" : "s");
       const link = el("a", n.image ? { href: "/images/" + n.image + "/" } : {}, [el("span", { text: label })]);
       if (n.image) {
-        const thumb = el("img", { src: "/api/images/" + n.image + "/thumbnail/", alt: "", loading: "lazy" });
+        // the frame's thumbnail (made by a worker) with the station's heatmap over it, coloured
+        // as in the workspace; without a thumbnail yet, the heatmap alone says where
+        const box = el("span", { class: "ng-thumb" });
+        const thumb = el("img", { src: "/api/images/" + n.image + "/thumbnail/", alt: "", class: "thumb", loading: "lazy" });
         thumb.addEventListener("error", () => thumb.remove());
-        link.prepend(thumb);
+        box.appendChild(thumb);
+        const grey = new Image();
+        grey.addEventListener("load", () => {
+          box.appendChild(el("img", { src: window.LoupeOverlay.colormap(grey), alt: "heatmap of " + n.key, class: "heat" }));
+        });
+        grey.src = "/api/images/" + n.image + "/heatmap.png";
+        link.prepend(box);
       }
       list.appendChild(el("li", { class: "ng-frame" }, [link]));
     });

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from inspection.models import Station, StationResult
+from inspection.models import Job, Station, StationResult
 from tests.conftest import PASSWORD
+from tests.e2e.test_workspace import shot
 from tests.integration.test_station_process import start_station
 from tests.workers.tasks.test_stations import NG_FRAMES, line_video, trained  # noqa: F401
+from workers.tasks.pyramid import build_pyramids
+from workers.tasks.runner import run_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -66,8 +69,24 @@ def test_the_station_page_shows_counts_and_ng_frames_live(page, trained, tmp_pat
     assert {t.split(" · ")[0] for t in ng.all_inner_texts()} == {
         f"line-5.avi#{n}" for n in NG_FRAMES
     }
+    # each NG frame shows its heatmap (stored by the station), coloured as in the workspace
+    page.locator("#st-ng img.heat").nth(1).wait_for(timeout=15_000)
+    heat = page.locator("#st-ng img.heat").first
+    assert heat.get_attribute("src").startswith("data:image/png")
+    assert heat.evaluate("e => e.naturalWidth") > 0
     page.locator("#st-plot rect.bar.ng").first.wait_for(timeout=15_000)  # redrawn every 10 s
     assert "started" in page.locator("#st-events").inner_text()
+
+    # what a worker does meanwhile: thumbnails (and pyramids) of the frames sent to review; the
+    # NG frames then show the frame with its heatmap over it
+    jobs = Job.objects.filter(project=project, kind="pyramid", status=Job.Status.QUEUED)
+    assert jobs.exists()
+    for job in jobs:
+        assert run_job(str(job.pk), build_pyramids.body) == "succeeded"
+    page.reload()
+    page.locator("#st-ng .ng-thumb img.thumb + img.heat").nth(1).wait_for(timeout=15_000)
+    assert page.locator("#st-ng img.thumb").first.evaluate("e => e.naturalWidth") > 0
+    shot(page, "station-page", full_page=True)  # docs/station-page.png (LOUPE_SCREENSHOTS=dir)
 
     # the results of a time range as CSV: everything up to now, nothing from tomorrow on
     with page.expect_download() as got:

@@ -117,11 +117,11 @@ def viewer_box(page):
     return page.locator("#viewer").bounding_box()
 
 
-def shot(page, name):
+def shot(page, name, full_page=False):
     folder = os.environ.get("LOUPE_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"{name}.png"))
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=full_page)
 
 
 def test_draw_relabel_undo_navigate_reload(page, live_server, workspace_images):

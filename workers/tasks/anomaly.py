@@ -289,9 +289,10 @@ def store_prediction(run, version, image, prediction, path, detect) -> dict:
     buf = io.BytesIO()
     from PIL import Image as PILImage
 
-    # zlib's default level: optimize=True made a 900 px heatmap 13 % smaller in 10x the time
-    # (168 against 17 ms), more than the whole network pass costs
-    PILImage.fromarray(prediction.heatmap).save(buf, format="PNG")
+    # zlib level 3: a 1024x576 map in 12 ms and 62 KB, against 24 ms and 48 KB at the default 6
+    # (`benchmarks/station.py --storage`; a station stores one per frame sent to review);
+    # optimize=True made a 900 px heatmap 13 % smaller in 10x the time
+    PILImage.fromarray(prediction.heatmap).save(buf, format="PNG", compress_level=3)
     name = default_storage.save(
         f"{image.derived_prefix}/heatmaps/run-{run.pk}.png", ContentFile(buf.getvalue())
     )

@@ -55,17 +55,29 @@ def test_a_watched_folder_yields_each_finished_file_once_oldest_first(tmp_path):
         os.utime(folder / name, (t, t))
     (folder / "notes.txt").write_text("not an image")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    done: set[str] = set()
-    got = list(sources.folder_frames(folder, done, once=True, settle=0.05))
+    rows: set[str] = set()  # the station's result rows, as the database keeps them
+    asked: list[list[str]] = []
+
+    def recorded(names):
+        asked.append(sorted(names))
+        return rows & set(names)
+
+    got = list(sources.folder_frames(folder, recorded, once=True, settle=0.05))
     assert [f.key for f in got][:3] == ["b.png", "a.png", "sub/c.png"]  # by time, not name
     assert [int(f.image.mean()) for f in got[:3]] == [0, 10, 20]
     broken = [f for f in got if f.key == "broken.png"]
     assert broken and broken[0].image.size == 0  # recorded as failed, never retried
-    assert done == {"a.png", "b.png", "sub/c.png", "broken.png"}
-    # a restart with what was recorded: only new files
+    assert {f.key for f in got} == {"a.png", "b.png", "sub/c.png", "broken.png"}
+    assert asked == [["a.png", "b.png", "broken.png", "sub/c.png"]]  # each file looked up once
+    rows |= {f.key for f in got}
+
+    # a restart: only new files; the lookups name files in the folder, not the history
+    rows |= {f"old/{i}.png" for i in range(10_000)}  # rows of files long moved away
     cv2.imwrite(str(folder / "d.png"), numbered_frame(30))
-    again = list(sources.folder_frames(folder, set(done), once=True, settle=0.05))
+    asked.clear()
+    again = list(sources.folder_frames(folder, recorded, once=True, settle=0.05))
     assert [f.key for f in again] == ["d.png"]
+    assert asked == [["a.png", "b.png", "broken.png", "d.png", "sub/c.png"]]
 
 
 def test_a_file_still_being_written_waits_until_its_size_settles(tmp_path):
@@ -85,7 +97,7 @@ def test_a_file_still_being_written_waits_until_its_size_settles(tmp_path):
 
     threading.Thread(target=finish).start()
     got = []
-    for frame in sources.folder_frames(folder, set(), poll=0.05, settle=0.3):
+    for frame in sources.folder_frames(folder, lambda names: set(), poll=0.05, settle=0.3):
         got.append(frame)
         break
     assert got[0].image.shape == (200, 200, 3)  # read whole, not the first 100 bytes
@@ -194,9 +206,77 @@ def test_rows_in_hand_are_flushed_when_the_source_fails(tmp_path):
     assert [r.key for b in sink.batches for r in b] == ["0", "1", "2"]
 
 
+def test_frames_read_ahead_are_inferred_in_batches_of_what_is_waiting(tmp_path):
+    """The loop hands ``infer_many`` the frames the reader has ready (never more than
+    ``batch_frames``, never waiting for a batch to fill): every frame once, in order; a batch
+    the runtime chokes on records its frames failed and the line goes on; a source's error
+    comes out after the frames read before it were inspected."""
+    video = write_video(tmp_path / "line.avi", 40)
+    groups = []
+
+    def infer_many(frames):
+        groups.append([f.number for f in frames])
+        time.sleep(0.02)  # a model's time: the reader gets ahead meanwhile
+        if 1 in groups[-1]:
+            raise RuntimeError("runtime choked")
+        return [
+            ValueError("odd frame") if f.number == 33 else loop.Inference(0.9 * (f.number == 7), [])
+            for f in frames
+        ]
+
+    def infer(frame):
+        groups.append([frame.number])
+        time.sleep(0.02)
+        if frame.number == 33:
+            raise ValueError("odd frame")
+        return loop.Inference(0.9 * (frame.number == 7), [])
+
+    frames = sources.Prefetched(sources.video_frames(video), depth=4)
+    while frames.waiting() < 4:  # let the reader get ahead, as it does while a model runs
+        time.sleep(0.01)
+    sink = ListSink()
+    config = loop.LoopConfig(ok_sample_rate=0.0, batch_frames=3)
+    assert loop.run(frames, infer, sink, config, infer_many=infer_many) == 40
+    rows = [r for b in sink.batches for r in b]
+    assert [r.number for r in rows] == list(range(40))
+    assert [n for g in groups for n in g] == list(range(40))
+    assert max(len(g) for g in groups) == 3
+    by = {r.number: r for r in rows}
+    assert by[7].verdict == "ng" and by[7].sample
+    assert groups[0] == [0, 1, 2]  # four were waiting: the first batch is full
+    assert all("runtime choked" in by[n].error for n in (0, 1, 2))
+    assert by[33].verdict == "failed" and "odd frame" in by[33].error
+    assert {r.number for r in rows if r.verdict == "failed"} == {0, 1, 2, 33}
+
+    def failing():
+        for i in range(5):
+            yield sources.Frame(key=str(i), name="x", image=numbered_frame(i), number=i)
+        raise OSError("camera unplugged")
+
+    frames = sources.Prefetched(failing(), depth=8)
+    while frames.waiting() < 6:
+        time.sleep(0.01)
+    sink = ListSink()
+    with pytest.raises(OSError, match="unplugged"):
+        loop.run(frames, infer, sink, loop.LoopConfig(batch_frames=8), infer_many=infer_many)
+    assert [r.key for b in sink.batches for r in b] == ["0", "1", "2", "3", "4"]
+
+
 def test_prefetched_frames_come_in_order_with_the_sources_error_and_stop_when_closed(tmp_path):
     video = write_video(tmp_path / "line.avi", 10)
-    assert [f.number for f in sources.prefetched(sources.video_frames(video))] == list(range(10))
+
+    def prepare(frame):  # the station makes the model's input here, off the model's thread
+        if frame.number == 8:
+            raise ValueError("cannot shrink frame 8")
+        frame.prepared = (threading.current_thread().name, frame.image.shape)
+
+    got = []
+    with pytest.raises(ValueError, match="frame 8"):
+        for frame in sources.Prefetched(sources.video_frames(video), prepare=prepare):
+            got.append(frame)
+    assert [f.number for f in got] == list(range(8))
+    assert {f.prepared for f in got} == {("station-prefetch", (48, 64, 3))}
+    assert [f.number for f in sources.Prefetched(sources.video_frames(video))] == list(range(10))
 
     def failing():
         yield sources.Frame(key="0", name="x", image=numbered_frame(0), number=0)
@@ -204,7 +284,7 @@ def test_prefetched_frames_come_in_order_with_the_sources_error_and_stop_when_cl
 
     got = []
     with pytest.raises(sources.SourceError, match="unplugged"):
-        for frame in sources.prefetched(failing()):
+        for frame in sources.Prefetched(failing()):
             got.append(frame.key)
     assert got == ["0"]
     read = []
@@ -216,7 +296,7 @@ def test_prefetched_frames_come_in_order_with_the_sources_error_and_stop_when_cl
             yield sources.Frame(key=str(i), name="x", image=numbered_frame(i % 250), number=i)
             i += 1
 
-    stream = sources.prefetched(endless(), depth=2)
+    stream = sources.Prefetched(endless(), depth=2)
     assert next(stream).number == 0
     stream.close()  # the reader thread stops; at most depth + 2 frames were read ahead
     time.sleep(0.3)

@@ -179,7 +179,7 @@ def test_ng_rows_carry_the_category_the_active_detector_gives_their_regions(team
     from annotations.services.categories import category_create
     from workers.anomaly.regions import Region
     from workers.detection import Detection
-    from workers.tasks.stations import _Sink
+    from workers.tasks.stations import ResultSink
 
     station, version, run = writer_setup
     category_create(user=team["admin"], project=team["project"], name="dent")
@@ -188,7 +188,9 @@ def test_ng_rows_carry_the_category_the_active_detector_gives_their_regions(team
         Region(box=[100, 100, 8, 8], polygon=[], area=64, peak_score=0.8, mean_score=0.6),
     ]
     dent = Detection(0, 0, 40, 40, 0.95, 2, "dent")  # covers the first region, not the second
-    _Sink(station, version, run, lambda path: [dent]).flush([ng_result("part.png", 90, regions)])
+    ResultSink(station, version, run, lambda path: [dent]).flush(
+        [ng_result("part.png", 90, regions)]
+    )
     row = StationResult.objects.get(station=station)
     assert [r.get("category") for r in row.regions] == ["dent", None]
     assert row.image.suggestions.get(category__name="dent").category_score == 0.95
@@ -196,16 +198,16 @@ def test_ng_rows_carry_the_category_the_active_detector_gives_their_regions(team
 
 @pytest.mark.django_db
 def test_a_station_stores_no_more_frames_than_its_quota(writer_setup):
-    from workers.tasks.stations import _Sink
+    from workers.tasks.stations import ResultSink
 
     station, version, run = writer_setup
     station.sample_quota = 2
     station.save()
-    _Sink(station, version, run, None).flush(
+    ResultSink(station, version, run, None).flush(
         [ng_result("a.png", 10, []), ng_result("b.png", 20, [])]
     )
     # a new writer (the station started again) knows what is left of the quota
-    _Sink(station, version, run, None).flush([ng_result("c.png", 30, [])])
+    ResultSink(station, version, run, None).flush([ng_result("c.png", 30, [])])
     rows = {r.key: r.image_id for r in StationResult.objects.filter(station=station)}
     assert rows["a.png"] and rows["b.png"] and rows["c.png"] is None  # recorded, not stored
     station.refresh_from_db()
