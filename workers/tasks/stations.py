@@ -204,6 +204,8 @@ class StationProcess:
                     config,
                     prepared=[frame.prepared for frame in frames],
                 )
+                for frame in frames:
+                    frame.prepared = None  # a frame kept for review holds its pixels only
                 return [p if isinstance(p, BaseException) else _inference(p) for p in predictions]
 
             # rows and sampled frames are stored on a writer thread while inspection goes on
