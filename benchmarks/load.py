@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/load.py [--clients 20] [--seconds 60] [--workers 3 --threads 4]
         [--database-url postgres://postgres@127.0.0.1:5432/postgres]
+    .venv/bin/python benchmarks/load.py --in-process     # each request's own cost, one process
 
 Makes a throwaway database in the given PostgreSQL server (dropped at the end) and a media
 folder, fills one project as a team would after a few days (--images images with labels and
@@ -132,6 +133,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="each request's own cost in one process (no HTTP, no other clients)",
+    )
+    ap.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
     )
@@ -159,6 +165,9 @@ def main() -> None:
             print(f"{len(images)} images filled in {time.perf_counter() - t:.0f} s")
             from django.db import connections
 
+            if args.in_process:
+                in_process(project, images, token)
+                return
             connections.close_all()
             port = free_port()
             server = serve(tmp, port, args.workers, args.threads)
@@ -174,16 +183,39 @@ def main() -> None:
         drop_database(server_url, db_url)
 
 
-def run_load(args, port: int, project, images, token: str) -> None:
-    import urllib3
-
-    base = f"http://127.0.0.1:{port}"
-    kinds = {
+def request_paths(project, images) -> dict:
+    return {
         "images list": f"/api/projects/{project.pk}/images/?limit=50",
         "an image's labels": None,  # per request, a different image
         "review queue": f"/api/projects/{project.pk}/suggestions/?status=pending&limit=50",
         "a tile": f"/api/images/{images[0].pk}/dzi/image_files/10/0_0.jpg",
     }
+
+
+def in_process(project, images, token: str, repeat: int = 30) -> None:
+    """``--in-process``: each request's own cost in one process (Django's test client, the same
+    database), without HTTP, gunicorn or other clients: CPU and wall ms per request."""
+    from django.test import Client
+
+    client = Client(HTTP_AUTHORIZATION=f"Token {token}")
+    print("| request | CPU ms | wall ms |\n| --- | --- | --- |")
+    for kind, path in request_paths(project, images).items():
+        paths = [path or f"/api/images/{images[i % len(images)].pk}/annotations/" for i in
+                 range(repeat)]  # fmt: skip
+        assert client.get(paths[0]).status_code == 200, kind  # and warm
+        wall, cpu = time.perf_counter(), time.process_time()
+        for p in paths:
+            client.get(p)
+        cpu = (time.process_time() - cpu) / repeat * 1000
+        wall = (time.perf_counter() - wall) / repeat * 1000
+        print(f"| {kind} | {cpu:.1f} | {wall:.1f} |")
+
+
+def run_load(args, port: int, project, images, token: str) -> None:
+    import urllib3
+
+    base = f"http://127.0.0.1:{port}"
+    kinds = request_paths(project, images)
     headers = {"Authorization": f"Token {token}"}
     results: dict[str, list[float]] = {k: [] for k in kinds}
     errors: dict[str, int] = {k: 0 for k in kinds}

@@ -128,6 +128,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # failed at once with "database is locked" when another process (a worker, a station) was
     # writing, instead of waiting its turn
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+else:
+    # A server database keeps each web thread's connection between requests: a new PostgreSQL
+    # connection per request (Django's default) forks a server process every time
+    # (docs/benchmarks.md, "API under load"). Checked before reuse, so a restarted database
+    # costs one failed check, not an error.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=300)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,7 +1,6 @@
 """API representations of labels, suggestions, reviews and dataset versions (writes go through
 services; these only shape data)."""
 
-from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -14,6 +13,7 @@ from annotations.models import (
     Review,
     Suggestion,
 )
+from inspection.api.base import FastRepresentation, url_for
 from inspection.api.serializers import ImageSerializer
 from inspection.models import Image
 
@@ -32,9 +32,9 @@ class GridImageSerializer(ImageSerializer):
 
     def get_urls(self, obj) -> dict:
         return {
-            "page": reverse("image-page", args=[obj.pk]),
+            "page": url_for("image-page", obj.pk),
             **super().get_urls(obj),
-            "annotations": reverse("api-image-annotations", args=[obj.pk]),
+            "annotations": url_for("api-image-annotations", obj.pk),
         }
 
 
@@ -75,7 +75,7 @@ class NormalSerializer(serializers.Serializer):
     is_normal = RequiredBooleanField()
 
 
-class AnnotationSerializer(serializers.ModelSerializer):
+class AnnotationSerializer(FastRepresentation, serializers.ModelSerializer):
     category_name = serializers.CharField(source="category.name", read_only=True)
     color = serializers.CharField(source="category.color", read_only=True)
     author = serializers.CharField(
@@ -135,7 +135,7 @@ class VerdictSerializer(serializers.Serializer):
     verdict = serializers.ChoiceField(choices=Image.Verdict.choices, allow_blank=True)
 
 
-class SuggestionSerializer(serializers.ModelSerializer):
+class SuggestionSerializer(FastRepresentation, serializers.ModelSerializer):
     decided_by = serializers.CharField(
         source="decided_by.username", default=None, read_only=True, allow_null=True
     )
@@ -198,8 +198,8 @@ class SuggestionSerializer(serializers.ModelSerializer):
             return None
         stamp = f"?v={(image.alignment or {}).get('stamp', '')}"
         return {
-            "dzi": reverse("api-image-reference-dzi", args=[image.pk]) + stamp,
-            "difference": reverse("api-image-difference", args=[image.pk]) + stamp
+            "dzi": url_for("api-image-reference-dzi", image.pk) + stamp,
+            "difference": url_for("api-image-difference", image.pk) + stamp
             if image.difference_path
             else None,
         }
@@ -222,7 +222,11 @@ class SuggestionSerializer(serializers.ModelSerializer):
                 "category_name": e.category.name if e.category else None,
                 "status": e.status,
             }
-            for e in obj.echoes.all()
+            for e in (
+                obj.echo_list
+                if hasattr(obj, "echo_list")  # the page's, fetched at once (views.with_echoes)
+                else obj.echoes.select_related("model_version", "category").order_by("id")
+            )
         ]
 
 

@@ -1,7 +1,7 @@
 """API of the labeling side: categories, the image grid (with uploads into it), labels, verdicts,
 comments, suggestions and their review, and run figures. Writes call one service each."""
 
-from django.db.models import Prefetch
+from django.db.models import Exists, OuterRef
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
@@ -18,7 +18,7 @@ from inspection.api.base import NumericIds, list_response
 from inspection.api.lookups import image_for, project_for
 from inspection.api.serializers import RunDetailSerializer, UploadSerializer
 from inspection.api.uploads import upload_response
-from inspection.models import Image, InspectionRun, ModelVersion, Role
+from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion, Role
 from inspection.permissions import require_role
 
 from . import serializers as s
@@ -58,9 +58,23 @@ class CategoryViewSet(NumericIds, viewsets.ModelViewSet):
 
 
 # what a queue item's "also found by" shows
-ECHOES = Prefetch(
-    "echoes", queryset=Suggestion.objects.select_related("model_version", "category").order_by("id")
-)
+def with_echoes(suggestions: list[Suggestion]) -> list[Suggestion]:
+    """Each suggestion's echoes (``same_as`` it: the same place from the other kind of model) in
+    one query for the page, as ``echo_list`` (the serializer's ``also``). A prefetch did the same
+    with a queryset made per suggestion (docs/benchmarks.md, "API under load")."""
+    by_main: dict[int, list[Suggestion]] = {}
+    ids = [x.pk for x in suggestions if x.same_as_id is None]
+    if ids:
+        echoes = (
+            Suggestion.objects.filter(same_as_id__in=ids)
+            .select_related("model_version", "category")
+            .order_by("id")
+        )
+        for echo in echoes:
+            by_main.setdefault(echo.same_as_id, []).append(echo)
+    for x in suggestions:
+        x.echo_list = by_main.get(x.pk, [])
+    return suggestions
 
 
 class ProjectLabelsViewSet(NumericIds, viewsets.GenericViewSet):
@@ -99,7 +113,8 @@ class ProjectLabelsViewSet(NumericIds, viewsets.GenericViewSet):
         images = (
             Image.objects.filter(project=project)
             .select_related("uploaded_by")
-            .prefetch_related("heatmaps")
+            # whether there is one, not every run's heatmap row (the grid links the latest)
+            .annotate(has_heatmap=Exists(ImageHeatmap.objects.filter(image=OuterRef("pk"))))
             .order_by("id")
         )
         return list_response(self, images, s.GridImageSerializer, filterset_class=ImageFilter)
@@ -142,10 +157,11 @@ class ProjectLabelsViewSet(NumericIds, viewsets.GenericViewSet):
             # an echo (same place, other kind of model) is shown with its main, not alone
             Suggestion.objects.filter(image__project=project, same_as__isnull=True)
             .select_related("image", "model_version", "decided_by", "category")
-            .prefetch_related(ECHOES)
             .order_by("-score", "id")
         )
-        return list_response(self, qs, s.SuggestionSerializer, filterset_class=SuggestionFilter)
+        return list_response(
+            self, qs, s.SuggestionSerializer, filterset_class=SuggestionFilter, prepare=with_echoes
+        )
 
     @extend_schema(responses=dict)
     @action(detail=True, url_path="detector-retrain", url_name="detector-retrain")
@@ -284,12 +300,10 @@ class ImageLabelsViewSet(NumericIds, viewsets.GenericViewSet):
     def suggestions(self, request, pk=None):
         """The image's suggestions (all statuses), for the workspace overlay."""
         image = image_for(request, pk)
-        qs = (
-            image.suggestions.filter(same_as__isnull=True)
-            .select_related("image", "model_version", "decided_by", "category")
-            .prefetch_related(ECHOES)
+        qs = image.suggestions.filter(same_as__isnull=True).select_related(
+            "image", "model_version", "decided_by", "category"
         )
-        return Response(s.SuggestionSerializer(qs, many=True).data)
+        return Response(s.SuggestionSerializer(with_echoes(list(qs)), many=True).data)
 
     @extend_schema(responses=dict)
     @action(detail=True)

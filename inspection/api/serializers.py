@@ -1,8 +1,8 @@
 """API representations. Writes go through services; these only shape data."""
 
-from django.urls import reverse
 from rest_framework import serializers
 
+from inspection.api.base import FastRepresentation, url_for
 from inspection.models import (
     Image,
     InspectionRun,
@@ -68,7 +68,13 @@ class MemberWriteSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
-class ImageSerializer(serializers.ModelSerializer):
+def _has_heatmap(image: Image) -> bool:
+    """From the list's ``has_heatmap`` annotation when there is one, else its heatmaps."""
+    has = getattr(image, "has_heatmap", None)
+    return bool(has) if has is not None else len(image.heatmaps.all()) > 0
+
+
+class ImageSerializer(FastRepresentation, serializers.ModelSerializer):
     uploaded_by = serializers.CharField(
         source="uploaded_by.username", default=None, read_only=True, allow_null=True
     )
@@ -116,20 +122,16 @@ class ImageSerializer(serializers.ModelSerializer):
 
     def get_urls(self, obj) -> dict:
         return {
-            "original": reverse("api-image-original", args=[obj.pk]),
-            "thumbnail": reverse("api-image-thumbnail", args=[obj.pk])
-            if obj.thumbnail_path
-            else None,
-            "dzi": reverse("api-image-dzi", args=[obj.pk]) if obj.pyramid_path else None,
-            "heatmap": reverse("api-image-heatmap", args=[obj.pk])
-            if len(obj.heatmaps.all())
-            else None,
+            "original": url_for("api-image-original", obj.pk),
+            "thumbnail": url_for("api-image-thumbnail", obj.pk) if obj.thumbnail_path else None,
+            "dzi": url_for("api-image-dzi", obj.pk) if obj.pyramid_path else None,
+            "heatmap": url_for("api-image-heatmap", obj.pk) if _has_heatmap(obj) else None,
             # ?v= changes with every alignment: the files are cached as immutable
-            "reference_dzi": reverse("api-image-reference-dzi", args=[obj.pk])
+            "reference_dzi": url_for("api-image-reference-dzi", obj.pk)
             + f"?v={(obj.alignment or {}).get('stamp', '')}"
             if obj.reference_pyramid_path
             else None,
-            "difference": reverse("api-image-difference", args=[obj.pk])
+            "difference": url_for("api-image-difference", obj.pk)
             + f"?v={(obj.alignment or {}).get('stamp', '')}"
             if obj.difference_path
             else None,
