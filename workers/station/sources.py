@@ -302,7 +302,7 @@ class Prefetched(Iterator[Frame]):
     """``frames`` read ahead on a thread (``depth`` frames at most): a video's next frames are
     decoded while the model looks at these (OpenCV's decoder releases the GIL). ``prepare``
     (optional) runs on that thread too, on each frame (the station shrinks it to the model's
-    input there: a 1080p frame to 256 px is 6.5 ms, as long as half the network pass). Errors
+    input there, off the model's thread). Errors
     of the source, and of ``prepare``, come out here, in order; :meth:`waiting` says how many
     frames are ready (the loop batches them); closing this iterator (or dropping it) stops the
     thread."""
@@ -369,4 +369,5 @@ class Prefetched(Iterator[Frame]):
         self.consumer.close()
 
     def __del__(self) -> None:
-        self.close()
+        if getattr(self, "consumer", None) is not None:
+            self.close()
