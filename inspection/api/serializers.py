@@ -369,7 +369,7 @@ class StationUpdateSerializer(StationSerializer):
         read_only_fields = [*StationSerializer.Meta.read_only_fields, "project", "name"]
 
 
-class StationResultSerializer(serializers.ModelSerializer):
+class StationResultSerializer(FastRepresentation, serializers.ModelSerializer):
     class Meta:
         model = StationResult
         fields = [

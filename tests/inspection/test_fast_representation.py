@@ -19,9 +19,10 @@ from annotations.services.categories import category_create
 from annotations.services.labels import annotation_create
 from annotations.services.suggestions import SuggestionIn, suggestions_store
 from inspection.api.base import url_for
-from inspection.api.serializers import ImageSerializer
-from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion
+from inspection.api.serializers import ImageSerializer, StationResultSerializer
+from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion, StationResult
 from inspection.services.images import IncomingFile, image_build_derivatives, image_store_one
+from inspection.services.stations import station_create, station_results_record
 from workers.anomaly.regions import Region
 
 pytestmark = pytest.mark.django_db
@@ -121,3 +122,27 @@ def test_fast_rows_are_drfs_rows(team, tmp_path, client_for):
     assert rows == [drf(ser, x) for x in suggestions]
     assert {r["decided_by"] for r in rows} == {None, "padmin"}
     assert {r["category_name"] for r in rows} == {None, "scratch"}
+
+    # a station's results, as a PLC gateway or an MES pages through them
+    station = station_create(user=admin, project=project, name="line-1", source=str(tmp_path))
+    common = {"source_name": "line.avi", "latency_ms": 30.5, "skipped": 0}
+    station_results_record(
+        station=station,
+        rows=[
+            {**common, "key": "line.avi#0", "at": timezone.now(), "frame_number": 0,
+             "verdict": "ok", "score": 0.1, "regions": [], "error": "",
+             "model_version_id": None, "image_id": None},
+            {**common, "key": "line.avi#1", "at": timezone.now(), "frame_number": 1,
+             "verdict": "ng", "score": 0.9, "regions": [{"box": [1, 2, 3, 4], "score": 0.9}],
+             "error": "", "model_version_id": version.pk, "image_id": full.pk},
+            {**common, "key": "line.avi#2", "at": timezone.now(), "frame_number": None,
+             "verdict": "failed", "score": None, "regions": [], "error": "unreadable",
+             "model_version_id": None, "image_id": None},
+        ],
+    )  # fmt: skip
+    results = list(StationResult.objects.filter(station=station).order_by("id"))
+    ser = StationResultSerializer()
+    rows = [ser.to_representation(r) for r in results]
+    assert rows == [drf(ser, r) for r in results]
+    assert [r["image"] for r in rows] == [None, full.pk, None]
+    assert rows[1]["regions"] == [{"box": [1, 2, 3, 4], "score": 0.9}]
