@@ -59,9 +59,12 @@ def test_login_upload_and_deep_zoom(page, live_server, celery_worker, make_user,
         "request",
         lambda req: "/dzi/image_files/" in req.url and levels.append(int(req.url.split("/")[-2])),
     )
-    page.evaluate(
-        "() => { const v = window.loupeWorkspace.viewer; v.viewport.zoomTo(v.viewport.imageToViewportZoom(1.0), null, true); }"
-    )
+    # getFullyLoaded() is still true from the previous zoom until the viewer's next frame asks
+    # for the new level's tiles: wait for the first full-resolution request before asking it
+    with page.expect_request(lambda req: "/dzi/image_files/13/" in req.url, timeout=30_000):
+        page.evaluate(
+            "() => { const v = window.loupeWorkspace.viewer; v.viewport.zoomTo(v.viewport.imageToViewportZoom(1.0), null, true); }"
+        )
     page.wait_for_function(
         "() => window.loupeWorkspace.viewer.world.getItemAt(0).getFullyLoaded()", timeout=30_000
     )
