@@ -80,7 +80,10 @@ class TrainConfig:
     penalty_dir: str | None = None
     tile_overlap: float = 0.25
     calibration_fraction: float = 0.15
-    pixel_quantile: float = 0.999
+    # expected shares of normal images with a suggested region / judged anomalous: the pixel
+    # and image thresholds (docs/anomaly.md, "Calibration", has the measurements behind them)
+    suggest_rate: float = 0.25
+    flag_rate: float = 0.05
     coreset_ratio: float = 0.1
     max_memory_bank: int = 20_000
     max_candidates: int = 200_000
@@ -111,8 +114,13 @@ class TrainConfig:
             raise ConfigError("tile_overlap must be a fraction in [0, 0.9)")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("steps and batch_size must be >= 1")
-        if not 0 < self.pixel_quantile <= 1:
-            raise ConfigError("pixel_quantile must be in (0, 1]")
+        for name in ("suggest_rate", "flag_rate"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a share of normal images in (0, 1)")
+        if self.flag_rate > self.suggest_rate:
+            raise ConfigError(
+                "flag_rate must not exceed suggest_rate (a flagged image has a region)"
+            )
         if self.coarse_pass and self.scale is None:
             raise ConfigError("coarse_pass adds a whole-image pass to a tiled model: set scale")
 

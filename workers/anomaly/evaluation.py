@@ -46,7 +46,8 @@ def evaluate(
     progress: ProgressCallback | None = None,
 ) -> EvalResult:
     """Predict every sample and compute image AUROC, pixel AUROC, AU-PRO (FPR <= 0.3), region
-    recall at <= 1 false region per good image, and timings (ms/image, ms/megapixel, peak RSS).
+    recall at <= 1 false region per good image, recall and false regions per good image as
+    suggested (at the calibrated threshold), and timings (ms/image, ms/megapixel, peak RSS).
     """
     config = config or PredictConfig()
     progress = progress or (lambda f, m: None)
@@ -72,16 +73,20 @@ def evaluate(
         small_masks.append(metrics.resize_mask(mask, heat.shape))
         regions.append(pred.regions)
         full_masks.append(mask if sample.is_anomalous else None)
-        per_image.append(
-            {
-                "image": str(sample.image),
-                "defect_type": sample.defect_type,
-                "score": pred.image_score,
-                "regions": len(pred.regions),
-            }
-        )
+        row = {
+            "image": str(sample.image),
+            "defect_type": sample.defect_type,
+            "anomalous": sample.is_anomalous,
+            "score": pred.image_score,
+            "regions": len(pred.regions),
+        }
+        if sample.is_anomalous:  # its ground-truth regions, and those hit as suggested
+            one = metrics.region_recall([pred.regions], [mask], max_false=None)
+            row.update(gt_regions=one.gt_regions, hit_regions=one.hit)
+        per_image.append(row)
         progress((i + 1) / len(samples), f"evaluated {i + 1}/{len(samples)}")
     rstats = metrics.region_recall(regions, full_masks)
+    as_suggested = metrics.region_recall(regions, full_masks, max_false=None)
     n = max(1, len(samples))
     result = {
         "images": len(samples),
@@ -91,8 +96,38 @@ def evaluate(
         "region_recall": rstats.recall,
         "region_gt": rstats.gt_regions,
         "region_false_per_good_image": rstats.false_per_normal_image,
+        # as suggested, at the calibrated threshold (what calibration decides)
+        "recall_at_threshold": as_suggested.recall,
+        "false_per_good_image_at_threshold": as_suggested.false_per_normal_image,
+        "good_images_flagged": sum(s >= 0.5 for s, a in zip(scores, labels, strict=True) if not a),
+        "defect_images_flagged": sum(s >= 0.5 for s, a in zip(scores, labels, strict=True) if a),
         "ms_per_image": 1000 * seconds / n,
         "ms_per_megapixel": 1000 * seconds / max(megapixels, 1e-9),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    result["intervals"] = intervals(per_image)
     return EvalResult(metrics=result, per_image=per_image)
+
+
+def intervals(per_image: list[dict]) -> dict:
+    """95 % bootstrap intervals over the images (1000 resamples) of the image AUROC, the recall
+    as suggested and the false regions per good image (``[lo, hi]``, None where undefined)."""
+
+    def auroc(rows):
+        return metrics.image_auroc([r["score"] for r in rows], [r["anomalous"] for r in rows])
+
+    def recall(rows):
+        gt = sum(r["gt_regions"] for r in rows)
+        return sum(r["hit_regions"] for r in rows) / gt if gt else None
+
+    def false_per_good(rows):
+        return sum(r["regions"] for r in rows) / len(rows)
+
+    defects = [r for r in per_image if r["anomalous"]]
+    goods = [r for r in per_image if not r["anomalous"]]
+    out = {
+        "image_auroc": metrics.bootstrap_interval(per_image, auroc),
+        "recall_at_threshold": metrics.bootstrap_interval(defects, recall),
+        "false_per_good_image_at_threshold": metrics.bootstrap_interval(goods, false_per_good),
+    }
+    return {k: [round(v[0], 4), round(v[1], 4)] if v else None for k, v in out.items()}

@@ -6,6 +6,7 @@ averaging and re-binarised at 0.5, so a thin defect is not lost by nearest-neigh
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -91,22 +92,25 @@ class RegionStats:
 def region_recall(
     regions: list[list[Region]],
     masks: list[np.ndarray | None],
-    max_false: float = 1.0,
+    max_false: float | None = 1.0,
 ) -> RegionStats:
     """Share of ground-truth regions hit by a suggestion, with <= ``max_false`` per good image.
 
     ``masks`` are full-resolution boolean masks, None for good images. A ground-truth component
     is hit when a suggestion's polygon covers at least one of its pixels. The score cut is the
-    lowest region peak score at which good images carry at most ``max_false`` regions on average.
+    lowest region peak score at which good images carry at most ``max_false`` regions on average;
+    ``None``: no cut, every region as suggested (the model's calibrated threshold decides).
     """
     normal_peaks = sorted(
         (r.peak_score for rs, m in zip(regions, masks, strict=True) if m is None for r in rs),
         reverse=True,
     )
     n_normal = sum(1 for m in masks if m is None)
-    allowed = int(np.floor(max_false * n_normal))
-    # cut just above the (allowed+1)-th highest false peak
-    cut = normal_peaks[allowed] + 1e-9 if len(normal_peaks) > allowed else -np.inf
+    cut = -np.inf
+    if max_false is not None:
+        allowed = int(np.floor(max_false * n_normal))
+        if len(normal_peaks) > allowed:  # cut just above the (allowed+1)-th highest false peak
+            cut = normal_peaks[allowed] + 1e-9
     gt, hit = 0, 0
     for rs, m in zip(regions, masks, strict=True):
         if m is None:
@@ -128,3 +132,23 @@ def region_recall(
         hit=hit,
         false_per_normal_image=kept_false / n_normal if n_normal else float("nan"),
     )
+
+
+def bootstrap_interval(
+    items: Sequence, statistic: Callable[[list], float], n: int = 1000, seed: int = 0
+) -> tuple[float, float] | None:
+    """95 % percentile bootstrap interval of ``statistic`` over ``items`` resampled with
+    replacement (resamples where it is undefined, NaN or None, are left out); None without
+    items or when no resample defines it."""
+    if not items:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        value = statistic([items[i] for i in rng.integers(len(items), size=len(items))])
+        if value is not None and np.isfinite(value):
+            values.append(value)
+    if not values:
+        return None
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +41,16 @@ class TrainResult:
     artifact_path: Path
     model_id: str
     metrics: dict
+    calibration: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """JSON-serialisable dict."""
-        return {"artifact_path": str(self.artifact_path), "model_id": self.model_id, **self.metrics}
+        """JSON-serialisable dict (the calibration under ``"calibration"``)."""
+        return {
+            "artifact_path": str(self.artifact_path),
+            "model_id": self.model_id,
+            **self.metrics,
+            "calibration": self.calibration,
+        }
 
 
 def train(
@@ -66,14 +72,8 @@ def train(
     # in <out_dir>/coarse and referenced by the main artifact; trained first so that the main
     # model.pt (written last, atomically) never points at a missing coarse model.
     coarse_config = replace(config, scale=None, coarse_pass=False)
-    # its map joins the tiled one at full size, so it takes the tiled threshold rule too
     coarse = _train_one(
-        coarse_config,
-        normal_image_paths,
-        Path(out_dir) / "coarse",
-        Phase(progress, 0, 0.3),
-        None,
-        peak_floor=True,
+        coarse_config, normal_image_paths, Path(out_dir) / "coarse", Phase(progress, 0, 0.3), None
     )
     return _train_one(config, normal_image_paths, out_dir, Phase(progress, 0.3, 1.0), coarse)
 
@@ -84,12 +84,8 @@ def _train_one(
     out_dir: str | Path,
     progress: ProgressCallback,
     coarse: TrainResult | None,
-    peak_floor: bool | None = None,
 ) -> TrainResult:
-    """One model; ``peak_floor`` (default: tiled models) raises the pixel threshold to the
-    typical normal image's peak (see :func:`~workers.anomaly.calibration.calibrate`)."""
-    if peak_floor is None:
-        peak_floor = config.scale is not None
+    """One model (the main one, or a tiled model's whole-image pass)."""
     configure_offline(Path(config.models_dir) if config.models_dir else None)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
@@ -133,9 +129,9 @@ def _train_one(
     calibration = calibrate(
         loaded,
         cal_paths or train_paths,
-        config.pixel_quantile,
+        config.suggest_rate,
+        config.flag_rate,
         Phase(progress, 0.88, 0.99),
-        peak_floor,
     )
     calibration["on_training_images"] = not cal_paths
     loaded.calibration = calibration
@@ -148,7 +144,9 @@ def _train_one(
         coarse_model_id=coarse.model_id if coarse else None,
     )
     progress(1.0, "done")
-    return TrainResult(artifact_path=path, model_id=loaded.model_id, metrics=metrics)
+    return TrainResult(
+        artifact_path=path, model_id=loaded.model_id, metrics=metrics, calibration=calibration
+    )
 
 
 def _split(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
