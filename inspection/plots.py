@@ -19,3 +19,18 @@ def curve_svg_points(
         f"{pad + r * (width - 2 * pad):.1f},{height - pad - p * (height - 2 * pad):.1f}"
         for r, p in pts
     )
+
+
+def dot_whisker(
+    value: float | None, interval: list | None, *, width: int = 120, pad: int = 6
+) -> dict | None:
+    """Pixel positions on a 0-1 axis of ``width`` px for a figure and its interval (an inline
+    SVG dot with a whisker); None without a figure."""
+    if value is None:
+        return None
+
+    def x(v: float) -> float:
+        return round(pad + min(max(v, 0.0), 1.0) * (width - 2 * pad), 1)
+
+    lo, hi = interval if interval else (value, value)
+    return {"x": x(value), "lo": x(lo), "hi": x(hi)}

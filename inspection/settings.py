@@ -225,6 +225,7 @@ SPECTACULAR_SETTINGS = {
         "SuggestionStatusEnum": "annotations.models.Suggestion.Status",
         "StationStatusEnum": "inspection.models.Station.Status",
         "VerdictEnum": "inspection.models.StationResult.Verdict",
+        "AnomalyArchitectureEnum": "inspection.services.inspections.ARCHITECTURES",
     },
 }
 

@@ -9,11 +9,12 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 
 from inspection import selectors
 from inspection.models import InspectionRun, Job, ModelVersion, Project, Role, Station
 from inspection.permissions import has_role, require_role
-from inspection.plots import curve_svg_points
+from inspection.plots import curve_svg_points, dot_whisker
 from inspection.services import jobs as job_services
 from inspection.services import projects as project_services
 from inspection.services.inspections import (
@@ -22,6 +23,7 @@ from inspection.services.inspections import (
     aligned_pairs,
     change_calibration_images,
     images_outside_trained_size,
+    latest_comparison,
     training_geometry_hint,
     training_images,
 )
@@ -143,6 +145,8 @@ def models_page(request, pk):
             "inspection": inspection_settings(project),
             "inspection_defaults": INSPECTION_DEFAULTS,
             "size_mismatch": images_outside_trained_size(active_model(project)),
+            "calibration": _calibration_data(project),
+            "comparison": _comparison(project),
             "change": {
                 "pairs": aligned_pairs(project).count(),
                 "calibration_pairs": change_calibration_images(project).count(),
@@ -150,6 +154,60 @@ def models_page(request, pk):
             },
         },
     )
+
+
+def _comparison(project: Project) -> dict | None:
+    """The newest model comparison: its job, and its table's rows with their versions (as they
+    are now: active, deleted) and the plot's dots and whiskers."""
+    job = latest_comparison(project)
+    if job is None:
+        return None
+    rows = (job.result or {}).get("rows") or []
+    versions = ModelVersion.objects.in_bulk([r["model_version"] for r in rows])
+    out = []
+    for r in rows:
+        f = r.get("figures") or {}
+        intervals = f.get("intervals") or {}
+        out.append(
+            {
+                **r,
+                "f": f,
+                "ci": intervals,
+                "version": versions.get(r["model_version"]),
+                "auroc_dot": dot_whisker(f.get("image_auroc"), intervals.get("image_auroc")),
+                "recall_dot": dot_whisker(
+                    f.get("recall_at_threshold"), intervals.get("recall_at_threshold")
+                ),
+            }
+        )
+    return {"job": job, "rows": out, "result": job.result or {}}
+
+
+def _calibration_data(project: Project) -> dict | None:
+    """What the threshold card draws (static/loupe/thresholds.js): the active anomaly model's
+    held-out normal images' peaks as calibrated scores, the expected share of normal images
+    with a suggestion per threshold (both from the worker's calibration), the project's
+    threshold, and where its reviewed suggestions are. None without an active anomaly model;
+    ``missing`` for a model trained before the calibration kept its normal images' peaks."""
+    version = active_model(project)
+    if version is None:
+        return None
+    cal = (version.metrics or {}).get("calibration") or {}
+    out = {"version": version.number, "architecture": version.architecture}
+    if not cal.get("normal_peaks"):
+        return {**out, "missing": True}
+    return {
+        **out,
+        "model_version": version.pk,
+        "peaks": cal["normal_peaks"],
+        "expected_share": cal["expected_share"],
+        "on_training_images": bool(cal.get("on_training_images")),
+        "unlike_normals": cal.get("unlike_normals", 0),
+        "suggest_rate": cal.get("suggest_rate"),
+        "flag_rate": cal.get("flag_rate"),
+        "threshold": inspection_settings(project)["threshold"],
+        "suggestions_url": reverse("api-project-suggestions", args=[project.pk]),
+    }
 
 
 def _with_class_rows(versions) -> list[ModelVersion]:

@@ -251,6 +251,19 @@ class TrainSerializer(serializers.Serializer):
     activate = serializers.BooleanField(default=True)
 
 
+class CompareSerializer(serializers.Serializer):
+    architectures = serializers.ListField(
+        child=serializers.ChoiceField(choices=ARCHITECTURES),
+        min_length=1,
+        max_length=6,
+        help_text="The anomaly models to train on the same normal images and score on the "
+        "project's reviewed images.",
+    )
+    params = serializers.DictField(
+        required=False, default=dict, help_text="Training parameters shared by all of them."
+    )
+
+
 class RunSerializer(_MadeByAJobSerializer):
     class Meta:
         model = InspectionRun

@@ -152,6 +152,33 @@ class ProjectViewSet(NumericIds, viewsets.ModelViewSet):
             )
         return Response(s.ModelVersionSerializer(version).data, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(methods=["GET"], responses=s.JobSerializer)
+    @extend_schema(methods=["POST"], request=s.CompareSerializer, responses={202: s.JobSerializer})
+    @action(
+        detail=True,
+        methods=["get", "post"],
+        url_path="model-comparisons",
+        url_name="model-comparisons",
+        pagination_class=None,
+    )
+    def model_comparisons(self, request, pk=None):
+        """POST to compare anomaly models on the project's own reviewed images (202 with the
+        job; one new version per architecture, none made active); GET the newest comparison's
+        job, whose ``result.rows`` is the table (404 before the first)."""
+        project = self.get_object()
+        if request.method == "GET":
+            job = inspection_services.latest_comparison(project)
+            if job is None:
+                raise Http404("No model comparison in this project yet.")
+        else:
+            data = s.CompareSerializer(data=request.data)
+            data.is_valid(raise_exception=True)
+            job = inspection_services.model_comparison_start(
+                user=request.user, project=project, **data.validated_data
+            )
+        code = status.HTTP_200_OK if request.method == "GET" else status.HTTP_202_ACCEPTED
+        return Response(s.JobSerializer(job, context={"request": request}).data, status=code)
+
     @extend_schema(methods=["GET"], responses=s.RunSerializer(many=True))
     @extend_schema(methods=["POST"], request=s.RunStartSerializer, responses={202: s.RunSerializer})
     @action(detail=True, methods=["get", "post"])

@@ -107,6 +107,71 @@ def model_version_train(
     )
 
 
+# A comparison scores the models on this share of the normal images (every n-th by id, at
+# least one), trained on the rest, and on every image with reviewed labels.
+COMPARE_NORMAL_EVERY = 5
+MAX_COMPARED = 6
+
+
+def model_comparison_start(
+    *, user, project: Project, architectures: list[str], params: dict | None = None
+) -> Job:
+    """Start a comparison (the leaderboard, project admins): one new version per architecture,
+    all trained on the same normal images, then scored on the normal images set aside here and
+    on the images with reviewed labels (workers/tasks/anomaly_compare.py). No version becomes
+    active: an admin activates the one the table says is best."""
+    require_role(user, project, Role.ADMIN)
+    chosen = list(dict.fromkeys(architectures or []))
+    if not chosen or len(chosen) > MAX_COMPARED or set(chosen) - set(ARCHITECTURES):
+        raise ValidationError(
+            {"architectures": f"Choose 1 to {MAX_COMPARED} of {', '.join(ARCHITECTURES)}."}
+        )
+    params = dict(params or {})
+    unknown = set(params) - TRAIN_PARAMS
+    if unknown:
+        raise ValidationError({"params": f"Unknown parameter(s): {', '.join(sorted(unknown))}."})
+    _check_geometry(params)
+    ids = list(training_images(project).order_by("id").values_list("id", flat=True))
+    scoring = ids[::COMPARE_NORMAL_EVERY]
+    training = [i for i in ids if i not in set(scoring)]
+    if len(training) < MIN_NORMAL_IMAGES:
+        raise ValidationError(
+            f"A comparison needs at least {MIN_NORMAL_IMAGES + 1} normal images (one in "
+            f"{COMPARE_NORMAL_EVERY} is kept aside to score the models); the project has {len(ids)}."
+        )
+    with transaction.atomic():
+        versions = [
+            _new_version(
+                user=user,
+                project=project,
+                kind=ModelVersion.Kind.ANOMALY,
+                architecture=a,
+                params={"model": a, **params},
+                image_ids=training,
+            )
+            for a in chosen
+        ]
+        job = job_enqueue(
+            kind="anomaly_compare",
+            user=user,
+            project=project,
+            payload={
+                "versions": [v.pk for v in versions],
+                "architectures": chosen,
+                "eval_normal_ids": scoring,
+            },
+        )
+        ModelVersion.objects.filter(pk__in=[v.pk for v in versions]).update(job=job)
+    return job
+
+
+def latest_comparison(project: Project) -> Job | None:
+    """The project's newest comparison job (the models page shows its table)."""
+    return (
+        Job.objects.filter(project=project, kind="anomaly_compare").order_by("-created_at").first()
+    )
+
+
 # A detector's boxes under this confidence are not suggested (SAHI merges what is left).
 DETECTION_SCORE_THRESHOLD = 0.3
 
@@ -193,18 +258,13 @@ def model_version_create(
     """A new version (numbered per project and kind) and its training job (callers checked the
     role and the parameters)."""
     with transaction.atomic():
-        number = (
-            ModelVersion.objects.filter(project=project, kind=kind).aggregate(n=Max("number"))["n"]
-            or 0
-        ) + 1
-        version = ModelVersion.objects.create(
+        version = _new_version(
+            user=user,
             project=project,
-            number=number,
             kind=kind,
             architecture=architecture,
             params=params,
             image_ids=image_ids,
-            created_by=user,
         )
         version.job = job_enqueue(
             kind=JOB_KINDS[kind]["train"],
@@ -214,6 +274,24 @@ def model_version_create(
         )
         version.save(update_fields=["job"])
     return version
+
+
+def _new_version(
+    *, user, project: Project, kind: str, architecture: str, params: dict, image_ids: list[int]
+) -> ModelVersion:
+    """The next version number of this kind in the project (call inside a transaction)."""
+    number = (
+        ModelVersion.objects.filter(project=project, kind=kind).aggregate(n=Max("number"))["n"] or 0
+    ) + 1
+    return ModelVersion.objects.create(
+        project=project,
+        number=number,
+        kind=kind,
+        architecture=architecture,
+        params=params,
+        image_ids=image_ids,
+        created_by=user,
+    )
 
 
 def model_version_activate(*, user, model_version: ModelVersion) -> ModelVersion:

@@ -349,6 +349,20 @@
         } catch (err) { out.textContent = "Not started: " + err.message; }
       });
     }
+    // the leaderboard: train the ticked models, score them on the reviewed images
+    const compare = document.getElementById("compare-form");
+    if (compare) {
+      compare.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        const out = document.getElementById("compare-status");
+        const architectures = new FormData(compare).getAll("architectures");
+        if (!architectures.length) { out.textContent = "Tick at least one model."; return; }
+        try {
+          const job = await api(root.dataset.comparisonsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ architectures }) });
+          follow(out, job.id, () => window.location.reload());
+        } catch (err) { out.textContent = "Not started: " + err.message; }
+      });
+    }
     document.querySelectorAll("[data-activate]").forEach((b) => b.addEventListener("click", async () => {
       try { await api(b.dataset.activate, { method: "POST" }); window.location.reload(); } catch (err) { alert(err.message); }
     }));

@@ -99,3 +99,40 @@ def test_train_tiles_and_inspect_from_the_models_page(page, celery_worker, team,
     assert any(
         bx0 <= x1 and bx1 >= x0 and by0 <= y1 and by1 >= y0 for bx0, by0, bx1, by1 in found
     ), found
+
+    # the threshold card: where the held-out normal images peak, and what a threshold does
+    from annotations.services.categories import category_create
+    from annotations.services.review import suggestion_accept, suggestion_reject
+
+    on_scratch = [
+        s
+        for s in Suggestion.objects.filter(image=scratched, model_version=version)
+        if (b := bounds(s.geometry))[0] <= x1 and b[2] >= x0 and b[1] <= y1 and b[3] >= y0
+    ]
+    scratch_category = category_create(user=admin, project=project, name="scratch")
+    suggestion_accept(user=admin, suggestion=on_scratch[0], category_id=scratch_category.pk)
+    others = list(Suggestion.objects.filter(model_version=version, status="pending"))
+    for s in others:
+        suggestion_reject(user=admin, suggestion=s)
+    page.goto(f"/projects/{project.pk}/models/")
+    card = page.locator("#threshold-card")
+    card.locator("rect.bar").first.wait_for()
+    page.locator(f'#threshold-card[data-reviewed="{1 + len(others)}"]').wait_for()
+    calibration = ModelVersion.objects.get(pk=version.pk).metrics["calibration"]
+    held_out = len(calibration["normal_peaks"])
+    bars = card.locator("rect.bar")
+    assert (
+        sum(int(bars.nth(i).get_attribute("data-count")) for i in range(bars.count())) == held_out
+    )
+    text = card.locator(".threshold-effect").inner_text()
+    assert "From a score of 0.5: about 25 % of normal images would get a suggestion" in text
+    assert f"peaks of {held_out} held-out normal image" in text
+    assert f"1 of 1 accepted and {len(others)} of {len(others)} rejected" in text
+    assert card.locator("line.tick-accepted").count() == 1
+    # an admin types a higher threshold: the card follows before anything is saved
+    page.fill("#inspection-form input[name=threshold]", "4")
+    card.locator('line.project-threshold[data-threshold="4"]').wait_for(state="attached")
+    text = card.locator(".threshold-effect").inner_text()
+    assert "From a score of 4:" in text and "about 25 %" not in text
+    strong = on_scratch[0].score >= 4
+    assert f"{int(strong)} of 1 accepted" in text

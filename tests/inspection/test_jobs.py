@@ -28,6 +28,7 @@ KINDS = {
     "reference_propose": ("cpu", "Reference proposal"),
     "change_calibrate": ("gpu", "Change detector calibration"),
     "change_inspect": ("gpu", "Change run"),
+    "anomaly_compare": ("gpu", "Anomaly model comparison"),
 }
 
 

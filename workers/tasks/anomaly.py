@@ -47,45 +47,14 @@ def _progress(ctx: JobContext, start: float, span: float):
 
 @job_task("anomaly_train", queue="gpu", label="Anomaly model training")
 def train_anomaly_model(job, ctx: JobContext) -> dict:
-    anomaly = _engine()
     version = ModelVersion.objects.select_related("project").get(pk=job.payload["model_version"])
     try:
         images = list(Image.objects.filter(pk__in=version.image_ids).order_by("id"))
         if len(images) < 2:
             raise JobError("Fewer than 2 of the training images still exist; nothing to train on.")
-        params = {k: v for k, v in version.params.items() if k != "model"}
-        config = anomaly.recommended_config(**{"model": version.architecture, **params})
         with tempfile.TemporaryDirectory(prefix="loupe-train-") as tmp:
-            paths = [
-                imaging.upright_copy(storage.fetched(i.file.name, Path(tmp)), i.orientation, tmp)
-                for i in images
-            ]
-            how = f"tiles at scale {config.scale:g}" if config.scale else "whole images"
-            ctx.progress(
-                0.02,
-                f"Training {version.architecture} on {len(paths)} normal images ({how})",
-                force=True,
-            )
-            try:
-                result = anomaly.train(
-                    config, paths, Path(tmp) / "model", progress=_progress(ctx, 0.02, 0.9)
-                )
-            except anomaly.Cancelled:
-                raise JobCancelled() from None
-            except anomaly.AnomalyError as exc:
-                raise JobError(str(exc)) from None
-            model_dir = Path(result.artifact_path).parent
-            ctx.progress(0.93, "Exporting the model for CPU inference (OpenVINO)", force=True)
-            exports = _export_for_cpu(model_dir, version.architecture, paths)
-            prefix = f"projects/{version.project_id}/models/{uuid.uuid4()}"
-            storage.save_tree(model_dir, prefix)  # coarse/ and the exports included
-        version.artifact = f"{prefix}/{Path(result.artifact_path).name}"
-        version.metrics = {
-            **{k: v for k, v in result.to_dict().items() if k != "artifact_path"},
-            "exports": exports,
-        }
-        version.status = ModelVersion.Status.READY
-        version.save(update_fields=["artifact", "metrics", "status"])
+            paths = upright_copies(images, Path(tmp))
+            train_version(version, paths, ctx, 0.02, 0.98)
     except BaseException:
         ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.FAILED)
         raise
@@ -98,6 +67,55 @@ def train_anomaly_model(job, ctx: JobContext) -> dict:
         "metrics": version.metrics,
         "message": f"{version.architecture} v{version.number} trained on {len(version.image_ids)} images",
     }
+
+
+def upright_copies(images: list[Image], folder: Path) -> list[Path]:
+    """Local copies of the images as people see them (EXIF orientation applied), in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        imaging.upright_copy(storage.fetched(i.file.name, folder), i.orientation, str(folder))
+        for i in images
+    ]
+
+
+def train_version(
+    version: ModelVersion, paths: list[Path], ctx: JobContext, start: float, span: float
+) -> None:
+    """Train ``version`` on ``paths`` (its normal images, upright), export it for CPU workers,
+    store it and mark it ready; progress from ``start`` over ``span`` of the job. Raises
+    :class:`JobError` when the engine refuses, :class:`JobCancelled` when cancelled."""
+    anomaly = _engine()
+    params = {k: v for k, v in version.params.items() if k != "model"}
+    config = anomaly.recommended_config(**{"model": version.architecture, **params})
+    how = f"tiles at scale {config.scale:g}" if config.scale else "whole images"
+    ctx.progress(
+        start,
+        f"Training {version.architecture} on {len(paths)} normal images ({how})",
+        force=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="loupe-model-") as tmp:
+        try:
+            result = anomaly.train(
+                config, paths, Path(tmp) / "model", progress=_progress(ctx, start, span * 0.9)
+            )
+        except anomaly.Cancelled:
+            raise JobCancelled() from None
+        except anomaly.AnomalyError as exc:
+            raise JobError(str(exc)) from None
+        model_dir = Path(result.artifact_path).parent
+        ctx.progress(
+            start + span * 0.93, "Exporting the model for CPU inference (OpenVINO)", force=True
+        )
+        exports = _export_for_cpu(model_dir, version.architecture, paths)
+        prefix = f"projects/{version.project_id}/models/{uuid.uuid4()}"
+        storage.save_tree(model_dir, prefix)  # coarse/ and the exports included
+    version.artifact = f"{prefix}/{Path(result.artifact_path).name}"
+    version.metrics = {
+        **{k: v for k, v in result.to_dict().items() if k != "artifact_path"},
+        "exports": exports,
+    }
+    version.status = ModelVersion.Status.READY
+    version.save(update_fields=["artifact", "metrics", "status"])
 
 
 def _export_for_cpu(model_dir: Path, architecture: str, normal_images: list[Path]) -> dict:

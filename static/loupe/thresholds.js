@@ -1,0 +1,164 @@
+/* The models page's threshold card: where the active anomaly model's held-out normal images
+ * peak (a histogram of their calibrated peak scores), the model's threshold (0.5) and the
+ * project's "score from", and what that setting is expected to do: the share of normal images
+ * that would get a suggestion (the calibration's fit of the peaks, tabulated by the worker) and,
+ * once suggestions of that model are reviewed, how many accepted and rejected ones it keeps.
+ * It follows the settings form's threshold field as it is typed.
+ *
+ * A classic script like app.js: it sets window.LoupeThresholds. The helpers above init() use no
+ * DOM; tests/js/thresholds.test.mjs runs them in Node.
+ */
+(function () {
+  "use strict";
+
+  /* The expected share at threshold t, linear between the table's [t, share] rows (sorted by
+     t); the first or last row's share outside them. */
+  function shareAt(table, t) {
+    if (!table || !table.length || !isFinite(t)) return null;
+    if (t <= table[0][0]) return table[0][1];
+    for (let i = 1; i < table.length; i++) {
+      const [t1, s1] = table[i];
+      if (t <= t1) {
+        const [t0, s0] = table[i - 1];
+        return s0 + ((s1 - s0) * (t - t0)) / (t1 - t0);
+      }
+    }
+    return table[table.length - 1][1];
+  }
+
+  /* Counts per bin of `width` from 0 to xMax; values above xMax go to the last bin. */
+  function bins(values, width, xMax) {
+    const n = Math.max(1, Math.round(xMax / width));
+    const out = new Array(n).fill(0);
+    for (const v of values) {
+      if (!isFinite(v)) continue;
+      out[Math.min(n - 1, Math.max(0, Math.floor(v / width)))] += 1;
+    }
+    return out;
+  }
+
+  function percent(share) {
+    if (share == null) return "?";
+    const p = 100 * share;
+    if (p < 0.1) return "under 0.1 %";
+    return (p < 10 ? p.toFixed(1) : Math.round(p)) + " %";
+  }
+
+  const W = 420;
+  const H = 150;
+  const PAD = { left: 30, right: 10, top: 14, bottom: 34 };
+  const BIN = 0.1;
+
+  /* The histogram: bars of the normal images' peaks, a dashed line at the model's threshold
+     (0.5), a solid one at the project's, and the reviewed suggestions' scores as ticks under
+     the axis (accepted, rejected). */
+  function histogramSvg(opts) {
+    const peaks = opts.peaks || [];
+    const accepted = opts.accepted || [];
+    const rejected = opts.rejected || [];
+    const top = Math.max(1, opts.threshold || 0, ...peaks, ...accepted, ...rejected);
+    const xMax = Math.min(5, Math.ceil(top * 1.1 * 2) / 2);
+    const counts = bins(peaks, BIN, xMax);
+    const yMax = Math.max(1, ...counts);
+    const pw = W - PAD.left - PAD.right;
+    const ph = H - PAD.top - PAD.bottom;
+    const sx = (x) => +(PAD.left + (Math.min(x, xMax) / xMax) * pw).toFixed(1);
+    const bw = (BIN / xMax) * pw;
+    const parts = [
+      `<svg xmlns="http://www.w3.org/2000/svg" class="histogram" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" aria-label="Peak scores of ${peaks.length} held-out normal images">`,
+      `<line class="axis" x1="${PAD.left}" y1="${PAD.top + ph}" x2="${PAD.left + pw}" y2="${PAD.top + ph}"/>`,
+      `<text class="tick" x="${PAD.left - 4}" y="${PAD.top + 4}" text-anchor="end">${yMax}</text>`,
+    ];
+    counts.forEach((c, i) => {
+      if (!c) return;
+      const h = +((c / yMax) * ph).toFixed(1);
+      parts.push(`<rect class="bar" data-count="${c}" x="${(PAD.left + i * bw).toFixed(1)}" y="${(PAD.top + ph - h).toFixed(1)}" width="${Math.max(1, bw - 1).toFixed(1)}" height="${h}"/>`);
+    });
+    for (let x = 0; x <= xMax + 1e-9; x += xMax > 2.5 ? 1 : 0.5) {
+      parts.push(`<text class="tick" x="${sx(x)}" y="${PAD.top + ph + 12}" text-anchor="middle">${+x.toFixed(1)}</text>`);
+    }
+    const tickY = PAD.top + ph + 16;
+    for (const [cls, values] of [["accepted", accepted], ["rejected", rejected]]) {
+      for (const v of values) parts.push(`<line class="tick-${cls}" x1="${sx(v)}" y1="${tickY}" x2="${sx(v)}" y2="${tickY + 8}"/>`);
+    }
+    parts.push(`<line class="model-threshold" x1="${sx(0.5)}" y1="${PAD.top}" x2="${sx(0.5)}" y2="${PAD.top + ph}"/>`);
+    if (opts.threshold != null && isFinite(opts.threshold)) {
+      parts.push(`<line class="project-threshold" data-threshold="${opts.threshold}" x1="${sx(opts.threshold)}" y1="${PAD.top - 4}" x2="${sx(opts.threshold)}" y2="${PAD.top + ph}"/>`);
+    }
+    parts.push("</svg>");
+    return parts.join("");
+  }
+
+  /* What a threshold t does, in sentences (the reviewed part only where there are reviews). */
+  function effectText(data, t, reviewed) {
+    const peaks = data.peaks || [];
+    const reach = peaks.filter((p) => p >= t).length;
+    const lines = [
+      `From a score of ${+t.toFixed(3)}: about ${percent(shareAt(data.expected_share, t))} of normal images would get a suggestion ` +
+        `(fitted to the peaks of ${peaks.length} held-out normal image${peaks.length === 1 ? "" : "s"}; ${reach} of them reach it).`,
+    ];
+    if (data.unlike_normals) {
+      lines.push(`${data.unlike_normals} held-out image${data.unlike_normals === 1 ? " peaks" : "s peak"} far above the rest (another light or batch?): the thresholds follow the others, so images like those will get suggestions.`);
+    }
+    if (data.on_training_images) {
+      lines.push("These are the training images themselves (too few to hold any out): unseen normal images peak higher, so expect more.");
+    } else if (peaks.length < 10) {
+      lines.push(`${peaks.length} held-out image${peaks.length === 1 ? " is" : "s are"} few for a fit: mark more images normal and retrain for a firmer estimate.`);
+    }
+    if (reviewed && reviewed.accepted.length + reviewed.rejected.length) {
+      const a = reviewed.accepted.filter((s) => s >= t).length;
+      const r = reviewed.rejected.filter((s) => s >= t).length;
+      lines.push(
+        `Reviewed suggestions of v${data.version}: ${a} of ${reviewed.accepted.length} accepted and ${r} of ${reviewed.rejected.length} rejected score at least this.`,
+      );
+    }
+    return lines;
+  }
+
+  async function scores(url) {
+    const res = await fetch(url, { credentials: "same-origin" });
+    if (!res.ok) throw new Error(res.status + " " + res.statusText);
+    const body = await res.json();
+    return (body.results || body).map((s) => s.score);
+  }
+
+  function init() {
+    const card = document.getElementById("threshold-card");
+    const source = document.getElementById("calibration-data");
+    if (!card || !source) return;
+    const data = JSON.parse(source.textContent);
+    const chart = card.querySelector(".threshold-chart");
+    const text = card.querySelector(".threshold-effect");
+    const input = document.querySelector("#inspection-form input[name=threshold]");
+    let reviewed = null;
+    function draw() {
+      const typed = input ? Number(input.value) : NaN;
+      const t = isFinite(typed) && typed > 0 ? typed : data.threshold;
+      chart.innerHTML = histogramSvg({
+        peaks: data.peaks,
+        threshold: t,
+        accepted: reviewed ? reviewed.accepted : [],
+        rejected: reviewed ? reviewed.rejected : [],
+      });
+      text.innerHTML = "";
+      for (const line of effectText(data, t, reviewed)) {
+        const p = document.createElement("p");
+        p.textContent = line;
+        text.appendChild(p);
+      }
+      card.dataset.threshold = String(t);
+    }
+    draw();
+    if (input) input.addEventListener("input", draw);
+    const base = data.suggestions_url + "?model_version=" + data.model_version + "&limit=1000&status=";
+    Promise.all([scores(base + "accepted"), scores(base + "rejected")])
+      .then(([accepted, rejected]) => {
+        reviewed = { accepted, rejected };
+        draw();
+        card.dataset.reviewed = String(accepted.length + rejected.length);
+      })
+      .catch(() => { card.dataset.reviewed = "unavailable"; });
+  }
+
+  window.LoupeThresholds = { shareAt, bins, percent, histogramSvg, effectText, init };
+})();

@@ -1,0 +1,79 @@
+"""Which model for this part? An admin compares PaDiM and PatchCore on the project's own reviewed
+bottles (real MVTec images: normals, and broken bottles whose ground truth came with the
+import), reads the table, and activates the best with one click."""
+
+import shutil
+
+import pytest
+
+from annotations.services.dataset_import import dataset_import_run
+from inspection.models import Job, ModelVersion
+from tests.conftest import PASSWORD, dataset
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+def small_bottles(root, dest):
+    """6 normal bottles and 3 broken ones with their masks, in MVTec layout."""
+    for i, p in enumerate(sorted((root / "train" / "good").glob("*.png"))[:6]):
+        (dest / "train" / "good").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dest / "train" / "good" / f"{i:03d}.png")
+    for p in sorted((root / "test" / "broken_large").glob("*.png"))[:3]:
+        for sub, name in (("test", p.name), ("ground_truth", f"{p.stem}_mask.png")):
+            (dest / sub / "broken_large").mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / sub / "broken_large" / name, dest / sub / "broken_large" / name)
+    return dest
+
+
+def test_compare_models_on_reviewed_images_and_activate_the_best(
+    page, celery_worker, team, tmp_path
+):
+    project, admin = team["project"], team["admin"]
+    folder = small_bottles(dataset("mvtec_bottle"), tmp_path / "bottles")
+    report = dataset_import_run(
+        user=admin, project=project, fmt="mvtec", folder=folder, build_pyramids=False
+    )
+    assert (report["images"], report["annotations"]) == (9, 3), report
+
+    page.goto("/login/")
+    page.fill("input[name=username]", admin.username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.goto(f"/projects/{project.pk}/models/")
+    form = page.locator("#compare-form")
+    for box in form.locator("input[name=architectures]").all():
+        box.set_checked(box.get_attribute("value") in ("padim", "patchcore"))
+    form.locator("button[type=submit]").click()
+    page.locator("#comparison-table").wait_for(timeout=300_000)
+
+    job = Job.objects.get(project=project, kind="anomaly_compare")
+    assert job.status == "succeeded", job.error
+    assert (job.result["defect_images"], job.result["normal_images"]) == (3, 2)
+    assert job.result["training_images"] == 4
+    status = page.locator("#comparison-status").inner_text()
+    assert "scored on 3 reviewed defect images and 2 normal images, trained on 4" in status
+    rows = page.locator("#comparison-table tr[data-comparison-version]")
+    assert rows.count() == 2
+    versions = ModelVersion.objects.filter(project=project).order_by("number")
+    assert [v.architecture for v in versions] == ["padim", "patchcore"]
+    assert all(v.status == "ready" and not v.is_active for v in versions)
+    for v in versions:
+        figures = v.metrics["comparison"]
+        assert figures["images"] == 5
+        assert 0 <= figures["image_auroc"] <= 1 and 0 <= figures["pixel_auroc"] <= 1
+        assert figures["intervals"]["image_auroc"][0] <= figures["image_auroc"]
+        row = page.locator(f'tr[data-comparison-version="{v.pk}"]')
+        assert f"{figures['image_auroc']:.3f}" in row.inner_text()
+        assert row.locator("svg.dots circle.auroc").count() == 1
+    # broken bottles are easy: both models tell them from the normal ones
+    assert all(v.metrics["comparison"]["image_auroc"] >= 0.9 for v in versions)
+
+    best = ModelVersion.objects.get(pk=job.result["best"])
+    best_row = page.locator("#comparison-table tr.best")
+    assert best_row.get_attribute("data-comparison-version") == str(best.pk)
+    assert "best" in best_row.inner_text()
+    best_row.get_by_role("button", name="Make active").click()
+    page.locator("#comparison-table tr.best .badge", has_text="active").wait_for()
+    best.refresh_from_db()
+    assert best.is_active
+    assert ModelVersion.objects.filter(project=project, is_active=True).count() == 1

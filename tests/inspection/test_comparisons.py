@@ -1,0 +1,101 @@
+"""Starting a model comparison (the leaderboard) through the API: who may, what it refuses,
+what it makes (a version per model, none active, one job), and the job body's pure parts."""
+
+import numpy as np
+import pytest
+
+from inspection.models import Job, ModelVersion
+from inspection.services.images import IncomingFile, image_store_one
+from tests.conftest import image_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+def normals(team, tmp_path, n: int) -> list[int]:
+    ids = []
+    for i in range(n):
+        path = tmp_path / f"good-{i}.png"
+        path.write_bytes(image_bytes("PNG", size=(64, 48), seed=i))
+        out = image_store_one(
+            project=team["project"],
+            user=team["admin"],
+            incoming=IncomingFile(path.name, path),
+            is_normal=True,
+        )
+        ids.append(out.image_id)
+    return ids
+
+
+def url(team) -> str:
+    return f"/api/projects/{team['project'].pk}/model-comparisons/"
+
+
+def test_a_comparison_makes_one_inactive_version_per_model_and_sets_normals_aside(
+    team, client_for, tmp_path
+):
+    ids = sorted(normals(team, tmp_path, 7))
+    admin = client_for(team["admin"])
+    assert admin.get(url(team)).status_code == 404  # none yet
+    r = admin.post(url(team), {"architectures": ["padim", "patchcore"]}, format="json")
+    assert r.status_code == 202, r.content
+    job = Job.objects.get(pk=r.json()["id"])
+    assert job.kind == "anomaly_compare" and job.queue == "gpu"
+    assert job.payload["eval_normal_ids"] == [ids[0], ids[5]]  # one in five, at least one
+    versions = list(ModelVersion.objects.filter(job=job).order_by("number"))
+    assert [(v.architecture, v.number, v.status, v.is_active) for v in versions] == [
+        ("padim", 1, "training", False),
+        ("patchcore", 2, "training", False),
+    ]
+    assert all(v.image_ids == [i for i in ids if i not in (ids[0], ids[5])] for v in versions)
+    assert admin.get(url(team)).json()["id"] == str(job.pk)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"architectures": []}, "architectures"),
+        ({"architectures": ["resnet"]}, "architectures"),
+        ({"architectures": ["padim"], "params": {"layers": 3}}, "Unknown parameter"),
+        ({"architectures": ["padim"], "params": {"scale": 9}}, "scale"),
+    ],
+)
+def test_what_a_comparison_refuses(team, client_for, tmp_path, body, message):
+    normals(team, tmp_path, 4)
+    r = client_for(team["admin"]).post(url(team), body, format="json")
+    assert r.status_code == 400 and message in r.content.decode(), r.content
+    assert not ModelVersion.objects.exists() and not Job.objects.exists()
+
+
+def test_too_few_normals_and_roles(team, client_for, tmp_path):
+    normals(team, tmp_path, 2)
+    r = client_for(team["admin"]).post(url(team), {"architectures": ["padim"]}, format="json")
+    assert r.status_code == 400 and "at least 3 normal images" in r.content.decode()
+    normals(team, tmp_path, 2)
+    for who, code in (("reviewer", 403), ("annotator", 403), ("outsider", 404)):
+        r = client_for(team[who]).post(url(team), {"architectures": ["padim"]}, format="json")
+        assert r.status_code == code, (who, r.status_code)
+    assert client_for(None).post(url(team), {"architectures": ["padim"]}).status_code == 401
+    assert not ModelVersion.objects.exists()
+
+
+def test_label_masks_and_the_ranking():
+    from workers.tasks.anomaly_compare import mask_of, ranking_key
+
+    mask = mask_of(
+        [
+            {"type": "box", "x": 2, "y": 3, "w": 4, "h": 2},
+            {"type": "polygon", "points": [[10, 10], [14, 10], [14, 14], [10, 14]]},
+            {"type": "polygon", "points": [[1, 1], [2, 2]]},  # not an area: ignored
+        ],
+        20,
+        20,
+    )
+    assert mask.dtype == np.uint8 and int((mask[3:5, 2:6] == 255).sum()) == 8
+    assert mask[:3].sum() == 0 and mask[12, 12] == 255
+    rows = [
+        {"figures": {"region_recall": 0.8, "image_auroc": 0.9, "pixel_auroc": 0.95}},
+        {"figures": {"region_recall": 0.8, "image_auroc": 0.95, "pixel_auroc": 0.9}},
+        {"figures": {"region_recall": None, "image_auroc": 1.0, "pixel_auroc": 1.0}},
+        {"error": "no teacher"},
+    ]
+    assert max(rows, key=ranking_key) is rows[1]
