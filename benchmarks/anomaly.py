@@ -45,7 +45,9 @@ def _config(model: str, steps: int, input_size: int, scale: float | None = None)
         return TrainConfig(
             model="efficientad", input_size=input_size, steps=steps, teacher=teacher, scale=scale
         )
-    return TrainConfig(model=model, input_size=input_size, scale=scale)
+    # --steps reaches every model that trains in steps (the autoencoder, STFPM); PaDiM and
+    # PatchCore fit in one pass and ignore it
+    return TrainConfig(model=model, input_size=input_size, scale=scale, steps=steps)
 
 
 def run_train(
@@ -245,7 +247,12 @@ def main() -> int:
         "for later runs; default: a temporary folder, removed at the end",
     )
     parser.add_argument("--runs", nargs="*", default=["bottle:padim", "bottle:patchcore"])
-    parser.add_argument("--steps", type=int, default=100, help="EfficientAD training steps")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=100,
+        help="training steps (EfficientAD, the autoencoder, STFPM)",
+    )
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument(
         "--scale", type=float, default=None, help="tiled mode at this scale (default: whole image)"
@@ -326,8 +333,12 @@ def run_all(args: argparse.Namespace, datasets: Path, out: Path) -> int:
                 print(json.dumps(row, default=str), file=sys.stderr, flush=True)
 
     cols = [
-        ("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("au_pro", "AU-PRO"),
-        ("region_recall", "region recall @<=1 FP/good img"), ("train_seconds", "train s"),
+        ("images", "test images"), ("image_auroc", "image AUROC"),
+        ("ci_image_auroc", "95 % CI"), ("pixel_auroc", "pixel AUROC"), ("au_pro", "AU-PRO"),
+        ("region_recall", "region recall @<=1 FP/good img"),
+        ("recall_at_threshold", "recall as suggested"), ("ci_recall_at_threshold", "95 % CI"),
+        ("false_per_good_image_at_threshold", "false/good img as suggested"),
+        ("train_seconds", "train s"),
         ("ms_per_image", "ms/image"), ("ms_per_megapixel", "ms/MP"),
         ("train_peak_rss_mb", "train RSS MB"), ("peak_rss_mb", "infer RSS MB"),
         ("engine_ms_per_image", "Engine.predict ms/img"), ("ours_ms_per_image", "ours torch"),
@@ -339,6 +350,8 @@ def run_all(args: argparse.Namespace, datasets: Path, out: Path) -> int:
     for key, row in results.items():
         if key.startswith("20MP"):
             continue
+        for name, ci in (row.get("intervals") or {}).items():  # bootstrap over the test images
+            row[f"ci_{name}"] = f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else None
         cells = (
             [row.get("error", "")[:60]] if "error" in row else [_fmt(row.get(c)) for c, _ in cols]
         )

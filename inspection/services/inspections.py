@@ -19,7 +19,7 @@ from inspection.services.jobs import job_enqueue
 from inspection.services.maintenance import maintenance_hook
 from inspection.services.projects import inspection_settings, is_number
 
-ARCHITECTURES = ("padim", "patchcore", "efficientad")
+ARCHITECTURES = ("padim", "patchcore", "efficientad", "stfpm")
 # TrainConfig fields a user may set from the API (everything else stays at the engine default).
 TRAIN_PARAMS = {
     "input_size",

@@ -54,7 +54,7 @@ def test_every_public_name_resolves():
 
 
 def test_every_model_module_registers_itself_under_its_name():
-    assert set(models.names()) == {"efficientad", "padim", "patchcore"}
+    assert set(models.names()) == {"efficientad", "padim", "patchcore", "stfpm"}
     for name in models.names():
         spec = models.get(name)
         assert spec.name == name and callable(spec.build) and callable(spec.fit)
