@@ -60,6 +60,17 @@ def _check_geometry(params: dict) -> None:
         )
 
 
+def _checked_train_params(params: dict | None) -> dict:
+    """Training parameters a user may set, with the tiles' checked before anything is queued
+    (the training job checks the others)."""
+    params = dict(params or {})
+    unknown = set(params) - TRAIN_PARAMS
+    if unknown:
+        raise ValidationError({"params": f"Unknown parameter(s): {', '.join(sorted(unknown))}."})
+    _check_geometry(params)
+    return params
+
+
 def training_geometry_hint(project: Project) -> dict:
     """How big the project's normal images are, and whether tiles should be the default."""
     sides = [max(w, h) for w, h in training_images(project).values_list("width", "height")]
@@ -86,11 +97,7 @@ def model_version_train(
     require_role(user, project, Role.ADMIN)
     if architecture not in ARCHITECTURES:
         raise ValidationError({"architecture": f"Use one of {', '.join(ARCHITECTURES)}."})
-    params = dict(params or {})
-    unknown = set(params) - TRAIN_PARAMS
-    if unknown:
-        raise ValidationError({"params": f"Unknown parameter(s): {', '.join(sorted(unknown))}."})
-    _check_geometry(params)
+    params = _checked_train_params(params)
     ids = list(training_images(project).order_by("id").values_list("id", flat=True))
     if len(ids) < MIN_NORMAL_IMAGES:
         raise ValidationError(
@@ -126,11 +133,7 @@ def model_comparison_start(
         raise ValidationError(
             {"architectures": f"Choose 1 to {MAX_COMPARED} of {', '.join(ARCHITECTURES)}."}
         )
-    params = dict(params or {})
-    unknown = set(params) - TRAIN_PARAMS
-    if unknown:
-        raise ValidationError({"params": f"Unknown parameter(s): {', '.join(sorted(unknown))}."})
-    _check_geometry(params)
+    params = _checked_train_params(params)
     ids = list(training_images(project).order_by("id").values_list("id", flat=True))
     scoring = ids[::COMPARE_NORMAL_EVERY]
     training = [i for i in ids if i not in set(scoring)]

@@ -7,8 +7,6 @@ callback, stops on cancellation and runs inside a Celery worker; its losses are 
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from ..config import Phase, ProgressCallback, TrainConfig
 from ..errors import ConfigError, MissingWeightsError
 from ..image_io import read_image, resize, to_rgb
 from ..offline import distilled_teacher_path, official_teacher_path
+from ..steps import StepBudget
 from ..tiling import to_tensor
 from ..training_data import TrainData
 from . import Fitted, ModelSpec, register
@@ -178,10 +177,8 @@ def train_efficientad(
     mean, std = model.mean_std["mean"], model.mean_std["std"]
     model.student.train()
     model.ae.train()
-    best, ema, since_best = math.inf, None, 0
-    started = time.monotonic()
-    done = 0
-    for step in range(steps):
+    budget = StepBudget(steps, progress, patience, max_seconds)
+    for _ in range(steps):
         batch = sample_batch(batch_size).to(device)
         with torch.no_grad():
             t_out = (model.teacher(batch) - mean) / std
@@ -207,23 +204,15 @@ def train_efficientad(
         loss.backward()
         opt.step()
         sched.step()
-        done = step + 1
-        value = float(loss.detach())
-        ema = value if ema is None else 0.9 * ema + 0.1 * value
-        if ema < best * 0.99:
-            best, since_best = ema, 0
-        else:
-            since_best += 1
-        progress(done / steps, f"step {done}/{steps} loss {value:.4f}")
-        if patience and since_best >= patience:
-            logger.info("early stop at step %d (no improvement for %d steps)", done, patience)
-            break
-        if max_seconds and time.monotonic() - started > max_seconds:
-            logger.info("time budget reached at step %d", done)
+        if budget.done_step(float(loss.detach())):
             break
     model.student.eval()
     model.ae.eval()
-    return {"steps_done": done, "final_loss": ema, "stopped_early": done < steps}
+    return {
+        "steps_done": budget.done,
+        "final_loss": budget.ema,
+        "stopped_early": budget.stopped_early,
+    }
 
 
 @torch.no_grad()

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -52,6 +51,7 @@ from torch import nn
 from ..backbone import LITE0, lite_normalise, load_lite0_into
 from ..config import Phase, ProgressCallback, TrainConfig
 from ..offline import configure_offline
+from ..steps import StepBudget
 from ..training_data import TrainData
 from . import Fitted, ModelSpec, register
 
@@ -169,37 +169,23 @@ def train_stfpm(
         weight_decay=WEIGHT_DECAY,
     )
     model.student_model.train()
-    best, ema, since_best, value = math.inf, None, 0, math.nan
-    started = time.monotonic()
-    done = 0
-    for step in range(steps):
+    budget = StepBudget(steps, progress, patience, max_seconds)
+    for _ in range(steps):
         teacher, student = net.features(sample_batch(batch_size).to(device))
         loss = loss_fn(teacher, student)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        done = step + 1
-        value = float(loss.detach())
-        ema = value if ema is None else 0.9 * ema + 0.1 * value
-        if ema < best * 0.99:
-            best, since_best = ema, 0
-        else:
-            since_best += 1
-        progress(done / steps, f"step {done}/{steps} loss {value:.4f}")
-        if patience and since_best >= patience:
-            logger.info("early stop at step %d (no improvement for %d steps)", done, patience)
-            break
-        if max_seconds and time.monotonic() - started > max_seconds:
-            logger.info("time budget reached at step %d", done)
+        if budget.done_step(float(loss.detach())):
             break
     model.student_model.eval()
     return {
-        "steps_done": done,
+        "steps_done": budget.done,
         "batch_size": batch_size,
-        "final_loss": ema,
-        "last_loss": value,
-        "stopped_early": done < steps,
-        "fit_seconds": round(time.monotonic() - started, 2),
+        "final_loss": budget.ema,
+        "last_loss": budget.last,
+        "stopped_early": budget.stopped_early,
+        "fit_seconds": round(time.monotonic() - budget.started, 2),
     }
 
 
