@@ -128,9 +128,7 @@ def compare_anomaly_models(job, ctx: JobContext) -> dict:
             for i, version in enumerate(versions):
                 start = 0.02 + i * span
                 rows.append(_train_and_score(version, train_paths, samples, ctx, start, span))
-    except JobCancelled:
-        raise
-    except BaseException:
+    except BaseException:  # cancelled too: what did not finish training never will
         ModelVersion.objects.filter(
             pk__in=[v.pk for v in versions], status=ModelVersion.Status.TRAINING
         ).update(status=ModelVersion.Status.FAILED)
