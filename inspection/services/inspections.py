@@ -19,12 +19,14 @@ from inspection.services.jobs import job_enqueue
 from inspection.services.maintenance import maintenance_hook
 from inspection.services.projects import inspection_settings, is_number
 
-ARCHITECTURES = ("padim", "patchcore", "efficientad", "stfpm")
-# TrainConfig fields a user may set from the API (everything else stays at the engine default).
+ARCHITECTURES = ("padim", "patchcore", "efficientad", "stfpm", "autoencoder", "lbp")
+# TrainConfig fields a user may set from the API (everything else stays at the engine default;
+# steps, batch size and learning rate left out are the chosen model's own).
 TRAIN_PARAMS = {
     "input_size",
     "steps",
     "batch_size",
+    "learning_rate",
     "efficientad_size",
     "teacher",
     "coreset_ratio",

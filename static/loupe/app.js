@@ -268,6 +268,8 @@
       });
   }
 
+  const STEPPED_MODELS = ["efficientad", "stfpm", "autoencoder"];
+
   function initModels() {
     const root = document.getElementById("models-page");
     if (!root) return;
@@ -278,7 +280,8 @@
         const f = new FormData(train);
         const params = {};
         if (f.get("input_size")) params.input_size = Number(f.get("input_size"));
-        if (f.get("architecture") === "efficientad") params.steps = Number(f.get("steps"));
+        // models trained in steps; left empty, each takes its own (docs/anomaly.md)
+        if (f.get("steps") && STEPPED_MODELS.includes(f.get("architecture"))) params.steps = Number(f.get("steps"));
         if (f.get("scale")) {
           params.scale = Number(f.get("scale"));
           params.coarse_pass = f.get("coarse_pass") === "on";

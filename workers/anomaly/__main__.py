@@ -83,8 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     t.add_argument("--input-size", type=int, default=None, help="default 256")
     t.add_argument("--scale", type=float, default=None, help="tiled mode scale (omit: whole)")
-    t.add_argument("--steps", type=int, default=None, help="EfficientAD steps (default 1000)")
-    t.add_argument("--batch-size", type=int, default=None, help="default 1")
+    # steps, batch size and learning rate: unset, each model's own (ModelSpec.train_defaults)
+    t.add_argument(
+        "--steps", type=int, default=None, help="models trained in steps (default: the model's)"
+    )
+    t.add_argument("--batch-size", type=int, default=None, help="default: the model's")
+    t.add_argument("--learning-rate", type=float, default=None, help="default: the model's")
     t.add_argument("--teacher", default=None, help="auto|official|distilled|random|<file>")
     t.add_argument("--size", default=None, choices=["small", "medium"])
     t.add_argument("--patience", type=int, default=None)
@@ -154,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 "teacher": args.teacher,
                 "steps": args.steps,
                 "batch_size": args.batch_size,
+                "learning_rate": args.learning_rate,
                 "patience": args.patience,
                 "max_seconds": args.max_seconds,
                 "penalty_dir": args.penalty_dir,

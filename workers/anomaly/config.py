@@ -65,6 +65,9 @@ class TrainConfig:
     """Everything that decides how a model is trained; stored in the artifact.
 
     Defaults are for a GPU worker; on CPU lower ``steps`` (EfficientAD) or choose ``padim``.
+    ``steps``, ``batch_size`` and ``learning_rate`` left at ``None`` take the model's own
+    defaults (:meth:`resolved`, which :func:`~workers.anomaly.training.train` applies before
+    fitting, so the artifact stores the values used).
     """
 
     model: str = "efficientad"
@@ -72,9 +75,10 @@ class TrainConfig:
     scale: float | None = None
     efficientad_size: str = "small"
     teacher: str = "auto"
-    steps: int = 1000
-    batch_size: int = 1
-    learning_rate: float = 1e-4
+    # None: the model's default (ModelSpec.train_defaults; resolved() fills them in)
+    steps: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
     patience: int = 0
     max_seconds: float | None = None
     penalty_dir: str | None = None
@@ -93,16 +97,30 @@ class TrainConfig:
     device: str = "auto"
     models_dir: str | None = None
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` for values that cannot work."""
+    def _spec(self):  # noqa: ANN202 - a models.ModelSpec (models imports torch lazily)
         from . import models
 
         try:
-            minimum = models.get(self.model).min_input_size
+            return models.get(self.model)
         except IncompatibleModelError:
             raise ConfigError(
                 f"model must be one of {models.names()}, not {self.model!r}"
             ) from None
+
+    def resolved(self) -> TrainConfig:
+        """A copy with ``steps``, ``batch_size`` and ``learning_rate`` left at ``None`` set to
+        the model's defaults (``ModelSpec.train_defaults``, else ``models.TRAIN_DEFAULTS``);
+        values the user set are kept. :class:`ConfigError` for an unknown model."""
+        from .models import TRAIN_DEFAULTS
+
+        defaults = {**TRAIN_DEFAULTS, **self._spec().train_defaults}
+        unset = {name: defaults[name] for name in TRAIN_DEFAULTS if getattr(self, name) is None}
+        return replace(self, **unset)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values that cannot work (``None`` is the model's
+        default, checked once :meth:`resolved` has filled it in)."""
+        minimum = self._spec().min_input_size
         if self.input_size < minimum or self.input_size % 32:
             raise ConfigError(
                 f"input_size must be a multiple of 32 and >= {minimum} for {self.model}, "
@@ -112,8 +130,12 @@ class TrainConfig:
             raise ConfigError(f"scale must be in (0, 4] or None, not {self.scale}")
         if not 0 <= self.tile_overlap < 0.9:
             raise ConfigError("tile_overlap must be a fraction in [0, 0.9)")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("steps and batch_size must be >= 1")
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, not {value}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, not {self.learning_rate}")
         for name in ("suggest_rate", "flag_rate"):
             if not 0 < getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a share of normal images in (0, 1)")
@@ -140,7 +162,9 @@ def recommended_config(device: str = "auto", **overrides: object) -> TrainConfig
     ``overrides`` are any :class:`TrainConfig` fields. :data:`RECOMMENDED_BECAUSE` says why.
     """
     if resolve_device(device).type == "cuda":
-        config = TrainConfig(model="efficientad", steps=1000, batch_size=1, device=device)
+        # steps and batch size stay None: the model's defaults, also when overrides change
+        # the model (the app passes its own choice of model through here)
+        config = TrainConfig(model="efficientad", device=device)
     else:
         config = TrainConfig(model="padim", device=device)
     return replace(config, **overrides)

@@ -63,8 +63,13 @@ def train(
 
     ``progress(fraction, message)`` is called often; raising :class:`Cancelled` from it stops
     training at once and nothing is written. Held-out normal images calibrate the scores.
+    ``steps``, ``batch_size`` and ``learning_rate`` left at ``None`` take the model's defaults
+    (:meth:`TrainConfig.resolved`); the artifact's ``train_config`` holds the values used.
     """
     progress = progress or no_progress
+    # the model's defaults for what the user left unset, here once: fit and the artifact
+    # (train_config) see the values used
+    config = config.resolved()
     config.validate()
     if not config.coarse_pass:
         return _train_one(config, normal_image_paths, out_dir, progress, None)

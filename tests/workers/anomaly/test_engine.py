@@ -285,6 +285,46 @@ def test_recommended_config_depends_on_the_hardware():
         assert recommended_config("cuda").model == "efficientad"
 
 
+def test_unset_training_fields_take_the_models_defaults_and_a_users_value_wins():
+    """steps, batch_size and learning_rate left at None are the model's (ModelSpec.
+    train_defaults), else models.TRAIN_DEFAULTS; a value the user set is kept."""
+    from workers.anomaly.models import TRAIN_DEFAULTS
+
+    def trio(config: TrainConfig) -> tuple:
+        return config.steps, config.batch_size, config.learning_rate
+
+    assert trio(TrainConfig()) == (None, None, None)
+    assert trio(TrainConfig().resolved()) == (1000, 1, 1e-4)  # EfficientAD's
+    assert trio(TrainConfig(model="stfpm").resolved()) == (1000, 8, 0.4)  # anomalib's SGD
+    assert trio(TrainConfig(model="autoencoder").resolved()) == (1000, 4, 1e-3)
+    one_pass = TrainConfig(model="padim").resolved()  # PaDiM names none: the fallback
+    assert trio(one_pass) == tuple(TRAIN_DEFAULTS.values()) == (1000, 1, 1e-4)
+    mine = TrainConfig(model="autoencoder", steps=7, batch_size=2, learning_rate=5e-4)
+    assert trio(mine.resolved()) == (7, 2, 5e-4)
+    assert trio(TrainConfig(model="autoencoder", batch_size=16).resolved()) == (1000, 16, 1e-3)
+    # the default for the hardware leaves them to the model, also when the caller picks it
+    # (the app's training job passes its architecture through recommended_config)
+    from workers.anomaly import recommended_config
+
+    for device in ("cpu", "cuda"):  # building the config needs no GPU
+        config = recommended_config(device, model="autoencoder").resolved()
+        assert trio(config) == (1000, 4, 1e-3)
+    with pytest.raises(ConfigError, match="model must be one of"):
+        TrainConfig(model="nope").resolved()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("steps", 0), ("batch_size", 0), ("batch_size", -4), ("learning_rate", 0.0)],
+)
+def test_training_fields_below_their_minimum_are_refused(field: str, value: float, tmp_path: Path):
+    TrainConfig(model="autoencoder").validate()  # None: the model's default, valid
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(model="autoencoder", **{field: value}).validate()
+    with pytest.raises(ConfigError, match=field):  # before any image is read
+        train(TrainConfig(model="autoencoder", **{field: value}), [tmp_path / "none.png"], tmp_path)
+
+
 def test_predict_many_matches_predict_and_isolates_a_bad_image(rgb_normals, tmp_path: Path):
     """Read-ahead and whole-image batches change nothing in the results, in order; an
     unreadable file and a wrong-size image fail alone."""

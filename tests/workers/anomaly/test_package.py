@@ -54,7 +54,14 @@ def test_every_public_name_resolves():
 
 
 def test_every_model_module_registers_itself_under_its_name():
-    assert set(models.names()) == {"efficientad", "padim", "patchcore", "stfpm"}
+    assert set(models.names()) == {
+        "autoencoder",
+        "efficientad",
+        "lbp",
+        "padim",
+        "patchcore",
+        "stfpm",
+    }
     for name in models.names():
         spec = models.get(name)
         assert spec.name == name and callable(spec.build) and callable(spec.fit)
@@ -62,6 +69,15 @@ def test_every_model_module_registers_itself_under_its_name():
 
     with pytest.raises(IncompatibleModelError, match="unknown model kind"):
         models.get("no-such-model")
+
+
+def test_a_model_names_defaults_only_for_the_fields_that_have_them():
+    spec = models.ModelSpec(
+        name="typo", build=lambda a, p: None, fit=lambda *a: None, train_defaults={"stepz": 9}
+    )
+    with pytest.raises(ValueError, match="stepz"):
+        models.register(spec)
+    assert "typo" not in models.MODELS
 
 
 class _ToyNet(torch.nn.Module):

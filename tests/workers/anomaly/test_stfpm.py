@@ -86,7 +86,8 @@ def test_the_map_is_anomalibs_and_the_teacher_is_the_offline_lite0():
 def test_train_save_load_predict_finds_the_defect(stfpm_tiled, defect_image: Path):
     metrics = stfpm_tiled.metrics
     assert metrics["steps_done"] == 40 and not metrics["stopped_early"]
-    assert metrics["batch_size"] == 8  # TrainConfig's batch of 1 is EfficientAD's
+    # STFPM's defaults (ModelSpec.train_defaults): anomalib's SGD rate, 8 crops a batch
+    assert metrics["batch_size"] == 8 and metrics["learning_rate"] == 0.4
     assert np.isfinite(metrics["final_loss"]) and metrics["fit_seconds"] > 0
     model = load_model(stfpm_tiled.artifact_path, backend="torch")
     assert model.kind == "stfpm"

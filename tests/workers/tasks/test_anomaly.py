@@ -217,3 +217,55 @@ def test_a_photo_five_times_larger_than_the_normals_is_inspected_resized_and_say
     html = page.get(f"/runs/{run.pk}/").content.decode()
     assert 'id="resized"' in html and "inspected resized to their size (96 px)" in html
     assert "smaller than about 5 px at full resolution" in html
+
+
+@pytest.mark.parametrize(
+    "architecture, params",
+    [("lbp", {"input_size": 64}), ("autoencoder", {"input_size": 64, "steps": 3})],
+)
+def test_the_baseline_models_train_as_jobs_with_their_own_defaults_and_inspect(
+    architecture, params, team, client_for, upload
+):
+    """The classical LBP baseline and the autoencoder, chosen on the models page: trained by the
+    job, exported for the CPU runtime, then an inspection with them makes a heatmap. The
+    autoencoder trains with its own batch and learning rate when the form leaves them out."""
+    from workers.tasks.anomaly import run_inspection, train_anomaly_model
+    from workers.tasks.runner import run_job
+
+    project, admin = team["project"], team["admin"]
+    normals = [upload(f"n{i}.png", image_bytes(size=(96, 96), seed=i)) for i in range(5)]
+    client_for(admin).post(
+        f"/api/projects/{project.pk}/images/",
+        {"files": normals, "is_normal": "true"},
+        format="multipart",
+    )
+    r = client_for(admin).post(
+        f"/api/projects/{project.pk}/images/",
+        {"files": [upload("t.png", image_bytes(size=(96, 96), seed=20))]},
+        format="multipart",
+    )
+    tested = r.json()["files"][0]["image_id"]
+    r = client_for(admin).post(
+        f"/api/projects/{project.pk}/models/",
+        {"architecture": architecture, "params": params},
+        format="json",
+    )
+    assert r.status_code == 202, r.content
+    version = ModelVersion.objects.get(pk=r.json()["id"])
+    assert run_job(str(version.job_id), train_anomaly_model.body) == "succeeded"
+    version.refresh_from_db()
+    assert version.status == "ready" and version.architecture == architecture
+    assert version.metrics["exports"]["onnx"] is True
+    if architecture == "autoencoder":  # the steps asked for, its own batch and rate
+        m = version.metrics
+        assert (m["steps_done"], m["batch_size"], m["learning_rate"]) == (3, 4, 1e-3)
+    else:  # one pass: an SVM over the normal images' patches
+        assert version.metrics["scorer"] == "ocsvm" and version.metrics["support_vectors"] > 0
+
+    run = inspection_run_start(
+        user=team["reviewer"], project=project, scope="selected", image_ids=[tested]
+    )
+    assert run_job(str(run.job_id), run_inspection.body) == "succeeded"
+    run.refresh_from_db()
+    assert run.results[str(tested)]["score"] >= 0
+    assert ImageHeatmap.objects.filter(run=run, image_id=tested).count() == 1

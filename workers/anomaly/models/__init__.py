@@ -14,13 +14,19 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import IncompatibleModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+
+#: What a model trains with when the user leaves these ``TrainConfig`` fields at ``None`` and
+#: its ``ModelSpec.train_defaults`` does not name them either (one-pass models such as PaDiM
+#: ignore them; a model trained in steps names its own).
+TRAIN_DEFAULTS: dict[str, int | float] = {"steps": 1000, "batch_size": 1, "learning_rate": 1e-4}
 
 
 class Fitted(NamedTuple):
@@ -49,6 +55,10 @@ class ModelSpec:
     ``int8_by_default``: an INT8 export is worth making after training, because it passes the
     export's accuracy check (PaDiM's and PatchCore's distances amplify the INT8 noise of their
     backbone, so their exports are refused: docs/anomaly.md, "Runtimes and INT8").
+    ``train_defaults``: what the model trains with when the user leaves ``TrainConfig``'s
+    ``steps``, ``batch_size`` or ``learning_rate`` at ``None`` (a field it does not name takes
+    :data:`TRAIN_DEFAULTS`); ``TrainConfig.resolved`` applies them, and ``fit`` gets the
+    resolved config.
     """
 
     name: str
@@ -57,6 +67,7 @@ class ModelSpec:
     min_input_size: int = 64
     quantized_modules: tuple[str, ...] = ()
     int8_by_default: bool = False
+    train_defaults: dict[str, int | float] = field(default_factory=dict, hash=False)
 
 
 #: The registered models by name; each module adds itself when imported (:func:`get` does).
@@ -67,6 +78,12 @@ def register(spec: ModelSpec) -> ModelSpec:
     """Add a model to :data:`MODELS` (called once, at the end of its module)."""
     if spec.name in MODELS and MODELS[spec.name] is not spec:
         raise ValueError(f"anomaly model {spec.name!r} is registered twice")
+    unknown = set(spec.train_defaults) - set(TRAIN_DEFAULTS)
+    if unknown:
+        raise ValueError(
+            f"train_defaults of {spec.name!r} names {sorted(unknown)}; "
+            f"only {sorted(TRAIN_DEFAULTS)} have model defaults"
+        )
     MODELS[spec.name] = spec
     return spec
 

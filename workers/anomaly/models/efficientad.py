@@ -316,5 +316,7 @@ register(
         min_input_size=256,
         quantized_modules=("teacher", "student", "ae"),
         int8_by_default=True,
+        # anomalib's Adam rate and batch; about 1000 steps before the maps settle
+        train_defaults={"steps": 1000, "batch_size": 1, "learning_rate": 1e-4},
     )
 )

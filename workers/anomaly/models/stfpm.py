@@ -17,14 +17,14 @@ neither the PyPI file nor a download.
 
 Training is anomalib's: SGD with lr 0.4, momentum 0.9 and weight decay 1e-3 on the student
 (``Stfpm.configure_optimizers``), in our own loop for progress, cancellation, ``max_seconds``
-and ``patience`` (the same early stop as EfficientAD). Two settings are STFPM's own:
+and ``patience`` (the same early stop as EfficientAD). Two settings are STFPM's own
+defaults (``ModelSpec.train_defaults``, taken when ``TrainConfig`` leaves them at ``None``):
 
-* The learning rate is :data:`LEARNING_RATE`, not ``TrainConfig.learning_rate``: that field's
-  default (1e-4) is EfficientAD's Adam rate, 4000 times too small for SGD on a loss over unit
-  vectors (anomalib's 0.4), and the same field cannot default to both.
-* A batch holds at least :data:`MIN_BATCH` crops: the student is a BatchNorm network trained
-  from scratch, and ``TrainConfig.batch_size``'s default of 1 (EfficientAD's) would train it on
-  one image's statistics. anomalib trains it at 32; a larger ``batch_size`` is used as given.
+* The learning rate is :data:`LEARNING_RATE`: EfficientAD's Adam rate (1e-4) is 4000 times too
+  small for SGD on a loss over unit vectors (anomalib's 0.4).
+* A batch holds :data:`MIN_BATCH` crops, and never fewer: the student is a BatchNorm network
+  trained from scratch, and EfficientAD's batch of 1 would train it on one image's statistics.
+  anomalib trains it at 32; a larger ``batch_size`` is used as given.
 
 A step is a batch of random crops of the training images (the whole image at ``scale=None``,
 which resizes every image to the input size). The student's BatchNorm running statistics stay
@@ -151,6 +151,7 @@ def train_stfpm(
     patience: int,
     max_seconds: float | None,
     device: torch.device,
+    lr: float = LEARNING_RATE,
 ) -> dict:
     """Train the student on ``steps`` batches with anomalib's loss and optimiser.
 
@@ -163,7 +164,7 @@ def train_stfpm(
     loss_fn = STFPMLoss()
     opt = torch.optim.SGD(
         model.student_model.parameters(),
-        lr=LEARNING_RATE,
+        lr=lr,
         momentum=MOMENTUM,
         dampening=0.0,
         weight_decay=WEIGHT_DECAY,
@@ -182,6 +183,7 @@ def train_stfpm(
     return {
         "steps_done": budget.done,
         "batch_size": batch_size,
+        "learning_rate": lr,
         "final_loss": budget.ema,
         "last_loss": budget.last,
         "stopped_early": budget.stopped_early,
@@ -209,9 +211,10 @@ def fit(
         patience=config.patience,
         max_seconds=config.max_seconds,
         device=device,
+        lr=config.learning_rate,
     )
     net.eval()
-    return Fitted(net, {}, {"layers": list(LAYERS), "learning_rate": LEARNING_RATE, **history})
+    return Fitted(net, {}, {"layers": list(LAYERS), **history})
 
 
 register(
@@ -221,5 +224,6 @@ register(
         fit,
         quantized_modules=("teacher_model", "student_model"),
         int8_by_default=False,
+        train_defaults={"steps": 1000, "batch_size": MIN_BATCH, "learning_rate": LEARNING_RATE},
     )
 )
