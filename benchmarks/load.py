@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/load.py [--clients 20] [--seconds 60] [--workers 3 --threads 4]
         [--database-url postgres://postgres@127.0.0.1:5432/postgres]
     .venv/bin/python benchmarks/load.py --in-process     # each request's own cost, one process
+        [--no-analyze]                                   # tables without statistics
 
 Makes a throwaway database in the given PostgreSQL server (dropped at the end) and a media
 folder, fills one project as a team would after a few days (--images images with labels and
 pending suggestions, one with a Deep Zoom pyramid), serves it with gunicorn on 127.0.0.1, and
 runs --clients client threads for --seconds, each sending, in turn: the images list (50 per page),
-an image's labels, the review queue (50 pending suggestions) and a Deep Zoom tile, with a token.
+an image's labels, the review queue (50 pending suggestions) and a Deep Zoom tile, with the
+token of a reviewer of the project.
 Prints per request kind: requests, errors, median and p95 latency, and the total requests per
 second. The clients run on the same 2 cores as the server, so the figures are a floor of what the
 server alone can do.
@@ -35,6 +37,33 @@ from benchmarks.workspace import free_port, serve  # noqa: E402
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server (gunicorn ``server_pid`` and its workers),
+    PostgreSQL and these clients, read from /proc (Linux): where the machine's time goes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"gunicorn": 0.0, "PostgreSQL": 0.0, "clients": 0.0}
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        if int(entry) == me:
+            out["clients"] += seconds
+        elif server_pid in (int(entry), int(fields[1])):  # the master or one of its workers
+            out["gunicorn"] += seconds
+        elif cmd.startswith(b"postgres"):
+            out["PostgreSQL"] += seconds
+    return out
 
 
 def make_database(server_url: str) -> str:
@@ -89,8 +118,21 @@ def fill(n_images: int, tmp: Path):
         )
         images.append(Image.objects.get(pk=outcome.image_id))
     image_build_derivatives(image=images[0])
+    # a model as training leaves it: the ids it was trained on, metrics with the calibration's
+    # curves (what a list of suggestions must not parse once per row)
     version = ModelVersion.objects.create(
-        project=project, number=1, architecture="padim", status="ready", is_active=True
+        project=project,
+        number=1,
+        architecture="padim",
+        status="ready",
+        is_active=True,
+        image_ids=[i.pk for i in images],
+        metrics={
+            "calibration": {
+                "normal_maxima": rng.uniform(0, 1, 60).tolist(),
+                "expected_share": [[t, float(np.exp(-t))] for t in np.linspace(0.05, 5, 100)],
+            }
+        },
     )
     run = InspectionRun.objects.create(
         project=project, model_version=version, image_ids=[i.pk for i in images]
@@ -121,7 +163,13 @@ def fill(n_images: int, tmp: Path):
                 )
             ],
         )
-    token = Token.objects.create(user=user).key
+    # the clients are a reviewer of the project, as a team's are (a site admin skips the
+    # membership lookup every request makes)
+    from inspection.services.projects import member_set
+
+    reviewer = get_user_model().objects.create_user("reviewer", "", "load-password-1")
+    member_set(user=user, project=project, username=reviewer.username, role="reviewer")
+    token = Token.objects.create(user=reviewer).key
     return project, images, token
 
 
@@ -132,6 +180,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--worker-class", default="gthread", help="gunicorn's: gthread or sync")
+    ap.add_argument(
+        "--no-analyze", action="store_true", help="leave the new tables without statistics"
+    )
     ap.add_argument(
         "--in-process",
         action="store_true",
@@ -163,18 +215,25 @@ def main() -> None:
             t = time.perf_counter()
             project, images, token = fill(args.images, tmp)
             print(f"{len(images)} images filled in {time.perf_counter() - t:.0f} s")
-            from django.db import connections
+            from django.db import connection, connections
+
+            # what autovacuum does within a minute of a big import: without statistics the
+            # planner took the new tables for empty and joined every suggestion with every image
+            # (10 ms of PostgreSQL CPU per review queue page instead of 2.7)
+            if not args.no_analyze:
+                with connection.cursor() as cursor:
+                    cursor.execute("ANALYZE")
 
             if args.in_process:
                 in_process(project, images, token)
                 return
             connections.close_all()
             port = free_port()
-            server = serve(tmp, port, args.workers, args.threads)
+            server = serve(tmp, port, args.workers, args.threads, args.worker_class)
             try:
-                run_load(args, port, project, images, token)
+                run_load(args, server, port, project, images, token)
             finally:
-                server.kill()
+                server.terminate()  # workers stop with the master (a kill orphans them)
                 server.wait()
     finally:
         from django.db import connections
@@ -192,26 +251,38 @@ def request_paths(project, images) -> dict:
     }
 
 
-def in_process(project, images, token: str, repeat: int = 30) -> None:
+def in_process(project, images, token: str, repeat: int = 200) -> None:
     """``--in-process``: each request's own cost in one process (Django's test client, the same
-    database), without HTTP, gunicorn or other clients: CPU and wall ms per request."""
+    database), without HTTP, gunicorn or other clients: CPU (this process and the PostgreSQL
+    process serving it) and wall ms per request."""
+    from django.db import connection
     from django.test import Client
 
     client = Client(HTTP_AUTHORIZATION=f"Token {token}")
-    print("| request | CPU ms | wall ms |\n| --- | --- | --- |")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+
+    def server_cpu() -> float:  # the PostgreSQL process serving this connection
+        with open(f"/proc/{backend}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    print("| request | CPU ms | PostgreSQL CPU ms | wall ms |\n| --- | --- | --- | --- |")
     for kind, path in request_paths(project, images).items():
         paths = [path or f"/api/images/{images[i % len(images)].pk}/annotations/" for i in
                  range(repeat)]  # fmt: skip
         assert client.get(paths[0]).status_code == 200, kind  # and warm
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu, pg = time.perf_counter(), time.process_time(), server_cpu()
         for p in paths:
             client.get(p)
         cpu = (time.process_time() - cpu) / repeat * 1000
+        pg = (server_cpu() - pg) / repeat * 1000
         wall = (time.perf_counter() - wall) / repeat * 1000
-        print(f"| {kind} | {cpu:.1f} | {wall:.1f} |")
+        print(f"| {kind} | {cpu:.1f} | {pg:.1f} | {wall:.1f} |")
 
 
-def run_load(args, port: int, project, images, token: str) -> None:
+def run_load(args, server, port: int, project, images, token: str) -> None:
     import urllib3
 
     base = f"http://127.0.0.1:{port}"
@@ -248,12 +319,14 @@ def run_load(args, port: int, project, images, token: str) -> None:
             i += 1
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
+    cpu0 = cpu_seconds(server.pid)
     t0 = time.perf_counter()
     for th in threads:
         th.start()
     for th in threads:
         th.join()
     wall = time.perf_counter() - t0
+    cpu = {k: v - cpu0[k] for k, v in cpu_seconds(server.pid).items()}
     total = sum(len(v) for v in results.values())
     every = [ms for v in results.values() for ms in v]
     print(
@@ -270,6 +343,12 @@ def run_load(args, port: int, project, images, token: str) -> None:
     print(
         f"| **all** | {total} | {sum(errors.values())} | {statistics.median(every):.0f} | "
         f"{p95(every):.0f} |\n\n{total / wall:.1f} requests/s"
+    )
+    print(
+        "CPU per request: "
+        + ", ".join(f"{k} {1000 * v / max(total, 1):.1f} ms" for k, v in cpu.items())
+        + f"; the machine's {os.cpu_count()} cores were "
+        f"{100 * sum(cpu.values()) / (wall * (os.cpu_count() or 1)):.0f} % busy with them"
     )
 
 

@@ -80,7 +80,9 @@ def add_image(project, user, name: str, data: bytes, tmp: Path):
     return image
 
 
-def serve(tmp: Path, port: int, workers: int = 2, threads: int = 8) -> subprocess.Popen:
+def serve(
+    tmp: Path, port: int, workers: int = 2, threads: int = 8, worker_class: str = "gthread"
+) -> subprocess.Popen:
     env = dict(os.environ)
     proc = subprocess.Popen(
         [
@@ -94,6 +96,8 @@ def serve(tmp: Path, port: int, workers: int = 2, threads: int = 8) -> subproces
             str(workers),
             "--threads",
             str(threads),
+            "--worker-class",
+            worker_class,
         ],
         cwd=ROOT,
         env=env,

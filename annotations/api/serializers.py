@@ -1,6 +1,7 @@
 """API representations of labels, suggestions, reviews and dataset versions (writes go through
 services; these only shape data)."""
 
+from django.urls import get_script_prefix
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -30,11 +31,12 @@ class CategorySerializer(serializers.ModelSerializer):
 class GridImageSerializer(ImageSerializer):
     """An image in the grid (and after a decision on it): its files, plus where it is labelled."""
 
-    def get_urls(self, obj) -> dict:
+    def get_urls(self, obj, prefix: str | None = None) -> dict:
+        prefix = get_script_prefix() if prefix is None else prefix
         return {
-            "page": url_for("image-page", obj.pk),
-            **super().get_urls(obj),
-            "annotations": url_for("api-image-annotations", obj.pk),
+            "page": url_for("image-page", obj.pk, prefix),
+            **super().get_urls(obj, prefix),
+            "annotations": url_for("api-image-annotations", obj.pk, prefix),
         }
 
 
@@ -151,6 +153,25 @@ class SuggestionSerializer(FastRepresentation, serializers.ModelSerializer):
     )
     also = serializers.SerializerMethodField()
     reference = serializers.SerializerMethodField()
+
+    #: What this serializer reads of the related rows: lists of suggestions load only these
+    #: (``suggestion_rows``), not every column of an image, a model version and a user per row
+    #: (a review queue page, docs/benchmarks.md "API under load"). A field added above that
+    #: reads another column must add it here; tests/annotations/test_list_queries.py fails on
+    #: a query per row.
+    RELATED_COLUMNS = (
+        "image__original_name",
+        "image__width",
+        "image__height",
+        "image__reference_pyramid_path",
+        "image__difference_path",
+        "image__alignment",
+        "model_version__kind",
+        "model_version__architecture",
+        "model_version__number",
+        "decided_by__username",
+        "category__name",
+    )
 
     class Meta:
         model = Suggestion

@@ -58,6 +58,15 @@ class CategoryViewSet(NumericIds, viewsets.ModelViewSet):
 
 
 # what a queue item's "also found by" shows
+def suggestion_rows(queryset):
+    """``queryset`` of suggestions with what ``SuggestionSerializer`` shows of their image, model
+    version, category and decider, in the same query, and nothing more of them."""
+    own = [f.name for f in Suggestion._meta.concrete_fields]
+    return queryset.select_related("image", "model_version", "decided_by", "category").only(
+        *own, *s.SuggestionSerializer.RELATED_COLUMNS
+    )
+
+
 def with_echoes(suggestions: list[Suggestion]) -> list[Suggestion]:
     """Each suggestion's echoes (``same_as`` it: the same place from the other kind of model) in
     one query for the page, as ``echo_list`` (the serializer's ``also``). A prefetch did the same
@@ -65,11 +74,7 @@ def with_echoes(suggestions: list[Suggestion]) -> list[Suggestion]:
     by_main: dict[int, list[Suggestion]] = {}
     ids = [x.pk for x in suggestions if x.same_as_id is None]
     if ids:
-        echoes = (
-            Suggestion.objects.filter(same_as_id__in=ids)
-            .select_related("model_version", "category")
-            .order_by("id")
-        )
+        echoes = suggestion_rows(Suggestion.objects.filter(same_as_id__in=ids)).order_by("id")
         for echo in echoes:
             by_main.setdefault(echo.same_as_id, []).append(echo)
     for x in suggestions:
@@ -155,9 +160,9 @@ class ProjectLabelsViewSet(NumericIds, viewsets.GenericViewSet):
         project = project_for(request, pk)
         qs = (
             # an echo (same place, other kind of model) is shown with its main, not alone
-            Suggestion.objects.filter(image__project=project, same_as__isnull=True)
-            .select_related("image", "model_version", "decided_by", "category")
-            .order_by("-score", "id")
+            suggestion_rows(
+                Suggestion.objects.filter(image__project=project, same_as__isnull=True)
+            ).order_by("-score", "id")
         )
         return list_response(
             self, qs, s.SuggestionSerializer, filterset_class=SuggestionFilter, prepare=with_echoes
@@ -300,9 +305,7 @@ class ImageLabelsViewSet(NumericIds, viewsets.GenericViewSet):
     def suggestions(self, request, pk=None):
         """The image's suggestions (all statuses), for the workspace overlay."""
         image = image_for(request, pk)
-        qs = image.suggestions.filter(same_as__isnull=True).select_related(
-            "image", "model_version", "decided_by", "category"
-        )
+        qs = suggestion_rows(image.suggestions.filter(same_as__isnull=True))
         return Response(s.SuggestionSerializer(with_echoes(list(qs)), many=True).data)
 
     @extend_schema(responses=dict)

@@ -1,5 +1,6 @@
 """API representations. Writes go through services; these only shape data."""
 
+from django.urls import get_script_prefix
 from rest_framework import serializers
 
 from inspection.api.base import FastRepresentation, url_for
@@ -120,18 +121,20 @@ class ImageSerializer(FastRepresentation, serializers.ModelSerializer):
             )
         return attrs
 
-    def get_urls(self, obj) -> dict:
+    def get_urls(self, obj, prefix: str | None = None) -> dict:
+        prefix = get_script_prefix() if prefix is None else prefix
+        pk = obj.pk
         return {
-            "original": url_for("api-image-original", obj.pk),
-            "thumbnail": url_for("api-image-thumbnail", obj.pk) if obj.thumbnail_path else None,
-            "dzi": url_for("api-image-dzi", obj.pk) if obj.pyramid_path else None,
-            "heatmap": url_for("api-image-heatmap", obj.pk) if _has_heatmap(obj) else None,
+            "original": url_for("api-image-original", pk, prefix),
+            "thumbnail": url_for("api-image-thumbnail", pk, prefix) if obj.thumbnail_path else None,
+            "dzi": url_for("api-image-dzi", pk, prefix) if obj.pyramid_path else None,
+            "heatmap": url_for("api-image-heatmap", pk, prefix) if _has_heatmap(obj) else None,
             # ?v= changes with every alignment: the files are cached as immutable
-            "reference_dzi": url_for("api-image-reference-dzi", obj.pk)
+            "reference_dzi": url_for("api-image-reference-dzi", pk, prefix)
             + f"?v={(obj.alignment or {}).get('stamp', '')}"
             if obj.reference_pyramid_path
             else None,
-            "difference": url_for("api-image-difference", obj.pk)
+            "difference": url_for("api-image-difference", pk, prefix)
             + f"?v={(obj.alignment or {}).get('stamp', '')}"
             if obj.difference_path
             else None,
