@@ -153,6 +153,7 @@ def project_settings(request, pk):
             "categories": DefectCategory.objects.filter(project=project),
             # a new category's colour: the next of the palette, not the same red every time
             "next_color": category_services.next_color(project),
+            "workspace_keys": ", ".join(sorted(category_services.WORKSPACE_KEYS)),
             "members": project.memberships.select_related("user"),
             "roles": Role.choices,
         },

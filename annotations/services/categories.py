@@ -29,6 +29,24 @@ PALETTE = [
 ]
 
 
+#: Letters the workspace keeps for itself (static/loupe/workspace/keys.js: tools, overlays,
+#: verdicts, next/previous): a category on one of them could never be chosen by its key there.
+#: tests/annotations/test_category_keys.py checks this against keys.js.
+WORKSPACE_KEYS = {
+    "b": "box tool",
+    "d": "difference overlay",
+    "f": "flicker to the reference",
+    "g": "polygon tool",
+    "h": "heatmap",
+    "n": "next image",
+    "o": "verdict OK",
+    "p": "previous image",
+    "r": "verdict needs review",
+    "s": "suggestions",
+    "v": "select tool",
+}
+
+
 def _validate(category: DefectCategory) -> None:
     try:
         category.full_clean(exclude=["project"])
@@ -38,6 +56,14 @@ def _validate(category: DefectCategory) -> None:
     if clash.filter(name__iexact=category.name).exists():
         raise ValidationError(
             {"name": f"The project already has a category named '{category.name}'."}
+        )
+    if category.shortcut in WORKSPACE_KEYS:
+        raise ValidationError(
+            {
+                "shortcut": f"Key '{category.shortcut}' is the workspace's own "
+                f"({WORKSPACE_KEYS[category.shortcut]}): choose a digit or another letter "
+                f"(not {', '.join(sorted(WORKSPACE_KEYS))})."
+            }
         )
     if category.shortcut and clash.filter(shortcut=category.shortcut).exists():
         raise ValidationError(

@@ -164,15 +164,18 @@ def test_categories_with_colour_and_key(team, client_for):
     admin, project = team["admin"], team["project"]
     url = f"/api/projects/{project.pk}/categories/"
     r = client_for(admin).post(
-        url, {"name": "scratch", "color": "#ff0000", "shortcut": "s"}, format="json"
+        url, {"name": "scratch", "color": "#ff0000", "shortcut": "x"}, format="json"
     )
     assert r.status_code == 201, r.content
     r = client_for(admin).post(url, {"name": "dent"}, format="json")
     assert r.json()["shortcut"] == "1" and r.json()["color"].startswith("#")
     r = client_for(admin).post(url, {"name": "Scratch"}, format="json")
     assert r.status_code == 400 and "already has a category" in r.json()["error"]
-    r = client_for(admin).post(url, {"name": "chip", "shortcut": "s"}, format="json")
+    r = client_for(admin).post(url, {"name": "chip", "shortcut": "x"}, format="json")
     assert r.status_code == 400 and "taken" in r.json()["error"]
+    # a key the workspace uses itself would never reach the category there
+    r = client_for(admin).post(url, {"name": "chip", "shortcut": "f"}, format="json")
+    assert r.status_code == 400 and "flicker to the reference" in r.json()["error"]
     r = client_for(admin).post(url, {"name": "bad", "color": "red"}, format="json")
     assert r.status_code == 400 and "colour" in r.json()["error"].lower()
     got = client_for(team["annotator"]).get(url).json()

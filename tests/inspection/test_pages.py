@@ -23,7 +23,7 @@ def test_create_project_and_set_it_up_from_the_browser(make_user, client):
     url = f"/projects/{project.pk}/settings/"
     r = client.post(
         url,
-        {"action": "add-category", "name": "porosity", "color": "#112233", "shortcut": "p"},
+        {"action": "add-category", "name": "porosity", "color": "#112233", "shortcut": "k"},
         follow=True,
     )
     assert "porosity" in r.content.decode()
@@ -36,7 +36,7 @@ def test_create_project_and_set_it_up_from_the_browser(make_user, client):
     )
     assert Membership.objects.get(project=project, user__username="ann").role == "annotator"
     cat = DefectCategory.objects.get(project=project)
-    assert (cat.color, cat.shortcut) == ("#112233", "p")
+    assert (cat.color, cat.shortcut) == ("#112233", "k")
     # the next category's colour is proposed from the palette, not the same red every time
     from annotations.services.categories import PALETTE
 
@@ -50,13 +50,13 @@ def test_create_project_and_set_it_up_from_the_browser(make_user, client):
             "category": cat.pk,
             "name": "gas porosity",
             "color": "#445566",
-            "shortcut": "g",
+            "shortcut": "y",
         },
         follow=True,
     )
     assert "Saved." in r.content.decode()
     cat.refresh_from_db()
-    assert (cat.name, cat.color, cat.shortcut) == ("gas porosity", "#445566", "g")
+    assert (cat.name, cat.color, cat.shortcut) == ("gas porosity", "#445566", "y")
     r = client.post(
         url,
         {"action": "edit-category", "category": cat.pk, "name": "", "color": "#445566"},
