@@ -285,6 +285,63 @@ class ChangeCalibration:
 DEFAULT_QUANTILE = 0.9998
 
 
+#: Cells kept from one map, and from all maps together, to fit a calibration: a project's
+#: hundreds of 20 MP pairs (about 5 MB of map each) are compared one at a time, and only these
+#: samples stay in memory (16 MB at most).
+SAMPLES_PER_MAP = 200_000
+SAMPLES_IN_ALL = 4_000_000
+
+
+class CalibrationSamples:
+    """Unchanged cells sampled from raw maps one at a time, for :meth:`fit`.
+
+    ``expected_maps``: how many maps will be added (a job knows its pairs), so that each keeps
+    the same share of :data:`SAMPLES_IN_ALL` (at most :data:`SAMPLES_PER_MAP`): every pair
+    weighs the same in the quantile, however many there are, and the maps themselves can be
+    dropped as soon as they are added.
+    """
+
+    def __init__(self, expected_maps: int, *, margin: int = 16, seed: int = 0) -> None:
+        self.per_map = max(1, min(SAMPLES_PER_MAP, SAMPLES_IN_ALL // max(expected_maps, 1)))
+        self.margin = margin
+        self.maps = 0
+        self._rng = np.random.default_rng(seed)
+        self._samples: list[np.ndarray] = []
+
+    def add(self, raw: np.ndarray, known_change_mask: np.ndarray | None = None) -> None:
+        """Sample ``raw``'s valid cells (not exactly 0) away from ``known_change_mask`` (True
+        where a labelled change is, at any resolution covering the image; grown by ``margin``
+        pixels of the mask)."""
+        keep = raw != 0
+        if known_change_mask is not None and known_change_mask.any():
+            m = known_change_mask.astype(np.uint8)
+            if self.margin > 0:
+                size = 2 * self.margin + 1
+                m = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+            m = cv2.resize(m.astype(np.float32), raw.shape[::-1], interpolation=cv2.INTER_AREA)
+            keep &= m <= 0
+        values = raw[keep].ravel()
+        if values.size > self.per_map:
+            values = self._rng.choice(values, self.per_map, replace=False)
+        self._samples.append(np.asarray(values, np.float32))
+        self.maps += 1
+
+    def fit(self, quantile: float = DEFAULT_QUANTILE) -> ChangeCalibration:
+        """``lo`` is the median of the samples, ``threshold`` their ``quantile``."""
+        if not self.maps:
+            raise ValueError("fit_calibration needs at least one raw map")
+        values = np.concatenate(self._samples)
+        if values.size == 0:
+            raise ValueError("no unchanged cells to calibrate on (all masked or invalid)")
+        lo = float(np.median(values))
+        threshold = float(np.quantile(values, quantile))
+        if threshold <= lo:
+            threshold = lo + max(1e-6, 1e-3 * abs(lo))
+        return ChangeCalibration(
+            lo=lo, threshold=threshold, quantile=quantile, maps=self.maps, pixels=int(values.size)
+        )
+
+
 def fit_calibration(
     raw_maps: list[np.ndarray],
     known_change_masks: list[np.ndarray | None] | None = None,
@@ -292,7 +349,8 @@ def fit_calibration(
     quantile: float = DEFAULT_QUANTILE,
     margin: int = 16,
 ) -> ChangeCalibration:
-    """Fit a calibration on raw maps of pairs without change.
+    """Fit a calibration on raw maps of pairs without change (all in memory: a job with many
+    pairs adds them one by one to :class:`CalibrationSamples` instead).
 
     ``known_change_masks`` (one per map, or None): True where a labelled change is, at any
     resolution covering the image (the image's own, usually); those places, grown by
@@ -304,28 +362,7 @@ def fit_calibration(
     masks = known_change_masks or [None] * len(raw_maps)
     if len(masks) != len(raw_maps):
         raise ValueError(f"{len(raw_maps)} maps but {len(masks)} masks")
-    rng = np.random.default_rng(0)
-    samples = []
+    samples = CalibrationSamples(len(raw_maps), margin=margin)
     for raw, mask in zip(raw_maps, masks, strict=True):
-        keep = raw != 0
-        if mask is not None and mask.any():
-            m = mask.astype(np.uint8)
-            if margin > 0:
-                size = 2 * margin + 1
-                m = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
-            m = cv2.resize(m.astype(np.float32), raw.shape[::-1], interpolation=cv2.INTER_AREA)
-            keep &= m <= 0
-        values = raw[keep].ravel()
-        if values.size > 200_000:
-            values = rng.choice(values, 200_000, replace=False)
-        samples.append(values)
-    values = np.concatenate(samples)
-    if values.size == 0:
-        raise ValueError("no unchanged cells to calibrate on (all masked or invalid)")
-    lo = float(np.median(values))
-    threshold = float(np.quantile(values, quantile))
-    if threshold <= lo:
-        threshold = lo + max(1e-6, 1e-3 * abs(lo))
-    return ChangeCalibration(
-        lo=lo, threshold=threshold, quantile=quantile, maps=len(raw_maps), pixels=int(values.size)
-    )
+        samples.add(raw, mask)
+    return samples.fit(quantile)

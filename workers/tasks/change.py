@@ -89,7 +89,7 @@ LABEL_MARGIN_PX = 16
 
 @job_task("change_calibrate", queue="gpu", label="Change detector calibration")
 def calibrate_change_model(job, ctx: JobContext) -> dict:
-    from workers.change.heatmap import DEFAULT_QUANTILE, fit_calibration
+    from workers.change.heatmap import DEFAULT_QUANTILE, CalibrationSamples
 
     version = ModelVersion.objects.select_related("project").get(pk=job.payload["model_version"])
     started = time.monotonic()
@@ -101,7 +101,10 @@ def calibrate_change_model(job, ctx: JobContext) -> dict:
             .select_related("reference")
             .order_by("id")
         )
-        maps, masks, used, skipped = [], [], [], []
+        # each pair's map is sampled and dropped at once: hundreds of 20 MP pairs would
+        # otherwise be held together (about 5 MB of map each)
+        samples = CalibrationSamples(len(images))
+        used, skipped, labelled = [], [], 0
         with tempfile.TemporaryDirectory(prefix="loupe-change-") as tmp:
             for n, image in enumerate(images):
                 ctx.progress(0.9 * n / max(len(images), 1), f"Comparing {image.original_name}")
@@ -112,20 +115,21 @@ def calibrate_change_model(job, ctx: JobContext) -> dict:
                 except Exception as exc:  # noqa: BLE001 - one unreadable pair fails alone
                     skipped.append(f"{image.original_name}: {exc}")
                     continue
-                if not maps:
-                    first_size = size
-                maps.append(raw)
-                masks.append(_label_mask(image, size, raw.shape))
+                if not used:  # labelled places grow by LABEL_MARGIN_PX image pixels
+                    cell = max(size[0] / raw.shape[0], 1.0)  # image pixels per map cell
+                    samples.margin = max(1, round(LABEL_MARGIN_PX / cell))
+                mask = _label_mask(image, size, raw.shape)
+                samples.add(raw, mask)
                 used.append(image.pk)
-        if not maps:
+                labelled += mask is not None
+                del raw
+        if not used:
             raise JobError(
                 "No pair could be compared: "
                 + ("; ".join(skipped[:3]) if skipped else "none of them is aligned any more.")
             )
         try:
-            cell = max(first_size[0] / maps[0].shape[0], 1.0)  # image pixels per map cell
-            margin = max(1, round(LABEL_MARGIN_PX / cell))
-            calibration = fit_calibration(maps, masks, quantile=quantile, margin=margin)
+            calibration = samples.fit(quantile)
         except ValueError as exc:  # e.g. every compared place is labelled
             raise JobError(f"The calibration found nothing to learn from: {exc}.") from None
         folder = model_version_folder(version)
@@ -145,7 +149,7 @@ def calibrate_change_model(job, ctx: JobContext) -> dict:
         version.image_ids = used
         version.metrics = {
             "pairs": len(used),
-            "pairs_labelled": sum(m is not None for m in masks),
+            "pairs_labelled": labelled,
             "skipped": skipped[:20],
             "threshold": calibration.threshold,
             "typical": calibration.lo,

@@ -139,3 +139,25 @@ def test_an_identical_pair_calibrates_and_finds_nothing():
     calibration = fit_calibration([raw])
     assert calibration.pixels == raw.size
     assert calibration.apply(raw).max() < 0.5  # no region
+
+
+def test_many_pairs_calibrate_within_a_bounded_sample_each_weighing_the_same():
+    """Hundreds of 20 MP pairs are added one at a time and dropped: what stays is at most
+    SAMPLES_IN_ALL cells, the same number from each map, and the fit matches the one on every
+    cell."""
+    from workers.change.heatmap import SAMPLES_IN_ALL, CalibrationSamples
+
+    rng = np.random.default_rng(3)
+    maps = [rng.gamma(2.0, 1.0 + 0.01 * i, (400, 500)).astype(np.float32) + 0.01 for i in range(60)]
+    samples = CalibrationSamples(len(maps))
+    for raw in maps:
+        samples.add(raw)
+    fitted = samples.fit(0.999)
+    assert samples.per_map == SAMPLES_IN_ALL // 60 < 400 * 500
+    assert fitted.maps == 60 and fitted.pixels == 60 * samples.per_map <= SAMPLES_IN_ALL
+    every = np.concatenate([m.ravel() for m in maps])
+    assert fitted.threshold == pytest.approx(float(np.quantile(every, 0.999)), rel=0.02)
+    assert fitted.lo == pytest.approx(float(np.median(every)), rel=0.01)
+    # a map whose cells are all masked or invalid counts as a map and adds nothing
+    samples.add(np.zeros((10, 10), np.float32))
+    assert samples.maps == 61 and samples.fit(0.999).pixels == fitted.pixels
