@@ -50,6 +50,8 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     assert job.status == "succeeded", job.error
     assert (job.result["defect_images"], job.result["normal_images"]) == (3, 2)
     assert job.result["training_images"] == 4
+    # MVTec's masks came in as polygons: every defect image counts for the pixel figures too
+    assert job.result["pixel_defect_images"] == 3
     status = page.locator("#comparison-status").inner_text()
     assert "scored on 3 reviewed defect images and 2 normal images, trained on 4" in status
     rows = page.locator("#comparison-table tr[data-comparison-version]")
@@ -59,7 +61,7 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     assert all(v.status == "ready" and not v.is_active for v in versions)
     for v in versions:
         figures = v.metrics["comparison"]
-        assert figures["images"] == 5
+        assert figures["images"] == 5 and figures["pixel_defect_images"] == 3
         assert 0 <= figures["image_auroc"] <= 1 and 0 <= figures["pixel_auroc"] <= 1
         assert figures["intervals"]["image_auroc"][0] <= figures["image_auroc"]
         row = page.locator(f'tr[data-comparison-version="{v.pk}"]')

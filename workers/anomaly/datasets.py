@@ -24,11 +24,15 @@ IMAGE_EXTS = tuple(sorted(layout.IMAGE_SUFFIXES))
 
 @dataclass(frozen=True)
 class Sample:
-    """One test image: its path, its mask (None for good images) and its defect type."""
+    """One test image: its path, its mask (None for good images) and its defect type.
+    ``outline_only``: the mask outlines the defects (boxes drawn around them) rather than
+    marking their pixels; image and region figures use it, pixel AUROC and AU-PRO leave the
+    image out (a box's background would count as defect)."""
 
     image: Path
     mask: Path | None
     defect_type: str
+    outline_only: bool = False
 
     @property
     def is_anomalous(self) -> bool:

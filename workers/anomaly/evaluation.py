@@ -69,8 +69,9 @@ def evaluate(
         heat = pred.score_map
         scores.append(pred.image_score)
         labels.append(sample.is_anomalous)
-        maps.append(heat)
-        small_masks.append(metrics.resize_mask(mask, heat.shape))
+        if not (sample.is_anomalous and sample.outline_only):  # pixels only where marked
+            maps.append(heat)
+            small_masks.append(metrics.resize_mask(mask, heat.shape))
         regions.append(pred.regions)
         full_masks.append(mask if sample.is_anomalous else None)
         row = {
@@ -93,6 +94,8 @@ def evaluate(
         "image_auroc": metrics.image_auroc(scores, labels),
         "pixel_auroc": metrics.pixel_auroc(maps, small_masks),
         "au_pro": metrics.au_pro(maps, small_masks),
+        # defect images whose pixels are marked (outline-only ones are not in the two above)
+        "pixel_defect_images": sum(s.is_anomalous and not s.outline_only for s in samples),
         "region_recall": rstats.recall,
         "region_gt": rstats.gt_regions,
         "region_false_per_good_image": rstats.false_per_normal_image,

@@ -5,7 +5,8 @@ per chosen architecture, all trained on the same normal images, and set some nor
 aside. This job trains each version in turn, then scores it on the project's own reviewed
 images: the normal images set aside, and every image with reviewed labels (approved, or
 imported ground truth; a box or polygon is its defect's mask). Figures per version: image AUROC,
-pixel AUROC, AU-PRO, region recall at <= 1 false region per good image, recall and false regions
+pixel AUROC and AU-PRO (on the images whose labels are all polygons: a box's background is no
+defect), region recall at <= 1 false region per good image, recall and false regions
 per good image at the model's threshold, with 95 % bootstrap intervals over the images, ms per
 image, the model's size on disk and its training time. The best (highest region recall at <= 1 false per good
 image, then image AUROC, then pixel AUROC) is marked; nobody's active model changes until an
@@ -123,7 +124,10 @@ def compare_anomaly_models(job, ctx: JobContext) -> dict:
                 mask_path = folder / "masks" / f"{image.pk}.png"
                 mask_path.parent.mkdir(exist_ok=True)
                 cv2.imwrite(str(mask_path), mask_of(truth[image.pk], h, w))
-                samples.append(anomaly.Sample(path, mask_path, "reviewed"))
+                # a box marks where a defect is, not its pixels: such an image counts for the
+                # image and region figures, not for pixel AUROC and AU-PRO
+                boxed = any(g.get("type") != "polygon" for g in truth[image.pk])
+                samples.append(anomaly.Sample(path, mask_path, "reviewed", outline_only=boxed))
             span = 0.97 / len(versions)
             for i, version in enumerate(versions):
                 start = 0.02 + i * span
@@ -144,6 +148,7 @@ def compare_anomaly_models(job, ctx: JobContext) -> dict:
         "best": best["model_version"],
         "normal_images": len(normals),
         "defect_images": len(defects),
+        "pixel_defect_images": sum(s.is_anomalous and not s.outline_only for s in samples),
         "training_images": len(train_images),
         "message": f"{len(scored)} model(s) scored on {len(defects)} reviewed defect and "
         f"{len(normals)} normal images; best: {best['architecture']} v{best['number']}",
@@ -182,6 +187,7 @@ def _train_and_score(version, train_paths, samples, ctx, start: float, span: flo
     figures["train_seconds"] = version.metrics.get("train_seconds")
     figures["model_mb"] = round(model_bytes / 2**20, 1)  # with its exports
     figures["images"] = len(samples)
+    figures["pixel_defect_images"] = result.metrics["pixel_defect_images"]
     version.metrics = {**version.metrics, "comparison": figures}
     version.save(update_fields=["metrics"])
     return {**row, "figures": figures}

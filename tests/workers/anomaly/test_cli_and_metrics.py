@@ -195,3 +195,37 @@ def test_region_recall_respects_the_false_region_budget():
     strict = region_recall([defect_regions, normal_regions], [mask, None], max_false=0.0)
     assert strict.recall == 0.5  # the 0.6 hit is below the false 0.7 peak
     assert strict.false_per_normal_image == 0.0
+
+
+def test_a_box_outline_counts_for_image_and_region_figures_not_pixel_ones(
+    cli_data_and_model, tmp_path: Path
+):
+    """A reviewer's box marks where a defect is, not its pixels: with ``outline_only`` the image
+    still counts for image AUROC and region recall, and pixel AUROC / AU-PRO leave it out
+    (its box's background would count as defect)."""
+    from workers.anomaly import evaluate
+    from workers.anomaly.datasets import Sample
+
+    data, model = cli_data_and_model
+    good = Sample(data / "test/good/000.png", None, "good")
+    boxes = []
+    for i, (cy, cx) in enumerate([(30, 30), (60, 70)]):
+        box = np.zeros((96, 96), np.uint8)
+        cv2.rectangle(box, (cx - 20, cy - 20), (cx + 20, cy + 20), 255, -1)  # loose boxes
+        cv2.imwrite(str(tmp_path / f"box{i}.png"), box)
+        boxes.append(tmp_path / f"box{i}.png")
+    holes = [data / f"test/hole/{i:03d}.png" for i in range(2)]
+    exact = data / "ground_truth/hole"
+    marked = [Sample(h, exact / f"{i:03d}_mask.png", "hole") for i, h in enumerate(holes)]
+    as_boxes = [Sample(h, b, "hole") for h, b in zip(holes, boxes, strict=True)]
+    outlined = [Sample(h, b, "hole", outline_only=True) for h, b in zip(holes, boxes, strict=True)]
+    ref = evaluate(model, [good, *marked]).metrics
+    wrong = evaluate(model, [good, *as_boxes]).metrics
+    right = evaluate(model, [good, marked[0], outlined[1]]).metrics
+    assert wrong["pixel_auroc"] < ref["pixel_auroc"]  # the boxes' background counted as defect
+    assert (ref["pixel_defect_images"], right["pixel_defect_images"]) == (2, 1)
+    assert right["image_auroc"] == ref["image_auroc"] == 1.0
+    assert right["region_recall"] == ref["region_recall"] == 1.0
+    # with one of the two marked images, the pixel figure is that image's alone
+    only = evaluate(model, [good, marked[0]]).metrics
+    assert right["pixel_auroc"] == pytest.approx(only["pixel_auroc"])
