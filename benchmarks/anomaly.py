@@ -9,6 +9,9 @@ Prints a Markdown table and writes every figure as JSON under ``--out``.
                bottle:efficientad-distilled magnetic_tile:padim magnetic_tile:patchcore \
                magnetic_tile:efficientad-distilled --steps 100 --large --engine
 
+``--backbone lite1`` (or ``lite2``) trains PaDiM and PatchCore on that ImageNet
+EfficientNet-Lite instead of Lite0; their rows are named ``padim-lite1`` and so on.
+
 Without ``--out`` the models and the results file go to a temporary folder, removed at the
 end (only the printed table stays); library caches go to ``$LOUPE_MODELS_DIR`` (default
 ``~/.cache/loupe/models``), never into the checkout.
@@ -37,7 +40,18 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _config(model: str, steps: int, input_size: int, scale: float | None = None):  # noqa: ANN202
+def _tag(model: str, backbone: str) -> str:
+    """A run's name: the model, with the backbone when it is not the default Lite0."""
+    return (
+        model
+        if backbone == "lite0" or model not in ("padim", "patchcore")
+        else f"{model}-{backbone}"
+    )
+
+
+def _config(  # noqa: ANN202
+    model: str, steps: int, input_size: int, scale: float | None = None, backbone: str = "lite0"
+):
     from workers.anomaly import TrainConfig
 
     if model.startswith("efficientad"):
@@ -47,15 +61,22 @@ def _config(model: str, steps: int, input_size: int, scale: float | None = None)
         )
     # --steps reaches every model that trains in steps (the autoencoder, STFPM); PaDiM and
     # PatchCore fit in one pass and ignore it
-    return TrainConfig(model=model, input_size=input_size, scale=scale, steps=steps)
+    extra = {"backbone": backbone} if model in ("padim", "patchcore") else {}
+    return TrainConfig(model=model, input_size=input_size, scale=scale, steps=steps, **extra)
 
 
 def run_train(
-    dataset: Path, model: str, out: Path, steps: int, input_size: int, scale: float | None = None
+    dataset: Path,
+    model: str,
+    out: Path,
+    steps: int,
+    input_size: int,
+    scale: float | None = None,
+    backbone: str = "lite0",
 ) -> dict:
     from workers.anomaly import mvtec_train, train
 
-    config = _config(model, steps, input_size, scale)
+    config = _config(model, steps, input_size, scale, backbone)
     started = time.perf_counter()
     result = train(config, mvtec_train(dataset), out)
     return {
@@ -95,20 +116,21 @@ def run_engine(dataset: Path, model_dir: Path, kind: str) -> dict:
         predict,
         predict_many,
     )
-    from workers.anomaly.backbone import LITE0
+    from workers.anomaly.backbone import timm_backbone
     from workers.anomaly.models.padim import LAYERS as PADIM_LAYERS
     from workers.anomaly.models.patchcore import LAYERS as PATCHCORE_LAYERS
 
     loaded = load_model(model_dir, backend="torch")
     if kind == "padim":
         lm = Padim(
-            backbone=LITE0, layers=list(PADIM_LAYERS), pre_trained=False,
+            backbone=timm_backbone(loaded.net.backbone), layers=list(PADIM_LAYERS), pre_trained=False,
             n_features=loaded.net.model.n_features, visualizer=False,
         )  # fmt: skip
     elif kind == "patchcore":
         lm = Patchcore(
-            backbone=LITE0, layers=list(PATCHCORE_LAYERS), pre_trained=False, visualizer=False
-        )
+            backbone=timm_backbone(loaded.net.backbone), layers=list(PATCHCORE_LAYERS),
+            pre_trained=False, visualizer=False,
+        )  # fmt: skip
     else:
         lm = EfficientAd(
             teacher_out_channels=loaded.net.model.teacher_out_channels,
@@ -258,6 +280,12 @@ def main() -> int:
         "--scale", type=float, default=None, help="tiled mode at this scale (default: whole image)"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--backbone",
+        default="lite0",
+        choices=("lite0", "lite1", "lite2"),
+        help="ImageNet EfficientNet-Lite of PaDiM and PatchCore (rows: padim-lite1, ...)",
+    )
     parser.add_argument("--large", action="store_true", help="also time a 20 MP image")
     parser.add_argument("--engine", action="store_true", help="compare with Engine.predict")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -279,18 +307,20 @@ def main() -> int:
         res = run_train(
             datasets / dataset,
             model,
-            out / f"{dataset}_{model}",
+            out / f"{dataset}_{_tag(model, args.backbone)}",
             args.steps,
             args.input_size,
             args.scale,
+            args.backbone,
         )
     elif phase == "eval":
         dataset, model = rest
-        res = run_eval(datasets / dataset, out / f"{dataset}_{model}")
+        res = run_eval(datasets / dataset, out / f"{dataset}_{_tag(model, args.backbone)}")
     elif phase == "engine":
         dataset, model = rest
         kind = "efficientad" if model.startswith("efficientad") else model
-        res = run_engine(datasets / dataset, out / f"{dataset}_{model}", kind)
+        model_dir = out / f"{dataset}_{_tag(model, args.backbone)}"
+        res = run_engine(datasets / dataset, model_dir, kind)
     else:
         model, overlap, *backend = rest
         res = run_large(
@@ -309,6 +339,7 @@ def run_all(args: argparse.Namespace, datasets: Path, out: Path) -> int:
     common = [
         "--datasets", str(datasets), "--out", str(out), "--steps", str(args.steps),
         "--input-size", str(args.input_size), "--threads", str(args.threads),
+        "--backbone", args.backbone,
         *(["--scale", str(args.scale)] if args.scale else []),
     ]  # fmt: skip
     for run in args.runs:
@@ -320,7 +351,7 @@ def run_all(args: argparse.Namespace, datasets: Path, out: Path) -> int:
             row.update(_child([*common, "--child", "eval", name, model]))
         if "error" not in row and args.engine:
             row.update(_child([*common, "--child", "engine", name, model]))
-        results[f"{name}:{model}"] = row
+        results[f"{name}:{_tag(model, args.backbone)}"] = row
         results_file.write_text(json.dumps(results, indent=2, default=str))
         print(json.dumps(row, default=str), file=sys.stderr, flush=True)
     if args.large:

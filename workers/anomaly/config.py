@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from workers.lite0 import VARIANTS
+
 from .errors import ConfigError, IncompatibleModelError
 from .regions import RegionConfig
 
@@ -22,6 +24,11 @@ ProgressCallback = Callable[[float, str], None]
 
 #: What can run a model's network (``load_model(..., backend=...)``; see :mod:`.runtimes`).
 BACKENDS = ("auto", "torch", "onnx", "openvino", "openvino-int8")
+
+#: ``TrainConfig.backbone`` values (ImageNet EfficientNet-Lite0/1/2 shipped on PyPI) and the
+#: models that take one.
+BACKBONES = VARIANTS
+BACKBONE_MODELS = ("padim", "patchcore")
 
 
 #: A tiled model inspects an image as it is when its long side is within x1/2 - x2 of the
@@ -92,6 +99,9 @@ class TrainConfig:
     max_memory_bank: int = 20_000
     max_candidates: int = 200_000
     padim_features: int = 100
+    # ImageNet EfficientNet-Lite size of PaDiM's and PatchCore's backbone: "lite0", "lite1" or
+    # "lite2" (docs/anomaly.md, "Backbones"); other models have their own networks
+    backbone: str = "lite0"
     coarse_pass: bool = False
     seed: int = 0
     device: str = "auto"
@@ -145,6 +155,13 @@ class TrainConfig:
             )
         if self.coarse_pass and self.scale is None:
             raise ConfigError("coarse_pass adds a whole-image pass to a tiled model: set scale")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone must be one of {BACKBONES}, not {self.backbone!r}")
+        if self.backbone != "lite0" and self.model not in BACKBONE_MODELS:
+            raise ConfigError(
+                f"backbone {self.backbone!r} is a choice of {' and '.join(BACKBONE_MODELS)}; "
+                f"{self.model} has its own network (leave backbone at 'lite0')"
+            )
 
 
 #: Why :func:`recommended_config` chooses its model, by device type (the CLI prints it).

@@ -1,4 +1,5 @@
-"""PaDiM (anomalib ``PadimModel``) on the offline Lite0 backbone, fitted in bounded memory.
+"""PaDiM (anomalib ``PadimModel``) on the offline Lite0 (or Lite1/Lite2) backbone, fitted in
+bounded memory.
 
 The Gaussians come from running sums of x and x x^T per position, so memory does not grow with
 the number of tiles (anomalib keeps every embedding, then fits).
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..backbone import LITE0, lite0_extractor_hook, lite_normalise, separable_blur
+from ..backbone import lite0_extractor_hook, lite_normalise, separable_blur, timm_backbone
 from ..config import Phase, ProgressCallback, TrainConfig
 from ..errors import ConfigError
 from ..offline import configure_offline
@@ -17,22 +18,28 @@ from ..training_data import TrainData
 from . import Fitted, ModelSpec, register
 
 # Feature layers of tf_efficientnet_lite0 (channels 24/40/112 at strides 4/8/16), like
-# resnet's layer1-3.
+# resnet's layer1-3; the same stages of lite1 (24/40/112, deeper) and lite2 (24/48/120).
 LAYERS = ("blocks.1", "blocks.2", "blocks.4")
 
 
 class PadimNet(nn.Module):
-    """PaDiM (anomalib ``PadimModel``) on the offline Lite0 backbone."""
+    """PaDiM (anomalib ``PadimModel``) on the offline Lite0 (or Lite1/Lite2) backbone."""
 
-    def __init__(self, n_features: int = 100, pretrained: bool = False) -> None:
+    def __init__(
+        self, n_features: int = 100, pretrained: bool = False, backbone: str = "lite0"
+    ) -> None:
         super().__init__()
         from anomalib.models.image.padim.torch_model import PadimModel
 
         configure_offline()
+        self.backbone = backbone
         self.model = PadimModel(
-            backbone=LITE0, layers=list(LAYERS), pre_trained=False, n_features=n_features
+            backbone=timm_backbone(backbone),
+            layers=list(LAYERS),
+            pre_trained=False,
+            n_features=n_features,
         )
-        lite0_extractor_hook(self.model, pretrained)
+        lite0_extractor_hook(self.model, pretrained, backbone)
         self.model.eval()
 
     @torch.no_grad()
@@ -96,13 +103,15 @@ def fit_padim(net: PadimNet, batches) -> dict:  # noqa: ANN001 - an iterator of 
 
 
 def build(net_args: dict, pretrained: bool = False) -> PadimNet:
-    return PadimNet(net_args["n_features"], pretrained=pretrained)
+    # artifacts made before the backbone choice have no "backbone": they are lite0
+    backbone = net_args.get("backbone", "lite0")
+    return PadimNet(net_args["n_features"], pretrained=pretrained, backbone=backbone)
 
 
 def fit(
     config: TrainConfig, data: TrainData, device: torch.device, progress: ProgressCallback
 ) -> Fitted:
-    net_args = {"n_features": config.padim_features}
+    net_args = {"n_features": config.padim_features, "backbone": config.backbone}
     net = build(net_args, pretrained=True).to(device)
     metrics = fit_padim(net, data.images.grid_batches(8, device, Phase(progress, 0.02, 0.85)))
     return Fitted(net, net_args, metrics)

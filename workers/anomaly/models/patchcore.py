@@ -1,5 +1,6 @@
-"""PatchCore (anomalib ``PatchcoreModel``) on the offline Lite0 backbone, with a memory bank
-built in bounded memory (a sampled candidate pool, then our own O(N) k-center-greedy coreset).
+"""PatchCore (anomalib ``PatchcoreModel``) on the offline Lite0 (or Lite1/Lite2) backbone, with
+a memory bank built in bounded memory (a sampled candidate pool, then our own O(N)
+k-center-greedy coreset).
 """
 
 from __future__ import annotations
@@ -10,32 +11,35 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..backbone import LITE0, lite0_extractor_hook, lite_normalise, separable_blur
+from ..backbone import lite0_extractor_hook, lite_normalise, separable_blur, timm_backbone
 from ..config import Phase, ProgressCallback, TrainConfig
 from ..offline import configure_offline
 from ..training_data import TrainData
 from . import Fitted, ModelSpec, register
 
 # Feature layers of tf_efficientnet_lite0 (channels 40/112 at strides 8/16), like the paper's
-# layer2+3.
+# layer2+3; the same stages of lite1 (40/112, deeper) and lite2 (48/120).
 LAYERS = ("blocks.2", "blocks.4")
 
 
 class PatchcoreNet(nn.Module):
-    """PatchCore (anomalib ``PatchcoreModel``) on the offline Lite0 backbone."""
+    """PatchCore (anomalib ``PatchcoreModel``) on the offline Lite0 (or Lite1/Lite2) backbone."""
 
-    def __init__(self, num_neighbors: int = 9, pretrained: bool = False) -> None:
+    def __init__(
+        self, num_neighbors: int = 9, pretrained: bool = False, backbone: str = "lite0"
+    ) -> None:
         super().__init__()
         from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
         configure_offline()
+        self.backbone = backbone
         self.model = PatchcoreModel(
             layers=list(LAYERS),
-            backbone=LITE0,
+            backbone=timm_backbone(backbone),
             pre_trained=False,
             num_neighbors=num_neighbors,
         )
-        lite0_extractor_hook(self.model, pretrained)
+        lite0_extractor_hook(self.model, pretrained, backbone)
         self.model.eval()
 
     @torch.no_grad()
@@ -165,13 +169,15 @@ def _patches_per_tile(net: PatchcoreNet, size: int, device: torch.device) -> int
 
 
 def build(net_args: dict, pretrained: bool = False) -> PatchcoreNet:
-    return PatchcoreNet(net_args["num_neighbors"], pretrained=pretrained)
+    # artifacts made before the backbone choice have no "backbone": they are lite0
+    backbone = net_args.get("backbone", "lite0")
+    return PatchcoreNet(net_args["num_neighbors"], pretrained=pretrained, backbone=backbone)
 
 
 def fit(
     config: TrainConfig, data: TrainData, device: torch.device, progress: ProgressCallback
 ) -> Fitted:
-    net_args = {"num_neighbors": 9}
+    net_args = {"num_neighbors": 9, "backbone": config.backbone}
     net = build(net_args, pretrained=True).to(device)
     images = data.images
     expected = images.count_tiles() * _patches_per_tile(net, config.input_size, device)
