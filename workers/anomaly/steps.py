@@ -61,3 +61,14 @@ class StepBudget:
     @property
     def stopped_early(self) -> bool:
         return self.done < self.steps
+
+    def summary(self) -> dict:
+        """What a model trained in steps reports in its metrics: steps done, the smoothed and
+        the last loss, whether it stopped early, and the seconds since the budget started."""
+        return {
+            "steps_done": self.done,
+            "final_loss": self.ema,
+            "last_loss": self.last,
+            "stopped_early": self.stopped_early,
+            "fit_seconds": round(time.monotonic() - self.started, 2),
+        }

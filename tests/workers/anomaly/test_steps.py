@@ -1,4 +1,5 @@
-"""When a model trained in steps stops (StepBudget, shared by EfficientAD and STFPM)."""
+"""When a model trained in steps stops (StepBudget, shared by EfficientAD, STFPM and the
+autoencoder), and what it reports."""
 
 from workers.anomaly.steps import StepBudget
 
@@ -10,6 +11,13 @@ def test_the_step_budget_stops_at_its_steps_and_reports_each():
     assert seen[-1] == (1.0, "step 3/3 loss 0.2500") and len(seen) == 3
     assert not budget.stopped_early and budget.last == 0.25
     assert budget.ema == 0.9 * (0.9 * 1.0 + 0.1 * 0.5) + 0.1 * 0.25
+    summary = budget.summary()  # what each model puts in its metrics
+    assert (summary["steps_done"], summary["last_loss"], summary["stopped_early"]) == (
+        3,
+        0.25,
+        False,
+    )
+    assert summary["final_loss"] == budget.ema and summary["fit_seconds"] >= 0
 
 
 def test_patience_stops_when_the_smoothed_loss_no_longer_improves_by_one_percent():

@@ -41,7 +41,6 @@ benchmarks/anomaly.py cannot repeat, so no figures of theirs are quoted):
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -196,15 +195,7 @@ def train_autoencoder(
         if budget.done_step(float(loss.detach())):
             break
     net.eval()
-    return {
-        "steps_done": budget.done,
-        "batch_size": batch_size,
-        "learning_rate": lr,
-        "final_loss": budget.ema,
-        "last_loss": budget.last,
-        "stopped_early": budget.stopped_early,
-        "fit_seconds": round(time.monotonic() - budget.started, 2),
-    }
+    return {**budget.summary(), "batch_size": batch_size, "learning_rate": lr}
 
 
 @torch.no_grad()

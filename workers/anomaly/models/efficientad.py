@@ -208,11 +208,7 @@ def train_efficientad(
             break
     model.student.eval()
     model.ae.eval()
-    return {
-        "steps_done": budget.done,
-        "final_loss": budget.ema,
-        "stopped_early": budget.stopped_early,
-    }
+    return budget.summary()
 
 
 @torch.no_grad()

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -180,15 +179,7 @@ def train_stfpm(
         if budget.done_step(float(loss.detach())):
             break
     model.student_model.eval()
-    return {
-        "steps_done": budget.done,
-        "batch_size": batch_size,
-        "learning_rate": lr,
-        "final_loss": budget.ema,
-        "last_loss": budget.last,
-        "stopped_early": budget.stopped_early,
-        "fit_seconds": round(time.monotonic() - budget.started, 2),
-    }
+    return {**budget.summary(), "batch_size": batch_size, "learning_rate": lr}
 
 
 def build(net_args: dict, pretrained: bool = False) -> StfpmNet:
