@@ -33,6 +33,30 @@ def children_of(pid: int) -> dict[int, str]:
     return {k: v.decode() for k, v in found.items()}
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (a Celery worker forks its pool and its embedded beat)."""
+    found = set(children_of(pid))
+    for child in list(found):
+        found |= descendants(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def all_gone(pids: set[int], timeout: float = 20.0) -> set[int]:
+    """The processes of ``pids`` still alive after ``timeout`` seconds (none, hopefully)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    return {p for p in pids if alive(p)}
+
+
 def answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own http URL
@@ -85,6 +109,11 @@ def test_a_crashed_worker_is_started_again_and_the_web_keeps_serving(redis_url):
         half = max(1, (os.cpu_count() or 2) // 2)
         assert f"LOUPE_STATION_THREADS={half}".encode() in station_env
         (first,) = workers
+        deadline = time.time() + 60  # its pool and beat, forked once it has started
+        while len(descendants(first)) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        forked = descendants(first)
+        assert forked, "the worker forked no pool"
         os.kill(first, signal.SIGKILL)  # out of memory, say
         deadline = time.time() + 60
         again = set()
@@ -97,13 +126,18 @@ def test_a_crashed_worker_is_started_again_and_the_web_keeps_serving(redis_url):
         assert again, (var / "run.log").read_text()[-3000:]
         assert run.poll() is None
         assert "worker exited with -9" in (var / "run.log").read_text()
+        # what the killed worker had forked went with it (no orphaned pool holding memory)
+        assert not all_gone(forked), forked
+        started = descendants(run.pid)
     finally:
         run.send_signal(signal.SIGTERM)
         try:
             run.wait(timeout=60)
         except subprocess.TimeoutExpired:
             run.kill()
-    assert not children_of(run.pid)  # Ctrl+C stops everything it started
+    assert run.returncode == 0  # it stopped on its own, not killed by the test
+    # Ctrl+C stops everything it started, and everything they forked
+    assert not all_gone(started), {p: children_of(1).get(p) for p in started}
 
 
 def test_back_off_grows_for_a_child_that_keeps_dying_and_resets_once_it_runs():

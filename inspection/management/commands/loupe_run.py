@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 
@@ -16,7 +15,7 @@ from django.core.management.base import BaseCommand
 
 from inspection.models import Station
 from inspection.redis_local import redis_answers, start_local_redis
-from inspection.supervise import Child, Supervisor
+from inspection.supervise import Child, Supervisor, spawn
 
 
 class Command(BaseCommand):
@@ -97,8 +96,8 @@ class Command(BaseCommand):
             "--access-logfile",
             "-",
         ]
-        children.append(Child("worker", lambda: subprocess.Popen(worker)))
-        children.append(Child("web", lambda: subprocess.Popen(web)))
+        children.append(Child("worker", lambda: spawn(worker)))
+        children.append(Child("web", lambda: spawn(web)))
         # line stations marked "start with Loupe" (docs/stations.md), each its own process,
         # with half the cores: here they share the machine with the worker and the web server
         station_env = dict(os.environ)
@@ -108,7 +107,7 @@ class Command(BaseCommand):
             children.append(
                 Child(
                     f"station {name}",
-                    lambda c=command: subprocess.Popen(c, env=station_env),
+                    lambda c=command: spawn(c, env=station_env),
                 )
             )
         # a child that exits is started again (with back-off) while the others keep running:
