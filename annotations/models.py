@@ -4,10 +4,11 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
+from inspection.listcache import WatchedModel
 from inspection.models import Image, Project
 
 
-class DefectCategory(models.Model):
+class DefectCategory(WatchedModel):
     """A kind of defect in one project (scratch, dust, crack...), with a colour and a key."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="categories")
@@ -40,11 +41,13 @@ class DefectCategory(models.Model):
         return self.name
 
 
-class Annotation(models.Model):
+class Annotation(WatchedModel):
     """A label on an image: a box or polygon in full-resolution pixel coordinates.
 
     geometry: {"type": "box", "x":, "y":, "w":, "h":} or {"type": "polygon", "points": [[x, y], ...]}.
     """
+
+    LIST_CACHE_PROJECT = "image__project_id"  # cached lists (inspection.listcache)
 
     class Source(models.TextChoices):
         MANUAL = "manual", "Manual"
@@ -111,8 +114,10 @@ class Annotation(models.Model):
         return f"{self.kind} {self.category} on {self.image_id}"
 
 
-class ImageComment(models.Model):
+class ImageComment(WatchedModel):
     """A note on an image ("glare on the left, re-shoot?")."""
+
+    LIST_CACHE_PROJECT = "image__project_id"  # cached lists (inspection.listcache)
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="comments")
     author = models.ForeignKey(
@@ -128,11 +133,13 @@ class ImageComment(models.Model):
         return self.text[:50]
 
 
-class Suggestion(models.Model):
+class Suggestion(WatchedModel):
     """A candidate defect region proposed by a model (machine output, never a label by itself).
 
     Accepting one creates an Annotation that points back here; every decision is a Review.
     """
+
+    LIST_CACHE_PROJECT = "image__project_id"  # cached lists (inspection.listcache)
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -207,8 +214,10 @@ class Suggestion(models.Model):
         return f"suggestion {self.pk} on {self.image_id} ({self.score:.2f}, {self.status})"
 
 
-class Review(models.Model):
+class Review(WatchedModel):
     """One human decision on a suggestion or a label: who, when, what, and the shape before/after."""
+
+    LIST_CACHE_PROJECT = "image__project_id"  # cached lists (inspection.listcache)
 
     class Action(models.TextChoices):
         ACCEPT = "accept", "Accepted suggestion"

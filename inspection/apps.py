@@ -7,4 +7,7 @@ class InspectionConfig(AppConfig):
 
     def ready(self) -> None:
         # registers its maintenance hook (stale jobs)
+        from inspection.listcache import connect_user_signals
         from inspection.services import jobs  # noqa: F401
+
+        connect_user_signals()

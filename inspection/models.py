@@ -5,6 +5,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from inspection.listcache import WatchedModel
+
 
 class Role(models.TextChoices):
     ANNOTATOR = "annotator", "Annotator"
@@ -15,8 +17,10 @@ class Role(models.TextChoices):
 ROLE_RANK = {Role.ANNOTATOR: 1, Role.REVIEWER: 2, Role.ADMIN: 3}
 
 
-class Project(models.Model):
+class Project(WatchedModel):
     """One product category: its images, defect categories, members and (later) models."""
+
+    LIST_CACHE_PROJECT = "id"  # cached lists (inspection.listcache)
 
     # unique among the projects a user can see (services.projects), not site-wide: a refusal
     # would tell a non-member that a project of that name exists (docs/permissions.md)
@@ -56,7 +60,7 @@ class Project(models.Model):
         return self.name
 
 
-class Membership(models.Model):
+class Membership(WatchedModel):
     """A user's role in one project."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
@@ -81,7 +85,7 @@ def image_upload_path(instance: "Image", filename: str) -> str:
     return f"projects/{instance.project_id}/originals/{instance.uid}.{suffix}"
 
 
-class Image(models.Model):
+class Image(WatchedModel):
     """An uploaded image. The original file is never modified; derived files sit beside it.
 
     width/height are the displayed size, i.e. after EXIF orientation is applied; annotation
@@ -255,7 +259,7 @@ class Job(models.Model):
         return round((end - self.started_at).total_seconds(), 2)
 
 
-class ModelVersion(models.Model):
+class ModelVersion(WatchedModel):
     """A trained model of a project: what it is, what it saw, how good it was, where it lives."""
 
     class Kind(models.TextChoices):
@@ -305,7 +309,7 @@ class ModelVersion(models.Model):
         return f"{self.project} {self.architecture} v{self.number}"
 
 
-class InspectionRun(models.Model):
+class InspectionRun(WatchedModel):
     """A model applied to a set of images: heatmaps, suggestions, and the run's figures."""
 
     class Scope(models.TextChoices):
@@ -342,11 +346,13 @@ class InspectionRun(models.Model):
         return f"run {self.pk} of {self.project}"
 
 
-class ImageHeatmap(models.Model):
+class ImageHeatmap(WatchedModel):
     """An anomaly heatmap of an image (8-bit grey PNG, any size: it is stretched over the image).
 
     Written by inspection runs; the workspace overlays the latest one.
     """
+
+    LIST_CACHE_PROJECT = "image__project_id"  # cached lists (inspection.listcache)
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="heatmaps")
     run = models.ForeignKey(

@@ -241,6 +241,8 @@ CACHES = {
         "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
     },
 }
+# list pages kept in memory until their project's data changes (inspection/listcache.py)
+LOUPE_LIST_CACHE = env.bool("LOUPE_LIST_CACHE", default=True)
 LOUPE_LOGIN_FAILURES_PER_USER = env.int("LOUPE_LOGIN_FAILURES_PER_USER", default=10)
 LOUPE_LOGIN_FAILURES_PER_ADDRESS = env.int("LOUPE_LOGIN_FAILURES_PER_ADDRESS", default=100)
 LOUPE_LOGIN_WINDOW_SECONDS = env.int("LOUPE_LOGIN_WINDOW_SECONDS", default=600)

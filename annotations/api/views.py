@@ -18,6 +18,7 @@ from inspection.api.base import NumericIds, list_response
 from inspection.api.lookups import image_for, project_for
 from inspection.api.serializers import RunDetailSerializer, UploadSerializer
 from inspection.api.uploads import upload_response
+from inspection.listcache import cached_page
 from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion, Role
 from inspection.permissions import require_role
 
@@ -122,7 +123,9 @@ class ProjectLabelsViewSet(NumericIds, viewsets.GenericViewSet):
             .annotate(has_heatmap=Exists(ImageHeatmap.objects.filter(image=OuterRef("pk"))))
             .order_by("id")
         )
-        return list_response(self, images, s.GridImageSerializer, filterset_class=ImageFilter)
+        return list_response(
+            self, images, s.GridImageSerializer, filterset_class=ImageFilter, cache_for=project.pk
+        )
 
     @extend_schema(request=s.ImageBulkSerializer, responses=s.ImageBulkResultSerializer)
     @action(detail=True, methods=["post"], url_path="images/bulk")
@@ -150,7 +153,9 @@ class ProjectLabelsViewSet(NumericIds, viewsets.GenericViewSet):
         author, kind)."""
         project = project_for(request, pk)
         qs = _annotations().filter(image__project=project).order_by("id")
-        return list_response(self, qs, s.AnnotationSerializer, filterset_class=AnnotationFilter)
+        return list_response(
+            self, qs, s.AnnotationSerializer, filterset_class=AnnotationFilter, cache_for=project.pk
+        )
 
     @extend_schema(responses=s.SuggestionSerializer(many=True))
     @action(detail=True, filterset_class=SuggestionFilter)
@@ -165,7 +170,12 @@ class ProjectLabelsViewSet(NumericIds, viewsets.GenericViewSet):
             ).order_by("-score", "id")
         )
         return list_response(
-            self, qs, s.SuggestionSerializer, filterset_class=SuggestionFilter, prepare=with_echoes
+            self,
+            qs,
+            s.SuggestionSerializer,
+            filterset_class=SuggestionFilter,
+            prepare=with_echoes,
+            cache_for=project.pk,
         )
 
     @extend_schema(responses=dict)
@@ -226,8 +236,12 @@ class ImageLabelsViewSet(NumericIds, viewsets.GenericViewSet):
         """GET every label of an image; POST one ({category, geometry}) or a list of them."""
         image = image_for(request, pk)
         if request.method == "GET":
-            return Response(
-                s.AnnotationSerializer(_annotations().filter(image=image), many=True).data
+            return cached_page(
+                request,
+                image.project_id,
+                lambda: Response(
+                    s.AnnotationSerializer(_annotations().filter(image=image), many=True).data
+                ),
             )
         if isinstance(request.data, list):
             created = labels.annotations_bulk_create(
@@ -285,8 +299,12 @@ class ImageLabelsViewSet(NumericIds, viewsets.GenericViewSet):
     def comments(self, request, pk=None):
         image = image_for(request, pk)
         if request.method == "GET":
-            return Response(
-                s.CommentSerializer(image.comments.select_related("author"), many=True).data
+            return cached_page(
+                request,
+                image.project_id,
+                lambda: Response(
+                    s.CommentSerializer(image.comments.select_related("author"), many=True).data
+                ),
             )
         text = request.data.get("text", "") if isinstance(request.data, dict) else None
         comment = comments.image_comment_add(user=request.user, image=image, text=text)
@@ -298,7 +316,9 @@ class ImageLabelsViewSet(NumericIds, viewsets.GenericViewSet):
         """Every decision on an image, newest first."""
         image = image_for(request, pk)
         qs = image.reviews.select_related("decided_by", "category")
-        return Response(s.ReviewSerializer(qs, many=True).data)
+        return cached_page(
+            request, image.project_id, lambda: Response(s.ReviewSerializer(qs, many=True).data)
+        )
 
     @extend_schema(responses=s.SuggestionSerializer(many=True))
     @action(detail=True)
@@ -306,14 +326,22 @@ class ImageLabelsViewSet(NumericIds, viewsets.GenericViewSet):
         """The image's suggestions (all statuses), for the workspace overlay."""
         image = image_for(request, pk)
         qs = suggestion_rows(image.suggestions.filter(same_as__isnull=True))
-        return Response(s.SuggestionSerializer(with_echoes(list(qs)), many=True).data)
+        return cached_page(
+            request,
+            image.project_id,
+            lambda: Response(s.SuggestionSerializer(with_echoes(list(qs)), many=True).data),
+        )
 
     @extend_schema(responses=dict)
     @action(detail=True)
     def neighbors(self, request, pk=None):
         """Previous and next image in the project's list under the same filters as the grid."""
         image = image_for(request, pk)
-        return Response(selectors.image_neighbors(image=image, params=request.query_params))
+        return cached_page(
+            request,
+            image.project_id,
+            lambda: Response(selectors.image_neighbors(image=image, params=request.query_params)),
+        )
 
 
 class AnnotationViewSet(

@@ -16,6 +16,8 @@ from rest_framework.relations import PKOnlyObject, PrimaryKeyRelatedField, Relat
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
+from inspection.listcache import cached_page
+
 
 class NumericIds:
     """For viewsets whose ids are numbers: the router only matches digits, so ``/api/images/abc/``
@@ -161,11 +163,33 @@ PAGING_PARAMS = frozenset({"limit", "offset"})
 
 
 def list_response(
-    view, queryset, serializer_class, *, filterset_class=None, paginate=True, prepare=None
+    view,
+    queryset,
+    serializer_class,
+    *,
+    filterset_class=None,
+    paginate=True,
+    prepare=None,
+    cache_for=None,
 ):
     """What a ListAPIView answers, for an ``@action``: filtered, paged (limit/offset).
     ``prepare(rows) -> rows`` runs on the page's rows before they are serialized (related rows
-    fetched for the whole page at once)."""
+    fetched for the whole page at once). ``cache_for``: the project whose data the list shows,
+    when it shows the same to everyone allowed to see it: the page is kept until that data
+    changes (``inspection.listcache``)."""
+    if cache_for is not None:
+        return cached_page(
+            view.request,
+            cache_for,
+            lambda: list_response(
+                view,
+                queryset,
+                serializer_class,
+                filterset_class=filterset_class,
+                paginate=paginate,
+                prepare=prepare,
+            ),
+        )
     # a filterset builds and validates a form of every filter; a request that only pages (the
     # grid's and the queue's first load) leaves the queryset as it is without one
     if filterset_class is not None and set(view.request.query_params) - PAGING_PARAMS:
