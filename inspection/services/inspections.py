@@ -19,7 +19,16 @@ from inspection.services.jobs import job_enqueue
 from inspection.services.maintenance import maintenance_hook
 from inspection.services.projects import inspection_settings, is_number
 
-ARCHITECTURES = ("padim", "patchcore", "efficientad", "stfpm", "autoencoder", "lbp")
+ARCHITECTURES = (
+    "padim",
+    "patchcore",
+    "efficientad",
+    "stfpm",
+    "fastflow",
+    "cflow",
+    "autoencoder",
+    "lbp",
+)
 # TrainConfig fields a user may set from the API (everything else stays at the engine default;
 # steps, batch size and learning rate left out are the chosen model's own).
 TRAIN_PARAMS = {

@@ -268,7 +268,7 @@
       });
   }
 
-  const STEPPED_MODELS = ["efficientad", "stfpm", "autoencoder"];
+  const STEPPED_MODELS = ["efficientad", "stfpm", "fastflow", "cflow", "autoencoder"];
 
   function initModels() {
     const root = document.getElementById("models-page");

@@ -297,6 +297,8 @@ def test_unset_training_fields_take_the_models_defaults_and_a_users_value_wins()
     assert trio(TrainConfig().resolved()) == (1000, 1, 1e-4)  # EfficientAD's
     assert trio(TrainConfig(model="stfpm").resolved()) == (1000, 8, 0.4)  # anomalib's SGD
     assert trio(TrainConfig(model="autoencoder").resolved()) == (1000, 4, 1e-3)
+    assert trio(TrainConfig(model="fastflow").resolved()) == (1000, 8, 1e-3)  # anomalib's Adam
+    assert trio(TrainConfig(model="cflow").resolved()) == (1000, 4, 1e-4)  # anomalib's Adam
     one_pass = TrainConfig(model="padim").resolved()  # PaDiM names none: the fallback
     assert trio(one_pass) == tuple(TRAIN_DEFAULTS.values()) == (1000, 1, 1e-4)
     mine = TrainConfig(model="autoencoder", steps=7, batch_size=2, learning_rate=5e-4)

@@ -56,7 +56,9 @@ def test_every_public_name_resolves():
 def test_every_model_module_registers_itself_under_its_name():
     assert set(models.names()) == {
         "autoencoder",
+        "cflow",
         "efficientad",
+        "fastflow",
         "lbp",
         "padim",
         "patchcore",
