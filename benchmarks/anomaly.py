@@ -12,6 +12,10 @@ Prints a Markdown table and writes every figure as JSON under ``--out``.
 ``--backbone lite1`` (or ``lite2``) trains PaDiM and PatchCore on that ImageNet
 EfficientNet-Lite instead of Lite0; their rows are named ``padim-lite1`` and so on.
 
+A model written ``padim@256+128`` is a multi-scale model (``TrainConfig.multiscale``): PaDiM
+at 256 and at 128 px, maps fused by their mean (``padim@256+128-max``: by their maximum); the
+largest size is the input size.
+
 Without ``--out`` the models and the results file go to a temporary folder, removed at the
 end (only the printed table stays); library caches go to ``$LOUPE_MODELS_DIR`` (default
 ``~/.cache/loupe/models``), never into the checkout.
@@ -44,7 +48,7 @@ def _tag(model: str, backbone: str) -> str:
     """A run's name: the model, with the backbone when it is not the default Lite0."""
     return (
         model
-        if backbone == "lite0" or model not in ("padim", "patchcore")
+        if backbone == "lite0" or model.split("@")[0] not in ("padim", "patchcore")
         else f"{model}-{backbone}"
     )
 
@@ -61,7 +65,13 @@ def _config(  # noqa: ANN202
         )
     # --steps reaches every model that trains in steps (the autoencoder, STFPM); PaDiM and
     # PatchCore fit in one pass and ignore it
-    extra = {"backbone": backbone} if model in ("padim", "patchcore") else {}
+    extra = {"backbone": backbone} if model.split("@")[0] in ("padim", "patchcore") else {}
+    if "@" in model:  # multi-scale: padim@256+128 (maps fused by their mean), padim@256+128-max
+        model, sizes = model.split("@")
+        sizes, _, fusion = sizes.partition("-")
+        multiscale = tuple(int(s) for s in sizes.split("+"))
+        extra.update(multiscale=multiscale, **({"multiscale_fusion": fusion} if fusion else {}))
+        input_size = max(multiscale)
     return TrainConfig(model=model, input_size=input_size, scale=scale, steps=steps, **extra)
 
 

@@ -46,6 +46,8 @@ TRAIN_PARAMS = {
     "scale",
     "tile_overlap",
     "coarse_pass",
+    "multiscale",
+    "multiscale_fusion",
 }
 MIN_NORMAL_IMAGES = 2
 # Normal images whose median long side reaches this are trained as tiles by default (models
@@ -69,6 +71,25 @@ def _check_geometry(params: dict) -> None:
         raise ValidationError(
             {"params": "coarse_pass adds a whole-image pass to a tiled model: set scale too."}
         )
+    sizes = params.get("multiscale", [])
+    size = params.get("input_size", 256)
+    if sizes and not (
+        isinstance(sizes, list)
+        and 2 <= len(sizes) <= 3
+        and all(type(n) is int for n in sizes)
+        and len(set(sizes)) == len(sizes)
+        and max(sizes) == size
+        and all(n >= 32 and n % 32 == 0 and size % n == 0 for n in sizes)
+    ):
+        raise ValidationError(
+            {
+                "params": "multiscale lists 2 or 3 input sizes fused into one model: the input "
+                f"size ({size}) and sizes that divide it, multiples of 32 (e.g. [{size}, "
+                f"{size // 2}])."
+            }
+        )
+    if params.get("multiscale_fusion", "mean") not in ("mean", "max"):
+        raise ValidationError({"params": "multiscale_fusion is mean or max."})
 
 
 def _checked_train_params(params: dict | None) -> dict:

@@ -289,6 +289,15 @@
           document.getElementById("train-status").textContent = "The whole-image pass goes with tiles: choose a tile resolution, or untick it.";
           return;
         }
+        if (f.get("multiscale") === "on") {
+          // one model at the input size and one at half of it, their maps fused (docs/anomaly.md)
+          const size = params.input_size || 256;
+          if ((size / 2) % 32 !== 0) {
+            document.getElementById("train-status").textContent = `Half of ${size} px is not a multiple of 32: choose an input size such as 256 or 384 for two scales.`;
+            return;
+          }
+          params.multiscale = [size, size / 2];
+        }
         try {
           const v = await api(root.dataset.modelsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ architecture: f.get("architecture"), params }) });
           follow(document.getElementById("train-status"), v.job, (j) => { if (j.status === "succeeded") window.location.reload(); });

@@ -136,3 +136,31 @@ def test_train_tiles_and_inspect_from_the_models_page(page, celery_worker, team,
     assert "From a score of 4:" in text and "about 25 %" not in text
     strong = on_scratch[0].score >= 4
     assert f"{int(strong)} of 1 accepted" in text
+
+
+def test_a_two_scale_model_from_the_models_page(page, celery_worker, team, tmp_path):
+    """ "plus half the input size, fused": the form asks for a PaDiM at 128 and 64 px, the job
+    trains one network per scale, and the models table says so."""
+    project, admin = team["project"], team["admin"]
+    for i in range(3):
+        store(project, admin, tmp_path, f"good-{i}.jpg", photo(seed=i), is_normal=True)
+    page.goto("/login/")
+    page.fill("input[name=username]", admin.username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.goto(f"/projects/{project.pk}/models/")
+    form = page.locator("#train-form")
+    form.locator("select[name=scale]").select_option("")
+    form.locator("input[name=input_size]").fill("96")  # half of it is not a multiple of 32
+    form.locator("input[name=multiscale]").check()
+    form.locator("button[type=submit]").click()
+    assert "not a multiple of 32" in page.locator("#train-status").inner_text()
+    assert not ModelVersion.objects.exists()
+    form.locator("input[name=input_size]").fill("128")
+    form.locator("button[type=submit]").click()
+    page.locator("tr[data-version] .status-ready").wait_for(timeout=180_000)
+    version = ModelVersion.objects.get(project=project)
+    assert version.params["multiscale"] == [128, 64] and version.architecture == "padim"
+    assert "s64_pixel_threshold" in version.metrics
+    row = page.locator(f'tr[data-version="{version.pk}"]')
+    assert "whole image at 128 px; scales 128 + 64 px fused" in row.inner_text()

@@ -57,6 +57,16 @@ def test_a_comparison_makes_one_inactive_version_per_model_and_sets_normals_asid
         ({"architectures": ["resnet"]}, "architectures"),
         ({"architectures": ["padim"], "params": {"layers": 3}}, "Unknown parameter"),
         ({"architectures": ["padim"], "params": {"scale": 9}}, "scale"),
+        ({"architectures": ["padim"], "params": {"multiscale": [256, 100]}}, "multiscale"),
+        ({"architectures": ["padim"], "params": {"multiscale": [128, 64]}}, "the input size"),
+        ({"architectures": ["padim"], "params": {"multiscale": "256,128"}}, "multiscale"),
+        (
+            {
+                "architectures": ["padim"],
+                "params": {"multiscale": [256, 128], "multiscale_fusion": "sum"},
+            },
+            "mean or max",
+        ),
     ],
 )
 def test_what_a_comparison_refuses(team, client_for, tmp_path, body, message):

@@ -99,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument(
         "--backbone", default=None, choices=BACKBONES, help="PaDiM/PatchCore only; default lite0"
     )
+    t.add_argument(
+        "--multiscale",
+        default=None,
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        help="input sizes fused into one model, e.g. 256,128 (the first is --input-size)",
+    )
+    t.add_argument("--multiscale-fusion", default=None, choices=["mean", "max"])
 
     p = sub.add_parser("predict", help="heatmaps and regions for images")
     p.add_argument("--model", required=True, help="model.pt or its folder")
@@ -168,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                 "tile_overlap": args.overlap,
                 "coarse_pass": args.coarse_pass or None,
                 "backbone": args.backbone,
+                "multiscale": args.multiscale,
+                "multiscale_fusion": args.multiscale_fusion,
             }
             given = {k: v for k, v in given.items() if v is not None}
             if args.model is None:

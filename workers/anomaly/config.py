@@ -30,6 +30,9 @@ BACKENDS = ("auto", "torch", "onnx", "openvino", "openvino-int8")
 BACKBONES = VARIANTS
 BACKBONE_MODELS = ("padim", "patchcore")
 
+#: ``TrainConfig.multiscale_fusion``: how a multi-scale model joins its scales' maps
+MULTISCALE_FUSIONS = ("mean", "max")
+
 
 #: A tiled model inspects an image as it is when its long side is within x1/2 - x2 of the
 #: training images' long sides; farther off, the image is refused, or resized into the training
@@ -103,6 +106,12 @@ class TrainConfig:
     # "lite2" (docs/anomaly.md, "Backbones"); other models have their own networks
     backbone: str = "lite0"
     coarse_pass: bool = False
+    # input sizes of a multi-scale model: one network of this model per size, each seeing the
+    # network input area-averaged to it, their maps put on one scale and fused by their mean
+    # (or "max": measured below it, docs/anomaly.md "Multi-scale"); the largest is input_size,
+    # each divides it; () = one scale, as before (workers/anomaly/multiscale.py)
+    multiscale: tuple[int, ...] = ()
+    multiscale_fusion: str = "mean"
     seed: int = 0
     device: str = "auto"
     models_dir: str | None = None
@@ -155,12 +164,35 @@ class TrainConfig:
             )
         if self.coarse_pass and self.scale is None:
             raise ConfigError("coarse_pass adds a whole-image pass to a tiled model: set scale")
+        if self.multiscale:
+            self._validate_multiscale(minimum)
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {BACKBONES}, not {self.backbone!r}")
         if self.backbone != "lite0" and self.model not in BACKBONE_MODELS:
             raise ConfigError(
                 f"backbone {self.backbone!r} is a choice of {' and '.join(BACKBONE_MODELS)}; "
                 f"{self.model} has its own network (leave backbone at 'lite0')"
+            )
+
+    def _validate_multiscale(self, minimum: int) -> None:
+        sizes = tuple(self.multiscale)
+        if len(sizes) < 2 or len(set(sizes)) != len(sizes):
+            raise ConfigError(f"multiscale needs two or more different input sizes, not {sizes}")
+        if max(sizes) != self.input_size:
+            raise ConfigError(
+                f"the largest multiscale size is the network input: set input_size={max(sizes)} "
+                f"(it is {self.input_size})"
+            )
+        for size in sizes:
+            if self.input_size % size or size < minimum or size % 32:
+                raise ConfigError(
+                    f"multiscale size {size} must divide input_size {self.input_size} and be a "
+                    f"multiple of 32, >= {minimum} for {self.model}"
+                )
+        if self.multiscale_fusion not in MULTISCALE_FUSIONS:
+            raise ConfigError(
+                f"multiscale_fusion must be one of {MULTISCALE_FUSIONS}, "
+                f"not {self.multiscale_fusion!r}"
             )
 
 

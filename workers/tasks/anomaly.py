@@ -86,6 +86,8 @@ def train_version(
     :class:`JobError` when the engine refuses, :class:`JobCancelled` when cancelled."""
     anomaly = _engine()
     params = {k: v for k, v in version.params.items() if k != "model"}
+    if "multiscale" in params:  # a JSON list in the version's params
+        params["multiscale"] = tuple(params["multiscale"])
     config = anomaly.recommended_config(**{"model": version.architecture, **params})
     how = f"tiles at scale {config.scale:g}" if config.scale else "whole images"
     ctx.progress(

