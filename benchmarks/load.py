@@ -10,7 +10,9 @@ folder, fills one project as a team would after a few days (--images images with
 pending suggestions, one with a Deep Zoom pyramid), serves it with gunicorn on 127.0.0.1, and
 runs --clients client threads for --seconds, each sending, in turn: the images list (50 per page),
 an image's labels, the review queue (50 pending suggestions) and a Deep Zoom tile, with the
-token of a reviewer of the project.
+token of a reviewer of the project. ``--writers N`` adds N annotators who each save a label on a
+random image every ``--write-every`` seconds (a team labelling while others browse: every save
+changes the project's data, so the lists kept in memory are built again).
 Prints per request kind: requests, errors, median and p95 latency, and the total requests per
 second. The clients run on the same 2 cores as the server, so the figures are a floor of what the
 server alone can do.
@@ -182,6 +184,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--worker-class", default="gthread", help="gunicorn's: gthread or sync")
     ap.add_argument(
+        "--writers", type=int, default=0, help="annotators saving labels meanwhile (default 0)"
+    )
+    ap.add_argument(
+        "--write-every", type=float, default=5.0, help="seconds between one writer's saves"
+    )
+    ap.add_argument(
         "--no-analyze", action="store_true", help="leave the new tables without statistics"
     )
     ap.add_argument(
@@ -290,6 +298,11 @@ def run_load(args, server, port: int, project, images, token: str) -> None:
     headers = {"Authorization": f"Token {token}"}
     results: dict[str, list[float]] = {k: [] for k in kinds}
     errors: dict[str, int] = {k: 0 for k in kinds}
+    if args.writers:
+        results["a label saved"], errors["a label saved"] = [], 0
+        from annotations.models import DefectCategory
+
+        category = DefectCategory.objects.filter(project=project).values_list("pk", flat=True)[0]
     lock = threading.Lock()
     stop = time.perf_counter() + args.seconds
     # warm every path once (first-request imports are not what is measured)
@@ -318,7 +331,40 @@ def run_load(args, server, port: int, project, images, token: str) -> None:
                 errors[kind] += 0 if ok else 1
             i += 1
 
+    def writer(n: int) -> None:
+        import json
+        import random
+
+        pool = urllib3.PoolManager(maxsize=1)
+        rng = random.Random(n)
+        time.sleep(rng.uniform(0, args.write_every))  # not all at once
+        while time.perf_counter() < stop:
+            image = images[rng.randrange(len(images))]
+            body = json.dumps(
+                {"category": category, "geometry": {"type": "box", "x": rng.randrange(280),
+                 "y": rng.randrange(200), "w": 12, "h": 9}}
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            try:
+                r = pool.request(
+                    "POST",
+                    f"{base}/api/images/{image.pk}/annotations/",
+                    body=body,
+                    headers={**headers, "Content-Type": "application/json"},
+                    retries=False,
+                    timeout=30,
+                )
+                ok = r.status == 201
+            except Exception:  # noqa: BLE001
+                ok = False
+            ms = 1000 * (time.perf_counter() - t0)
+            with lock:
+                results["a label saved"].append(ms)
+                errors["a label saved"] += 0 if ok else 1
+            time.sleep(max(0.0, args.write_every - ms / 1000))
+
     threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]
+    threads += [threading.Thread(target=writer, args=(n,)) for n in range(args.writers)]
     cpu0 = cpu_seconds(server.pid)
     t0 = time.perf_counter()
     for th in threads:
@@ -330,8 +376,14 @@ def run_load(args, server, port: int, project, images, token: str) -> None:
     total = sum(len(v) for v in results.values())
     every = [ms for v in results.values() for ms in v]
     print(
-        f"\n{args.clients} clients, {wall:.0f} s, gunicorn {args.workers} workers x "
-        f"{args.threads} threads, PostgreSQL\n"
+        f"\n{args.clients} clients"
+        + (
+            f" and {args.writers} writers (a label every {args.write_every:g} s each)"
+            if args.writers
+            else ""
+        )
+        + f", {wall:.0f} s, gunicorn {args.workers} workers x {args.threads} threads, "
+        "PostgreSQL\n"
     )
     print("| request | requests | errors | median ms | p95 ms |")
     print("| --- | --- | --- | --- | --- |")
