@@ -13,9 +13,9 @@ Who replaces a project's token, for every way the ORM writes (one owner: this mo
 * :class:`WatchedModel` (a mixin of every model whose rows a cached list shows: images, labels,
   suggestions, reviews, categories, model versions, runs, heatmaps, members, the project) in
   ``save()`` and ``delete()``;
-* :class:`WatchedQuerySet` (their managers' querysets) in ``update()``, ``bulk_create()``,
-  ``bulk_update()`` and ``delete()``; rows deleted by a cascade belong to the deleted row's
-  project, which that delete already marks;
+* :class:`WatchedQuerySet` (their managers' querysets) in ``update()`` (``bulk_update()``
+  goes through it), ``bulk_create()`` and ``delete()``; rows deleted by a cascade belong to
+  the deleted row's project, which that delete already marks;
 * a user's save or delete (a list shows usernames) replaces a token every project's pages
   carry.
 
@@ -313,13 +313,6 @@ class WatchedQuerySet(models.QuerySet):
         if enabled() and objs:
             changed(_project_ids_of_rows(self.model, self.model.LIST_CACHE_PROJECT, objs))
         return made
-
-    def bulk_update(self, objs, *args, **kwargs):
-        objs = list(objs)
-        done = super().bulk_update(objs, *args, **kwargs)
-        if enabled() and objs:
-            changed(_project_ids_of_rows(self.model, self.model.LIST_CACHE_PROJECT, objs))
-        return done
 
 
 class WatchedModel(models.Model):
