@@ -22,8 +22,8 @@ Who replaces a project's token, for every way the ORM writes (one owner: this mo
 A write inside a transaction replaces the token at once and again when the transaction
 commits, so a page built from the data before the commit is not served after it. A page is not
 kept when it was built inside a transaction (its rows could be rolled back), except a test
-case's own. A page answers only the same URL (with its host and query), the same content type
-and the same database. Pages live at most :data:`MAX_AGE` seconds and the store is bounded
+case's own. A page answers only the same user, URL (with its host and query), content type
+and database. Pages live at most :data:`MAX_AGE` seconds and the store is bounded
 (:data:`MAX_PAGES`, :data:`MAX_BYTES`). When Redis does not answer, nothing is cached for a few
 seconds and this process's pages are dropped; a token that could not be replaced is replaced at
 the next chance.
@@ -196,10 +196,8 @@ def _in_transaction(alias: str) -> bool:
 
 def cached_page(request, project_id: int, build: Callable[[], object]):
     """``build()``'s response for ``request``, or the same bytes from memory when the project's
-    data has not changed since a response to the same request was built here.
-
-    Only GET lists that do not depend on who asks belong here (the caller checks the
-    permission first, every time)."""
+    data has not changed since a response to the same request of the same user was built here.
+    The caller checks the permission first, every time."""
     alias = DEFAULT_DB_ALIAS
     renderer = getattr(request, "accepted_renderer", None)
     if (
@@ -216,6 +214,8 @@ def cached_page(request, project_id: int, build: Callable[[], object]):
         connections[alias].settings_dict["NAME"],
         project_id,
         tokens,
+        # per user: a list may depend on who asks (the grid's "with labels sent back to me")
+        getattr(request.user, "pk", None),
         request.build_absolute_uri(),
         request.accepted_media_type,
     )

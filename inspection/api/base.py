@@ -174,9 +174,9 @@ def list_response(
 ):
     """What a ListAPIView answers, for an ``@action``: filtered, paged (limit/offset).
     ``prepare(rows) -> rows`` runs on the page's rows before they are serialized (related rows
-    fetched for the whole page at once). ``cache_for``: the project whose data the list shows,
-    when it shows the same to everyone allowed to see it: the page is kept until that data
-    changes (``inspection.listcache``)."""
+    fetched for the whole page at once). ``cache_for``: the project whose data the list shows:
+    the page is kept, for the user who asked, until that data changes
+    (``inspection.listcache``)."""
     if cache_for is not None:
         return cached_page(
             view.request,

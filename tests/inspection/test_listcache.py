@@ -101,8 +101,23 @@ def test_permissions_are_checked_on_every_request(team, part, client_for):
     )
     anonymous = client_for(None).get(f"/api/projects/{project.pk}/images/?limit=50")
     assert anonymous.status_code in (401, 403)
-    # the annotator may see the grid: the same page, from memory
+    # the annotator may see the grid: built for them (a page is kept per user)
+    assert HIT not in _grid(client_for(team["annotator"]), project)
     assert _grid(client_for(team["annotator"]), project)[HIT] == "hit"
+
+
+@pytest.mark.django_db
+def test_a_list_that_depends_on_who_asks_is_never_shared(team, part, client_for):
+    """The grid's "with labels sent back to me" is the asking annotator's own list."""
+    annotation = Annotation.objects.get(image=part)
+    Annotation.objects.filter(pk=annotation.pk).update(
+        author=team["annotator"], review_status=Annotation.ReviewStatus.RETURNED
+    )
+    query = "limit=50&state=returned"
+    mine = _grid(client_for(team["annotator"]), team["project"], query)
+    assert mine.json()["count"] == 1
+    theirs = _grid(client_for(team["reviewer"]), team["project"], query)
+    assert HIT not in theirs and theirs.json()["count"] == 0
 
 
 def _rename_category(team, image):
