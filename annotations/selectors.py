@@ -9,9 +9,12 @@ from annotations.models import Suggestion
 from inspection.models import Image
 
 
-def image_neighbors(*, image: Image, params) -> dict:
-    """Ids of the images before and after ``image`` in its project's filtered grid order."""
-    qs = ImageFilter(params, queryset=Image.objects.filter(project_id=image.project_id)).qs
+def image_neighbors(*, image: Image, params, request=None) -> dict:
+    """Ids of the images before and after ``image`` in its project's filtered grid order, as
+    ``request``'s user sees the grid (its "with labels sent back to me" is that user's)."""
+    qs = ImageFilter(
+        params, queryset=Image.objects.filter(project_id=image.project_id), request=request
+    ).qs
     if params.get("order") == "uncertainty":
         # a ranked order: the image's place in the ranked ids. An image that left the filter
         # (just labelled, under "unlabeled") goes on with the most uncertain one still in it.

@@ -209,7 +209,7 @@ def _workspace_data(request, image: Image, role: str) -> dict:
         },
         "categories": _categories(image.project),
         "user": {"username": request.user.username, "role": role},
-        "neighbors": selectors.image_neighbors(image=image, params=query),
+        "neighbors": selectors.image_neighbors(image=image, params=query, request=request),
         "query": query.urlencode(),
         "pollSeconds": settings.LOUPE_WORKSPACE_POLL_SECONDS,
         "urls": {

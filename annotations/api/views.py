@@ -340,7 +340,9 @@ class ImageLabelsViewSet(NumericIds, viewsets.GenericViewSet):
         return cached_page(
             request,
             image.project_id,
-            lambda: Response(selectors.image_neighbors(image=image, params=request.query_params)),
+            lambda: Response(
+                selectors.image_neighbors(image=image, params=request.query_params, request=request)
+            ),
         )
 
 

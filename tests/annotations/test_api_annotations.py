@@ -293,7 +293,7 @@ def test_verdict_and_comments(team, client_for, image):
     assert [(c["author"], c["text"]) for c in comments] == [("ann", "glare on the left")]
 
 
-def test_heatmap_and_neighbors(team, client_for, image, upload, settings):
+def test_heatmap_and_neighbors(team, client_for, image, upload, settings, cats):
     from django.core.files.base import ContentFile
     from django.core.files.storage import default_storage
 
@@ -325,6 +325,22 @@ def test_heatmap_and_neighbors(team, client_for, image, upload, settings):
     assert (n["previous"], n["next"], n["count"]) == (image.pk, ids[1], 3)
     n = client.get(f"/api/images/{ids[0]}/neighbors/", {"state": "normal"}).json()
     assert (n["previous"], n["next"], n["count"]) == (None, ids[1], 2)
+    # "with labels sent back to me": the asking annotator's images, not nobody's
+    for pk in (image.pk, ids[1]):
+        Annotation.objects.create(
+            image_id=pk,
+            category=cats["scratch"],
+            kind="box",
+            geometry=box(1, 1, 5, 5),
+            author=team["annotator"],
+            review_status=Annotation.ReviewStatus.RETURNED,
+        )
+    n = client.get(f"/api/images/{image.pk}/neighbors/", {"state": "returned"}).json()
+    assert (n["previous"], n["next"], n["count"]) == (None, ids[1], 2)
+    n = client_for(team["reviewer"]).get(
+        f"/api/images/{image.pk}/neighbors/", {"state": "returned"}
+    )
+    assert n.json()["count"] == 0  # the reviewer had none sent back
 
 
 def test_a_retried_create_returns_the_same_label(team, client_for, image, cats):
