@@ -98,9 +98,11 @@ class _Tokens:
             self._unsent = set()
         if not todo:
             return
+        if time.monotonic() < self._paused_until:  # sent once the pause is over
+            with self._lock:
+                self._unsent |= todo
+            return
         try:
-            if time.monotonic() < self._paused_until:
-                raise ConnectionError("paused after a failure")
             pipe = self._redis().pipeline(transaction=False)
             for key in todo:
                 pipe.set(key, os.urandom(8).hex())

@@ -7,7 +7,9 @@ Redis the lists are built as before."""
 from __future__ import annotations
 
 import functools
+import os
 import threading
+import time
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -327,6 +329,7 @@ def test_another_threads_transaction_shows_once_it_commits(team, part, client_fo
 
 @pytest.mark.django_db
 def test_without_redis_lists_are_built_as_before(team, part, client_for, settings, monkeypatch):
+    monkeypatch.setattr(listcache, "PAUSE_AFTER_FAILURE", 0.5)
     settings.REDIS_URL = "redis://127.0.0.1:9/0"  # nothing listens there
     monkeypatch.setattr(listcache, "TOKENS", listcache._Tokens())
     reviewer = client_for(team["reviewer"])
@@ -334,6 +337,18 @@ def test_without_redis_lists_are_built_as_before(team, part, client_for, setting
     assert HIT not in first and HIT not in again
     label(part, "scratch", box(50, 50, 5, 5))  # the write does not fail either
     assert len(_labels(reviewer, part).json()) == 2
+    # Redis answers again (a new process, or this one's connection made again): writes during
+    # the pause do not prolong it, and once it is over lists are kept again
+    settings.REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    listcache.TOKENS._client = None
+    until = time.monotonic() + 3 * listcache.PAUSE_AFTER_FAILURE
+    n = 0
+    while time.monotonic() < until:  # a worker storing results all the while
+        label(part, "scratch", box(60, 5 + n, 5, 5))
+        n += 1
+        time.sleep(0.05)
+    assert len(_labels(reviewer, part).json()) == 2 + n
+    assert _labels(reviewer, part)[HIT] == "hit"
 
 
 @pytest.mark.django_db
