@@ -125,6 +125,7 @@ class SuggestionFilter(django_filters.FilterSet):
     model_version = IdFilter(method="filter_with_echoes")
     image = IdFilter(field_name="image_id")
     category = IdFilter(field_name="category_id")
+    region = IdFilter(field_name="region_id")
     score_min = django_filters.NumberFilter(field_name="score", lookup_expr="gte")
     score_max = django_filters.NumberFilter(field_name="score", lookup_expr="lte")
 
@@ -138,6 +139,7 @@ class SuggestionFilter(django_filters.FilterSet):
             "model_version",
             "image",
             "category",
+            "region",
             "score_min",
             "score_max",
         ]

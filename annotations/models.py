@@ -190,6 +190,14 @@ class Suggestion(WatchedModel):
         "same place when this one was stored: the queue shows that one with both sources, and "
         "a decision on it decides this one too.",
     )
+    region = models.ForeignKey(
+        "inspection.InspectionRegion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="suggestions",
+        help_text="The region of interest it was found in (per-region inspection).",
+    )
     kind = models.CharField(max_length=10, choices=Annotation.Kind.choices)
     geometry = models.JSONField()
     score = models.FloatField(help_text="Peak calibrated score (0.5 = the model's threshold).")

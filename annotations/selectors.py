@@ -34,7 +34,8 @@ def image_neighbors(*, image: Image, params, request=None) -> dict:
 
 def review_filter_choices(*, project) -> dict:
     """What the review queue's filter menus offer: the model versions and runs that have pending
-    suggestions in ``project``, newest first, each with its count of pending suggestions."""
+    suggestions in ``project``, newest first, and the regions of interest they were found in,
+    each with its count of pending suggestions."""
     pending = Suggestion.objects.filter(image__project=project, status=Suggestion.Status.PENDING)
     versions = (
         pending.values(
@@ -52,7 +53,16 @@ def review_filter_choices(*, project) -> dict:
         .annotate(n=Count("id"))
         .order_by("-run__created_at", "-run_id")[:30]
     )
+    regions = (
+        pending.exclude(region=None)
+        .values("region_id", "region__name")
+        .annotate(n=Count("id"))
+        .order_by("region__name")
+    )
     return {
+        "regions": [
+            {"id": r["region_id"], "label": r["region__name"], "pending": r["n"]} for r in regions
+        ],
         "versions": [
             {
                 "id": v["model_version_id"],

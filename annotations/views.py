@@ -301,7 +301,7 @@ def image_page_data(request, pk):
 
 
 # the review queue's filters with a menu of their own on the page
-REVIEW_MENUS = {"source", "model_version", "run", "category", "score_min", "order"}
+REVIEW_MENUS = {"source", "model_version", "run", "category", "region", "score_min", "order"}
 
 
 @login_required

@@ -372,6 +372,52 @@ class ImageHeatmap(WatchedModel):
         return f"heatmap of {self.image_id} ({self.label})"
 
 
+class InspectionRegion(WatchedModel):
+    """A named region of interest of a project's parts, drawn on one reference image: inspected
+    with its own anomaly model and threshold, or excluded (never suggested). Images are
+    registered to the reference so the polygon lands on the same place of every part
+    (workers/anomaly/roi.py); written by inspection.services.regions only."""
+
+    class Mode(models.TextChoices):
+        INSPECT = "inspect", "Inspect"
+        EXCLUDE = "exclude", "Exclude (never suggested)"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="regions")
+    reference = models.ForeignKey(
+        Image,
+        on_delete=models.CASCADE,
+        related_name="regions",
+        help_text="The image the polygon is drawn on; every region of a project shares it.",
+    )
+    name = models.CharField(max_length=100)
+    polygon = models.JSONField(help_text="[[x, y], ...] in the reference's upright pixels.")
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.INSPECT)
+    model_version = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Its own model (trained on this region's crops); none: the project's model.",
+    )
+    threshold = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Calibrated score a suggestion needs here (0.5 = the model's threshold); "
+        "none: the project's.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="unique_region_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.project})"
+
+
 class Station(models.Model):
     """A place at the line where a camera, a video or a watched folder is inspected frame by
     frame with the project's active model (``manage.py loupe_station NAME``, docs/stations.md).

@@ -226,6 +226,7 @@ SPECTACULAR_SETTINGS = {
         "StationStatusEnum": "inspection.models.Station.Status",
         "VerdictEnum": "inspection.models.StationResult.Verdict",
         "AnomalyArchitectureEnum": "inspection.services.inspections.ARCHITECTURES",
+        "RegionModeEnum": "inspection.models.InspectionRegion.Mode",
     },
 }
 

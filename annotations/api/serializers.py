@@ -153,6 +153,9 @@ class SuggestionSerializer(FastRepresentation, serializers.ModelSerializer):
     )
     also = serializers.SerializerMethodField()
     reference = serializers.SerializerMethodField()
+    region_name = serializers.CharField(
+        source="region.name", default=None, read_only=True, allow_null=True
+    )
 
     #: What this serializer reads of the related rows: lists of suggestions load only these
     #: (``suggestion_rows``), not every column of an image, a model version and a user per row
@@ -171,6 +174,7 @@ class SuggestionSerializer(FastRepresentation, serializers.ModelSerializer):
         "model_version__number",
         "decided_by__username",
         "category__name",
+        "region__name",
     )
 
     class Meta:
@@ -191,6 +195,8 @@ class SuggestionSerializer(FastRepresentation, serializers.ModelSerializer):
             "category_name",
             "proposed_category",
             "category_score",
+            "region",
+            "region_name",
             "kind",
             "geometry",
             "score",

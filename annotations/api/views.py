@@ -63,9 +63,9 @@ def suggestion_rows(queryset):
     """``queryset`` of suggestions with what ``SuggestionSerializer`` shows of their image, model
     version, category and decider, in the same query, and nothing more of them."""
     own = [f.name for f in Suggestion._meta.concrete_fields]
-    return queryset.select_related("image", "model_version", "decided_by", "category").only(
-        *own, *s.SuggestionSerializer.RELATED_COLUMNS
-    )
+    return queryset.select_related(
+        "image", "model_version", "decided_by", "category", "region"
+    ).only(*own, *s.SuggestionSerializer.RELATED_COLUMNS)
 
 
 def with_echoes(suggestions: list[Suggestion]) -> list[Suggestion]:

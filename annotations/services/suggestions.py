@@ -15,7 +15,7 @@ from django.db import transaction
 from annotations.geometry import GeometryError, bounds, normalize_geometry
 from annotations.models import Suggestion
 from annotations.services.categories import categories_by_name
-from inspection.models import Image, InspectionRun, ModelVersion
+from inspection.models import Image, InspectionRegion, InspectionRun, ModelVersion
 from inspection.services.projects import with_inspection_defaults
 
 SAME_PLACE_IOU = 0.5  # a new suggestion this close to a decided or older one is the same place
@@ -39,6 +39,7 @@ class SuggestionIn:
     area: float = 0.0
     category: str = ""
     category_score: float | None = None  # the detector's confidence in ``category``
+    roi: int | None = None  # the region of interest (InspectionRegion id) it was found in
 
     @classmethod
     def from_region(cls, region: Any) -> SuggestionIn:
@@ -50,6 +51,7 @@ class SuggestionIn:
             polygon=region.polygon,
             mean_score=float(region.mean_score),
             area=float(region.area),
+            roi=getattr(region, "roi", None),
         )
 
     @classmethod
@@ -109,6 +111,7 @@ def suggestions_store(
     with both sources, and deciding it decides both. An anomaly suggestion without a category
     then takes the detector box's, as the classification of regions does.
     """
+    suggestions = list(suggestions)
     existing = Suggestion.objects.filter(image=image, model_version=model_version)
     if existing.exists():
         # the settings of the latest run that stored suggestions here (none: the defaults)
@@ -140,6 +143,12 @@ def suggestions_store(
         .select_related("category")
     )
     categories = categories_by_name(image.project)
+    wanted = {item.roi for item in suggestions if item.roi is not None}
+    regions = set(  # a region deleted while the run ran: its suggestions are stored without it
+        InspectionRegion.objects.filter(pk__in=wanted, project=image.project_id).values_list(
+            "pk", flat=True
+        )
+    )
     created, superseded = [], set()
     for item in suggestions:
         x, y, w, h = item.box
@@ -171,6 +180,7 @@ def suggestions_store(
                 proposed_category=category,
                 category_score=item.category_score if category else None,
                 same_as=main,
+                region_id=item.roi if item.roi in regions else None,
             )
         )
     if superseded:

@@ -6,6 +6,7 @@ from rest_framework import serializers
 from inspection.api.base import FastRepresentation, url_for
 from inspection.models import (
     Image,
+    InspectionRegion,
     InspectionRun,
     Job,
     Membership,
@@ -404,3 +405,111 @@ class StationResultSerializer(FastRepresentation, serializers.ModelSerializer):
             "image",
         ]
         read_only_fields = fields
+
+
+class RegionInSerializer(serializers.Serializer):
+    """A region of interest as drawn (services.regions checks the rules)."""
+
+    name = serializers.CharField(max_length=100)
+    reference = serializers.IntegerField(
+        min_value=1, max_value=2**63 - 1, help_text="The image it is drawn on (same project)."
+    )
+    polygon = serializers.JSONField(help_text="[[x, y], ...] in the reference's pixels.")
+    mode = serializers.ChoiceField(choices=InspectionRegion.Mode.choices, default="inspect")
+    threshold = serializers.FloatField(
+        required=False, allow_null=True, default=None, help_text="Calibrated; null: the project's."
+    )
+
+
+class RegionPatchSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False)
+    polygon = serializers.JSONField(required=False)
+    mode = serializers.ChoiceField(choices=InspectionRegion.Mode.choices, required=False)
+    threshold = serializers.FloatField(required=False, allow_null=True)
+    model_version = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=2**63 - 1
+    )
+
+
+class RegionTrainSerializer(serializers.Serializer):
+    architecture = serializers.ChoiceField(choices=ARCHITECTURES, default="padim")
+    params = serializers.DictField(required=False, default=dict)
+
+
+def _version_label(version) -> str:
+    return f"{version.architecture} v{version.number}"
+
+
+class RegionSerializer(serializers.ModelSerializer):
+    """A region of interest; ``models``: the versions trained for it (context ``models``: a
+    dict region id -> versions, made once for a list)."""
+
+    reference = serializers.IntegerField(source="reference_id", read_only=True)
+    model_version = serializers.IntegerField(
+        source="model_version_id", read_only=True, allow_null=True
+    )
+    model = serializers.SerializerMethodField()
+    model_status = serializers.SerializerMethodField()
+    models = serializers.SerializerMethodField()
+    suggestions = serializers.SerializerMethodField()
+
+    class Meta:
+        model = InspectionRegion
+        fields = [
+            "id",
+            "name",
+            "reference",
+            "polygon",
+            "mode",
+            "threshold",
+            "model_version",
+            "model",
+            "model_status",
+            "models",
+            "suggestions",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_model(self, obj) -> str | None:
+        return _version_label(obj.model_version) if obj.model_version else None
+
+    def get_model_status(self, obj) -> str | None:
+        versions = self._models(obj)
+        if obj.model_version:
+            return obj.model_version.status
+        return versions[0].status if versions else None  # the latest training's
+
+    def _models(self, obj) -> list:
+        made = self.context.get("models")
+        if made is None:
+            made = regions_models([obj])
+            self.context["models"] = made
+        return made.get(obj.pk, [])
+
+    def get_models(self, obj) -> list[dict]:
+        return [
+            {"id": v.pk, "label": _version_label(v), "status": v.status, "job": v.job_id}
+            for v in self._models(obj)
+        ]
+
+    def get_suggestions(self, obj) -> int:
+        counted = getattr(obj, "suggestion_count", None)
+        return counted if counted is not None else obj.suggestions.count()
+
+
+def regions_models(regions) -> dict:
+    """Region id -> the anomaly versions trained for it, newest first (one query)."""
+    regions = list(regions)
+    if not regions:
+        return {}
+    ids = {r.pk for r in regions}
+    made: dict = {}
+    versions = ModelVersion.objects.filter(
+        project_id=regions[0].project_id, kind=ModelVersion.Kind.ANOMALY
+    ).filter(params__has_key="region")
+    for version in versions.order_by("-number"):
+        key = version.params.get("region")
+        if key in ids:
+            made.setdefault(key, []).append(version)
+    return made

@@ -11,6 +11,7 @@ router.register("projects", views.ProjectViewSet, basename="api-project")
 router.register("images", views.ImageViewSet, basename="api-image")
 router.register("jobs", views.JobViewSet, basename="api-job")
 router.register("models", views.ModelVersionViewSet, basename="api-model")
+router.register("regions", views.RegionViewSet, basename="api-region")
 router.register("users", views.UserViewSet, basename="api-user")
 router.register("stations", views.StationViewSet, basename="api-station")
 

@@ -19,7 +19,16 @@ from rest_framework.views import APIView
 
 from inspection import selectors
 from inspection.filters import JobFilter, StationFilter, StationResultFilter
-from inspection.models import Image, InspectionRun, Job, ModelVersion, Project, Role, Station
+from inspection.models import (
+    Image,
+    InspectionRegion,
+    InspectionRun,
+    Job,
+    ModelVersion,
+    Project,
+    Role,
+    Station,
+)
 from inspection.permissions import is_site_admin, require_role
 from inspection.services import accounts
 from inspection.services import images as image_services
@@ -27,10 +36,11 @@ from inspection.services import inspections as inspection_services
 from inspection.services import jobs as job_services
 from inspection.services import projects as project_services
 from inspection.services import references as reference_services
+from inspection.services import regions as region_services
 from inspection.services import stations as station_services
 
 from . import serializers as s
-from .base import NumericIds, list_response, stored_file
+from .base import NumericIds, list_response, stored_file, url_for
 from .lookups import image_for, project_for
 
 
@@ -205,6 +215,101 @@ class ProjectViewSet(NumericIds, viewsets.ModelViewSet):
         )
         body = s.RunSerializer(run).data
         body["job_detail"] = s.JobSerializer(run.job, context={"request": request}).data
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(methods=["GET"], responses=s.RegionSerializer(many=True))
+    @extend_schema(
+        methods=["POST"], request=s.RegionInSerializer, responses={201: s.RegionSerializer}
+    )
+    @action(detail=True, methods=["get", "post"], pagination_class=None)
+    def regions(self, request, pk=None):
+        """GET the project's regions of interest, the image they are drawn on, the project's
+        reference images to draw on, and whether the area outside them is inspected; POST a
+        new region (project admins)."""
+        project = self.get_object()
+        if request.method == "POST":
+            data = s.RegionInSerializer(data=request.data)
+            data.is_valid(raise_exception=True)
+            options = dict(data.validated_data)
+            reference = get_object_or_404(Image, pk=options.pop("reference"), project=project)
+            region = region_services.region_create(
+                user=request.user, project=project, reference=reference, **options
+            )
+            return Response(s.RegionSerializer(region).data, status=status.HTTP_201_CREATED)
+        regions = list(
+            region_services.regions_of(project)
+            .select_related("reference")
+            .annotate(suggestion_count=Count("suggestions"))
+        )
+        context = {"models": s.regions_models(regions)}
+        drawn_on = regions[0].reference if regions else None
+        references = Image.objects.filter(project=project, is_reference=True).order_by("id")
+        return Response(
+            {
+                "reference": _reference_card(drawn_on) if drawn_on else None,
+                "outside": project_services.inspection_settings(project)["outside_regions"],
+                "references": [_reference_card(i) for i in references[:200]],
+                "results": s.RegionSerializer(regions, many=True, context=context).data,
+            }
+        )
+
+
+def _reference_card(image: Image) -> dict:
+    return {
+        "id": image.pk,
+        "name": image.original_name,
+        "width": image.width,
+        "height": image.height,
+        "dzi": url_for("api-image-dzi", image.pk) if image.pyramid_path else None,
+    }
+
+
+class RegionViewSet(
+    NumericIds,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """One region of interest: read it, change it, delete it, train its own model."""
+
+    serializer_class = s.RegionSerializer
+    queryset = InspectionRegion.objects.select_related("project", "reference", "model_version")
+    http_method_names = ["get", "patch", "post", "delete"]
+
+    def get_object(self):
+        region = get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
+        require_role(self.request.user, region.project, Role.ANNOTATOR)
+        return region
+
+    @extend_schema(request=s.RegionPatchSerializer, responses=s.RegionSerializer)
+    def partial_update(self, request, pk=None):
+        region = self.get_object()
+        data = s.RegionPatchSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        changes = dict(data.validated_data)
+        if changes.get("model_version") is not None:
+            changes["model_version"] = get_object_or_404(
+                ModelVersion, pk=changes["model_version"], project=region.project
+            )
+        region = region_services.region_update(user=request.user, region=region, **changes)
+        return Response(s.RegionSerializer(region).data)
+
+    def perform_destroy(self, instance):
+        region_services.region_delete(user=self.request.user, region=instance)
+
+    @extend_schema(request=s.RegionTrainSerializer, responses={202: s.ModelVersionSerializer})
+    @action(detail=True, methods=["post"])
+    def train(self, request, pk=None):
+        """Train a model on this region of every normal image (202 with the model version; it
+        becomes the region's model when ready)."""
+        data = s.RegionTrainSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        version = region_services.region_model_train(
+            user=request.user, region=self.get_object(), **data.validated_data
+        )
+        body = s.ModelVersionSerializer(version).data
+        body["job_detail"] = s.JobSerializer(version.job, context={"request": request}).data
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
 

@@ -13,7 +13,15 @@ from django.db import transaction
 from django.db.models import Count, Max, Min, Q
 from django.db.models.functions import Greatest
 
-from inspection.models import Image, InspectionRun, Job, ModelVersion, Project, Role
+from inspection.models import (
+    Image,
+    InspectionRegion,
+    InspectionRun,
+    Job,
+    ModelVersion,
+    Project,
+    Role,
+)
 from inspection.permissions import require_role
 from inspection.services.jobs import job_enqueue
 from inspection.services.maintenance import maintenance_hook
@@ -334,6 +342,11 @@ def model_version_activate(*, user, model_version: ModelVersion) -> ModelVersion
     require_role(user, model_version.project, Role.ADMIN)
     if model_version.status != ModelVersion.Status.READY:
         raise ValidationError("Only a trained (ready) model version can be made active.")
+    if model_version.params.get("region"):
+        raise ValidationError(
+            "This model was trained on one region of the part: it is that region's model "
+            "(regions page), not the whole image's."
+        )
     return model_version_make_active(model_version=model_version)
 
 
@@ -378,6 +391,18 @@ def model_version_delete(*, user, model_version: ModelVersion) -> None:
                 else default_storage.delete(artifact)
             )
         )
+
+
+def regions_snapshot(project: Project) -> dict:
+    """The project's regions of interest as an anomaly run uses them (kept in its params: the
+    run inspects them as they were when it started, and a run with other regions replaces the
+    suggestions of one without); ``{}`` without regions."""
+    rows = list(
+        InspectionRegion.objects.filter(project=project)
+        .order_by("id")
+        .values("id", "name", "reference_id", "polygon", "mode", "threshold", "model_version_id")
+    )
+    return {"regions": rows} if rows else {}
 
 
 def active_model(project: Project, kind: str = ModelVersion.Kind.ANOMALY) -> ModelVersion | None:
@@ -447,6 +472,11 @@ def inspection_run_start(
         raise ValidationError(f"This project has no active {what}: train one first.")
     if version.project_id != project.pk or version.status != ModelVersion.Status.READY:
         raise ValidationError("That model version is not a ready model of this project.")
+    if version.params.get("region"):
+        raise ValidationError(
+            "That model was trained on one region of the part: runs use it inside that region "
+            "with the project's active model."
+        )
     images = Image.objects.filter(project=project)
     if version.kind == ModelVersion.Kind.CHANGE or version.params.get("reference") == "siamese":
         # only images with an aligned reference can be compared; others are refused by name
@@ -492,7 +522,9 @@ def inspection_run_start(
             scope=scope,
             image_ids=ids,
             # what the run uses, kept with its figures
-            params=inspection_settings(project)
+            params=inspection_settings(project) | regions_snapshot(project)
+            if version.kind == ModelVersion.Kind.ANOMALY
+            else inspection_settings(project)
             if version.kind != ModelVersion.Kind.DETECTOR
             else {"score_threshold": DETECTION_SCORE_THRESHOLD},
             created_by=user,

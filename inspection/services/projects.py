@@ -48,6 +48,9 @@ INSPECTION_DEFAULTS = {
     "specular_mask": False,
     "specular_v_min": 240,
     "specular_s_max": 30,
+    # with regions of interest (services.regions): whether the area outside every region is
+    # inspected with the project's model ("inspect") or never suggested ("ignore")
+    "outside_regions": "inspect",
 }
 _INSPECTION_RANGES = {
     "threshold": (0.05, 10.0),
@@ -87,6 +90,10 @@ def _checked_inspection(values) -> dict:
         if key == "specular_mask":
             if not isinstance(value, bool):
                 raise ValidationError({"inspection": "specular_mask is true or false."})
+            continue
+        if key == "outside_regions":
+            if value not in ("inspect", "ignore"):
+                raise ValidationError({"inspection": "outside_regions is inspect or ignore."})
             continue
         lo, hi = _INSPECTION_RANGES[key]
         whole = key == "max_regions"

@@ -174,7 +174,7 @@
       const also = item.also || [];
       const both = also.length ? "anomaly model and detector · " : "";
       title.textContent = "Suggestion · " + both + what + "score " + item.score.toFixed(3);
-      info.textContent = item.image_name + " · " + (item.model || "model") + " · " + Math.round(item.area) + " px²" +
+      info.textContent = item.image_name + " · " + (item.model || "model") + (item.region_name ? " · region " + item.region_name : "") + " · " + Math.round(item.area) + " px²" +
         also.map((a) => " · also found by " + (a.model || "a deleted model") + " (" + (a.category_name ? a.category_name + " " : "score ") + a.score.toFixed(2) + ")").join("");
       setCategory(item.category ? String(item.category) : null, true);  // a detector's proposal
     } else {
@@ -217,7 +217,7 @@
     let l;
     try {
       const f = data.filters;  // filters about model output leave labels out of the queue
-      const onlySuggestions = f.source || f.run || f.model_version || f.score_min || f.score_max;
+      const onlySuggestions = f.source || f.run || f.model_version || f.region || f.score_min || f.score_max;
       const labelsUrl = data.urls.labels + "?limit=200" + (data.filters.image ? "&image=" + data.filters.image : "");
       [s, l] = await Promise.all([
         request("GET", data.urls.suggestions + "?" + params.toString()),

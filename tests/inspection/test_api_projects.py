@@ -387,6 +387,7 @@ def test_inspection_settings_are_checked_stored_and_shown_with_defaults(team, cl
         "specular_mask": False,
         "specular_v_min": 240,
         "specular_s_max": 30,
+        "outside_regions": "inspect",
     }
     r = admin.patch(url, {"inspection": {"threshold": 0.7, "specular_mask": True}}, "json")
     assert r.status_code == 200

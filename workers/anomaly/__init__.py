@@ -29,6 +29,10 @@ Public API
 ``predict_batch(model, [(name, pixels), ...], config=None) -> list[Prediction | AnomalyError]``
     Images already decoded (a station's frames), a whole-image model's in one network call;
     ``network_input(model, pixels)`` makes their network input ahead (``prepared=``).
+``apply_rois(prediction, image, matrix, [RoiSpec, ...], reference_size, config, outside=True)``
+    Regions of interest of a registered part: excluded ones masked, others inspected by their
+    own model on ``registered_crop(image, matrix, roi_box(polygon, size))`` (what their model
+    is trained on too), a threshold each; suggestions carry their region (``Region.roi``).
 ``evaluate(model, samples, config=None, progress=None) -> EvalResult``
     Image/pixel AUROC, AU-PRO, region recall and timings on labelled ``Sample`` s
     (``mvtec_test(root)`` builds them, pairing masks by name).
@@ -74,6 +78,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .inference import Prediction, predict
     from .pipeline import network_input, predict_batch, predict_many
     from .regions import Region, RegionConfig
+    from .roi import RoiSpec, apply_rois, registered_crop, roi_box
     from .teacher import distill_teacher
     from .training import TrainResult, train
 
@@ -99,6 +104,10 @@ _LAZY = {
     "predict_many": "pipeline",
     "Region": "regions",
     "RegionConfig": "regions",
+    "RoiSpec": "roi",
+    "apply_rois": "roi",
+    "registered_crop": "roi",
+    "roi_box": "roi",
     "distill_teacher": "teacher",
     "TrainResult": "training",
     "train": "training",
@@ -117,9 +126,11 @@ __all__ = [
     "Prediction",
     "Region",
     "RegionConfig",
+    "RoiSpec",
     "Sample",
     "TrainConfig",
     "TrainResult",
+    "apply_rois",
     "distill_teacher",
     "evaluate",
     "export_onnx",
@@ -134,6 +145,8 @@ __all__ = [
     "predict_many",
     "read_image",
     "recommended_config",
+    "registered_crop",
+    "roi_box",
     "train",
 ]
 

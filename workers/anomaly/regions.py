@@ -31,6 +31,7 @@ class Region:
     area: float
     peak_score: float
     mean_score: float
+    roi: int | None = None  # the region of interest it lies in (workers/anomaly/roi.py)
 
     def to_dict(self) -> dict:
         """JSON-serialisable dict (plain floats and lists)."""

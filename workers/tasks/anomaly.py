@@ -19,7 +19,9 @@ from annotations.services.suggestions import SuggestionIn, suggestions_store
 from inspection import imaging, storage
 from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion
 from inspection.services.inspections import model_version_make_active
+from inspection.services.regions import region_model_ready
 from workers.tasks.detection import active_detector
+from workers.tasks.regions import RegistrationRefused, RunRegions, training_crops
 from workers.tasks.runner import JobCancelled, JobContext, JobError, job_task
 
 logger = logging.getLogger(__name__)
@@ -52,15 +54,25 @@ def train_anomaly_model(job, ctx: JobContext) -> dict:
         images = list(Image.objects.filter(pk__in=version.image_ids).order_by("id"))
         if len(images) < 2:
             raise JobError("Fewer than 2 of the training images still exist; nothing to train on.")
+        region = None
         with tempfile.TemporaryDirectory(prefix="loupe-train-") as tmp:
             paths = upright_copies(images, Path(tmp))
+            if version.params.get("region"):  # a region's model learns its registered crops
+                ctx.progress(0.01, "Registering the normal images onto the reference", force=True)
+                paths, region = training_crops(version, images, paths, Path(tmp) / "crops")
             train_version(version, paths, ctx, 0.02, 0.98)
+        if region is not None:
+            version.metrics = {**version.metrics, "region": region}
+            version.save(update_fields=["metrics"])
     except BaseException:
         ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.FAILED)
         raise
     if job.payload.get("activate", True):
         # the role was checked when training was asked for
-        model_version_make_active(model_version=version)
+        if version.params.get("region"):
+            region_model_ready(model_version=version)
+        else:
+            model_version_make_active(model_version=version)
     return {
         "model_version": version.pk,
         "number": version.number,
@@ -85,7 +97,7 @@ def train_version(
     store it and mark it ready; progress from ``start`` over ``span`` of the job. Raises
     :class:`JobError` when the engine refuses, :class:`JobCancelled` when cancelled."""
     anomaly = _engine()
-    params = {k: v for k, v in version.params.items() if k != "model"}
+    params = {k: v for k, v in version.params.items() if k not in ("model", "region")}
     if "multiscale" in params:  # a JSON list in the version's params
         params["multiscale"] = tuple(params["multiscale"])
     config = anomaly.recommended_config(**{"model": version.architecture, **params})
@@ -169,17 +181,24 @@ def run_inspection(job, ctx: JobContext) -> dict:
     with (
         storage.local_tree(str(Path(version.artifact).parent)) as model_dir,
         active_detector(run.project) as detect,  # classifies the regions, when there is one
+        ExitStack() as stack,
     ):
         try:
             model = anomaly.load_model(model_dir / artifact_name)
         except anomaly.AnomalyError as exc:
             raise JobError(f"The model could not be loaded: {exc}") from None
+        rois = None
+        if run.params.get("regions"):  # the project's regions of interest when it started
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="loupe-roi-")))
+            rois = RunRegions(
+                run.params["regions"], run.params.get("outside_regions", ""), stack, workdir
+            )
         chunk_size = INSPECT_CHUNK
         for start in range(0, len(ids), chunk_size):
             chunk = ids[start : start + chunk_size]
             try:
                 with contextlib.closing(
-                    _inspect_chunk(ctx, run, version, model, chunk, start, total, detect)
+                    _inspect_chunk(ctx, run, version, model, chunk, start, total, detect, rois)
                 ) as outcomes:
                     for image_id, outcome in outcomes:
                         results[str(image_id)] = outcome
@@ -205,7 +224,8 @@ def run_inspection(job, ctx: JobContext) -> dict:
         "resized": resized,
         "message": f"{len(ids) - failed} image(s) inspected, {made} suggestion(s)"
         + (f", {failed} failed" if failed else "")
-        + (f", {resized} resized to the normals' size" if resized else ""),
+        + (f", {resized} resized to the normals' size" if resized else "")
+        + "".join(f"; {note}" for note in (rois.notes if rois else [])),
     }
 
 
@@ -214,7 +234,9 @@ def run_inspection(job, ctx: JobContext) -> dict:
 INSPECT_CHUNK = 8
 
 
-def _inspect_chunk(ctx, run, version, model, chunk: list[int], start: int, total: int, detect):
+def _inspect_chunk(
+    ctx, run, version, model, chunk: list[int], start: int, total: int, detect, rois=None
+):
     """Yield ``(image_id, outcome)`` for each id of ``chunk``; one image fails alone."""
     anomaly = _engine()
     images = Image.objects.in_bulk(chunk)
@@ -251,6 +273,14 @@ def _inspect_chunk(ctx, run, version, model, chunk: list[int], start: int, total
             anomaly.predict_many(model, paths, config, progress=report)
         ) as results:
             for (image, _), (path, prediction) in zip(ready, results, strict=True):
+                if rois is not None and not isinstance(prediction, anomaly.AnomalyError):
+                    try:
+                        prediction = rois.apply(image, path, prediction, config)
+                    except RegistrationRefused as exc:
+                        yield image.pk, {"error": str(exc)}
+                        continue
+                    except anomaly.AnomalyError as exc:
+                        prediction = exc
                 yield image.pk, _outcome(run, version, image, path, prediction, detect)
 
 

@@ -90,7 +90,7 @@ export function bindSuggestions(ctx) {
       const el = document.createElement("div");
       el.className = "suggestion-outline";
       el.dataset.suggestion = x.id;
-      el.title = "Suggestion " + x.score.toFixed(2) + " (" + (x.model || "model") + ")";
+      el.title = "Suggestion " + x.score.toFixed(2) + " (" + (x.model || "model") + (x.region_name ? ", region " + x.region_name : "") + ")";
       if (!wanted) el.style.display = "none";
       const tag = document.createElement("span");
       tag.textContent = x.score.toFixed(2);

@@ -1,0 +1,172 @@
+"""Regions of interest in anomaly jobs (inspection.services.regions): images registered onto the
+regions' reference, a region model's training crops, and a run's regions applied to each
+prediction (workers/anomaly/roi.py). Glue for workers/tasks/anomaly.py; no job kind of its own."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from inspection import storage
+from inspection.models import Image, InspectionRegion, ModelVersion
+from workers.tasks.references import image_pixels, uint8_pixels
+from workers.tasks.runner import JobError
+
+logger = logging.getLogger(__name__)
+
+
+class RegistrationRefused(Exception):
+    """An image could not be registered onto the regions' reference (the reason, for people)."""
+
+
+class Registrar:
+    """Each image's registration onto ``reference`` (3x3, reference pixels -> image pixels):
+    none for the reference itself, the stored alignment when the image is paired with the
+    reference and aligned, else the same registration (workers/change/align.py) made here."""
+
+    def __init__(self, reference: Image, workdir: Path) -> None:
+        self.reference = reference
+        self.workdir = workdir
+        self._reference_pixels: np.ndarray | None = None
+
+    def matrix(self, image: Image, pixels: np.ndarray) -> np.ndarray | None:
+        """``pixels``: the image upright, as read_pixels gives it."""
+        if image.pk == self.reference.pk:
+            return None
+        stored = image.alignment or {}
+        if (
+            image.reference_id == self.reference.pk
+            and stored.get("status") == "ok"
+            and stored.get("matrix")
+        ):
+            return np.asarray(stored["matrix"], np.float64)
+        from workers.change.align import AlignmentError, align
+
+        if self._reference_pixels is None:
+            try:
+                self._reference_pixels = image_pixels(self.reference, self.workdir)
+            except ValueError as exc:
+                raise JobError(f"The regions' reference cannot be read: {exc}") from None
+        try:
+            result = align(uint8_pixels(pixels), self._reference_pixels)
+        except AlignmentError as exc:
+            result = None
+            reason = str(exc)
+        if result is None or not result.ok:
+            reason = result.reason if result is not None else reason
+            raise RegistrationRefused(
+                f"{image.original_name} could not be registered onto "
+                f"{self.reference.original_name}, which the regions are drawn on ({reason})"
+            )
+        return result.homography
+
+
+def training_crops(
+    version: ModelVersion, images: list[Image], paths: list[Path], folder: Path
+) -> tuple[list[Path], dict]:
+    """The region's crop of each normal image (registered onto the reference, as inspections
+    crop it) as PNG files, and what was done (``region``, ``box``, ``skipped`` with reasons)."""
+    from workers import anomaly
+    from workers.anomaly.image_io import read_pixels
+
+    region = (
+        InspectionRegion.objects.select_related("reference")
+        .filter(pk=version.params.get("region"), project=version.project_id)
+        .first()
+    )
+    if region is None:
+        raise JobError("The region this model was to be trained for was deleted.")
+    reference = region.reference
+    folder.mkdir(parents=True, exist_ok=True)
+    registrar = Registrar(reference, folder)
+    box = anomaly.roi_box(region.polygon, (reference.height, reference.width))
+    crops, skipped = [], []
+    for image, path in zip(images, paths, strict=True):
+        pixels = read_pixels(path)
+        try:
+            matrix = registrar.matrix(image, pixels)
+        except RegistrationRefused as exc:
+            skipped.append({"image": image.pk, "name": image.original_name, "reason": str(exc)})
+            continue
+        crop = anomaly.registered_crop(pixels, matrix, box)
+        if crop.ndim == 3 and crop.shape[2] == 3:
+            crop = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
+        target = folder / f"{image.pk}.png"
+        if not cv2.imwrite(str(target), crop):
+            raise JobError(f"The crop of {image.original_name} could not be written.")
+        crops.append(target)
+    if len(crops) < 2:
+        why = "; ".join(s["reason"] for s in skipped[:3])
+        raise JobError(
+            f"Only {len(crops)} normal image(s) could be registered onto "
+            f"{reference.original_name} to train the region '{region.name}': {why}"
+        )
+    info = {"region": region.pk, "name": region.name, "box": list(box), "skipped": skipped}
+    return crops, info
+
+
+class RunRegions:
+    """A run's regions (as its params keep them) applied to each prediction of the run."""
+
+    def __init__(self, rows: list[dict], outside: str, stack: contextlib.ExitStack, workdir: Path):
+        from workers import anomaly
+
+        self.notes: list[str] = []
+        reference_ids = {row["reference_id"] for row in rows}
+        reference = Image.objects.filter(pk__in=reference_ids).first()
+        if reference is None or len(reference_ids) != 1:
+            raise JobError("The image the regions were drawn on was deleted: draw them again.")
+        self.reference = reference
+        self.outside = outside != "ignore"
+        self.registrar = Registrar(reference, workdir)
+        versions = ModelVersion.objects.in_bulk(
+            [r["model_version_id"] for r in rows if r["model_version_id"]]
+        )
+        self.specs = []
+        for row in rows:
+            model = None
+            version = versions.get(row["model_version_id"])
+            if row["mode"] == InspectionRegion.Mode.INSPECT and row["model_version_id"]:
+                if version is None or not version.artifact:
+                    self.notes.append(
+                        f"the model of region '{row['name']}' was deleted: the project's model "
+                        "inspected it"
+                    )
+                else:
+                    folder = stack.enter_context(
+                        storage.local_tree(str(Path(version.artifact).parent))
+                    )
+                    try:
+                        model = anomaly.load_model(folder / Path(version.artifact).name)
+                    except anomaly.AnomalyError as exc:
+                        raise JobError(
+                            f"The model of region '{row['name']}' could not be loaded: {exc}"
+                        ) from None
+            self.specs.append(
+                anomaly.RoiSpec(
+                    key=row["id"],
+                    name=row["name"],
+                    polygon=row["polygon"],
+                    exclude=row["mode"] == InspectionRegion.Mode.EXCLUDE,
+                    model=model,
+                    threshold=row["threshold"],
+                )
+            )
+
+    def apply(self, image: Image, path: str, prediction, config):
+        """``prediction`` with the regions applied; RegistrationRefused when the image cannot be
+        registered onto the reference (it is then not inspected: the regions would land in the
+        wrong place)."""
+        from workers import anomaly
+        from workers.anomaly.image_io import read_pixels
+
+        pixels = read_pixels(path)
+        matrix = self.registrar.matrix(image, pixels)
+        size = (self.reference.height, self.reference.width)
+        return anomaly.apply_rois(
+            prediction, pixels, matrix, self.specs, size, config, outside=self.outside
+        )
