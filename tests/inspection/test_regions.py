@@ -145,7 +145,9 @@ def test_training_a_regions_model_and_the_rules_around_it(drawn, client_for):
     assert r.status_code == 400 and "excluded region" in r.content.decode()
     admin.patch(f"/api/regions/{cap}/", {"mode": "inspect"}, format="json")
     r = admin.post(
-        f"/api/regions/{cap}/train/", {"architecture": "padim", "params": {"scale": 1}}, format="json"
+        f"/api/regions/{cap}/train/",
+        {"architecture": "padim", "params": {"scale": 1}},
+        format="json",
     )
     assert r.status_code == 400 and "leave scale out" in r.content.decode()
     r = client_for(drawn["reviewer"]).post(f"/api/regions/{cap}/train/", {}, format="json")

@@ -34,12 +34,6 @@ def image_pixels(image: Image, workdir: Path) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - missing, truncated, not an image...
         what = "is missing" if isinstance(exc, FileNotFoundError) else "cannot be read"
         raise ValueError(f"{image.original_name} {what} ({type(exc).__name__})") from exc
-    return uint8_pixels(array)
-
-
-def uint8_pixels(array: np.ndarray) -> np.ndarray:
-    """Pixels as :func:`~workers.anomaly.image_io.read_pixels` gives them, as uint8 grey HxW or
-    RGB HxWx3: what the alignment takes."""
     if array.dtype == np.uint16:
         array = (array >> 8).astype(np.uint8)
     elif array.dtype != np.uint8:

@@ -13,7 +13,7 @@ import numpy as np
 
 from inspection import storage
 from inspection.models import Image, InspectionRegion, ModelVersion
-from workers.tasks.references import image_pixels, uint8_pixels
+from workers.tasks.references import image_pixels
 from workers.tasks.runner import JobError
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Registrar:
             except ValueError as exc:
                 raise JobError(f"The regions' reference cannot be read: {exc}") from None
         try:
-            result = align(uint8_pixels(pixels), self._reference_pixels)
+            result = align(pixels, self._reference_pixels)  # any pixel type read_pixels gives
         except AlignmentError as exc:
             result = None
             reason = str(exc)

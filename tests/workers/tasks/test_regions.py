@@ -112,7 +112,9 @@ def test_region_model_and_masks_in_an_inspection_run(team, client_for, upload):
     assert [r["name"] for r in run.params["regions"]] == ["face", "cap"]
     assert run_job(str(run.job_id), run_inspection.body) == "succeeded"
     run.refresh_from_db()
-    assert "could not be registered onto n0.png" in run.results[str(tests["other-part.png"])]["error"]
+    assert (
+        "could not be registered onto n0.png" in run.results[str(tests["other-part.png"])]["error"]
+    )
 
     found = Suggestion.objects.filter(image_id=tests["dent-face.png"])
     at_dent = [s for s in found if _covers(s, 115, 92)]
@@ -123,9 +125,11 @@ def test_region_model_and_masks_in_an_inspection_run(team, client_for, upload):
     assert all(s.region_id != cap.pk for s in Suggestion.objects.all())
 
     # reviewers see the region's name in the queue and can filter by it
-    body = client_for(team["reviewer"]).get(
-        f"/api/projects/{project.pk}/suggestions/", {"region": face.pk}
-    ).json()
+    body = (
+        client_for(team["reviewer"])
+        .get(f"/api/projects/{project.pk}/suggestions/", {"region": face.pk})
+        .json()
+    )
     assert {s["region_name"] for s in body["results"]} == {"face"}
     assert at_dent[0].pk in [s["id"] for s in body["results"]]
 
