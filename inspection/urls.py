@@ -27,6 +27,7 @@ urlpatterns = [
     ),
     path("projects/<int:pk>/models/", views.models_page, name="models"),
     path("projects/<int:pk>/models/compare/", views.models_compare, name="models-compare"),
+    path("projects/<int:pk>/regions/", views.regions_page, name="regions"),
     path("projects/<int:pk>/stations/", views.stations_page, name="stations"),
     path("stations/<int:pk>/", views.station_page, name="station"),
     path("jobs/", views.jobs_page, name="jobs"),

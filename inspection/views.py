@@ -356,3 +356,23 @@ def station_page(request, pk):
         "station.html",
         {"station": station, "project": station.project, "is_admin": role == Role.ADMIN},
     )
+
+
+@login_required
+def regions_page(request, pk):
+    """A project's regions of interest on its reference image: each inspected by a model and
+    threshold of its own, or excluded. Its script reads and writes them through the API; only
+    project admins may change them (the others see them read-only)."""
+    project = get_object_or_404(Project, pk=pk)
+    role = require_role(request.user, project)
+    return render(
+        request,
+        "regions.html",
+        {
+            "project": project,
+            "role": role,
+            "can_edit": role == Role.ADMIN,
+            "can_review": has_role(request.user, project, Role.REVIEWER),
+            "architectures": list(ARCHITECTURES),
+        },
+    )

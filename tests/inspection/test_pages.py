@@ -71,7 +71,11 @@ def test_create_project_and_set_it_up_from_the_browser(make_user, client):
 def test_pages_hide_projects_from_outsiders_and_forms_from_annotators(team, client):
     project = team["project"]
     client.force_login(team["outsider"])
-    for url in (f"/projects/{project.pk}/", f"/projects/{project.pk}/settings/"):
+    for url in (
+        f"/projects/{project.pk}/",
+        f"/projects/{project.pk}/settings/",
+        f"/projects/{project.pk}/regions/",
+    ):
         assert client.get(url).status_code == 404
     assert "Bottles" not in client.get("/").content.decode()
     client.force_login(team["annotator"])
@@ -81,6 +85,14 @@ def test_pages_hide_projects_from_outsiders_and_forms_from_annotators(team, clie
     assert r.status_code == 403
     grid = client.get(f"/projects/{project.pk}/").content.decode()
     assert 'id="upload"' not in grid  # annotators do not upload
+    regions = client.get(f"/projects/{project.pk}/regions/").content.decode()
+    assert 'id="region-draw"' not in regions and 'data-review-url=""' in regions
+    client.force_login(team["admin"])
+    regions = client.get(f"/projects/{project.pk}/regions/").content.decode()
+    assert (
+        'id="region-draw"' in regions
+        and f'data-review-url="/projects/{project.pk}/review/"' in regions
+    )
 
 
 def test_job_page_shows_traceback_to_admins_only(team, client):
