@@ -33,8 +33,9 @@ class Registrar:
         self.workdir = workdir
         self._reference_pixels: np.ndarray | None = None
 
-    def matrix(self, image: Image, pixels: np.ndarray) -> np.ndarray | None:
-        """``pixels``: the image upright, as read_pixels gives it."""
+    def matrix(self, image: Image, pixels) -> np.ndarray | None:
+        """``pixels``: the image upright, as read_pixels gives it, or a function that reads
+        them (called only when the registration has to be made here)."""
         if image.pk == self.reference.pk:
             return None
         stored = image.alignment or {}
@@ -51,6 +52,8 @@ class Registrar:
                 self._reference_pixels = image_pixels(self.reference, self.workdir)
             except ValueError as exc:
                 raise JobError(f"The regions' reference cannot be read: {exc}") from None
+        if callable(pixels):
+            pixels = pixels()
         try:
             result = align(pixels, self._reference_pixels)  # any pixel type read_pixels gives
         except AlignmentError as exc:
@@ -116,17 +119,22 @@ class RunRegions:
         from workers import anomaly
 
         self.notes: list[str] = []
+        self.specs: list = []
         reference_ids = {row["reference_id"] for row in rows}
         reference = Image.objects.filter(pk__in=reference_ids).first()
         if reference is None or len(reference_ids) != 1:
-            raise JobError("The image the regions were drawn on was deleted: draw them again.")
+            # deleting the reference deleted its regions: the project has none now
+            self.notes.append(
+                "the image the regions were drawn on was deleted (and its regions with it): "
+                "the images were inspected whole"
+            )
+            return
         self.reference = reference
         self.outside = outside != "ignore"
         self.registrar = Registrar(reference, workdir)
         versions = ModelVersion.objects.in_bulk(
             [r["model_version_id"] for r in rows if r["model_version_id"]]
         )
-        self.specs = []
         for row in rows:
             model = None
             version = versions.get(row["model_version_id"])
@@ -164,9 +172,24 @@ class RunRegions:
         from workers import anomaly
         from workers.anomaly.image_io import read_pixels
 
-        pixels = read_pixels(path)
+        if not self.specs:
+            return prediction
+        read: list = []  # the image is decoded again only when something needs its pixels
+
+        def pixels():
+            if not read:
+                read.append(read_pixels(path))
+            return read[0]
+
         matrix = self.registrar.matrix(image, pixels)
+        needs_pixels = any(spec.model is not None for spec in self.specs)
         size = (self.reference.height, self.reference.width)
         return anomaly.apply_rois(
-            prediction, pixels, matrix, self.specs, size, config, outside=self.outside
+            prediction,
+            pixels() if needs_pixels else None,
+            matrix,
+            self.specs,
+            size,
+            config,
+            outside=self.outside,
         )

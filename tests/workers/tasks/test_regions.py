@@ -8,7 +8,7 @@ import pytest
 
 from annotations.geometry import bounds
 from annotations.models import Suggestion
-from inspection.models import Image, InspectionRegion, ModelVersion
+from inspection.models import Image, InspectionRegion, Job, ModelVersion
 from inspection.services.inspections import inspection_run_start, model_version_train
 from inspection.services.references import image_mark_reference
 from inspection.services.regions import region_create, region_model_train
@@ -137,3 +137,16 @@ def test_region_model_and_masks_in_an_inspection_run(team, client_for, upload):
     InspectionRegion.objects.filter(pk=face.pk).delete()
     assert Suggestion.objects.get(pk=at_dent[0].pk).region_id is None
     assert ModelVersion.objects.filter(pk=own.pk).exists()
+
+    # the golden sample deleted while a run waits: its regions went with it, and the run
+    # inspects the images whole (the dent in the cap, masked before, is now suggested)
+    run = inspection_run_start(
+        user=team["reviewer"], project=project, scope="selected", image_ids=[tests["dent-cap.png"]]
+    )
+    assert [r["name"] for r in run.params["regions"]] == ["cap"]
+    golden.delete()
+    assert not InspectionRegion.objects.exists()
+    assert run_job(str(run.job_id), run_inspection.body) == "succeeded"
+    assert "inspected whole" in Job.objects.get(pk=run.job_id).result["message"]
+    in_cap = Suggestion.objects.filter(image_id=tests["dent-cap.png"])
+    assert [s for s in in_cap if _covers(s, 28, 32)]
