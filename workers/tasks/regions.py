@@ -1,6 +1,7 @@
 """Regions of interest in anomaly jobs (inspection.services.regions): images registered onto the
 regions' reference, a region model's training crops, and a run's regions applied to each
-prediction (workers/anomaly/roi.py). Glue for workers/tasks/anomaly.py; no job kind of its own."""
+prediction (workers/anomaly/roi.py). Glue for workers/tasks/anomaly.py and the line stations
+(workers/tasks/stations.py); no job kind of its own."""
 
 from __future__ import annotations
 
@@ -45,6 +46,13 @@ class Registrar:
             and stored.get("matrix")
         ):
             return np.asarray(stored["matrix"], np.float64)
+        if callable(pixels):
+            pixels = pixels()
+        return self.align(image.original_name, pixels)
+
+    def align(self, name: str, pixels: np.ndarray) -> np.ndarray:
+        """Register ``pixels`` (a frame or an image, as read_pixels gives it) onto the
+        reference here; RegistrationRefused with the reason when the pair cannot be trusted."""
         from workers.change.align import AlignmentError, align
 
         if self._reference_pixels is None:
@@ -52,8 +60,6 @@ class Registrar:
                 self._reference_pixels = image_pixels(self.reference, self.workdir)
             except ValueError as exc:
                 raise JobError(f"The regions' reference cannot be read: {exc}") from None
-        if callable(pixels):
-            pixels = pixels()
         try:
             result = align(pixels, self._reference_pixels)  # any pixel type read_pixels gives
         except AlignmentError as exc:
@@ -62,7 +68,7 @@ class Registrar:
         if result is None or not result.ok:
             reason = result.reason if result is not None else reason
             raise RegistrationRefused(
-                f"{image.original_name} could not be registered onto "
+                f"{name} could not be registered onto "
                 f"{self.reference.original_name}, which the regions are drawn on ({reason})"
             )
         return result.homography
@@ -192,4 +198,16 @@ class RunRegions:
             size,
             config,
             outside=self.outside,
+        )
+
+    def apply_frame(self, name: str, pixels: np.ndarray, prediction, config):
+        """The same for a line station's frame (no stored alignment: registered here)."""
+        from workers import anomaly
+
+        if not self.specs:
+            return prediction
+        matrix = self.registrar.align(name, pixels)
+        size = (self.reference.height, self.reference.width)
+        return anomaly.apply_rois(
+            prediction, pixels, matrix, self.specs, size, config, outside=self.outside
         )

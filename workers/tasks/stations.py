@@ -34,7 +34,7 @@ from inspection.services.images import (
     image_store_one,
     images_enqueue_derivatives,
 )
-from inspection.services.inspections import active_model
+from inspection.services.inspections import active_model, regions_snapshot
 from inspection.services.projects import with_inspection_defaults
 from inspection.services.stations import (
     station_event_add,
@@ -51,6 +51,7 @@ from workers.station import loop as station_loop
 from workers.station import sources
 from workers.tasks.anomaly import predict_config, store_prediction
 from workers.tasks.detection import active_detector
+from workers.tasks.regions import RegistrationRefused, RunRegions
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ class StationProcess:
         from workers import anomaly
 
         params = with_inspection_defaults(station.project.inspection)
+        params |= regions_snapshot(station.project)  # as an inspection run's
         run = station_run_for(station=station, model_version=version, params=params)
         config = predict_config(params)
         self.settings = self._settings_of(station, version)
@@ -184,14 +186,38 @@ class StationProcess:
         with (
             storage.local_tree(str(artifact.parent)) as model_dir,
             active_detector(station.project) as detect,
+            contextlib.ExitStack() as stack,
         ):
             model = anomaly.load_model(model_dir / artifact.name)
+            regions = None
+            if params.get("regions"):  # each frame registered onto the regions' reference
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                regions = RunRegions(params["regions"], params["outside_regions"], stack, workdir)
+                for note in regions.notes:
+                    self.log(note)
             self.log(
-                f"{version.architecture} v{version.number} loaded; inspecting {station.source}"
+                f"{version.architecture} v{version.number} loaded"
+                + (f" with {len(regions.specs)} region(s)" if regions and regions.specs else "")
+                + f"; inspecting {station.source}"
             )
 
+            def with_regions(frame: sources.Frame, prediction):
+                """The frame's prediction with the regions applied; a frame that cannot be
+                registered fails (its verdict says so) rather than being judged unmasked."""
+                if regions is None or isinstance(prediction, BaseException):
+                    return prediction
+                try:
+                    return regions.apply_frame(frame.name, frame.image, prediction, config)
+                except (RegistrationRefused, anomaly_errors.AnomalyError) as exc:
+                    return exc
+
             def infer(frame: sources.Frame) -> station_loop.Inference:
-                return _inference(anomaly.predict(model, frame.name, config, image=frame.image))
+                prediction = with_regions(
+                    frame, anomaly.predict(model, frame.name, config, image=frame.image)
+                )
+                if isinstance(prediction, BaseException):
+                    raise prediction
+                return _inference(prediction)
 
             def infer_many(
                 frames: list[sources.Frame],
@@ -204,6 +230,9 @@ class StationProcess:
                     config,
                     prepared=[frame.prepared for frame in frames],
                 )
+                predictions = [
+                    with_regions(frame, p) for frame, p in zip(frames, predictions, strict=True)
+                ]
                 for frame in frames:
                     frame.prepared = None  # a frame kept for review holds its pixels only
                 return [p if isinstance(p, BaseException) else _inference(p) for p in predictions]
@@ -286,6 +315,7 @@ class StationProcess:
             station.ok_sample_rate,
             station.sample_quota,
             repr(sorted(with_inspection_defaults(station.project.inspection).items())),
+            repr(regions_snapshot(station.project)),  # regions drawn, changed or deleted
         )
 
     def _changed(self, station: Station) -> bool:

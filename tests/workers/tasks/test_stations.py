@@ -125,6 +125,45 @@ def test_a_station_inspects_a_video_and_sends_the_ng_frames_to_review(trained, t
     assert StationResult.objects.filter(station=station).count() == 14
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_station_registers_each_frame_and_applies_the_regions(trained, tmp_path):
+    """The project's regions hold at the line too: with the bottle's whole area excluded, the
+    broken bottle is no longer NG (the station registers each frame onto the golden sample);
+    a frame that cannot be registered fails with the reason instead of being judged unmasked."""
+    from inspection.services.references import image_mark_reference
+    from inspection.services.regions import region_create
+    from workers.tasks.stations import StationProcess
+
+    project, admin = trained["project"], trained["admin"]
+    golden = Image.objects.filter(project=project, is_normal=True).order_by("id").first()
+    image_mark_reference(user=admin, image=golden, is_reference=True)
+    region_create(
+        user=admin,
+        project=project,
+        name="bottle",
+        reference=golden,
+        polygon=[[16, 16], [240, 16], [240, 240], [16, 240]],
+        mode="exclude",
+    )
+    project.inspection = {"outside_regions": "ignore"}
+    project.save(update_fields=["inspection"])
+    folder = tmp_path / "press"
+    folder.mkdir()
+    broken = sorted((trained["root"] / "test" / "broken_large").glob("*.png"))[0]
+    cv2.imwrite(str(folder / "a-broken.png"), bottle(broken))
+    noise = np.random.default_rng(0).integers(0, 255, (SIDE, SIDE, 3), np.uint8)
+    cv2.imwrite(str(folder / "b-noise.png"), noise)
+    station = station_create(
+        user=admin, project=project, name="press-2", source=str(folder), ok_sample_rate=0.0
+    )
+    assert StationProcess("press-2", until_idle=True).run() == 0
+
+    rows = {r.source_name: r for r in StationResult.objects.filter(station=station)}
+    assert rows["a-broken.png"].verdict == "ok" and rows["a-broken.png"].regions == []
+    assert rows["b-noise.png"].verdict == "failed"
+    assert "could not be registered onto n0.png" in rows["b-noise.png"].error
+
+
 def ng_result(key: str, grey: int, regions: list):
     """A sampled NG frame as the loop hands it to the writer, with a prediction of the engine
     (made here: these tests are about what the writer stores, not about the model)."""
