@@ -2,6 +2,7 @@
 model is trained and chosen (inspection.services.regions)."""
 
 import pytest
+from django.test import Client
 
 from inspection.models import Image, InspectionRegion, ModelVersion
 from inspection.services.references import image_mark_reference
@@ -163,7 +164,14 @@ def test_training_a_regions_model_and_the_rules_around_it(drawn, client_for):
     # not ready yet: it cannot be chosen; and never as the whole image's model
     r = admin.patch(f"/api/regions/{cap}/", {"model_version": version.pk}, format="json")
     assert r.status_code == 400 and "ready model trained for this region" in r.content.decode()
-    ModelVersion.objects.filter(pk=version.pk).update(status="ready", artifact="x/model.pt")
+    ModelVersion.objects.filter(pk=version.pk).update(
+        status="ready", artifact="x/model.pt", metrics={"region": {"name": "cap"}}
+    )
+    page = Client()
+    page.force_login(drawn["admin"])
+    html = page.get(f"/projects/{project.pk}/models/").content.decode()
+    row = html[html.index(f'data-region-model="{cap}"') :].split("</tr>")[0]
+    assert ">cap</a>: used inside it" in row and "Make active" not in row
     r = admin.patch(f"/api/regions/{cap}/", {"model_version": version.pk}, format="json")
     assert r.status_code == 200 and r.json()["model"] == "padim v1"
     r = admin.post(f"/api/models/{version.pk}/activate/")
