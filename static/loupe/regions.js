@@ -22,14 +22,15 @@ const CLOSE_PX = 9; // a click this near the first point closes the outline
 const SAME_PX = 4; // a click this near the last point adds nothing (the 2nd click of a double-click)
 
 const root = document.getElementById("regions-page");
-const pid = root.dataset.project;
 const canEdit = root.dataset.canEdit === "true";
 const reviewUrl = root.dataset.reviewUrl || "";  // reviewers: a region's suggestions in the queue
 const architectures = JSON.parse(document.getElementById("region-architectures").textContent);
+// the server's URLs (under its script prefix), the region's id in place of the 0
+const withId = (template, id) => template.replace(/\/0\/(train\/)?$/, (_, train) => `/${id}/${train || ""}`);
 const urls = {
-  list: `/api/projects/${pid}/regions/`,
-  region: (id) => `/api/regions/${id}/`,
-  train: (id) => `/api/regions/${id}/train/`,
+  list: root.dataset.regionsUrl,
+  region: (id) => withId(root.dataset.regionUrl, id),
+  train: (id) => withId(root.dataset.trainUrl, id),
   project: root.dataset.projectUrl,
 };
 const $ = (id) => document.getElementById(id);
