@@ -488,10 +488,23 @@ class RegionSerializer(serializers.ModelSerializer):
         return made.get(obj.pk, [])
 
     def get_models(self, obj) -> list[dict]:
-        return [
-            {"id": v.pk, "label": _version_label(v), "status": v.status, "job": v.job_id}
-            for v in self._models(obj)
-        ]
+        """Each version trained for the region; once trained, on how many normal images and
+        which could not be registered onto the reference (left out, with the reason)."""
+        out = []
+        for v in self._models(obj):
+            region = (v.metrics or {}).get("region") or {}
+            skipped = region.get("skipped", [])
+            out.append(
+                {
+                    "id": v.pk,
+                    "label": _version_label(v),
+                    "status": v.status,
+                    "job": v.job_id,
+                    "trained_on": len(v.image_ids) - len(skipped) if region else None,
+                    "skipped": [{"name": x["name"], "reason": x["reason"]} for x in skipped],
+                }
+            )
+        return out
 
     def get_suggestions(self, obj) -> int:
         counted = getattr(obj, "suggestion_count", None)

@@ -400,7 +400,18 @@ function modelText(r) {
     const last = { training: "one is training", failed: "the last training failed", ready: "one is ready: choose it" }[r.model_status];
     return "no model of its own yet" + (last ? ` (${last})` : "");
   }
-  return `${r.model}${r.model_status ? " · " + r.model_status : ""}`;
+  const own = (r.models || []).find((m) => m.id === r.model_version);
+  const seen = own && own.trained_on != null ? ` · trained on ${own.trained_on} normal image${own.trained_on === 1 ? "" : "s"}` : "";
+  return `${r.model}${r.model_status ? " · " + r.model_status : ""}${seen}`;
+}
+
+/** The normal images the region's model could not be trained on (not registered), or "". */
+function skippedText(r) {
+  const own = (r.models || []).find((m) => m.id === r.model_version);
+  if (!own || !own.skipped || !own.skipped.length) return "";
+  const n = own.skipped.length;
+  return `${n} normal image${n === 1 ? "" : "s"} left out (not registered onto the reference): ` +
+    own.skipped.slice(0, 3).map((x) => x.name).join(", ") + (n > 3 ? "…" : "");
 }
 
 function thresholdText(r) {
@@ -429,6 +440,11 @@ function regionItem(r) {
     h("span", { class: { ready: "status-succeeded", failed: "status-failed" }[r.model_status] || null, text: modelText(r) }),
     excluded ? null : ` · threshold ${thresholdText(r)}`,
   ]));
+  const left = excluded ? "" : skippedText(r);
+  if (left) {
+    const own = r.models.find((m) => m.id === r.model_version);
+    li.appendChild(h("div", { class: "hint region-skipped", title: own.skipped.map((x) => `${x.name}: ${x.reason}`).join("\n"), text: left }));
+  }
   if (!canEdit) return li;
 
   const mode = h("select", { class: "region-mode", "aria-label": `Mode of ${r.name}` }, [

@@ -236,7 +236,7 @@ def test_a_regions_suggestions_are_reviewed_from_its_row(page, bottles):
     from annotations.models import Annotation, DefectCategory, Suggestion
     from annotations.services.suggestions import SuggestionIn, suggestions_store
     from inspection.models import ModelVersion
-    from inspection.services.regions import region_create
+    from inspection.services.regions import region_create, region_update
 
     project, reference, admin = bottles["project"], bottles["reference"], bottles["admin"]
     neck = region_create(
@@ -260,9 +260,30 @@ def test_a_regions_suggestions_are_reviewed_from_its_row(page, bottles):
         ],
     )
     in_neck = Suggestion.objects.get(region=neck)
+    # the region's own model, trained on its crops; one normal image could not be registered
+    own = ModelVersion.objects.create(
+        project=project,
+        number=2,
+        architecture="padim",
+        status="ready",
+        params={"model": "padim", "region": neck.pk},
+        image_ids=[i.pk for i in bottles["images"]],
+        metrics={
+            "region": {
+                "name": "neck",
+                "skipped": [{"image": 0, "name": "odd.png", "reason": "odd.png could not be…"}],
+            }
+        },
+    )
+    region_update(user=admin, region=neck, model_version=own)
 
     login(page, bottles["reviewer"].username)
     open_regions(page, project)
+    row = page.locator(f'li[data-region="{neck.pk}"]')
+    assert "padim v2 · ready · trained on 2 normal images" in row.inner_text()
+    assert row.locator(".region-skipped").inner_text() == (
+        "1 normal image left out (not registered onto the reference): odd.png"
+    )
     link = page.locator(f'li[data-region="{neck.pk}"] a.region-suggestions')
     assert link.inner_text() == "1 suggestion"
     link.click()

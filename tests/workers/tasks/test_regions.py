@@ -20,9 +20,10 @@ FACE = [[60, 40], [150, 40], [150, 120], [60, 120]]
 CAP = [[8, 8], [52, 8], [52, 52], [8, 52]]
 
 
-def _design() -> np.ndarray:
-    """The part as designed: blobs and edges to register on, a fine texture to learn."""
-    rng = np.random.default_rng(0)
+def _design(seed: int = 0) -> np.ndarray:
+    """The part as designed: blobs and edges to register on, a fine texture to learn (another
+    ``seed``: another part with the same shapes, which does not register onto this one)."""
+    rng = np.random.default_rng(seed)
     noise = cv2.GaussianBlur(rng.normal(0, 1, (SIZE[1], SIZE[0])).astype(np.float32), (0, 0), 4)
     part = 0.5 + 0.25 * noise / noise.std()
     cv2.rectangle(part, (70, 50), (90, 70), 0.9, -1)
@@ -30,10 +31,12 @@ def _design() -> np.ndarray:
     return part
 
 
-def _photo(dx: float, dy: float, seed: int, defect: tuple[int, int] | None = None) -> bytes:
+def _photo(
+    dx: float, dy: float, seed: int, defect: tuple[int, int] | None = None, design: int = 0
+) -> bytes:
     """One part on the fixture, moved by (dx, dy), with sensor noise and maybe a dark dent at
     ``defect`` (the design's pixels)."""
-    part = _design()
+    part = _design(design)
     if defect is not None:
         cv2.circle(part, defect, 6, 0.0, -1)
     moved = cv2.warpAffine(
@@ -70,7 +73,10 @@ def test_region_model_and_masks_in_an_inspection_run(team, client_for, upload):
         client,
         project,
         upload,
-        {f"n{i}.png": _photo(dx, dy, i) for i, (dx, dy) in enumerate(shifts)},
+        {
+            **{f"n{i}.png": _photo(dx, dy, i) for i, (dx, dy) in enumerate(shifts)},
+            "n-other.png": _photo(0, 0, 9, design=1),  # marked normal, but another part
+        },
         is_normal="true",
     )
     golden = Image.objects.get(pk=normals["n0.png"])
@@ -91,7 +97,17 @@ def test_region_model_and_masks_in_an_inspection_run(team, client_for, upload):
     whole.refresh_from_db()
     assert face.model_version_id == own.pk and own.status == "ready" and not own.is_active
     assert whole.is_active  # the region's model did not replace the whole image's
-    assert own.metrics["region"]["name"] == "face" and own.metrics["region"]["skipped"] == []
+    assert own.metrics["region"]["name"] == "face"
+    # the other part could not be registered: left out of the region's training, with why
+    [skipped] = own.metrics["region"]["skipped"]
+    assert (
+        skipped["name"] == "n-other.png"
+        and "could not be registered onto n0.png" in (skipped["reason"])
+    )
+    listed = client.get(f"/api/projects/{project.pk}/regions/").json()["results"][0]
+    assert listed["model"] == "padim v2" and listed["model_status"] == "ready"  # v1: whole
+    assert listed["models"][0]["trained_on"] == 6
+    assert [x["name"] for x in listed["models"][0]["skipped"]] == ["n-other.png"]
     assert own.metrics["region"]["box"] == [55, 36, 155, 124]  # the polygon's box, grown 5 %
 
     tests = _upload(
