@@ -53,6 +53,7 @@ class RoiSpec:
     exclude: bool = False
     model: LoadedModel | None = None
     threshold: float | None = None
+    box: tuple[int, int, int, int] | None = None  # the crop ``model`` was trained on
 
 
 def roi_box(
@@ -122,12 +123,14 @@ def apply_rois(
 ) -> Prediction:
     """``prediction`` (the image's model over the whole ``image``) with the regions applied:
     excluded regions masked, regions with their own model inspected by it, thresholds per
-    region, the area outside every region kept (``outside``) or masked. Later regions lie over
-    earlier ones where they overlap. Regions (suggestions) carry their region's ``key`` in
-    ``roi`` (None outside every region). The image score becomes the highest calibrated pixel
-    score where the image is inspected (a region's own model has no image-level calibration
-    for the whole part). ``matrix``: reference pixels -> image pixels (None: the image is the
-    reference)."""
+    region, the area outside every region kept (``outside``) or masked. An excluded region
+    always wins where it overlaps an inspected one; among inspected regions a later one lies
+    over an earlier one. Regions (suggestions) carry their region's ``key`` in ``roi`` (None
+    outside every region). The image score becomes the highest pixel score where the image is
+    inspected, relative to that place's threshold (0.5 = at it, as the model's own image score:
+    a region's own model has no image-level calibration for the whole part). A region's model
+    sees the crop it was trained on (``RoiSpec.box``; else the polygon's). ``matrix``: reference
+    pixels -> image pixels (None: the image is the reference)."""
     started = time.perf_counter()
     if prediction.score_map is None:
         raise ValueError("apply_rois needs the prediction's float score map")
@@ -141,8 +144,13 @@ def apply_rois(
     run_threshold = config.regions.threshold
     stitched = prediction.score_map.astype(np.float32, copy=True)
     zones = np.zeros((map_h, map_w), np.int32)  # 0: outside every region, i + 1: rois[i]
-    for index, roi in enumerate(rois):
-        corners = _polygon_in_map(roi.polygon, continuous, to_map)
+    # inspected regions in order, then the excluded ones over them: a mask is never undone by
+    # a region drawn after it
+    order = [i for i, r in enumerate(rois) if not r.exclude] + [
+        i for i, r in enumerate(rois) if r.exclude
+    ]
+    for index in order:
+        corners = _polygon_in_map(rois[index].polygon, continuous, to_map)
         # sub-pixel vertices (shift 4 = 1/16 px): a thin region keeps its place on a small map
         cv2.fillPoly(zones, [np.round((corners - 0.5) * 16).astype(np.int32)], index + 1, shift=4)
     if not outside:
@@ -157,7 +165,7 @@ def apply_rois(
             continue
         if roi.model is not None:
             t0 = time.perf_counter()
-            box = roi_box(roi.polygon, reference_size)
+            box = roi.box or roi_box(roi.polygon, reference_size)
             crop = registered_crop(image, matrix, box)
             check_compatible(roi.model, crop, f"region {roi.name}", True)
             crop_config = dataclasses.replace(config, fit_size=False, allow_size_mismatch=True)
@@ -197,7 +205,8 @@ def apply_rois(
             found.append(dataclasses.replace(region, roi=key))
     found.sort(key=lambda r: r.peak_score, reverse=True)
     found = found[: config.regions.top_k]
-    image_score = float(stitched.max()) if stitched.size else 0.0
+    # every place's threshold sits at the run's in ``stitched``: on the 0.5 scale
+    image_score = float(stitched.max()) * 0.5 / run_threshold if stitched.size else 0.0
     heatmap = np.round(np.clip(stitched, 0.0, 1.0) * 255).astype(np.uint8)
     params = {
         **prediction.params,
@@ -211,7 +220,7 @@ def apply_rois(
     return dataclasses.replace(
         prediction,
         image_score=image_score,
-        is_anomalous=image_score >= run_threshold,
+        is_anomalous=image_score >= 0.5,
         heatmap=heatmap,
         score_map=stitched,
         regions=found,

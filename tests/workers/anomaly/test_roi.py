@@ -131,3 +131,22 @@ def test_a_regions_own_model_finds_a_defect_on_a_moved_part(tmp_path) -> None:
     # excluded, the same region suggests nothing
     rois[0].exclude = True
     assert apply_rois(nothing, pixels, matrix, rois, size, PredictConfig()).regions == []
+
+
+@pytest.mark.parametrize("excluded_first", [True, False])
+def test_an_excluded_region_stays_masked_under_a_later_region(excluded_first) -> None:
+    """'Inspect the whole part, but not its label': the label's mask holds whichever region was
+    drawn first; the image score is relative to the place's threshold (0.5 = at it)."""
+    score = np.zeros((100, 150), np.float32)
+    _blob(score, 50, 75, 0.9)  # in the label
+    _blob(score, 20, 20, 0.7)  # elsewhere on the part
+    whole = RoiSpec(key=1, name="part", polygon=[[0, 0], [300, 0], [300, 200], [0, 200]])
+    label = RoiSpec(
+        key=2, name="label", polygon=[[120, 80], [180, 80], [180, 120], [120, 120]], exclude=True
+    )
+    rois = [label, whole] if excluded_first else [whole, label]
+    config = PredictConfig(regions=RegionConfig(min_area=16, threshold=0.6))
+    out = apply_rois(_prediction(score, (200, 300)), None, None, rois, (200, 300), config)
+    assert [(r.roi, round(r.peak_score, 2)) for r in out.regions] == [(1, 0.7)]
+    assert out.image_score == pytest.approx(0.7 * 0.5 / 0.6)  # above the run's 0.6: anomalous
+    assert out.is_anomalous
