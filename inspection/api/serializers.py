@@ -500,15 +500,16 @@ class RegionSerializer(serializers.ModelSerializer):
                     "label": _version_label(v),
                     "status": v.status,
                     "job": v.job_id,
-                    "trained_on": len(v.image_ids) - len(skipped) if region else None,
+                    "trained_on": region.get("trained_on") if region else None,
                     "skipped": [{"name": x["name"], "reason": x["reason"]} for x in skipped],
                 }
             )
         return out
 
     def get_suggestions(self, obj) -> int:
+        """Its suggestions waiting in the review queue."""
         counted = getattr(obj, "suggestion_count", None)
-        return counted if counted is not None else obj.suggestions.count()
+        return counted if counted is not None else obj.suggestions.filter(status="pending").count()
 
 
 def regions_models(regions) -> dict:

@@ -6,7 +6,7 @@ selector, and shapes the answer. Labels, suggestions, reviews and datasets: anno
 from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -239,7 +239,10 @@ class ProjectViewSet(NumericIds, viewsets.ModelViewSet):
         regions = list(
             region_services.regions_of(project)
             .select_related("reference")
-            .annotate(suggestion_count=Count("suggestions"))
+            .annotate(
+                # waiting in the review queue (the app below annotations names the status)
+                suggestion_count=Count("suggestions", filter=Q(suggestions__status="pending"))
+            )
         )
         context = {"models": s.regions_models(regions)}
         drawn_on = regions[0].reference if regions else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from inspection.models import Image, InspectionRegion, ModelVersion, Project, Role
 from inspection.permissions import require_role
@@ -120,6 +120,22 @@ def region_create(
                 "draw regions on the golden sample."
             }
         )
+    with transaction.atomic():
+        # one admin's region at a time per project: the reference, name and count rules hold
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        return _region_create_locked(
+            project=project,
+            name=name,
+            reference=reference,
+            polygon=polygon,
+            mode=mode,
+            threshold=threshold,
+        )
+
+
+def _region_create_locked(
+    *, project: Project, name, reference: Image, polygon, mode, threshold
+) -> InspectionRegion:
     existing = InspectionRegion.objects.filter(project=project).exclude(reference=reference)
     other = existing.select_related("reference").first()
     if other is not None:
@@ -162,6 +178,12 @@ def region_update(
     if polygon is not _UNSET:
         region.polygon = _checked_polygon(polygon, region.reference)
         fields.append("polygon")
+        if region.model_version is not None and not _trained_on_outline(
+            region.model_version, region
+        ):
+            # its model learnt the old outline's crop: a redrawn region needs its own again
+            region.model_version = None
+            fields.append("model_version")
     if mode is not _UNSET:
         region.mode = _checked_mode(mode)
         fields.append("mode")
@@ -177,11 +199,30 @@ def region_update(
             raise ValidationError(
                 {"model_version": "Not a ready model trained for this region (train one here)."}
             )
+        if model_version is not None and not _trained_on_outline(model_version, region):
+            raise ValidationError(
+                {
+                    "model_version": f"{model_version.architecture} v{model_version.number} was "
+                    "trained on another outline of this region: train one on this outline."
+                }
+            )
         region.model_version = model_version
         fields.append("model_version")
     if fields:
-        region.save(update_fields=fields)
+        try:
+            with transaction.atomic():
+                region.save(update_fields=fields)
+        except IntegrityError:  # another admin took the name meanwhile
+            raise ValidationError(
+                {"name": f"This project already has a region named '{region.name}'."}
+            ) from None
     return region
+
+
+def _trained_on_outline(version: ModelVersion, region: InspectionRegion) -> bool:
+    """Whether ``version`` learnt the crop of the region's outline as it is now."""
+    trained = ((version.metrics or {}).get("region") or {}).get("polygon")
+    return trained == region.polygon
 
 
 def region_delete(*, user, region: InspectionRegion) -> None:
@@ -225,14 +266,19 @@ def region_model_train(
 
 def region_model_ready(*, model_version: ModelVersion) -> InspectionRegion | None:
     """A region's model finished training: it becomes the region's model (no role check: the
-    training was asked for by an admin). None when the region was deleted meanwhile."""
+    training was asked for by an admin). None when the region was deleted, excluded or redrawn
+    meanwhile (the model learnt the old outline: it stays listed, and is refused there)."""
     with transaction.atomic():
         region = (
             InspectionRegion.objects.select_for_update()
             .filter(pk=model_version.params.get("region"), project=model_version.project_id)
             .first()
         )
-        if region is None:
+        if (
+            region is None
+            or region.mode != InspectionRegion.Mode.INSPECT
+            or not _trained_on_outline(model_version, region)
+        ):
             return None
         region.model_version = model_version
         region.save(update_fields=["model_version"])

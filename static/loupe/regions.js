@@ -369,6 +369,9 @@ if (canEdit) {
   // capture: before OpenSeadragon's own key handling on the focused viewer
   document.addEventListener("keydown", (e) => {
     if (!state.draw) return;
+    // a key meant for a field (the list's threshold, the new region's name) stays there
+    const field = e.target && e.target.closest && e.target.closest("input, select, textarea");
+    if (field && e.key === "Enter") return;
     if (e.key === "Escape") {
       e.preventDefault();
       e.stopPropagation();
@@ -414,6 +417,11 @@ function skippedText(r) {
     own.skipped.slice(0, 3).map((x) => x.name).join(", ") + (n > 3 ? "…" : "");
 }
 
+/** Whether one of the region's models is training now (its own model may be another, ready). */
+function trainingNow(r) {
+  return (r.models || []).some((m) => m.status === "training");
+}
+
 function thresholdText(r) {
   return r.threshold == null ? "auto (the project's)" : String(r.threshold);
 }
@@ -433,8 +441,8 @@ function regionItem(r) {
     swatch, name,
     h("span", { class: `badge mode-${r.mode}`, text: excluded ? "excluded" : "inspected" }),
     n && reviewUrl
-      ? h("a", { class: "hint region-suggestions", href: `${reviewUrl}?region=${r.id}`, title: "Review them", text: `${n} suggestion${n === 1 ? "" : "s"}` })
-      : h("span", { class: "hint region-suggestions", text: `${n} suggestion${n === 1 ? "" : "s"}` }),
+      ? h("a", { class: "hint region-suggestions", href: `${reviewUrl}?region=${r.id}`, title: "Review them", text: `${n} pending suggestion${n === 1 ? "" : "s"}` })
+      : h("span", { class: "hint region-suggestions", text: `${n} pending suggestion${n === 1 ? "" : "s"}` }),
   ]));
   li.appendChild(h("div", { class: "hint region-model" }, [
     h("span", { class: { ready: "status-succeeded", failed: "status-failed" }[r.model_status] || null, text: modelText(r) }),
@@ -486,7 +494,7 @@ function regionItem(r) {
   if (!excluded) {
     const arch = h("select", { class: "region-arch", "aria-label": `Model to train for ${r.name}` },
       architectures.map((a) => h("option", { value: a, text: a, selected: a === "padim" })));
-    const train = h("button", { type: "button", class: "region-train", disabled: state.training.has(r.id) || r.model_status === "training", text: "Train" });
+    const train = h("button", { type: "button", class: "region-train", disabled: state.training.has(r.id) || trainingNow(r), text: "Train" });
     train.addEventListener("click", () => trainRegion(r, arch.value, train));
     actions.push(h("label", { class: "inline" }, [arch]), train);
   }
@@ -536,7 +544,7 @@ async function patch(region, changes) {
 
 async function remove(region) {
   const n = region.suggestions || 0;
-  const also = n ? ` Its ${n} suggestion${n === 1 ? "" : "s"} stay${n === 1 ? "s" : ""} in the review queue.` : "";
+  const also = n ? ` Its ${n} pending suggestion${n === 1 ? "" : "s"} stay${n === 1 ? "s" : ""} in the review queue.` : "";
   if (!window.confirm(`Delete the region "${region.name}"?${also}`)) return;
   const res = await call("DELETE", urls.region(region.id));
   if (!res) return;
@@ -641,7 +649,7 @@ async function load() {
   root.dataset.loaded = String(Date.now());
   // while a region's model trains, its status follows without a reload
   clearTimeout(polling);
-  if (regions().some((r) => r.model_status === "training")) {
+  if (regions().some(trainingNow)) {
     polling = setTimeout(() => {
       const editing = els.list.contains(document.activeElement) && document.activeElement.tagName !== "BUTTON";
       if (!state.draw && !editing) load();

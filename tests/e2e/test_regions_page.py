@@ -271,6 +271,8 @@ def test_a_regions_suggestions_are_reviewed_from_its_row(page, bottles):
         metrics={
             "region": {
                 "name": "neck",
+                "polygon": neck.polygon,  # the outline it learnt: the region's as it is
+                "trained_on": 2,
                 "skipped": [{"image": 0, "name": "odd.png", "reason": "odd.png could not be…"}],
             }
         },
@@ -285,7 +287,7 @@ def test_a_regions_suggestions_are_reviewed_from_its_row(page, bottles):
         "1 normal image left out (not registered onto the reference): odd.png"
     )
     link = page.locator(f'li[data-region="{neck.pk}"] a.region-suggestions')
-    assert link.inner_text() == "1 suggestion"
+    assert link.inner_text() == "1 pending suggestion"
     link.click()
     page.locator("#viewer[data-loaded]").wait_for()
     page.wait_for_function(

@@ -164,8 +164,11 @@ def test_training_a_regions_model_and_the_rules_around_it(drawn, client_for):
     # not ready yet: it cannot be chosen; and never as the whole image's model
     r = admin.patch(f"/api/regions/{cap}/", {"model_version": version.pk}, format="json")
     assert r.status_code == 400 and "ready model trained for this region" in r.content.decode()
+    # trained on the region's outline as it is (the training job records it)
     ModelVersion.objects.filter(pk=version.pk).update(
-        status="ready", artifact="x/model.pt", metrics={"region": {"name": "cap"}}
+        status="ready",
+        artifact="x/model.pt",
+        metrics={"region": {"name": "cap", "polygon": SQUARE, "trained_on": 3}},
     )
     page = Client()
     page.force_login(drawn["admin"])
@@ -190,3 +193,17 @@ def test_training_a_regions_model_and_the_rules_around_it(drawn, client_for):
     assert r.status_code == 400
     r = admin.patch(f"/api/regions/{cap}/", {"model_version": None}, format="json")
     assert r.json()["model"] is None and r.json()["model_status"] == "ready"
+    assert r.json()["models"][0]["trained_on"] == 3
+
+    # redrawn, the region drops the model that learnt its old outline, which cannot be chosen
+    # again, and a training of the old outline that ends now is not attached either
+    admin.patch(f"/api/regions/{cap}/", {"model_version": version.pk}, format="json")
+    moved = [[12, 10], [52, 10], [52, 40], [12, 40]]
+    r = admin.patch(f"/api/regions/{cap}/", {"polygon": moved}, format="json")
+    assert r.status_code == 200 and r.json()["model"] is None
+    r = admin.patch(f"/api/regions/{cap}/", {"model_version": version.pk}, format="json")
+    assert r.status_code == 400 and "another outline of this region" in r.content.decode()
+    from inspection.services.regions import region_model_ready
+
+    assert region_model_ready(model_version=ModelVersion.objects.get(pk=version.pk)) is None
+    assert InspectionRegion.objects.get(pk=cap).model_version_id is None
