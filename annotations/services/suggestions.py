@@ -145,9 +145,9 @@ def suggestions_store(
     categories = categories_by_name(image.project)
     wanted = {item.roi for item in suggestions if item.roi is not None}
     regions = set(  # a region deleted while the run ran: its suggestions are stored without it
-        InspectionRegion.objects.filter(pk__in=wanted, project=image.project_id).values_list(
-            "pk", flat=True
-        )
+        InspectionRegion.objects.select_for_update()  # and none is deleted until they are stored
+        .filter(pk__in=wanted, project=image.project_id)
+        .values_list("pk", flat=True)
     )
     created, superseded = [], set()
     for item in suggestions:

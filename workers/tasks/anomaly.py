@@ -77,7 +77,13 @@ def train_anomaly_model(job, ctx: JobContext) -> dict:
         "model_version": version.pk,
         "number": version.number,
         "metrics": version.metrics,
-        "message": f"{version.architecture} v{version.number} trained on {len(version.image_ids)} images",
+        "message": f"{version.architecture} v{version.number} trained on "
+        + (
+            f"the region {region['name']} of {region['trained_on']} images"
+            + (f" ({len(region['skipped'])} not registered)" if region["skipped"] else "")
+            if region is not None
+            else f"{len(version.image_ids)} images"
+        ),
     }
 
 

@@ -24,6 +24,10 @@ class RegistrationRefused(Exception):
     """An image could not be registered onto the regions' reference (the reason, for people)."""
 
 
+class ReferenceGone(JobError):
+    """The regions' reference cannot be read any more (deleted while a run ran)."""
+
+
 class Registrar:
     """Each image's registration onto ``reference`` (3x3, reference pixels -> image pixels):
     none for the reference itself, the stored alignment when the image is paired with the
@@ -59,7 +63,7 @@ class Registrar:
             try:
                 self._reference_pixels = image_pixels(self.reference, self.workdir)
             except ValueError as exc:
-                raise JobError(f"The regions' reference cannot be read: {exc}") from None
+                raise ReferenceGone(f"The regions' reference cannot be read: {exc}") from None
         try:
             result = align(pixels, self._reference_pixels)  # any pixel type read_pixels gives
         except AlignmentError as exc:
@@ -102,6 +106,10 @@ def training_crops(
             skipped.append({"image": image.pk, "name": image.original_name, "reason": str(exc)})
             continue
         crop = anomaly.registered_crop(pixels, matrix, box)
+        if crop.dtype not in (np.uint8, np.uint16):
+            # float pixels (float or 32-bit TIFFs) in [0, 1]: PNG keeps 16 bits of them, the
+            # same values the network gets from the float image at inspection
+            crop = np.round(np.clip(crop, 0.0, 1.0) * 65535).astype(np.uint16)
         if crop.ndim == 3 and crop.shape[2] == 3:
             crop = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
         target = folder / f"{image.pk}.png"
@@ -114,7 +122,14 @@ def training_crops(
             f"Only {len(crops)} normal image(s) could be registered onto "
             f"{reference.original_name} to train the region '{region.name}': {why}"
         )
-    info = {"region": region.pk, "name": region.name, "box": list(box), "skipped": skipped}
+    info = {
+        "region": region.pk,
+        "name": region.name,
+        "polygon": region.polygon,  # the outline learnt: a redrawn region needs a new model
+        "box": list(box),
+        "trained_on": len(crops),
+        "skipped": skipped,
+    }
     return crops, info
 
 
@@ -160,6 +175,7 @@ class RunRegions:
                         raise JobError(
                             f"The model of region '{row['name']}' could not be loaded: {exc}"
                         ) from None
+            trained = ((version.metrics or {}).get("region") or {}) if version else {}
             self.specs.append(
                 anomaly.RoiSpec(
                     key=row["id"],
@@ -168,6 +184,8 @@ class RunRegions:
                     exclude=row["mode"] == InspectionRegion.Mode.EXCLUDE,
                     model=model,
                     threshold=row["threshold"],
+                    # the crop its model learnt, exactly (the outline may have moved since)
+                    box=tuple(trained["box"]) if model is not None and "box" in trained else None,
                 )
             )
 
@@ -187,7 +205,10 @@ class RunRegions:
                 read.append(read_pixels(path))
             return read[0]
 
-        matrix = self.registrar.matrix(image, pixels)
+        try:
+            matrix = self.registrar.matrix(image, pixels)
+        except ReferenceGone:
+            return self._gone(prediction)
         needs_pixels = any(spec.model is not None for spec in self.specs)
         size = (self.reference.height, self.reference.width)
         return anomaly.apply_rois(
@@ -200,13 +221,30 @@ class RunRegions:
             outside=self.outside,
         )
 
+    def _gone(self, prediction):
+        """The reference was deleted (its regions with it) while the run went on: the rest is
+        inspected whole, as the project now stands, and the run says so."""
+        if not Image.objects.filter(pk=self.reference.pk).exists():
+            self.specs = []
+            self.notes.append(
+                "the image the regions were drawn on was deleted during the run (and its "
+                "regions with it): the images after it were inspected whole"
+            )
+            return prediction
+        raise JobError(  # still there, but unreadable: the run cannot apply its regions
+            f"The regions' reference {self.reference.original_name} cannot be read."
+        )
+
     def apply_frame(self, name: str, pixels: np.ndarray, prediction, config):
         """The same for a line station's frame (no stored alignment: registered here)."""
         from workers import anomaly
 
         if not self.specs:
             return prediction
-        matrix = self.registrar.align(name, pixels)
+        try:
+            matrix = self.registrar.align(name, pixels)
+        except ReferenceGone:
+            return self._gone(prediction)
         size = (self.reference.height, self.reference.width)
         return anomaly.apply_rois(
             prediction, pixels, matrix, self.specs, size, config, outside=self.outside

@@ -52,6 +52,7 @@ from workers.station import sources
 from workers.tasks.anomaly import predict_config, store_prediction
 from workers.tasks.detection import active_detector
 from workers.tasks.regions import RegistrationRefused, RunRegions
+from workers.tasks.runner import JobError
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +179,13 @@ class StationProcess:
         from workers import anomaly
 
         params = with_inspection_defaults(station.project.inspection)
-        params |= regions_snapshot(station.project)  # as an inspection run's
+        regions_now = regions_snapshot(station.project)
+        params |= regions_now  # as an inspection run's
         run = station_run_for(station=station, model_version=version, params=params)
         config = predict_config(params)
-        self.settings = self._settings_of(station, version)
+        # the regions the loop applies, not a second reading (a change in between would never
+        # set the station up again)
+        self.settings = self._settings_of(station, version, regions_now)
         artifact = Path(version.artifact)
         with (
             storage.local_tree(str(artifact.parent)) as model_dir,
@@ -208,7 +212,7 @@ class StationProcess:
                     return prediction
                 try:
                     return regions.apply_frame(frame.name, frame.image, prediction, config)
-                except (RegistrationRefused, anomaly_errors.AnomalyError) as exc:
+                except (RegistrationRefused, anomaly_errors.AnomalyError, JobError) as exc:
                     return exc
 
             def infer(frame: sources.Frame) -> station_loop.Inference:
@@ -303,8 +307,9 @@ class StationProcess:
     # --- heartbeat, live view, settings -------------------------------------------------------
 
     @staticmethod
-    def _settings_of(station: Station, version: ModelVersion) -> tuple:
-        """What the loop was set up with: when any of it changes, it is set up again."""
+    def _settings_of(station: Station, version: ModelVersion, regions: dict | None = None) -> tuple:
+        """What the loop was set up with: when any of it changes, it is set up again.
+        ``regions``: the project's regions as the loop took them (else read now)."""
         detector = active_model(station.project, ModelVersion.Kind.DETECTOR)
         return (
             version.pk,
@@ -315,7 +320,8 @@ class StationProcess:
             station.ok_sample_rate,
             station.sample_quota,
             repr(sorted(with_inspection_defaults(station.project.inspection).items())),
-            repr(regions_snapshot(station.project)),  # regions drawn, changed or deleted
+            # regions drawn, changed or deleted
+            repr(regions if regions is not None else regions_snapshot(station.project)),
         )
 
     def _changed(self, station: Station) -> bool:

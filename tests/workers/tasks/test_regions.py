@@ -2,9 +2,14 @@
 its registered crops, then an inspection run that registers each part onto the golden sample,
 masks the excluded region and tags each suggestion with its region."""
 
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
+from django.core.files.storage import default_storage
 
 from annotations.geometry import bounds
 from annotations.models import Suggestion
@@ -166,3 +171,59 @@ def test_region_model_and_masks_in_an_inspection_run(team, client_for, upload):
     assert "inspected whole" in Job.objects.get(pk=run.job_id).result["message"]
     in_cap = Suggestion.objects.filter(image_id=tests["dent-cap.png"])
     assert [s for s in in_cap if _covers(s, 28, 32)]
+
+
+def test_the_reference_deleted_during_a_run(
+    team, client_for, upload, django_capture_on_commit_callbacks
+):
+    """The golden sample is deleted while a run is half way (its regions go with it, and the
+    paired images lose their stored alignment): the rest of the run inspects whole and says so,
+    instead of failing every image left."""
+    from inspection.services.images import image_delete
+    from inspection.services.inspections import regions_snapshot
+    from workers.anomaly import PredictConfig
+    from workers.anomaly.inference import Prediction
+    from workers.tasks.regions import RunRegions
+
+    project, admin = team["project"], team["admin"]
+    ids = _upload(
+        client_for(admin),
+        project,
+        upload,
+        {"golden.png": _photo(0, 0, 1), "part.png": _photo(3, 2, 2)},
+        is_normal="true",
+    )
+    golden = Image.objects.get(pk=ids["golden.png"])
+    image_mark_reference(user=admin, image=golden, is_reference=True)
+    region_create(
+        user=admin, project=project, name="cap", reference=golden, polygon=CAP, mode="exclude"
+    )
+    rows = regions_snapshot(project)["regions"]
+    with ExitStack() as stack:
+        regions = RunRegions(rows, "inspect", stack, Path(tempfile.mkdtemp()))
+        with django_capture_on_commit_callbacks(execute=True):
+            image_delete(user=admin, image=golden)  # its file goes too
+        part = Image.objects.get(pk=ids["part.png"])
+        score = np.full((160, 200), 0.9, np.float32)
+        prediction = Prediction(
+            "part.png",
+            (160, 200),
+            0.9,
+            True,
+            np.zeros((160, 200), np.uint8),
+            [],
+            "m",
+            "padim",
+            {},
+            {},
+            score_map=score,
+        )
+        with (
+            default_storage.open(part.file.name) as fh,
+            tempfile.NamedTemporaryFile(suffix=".png") as copy,
+        ):
+            copy.write(fh.read())
+            copy.flush()
+            out = regions.apply(part, copy.name, prediction, PredictConfig())
+    assert out is prediction  # inspected whole: the cap is not masked any more
+    assert regions.specs == [] and "deleted during the run" in regions.notes[0]
