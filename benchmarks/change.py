@@ -18,15 +18,25 @@ its centre; a region that finds no labelled box that way is a FALSE region. Prec
 that find a box / all regions.
 
 ``evaluate_change(methods, train, test)`` takes any objects with ``name``, ``fit(pairs)`` and
-``predict(pair) -> Prediction`` (``regions_at(threshold)`` and timings), so the single-image
-detector and the Siamese detector of the issue can be added to the same run as further methods
-(their threshold is a box score instead of a calibrated heat).
+``predict(pair) -> Prediction`` (``regions_at(threshold)`` and timings). ``--detectors
+single,siamese`` adds the single-image and the Siamese PP-YOLOE-SOD detector of the issue to
+the same run, after the heatmaps (``DetectorMethod``): each is trained on the trainval pairs by
+``benchmarks/siamese.py``'s ``train_detector`` with the same recipe and budget (lite0,
+``--detector-input-size``, ``--detector-epochs``, ``--detector-minutes`` of training each, seed),
+its test mAP50 / mAP / AP_small recorded, and its regions are its boxes (whole 640 px images,
+scored >= 0.01) with a score >= the threshold:
+
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 10 .venv/bin/python benchmarks/change.py \\
+        --threads 1 --detectors single,siamese --detector-epochs 20 --detector-minutes 25 \\
+        --json /tmp/change-all.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 import time
 from collections import Counter, defaultdict
@@ -44,6 +54,8 @@ MATCH_RULE = (
     "centre; a region that finds no box is false"
 )
 HEAT_THRESHOLDS = [0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5]
+SCORE_THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+DETECTOR_NAMES = {"single": "single-image detector", "siamese": "Siamese detector"}
 
 
 @dataclass
@@ -246,6 +258,119 @@ class ChangeHeatmapMethod:
         return Prediction(regions_at, seconds, {"alignment": alignment})
 
 
+class DetectorMethod:
+    """A PP-YOLOE-SOD detector (``benchmarks/siamese.py``'s recipe): single-image or Siamese.
+
+    ``fit`` trains it on the given pairs' images (``train_detector``, the budget included), then
+    loads it and keeps its test figures (mAP50, mAP, AP_small on ``test``'s images); its regions
+    at a threshold are its boxes scored at least that. The Siamese one gets each image's
+    template as its reference, read as ``siamese.py`` reads it (``CocoDetectionDataset``).
+    """
+
+    thresholds = SCORE_THRESHOLDS
+
+    def __init__(
+        self,
+        kind: str,
+        root: Path,
+        test: list[Pair],
+        *,
+        out: Path,
+        epochs: int,
+        minutes: float | None,
+        input_size: int,
+        max_iters: int | None,
+        device: str,
+        seed: int,
+        default_threshold: float,
+    ) -> None:
+        self.kind, self.root, self.test = kind, root, test
+        self.out, self.epochs, self.minutes = out, epochs, minutes
+        self.input_size, self.max_iters = input_size, max_iters
+        self.device, self.seed = device, seed
+        self.default_threshold = default_threshold
+        self.default_label = "the app's detection threshold"
+        self.name = DETECTOR_NAMES[kind]
+        budget = f"{minutes:g} min of training" if minutes else "no time budget"
+        self.description = (
+            "PP-YOLOE-SOD lite0 (ImageNet backbone), "
+            + ("image and template (Siamese)" if kind == "siamese" else "image only")
+            + f", input {input_size}, {epochs} epochs at most, {budget}; a region is a box "
+            "scored >= the threshold (whole 640 px images, boxes kept from 0.01)"
+        )
+        self.detector = None
+        self.dataset = None
+        self.index: dict[str, int] = {}
+
+    def _file_name(self, pair: Pair) -> str:
+        return pair.image.relative_to(self.root).as_posix()
+
+    def fit(self, pairs: list[Pair]) -> dict:
+        from benchmarks.siamese import train_detector
+        from workers.detection import CocoDetectionDataset, Detector
+
+        train_names = {self._file_name(p) for p in pairs}
+        test_names = {self._file_name(p) for p in self.test}
+        row = train_detector(
+            self.kind,
+            root=self.root,
+            out=self.out,
+            epochs=self.epochs,
+            input_size=self.input_size,
+            minutes=self.minutes,
+            max_iters=self.max_iters,
+            device=self.device,
+            seed=self.seed,
+            train_filter=lambda img: img["file_name"] in train_names,
+            test_filter=lambda img: img["file_name"] in test_names,
+            log=lambda message: print(message, file=sys.stderr, flush=True),
+        )
+        self.detector = Detector.load(row["artifact"], device=self.device)
+        # as siamese.py's _class_agnostic: the dataset reads each image and its reference
+        self.dataset = CocoDetectionDataset(
+            self.root / "annotations.json",
+            self.root,
+            image_filter=lambda img: img["file_name"] in train_names | test_names,
+            references=self.detector.siamese,
+        )
+        self.index = {str(img["file_name"]): i for i, img in enumerate(self.dataset.images)}
+        return row
+
+    def predict(self, pair: Pair) -> Prediction:
+        start = time.perf_counter()
+        sample = self.dataset[self.index[self._file_name(pair)]]
+        read_s = time.perf_counter() - start
+        start = time.perf_counter()
+        detections = self.detector.predict_sliced(
+            sample.image,
+            slice_size=640,
+            overlap=0.25,
+            score_threshold=0.01,
+            reference=sample.reference,
+        )
+        detect_s = time.perf_counter() - start
+        boxes = [(d.score, list(map(float, d.bbox_xywh))) for d in detections]
+
+        def regions_at(threshold: float) -> list[list[float]]:
+            return [box for score, box in boxes if score >= threshold]
+
+        return Prediction(regions_at, {"read": read_s, "detect": detect_s}, {})
+
+
+def app_detection_threshold() -> float:
+    """``DETECTION_SCORE_THRESHOLD`` of inspection/services/inspections.py (the box score a
+    detection run suggests from), read from the source: importing it needs Django set up."""
+    import ast
+
+    tree = ast.parse((ROOT / "inspection" / "services" / "inspections.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "DETECTION_SCORE_THRESHOLD" for t in node.targets
+        ):
+            return float(ast.literal_eval(node.value))
+    raise LookupError("DETECTION_SCORE_THRESHOLD not found in inspection/services/inspections.py")
+
+
 def score(predictions: list[tuple[Pair, Prediction]], threshold: float) -> dict:
     """Recall, false regions per image, precision and per-category recall at ``threshold``."""
     from scipy.optimize import linear_sum_assignment
@@ -327,6 +452,7 @@ def evaluate_change(
                 "test_at_operating": score(on_test, picked["threshold"]),
                 "test_at_default": score(on_test, method.default_threshold),
                 "default_threshold": method.default_threshold,
+                "default_label": getattr(method, "default_label", "the calibration's own"),
                 "test_curve": test_curve,
                 "train_curve": train_curve,
                 "seconds_per_pair": mean_seconds,
@@ -357,6 +483,8 @@ def print_table(results: dict) -> None:
         f"\nDeepPCB: {results['train_pairs']} trainval pairs (fit, threshold), "
         f"{results['test_pairs']} test pairs (figures)"
     )
+    if results.get("setup"):
+        print(f"Budget: {results['setup']}.")
     print(f"Rule: {results['match_rule']}.\n")
     print(
         "| method | threshold (trainval, <= 1 false/img) | trainval recall / false per img "
@@ -372,12 +500,30 @@ def print_table(results: dict) -> None:
             f"{te['false_per_image']:.2f} | {te['precision']:.3f} | {te['regions']} "
             f"({te['recall_one_region_per_box']:.3f}) | {m['seconds_per_pair']['total']:.2f} |"
         )
+    detectors = [m for m in results["methods"] if "map50" in m["fit"]]
+    if detectors:
+        print(
+            "\n| detector | test mAP50 | test mAP | test AP_small | epochs | training min "
+            "(budget) | stopped by the budget | fit + evaluation min |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for m in detectors:
+            f = m["fit"]
+            budget = results.get("detector_minutes")
+            print(
+                f"| {m['name']} | {f['map50']:.3f} | {f['map']:.3f} | {f['ap_small']:.3f} | "
+                f"{f['epochs']} of {f['epochs_planned']} | {f['train_min']} "
+                f"({f'{budget:g}' if budget else 'none'}) | "
+                f"{'yes' if f['stopped_by_budget'] else 'no'} | {m['fit_seconds'] / 60:.1f} |"
+            )
     for m in results["methods"]:
         d = m["test_at_default"]
+        label = m.get("default_label", "the calibration's own")
         print(f"\n{m['name']}: {m['score']}.")
         print(
-            f"  at the calibration's own {m['default_threshold']}: test recall {d['recall']:.3f}, "
-            f"{d['false_per_image']:.2f} false/img, precision {d['precision']:.3f}"
+            f"  at {label} {m['default_threshold']}: "
+            f"test recall {d['recall']:.3f}, {d['false_per_image']:.2f} false/img, "
+            f"precision {d['precision']:.3f}"
         )
         fit = m["fit"]
         if "threshold" in fit:
@@ -510,6 +656,26 @@ def main() -> None:
         "is (DeepPCB pairs are registered) or nothing (its boxes count as missed)",
     )
     ap.add_argument("--limit", type=int, default=0, help="first N pairs of each split (quick runs)")
+    ap.add_argument(
+        "--detectors",
+        default="",
+        help="comma-separated detectors to add after the heatmaps: single, siamese "
+        "(benchmarks/siamese.py's recipe, trained on the trainval pairs)",
+    )
+    ap.add_argument("--detector-epochs", type=int, default=20)
+    ap.add_argument(
+        "--detector-minutes", type=float, default=None, help="training budget per detector"
+    )
+    ap.add_argument("--detector-input-size", type=int, default=416)
+    ap.add_argument(
+        "--detector-max-iters", type=int, default=None, help="cap per epoch (smoke runs)"
+    )
+    ap.add_argument("--detector-seed", type=int, default=0)
+    ap.add_argument(
+        "--detector-out",
+        default=str(ROOT / "var" / "bench-change"),
+        help="where the detectors' weights go",
+    )
     ap.add_argument("--json", help="also write the results as JSON to this file ('-': stdout)")
     ap.add_argument(
         "--large",
@@ -517,6 +683,10 @@ def main() -> None:
         help="only the 20 MP mosaic of test pairs: time, memory, boxes found (no fit)",
     )
     args = ap.parse_args()
+    kinds = [k.strip() for k in args.detectors.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in DETECTOR_NAMES]
+    if unknown:
+        ap.error(f"unknown detector(s) {', '.join(unknown)}: pick from single, siamese")
 
     import cv2
     import torch
@@ -564,6 +734,42 @@ def main() -> None:
         )
         for w in args.pixel_weights.split(",")
     ]
+    methods += [
+        DetectorMethod(
+            kind,
+            Path(args.dataset),
+            test,
+            out=Path(args.detector_out),
+            epochs=args.detector_epochs,
+            minutes=args.detector_minutes,
+            input_size=args.detector_input_size,
+            max_iters=args.detector_max_iters,
+            device=args.device,
+            seed=args.detector_seed,
+            default_threshold=app_detection_threshold(),
+        )
+        for kind in kinds
+    ]
+    setup = (
+        f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{args.threads} torch/OpenCV thread(s), device {args.device}"
+    )
+    if kinds:
+        budget = (
+            f"{args.detector_minutes:g} min of training each (checked at the end of an epoch)"
+            if args.detector_minutes
+            else "no time budget"
+        )
+        setup += (
+            f"; detectors: lite0, input {args.detector_input_size}, at most "
+            f"{args.detector_epochs} epochs, {budget}, seed {args.detector_seed}"
+            + (
+                f", at most {args.detector_max_iters} steps per epoch"
+                if args.detector_max_iters
+                else ""
+            )
+            + "; the heatmaps need no training"
+        )
     start = time.perf_counter()
     results = evaluate_change(
         methods,
@@ -575,6 +781,8 @@ def main() -> None:
     results["wall_seconds"] = time.perf_counter() - start
     results["args"] = vars(args)
     results["threads"] = args.threads
+    results["setup"] = setup
+    results["detector_minutes"] = args.detector_minutes if kinds else None
     print_table(results)
     print(f"\nwall time {results['wall_seconds']:.0f} s, {args.threads} thread(s)")
     if args.json:

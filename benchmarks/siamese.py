@@ -71,7 +71,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from workers.detection import ModelConfig, TrainConfig, train, train_sizes_around
+    from workers.detection import train_sizes_around
 
     root = Path(args.datasets) / "deeppcb"
     ann = root / "annotations.json"
@@ -85,102 +85,27 @@ def main() -> int:
         if args.train_sizes
         else train_sizes_around(args.input_size)
     )
-    eval_slice = args.input_size if args.slice else 640
-
-    def trainval(img: dict) -> bool:
-        return img.get("official_split") == "trainval"
-
-    def test(img: dict) -> bool:
-        return img.get("official_split") == "test"
 
     rows = []
     for name in args.models:
-        mcfg = ModelConfig.lite0(
-            num_classes=6,
-            eval_size=args.input_size,
-            reference="siamese" if name == "siamese" else "none",
-        )
-        tcfg = TrainConfig(
+        row = train_detector(
+            name,
+            root=root,
+            out=out,
             epochs=args.epochs,
-            batch_size=args.batch_size,
-            base_lr=args.lr,
-            warmup_epochs=args.warmup_epochs,
+            input_size=args.input_size,
             train_sizes=sizes,
-            crop_size=args.input_size if args.slice else None,
-            seed=args.seed,
+            slice=args.slice,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup_epochs=args.warmup_epochs,
+            minutes=args.minutes,
+            eval_every=args.eval_every,
+            max_iters=args.max_iters,
             device=args.device,
-            max_iters_per_epoch=args.max_iters,
-            log_every=10,
+            seed=args.seed,
         )
-        artifact = out / f"deeppcb-{name}.pt"
-        ckpt = out / f"deeppcb-{name}.ckpt"
-        ckpt.unlink(missing_ok=True)
-        trained_s = [0.0]
-        curve: list[dict[str, Any]] = []
-
-        def progress(
-            fraction: float,
-            message: str,
-            metrics: dict | None,
-            name: str = name,
-            trained_s: list[float] = trained_s,
-            curve: list[dict[str, Any]] = curve,
-        ) -> None:
-            extra = ""
-            if metrics:
-                trained_s[0] += metrics["seconds"]
-                keep = ("epoch", "loss", "loss_cls", "loss_iou", "lr", "seconds", "map50", "map")
-                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-                extra = " " + json.dumps({k: shown[k] for k in keep if k in shown})
-                if "map50" in metrics:
-                    curve.append(
-                        {
-                            "epoch": metrics["epoch"],
-                            "map50": round(metrics["map50"], 4),
-                            "map": round(metrics["map"], 4),
-                        }
-                    )
-            print(f"[{name} {fraction * 100:5.1f}%] {message}{extra}", flush=True)
-            if metrics and args.minutes and trained_s[0] > 60 * args.minutes:
-                if metrics["epoch"] < args.epochs:
-                    raise BudgetSpent(metrics["epoch"])
-
-        t0 = time.time()
-        stopped_at = None
-        try:
-            result = train(
-                ann,
-                artifact,
-                image_root=root,
-                model_config=mcfg,
-                train_config=tcfg,
-                image_filter=trainval,
-                progress=progress,
-                val_json=ann if args.eval_every else None,
-                val_filter=test,
-                eval_every=args.eval_every or 1,
-                eval_slice_size=eval_slice,
-                checkpoint=ckpt,
-            )
-            history = result.history
-        except BudgetSpent as spent:
-            stopped_at = int(spent.args[0])
-            history = _artifact_from_checkpoint(ckpt, artifact, mcfg, ann)
-        wall_s = time.time() - t0
-        row = _evaluate(artifact, ann, root, test, eval_slice, args.device)
-        row.update(
-            {
-                "model": name,
-                "epochs": len(history),
-                "epochs_planned": args.epochs,
-                "stopped_by_budget": stopped_at is not None,
-                "train_min": round(trained_s[0] / 60, 1),
-                "wall_min": round(wall_s / 60, 1),
-                "s_per_epoch": round(trained_s[0] / max(1, len(history)), 1),
-                "final_loss": round(history[-1]["loss"], 3),
-                "curve": curve,
-            }
-        )
+        row.pop("artifact")
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -214,6 +139,130 @@ def main() -> int:
             json.dumps({"args": vars(args), "rows": rows}, indent=2, default=str)
         )
     return 0
+
+
+def trainval(img: dict) -> bool:
+    return img.get("official_split") == "trainval"
+
+
+def test(img: dict) -> bool:
+    return img.get("official_split") == "test"
+
+
+def train_detector(
+    name: str,
+    *,
+    root: Path,
+    out: Path,
+    epochs: int,
+    input_size: int = 416,
+    train_sizes: tuple[int, ...] | None = None,
+    slice: bool = False,
+    batch_size: int = 4,
+    lr: float = 0.01,
+    warmup_epochs: float = 1.0,
+    minutes: float | None = None,
+    eval_every: int = 0,
+    max_iters: int | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    train_filter: Any = trainval,
+    test_filter: Any = test,
+    log: Any = None,
+) -> dict:
+    """Train one model of the comparison ("single" or "siamese") on DeepPCB's ``root`` (images
+    kept by ``train_filter``, default the official trainval split) and evaluate it on
+    ``test_filter``'s images (default the official test split). ``minutes`` caps the training
+    (validation excluded): a run past it stops at the end of that epoch and is evaluated from
+    the epoch's EMA weights. Returns the figures as a row (``artifact``: the weights' path)."""
+    from workers.detection import ModelConfig, TrainConfig, train, train_sizes_around
+
+    log = log or (lambda message: print(message, flush=True))
+    ann = root / "annotations.json"
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = tuple(train_sizes) if train_sizes else train_sizes_around(input_size)
+    eval_slice = input_size if slice else 640
+    mcfg = ModelConfig.lite0(
+        num_classes=6,
+        eval_size=input_size,
+        reference="siamese" if name == "siamese" else "none",
+    )
+    tcfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        base_lr=lr,
+        warmup_epochs=warmup_epochs,
+        train_sizes=sizes,
+        crop_size=input_size if slice else None,
+        seed=seed,
+        device=device,
+        max_iters_per_epoch=max_iters,
+        log_every=10,
+    )
+    artifact = out / f"deeppcb-{name}.pt"
+    ckpt = out / f"deeppcb-{name}.ckpt"
+    ckpt.unlink(missing_ok=True)
+    trained_s = [0.0]
+    curve: list[dict[str, Any]] = []
+
+    def progress(fraction: float, message: str, metrics: dict | None) -> None:
+        extra = ""
+        if metrics:
+            trained_s[0] += metrics["seconds"]
+            keep = ("epoch", "loss", "loss_cls", "loss_iou", "lr", "seconds", "map50", "map")
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+            extra = " " + json.dumps({k: shown[k] for k in keep if k in shown})
+            if "map50" in metrics:
+                curve.append(
+                    {
+                        "epoch": metrics["epoch"],
+                        "map50": round(metrics["map50"], 4),
+                        "map": round(metrics["map"], 4),
+                    }
+                )
+        log(f"[{name} {fraction * 100:5.1f}%] {message}{extra}")
+        if metrics and minutes and trained_s[0] > 60 * minutes:
+            if metrics["epoch"] < epochs:
+                raise BudgetSpent(metrics["epoch"])
+
+    t0 = time.time()
+    stopped_at = None
+    try:
+        result = train(
+            ann,
+            artifact,
+            image_root=root,
+            model_config=mcfg,
+            train_config=tcfg,
+            image_filter=train_filter,
+            progress=progress,
+            val_json=ann if eval_every else None,
+            val_filter=test_filter,
+            eval_every=eval_every or 1,
+            eval_slice_size=eval_slice,
+            checkpoint=ckpt,
+        )
+        history = result.history
+    except BudgetSpent as spent:
+        stopped_at = int(spent.args[0])
+        history = _artifact_from_checkpoint(ckpt, artifact, mcfg, ann)
+    wall_s = time.time() - t0
+    row = _evaluate(artifact, ann, root, test_filter, eval_slice, device)
+    row.update(
+        {
+            "model": name,
+            "epochs": len(history),
+            "epochs_planned": epochs,
+            "stopped_by_budget": stopped_at is not None,
+            "train_min": round(trained_s[0] / 60, 1),
+            "wall_min": round(wall_s / 60, 1),
+            "s_per_epoch": round(trained_s[0] / max(1, len(history)), 1),
+            "final_loss": round(history[-1]["loss"], 3),
+            "curve": curve,
+            "artifact": str(artifact),
+        }
+    )
+    return row
 
 
 def _artifact_from_checkpoint(ckpt: Path, artifact: Path, mcfg: Any, ann: Path) -> list[dict]:
