@@ -527,3 +527,25 @@ def regions_models(regions) -> dict:
         if key in ids:
             made.setdefault(key, []).append(version)
     return made
+
+
+class ReferenceCardSerializer(serializers.Serializer):
+    """An image regions are (or may be) drawn on."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    dzi = serializers.CharField(allow_null=True)
+
+
+class RegionListSerializer(serializers.Serializer):
+    """``GET /api/projects/{id}/regions/`` (the schema's description of the answer)."""
+
+    reference = ReferenceCardSerializer(allow_null=True, help_text="The image they are drawn on.")
+    outside = serializers.ChoiceField(
+        choices=["inspect", "ignore"],
+        help_text="Whether the area outside every region is inspected.",
+    )
+    references = ReferenceCardSerializer(many=True, help_text="The project's reference images.")
+    results = RegionSerializer(many=True)

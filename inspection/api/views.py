@@ -217,7 +217,7 @@ class ProjectViewSet(NumericIds, viewsets.ModelViewSet):
         body["job_detail"] = s.JobSerializer(run.job, context={"request": request}).data
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(methods=["GET"], responses=s.RegionSerializer(many=True))
+    @extend_schema(methods=["GET"], responses=s.RegionListSerializer)
     @extend_schema(
         methods=["POST"], request=s.RegionInSerializer, responses={201: s.RegionSerializer}
     )
