@@ -394,7 +394,7 @@ def model_version_delete(*, user, model_version: ModelVersion) -> None:
 
 
 def regions_snapshot(project: Project) -> dict:
-    """The project's regions of interest as an anomaly run uses them (kept in its params: the
+    """The project's regions of interest as a run uses them (kept in its params: the
     run inspects them as they were when it started, and a run with other regions replaces the
     suggestions of one without); ``{}`` without regions."""
     rows = list(
@@ -403,6 +403,20 @@ def regions_snapshot(project: Project) -> dict:
         .values("id", "name", "reference_id", "polygon", "mode", "threshold", "model_version_id")
     )
     return {"regions": rows} if rows else {}
+
+
+def _run_params(project: Project, version: ModelVersion) -> dict:
+    """What a run of ``version`` keeps in its ``params``: the project's inspection settings (a
+    detector's: its score threshold and where the regions leave the outside) and its regions
+    of interest as they are when it starts."""
+    regions = regions_snapshot(project)
+    settings = inspection_settings(project)
+    if version.kind != ModelVersion.Kind.DETECTOR:
+        return settings | regions
+    params = {"score_threshold": DETECTION_SCORE_THRESHOLD}
+    if regions:
+        params |= regions | {"outside_regions": settings["outside_regions"]}
+    return params
 
 
 def active_model(project: Project, kind: str = ModelVersion.Kind.ANOMALY) -> ModelVersion | None:
@@ -521,12 +535,9 @@ def inspection_run_start(
             model_version=version,
             scope=scope,
             image_ids=ids,
-            # what the run uses, kept with its figures
-            params=inspection_settings(project) | regions_snapshot(project)
-            if version.kind == ModelVersion.Kind.ANOMALY
-            else inspection_settings(project)
-            if version.kind != ModelVersion.Kind.DETECTOR
-            else {"score_threshold": DETECTION_SCORE_THRESHOLD},
+            # what the run uses, kept with its figures; every kind of run honours the regions
+            # of interest (a detector's boxes by their centres)
+            params=_run_params(project, version),
             created_by=user,
         )
         run.job = job_enqueue(

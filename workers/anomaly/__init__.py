@@ -33,6 +33,8 @@ Public API
     Regions of interest of a registered part: excluded ones masked, others inspected by their
     own model on ``registered_crop(image, matrix, roi_box(polygon, size))`` (what their model
     is trained on too), a threshold each; suggestions carry their region (``Region.roi``).
+``rois_at_points(points, rois, matrix, outside=True) -> [(kept, key), ...]``
+    The same rule for boxes (a detector's, by their centre): masked or not, and in which region.
 ``evaluate(model, samples, config=None, progress=None) -> EvalResult``
     Image/pixel AUROC, AU-PRO, region recall and timings on labelled ``Sample`` s
     (``mvtec_test(root)`` builds them, pairing masks by name).
@@ -78,7 +80,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .inference import Prediction, predict
     from .pipeline import network_input, predict_batch, predict_many
     from .regions import Region, RegionConfig
-    from .roi import RoiSpec, apply_rois, registered_crop, roi_box
+    from .roi import RoiSpec, apply_rois, registered_crop, roi_box, rois_at_points
     from .teacher import distill_teacher
     from .training import TrainResult, train
 
@@ -108,6 +110,7 @@ _LAZY = {
     "apply_rois": "roi",
     "registered_crop": "roi",
     "roi_box": "roi",
+    "rois_at_points": "roi",
     "distill_teacher": "teacher",
     "TrainResult": "training",
     "train": "training",
@@ -147,6 +150,7 @@ __all__ = [
     "recommended_config",
     "registered_crop",
     "roi_box",
+    "rois_at_points",
     "train",
 ]
 

@@ -111,6 +111,45 @@ def _polygon_in_map(
     return cv2.perspectiveTransform(points, to_map @ matrix).reshape(-1, 2)
 
 
+def rois_at_points(
+    points: np.ndarray | list,
+    rois: list[RoiSpec],
+    matrix: np.ndarray | list | None,
+    *,
+    outside: bool = True,
+) -> list[tuple[bool, int | None]]:
+    """Where each point (``[x, y]`` in image pixels, say a detector box's centre) lies among the
+    regions, by the rule of :func:`apply_rois`'s maps: ``(kept, key)``, not kept inside an
+    excluded region (an exclusion wins wherever it overlaps) or, without ``outside``, outside
+    every region; ``key`` the region it lies in (a later region over an earlier one), None
+    outside every region. For producers of boxes, not maps: detector runs. ``matrix``: reference
+    pixels -> image pixels (None: the image is the reference)."""
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    if not len(pts):
+        return []
+    matrix = np.eye(3) if matrix is None else np.asarray(matrix, np.float64)
+    continuous = _translation(0.5, 0.5) @ matrix @ _translation(-0.5, -0.5)
+    # image -> reference, where the polygons are drawn (continuous coordinates on both sides)
+    on_reference = cv2.perspectiveTransform(
+        pts.reshape(-1, 1, 2), np.linalg.inv(continuous)
+    ).reshape(-1, 2)
+    polygons = [np.asarray(r.polygon, np.float32).reshape(-1, 1, 2) for r in rois]
+    placed = []
+    for x, y in on_reference:
+        inside = [
+            i
+            for i, polygon in enumerate(polygons)
+            if cv2.pointPolygonTest(polygon, (float(x), float(y)), False) >= 0
+        ]
+        if any(rois[i].exclude for i in inside):
+            placed.append((False, rois[next(i for i in inside if rois[i].exclude)].key))
+        elif inside:
+            placed.append((True, rois[inside[-1]].key))
+        else:
+            placed.append((outside, None))
+    return placed
+
+
 def apply_rois(
     prediction: Prediction,
     image: np.ndarray,

@@ -10,6 +10,7 @@ active detector classifies the regions when there is one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -29,6 +30,7 @@ from inspection.services.projects import with_inspection_defaults
 from workers.tasks.anomaly import store_prediction
 from workers.tasks.detection import active_detector
 from workers.tasks.references import image_pixels
+from workers.tasks.regions import RegistrationRefused, RunRegions
 from workers.tasks.runner import JobContext, JobError, job_task
 
 logger = logging.getLogger(__name__)
@@ -180,6 +182,8 @@ class ChangePrediction:
     image_score: float
     is_anomalous: bool
     params: dict = field(default_factory=dict)
+    score_map: np.ndarray | None = None  # the calibrated float map behind ``heatmap``
+    size: tuple[int, int] = (0, 0)  # the image's (height, width)
 
 
 def predict_change(image: Image, work: Path, artifact: dict, settings: dict) -> ChangePrediction:
@@ -203,7 +207,49 @@ def predict_change(image: Image, work: Path, artifact: dict, settings: dict) -> 
     )
     score = float(calibrated.max()) if calibrated.size else 0.0
     display = np.clip(calibrated * 255.0 + 0.5, 0, 255).astype(np.uint8)  # 0.5 -> 128
-    return ChangePrediction(display, regions, score, score >= float(s["threshold"]))
+    return ChangePrediction(
+        display, regions, score, score >= float(s["threshold"]), score_map=calibrated, size=size
+    )
+
+
+def with_regions(rois: RunRegions, image: Image, work: Path, prediction, params: dict):
+    """``prediction`` with the run's regions of interest applied as an anomaly run applies them
+    (excluded regions masked, the outside kept or not, suggestions tagged with their region;
+    registered onto the regions' reference, RegistrationRefused when the image cannot be)."""
+    from workers import anomaly
+    from workers.tasks.anomaly import predict_config
+
+    config = predict_config(params)
+    applied = rois.apply(
+        image,
+        None,
+        anomaly.Prediction(
+            image_path=image.original_name,
+            image_size=prediction.size,
+            image_score=prediction.image_score,
+            is_anomalous=prediction.is_anomalous,
+            heatmap=prediction.heatmap,
+            regions=prediction.regions,
+            model_id="change",
+            model_kind="change",
+            params=prediction.params,
+            timings={},
+            score_map=prediction.score_map,
+        ),
+        config,
+        pixels=lambda: image_pixels(image, work),
+    )
+    stitched = applied.score_map
+    score = float(stitched.max()) if stitched.size else 0.0
+    return ChangePrediction(
+        np.clip(stitched * 255.0 + 0.5, 0, 255).astype(np.uint8),
+        applied.regions,
+        score,
+        score >= config.regions.threshold,
+        params=applied.params,
+        score_map=stitched,
+        size=prediction.size,
+    )
 
 
 @job_task("change_inspect", queue="gpu", label="Change run")
@@ -222,7 +268,17 @@ def run_change(job, ctx: JobContext) -> dict:
     with (
         tempfile.TemporaryDirectory(prefix="loupe-change-") as tmp,
         active_detector(run.project) as detect,
+        contextlib.ExitStack() as stack,
     ):
+        rois = None
+        if run.params.get("regions"):  # the project's regions of interest when it started
+            rois = RunRegions(
+                run.params["regions"],
+                run.params.get("outside_regions", ""),
+                stack,
+                Path(tempfile.mkdtemp(dir=tmp)),
+                models=False,
+            )
         try:
             for n, image_id in enumerate(ids):
                 image = Image.objects.select_related("reference").filter(pk=image_id).first()
@@ -240,11 +296,15 @@ def run_change(job, ctx: JobContext) -> dict:
                     try:
                         prediction = predict_change(image, work, artifact, run.params)
                         path = work / "image.png"  # what the detector reads, upright
+                        if rois is not None:
+                            prediction = with_regions(rois, image, work, prediction, run.params)
                         if detect is not None:
                             cv2.imwrite(str(path), _bgr(image_pixels(image, work)))
                         outcome = store_prediction(
                             run, version, image, prediction, str(path), detect
                         )
+                    except RegistrationRefused as exc:
+                        outcome = {"error": str(exc)}
                     except Exception as exc:  # noqa: BLE001 - one image fails alone
                         logger.exception("change run: image %s failed", image_id)
                         outcome = {"error": f"{image.original_name}: {exc}"}
@@ -266,7 +326,8 @@ def run_change(job, ctx: JobContext) -> dict:
         "failed": failed,
         "suggestions": made,
         "message": f"{len(ids) - failed} image(s) compared with their reference, {made} suggestion(s)"
-        + (f", {failed} failed" if failed else ""),
+        + (f", {failed} failed" if failed else "")
+        + "".join(f"; {note}" for note in (rois.notes if rois else [])),
     }
 
 

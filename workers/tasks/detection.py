@@ -38,6 +38,7 @@ from inspection.services.inspections import (
     model_version_folder,
     model_version_make_active,
 )
+from workers.tasks.regions import RegistrationRefused, RunRegions
 from workers.tasks.runner import JobCancelled, JobContext, JobError, job_task
 
 logger = logging.getLogger(__name__)
@@ -394,18 +395,31 @@ def run_detection(job, ctx: JobContext) -> dict:
     ids = list(dict.fromkeys(run.image_ids))
     results: dict[str, dict] = {}
     made = failed = 0
-    with storage.local_tree(str(Path(version.artifact).parent)) as model_dir:
+    with (
+        storage.local_tree(str(Path(version.artifact).parent)) as model_dir,
+        contextlib.ExitStack() as stack,
+    ):
         try:
             detector = detection.load_detector(model_dir / Path(version.artifact).name)
         except detection.DetectionError as exc:
             raise JobError(f"The detector could not be loaded: {exc}") from None
         runtime = _runtime_name(detector)
+        rois = None
+        if run.params.get("regions"):  # excluded regions mask its boxes too, by their centres
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="loupe-roi-")))
+            rois = RunRegions(
+                run.params["regions"],
+                run.params.get("outside_regions", ""),
+                stack,
+                workdir,
+                models=False,
+            )
         try:
             for n, image_id in enumerate(ids):
                 image = Image.objects.filter(pk=image_id).first()
                 if image is not None:
                     ctx.progress(n / len(ids), f"{image.original_name} ({n + 1}/{len(ids)})")
-                    outcome = _detect_one(detector, run, version, image, threshold, names)
+                    outcome = _detect_one(detector, run, version, image, threshold, names, rois)
                 else:
                     outcome = {"error": "the image was deleted before it was run"}
                 results[str(image_id)] = outcome
@@ -427,7 +441,8 @@ def run_detection(job, ctx: JobContext) -> dict:
         "runtime": runtime,
         "message": f"{len(ids) - failed} image(s) run, {made} suggestion(s)"
         + (f", {failed} failed" if failed else "")
-        + f" ({runtime})",
+        + f" ({runtime})"
+        + "".join(f"; {note}" for note in (rois.notes if rois else [])),
     }
 
 
@@ -517,7 +532,9 @@ def _renamed(detection, names: dict[str, str]):
     return replace(detection, category_name=name)
 
 
-def _detect_one(detector, run, version, image, threshold: float, names: dict) -> dict:
+def _detect_one(
+    detector, run, version, image, threshold: float, names: dict, rois: RunRegions | None = None
+) -> dict:
     siamese = version.params.get("reference") == "siamese"
     try:
         with tempfile.TemporaryDirectory(prefix="loupe-detect-") as tmp:
@@ -528,7 +545,11 @@ def _detect_one(detector, run, version, image, threshold: float, names: dict) ->
                 _renamed(d, names)
                 for d in _predict(detector, path, version.params, threshold, reference)
             ]
-    except ValueError as exc:  # no aligned reference (a Siamese detector)
+            placed = [(True, None)] * len(found)
+            if rois is not None:  # the regions of interest the run started with
+                centres = [((d.x1 + d.x2) / 2, (d.y1 + d.y2) / 2) for d in found]
+                placed = rois.place(image, str(path), centres)
+    except (ValueError, RegistrationRefused) as exc:  # no aligned reference; not registrable
         return {"error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - a missing or unreadable file fails alone
         logger.warning("detection: image %s failed: %s", image.pk, exc)
@@ -540,7 +561,11 @@ def _detect_one(detector, run, version, image, threshold: float, names: dict) ->
                 image=image,
                 run=run,
                 model_version=version,
-                suggestions=[SuggestionIn.from_detection(d) for d in found],
+                suggestions=[
+                    replace(SuggestionIn.from_detection(d), roi=key)
+                    for d, (kept, key) in zip(found, placed, strict=True)
+                    if kept
+                ],
             )
             image_update_status(image=image)
     except Exception as exc:  # noqa: BLE001 - deleted meanwhile, storage full...
@@ -548,4 +573,8 @@ def _detect_one(detector, run, version, image, threshold: float, names: dict) ->
             return {"error": "the image was deleted while it was run"}
         logger.exception("detection: storing the result of image %s failed", image.pk)
         return {"error": f"the result could not be stored ({type(exc).__name__})"}
-    return {"detections": len(found), "suggestions": len(stored)}
+    outcome = {"detections": len(found), "suggestions": len(stored)}
+    masked = sum(not kept for kept, _ in placed)
+    if masked:  # boxes in excluded regions (or outside every region, when it is ignored)
+        outcome["masked"] = masked
+    return outcome

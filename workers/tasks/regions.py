@@ -134,9 +134,21 @@ def training_crops(
 
 
 class RunRegions:
-    """A run's regions (as its params keep them) applied to each prediction of the run."""
+    """A run's regions (as its params keep them) applied to each prediction of the run.
 
-    def __init__(self, rows: list[dict], outside: str, stack: contextlib.ExitStack, workdir: Path):
+    ``models=False`` (detector and change runs): the regions mask and tag only; a region's own
+    anomaly model and threshold belong to anomaly runs (a detector's confidences and a change
+    map are on other scales)."""
+
+    def __init__(
+        self,
+        rows: list[dict],
+        outside: str,
+        stack: contextlib.ExitStack,
+        workdir: Path,
+        *,
+        models: bool = True,
+    ):
         from workers import anomaly
 
         self.notes: list[str] = []
@@ -158,8 +170,8 @@ class RunRegions:
         )
         for row in rows:
             model = None
-            version = versions.get(row["model_version_id"])
-            if row["mode"] == InspectionRegion.Mode.INSPECT and row["model_version_id"]:
+            version = versions.get(row["model_version_id"]) if models else None
+            if models and row["mode"] == InspectionRegion.Mode.INSPECT and row["model_version_id"]:
                 if version is None or not version.artifact:
                     self.notes.append(
                         f"the model of region '{row['name']}' was deleted: the project's model "
@@ -183,28 +195,22 @@ class RunRegions:
                     polygon=row["polygon"],
                     exclude=row["mode"] == InspectionRegion.Mode.EXCLUDE,
                     model=model,
-                    threshold=row["threshold"],
+                    threshold=row["threshold"] if models else None,
                     # the crop its model learnt, exactly (the outline may have moved since)
                     box=tuple(trained["box"]) if model is not None and "box" in trained else None,
                 )
             )
 
-    def apply(self, image: Image, path: str, prediction, config):
+    def apply(self, image: Image, path: str | None, prediction, config, pixels=None):
         """``prediction`` with the regions applied; RegistrationRefused when the image cannot be
         registered onto the reference (it is then not inspected: the regions would land in the
-        wrong place)."""
+        wrong place). The image's pixels are read from ``path``, or got from ``pixels()``, only
+        when needed."""
         from workers import anomaly
-        from workers.anomaly.image_io import read_pixels
 
         if not self.specs:
             return prediction
-        read: list = []  # the image is decoded again only when something needs its pixels
-
-        def pixels():
-            if not read:
-                read.append(read_pixels(path))
-            return read[0]
-
+        pixels = pixels or _reader(path)
         try:
             matrix = self.registrar.matrix(image, pixels)
         except ReferenceGone:
@@ -220,6 +226,21 @@ class RunRegions:
             config,
             outside=self.outside,
         )
+
+    def place(self, image: Image, path: str, centres: list) -> list[tuple[bool, int | None]]:
+        """For boxes (a detector run's, by their centres ``[x, y]`` in image pixels):
+        ``(kept, region id)`` each, as ``apply`` treats a map's pixels there; RegistrationRefused
+        as ``apply``."""
+        from workers import anomaly
+
+        if not self.specs:
+            return [(True, None)] * len(centres)
+        try:
+            matrix = self.registrar.matrix(image, _reader(path))
+        except ReferenceGone:
+            self._gone(None)
+            return [(True, None)] * len(centres)
+        return anomaly.rois_at_points(centres, self.specs, matrix, outside=self.outside)
 
     def _gone(self, prediction):
         """The reference was deleted (its regions with it) while the run went on: the rest is
@@ -249,3 +270,18 @@ class RunRegions:
         return anomaly.apply_rois(
             prediction, pixels, matrix, self.specs, size, config, outside=self.outside
         )
+
+
+def _reader(path: str):
+    """The upright image at ``path``, decoded on the first call only (when a registration has to
+    be made here or a region's model needs it)."""
+    from workers.anomaly.image_io import read_pixels
+
+    read: list = []
+
+    def pixels():
+        if not read:
+            read.append(read_pixels(path))
+        return read[0]
+
+    return pixels

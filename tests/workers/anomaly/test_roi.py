@@ -9,7 +9,7 @@ import pytest
 
 from workers.anomaly import PredictConfig, RegionConfig, TrainConfig, train
 from workers.anomaly.inference import Prediction
-from workers.anomaly.roi import RoiSpec, apply_rois, registered_crop, roi_box
+from workers.anomaly.roi import RoiSpec, apply_rois, registered_crop, roi_box, rois_at_points
 
 from .conftest import add_defect, save, texture
 
@@ -150,3 +150,22 @@ def test_an_excluded_region_stays_masked_under_a_later_region(excluded_first) ->
     assert [(r.roi, round(r.peak_score, 2)) for r in out.regions] == [(1, 0.7)]
     assert out.image_score == pytest.approx(0.7 * 0.5 / 0.6)  # above the run's 0.6: anomalous
     assert out.is_anomalous
+
+
+def test_boxes_are_placed_by_their_centres_as_maps_are_masked() -> None:
+    """A detector's boxes (by their centres) on a part moved by 30, 20 px and turned 90 degrees:
+    masked in the excluded label, whichever region was drawn first; tagged with the region they
+    lie in; outside every region kept or not, as the run says."""
+    whole = RoiSpec(key=1, name="part", polygon=[[0, 0], [100, 0], [100, 60], [0, 60]])
+    label = RoiSpec(key=2, name="label", polygon=[[40, 20], [60, 20], [60, 40], [40, 40]])
+    label.exclude = True
+    # reference (x, y) -> image (30 + 60 - y, 20 + x): the part turned a quarter and moved
+    matrix = _shift(30, 20) @ np.array([[0, -1, 59], [1, 0, 0], [0, 0, 1]], np.float64)
+    points = [(89 - y, 20 + x) for x, y in ((10, 10), (50, 30), (150, 30))]  # where they land
+    for rois in ([whole, label], [label, whole]):
+        assert rois_at_points(points, rois, matrix) == [(True, 1), (False, 2), (True, None)]
+        placed = rois_at_points(points, rois, matrix, outside=False)
+        assert placed == [(True, 1), (False, 2), (False, None)]
+    assert rois_at_points([], [whole], None) == []
+    # without a matrix the image is the reference
+    assert rois_at_points([[50, 30], [5, 5]], [whole, label], None) == [(False, 2), (True, 1)]

@@ -159,3 +159,61 @@ def test_change_detector_refusals(team, client_for, upload):
     assert r.status_code == 400 and "No aligned reference to compare with: n1_temp.png" in str(
         r.json()
     )
+
+
+def test_a_change_run_honours_the_regions_of_interest(team, client_for, upload):
+    """A region drawn on a tested part's reference tags the change found in it; excluded, it
+    suggests nothing there; a part that cannot be registered onto that reference is not
+    compared, and the run says why."""
+    project, admin = team["project"], client_for(team["admin"])
+    upload_pairs(admin, project, upload, {"n1": pair(1), "n2": pair(2)}, is_normal="true")
+    r = admin.post(f"/api/projects/{project.pk}/models/", {"kind": "change"}, format="json")
+    version = ModelVersion.objects.get(pk=r.json()["id"])
+    assert run_job(str(version.job_id), calibrate_change_model.body) == "succeeded"
+    upload_pairs(admin, project, upload, {"t1": pair(7, defect=(170, 90)), "t2": pair(8)})
+    t1, t2 = (Image.objects.get(original_name=f"t{n}_test.png") for n in (1, 2))
+    # the pit at (170, 90) of t1 lies at (173, 92) of its reference (the shot moved 3, 2 px)
+    r = admin.post(
+        f"/api/projects/{project.pk}/regions/",
+        {
+            "name": "boss",
+            "reference": t1.reference_id,
+            "polygon": [[140, 60], [210, 60], [210, 125], [140, 125]],
+        },
+        format="json",
+    )
+    assert r.status_code == 201, r.content
+    region = r.json()["id"]
+    reviewer = client_for(team["reviewer"])
+
+    def change_run() -> InspectionRun:
+        r = reviewer.post(
+            f"/api/projects/{project.pk}/runs/",
+            {"kind": "change", "scope": "selected", "image_ids": [t1.pk, t2.pk]},
+            format="json",
+        )
+        assert r.status_code == 202, r.content
+        run = InspectionRun.objects.get(pk=r.json()["id"])
+        assert run.params["regions"][0]["id"] == region
+        assert run_job(str(run.job_id), run_change.body) == "succeeded"
+        run.refresh_from_db()
+        # t2 is another part: registered onto t1's reference it would put the regions anywhere
+        assert "could not be registered onto t1_temp.png" in run.results[str(t2.pk)]["error"]
+        return run
+
+    run = change_run()
+    found = list(Suggestion.objects.filter(image=t1, run=run))
+    best = max(found, key=lambda s: s.score)
+    x, y, w, h = bounds(best.geometry)
+    assert x <= 170 <= x + w and y <= 90 <= y + h and best.region_id == region, best.geometry
+    queue = reviewer.get(f"/api/projects/{project.pk}/suggestions/?region={region}").json()
+    assert best.pk in {s["id"] for s in queue["results"]}
+
+    r = admin.patch(f"/api/regions/{region}/", {"mode": "exclude"}, format="json")
+    assert r.status_code == 200, r.content
+    run = change_run()
+    assert "error" not in run.results[str(t1.pk)], run.results
+    # masked: nothing suggested over the pit any more (the undecided one was replaced)
+    for s in Suggestion.objects.filter(image=t1, status="pending"):
+        x, y, w, h = bounds(s.geometry)
+        assert not (x <= 170 <= x + w and y <= 90 <= y + h), s.geometry
