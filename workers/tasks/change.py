@@ -36,6 +36,10 @@ from workers.tasks.runner import JobContext, JobError, job_task
 logger = logging.getLogger(__name__)
 
 _ENCODER = None  # one per worker process: the network is loaded once
+#: How far (image pixels) the change map still sees a highlight that the specular mask covers:
+#: the Lite0 levels of the map mix a neighbourhood of about this much (a 20 px glint on a
+#: 256 px part left a rim scored 0.75 with one map cell of margin, none with this).
+SPECULAR_REACH_PX = 12
 
 
 def _encoder():
@@ -47,8 +51,12 @@ def _encoder():
     return _ENCODER
 
 
-def _raw_map(image: Image, work: Path, pixel_weight: float) -> tuple[np.ndarray, tuple[int, int]]:
-    """Raw change scores of ``image`` against its aligned reference, and the image's size."""
+def _raw_map(
+    image: Image, work: Path, pixel_weight: float, specular: tuple[float, float] | None = None
+) -> tuple[np.ndarray, tuple[int, int]] | tuple[np.ndarray, tuple[int, int], np.ndarray]:
+    """Raw change scores of ``image`` against its aligned reference, and the image's size;
+    with ``specular`` (``(v_min, s_max)``, the project's specular mask), also where either
+    picture has a highlight, on the map's grid (as an inspection masks them: grown by a cell)."""
     from workers.change.align import Alignment, warp_reference
     from workers.change.heatmap import change_heatmap
 
@@ -62,7 +70,18 @@ def _raw_map(image: Image, work: Path, pixel_weight: float) -> tuple[np.ndarray,
         )
     size = pixels.shape[:2]
     warped, valid = warp_reference(reference, alignment, size)
-    return change_heatmap(_encoder(), pixels, warped, valid, pixel_weight=pixel_weight), size
+    raw = change_heatmap(_encoder(), pixels, warped, valid, pixel_weight=pixel_weight)
+    if specular is None:
+        return raw, size
+    from workers.anomaly.image_io import specular_mask
+
+    # a highlight on the tested part, or one on the reference where the part shows its surface
+    shine = specular_mask(pixels, *specular) | (specular_mask(warped, *specular) & valid)
+    small = cv2.resize(shine.astype(np.uint8), raw.shape[::-1], interpolation=cv2.INTER_AREA)
+    # the features of the pair differ around a highlight as far as they see (a few cells)
+    reach = 2 * max(1, round(SPECULAR_REACH_PX * raw.shape[0] / size[0])) + 1
+    grown = cv2.dilate((small > 0).astype(np.uint8), np.ones((reach, reach), np.uint8))
+    return raw, size, grown > 0
 
 
 def _label_mask(image: Image, size: tuple[int, int], shape: tuple[int, int]) -> np.ndarray | None:
@@ -194,7 +213,13 @@ def predict_change(image: Image, work: Path, artifact: dict, settings: dict) -> 
 
     s = with_inspection_defaults(settings)
     calibration = ChangeCalibration.from_dict(artifact["calibration"])
-    raw, size = _raw_map(image, work, float(artifact.get("pixel_weight", 0.0)))
+    pixel_weight = float(artifact.get("pixel_weight", 0.0))
+    if s["specular_mask"]:  # highlights are never suggested, as in an inspection
+        specular = (float(s["specular_v_min"]), float(s["specular_s_max"]))
+        raw, size, shine = _raw_map(image, work, pixel_weight, specular)
+        raw = np.where(shine, 0.0, raw).astype(raw.dtype)
+    else:
+        raw, size = _raw_map(image, work, pixel_weight)
     calibrated = calibration.apply(raw)
     regions = extract_regions(
         calibrated,

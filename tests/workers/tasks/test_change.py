@@ -217,3 +217,41 @@ def test_a_change_run_honours_the_regions_of_interest(team, client_for, upload):
     for s in Suggestion.objects.filter(image=t1, status="pending"):
         x, y, w, h = bounds(s.geometry)
         assert not (x <= 170 <= x + w and y <= 90 <= y + h), s.geometry
+
+
+def test_a_change_run_masks_highlights_when_the_project_does(team, client_for, upload):
+    """A glint on the tested part is a change; with the project's specular mask on (the
+    inspection setting), a change run no longer suggests it, as an inspection would not."""
+    project, admin = team["project"], client_for(team["admin"])
+    upload_pairs(admin, project, upload, {"n1": pair(1), "n2": pair(2)}, is_normal="true")
+    r = admin.post(f"/api/projects/{project.pk}/models/", {"kind": "change"}, format="json")
+    version = ModelVersion.objects.get(pk=r.json()["id"])
+    assert run_job(str(version.job_id), calibrate_change_model.body) == "succeeded"
+    tested, reference = pair(7)
+    glint = np.array(PILImage.open(io.BytesIO(tested)))
+    cv2.circle(glint, (170, 90), 10, (255, 255, 255), -1)
+    upload_pairs(admin, project, upload, {"g1": (png(glint), reference)})
+    g1 = Image.objects.get(original_name="g1_test.png")
+
+    def glints() -> list:
+        r = client_for(team["reviewer"]).post(
+            f"/api/projects/{project.pk}/runs/",
+            {"kind": "change", "scope": "selected", "image_ids": [g1.pk]},
+            format="json",
+        )
+        assert r.status_code == 202, r.content
+        run = InspectionRun.objects.get(pk=r.json()["id"])
+        assert run_job(str(run.job_id), run_change.body) == "succeeded"
+        out = []
+        for s in Suggestion.objects.filter(image=g1, status="pending"):
+            x, y, w, h = bounds(s.geometry)
+            if x <= 170 <= x + w and y <= 90 <= y + h:
+                out.append(s)
+        return out
+
+    assert glints(), "the glint is a change like any other without the mask"
+    r = admin.patch(
+        f"/api/projects/{project.pk}/", {"inspection": {"specular_mask": True}}, format="json"
+    )
+    assert r.status_code == 200, r.content
+    assert glints() == []
