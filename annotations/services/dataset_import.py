@@ -29,7 +29,11 @@ from inspection.permissions import require_role
 from inspection.selectors import import_path_allowed
 from inspection.services.images import IncomingFile, image_store_one, images_enqueue_derivatives
 from inspection.services.jobs import job_enqueue
-from inspection.services.references import references_pair
+from inspection.services.references import (
+    references_pair,
+    references_pair_by_name,
+    references_propose,
+)
 from inspection.ziputil import ZipRejected, safe_extract_tree
 
 JOB_KIND = "dataset_import"
@@ -246,6 +250,24 @@ def _store(
             counts["paired"] = paired
             for name, reason in refused:
                 skipped.append(_skip(f"{name} (its reference)", reason))
+        # the images the file did not pair: by the project's file-name rule, as an upload
+        # pairs them, then the most similar reference is proposed to the rest
+        explicit = {a for a, _ in pairs} | reference_ids
+        rest = [i for i in stored_ids if i not in explicit]
+        if rest:
+            paired, refused = references_pair_by_name(
+                user=user, project=project, images=list(Image.objects.filter(pk__in=rest))
+            )
+            counts["paired"] += paired
+            for name, reason in refused:
+                skipped.append(_skip(f"{name} (its reference)", reason))
+            unpaired = list(
+                Image.objects.filter(
+                    pk__in=rest, reference__isnull=True, is_reference=False
+                ).values_list("id", flat=True)
+            )
+            if unpaired and project.images.filter(is_reference=True).exists():
+                references_propose(user=user, project=project, image_ids=unpaired)
         if stored_ids and build_pyramids:
             images_enqueue_derivatives(user=user, project=project, image_ids=stored_ids)
     progress(1.0, "done")

@@ -160,3 +160,37 @@ def test_a_missing_or_broken_reference_imports_the_image_alone(team, client_for)
     assert "refs/bad.png" in adjusted["b.png"]
     assert "not usable" in adjusted["c.png"]
     assert pairs_of(team["project"]) == {("d.png", "d.png")}
+
+
+def test_an_import_pairs_by_the_projects_name_rule_and_proposes_for_the_rest(team, client_for):
+    """A COCO file without reference fields: its images pair by the project's file-name rule,
+    as an upload's do, and those left get the most similar reference proposed."""
+    from tests.conftest import image_bytes
+
+    admin = client_for(team["admin"])
+    url = f"/api/projects/{team['project'].pk}/"
+    assert admin.patch(url, {"reference_rule": "_test=_temp"}, format="json").status_code == 200
+    names = ["p1_test.png", "p1_temp.png", "p2_test.png"]
+    coco = {
+        "images": [
+            {"id": i, "file_name": n, "width": 64, "height": 48} for i, n in enumerate(names, 1)
+        ],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "scratch"}],
+    }
+    data = _zip(
+        {
+            "ds/annotations.json": json.dumps(coco),
+            **{f"ds/{n}": image_bytes(seed=i) for i, n in enumerate(names)},
+        }
+    )
+    job = import_zip(admin, team["project"], "coco", data)
+    assert job.status == "succeeded", job.error
+    assert job.result["images"] == 3 and job.result["paired"] == 1, job.result
+    assert pairs_of(team["project"]) == {("p1_test.png", "p1_temp.png")}
+    assert Image.objects.get(original_name="p1_temp.png").is_reference
+    align = Job.objects.get(kind="reference_align")
+    assert align.payload["image_ids"] == [Image.objects.get(original_name="p1_test.png").pk]
+    # p2_test has no p2_temp: the project now has a reference, so one is proposed for it
+    propose = Job.objects.get(kind="reference_propose")
+    assert propose.payload["image_ids"] == [Image.objects.get(original_name="p2_test.png").pk]
