@@ -323,3 +323,38 @@ def test_the_queue_can_put_the_most_uncertain_suggestions_first(team, tmp_path, 
     assert order == [0.52, 0.9, 0.7, 0.95]  # 0.9's category is the uncertain part
     by_score = client_for(team["reviewer"]).get(url).json()["results"]
     assert [s["score"] for s in by_score] == [0.95, 0.9, 0.7, 0.52]
+
+
+def test_a_detector_of_another_project_is_neither_run_activated_nor_read(team, client_for):
+    """Two projects: the admin of this one runs only this project's versions; a member of this
+    project only does not see the other's detector at all; a reviewer there reads it but only
+    its admins activate it."""
+    from inspection.models import Role
+    from inspection.services.projects import member_set
+
+    other = project_create(user=team["admin"], name="Other line")
+    theirs = ModelVersion.objects.create(
+        project=other,
+        kind=ModelVersion.Kind.DETECTOR,
+        number=1,
+        architecture="ppyoloe-sod-lite0",
+        status=ModelVersion.Status.READY,
+        artifact="x/model.pt",
+    )
+    r = client_for(team["admin"]).post(
+        f"/api/projects/{team['project'].pk}/runs/",
+        {"kind": "detector", "scope": "all", "model_version": theirs.pk},
+        format="json",
+    )
+    assert r.status_code == 404, r.content  # looked up within this project only
+    assert not InspectionRun.objects.exists() and not Job.objects.exists()
+    reviewer = client_for(team["reviewer"])
+    assert reviewer.get(f"/api/models/{theirs.pk}/").status_code == 404
+    assert reviewer.post(f"/api/models/{theirs.pk}/activate/").status_code == 404
+    assert reviewer.delete(f"/api/models/{theirs.pk}/").status_code == 404
+    member_set(user=team["admin"], project=other, username="ann", role=Role.REVIEWER)
+    guest = client_for(team["annotator"])  # an annotator here, a reviewer there
+    assert guest.get(f"/api/models/{theirs.pk}/").json()["id"] == theirs.pk
+    assert guest.post(f"/api/models/{theirs.pk}/activate/").status_code == 403
+    theirs.refresh_from_db()
+    assert ModelVersion.objects.filter(pk=theirs.pk).exists() and not theirs.is_active
