@@ -22,6 +22,7 @@ from .errors import (
     DetectionDataError,
     DetectionError,
     RuntimeUnavailable,
+    SliceMismatch,
     WeightsNotFound,
 )
 
@@ -76,6 +77,7 @@ __all__ = [
     "Cancelled",
     "CheckpointError",
     "RuntimeUnavailable",
+    "SliceMismatch",
     "DetectionDataError",
     "DetectionError",
     "WeightsNotFound",

@@ -258,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("coco")
     e.add_argument("--images")
     e.add_argument("--split")
-    e.add_argument("--slice-size", type=int, default=640)
+    e.add_argument(
+        "--slice-size", type=int, default=None, help="default: the slices it was trained on"
+    )
     e.add_argument("--overlap", type=float, default=0.25)
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--device", default=None)
@@ -269,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="sliced prediction, JSON lines on stdout")
     pr.add_argument("model")
     pr.add_argument("images", nargs="+")
-    pr.add_argument("--slice-size", type=int, default=640)
+    pr.add_argument(
+        "--slice-size", type=int, default=None, help="default: the slices it was trained on"
+    )
     pr.add_argument("--overlap", type=float, default=0.25)
     pr.add_argument("--score", type=float, default=0.25)
     pr.add_argument("--batch-size", type=int, default=4)

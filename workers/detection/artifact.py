@@ -70,6 +70,18 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def trained_slicing(metadata: dict[str, Any], eval_size: int) -> dict[str, Any] | None:
+    """How a detector trained on slices saw its objects: ``crop`` (the slice size, full
+    resolution), ``sizes`` (the smallest and largest network input the crops were resized to)
+    and ``eval_size`` (its input when trained); None for one trained on whole images."""
+    tcfg = metadata.get("train_config") or {}
+    crop = tcfg.get("crop_size")
+    if not crop:
+        return None
+    sizes = [int(v) for v in tcfg.get("train_sizes") or [eval_size]]
+    return {"crop": int(crop), "sizes": [min(sizes), max(sizes)], "eval_size": int(eval_size)}
+
+
 def load_artifact(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[PPYOLOE, list[Category], dict[str, Any]]:

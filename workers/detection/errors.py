@@ -18,6 +18,11 @@ class CheckpointError(DetectionError):
     or training images differ): training refuses to continue from it rather than mix runs."""
 
 
+class SliceMismatch(DetectionError, ValueError):
+    """Sliced prediction at a pixel scale the detector was not trained at (its slices were of
+    another size): refused rather than silently worse."""
+
+
 class RuntimeUnavailable(DetectionError):
     """The inference runtime asked for (ONNX Runtime, OpenVINO) cannot be used here."""
 

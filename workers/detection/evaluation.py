@@ -40,7 +40,7 @@ def evaluate(
     *,
     image_root: str | Path | None = None,
     image_filter: Callable[[dict[str, Any]], bool] | None = None,
-    slice_size: int = 640,
+    slice_size: int | None = None,
     overlap: float = 0.25,
     score_threshold: float = 0.01,
     batch_size: int = 4,

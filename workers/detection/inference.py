@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifact import load_artifact
+from .artifact import load_artifact, trained_slicing
 from .config import ModelConfig
 from .data import Category, load_image, resize_stretched, to_tensor
-from .errors import DetectionError
+from .errors import DetectionError, SliceMismatch
 from .model import PPYOLOE
 from .nms import postprocess
 
@@ -55,6 +55,10 @@ class Detector:
 
     runtime = "torch"
     precision = "fp32"  # "int8" for a checked quantized ONNX copy (see quantize.py)
+    # artifact.trained_slicing of a detector trained on slices (None: whole images, or unknown)
+    trained_on: dict | None = None
+    #: How far a slice may scale objects beyond the training crops' range before it is refused.
+    SCALE_TOLERANCE = 0.1
 
     def __init__(
         self,
@@ -124,9 +128,40 @@ class Detector:
         is resized to it, so keep it equal to the slice size to keep pixel scale.
         """
         dev = torch.device(device) if device is not None else default_device()
-        model, cats, _ = load_artifact(path, dev)
+        model, cats, metadata = load_artifact(path, dev)
         model.convert_to_deploy()  # RepVGG blocks become single convs: same outputs, faster
-        return cls(model, cats, dev, eval_size=eval_size)
+        detector = cls(model, cats, dev, eval_size=eval_size)
+        detector.trained_on = trained_slicing(metadata, model.cfg.eval_size)
+        return detector
+
+    def slice_size_for(self, slice_size: int | None = None) -> int:
+        """The slice size to predict with: ``slice_size`` if the detector was trained to see
+        objects at the pixel scale it gives (slices resized to ``eval_size``), else
+        :class:`SliceMismatch` naming the sizes that fit; None: the size it was trained on
+        (kept in the artifact; 640 for a detector trained on whole images, whose scale the
+        artifact does not know)."""
+        t = self.trained_on
+        if t is None:
+            return slice_size or 640
+        crop, (small, large) = t["crop"], t["sizes"]
+        own = max(32, round(crop * self.eval_size / t["eval_size"]))  # the trained scale, here
+        if slice_size is None:
+            return own
+        scale = self.eval_size / slice_size
+        lo, hi = small / crop, large / crop
+        if (1 - self.SCALE_TOLERANCE) * lo <= scale <= (1 + self.SCALE_TOLERANCE) * hi:
+            return slice_size
+        fits = (
+            round(self.eval_size / ((1 + self.SCALE_TOLERANCE) * hi)),
+            round(self.eval_size / ((1 - self.SCALE_TOLERANCE) * lo)),
+        )
+        raise SliceMismatch(
+            f"this detector was trained on {crop} px slices at full resolution (resized to "
+            f"{small}-{large} px inputs: objects at {lo:.2f}-{hi:.2f} times their size); "
+            f"{slice_size} px slices into its {self.eval_size} px input show them at "
+            f"{scale:.2f} times, which it never learnt. Predict with {own} px slices "
+            f"(it takes {fits[0]} to {fits[1]} px)."
+        )
 
     @torch.no_grad()
     def predict_batch(
@@ -178,7 +213,7 @@ class Detector:
     def predict_sliced(
         self,
         image: np.ndarray | str | Path,
-        slice_size: int = 640,
+        slice_size: int | None = None,
         overlap: float = 0.25,
         score_threshold: float = 0.25,
         batch_size: int = 4,
@@ -205,10 +240,15 @@ class Detector:
         matched boxes) is not the default: at evaluation's 0.01 score it merged every faint box
         around a defect into one ever larger box (a DeepPCB model's slice mAP50 0.000 against
         0.33 with NMS; docs/benchmarks-detection.md).
+
+        ``slice_size`` None: the slices the detector was trained on (:meth:`slice_size_for`;
+        another size at a pixel scale it never learnt raises :class:`SliceMismatch`).
         """
         from sahi.predict import get_sliced_prediction
 
         from .sahi_model import LoupeSahiModel
+
+        slice_size = self.slice_size_for(slice_size)
 
         if not isinstance(image, np.ndarray):
             image = load_image(image)

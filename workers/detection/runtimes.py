@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .artifact import artifact_sha256, read_artifact
+from .artifact import artifact_sha256, read_artifact, trained_slicing
 from .errors import RuntimeUnavailable, WeightsNotFound
 from .inference import Detector, default_device
 
@@ -165,18 +165,24 @@ def _onnx_detector(
             f"cannot write the ONNX export of {artifact} ({exc}); pass export_dir= a writable "
             "folder, or export it first with `python -m workers.detection export-onnx`"
         ) from exc
+    detector = None
     if precision != "fp32":
         from .quantize import checked_int8_export
 
         int8 = checked_int8_export(path, artifact_sha256(artifact))
         if int8 is not None:
-            return OnnxDetector(int8, threads=threads)
-        if precision == "int8":
+            detector = OnnxDetector(int8, threads=threads)
+        elif precision == "int8":
             raise WeightsNotFound(
                 f"no INT8 copy of {artifact} that passed its check against fp32 beside {path}; "
                 "make one with `python -m workers.detection check-int8`"
             )
-    return OnnxDetector(path, threads=threads)
+    detector = detector or OnnxDetector(path, threads=threads)
+    payload = read_artifact(artifact)  # how it was trained: the slices it predicts with
+    detector.trained_on = trained_slicing(
+        payload.get("metadata", {}), int(payload["model_config"]["eval_size"])
+    )
+    return detector
 
 
 __all__ = ["PRECISIONS", "RUNTIMES", "ensure_onnx_export", "load_detector", "onnx_export_path"]

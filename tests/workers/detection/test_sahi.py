@@ -115,3 +115,40 @@ def test_evaluation_threshold_does_not_inflate_boxes(detector: Detector) -> None
         touching = [d for d in dets if iou((d.x1, d.y1, d.x2, d.y2), truth) > 0]
         best = max(touching, key=lambda d: d.score)
         assert iou((best.x1, best.y1, best.x2, best.y2), truth) > 0.5, (truth, best)
+
+
+def test_slices_of_another_pixel_scale_are_refused_with_the_sizes_that_fit(tmp_path) -> None:
+    """A detector trained on 128 px crops at full resolution (resized to 96-160 px inputs)
+    predicts with 128 px slices unless told otherwise, takes sizes at a scale it learnt, and
+    refuses 640 px slices (objects shrunk five times) naming the size to use; the artifact
+    carries this to every runtime."""
+    from workers.detection import SliceMismatch, TrainConfig, build_model, load_detector
+    from workers.detection.artifact import save_artifact
+    from workers.detection.data import Category
+
+    from .conftest import tiny_model_config
+
+    model = build_model(tiny_model_config(), pretrained_backbone=False)
+    train = TrainConfig(epochs=1, crop_size=128, train_sizes=(96, 128, 160))
+    path = save_artifact(
+        tmp_path / "m.pt",
+        model,
+        [Category(1, "red", 0), Category(2, "blue", 1)],
+        metadata={"train_config": train.to_dict()},
+    )
+    detector = Detector.load(path, device="cpu")
+    assert detector.trained_on == {"crop": 128, "sizes": [96, 160], "eval_size": 128}
+    assert detector.slice_size_for(None) == 128 and detector.slice_size_for(100) == 100
+    with pytest.raises(SliceMismatch, match=r"trained on 128 px slices.*Predict with 128 px"):
+        detector.predict_sliced(np.zeros((700, 900, 3), np.uint8), slice_size=640)
+    # the same model run at a 640 px input keeps the scale with 640 px slices
+    assert Detector.load(path, device="cpu", eval_size=640).slice_size_for(None) == 640
+    onnx = load_detector(path, "onnx", export_dir=tmp_path)
+    assert onnx.trained_on == detector.trained_on
+    # by default it slices as trained (no refusal), 640 px slices are refused there too
+    assert isinstance(onnx.predict_sliced(np.zeros((300, 300, 3), np.uint8)), list)
+    with pytest.raises(SliceMismatch):
+        onnx.predict_sliced(np.zeros((700, 900, 3), np.uint8), slice_size=640)
+    # trained on whole images: the artifact does not know the scale, the old default stays
+    whole = save_artifact(tmp_path / "w.pt", model, detector.categories, metadata={})
+    assert Detector.load(whole, device="cpu").slice_size_for(None) == 640
