@@ -211,17 +211,19 @@ def _calibration_data(project: Project) -> dict | None:
 
 
 def _with_class_rows(versions) -> list[ModelVersion]:
-    """Detector versions get ``class_rows``: per category AP50, AP and the PR curve's points
-    on their val split (figures of the last evaluation; older versions have AP50 only)."""
+    """Detector versions get ``class_rows``: per category AP50, AP, AP_small and the PR curve's
+    points on their val split (figures of the last evaluation; older versions have AP50 only)."""
     out = list(versions)
     for v in out:
         m = v.metrics or {}
         ap, pr = m.get("per_class_ap") or {}, m.get("per_class_pr") or {}
+        small = m.get("per_class_ap_small") or {}
         v.class_rows = [
             {
                 "name": name,
                 "ap50": ap50,
                 "ap": ap.get(name),
+                "ap_small": small.get(name),
                 "svg": curve_svg_points(
                     [{"recall": r, "precision": p} for r, p in pr.get(name, [])],
                     width=120,

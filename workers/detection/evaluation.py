@@ -29,6 +29,8 @@ class EvalResult:
     stats: list[float] = field(default_factory=list)
     per_class_ap50: dict[str, float] = field(default_factory=dict)
     per_class_ap: dict[str, float] = field(default_factory=dict)  # AP at IoU 0.5:0.95
+    # AP at IoU 0.5:0.95 on small objects (COCO's < 32x32 px; -1: none of the category)
+    per_class_ap_small: dict[str, float] = field(default_factory=dict)
     # precision at COCO's 101 recall points (IoU 0.5, all areas, up to 100 boxes per image):
     # {name: [[recall, precision], ...]}, only the points the category reaches
     per_class_pr: dict[str, list[list[float]]] = field(default_factory=dict)
@@ -112,7 +114,7 @@ def evaluate(
         ev.accumulate()
         ev.summarize()
     stats = [float(s) for s in ev.stats]
-    per_class, per_class_ap, per_class_pr = {}, {}, {}
+    per_class, per_class_ap, per_class_ap_small, per_class_pr = {}, {}, {}, {}
     precision = ev.eval["precision"]  # [T, R, K, A, M]
     for k, cat_id in enumerate(ev.params.catIds):
         name = next((c.name for c in ds.categories if c.id == cat_id), str(cat_id))
@@ -122,6 +124,9 @@ def evaluate(
         every = precision[:, :, k, 0, -1]
         every = every[every > -1]
         per_class_ap[name] = float(np.mean(every)) if every.size else -1.0
+        small = precision[:, :, k, 1, -1]  # area range 1: COCO's "small"
+        small = small[small > -1]
+        per_class_ap_small[name] = float(np.mean(small)) if small.size else -1.0
         per_class_pr[name] = [
             [round(float(r), 2), round(float(q), 4)]
             for r, q in zip(ev.params.recThrs, at50, strict=True)
@@ -137,5 +142,6 @@ def evaluate(
         stats=stats,
         per_class_ap50=per_class,
         per_class_ap=per_class_ap,
+        per_class_ap_small=per_class_ap_small,
         per_class_pr=per_class_pr,
     )

@@ -172,6 +172,7 @@ def _validate(
         "ap_small": res.ap_small,
         "per_class_ap50": dict(res.per_class_ap50),
         "per_class_ap": dict(res.per_class_ap),
+        "per_class_ap_small": dict(res.per_class_ap_small),
         "per_class_pr": dict(res.per_class_pr),
     }
 
@@ -203,7 +204,8 @@ def train(
     With ``val_json`` the EMA weights are evaluated (pycocotools; each image cut into slices of
     ``eval_slice_size``, every slice resized to the model's ``eval_size`` as the deployed
     artifact does) every ``eval_every`` epochs and after the last one; ``map``, ``map50``,
-    ``ap_small``, ``per_class_ap50`` and ``per_class_ap`` (category name -> AP50, AP) and
+    ``ap_small``, ``per_class_ap50``, ``per_class_ap`` and ``per_class_ap_small`` (category name
+    -> AP50, AP, AP on small objects) and
     ``per_class_pr`` (category name -> [[recall, precision], ...] at IoU 0.5) join that epoch's
     metrics.
 

@@ -250,6 +250,7 @@ def train_detector(job, ctx: JobContext) -> dict:
             "ap_small": last.get("ap_small"),
             "per_class_ap50": last.get("per_class_ap50", {}),
             "per_class_ap": last.get("per_class_ap", {}),
+            "per_class_ap_small": last.get("per_class_ap_small", {}),
             "per_class_pr": last_pr,  # the last evaluation's curves only: history stays light
             "evaluated_on": "val" if val_json else None,
             "epochs": result.epochs,

@@ -111,12 +111,14 @@ def test_train_activate_detect_and_suggest_with_categories(team, version):
     assert set(model.metrics["per_class_ap50"]) == {"red", "blue"}
     assert (
         set(model.metrics["per_class_ap"])
+        == set(model.metrics["per_class_ap_small"])
         == set(model.metrics["per_class_pr"])
-        == {
-            "red",
-            "blue",
-        }
+        == {"red", "blue"}
     )
+    # every square is small (14-24 px): the same boxes to find, and large false boxes do not
+    # count against AP_small (COCO ignores them there), so it is at least the AP
+    small, ap = model.metrics["per_class_ap_small"], model.metrics["per_class_ap"]
+    assert all(small[c] >= ap[c] - 1e-9 for c in ap), (small, ap)
     # the curves are kept once, for the last evaluation: the polled history stays light
     assert not any("per_class_pr" in h for h in history) and "per_class_ap" in history[-1]
     exports = model.metrics["exports"]
