@@ -166,26 +166,76 @@ def detector_proposal(
         "reference": reference,
     }
     params = _checked(params, proposed) if params else proposed
+    estimate, basis = estimate_seconds(params, facts["train_images"])
     return {
         "params": params,
         "proposed": proposed,
         "backbones": BACKBONES,
         "reasons": reasons,
         "facts": {k: v for k, v in facts.items() if k != "train_image_ids"},
-        "estimate_seconds": estimate_seconds(params, facts["train_images"]),
+        "estimate_seconds": estimate,
+        "estimate_basis": basis,
     }
 
 
-def estimate_seconds(params: dict[str, Any], train_images: int) -> int | None:
-    """Training time on a machine like the one the figures were measured on (None: unknown)."""
-    per_image = SECONDS_PER_IMAGE.get(params["backbone"])
-    if per_image is None:
-        return None
-    scale = (params["input_size"] / 640) ** 2
-    per_epoch = train_images
+# A Siamese detector runs its backbone on the image and on the reference: an epoch cost 1.56x a
+# single-image one on the development CPU (docs/benchmarks-detection.md, section 4).
+SIAMESE_COST = 1.56
+
+
+def _images_per_epoch(params: dict[str, Any], train_images: int) -> int:
     if params.get("iterations_per_epoch"):
-        per_epoch = min(per_epoch, params["iterations_per_epoch"] * params["batch_size"])
-    return round(per_image * scale * per_epoch * params["epochs"])
+        return max(1, min(train_images, params["iterations_per_epoch"] * params["batch_size"]))
+    return max(1, train_images)
+
+
+def _cost(params: dict[str, Any]) -> float:
+    """How much one training image costs under ``params`` against a single-image 640 px one."""
+    siamese = SIAMESE_COST if params.get("reference") == "siamese" else 1.0
+    return (params["input_size"] / 640) ** 2 * siamese
+
+
+def measured_seconds_per_image(backbone: str) -> tuple[float, ModelVersion] | None:
+    """Seconds per training image (single-image detector, 640 px input) of the latest finished
+    training of ``backbone`` on this installation's workers, from its own seconds per epoch
+    (the median, validation excluded); None before the first one."""
+    versions = ModelVersion.objects.filter(
+        kind=ModelVersion.Kind.DETECTOR,
+        status=ModelVersion.Status.READY,
+        params__backbone=backbone,
+    ).order_by("-created_at")[:10]
+    for v in versions:
+        seconds = [
+            h["seconds"]
+            for h in (v.metrics or {}).get("history") or []
+            if isinstance(h.get("seconds"), int | float) and h["seconds"] > 0
+        ]
+        params = v.params or {}
+        if not seconds or not v.image_ids or not params.get("input_size"):
+            continue
+        per_epoch = _images_per_epoch(params, len(v.image_ids))
+        return statistics.median(seconds) / per_epoch / _cost(params), v
+    return None
+
+
+def estimate_seconds(params: dict[str, Any], train_images: int) -> tuple[int | None, str]:
+    """Training time of ``params`` on ``train_images`` and what it rests on, in words: this
+    installation's latest training of the same backbone, else the development machine's
+    figures (None: no figure for this backbone)."""
+    measured = measured_seconds_per_image(params["backbone"])
+    if measured is not None:
+        per_image, version = measured
+        basis = (
+            f"as fast as the latest {params['backbone']} training here "
+            f"({version.project.name}, v{version.number})"
+        )
+    else:
+        per_image = SECONDS_PER_IMAGE.get(params["backbone"])
+        basis = "on a 2-core CPU worker like the development machine (a GPU takes far less)"
+        if per_image is None:
+            return None, ""
+    epochs = _images_per_epoch(params, train_images) * params["epochs"]
+    return round(per_image * _cost(params) * epochs), basis
 
 
 TRAINING_PARAMS = {"backbone", "input_size", "slice", "overlap", "epochs", "batch_size"}

@@ -171,7 +171,7 @@
     const estimateLine = (answer) => {
       const seconds = humanDuration(answer.estimate_seconds);
       return seconds
-        ? "Training time: " + seconds + " on a 2-core CPU worker (a GPU worker takes much less)."
+        ? "Training time: about " + seconds + ", " + answer.estimate_basis + "."
         : "Training time: no estimate for these settings.";
     };
 

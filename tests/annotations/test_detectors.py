@@ -358,3 +358,31 @@ def test_a_detector_of_another_project_is_neither_run_activated_nor_read(team, c
     assert guest.post(f"/api/models/{theirs.pk}/activate/").status_code == 403
     theirs.refresh_from_db()
     assert ModelVersion.objects.filter(pk=theirs.pk).exists() and not theirs.is_active
+
+
+def test_the_time_estimate_rests_on_the_last_training_measured_here(team, tmp_path, client_for):
+    """Before any training: the development machine's figures, said so. After one: its own
+    seconds per epoch, scaled to the form's images, input size and epochs, and named."""
+    version = frozen(team, tmp_path)
+    admin = client_for(team["admin"])
+    params = {"backbone": "lite0", "input_size": 320, "epochs": 10, "slice": "false"}
+    before = admin.get(url(team, version), params).json()
+    assert "development machine" in before["estimate_basis"]
+    # a finished lite0 training of 8 images a epoch at 640 px, 40 s per epoch (40 s of
+    # validation not counted: the job records training seconds only)
+    ModelVersion.objects.create(
+        project=team["project"],
+        kind=ModelVersion.Kind.DETECTOR,
+        number=7,
+        architecture="ppyoloe-sod-lite0",
+        status=ModelVersion.Status.READY,
+        params={"backbone": "lite0", "input_size": 640, "batch_size": 4, "epochs": 3},
+        image_ids=list(range(1, 9)),
+        metrics={"history": [{"epoch": e, "seconds": s} for e, s in ((1, 44), (2, 40), (3, 39))]},
+    )
+    after = admin.get(url(team, version), params).json()
+    assert "latest lite0 training here (Bottles, v7)" in after["estimate_basis"]
+    # 40 s / 8 images at 640 px = 5 s per image; at 320 px a quarter; 4 images x 10 epochs
+    assert after["estimate_seconds"] == round(5 * 0.25 * 4 * 10)
+    siamese = admin.get(url(team, version), {**params, "reference": "siamese"}).json()
+    assert siamese["estimate_seconds"] == round(5 * 0.25 * 4 * 10 * 1.56)
