@@ -3,7 +3,9 @@
  * Keys: 1-9 category · A accept (or approve a label) · E edit the outline, then A/Enter ·
  * R reject (then 1-4 for the reason, Enter for none) or send a label back (with a comment) ·
  * N next without deciding · H heatmap · F / D the aligned reference / difference, for an image
- * with a reference. Each decision is one API call; the server keeps the record.
+ * with a reference (the Reference section's sliders: the swipe, the difference's opacity; the
+ * pair view is the workspace's, static/loupe/pair.js). Each decision is one API call; the
+ * server keeps the record.
  *
  * Speed (issue #17: the next item on screen <= 300 ms after a decision): two viewers are stacked
  * in #viewer. The visible one shows the item; the hidden one has already opened the next item
@@ -29,8 +31,11 @@
   let category = null;
   const skipped = new Set();
   let heatShown = true;
-  let refShown = false; // F: the image's aligned reference instead of the image (flicker)
-  let diffShown = false; // D: the aligned difference over the image
+  // F / D and the two sliders: the reference over the image (flicker, swipe) and the difference
+  // over it (its opacity). One set of controls for both panes: the next image keeps the choice.
+  const pair = LoupePair;
+  const pairControls = pair.controls(document);
+  const pairState = () => pair.read(pairControls);
 
   const request = Loupe.request;
   const toast = (message) => Loupe.toast(toastEl, message, 5000);
@@ -65,7 +70,7 @@
       userSelectAction: "NONE",
       style: (a, state) => ({ stroke: "#facc15", strokeWidth: state && state.selected ? 3 : 2, fill: "#facc15", fillOpacity: 0.08 }),
     });
-    return { el, viewer, anno, image: null, opened: null, heat: null, ref: null, diff: null };
+    return { el, viewer, anno, image: null, width: 0, height: 0, opened: null, heat: null, ref: null, diff: null };
   }
 
   viewerEl.classList.add("has-panes");
@@ -81,6 +86,8 @@
     const image = item.image;
     const before = pane.opened || Promise.resolve(true);
     pane.image = image;
+    pane.width = item.image_width || 0; // the swipe's line is a share of the image's width
+    pane.height = item.image_height || 0;
     pane.heat = null;
     pane.ref = null;
     pane.diff = null;
@@ -105,31 +112,54 @@
   }
 
   /* The image's aligned reference (hidden until F; its tiles load meanwhile) and the difference
-     (hidden until D): the same pair view as the workspace's (docs/references.md). */
+     (hidden until D): the same pair view as the workspace's (docs/references.md), swipe and
+     difference opacity included. */
   function addReference(pane, ref, image) {
-    pane.viewer.addTiledImage({
-      tileSource: ref.dzi, x: 0, y: 0, width: 1, opacity: refShown ? 1 : 0, preload: true,
-      success: (ev) => {
-        if (pane.image !== image) { pane.viewer.world.removeItem(ev.item); return; }
-        pane.ref = ev.item;
-        markPair();
-      },
-    });
+    if (ref.dzi) {
+      pane.viewer.addTiledImage({
+        tileSource: ref.dzi, x: 0, y: 0, width: 1, opacity: pair.referenceOpacity(pairState()), preload: true,
+        success: (ev) => {
+          if (pane.image !== image) { pane.viewer.world.removeItem(ev.item); return; }
+          pane.ref = ev.item;
+          pair.apply(pane, pairState());
+          markPair();
+        },
+      });
+    }
     if (!ref.difference) return;
-    LoupeOverlay.addHeatmap(pane.viewer, ref.difference, diffShown ? 0.6 : 0).then((it) => {
+    LoupeOverlay.addHeatmap(pane.viewer, ref.difference, pair.differenceOpacity(pairState())).then((it) => {
       if (pane.image !== image) { pane.viewer.world.removeItem(it); return; }
       pane.diff = it;
+      pair.apply(pane, pairState());
       markPair();
     }).catch(() => {});
   }
 
   /* data-reference / data-difference on #viewer: what the visible pane shows (tests read it). */
   function markPair() {
-    if (active.ref) viewerEl.dataset.reference = refShown ? "shown" : "hidden";
-    else delete viewerEl.dataset.reference;
-    if (active.diff) viewerEl.dataset.difference = diffShown ? "shown" : "hidden";
-    else delete viewerEl.dataset.difference;
+    pair.mark(viewerEl, active, pairState());
   }
+
+  /* The Reference section follows the item on screen: shown only for an image with an aligned
+     reference; the difference's controls are enabled only where there is a difference. */
+  function describePair(item) {
+    const ref = item && item.reference;
+    const { refToggle, swipe, diffToggle, diffOpacity } = pairControls;
+    document.getElementById("reference-tools").hidden = !(ref && ref.dzi);
+    refToggle.disabled = swipe.disabled = !(ref && ref.dzi);
+    diffToggle.disabled = diffOpacity.disabled = !(ref && ref.difference);
+  }
+
+  /* A control changed: both panes follow it (the hidden one keeps the choice for the next image). */
+  function pairChanged() {
+    const state = pairState();
+    [active, spare].forEach((p) => pair.apply(p, state));
+    markPair();
+  }
+  pairControls.refToggle.addEventListener("change", pairChanged);
+  pairControls.swipe.addEventListener("input", pairChanged);
+  pairControls.diffToggle.addEventListener("change", pairChanged);
+  pairControls.diffOpacity.addEventListener("input", pairChanged);
 
   /* Outline `item` in `pane` and zoom on it (the pane's image must be the item's). */
   function place(pane, item) {
@@ -161,6 +191,7 @@
     const title = document.getElementById("item-title");
     const info = document.getElementById("item-info");
     const open = document.getElementById("item-open");
+    describePair(item);
     if (!item) {
       title.textContent = "Nothing left to review";
       info.textContent = skipped.size ? skipped.size + " skipped item(s) remain for later." : "The queue is empty for these filters.";
@@ -355,12 +386,23 @@
     await show();
   }
 
+  // keys a slider uses itself; letters mean nothing to a slider or a checkbox, so they stay the
+  // queue's (A after dragging the swipe accepts), as in the workspace (workspace/format.js)
+  const SLIDER_KEYS = new Set(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End", "PageUp", "PageDown"]);
+  function typingIn(e) {
+    const field = e.target.closest && e.target.closest("input, textarea, select");
+    if (!field) return false;
+    if (field.type === "checkbox") return false;
+    if (field.type === "range") return SLIDER_KEYS.has(e.key);
+    return true;
+  }
+
   document.addEventListener("keydown", async (e) => {
     if (mode === "return") {
       if (e.key === "Escape") { setMode("idle"); e.preventDefault(); }
       return; // typing a comment
     }
-    if (e.target.closest && e.target.closest("input, textarea, select")) return;
+    if (typingIn(e)) return;
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
     if (mode === "reject") {
@@ -385,15 +427,8 @@
       // one switch for both panes, so the next image keeps the reviewer's choice
       heatShown = !heatShown;
       [active, spare].forEach((p) => { if (p.heat) p.heat.setOpacity(heatShown ? 0.45 : 0); });
-    } else if (key === "f") {
-      refShown = !refShown;
-      [active, spare].forEach((p) => { if (p.ref) p.ref.setOpacity(refShown ? 1 : 0); });
-      markPair();
-    } else if (key === "d") {
-      diffShown = !diffShown;
-      [active, spare].forEach((p) => { if (p.diff) p.diff.setOpacity(diffShown ? 0.6 : 0); });
-      markPair();
-    }
+    } else if (key === "f") { e.preventDefault(); pair.toggle(pairControls.refToggle); }
+    else if (key === "d") { e.preventDefault(); pair.toggle(pairControls.diffToggle); }
   });
 
   document.querySelectorAll("[data-key]").forEach((b) => b.addEventListener("click", () => {
@@ -419,6 +454,9 @@
   window.loupeReview = {
     get viewer() { return active.viewer; },
     get anno() { return active.anno; },
+    // the visible pane's aligned reference and difference items (null without them)
+    get reference() { return active.ref; },
+    get difference() { return active.diff; },
     items: () => items,
     current,
   };

@@ -3,7 +3,8 @@
  * image. F shows or hides it (flicker between the two), the swipe slider lets it cover only the
  * left part of the image; D lays the aligned difference over the image with its own opacity.
  * The side panel says how the alignment went and picks the reference. Each of the two viewers
- * (panes.js) has its own reference and difference items. */
+ * (panes.js) has its own reference and difference items. What the controls do to the items is
+ * shared with the review queue (static/loupe/pair.js, window.LoupePair). */
 
 import { urlFor } from "./format.js";
 
@@ -19,14 +20,17 @@ export function bindReference(ctx) {
   const find = document.getElementById("reference-find");
   const choices = ctx.data.references || [];
 
+  const pair = window.LoupePair;
+  const controls = { refToggle, swipe, diffToggle, diffOpacity };
   const ref = (pane) => (pane.data && pane.data.image.reference) || null;
-  const refOpacity = () => (refToggle.checked ? 1 : 0);
-  const diffValue = () => (diffToggle.checked ? diffOpacity.value / 100 : 0);
+  const refOpacity = () => pair.referenceOpacity(pair.read(controls));
+  const diffValue = () => pair.differenceOpacity(pair.read(controls));
 
   function clip(pane) {
     if (!pane.ref) return;
     const { width, height } = pane.data.image;
-    pane.ref.setClip(new OpenSeadragon.Rect(0, 0, (width * swipe.value) / 100, height));
+    const r = pair.swipeRect(width, height, swipe.value);
+    pane.ref.setClip(new OpenSeadragon.Rect(r.x, r.y, r.width, r.height));
   }
 
   function addTiled(viewer, url) {
@@ -68,11 +72,7 @@ export function bindReference(ctx) {
 
   /** data-reference / data-difference on the viewer: what is on screen (tests read them). */
   function mark() {
-    const pane = ctx.pane;
-    if (pane.ref) viewerEl.dataset.reference = refToggle.checked ? "shown" : "hidden";
-    else delete viewerEl.dataset.reference;
-    if (pane.diff) viewerEl.dataset.difference = diffToggle.checked ? "shown" : "hidden";
-    else delete viewerEl.dataset.difference;
+    pair.mark(viewerEl, ctx.pane, pair.read(controls));
   }
 
   function describe(r) {
