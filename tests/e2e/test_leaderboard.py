@@ -63,10 +63,18 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
         figures = v.metrics["comparison"]
         assert figures["images"] == 5 and figures["pixel_defect_images"] == 3
         assert 0 <= figures["image_auroc"] <= 1 and 0 <= figures["pixel_auroc"] <= 1
-        assert figures["intervals"]["image_auroc"][0] <= figures["image_auroc"]
+        # every figure with its 95 % bootstrap interval, shown under it and drawn as a whisker
         row = page.locator(f'tr[data-comparison-version="{v.pk}"]')
-        assert f"{figures['image_auroc']:.3f}" in row.inner_text()
-        assert row.locator("svg.dots circle.auroc").count() == 1
+        for name in ("image_auroc", "pixel_auroc", "au_pro", "region_recall"):
+            lo, hi = figures["intervals"][name]
+            assert lo <= figures[name] <= hi, (name, figures["intervals"][name], figures[name])
+            assert f"{figures[name]:.3f}" in row.inner_text()
+            assert f"{lo:.2f}–{hi:.2f}" in row.inner_text()
+        for dot in ("auroc", "pixel", "aupro", "region", "recall"):
+            assert row.locator(f"svg.dots circle.{dot}").count() == 1, dot
+        assert isinstance(figures["model_mb"], float)  # its size on disk
+    header = page.locator("#comparison-table thead").inner_text()
+    assert "Size on disk, MB" in header and "Model MB" not in header
     # broken bottles are easy: both models tell them from the normal ones
     assert all(v.metrics["comparison"]["image_auroc"] >= 0.9 for v in versions)
 

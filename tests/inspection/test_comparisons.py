@@ -109,3 +109,58 @@ def test_label_masks_and_the_ranking():
         {"error": "no teacher"},
     ]
     assert max(rows, key=ranking_key) is rows[1]
+
+
+def test_the_leaderboard_shows_every_figure_with_its_interval(team, client_for):
+    """The stored figures as the compare job writes them (``figures["intervals"]`` from the
+    engine's evaluation): the table prints each interval, the plot draws a dot and a whisker per
+    figure, a figure without an interval gets its dot only, and the model's size is on disk."""
+    from django.test import Client
+
+    project = team["project"]
+    job = Job.objects.create(
+        kind="anomaly_compare", queue="gpu", status="succeeded", project=project
+    )
+    figures = {
+        "image_auroc": 0.9, "pixel_auroc": 0.87, "au_pro": 0.73, "region_recall": 0.656,
+        "region_false_per_good_image": 0.6, "recall_at_threshold": 0.6,
+        "false_per_good_image_at_threshold": 0.5, "ms_per_image": 120.0, "model_mb": 12.5,
+        "train_seconds": 30, "images": 70, "pixel_defect_images": 50,
+        "intervals": {
+            "image_auroc": [0.81, 0.96], "pixel_auroc": [0.8312, 0.9041],
+            "au_pro": [0.6543, 0.7987], "region_recall": [0.5211, 0.7802],
+            "recall_at_threshold": [0.47, 0.73], "false_per_good_image_at_threshold": [0.2, 0.9],
+        },
+    }  # fmt: skip
+    bare = {**figures, "au_pro": None, "intervals": {**figures["intervals"], "au_pro": None}}
+    rows = []
+    for number, (arch, f) in enumerate((("patchcore", figures), ("padim", bare)), start=1):
+        v = ModelVersion.objects.create(
+            project=project, number=number, architecture=arch, status="ready", job=job
+        )
+        rows.append({"model_version": v.pk, "number": number, "architecture": arch, "figures": f})
+    rows[0]["best"] = True
+    job.result = {"rows": rows, "best": rows[0]["model_version"], "normal_images": 20,
+                  "defect_images": 50, "pixel_defect_images": 50, "training_images": 80}  # fmt: skip
+    job.save(update_fields=["result"])
+    # the API gives the stored figures as they are
+    api = client_for(team["admin"]).get(url(team)).json()
+    assert api["result"]["rows"][0]["figures"]["intervals"]["au_pro"] == [0.6543, 0.7987]
+
+    browser = Client()
+    browser.force_login(team["admin"])
+    page = browser.get(f"/projects/{project.pk}/models/").content.decode()
+    start = page.index('id="comparison-table"')
+    table = page[start : page.index("</table>", start)]
+    first, second = table.split("data-comparison-version=")[1:3]
+    for lo_hi in ("0.83–0.90", "0.65–0.80", "0.52–0.78", "0.81–0.96", "0.47–0.73"):
+        assert lo_hi in first, lo_hi
+    assert "Size on disk, MB" in table and "Model MB" not in table
+    # dots at 6 + 108 * value px, whiskers from lo to hi
+    assert 'class="pixel" fill="#7c3aed" cx="94"' in first  # 0.87 * 108 = 94
+    assert 'x1="90" y1="11" x2="98" y2="11"' in first  # 0.8312, 0.9041
+    assert 'class="aupro" fill="#b45309" cx="79"' in first and 'y1="18"' in first
+    assert 'class="region" fill="#0e7490" cx="71"' in first and 'y1="25"' in first
+    assert 'circle class="auroc"' in first and 'circle class="recall"' in first
+    assert 'class="aupro"' not in second and 'y1="18"' not in second  # no AU-PRO, no whisker
+    assert 'class="pixel"' in second

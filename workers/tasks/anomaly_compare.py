@@ -6,11 +6,14 @@ aside. This job trains each version in turn, then scores it on the project's own
 images: the normal images set aside, and every image with reviewed labels (approved, or
 imported ground truth; a box or polygon is its defect's mask). Figures per version: image AUROC,
 pixel AUROC and AU-PRO (on the images whose labels are all polygons: a box's background is no
-defect), region recall at <= 1 false region per good image, recall and false regions
-per good image at the model's threshold, with 95 % bootstrap intervals over the images, ms per
-image, the model's size on disk and its training time. The best (highest region recall at <= 1 false per good
-image, then image AUROC, then pixel AUROC) is marked; nobody's active model changes until an
-admin activates it on the models page.
+defect), region recall at <= 1 false region per good image, recall and false regions per good
+image at the model's threshold, each of these with its 95 % percentile bootstrap interval over
+the images (``figures["intervals"]``, from the engine's ``evaluation.intervals``; None where a
+figure is undefined), ms per image, the model's size on disk (``model_mb``, with its exports:
+not the memory it takes to run, which this job does not measure: several models are trained and
+scored in one worker process, whose peak RSS only grows) and its training time. The best
+(highest region recall at <= 1 false per good image, then image AUROC, then pixel AUROC) is
+marked; nobody's active model changes until an admin activates it on the models page.
 """
 
 from __future__ import annotations
@@ -185,7 +188,7 @@ def _train_and_score(version, train_paths, samples, ctx, start: float, span: flo
     figures = {k: _finite(result.metrics.get(k)) for k in FIGURES}
     figures["intervals"] = result.metrics["intervals"]
     figures["train_seconds"] = version.metrics.get("train_seconds")
-    figures["model_mb"] = round(model_bytes / 2**20, 1)  # with its exports
+    figures["model_mb"] = round(model_bytes / 2**20, 1)  # size on disk, with its exports
     figures["images"] = len(samples)
     figures["pixel_defect_images"] = result.metrics["pixel_defect_images"]
     version.metrics = {**version.metrics, "comparison": figures}

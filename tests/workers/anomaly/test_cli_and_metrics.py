@@ -226,6 +226,11 @@ def test_a_box_outline_counts_for_image_and_region_figures_not_pixel_ones(
     assert (ref["pixel_defect_images"], right["pixel_defect_images"]) == (2, 1)
     assert right["image_auroc"] == ref["image_auroc"] == 1.0
     assert right["region_recall"] == ref["region_recall"] == 1.0
+    # every figure of the leaderboard has its bootstrap interval; pixel ones over pixel images
+    for name in ("image_auroc", "pixel_auroc", "au_pro", "region_recall"):
+        lo, hi = ref["intervals"][name]
+        assert lo <= round(ref[name], 4) <= hi, (name, ref["intervals"][name], ref[name])
+    assert right["intervals"]["region_recall"] == [1.0, 1.0]
     # with one of the two marked images, the pixel figure is that image's alone
     only = evaluate(model, [good, marked[0]]).metrics
     assert right["pixel_auroc"] == pytest.approx(only["pixel_auroc"])
