@@ -547,11 +547,13 @@ def _detect_one(
                 for d in _predict(detector, path, version.params, threshold, reference)
             ]
             placed = [(True, None)] * len(found)
-            if rois is not None:  # the regions of interest the run started with
+            if rois is not None and found:  # the regions of interest the run started with
                 centres = [((d.x1 + d.x2) / 2, (d.y1 + d.y2) / 2) for d in found]
                 placed = rois.place(image, str(path), centres)
     except (ValueError, RegistrationRefused) as exc:  # no aligned reference; not registrable
         return {"error": str(exc)}
+    except JobError:  # the regions' reference cannot be read: the run cannot go on
+        raise
     except Exception as exc:  # noqa: BLE001 - a missing or unreadable file fails alone
         logger.warning("detection: image %s failed: %s", image.pk, exc)
         reason = "it is missing" if isinstance(exc, FileNotFoundError) else type(exc).__name__
