@@ -1,20 +1,123 @@
 """FilterSets shared by the HTML pages and the API: the image grid (by labels), labels, suggestions."""
 
 import django_filters
-from django.db.models import Exists, F, FloatField, OuterRef, Q, Subquery, Value
+from django.db.models import (
+    BooleanField,
+    Case,
+    Exists,
+    F,
+    FloatField,
+    Func,
+    OuterRef,
+    Q,
+    Subquery,
+    Value,
+    When,
+)
 from django.db.models.functions import Abs, Coalesce, Least
 
 from annotations.models import Annotation, Suggestion
 from inspection.filters import IdFilter
-from inspection.models import Image, ImageHeatmap, ModelVersion
+from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion
+
+ANOMALY, DETECTOR = ModelVersion.Kind.ANOMALY, ModelVersion.Kind.DETECTOR
+
+
+class _ResultFor(Func):
+    """True when a run's ``results`` (its first argument) has an entry for the image id (its
+    second), and that entry is not an error: the run looked at the image, whatever it found.
+    Written for PostgreSQL and for SQLite (the embedded default), as JSON keys from a column
+    are beyond Django's lookups."""
+
+    output_field = BooleanField()
+
+    def _parts(self, compiler, connection):
+        (results, r_params), (image, i_params) = (
+            compiler.compile(e) for e in self.get_source_expressions()
+        )
+        return results, list(r_params), image, list(i_params)
+
+    def as_postgresql(self, compiler, connection, **extra):
+        results, rp, image, ip = self._parts(compiler, connection)
+        entry = f"(({results})::jsonb -> (({image})::text))"
+        return f"({entry} IS NOT NULL AND ({entry} -> 'error') IS NULL)", rp + ip + rp + ip
+
+    def as_sqlite(self, compiler, connection, **extra):
+        results, rp, image, ip = self._parts(compiler, connection)
+        key = f"'$.\"' || ({image}) || '\"'"
+        return (
+            f"(json_type({results}, {key}) IS NOT NULL "
+            f"AND json_type({results}, {key} || '.error') IS NULL)",
+            rp + ip + rp + ip,
+        )
+
+
+def _ran_on_image(kind: str) -> Q:
+    """A model of ``kind`` looked at the row's image: one of its suggestions is there (any
+    status), or, for an anomaly model, one of its runs' heatmaps; for a detector, a run of one
+    has a result for the image (it may have found nothing), or an anomaly region there took a
+    detector's category (the active detector classifies an inspection run's regions)."""
+    theirs = Suggestion.objects.filter(image=OuterRef("image_id"))
+    if kind == ANOMALY:
+        return Q(Exists(theirs.filter(model_version__kind=kind))) | Q(
+            Exists(
+                ImageHeatmap.objects.filter(
+                    image=OuterRef("image_id"), run__model_version__kind=kind
+                )
+            )
+        )
+    runs = InspectionRun.objects.filter(
+        model_version__kind=kind, project=OuterRef("image__project")
+    ).filter(_ResultFor(F("results"), OuterRef("image_id")))
+    return Q(
+        Exists(theirs.filter(Q(model_version__kind=kind) | Q(category_score__isnull=False)))
+    ) | Q(Exists(runs))
+
+
+def _echoed_by(kind: str) -> Q:
+    """A suggestion of ``kind`` is at the row's place: the row is its echo or it is the row's
+    (``same_as``, SAME_PLACE_COVER)."""
+    theirs = Suggestion.objects.filter(model_version__kind=kind)
+    return Q(Exists(theirs.filter(pk=OuterRef("same_as_id")))) | Q(
+        Exists(theirs.filter(same_as=OuterRef("pk")))
+    )
+
+
+# The anomaly model and the detector disagree about a suggestion: an anomaly region no detector
+# box gave a category (and none is at its place) on an image a detector looked at, or a detector
+# box with no anomaly suggestion at its place on an image an anomaly model looked at.
+MODELS_DISAGREE = (
+    Q(model_version__kind=ANOMALY, category_score__isnull=True)
+    & ~_echoed_by(DETECTOR)
+    & _ran_on_image(DETECTOR)
+) | (Q(model_version__kind=DETECTOR) & ~_echoed_by(ANOMALY) & _ran_on_image(ANOMALY))
 
 # How far a model's output is from its decision: 0 is a coin toss, 0.5 is sure. 0.5 is the
 # calibrated threshold of an anomaly model (suggestion and image scores) and the middle of a
-# detector's confidence; a detector's confidence in the category it proposes counts too.
+# detector's confidence; the nearest of these terms counts:
+# - |score - 0.5|;
+# - |category_score - 0.5|: the detector's confidence in the category it proposes;
+# - category_margin / 2: the detector torn between two categories at the box (margin m between
+#   the top two scores p1 - p2; as a choice between those two, p1 / (p1 + p2) is 0.5 + m / 2
+#   when they sum to 1; a negative margin, another category ahead, counts as 0);
+# - (1 - score) / 2 where the two models disagree (MODELS_DISAGREE): their mean vote, the
+#   suggestion's score and 0 from the model that saw nothing there, is score / 2, this far from
+#   0.5: a sure model contradicted by the other is a coin toss.
 # Shared by the review queue's "most uncertain first" and the image grid's "label next".
 SUGGESTION_DOUBT = Least(
     Abs(F("score") - 0.5),
     Coalesce(Abs(F("category_score") - 0.5), Value(1.0)),
+    Case(  # (GREATEST and LEAST skip a null in PostgreSQL: no margin must not count as 0)
+        When(category_margin__isnull=True, then=Value(1.0)),
+        When(category_margin__lt=0, then=Value(0.0)),
+        default=F("category_margin") / 2,
+        output_field=FloatField(),
+    ),
+    Case(
+        When(MODELS_DISAGREE, then=Abs(F("score") / 2 - 0.5)),
+        default=Value(1.0),
+        output_field=FloatField(),
+    ),
 )
 NO_MODEL_OUTPUT = 9.0  # ranks images no model has looked at after every one it has
 
@@ -53,7 +156,7 @@ class ImageFilter(django_filters.FilterSet):
     def filter_order(self, queryset, name, value):
         """``uncertainty`` ("label next"): the images whose labels would teach the models most
         first, i.e. those whose most doubtful output is nearest the decision: a pending
-        suggestion's score or proposed category's confidence, or the latest heatmap's image
+        suggestion's (SUGGESTION_DOUBT, as the review queue's) or the latest heatmap's image
         score. Images no model has looked at come last, in upload order."""
         if value != "uncertainty":
             return queryset.order_by("id")
@@ -157,7 +260,8 @@ class SuggestionFilter(django_filters.FilterSet):
         return queryset.filter(Q(**{field: value}) | Exists(echo))
 
     def filter_order(self, queryset, name, value):
-        """``uncertainty``: scores nearest the decision (SUGGESTION_DOUBT): what a reviewer's
+        """``uncertainty``: scores nearest the decision, a detector torn between two categories,
+        the anomaly model and the detector disagreeing (SUGGESTION_DOUBT): what a reviewer's
         decision teaches most."""
         if value == "uncertainty":
             return queryset.annotate(doubt=SUGGESTION_DOUBT).order_by("doubt", "-score", "id")

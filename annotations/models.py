@@ -180,6 +180,13 @@ class Suggestion(WatchedModel):
     category_score = models.FloatField(
         null=True, blank=True, help_text="The detector's confidence in the proposed category."
     )
+    category_margin = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="The detector's confidence in the proposed category minus its best score for "
+        "another category at the same box (small: it hesitated between two; negative: another "
+        "category scored higher there). Null without a detector category.",
+    )
     same_as = models.ForeignKey(
         "self",
         null=True,

@@ -195,6 +195,7 @@ class SuggestionSerializer(FastRepresentation, serializers.ModelSerializer):
             "category_name",
             "proposed_category",
             "category_score",
+            "category_margin",
             "region",
             "region_name",
             "kind",

@@ -39,6 +39,8 @@ class SuggestionIn:
     area: float = 0.0
     category: str = ""
     category_score: float | None = None  # the detector's confidence in ``category``
+    # ``category_score`` minus the detector's best score for another category at that box
+    category_margin: float | None = None
     roi: int | None = None  # the region of interest (InspectionRegion id) it was found in
 
     @classmethod
@@ -64,6 +66,7 @@ class SuggestionIn:
             area=float(w * h),
             category=detection.category_name,
             category_score=float(detection.score),
+            category_margin=_margin(detection),
         )
 
     def classified(self, detections: Iterable[Any], *, min_cover: float = 0.3) -> SuggestionIn:
@@ -85,7 +88,19 @@ class SuggestionIn:
                 best, best_cover = d, cover
         if best is None:
             return self
-        return replace(self, category=best.category_name, category_score=float(best.score))
+        return replace(
+            self,
+            category=best.category_name,
+            category_score=float(best.score),
+            category_margin=_margin(best),
+        )
+
+
+def _margin(detection: Any) -> float | None:
+    """A detection's score minus its ``second_score`` (the best other category's at its box);
+    None when the detector did not say."""
+    second = getattr(detection, "second_score", None)
+    return None if second is None else float(detection.score) - float(second)
 
 
 @transaction.atomic  # the superseded ones go only with their successors stored
@@ -165,7 +180,10 @@ def suggestions_store(
             # an unclassified anomaly region takes the detector's category at its place
             main.category = main.proposed_category = category
             main.category_score = item.category_score
-            main.save(update_fields=["category", "proposed_category", "category_score"])
+            main.category_margin = item.category_margin
+            main.save(
+                update_fields=["category", "proposed_category", "category_score", "category_margin"]
+            )
         created.append(
             Suggestion(
                 image=image,
@@ -179,6 +197,7 @@ def suggestions_store(
                 category=category,
                 proposed_category=category,
                 category_score=item.category_score if category else None,
+                category_margin=item.category_margin if category else None,
                 same_as=main,
                 region_id=item.roi if item.roi in regions else None,
             )

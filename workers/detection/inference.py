@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,12 @@ from .nms import postprocess
 
 @dataclass
 class Detection:
-    """One detected box in original-image pixels."""
+    """One detected box in original-image pixels.
+
+    ``second_score``: the best score among the other categories at the same box (the network's
+    anchor it was kept from; 0.0 for a one-category detector); ``score - second_score`` is how
+    sure the detector is of the category. None where it is not known.
+    """
 
     x1: float
     y1: float
@@ -28,6 +34,7 @@ class Detection:
     score: float
     category_id: int
     category_name: str
+    second_score: float | None = None
 
     @property
     def bbox_xywh(self) -> list[float]:
@@ -182,7 +189,7 @@ class Detector:
         else:
             refs = to_tensor([resize_stretched(r, size) for r in references])
             scores, boxes = self.forward(batch, refs)
-        dets = postprocess(scores, boxes, self.model_config, score_threshold)
+        dets = postprocess(scores, boxes, self.model_config, score_threshold, with_second=True)
         out = []
         for im, d in zip(images, dets, strict=True):
             h, w = im.shape[:2]
@@ -259,38 +266,40 @@ class Detector:
         if h <= slice_size and w <= slice_size:
             return self.predict(image, score_threshold, reference=reference)
         if reference is not None:
-            predictions = self._sliced_pairs(
-                image,
-                reference,
-                slice_size=slice_size,
-                overlap=overlap,
-                score_threshold=score_threshold,
-                batch_size=batch_size,
-                postprocess_type=postprocess_type,
-                match_metric=match_metric,
-                match_threshold=match_threshold,
-                class_agnostic=class_agnostic,
-                perform_standard_pred=perform_standard_pred,
-            )
-            return self._from_object_predictions(predictions)
+            with self._noting_second_scores() as seconds:
+                predictions = self._sliced_pairs(
+                    image,
+                    reference,
+                    slice_size=slice_size,
+                    overlap=overlap,
+                    score_threshold=score_threshold,
+                    batch_size=batch_size,
+                    postprocess_type=postprocess_type,
+                    match_metric=match_metric,
+                    match_threshold=match_threshold,
+                    class_agnostic=class_agnostic,
+                    perform_standard_pred=perform_standard_pred,
+                )
+            return self._from_object_predictions(predictions, seconds)
         sahi_model = LoupeSahiModel(detector=self, confidence_threshold=score_threshold)
-        result = get_sliced_prediction(
-            image,
-            sahi_model,
-            slice_height=slice_size,
-            slice_width=slice_size,
-            overlap_height_ratio=overlap,
-            overlap_width_ratio=overlap,
-            perform_standard_pred=perform_standard_pred,
-            postprocess_type=postprocess_type,
-            postprocess_match_metric=match_metric,
-            postprocess_match_threshold=match_threshold,
-            postprocess_class_agnostic=class_agnostic,
-            verbose=0,
-            batch_size=batch_size,
-            force_postprocess_type=True,
-        )
-        return self._from_object_predictions(result.object_prediction_list)
+        with self._noting_second_scores() as seconds:
+            result = get_sliced_prediction(
+                image,
+                sahi_model,
+                slice_height=slice_size,
+                slice_width=slice_size,
+                overlap_height_ratio=overlap,
+                overlap_width_ratio=overlap,
+                perform_standard_pred=perform_standard_pred,
+                postprocess_type=postprocess_type,
+                postprocess_match_metric=match_metric,
+                postprocess_match_threshold=match_threshold,
+                postprocess_class_agnostic=class_agnostic,
+                verbose=0,
+                batch_size=batch_size,
+                force_postprocess_type=True,
+            )
+        return self._from_object_predictions(result.object_prediction_list, seconds)
 
     def _sliced_pairs(
         self,
@@ -361,19 +370,37 @@ class Detector:
             predictions = merge(predictions)
         return predictions
 
-    def _from_object_predictions(self, object_predictions: list) -> list[Detection]:
+    # (category id, score) -> second_score of the slices' detections while predict_sliced runs
+    _second_scores: dict[tuple[int, float], float] | None = None
+
+    @contextmanager
+    def _noting_second_scores(self) -> Iterator[dict[tuple[int, float], float]]:
+        """Note every detection's ``second_score`` by (category id, score) meanwhile: SAHI's
+        merge keeps, or merges into, one slice's prediction with its category and score but
+        drops any other field, so the sliced results find theirs there."""
+        self._second_scores = {}
+        try:
+            yield self._second_scores
+        finally:
+            self._second_scores = None
+
+    def _from_object_predictions(
+        self, object_predictions: list, seconds: dict[tuple[int, float], float] | None = None
+    ) -> list[Detection]:
         dets = []
         for op in object_predictions:
             x1, y1, x2, y2 = op.bbox.to_xyxy()
+            score, category_id = float(op.score.value), int(op.category.id)
             dets.append(
                 Detection(
                     float(x1),
                     float(y1),
                     float(x2),
                     float(y2),
-                    float(op.score.value),
-                    int(op.category.id),
+                    score,
+                    category_id,
                     str(op.category.name),
+                    (seconds or {}).get((category_id, score)),
                 )
             )
         dets.sort(key=lambda d: -d.score)
@@ -383,7 +410,11 @@ class Detector:
         out = []
         for row in dets.cpu().tolist():
             cat = self.categories[int(row[0])]
-            out.append(Detection(row[2], row[3], row[4], row[5], row[1], cat.id, cat.name))
+            second = row[6] if len(row) > 6 else None
+            out.append(Detection(row[2], row[3], row[4], row[5], row[1], cat.id, cat.name, second))
+            if self._second_scores is not None and second is not None:
+                key = (cat.id, row[1])  # the same score twice: the closer call
+                self._second_scores[key] = max(second, self._second_scores.get(key, second))
         return out
 
 

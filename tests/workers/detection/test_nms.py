@@ -45,3 +45,31 @@ def test_keep_top_k_and_nms_top_k_limits() -> None:
 
 def test_empty_input() -> None:
     assert multiclass_nms(torch.zeros(0, 4), torch.zeros(3, 0)).shape == (0, 6)
+
+
+def test_second_score_is_the_best_other_class_at_the_kept_box() -> None:
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60], [100, 0, 110, 10]])
+    scores = torch.tensor(
+        [
+            [0.9, 0.85, 0.2, 0.05],  # class 0
+            [0.3, 0.1, 0.6, 0.4],  # class 1
+            [0.5, 0.2, 0.55, 0.3],  # class 2
+        ]
+    )
+    plain = multiclass_nms(boxes, scores, nms_threshold=0.6)
+    dets = multiclass_nms(boxes, scores, nms_threshold=0.6, with_second=True)
+    assert dets.shape == (len(plain), 7)
+    assert torch.equal(dets[:, :6], plain)  # the same boxes, scores and order
+    rows = {(int(r[0]), round(float(r[1]), 4)): round(float(r[6]), 4) for r in dets}
+    assert rows[(0, 0.9)] == 0.5  # box 0: class 2's 0.5 is the best of the others
+    assert rows[(1, 0.6)] == 0.55  # box 2: class 2 is second
+    assert rows[(2, 0.55)] == 0.6  # box 2 kept for class 2 too: class 1 beats it there
+    assert rows[(1, 0.4)] == 0.3  # box 3: class 2's 0.3, not class 0's 0.05
+    assert (0, 0.85) not in rows  # box 1 suppressed by box 0 in class 0
+
+
+def test_second_score_with_one_class_is_zero() -> None:
+    boxes = torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]])
+    dets = multiclass_nms(boxes, torch.tensor([[0.9, 0.4]]), with_second=True)
+    assert dets[:, 6].tolist() == [0.0, 0.0]
+    assert multiclass_nms(torch.zeros(0, 4), torch.zeros(3, 0), with_second=True).shape == (0, 7)

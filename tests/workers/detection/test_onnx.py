@@ -37,6 +37,9 @@ def test_onnx_matches_torch(trained: dict, tmp_path: Path) -> None:
         assert a.category_id == b.category_id
         assert abs(a.score - b.score) < 1e-3
         assert max(abs(a.x1 - b.x1), abs(a.y2 - b.y2)) < 0.05
+        # the other category's score at the box, from the exported graph's scores as well
+        assert a.second_score is not None and b.second_score is not None
+        assert 0 <= a.second_score <= 1 and abs(a.second_score - b.second_score) < 1e-3
 
 
 def test_missing_onnx_file_says_how_to_make_it(tmp_path: Path) -> None:
@@ -78,6 +81,8 @@ def test_load_detector_onnx_gives_torch_detections_on_a_sliced_image(
     for x, y in zip(a, b, strict=True):
         assert (x.category_id, x.category_name) == (y.category_id, y.category_name)
         assert abs(x.score - y.score) < 1e-4, (x, y)
+        assert x.second_score is not None and y.second_score is not None, (x, y)
+        assert abs(x.second_score - y.second_score) < 1e-3, (x, y)
         for u, v in zip((x.x1, x.y1, x.x2, x.y2), (y.x1, y.y1, y.x2, y.y2), strict=True):
             assert abs(u - v) < 1e-3, (x, y)
 

@@ -101,6 +101,10 @@ def test_detector_predict_sliced_finds_each_once(detector: Detector) -> None:
     img, objects = planted_image()
     dets = detector.predict_sliced(img, slice_size=SLICE, overlap=OVERLAP, score_threshold=0.3)
     check_found_exactly_once([((d.x1, d.y1, d.x2, d.y2), d.score) for d in dets], objects)
+    # each merged box keeps the slice detection's best other-category score ("blue" here)
+    assert dets and all(d.second_score is not None and 0 <= d.second_score <= 1 for d in dets)
+    # a planted red square: blue's score at its box is well below red's
+    assert any(d.category_name == "red" and d.score - d.second_score > 0.2 for d in dets)
 
 
 def test_evaluation_threshold_does_not_inflate_boxes(detector: Detector) -> None:

@@ -166,6 +166,9 @@ def test_train_activate_detect_and_suggest_with_categories(team, version):
     assert all(s.kind == "box" for s in made) and None not in {s.category for s in made}
     assert all(s.model_version_id == model.pk for s in made)
     assert all(s.proposed_category == s.category and s.category_score is not None for s in made)
+    # the margin over the box's second category, through ONNX Runtime and the task's storing
+    margins = [(s.category_score, s.category_margin) for s in made]
+    assert all(m is not None and -1 <= m <= 1 for _, m in margins), margins
 
     # the anomaly job classifies its regions with the active detector
     from workers.tasks.detection import active_detector
@@ -246,7 +249,7 @@ def test_anomaly_regions_take_the_category_of_the_detector_box_covering_them(tmp
     ]
     found = [
         Detection(12, 12, 28, 28, 0.55, 1, "scratch"),  # inside the first region
-        Detection(0, 0, 40, 40, 0.95, 2, "dent"),  # covers it too, and more surely
+        Detection(0, 0, 40, 40, 0.95, 2, "dent", 0.15),  # covers it too, and more surely
         Detection(98, 98, 140, 140, 0.6, 1, "scratch"),  # covers all of the small second one
         Detection(225, 35, 260, 60, 0.9, 2, "dent"),  # touches the third by 5x5 px: too little
     ]
@@ -256,6 +259,8 @@ def test_anomaly_regions_take_the_category_of_the_detector_box_covering_them(tmp
         ("scratch", 0.6),
         ("", None),
     ]
+    # with the margin over the detection's second category (unknown for the second one)
+    assert [s.category_margin for s in out] == [pytest.approx(0.8), None, None]
     assert [s.score for s in out] == [0.9, 0.8, 0.7]  # the anomaly scores stay
     assert _classified(regions, tmp_path / "a.png", None)[0].category == ""
 
