@@ -36,6 +36,7 @@ ARCHITECTURES = (
     "cflow",
     "autoencoder",
     "lbp",
+    "lbp_image",
 )
 # TrainConfig fields a user may set from the API (everything else stays at the engine default;
 # steps, batch size and learning rate left out are the chosen model's own).

@@ -249,3 +249,22 @@ def test_tiled_training_on_synthetic_texture(rgb_normals: list[Path], tmp_path: 
     result = train(TrainConfig(model="lbp", input_size=64, scale=1.0), rgb_normals, tmp_path)
     pred = predict(result.artifact_path, rgb_normals[0])
     assert pred.heatmap.shape == (128, 128) and np.isfinite(pred.score_map).all()
+
+
+def test_the_image_level_variant_judges_whole_images(tmp_path: Path):
+    """``TrainConfig(model="lbp_image")``: one feature vector per image; a surface of another
+    texture scores above the normal ones, its map is flat, and it is suggested as one region
+    over the whole image (nothing smaller to point at)."""
+    from .conftest import save, texture
+
+    paths = [save(texture(96, 96, seed), tmp_path / f"n{seed}.png") for seed in range(12)]
+    result = train(TrainConfig(model="lbp_image", input_size=96), paths, tmp_path / "m")
+    model = load_model(result.artifact_path, backend="torch")
+    assert model.kind == "lbp_image" and model.net.patch is None
+    normal = predict(model, save(texture(96, 96, 99), tmp_path / "good.png"))
+    rng = np.random.default_rng(0)
+    other = np.clip(rng.normal(0.5, 0.25, (96, 96, 3)), 0, 1).astype(np.float32)  # grainy
+    odd = predict(model, save(other, tmp_path / "odd.png"))
+    assert odd.image_score > 0.5 > normal.image_score, (odd.image_score, normal.image_score)
+    assert odd.score_map is not None and float(np.ptp(odd.score_map)) < 1e-3 * odd.image_score
+    assert [r.box for r in odd.regions] == [[0.0, 0.0, 96.0, 96.0]]

@@ -60,6 +60,7 @@ def test_every_model_module_registers_itself_under_its_name():
         "efficientad",
         "fastflow",
         "lbp",
+        "lbp_image",
         "padim",
         "patchcore",
         "stfpm",
