@@ -25,11 +25,17 @@ ANOMALY, DETECTOR = ModelVersion.Kind.ANOMALY, ModelVersion.Kind.DETECTOR
 
 class _ResultFor(Func):
     """True when a run's ``results`` (its first argument) has an entry for the image id (its
-    second), and that entry is not an error: the run looked at the image, whatever it found.
-    Written for PostgreSQL and for SQLite (the embedded default), as JSON keys from a column
-    are beyond Django's lookups."""
+    second), and that entry is not an error: the run looked at the image, whatever it found;
+    with ``key``, only an entry that has that key too. Written for PostgreSQL and for SQLite
+    (the embedded default), as JSON keys from a column are beyond Django's lookups."""
 
     output_field = BooleanField()
+
+    def __init__(self, *expressions, key: str = "", **extra) -> None:
+        if key and not key.isidentifier():
+            raise ValueError(f"not a plain JSON key: {key!r}")
+        self.key = key
+        super().__init__(*expressions, **extra)
 
     def _parts(self, compiler, connection):
         (results, r_params), (image, i_params) = (
@@ -40,16 +46,25 @@ class _ResultFor(Func):
     def as_postgresql(self, compiler, connection, **extra):
         results, rp, image, ip = self._parts(compiler, connection)
         entry = f"(({results})::jsonb -> (({image})::text))"
-        return f"({entry} IS NOT NULL AND ({entry} -> 'error') IS NULL)", rp + ip + rp + ip
+        sql = f"({entry} IS NOT NULL AND ({entry} -> 'error') IS NULL"
+        params = rp + ip + rp + ip
+        if self.key:
+            sql += f" AND ({entry} -> '{self.key}') IS NOT NULL"
+            params += rp + ip
+        return sql + ")", params
 
     def as_sqlite(self, compiler, connection, **extra):
         results, rp, image, ip = self._parts(compiler, connection)
         key = f"'$.\"' || ({image}) || '\"'"
-        return (
+        sql = (
             f"(json_type({results}, {key}) IS NOT NULL "
-            f"AND json_type({results}, {key} || '.error') IS NULL)",
-            rp + ip + rp + ip,
+            f"AND json_type({results}, {key} || '.error') IS NULL"
         )
+        params = rp + ip + rp + ip
+        if self.key:
+            sql += f" AND json_type({results}, {key} || '.{self.key}') IS NOT NULL"
+            params += rp + ip
+        return sql + ")", params
 
 
 def _ran_on_image(kind: str) -> Q:
@@ -66,12 +81,20 @@ def _ran_on_image(kind: str) -> Q:
                 )
             )
         )
-    runs = InspectionRun.objects.filter(
-        model_version__kind=kind, project=OuterRef("image__project")
-    ).filter(_ResultFor(F("results"), OuterRef("image_id")))
-    return Q(
-        Exists(theirs.filter(Q(model_version__kind=kind) | Q(category_score__isnull=False)))
-    ) | Q(Exists(runs))
+    in_project = InspectionRun.objects.filter(project=OuterRef("image__project"))
+    runs = in_project.filter(model_version__kind=kind).filter(
+        _ResultFor(F("results"), OuterRef("image_id"))
+    )
+    # an inspection or change run whose active detector looked at the image's regions (the
+    # image's result says so, whether it gave any region a category or not)
+    classified = in_project.exclude(model_version__kind=kind).filter(
+        _ResultFor(F("results"), OuterRef("image_id"), key="detector")
+    )
+    return (
+        Q(Exists(theirs.filter(Q(model_version__kind=kind) | Q(category_score__isnull=False))))
+        | Q(Exists(runs))
+        | Q(Exists(classified))
+    )
 
 
 def _echoed_by(kind: str) -> Q:

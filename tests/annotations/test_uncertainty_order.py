@@ -193,3 +193,32 @@ def test_label_next_ranks_images_by_the_same_doubt(mixed, client_for):
     got = client_for(mixed["annotator"]).get(url, {"state": "unlabeled", "order": "uncertainty"})
     # b 0.05, c 0.1, e 0.3, a 0.4 (its heatmap's 0.9 too), d 0.42 (its heatmap 0.4)
     assert "".join(images[r["id"]] for r in got.json()["results"]) == "bcead"
+
+
+def test_an_inspection_whose_detector_classified_nothing_still_disagrees(team, tmp_path, client_for):
+    """The active detector looked at the image's regions during the inspection (its result says
+    ``detector``) and covered none: the regions disagree with it. Without a detector then, the
+    same region is only as doubtful as its score."""
+    project = team["project"]
+    seen, unseen = (
+        add_image(project, team["admin"], tmp_path, f"{n}.png", size=(100, 100)) for n in "fg"
+    )
+    anomaly, _ = versions(project)
+    run = InspectionRun.objects.create(
+        project=project,
+        model_version=anomaly,
+        results={
+            str(seen.pk): {"score": 0.9, "regions": 1, "suggestions": 1, "detector": True},
+            str(unseen.pk): {"score": 0.8, "regions": 1, "suggestions": 1},
+        },
+    )
+    for image, score in ((seen, 0.9), (unseen, 0.8)):
+        suggestions_store(
+            image=image,
+            run=run,
+            model_version=anomaly,
+            suggestions=[SuggestionIn(box=(10, 10, 20, 20), score=score)],
+        )
+    got = [s["image"] for s in queue(team, client_for)]
+    # seen: (1 - 0.9) / 2 = 0.05 before unseen's |0.8 - 0.5| = 0.3 (by score alone: the reverse)
+    assert got == [seen.pk, unseen.pk]

@@ -375,6 +375,8 @@ def store_prediction(run, version, image, prediction, path, detect) -> dict:
         "regions": len(prediction.regions),
         "suggestions": len(stored),
     }
+    if detect is not None:  # the active detector looked at the image's regions
+        out["detector"] = True
     if any(s.category for s in suggestions):  # per region, in order ('' : not classified)
         out["categories"] = [s.category for s in suggestions]
     if prediction.params.get("resized"):

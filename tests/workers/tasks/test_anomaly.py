@@ -280,3 +280,36 @@ def test_the_baseline_models_train_as_jobs_with_their_own_defaults_and_inspect(
     run.refresh_from_db()
     assert run.results[str(tested)]["score"] >= 0
     assert ImageHeatmap.objects.filter(run=run, image_id=tested).count() == 1
+
+
+def test_an_image_result_says_when_the_active_detector_looked_at_its_regions(team, tmp_path):
+    """Stored with the active detector (``detect``), an image's result says so even when it
+    classified no region: the review queue's "most uncertain first" reads it (a region the
+    detector did not confirm disagrees with it)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from tests.annotations.test_datasets import add_image
+    from workers.tasks.anomaly import store_prediction
+
+    project = team["project"]
+    image = add_image(project, team["admin"], tmp_path, "a.png", size=(64, 48))
+    version = ModelVersion.objects.create(
+        project=project, number=1, kind="anomaly", architecture="padim", status="ready"
+    )
+    run = InspectionRun.objects.create(project=project, model_version=version)
+    region = SimpleNamespace(
+        box=[4.0, 4.0, 10.0, 10.0], peak_score=0.9, mean_score=0.7, area=100.0, polygon=[], roi=None
+    )
+    prediction = SimpleNamespace(
+        heatmap=np.zeros((48, 64), np.uint8),
+        regions=[region],
+        image_score=0.9,
+        is_anomalous=True,
+        params={},
+    )
+    looked = store_prediction(run, version, image, prediction, "a.png", lambda path: [])
+    assert looked["detector"] is True and "categories" not in looked
+    without = store_prediction(run, version, image, prediction, "a.png", None)
+    assert "detector" not in without
