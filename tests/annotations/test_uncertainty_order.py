@@ -195,7 +195,9 @@ def test_label_next_ranks_images_by_the_same_doubt(mixed, client_for):
     assert "".join(images[r["id"]] for r in got.json()["results"]) == "bcead"
 
 
-def test_an_inspection_whose_detector_classified_nothing_still_disagrees(team, tmp_path, client_for):
+def test_an_inspection_whose_detector_classified_nothing_still_disagrees(
+    team, tmp_path, client_for
+):
     """The active detector looked at the image's regions during the inspection (its result says
     ``detector``) and covered none: the regions disagree with it. Without a detector then, the
     same region is only as doubtful as its score."""
