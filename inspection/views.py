@@ -187,7 +187,8 @@ def _calibration_data(project: Project) -> dict | None:
     """What the threshold card draws (static/loupe/thresholds.js): the active anomaly model's
     held-out normal images' peaks as calibrated scores, the expected share of normal images
     with a suggestion per threshold (both from the worker's calibration), the project's
-    threshold, and where its reviewed suggestions are. None without an active anomaly model;
+    threshold, where its reviewed suggestions are, and where to fetch what each threshold does on
+    the reviewed images (``effect_url``). None without an active anomaly model;
     ``missing`` for a model trained before the calibration kept its normal images' peaks."""
     version = active_model(project)
     if version is None:
@@ -207,6 +208,9 @@ def _calibration_data(project: Project) -> dict | None:
         "flag_rate": cal.get("flag_rate"),
         "threshold": inspection_settings(project)["threshold"],
         "suggestions_url": reverse("api-project-suggestions", args=[project.pk]),
+        # false suggestions per good image and recall per threshold on the reviewed images,
+        # fetched by the card after the page (it decodes up to 300 stored heatmaps)
+        "effect_url": reverse("api-model-effect-threshold-effect", args=[version.pk]),
     }
 
 

@@ -2,7 +2,7 @@
 
 from rest_framework.routers import SimpleRouter
 
-from . import datasets, views
+from . import datasets, threshold_effect, views
 
 router = SimpleRouter()
 router.register(
@@ -16,6 +16,7 @@ router.register("images", views.ImageLabelsViewSet, basename="api-image")
 router.register("annotations", views.AnnotationViewSet, basename="api-annotation")
 router.register("suggestions", views.SuggestionViewSet, basename="api-suggestion")
 router.register("runs", views.RunViewSet, basename="api-run")
+router.register("models", threshold_effect.ModelThresholdEffectViewSet, basename="api-model-effect")
 router.register("dataset-exports", datasets.DatasetExportViewSet, basename="api-dataset-export")
 
 urlpatterns = router.urls

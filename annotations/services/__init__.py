@@ -13,6 +13,7 @@ One owner per rule, and imports that run one way (a module imports only those ab
     dataset_import.py     COCO / YOLO / MVTec imports (one job kind, one way in for labels)
     detectors.py          detector training from a dataset version: proposal, checks, the job
     image_bulk.py         one action on many images (the grid's selection)
+    threshold_effect.py   what a threshold does on the reviewed images (read-only)
 
 Import the module you need (``from annotations.services import labels``); this package
 re-exports nothing, so there is one name for each function.

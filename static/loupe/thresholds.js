@@ -3,7 +3,12 @@
  * project's "score from", and what that setting is expected to do: the share of normal images
  * that would get a suggestion (the calibration's fit of the peaks, tabulated by the worker) and,
  * once suggestions of that model are reviewed, how many accepted and rejected ones it keeps.
- * It follows the settings form's threshold field as it is typed.
+ * Once images are reviewed (confirmed normal, or with approved labels) it also fetches, after
+ * the page, what each threshold on a grid does on them from the model's stored heatmaps
+ * (effect_url: false suggestions per normal image and labelled defects found) and adds a
+ * sentence and a second small chart, false suggestions per normal image against recall.
+ * It follows the settings form's threshold field as it is typed (the grid is read between its
+ * rows, so typing needs no request).
  *
  * A classic script like app.js: it sets window.LoupeThresholds. The helpers above init() use no
  * DOM; tests/js/thresholds.test.mjs runs them in Node.
@@ -89,8 +94,104 @@
     return parts.join("");
   }
 
+  /* The reviewed images' curve at threshold t: false suggestions per good image, labels found
+     and recall, linear between the grid's rows (sorted by threshold); null outside the grid
+     (the stored heatmaps stop at a score of 1) or without rows. */
+  function effectAt(effect, t) {
+    const rows = (effect && effect.curve) || [];
+    if (!rows.length || !isFinite(t)) return null;
+    const eps = 1e-9;
+    if (t < rows[0].threshold - eps || t > rows[rows.length - 1].threshold + eps) return null;
+    const lerp = (a, b, f) => (a == null || b == null ? null : a + (b - a) * f);
+    for (let i = 0; i < rows.length; i++) {
+      const hi = rows[i];
+      if (t <= hi.threshold + eps) {
+        const lo = i ? rows[i - 1] : hi;
+        const f = hi.threshold > lo.threshold ? Math.max(0, (t - lo.threshold) / (hi.threshold - lo.threshold)) : 1;
+        return {
+          threshold: t,
+          false_per_good_image: lerp(lo.false_per_good_image, hi.false_per_good_image, f),
+          found: lerp(lo.found, hi.found, f),
+          recall: lerp(lo.recall, hi.recall, f),
+        };
+      }
+    }
+    return null;
+  }
+
+  function perImage(x) {
+    if (x == null) return "?";
+    return x < 1 ? (+x.toFixed(2)).toString() : (+x.toFixed(1)).toString();
+  }
+
+  function plural(n, one, many) {
+    return `${n} ${n === 1 ? one : many}`;
+  }
+
+  /* The sentence on the reviewed images at threshold t (null when none were reviewed). */
+  function effectLine(effect, t) {
+    if (!effect || !effect.images_used) return null;
+    const g = effect.good_images;
+    const d = effect.defect_images;
+    const head =
+      `On ${plural(effect.images_used, "reviewed image", "reviewed images")} (${g} normal, ${d} with defects` +
+      `${effect.capped ? `; the ${effect.limit} most recently reviewed` : ""})`;
+    const at = effectAt(effect, t);
+    if (!at) {
+      const rows = effect.curve || [];
+      const range = rows.length ? ` ${rows[0].threshold} to ${rows[rows.length - 1].threshold}` : "";
+      return `${head}: the model's stored heatmaps show scores${range} only (they stop at 1), so this score's effect on them is unknown.`;
+    }
+    const parts = [];
+    if (g) parts.push(`about ${perImage(at.false_per_good_image)} false suggestion${at.false_per_good_image === 1 ? "" : "s"} per normal image`);
+    if (effect.labels) parts.push(`${Math.round(at.found)} of ${effect.labels} labelled defects found`);
+    if (!parts.length) return null;
+    return `${head}: ${parts.join(" and ")} from this score.`;
+  }
+
+  const CW = 260;
+  const CH = 150;
+  const CPAD = { left: 34, right: 10, top: 10, bottom: 30 };
+
+  /* The second chart: recall of the labelled defects (up) against false suggestions per normal
+     image (across), one point per grid threshold joined by a line, a dot at threshold t. Empty
+     without both normal images and labels. */
+  function curveSvg(effect, t) {
+    const rows = ((effect && effect.curve) || []).filter((r) => r.false_per_good_image != null && r.recall != null);
+    if (!rows.length) return "";
+    const xMax = Math.max(1, ...rows.map((r) => r.false_per_good_image));
+    const pw = CW - CPAD.left - CPAD.right;
+    const ph = CH - CPAD.top - CPAD.bottom;
+    const sx = (x) => +(CPAD.left + (x / xMax) * pw).toFixed(1);
+    const sy = (y) => +(CPAD.top + ph - y * ph).toFixed(1);
+    const at = effectAt(effect, t);
+    const label =
+      `False suggestions per normal image against recall of ${effect.labels} labelled defects on ${effect.images_used} reviewed images` +
+      (at ? `; from ${+t.toFixed(3)}: ${perImage(at.false_per_good_image)} per image, ${Math.round(100 * at.recall)} % found` : "");
+    const points = rows.map((r) => `${sx(r.false_per_good_image)},${sy(r.recall)}`).join(" ");
+    const parts = [
+      `<svg xmlns="http://www.w3.org/2000/svg" class="histogram effect-curve" viewBox="0 0 ${CW} ${CH}" width="${CW}" height="${CH}" role="img" aria-label="${label}">`,
+      `<line class="axis" x1="${CPAD.left}" y1="${CPAD.top + ph}" x2="${CPAD.left + pw}" y2="${CPAD.top + ph}"/>`,
+      `<line class="axis" x1="${CPAD.left}" y1="${CPAD.top}" x2="${CPAD.left}" y2="${CPAD.top + ph}"/>`,
+      `<text class="tick" x="${CPAD.left - 4}" y="${CPAD.top + 4}" text-anchor="end">100 %</text>`,
+      `<text class="tick" x="${CPAD.left - 4}" y="${CPAD.top + ph}" text-anchor="end">0</text>`,
+      `<text class="tick" x="${CPAD.left}" y="${CPAD.top + ph + 12}" text-anchor="middle">0</text>`,
+      `<text class="tick" x="${CPAD.left + pw}" y="${CPAD.top + ph + 12}" text-anchor="end">${+xMax.toFixed(2)}</text>`,
+      `<text class="tick" x="${CPAD.left + pw / 2}" y="${CPAD.top + ph + 24}" text-anchor="middle">false suggestions per normal image</text>`,
+      `<polyline class="curve" points="${points}" fill="none" stroke="#5b7db8" stroke-width="1.5"/>`,
+    ];
+    for (const r of rows) {
+      parts.push(`<circle class="grid-point" data-threshold="${r.threshold}" cx="${sx(r.false_per_good_image)}" cy="${sy(r.recall)}" r="1.8" fill="#5b7db8"><title>${r.threshold}: ${perImage(r.false_per_good_image)} per image, ${Math.round(100 * r.recall)} %</title></circle>`);
+    }
+    if (at && at.false_per_good_image != null && at.recall != null) {
+      parts.push(`<circle class="current-threshold" data-threshold="${t}" cx="${sx(at.false_per_good_image)}" cy="${sy(at.recall)}" r="4.5" fill="none" stroke="#d9480f" stroke-width="2"/>`);
+    }
+    parts.push("</svg>");
+    return parts.join("");
+  }
+
   /* What a threshold t does, in sentences (the reviewed part only where there are reviews). */
-  function effectText(data, t, reviewed) {
+  function effectText(data, t, reviewed, effect) {
     const peaks = data.peaks || [];
     const reach = peaks.filter((p) => p >= t).length;
     const lines = [
@@ -112,6 +213,8 @@
         `Reviewed suggestions of v${data.version}: ${a} of ${reviewed.accepted.length} accepted and ${r} of ${reviewed.rejected.length} rejected score at least this.`,
       );
     }
+    const onReviewed = effectLine(effect, t);
+    if (onReviewed) lines.push(onReviewed);
     return lines;
   }
 
@@ -130,7 +233,9 @@
     const chart = card.querySelector(".threshold-chart");
     const text = card.querySelector(".threshold-effect");
     const input = document.querySelector("#inspection-form input[name=threshold]");
+    const curve = card.querySelector(".threshold-curve");
     let reviewed = null;
+    let effect = null;
     function draw() {
       const typed = input ? Number(input.value) : NaN;
       const t = isFinite(typed) && typed > 0 ? typed : data.threshold;
@@ -141,7 +246,8 @@
         rejected: reviewed ? reviewed.rejected : [],
       });
       text.innerHTML = "";
-      for (const line of effectText(data, t, reviewed)) {
+      if (curve) curve.innerHTML = effect && effect.images_used ? curveSvg(effect, t) : "";
+      for (const line of effectText(data, t, reviewed, effect)) {
         const p = document.createElement("p");
         p.textContent = line;
         text.appendChild(p);
@@ -158,7 +264,20 @@
         card.dataset.reviewed = String(accepted.length + rejected.length);
       })
       .catch(() => { card.dataset.reviewed = "unavailable"; });
+    if (data.effect_url) {
+      fetch(data.effect_url, { credentials: "same-origin" })
+        .then((res) => {
+          if (!res.ok) throw new Error(res.status + " " + res.statusText);
+          return res.json();
+        })
+        .then((body) => {
+          effect = body;
+          draw();
+          card.dataset.effect = String(body.images_used);
+        })
+        .catch(() => { card.dataset.effect = "unavailable"; });
+    }
   }
 
-  window.LoupeThresholds = { shareAt, bins, percent, histogramSvg, effectText, init };
+  window.LoupeThresholds = { shareAt, bins, percent, histogramSvg, effectAt, effectLine, curveSvg, effectText, init };
 })();

@@ -52,3 +52,48 @@ test("the sentences give the expected share, the held-out count and the reviewed
   assert.equal(T.percent(0.0004), "under 0.1 %");
   assert.equal(T.percent(0), "under 0.1 %");
 });
+
+/* The reviewed images' curve as GET /api/models/{id}/threshold-effect/ answers it. */
+const effect = {
+  images_used: 4, good_images: 2, defect_images: 2, labels: 3, capped: false, limit: 300,
+  curve: [
+    { threshold: 0.3, false_per_good_image: 1.0, false_on_defect_images: 1, found: 2, recall: 0.6667 },
+    { threshold: 0.5, false_per_good_image: 0.5, false_on_defect_images: 1, found: 2, recall: 0.6667 },
+    { threshold: 0.6, false_per_good_image: 0.5, false_on_defect_images: 1, found: 1, recall: 0.3333 },
+    { threshold: 0.95, false_per_good_image: 0.0, false_on_defect_images: 0, found: 0, recall: 0.0 },
+  ],
+};
+
+test("the reviewed images' curve is read between its grid's rows, not outside it", () => {
+  assert.equal(T.effectAt(effect, 0.5).false_per_good_image, 0.5);
+  assert.ok(Math.abs(T.effectAt(effect, 0.4).false_per_good_image - 0.75) < 1e-12);
+  assert.equal(T.effectAt(effect, 0.3).found, 2);
+  assert.equal(T.effectAt(effect, 0.2), null);
+  assert.equal(T.effectAt(effect, 1.5), null);
+  assert.equal(T.effectAt({ curve: [] }, 0.5), null);
+});
+
+test("the sentence on the reviewed images: false suggestions per normal image and defects found", () => {
+  const data = { version: 3, peaks: [0.2, 0.4], expected_share: [[0.5, 0.25]] };
+  const lines = T.effectText(data, 0.6, null, effect);
+  assert.equal(
+    lines[lines.length - 1],
+    "On 4 reviewed images (2 normal, 2 with defects): about 0.5 false suggestions per normal image and 1 of 3 labelled defects found from this score.",
+  );
+  assert.match(lines[0], /^From a score of 0.6: about 25 %/); // the existing lines stay
+  const capped = T.effectLine({ ...effect, capped: true }, 0.3);
+  assert.match(capped, /\(2 normal, 2 with defects; the 300 most recently reviewed\): about 1 false suggestion per normal image and 2 of 3/);
+  assert.match(T.effectLine(effect, 2), /stop at 1/);
+  // nothing without reviewed images, or before the curve arrives
+  assert.equal(T.effectText(data, 0.6, null, { ...effect, images_used: 0 }).length, lines.length - 1);
+  assert.equal(T.effectText(data, 0.6, null, null).length, lines.length - 1);
+});
+
+test("the curve chart: a point per threshold, the typed one circled, labelled for screen readers", () => {
+  const svg = T.curveSvg(effect, 0.6);
+  assert.match(svg, /role="img"/);
+  assert.match(svg, /aria-label="False suggestions per normal image against recall of 3 labelled defects on 4 reviewed images; from 0.6: 0.5 per image, 33 % found"/);
+  assert.equal([...svg.matchAll(/class="grid-point"/g)].length, 4);
+  assert.match(svg, /class="current-threshold" data-threshold="0.6"/);
+  assert.equal(T.curveSvg({ ...effect, curve: effect.curve.map((r) => ({ ...r, recall: null })) }, 0.6), "");
+});
