@@ -64,6 +64,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--rotate",
+        action="store_true",
+        help="train with quarter turns and vertical flips too (TrainConfig.rotate)",
+    )
     p.add_argument("--out", default=str(ROOT / "var" / "bench-siamese"))
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
@@ -104,6 +109,7 @@ def main() -> int:
             max_iters=args.max_iters,
             device=args.device,
             seed=args.seed,
+            rotate=args.rotate,
         )
         row.pop("artifact")
         rows.append(row)
@@ -112,6 +118,7 @@ def main() -> int:
     print(
         f"\nDeepPCB official split (trainval 150 -> test 57), lite0, input {args.input_size}, "
         f"train sizes {sizes[0]}..{sizes[-1]}, {'416 px crops/slices' if args.slice else 'whole images'}"
+        f"{', quarter turns and vertical flips' if args.rotate else ''}"
         f", batch {args.batch_size}, lr {args.lr} for batch 8; CPU: "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
         f"{args.threads}, torch {torch.__version__}, device {args.device}"
@@ -166,6 +173,7 @@ def train_detector(
     max_iters: int | None = None,
     device: str = "cpu",
     seed: int = 0,
+    rotate: bool = False,
     train_filter: Any = trainval,
     test_filter: Any = test,
     log: Any = None,
@@ -195,6 +203,7 @@ def train_detector(
         train_sizes=sizes,
         crop_size=input_size if slice else None,
         seed=seed,
+        rotate=rotate,
         device=device,
         max_iters_per_epoch=max_iters,
         log_every=10,

@@ -392,6 +392,10 @@ class DetectorParamsQuery(serializers.Serializer):
     iterations_per_epoch = serializers.IntegerField(required=False)
     seed = serializers.IntegerField(required=False)
     reference = serializers.ChoiceField(choices=["none", "siamese"], required=False)
+    rotate = serializers.ChoiceField(choices=["true", "false"], required=False)
 
     def validate_slice(self, value: str) -> bool:
+        return value == "true"
+
+    def validate_rotate(self, value: str) -> bool:
         return value == "true"

@@ -164,6 +164,8 @@ def detector_proposal(
         "epochs": epochs,
         "batch_size": batch_size,
         "reference": reference,
+        # quarter turns and vertical flips: only the user knows whether the parts have an "up"
+        "rotate": False,
     }
     params = _checked(params, proposed) if params else proposed
     estimate, basis = estimate_seconds(params, facts["train_images"])
@@ -239,7 +241,7 @@ def estimate_seconds(params: dict[str, Any], train_images: int) -> tuple[int | N
 
 
 TRAINING_PARAMS = {"backbone", "input_size", "slice", "overlap", "epochs", "batch_size"}
-TRAINING_PARAMS |= {"iterations_per_epoch", "seed", "reference"}
+TRAINING_PARAMS |= {"iterations_per_epoch", "seed", "reference", "rotate"}
 REFERENCE_MODES = ("none", "siamese")
 
 
@@ -260,6 +262,9 @@ def _checked(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]
         raise ValidationError({"params": "input_size is a multiple of 32 (the network's stride)."})
     if not isinstance(out["slice"], bool):
         raise ValidationError({"params": "slice is true or false."})
+    out.setdefault("rotate", False)  # versions trained before it was a choice
+    if not isinstance(out["rotate"], bool):
+        raise ValidationError({"params": "rotate is true or false."})
     if not (is_number(out["overlap"]) and 0 <= out["overlap"] <= 0.5):
         raise ValidationError({"params": "overlap is a fraction of a slice from 0 to 0.5."})
     if "seed" in out and not (isinstance(out["seed"], int) and not isinstance(out["seed"], bool)):

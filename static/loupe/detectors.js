@@ -147,6 +147,7 @@
         epochs: Number(f.epochs.value),
         batch_size: Number(f.batch_size.value),
         reference: f.siamese.checked ? "siamese" : "none",
+        rotate: f.rotate.checked,
       };
       if (f.iterations_per_epoch.value !== "") p.iterations_per_epoch = Number(f.iterations_per_epoch.value);
       return p;
@@ -224,6 +225,7 @@
         f.epochs.value = p.params.epochs;
         f.batch_size.value = p.params.batch_size;
         f.siamese.checked = p.params.reference === "siamese";
+        f.rotate.checked = Boolean(p.params.rotate);
         // the Siamese option is offered when some labelled train images have an aligned reference
         f.siamese.closest("label").hidden = !p.facts.train_labelled_paired;
         f.iterations_per_epoch.value = "";

@@ -47,6 +47,7 @@ def test_the_form_proposes_slices_for_large_photos_and_says_why(team, tmp_path, 
         "epochs": 80,
         "batch_size": 4,
         "reference": "none",  # no image of the version has a reference
+        "rotate": False,  # only the user knows whether the parts have an up
     }
     assert "2000 px on their long side" in body["reasons"][0]
     assert "8 labelled boxes" in body["reasons"][1]
@@ -133,6 +134,7 @@ def test_who_may_train_a_detector(team, tmp_path, client_for):
         ({"epochs": 2.5}, "epochs is a whole number"),
         ({"batch_size": True}, "batch_size is a whole number"),
         ({"slice": "yes"}, "slice is true or false"),
+        ({"rotate": 1}, "rotate is true or false"),
         ({"overlap": 0.9}, "overlap is a fraction"),
         ({"iterations_per_epoch": 0}, "iterations_per_epoch is a whole number"),
     ],

@@ -191,6 +191,7 @@ class TrainConfig:
     use_ema: bool = True
     train_sizes: tuple[int, ...] = tuple(range(320, 769, 32))
     flip_prob: float = 0.5
+    rotate: bool = False  # quarter turns and vertical flips too (parts without an "up")
     distort: bool = True
     crop_size: int | None = None  # random crops of large images (on-the-fly sliced training)
     seed: int = 0

@@ -244,6 +244,34 @@ def random_flip(sample: Sample, rng: random.Random, prob: float = 0.5) -> Sample
     )
 
 
+def random_turn(sample: Sample, rng: random.Random) -> Sample:
+    """A random quarter turn (0-3) and a vertical flip half the time, of image, boxes and
+    reference alike: all eight orientations of a part that has no "up" (a PCB, a steel strip,
+    a tile: its defects look the same turned)."""
+    turns, flip = rng.randrange(4), rng.random() < 0.5
+    if not turns and not flip:
+        return sample
+    image, boxes, reference = sample.image, sample.boxes.copy(), sample.reference
+    if flip:
+        h = image.shape[0]
+        boxes[:, [1, 3]] = h - boxes[:, [3, 1]]
+        image = image[::-1]
+        reference = None if reference is None else reference[::-1]
+    for _ in range(turns):  # a quarter turn anticlockwise: (x, y) -> (y, w - x)
+        w = image.shape[1]
+        boxes = np.stack([boxes[:, 1], w - boxes[:, 2], boxes[:, 3], w - boxes[:, 0]], axis=1)
+        image = np.rot90(image)
+        reference = None if reference is None else np.rot90(reference)
+    return Sample(
+        np.ascontiguousarray(image),
+        boxes.astype(np.float32),
+        sample.labels,
+        sample.image_id,
+        sample.file_name,
+        None if reference is None else np.ascontiguousarray(reference),
+    )
+
+
 def random_crop(
     sample: Sample,
     size: int,

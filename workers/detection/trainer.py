@@ -34,6 +34,7 @@ from .data import (
     random_distort,
     random_distort_pair,
     random_flip,
+    random_turn,
 )
 from .errors import Cancelled, CheckpointError, DetectionDataError
 from .model import PPYOLOE, build_model
@@ -115,6 +116,8 @@ def _augment(sample: Sample, cfg: TrainConfig, rng: random.Random) -> Sample:
             sample.image_id,
             sample.file_name,
         )
+    if cfg.rotate:
+        sample = random_turn(sample, rng)
     return random_flip(sample, rng, cfg.flip_prob)
 
 

@@ -195,6 +195,7 @@ def train_detector(job, ctx: JobContext) -> dict:
                     train_sizes=detection.train_sizes_around(p["input_size"]),
                     max_iters_per_epoch=p.get("iterations_per_epoch"),
                     seed=p.get("seed", 0),
+                    rotate=bool(p.get("rotate", False)),
                 ),
                 "progress": report,
                 "val_json": val_json,

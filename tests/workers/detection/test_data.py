@@ -14,6 +14,7 @@ from workers.detection.data import (
     collate_train,
     random_crop,
     random_flip,
+    random_turn,
 )
 from workers.detection.errors import DetectionDataError
 
@@ -69,6 +70,24 @@ def test_flip_and_collate() -> None:
     assert batch.gt_bboxes[0, 0].tolist() == pytest.approx(
         [1000 * sx, 700 * sy, 1020 * sx, 720 * sy]
     )
+
+
+def test_quarter_turns_and_flips_carry_the_boxes_and_the_reference() -> None:
+    """TrainConfig.rotate: every orientation is drawn, and each box still frames its square in
+    the turned image (and the reference turns with it)."""
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[5:15, 20:30] = 255  # the box [20, 5, 30, 15]
+    image[30:38, 50:58, 1] = 200  # an unlabelled mark that makes every orientation distinct
+    s = Sample(image, np.array([[20, 5, 30, 15]], np.float32), np.array([0]), 1, "a", image)
+    rng, seen = random.Random(0), set()
+    for _ in range(64):
+        t = random_turn(s, rng)
+        seen.add(t.image.tobytes())
+        x1, y1, x2, y2 = t.boxes[0].astype(int)
+        ys, xs = np.nonzero(t.image[:, :, 0])
+        assert (x1, y1, x2, y2) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert np.array_equal(t.reference, t.image) and t.labels.tolist() == [0]
+    assert len(seen) == 8  # four turns, each mirrored or not: all eight orientations
 
 
 def test_bad_coco_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -98,13 +98,19 @@ def test_train_activate_detect_and_suggest_with_categories(team, version):
         user=team["admin"],
         project=team["project"],
         version=version,
-        params={**TINY, "epochs": 2, "iterations_per_epoch": 2},
+        params={**TINY, "epochs": 2, "iterations_per_epoch": 2, "rotate": True},
     )
     assert run_job(str(model.job_id), train_detector.body) == "succeeded", Job.objects.get(
         pk=model.job_id
     ).error
     model.refresh_from_db()
     assert model.status == "ready" and model.is_active and default_storage.exists(model.artifact)
+    # turned and mirrored examples, as asked (the artifact keeps how it was trained)
+    from workers.detection.artifact import read_artifact
+
+    local = default_storage.path(model.artifact)
+    assert model.params["rotate"] is True
+    assert read_artifact(local)["metadata"]["train_config"]["rotate"] is True
     history = model.metrics["history"]
     assert [h["epoch"] for h in history] == [1, 2] and all("loss" in h for h in history)
     assert model.metrics["evaluated_on"] == "val" and model.metrics["map50"] is not None
