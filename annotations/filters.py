@@ -2,12 +2,10 @@
 
 import django_filters
 from django.db.models import (
-    BooleanField,
     Case,
     Exists,
     F,
     FloatField,
-    Func,
     OuterRef,
     Q,
     Subquery,
@@ -18,60 +16,17 @@ from django.db.models.functions import Abs, Coalesce, Least
 
 from annotations.models import Annotation, Suggestion
 from inspection.filters import IdFilter
-from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion
+from inspection.models import Image, ImageHeatmap, ModelVersion
 
 ANOMALY, DETECTOR = ModelVersion.Kind.ANOMALY, ModelVersion.Kind.DETECTOR
 
 
-class _ResultFor(Func):
-    """True when a run's ``results`` (its first argument) has an entry for the image id (its
-    second), and that entry is not an error: the run looked at the image, whatever it found;
-    with ``key``, only an entry that has that key too. Written for PostgreSQL and for SQLite
-    (the embedded default), as JSON keys from a column are beyond Django's lookups."""
-
-    output_field = BooleanField()
-
-    def __init__(self, *expressions, key: str = "", **extra) -> None:
-        if key and not key.isidentifier():
-            raise ValueError(f"not a plain JSON key: {key!r}")
-        self.key = key
-        super().__init__(*expressions, **extra)
-
-    def _parts(self, compiler, connection):
-        (results, r_params), (image, i_params) = (
-            compiler.compile(e) for e in self.get_source_expressions()
-        )
-        return results, list(r_params), image, list(i_params)
-
-    def as_postgresql(self, compiler, connection, **extra):
-        results, rp, image, ip = self._parts(compiler, connection)
-        entry = f"(({results})::jsonb -> (({image})::text))"
-        sql = f"({entry} IS NOT NULL AND ({entry} -> 'error') IS NULL"
-        params = rp + ip + rp + ip
-        if self.key:
-            sql += f" AND ({entry} -> '{self.key}') IS NOT NULL"
-            params += rp + ip
-        return sql + ")", params
-
-    def as_sqlite(self, compiler, connection, **extra):
-        results, rp, image, ip = self._parts(compiler, connection)
-        key = f"'$.\"' || ({image}) || '\"'"
-        sql = (
-            f"(json_type({results}, {key}) IS NOT NULL "
-            f"AND json_type({results}, {key} || '.error') IS NULL"
-        )
-        params = rp + ip + rp + ip
-        if self.key:
-            sql += f" AND json_type({results}, {key} || '.{self.key}') IS NOT NULL"
-            params += rp + ip
-        return sql + ")", params
-
-
 def _ran_on_image(kind: str) -> Q:
     """A model of ``kind`` looked at the row's image: one of its suggestions is there (any
-    status), or, for an anomaly model, one of its runs' heatmaps; for a detector, a run of one
-    has a result for the image (it may have found nothing), or an anomaly region there took a
-    detector's category (the active detector classifies an inspection run's regions)."""
+    status), or, for an anomaly model, one of its runs' heatmaps; for a detector, it looked at
+    the image whatever it found (``Image.detector_checked_at``: a detection run, or the active
+    detector classifying an inspection's regions), or an anomaly region there took a
+    detector's category."""
     theirs = Suggestion.objects.filter(image=OuterRef("image_id"))
     if kind == ANOMALY:
         return Q(Exists(theirs.filter(model_version__kind=kind))) | Q(
@@ -81,19 +36,8 @@ def _ran_on_image(kind: str) -> Q:
                 )
             )
         )
-    in_project = InspectionRun.objects.filter(project=OuterRef("image__project"))
-    runs = in_project.filter(model_version__kind=kind).filter(
-        _ResultFor(F("results"), OuterRef("image_id"))
-    )
-    # an inspection or change run whose active detector looked at the image's regions (the
-    # image's result says so, whether it gave any region a category or not)
-    classified = in_project.exclude(model_version__kind=kind).filter(
-        _ResultFor(F("results"), OuterRef("image_id"), key="detector")
-    )
-    return (
-        Q(Exists(theirs.filter(Q(model_version__kind=kind) | Q(category_score__isnull=False))))
-        | Q(Exists(runs))
-        | Q(Exists(classified))
+    return Q(image__detector_checked_at__isnull=False) | Q(
+        Exists(theirs.filter(Q(model_version__kind=kind) | Q(category_score__isnull=False)))
     )
 
 

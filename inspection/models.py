@@ -140,6 +140,13 @@ class Image(WatchedModel):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     verdict_at = models.DateTimeField(null=True, blank=True)
+    detector_checked_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When a detector last looked at the image, whatever it found (a detection "
+        "run, or the active detector classifying an inspection's regions); written by "
+        "annotations.services.image_state only.",
+    )
     is_reference = models.BooleanField(
         default=False,
         help_text="A golden sample, template or 'before' picture other images are compared with.",

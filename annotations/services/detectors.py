@@ -168,7 +168,7 @@ def detector_proposal(
         "rotate": False,
     }
     params = _checked(params, proposed) if params else proposed
-    estimate, basis = estimate_seconds(params, facts["train_images"])
+    estimate, basis = estimate_seconds(params, facts["train_images"], version.project)
     return {
         "params": params,
         "proposed": proposed,
@@ -197,15 +197,23 @@ def _cost(params: dict[str, Any]) -> float:
     return (params["input_size"] / 640) ** 2 * siamese
 
 
-def measured_seconds_per_image(backbone: str) -> tuple[float, ModelVersion] | None:
+def measured_seconds_per_image(
+    backbone: str, project: Project | None = None
+) -> tuple[float, ModelVersion] | None:
     """Seconds per training image (single-image detector, 640 px input) of the latest finished
-    training of ``backbone`` on this installation's workers, from its own seconds per epoch
-    (the median, validation excluded); None before the first one."""
-    versions = ModelVersion.objects.filter(
-        kind=ModelVersion.Kind.DETECTOR,
-        status=ModelVersion.Status.READY,
-        params__backbone=backbone,
-    ).order_by("-created_at")[:10]
+    training of ``backbone`` on this installation's workers (``project``'s own first), from its
+    own seconds per epoch (the median, validation excluded); None before the first one."""
+    versions = list(
+        ModelVersion.objects.filter(
+            kind=ModelVersion.Kind.DETECTOR,
+            status=ModelVersion.Status.READY,
+            params__backbone=backbone,
+        )
+        .select_related("project")
+        .order_by("-created_at")[:10]
+    )
+    if project is not None:  # the project's own trainings first (stable: newest first)
+        versions.sort(key=lambda v: v.project_id != project.pk)
     for v in versions:
         seconds = [
             h["seconds"]
@@ -220,16 +228,20 @@ def measured_seconds_per_image(backbone: str) -> tuple[float, ModelVersion] | No
     return None
 
 
-def estimate_seconds(params: dict[str, Any], train_images: int) -> tuple[int | None, str]:
+def estimate_seconds(
+    params: dict[str, Any], train_images: int, project: Project | None = None
+) -> tuple[int | None, str]:
     """Training time of ``params`` on ``train_images`` and what it rests on, in words: this
-    installation's latest training of the same backbone, else the development machine's
-    figures (None: no figure for this backbone)."""
-    measured = measured_seconds_per_image(params["backbone"])
+    installation's latest training of the same backbone (``project``'s own first; another
+    project's is not named: its members may not be this one's), else the development
+    machine's figures (None: no figure for this backbone)."""
+    measured = measured_seconds_per_image(params["backbone"], project)
     if measured is not None:
         per_image, version = measured
-        basis = (
-            f"as fast as the latest {params['backbone']} training here "
-            f"({version.project.name}, v{version.number})"
+        basis = f"as fast as the latest {params['backbone']} training " + (
+            f"of this project (v{version.number})"
+            if project is not None and version.project_id == project.pk
+            else "on this installation"
         )
     else:
         per_image = SECONDS_PER_IMAGE.get(params["backbone"])

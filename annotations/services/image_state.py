@@ -46,6 +46,13 @@ def image_update_status(*, image: Image) -> Image:
     return image
 
 
+def image_detector_checked(*, image: Image) -> None:
+    """A detector looked at the image (a detection run, or the active detector classifying an
+    inspection's regions), whatever it found: "most uncertain first" then counts an anomaly
+    region no detector box confirmed as a disagreement (annotations/filters.py)."""
+    Image.objects.filter(pk=image.pk).update(detector_checked_at=timezone.now())
+
+
 def image_defect_added(*, image: Image) -> None:
     """A defect was labelled or accepted on the image: it is not normal any more, and an earlier
     "OK" verdict no longer holds (it must not train the anomaly model or be a negative)."""

@@ -154,15 +154,14 @@ def threshold_effect(version: ModelVersion, *, limit: int = LIMIT) -> dict:
     project_threshold = float(settings["threshold"])
     grid = sorted(set(GRID) | ({round(project_threshold, 4)} if project_threshold <= 1 else set()))
     chosen, geometries, capped = _reviewed_images(version, limit)
-    heatmaps = {
-        h.image_id: h
-        for h in ImageHeatmap.objects.filter(
-            run__model_version=version, image_id__in=[i for i, _ in chosen]
-        )
+    heatmaps: dict[int, ImageHeatmap] = {}
+    for h in (  # the latest per image: the first of each (no DISTINCT ON: SQLite has none)
+        ImageHeatmap.objects.filter(run__model_version=version, image_id__in=[i for i, _ in chosen])
         .select_related("image")
         .order_by("image_id", "-created_at", "-id")
-        .distinct("image_id")
-    }
+        .only("image_id", "path", "image__width", "image__height")
+    ):
+        heatmaps.setdefault(h.image_id, h)
     levels = [_level(t) for t in grid]
     false_good = [0] * len(grid)
     false_defect = [0] * len(grid)

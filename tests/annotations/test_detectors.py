@@ -383,8 +383,30 @@ def test_the_time_estimate_rests_on_the_last_training_measured_here(team, tmp_pa
         metrics={"history": [{"epoch": e, "seconds": s} for e, s in ((1, 44), (2, 40), (3, 39))]},
     )
     after = admin.get(url(team, version), params).json()
-    assert "latest lite0 training here (Bottles, v7)" in after["estimate_basis"]
+    assert "latest lite0 training of this project (v7)" in after["estimate_basis"]
     # 40 s / 8 images at 640 px = 5 s per image; at 320 px a quarter; 4 images x 10 epochs
     assert after["estimate_seconds"] == round(5 * 0.25 * 4 * 10)
     siamese = admin.get(url(team, version), {**params, "reference": "siamese"}).json()
     assert siamese["estimate_seconds"] == round(5 * 0.25 * 4 * 10 * 1.56)
+    # a newer training in another project: this project's own still comes first; a project
+    # without one gets the installation's figure, without the other project's name
+    other = project_create(user=team["admin"], name="Secret line")
+    ModelVersion.objects.create(
+        project=other,
+        kind=ModelVersion.Kind.DETECTOR,
+        number=1,
+        architecture="ppyoloe-sod-lite0",
+        status=ModelVersion.Status.READY,
+        params={"backbone": "lite0", "input_size": 640, "batch_size": 4, "epochs": 1},
+        image_ids=list(range(1, 9)),
+        metrics={"history": [{"epoch": 1, "seconds": 80}]},
+    )
+    again = admin.get(url(team, version), params).json()
+    assert again["estimate_seconds"] == after["estimate_seconds"]
+    from annotations.services.detectors import estimate_seconds
+
+    seconds, basis = estimate_seconds(
+        {**params, "batch_size": 4}, 4, project_create(user=team["admin"], name="New line")
+    )
+    assert basis.endswith("training on this installation") and "Secret" not in basis
+    assert seconds == round(10 * 0.25 * 4 * 10)  # 80 s / 8 images at 640 px

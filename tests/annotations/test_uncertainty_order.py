@@ -10,6 +10,7 @@ import pytest
 
 from annotations.models import Suggestion
 from annotations.services.categories import category_create
+from annotations.services.image_state import image_detector_checked
 from annotations.services.suggestions import SuggestionIn, suggestions_store
 from inspection.models import ImageHeatmap, InspectionRun, ModelVersion
 from tests.annotations.test_datasets import add_image
@@ -99,14 +100,10 @@ def mixed(team, tmp_path):
     }
     anomaly, detector = versions(project)
     a_run = InspectionRun.objects.create(project=project, model_version=anomaly)
-    d_run = InspectionRun.objects.create(
-        project=project,
-        model_version=detector,
-        results={
-            str(images["b"].pk): {"detections": 0, "suggestions": 0},
-            str(images["d"].pk): {"error": "d.png: it is missing"},
-        },
-    )
+    d_run = InspectionRun.objects.create(project=project, model_version=detector)
+    # the detection run looked at b and found nothing; it failed on d (the job records the
+    # first, workers/tasks/detection.py; the failure leaves no trace)
+    image_detector_checked(image=images["b"])
 
     def store(name, version, items):
         run = a_run if version == anomaly else d_run
@@ -198,22 +195,16 @@ def test_label_next_ranks_images_by_the_same_doubt(mixed, client_for):
 def test_an_inspection_whose_detector_classified_nothing_still_disagrees(
     team, tmp_path, client_for
 ):
-    """The active detector looked at the image's regions during the inspection (its result says
-    ``detector``) and covered none: the regions disagree with it. Without a detector then, the
-    same region is only as doubtful as its score."""
+    """The active detector looked at the image's regions during the inspection and covered none
+    (the job marks the image: ``image_detector_checked``): the regions disagree with it.
+    Without a detector then, the same region is only as doubtful as its score."""
     project = team["project"]
     seen, unseen = (
         add_image(project, team["admin"], tmp_path, f"{n}.png", size=(100, 100)) for n in "fg"
     )
     anomaly, _ = versions(project)
-    run = InspectionRun.objects.create(
-        project=project,
-        model_version=anomaly,
-        results={
-            str(seen.pk): {"score": 0.9, "regions": 1, "suggestions": 1, "detector": True},
-            str(unseen.pk): {"score": 0.8, "regions": 1, "suggestions": 1},
-        },
-    )
+    run = InspectionRun.objects.create(project=project, model_version=anomaly)
+    image_detector_checked(image=seen)
     for image, score in ((seen, 0.9), (unseen, 0.8)):
         suggestions_store(
             image=image,

@@ -23,8 +23,8 @@ class Detection:
     """One detected box in original-image pixels.
 
     ``second_score``: the best score among the other categories at the same box (the network's
-    anchor it was kept from; 0.0 for a one-category detector); ``score - second_score`` is how
-    sure the detector is of the category. None where it is not known.
+    anchor it was kept from); ``score - second_score`` is how sure the detector is of the
+    category. None where it is not known, and for a one-category detector.
     """
 
     x1: float
@@ -410,7 +410,8 @@ class Detector:
         out = []
         for row in dets.cpu().tolist():
             cat = self.categories[int(row[0])]
-            second = row[6] if len(row) > 6 else None
+            # one category: no second to hesitate with (None, not a margin equal to the score)
+            second = row[6] if len(row) > 6 and len(self.categories) > 1 else None
             out.append(Detection(row[2], row[3], row[4], row[5], row[1], cat.id, cat.name, second))
             if self._second_scores is not None and second is not None:
                 key = (cat.id, row[1])  # the same score twice: the closer call

@@ -14,7 +14,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from annotations.services.image_state import image_update_status
+from annotations.services.image_state import image_detector_checked, image_update_status
 from annotations.services.suggestions import SuggestionIn, suggestions_store
 from inspection import imaging, storage
 from inspection.models import Image, ImageHeatmap, InspectionRun, ModelVersion
@@ -326,18 +326,19 @@ def _outcome(run, version, image, path: str, prediction, detect) -> dict:
         return {"error": f"the result could not be stored ({type(exc).__name__})"}
 
 
-def _classified(regions, path, detect) -> list[SuggestionIn]:
+def _classified(regions, path, detect) -> tuple[list[SuggestionIn], bool]:
     """The regions as suggestions, each with the category of the active detector's box that
-    covers it (the seeds' pipeline: heatmap -> candidate regions -> detector's class)."""
+    covers it (the seeds' pipeline: heatmap -> candidate regions -> detector's class), and
+    whether the detector looked (not without regions, nor when it failed)."""
     items = [SuggestionIn.from_region(r) for r in regions]
     if not items or detect is None:
-        return items
+        return items, False
     try:
         detections = detect(Path(path))
     except Exception:  # noqa: BLE001 - a failing detector leaves the regions unclassified
         logger.exception("inspection: the detector failed on %s", path)
-        return items
-    return [item.classified(detections) for item in items]
+        return items, False
+    return [item.classified(detections) for item in items], True
 
 
 def store_prediction(run, version, image, prediction, path, detect) -> dict:
@@ -353,7 +354,7 @@ def store_prediction(run, version, image, prediction, path, detect) -> dict:
         f"{image.derived_prefix}/heatmaps/run-{run.pk}.png", ContentFile(buf.getvalue())
     )
     # the detector runs before the transaction: no database lock is held while it computes
-    suggestions = _classified(prediction.regions, path, detect)
+    suggestions, looked = _classified(prediction.regions, path, detect)
     with transaction.atomic():  # a savepoint: an image deleted meanwhile fails alone
         ImageHeatmap.objects.create(
             image=image,
@@ -369,13 +370,15 @@ def store_prediction(run, version, image, prediction, path, detect) -> dict:
             suggestions=suggestions,
         )
         image_update_status(image=image)
+        if looked:
+            image_detector_checked(image=image)
     out = {
         "score": round(prediction.image_score, 4),
         "anomalous": bool(prediction.is_anomalous),
         "regions": len(prediction.regions),
         "suggestions": len(stored),
     }
-    if detect is not None:  # the active detector looked at the image's regions
+    if looked:  # the active detector looked at the image's regions
         out["detector"] = True
     if any(s.category for s in suggestions):  # per region, in order ('' : not classified)
         out["categories"] = [s.category for s in suggestions]

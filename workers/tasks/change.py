@@ -330,6 +330,8 @@ def run_change(job, ctx: JobContext) -> dict:
                         )
                     except RegistrationRefused as exc:
                         outcome = {"error": str(exc)}
+                    except JobError:  # the regions' reference cannot be read: the run stops
+                        raise
                     except Exception as exc:  # noqa: BLE001 - one image fails alone
                         logger.exception("change run: image %s failed", image_id)
                         outcome = {"error": f"{image.original_name}: {exc}"}

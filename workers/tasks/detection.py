@@ -28,7 +28,7 @@ from django.db import transaction
 from annotations.formats.coco import to_coco_dict
 from annotations.models import DatasetVersion
 from annotations.services.dataset_versions import version_dataset_from_content
-from annotations.services.image_state import image_update_status
+from annotations.services.image_state import image_detector_checked, image_update_status
 from annotations.services.suggestions import SuggestionIn, suggestions_store
 from inspection import imaging, storage
 from inspection.models import Image, InspectionRun, ModelVersion
@@ -572,6 +572,7 @@ def _detect_one(
                 ],
             )
             image_update_status(image=image)
+            image_detector_checked(image=image)
     except Exception as exc:  # noqa: BLE001 - deleted meanwhile, storage full...
         if not Image.objects.filter(pk=image.pk).exists():
             return {"error": "the image was deleted while it was run"}

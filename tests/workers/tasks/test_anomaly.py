@@ -283,9 +283,9 @@ def test_the_baseline_models_train_as_jobs_with_their_own_defaults_and_inspect(
 
 
 def test_an_image_result_says_when_the_active_detector_looked_at_its_regions(team, tmp_path):
-    """Stored with the active detector (``detect``), an image's result says so even when it
-    classified no region: the review queue's "most uncertain first" reads it (a region the
-    detector did not confirm disagrees with it)."""
+    """Stored with the active detector (``detect``), the image is marked as looked at by a
+    detector even when it classified no region (and its result says so): the review queue's
+    "most uncertain first" reads it (a region the detector did not confirm disagrees with it)."""
     from types import SimpleNamespace
 
     import numpy as np
@@ -309,7 +309,17 @@ def test_an_image_result_says_when_the_active_detector_looked_at_its_regions(tea
         is_anomalous=True,
         params={},
     )
+
+    def broken(path):
+        raise RuntimeError("runtime gone")
+
+    # a detector that fails, or none at all, did not look
+    for detect in (None, broken):
+        out = store_prediction(run, version, image, prediction, "a.png", detect)
+        assert "detector" not in out
+        image.refresh_from_db()
+        assert image.detector_checked_at is None
     looked = store_prediction(run, version, image, prediction, "a.png", lambda path: [])
     assert looked["detector"] is True and "categories" not in looked
-    without = store_prediction(run, version, image, prediction, "a.png", None)
-    assert "detector" not in without
+    image.refresh_from_db()
+    assert image.detector_checked_at is not None

@@ -244,6 +244,7 @@ def test_a_training_whose_dataset_version_is_gone_fails_with_the_reason(team, ve
 
 def test_anomaly_regions_take_the_category_of_the_detector_box_covering_them(tmp_path):
     """The seeds' pipeline: heatmap -> candidate regions -> the detector classifies them."""
+    from annotations.services.suggestions import SuggestionIn
     from workers.anomaly.regions import Region as EngineRegion
     from workers.detection import Detection
     from workers.tasks.anomaly import _classified
@@ -259,7 +260,8 @@ def test_anomaly_regions_take_the_category_of_the_detector_box_covering_them(tmp
         Detection(98, 98, 140, 140, 0.6, 1, "scratch"),  # covers all of the small second one
         Detection(225, 35, 260, 60, 0.9, 2, "dent"),  # touches the third by 5x5 px: too little
     ]
-    out = _classified(regions, tmp_path / "a.png", lambda path: found)
+    out, looked = _classified(regions, tmp_path / "a.png", lambda path: found)
+    assert looked
     assert [(s.category, s.category_score) for s in out] == [
         ("dent", 0.95),
         ("scratch", 0.6),
@@ -268,12 +270,18 @@ def test_anomaly_regions_take_the_category_of_the_detector_box_covering_them(tmp
     # with the margin over the detection's second category (unknown for the second one)
     assert [s.category_margin for s in out] == [pytest.approx(0.8), None, None]
     assert [s.score for s in out] == [0.9, 0.8, 0.7]  # the anomaly scores stay
-    assert _classified(regions, tmp_path / "a.png", None)[0].category == ""
+    assert _classified(regions, tmp_path / "a.png", None) == (
+        [SuggestionIn.from_region(r) for r in regions],
+        False,
+    )
 
     def broken(path):
         raise RuntimeError("runtime gone")
 
-    assert [s.category for s in _classified(regions, tmp_path / "a.png", broken)] == [""] * 3
+    # a failing detector did not look: its regions do not disagree with it
+    out, looked = _classified(regions, tmp_path / "a.png", broken)
+    assert [s.category for s in out] == [""] * 3 and not looked
+    assert _classified([], tmp_path / "a.png", lambda path: found) == ([], False)
 
 
 def test_a_checkpoint_that_cannot_be_continued_starts_the_training_again(team, version):
