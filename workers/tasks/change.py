@@ -56,7 +56,8 @@ def _raw_map(
 ) -> tuple[np.ndarray, tuple[int, int]] | tuple[np.ndarray, tuple[int, int], np.ndarray]:
     """Raw change scores of ``image`` against its aligned reference, and the image's size;
     with ``specular`` (``(v_min, s_max)``, the project's specular mask), also where either
-    picture has a highlight, on the map's grid (as an inspection masks them: grown by a cell)."""
+    picture has a highlight, on the map's grid, grown by SPECULAR_REACH_PX (the features see a
+    highlight further than an inspection's one cell of margin)."""
     from workers.change.align import Alignment, warp_reference
     from workers.change.heatmap import change_heatmap
 
