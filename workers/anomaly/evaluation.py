@@ -283,14 +283,7 @@ def _au_pro(t: BootstrapTables, w: np.ndarray, fpr_limit: float = 0.3) -> float 
         return None
     fprs = 1.0 - (w @ t.normal_below) / max(1.0, w @ t.normal_total)
     pros = (wc @ t.component_above) / wc.sum()
-    order = np.argsort(fprs)  # as metrics.au_pro integrates it
-    fprs, pros = fprs[order], pros[order]
-    keep = fprs <= fpr_limit
-    if keep.sum() < 2:
-        return 0.0
-    x = np.append(fprs[keep], fpr_limit)
-    y = np.append(pros[keep], np.interp(fpr_limit, fprs, pros))
-    return float(np.trapezoid(y, x) / fpr_limit)
+    return metrics.pro_area(fprs, pros, fpr_limit)  # as metrics.au_pro integrates it
 
 
 def _region_recall(t: BootstrapTables, w: np.ndarray, max_false: float = 1.0) -> float | None:

@@ -67,14 +67,19 @@ def au_pro(
         pro = float(np.mean([(c >= t).mean() for c in comps]))
         fprs.append(fpr)
         pros.append(pro)
-    fprs_a, pros_a = np.asarray(fprs), np.asarray(pros)
-    order = np.argsort(fprs_a)
-    fprs_a, pros_a = fprs_a[order], pros_a[order]
-    keep = fprs_a <= fpr_limit
+    return pro_area(np.asarray(fprs), np.asarray(pros), fpr_limit)
+
+
+def pro_area(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float = 0.3) -> float:
+    """The area under PRO over FPR up to ``fpr_limit``, normalised to [0, 1] (the points in
+    any order; 0.0 with fewer than two at or below the limit)."""
+    order = np.argsort(fprs)
+    fprs, pros = fprs[order], pros[order]
+    keep = fprs <= fpr_limit
     if keep.sum() < 2:
         return 0.0
-    x = np.append(fprs_a[keep], fpr_limit)
-    y = np.append(pros_a[keep], np.interp(fpr_limit, fprs_a, pros_a))
+    x = np.append(fprs[keep], fpr_limit)
+    y = np.append(pros[keep], np.interp(fpr_limit, fprs, pros))
     return float(np.trapezoid(y, x) / fpr_limit)
 
 
