@@ -26,6 +26,7 @@ from inspection.plots import curve_svg_points
 from inspection.services import projects as project_services
 from inspection.services.images import images_without_pyramid
 from inspection.services.inspections import active_model
+from inspection.services.regions import regions_of, registration_onto
 from inspection.views import form_errors
 
 # Annotorious draws with PixiJS, which compiles its shaders with `new Function`: the two pages
@@ -206,6 +207,7 @@ def _workspace_data(request, image: Image, role: str) -> dict:
             "verdict": image.verdict,
             "isReference": image.is_reference,
             "reference": _reference_data(image),
+            "regions": _regions_data(image),
         },
         "categories": _categories(image.project),
         "user": {"username": request.user.username, "role": role},
@@ -255,6 +257,29 @@ def _reference_data(image: Image) -> dict | None:
             for k in ("status", "method", "residual_px", "inliers", "matches", "reason")
             if k in a
         },
+    }
+
+
+def _regions_data(image: Image) -> dict | None:
+    """The project's regions of interest for the workspace to draw over ``image`` (None: the
+    project has none): the polygons in the reference's pixels and how the image is registered
+    onto that reference (inspection.services.regions.registration_onto, the rule inspection
+    runs follow). The browser maps the polygons through ``matrix`` (reference pixels -> image
+    pixels; none for the reference itself) and draws nothing for an image without one."""
+    regions = list(regions_of(image.project).select_related("reference"))
+    if not regions:
+        return None
+    reference = regions[0].reference
+    placed = registration_onto(image, reference)
+    return {
+        "reference": {"id": reference.pk, "name": reference.original_name},
+        "state": placed.state,
+        "matrix": placed.matrix,
+        "reason": placed.reason,
+        "page": reverse("regions", args=[image.project_id]),
+        "items": [
+            {"id": r.pk, "name": r.name, "mode": r.mode, "polygon": r.polygon} for r in regions
+        ],
     }
 
 

@@ -38,6 +38,7 @@ WORKSPACE_KEYS = {
     "f": "flicker to the reference",
     "g": "polygon tool",
     "h": "heatmap",
+    "i": "regions of interest",
     "n": "next image",
     "o": "verdict OK",
     "p": "previous image",

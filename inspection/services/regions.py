@@ -11,6 +11,7 @@ same place of every part; the engine's side is workers/anomaly/roi.py.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -35,6 +36,57 @@ _UNSET = object()
 def regions_of(project: Project):
     """A project's regions, in the order they were drawn."""
     return InspectionRegion.objects.filter(project=project).select_related("model_version")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """How an image lies on the regions' reference, as far as stored: ``state`` is
+    ``reference`` (the image is the reference: its own frame), ``aligned`` (``matrix``: the
+    stored alignment, 3x3, reference pixels -> image pixels), ``pending`` (aligning now),
+    ``failed`` (refused: ``reason``), ``other`` (paired with another reference) or ``unpaired``.
+    Only the first two place the regions without registering the image anew."""
+
+    state: str
+    matrix: list[list[float]] | None = None
+    reason: str = ""
+
+    @property
+    def placed(self) -> bool:
+        return self.state in ("reference", "aligned")
+
+
+def _matrix_of(alignment: dict) -> list[list[float]] | None:
+    m = alignment.get("matrix")
+    if not (isinstance(m, list) and len(m) == 3):
+        return None
+    if not all(
+        isinstance(row, list)
+        and len(row) == 3
+        and all(is_number(v) and math.isfinite(v) for v in row)
+        for row in m
+    ):
+        return None
+    return [[float(v) for v in row] for row in m]
+
+
+def registration_onto(image: Image, reference: Image) -> Registration:
+    """Where ``image`` stands against ``reference`` without registering it: the rule inspection
+    runs use before they register an image on the spot (workers/tasks/regions.py's Registrar),
+    and what the workspace draws the regions with."""
+    if image.pk == reference.pk:
+        return Registration("reference")
+    if image.reference_id != reference.pk:
+        return Registration("other" if image.reference_id is not None else "unpaired")
+    stored = image.alignment or {}
+    status = stored.get("status")
+    if status == "ok":
+        matrix = _matrix_of(stored)
+        if matrix is not None:
+            return Registration("aligned", matrix)
+        return Registration("failed", reason="the stored alignment has no usable matrix")
+    if status == "failed":
+        return Registration("failed", reason=str(stored.get("reason") or ""))
+    return Registration("pending")
 
 
 def _checked_polygon(polygon, reference: Image) -> list[list[float]]:

@@ -36,3 +36,24 @@ def test_a_workspace_key_is_refused_for_a_category_with_what_it_does(team):
     crack.refresh_from_db()
     assert crack.shortcut == "c"  # nothing changed
     assert category_update(user=admin, category=crack, shortcut="7").shortcut == "7"
+
+
+@pytest.mark.django_db
+def test_a_category_keyed_i_before_the_regions_layer_gets_a_free_digit(team):
+    """Migration 0010: the workspace's I now toggles the regions; a category that had it is
+    re-keyed to the first free digit (it could not be chosen by I any more)."""
+    from importlib import import_module
+
+    from django.apps import apps
+
+    from annotations.models import DefectCategory
+
+    migration = import_module("annotations.migrations.0010_free_the_regions_key")
+    admin, project = team["admin"], team["project"]
+    for k in "12":
+        category_create(user=admin, project=project, name=f"c{k}", shortcut=k)
+    keyed = category_create(user=admin, project=project, name="inclusion", shortcut="x")
+    DefectCategory.objects.filter(pk=keyed.pk).update(shortcut="i")  # as stored before 0010
+    migration.free_i(apps, None)
+    keyed.refresh_from_db()
+    assert keyed.shortcut == "3"

@@ -11,7 +11,7 @@ const workspace = new URL("../../static/loupe/workspace/", import.meta.url);
 
 test("every workspace module but the entry (main.js) imports without a browser", async () => {
   assert.equal(typeof globalThis.window, "undefined");
-  for (const name of ["format", "keys", "notes", "overlays", "panes", "reference", "save-queue", "shapes", "shapes-panel", "viewer"]) {
+  for (const name of ["format", "keys", "notes", "overlays", "panes", "reference", "region-placement", "regions-layer", "save-queue", "shapes", "shapes-panel", "viewer"]) {
     await assert.doesNotReject(import(new URL(name + ".js", workspace).href), name + ".js");
   }
 });

@@ -14,6 +14,7 @@ import numpy as np
 
 from inspection import storage
 from inspection.models import Image, InspectionRegion, ModelVersion
+from inspection.services.regions import registration_onto
 from workers.tasks.references import image_pixels
 from workers.tasks.runner import JobError
 
@@ -41,15 +42,11 @@ class Registrar:
     def matrix(self, image: Image, pixels) -> np.ndarray | None:
         """``pixels``: the image upright, as read_pixels gives it, or a function that reads
         them (called only when the registration has to be made here)."""
-        if image.pk == self.reference.pk:
+        stored = registration_onto(image, self.reference)  # the workspace draws with it too
+        if stored.state == "reference":
             return None
-        stored = image.alignment or {}
-        if (
-            image.reference_id == self.reference.pk
-            and stored.get("status") == "ok"
-            and stored.get("matrix")
-        ):
-            return np.asarray(stored["matrix"], np.float64)
+        if stored.state == "aligned":
+            return np.asarray(stored.matrix, np.float64)
         if callable(pixels):
             pixels = pixels()
         return self.align(image.original_name, pixels)

@@ -127,6 +127,7 @@ export function bindKeys(ctx, tools, notes) {
     Backspace: deleteSelected,
     h: () => toggle("heatmap-toggle"),
     s: () => toggle("suggestions-toggle"),
+    i: () => toggle("regions-toggle"),
     f: () => toggle("reference-toggle"),
     d: () => toggle("difference-toggle"),
     o: () => notes.setVerdict("ok"),

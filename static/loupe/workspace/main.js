@@ -11,6 +11,7 @@
 
 import { bindHeatmap, bindSuggestions } from "./overlays.js";
 import { bindReference } from "./reference.js";
+import { bindRegions } from "./regions-layer.js";
 import { bindKeys, bindPlainKeys, createTools } from "./keys.js";
 import { createNotes } from "./notes.js";
 import { createSaveQueue } from "./save-queue.js";
@@ -94,6 +95,8 @@ function startWorkspace() {
   const heatmap = bindHeatmap(ctx);
   const reference = bindReference(ctx);
   const suggestions = bindSuggestions(ctx);
+  const regions = bindRegions(ctx);
+  ctx.pairChanged = regions.refresh; // the Reference panel changed the pair: the regions follow
   let tools = null;
   // two viewers, one shown: N / P swap them (panes.js)
   const panes = createPanes(ctx, {
@@ -102,7 +105,7 @@ function startWorkspace() {
       bindShapeEvents(ctx, anno);
       anno.state.store.observe(() => { lastChange = performance.now(); }, { origin: "LOCAL" });
     },
-    prepare: (pane) => { heatmap.prepare(pane); reference.prepare(pane); },
+    prepare: (pane) => { heatmap.prepare(pane); reference.prepare(pane); regions.prepare(pane); },
     leave: (pane) => suggestions.leave(pane),
     leaving: () => notes.leave(),
     shown() {
@@ -113,8 +116,9 @@ function startWorkspace() {
       suggestions.load();
       heatmap.shown();
       reference.shown();
+      regions.shown();
     },
-    refreshed: () => { notes.show({ keepLists: true }); reference.shown(); },
+    refreshed: () => { notes.show({ keepLists: true }); reference.shown(); regions.shown(); },
   });
   ctx.images = panes;
   tools = createTools(ctx);

@@ -7,6 +7,7 @@
  * shared with the review queue (static/loupe/pair.js, window.LoupePair). */
 
 import { urlFor } from "./format.js";
+import { afterPairing } from "./region-placement.js";
 
 export function bindReference(ctx) {
   const viewerEl = ctx.els.viewer;
@@ -124,7 +125,9 @@ export function bindReference(ctx) {
       if (!body) return;
       forget(ctx.pane);
       ctx.pane.data.image.reference = ctx.data.image.reference = r;
+      ctx.pane.data.image.regions = ctx.data.image.regions = body.image.regions;
       shown();
+      ctx.pairChanged();
     };
     setTimeout(poll, 1000);
   }
@@ -160,7 +163,9 @@ export function bindReference(ctx) {
     forget(pane);
     const name = id ? (choices.find((c) => c.id === id) || { name: String(id) }).name : "";
     pane.data.image.reference = ctx.data.image.reference = id ? { id, name, status: "pending" } : null;
+    pane.data.image.regions = ctx.data.image.regions = afterPairing(ctx.data.image.regions, id);
     shown();
+    ctx.pairChanged();
   });
 
   // the server ranks the references by a global descriptor and keeps the first that aligns
@@ -181,6 +186,8 @@ export function bindReference(ctx) {
       const page = (await window.Loupe.request("GET", urlFor(ctx.data.urls.pageData, image))).body;
       const found = page && page.image.reference;
       ctx.pane.data.image.reference = ctx.data.image.reference = found;
+      if (page) ctx.pane.data.image.regions = ctx.data.image.regions = page.image.regions;
+      ctx.pairChanged();
       const missed = job && job.result && (job.result.unpaired || [])[0];
       if (!found) ctx.toast("No reference found: " + (missed ? missed.reason : (job && job.error) || "the search did not finish"));
       shown();
