@@ -47,9 +47,11 @@ def review_filter_choices(*, project) -> dict:
         .annotate(n=Count("id"))
         .order_by("-model_version__kind", "-model_version__number")
     )
-    runs = (
+    runs = (  # a run is named by its own version (its regions' own models store theirs)
         pending.exclude(run=None)
-        .values("run_id", "run__created_at", "model_version__kind", "model_version__number")
+        .values(
+            "run_id", "run__created_at", "run__model_version__kind", "run__model_version__number"
+        )
         .annotate(n=Count("id"))
         .order_by("-run__created_at", "-run_id")[:30]
     )
@@ -76,8 +78,8 @@ def review_filter_choices(*, project) -> dict:
         "runs": [
             {
                 "id": r["run_id"],
-                "label": f"run {r['run_id']} · {r['model_version__kind']} "
-                f"v{r['model_version__number']} · {r['run__created_at']:%Y-%m-%d %H:%M}",
+                "label": f"run {r['run_id']} · {r['run__model_version__kind']} "
+                f"v{r['run__model_version__number']} · {r['run__created_at']:%Y-%m-%d %H:%M}",
                 "pending": r["n"],
             }
             for r in runs

@@ -118,8 +118,12 @@ def suggestions_store(
     settings (a new threshold, the specular mask...), the suggestions nobody decided yet are
     replaced by the new ones. A region on the place of a decided suggestion (any version) is not
     suggested again, and it supersedes the undecided suggestions of the other versions of the
-    same kind at its place (the latest run wins, also when an older version runs again). A detector's category is the project's category of
-    that name (any case), when it still exists.
+    same kind at its place made by other runs (the latest run wins, also when an older version
+    runs again: a region's newer model over its older one, the project's model over a region's
+    former model and the other way round). One run may store several versions' suggestions on an
+    image (an anomaly run's regions with models of their own: one call per version); they never
+    supersede each other. A detector's category is the project's category of that name (any
+    case), when it still exists.
 
     Where a pending suggestion of the other kind (anomaly / detector) covers the same place
     (SAME_PLACE_COVER), the new one is stored as its echo (``same_as``): the queue shows one item
@@ -146,11 +150,12 @@ def suggestions_store(
             "geometry", flat=True
         )
     ]
-    others = list(  # the latest run wins, whichever version it ran
-        on_image.filter(status=Suggestion.Status.PENDING, model_version__kind=model_version.kind)
-        .exclude(model_version=model_version)
-        .values_list("id", "geometry")
-    )
+    older = on_image.filter(  # the latest run wins, whichever version it ran
+        status=Suggestion.Status.PENDING, model_version__kind=model_version.kind
+    ).exclude(model_version=model_version)
+    if run is not None:  # the versions of one run (its regions' own models) stand side by side
+        older = older.exclude(run=run)
+    others = list(older.values_list("id", "geometry"))
     cross = list(  # the other kind's pending suggestions here, each the main of its place
         on_image.filter(status=Suggestion.Status.PENDING, same_as__isnull=True)
         .exclude(model_version__kind=model_version.kind)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,14 @@ class Detection:
     def bbox_xywh(self) -> list[float]:
         """COCO-style [x, y, w, h]."""
         return [self.x1, self.y1, self.x2 - self.x1, self.y2 - self.y1]
+
+
+# (category id, score) -> second_score of the slices' detections while ``predict_sliced`` runs,
+# with the detector that notes them: per thread (and asyncio task), so that one detector may
+# predict in several threads at once, each call with its own table (not on the instance)
+_SECOND_SCORES: ContextVar[tuple[Detector, dict[tuple[int, float], float]] | None] = ContextVar(
+    "loupe_detection_second_scores", default=None
+)
 
 
 def default_device() -> torch.device:
@@ -370,19 +379,18 @@ class Detector:
             predictions = merge(predictions)
         return predictions
 
-    # (category id, score) -> second_score of the slices' detections while predict_sliced runs
-    _second_scores: dict[tuple[int, float], float] | None = None
-
     @contextmanager
     def _noting_second_scores(self) -> Iterator[dict[tuple[int, float], float]]:
         """Note every detection's ``second_score`` by (category id, score) meanwhile: SAHI's
         merge keeps, or merges into, one slice's prediction with its category and score but
-        drops any other field, so the sliced results find theirs there."""
-        self._second_scores = {}
+        drops any other field, so the sliced results find theirs there. The table is this
+        call's (``_SECOND_SCORES``, per thread): calls in other threads keep their own."""
+        seconds: dict[tuple[int, float], float] = {}
+        token = _SECOND_SCORES.set((self, seconds))
         try:
-            yield self._second_scores
+            yield seconds
         finally:
-            self._second_scores = None
+            _SECOND_SCORES.reset(token)
 
     def _from_object_predictions(
         self, object_predictions: list, seconds: dict[tuple[int, float], float] | None = None
@@ -407,15 +415,17 @@ class Detector:
         return dets
 
     def _to_detections(self, dets: torch.Tensor) -> list[Detection]:
+        noting = _SECOND_SCORES.get()
+        seconds = noting[1] if noting is not None and noting[0] is self else None
         out = []
         for row in dets.cpu().tolist():
             cat = self.categories[int(row[0])]
             # one category: no second to hesitate with (None, not a margin equal to the score)
             second = row[6] if len(row) > 6 and len(self.categories) > 1 else None
             out.append(Detection(row[2], row[3], row[4], row[5], row[1], cat.id, cat.name, second))
-            if self._second_scores is not None and second is not None:
+            if seconds is not None and second is not None:
                 key = (cat.id, row[1])  # the same score twice: the closer call
-                self._second_scores[key] = max(second, self._second_scores.get(key, second))
+                seconds[key] = max(second, seconds.get(key, second))
         return out
 
 

@@ -287,7 +287,8 @@ def _inspect_chunk(
                         continue
                     except anomaly.AnomalyError as exc:
                         prediction = exc
-                yield image.pk, _outcome(run, version, image, path, prediction, detect)
+                own = rois.model_versions() if rois is not None else None
+                yield image.pk, _outcome(run, version, image, path, prediction, detect, own)
 
 
 def predict_config(params: dict):
@@ -312,13 +313,13 @@ def predict_config(params: dict):
     )
 
 
-def _outcome(run, version, image, path: str, prediction, detect) -> dict:
+def _outcome(run, version, image, path: str, prediction, detect, region_versions=None) -> dict:
     """Store one image's prediction; the per-image result, or the error that stopped it."""
     anomaly = _engine()
     if isinstance(prediction, anomaly.AnomalyError):  # named as the user knows the file
         return {"error": str(prediction).replace(path, image.original_name)}
     try:
-        return store_prediction(run, version, image, prediction, path, detect)
+        return store_prediction(run, version, image, prediction, path, detect, region_versions)
     except Exception as exc:  # noqa: BLE001 - deleted meanwhile, storage full...
         if not Image.objects.filter(pk=image.pk).exists():
             return {"error": "the image was deleted while it was inspected"}
@@ -341,8 +342,29 @@ def _classified(regions, path, detect) -> tuple[list[SuggestionIn], bool]:
     return [item.classified(detections) for item in items], True
 
 
-def store_prediction(run, version, image, prediction, path, detect) -> dict:
-    """Store one image's heatmap and suggestions; the per-image result."""
+def _by_version(
+    suggestions: list[SuggestionIn],
+    version: ModelVersion,
+    region_versions: dict[int, ModelVersion] | None,
+) -> list[tuple[ModelVersion, list[SuggestionIn]]]:
+    """The suggestions grouped by the model version that made them: a region's own model's
+    (``region_versions``, by region id) for those found in such a region, else the run's
+    ``version``. Every version the run used is listed, even with none found on this image (its
+    undecided suggestions from other settings are still replaced, as the run's are)."""
+    region_versions = region_versions or {}
+    groups: dict[int, tuple[ModelVersion, list[SuggestionIn]]] = {version.pk: (version, [])}
+    for own in region_versions.values():
+        groups.setdefault(own.pk, (own, []))
+    for item in suggestions:
+        groups[region_versions.get(item.roi, version).pk][1].append(item)
+    return list(groups.values())
+
+
+def store_prediction(run, version, image, prediction, path, detect, region_versions=None) -> dict:
+    """Store one image's heatmap and suggestions; the per-image result. ``region_versions``: the
+    model version of each region inspected by a model of its own, by region id
+    (``RunRegions.model_versions``): the suggestions found there are recorded as that version's
+    (the run stays ``run``), the others as ``version``'s."""
     buf = io.BytesIO()
     from PIL import Image as PILImage
 
@@ -363,12 +385,11 @@ def store_prediction(run, version, image, prediction, path, detect) -> dict:
             score=prediction.image_score,
             label=f"{version.architecture} v{version.number}",
         )
-        stored = suggestions_store(
-            image=image,
-            run=run,
-            model_version=version,
-            suggestions=suggestions,
-        )
+        stored = []
+        for made_by, items in _by_version(suggestions, version, region_versions):
+            stored += suggestions_store(
+                image=image, run=run, model_version=made_by, suggestions=items
+            )
         image_update_status(image=image)
         if looked:
             image_detector_checked(image=image)

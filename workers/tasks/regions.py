@@ -150,6 +150,7 @@ class RunRegions:
 
         self.notes: list[str] = []
         self.specs: list = []
+        self._versions: dict[int, ModelVersion] = {}  # region id -> the model inspecting it
         reference_ids = {row["reference_id"] for row in rows}
         reference = Image.objects.filter(pk__in=reference_ids).first()
         if reference is None or len(reference_ids) != 1:
@@ -184,6 +185,8 @@ class RunRegions:
                         raise JobError(
                             f"The model of region '{row['name']}' could not be loaded: {exc}"
                         ) from None
+            if model is not None:
+                self._versions[row["id"]] = version
             trained = ((version.metrics or {}).get("region") or {}) if version else {}
             self.specs.append(
                 anomaly.RoiSpec(
@@ -197,6 +200,13 @@ class RunRegions:
                     box=tuple(trained["box"]) if model is not None and "box" in trained else None,
                 )
             )
+
+    def model_versions(self) -> dict[int, ModelVersion]:
+        """The model version of each region inspected by a model of its own, by region id (the
+        ``roi`` its suggestions carry): their suggestions are that version's, not the run's."""
+        return {
+            spec.key: self._versions[spec.key] for spec in self.specs if spec.key in self._versions
+        }
 
     def apply(self, image: Image, path: str | None, prediction, config, pixels=None):
         """``prediction`` with the regions applied; RegistrationRefused when the image cannot be

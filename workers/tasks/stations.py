@@ -243,7 +243,7 @@ class StationProcess:
 
             # rows and sampled frames are stored on a writer thread while inspection goes on
             writer = station_loop.BackgroundSink(
-                ResultSink(station, version, run, detect),
+                ResultSink(station, version, run, detect, regions),
                 on_exit=lambda: db.connection.close(),  # the writer thread's own connection
             )
             loop_config = station_loop.LoopConfig(
@@ -407,8 +407,9 @@ class ResultSink:
     """Writes a batch: the sampled frames as project images (heatmap and suggestions, under the
     station's run, within its quota), then every row in one insert."""
 
-    def __init__(self, station: Station, version: ModelVersion, run, detect):
+    def __init__(self, station: Station, version: ModelVersion, run, detect, regions=None):
         self.station, self.version, self.run, self.detect = station, version, run, detect
+        self.regions = regions  # RunRegions: a region's own model's suggestions are its version's
         self.room = station_sample_room(station)
 
     def flush(self, results: list[station_loop.FrameResult]) -> None:
@@ -486,7 +487,13 @@ class ResultSink:
             image = Image.objects.get(pk=outcome.image_id)
             try:
                 stored = store_prediction(
-                    self.run, self.version, image, result.inference.detail, str(path), self.detect
+                    self.run,
+                    self.version,
+                    image,
+                    result.inference.detail,
+                    str(path),
+                    self.detect,
+                    self.regions.model_versions() if self.regions is not None else None,
                 )
             except Exception:  # noqa: BLE001 - the image is kept; its rows go on
                 logger.exception("station %s: suggestions of %s not stored", self.station, image.pk)

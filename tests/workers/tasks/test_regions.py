@@ -13,6 +13,7 @@ from django.core.files.storage import default_storage
 
 from annotations.geometry import bounds
 from annotations.models import Suggestion
+from annotations.selectors import review_filter_choices
 from inspection.models import Image, InspectionRegion, Job, ModelVersion
 from inspection.services.inspections import inspection_run_start, model_version_train
 from inspection.services.references import image_mark_reference
@@ -154,6 +155,53 @@ def test_region_model_and_masks_in_an_inspection_run(team, client_for, upload):
     assert {s["region_name"] for s in body["results"]} == {"face"}
     assert at_dent[0].pk in [s["id"] for s in body["results"]]
 
+    # the region's own model made it: recorded under that version, in the run (the rest of
+    # the run's suggestions are the whole image's model's)
+    assert at_dent[0].model_version_id == own.pk and at_dent[0].run_id == run.pk
+    in_run = Suggestion.objects.filter(run=run)
+    assert {s.model_version_id for s in in_run if s.region_id == face.pk} == {own.pk}
+    assert {s.model_version_id for s in in_run if s.region_id is None} <= {whole.pk}
+    reviewer = client_for(team["reviewer"])
+    queue = f"/api/projects/{project.pk}/suggestions/"
+    by_own = reviewer.get(queue, {"model_version": own.pk}).json()["results"]
+    assert at_dent[0].pk in [s["id"] for s in by_own]
+    assert {(s["model_version"], s["model"], s["run"]) for s in by_own} == {
+        (own.pk, "padim v2", run.pk)
+    }
+    by_whole = reviewer.get(queue, {"model_version": whole.pk}).json()["results"]
+    assert at_dent[0].pk not in [s["id"] for s in by_whole]
+    by_run = reviewer.get(queue, {"run": run.pk}).json()["results"]
+    assert at_dent[0].pk in [s["id"] for s in by_run]
+    # the queue's menus: the region's version has its own entry; the run is listed once, by
+    # its own version
+    menus = review_filter_choices(project=project)
+    assert own.pk in [v["id"] for v in menus["versions"]]
+    [listed_run] = [r for r in menus["runs"] if r["id"] == run.pk]
+    assert listed_run["label"].startswith(f"run {run.pk} · anomaly v{whole.number} ")
+    assert listed_run["pending"] == in_run.filter(status="pending").count()
+
+    # a newer model of the region supersedes its older model's undecided suggestion at the
+    # same place; the whole image's model's suggestions elsewhere stay
+    newer = region_model_train(user=admin, region=face, params={"input_size": 64})
+    assert run_job(str(newer.job_id), train_anomaly_model.body) == "succeeded"
+    face.refresh_from_db()
+    assert face.model_version_id == newer.pk
+    outside = [s.pk for s in found if s.region_id is None]
+    again = inspection_run_start(
+        user=team["reviewer"], project=project, scope="selected", image_ids=[tests["dent-face.png"]]
+    )
+    assert run_job(str(again.job_id), run_inspection.body) == "succeeded"
+    found = Suggestion.objects.filter(image_id=tests["dent-face.png"])
+    at_dent = [s for s in found if _covers(s, 115, 92)]
+    assert [(s.model_version_id, s.run_id, s.region_id) for s in at_dent] == [
+        (newer.pk, again.pk, face.pk)
+    ]
+    assert not found.filter(model_version=own).exists()
+    # the whole image's model ran with other settings (the regions' models changed): its
+    # undecided suggestions were replaced by this run's
+    assert not found.filter(pk__in=outside, run=run).exists()
+    assert {s.model_version_id for s in found if s.region_id is None} <= {whole.pk}
+
     # the region deleted: its suggestions stay, without it; a new run does without it
     InspectionRegion.objects.filter(pk=face.pk).delete()
     assert Suggestion.objects.get(pk=at_dent[0].pk).region_id is None
@@ -227,3 +275,76 @@ def test_the_reference_deleted_during_a_run(
             out = regions.apply(part, copy.name, prediction, PredictConfig())
     assert out is prediction  # inspected whole: the cap is not masked any more
     assert regions.specs == [] and "deleted during the run" in regions.notes[0]
+
+
+def test_one_runs_versions_stand_side_by_side_and_the_latest_run_wins(team, tmp_path):
+    """A run whose region has a model of its own stores two versions' suggestions on an image:
+    the region's (found there) and the run's (elsewhere). They never supersede each other, even
+    at overlapping places; a later run's suggestion supersedes the undecided ones of other
+    versions at its place (here the region's newer model), and leaves the rest."""
+    from types import SimpleNamespace
+
+    from inspection.models import InspectionRun
+    from tests.annotations.test_datasets import add_image
+    from workers.tasks.anomaly import store_prediction
+
+    project = team["project"]
+    image = add_image(project, team["admin"], tmp_path, "a.png", size=(64, 48))
+    whole, own, newer = (
+        ModelVersion.objects.create(
+            project=project, number=n, kind="anomaly", architecture="padim", status="ready"
+        )
+        for n in (1, 2, 3)
+    )
+    region = InspectionRegion.objects.create(
+        project=project, reference=image, name="face", polygon=[[0, 0], [30, 0], [30, 30]]
+    )
+
+    def found(*boxes):
+        return SimpleNamespace(
+            heatmap=np.zeros((48, 64), np.uint8),
+            regions=[
+                SimpleNamespace(
+                    box=box, peak_score=0.9, mean_score=0.7, area=100.0, polygon=[], roi=roi
+                )
+                for box, roi in boxes
+            ],
+            image_score=0.9,
+            is_anomalous=True,
+            params={},
+        )
+
+    first = InspectionRun.objects.create(project=project, model_version=whole)
+    out = store_prediction(
+        first,
+        whole,
+        image,
+        found(([4, 4, 10, 10], None), ([5, 4, 10, 10], region.pk), ([40, 30, 10, 10], None)),
+        "a.png",
+        None,
+        {region.pk: own},
+    )
+    assert out["suggestions"] == 3
+    stored = Suggestion.objects.filter(image=image).order_by("id")
+    assert [(s.model_version_id, s.run_id, s.region_id) for s in stored] == [
+        (whole.pk, first.pk, None),
+        (whole.pk, first.pk, None),
+        (own.pk, first.pk, region.pk),
+    ]
+    elsewhere = stored.get(geometry__x=40)
+
+    # the region's newer model, in a later run: the latest run wins at its place, whichever
+    # model made the older suggestions there; elsewhere nothing changes
+    second = InspectionRun.objects.create(project=project, model_version=whole)
+    out = store_prediction(
+        second, whole, image, found(([5, 5, 10, 10], region.pk)), "a.png", None, {region.pk: newer}
+    )
+    assert out["suggestions"] == 1
+
+    def out_id(run):
+        return Suggestion.objects.get(run=run).pk
+
+    assert [
+        (s.pk, s.model_version_id, s.run_id)
+        for s in Suggestion.objects.filter(image=image).order_by("id")
+    ] == [(elsewhere.pk, whole.pk, first.pk), (out_id(second), newer.pk, second.pk)]
