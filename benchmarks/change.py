@@ -24,11 +24,13 @@ the same run, after the heatmaps (``DetectorMethod``): each is trained on the tr
 ``benchmarks/siamese.py``'s ``train_detector`` with the same recipe and budget (lite0,
 ``--detector-input-size``, ``--detector-epochs``, ``--detector-minutes`` of training each, seed),
 its test mAP50 / mAP / AP_small recorded, and its regions are its boxes (whole 640 px images,
-scored >= 0.01) with a score >= the threshold:
+scored >= 0.01) with a score >= the threshold. ``two-stage`` adds the app's two-stage change
+detector (``workers.detection.two_stage``: the changed pixels propose, a pair classifier names
+and places; ``--two-stage-epochs``, the same budget in minutes):
 
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE nice -n 10 .venv/bin/python benchmarks/change.py \\
-        --threads 1 --detectors single,siamese --detector-epochs 20 --detector-minutes 25 \\
-        --json /tmp/change-all.json
+        --threads 1 --detectors single,siamese,two-stage --detector-epochs 20 \\
+        --detector-minutes 25 --json /tmp/change-all.json
 """
 
 from __future__ import annotations
@@ -55,7 +57,11 @@ MATCH_RULE = (
 )
 HEAT_THRESHOLDS = [0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5]
 SCORE_THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-DETECTOR_NAMES = {"single": "single-image detector", "siamese": "Siamese detector"}
+DETECTOR_NAMES = {
+    "single": "single-image detector",
+    "siamese": "Siamese detector",
+    "two-stage": "two-stage change detector",
+}
 
 
 @dataclass
@@ -298,6 +304,12 @@ class DetectorMethod:
             + f", input {input_size}, {epochs} epochs at most, {budget}; a region is a box "
             "scored >= the threshold (whole 640 px images, boxes kept from 0.01)"
         )
+        if kind == "two-stage":
+            self.description = (
+                "workers.detection.two_stage: the changed pixels of image and template propose, "
+                f"a pair classifier names and places the box; {epochs} epochs at most, {budget}; "
+                "a region is a box scored >= the threshold (boxes kept from 0.01)"
+            )
         self.detector = None
         self.dataset = None
         self.index: dict[str, int] = {}
@@ -307,7 +319,7 @@ class DetectorMethod:
 
     def fit(self, pairs: list[Pair]) -> dict:
         from benchmarks.siamese import train_detector
-        from workers.detection import CocoDetectionDataset, Detector
+        from workers.detection import CocoDetectionDataset, load_detector
 
         train_names = {self._file_name(p) for p in pairs}
         test_names = {self._file_name(p) for p in self.test}
@@ -325,7 +337,7 @@ class DetectorMethod:
             test_filter=lambda img: img["file_name"] in test_names,
             log=lambda message: print(message, file=sys.stderr, flush=True),
         )
-        self.detector = Detector.load(row["artifact"], device=self.device)
+        self.detector = load_detector(row["artifact"], runtime="torch", device=self.device)
         # as siamese.py's _class_agnostic: the dataset reads each image and its reference
         self.dataset = CocoDetectionDataset(
             self.root / "annotations.json",
@@ -659,8 +671,8 @@ def main() -> None:
     ap.add_argument(
         "--detectors",
         default="",
-        help="comma-separated detectors to add after the heatmaps: single, siamese "
-        "(benchmarks/siamese.py's recipe, trained on the trainval pairs)",
+        help="comma-separated detectors to add after the heatmaps: single, siamese, two-stage "
+        "(benchmarks/siamese.py's recipes, trained on the trainval pairs)",
     )
     ap.add_argument("--detector-epochs", type=int, default=20)
     ap.add_argument(
@@ -671,6 +683,9 @@ def main() -> None:
         "--detector-max-iters", type=int, default=None, help="cap per epoch (smoke runs)"
     )
     ap.add_argument("--detector-seed", type=int, default=0)
+    ap.add_argument(
+        "--two-stage-epochs", type=int, default=30, help="the two-stage change detector's epochs"
+    )
     ap.add_argument(
         "--detector-out",
         default=str(ROOT / "var" / "bench-change"),
@@ -686,7 +701,7 @@ def main() -> None:
     kinds = [k.strip() for k in args.detectors.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in DETECTOR_NAMES]
     if unknown:
-        ap.error(f"unknown detector(s) {', '.join(unknown)}: pick from single, siamese")
+        ap.error(f"unknown detector(s) {', '.join(unknown)}: pick from {', '.join(DETECTOR_NAMES)}")
 
     import cv2
     import torch
@@ -740,7 +755,7 @@ def main() -> None:
             Path(args.dataset),
             test,
             out=Path(args.detector_out),
-            epochs=args.detector_epochs,
+            epochs=args.two_stage_epochs if kind == "two-stage" else args.detector_epochs,
             minutes=args.detector_minutes,
             input_size=args.detector_input_size,
             max_iters=args.detector_max_iters,

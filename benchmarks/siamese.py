@@ -186,6 +186,18 @@ def train_detector(
     from workers.detection import ModelConfig, TrainConfig, train, train_sizes_around
 
     log = log or (lambda message: print(message, flush=True))
+    if name == "two-stage":
+        return _train_two_stage(
+            root=root,
+            out=out,
+            epochs=epochs,
+            minutes=minutes,
+            seed=seed,
+            eval_every=eval_every,
+            train_filter=train_filter,
+            test_filter=test_filter,
+            log=log,
+        )
     ann = root / "annotations.json"
     out.mkdir(parents=True, exist_ok=True)
     sizes = tuple(train_sizes) if train_sizes else train_sizes_around(input_size)
@@ -274,6 +286,75 @@ def train_detector(
     return row
 
 
+def _train_two_stage(
+    *, root, out, epochs, minutes, seed, eval_every, train_filter, test_filter, log
+) -> dict:
+    """``workers.detection.two_stage`` (the changed pixels propose, a pair classifier names and
+    places) trained on the same pairs with the same budget; figures as ``train_detector``'s."""
+    import torch
+
+    from workers.detection import two_stage
+
+    ann = root / "annotations.json"
+    out.mkdir(parents=True, exist_ok=True)
+    artifact, ckpt = out / "deeppcb-two-stage.pt", out / "deeppcb-two-stage.ckpt"
+    ckpt.unlink(missing_ok=True)
+    config = two_stage.PairConfig(epochs=epochs, seed=seed)
+    trained_s, curve = [0.0], []
+
+    def progress(fraction: float, message: str, metrics: dict | None) -> None:
+        if not metrics:
+            return
+        trained_s[0] += metrics["seconds"]
+        keep = ("epoch", "loss", "seconds", "map50", "map")
+        log(
+            f"[two-stage {fraction * 100:5.1f}%] "
+            + json.dumps({k: metrics[k] for k in keep if k in metrics})
+        )
+        if "map50" in metrics:
+            curve.append(
+                {
+                    k: round(metrics[k], 4) if k != "epoch" else metrics[k]
+                    for k in ("epoch", "map50", "map")
+                }
+            )
+        if minutes and trained_s[0] > 60 * minutes and metrics["epoch"] < epochs:
+            raise BudgetSpent(metrics["epoch"])
+
+    t0, stopped_at = time.time(), None
+    try:
+        history = two_stage.train(
+            ann, artifact, image_root=root, config=config, image_filter=train_filter,
+            progress=progress, val_json=ann if eval_every else None, val_filter=test_filter,
+            eval_every=eval_every or 1, checkpoint=ckpt,
+        ).history  # fmt: skip
+    except BudgetSpent as spent:  # the last epoch's weights, as the job would have kept them
+        stopped_at = int(spent.args[0])
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        cats = two_stage.CocoDetectionDataset(ann, image_filter=train_filter).categories
+        net = two_stage.PairNet(len(cats))
+        net.load_state_dict(saved["net"])
+        history = list(saved["history"])
+        two_stage.save(artifact, net, cats, config, saved["margins"], {"history": history})
+    wall_s = time.time() - t0
+    row = _evaluate(artifact, ann, root, test_filter, 640, "cpu")
+    row.update(
+        {
+            "model": "two-stage",
+            "epochs": len(history),
+            "epochs_planned": epochs,
+            "stopped_by_budget": stopped_at is not None,
+            "train_min": round(trained_s[0] / 60, 1),
+            "wall_min": round(wall_s / 60, 1),
+            "s_per_epoch": round(trained_s[0] / max(1, len(history)), 1),
+            "final_loss": round(history[-1]["loss"], 3),
+            "curve": curve,
+            "artifact": str(artifact),
+        }
+    )
+    return row
+
+
 def _artifact_from_checkpoint(ckpt: Path, artifact: Path, mcfg: Any, ann: Path) -> list[dict]:
     """The artifact a run stopped by the budget would have written: the last epoch's EMA."""
     from workers.detection.artifact import save_artifact
@@ -292,9 +373,10 @@ def _artifact_from_checkpoint(ckpt: Path, artifact: Path, mcfg: Any, ann: Path) 
 def _evaluate(
     artifact: Path, ann: Path, root: Path, test: Any, slice_size: int, device: str
 ) -> dict:
-    from workers.detection import Detector, evaluate
+    from workers.detection import evaluate, load_detector
 
-    det = Detector.load(artifact, device=device)
+    # torch, as the runs of this comparison always were (a two-stage artifact is recognised)
+    det = load_detector(artifact, runtime="torch", device=device)
     res = evaluate(
         det, ann, image_root=root, image_filter=test, slice_size=slice_size, overlap=0.25
     )

@@ -299,6 +299,7 @@ def models_compare(request, pk):
         (label, shown(a.params.get(key)), shown(b.params.get(key)))
         for key, label in (
             ("dataset_number", "Dataset version"),
+            ("reference", "Compared with the reference"),
             ("backbone", "Backbone"),
             ("input_size", "Input size (px)"),
             ("slice", "Slices at full resolution"),

@@ -391,7 +391,7 @@ class DetectorParamsQuery(serializers.Serializer):
     batch_size = serializers.IntegerField(required=False)
     iterations_per_epoch = serializers.IntegerField(required=False)
     seed = serializers.IntegerField(required=False)
-    reference = serializers.ChoiceField(choices=["none", "siamese"], required=False)
+    reference = serializers.ChoiceField(choices=["none", "siamese", "two-stage"], required=False)
     rotate = serializers.ChoiceField(choices=["true", "false"], required=False)
 
     def validate_slice(self, value: str) -> bool:

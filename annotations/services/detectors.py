@@ -152,6 +152,12 @@ def detector_proposal(
             f"Only {paired} of the {labelled} labelled train images have an aligned reference: "
             "the single-image detector learns from all of them."
         )
+    if paired:
+        reasons.append(
+            "Scans of a near-binary pattern (PCB copper, print, masks) can use the two-stage "
+            "change detector instead (reference: two-stage): the pixels that changed against the "
+            "reference propose, a small network names the category and places the box."
+        )
     batch_size = 4
     # about 3000 training iterations when the data allow, within 10..80 epochs
     per_epoch = max(1, math.ceil(facts["train_images"] / batch_size))
@@ -167,6 +173,8 @@ def detector_proposal(
         # quarter turns and vertical flips: only the user knows whether the parts have an "up"
         "rotate": False,
     }
+    if (params or {}).get("reference") == "two-stage":
+        proposed = {**proposed, "epochs": TWO_STAGE_EPOCHS}  # its own default, unless given
     params = _checked(params, proposed) if params else proposed
     estimate, basis = estimate_seconds(params, facts["train_images"], version.project)
     return {
@@ -183,6 +191,10 @@ def detector_proposal(
 # A Siamese detector runs its backbone on the image and on the reference: an epoch cost 1.56x a
 # single-image one on the development CPU (docs/benchmarks-detection.md, section 4).
 SIAMESE_COST = 1.56
+# The two-stage change detector: 30 epochs, 0.32 s per pair and epoch on the development CPU
+# (DeepPCB, about 38 changed places per pair: docs/benchmarks-detection.md, section 4)
+TWO_STAGE_EPOCHS = 30
+TWO_STAGE_SECONDS = 0.32
 
 
 def _images_per_epoch(params: dict[str, Any], train_images: int) -> int:
@@ -235,6 +247,12 @@ def estimate_seconds(
     installation's latest training of the same backbone (``project``'s own first; another
     project's is not named: its members may not be this one's), else the development
     machine's figures (None: no figure for this backbone)."""
+    if params.get("reference") == "two-stage":  # no backbone: its own figure
+        seconds = TWO_STAGE_SECONDS * max(1, train_images) * params["epochs"]
+        return round(seconds), (
+            "as the DeepPCB benchmark on a 2-core CPU like the development machine (about 38 "
+            "changed places per pair; more changes take longer)"
+        )
     measured = measured_seconds_per_image(params["backbone"], project)
     if measured is not None:
         per_image, version = measured
@@ -254,7 +272,7 @@ def estimate_seconds(
 
 TRAINING_PARAMS = {"backbone", "input_size", "slice", "overlap", "epochs", "batch_size"}
 TRAINING_PARAMS |= {"iterations_per_epoch", "seed", "reference", "rotate"}
-REFERENCE_MODES = ("none", "siamese")
+REFERENCE_MODES = ("none", *ModelVersion.PAIRED_DETECTORS)
 
 
 def _checked(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -285,7 +303,9 @@ def _checked(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]
     if out["reference"] not in REFERENCE_MODES:
         raise ValidationError(
             {
-                "params": "reference is 'none' (one image) or 'siamese' (the image and its reference)."
+                "params": "reference is 'none' (one image), 'siamese' (the image and its "
+                "reference) or 'two-stage' (the pixels that changed against the reference, "
+                "then a pair classifier)."
             }
         )
     return out
@@ -311,21 +331,26 @@ def detector_train(
             f"Dataset version {version.number} has no labels in its train split: freeze approved "
             "labels first (or include pending ones)."
         )
-    if clean["reference"] == "siamese" and not facts["train_labelled_paired"]:
+    if clean["reference"] in ModelVersion.PAIRED_DETECTORS and not facts["train_labelled_paired"]:
+        what = "A Siamese" if clean["reference"] == "siamese" else "A two-stage change"
         raise ValidationError(
             {
-                "params": f"A Siamese detector learns from images with an aligned reference: none "
+                "params": f"{what} detector learns from images with an aligned reference: none "
                 f"of the labelled train images of dataset version {version.number} has one."
             }
         )
     categories = sorted(facts["per_category"], key=str.lower)
     known = categories_by_name(project)
     siamese = "-siamese" if clean["reference"] == "siamese" else ""
+    architecture = f"ppyoloe-sod-{clean['backbone']}{siamese}"
+    if clean["reference"] == "two-stage":  # no backbone, input size or slices: whole scans
+        clean = {k: clean[k] for k in ("epochs", "seed", "reference") if k in clean}
+        architecture = "two-stage-change"
     return model_version_create(
         user=user,
         project=project,
         kind=ModelVersion.Kind.DETECTOR,
-        architecture=f"ppyoloe-sod-{clean['backbone']}{siamese}",
+        architecture=architecture,
         params={
             **clean,
             "dataset_version": version.pk,

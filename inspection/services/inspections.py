@@ -493,7 +493,7 @@ def inspection_run_start(
             "with the project's active model."
         )
     images = Image.objects.filter(project=project)
-    if version.kind == ModelVersion.Kind.CHANGE or version.params.get("reference") == "siamese":
+    if version.compares_with_reference:
         # only images with an aligned reference can be compared; others are refused by name
         # when selected, left out otherwise
         if scope == InspectionRun.Scope.SELECTED and image_ids:

@@ -146,7 +146,7 @@
         overlap: Number(f.overlap.value),
         epochs: Number(f.epochs.value),
         batch_size: Number(f.batch_size.value),
-        reference: f.siamese.checked ? "siamese" : "none",
+        reference: f.reference.value,
         rotate: f.rotate.checked,
       };
       if (f.iterations_per_epoch.value !== "") p.iterations_per_epoch = Number(f.iterations_per_epoch.value);
@@ -224,10 +224,10 @@
         f.overlap.value = p.params.overlap;
         f.epochs.value = p.params.epochs;
         f.batch_size.value = p.params.batch_size;
-        f.siamese.checked = p.params.reference === "siamese";
+        f.reference.value = p.params.reference || "none";
         f.rotate.checked = Boolean(p.params.rotate);
-        // the Siamese option is offered when some labelled train images have an aligned reference
-        f.siamese.closest("label").hidden = !p.facts.train_labelled_paired;
+        // comparing with references is offered when some labelled train images have an aligned one
+        f.reference.closest("label").hidden = !p.facts.train_labelled_paired;
         f.iterations_per_epoch.value = "";
         form.querySelector("button[type=submit]").textContent = "Train a detector on dataset v" + number;
         asked++;  // the proposal's own estimate: shown with the form, no second request
@@ -266,6 +266,20 @@
 
     let typing;
     form.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(showEstimate, 250); });
+    // each kind of detector has its own proposed epochs (the server's): a kind chosen takes them
+    form.elements.reference.addEventListener("change", async () => {
+      if (!proposal) return;
+      const kind = form.elements.reference.value;
+      try {
+        const p = await api(box.dataset.datasetsUrl + select.value + "/detector/?reference=" + encodeURIComponent(kind));
+        if (form.elements.reference.value === kind) {
+          form.elements.epochs.value = p.params.epochs;
+          showEstimate();
+        }
+      } catch (err) {
+        estimate.textContent = "Not possible: " + err.message;
+      }
+    });
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
       if (busy) return;

@@ -137,6 +137,8 @@ def test_who_may_train_a_detector(team, tmp_path, client_for):
         ({"rotate": 1}, "rotate is true or false"),
         ({"overlap": 0.9}, "overlap is a fraction"),
         ({"iterations_per_epoch": 0}, "iterations_per_epoch is a whole number"),
+        ({"reference": "both"}, "'siamese' (the image and its reference) or 'two-stage'"),
+        ({"reference": "two-stage"}, "two-stage change detector learns from images with an"),
     ],
 )
 def test_bad_parameters_are_refused_before_anything_is_queued(
@@ -388,6 +390,10 @@ def test_the_time_estimate_rests_on_the_last_training_measured_here(team, tmp_pa
     assert after["estimate_seconds"] == round(5 * 0.25 * 4 * 10)
     siamese = admin.get(url(team, version), {**params, "reference": "siamese"}).json()
     assert siamese["estimate_seconds"] == round(5 * 0.25 * 4 * 10 * 1.56)
+    # the two-stage change detector has no backbone: the benchmark's figure per pair and epoch
+    pairs = admin.get(url(team, version), {**params, "reference": "two-stage"}).json()
+    assert pairs["estimate_seconds"] == round(0.32 * 4 * 10)
+    assert "DeepPCB benchmark" in pairs["estimate_basis"]
     # a newer training in another project: this project's own still comes first; a project
     # without one gets the installation's figure, without the other project's name
     other = project_create(user=team["admin"], name="Secret line")

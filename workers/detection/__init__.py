@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runtimes import RUNTIMES, ensure_onnx_export, load_detector
     from .sahi_model import LoupeSahiModel
     from .trainer import ProgressCallback, TrainResult, train
+    from .two_stage import PairConfig, PairDetector
 
 _LAZY = {
     "ModelConfig": "config",
@@ -71,6 +72,8 @@ _LAZY = {
     "export_onnx": "onnx_export",
     "OnnxDetector": "onnx_export",
     "check_int8": "quantize",
+    "PairConfig": "two_stage",
+    "PairDetector": "two_stage",
 }
 
 __all__ = [
@@ -111,6 +114,8 @@ __all__ = [
     "export_onnx",
     "OnnxDetector",
     "check_int8",
+    "PairConfig",
+    "PairDetector",
 ]
 
 

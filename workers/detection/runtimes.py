@@ -121,6 +121,10 @@ def load_detector(
     artifact = Path(artifact)
     if not artifact.is_file():
         read_artifact(artifact)  # the one WeightsNotFound message for a missing artifact
+    from . import two_stage
+
+    if two_stage.is_artifact(artifact):  # a two-stage change detector runs in torch, on CPU
+        return two_stage.load(artifact)
     dev = torch.device(device) if device is not None else default_device()
     if runtime == "torch" or (runtime == "auto" and dev.type != "cpu"):
         return Detector.load(artifact, device=dev, eval_size=eval_size)

@@ -12,6 +12,7 @@ finish.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -157,11 +158,11 @@ def train_detector(job, ctx: JobContext) -> dict:
             ctx.progress(
                 0.0, f"Collecting the images of dataset v{p['dataset_number']}", force=True
             )
-            siamese = p.get("reference") == "siamese"
+            paired = version.compares_with_reference
             train_json, val_json, image_root, skipped, val_side = _prepare(
-                dataset, work, siamese=siamese
+                dataset, work, siamese=paired
             )
-            reference_root = work / "references" if siamese else None
+            reference_root = work / "references" if paired else None
             checkpoint = _checkpoint_fetch(folder, work)
 
             def report(fraction: float, message: str, metrics: dict | None) -> None:
@@ -176,43 +177,38 @@ def train_detector(job, ctx: JobContext) -> dict:
                     history.append(_light(metrics))
                     ModelVersion.objects.filter(pk=version.pk).update(metrics={"history": history})
 
-            with open(train_json) as fh:
-                num_classes = len(json.load(fh)["categories"])
-            train = {
-                "train_json": train_json,
-                "output": work / "model" / ARTIFACT,
-                "image_root": image_root,
-                "model_config": detection.model_config_for(
-                    p["backbone"],
-                    num_classes,
-                    eval_size=p["input_size"],
-                    **({"reference": "siamese"} if siamese else {}),
-                ),
-                "train_config": detection.TrainConfig(
-                    epochs=p["epochs"],
-                    batch_size=p["batch_size"],
-                    crop_size=p["input_size"] if p["slice"] else None,
-                    train_sizes=detection.train_sizes_around(p["input_size"]),
-                    max_iters_per_epoch=p.get("iterations_per_epoch"),
-                    seed=p.get("seed", 0),
-                    rotate=bool(p.get("rotate", False)),
-                ),
-                "progress": report,
-                "val_json": val_json,
-                "val_image_root": image_root if val_json else None,
-                # judged as it will predict: slices of its input size, or each whole image
-                # resized (one slice as large as the largest val image)
-                "eval_slice_size": p["input_size"] if p["slice"] else max(val_side, 32),
-                "checkpoint": checkpoint,
-                "reference_root": reference_root,
-                "val_reference_root": reference_root if val_json else None,
-            }
+            if p.get("reference") == "two-stage":
+                from workers.detection import two_stage
+
+                fit = functools.partial(
+                    two_stage.train,
+                    train_json,
+                    work / "model" / ARTIFACT,
+                    image_root=image_root,
+                    reference_root=reference_root,
+                    config=detection.PairConfig(epochs=p["epochs"], seed=p.get("seed", 0)),
+                    progress=report,
+                    val_json=val_json,
+                    val_image_root=image_root if val_json else None,
+                    val_reference_root=reference_root if val_json else None,
+                    checkpoint=checkpoint,
+                )
+            else:
+                fit = functools.partial(
+                    detection.train,
+                    **_ppyoloe_arguments(
+                        detection, p, train_json, val_json, image_root, reference_root, val_side
+                    ),
+                    output=work / "model" / ARTIFACT,
+                    progress=report,
+                    checkpoint=checkpoint,
+                )
             what = f"{version.architecture} on {len(version.image_ids)} images"
             ctx.progress(
                 0.02, ("Resuming " if checkpoint.is_file() else "Training ") + what, force=True
             )
             try:
-                result = detection.train(**train)
+                result = fit()
             except detection.CheckpointError as exc:
                 # the training set changed under a lost worker (an image deleted meanwhile):
                 # its checkpoint cannot be continued, so the training starts again, once
@@ -221,14 +217,17 @@ def train_detector(job, ctx: JobContext) -> dict:
                 _checkpoint_delete(folder)
                 history.clear()
                 ctx.progress(0.02, f"Training {what} again: {exc}"[:500], force=True)
-                result = detection.train(**train)
+                result = fit()
             last_pr = next(
                 (h["per_class_pr"] for h in reversed(result.history) if "per_class_pr" in h), {}
             )
             history = [_light(h) for h in result.history]
             model_dir = work / "model"
-            ctx.progress(0.94, "Exporting the detector for CPU inference (ONNX)", force=True)
-            exports = _export(detection, model_dir / ARTIFACT)
+            if p.get("reference") == "two-stage":  # a small network: torch on the CPU
+                exports = {"onnx": False, "runtime": "torch (a two-stage change detector)"}
+            else:
+                ctx.progress(0.94, "Exporting the detector for CPU inference (ONNX)", force=True)
+                exports = _export(detection, model_dir / ARTIFACT)
             if exports["onnx"] and val_json:
                 exports["int8"] = _check_int8(
                     detection,
@@ -284,6 +283,41 @@ def train_detector(job, ctx: JobContext) -> dict:
         "number": version.number,
         "resumed_after_epoch": result.resumed_from_epoch,
         "message": f"{version.architecture} v{version.number}: {result.epochs} epochs{mark}",
+    }
+
+
+def _ppyoloe_arguments(
+    detection, p: dict, train_json, val_json, image_root, reference_root, val_side: int
+) -> dict:
+    """``workers.detection.train``'s arguments for a PP-YOLOE-SOD (single-image or Siamese)."""
+    with open(train_json) as fh:
+        num_classes = len(json.load(fh)["categories"])
+    siamese = reference_root is not None
+    return {
+        "train_json": train_json,
+        "image_root": image_root,
+        "model_config": detection.model_config_for(
+            p["backbone"],
+            num_classes,
+            eval_size=p["input_size"],
+            **({"reference": "siamese"} if siamese else {}),
+        ),
+        "train_config": detection.TrainConfig(
+            epochs=p["epochs"],
+            batch_size=p["batch_size"],
+            crop_size=p["input_size"] if p["slice"] else None,
+            train_sizes=detection.train_sizes_around(p["input_size"]),
+            max_iters_per_epoch=p.get("iterations_per_epoch"),
+            seed=p.get("seed", 0),
+            rotate=bool(p.get("rotate", False)),
+        ),
+        "val_json": val_json,
+        "val_image_root": image_root if val_json else None,
+        # judged as it will predict: slices of its input size, or each whole image resized
+        # (one slice as large as the largest val image)
+        "eval_slice_size": p["input_size"] if p["slice"] else max(val_side, 32),
+        "reference_root": reference_root,
+        "val_reference_root": reference_root if val_json else None,
     }
 
 
@@ -506,8 +540,8 @@ def active_detector(project):
     names as the project calls them now), or None when it has none. For the anomaly job, which
     classifies its regions with it."""
     version = active_model(project, ModelVersion.Kind.DETECTOR)
-    if version is None or not version.artifact or version.params.get("reference") == "siamese":
-        # a Siamese detector needs each image's reference: it makes its own runs only
+    if version is None or not version.artifact or version.compares_with_reference:
+        # a Siamese or two-stage detector needs each image's reference: its own runs only
         yield None
         return
     detection = _library()
@@ -537,7 +571,7 @@ def _renamed(detection, names: dict[str, str]):
 def _detect_one(
     detector, run, version, image, threshold: float, names: dict, rois: RunRegions | None = None
 ) -> dict:
-    siamese = version.params.get("reference") == "siamese"
+    siamese = version.compares_with_reference
     try:
         with tempfile.TemporaryDirectory(prefix="loupe-detect-") as tmp:
             src = storage.fetched(image.file.name, Path(tmp))

@@ -1,0 +1,253 @@
+"""The two-stage change detector (workers/detection/two_stage.py) on synthetic scans: the
+changed pixels propose, a small network names the category and corrects the box.
+
+The boards are binary patterns (tracks), the tested copies carry two kinds of defect that only
+the pair tells apart: "extra" copper (a white square on the background) and "missing" copper (a
+black square cut out of a track), plus JPEG-like speckle that the opening removes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from workers.detection import (
+    Cancelled,
+    CheckpointError,
+    DetectionDataError,
+    DetectionError,
+    load_detector,
+    two_stage,
+)
+from workers.detection.two_stage import PairConfig, PairDetector, proposals
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+SIDE = 200
+
+
+def template(seed: int) -> np.ndarray:
+    """White tracks 20 px wide on black, two horizontal and two vertical."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((SIDE, SIDE), np.uint8)
+    for y in rng.choice(np.arange(20, SIDE - 30, 40), 2, replace=False):
+        img[y : y + 20, :] = 255
+    for x in rng.choice(np.arange(20, SIDE - 30, 40), 2, replace=False):
+        img[:, x : x + 20] = 255
+    return img
+
+
+def defective(ref: np.ndarray, seed: int) -> tuple[np.ndarray, list[tuple]]:
+    """The template with one "extra" square on the background and one "missing" square in a
+    track (8 px each), speckle, and a 3 px dot nobody labelled; returns the image and its
+    labelled boxes (x, y, w, h, cat), drawn 3 px around the defect as an annotator would."""
+    rng = np.random.default_rng(100 + seed)
+    img = ref.copy()
+    speckle = rng.random(img.shape) < 0.002
+    img[speckle] = 255 - img[speckle]
+    boxes = []
+    for cat, want in ((1, 0), (2, 255)):  # extra copper on black, missing copper on white
+        for _ in range(500):
+            x, y = (int(v) for v in rng.integers(10, SIDE - 18, 2))
+            window = ref[y - 4 : y + 12, x - 4 : x + 12]
+            if (window == want).all() and all(
+                abs(x - bx) > 30 or abs(y - by) > 30 for bx, by, *_ in boxes
+            ):
+                img[y : y + 8, x : x + 8] = 255 - want
+                boxes.append((x - 3, y - 3, 14, 14, cat))
+                break
+    for _ in range(500):  # the dot: a change that is no defect
+        x, y = (int(v) for v in rng.integers(10, SIDE - 18, 2))
+        clear = (ref[y - 3 : y + 6, x - 3 : x + 6] == 0).all()
+        if clear and all(abs(x - bx) > 30 or abs(y - by) > 30 for bx, by, *_ in boxes):
+            img[y : y + 3, x : x + 3] = 255
+            break
+    return img, boxes
+
+
+def write_set(folder: Path, seeds: range, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for seed in seeds:
+        ref = template(seed)
+        img, boxes = defective(ref, seed)
+        Image.fromarray(img).save(folder / f"{seed}_test.png")
+        Image.fromarray(ref).save(folder / f"{seed}_temp.png")
+        images.append(
+            {
+                "id": seed + 1,
+                "file_name": f"{seed}_test.png",
+                "reference_file_name": f"{seed}_temp.png",
+                "width": SIDE,
+                "height": SIDE,
+            }
+        )
+        for x, y, w, h, cat in boxes:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": seed + 1,
+                    "category_id": cat,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "extra"}, {"id": 2, "name": "missing"}],
+    }
+    path = folder / name
+    path.write_text(json.dumps(coco))
+    return path
+
+
+CONFIG = PairConfig(
+    epochs=30,
+    batch_size=16,
+    lr=4e-3,
+    settings=((1, 2), (5, 2)),
+    min_pixels=9,
+    min_steps_per_epoch=4,
+)
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("pairs")
+    return {
+        "root": root,
+        "train": write_set(root, range(0, 16), "train.json"),
+        "val": write_set(root, range(20, 23), "val.json"),
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(sets) -> tuple[Path, object]:
+    out = sets["root"] / "model" / "pairs.pt"
+    result = two_stage.train(
+        sets["train"],
+        out,
+        image_root=sets["root"],
+        config=CONFIG,
+        val_json=sets["val"],
+        eval_every=15,
+    )
+    return out, result
+
+
+def test_proposals_are_the_changed_pixels_without_the_speckle() -> None:
+    ref = template(3)
+    img, boxes = defective(ref, 3)
+    found = proposals(img, ref, CONFIG)
+    # each 8 px defect is one proposal, exactly its pixels; the single-pixel speckle is gone,
+    # the 3 px dot stays (9 changed pixels: it is for the network to call "no defect")
+    want = [(x + 3, y + 3, x + 11, y + 11) for x, y, *_ in boxes]
+    assert len(found) == 3 and set(want) < set(found)
+    (dot,) = set(found) - set(want)
+    assert (dot[2] - dot[0], dot[3] - dot[1]) == (3, 3)
+    assert proposals(ref, ref, CONFIG) == []
+
+
+def test_a_reference_of_another_size_is_refused() -> None:
+    ref = template(1)
+    with pytest.raises(DetectionError, match="aligned to the image, at its size"):
+        proposals(ref, ref[:100], CONFIG)
+
+
+def test_trains_validates_and_finds_each_defect_with_its_category(sets, trained) -> None:
+    path, result = trained
+    assert result.epochs == CONFIG.epochs and result.resumed_from_epoch == 0
+    evaluated = [h for h in result.history if "map50" in h]
+    assert [h["epoch"] for h in evaluated] == [15, 30]
+    assert evaluated[-1]["map50"] >= 0.8, evaluated[-1]
+    assert set(evaluated[-1]["per_class_ap50"]) == {"extra", "missing"}
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+    detector = load_detector(path)  # the registry's one loader knows this artifact
+    assert isinstance(detector, PairDetector) and detector.siamese
+    ref = template(30)
+    img, boxes = defective(ref, 30)
+    rgb = np.repeat(img[..., None], 3, axis=2)
+    found = detector.predict(rgb, score_threshold=0.3, reference=np.repeat(ref[..., None], 3, 2))
+    assert len(boxes) == 2
+    for x, y, w, h, cat in boxes:
+        best = max(
+            found, key=lambda d: two_stage.box_iou((d.x1, d.y1, d.x2, d.y2), (x, y, x + w, y + h))
+        )
+        assert two_stage.box_iou((best.x1, best.y1, best.x2, best.y2), (x, y, x + w, y + h)) >= 0.5
+        assert best.category_name == ("extra" if cat == 1 else "missing")
+        assert best.second_score is not None and best.second_score < best.score
+    # the same through files, as a detection run passes them (sliced or not: one pass)
+    Image.fromarray(img).save(sets["root"] / "p.png")
+    Image.fromarray(ref).save(sets["root"] / "r.png")
+    again = detector.predict_sliced(
+        str(sets["root"] / "p.png"), slice_size=640, reference=str(sets["root"] / "r.png"),
+        score_threshold=0.3,
+    )  # fmt: skip
+    assert [(d.category_name, round(d.x1, 3)) for d in again] == [
+        (d.category_name, round(d.x1, 3)) for d in found
+    ]
+    with pytest.raises(DetectionError, match="reference"):
+        detector.predict(rgb)
+
+
+def test_a_lost_worker_resumes_from_the_last_epoch_exactly(sets, tmp_path) -> None:
+    config = PairConfig(**{**CONFIG.to_dict(), "epochs": 3, "settings": CONFIG.settings})
+    whole = two_stage.train(
+        sets["train"], tmp_path / "a.pt", image_root=sets["root"], config=config
+    )
+    ckpt = tmp_path / "ckpt.pt"
+
+    def lose_after_epoch_2(fraction, message, metrics):
+        if metrics is not None and metrics["epoch"] == 2:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        two_stage.train(
+            sets["train"], tmp_path / "b.pt", image_root=sets["root"], config=config,
+            checkpoint=ckpt, progress=lose_after_epoch_2,
+        )  # fmt: skip
+    assert ckpt.is_file() and not (tmp_path / "b.pt").exists()
+    resumed = two_stage.train(
+        sets["train"], tmp_path / "b.pt", image_root=sets["root"], config=config, checkpoint=ckpt
+    )
+    assert resumed.resumed_from_epoch == 2
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    a = torch.load(whole.artifact, weights_only=True)["state_dict"]
+    b = torch.load(resumed.artifact, weights_only=True)["state_dict"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+    other = PairConfig(**{**config.to_dict(), "seed": 7, "settings": CONFIG.settings})
+    with pytest.raises(CheckpointError, match="other images or settings"):
+        two_stage.train(
+            sets["train"], tmp_path / "c.pt", image_root=sets["root"], config=other,
+            checkpoint=ckpt,
+        )  # fmt: skip
+
+
+def test_bad_training_sets_fail_before_training(sets, tmp_path) -> None:
+    coco = json.loads(sets["train"].read_text())
+    no_boxes = tmp_path / "no_boxes.json"
+    no_boxes.write_text(json.dumps({**coco, "annotations": []}))
+    with pytest.raises(DetectionDataError, match="no labelled boxes"):
+        two_stage.train(no_boxes, tmp_path / "x.pt", image_root=sets["root"], config=CONFIG)
+    unpaired = tmp_path / "unpaired.json"
+    images = [{k: v for k, v in im.items() if k != "reference_file_name"} for im in coco["images"]]
+    unpaired.write_text(json.dumps({**coco, "images": images}))
+    with pytest.raises(DetectionDataError, match="no reference"):
+        two_stage.train(unpaired, tmp_path / "x.pt", image_root=sets["root"], config=CONFIG)
+    same = tmp_path / "same.json"
+    alike = [{**im, "reference_file_name": im["file_name"]} for im in coco["images"]]
+    same.write_text(json.dumps({**coco, "images": alike}))
+    with pytest.raises(DetectionDataError, match="no changed pixels"):
+        two_stage.train(same, tmp_path / "x.pt", image_root=sets["root"], config=CONFIG)
+    assert not (tmp_path / "x.pt").exists()
+    with pytest.raises(DetectionError, match="not a two-stage"):
+        two_stage.load(sets["train"])

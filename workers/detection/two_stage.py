@@ -1,0 +1,624 @@
+"""A two-stage change detector for aligned pairs: the changed pixels propose, a small network on
+crops of (image, reference, difference) names the category and corrects the box (issue #14).
+
+Where an image and its reference are aligned scans of a near-binary pattern (a PCB's copper, a
+print, a mask), the pixels that changed find nearly every defect (DeepPCB: 0.988 of the test
+defects at IoU 0.5), so what is left to learn is where the annotator drew the frame around it
+and what it is. That is learnt from far fewer pixels than a whole detector:
+
+1. proposals: both images binarised (grey level ``binarise``), their XOR opened (``o`` px: JPEG
+   and edge noise out) and pieces closer than ``j`` px joined, for each ``(j, o)`` of
+   ``settings``; the boxes of changed pixels of all settings pooled (one defect may give several:
+   the network says which is the defect);
+2. the box: each proposal grown by margins per side fitted on the training set (the median of the
+   labelled frames around the proposals inside them), then corrected by the network;
+3. the category: a CNN of six convolutions on a ``crop`` px window of (image, reference,
+   difference) around the grown box (``context`` times its longer side), with one output per
+   category plus "no defect", four box offsets and the corrected box's expected IoU, which
+   weights the score (a well-placed box ranks before a loose one of the same defect). Trained
+   with the eight quarter turns and flips (the box on upright crops only: the annotators' margins
+   differ per side); at prediction the mean of the eight turns' probabilities. Each proposal
+   gives a box for its two likeliest categories; boxes of a category that overlap (IoU >= 0.5)
+   are suppressed.
+
+Photographs, whose grey levels change with light, are not for this model: their change run
+(``workers.change``) compares features instead. Measured on DeepPCB: docs/benchmarks-detection.md
+("A two-stage alternative"), ``benchmarks/change_two_stage.py``.
+
+A plain library: no Django, no Celery. The artifact is one torch file (``FORMAT``);
+:func:`workers.detection.load_detector` recognises it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Category, CocoDetectionDataset, load_image
+from .errors import CheckpointError, DetectionDataError, DetectionError, WeightsNotFound
+from .inference import Detection
+from .trainer import ProgressCallback, TrainResult
+
+FORMAT = "loupe-two-stage-change"
+VERSION = 1
+#: Most proposals one pair may give (the ones with the most changed pixels are kept): a pair
+#: that is not aligned changes everywhere, and its crops would not fit in memory.
+MAX_PROPOSALS = 3000
+
+
+@dataclass
+class PairConfig:
+    """How proposals are made and the network trained (kept in the artifact)."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+    context: float = 2.0  # crop side / the grown box's longer side
+    crop: int = 64  # the network's input side
+    settings: tuple[tuple[int, int], ...] = ((1, 2), (7, 2), (1, 3), (7, 3))  # (join, open) px
+    min_pixels: int = 12  # fewest changed pixels of a proposal
+    binarise: int = 127  # grey level between background and pattern
+    upright: float = 0.5  # share of each batch not turned (the box is learnt on those)
+    min_steps_per_epoch: int = 20
+    categories_per_proposal: int = 2
+    num_threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["settings"] = [list(s) for s in self.settings]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PairConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "settings" in known:
+            known["settings"] = tuple(tuple(int(v) for v in s) for s in known["settings"])
+        return cls(**known)
+
+
+def grey(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def proposals(image: np.ndarray, reference: np.ndarray, config: PairConfig) -> list[tuple]:
+    """Boxes ``(x1, y1, x2, y2)`` (pixels, x2/y2 exclusive) of the changed pixels of an aligned
+    pair, the settings' pooled, biggest changes first (at most :data:`MAX_PROPOSALS`)."""
+    test, ref = grey(image), grey(reference)
+    if test.shape != ref.shape:
+        raise DetectionError(
+            f"the reference is {ref.shape[1]}x{ref.shape[0]} px, the image "
+            f"{test.shape[1]}x{test.shape[0]}: it must be aligned to the image, at its size"
+        )
+    changed = ((test > config.binarise) != (ref > config.binarise)).astype(np.uint8)
+    pooled: dict[tuple, int] = {}
+    for join, opening in config.settings:
+        diff = _opened(changed, opening)
+        joined = cv2.dilate(diff, np.ones((join, join), np.uint8)) if join > 1 else diff
+        n, labels = cv2.connectedComponents(joined, connectivity=8)
+        if n <= 1:
+            continue
+        # per piece: the box and the count of its changed pixels (not of the joined ones)
+        ys, xs = np.nonzero(diff)
+        ks = labels[ys, xs]
+        counts = np.bincount(ks, minlength=n)
+        x1 = np.full(n, np.iinfo(np.int64).max)
+        y1 = np.full(n, np.iinfo(np.int64).max)
+        x2 = np.full(n, -1)
+        y2 = np.full(n, -1)
+        np.minimum.at(x1, ks, xs)
+        np.minimum.at(y1, ks, ys)
+        np.maximum.at(x2, ks, xs)
+        np.maximum.at(y2, ks, ys)
+        for k in np.nonzero(counts >= config.min_pixels)[0]:
+            if k == 0:
+                continue
+            box = (int(x1[k]), int(y1[k]), int(x2[k]) + 1, int(y2[k]) + 1)
+            pooled[box] = max(pooled.get(box, 0), int(counts[k]))
+    ranked = sorted(pooled, key=lambda b: (-pooled[b], b))
+    return sorted(ranked[:MAX_PROPOSALS])
+
+
+def _opened(mask: np.ndarray, size: int) -> np.ndarray:
+    """``mask`` opened by a ``size`` px square that leaves what stays in place (OpenCV's
+    opening by an even square moves it by a pixel: both steps use the same anchor)."""
+    kernel = np.ones((size, size), np.uint8)
+    anchor = size - 1 - size // 2
+    return cv2.dilate(cv2.erode(mask, kernel), kernel, anchor=(anchor, anchor))
+
+
+def box_iou(a, b) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def grow(box, margins) -> list[float]:
+    return [box[0] - margins[0], box[1] - margins[1], box[2] + margins[2], box[3] + margins[3]]
+
+
+def fit_margins(pairs: list[tuple[list, np.ndarray]]) -> list[float]:
+    """Per side (left, top, right, bottom): the median distance from a proposal to the labelled
+    frame around it, over proposals inside exactly one frame. ``pairs``: (proposals, boxes)."""
+    sides = []
+    for props, boxes in pairs:
+        for p in props:
+            inside = [g for g in boxes if g[0] <= p[0] and g[1] <= p[1] and p[2] <= g[2] and p[3] <= g[3]]  # fmt: skip
+            if len(inside) == 1:
+                g = inside[0]
+                sides.append((p[0] - g[0], p[1] - g[1], g[2] - p[2], g[3] - p[3]))
+    if not sides:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(v) for v in np.median(np.array(sides), axis=0)]
+
+
+def crop(image: np.ndarray, reference: np.ndarray, box, config: PairConfig):
+    """A ``crop`` x ``crop`` window of (image, reference, difference) in [0, 1] (grey),
+    centred on ``box``; bigger boxes are shrunk to fit with their context. Returns the stack and
+    the scale used (the network is told it)."""
+    side_px = config.crop
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    side = max(side_px, config.context * max(box[2] - box[0], box[3] - box[1]))
+    scale = side_px / side
+    m = np.array([[scale, 0, side_px / 2 - scale * cx], [0, scale, side_px / 2 - scale * cy]])
+    chans = [
+        cv2.warpAffine(img, m, (side_px, side_px), flags=cv2.INTER_AREA, borderValue=0) / 255.0
+        for img in (image, reference)
+    ]
+    chans.append(chans[0] - chans[1])
+    return np.stack(chans).astype(np.float32), scale
+
+
+class PairNet(nn.Module):
+    """Six convolutions on the (image, reference, difference) crop, the crop's scale beside the
+    pooled features; outputs: category logits (index 0: no defect), box offsets (per side, in
+    units of the box's width and height), and the corrected box's IoU (a logit)."""
+
+    def __init__(self, num_categories: int) -> None:
+        super().__init__()
+
+        def block(i: int, o: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)
+            )
+
+        c = (24, 48, 64, 96, 128)
+        self.features = nn.Sequential(
+            block(3, c[0]), nn.MaxPool2d(2), block(c[0], c[1]), block(c[1], c[2]), nn.MaxPool2d(2),
+            block(c[2], c[3]), block(c[3], c[3]), nn.MaxPool2d(2), block(c[3], c[4]),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.cls = nn.Linear(c[4] + 1, num_categories + 1)
+        self.box = nn.Linear(c[4] + 1, 4)
+        self.quality = nn.Linear(c[4] + 1, 1)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor):
+        h = torch.cat([self.features(x), scale[:, None]], 1)
+        return self.cls(h), self.box(h), self.quality(h)[:, 0]
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the eight quarter turns and flips of a batch of crops."""
+    x = torch.rot90(x, k % 4, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if k >= 4 else x
+
+
+def offset_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of boxes given as offsets of one box's sides in units of its width and height
+    (``[dx1, dy1, dx2, dy2]``): scaling x and y keeps IoU, so this is the pixels' IoU."""
+    ax1, ay1, ax2, ay2 = a[:, 0], a[:, 1], 1 + a[:, 2], 1 + a[:, 3]
+    bx1, by1, bx2, by2 = b[:, 0], b[:, 1], 1 + b[:, 2], 1 + b[:, 3]
+    iw = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
+    ih = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
+    inter = iw * ih
+    union = (ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0) + (bx2 - bx1) * (by2 - by1)
+    return inter / (union - inter).clamp(min=1e-6)
+
+
+@dataclass
+class _Samples:
+    x: torch.Tensor
+    scale: torch.Tensor
+    label: torch.Tensor
+    offsets: torch.Tensor
+    per_image: list[int] = field(default_factory=list)
+
+
+def _samples(dataset: CocoDetectionDataset, config: PairConfig, margins, props) -> _Samples:
+    xs, ss, ys, regs = [], [], [], []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        test, ref = grey(sample.image), grey(sample.reference)
+        for p in props[i]:
+            box = grow(p, margins)
+            best, label, gt = 0.0, 0, None
+            for g, c in zip(sample.boxes.tolist(), sample.labels.tolist(), strict=True):
+                o = box_iou(box, g)
+                if o > best:
+                    best, label, gt = o, c + 1, g
+            x, s = crop(test, ref, box, config)
+            xs.append(x)
+            ss.append(s)
+            ys.append(label if best >= 0.5 else 0)
+            w, h = box[2] - box[0], box[3] - box[1]
+            regs.append(
+                [(gt[0] - box[0]) / w, (gt[1] - box[1]) / h, (gt[2] - box[2]) / w,
+                 (gt[3] - box[3]) / h] if gt is not None and best >= 0.5 else [0.0] * 4
+            )  # fmt: skip
+    if not xs:
+        raise DetectionDataError(
+            "no changed pixels between the training images and their references: nothing to "
+            "learn from (are the pairs aligned, and do the labelled images differ from them?)"
+        )
+    return _Samples(
+        torch.from_numpy(np.stack(xs)),
+        torch.tensor(ss, dtype=torch.float32),
+        torch.tensor(ys),
+        torch.tensor(regs, dtype=torch.float32),
+    )
+
+
+def _identity(config: PairConfig, categories: list[Category], dataset) -> dict[str, Any]:
+    names = sorted(str(im["file_name"]) for im in dataset.images)
+    return {
+        "format": FORMAT,
+        "config": config.to_dict(),
+        "categories": [[c.id, c.name] for c in categories],
+        "images": names,
+    }
+
+
+def train(
+    train_json: str | Path,
+    output: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    reference_root: str | Path | None = None,
+    config: PairConfig | None = None,
+    image_filter: Callable[[dict[str, Any]], bool] | None = None,
+    progress: ProgressCallback | None = None,
+    val_json: str | Path | None = None,
+    val_image_root: str | Path | None = None,
+    val_reference_root: str | Path | None = None,
+    val_filter: Callable[[dict[str, Any]], bool] | None = None,
+    eval_every: int = 5,
+    checkpoint: str | Path | None = None,
+) -> TrainResult:
+    """Train on a COCO file whose images name their aligned references (``reference_file_name``
+    or DeepPCB's ``template_file_name``, under ``reference_root``) and write the artifact.
+
+    The same contract as :func:`workers.detection.train`: ``progress(fraction, message,
+    metrics)`` (metrics at each epoch's end; it may raise :class:`Cancelled`), a checkpoint
+    written after every epoch and continued from when it matches (else
+    :class:`CheckpointError`), validation with pycocotools every ``eval_every`` epochs and after
+    the last (``map``, ``map50``, ``ap_small`` and per category).
+    """
+    cfg = config or PairConfig()
+    report = progress or (lambda f, m, d: None)
+    dataset = CocoDetectionDataset(
+        train_json,
+        image_root,
+        image_filter=image_filter,
+        references=True,
+        reference_root=reference_root,
+    )
+    if len(dataset) == 0:
+        raise DetectionDataError(f"no training images in {train_json}")
+    if not any(len(dataset.targets(i)[0]) for i in range(len(dataset))):
+        raise DetectionDataError(f"no labelled boxes in {train_json}: nothing to learn")
+    categories = dataset.categories
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    start = time.time()
+    report(0.0, f"Finding the changed pixels of {len(dataset)} pairs", None)
+    props, pairs = [], []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        props.append(proposals(sample.image, sample.reference, cfg))
+        pairs.append((props[-1], sample.boxes.tolist()))
+    margins = fit_margins(pairs)
+    data = _samples(dataset, cfg, margins, props)
+
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    identity = _identity(cfg, categories, dataset)
+    net = PairNet(len(categories))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    n = len(data.label)
+    batch_size = min(cfg.batch_size, n)
+    # a small project's few proposals still get some steps per epoch (drawn again, reshuffled)
+    steps_per_epoch = max(math.ceil(n / batch_size), cfg.min_steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch
+    )
+    history: list[dict[str, Any]] = []
+    first = 0
+    if ckpt is not None and ckpt.exists():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if saved.get("identity") != identity:
+            raise CheckpointError(
+                f"training checkpoint {ckpt} was written for other images or settings; delete "
+                "it to train from the start"
+            )
+        net.load_state_dict(saved["net"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        rng = saved["rng"]
+        history = list(saved["history"])
+        first = int(saved["epoch"])
+
+    val = None
+    if val_json is not None:
+        val = (
+            val_json,
+            val_image_root or image_root,
+            val_reference_root or val_image_root or reference_root,
+            val_filter,
+        )
+    for epoch in range(first, cfg.epochs):
+        began = time.time()
+        net.train()
+        draws = math.ceil(steps_per_epoch * batch_size / n)
+        order = torch.from_numpy(np.concatenate([rng.permutation(n) for _ in range(draws)]))
+        total, seen = 0.0, 0
+        for b in range(steps_per_epoch):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            seen += len(idx)
+            upright = int(round(len(idx) * cfg.upright))
+            k = int(rng.integers(1, 8))
+            x = torch.cat([data.x[idx[:upright]], dihedral(data.x[idx[upright:]], k)])
+            x = x + 0.03 * torch.randn_like(x)
+            logits, offsets, quality = net(x, data.scale[idx])
+            labels = data.label[idx]
+            loss = nn.functional.cross_entropy(logits, labels, label_smoothing=0.05)
+            pos = labels > 0
+            pos[upright:] = False
+            if pos.any():
+                target = data.offsets[idx][pos]
+                loss = loss + 5 * nn.functional.smooth_l1_loss(offsets[pos], target, beta=0.05)
+                placed = offset_iou(offsets[pos].detach(), target)
+                loss = loss + nn.functional.binary_cross_entropy_with_logits(quality[pos], placed)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(idx)
+            if b % 20 == 0:
+                done = (epoch + b / steps_per_epoch) / cfg.epochs
+                report(done, f"epoch {epoch + 1}/{cfg.epochs}: batch {b + 1}", None)
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": round(total / seen, 5),
+            "lr": float(scheduler.get_last_lr()[0]),
+            "seconds": round(time.time() - began, 2),  # the epoch's training (as PP-YOLOE's)
+        }
+        last = epoch + 1 == cfg.epochs
+        if val is not None and ((epoch + 1) % max(1, eval_every) == 0 or last):
+            detector = PairDetector(net, categories, cfg, margins)
+            metrics.update(_validate(detector, *val))
+            metrics["eval_seconds"] = round(time.time() - began - metrics["seconds"], 2)
+            net.train()
+        history.append(metrics)
+        if ckpt is not None:
+            tmp = ckpt.with_name(ckpt.name + ".tmp")
+            torch.save(
+                {
+                    "identity": identity,
+                    "net": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "rng": rng,
+                    "history": history,
+                    "epoch": epoch + 1,
+                    "margins": margins,  # an artifact can be written from it
+                },
+                tmp,
+            )
+            os.replace(tmp, ckpt)
+        report((epoch + 1) / cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs} done", metrics)
+
+    out = save(output, net, categories, cfg, margins, {"history": history})
+    return TrainResult(
+        artifact=out,
+        epochs=cfg.epochs,
+        iterations=cfg.epochs * steps_per_epoch,
+        seconds=time.time() - start,
+        history=history,
+        resumed_from_epoch=first,
+    )
+
+
+def _validate(
+    detector: PairDetector, val_json, image_root, reference_root, image_filter
+) -> dict[str, Any]:
+    from .evaluation import evaluate
+
+    result = evaluate(
+        detector,
+        val_json,
+        image_root=image_root,
+        image_filter=image_filter,
+        reference_root=reference_root,
+        batch_size=1,
+    )
+    return {
+        "map": result.map,
+        "map50": result.map50,
+        "ap_small": result.ap_small,
+        "per_class_ap50": result.per_class_ap50,
+        "per_class_ap": result.per_class_ap,
+        "per_class_ap_small": result.per_class_ap_small,
+        "per_class_pr": result.per_class_pr,
+    }
+
+
+def save(path, net: PairNet, categories, config: PairConfig, margins, metadata=None) -> Path:
+    """Write the artifact atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config.to_dict(),
+        "categories": [{"id": c.id, "name": c.name} for c in categories],
+        "margins": [float(m) for m in margins],
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "metadata": metadata or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def is_artifact(path: str | Path) -> bool:
+    """Whether ``path`` is an artifact of this model (read lazily: no weights are loaded)."""
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not a torch file, or not this format
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+def load(path: str | Path) -> PairDetector:
+    """The detector of an artifact written by :func:`train` (on the CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFound(f"model artifact {path} not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - not a torch file
+        raise DetectionError(f"{path} is not a two-stage change detector ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise DetectionError(f"{path} is not a two-stage change detector")
+    categories = [
+        Category(id=int(c["id"]), name=str(c["name"]), index=i)
+        for i, c in enumerate(payload["categories"])
+    ]
+    net = PairNet(len(categories))
+    net.load_state_dict(payload["state_dict"], strict=True)
+    config = PairConfig.from_dict(payload["config"])
+    return PairDetector(net, categories, config, payload["margins"], payload.get("metadata"))
+
+
+class PairDetector:
+    """A loaded two-stage change detector: ``predict(image, reference=...)`` like a Siamese
+    :class:`~workers.detection.Detector` (the reference aligned to the image, at its size). It
+    reads whole images at full resolution (no slices: proposals are pixels, crops are local);
+    ``predict_sliced`` is the same call, for the callers that slice other detectors."""
+
+    runtime = "torch"
+    precision = "fp32"
+    device = torch.device("cpu")
+    trained_on = None
+    siamese = True
+    model_config = SimpleNamespace(siamese=True)
+    #: crops through the network at once (bounds memory on a pair with many changes)
+    CHUNK = 256
+
+    def __init__(self, net, categories, config, margins, metadata=None) -> None:
+        self.net = net.eval()
+        self.categories = categories
+        self.config = config
+        self.margins = list(margins)
+        self.metadata = metadata or {}
+
+    @torch.no_grad()
+    def predict(
+        self,
+        image: str | Path | np.ndarray,
+        score_threshold: float = 0.05,
+        reference: str | Path | np.ndarray | None = None,
+    ) -> list[Detection]:
+        if reference is None:
+            raise DetectionError(
+                "a two-stage change detector compares each image with its reference: none given"
+            )
+        img = load_image(image) if isinstance(image, str | Path) else image
+        ref = load_image(reference) if isinstance(reference, str | Path) else reference
+        test, tmpl = grey(img), grey(ref)
+        props = proposals(test, tmpl, self.config)
+        if not props:
+            return []
+        boxes = [grow(p, self.margins) for p in props]
+        crops, scales = zip(*(crop(test, tmpl, b, self.config) for b in boxes), strict=True)
+        x = torch.from_numpy(np.stack(crops))
+        s = torch.tensor(scales, dtype=torch.float32)
+        probs, offsets, quality = [], [], []
+        was = self.net.training
+        self.net.eval()
+        for i in range(0, len(x), self.CHUNK):
+            xc, sc = x[i : i + self.CHUNK], s[i : i + self.CHUNK]
+            p = sum(torch.softmax(self.net(dihedral(xc, k), sc)[0], 1) for k in range(8)) / 8
+            _, o, q = self.net(xc, sc)
+            probs.append(p)
+            offsets.append(o)
+            quality.append(torch.sigmoid(q))
+        self.net.train(was)
+        return self._detections(
+            np.array(boxes, np.float64),
+            torch.cat(probs).numpy(),
+            torch.cat(offsets).numpy(),
+            torch.cat(quality).numpy(),
+            img.shape[:2],
+            score_threshold,
+        )
+
+    def predict_sliced(self, image, slice_size=None, overlap=None, score_threshold=0.05,
+                       batch_size=None, reference=None) -> list[Detection]:  # fmt: skip
+        return self.predict(image, score_threshold=score_threshold, reference=reference)
+
+    def _detections(self, boxes, probs, offsets, quality, shape, threshold) -> list[Detection]:
+        h, w = shape
+        bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        boxes = boxes + offsets * np.stack([bw, bh, bw, bh], 1)
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        q = np.clip(quality, 1e-3, 1.0)
+        per_category: dict[int, list] = {}
+        top_n = min(self.config.categories_per_proposal, len(self.categories))
+        for j in range(len(boxes)):
+            if boxes[j, 2] <= boxes[j, 0] or boxes[j, 3] <= boxes[j, 1]:
+                continue
+            order = np.argsort(-probs[j, 1:])
+            for rank, c in enumerate(order[:top_n]):
+                score = float(probs[j, 1 + c] * q[j])
+                if score < threshold:
+                    continue
+                other = order[1] if rank == 0 and len(order) > 1 else order[0]
+                second = float(probs[j, 1 + other] * q[j]) if len(order) > 1 else None
+                per_category.setdefault(int(c), []).append((score, boxes[j], second))
+        out = []
+        for c, found in per_category.items():
+            found.sort(key=lambda d: -d[0])
+            kept: list = []
+            for d in found:  # overlapping boxes of a category: the best scored stays
+                if all(box_iou(d[1], k[1]) < 0.5 for k in kept):
+                    kept.append(d)
+            cat = self.categories[c]
+            out += [
+                Detection(
+                    float(b[0]), float(b[1]), float(b[2]), float(b[3]), score, cat.id, cat.name,
+                    second if len(self.categories) > 1 else None,
+                )
+                for score, b, second in kept
+            ]  # fmt: skip
+        out.sort(key=lambda d: -d.score)
+        return out
