@@ -295,8 +295,13 @@ def models_compare(request, pk):
     def shown(value):
         return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
 
+    defaults = {"reference": "none"}  # versions trained before it was a choice
     settings = [
-        (label, shown(a.params.get(key)), shown(b.params.get(key)))
+        (
+            label,
+            shown(a.params.get(key, defaults.get(key))),
+            shown(b.params.get(key, defaults.get(key))),
+        )
         for key, label in (
             ("dataset_number", "Dataset version"),
             ("reference", "Compared with the reference"),

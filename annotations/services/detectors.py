@@ -173,10 +173,24 @@ def detector_proposal(
         # quarter turns and vertical flips: only the user knows whether the parts have an "up"
         "rotate": False,
     }
+    images = facts["train_images"]
     if (params or {}).get("reference") == "two-stage":
-        proposed = {**proposed, "epochs": TWO_STAGE_EPOCHS}  # its own default, unless given
-    params = _checked(params, proposed) if params else proposed
-    estimate, basis = estimate_seconds(params, facts["train_images"], version.project)
+        # none of PP-YOLOE-SOD's settings: a value for one would be silently dropped, so no
+        others = sorted(set(params) - TWO_STAGE_PARAMS)
+        if others:
+            raise ValidationError(
+                {
+                    "params": "The two-stage change detector takes only epochs and seed, not "
+                    + ", ".join(others)
+                    + "."
+                }
+            )
+        params = _checked(params, {**proposed, "epochs": TWO_STAGE_EPOCHS})
+        params = {k: params[k] for k in sorted(TWO_STAGE_PARAMS) if k in params}
+        images = facts["train_paired"]  # it learns from the paired images only
+    else:
+        params = _checked(params, proposed) if params else proposed
+    estimate, basis = estimate_seconds(params, images, version.project)
     return {
         "params": params,
         "proposed": proposed,
@@ -195,6 +209,7 @@ SIAMESE_COST = 1.56
 # (DeepPCB, about 38 changed places per pair: docs/benchmarks-detection.md, section 4)
 TWO_STAGE_EPOCHS = 30
 TWO_STAGE_SECONDS = 0.32
+TWO_STAGE_PARAMS = {"epochs", "seed", "reference"}
 
 
 def _images_per_epoch(params: dict[str, Any], train_images: int) -> int:
@@ -341,11 +356,11 @@ def detector_train(
         )
     categories = sorted(facts["per_category"], key=str.lower)
     known = categories_by_name(project)
-    siamese = "-siamese" if clean["reference"] == "siamese" else ""
-    architecture = f"ppyoloe-sod-{clean['backbone']}{siamese}"
-    if clean["reference"] == "two-stage":  # no backbone, input size or slices: whole scans
-        clean = {k: clean[k] for k in ("epochs", "seed", "reference") if k in clean}
+    if clean["reference"] == "two-stage":  # epochs and seed only (detector_proposal)
         architecture = "two-stage-change"
+    else:
+        siamese = "-siamese" if clean["reference"] == "siamese" else ""
+        architecture = f"ppyoloe-sod-{clean['backbone']}{siamese}"
     return model_version_create(
         user=user,
         project=project,

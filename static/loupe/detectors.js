@@ -137,8 +137,17 @@
     let asked = 0;  // the latest estimate asked for (answers may come back out of order)
     let busy = false;
 
+    // the two-stage change detector takes epochs only (no backbone, size, slices or batch)
+    const twoStage = () => form.elements.reference.value === "two-stage";
+    const ppyoloeOnly = () => [
+      ...["backbone", "input_size", "slice", "batch_size", "rotate"].map((n) => form.elements[n].closest("label")),
+      form.querySelector("details.advanced"),
+    ];
+    const showKind = () => ppyoloeOnly().forEach((node) => { node.hidden = twoStage(); });
+
     const params = () => {
       const f = form.elements;
+      if (twoStage()) return { reference: "two-stage", epochs: Number(f.epochs.value) };
       const p = {
         backbone: f.backbone.value,
         input_size: Number(f.input_size.value),
@@ -228,6 +237,7 @@
         f.rotate.checked = Boolean(p.params.rotate);
         // comparing with references is offered when some labelled train images have an aligned one
         f.reference.closest("label").hidden = !p.facts.train_labelled_paired;
+        showKind();
         f.iterations_per_epoch.value = "";
         form.querySelector("button[type=submit]").textContent = "Train a detector on dataset v" + number;
         asked++;  // the proposal's own estimate: shown with the form, no second request
@@ -270,6 +280,7 @@
     form.elements.reference.addEventListener("change", async () => {
       if (!proposal) return;
       const kind = form.elements.reference.value;
+      showKind();
       try {
         const p = await api(box.dataset.datasetsUrl + select.value + "/detector/?reference=" + encodeURIComponent(kind));
         if (form.elements.reference.value === kind) {

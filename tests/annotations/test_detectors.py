@@ -139,6 +139,7 @@ def test_who_may_train_a_detector(team, tmp_path, client_for):
         ({"iterations_per_epoch": 0}, "iterations_per_epoch is a whole number"),
         ({"reference": "both"}, "'siamese' (the image and its reference) or 'two-stage'"),
         ({"reference": "two-stage"}, "two-stage change detector learns from images with an"),
+        ({"reference": "two-stage", "slice": True}, "takes only epochs and seed, not slice."),
     ],
 )
 def test_bad_parameters_are_refused_before_anything_is_queued(
@@ -391,9 +392,13 @@ def test_the_time_estimate_rests_on_the_last_training_measured_here(team, tmp_pa
     siamese = admin.get(url(team, version), {**params, "reference": "siamese"}).json()
     assert siamese["estimate_seconds"] == round(5 * 0.25 * 4 * 10 * 1.56)
     # the two-stage change detector has no backbone: the benchmark's figure per pair and epoch
-    pairs = admin.get(url(team, version), {**params, "reference": "two-stage"}).json()
-    assert pairs["estimate_seconds"] == round(0.32 * 4 * 10)
+    # (over the paired train images it learns from: none here, so one pair's time)
+    pairs = admin.get(url(team, version), {"reference": "two-stage", "epochs": 10}).json()
+    assert pairs["estimate_seconds"] == round(0.32 * 1 * 10)
     assert "DeepPCB benchmark" in pairs["estimate_basis"]
+    assert pairs["params"] == {"epochs": 10, "reference": "two-stage"}
+    r = admin.get(url(team, version), {**params, "reference": "two-stage"})
+    assert r.status_code == 400 and "not backbone, input_size, slice" in r.json()["error"]
     # a newer training in another project: this project's own still comes first; a project
     # without one gets the installation's figure, without the other project's name
     other = project_create(user=team["admin"], name="Secret line")

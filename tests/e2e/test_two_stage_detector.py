@@ -31,6 +31,10 @@ def test_train_the_two_stage_detector_run_it_and_accept_its_category(
         "() => document.querySelector('#detector-form input[name=epochs]').value === '30'"
     )
     page.locator('#detector-estimate:has-text("DeepPCB benchmark")').wait_for()
+    # none of PP-YOLOE-SOD's settings: backbone, input size, slices, batch, turns
+    for name in ("backbone", "input_size", "slice", "batch_size", "rotate"):
+        assert form.locator(f"[name={name}]").is_hidden(), name
+    assert form.locator("details.advanced").is_hidden()
     form.locator("input[name=epochs]").fill("15")  # enough for these scans, and quicker
     page.locator('#detector-estimate:has-text("under a minute")').wait_for()
     form.locator("button[type=submit]").click()

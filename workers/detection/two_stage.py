@@ -32,7 +32,6 @@ A plain library: no Django, no Celery. The artifact is one torch file (``FORMAT`
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -55,6 +54,8 @@ VERSION = 1
 #: Most proposals one pair may give (the ones with the most changed pixels are kept): a pair
 #: that is not aligned changes everywhere, and its crops would not fit in memory.
 MAX_PROPOSALS = 3000
+#: Most crops a training keeps in memory (8 kB each: 1.6 GB)
+MAX_TRAIN_CROPS = 200_000
 
 
 @dataclass
@@ -94,7 +95,8 @@ def grey(image: np.ndarray) -> np.ndarray:
 
 def proposals(image: np.ndarray, reference: np.ndarray, config: PairConfig) -> list[tuple]:
     """Boxes ``(x1, y1, x2, y2)`` (pixels, x2/y2 exclusive) of the changed pixels of an aligned
-    pair, the settings' pooled, biggest changes first (at most :data:`MAX_PROPOSALS`)."""
+    pair, the settings' pooled, in order of position; beyond :data:`MAX_PROPOSALS` the ones with
+    the most changed pixels are kept."""
     test, ref = grey(image), grey(reference)
     if test.shape != ref.shape:
         raise DetectionError(
@@ -166,20 +168,27 @@ def fit_margins(pairs: list[tuple[list, np.ndarray]]) -> list[float]:
 
 
 def crop(image: np.ndarray, reference: np.ndarray, box, config: PairConfig):
-    """A ``crop`` x ``crop`` window of (image, reference, difference) in [0, 1] (grey),
-    centred on ``box``; bigger boxes are shrunk to fit with their context. Returns the stack and
-    the scale used (the network is told it)."""
+    """A ``crop`` x ``crop`` window of (image, reference) (grey, uint8: what is kept in memory
+    for training, 8 kB a crop) centred on ``box``; bigger boxes are shrunk to fit with their
+    context. Returns the stack and the scale used (the network is told it). The network's input
+    is :func:`as_input` of it."""
     side_px = config.crop
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     side = max(side_px, config.context * max(box[2] - box[0], box[3] - box[1]))
     scale = side_px / side
     m = np.array([[scale, 0, side_px / 2 - scale * cx], [0, scale, side_px / 2 - scale * cy]])
     chans = [
-        cv2.warpAffine(img, m, (side_px, side_px), flags=cv2.INTER_AREA, borderValue=0) / 255.0
+        cv2.warpAffine(img, m, (side_px, side_px), flags=cv2.INTER_AREA, borderValue=0)
         for img in (image, reference)
     ]
-    chans.append(chans[0] - chans[1])
-    return np.stack(chans).astype(np.float32), scale
+    return np.stack(chans), scale
+
+
+def as_input(crops: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 2, S, S] crops of (image, reference) -> float [N, 3, S, S]: both in [0, 1] and
+    their difference."""
+    x = crops.float() / 255.0
+    return torch.cat([x, x[:, :1] - x[:, 1:]], 1)
 
 
 class PairNet(nn.Module):
@@ -263,6 +272,13 @@ def _samples(dataset: CocoDetectionDataset, config: PairConfig, margins, props) 
             "no changed pixels between the training images and their references: nothing to "
             "learn from (are the pairs aligned, and do the labelled images differ from them?)"
         )
+    if not any(ys):
+        raise DetectionDataError(
+            f"none of the {len(xs)} changed places of the training pairs lies on a labelled "
+            "defect (IoU >= 0.5 with a box grown by the fitted margins): the labels and the "
+            "changes do not meet (are the pairs aligned, and is this a scan of a near-binary "
+            "pattern?)"
+        )
     return _Samples(
         torch.from_numpy(np.stack(xs)),
         torch.tensor(ss, dtype=torch.float32),
@@ -271,14 +287,34 @@ def _samples(dataset: CocoDetectionDataset, config: PairConfig, margins, props) 
     )
 
 
-def _identity(config: PairConfig, categories: list[Category], dataset) -> dict[str, Any]:
-    names = sorted(str(im["file_name"]) for im in dataset.images)
+def _identity(config, categories, dataset, margins, samples: int, steps: int) -> dict[str, Any]:
+    """What a checkpoint must match to be continued: the settings (not the thread count), the
+    categories, the images with their references, boxes and labels, and what was made of them
+    (margins, proposals, steps per epoch: the schedule's length)."""
+    from .checkpoint import dataset_fingerprint
+
+    settings = {k: v for k, v in config.to_dict().items() if k != "num_threads"}
     return {
         "format": FORMAT,
-        "config": config.to_dict(),
+        "config": settings,
         "categories": [[c.id, c.name] for c in categories],
-        "images": names,
+        "dataset_sha256": dataset_fingerprint(dataset),
+        "margins": [round(float(m), 4) for m in margins],
+        "samples": samples,
+        "steps_per_epoch": steps,
     }
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    try:  # tensors and plain values only: a stored file runs no code when read
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same plain answer
+        raise CheckpointError(
+            f"cannot read training checkpoint {path} ({exc}); delete it to train from the start"
+        ) from exc
+    if not isinstance(payload, dict) or (payload.get("identity") or {}).get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a two-stage training checkpoint")
+    return payload
 
 
 def train(
@@ -332,25 +368,32 @@ def train(
         sample = dataset[i]
         props.append(proposals(sample.image, sample.reference, cfg))
         pairs.append((props[-1], sample.boxes.tolist()))
+    total = sum(len(p) for p in props)
+    if total > MAX_TRAIN_CROPS:
+        raise DetectionDataError(
+            f"{total} changed places in {len(dataset)} training pairs, more than the "
+            f"{MAX_TRAIN_CROPS} this training keeps in memory: are the pairs aligned, and is this "
+            "a scan of a near-binary pattern (photographs change everywhere)?"
+        )
     margins = fit_margins(pairs)
     data = _samples(dataset, cfg, margins, props)
 
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    identity = _identity(cfg, categories, dataset)
     net = PairNet(len(categories))
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     n = len(data.label)
     batch_size = min(cfg.batch_size, n)
     # a small project's few proposals still get some steps per epoch (drawn again, reshuffled)
     steps_per_epoch = max(math.ceil(n / batch_size), cfg.min_steps_per_epoch)
+    identity = _identity(cfg, categories, dataset, margins, n, steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch
     )
     history: list[dict[str, Any]] = []
     first = 0
     if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if saved.get("identity") != identity:
+        saved = _read_checkpoint(ckpt)
+        if saved["identity"] != identity:
             raise CheckpointError(
                 f"training checkpoint {ckpt} was written for other images or settings; delete "
                 "it to train from the start"
@@ -359,7 +402,7 @@ def train(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
-        rng = saved["rng"]
+        rng.bit_generator.state = saved["rng"]
         history = list(saved["history"])
         first = int(saved["epoch"])
 
@@ -382,7 +425,8 @@ def train(
             seen += len(idx)
             upright = int(round(len(idx) * cfg.upright))
             k = int(rng.integers(1, 8))
-            x = torch.cat([data.x[idx[:upright]], dihedral(data.x[idx[upright:]], k)])
+            x = as_input(data.x[idx])
+            x = torch.cat([x[:upright], dihedral(x[upright:], k)])
             x = x + 0.03 * torch.randn_like(x)
             logits, offsets, quality = net(x, data.scale[idx])
             labels = data.label[idx]
@@ -416,22 +460,22 @@ def train(
             net.train()
         history.append(metrics)
         if ckpt is not None:
-            tmp = ckpt.with_name(ckpt.name + ".tmp")
-            torch.save(
+            from .checkpoint import save_checkpoint
+
+            save_checkpoint(
+                ckpt,
                 {
                     "identity": identity,
                     "net": net.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state(),
-                    "rng": rng,
+                    "rng": rng.bit_generator.state,
                     "history": history,
                     "epoch": epoch + 1,
                     "margins": margins,  # an artifact can be written from it
                 },
-                tmp,
             )
-            os.replace(tmp, ckpt)
         report((epoch + 1) / cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs} done", metrics)
 
     out = save(output, net, categories, cfg, margins, {"history": history})
@@ -532,6 +576,8 @@ class PairDetector:
     model_config = SimpleNamespace(siamese=True)
     #: crops through the network at once (bounds memory on a pair with many changes)
     CHUNK = 256
+    #: most boxes one image gives (as PP-YOLOE-SOD's 500 after NMS)
+    MAX_DETECTIONS = 500
 
     def __init__(self, net, categories, config, margins, metadata=None) -> None:
         self.net = net.eval()
@@ -559,7 +605,7 @@ class PairDetector:
             return []
         boxes = [grow(p, self.margins) for p in props]
         crops, scales = zip(*(crop(test, tmpl, b, self.config) for b in boxes), strict=True)
-        x = torch.from_numpy(np.stack(crops))
+        x = as_input(torch.from_numpy(np.stack(crops)))
         s = torch.tensor(scales, dtype=torch.float32)
         probs, offsets, quality = [], [], []
         was = self.net.training
@@ -592,8 +638,8 @@ class PairDetector:
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
         q = np.clip(quality, 1e-3, 1.0)
-        per_category: dict[int, list] = {}
         top_n = min(self.config.categories_per_proposal, len(self.categories))
+        rows = []  # (proposal, category index, score, runner-up's score)
         for j in range(len(boxes)):
             if boxes[j, 2] <= boxes[j, 0] or boxes[j, 3] <= boxes[j, 1]:
                 continue
@@ -604,21 +650,27 @@ class PairDetector:
                     continue
                 other = order[1] if rank == 0 and len(order) > 1 else order[0]
                 second = float(probs[j, 1 + other] * q[j]) if len(order) > 1 else None
-                per_category.setdefault(int(c), []).append((score, boxes[j], second))
+                rows.append((j, int(c), score, second))
+        if not rows:
+            return []
+        from torchvision.ops import batched_nms
+
+        # overlapping boxes of a category (IoU > 0.5): the best scored stays; at most MAX_DETECTIONS
+        keep = batched_nms(
+            torch.tensor(boxes[[r[0] for r in rows]], dtype=torch.float32),
+            torch.tensor([r[2] for r in rows], dtype=torch.float32),
+            torch.tensor([r[1] for r in rows]),
+            0.5,
+        )[: self.MAX_DETECTIONS]
         out = []
-        for c, found in per_category.items():
-            found.sort(key=lambda d: -d[0])
-            kept: list = []
-            for d in found:  # overlapping boxes of a category: the best scored stays
-                if all(box_iou(d[1], k[1]) < 0.5 for k in kept):
-                    kept.append(d)
-            cat = self.categories[c]
-            out += [
+        for k in keep.tolist():
+            j, c, score, second = rows[k]
+            cat, b = self.categories[c], boxes[j]
+            out.append(
                 Detection(
                     float(b[0]), float(b[1]), float(b[2]), float(b[3]), score, cat.id, cat.name,
                     second if len(self.categories) > 1 else None,
                 )
-                for score, b, second in kept
-            ]  # fmt: skip
+            )  # fmt: skip
         out.sort(key=lambda d: -d.score)
         return out

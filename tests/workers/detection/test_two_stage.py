@@ -224,10 +224,22 @@ def test_a_lost_worker_resumes_from_the_last_epoch_exactly(sets, tmp_path) -> No
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
+    # another thread count continues it (not a setting of the run)
+    threads = PairConfig(**{**config.to_dict(), "num_threads": 1, "settings": CONFIG.settings})
+    again = two_stage.train(
+        sets["train"], tmp_path / "d.pt", image_root=sets["root"], config=threads, checkpoint=ckpt
+    )
+    assert again.resumed_from_epoch == 3
     other = PairConfig(**{**config.to_dict(), "seed": 7, "settings": CONFIG.settings})
     with pytest.raises(CheckpointError, match="other images or settings"):
         two_stage.train(
             sets["train"], tmp_path / "c.pt", image_root=sets["root"], config=other,
+            checkpoint=ckpt,
+        )  # fmt: skip
+    ckpt.write_bytes(b"PK\x03\x04 half a zip")  # a truncated upload
+    with pytest.raises(CheckpointError, match="cannot read training checkpoint"):
+        two_stage.train(
+            sets["train"], tmp_path / "c.pt", image_root=sets["root"], config=config,
             checkpoint=ckpt,
         )  # fmt: skip
 
@@ -248,6 +260,12 @@ def test_bad_training_sets_fail_before_training(sets, tmp_path) -> None:
     same.write_text(json.dumps({**coco, "images": alike}))
     with pytest.raises(DetectionDataError, match="no changed pixels"):
         two_stage.train(same, tmp_path / "x.pt", image_root=sets["root"], config=CONFIG)
+    # labels drawn where nothing changed: nothing says what a defect looks like
+    elsewhere = tmp_path / "elsewhere.json"
+    moved = [{**a, "bbox": [0, 0, 6, 6]} for a in coco["annotations"]]
+    elsewhere.write_text(json.dumps({**coco, "annotations": moved}))
+    with pytest.raises(DetectionDataError, match="lies on a labelled defect"):
+        two_stage.train(elsewhere, tmp_path / "x.pt", image_root=sets["root"], config=CONFIG)
     assert not (tmp_path / "x.pt").exists()
     with pytest.raises(DetectionError, match="not a two-stage"):
         two_stage.load(sets["train"])
