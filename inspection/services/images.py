@@ -246,14 +246,19 @@ def images_upload(
     return report
 
 
-def _auto_inspect(*, user, project: Project, image_ids: list[int]) -> dict[str, int]:
+def _auto_inspect(
+    *, user, project: Project, image_ids: list[int], paired: bool = False
+) -> dict[str, int]:
     """Run each active model (anomaly, detector) on new uploads, when the project asks for it;
-    model kind -> run id."""
+    model kind -> run id. Models that compare each image with its aligned reference (a change
+    detector, a Siamese or two-stage detector) are left to :func:`images_auto_inspect_aligned`
+    (new uploads are aligned by a job after this), or with ``paired`` they are the only ones."""
     from inspection.services.inspections import active_model, inspection_run_start
 
     runs = {}
     for kind in ModelVersion.Kind.values:
-        if active_model(project, kind) is None:
+        model = active_model(project, kind)
+        if model is None or model.compares_with_reference != paired:
             continue
         run = inspection_run_start(
             user=user,
@@ -265,6 +270,16 @@ def _auto_inspect(*, user, project: Project, image_ids: list[int]) -> dict[str, 
         )
         runs[kind] = run.pk
     return runs
+
+
+def images_auto_inspect_aligned(*, user, project: Project, image_ids: list[int]) -> dict[str, int]:
+    """The reference alignment job's hook: images just aligned with their references are run by
+    the project's active models that compare with references, when the project auto-inspects;
+    model kind -> run id."""
+    project.refresh_from_db(fields=["auto_inspect"])
+    if not project.auto_inspect or not image_ids:
+        return {}
+    return _auto_inspect(user=user, project=project, image_ids=image_ids, paired=True)
 
 
 def images_enqueue_derivatives(*, user, project: Project, image_ids: list[int]) -> Job:

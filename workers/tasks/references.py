@@ -14,6 +14,7 @@ import numpy as np
 
 from inspection import imaging, storage
 from inspection.models import Image, Job
+from inspection.services.images import images_auto_inspect_aligned
 from inspection.services.references import reference_alignment_store
 from workers.tasks.runner import JobContext, JobError, job_task
 
@@ -143,7 +144,20 @@ def align_references(job: Job, ctx: JobContext) -> dict:
         message += f", {len(refused)} refused (the images do not match their reference)"
     if failed:
         message += f", {len(failed)} failed"
-    return {"aligned": aligned, "refused": refused, "failed": failed, "message": message}
+    runs = {}
+    if aligned and job.project_id:  # uploads of an auto-inspecting project: compare them now
+        runs = images_auto_inspect_aligned(
+            user=job.created_by, project=job.project, image_ids=aligned
+        )
+        if runs:
+            message += "; " + ", ".join(f"{kind} run #{pk} started" for kind, pk in runs.items())
+    return {
+        "aligned": aligned,
+        "refused": refused,
+        "failed": failed,
+        "runs": runs,
+        "message": message,
+    }
 
 
 _DESCRIPTOR = None  # one per worker process

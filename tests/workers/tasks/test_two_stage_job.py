@@ -18,7 +18,7 @@ from annotations.services.dataset_versions import dataset_version_freeze
 from annotations.services.detectors import detector_proposal, detector_train
 from annotations.services.labels import LabelIn, labels_import
 from inspection.models import Image, InspectionRun, Job
-from inspection.services.images import IncomingFile, image_store_one
+from inspection.services.images import IncomingFile, image_store_one, images_upload
 from inspection.services.inspections import inspection_run_start
 from inspection.services.references import references_pair
 from workers.detection.two_stage import box_iou
@@ -180,3 +180,40 @@ def test_two_stage_is_refused_without_pairs(team, tmp_path):
             user=admin, project=project, version=version, params={"reference": "two-stage"}
         )
     assert not Job.objects.filter(kind="detection_train").exists()
+
+
+def test_auto_inspect_runs_paired_models_once_the_uploads_are_aligned(team, tmp_path):
+    """An auto-inspecting project with an active detector that compares with references: an
+    upload stores its images (it once failed: they are not aligned yet), and the alignment job
+    starts the detector's run over the images it aligned."""
+    from inspection.models import ModelVersion
+    from inspection.services.projects import project_update
+
+    project, admin = team["project"], team["admin"]
+    ModelVersion.objects.create(
+        project=project,
+        kind=ModelVersion.Kind.DETECTOR,
+        number=1,
+        architecture="two-stage-change",
+        status=ModelVersion.Status.READY,
+        params={"reference": "two-stage", "epochs": 1},
+        artifact="models/none.pt",
+        is_active=True,
+    )
+    project_update(user=admin, project=project, auto_inspect=True)
+    project.refresh_from_db()
+    golden = store(project, admin, tmp_path, "golden.png", scan(3))
+    path = tmp_path / "board.png"
+    PILImage.fromarray(with_defects(scan(3), 3)[0]).convert("RGB").save(path)
+    report = images_upload(user=admin, project=project, files=[IncomingFile("board.png", path)])
+    image = Image.objects.get(pk=report.stored[0].image_id)
+    # nothing to compare with yet: no run, and no error (the upload once failed here)
+    assert report.detection_run is None and not InspectionRun.objects.exists()
+    references_pair(user=admin, project=project, pairs=[(image, golden)])
+    job = Job.objects.get(kind="reference_align")
+    assert run_job(str(job.pk), align_references.body) == "succeeded"
+    job.refresh_from_db()
+    run = InspectionRun.objects.get()
+    assert run.image_ids == [image.pk] and run.model_version.architecture == "two-stage-change"
+    assert job.result["runs"] == {"detector": run.pk}
+    assert f"detector run #{run.pk} started" in job.result["message"]
