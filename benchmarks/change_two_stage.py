@@ -1,11 +1,15 @@
 """A probe for issue #14: the changed pixels as proposals, a small pair classifier for the rest.
 
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/change_two_stage.py \
-        --epochs 30 [--seed 1] [--context 1.4] [--sets 7x2] [--json out.json]
+        --epochs 30 [--seed 1] [--context 1.4] [--sets 7x2] [--quality] [--spatial] \
+        [--outputs q0.npz] [--json out.json]
+    .venv/bin/python benchmarks/change_two_stage.py --score q0.npz q1.npz   # again, averaged
 
 (figures and the variants measured: docs/benchmarks-detection.md, section 4, "A two-stage
-alternative"). Not part of the app: the proposals are the XOR of binarised scans, which only
-fits DeepPCB-like data.
+alternative"). The probe the app's two-stage change detector (``workers/detection/two_stage.py``)
+was built from; kept to try variants quickly (``--quality``: a head for the corrected box's IoU;
+``--spatial``: the box from the last feature map; ``--score``: saved outputs scored again with
+the predicted IoU and with overlapping boxes fused, several runs averaged).
 
 DeepPCB pairs a tested board with its defect-free template, aligned. The change heatmap already
 finds every defect region (docs/benchmarks-detection.md, section 4), so what separates it from a
@@ -100,7 +104,7 @@ def crop(test, ref, box, context: float = 2.0) -> tuple[np.ndarray, float]:
     return np.stack(chans).astype(np.float32), scale
 
 
-def build_net(torch, width: float = 1.0):
+def build_net(torch, width: float = 1.0, spatial: bool = False):
     nn = torch.nn
 
     def block(i, o):
@@ -112,19 +116,41 @@ def build_net(torch, width: float = 1.0):
         def __init__(self):
             super().__init__()
             c = [int(round(v * width)) for v in (24, 48, 64, 96, 128)]
-            self.f = nn.Sequential(
+            self.maps = nn.Sequential(
                 block(3, c[0]), nn.MaxPool2d(2), block(c[0], c[1]), block(c[1], c[2]),
                 nn.MaxPool2d(2), block(c[2], c[3]), block(c[3], c[3]), nn.MaxPool2d(2),
-                block(c[3], c[4]), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                block(c[3], c[4]),
             )  # fmt: skip
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
             self.cls = nn.Linear(c[4] + 1, 7)
-            self.box = nn.Linear(c[4] + 1, 4)
+            # the box from where things are in the crop (a spatial map), or from the pooled
+            # features like the category
+            self.squeeze = nn.Sequential(block(c[4], 16), nn.Flatten()) if spatial else None
+            n = 16 * (CROP // 8) ** 2 + 1 if spatial else c[4] + 1
+            self.box = nn.Linear(n, 4)
+            self.quality = nn.Linear(n, 1)  # the corrected box's IoU with its defect
 
         def forward(self, x, s):
-            h = torch.cat([self.f(x), s[:, None]], 1)
-            return self.cls(h), self.box(h)
+            m = self.maps(x)
+            h = torch.cat([self.pool(m), s[:, None]], 1)
+            b = torch.cat([self.squeeze(m), s[:, None]], 1) if self.squeeze is not None else h
+            return self.cls(h), self.box(b), self.quality(b)[:, 0]
 
     return Net()
+
+
+def offset_iou(a, b):
+    """IoU of two boxes given as offsets of the same box's sides, in units of its width and
+    height (``[dx1, dy1, dx2, dy2]``): scaling x and y keeps IoU, so this is the pixels' IoU."""
+    import torch
+
+    ax1, ay1, ax2, ay2 = a[:, 0], a[:, 1], 1 + a[:, 2], 1 + a[:, 3]
+    bx1, by1, bx2, by2 = b[:, 0], b[:, 1], 1 + b[:, 2], 1 + b[:, 3]
+    iw = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
+    ih = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
+    inter = iw * ih
+    union = (ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0) + (bx2 - bx1) * (by2 - by1)
+    return inter / (union - inter).clamp(min=1e-6)
 
 
 def dihedral(x, k: int):
@@ -132,6 +158,112 @@ def dihedral(x, k: int):
 
     x = torch.rot90(x, k % 4, dims=(-2, -1))
     return torch.flip(x, dims=(-1,)) if k >= 4 else x
+
+
+def evaluate(
+    coco: dict,
+    test_ids: set,
+    out: dict,
+    *,
+    regress: bool = True,
+    agnostic: bool = False,
+    quality: float = 0.0,
+    fuse: bool = False,
+) -> dict:
+    """pycocotools' figures of the test proposals' outputs (``out``: image_id, box, probs, reg,
+    quality; several models' outputs are averaged before). Each proposal gives a box for its two
+    likeliest categories, scored by the category's probability times the predicted IoU to the
+    power ``quality``; boxes of a category that overlap (IoU >= 0.5) are suppressed, or with
+    ``fuse`` replaced by their score-weighted mean (weighted box fusion) kept at the best score."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO()
+    gt.dataset = {
+        "images": [im for im in coco["images"] if im["id"] in test_ids],
+        "annotations": [dict(a) for a in coco["annotations"] if a["image_id"] in test_ids],
+        "categories": coco["categories"],
+    }
+    if agnostic:
+        for a in gt.dataset["annotations"]:
+            a["category_id"] = 1
+        gt.dataset["categories"] = [{"id": 1, "name": "defect"}]
+    gt.createIndex()
+
+    boxes = out["box"].copy()
+    if regress:
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        boxes = boxes + out["reg"] * np.stack([w, h, w, h], 1)
+    probs, q = out["probs"], np.clip(out["quality"], 1e-3, 1)
+    dets: dict[tuple, list] = {}  # (image, category) -> [(score, box)]
+    for j, image_id in enumerate(out["image_id"].tolist()):
+        top = np.argsort(-probs[j, 1:])[:2] + 1
+        for c in [int(top[0])] if agnostic else top.tolist():
+            s = float(1 - probs[j, 0]) if agnostic else float(probs[j, c])
+            s *= float(q[j]) ** quality
+            dets.setdefault((image_id, 1 if agnostic else c), []).append((s, boxes[j]))
+    results = []
+    for (image_id, c), mine in dets.items():
+        mine.sort(key=lambda d: -d[0])
+        left = list(range(len(mine)))
+        while left:
+            best = left[0]
+            group = [k for k in left if iou(mine[best][1], mine[k][1]) >= 0.5]
+            left = [k for k in left if k not in group]
+            if fuse:
+                wts = np.array([mine[k][0] for k in group])
+                b = (np.stack([mine[k][1] for k in group]) * wts[:, None]).sum(0) / wts.sum()
+            else:
+                b = mine[best][1]
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": c,
+                    "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                    "score": mine[best][0],
+                }
+            )
+    ev = COCOeval(gt, gt.loadRes(results), "bbox")
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    per_cat = {}
+    if not agnostic:
+        prec = ev.eval["precision"][0, :, :, 0, 2]  # IoU 0.5, all areas, 100 dets
+        for k, cid in enumerate(ev.params.catIds):
+            v = prec[:, k]
+            per_cat[CATS[cid - 1]] = round(float(v[v > -1].mean()), 3)
+    return {
+        "mAP50": round(float(ev.stats[1]), 3),
+        "mAP": round(float(ev.stats[0]), 3),
+        "AP_small": round(float(ev.stats[3]), 3),
+        **({"AP50 per category": per_cat} if per_cat else {}),
+    }
+
+
+def score_saved(data: Path, paths: list[Path]) -> None:
+    """Score saved test outputs (``--outputs``) alone or averaged (an ensemble of seeds)."""
+    coco = json.loads((data / "annotations.json").read_text())
+    test_ids = {im["id"] for im in coco["images"] if im["official_split"] == "test"}
+    runs = [dict(np.load(p)) for p in paths]
+    out = dict(runs[0])
+    for key in ("probs", "reg", "quality"):
+        out[key] = np.mean([r[key] for r in runs], axis=0)
+    result = {}
+    for quality in (0.0, 0.5, 1.0):
+        for fuse in (False, True):
+            result[f"quality {quality}, fused {fuse}"] = evaluate(
+                coco, test_ids, out, quality=quality, fuse=fuse
+            )
+    result["class-agnostic"] = evaluate(coco, test_ids, out, agnostic=True)
+    result["class-agnostic, fused, quality 1"] = evaluate(
+        coco, test_ids, out, agnostic=True, fuse=True, quality=1.0
+    )
+    print(json.dumps({"outputs": [str(p) for p in paths], **result}, indent=1))
 
 
 def main() -> None:
@@ -157,8 +289,24 @@ def main() -> None:
         "--context", type=float, default=2.0, help="crop side / the grown box's longer side"
     )
     ap.add_argument("--width", type=float, default=1.0, help="the network's channels, scaled")
+    ap.add_argument(
+        "--quality", action="store_true", help="also learn the corrected box's IoU (scores)"
+    )
+    ap.add_argument("--outputs", type=Path, help="save the test proposals' outputs (.npz)")
+    ap.add_argument(
+        "--spatial", action="store_true", help="the box from a spatial map, not pooled features"
+    )
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--score",
+        type=Path,
+        nargs="+",
+        help="only score saved outputs (several: their mean, an ensemble); no training",
+    )
     args = ap.parse_args()
+    if args.score:
+        score_saved(args.data, args.score)
+        return
 
     import torch
 
@@ -252,7 +400,7 @@ def main() -> None:
         flush=True,
     )
 
-    net = build_net(torch, args.width)
+    net = build_net(torch, args.width, spatial=args.spatial)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     steps = args.epochs * ((len(ytr) + 63) // 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
@@ -269,7 +417,7 @@ def main() -> None:
             k = int(np.random.randint(1, 8))
             x = torch.cat([xtr[idx[:upright]], dihedral(xtr[idx[upright:]], k)])
             x = x + 0.03 * torch.randn_like(x)
-            logits, reg = net(x, str_[idx])
+            logits, reg, quality = net(x, str_[idx])
             loss = torch.nn.functional.cross_entropy(logits, ytr[idx], label_smoothing=0.05)
             pos = ytr[idx] > 0
             pos[upright:] = False
@@ -277,6 +425,11 @@ def main() -> None:
                 loss = loss + 5 * torch.nn.functional.smooth_l1_loss(
                     reg[pos], rtr[idx][pos], beta=0.05
                 )
+                if args.quality:
+                    target = offset_iou(reg[pos].detach(), rtr[idx][pos])
+                    loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(
+                        quality[pos], target
+                    )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -291,86 +444,24 @@ def main() -> None:
     with torch.no_grad():
         # test-time: the mean of the eight turns' probabilities; the box from the upright crop
         probs = sum(torch.softmax(net(dihedral(xte, k), ste)[0], 1) for k in range(8)) / 8
-        reg = net(xte, ste)[1]
+        _, reg, quality = net(xte, ste)
+        quality = torch.sigmoid(quality)
+
     t_cls = (time.perf_counter() - t0) / len(split["test"])
     acc = float((probs.argmax(1) == yte).float().mean())
     print(f"test proposals classified right: {acc:.3f}", flush=True)
 
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    test_ids = {im["id"] for im in split["test"]}
-    gt = COCO()
-    gt.dataset = {
-        "images": [im for im in coco["images"] if im["id"] in test_ids],
-        "annotations": [a for a in coco["annotations"] if a["image_id"] in test_ids],
-        "categories": coco["categories"],
+    outputs = {
+        "image_id": np.array([m[0] for m in meta]),
+        "box": np.array([m[1] for m in meta], dtype=np.float64),
+        "probs": probs.numpy(),
+        "reg": reg.numpy(),
+        "quality": quality.numpy(),
     }
-    gt.createIndex()
+    test_ids = {im["id"] for im in split["test"]}
 
-    from torchvision.ops import batched_nms
-
-    def score(regress: bool, agnostic: bool = False):
-        dets = []
-        for j, (image_id, box) in enumerate(meta):
-            b = list(box)
-            if regress:
-                w, h = b[2] - b[0], b[3] - b[1]
-                d = reg[j].tolist()
-                b = [b[0] + d[0] * w, b[1] + d[1] * h, b[2] + d[2] * w, b[3] + d[3] * h]
-            p = probs[j]
-            top = torch.argsort(p[1:], descending=True)[:2] + 1
-            for c in top.tolist() if not agnostic else [int(top[0])]:
-                s = float(1 - p[0]) if agnostic else float(p[c])
-                dets.append(
-                    {
-                        "image_id": image_id,
-                        "category_id": 1 if agnostic else c,
-                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                        "score": s,
-                    }
-                )
-        kept = []  # per image and category, overlapping boxes suppressed (IoU 0.5)
-        for image_id in {d["image_id"] for d in dets}:
-            mine = [d for d in dets if d["image_id"] == image_id]
-            boxes = torch.tensor([[b[0], b[1], b[0] + b[2], b[1] + b[3]] for b in
-                                  (d["bbox"] for d in mine)], dtype=torch.float32)  # fmt: skip
-            keep = batched_nms(
-                boxes,
-                torch.tensor([d["score"] for d in mine]),
-                torch.tensor([d["category_id"] for d in mine]),
-                0.5,
-            )
-            kept += [mine[int(k)] for k in keep]
-        dets = kept
-        g = gt
-        if agnostic:
-            g = COCO()
-            g.dataset = json.loads(json.dumps(gt.dataset))
-            for a in g.dataset["annotations"]:
-                a["category_id"] = 1
-            g.dataset["categories"] = [{"id": 1, "name": "defect"}]
-            g.createIndex()
-        ev = COCOeval(g, g.loadRes(dets), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        import contextlib
-        import io
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            ev.summarize()
-        per_cat = {}
-        if not agnostic:
-            prec = ev.eval["precision"][0, :, :, 0, 2]  # IoU 0.5, all areas, 100 dets
-            for k, cid in enumerate(ev.params.catIds):
-                v = prec[:, k]
-                per_cat[CATS[cid - 1]] = round(float(v[v > -1].mean()), 3)
-        return {
-            "mAP50": round(float(ev.stats[1]), 3),
-            "mAP": round(float(ev.stats[0]), 3),
-            "AP_small": round(float(ev.stats[3]), 3),
-            **({"AP50 per category": per_cat} if per_cat else {}),
-        }
+    def score(regress: bool, agnostic: bool = False, **kw):
+        return evaluate(coco, test_ids, outputs, regress=regress, agnostic=agnostic, **kw)
 
     result = {
         "train_images": len(split["trainval"]),
@@ -388,6 +479,12 @@ def main() -> None:
     if not args.no_regress:
         result["margins + regression"] = score(True)
         result["margins + regression, class-agnostic"] = score(True, agnostic=True)
+        result["margins + regression, boxes fused"] = score(True, fuse=True)
+        if args.quality:
+            result["margins + regression, scored with quality"] = score(True, quality=1.0)
+            result["the same, boxes fused"] = score(True, quality=1.0, fuse=True)
+    if args.outputs:
+        np.savez(args.outputs, **outputs)
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
