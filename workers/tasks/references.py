@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from django.core.exceptions import PermissionDenied, ValidationError
 
 from inspection import imaging, storage
 from inspection.models import Image, Job
@@ -146,9 +147,12 @@ def align_references(job: Job, ctx: JobContext) -> dict:
         message += f", {len(failed)} failed"
     runs = {}
     if aligned and job.project_id:  # uploads of an auto-inspecting project: compare them now
-        runs = images_auto_inspect_aligned(
-            user=job.created_by, project=job.project, image_ids=aligned
-        )
+        try:
+            runs = images_auto_inspect_aligned(
+                user=job.created_by, project=job.project, image_ids=aligned
+            )
+        except (ValidationError, PermissionDenied) as exc:  # the alignments stand regardless
+            message += f"; no automatic run: {'; '.join(getattr(exc, 'messages', [str(exc)]))}"
         if runs:
             message += "; " + ", ".join(f"{kind} run #{pk} started" for kind, pk in runs.items())
     return {

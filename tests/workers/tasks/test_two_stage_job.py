@@ -190,7 +190,7 @@ def test_auto_inspect_runs_paired_models_once_the_uploads_are_aligned(team, tmp_
     from inspection.services.projects import project_update
 
     project, admin = team["project"], team["admin"]
-    ModelVersion.objects.create(
+    model = ModelVersion.objects.create(
         project=project,
         kind=ModelVersion.Kind.DETECTOR,
         number=1,
@@ -217,3 +217,14 @@ def test_auto_inspect_runs_paired_models_once_the_uploads_are_aligned(team, tmp_
     assert run.image_ids == [image.pk] and run.model_version.architecture == "two-stage-change"
     assert job.result["runs"] == {"detector": run.pk}
     assert f"detector run #{run.pk} started" in job.result["message"]
+
+    # a run that cannot start (here: the model is one region's) leaves the alignments done
+    ModelVersion.objects.filter(pk=model.pk).update(params={**model.params, "region": 1})
+    other = store(project, admin, tmp_path, "board-2.png", with_defects(scan(3), 4)[0])
+    references_pair(user=admin, project=project, pairs=[(other, golden)])
+    job = Job.objects.filter(kind="reference_align").order_by("-created_at").first()
+    assert run_job(str(job.pk), align_references.body) == "succeeded"
+    job.refresh_from_db()
+    assert job.result["aligned"] == [other.pk] and job.result["runs"] == {}
+    assert "no automatic run: That model was trained on one region" in job.result["message"]
+    assert InspectionRun.objects.count() == 1
