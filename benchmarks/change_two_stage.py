@@ -35,12 +35,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# the app's detector was built from this probe: the helpers it kept are shared
+from workers.detection.two_stage import box_iou as iou  # noqa: E402
+from workers.detection.two_stage import dihedral, grow, offset_iou  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "datasets" / "deeppcb"
 CATS = ["open", "short", "mousebite", "spur", "copper", "pin-hole"]
 
@@ -69,18 +76,6 @@ def proposals(test: np.ndarray, ref: np.ndarray, group: int, min_px: int, openin
             continue
         out.append((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, len(xs)))
     return out
-
-
-def iou(a, b) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def grow(box, m) -> list[float]:
-    return [box[0] - m[0], box[1] - m[1], box[2] + m[2], box[3] + m[3]]
 
 
 CROP = 64
@@ -137,27 +132,6 @@ def build_net(torch, width: float = 1.0, spatial: bool = False):
             return self.cls(h), self.box(b), self.quality(b)[:, 0]
 
     return Net()
-
-
-def offset_iou(a, b):
-    """IoU of two boxes given as offsets of the same box's sides, in units of its width and
-    height (``[dx1, dy1, dx2, dy2]``): scaling x and y keeps IoU, so this is the pixels' IoU."""
-    import torch
-
-    ax1, ay1, ax2, ay2 = a[:, 0], a[:, 1], 1 + a[:, 2], 1 + a[:, 3]
-    bx1, by1, bx2, by2 = b[:, 0], b[:, 1], 1 + b[:, 2], 1 + b[:, 3]
-    iw = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
-    ih = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
-    inter = iw * ih
-    union = (ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0) + (bx2 - bx1) * (by2 - by1)
-    return inter / (union - inter).clamp(min=1e-6)
-
-
-def dihedral(x, k: int):
-    import torch
-
-    x = torch.rot90(x, k % 4, dims=(-2, -1))
-    return torch.flip(x, dims=(-1,)) if k >= 4 else x
 
 
 def evaluate(

@@ -269,15 +269,22 @@ def train_detector(
         history = _artifact_from_checkpoint(ckpt, artifact, mcfg, ann)
     wall_s = time.time() - t0
     row = _evaluate(artifact, ann, root, test_filter, eval_slice, device)
+    return _with_training(
+        row, name, history, epochs, stopped_at, trained_s[0], wall_s, curve, artifact
+    )
+
+
+def _with_training(row, name, history, epochs, stopped_at, trained_s, wall_s, curve, artifact):
+    """A test row with how its model was trained (epochs, budget, minutes, loss curve)."""
     row.update(
         {
             "model": name,
             "epochs": len(history),
             "epochs_planned": epochs,
             "stopped_by_budget": stopped_at is not None,
-            "train_min": round(trained_s[0] / 60, 1),
+            "train_min": round(trained_s / 60, 1),
             "wall_min": round(wall_s / 60, 1),
-            "s_per_epoch": round(trained_s[0] / max(1, len(history)), 1),
+            "s_per_epoch": round(trained_s / max(1, len(history)), 1),
             "final_loss": round(history[-1]["loss"], 3),
             "curve": curve,
             "artifact": str(artifact),
@@ -338,21 +345,9 @@ def _train_two_stage(
         two_stage.save(artifact, net, cats, config, saved["margins"], {"history": history})
     wall_s = time.time() - t0
     row = _evaluate(artifact, ann, root, test_filter, 640, "cpu")
-    row.update(
-        {
-            "model": "two-stage",
-            "epochs": len(history),
-            "epochs_planned": epochs,
-            "stopped_by_budget": stopped_at is not None,
-            "train_min": round(trained_s[0] / 60, 1),
-            "wall_min": round(wall_s / 60, 1),
-            "s_per_epoch": round(trained_s[0] / max(1, len(history)), 1),
-            "final_loss": round(history[-1]["loss"], 3),
-            "curve": curve,
-            "artifact": str(artifact),
-        }
+    return _with_training(
+        row, "two-stage", history, epochs, stopped_at, trained_s[0], wall_s, curve, artifact
     )
-    return row
 
 
 def _artifact_from_checkpoint(ckpt: Path, artifact: Path, mcfg: Any, ann: Path) -> list[dict]:
