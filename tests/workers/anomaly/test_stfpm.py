@@ -139,11 +139,23 @@ def test_onnx_export_predicts_like_torch(stfpm_tiled, defect_image: Path):
 def test_int8_export_passes_its_check_and_finds_the_defect(
     stfpm_tiled, rgb_normals: list[Path], defect_image: Path
 ):
-    """Teacher and student are quantized, the cosine distances stay fp32 (quantized_scope):
-    the export's own check (99th percentile of calibrated pixel moves <= 0.05) passes."""
+    """Teacher and student are quantized, the cosine distances stay fp32 (quantized_scope): the
+    export's own check (99th percentile of calibrated pixel moves <= 0.05) passes on CPUs with
+    VNNI. Without it (AVX2 only, e.g. an AMD EPYC VM: u8 x s8 products added in saturating 16-bit
+    pairs) the scores move by about 0.1 and the export is refused with its figure, writing
+    nothing: INT8 is only ever used where it passed."""
     from workers.anomaly import export_openvino_int8
+    from workers.anomaly.errors import IncompatibleModelError
+    from workers.anomaly.export import INT8_NAME
 
-    figures = export_openvino_int8(stfpm_tiled.artifact_path, rgb_normals)
+    try:
+        figures = export_openvino_int8(stfpm_tiled.artifact_path, rgb_normals)
+    except IncompatibleModelError as exc:
+        assert "calibrated pixel scores move by" in str(exc) and "limit 0.05" in str(exc)
+        assert not (stfpm_tiled.artifact_path.parent / INT8_NAME).exists()
+        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        assert "vnni" not in flags, "refused on a CPU with VNNI, where it passed before"
+        return
     assert figures["pixel_error_p99"] <= 0.05 and figures["map_correlation"] > 0.95
     int8 = load_model(stfpm_tiled.artifact_path, backend="openvino-int8")
     assert int8.backend == "openvino-int8"
