@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .convert import ConversionReport, convert_pdparams, convert_state_dict, read_pdparams
     from .data import Category, CocoDetectionDataset
     from .evaluation import EvalResult, evaluate
-    from .inference import Detection, Detector, RuntimeDetector
+    from .inference import Detection, Detector, RuntimeDetector, one_per_place
     from .model import PPYOLOE, build_model
     from .onnx_export import OnnxDetector, export_onnx
     from .quantize import check_int8
@@ -56,6 +56,7 @@ _LAZY = {
     "Detector": "inference",
     "Detection": "inference",
     "RuntimeDetector": "inference",
+    "one_per_place": "inference",
     "load_detector": "runtimes",
     "ensure_onnx_export": "runtimes",
     "RUNTIMES": "runtimes",
@@ -98,6 +99,7 @@ __all__ = [
     "Detector",
     "Detection",
     "RuntimeDetector",
+    "one_per_place",
     "load_detector",
     "ensure_onnx_export",
     "RUNTIMES",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,38 @@ class Detection:
     def bbox_xywh(self) -> list[float]:
         """COCO-style [x, y, w, h]."""
         return [self.x1, self.y1, self.x2 - self.x1, self.y2 - self.y1]
+
+
+def one_per_place(detections: list[Detection], iou: float = 0.7) -> list[Detection]:
+    """One detection per place: of boxes overlapping by more than ``iou`` (intersection over
+    union), whatever their categories, the best scored stays, sorted by score.
+
+    Per-category NMS (PaddleDetection's, the two-stage detector's two categories per proposal)
+    keeps a second box of another category on the same defect: right for mAP, where the second
+    guess can only help, wrong for suggestions, where a reviewer would reject the copy by hand.
+    The kept box's ``second_score`` becomes the best score of another category among the boxes
+    it replaced (when higher), so the runner-up is still known. Boxes of neighbouring defects
+    overlap far less than 0.7 and stay."""
+    if len(detections) < 2:
+        return list(detections)
+    from torchvision.ops import box_iou, nms
+
+    boxes = torch.tensor([[d.x1, d.y1, d.x2, d.y2] for d in detections], dtype=torch.float32)
+    scores = torch.tensor([d.score for d in detections], dtype=torch.float32)
+    keep = nms(boxes, scores, iou).tolist()
+    overlaps = box_iou(boxes[keep], boxes) > iou
+    out = []
+    for row, k in enumerate(keep):
+        kept = detections[k]
+        others = [
+            detections[j].score
+            for j in torch.nonzero(overlaps[row]).flatten().tolist()
+            if detections[j].category_id != kept.category_id
+        ]
+        if others and (kept.second_score is None or max(others) > kept.second_score):
+            kept = replace(kept, second_score=max(others))
+        out.append(kept)
+    return out
 
 
 # (category id, score) -> second_score of the slices' detections while ``predict_sliced`` runs,

@@ -509,10 +509,11 @@ def _predict(
 ) -> list:
     """One upright image through the detector as it was trained: slices of its input size, or
     the whole image resized to it; a Siamese detector gets the reference warped onto the image
-    (sliced at the same windows)."""
+    (sliced at the same windows). One box per place: a defect makes one suggestion, its
+    runner-up category kept as the margin (``one_per_place``)."""
     extra = {"reference": str(reference)} if reference is not None else {}
     if p.get("slice"):
-        return detector.predict_sliced(
+        found = detector.predict_sliced(
             str(path),
             slice_size=p["input_size"],
             overlap=p.get("overlap", 0.25),
@@ -521,7 +522,9 @@ def _predict(
             batch_size=1 if getattr(detector, "runtime", "torch") == "onnx" else 4,
             **extra,
         )
-    return detector.predict(str(path), score_threshold=threshold, **extra)
+    else:
+        found = detector.predict(str(path), score_threshold=threshold, **extra)
+    return _library().one_per_place(found)
 
 
 def _current_reference(image: Image, work: Path) -> Path:

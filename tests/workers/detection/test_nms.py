@@ -73,3 +73,24 @@ def test_second_score_with_one_class_is_zero() -> None:
     dets = multiclass_nms(boxes, torch.tensor([[0.9, 0.4]]), with_second=True)
     assert dets[:, 6].tolist() == [0.0, 0.0]
     assert multiclass_nms(torch.zeros(0, 4), torch.zeros(3, 0), with_second=True).shape == (0, 7)
+
+
+def test_one_per_place_keeps_the_best_category_and_remembers_the_runner_up() -> None:
+    from workers.detection.inference import Detection, one_per_place
+
+    def det(x, score, cat, second=None):
+        return Detection(x, 0.0, x + 10.0, 10.0, score, cat, f"c{cat}", second)
+
+    found = [
+        det(0, 0.6, 1, 0.1),  # the same place as the next box, another category
+        det(0.5, 0.8, 2, 0.2),
+        det(0.5, 0.3, 2),  # the same category there: dropped, not a runner-up
+        det(7, 0.5, 1),  # neighbouring defect: IoU 3/17, stays
+    ]
+    kept = one_per_place(found)
+    assert [(d.category_id, d.score) for d in kept] == [(2, 0.8), (1, 0.5)]
+    assert kept[0].second_score == 0.6  # the other category's box it replaced
+    assert kept[1].second_score is None
+    # a known runner-up stays when the replaced boxes scored lower
+    assert one_per_place([det(0, 0.9, 1, 0.7), det(0, 0.2, 2)])[0].second_score == 0.7
+    assert one_per_place([]) == [] and one_per_place(found[:1]) == found[:1]

@@ -147,6 +147,8 @@ def test_two_stage_detector_trains_on_frozen_pairs_and_suggests_categories(team,
     )
     (fresh_id,) = data["fresh"]
     assert fresh_id in run.image_ids
+    # a low score threshold, so that each proposal's runner-up category passes it as well
+    InspectionRun.objects.filter(pk=run.pk).update(params={**run.params, "score_threshold": 0.01})
     assert run_job(str(run.job_id), run_detection.body) == "succeeded", Job.objects.get(
         pk=run.job_id
     ).error
@@ -157,6 +159,10 @@ def test_two_stage_detector_trains_on_frozen_pairs_and_suggests_categories(team,
         best = max(found, key=lambda s: box_iou(_xyxy(s), (x, y, x + w, y + h)))
         assert box_iou(_xyxy(best), (x, y, x + w, y + h)) >= 0.5
         assert best.category.name == name and best.model_version_id == model.pk
+    # one suggestion per defect: the runner-up category is its margin, not a second box
+    for i, a in enumerate(found):
+        assert all(box_iou(_xyxy(a), _xyxy(b)) <= 0.7 for b in found[i + 1 :]), found
+    assert all(s.category_margin is not None for s in found)
 
 
 def _xyxy(suggestion) -> tuple:
