@@ -91,6 +91,7 @@ def _version_facts(version: DatasetVersion) -> dict[str, Any]:
         "train_labelled": len(labelled),
         "train_labelled_paired": sum(1 for i in labelled if _aligned(train[i])),
         "val_images": len(val),
+        "val_paired": sum(1 for im in val if _aligned(im)),
         "train_boxes": sum(r["train"] for r in per_category.values()),
         "per_category": per_category,
         "median_long_side": round(statistics.median(long_sides)) if long_sides else None,
@@ -190,7 +191,7 @@ def detector_proposal(
         images = facts["train_paired"]  # it learns from the paired images only
     else:
         params = _checked(params, proposed) if params else proposed
-    estimate, basis = estimate_seconds(params, images, version.project)
+    estimate, basis = estimate_seconds(params, images, version.project, facts["val_paired"])
     return {
         "params": params,
         "proposed": proposed,
@@ -206,9 +207,15 @@ def detector_proposal(
 # single-image one on the development CPU (docs/benchmarks-detection.md, section 4).
 SIAMESE_COST = 1.56
 # The two-stage change detector: 30 epochs, 0.32 s per pair and epoch on the development CPU
-# (DeepPCB, about 38 changed places per pair: docs/benchmarks-detection.md, section 4)
+# (DeepPCB, about 38 changed places per pair: docs/benchmarks-detection.md, section 4). An epoch
+# is at least 20 batches of 64 crops (``PairConfig.min_steps_per_epoch``): about 34 such pairs'
+# worth, however few pairs there are. Validation predicts each val pair (1.05 s on DeepPCB)
+# every 5 epochs and after the last.
 TWO_STAGE_EPOCHS = 30
 TWO_STAGE_SECONDS = 0.32
+TWO_STAGE_MIN_PAIRS = 34
+TWO_STAGE_PREDICT_SECONDS = 1.05
+TWO_STAGE_EVAL_EVERY = 5
 TWO_STAGE_PARAMS = {"epochs", "seed", "reference"}
 
 
@@ -256,17 +263,21 @@ def measured_seconds_per_image(
 
 
 def estimate_seconds(
-    params: dict[str, Any], train_images: int, project: Project | None = None
+    params: dict[str, Any], train_images: int, project: Project | None = None, val_images: int = 0
 ) -> tuple[int | None, str]:
     """Training time of ``params`` on ``train_images`` and what it rests on, in words: this
     installation's latest training of the same backbone (``project``'s own first; another
     project's is not named: its members may not be this one's), else the development
-    machine's figures (None: no figure for this backbone)."""
-    if params.get("reference") == "two-stage":  # no backbone: its own figure
-        seconds = TWO_STAGE_SECONDS * max(1, train_images) * params["epochs"]
+    machine's figures (None: no figure for this backbone). For the two-stage change detector
+    (no backbone: the benchmark's figures) ``val_images`` are the val pairs it validates on."""
+    if params.get("reference") == "two-stage":
+        epochs = params["epochs"]
+        seconds = TWO_STAGE_SECONDS * max(TWO_STAGE_MIN_PAIRS, train_images) * epochs
+        evaluations = math.ceil(epochs / TWO_STAGE_EVAL_EVERY)
+        seconds += TWO_STAGE_PREDICT_SECONDS * val_images * evaluations
         return round(seconds), (
             "as the DeepPCB benchmark on a 2-core CPU like the development machine (about 38 "
-            "changed places per pair; more changes take longer)"
+            "changed places per pair; more changes take longer), validation included"
         )
     measured = measured_seconds_per_image(params["backbone"], project)
     if measured is not None:

@@ -392,10 +392,16 @@ def test_the_time_estimate_rests_on_the_last_training_measured_here(team, tmp_pa
     siamese = admin.get(url(team, version), {**params, "reference": "siamese"}).json()
     assert siamese["estimate_seconds"] == round(5 * 0.25 * 4 * 10 * 1.56)
     # the two-stage change detector has no backbone: the benchmark's figure per pair and epoch
-    # (over the paired train images it learns from: none here, so one pair's time)
+    # over the paired train images it learns from, at least the 20 batches of 64 crops an epoch
+    # makes (34 DeepPCB pairs' worth: none here), plus validating the val pairs (none here)
     pairs = admin.get(url(team, version), {"reference": "two-stage", "epochs": 10}).json()
-    assert pairs["estimate_seconds"] == round(0.32 * 1 * 10)
+    assert pairs["estimate_seconds"] == round(0.32 * 34 * 10)
     assert "DeepPCB benchmark" in pairs["estimate_basis"]
+    from annotations.services.detectors import estimate_seconds
+
+    two_stage = {"reference": "two-stage", "epochs": 12}
+    # 100 pairs; 3 val pairs predicted after epochs 5, 10 and 12 at 1.05 s each
+    assert estimate_seconds(two_stage, 100, None, 3)[0] == round(0.32 * 100 * 12 + 1.05 * 3 * 3)
     assert pairs["params"] == {"epochs": 10, "reference": "two-stage"}
     r = admin.get(url(team, version), {**params, "reference": "two-stage"})
     assert r.status_code == 400 and "not backbone, input_size, slice" in r.json()["error"]
@@ -414,8 +420,6 @@ def test_the_time_estimate_rests_on_the_last_training_measured_here(team, tmp_pa
     )
     again = admin.get(url(team, version), params).json()
     assert again["estimate_seconds"] == after["estimate_seconds"]
-    from annotations.services.detectors import estimate_seconds
-
     seconds, basis = estimate_seconds(
         {**params, "batch_size": 4}, 4, project_create(user=team["admin"], name="New line")
     )
