@@ -24,8 +24,9 @@ class Detection:
     """One detected box in original-image pixels.
 
     ``second_score``: the best score among the other categories at the same box (the network's
-    anchor it was kept from); ``score - second_score`` is how sure the detector is of the
-    category. None where it is not known, and for a one-category detector.
+    anchor it was kept from, or a box of another category that ``one_per_place`` dropped for
+    it); ``score - second_score`` is how sure the detector is of the category. None where it is
+    not known, and for a one-category detector.
     """
 
     x1: float
@@ -61,12 +62,18 @@ def one_per_place(detections: list[Detection], iou: float = 0.7) -> list[Detecti
     scores = torch.tensor([d.score for d in detections], dtype=torch.float32)
     keep = nms(boxes, scores, iou).tolist()
     overlaps = box_iou(boxes[keep], boxes) > iou
+    # a dropped box belongs to the first kept box (by score) that overlaps it: the one that
+    # dropped it, as greedy NMS goes; not to a later kept box it also overlaps
+    claimed = torch.zeros(len(detections), dtype=torch.bool)
+    claimed[keep] = True
     out = []
     for row, k in enumerate(keep):
         kept = detections[k]
+        mine = overlaps[row] & ~claimed
+        claimed |= mine
         others = [
             detections[j].score
-            for j in torch.nonzero(overlaps[row]).flatten().tolist()
+            for j in torch.nonzero(mine).flatten().tolist()
             if detections[j].category_id != kept.category_id
         ]
         if others and (kept.second_score is None or max(others) > kept.second_score):

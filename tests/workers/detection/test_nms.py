@@ -94,3 +94,8 @@ def test_one_per_place_keeps_the_best_category_and_remembers_the_runner_up() -> 
     # a known runner-up stays when the replaced boxes scored lower
     assert one_per_place([det(0, 0.9, 1, 0.7), det(0, 0.2, 2)])[0].second_score == 0.7
     assert one_per_place([]) == [] and one_per_place(found[:1]) == found[:1]
+    # B (another category) is dropped for A; C, kept beside A, also overlaps B but did not drop
+    # it: C keeps no runner-up (a runner-up above its own score would make a negative margin)
+    a, b, c = det(0, 0.9, 1), det(1.5, 0.8, 2), det(3, 0.7, 1)
+    kept = one_per_place([a, b, c])
+    assert [(d.x1, d.second_score) for d in kept] == [(0, 0.8), (3, None)]
