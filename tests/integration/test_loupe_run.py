@@ -72,6 +72,8 @@ def test_a_crashed_worker_is_started_again_and_the_web_keeps_serving(redis_url):
         os.environ,
         DATABASE_URL=f"sqlite:///{var / 'db.sqlite3'}",
         MEDIA_ROOT=str(var / "media"),
+        # its admin password, static files and beat schedule: not the checkout's var/
+        LOUPE_VAR_DIR=str(var / "var"),
         REDIS_URL=redis_url,
         LOUPE_QUEUE_PREFIX=f"run{os.getpid()}-",
         DJANGO_SETTINGS_MODULE="inspection.settings",
@@ -101,6 +103,9 @@ def test_a_crashed_worker_is_started_again_and_the_web_keeps_serving(redis_url):
         while not answers(url) and time.time() < deadline:
             assert run.poll() is None, (var / "run.log").read_text()
             time.sleep(0.5)
+        # the first run's admin password is kept where LOUPE_VAR_DIR says, static files too
+        assert (var / "var" / "admin-password.txt").read_text().strip()
+        assert (var / "var" / "staticfiles").is_dir()
         workers = {p for p, cmd in children_of(run.pid).items() if "celery" in cmd}
         assert len(workers) == 1, children_of(run.pid)
         stations = [p for p, cmd in children_of(run.pid).items() if "loupe_station line-9" in cmd]

@@ -46,8 +46,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, bind: str, web_workers: int, worker_concurrency: int, **options):
-        var = settings.BASE_DIR / "var"
-        var.mkdir(exist_ok=True)
+        var = settings.VAR_DIR
+        var.mkdir(parents=True, exist_ok=True)
         children: list[Child] = []
         if redis_answers(settings.REDIS_URL):
             self.stdout.write(f"Redis answers at {settings.REDIS_URL}")
