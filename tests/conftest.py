@@ -57,18 +57,11 @@ _QUEUE_PREFIX = f"test{os.getpid()}-"
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_media_and_queues():
-    from django.conf import settings
     from django.test.utils import override_settings
 
     override = override_settings(
         MEDIA_ROOT=_MEDIA,
         LOUPE_QUEUE_PREFIX=_QUEUE_PREFIX,
-        # sign-in failures counted in the shared Redis: per session (pytest-xdist's workers run
-        # side by side with the same user names)
-        CACHES={
-            **settings.CACHES,
-            "throttle": {**settings.CACHES["throttle"], "KEY_PREFIX": _QUEUE_PREFIX},
-        },
         # fast hashing: test users are made by the dozen
         PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
         # job bodies run in-process inside a test's transaction, where a heartbeat from another

@@ -14,7 +14,6 @@ def throttle(settings, redis_url):
         "throttle": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": redis_url,
-            "KEY_PREFIX": settings.CACHES["throttle"].get("KEY_PREFIX", ""),
         },
     }
     settings.LOUPE_LOGIN_FAILURES_PER_USER = 3
