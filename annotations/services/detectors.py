@@ -277,7 +277,7 @@ def estimate_seconds(
         seconds += TWO_STAGE_PREDICT_SECONDS * val_images * evaluations
         return round(seconds), (
             "as the DeepPCB benchmark on a 2-core CPU like the development machine (about 38 "
-            "changed places per pair; more changes take longer), validation included"
+            "changed places per pair: more take longer, fewer less), validation included"
         )
     measured = measured_seconds_per_image(params["backbone"], project)
     if measured is not None:

@@ -35,8 +35,10 @@ def test_train_the_two_stage_detector_run_it_and_accept_its_category(
     for name in ("backbone", "input_size", "slice", "batch_size", "rotate"):
         assert form.locator(f"[name={name}]").is_hidden(), name
     assert form.locator("details.advanced").is_hidden()
+    page.locator('#detector-estimate:has-text("about 6 min")').wait_for()
     form.locator("input[name=epochs]").fill("15")  # enough for these scans, and quicker
-    page.locator('#detector-estimate:has-text("under a minute")').wait_for()
+    # half the epochs (each at least 20 batches of DeepPCB-like changes), 2 val pairs checked
+    page.locator('#detector-estimate:has-text("about 3 min")').wait_for()
     form.locator("button[type=submit]").click()
     page.locator(
         'tr[data-kind="detector"] .status-ready, #detector-status:has-text("failed:")'
