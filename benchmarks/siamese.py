@@ -339,10 +339,13 @@ def _train_two_stage(
         stopped_at = int(spent.args[0])
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         cats = two_stage.CocoDetectionDataset(ann, image_filter=train_filter).categories
-        net = two_stage.PairNet(len(cats))
+        net = two_stage.build_net(len(cats), config)
         net.load_state_dict(saved["net"])
         history = list(saved["history"])
-        two_stage.save(artifact, net, cats, config, saved["margins"], {"history": history})
+        two_stage.save(
+            artifact, net, cats, config, saved["margins"], {"history": history},
+            saved.get("category_margins"), saved.get("category_spreads"),
+        )  # fmt: skip
     wall_s = time.time() - t0
     row = _evaluate(artifact, ann, root, test_filter, 640, "cpu")
     return _with_training(

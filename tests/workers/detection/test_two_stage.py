@@ -154,6 +154,78 @@ def test_proposals_are_the_changed_pixels_without_the_speckle() -> None:
     assert proposals(ref, ref, CONFIG) == []
 
 
+def test_a_box_is_drawn_to_the_changed_pixels_inside_it_with_its_categorys_margins() -> None:
+    changed = np.zeros((100, 100), np.uint8)
+    changed[40:50, 30:36] = 1  # the defect: x 30..35, y 40..49
+    changed[40:50, 58:60] = 1  # a neighbour's change, at the network box's right edge
+    box = [22.0, 33.0, 60.0, 57.0]  # the network's frame, the neighbour's pixels inside it
+    margins = [5.0, 4.0, 3.0, 2.0]
+    # looked for inside the box less 0.6 of the margins (x up to 58.2): the neighbour stays out
+    assert two_stage.snap(changed, box, margins, 0.6) == [25, 36, 39, 52]
+    # without the inset the neighbour's pixels widen the frame
+    assert two_stage.snap(changed, box, margins, 0.0) == [25, 36, 63, 52]
+    assert two_stage.snap(np.zeros_like(changed), box, margins, 0.6) is None
+    assert two_stage.snap(changed, [30, 40, 34, 44], margins, 0.6) is None  # inset to nothing
+    # a labelled frame's sides around the changed pixels inside it; the medians per category
+    assert two_stage.frame_sides(changed, [27, 38, 40, 51]) == (3.0, 2.0, 4.0, 1.0)
+    assert two_stage.frame_sides(changed, [0, 0, 20, 20]) is None
+    frames = [(0, (3.0, 2.0, 4.0, 1.0)), (0, (5.0, 2.0, 4.0, 3.0)), (0, (4.0, 9.0, 4.0, 2.0))]
+    frames += [(0, (4.0, 2.0, 4.0, 2.0))] * 2 + [(1, (2.0, 2.0, 2.0, 2.0))]
+    margins, spreads = two_stage.fit_category_margins(frames, 3, [1.0, 1.0, 1.0, 1.0])
+    assert margins == [
+        [4.0, 2.0, 4.0, 2.0],
+        [2.0, 2.0, 2.0, 2.0],
+        [1.0, 1.0, 1.0, 1.0],  # no frame of this category: the proposals' margins
+    ]
+    assert spreads[0] == pytest.approx(np.std([[3, 2, 4, 1], [5, 2, 4, 3], [4, 9, 4, 2],
+                                               [4, 2, 4, 2], [4, 2, 4, 2]], axis=0).tolist())  # fmt: skip
+    assert spreads[1:] == [None, None]  # too few frames to trust their spread: the network's box
+
+
+def test_topology_tells_a_break_a_bridge_a_hole_stray_copper_and_a_spur_apart() -> None:
+    ref = np.zeros((60, 60), np.uint8)
+    ref[20:30, :] = 255  # a bright track
+    ref[40:50, :] = 255  # another
+    box = [10, 10, 50, 55]
+
+    def told(edit) -> list[float]:
+        img = ref.copy()
+        edit(img)
+        numbers = two_stage.topology(img, ref, box, CONFIG)
+        # turned and flipped alike: the numbers are of the pieces, not of their orientation
+        for k in range(1, 4):
+            turned = two_stage.topology(np.rot90(img, k), np.rot90(ref, k), [0, 0, 60, 60], CONFIG)
+            assert turned == two_stage.topology(img, ref, [0, 0, 60, 60], CONFIG)
+        return numbers
+
+    def cut(img):  # an open: the track broken through
+        img[20:30, 28:32] = 0
+
+    def bite(img):  # a mouse bite: a notch, the track still whole
+        img[20:24, 28:32] = 0
+
+    def bridge(img):  # a short: the two tracks joined
+        img[30:40, 28:32] = 255
+
+    def spur(img):  # a spur: copper grown from a track
+        img[30:34, 28:32] = 255
+
+    def stray(img):  # spurious copper: a new piece
+        img[34:37, 14:17] = 255
+
+    def hole(img):  # a pin-hole: a dark piece inside the track
+        img[24:27, 40:43] = 0
+
+    # all turned dark; one more bright piece, and the dark sides of the track joined
+    assert told(cut) == [0.0, 0.5, -0.5]
+    assert told(bite) == [0.0, 0.0, 0.0]
+    assert told(bridge) == [1.0, -0.5, 0.5]  # one bright piece less; the dark gap split in two
+    assert told(spur) == [1.0, 0.0, 0.0]
+    assert told(stray) == [1.0, 0.5, 0.0]
+    assert told(hole) == [0.0, 0.0, 0.5]
+    assert two_stage.topology(ref, ref, [70, 70, 80, 80], CONFIG) == [0.5, 0.0, 0.0]  # outside
+
+
 def test_a_reference_of_another_size_is_refused() -> None:
     ref = template(1)
     with pytest.raises(DetectionError, match="aligned to the image, at its size"):
@@ -195,6 +267,57 @@ def test_trains_validates_and_finds_each_defect_with_its_category(sets, trained)
     ]
     with pytest.raises(DetectionError, match="reference"):
         detector.predict(rgb)
+
+
+def test_boxes_follow_the_labelled_frames_around_the_changed_pixels(sets, trained) -> None:
+    path, _ = trained
+    detector = load_detector(path)
+    # the synthetic labels are drawn 3 px around each 8 px defect: fitted exactly, per category,
+    # with no spread (so the frame outweighs the network's box entirely)
+    assert detector.category_margins == [[3.0, 3.0, 3.0, 3.0], [3.0, 3.0, 3.0, 3.0]]
+    assert detector.category_spreads == [[0.0] * 4, [0.0] * 4]
+
+    def ious(box_sd: float, inset: float = 0.6) -> list[float]:
+        detector.config.box_sd, detector.config.snap_inset = box_sd, inset
+        out = []
+        for seed in range(30, 36):
+            ref = template(seed)
+            img, boxes = defective(ref, seed)
+            found = detector.predict(img, score_threshold=0.3, reference=ref)
+            for x, y, w, h, _ in boxes:
+                frame = (x, y, x + w, y + h)
+                out.append(max(two_stage.box_iou((d.x1, d.y1, d.x2, d.y2), frame) for d in found))
+        return out
+
+    network, drawn, whole = ious(0.0), ious(3.2), ious(3.2, inset=0.0)
+    # looked for in the whole box, each box is the labelled frame; inset, nearly
+    assert min(whole) == pytest.approx(1.0), whole
+    assert np.mean(drawn) > np.mean(network) and min(drawn) >= 0.5, (drawn, network)
+    # a spread as large as the network's error: half way
+    detector.category_spreads = [[3.2] * 4, [3.2] * 4]
+    halfway = ious(3.2, inset=0.0)
+    assert all(n <= h <= 1.0 for n, h in zip(network, halfway, strict=True)), (network, halfway)
+    assert np.mean(network) < np.mean(halfway) < np.mean(whole)
+
+    # an artifact written before the category margins keeps the network's boxes
+    payload = torch.load(path, weights_only=True)
+    older = path.with_name("older.pt")
+    older_payload = {k: v for k, v in payload.items() if not k.startswith("category_")}
+    torch.save(older_payload, older)
+    detector = load_detector(older)
+    assert detector.category_margins is None and detector.category_spreads is None
+    assert ious(3.2) == network
+
+    # an artifact of version 1 (no topology numbers: a network without their inputs) still loads
+    config = {k: v for k, v in payload["config"].items() if k != "topology"}
+    first = path.with_name("version1.pt")
+    net = two_stage.PairNet(2)
+    torch.save({**payload, "version": 1, "config": config, "state_dict": net.state_dict()}, first)
+    detector = load_detector(first)
+    assert detector.config.topology is False and detector.net.extra == 0
+    ref = template(40)
+    img, _ = defective(ref, 40)
+    assert isinstance(detector.predict(img, score_threshold=0.0, reference=ref), list)
 
 
 def test_a_lost_worker_resumes_from_the_last_epoch_exactly(sets, tmp_path) -> None:
