@@ -348,3 +348,58 @@ def test_one_runs_versions_stand_side_by_side_and_the_latest_run_wins(team, tmp_
         (s.pk, s.model_version_id, s.run_id)
         for s in Suggestion.objects.filter(image=image).order_by("id")
     ] == [(elsewhere.pk, whole.pk, first.pk), (out_id(second), newer.pk, second.pk)]
+
+
+@pytest.mark.django_db(transaction=True)  # the station's writer thread stores the frames
+def test_a_station_records_a_regions_own_model_under_its_version(
+    team, client_for, upload, tmp_path
+):
+    """At the line as in a run: the station registers each frame onto the golden sample, and a
+    suggestion its NG frame gets in a region with its own model is that model's version's (the
+    queue's model filter, superseding and lineage follow it); the rest are the active model's."""
+    from inspection.models import StationResult
+    from inspection.services.stations import station_create
+    from workers.tasks.anomaly import train_anomaly_model
+    from workers.tasks.runner import run_job
+    from workers.tasks.stations import StationProcess
+
+    project, admin = team["project"], team["admin"]
+    shifts = [(0, 0), (3, -2), (-4, 3), (2, 4), (-3, -3), (4, 1)]
+    normals = _upload(
+        client_for(admin),
+        project,
+        upload,
+        {f"n{i}.png": _photo(dx, dy, i) for i, (dx, dy) in enumerate(shifts)},
+        is_normal="true",
+    )
+    golden = Image.objects.get(pk=normals["n0.png"])
+    image_mark_reference(user=admin, image=golden, is_reference=True)
+    face = region_create(user=admin, project=project, name="face", reference=golden, polygon=FACE)
+    whole = model_version_train(
+        user=admin, project=project, architecture="padim", params={"input_size": 64}
+    )
+    assert run_job(str(whole.job_id), train_anomaly_model.body) == "succeeded"
+    own = region_model_train(user=admin, region=face, params={"input_size": 64})
+    assert run_job(str(own.job_id), train_anomaly_model.body) == "succeeded"
+
+    folder = tmp_path / "line"
+    folder.mkdir()
+    (folder / "a-dent-face.png").write_bytes(_photo(5, -3, 20, defect=(110, 95)))
+    station = station_create(
+        user=admin, project=project, name="press-3", source=str(folder), ok_sample_rate=0.0
+    )
+    assert StationProcess("press-3", until_idle=True).run() == 0
+
+    row = StationResult.objects.get(station=station, source_name="a-dent-face.png")
+    assert row.verdict == "ng" and row.image_id is not None, (row.verdict, row.error)
+    found = Suggestion.objects.filter(image_id=row.image_id)
+    at_dent = [s for s in found if _covers(s, 115, 92)]
+    assert [(s.region_id, s.model_version_id) for s in at_dent] == [(face.pk, own.pk)]
+    assert {s.model_version_id for s in found if s.region_id is None} <= {whole.pk}
+    # the reviewer's model filter finds it under the region's model
+    body = (
+        client_for(team["reviewer"])
+        .get(f"/api/projects/{project.pk}/suggestions/", {"model_version": own.pk})
+        .json()
+    )
+    assert at_dent[0].pk in [s["id"] for s in body["results"]]
