@@ -86,6 +86,7 @@ class PairConfig:
     #: the network is told how the pattern's pieces changed around each proposal (see
     #: :func:`topology`); artifacts written before it have it off
     topology: bool = True
+    dropout: float = 0.3  # of the pooled features, for the categories (with topology only)
     #: the network's box error per side (px; 3.0-3.4 on held-out DeepPCB pairs,
     #: benchmarks/two_stage_boxes.py): each side is the mean of the network's and of the frame
     #: around the changed pixels (:func:`snap`), weighted by the inverse of their variances
@@ -312,15 +313,36 @@ def as_input(crops: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, x[:, :1] - x[:, 1:]], 1)
 
 
+#: the topology numbers as one-hot kinds (:func:`topology_kinds`)
+TOPOLOGY_KINDS = 13
+
+
+def topology_kinds(extra: torch.Tensor) -> torch.Tensor:
+    """[N, 3] topology numbers -> [N, 13] one-hot: the changed pixels mostly dark, mixed or
+    mostly bright; the bright and the dark pieces' change (-2..2 each)."""
+    share = extra[:, 0]
+    turned = torch.stack([share < 0.2, (share >= 0.2) & (share <= 0.8), share > 0.8], 1)
+    bright = nn.functional.one_hot((extra[:, 1] * 2 + 2).round().long().clamp(0, 4), 5)
+    dark = nn.functional.one_hot((extra[:, 2] * 2 + 2).round().long().clamp(0, 4), 5)
+    return torch.cat([turned.float(), bright.float(), dark.float()], 1)
+
+
 class PairNet(nn.Module):
     """Six convolutions on the (image, reference, difference) crop, the crop's scale and the
     ``extra`` numbers of :func:`topology` beside the pooled features; outputs: category logits
     (index 0: no defect), box offsets (per side, in units of the box's width and height), and
-    the corrected box's IoU (a logit)."""
+    the corrected box's IoU (a logit).
 
-    def __init__(self, num_categories: int, extra: int = 0) -> None:
+    With the topology numbers, their one-hot kinds also add to the category logits directly (a
+    linear "wide" path), and the pooled features are dropped out (``dropout``) for the
+    categories in training: without both, the network leaned on the crop alone and named
+    DeepPCB's defects as before (benchmarks/two_stage_boxes.py)."""
+
+    def __init__(self, num_categories: int, extra: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
         self.extra = extra
+        self.drop = nn.Dropout(dropout)
+        self.wide = nn.Linear(TOPOLOGY_KINDS, num_categories + 1) if extra else None
 
         def block(i: int, o: int) -> nn.Sequential:
             return nn.Sequential(
@@ -338,12 +360,18 @@ class PairNet(nn.Module):
         self.quality = nn.Linear(c[4] + 1 + extra, 1)
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, extra: torch.Tensor):
-        h = torch.cat([self.features(x), scale[:, None], extra[:, : self.extra]], 1)
-        return self.cls(h), self.box(h), self.quality(h)[:, 0]
+        features, extra = self.features(x), extra[:, : self.extra]
+        h = torch.cat([features, scale[:, None], extra], 1)
+        logits = self.cls(torch.cat([self.drop(features), scale[:, None], extra], 1))
+        if self.wide is not None:
+            logits = logits + self.wide(topology_kinds(extra))
+        return logits, self.box(h), self.quality(h)[:, 0]
 
 
 def build_net(num_categories: int, config: PairConfig) -> PairNet:
-    return PairNet(num_categories, TOPOLOGY_FEATURES if config.topology else 0)
+    if not config.topology:
+        return PairNet(num_categories)
+    return PairNet(num_categories, TOPOLOGY_FEATURES, config.dropout)
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -224,6 +224,14 @@ def test_topology_tells_a_break_a_bridge_a_hole_stray_copper_and_a_spur_apart() 
     assert told(stray) == [1.0, 0.5, 0.0]
     assert told(hole) == [0.0, 0.0, 0.5]
     assert two_stage.topology(ref, ref, [70, 70, 80, 80], CONFIG) == [0.5, 0.0, 0.0]  # outside
+    # as the network's "wide" path reads them: one kind of each of the three, one-hot
+    kinds = two_stage.topology_kinds(torch.tensor([told(cut), told(bridge), [0.5, 0.0, 0.0]]))
+    assert kinds.shape == (3, two_stage.TOPOLOGY_KINDS) and kinds.sum(1).tolist() == [3, 3, 3]
+    assert [torch.nonzero(k).flatten().tolist() for k in kinds] == [
+        [0, 6, 9],  # mostly turned dark; one bright piece more; one dark piece less
+        [2, 4, 11],  # mostly turned bright; one bright piece less; one dark piece more
+        [1, 5, 10],  # mixed; no change in either
+    ]
 
 
 def test_a_reference_of_another_size_is_refused() -> None:
@@ -315,6 +323,7 @@ def test_boxes_follow_the_labelled_frames_around_the_changed_pixels(sets, traine
     torch.save({**payload, "version": 1, "config": config, "state_dict": net.state_dict()}, first)
     detector = load_detector(first)
     assert detector.config.topology is False and detector.net.extra == 0
+    assert detector.net.wide is None
     ref = template(40)
     img, _ = defective(ref, 40)
     assert isinstance(detector.predict(img, score_threshold=0.0, reference=ref), list)
