@@ -87,7 +87,7 @@ class PairConfig:
     #: :func:`topology`); artifacts written before it have it off
     topology: bool = True
     dropout: float = 0.3  # of the pooled features, for the categories (with topology only)
-    #: the network's box error per side (px; 3.0-3.4 on held-out DeepPCB pairs,
+    #: the network's box error per side (px; 2.9-3.4 on held-out DeepPCB pairs,
     #: benchmarks/two_stage_boxes.py): each side is the mean of the network's and of the frame
     #: around the changed pixels (:func:`snap`), weighted by the inverse of their variances
     #: (the frame's: its category's spread on the training labels). 0: the network's alone
