@@ -289,8 +289,10 @@ class DetectorMethod:
         device: str,
         seed: int,
         default_threshold: float,
+        networks: int = 1,
     ) -> None:
         self.kind, self.root, self.test = kind, root, test
+        self.networks = networks
         self.out, self.epochs, self.minutes = out, epochs, minutes
         self.input_size, self.max_iters = input_size, max_iters
         self.device, self.seed = device, seed
@@ -307,7 +309,8 @@ class DetectorMethod:
         if kind == "two-stage":
             self.description = (
                 "workers.detection.two_stage: the changed pixels of image and template propose, "
-                f"a pair classifier names and places the box; {epochs} epochs at most, {budget}; "
+                f"a pair classifier names and places the box ({networks} network"
+                f"{'s' if networks > 1 else ''} of {epochs} epochs at most), {budget}; "
                 "a region is a box scored >= the threshold (boxes kept from 0.01)"
             )
         self.detector = None
@@ -333,6 +336,7 @@ class DetectorMethod:
             max_iters=self.max_iters,
             device=self.device,
             seed=self.seed,
+            networks=self.networks,
             train_filter=lambda img: img["file_name"] in train_names,
             test_filter=lambda img: img["file_name"] in test_names,
             log=lambda message: print(message, file=sys.stderr, flush=True),
@@ -687,6 +691,12 @@ def main() -> None:
         "--two-stage-epochs", type=int, default=30, help="the two-stage change detector's epochs"
     )
     ap.add_argument(
+        "--two-stage-networks",
+        type=int,
+        default=1,
+        help="networks the two-stage change detector averages (trained one after the other)",
+    )
+    ap.add_argument(
         "--detector-out",
         default=str(ROOT / "var" / "bench-change"),
         help="where the detectors' weights go",
@@ -762,6 +772,7 @@ def main() -> None:
             device=args.device,
             seed=args.detector_seed,
             default_threshold=app_detection_threshold(),
+            networks=args.two_stage_networks,
         )
         for kind in kinds
     ]

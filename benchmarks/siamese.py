@@ -177,6 +177,7 @@ def train_detector(
     train_filter: Any = trainval,
     test_filter: Any = test,
     log: Any = None,
+    networks: int = 1,
 ) -> dict:
     """Train one model of the comparison ("single" or "siamese") on DeepPCB's ``root`` (images
     kept by ``train_filter``, default the official trainval split) and evaluate it on
@@ -197,6 +198,7 @@ def train_detector(
             train_filter=train_filter,
             test_filter=test_filter,
             log=log,
+            networks=networks,
         )
     ann = root / "annotations.json"
     out.mkdir(parents=True, exist_ok=True)
@@ -294,11 +296,10 @@ def _with_training(row, name, history, epochs, stopped_at, trained_s, wall_s, cu
 
 
 def _train_two_stage(
-    *, root, out, epochs, minutes, seed, eval_every, train_filter, test_filter, log
+    *, root, out, epochs, minutes, seed, eval_every, train_filter, test_filter, log, networks=1
 ) -> dict:
     """``workers.detection.two_stage`` (the changed pixels propose, a pair classifier names and
     places) trained on the same pairs with the same budget; figures as ``train_detector``'s."""
-    import torch
 
     from workers.detection import two_stage
 
@@ -306,7 +307,7 @@ def _train_two_stage(
     out.mkdir(parents=True, exist_ok=True)
     artifact, ckpt = out / "deeppcb-two-stage.pt", out / "deeppcb-two-stage.ckpt"
     ckpt.unlink(missing_ok=True)
-    config = two_stage.PairConfig(epochs=epochs, seed=seed)
+    config = two_stage.PairConfig(epochs=epochs, seed=seed, networks=networks)
     trained_s, curve = [0.0], []
 
     def progress(fraction: float, message: str, metrics: dict | None) -> None:
@@ -325,7 +326,7 @@ def _train_two_stage(
                     for k in ("epoch", "map50", "map")
                 }
             )
-        if minutes and trained_s[0] > 60 * minutes and metrics["epoch"] < epochs:
+        if minutes and trained_s[0] > 60 * minutes and metrics["epoch"] < epochs * networks:
             raise BudgetSpent(metrics["epoch"])
 
     t0, stopped_at = time.time(), None
@@ -335,21 +336,22 @@ def _train_two_stage(
             progress=progress, val_json=ann if eval_every else None, val_filter=test_filter,
             eval_every=eval_every or 1, checkpoint=ckpt,
         ).history  # fmt: skip
-    except BudgetSpent as spent:  # the last epoch's weights, as the job would have kept them
+    except BudgetSpent as spent:  # the networks trained so far, as the job would keep them
         stopped_at = int(spent.args[0])
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         cats = two_stage.CocoDetectionDataset(ann, image_filter=train_filter).categories
-        net = two_stage.build_net(len(cats), config)
-        net.load_state_dict(saved["net"])
-        history = list(saved["history"])
-        two_stage.save(
-            artifact, net, cats, config, saved["margins"], {"history": history},
-            saved.get("category_margins"), saved.get("category_spreads"),
-        )  # fmt: skip
+        _, history = two_stage.save_from_checkpoint(ckpt, artifact, cats, config)
     wall_s = time.time() - t0
     row = _evaluate(artifact, ann, root, test_filter, 640, "cpu")
     return _with_training(
-        row, "two-stage", history, epochs, stopped_at, trained_s[0], wall_s, curve, artifact
+        row,
+        "two-stage",
+        history,
+        epochs * networks,
+        stopped_at,
+        trained_s[0],
+        wall_s,
+        curve,
+        artifact,
     )
 
 

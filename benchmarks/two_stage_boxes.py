@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="a trained artifact (else one is trained)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--networks", type=int, default=1, help="PairConfig.networks (averaged)")
     ap.add_argument("--box-sds", default="0,2,3.2,4.5,1000", help="PairConfig.box_sd values")
     ap.add_argument("--insets", default="0.3,0.6,0.9", help="PairConfig.snap_inset values")
     ap.add_argument("--aligned", action="store_true", help="align the templates first")
@@ -87,7 +88,7 @@ def main() -> None:
             return im.get("official_split") == "trainval" and held(im)
         return im.get("official_split") == "test"
 
-    config = two_stage.PairConfig(epochs=args.epochs, seed=args.seed)
+    config = two_stage.PairConfig(epochs=args.epochs, seed=args.seed, networks=args.networks)
     work = Path(tempfile.mkdtemp(prefix="loupe-boxes-"))
     try:
         model, coco, rows = run(args, config, coco, work, train_filter, score_filter)
@@ -98,11 +99,12 @@ def main() -> None:
         f"\n{split}: {n} pairs, templates {'aligned' if args.aligned else 'as shipped'}; model "
         f"{model if args.model else 'trained above'}"
     )
-    print("| box_sd | snap_inset | mAP50 | mAP | class-agnostic mAP50 / mAP |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| networks | box_sd | snap_inset | mAP50 | mAP | class-agnostic mAP50 / mAP |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(
-            f"| {r['box_sd']:g} | {r['inset']:g} | {r['map50']:.3f} | {r['map']:.3f} | "
+            f"| {r['networks']} | {r['box_sd']:g} | {r['inset']:g} | {r['map50']:.3f} | "
+            f"{r['map']:.3f} | "
             f"{r['agnostic_map50']:.3f} / {r['agnostic_map']:.3f} |"
         )
 
@@ -126,7 +128,10 @@ def run(args, config, coco: dict, work: Path, train_filter, score_filter):
             ann, (args.out or work) / "model.pt", image_root=args.dataset, config=config,
             image_filter=train_filter,
         )  # fmt: skip
-        print(f"trained {len(train_ds)} pairs, {args.epochs} epochs in {time.time() - began:.0f} s")
+        print(
+            f"trained {len(train_ds)} pairs, {args.networks} network(s) x {args.epochs} epochs in "
+            f"{time.time() - began:.0f} s"
+        )
         model = result.artifact
     else:
         model = args.model
@@ -137,7 +142,20 @@ def run(args, config, coco: dict, work: Path, train_filter, score_filter):
         print("(category margins fitted here: the artifact predates them)")
     print(f"category margins L/T/R/B: {detector.category_margins}")
     print(f"category spreads L/T/R/B: {_rounded(detector.category_spreads)}")
-    return model, coco, grid(detector, ann, args.dataset, score_filter, coco, args)
+    rows = [
+        {**r, "networks": f"all {len(detector.nets)}"}
+        for r in grid(detector, ann, args.dataset, score_filter, coco, args)
+    ]
+    if len(detector.nets) > 1:  # each network alone beside the ensemble
+        nets = detector.nets
+        for i, net in enumerate(nets):
+            detector.nets, detector.net = [net], net
+            rows += [
+                {**r, "networks": f"network {i + 1} (seed {args.seed + i})"}
+                for r in grid(detector, ann, args.dataset, score_filter, coco, args)
+            ]
+        detector.nets, detector.net = nets, nets[0]
+    return model, coco, rows
 
 
 def aligned_copy(root: Path, coco: dict, folder: Path) -> Path:

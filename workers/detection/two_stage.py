@@ -25,7 +25,8 @@ and what it is. That is learnt from far fewer pixels than a whole detector:
    category plus "no defect", four box offsets and the corrected box's expected IoU, which
    weights the score (a well-placed box ranks before a loose one of the same defect). Trained
    with the eight quarter turns and flips (the box on upright crops only: the annotators' margins
-   differ per side); at prediction the mean of the eight turns' probabilities. Each proposal
+   differ per side); at prediction the mean of the eight turns' probabilities (and of
+   ``networks`` networks trained from successive seeds, their boxes too). Each proposal
    gives a box for its two likeliest categories; boxes of a category that overlap (IoU >= 0.5)
    are suppressed.
 
@@ -58,8 +59,9 @@ from .inference import Detection
 from .trainer import ProgressCallback, TrainResult
 
 FORMAT = "loupe-two-stage-change"
-#: 2: the topology numbers (``PairConfig.topology``) and the category margins; 1 loads without
-VERSION = 2
+#: 3: several networks (``PairConfig.networks``); 2: the topology numbers
+#: (``PairConfig.topology``) and the category margins; 1 and 2 load (one network)
+VERSION = 3
 #: Most proposals one pair may give (the ones with the most changed pixels are kept): a pair
 #: that is not aligned changes everywhere, and its crops would not fit in memory.
 MAX_PROPOSALS = 3000
@@ -95,6 +97,10 @@ class PairConfig:
     #: how far inside the network's box the changed pixels are looked for (the share of the
     #: category's margins: a neighbour's changes stay out)
     snap_inset: float = 0.6
+    #: networks trained one after the other (seeds ``seed``, ``seed + 1``, ...); prediction
+    #: averages their probabilities, box offsets and box IoUs (the categories are what the
+    #: averaging helps: benchmarks/two_stage_boxes.py --networks)
+    networks: int = 1
     num_threads: int | None = None
 
     #: settings of prediction only: not part of what a checkpoint continues
@@ -516,9 +522,6 @@ def train(
     categories = dataset.categories
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-
     start = time.time()
     report(0.0, f"Finding the changed pixels of {len(dataset)} pairs", None)
     props, pairs, frames = [], [], []
@@ -543,18 +546,28 @@ def train(
     data = _samples(dataset, cfg, margins, props)
 
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    net = build_net(len(categories), cfg)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     n = len(data.label)
     batch_size = min(cfg.batch_size, n)
     # a small project's few proposals still get some steps per epoch (drawn again, reshuffled)
     steps_per_epoch = max(math.ceil(n / batch_size), cfg.min_steps_per_epoch)
     identity = _identity(cfg, categories, dataset, margins, n, steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch
-    )
+    networks = max(1, int(cfg.networks))
+    total_epochs = networks * cfg.epochs
+
+    def fresh(member: int):
+        """Network ``member``'s weights, optimiser, schedule and sample order, from its seed."""
+        torch.manual_seed(cfg.seed + member)
+        net = build_net(len(categories), cfg)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch
+        )
+        return net, optimizer, scheduler, np.random.default_rng(cfg.seed + member)
+
     history: list[dict[str, Any]] = []
+    finished: list[dict[str, torch.Tensor]] = []  # the networks trained to their last epoch
     first = 0
+    net, optimizer, scheduler, rng = fresh(0)
     if ckpt is not None and ckpt.exists():
         saved = _read_checkpoint(ckpt)
         if saved["identity"] != identity:
@@ -562,13 +575,16 @@ def train(
                 f"training checkpoint {ckpt} was written for other images or settings; delete "
                 "it to train from the start"
             )
-        net.load_state_dict(saved["net"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        rng.bit_generator.state = saved["rng"]
         history = list(saved["history"])
         first = int(saved["epoch"])
+        finished = list(saved.get("finished") or [])
+        if first % cfg.epochs:  # within a network: continue it exactly
+            net, optimizer, scheduler, rng = fresh(first // cfg.epochs)
+            net.load_state_dict(saved["net"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            torch.set_rng_state(saved["torch_rng"])
+            rng.bit_generator.state = saved["rng"]
 
     val = None
     if val_json is not None:
@@ -578,12 +594,16 @@ def train(
             val_reference_root or val_image_root or reference_root,
             val_filter,
         )
-    for epoch in range(first, cfg.epochs):
+    for step in range(first, total_epochs):
+        member, epoch = divmod(step, cfg.epochs)
+        if epoch == 0 and member > 0:  # the next network (or, resumed, the one to start)
+            net, optimizer, scheduler, rng = fresh(member)
         began = time.time()
         net.train()
         draws = math.ceil(steps_per_epoch * batch_size / n)
         order = torch.from_numpy(np.concatenate([rng.permutation(n) for _ in range(draws)]))
         total, seen = 0.0, 0
+        which = f"network {member + 1}/{networks}, " if networks > 1 else ""
         for b in range(steps_per_epoch):
             idx = order[b * batch_size : (b + 1) * batch_size]
             seen += len(idx)
@@ -608,18 +628,25 @@ def train(
             scheduler.step()
             total += float(loss.detach()) * len(idx)
             if b % 20 == 0:
-                done = (epoch + b / steps_per_epoch) / cfg.epochs
-                report(done, f"epoch {epoch + 1}/{cfg.epochs}: batch {b + 1}", None)
+                done = (step + b / steps_per_epoch) / total_epochs
+                report(done, f"{which}epoch {epoch + 1}/{cfg.epochs}: batch {b + 1}", None)
         metrics: dict[str, Any] = {
-            "epoch": epoch + 1,
+            "epoch": step + 1,  # counted over all the networks (the checkpoint's and the job's)
             "loss": round(total / seen, 5),
             "lr": float(scheduler.get_last_lr()[0]),
             "seconds": round(time.time() - began, 2),  # the epoch's training (as PP-YOLOE's)
         }
-        last = epoch + 1 == cfg.epochs
-        if val is not None and ((epoch + 1) % max(1, eval_every) == 0 or last):
+        if networks > 1:
+            metrics["network"] = member + 1
+        last_of_net = epoch + 1 == cfg.epochs
+        if last_of_net:
+            finished.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+        if val is not None and ((epoch + 1) % max(1, eval_every) == 0 or last_of_net):
+            # within a network, that network alone; after its last epoch, all the networks
+            # trained so far together (as they will predict)
+            nets = [_net_of(categories, cfg, sd) for sd in finished] if last_of_net else [net]
             detector = PairDetector(
-                net,
+                nets,
                 categories,
                 cfg,
                 margins,
@@ -643,22 +670,23 @@ def train(
                     "torch_rng": torch.get_rng_state(),
                     "rng": rng.bit_generator.state,
                     "history": history,
-                    "epoch": epoch + 1,
+                    "epoch": step + 1,
+                    "finished": finished,
                     "margins": margins,  # an artifact can be written from it
                     "category_margins": category_margins,
                     "category_spreads": category_spreads,
                 },
             )
-        report((epoch + 1) / cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs} done", metrics)
+        report((step + 1) / total_epochs, f"{which}epoch {epoch + 1}/{cfg.epochs} done", metrics)
 
     out = save(
-        output, net, categories, cfg, margins, {"history": history}, category_margins,
+        output, finished, categories, cfg, margins, {"history": history}, category_margins,
         category_spreads,
     )  # fmt: skip
     return TrainResult(
         artifact=out,
-        epochs=cfg.epochs,
-        iterations=cfg.epochs * steps_per_epoch,
+        epochs=total_epochs,
+        iterations=total_epochs * steps_per_epoch,
         seconds=time.time() - start,
         history=history,
         resumed_from_epoch=first,
@@ -689,11 +717,19 @@ def _validate(
     }
 
 
+def _net_of(categories, config: PairConfig, state: dict[str, torch.Tensor]) -> PairNet:
+    net = build_net(len(categories), config)
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
 def save(
-    path, net: PairNet, categories, config: PairConfig, margins, metadata=None,
+    path, nets, categories, config: PairConfig, margins, metadata=None,
     category_margins=None, category_spreads=None,
 ) -> Path:  # fmt: skip
-    """Write the artifact atomically (temp file + rename). ``category_margins`` and
+    """Write the artifact atomically (temp file + rename). ``nets``: one :class:`PairNet` or
+    a list of them or of their state dicts (an ensemble, see ``PairConfig.networks``).
+    ``category_margins`` and
     ``category_spreads`` (per category index, per side; see :func:`fit_category_margins`):
     without them the boxes are the network's alone."""
     path = Path(path)
@@ -712,13 +748,34 @@ def save(
             if category_spreads
             else None
         ),
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "state_dicts": [
+            {
+                k: v.detach().cpu()
+                for k, v in (n.state_dict() if isinstance(n, nn.Module) else n).items()
+            }
+            for n in (nets if isinstance(nets, list | tuple) else [nets])
+        ],
         "metadata": metadata or {},
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
     return path
+
+
+def save_from_checkpoint(
+    checkpoint: str | Path, path: str | Path, categories, config: PairConfig
+) -> tuple[Path, list[dict[str, Any]]]:
+    """The artifact of a training stopped after an epoch (a time budget spent): the networks
+    trained to their last epoch, or the one in training when none is; and the history."""
+    saved = _read_checkpoint(Path(checkpoint))
+    history = list(saved["history"])
+    out = save(
+        path, list(saved.get("finished") or []) or [saved["net"]], categories, config,
+        saved["margins"], {"history": history}, saved.get("category_margins"),
+        saved.get("category_spreads"),
+    )  # fmt: skip
+    return out, history
 
 
 def is_artifact(path: str | Path) -> bool:
@@ -747,10 +804,11 @@ def load(path: str | Path) -> PairDetector:
     ]
     # an artifact written before the topology numbers has none
     config = PairConfig.from_dict({"topology": False, **payload["config"]})
-    net = build_net(len(categories), config)
-    net.load_state_dict(payload["state_dict"], strict=True)
+    # version 3 keeps every network of an ensemble; 1 and 2 kept one
+    states = payload.get("state_dicts") or [payload["state_dict"]]
+    nets = [_net_of(categories, config, state) for state in states]
     return PairDetector(
-        net, categories, config, payload["margins"], payload.get("metadata"),
+        nets, categories, config, payload["margins"], payload.get("metadata"),
         category_margins=payload.get("category_margins"),
         category_spreads=payload.get("category_spreads"),
     )  # fmt: skip
@@ -761,7 +819,7 @@ class PairOutputs:
     """What the network said about one pair's proposals (:meth:`PairDetector.outputs`)."""
 
     boxes: np.ndarray  # the proposals grown by the margins, [N, 4] x1 y1 x2 y2
-    probs: np.ndarray  # [N, 1 + categories], index 0: no defect (mean of the eight turns)
+    probs: np.ndarray  # [N, 1 + categories], index 0: no defect (mean of the turns and networks)
     offsets: np.ndarray  # [N, 4] per side, in units of the box's width and height
     quality: np.ndarray  # [N] the corrected box's expected IoU
     shape: tuple[int, int]  # the image's height and width
@@ -786,10 +844,12 @@ class PairDetector:
     MAX_DETECTIONS = 500
 
     def __init__(
-        self, net, categories, config, margins, metadata=None, category_margins=None,
+        self, nets, categories, config, margins, metadata=None, category_margins=None,
         category_spreads=None,
     ) -> None:  # fmt: skip
-        self.net = net.eval()
+        #: one network or an ensemble (their outputs averaged)
+        self.nets = [n.eval() for n in (nets if isinstance(nets, list | tuple) else [nets])]
+        self.net = self.nets[0]
         self.categories = categories
         self.config = config
         self.margins = list(margins)
@@ -837,16 +897,25 @@ class PairDetector:
             dtype=torch.float32,
         )
         probs, offsets, quality = [], [], []
-        was = self.net.training
-        self.net.eval()
+        was = [net.training for net in self.nets]
+        for net in self.nets:
+            net.eval()
+        count = len(self.nets)
         for i in range(0, len(x), self.CHUNK):
             xc, sc, ec = x[i : i + self.CHUNK], s[i : i + self.CHUNK], e[i : i + self.CHUNK]
-            p = sum(torch.softmax(self.net(dihedral(xc, k), sc, ec)[0], 1) for k in range(8)) / 8
-            _, o, q = self.net(xc, sc, ec)
-            probs.append(p)
-            offsets.append(o)
-            quality.append(torch.sigmoid(q))
-        self.net.train(was)
+            probs.append(
+                sum(
+                    torch.softmax(net(dihedral(xc, k), sc, ec)[0], 1)
+                    for net in self.nets
+                    for k in range(8)
+                )
+                / (8 * count)
+            )
+            upright = [net(xc, sc, ec) for net in self.nets]
+            offsets.append(sum(o for _, o, _ in upright) / count)
+            quality.append(sum(torch.sigmoid(q) for _, _, q in upright) / count)
+        for net, mode in zip(self.nets, was, strict=True):
+            net.train(mode)
         return PairOutputs(
             np.array(boxes, np.float64),
             torch.cat(probs).numpy(),

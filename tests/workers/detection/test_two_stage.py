@@ -310,8 +310,10 @@ def test_boxes_follow_the_labelled_frames_around_the_changed_pixels(sets, traine
     # an artifact written before the category margins keeps the network's boxes
     payload = torch.load(path, weights_only=True)
     older = path.with_name("older.pt")
-    older_payload = {k: v for k, v in payload.items() if not k.startswith("category_")}
-    torch.save(older_payload, older)
+    older_payload = {
+        k: v for k, v in payload.items() if not k.startswith("category_") and k != "state_dicts"
+    }
+    torch.save({**older_payload, "version": 2, "state_dict": payload["state_dicts"][0]}, older)
     detector = load_detector(older)
     assert detector.category_margins is None and detector.category_spreads is None
     assert ious(3.2) == network
@@ -320,7 +322,9 @@ def test_boxes_follow_the_labelled_frames_around_the_changed_pixels(sets, traine
     config = {k: v for k, v in payload["config"].items() if k != "topology"}
     first = path.with_name("version1.pt")
     net = two_stage.PairNet(2)
-    torch.save({**payload, "version": 1, "config": config, "state_dict": net.state_dict()}, first)
+    torch.save(
+        {**older_payload, "version": 1, "config": config, "state_dict": net.state_dict()}, first
+    )
     detector = load_detector(first)
     assert detector.config.topology is False and detector.net.extra == 0
     assert detector.net.wide is None
@@ -351,8 +355,8 @@ def test_a_lost_worker_resumes_from_the_last_epoch_exactly(sets, tmp_path) -> No
     )
     assert resumed.resumed_from_epoch == 2
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
-    a = torch.load(whole.artifact, weights_only=True)["state_dict"]
-    b = torch.load(resumed.artifact, weights_only=True)["state_dict"]
+    [a] = torch.load(whole.artifact, weights_only=True)["state_dicts"]
+    [b] = torch.load(resumed.artifact, weights_only=True)["state_dicts"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
@@ -374,6 +378,85 @@ def test_a_lost_worker_resumes_from_the_last_epoch_exactly(sets, tmp_path) -> No
             sets["train"], tmp_path / "c.pt", image_root=sets["root"], config=config,
             checkpoint=ckpt,
         )  # fmt: skip
+
+
+def test_an_ensemble_averages_the_networks_of_successive_seeds_and_resumes_exactly(
+    sets, tmp_path
+) -> None:
+    base = {**CONFIG.to_dict(), "epochs": 2, "settings": CONFIG.settings}
+    singles = [
+        two_stage.train(
+            sets["train"], tmp_path / f"seed{seed}.pt", image_root=sets["root"],
+            config=PairConfig(**{**base, "seed": seed}),
+        ).artifact
+        for seed in (0, 1)
+    ]  # fmt: skip
+    config = PairConfig(**{**base, "networks": 2})
+    ckpt = tmp_path / "ckpt.pt"
+    seen = []
+
+    def lose_after(epoch):
+        def progress(fraction, message, metrics):
+            seen.append(message)
+            if metrics is not None and metrics["epoch"] == epoch:
+                raise Cancelled()
+
+        return progress
+
+    # lost after the first network's last epoch, then within the second
+    for epoch in (2, 3):
+        with pytest.raises(Cancelled):
+            two_stage.train(
+                sets["train"], tmp_path / "both.pt", image_root=sets["root"], config=config,
+                checkpoint=ckpt, progress=lose_after(epoch),
+            )  # fmt: skip
+    assert "network 2/2, epoch 1/2 done" in seen
+    result = two_stage.train(
+        sets["train"], tmp_path / "both.pt", image_root=sets["root"], config=config,
+        checkpoint=ckpt, val_json=sets["val"], eval_every=1,
+    )  # fmt: skip
+    assert result.resumed_from_epoch == 3 and result.epochs == 4
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert [h["network"] for h in result.history] == [1, 1, 2, 2]
+    assert "map50" in result.history[-1]
+
+    # the ensemble is the two networks trained alone from seeds 0 and 1, resumed or not
+    payload = torch.load(result.artifact, weights_only=True)
+    assert payload["version"] == 3 and len(payload["state_dicts"]) == 2
+    for single, state in zip(singles, payload["state_dicts"], strict=True):
+        [alone] = torch.load(single, weights_only=True)["state_dicts"]
+        for key in alone:
+            torch.testing.assert_close(alone[key], state[key], rtol=1e-5, atol=1e-6)
+
+    # and predicts their mean: probabilities, boxes and box IoUs
+    ref = template(41)
+    img, _ = defective(ref, 41)
+    both = load_detector(result.artifact).outputs(img, ref)
+    alone = [load_detector(path).outputs(img, ref) for path in singles]
+    for name in ("probs", "offsets", "quality"):
+        mean = (getattr(alone[0], name) + getattr(alone[1], name)) / 2
+        np.testing.assert_allclose(getattr(both, name), mean, rtol=1e-4, atol=1e-6)
+    assert len(load_detector(result.artifact).nets) == 2
+
+    # a budget spent within the second network keeps the first alone
+    stopped = two_stage.save_from_checkpoint(
+        ckpt, tmp_path / "kept.pt", load_detector(singles[0]).categories, config
+    )[0]
+    assert len(torch.load(stopped, weights_only=True)["state_dicts"]) == 2  # both finished
+    ckpt.unlink()
+    with pytest.raises(Cancelled):
+        two_stage.train(
+            sets["train"], tmp_path / "x.pt", image_root=sets["root"], config=config,
+            checkpoint=ckpt, progress=lose_after(3),
+        )  # fmt: skip
+    kept, history = two_stage.save_from_checkpoint(
+        ckpt, tmp_path / "kept.pt", load_detector(singles[0]).categories, config
+    )
+    assert len(history) == 3
+    [first] = torch.load(kept, weights_only=True)["state_dicts"]
+    [alone] = torch.load(singles[0], weights_only=True)["state_dicts"]
+    for key in alone:
+        torch.testing.assert_close(alone[key], first[key], rtol=1e-5, atol=1e-6)
 
 
 def test_bad_training_sets_fail_before_training(sets, tmp_path) -> None:
