@@ -391,6 +391,7 @@ class DetectorParamsQuery(serializers.Serializer):
     batch_size = serializers.IntegerField(required=False)
     iterations_per_epoch = serializers.IntegerField(required=False)
     seed = serializers.IntegerField(required=False)
+    networks = serializers.IntegerField(required=False)  # the two-stage change detector's
     reference = serializers.ChoiceField(choices=["none", "siamese", "two-stage"], required=False)
     rotate = serializers.ChoiceField(choices=["true", "false"], required=False)
 

@@ -181,13 +181,20 @@ def detector_proposal(
         if others:
             raise ValidationError(
                 {
-                    "params": "The two-stage change detector takes only epochs and seed, not "
-                    + ", ".join(others)
-                    + "."
+                    "params": "The two-stage change detector takes only epochs, networks and "
+                    "seed, not " + ", ".join(others) + "."
                 }
             )
-        params = _checked(params, {**proposed, "epochs": TWO_STAGE_EPOCHS})
+        networks = params.get("networks", TWO_STAGE_NETWORKS)
+        lo, hi = TWO_STAGE_NETWORK_LIMITS
+        if not (
+            isinstance(networks, int) and not isinstance(networks, bool) and lo <= networks <= hi
+        ):
+            raise ValidationError({"params": f"networks is a whole number from {lo} to {hi}."})
+        ppyoloe = {k: v for k, v in params.items() if k != "networks"}
+        params = _checked(ppyoloe, {**proposed, "epochs": TWO_STAGE_EPOCHS})
         params = {k: params[k] for k in sorted(TWO_STAGE_PARAMS) if k in params}
+        params["networks"] = networks
         images = facts["train_paired"]  # it learns from the paired images only
     else:
         params = _checked(params, proposed) if params else proposed
@@ -216,7 +223,12 @@ TWO_STAGE_SECONDS = 0.32
 TWO_STAGE_MIN_PAIRS = 34
 TWO_STAGE_PREDICT_SECONDS = 1.05
 TWO_STAGE_EVAL_EVERY = 5
-TWO_STAGE_PARAMS = {"epochs", "seed", "reference"}
+TWO_STAGE_PARAMS = {"epochs", "networks", "seed", "reference"}
+# Networks trained one after the other from successive seeds, their outputs averaged
+# (``PairConfig.networks``): on DeepPCB the categories of two networks averaged beat either
+# network alone (docs/benchmarks-detection.md, section 4); each network costs its epochs again.
+TWO_STAGE_NETWORKS = 2
+TWO_STAGE_NETWORK_LIMITS = (1, 5)
 
 
 def _images_per_epoch(params: dict[str, Any], train_images: int) -> int:
@@ -271,9 +283,10 @@ def estimate_seconds(
     machine's figures (None: no figure for this backbone). For the two-stage change detector
     (no backbone: the benchmark's figures) ``val_images`` are the val pairs it validates on."""
     if params.get("reference") == "two-stage":
-        epochs = params["epochs"]
-        seconds = TWO_STAGE_SECONDS * max(TWO_STAGE_MIN_PAIRS, train_images) * epochs
-        evaluations = math.ceil(epochs / TWO_STAGE_EVAL_EVERY)
+        epochs, networks = params["epochs"], params.get("networks", 1)
+        seconds = TWO_STAGE_SECONDS * max(TWO_STAGE_MIN_PAIRS, train_images) * epochs * networks
+        # each network validates every 5 epochs and after its last
+        evaluations = math.ceil(epochs / TWO_STAGE_EVAL_EVERY) * networks
         seconds += TWO_STAGE_PREDICT_SECONDS * val_images * evaluations
         return round(seconds), (
             "as the DeepPCB benchmark on a 2-core CPU like the development machine (about 38 "

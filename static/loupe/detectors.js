@@ -105,6 +105,7 @@
     const last = rows[rows.length - 1];
     const evaluated = rows.filter((h) => h.map50 != null).pop();
     let text = "epoch " + (last.epoch != null ? last.epoch : rows.length) + (epochs ? " of " + epochs : "");
+    if (last.network != null) text += " (network " + last.network + ")";
     if (last.loss != null) text += " · loss " + label(Number(last.loss));
     if (evaluated) text += " · mAP50 " + Number(evaluated.map50).toFixed(3);
     return text;
@@ -143,11 +144,15 @@
       ...["backbone", "input_size", "slice", "batch_size", "rotate"].map((n) => form.elements[n].closest("label")),
       form.querySelector("details.advanced"),
     ];
-    const showKind = () => ppyoloeOnly().forEach((node) => { node.hidden = twoStage(); });
+    const twoStageOnly = () => [form.elements.networks.closest("label")];
+    const showKind = () => {
+      ppyoloeOnly().forEach((node) => { node.hidden = twoStage(); });
+      twoStageOnly().forEach((node) => { node.hidden = !twoStage(); });
+    };
 
     const params = () => {
       const f = form.elements;
-      if (twoStage()) return { reference: "two-stage", epochs: Number(f.epochs.value) };
+      if (twoStage()) return { reference: "two-stage", epochs: Number(f.epochs.value), networks: Number(f.networks.value) };
       const p = {
         backbone: f.backbone.value,
         input_size: Number(f.input_size.value),
@@ -232,6 +237,7 @@
         f.slice.checked = !!p.params.slice;
         f.overlap.value = p.params.overlap;
         f.epochs.value = p.params.epochs;
+        if (p.params.networks) f.networks.value = p.params.networks;
         f.batch_size.value = p.params.batch_size;
         f.reference.value = p.params.reference || "none";
         f.rotate.checked = Boolean(p.params.rotate);
@@ -285,6 +291,7 @@
         const p = await api(box.dataset.datasetsUrl + select.value + "/detector/?reference=" + encodeURIComponent(kind));
         if (form.elements.reference.value === kind) {
           form.elements.epochs.value = p.params.epochs;
+          if (p.params.networks) form.elements.networks.value = p.params.networks;
           showEstimate();
         }
       } catch (err) {
@@ -379,7 +386,8 @@
         if (!cell || v.kind !== "detector") return;
         const metrics = v.metrics || {};
         const history = metrics.history || [];
-        const planned = v.params && v.params.epochs;
+        // a two-stage detector of several networks trains each for its epochs, one after the other
+        const planned = v.params && v.params.epochs * (v.params.networks || 1);
         // a finished version's axis ends at its last epoch; a training one's at the planned last
         cell.innerHTML = curvesSvg(history, v.status === "training" ? planned : (metrics.epochs || planned));
         cell.dataset.drawn = String(history.length);

@@ -139,7 +139,13 @@ def test_who_may_train_a_detector(team, tmp_path, client_for):
         ({"iterations_per_epoch": 0}, "iterations_per_epoch is a whole number"),
         ({"reference": "both"}, "'siamese' (the image and its reference) or 'two-stage'"),
         ({"reference": "two-stage"}, "two-stage change detector learns from images with an"),
-        ({"reference": "two-stage", "slice": True}, "takes only epochs and seed, not slice."),
+        (
+            {"reference": "two-stage", "slice": True},
+            "takes only epochs, networks and seed, not slice.",
+        ),
+        ({"reference": "two-stage", "networks": 0}, "networks is a whole number from 1 to 5."),
+        ({"reference": "two-stage", "networks": 2.5}, "networks is a whole number from 1 to 5."),
+        ({"networks": 2}, "Unknown parameter(s): networks."),
     ],
 )
 def test_bad_parameters_are_refused_before_anything_is_queued(
@@ -394,15 +400,20 @@ def test_the_time_estimate_rests_on_the_last_training_measured_here(team, tmp_pa
     # the two-stage change detector has no backbone: the benchmark's figure per pair and epoch
     # over the paired train images it learns from, at least the 20 batches of 64 crops an epoch
     # makes (34 DeepPCB pairs' worth: none here), plus validating the val pairs (none here)
+    # two networks by default: each its epochs
     pairs = admin.get(url(team, version), {"reference": "two-stage", "epochs": 10}).json()
-    assert pairs["estimate_seconds"] == round(0.32 * 34 * 10)
+    assert pairs["estimate_seconds"] == round(0.32 * 34 * 10 * 2)
+    one = {"reference": "two-stage", "epochs": 10, "networks": 1}
+    assert admin.get(url(team, version), one).json()["estimate_seconds"] == round(0.32 * 34 * 10)
     assert "DeepPCB benchmark" in pairs["estimate_basis"]
     from annotations.services.detectors import estimate_seconds
 
-    two_stage = {"reference": "two-stage", "epochs": 12}
-    # 100 pairs; 3 val pairs predicted after epochs 5, 10 and 12 at 1.05 s each
-    assert estimate_seconds(two_stage, 100, None, 3)[0] == round(0.32 * 100 * 12 + 1.05 * 3 * 3)
-    assert pairs["params"] == {"epochs": 10, "reference": "two-stage"}
+    two_stage = {"reference": "two-stage", "epochs": 12, "networks": 2}
+    # 100 pairs; 3 val pairs predicted after each network's epochs 5, 10 and 12 at 1.05 s each
+    assert estimate_seconds(two_stage, 100, None, 3)[0] == round(
+        0.32 * 100 * 12 * 2 + 1.05 * 3 * 3 * 2
+    )
+    assert pairs["params"] == {"epochs": 10, "networks": 2, "reference": "two-stage"}
     r = admin.get(url(team, version), {**params, "reference": "two-stage"})
     assert r.status_code == 400 and "not backbone, input_size, slice" in r.json()["error"]
     # a newer training in another project: this project's own still comes first; a project

@@ -25,6 +25,8 @@ def test_train_the_two_stage_detector_run_it_and_accept_its_category(
     assert "two-stage change detector" in page.locator("#detector-proposal").inner_text()
     reference = form.locator("select[name=reference]")
     assert reference.is_visible() and reference.input_value() == "siamese"  # the proposal's
+    networks = form.locator("input[name=networks]")
+    assert networks.is_hidden()  # the two-stage detector's own setting
     reference.select_option("two-stage")
     # its own epochs and time estimate, from the server
     page.wait_for_function(
@@ -35,9 +37,14 @@ def test_train_the_two_stage_detector_run_it_and_accept_its_category(
     for name in ("backbone", "input_size", "slice", "batch_size", "rotate"):
         assert form.locator(f"[name={name}]").is_hidden(), name
     assert form.locator("details.advanced").is_hidden()
+    # two networks averaged by default, each trained for the epochs
+    assert networks.is_visible() and networks.input_value() == "2"
+    page.locator('#detector-estimate:has-text("about 11 min")').wait_for()
+    networks.fill("1")
     page.locator('#detector-estimate:has-text("about 6 min")').wait_for()
-    form.locator("input[name=epochs]").fill("15")  # enough for these scans, and quicker
-    # half the epochs (each at least 20 batches of DeepPCB-like changes), 2 val pairs checked
+    networks.fill("2")
+    form.locator("input[name=epochs]").fill("8")  # enough for these scans, and quicker
+    # 16 epochs in all (each at least 20 batches of DeepPCB-like changes), 2 val pairs checked
     page.locator('#detector-estimate:has-text("about 3 min")').wait_for()
     form.locator("button[type=submit]").click()
     page.locator(
@@ -47,11 +54,12 @@ def test_train_the_two_stage_detector_run_it_and_accept_its_category(
     assert detector.status == "ready", detector.job.error
     assert detector.architecture == "two-stage-change" and detector.is_active
     p = detector.params
-    assert (p["reference"], p["epochs"]) == ("two-stage", 15)
+    assert (p["reference"], p["epochs"], p["networks"]) == ("two-stage", 8, 2)
     assert "backbone" not in p and "input_size" not in p  # none of PP-YOLOE-SOD's settings
     assert detector.metrics["evaluated_on"] == "val"
     row = page.locator(f'tr[data-version="{detector.pk}"]')
     assert "changed against each image's reference" in row.inner_text()
+    assert "8 epochs × 2 networks averaged" in row.inner_text()
     assert row.locator('[data-metric="map50"]').inner_text() == f"{detector.metrics['map50']:.3f}"
 
     # run it over the scans it has not seen: each is compared with its reference

@@ -93,6 +93,11 @@ test("a training version's progress in one line", () => {
     D.progressLine([{ epoch: 1, loss: 2.5, map50: 0.2 }, { epoch: 2, loss: 1.25 }], 10),
     "epoch 2 of 10 · loss 1.25 · mAP50 0.200",
   );
+  // a two-stage detector of two networks of 30 epochs: its epochs are counted over both
+  assert.equal(
+    D.progressLine([{ epoch: 31, network: 2, loss: 0.5 }], 60),
+    "epoch 31 of 60 (network 2) · loss 0.5",
+  );
 });
 
 test("the retrain trigger's state in one line", () => {

@@ -186,7 +186,9 @@ def train_detector(job, ctx: JobContext) -> dict:
                     work / "model" / ARTIFACT,
                     image_root=image_root,
                     reference_root=reference_root,
-                    config=detection.PairConfig(epochs=p["epochs"], seed=p.get("seed", 0)),
+                    config=detection.PairConfig(
+                        epochs=p["epochs"], seed=p.get("seed", 0), networks=p.get("networks", 1)
+                    ),
                     progress=report,
                     val_json=val_json,
                     val_image_root=image_root if val_json else None,

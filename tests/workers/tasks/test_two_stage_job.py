@@ -7,6 +7,8 @@ it (it needs each image's reference)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from django.core.exceptions import ValidationError
@@ -17,10 +19,12 @@ from annotations.services.categories import category_create
 from annotations.services.dataset_versions import dataset_version_freeze
 from annotations.services.detectors import detector_proposal, detector_train
 from annotations.services.labels import LabelIn, labels_import
+from inspection import storage
 from inspection.models import Image, InspectionRun, Job
 from inspection.services.images import IncomingFile, image_store_one, images_upload
 from inspection.services.inspections import inspection_run_start
 from inspection.services.references import references_pair
+from workers.detection import load_detector
 from workers.detection.two_stage import box_iou
 from workers.tasks.detection import active_detector, run_detection, train_detector
 from workers.tasks.references import align_references
@@ -119,12 +123,13 @@ def test_two_stage_detector_trains_on_frozen_pairs_and_suggests_categories(team,
         user=team["admin"], version=version, params={"reference": "two-stage"}
     )
     assert asked["params"]["epochs"] == 30  # its own default, not the PP-YOLOE-SOD's
+    assert asked["params"]["networks"] == 2  # two networks averaged by default
     assert "DeepPCB benchmark" in asked["estimate_basis"]
     model = detector_train(
         user=team["admin"],
         project=team["project"],
         version=version,
-        params={"reference": "two-stage", "epochs": 15},
+        params={"reference": "two-stage", "epochs": 8},
     )
     assert model.architecture == "two-stage-change" and model.params["reference"] == "two-stage"
     assert run_job(str(model.job_id), train_detector.body) == "succeeded", Job.objects.get(
@@ -132,7 +137,11 @@ def test_two_stage_detector_trains_on_frozen_pairs_and_suggests_categories(team,
     ).error
     model.refresh_from_db()
     assert model.status == "ready" and model.is_active
-    assert model.metrics["epochs"] == 15 and len(model.metrics["history"]) == 15
+    # two networks of 8 epochs, one after the other; the last evaluation is of both averaged
+    assert model.metrics["epochs"] == 16 and len(model.metrics["history"]) == 16
+    assert [h["network"] for h in model.metrics["history"]] == [1] * 8 + [2] * 8
+    with storage.local_tree(str(Path(model.artifact).parent)) as folder:
+        assert len(load_detector(folder / Path(model.artifact).name).nets) == 2
     assert model.metrics["evaluated_on"] == "val" and model.metrics["map50"] >= 0.8
     assert set(model.metrics["per_class_ap50"]) == {"extra", "missing"}
     assert model.metrics["exports"] == {
