@@ -295,16 +295,17 @@ def models_compare(request, pk):
     def shown(value):
         return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
 
-    defaults = {"reference": "none"}  # versions trained before it was a choice
+    def setting(params: dict, key: str):
+        if key == "networks" and params.get("reference") == "two-stage":
+            return params.get(key, 1)  # two-stage versions trained before it was a choice
+        return params.get(key, "none" if key == "reference" else None)  # the same
+
     settings = [
-        (
-            label,
-            shown(a.params.get(key, defaults.get(key))),
-            shown(b.params.get(key, defaults.get(key))),
-        )
+        (label, shown(setting(a.params, key)), shown(setting(b.params, key)))
         for key, label in (
             ("dataset_number", "Dataset version"),
             ("reference", "Compared with the reference"),
+            ("networks", "Networks averaged"),
             ("backbone", "Backbone"),
             ("input_size", "Input size (px)"),
             ("slice", "Slices at full resolution"),

@@ -167,6 +167,22 @@ def test_two_detector_versions_side_by_side(team, tmp_path, client):
     swapped = client.get(url, {"a": 2, "b": 1}).content.decode()
     assert "-0.150" in swapped
     assert "<td>Slices at full resolution</td><td>no</td><td>no</td>" in page
+    assert "<tr><td>Networks averaged</td><td>—</td><td>—</td>" in page  # not PP-YOLOE-SOD's
+    # two-stage change detectors: one trained before networks were a choice (one network)
+    for number, extra in ((4, {}), (5, {"networks": 2})):
+        ModelVersion.objects.create(
+            project=project,
+            number=number,
+            kind="detector",
+            architecture="two-stage-change",
+            status="ready",
+            params={"reference": "two-stage", "epochs": 30, "dataset_version": v1.pk,
+                    "dataset_number": 1, **extra},
+            metrics={"map50": 0.9, "map": 0.7, "epochs": 30},
+        )  # fmt: skip
+    pairs = client.get(url, {"a": 4, "b": 5}).content.decode()
+    assert '<tr class="differs"><td>Networks averaged</td><td>1</td><td>2</td>' in pairs
+    assert "<tr><td>Compared with the reference</td><td>two-stage</td><td>two-stage</td>" in pairs
     ModelVersion.objects.create(
         project=project,
         number=3,
