@@ -570,6 +570,8 @@ def train(
     net, optimizer, scheduler, rng = fresh(0)
     if ckpt is not None and ckpt.exists():
         saved = _read_checkpoint(ckpt)
+        # a checkpoint written before ``networks`` was a setting trained one network
+        saved["identity"]["config"].setdefault("networks", 1)
         if saved["identity"] != identity:
             raise CheckpointError(
                 f"training checkpoint {ckpt} was written for other images or settings; delete "

@@ -366,6 +366,14 @@ def test_a_lost_worker_resumes_from_the_last_epoch_exactly(sets, tmp_path) -> No
         sets["train"], tmp_path / "d.pt", image_root=sets["root"], config=threads, checkpoint=ckpt
     )
     assert again.resumed_from_epoch == 3
+    # a checkpoint written before networks were a setting (one network) continues too
+    payload = torch.load(ckpt, weights_only=True)
+    del payload["identity"]["config"]["networks"]
+    torch.save(payload, ckpt)
+    older = two_stage.train(
+        sets["train"], tmp_path / "e.pt", image_root=sets["root"], config=config, checkpoint=ckpt
+    )
+    assert older.resumed_from_epoch == 3
     other = PairConfig(**{**config.to_dict(), "seed": 7, "settings": CONFIG.settings})
     with pytest.raises(CheckpointError, match="other images or settings"):
         two_stage.train(
