@@ -225,8 +225,9 @@ TWO_STAGE_PREDICT_SECONDS = 1.05
 TWO_STAGE_EVAL_EVERY = 5
 TWO_STAGE_PARAMS = {"epochs", "networks", "seed", "reference"}
 # Networks trained one after the other from successive seeds, their outputs averaged
-# (``PairConfig.networks``): on DeepPCB the categories of two networks averaged beat either
-# network alone (docs/benchmarks-detection.md, section 4); each network costs its epochs again.
+# (``PairConfig.networks``): on DeepPCB two networks averaged scored as the better of the two
+# alone, whichever seed that was (docs/benchmarks-detection.md, section 4); each network costs
+# its epochs again.
 TWO_STAGE_NETWORKS = 2
 TWO_STAGE_NETWORK_LIMITS = (1, 5)
 
