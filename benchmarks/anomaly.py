@@ -43,6 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workers.anomaly.config import BACKBONE_MODELS  # noqa: E402  (no torch: the children import it)
+
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -52,7 +54,7 @@ def _tag(model: str, backbone: str) -> str:
     """A run's name: the model, with the backbone when it is not the default Lite0."""
     return (
         model
-        if backbone == "lite0" or model.split("@")[0] not in ("padim", "patchcore")
+        if backbone == "lite0" or model.split("@")[0] not in BACKBONE_MODELS
         else f"{model}-{backbone}"
     )
 
@@ -69,7 +71,7 @@ def _config(  # noqa: ANN202
         )
     # --steps reaches every model that trains in steps (the autoencoder, STFPM); PaDiM and
     # PatchCore fit in one pass and ignore it
-    extra = {"backbone": backbone} if model.split("@")[0] in ("padim", "patchcore") else {}
+    extra = {"backbone": backbone} if model.split("@")[0] in BACKBONE_MODELS else {}
     if "@" in model:  # multi-scale: padim@256+128 (maps fused by their mean), padim@256+128-max
         model, sizes = model.split("@")
         sizes, _, fusion = sizes.partition("-")

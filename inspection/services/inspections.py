@@ -30,6 +30,7 @@ from inspection.services.projects import inspection_settings, is_number
 ARCHITECTURES = (
     "padim",
     "patchcore",
+    "patchcore_fine",
     "efficientad",
     "stfpm",
     "fastflow",

@@ -1,6 +1,6 @@
-"""Which model for this part? An admin compares PaDiM and PatchCore on the project's own reviewed
-bottles (real MVTec images: normals, and broken bottles whose ground truth came with the
-import), reads the table, and activates the best with one click."""
+"""Which model for this part? An admin compares PaDiM and PatchCore (standard and fine features)
+on the project's own reviewed bottles (real MVTec images: normals, and broken bottles whose
+ground truth came with the import), reads the table, and activates the best with one click."""
 
 import shutil
 
@@ -41,8 +41,12 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     page.click("button[type=submit]")
     page.goto(f"/projects/{project.pk}/models/")
     form = page.locator("#compare-form")
-    for box in form.locator("input[name=architectures]").all():
-        box.set_checked(box.get_attribute("value") in ("padim", "patchcore"))
+    checked = [
+        box.get_attribute("value")
+        for box in form.locator("input[name=architectures]").all()
+        if box.is_checked()
+    ]
+    assert checked == ["padim", "patchcore", "patchcore_fine"]  # the one-pass models
     form.locator("button[type=submit]").click()
     page.locator("#comparison-table").wait_for(timeout=300_000)
 
@@ -55,9 +59,9 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     status = page.locator("#comparison-status").inner_text()
     assert "scored on 3 reviewed defect images and 2 normal images, trained on 4" in status
     rows = page.locator("#comparison-table tr[data-comparison-version]")
-    assert rows.count() == 2
+    assert rows.count() == 3
     versions = ModelVersion.objects.filter(project=project).order_by("number")
-    assert [v.architecture for v in versions] == ["padim", "patchcore"]
+    assert [v.architecture for v in versions] == ["padim", "patchcore", "patchcore_fine"]
     assert all(v.status == "ready" and not v.is_active for v in versions)
     for v in versions:
         figures = v.metrics["comparison"]

@@ -28,7 +28,7 @@ BACKENDS = ("auto", "torch", "onnx", "openvino", "openvino-int8")
 #: ``TrainConfig.backbone`` values (ImageNet EfficientNet-Lite0/1/2 shipped on PyPI) and the
 #: models that take one.
 BACKBONES = VARIANTS
-BACKBONE_MODELS = ("padim", "patchcore")
+BACKBONE_MODELS = ("padim", "patchcore", "patchcore_fine")
 
 #: ``TrainConfig.multiscale_fusion``: how a multi-scale model joins its scales' maps
 MULTISCALE_FUSIONS = ("mean", "max")
@@ -170,7 +170,7 @@ class TrainConfig:
             raise ConfigError(f"backbone must be one of {BACKBONES}, not {self.backbone!r}")
         if self.backbone != "lite0" and self.model not in BACKBONE_MODELS:
             raise ConfigError(
-                f"backbone {self.backbone!r} is a choice of {' and '.join(BACKBONE_MODELS)}; "
+                f"backbone {self.backbone!r} is a choice of {', '.join(BACKBONE_MODELS)}; "
                 f"{self.model} has its own network (leave backbone at 'lite0')"
             )
 

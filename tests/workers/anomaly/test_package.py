@@ -63,6 +63,7 @@ def test_every_model_module_registers_itself_under_its_name():
         "lbp_image",
         "padim",
         "patchcore",
+        "patchcore_fine",
         "stfpm",
     }
     for name in models.names():

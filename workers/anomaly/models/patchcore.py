@@ -20,21 +20,29 @@ from . import Fitted, ModelSpec, register
 # Feature layers of tf_efficientnet_lite0 (channels 40/112 at strides 8/16), like the paper's
 # layer2+3; the same stages of lite1 (40/112, deeper) and lite2 (48/120).
 LAYERS = ("blocks.2", "blocks.4")
+# The finer pair of ``patchcore_fine`` (channels 24/40 at strides 4/8): a patch per 4 px, maps
+# that follow a defect's outline (docs/anomaly.md, "Models").
+FINE_LAYERS = ("blocks.1", "blocks.2")
 
 
 class PatchcoreNet(nn.Module):
     """PatchCore (anomalib ``PatchcoreModel``) on the offline Lite0 (or Lite1/Lite2) backbone."""
 
     def __init__(
-        self, num_neighbors: int = 9, pretrained: bool = False, backbone: str = "lite0"
+        self,
+        num_neighbors: int = 9,
+        pretrained: bool = False,
+        backbone: str = "lite0",
+        layers: tuple[str, ...] = LAYERS,
     ) -> None:
         super().__init__()
         from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
         configure_offline()
         self.backbone = backbone
+        self.layers = tuple(layers)
         self.model = PatchcoreModel(
-            layers=list(LAYERS),
+            layers=list(self.layers),
             backbone=timm_backbone(backbone),
             pre_trained=False,
             num_neighbors=num_neighbors,
@@ -169,15 +177,26 @@ def _patches_per_tile(net: PatchcoreNet, size: int, device: torch.device) -> int
 
 
 def build(net_args: dict, pretrained: bool = False) -> PatchcoreNet:
-    # artifacts made before the backbone choice have no "backbone": they are lite0
-    backbone = net_args.get("backbone", "lite0")
-    return PatchcoreNet(net_args["num_neighbors"], pretrained=pretrained, backbone=backbone)
+    # artifacts made before the backbone or the layer choice have neither: lite0, LAYERS
+    return PatchcoreNet(
+        net_args["num_neighbors"],
+        pretrained=pretrained,
+        backbone=net_args.get("backbone", "lite0"),
+        layers=tuple(net_args.get("layers", LAYERS)),
+    )
 
 
 def fit(
-    config: TrainConfig, data: TrainData, device: torch.device, progress: ProgressCallback
+    config: TrainConfig,
+    data: TrainData,
+    device: torch.device,
+    progress: ProgressCallback,
+    layers: tuple[str, ...] = LAYERS,
+    bank_share: float = 1.0,
 ) -> Fitted:
-    net_args = {"num_neighbors": 9, "backbone": config.backbone}
+    """Fit the memory bank on the backbone's ``layers`` (``patchcore_fine`` passes its own);
+    the coreset keeps ``config.coreset_ratio * bank_share`` of the patches."""
+    net_args = {"num_neighbors": 9, "backbone": config.backbone, "layers": list(layers)}
     net = build(net_args, pretrained=True).to(device)
     images = data.images
     expected = images.count_tiles() * _patches_per_tile(net, config.input_size, device)
@@ -185,7 +204,7 @@ def fit(
         net,
         images.grid_batches(8, device, Phase(progress, 0.02, 0.6)),
         expected_patches=expected,
-        coreset_ratio=config.coreset_ratio,
+        coreset_ratio=config.coreset_ratio * bank_share,
         max_bank=config.max_memory_bank,
         max_candidates=config.max_candidates,
         seed=config.seed,
