@@ -300,7 +300,6 @@ def _train_two_stage(
 ) -> dict:
     """``workers.detection.two_stage`` (the changed pixels propose, a pair classifier names and
     places) trained on the same pairs with the same budget; figures as ``train_detector``'s."""
-
     from workers.detection import two_stage
 
     ann = root / "annotations.json"
