@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--overlap", type=float, default=None, help="tile overlap (default 0.25)")
     t.add_argument("--coarse-pass", action="store_true", help="add a whole-image pass (tiled)")
     t.add_argument(
-        "--backbone", default=None, choices=BACKBONES, help="PaDiM/PatchCore only; default lite0"
+        "--backbone",
+        default=None,
+        choices=BACKBONES,
+        help="PaDiM/PatchCore (fine) only; default lite0",
     )
     t.add_argument(
         "--multiscale",
