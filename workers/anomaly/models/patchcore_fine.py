@@ -1,7 +1,7 @@
 """PatchCore on the backbone's finer features: Lite0's ``blocks.1`` and ``blocks.2`` (strides
 4 and 8) instead of ``blocks.2`` and ``blocks.4`` (8 and 16). One patch per 4 px of the input,
 each seeing less context: maps that follow a defect's outline, where the standard layers blur
-it over 16 px (bottle: pixel AUROC 0.984 to 0.99, docs/benchmarks-anomaly.md). The network,
+it over 16 px (bottle: pixel AUROC 0.983 to 0.993, docs/benchmarks-anomaly.md). The network,
 the memory bank and the runtimes are :mod:`.patchcore`'s.
 
 Four times the patches per image: ``TrainConfig.coreset_ratio`` counts the standard layers'
