@@ -1,0 +1,143 @@
+"""Which Lite0 features should PatchCore compare? A probe (no model is saved): every training
+patch in the bank (no coreset), each test patch's distance to its nearest one, upsampled and
+blurred as PatchCore's map, scored at 256 px against the masks.
+
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/anomaly_layers_probe.py \\
+        --dataset ../shared/datasets/mvtec_bottle --layers 2+4 1+2+4 2 1+2
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/anomaly_layers_probe.py \\
+        --dataset ../shared/datasets/magnetic_tile --layers 2+4 --bank-views none flip turn \\
+        --bank-sample 40000
+
+``--layers`` names Lite0 stages as timm's ``blocks.N`` (1: stride 4, 24 channels; 2: stride 8,
+40; 4: stride 16, 112); ``2+4`` is ``patchcore``, ``1+2`` is ``patchcore_fine``.
+``--bank-views`` adds flipped (``flip``: 4 views) or also quarter-turned (``turn``: 8 views)
+normal images to the bank; ``--bank-sample`` keeps a random share of it (the test images are
+never turned). Prints image AUROC (the map's maximum), pixel AUROC and AU-PRO, and image AUROC
+per defect type. docs/benchmarks-anomaly.md (2026-12-06, "PatchCore on finer features") has
+the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZE = 256
+STAGES = {"1": 1, "2": 2, "4": 3}  # blocks.N -> timm's features_only index (strides 4, 8, 16)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", required=True, help="an MVTec-layout folder")
+    ap.add_argument("--layers", nargs="+", default=["2+4", "1+2"])
+    ap.add_argument("--bank-views", nargs="+", default=["none"], choices=("none", "flip", "turn"))
+    ap.add_argument("--bank-sample", type=int, default=0, help="keep this many bank rows (0: all)")
+    ap.add_argument("--sigma", type=float, default=4.0)
+    args = ap.parse_args()
+
+    import numpy as np
+    import timm
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+    from PIL import Image
+    from sklearn.metrics import roc_auc_score
+
+    from workers import lite0
+    from workers.anomaly import metrics
+    from workers.anomaly.backbone import lite_normalise
+
+    torch.set_num_threads(1)
+    root = Path(args.dataset)
+    train = sorted((root / "train" / "good").glob("*.png"))
+    test = sorted((root / "test").glob("*/*.png"))
+    kinds = [p.parent.name for p in test]
+    labels = np.array([k != "good" for k in kinds])
+    net = timm.create_model(
+        lite0.timm_name("lite0"), pretrained=False, features_only=True, out_indices=(0, 1, 2, 3)
+    )
+    lite0.load_into(net, "lite0")
+    net.eval()
+
+    def read(path: Path) -> np.ndarray:
+        return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+
+    def views(img: np.ndarray, which: str) -> list[np.ndarray]:
+        flips = [img, img[::-1], img[:, ::-1], img[::-1, ::-1]]
+        if which == "none":
+            return [img]
+        if which == "flip":
+            return flips
+        return flips + [np.rot90(v) for v in flips]
+
+    @torch.no_grad()
+    def embed(img: np.ndarray, stages: list[int]) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
+        x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True)
+        feats = net(lite_normalise(x))
+        feats = [F.avg_pool2d(feats[i], 3, 1, 1) for i in stages]  # PatchCore's pooler
+        h, w = feats[0].shape[-2:]
+        feats = [
+            f if f.shape[-1] == w else F.interpolate(f, size=(h, w), mode="bilinear") for f in feats
+        ]
+        return torch.cat(feats, 1)[0]
+
+    def blur(m: torch.Tensor) -> torch.Tensor:
+        k = int(2 * round(4 * args.sigma) + 1)
+        g = torch.exp(-((torch.arange(k) - k // 2).float() ** 2) / (2 * args.sigma**2))
+        g = g / g.sum()
+        m = F.pad(m, (k // 2,) * 4, mode="reflect")
+        return F.conv2d(F.conv2d(m, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
+
+    masks = []
+    for path, kind in zip(test, kinds, strict=True):
+        mask_path = root / "ground_truth" / kind / f"{path.stem}_mask.png"
+        if kind == "good" or not mask_path.exists():
+            masks.append(np.zeros((SIZE, SIZE), bool))
+        else:
+            mask = Image.open(mask_path).convert("L").resize((SIZE, SIZE), Image.NEAREST)
+            masks.append(np.asarray(mask) > 127)
+    gen = torch.Generator().manual_seed(0)
+    print(f"{root.name}: {len(train)} normal training images, {len(test)} test images")
+    for spec in args.layers:
+        stages = [STAGES[s] for s in spec.split("+")]
+        for which in args.bank_views:
+            started = time.perf_counter()
+            bank = torch.cat(
+                [embed(v, stages).flatten(1).T for p in train for v in views(read(p), which)]
+            )
+            if args.bank_sample and len(bank) > args.bank_sample:
+                bank = bank[torch.randperm(len(bank), generator=gen)[: args.bank_sample]]
+            maps, scores = [], []
+            for path in test:
+                e = embed(read(path), stages)
+                c, h, w = e.shape
+                near = torch.cat(
+                    [torch.cdist(part, bank).amin(1) for part in e.flatten(1).T.split(1024)]
+                )
+                m = F.interpolate(near.view(1, 1, h, w), size=(SIZE, SIZE))  # PatchCore: nearest
+                maps.append(blur(m)[0, 0].numpy())
+                scores.append(float(maps[-1].max()))
+            image = roc_auc_score(labels, scores)
+            pixel = roc_auc_score(np.concatenate([m.ravel() for m in masks]),
+                                  np.concatenate([m.ravel() for m in maps]))  # fmt: skip
+            pro = metrics.au_pro(maps, masks)
+            per_kind = []
+            for kind in sorted(set(kinds) - {"good"}):
+                rows = [i for i, k in enumerate(kinds) if k in (kind, "good")]
+                auroc = roc_auc_score(labels[rows], np.array(scores)[rows])
+                per_kind.append(f"{kind} {auroc:.2f}")
+            print(
+                f"blocks {spec:7s} bank {which:4s} ({len(bank)} rows): image AUROC {image:.3f}, "
+                f"pixel AUROC {pixel:.3f}, AU-PRO {pro:.3f}; {', '.join(per_kind)} "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
