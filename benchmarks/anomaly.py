@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -44,10 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from workers.anomaly.config import BACKBONE_MODELS  # noqa: E402  (no torch: the children import it)
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from workers.memory import peak_rss_mb  # noqa: E402  (a child's own peak, not this driver's)
 
 
 def _tag(model: str, backbone: str) -> str:
@@ -97,7 +93,7 @@ def run_train(
     result = train(config, mvtec_train(dataset), out)
     return {
         "train_seconds": time.perf_counter() - started,
-        "train_peak_rss_mb": _rss_mb(),
+        "train_peak_rss_mb": peak_rss_mb(),
         **{f"train_{k}": v for k, v in result.metrics.items() if not isinstance(v, dict)},
     }
 
@@ -239,7 +235,7 @@ def run_large(dataset: Path, out: Path, model: str, overlap: float, backend: str
     loaded = load_model(model_dir, backend=backend)
     config = PredictConfig(batch_size=8, tile_overlap=overlap, allow_size_mismatch=True)
     predict(loaded, "warmup", config, image=mosaic[:900, :900])
-    base = _rss_mb()
+    base = peak_rss_mb()
     started = time.perf_counter()
     pred = predict(loaded, "mosaic-20MP", config, image=mosaic)
     seconds = time.perf_counter() - started
@@ -252,7 +248,7 @@ def run_large(dataset: Path, out: Path, model: str, overlap: float, backend: str
         "overlap": overlap,
         "backend": loaded.backend,
         "regions": len(pred.regions),
-        "peak_rss_mb": _rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "rss_before_mb": base,
     }
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from workers.memory import peak_rss_mb  # noqa: E402
 
 
 def mosaic(tiles: list[Path], offset: int, paste=None):
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
             key = "quantile_only" if quantile_only else "stored"
             row[key] = {"suggestions": len(pred.regions), "on_the_defect": len(hits)}
         print(json.dumps(row))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     print(json.dumps({"peak_rss_mb": round(peak)}))
 
 

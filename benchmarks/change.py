@@ -578,13 +578,12 @@ def large_mosaic(pairs: list[Pair], encoder, aligner: Aligner, size=(3648, 5472)
     whole by a small rotation and shift that ``align`` has to undo. Scored with the DeepPCB raw
     threshold (``workers.change.compare.DEEPPCB_RAW_THRESHOLD``), the test's rule.
     """
-    import resource
-
     import cv2
 
     from workers.anomaly.regions import RegionConfig, extract_regions
     from workers.change import ChangeCalibration, align, change_heatmap, warp_reference
     from workers.change.compare import DEEPPCB_RAW_THRESHOLD
+    from workers.memory import peak_rss_mb
 
     height, width = size
     image = np.zeros(size, np.uint8)
@@ -645,7 +644,7 @@ def large_mosaic(pairs: list[Pair], encoder, aligner: Aligner, size=(3648, 5472)
         "false_regions": false,
         "regions": len(regions),
         "map_shape": list(raw.shape),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 

@@ -365,13 +365,12 @@ def _twenty_megapixels(artifact: Path, image_root: Path, size: int, tmp: Path) -
     path = tmp / "mosaic-20mp.png"
     PILImage.fromarray(mosaic).save(path)
     code = (
-        "import resource, time, sys\n"
-        "from workers import detection\n"
+        "import time\n"
+        "from workers import detection, memory\n"
         f"d = detection.load_detector({str(artifact)!r})\n"
         "t0 = time.perf_counter()\n"
         f"found = d.predict_sliced({str(path)!r}, slice_size={size}, overlap=0.25, batch_size=1)\n"
-        "print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-        "len(found), d.runtime)\n"
+        "print(time.perf_counter() - t0, round(1024 * memory.peak_rss_mb()), len(found), d.runtime)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True

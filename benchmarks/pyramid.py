@@ -9,7 +9,6 @@ synthetic photo-like JPEG (smooth gradients + noise + a few 'defects'), written 
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ import pyvips
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inspection.imaging import build_pyramid, make_thumbnail, probe_image  # noqa: E402
+from workers.memory import peak_rss_mb  # noqa: E402
 
 
 def make_image(path: Path, width: int, height: int) -> None:
@@ -30,10 +30,6 @@ def make_image(path: Path, width: int, height: int) -> None:
     img = np.clip(base[..., None] + rng.normal(0, 6, (height, width, 3)), 0, 255).astype(np.uint8)
     img[height // 3 : height // 3 + 4, width // 4 : width // 4 + 300] = 20  # a scratch
     pyvips.Image.new_from_array(img).copy(interpretation="srgb").jpegsave(str(path), Q=92)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def best_of(n: int, fn) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .. import memory
 from . import metrics
 from .artifact import LoadedModel, load_model
 from .config import PredictConfig, ProgressCallback
@@ -113,7 +113,7 @@ def evaluate(
         "defect_images_flagged": sum(s >= 0.5 for s, a in zip(scores, labels, strict=True) if a),
         "ms_per_image": 1000 * seconds / n,
         "ms_per_megapixel": 1000 * seconds / max(megapixels, 1e-9),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": memory.peak_rss_mb(),
     }
     result["intervals"] = intervals(
         per_image, bootstrap_tables(maps, small_masks, regions, full_masks)

@@ -89,20 +89,22 @@ def test_coreset_picks_one_point_per_cluster():
 def test_coreset_memory_is_bounded():
     """100k x 152 embeddings (58 MB) -> a 500-row coreset; peak RSS must stay small.
 
-    Run in a fresh interpreter so ru_maxrss measures this alone. anomalib's KCenterGreedy was
-    seen at 24 GiB on this machine for a pool of this order.
+    Run in a fresh interpreter, its peak measured by ``workers.memory`` (``ru_maxrss`` would
+    report the pytest process's own peak, larger than this, and the growth would read 0 whatever
+    the coreset did). anomalib's KCenterGreedy was seen at 24 GiB on this machine for a pool of
+    this order.
     """
     code = textwrap.dedent(
         """
-        import resource, torch
+        import torch
         torch.set_num_threads(1)
         from workers.anomaly.models.patchcore import greedy_coreset
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        from workers.memory import peak_rss_mb
         x = torch.randn(100_000, 152)
+        base = peak_rss_mb()
         idx = greedy_coreset(x, 500)
         assert len(set(idx.tolist())) == 500
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print((peak - base) // 1024)
+        print(round(peak_rss_mb() - base))
         """
     )
     out = run_python(code)
