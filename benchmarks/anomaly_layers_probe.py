@@ -12,7 +12,9 @@ blurred as PatchCore's map, scored at 256 px against the masks.
 40; 4: stride 16, 112); ``2+4`` is ``patchcore``, ``1+2`` is ``patchcore_fine``.
 ``--bank-views`` adds flipped (``flip``: 4 views) or also quarter-turned (``turn``: 8 views)
 normal images to the bank; ``--bank-sample`` keeps a random share of it (the test images are
-never turned). Prints image AUROC (the map's maximum), pixel AUROC and AU-PRO, and image AUROC
+never turned). ``--bank-neighbours K`` compares each test image with the patches of the K
+normal images whose mean feature is nearest to its own only (SPADE's first step);
+``--score max-median`` scores an image by its map's maximum less its median. Prints image AUROC (the map's maximum), pixel AUROC and AU-PRO, and image AUROC
 per defect type. docs/benchmarks-anomaly.md (2026-12-06, "PatchCore on finer features") has
 the figures.
 """
@@ -38,6 +40,21 @@ def main() -> None:
     ap.add_argument("--bank-views", nargs="+", default=["none"], choices=("none", "flip", "turn"))
     ap.add_argument("--bank-sample", type=int, default=0, help="keep this many bank rows (0: all)")
     ap.add_argument("--sigma", type=float, default=4.0)
+    ap.add_argument(
+        "--bank-neighbours",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="compare each test image with the K normal images nearest to it (mean feature) "
+        "only (0: all of them)",
+    )
+    ap.add_argument(
+        "--score",
+        nargs="+",
+        default=["max"],
+        choices=("max", "max-median"),
+        help="image score: the map's maximum, or its maximum less its median",
+    )
     args = ap.parse_args()
 
     import numpy as np
@@ -101,42 +118,58 @@ def main() -> None:
         else:
             mask = Image.open(mask_path).convert("L").resize((SIZE, SIZE), Image.NEAREST)
             masks.append(np.asarray(mask) > 127)
+
+    def report(spec, which, k_near, score, maps, medians, bank_rows, started) -> None:
+        scores = [
+            float(m.max()) - (med if score == "max-median" else 0.0)
+            for m, med in zip(maps, medians, strict=True)
+        ]
+        image = roc_auc_score(labels, scores)
+        pixel = roc_auc_score(np.concatenate([m.ravel() for m in masks]),
+                              np.concatenate([m.ravel() for m in maps]))  # fmt: skip
+        pro = metrics.au_pro(maps, masks)
+        per_kind = []
+        for kind in sorted(set(kinds) - {"good"}):
+            rows = [i for i, k in enumerate(kinds) if k in (kind, "good")]
+            auroc = roc_auc_score(labels[rows], np.array(scores)[rows])
+            per_kind.append(f"{kind} {auroc:.2f}")
+        print(
+            f"blocks {spec:7s} bank {which:4s} ({bank_rows} rows, nearest {k_near or 'all'}), "
+            f"score {score}: image AUROC {image:.3f}, "
+            f"pixel AUROC {pixel:.3f}, AU-PRO {pro:.3f}; {', '.join(per_kind)} "
+            f"({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+
     gen = torch.Generator().manual_seed(0)
     print(f"{root.name}: {len(train)} normal training images, {len(test)} test images")
     for spec in args.layers:
         stages = [STAGES[s] for s in spec.split("+")]
-        for which in args.bank_views:
+        for which, k_near in [(v, k) for v in args.bank_views for k in args.bank_neighbours]:
             started = time.perf_counter()
-            bank = torch.cat(
-                [embed(v, stages).flatten(1).T for p in train for v in views(read(p), which)]
-            )
+            per_image = [
+                torch.cat([embed(v, stages).flatten(1).T for v in views(read(p), which)])
+                for p in train
+            ]
+            means = torch.stack([e.mean(0) for e in per_image])
+            bank = torch.cat(per_image)
             if args.bank_sample and len(bank) > args.bank_sample:
                 bank = bank[torch.randperm(len(bank), generator=gen)[: args.bank_sample]]
-            maps, scores = [], []
+            maps, medians = [], []
             for path in test:
                 e = embed(read(path), stages)
                 c, h, w = e.shape
-                near = torch.cat(
-                    [torch.cdist(part, bank).amin(1) for part in e.flatten(1).T.split(1024)]
-                )
+                rows = e.flatten(1).T
+                own = bank
+                if k_near:
+                    nearest = torch.cdist(rows.mean(0, keepdim=True), means)[0].argsort()
+                    own = torch.cat([per_image[i] for i in nearest[:k_near].tolist()])
+                near = torch.cat([torch.cdist(part, own).amin(1) for part in rows.split(1024)])
                 m = F.interpolate(near.view(1, 1, h, w), size=(SIZE, SIZE))  # PatchCore: nearest
                 maps.append(blur(m)[0, 0].numpy())
-                scores.append(float(maps[-1].max()))
-            image = roc_auc_score(labels, scores)
-            pixel = roc_auc_score(np.concatenate([m.ravel() for m in masks]),
-                                  np.concatenate([m.ravel() for m in maps]))  # fmt: skip
-            pro = metrics.au_pro(maps, masks)
-            per_kind = []
-            for kind in sorted(set(kinds) - {"good"}):
-                rows = [i for i, k in enumerate(kinds) if k in (kind, "good")]
-                auroc = roc_auc_score(labels[rows], np.array(scores)[rows])
-                per_kind.append(f"{kind} {auroc:.2f}")
-            print(
-                f"blocks {spec:7s} bank {which:4s} ({len(bank)} rows): image AUROC {image:.3f}, "
-                f"pixel AUROC {pixel:.3f}, AU-PRO {pro:.3f}; {', '.join(per_kind)} "
-                f"({time.perf_counter() - started:.0f} s)",
-                flush=True,
-            )
+                medians.append(float(np.median(maps[-1])))
+            for score in args.score:
+                report(spec, which, k_near, score, maps, medians, len(bank), started)
 
 
 if __name__ == "__main__":
