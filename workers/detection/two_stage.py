@@ -208,19 +208,30 @@ def fit_margins(pairs: list[tuple[list, np.ndarray]]) -> list[float]:
     return [float(v) for v in np.median(np.array(sides), axis=0)]
 
 
-def frame_sides(changed: np.ndarray, box) -> tuple[float, float, float, float] | None:
-    """Per side (left, top, right, bottom): how far the frame ``box`` lies from the changed
-    pixels inside it; None when none is."""
-    x1, y1 = max(0, int(round(box[0]))), max(0, int(round(box[1])))
-    x2, y2 = int(round(box[2])), int(round(box[3]))
+def changed_extent(changed: np.ndarray, x1: float, y1: float, x2: float, y2: float):
+    """The tight frame (x1, y1, x2, y2) of the changed pixels inside the window (rounded to
+    pixels, clipped at the top-left); None when none is there."""
+    x1, y1 = max(0, int(round(x1))), max(0, int(round(y1)))
+    x2, y2 = int(round(x2)), int(round(y2))
+    if x2 <= x1 or y2 <= y1:
+        return None
     ys, xs = np.nonzero(changed[y1:y2, x1:x2])
     if len(xs) == 0:
         return None
+    return x1 + xs.min(), y1 + ys.min(), x1 + xs.max() + 1, y1 + ys.max() + 1
+
+
+def frame_sides(changed: np.ndarray, box) -> tuple[float, float, float, float] | None:
+    """Per side (left, top, right, bottom): how far the frame ``box`` lies from the changed
+    pixels inside it; None when none is."""
+    tight = changed_extent(changed, *box[:4])
+    if tight is None:
+        return None
     return (
-        float(x1 + xs.min() - box[0]),
-        float(y1 + ys.min() - box[1]),
-        float(box[2] - (x1 + xs.max() + 1)),
-        float(box[3] - (y1 + ys.max() + 1)),
+        float(tight[0] - box[0]),
+        float(tight[1] - box[1]),
+        float(box[2] - tight[2]),
+        float(box[3] - tight[3]),
     )
 
 
@@ -247,18 +258,14 @@ def snap(changed: np.ndarray, box, margins, inset: float) -> list[float] | None:
     """The frame the labels' habit draws around the changed pixels inside ``box`` (less
     ``inset`` times ``margins`` per side); None when none is there."""
     m = [max(0.0, inset * v) for v in margins]
-    x1, y1 = max(0, int(round(box[0] + m[0]))), max(0, int(round(box[1] + m[1])))
-    x2, y2 = int(round(box[2] - m[2])), int(round(box[3] - m[3]))
-    if x2 <= x1 or y2 <= y1:
-        return None
-    ys, xs = np.nonzero(changed[y1:y2, x1:x2])
-    if len(xs) == 0:
+    tight = changed_extent(changed, box[0] + m[0], box[1] + m[1], box[2] - m[2], box[3] - m[3])
+    if tight is None:
         return None
     return [
-        x1 + xs.min() - margins[0],
-        y1 + ys.min() - margins[1],
-        x1 + xs.max() + 1 + margins[2],
-        y1 + ys.max() + 1 + margins[3],
+        tight[0] - margins[0],
+        tight[1] - margins[1],
+        tight[2] + margins[2],
+        tight[3] + margins[3],
     ]
 
 
