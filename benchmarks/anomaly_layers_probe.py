@@ -12,7 +12,8 @@ blurred as PatchCore's map, scored at 256 px against the masks.
 40; 4: stride 16, 112); ``2+4`` is ``patchcore``, ``1+2`` is ``patchcore_fine``.
 ``--bank-views`` adds flipped (``flip``: 4 views) or also quarter-turned (``turn``: 8 views)
 normal images to the bank; ``--bank-sample`` keeps a random share of it (the test images are
-never turned). ``--bank-neighbours K`` compares each test image with the patches of the K
+never turned). ``--input`` feeds the network larger (or smaller) images; their maps are still
+scored at 256 px. ``--bank-neighbours K`` compares each test image with the patches of the K
 normal images whose mean feature is nearest to its own only (SPADE's first step);
 ``--score max-median`` scores an image by its map's maximum less its median. Prints image AUROC (the map's maximum), pixel AUROC and AU-PRO, and image AUROC
 per defect type. docs/benchmarks-anomaly.md (2026-12-06, "PatchCore on finer features") has
@@ -40,6 +41,9 @@ def main() -> None:
     ap.add_argument("--bank-views", nargs="+", default=["none"], choices=("none", "flip", "turn"))
     ap.add_argument("--bank-sample", type=int, default=0, help="keep this many bank rows (0: all)")
     ap.add_argument("--sigma", type=float, default=4.0)
+    ap.add_argument(
+        "--input", type=int, default=SIZE, help="network input side (maps are scored at 256 px)"
+    )
     ap.add_argument(
         "--bank-neighbours",
         nargs="+",
@@ -94,7 +98,7 @@ def main() -> None:
     @torch.no_grad()
     def embed(img: np.ndarray, stages: list[int]) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
-        x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True)
+        x = F.interpolate(x, size=(args.input, args.input), mode="bilinear", antialias=True)
         feats = net(lite_normalise(x))
         feats = [F.avg_pool2d(feats[i], 3, 1, 1) for i in stages]  # PatchCore's pooler
         h, w = feats[0].shape[-2:]
@@ -142,7 +146,10 @@ def main() -> None:
         )
 
     gen = torch.Generator().manual_seed(0)
-    print(f"{root.name}: {len(train)} normal training images, {len(test)} test images")
+    print(
+        f"{root.name}: {len(train)} normal training images, {len(test)} test images, "
+        f"{args.input} px input"
+    )
     for spec in args.layers:
         stages = [STAGES[s] for s in spec.split("+")]
         for which, k_near in [(v, k) for v in args.bank_views for k in args.bank_neighbours]:
