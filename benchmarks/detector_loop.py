@@ -117,6 +117,21 @@ def main() -> None:
         action="store_true",
         help="train with quarter turns and vertical flips (the form's 'parts have no up')",
     )
+    ap.add_argument(
+        "--references",
+        choices=("none", "own-split"),
+        default="none",
+        help="DeepPCB's defect-free templates (reference images): left out of the frozen "
+        "version (none), or each one a negative in its own image's split, the held-out images' "
+        "templates still left out (own-split: what the app's freeze does, without the leak)",
+    )
+    ap.add_argument(
+        "--negatives",
+        type=float,
+        default=None,
+        help="the training's largest share of images without a box per epoch (default: the "
+        "form's proposal)",
+    )
     ap.add_argument("--estimate", action="store_true")
     ap.add_argument("--estimate-iterations", type=int, default=6)
     ap.add_argument("--active-learning", action="store_true")
@@ -166,8 +181,13 @@ def main() -> None:
     for r in rows:
         if "map50" not in r:  # --only-active-learning: its rounds were printed above
             continue
+        recipe = r["backbone"] + (", turns" if r.get("rotate") else "")
+        if r.get("references") == "own-split":
+            recipe += ", templates"
+        if r.get("negatives") is not None:
+            recipe += f", negatives <= {r['negatives']:g}"
         print(
-            f"| {r['set']} | {r['backbone']}{', turns' if r.get('rotate') else ''} | {r['input']} | {r['epochs']} | "
+            f"| {r['set']} | {recipe} | {r['input']} | {r['epochs']} | "
             f"{r['s_per_epoch']:.0f} | {r['val_map50']} | {r['map50']:.3f} | {r['map']:.3f} | "
             f"{r['ap_small']:.3f} | {r['ms_onnx']:.0f} | {r['ms_torch']:.0f} | "
             f"{PADDLE_SECONDS_PER_SLICE * 1000 / r['ms_onnx']:.1f}x | {r['mp20_s']:.1f} | "
@@ -198,7 +218,7 @@ def run_set(args, user, root: Path, tmp: Path) -> dict:
     Image.objects.filter(project=project, original_name__in=names).update(split="test")
     # DeepPCB's defect-free templates come in as references (issue #14), i.e. normal images a
     # freeze would put in train and val as negatives, the held-out images' own templates among
-    # them: the single-image detector is measured as before, without them
+    # them: the single-image detector is measured as before, without them (--references none)
     Image.objects.filter(project=project, is_reference=True).update(is_normal=False)
     # a seeded tenth of the rest is the val split (per-epoch mAP); the others train
     rest = sorted(
@@ -209,6 +229,12 @@ def run_set(args, user, root: Path, tmp: Path) -> dict:
     val = random.Random(0).sample(rest, max(1, len(rest) // 10))
     Image.objects.filter(pk__in=val).update(split="val")
     Image.objects.filter(pk__in=set(rest) - set(val)).update(split="train")
+    if args.references == "own-split":  # each train/val image's template: a negative beside it
+        for split in ("train", "val"):
+            own = Image.objects.filter(
+                project=project, split=split, is_reference=False, reference__isnull=False
+            ).values_list("reference_id", flat=True)
+            Image.objects.filter(pk__in=list(own)).update(is_normal=True, split=split)
     version = dataset_version_freeze(user=user, project=project, seed=0)
     print(f"{root.name}: frozen v{version.number}: {version.counts['splits']}")
     params = {
@@ -220,6 +246,8 @@ def run_set(args, user, root: Path, tmp: Path) -> dict:
     }
     if args.iterations_per_epoch:
         params["iterations_per_epoch"] = args.iterations_per_epoch
+    if args.negatives is not None:
+        params["negatives"] = args.negatives
     if args.only_active_learning:
         from annotations.services.detectors import detector_proposal
 
@@ -263,6 +291,8 @@ def run_set(args, user, root: Path, tmp: Path) -> dict:
         "input": args.input_size,
         "epochs": len(history),
         "rotate": args.rotate,
+        "references": args.references,
+        "negatives": args.negatives,
         "s_per_epoch": per_epoch,
         "val_map50": next((f"{h['map50']:.3f}" for h in reversed(history) if "map50" in h), "—"),
         **figures,

@@ -394,6 +394,16 @@ class DetectorParamsQuery(serializers.Serializer):
     networks = serializers.IntegerField(required=False)  # the two-stage change detector's
     reference = serializers.ChoiceField(choices=["none", "siamese", "two-stage"], required=False)
     rotate = serializers.ChoiceField(choices=["true", "false"], required=False)
+    # a share from 0 to 1, or "all" (JSON's null: every image without a box, every epoch)
+    negatives = serializers.CharField(required=False)
+
+    def validate_negatives(self, value: str) -> float | None:
+        if value == "all":
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            raise serializers.ValidationError("A share from 0 to 1, or 'all'.") from None
 
     def validate_slice(self, value: str) -> bool:
         return value == "true"

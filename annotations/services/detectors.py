@@ -89,6 +89,8 @@ def _version_facts(version: DatasetVersion) -> dict[str, Any]:
         # images frozen with a reference that was aligned: what a Siamese detector learns from
         "train_paired": sum(1 for im in train.values() if _aligned(im)),
         "train_labelled": len(labelled),
+        # confirmed normal images and references: what the detector sees as negatives
+        "train_negatives": len(train) - len(labelled),
         "train_labelled_paired": sum(1 for i in labelled if _aligned(train[i])),
         "val_images": len(val),
         "val_paired": sum(1 for im in val if _aligned(im)),
@@ -159,9 +161,28 @@ def detector_proposal(
             "change detector instead (reference: two-stage): the pixels that changed against the "
             "reference propose, a small network names the category and places the box."
         )
+    negatives = facts["train_negatives"]
+    if negatives:
+        capped = epoch_negatives(labelled, negatives, NEGATIVE_SHARE)
+        reasons.append(
+            f"{negatives} of the {facts['train_images']} train images have no box (normal images, "
+            "references): "
+            + (
+                "few enough to learn from all of them every epoch."
+                if capped == negatives
+                else f"each epoch learns from every labelled image and {capped} of them, drawn "
+                f"afresh, so they are at most {NEGATIVE_SHARE:.0%} of it (on DeepPCB, every "
+                "template every epoch doubled an epoch and scored lower than a tenth of them)."
+                if capped
+                else f"{NEGATIVE_SHARE:.0%} of an epoch of {labelled} labelled images is less "
+                "than one image, so none of them is trained on; a larger share uses them."
+            )
+        )
     batch_size = 4
     # about 3000 training iterations when the data allow, within 10..80 epochs
-    per_epoch = max(1, math.ceil(facts["train_images"] / batch_size))
+    per_epoch = max(
+        1, math.ceil((labelled + epoch_negatives(labelled, negatives, NEGATIVE_SHARE)) / batch_size)
+    )
     epochs = max(10, min(80, round(3000 / per_epoch)))
     proposed = {
         "backbone": backbone,
@@ -173,8 +194,8 @@ def detector_proposal(
         "reference": reference,
         # quarter turns and vertical flips: only the user knows whether the parts have an "up"
         "rotate": False,
+        "negatives": NEGATIVE_SHARE,
     }
-    images = facts["train_images"]
     if (params or {}).get("reference") == "two-stage":
         # none of PP-YOLOE-SOD's settings: a value for one would be silently dropped, so no
         others = sorted(set(params) - TWO_STAGE_PARAMS)
@@ -195,9 +216,10 @@ def detector_proposal(
         params = _checked(ppyoloe, {**proposed, "epochs": TWO_STAGE_EPOCHS})
         params = {k: params[k] for k in sorted(TWO_STAGE_PARAMS) if k in params}
         params["networks"] = networks
-        images = facts["train_paired"]  # it learns from the paired images only
+        images = facts["train_paired"]  # it learns from the paired images only (all of them)
     else:
         params = _checked(params, proposed) if params else proposed
+        images = labelled + epoch_negatives(labelled, negatives, params["negatives"])
     estimate, basis = estimate_seconds(params, images, version.project, facts["val_paired"])
     return {
         "params": params,
@@ -208,6 +230,23 @@ def detector_proposal(
         "estimate_seconds": estimate,
         "estimate_basis": basis,
     }
+
+
+# Images without a box (confirmed normal images, references) are at most this share of an
+# epoch's images, drawn afresh each epoch (``TrainConfig.negative_share``): on DeepPCB (135
+# labelled train images, 135 templates) 20 epochs with every template doubled an epoch and
+# scored 0.571 test mAP50, without any 0.605, and with at most 10 % 0.644 at 5 % more time
+# (docs/benchmarks-detection.md, "Negatives").
+NEGATIVE_SHARE = 0.1
+
+
+def epoch_negatives(positives: int, negatives: int, share: float | None) -> int:
+    """How many images without a box an epoch trains on: the rule of
+    ``workers.detection.trainer.epoch_negatives``, which the apps may not import (a copy for the
+    time estimate; tests/annotations/test_detectors.py checks that both agree)."""
+    if share is None or share >= 1 or positives == 0:
+        return negatives
+    return min(negatives, math.floor(share / (1 - share) * positives + 1e-9))
 
 
 # A Siamese detector runs its backbone on the image and on the reference: an epoch cost 1.56x a
@@ -262,16 +301,20 @@ def measured_seconds_per_image(
     if project is not None:  # the project's own trainings first (stable: newest first)
         versions.sort(key=lambda v: v.project_id != project.pk)
     for v in versions:
-        seconds = [
-            h["seconds"]
+        history = [
+            h
             for h in (v.metrics or {}).get("history") or []
             if isinstance(h.get("seconds"), int | float) and h["seconds"] > 0
         ]
         params = v.params or {}
-        if not seconds or not v.image_ids or not params.get("input_size"):
+        if not history or not v.image_ids or not params.get("input_size"):
             continue
-        per_epoch = _images_per_epoch(params, len(v.image_ids))
-        return statistics.median(seconds) / per_epoch / _cost(params), v
+        # the images an epoch trained on (a cap on negatives leaves some out), where recorded
+        per_image = [
+            h["seconds"] / (h.get("images") or _images_per_epoch(params, len(v.image_ids)))
+            for h in history
+        ]
+        return statistics.median(per_image) / _cost(params), v
     return None
 
 
@@ -311,7 +354,7 @@ def estimate_seconds(
 
 
 TRAINING_PARAMS = {"backbone", "input_size", "slice", "overlap", "epochs", "batch_size"}
-TRAINING_PARAMS |= {"iterations_per_epoch", "seed", "reference", "rotate"}
+TRAINING_PARAMS |= {"iterations_per_epoch", "seed", "reference", "rotate", "negatives"}
 REFERENCE_MODES = ("none", *ModelVersion.PAIRED_DETECTORS)
 
 
@@ -335,6 +378,16 @@ def _checked(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]
     out.setdefault("rotate", False)  # versions trained before it was a choice
     if not isinstance(out["rotate"], bool):
         raise ValidationError({"params": "rotate is true or false."})
+    out.setdefault("negatives", None)  # versions trained before it was a choice: all of them
+    if out["negatives"] is not None and not (
+        is_number(out["negatives"]) and 0 <= out["negatives"] <= 1
+    ):
+        raise ValidationError(
+            {
+                "params": "negatives is the largest share of an epoch's images that have no box, "
+                "from 0 to 1 (null: every one of them)."
+            }
+        )
     if not (is_number(out["overlap"]) and 0 <= out["overlap"] <= 0.5):
         raise ValidationError({"params": "overlap is a fraction of a slice from 0 to 0.5."})
     if "seed" in out and not (isinstance(out["seed"], int) and not isinstance(out["seed"], bool)):

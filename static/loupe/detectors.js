@@ -140,8 +140,10 @@
 
     // the two-stage change detector takes epochs only (no backbone, size, slices or batch)
     const twoStage = () => form.elements.reference.value === "two-stage";
+    let hasNegatives = false;  // the version's train split has images without a box
     const ppyoloeOnly = () => [
       ...["backbone", "input_size", "slice", "batch_size", "rotate"].map((n) => form.elements[n].closest("label")),
+      ...(hasNegatives ? [form.elements.negatives.closest("label")] : []),
       form.querySelector("details.advanced"),
     ];
     const twoStageOnly = () => [form.elements.networks.closest("label")];
@@ -162,6 +164,8 @@
         batch_size: Number(f.batch_size.value),
         reference: f.reference.value,
         rotate: f.rotate.checked,
+        // a percentage in the form, a share for the server; empty: every one of them
+        negatives: f.negatives.value === "" ? null : Number(f.negatives.value) / 100,
       };
       if (f.iterations_per_epoch.value !== "") p.iterations_per_epoch = Number(f.iterations_per_epoch.value);
       return p;
@@ -172,7 +176,7 @@
     const showEstimate = async () => {
       if (!proposal) return;
       const mine = ++asked;
-      const query = new URLSearchParams(Object.entries(params()).map(([k, v]) => [k, String(v)]));
+      const query = new URLSearchParams(Object.entries(params()).map(([k, v]) => [k, v === null ? "all" : String(v)]));
       let answer;
       try {
         answer = await api(box.dataset.datasetsUrl + select.value + "/detector/?" + query.toString());
@@ -193,7 +197,7 @@
     const facts = (f) => {
       const dl = el("dl", { class: "facts" });
       const add = (k, v) => { dl.appendChild(el("dt", { text: k })); dl.appendChild(el("dd", { text: v })); };
-      add("Images", f.train_images + " train, " + f.val_images + " val");
+      add("Images", f.train_images + " train" + (f.train_negatives ? " (" + f.train_negatives + " without a box)" : "") + ", " + f.val_images + " val");
       add("Labelled boxes (train)", String(f.train_boxes));
       if (f.median_long_side != null) add("Image size", f.median_long_side + " px long side (median)");
       if (f.median_box_side != null) add("Defect size", f.median_box_side + " px short side (median)");
@@ -241,6 +245,10 @@
         f.batch_size.value = p.params.batch_size;
         f.reference.value = p.params.reference || "none";
         f.rotate.checked = Boolean(p.params.rotate);
+        f.negatives.value = p.params.negatives === null || p.params.negatives === undefined ? "" : Math.round(p.params.negatives * 100);
+        // offered where the train split has images without a box (normal images, references)
+        hasNegatives = p.facts.train_negatives > 0;
+        f.negatives.closest("label").hidden = !hasNegatives;
         // comparing with references is offered when some labelled train images have an aligned one
         f.reference.closest("label").hidden = !p.facts.train_labelled_paired;
         showKind();

@@ -48,6 +48,7 @@ def test_the_form_proposes_slices_for_large_photos_and_says_why(team, tmp_path, 
         "batch_size": 4,
         "reference": "none",  # no image of the version has a reference
         "rotate": False,  # only the user knows whether the parts have an up
+        "negatives": 0.1,
     }
     assert "2000 px on their long side" in body["reasons"][0]
     assert "8 labelled boxes" in body["reasons"][1]
@@ -135,6 +136,9 @@ def test_who_may_train_a_detector(team, tmp_path, client_for):
         ({"batch_size": True}, "batch_size is a whole number"),
         ({"slice": "yes"}, "slice is true or false"),
         ({"rotate": 1}, "rotate is true or false"),
+        ({"negatives": 1.5}, "negatives is the largest share of an epoch's images"),
+        ({"negatives": "all"}, "negatives is the largest share of an epoch's images"),
+        ({"negatives": True}, "negatives is the largest share of an epoch's images"),
         ({"overlap": 0.9}, "overlap is a fraction"),
         ({"iterations_per_epoch": 0}, "iterations_per_epoch is a whole number"),
         ({"reference": "both"}, "'siamese' (the image and its reference) or 'two-stage'"),
@@ -155,6 +159,52 @@ def test_bad_parameters_are_refused_before_anything_is_queued(
     r = client_for(team["admin"]).post(url(team, version), {"params": params}, format="json")
     assert r.status_code == 400 and says in r.json()["error"], r.json()
     assert not Job.objects.exists()
+
+
+def test_images_without_a_box_are_capped_per_epoch_and_the_estimate_follows(
+    team, tmp_path, client_for
+):
+    """Four labelled train images and twelve normal ones (references, confirmed normals): an
+    epoch takes the four and 10 % of its images without a box, so the estimate is that of
+    four images, not sixteen; null takes every one, and the form's query says "all"."""
+    from annotations.services.detectors import epoch_negatives as service_rule
+    from workers.detection.trainer import epoch_negatives as trainer_rule
+
+    project, admin = team["project"], team["admin"]
+    for n in range(12):
+        add_image(project, admin, tmp_path, f"n{n}.png", split="train", is_normal=True)
+    version = frozen(team, tmp_path)
+    client = client_for(admin)
+    body = client.get(url(team, version)).json()
+    assert body["facts"]["train_negatives"] == 12 and body["params"]["negatives"] == 0.1
+    assert any(
+        "12 of the 16 train images have no box" in r and "less than one image" in r
+        for r in body["reasons"]
+    ), body["reasons"]
+    capped = body["estimate_seconds"]
+    every = client.get(url(team, version) + "?negatives=all").json()
+    assert every["params"]["negatives"] is None
+    assert every["estimate_seconds"] == pytest.approx(4 * capped, rel=0.01)  # 16 images, not 4
+    half = client.get(url(team, version) + "?negatives=0.5").json()
+    assert half["estimate_seconds"] == pytest.approx(2 * capped, rel=0.01)  # 4 + 4
+    assert client.get(url(team, version) + "?negatives=lots").status_code == 400
+    r = client.post(url(team, version), {"params": {"negatives": None}}, format="json")
+    assert (
+        r.status_code == 202
+        and ModelVersion.objects.get(pk=r.json()["id"]).params["negatives"] is None
+    )
+    # five more labelled images: 10 % of an epoch of nine is one of the twelve
+    for n in range(5):
+        label(
+            add_image(project, admin, tmp_path, f"l{n}.png", split="train"), "dent", box(5, 5, 9, 9)
+        )
+    more = dataset_version_freeze(user=admin, project=project)
+    reasons = client.get(url(team, more)).json()["reasons"]
+    assert any("every labelled image and 1 of them, drawn afresh" in r for r in reasons), reasons
+    # the time estimate's copy of the rule is the trainer's
+    for pos, neg in ((135, 135), (4, 12), (0, 5), (10, 0), (9, 100)):
+        for share in (None, 0.0, 0.1, 0.25, 0.5, 1.0):
+            assert service_rule(pos, neg, share) == trainer_rule(pos, neg, share)
 
 
 def test_a_version_without_boxes_cannot_train_a_detector(team, tmp_path, client_for):

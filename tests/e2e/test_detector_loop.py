@@ -40,8 +40,9 @@ def large_photo() -> bytes:
 
 @pytest.fixture
 def labelled(team, tmp_path):
-    """Six small labelled images (two categories) frozen into dataset v1 (4 train, 2 val), and a
-    large unlabelled photo with its zoomable view."""
+    """Six small labelled images (two categories) and two normal ones frozen into dataset v1
+    (6 train, two of them without a box, and 2 val), and a large unlabelled photo with its
+    zoomable view."""
     project, admin = team["project"], team["admin"]
     for n in range(6):
         split = "train" if n < 4 else "val"
@@ -50,6 +51,9 @@ def labelled(team, tmp_path):
         )
         label(image, "scratch", box(40, 50 + n * 5, 90, 8))
         label(image, "dent", box(200, 120, 24, 24))
+    for n in range(2):  # confirmed normal parts: negatives for the detector
+        add_image(project, admin, tmp_path, f"ok-{n}.png", size=(320, 240), split="train",
+                  is_normal=True)  # fmt: skip
     version = dataset_version_freeze(user=admin, project=project, note="first cut")
     path = tmp_path / "part-big.jpg"
     path.write_bytes(large_photo())
@@ -73,7 +77,10 @@ def test_train_a_detector_run_it_and_accept_its_category(page, celery_worker, la
     assert page.locator("#detector-dataset").input_value() == "1"
     proposal = page.locator("#detector-proposal").inner_text()
     assert "resized whole" in proposal and "8 labelled boxes" in proposal
-    assert "4 train, 2 val" in proposal
+    assert "6 train (2 without a box), 2 val" in proposal
+    assert "2 of the 6 train images have no box" in proposal  # 10 % of 4 is less than one
+    negatives = form.locator("input[name=negatives]")
+    assert negatives.is_visible() and negatives.input_value() == "10"
     assert form.locator("select[name=backbone]").input_value() == "lite0"
     assert form.locator("input[name=input_size]").input_value() == "640"
     assert not form.locator("input[name=slice]").is_checked()
@@ -85,6 +92,7 @@ def test_train_a_detector_run_it_and_accept_its_category(page, celery_worker, la
     form.locator("input[name=batch_size]").fill("2")
     form.locator("details.advanced summary").click()
     form.locator("input[name=iterations_per_epoch]").fill("2")
+    negatives.fill("50")  # half of each epoch may be images without a box
     # the server re-estimates the edited form (asked a moment after the last keystroke)
     page.locator('#detector-estimate:has-text("under a minute")').wait_for()
     form.locator("input[name=input_size]").fill("200")
@@ -109,10 +117,12 @@ def test_train_a_detector_run_it_and_accept_its_category(page, celery_worker, la
         2,
     )
     assert p["dataset_number"] == 1 and p["categories"] == ["dent", "scratch"]
+    assert p["negatives"] == 0.5
     assert len(detector.metrics["history"]) == 1 and detector.metrics["evaluated_on"] == "val"
     row = page.locator(f'tr[data-version="{detector.pk}"]')
     text = row.inner_text()
     assert "dataset v1" in text and "active" in text and "mAP50" in text and "on val" in text
+    assert "images without a box at most 50 % of an epoch" in text
     assert row.locator('[data-metric="map50"]').inner_text() == f"{detector.metrics['map50']:.3f}"
     for name in detector.metrics["per_class_ap50"]:
         assert name in row.locator(".ap-table").inner_text()

@@ -194,6 +194,9 @@ class TrainConfig:
     rotate: bool = False  # quarter turns and vertical flips too (parts without an "up")
     distort: bool = True
     crop_size: int | None = None  # random crops of large images (on-the-fly sliced training)
+    # At most this share of an epoch's images are negatives (images without a box), drawn
+    # afresh each epoch; None: every negative every epoch (docs/detection.md, TrainConfig).
+    negative_share: float | None = None
     seed: int = 0
     device: str | None = None
     num_threads: int | None = None  # torch intra-op threads; 1 is fastest on a busy small CPU
@@ -206,6 +209,8 @@ class TrainConfig:
             self.train_sizes = tuple(self.train_sizes)
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.negative_share is not None and not 0 <= self.negative_share <= 1:
+            raise ValueError("negative_share must be between 0 and 1, or None")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""

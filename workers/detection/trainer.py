@@ -180,6 +180,15 @@ def _validate(
     }
 
 
+def epoch_negatives(positives: int, negatives: int, share: float | None) -> int:
+    """How many of the ``negatives`` (images without a box) an epoch trains on, so that they
+    are at most ``share`` of its images (None or 1: all of them; every one when there is no
+    positive to weigh them against)."""
+    if share is None or share >= 1 or positives == 0:
+        return negatives
+    return min(negatives, math.floor(share / (1 - share) * positives + 1e-9))
+
+
 def train(
     train_json: str | Path,
     output: str | Path,
@@ -274,7 +283,11 @@ def train(
     )
     ema = ModelEMA(model, tcfg.ema_decay) if tcfg.use_ema else None
 
-    n_batches = math.ceil(len(dataset) / tcfg.batch_size)
+    positives, negatives = [], []
+    for i in range(len(dataset)):
+        (positives if len(dataset.targets(i)[0]) else negatives).append(i)
+    negatives_per_epoch = epoch_negatives(len(positives), len(negatives), tcfg.negative_share)
+    n_batches = math.ceil((len(positives) + negatives_per_epoch) / tcfg.batch_size)
     iters_per_epoch = min(n_batches, tcfg.max_iters_per_epoch or n_batches)
     total_iters = iters_per_epoch * tcfg.epochs
     warmup_steps = int(round(tcfg.warmup_epochs * iters_per_epoch))
@@ -317,10 +330,22 @@ def train(
             None,
         )
     else:
-        report(0.0, f"training {len(dataset)} images, {total_iters} iterations", None)
+        report(
+            0.0,
+            f"training {len(dataset)} images, {total_iters} iterations"
+            + (
+                f" ({negatives_per_epoch} of the {len(negatives)} images without a box per epoch)"
+                if negatives_per_epoch < len(negatives)
+                else ""
+            ),
+            None,
+        )
     for epoch in range(first_epoch, tcfg.epochs):
         epoch_start = time.time()
-        order = list(range(len(dataset)))
+        if negatives_per_epoch == len(negatives):
+            order = list(range(len(dataset)))  # every image, as before the cap existed
+        else:
+            order = positives + rng.sample(negatives, negatives_per_epoch)
         rng.shuffle(order)
         sums: dict[str, float] = {}
         for it in range(iters_per_epoch):
@@ -367,7 +392,14 @@ def train(
                     None,
                 )
         metrics = {k: v / max(1, iters_per_epoch) for k, v in sums.items()}
-        metrics.update({"epoch": epoch + 1, "lr": cur_lr, "seconds": time.time() - epoch_start})
+        metrics.update(
+            {
+                "epoch": epoch + 1,
+                "lr": cur_lr,
+                "seconds": time.time() - epoch_start,
+                "images": min(len(order), iters_per_epoch * tcfg.batch_size),
+            }
+        )
         last = epoch + 1 == tcfg.epochs
         if val_json is not None and ((epoch + 1) % max(1, eval_every) == 0 or last):
             metrics.update(

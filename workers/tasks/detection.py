@@ -312,6 +312,7 @@ def _ppyoloe_arguments(
             max_iters_per_epoch=p.get("iterations_per_epoch"),
             seed=p.get("seed", 0),
             rotate=bool(p.get("rotate", False)),
+            negative_share=p.get("negatives"),  # None (versions before it): all of them
         ),
         "val_json": val_json,
         "val_image_root": image_root if val_json else None,

@@ -176,3 +176,41 @@ def test_validation_judges_the_model_as_its_artifact_predicts(
             mean = sum(p for _r, p in curve) / 101
             assert deployed.per_class_ap50[name] == pytest.approx(mean, abs=1e-3)
         assert deployed.per_class_ap[name] <= deployed.per_class_ap50[name] + 1e-9
+
+
+def test_images_without_a_box_are_capped_per_epoch(synthetic_coco: Path, tmp_path: Path) -> None:
+    """The synthetic set's images plus as many copies without their boxes (a project's normal
+    images and references): with ``negative_share`` 0.2 an epoch takes every labelled image and
+    a quarter as many without a box, drawn afresh (the history records how many); without it,
+    all of them."""
+    import json
+
+    from workers.detection.trainer import epoch_negatives
+
+    data = json.loads(synthetic_coco.read_text())
+    positives = len(data["images"])
+    copies = [{**im, "id": 1000 + i} for i, im in enumerate(data["images"])]
+    data["images"] += copies
+    mixed = synthetic_coco.parent / "with-negatives.json"
+    mixed.write_text(json.dumps(data))
+    seen: list[str] = []
+    epochs = []
+    for share in (0.2, None):
+        result = train(
+            mixed,
+            tmp_path / f"m-{share}.pt",
+            model_config=tiny_model_config(),
+            train_config=TrainConfig(
+                epochs=2, batch_size=4, train_sizes=(128,), negative_share=share
+            ),
+            progress=lambda f, m, d: seen.append(m),
+        )
+        epochs.append([h["images"] for h in result.history])
+    capped = positives + positives // 4
+    assert epoch_negatives(positives, positives, 0.2) == positives // 4
+    assert epochs == [[capped, capped], [2 * positives, 2 * positives]]
+    assert any(
+        f"{positives // 4} of the {positives} images without a box per epoch" in m for m in seen
+    )
+    with pytest.raises(ValueError, match="negative_share"):
+        TrainConfig(negative_share=1.5)
