@@ -11,11 +11,12 @@ job bodies as the worker runs them.
     # import -> freeze -> train (detection_train) -> held-out mAP -> speed -> 20 MP -> optional AL
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/detector_loop.py \\
         --sets deeppcb neu_det --epochs 12 [--backbone lite0] [--input-size 640] [--rotate] \\
-        [--active-learning --rounds 3 --al-epochs 4]
+        [--references own-split] [--negatives 0.1] [--active-learning --rounds 3 --al-epochs 4]
 
 For each set: import its COCO file (`dataset_import` as the job runs it), put the held-out images
 in the test split (DeepPCB: its official test list; NEU-DET: a seeded 20 %), freeze a version
-(the rest split 90/10 into train/val), train as the `detection_train` job does (per-epoch time and
+(the rest split 90/10 into train/val; DeepPCB's templates left out, or with --references
+own-split each train/val image's template a negative in its split), train as the `detection_train` job does (per-epoch time and
 val mAP50 from the job's history), then on the held-out split: mAP50, mAP and AP_small of the
 deployed runtime (`load_detector`, ONNX Runtime on CPU); ms per 640 slice through ONNX Runtime
 and torch eager; a 20 MP mosaic of test images predicted sliced, with its peak RSS (in a child
