@@ -4,8 +4,7 @@
 is started by ``fork``/``vfork`` + ``exec`` (``subprocess``, Celery, pytest-xdist), the kernel
 carries the forking process's peak into it at ``exec``. A 20 MP prediction started from a
 benchmark that had trained a detector reported that benchmark's 5.4 GB instead of its own
-1.4 GB. ``VmHWM`` in ``/proc/self/status`` belongs to the current address space only, and
-:func:`reset_peak` starts it again (Linux ≥ 4.0), so a long-lived worker can measure one job.
+1.4 GB. ``VmHWM`` in ``/proc/self/status`` belongs to the current address space only.
 """
 
 from __future__ import annotations
@@ -28,12 +27,3 @@ def peak_rss_mb() -> float:
         pass
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
-def reset_peak() -> bool:
-    """Start the peak over from the current resident memory; False where the OS cannot."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
