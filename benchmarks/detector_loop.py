@@ -16,8 +16,8 @@ job bodies as the worker runs them.
 For each set: import its COCO file (`dataset_import` as the job runs it), put the held-out images
 in the test split (DeepPCB: its official test list; NEU-DET: a seeded 20 %), freeze a version
 (the rest split 90/10 into train/val; DeepPCB's templates left out, or with --references
-own-split each train/val image's template a negative in its split), train as the `detection_train` job does (per-epoch time and
-val mAP50 from the job's history), then on the held-out split: mAP50, mAP and AP_small of the
+own-split each train/val image's template a negative in its split), train as the
+`detection_train` job does (per-epoch time and val mAP50 from the job's history), then on the held-out split: mAP50, mAP and AP_small of the
 deployed runtime (`load_detector`, ONNX Runtime on CPU); ms per 640 slice through ONNX Runtime
 and torch eager; a 20 MP mosaic of test images predicted sliced, with its peak RSS (in a child
 process); and, with --active-learning (or --only-active-learning), rounds of "label the next
