@@ -59,6 +59,18 @@ def save(img: np.ndarray, path: Path, bits: int = 8) -> Path:
     return path
 
 
+def assert_onnx_gives_the_same_map(folder: Path, image: Path) -> None:
+    """Export the model in ``folder`` to ONNX and check that it maps ``image`` as torch does
+    (8-bit heatmap within 2 levels, image score within 0.01)."""
+    from workers.anomaly import export_onnx, load_model, predict
+
+    export_onnx(folder)
+    a = predict(load_model(folder, backend="torch"), image)
+    b = predict(load_model(folder, backend="onnx"), image)
+    assert np.abs(a.heatmap.astype(int) - b.heatmap.astype(int)).max() <= 2
+    assert a.image_score == pytest.approx(b.image_score, abs=0.01)
+
+
 @pytest.fixture(scope="session")
 def gray16_normals(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Six 16-bit grayscale normal images, 128 x 256."""

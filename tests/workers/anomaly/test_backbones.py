@@ -16,14 +16,13 @@ from workers.anomaly import (
     ConfigError,
     MissingWeightsError,
     TrainConfig,
-    export_onnx,
     load_model,
     predict,
     train,
 )
 from workers.anomaly.backbone import BACKBONES, load_lite0_into, timm_backbone
 
-from .conftest import add_defect, save, texture
+from .conftest import add_defect, assert_onnx_gives_the_same_map, save, texture
 
 pytestmark = pytest.mark.ml
 
@@ -123,12 +122,8 @@ def test_padim_on_lite1_trains_saves_loads_and_finds_the_defect(rgb_normals, tmp
 def test_patchcore_on_lite2_exports_to_onnx(rgb_normals, tmp_path: Path):
     config = TrainConfig(model="patchcore", input_size=64, scale=1.0, backbone="lite2")
     folder = train(config, rgb_normals, tmp_path / "m").artifact_path.parent
-    export_onnx(folder)
     img = save(add_defect(texture(128, 128, 98), 64, 64, 8), tmp_path / "d.png")
-    a = predict(load_model(folder, backend="torch"), img)
-    b = predict(load_model(folder, backend="onnx"), img)
-    assert np.abs(a.heatmap.astype(int) - b.heatmap.astype(int)).max() <= 2
-    assert a.image_score == pytest.approx(b.image_score, abs=0.01)
+    assert_onnx_gives_the_same_map(folder, img)
 
 
 def test_an_artifact_from_before_the_backbone_choice_loads_as_lite0(padim_tiled, tmp_path: Path):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from workers.anomaly import TrainConfig, export_onnx, load_model, predict, train
+from workers.anomaly import TrainConfig, load_model, predict, train
 from workers.anomaly.models.patchcore import FINE_LAYERS, LAYERS
 
-from .conftest import add_defect, save, texture
+from .conftest import add_defect, assert_onnx_gives_the_same_map, save, texture
 
 pytestmark = pytest.mark.ml
 
@@ -62,12 +62,8 @@ def test_fine_map_follows_a_small_defect_closer(fine_and_standard, tmp_path: Pat
 def test_fine_exports_to_onnx_with_the_same_map(fine_and_standard, tmp_path: Path):
     folder = tmp_path / "m"
     shutil.copytree(fine_and_standard["patchcore_fine"].artifact_path.parent, folder)
-    export_onnx(folder)
     img = save(add_defect(texture(128, 128, 78), 40, 90, 5), tmp_path / "d.png")
-    a = predict(load_model(folder, backend="torch"), img)
-    b = predict(load_model(folder, backend="onnx"), img)
-    assert np.abs(a.heatmap.astype(int) - b.heatmap.astype(int)).max() <= 2
-    assert a.image_score == pytest.approx(b.image_score, abs=0.01)
+    assert_onnx_gives_the_same_map(folder, img)
 
 
 def test_a_patchcore_artifact_from_before_the_layer_choice_loads_with_the_standard_layers(
