@@ -42,7 +42,8 @@
   const PAD = { left: 36, right: 10, top: 20, bottom: 26 };
 
   /* One small chart: `points` are [x, y] with x in 0..xMax (epochs) and y >= 0; a polyline with
-     a dot per point (a single point is a dot), the top and zero of each axis labelled. */
+     a dot per point (a single point is a dot), the top and zero of each axis labelled; `marks`
+     ([x, text], ...) draw a dashed vertical line at x, titled with the text. */
   function chartSvg(opts) {
     const points = (opts.points || []).filter(([x, y]) => isFinite(x) && isFinite(y) && y != null);
     const xMax = Math.max(1, opts.xMax || 1, ...points.map(([x]) => x));
@@ -62,6 +63,9 @@
       `<text class="tick" x="${PAD.left + pw}" y="${H - 12}" text-anchor="middle">${label(xMax)}</text>`,
       `<text class="tick" x="${PAD.left + pw / 2}" y="${H - 3}" text-anchor="middle">epoch</text>`,
     ];
+    (opts.marks || []).filter(([x]) => isFinite(x) && x > 0 && x <= xMax).forEach(([x, text]) => {
+      parts.push(`<line class="mark" x1="${sx(x)}" y1="${PAD.top}" x2="${sx(x)}" y2="${PAD.top + ph}" stroke-dasharray="3 2"><title>${text}</title></line>`);
+    });
     if (!points.length) {
       parts.push(`<text class="empty" x="${PAD.left + pw / 2}" y="${PAD.top + ph / 2}" text-anchor="middle">${opts.empty || "no figures yet"}</text>`);
     } else {
@@ -87,8 +91,13 @@
     const map50 = rows.map((h) => [h.epoch, num(h.map50)]).filter(([, y]) => isFinite(y) && y >= 0);
     const xMax = Math.max(epochs || 0, ...rows.map((h) => h.epoch), 1);
     const top = Math.max(0, ...map50.map(([, y]) => y));
-    return chartSvg({ series: "loss", title: "training loss", points: loss, xMax })
+    // networks trained one after the other (the two-stage detector): where each next one starts
+    const marks = rows
+      .filter((h, i) => h.network != null && i > 0 && rows[i - 1].network != null && h.network !== rows[i - 1].network)
+      .map((h) => [h.epoch - 0.5, "network " + h.network + " starts"]);
+    return chartSvg({ series: "loss", title: "training loss", points: loss, xMax, marks })
       + chartSvg({
+        marks,
         series: "map50",
         title: "mAP50 on val",
         points: map50,

@@ -87,6 +87,22 @@ test("one epoch is a dot; no evaluation yet says so; bad numbers are left out", 
   assert.match(empty.loss.svg, /no figures yet/);
 });
 
+test("networks trained one after the other: a dashed line where each next one starts", () => {
+  // a two-stage detector of two networks of 3 epochs (epochs counted over both)
+  const history = [1, 2, 3, 4, 5, 6].map((epoch) => ({ epoch, network: epoch <= 3 ? 1 : 2, loss: 2 / epoch }));
+  const c = charts(D.curvesSvg(history, 6));
+  for (const series of ["loss", "map50"]) {
+    const marks = [...c[series].svg.matchAll(/<line class="mark" x1="([\d.]+)"[^>]*><title>([^<]*)<\/title>/g)];
+    assert.equal(marks.length, 1, series);
+    assert.equal(marks[0][2], "network 2 starts");
+    // between epochs 3 and 4: x = 3.5 of 6 along the plot
+    const [x0, x1] = [36, 230 - 10];
+    assert.ok(Math.abs(Number(marks[0][1]) - (x0 + ((x1 - x0) * 3.5) / 6)) < 0.2, marks[0][1]);
+  }
+  // one network (a single-image detector): no line
+  assert.doesNotMatch(D.curvesSvg([{ epoch: 1, loss: 1 }, { epoch: 2, loss: 0.5 }], 2), /class="mark"/);
+});
+
 test("a training version's progress in one line", () => {
   assert.equal(D.progressLine([], 10), "waiting for the first epoch");
   assert.equal(
