@@ -20,6 +20,9 @@ A model written ``padim@256+128`` is a multi-scale model (``TrainConfig.multisca
 at 256 and at 128 px, maps fused by their mean (``padim@256+128-max``: by their maximum); the
 largest size is the input size.
 
+``--train-images N`` trains on a seeded random N of the normal images (rows ``padim-n30``, ...):
+how the figures grow with the normal images a project has.
+
 Without ``--out`` the models and the results file go to a temporary folder, removed at the
 end (only the printed table stays); library caches go to ``$LOUPE_MODELS_DIR`` (default
 ``~/.cache/loupe/models``), never into the checkout.
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -46,8 +50,11 @@ from workers.anomaly.config import BACKBONE_MODELS  # noqa: E402  (no torch: the
 from workers.memory import peak_rss_mb  # noqa: E402  (a child's own peak, not this driver's)
 
 
-def _tag(model: str, backbone: str) -> str:
-    """A run's name: the model, with the backbone when it is not the default Lite0."""
+def _tag(model: str, backbone: str, train_images: int = 0) -> str:
+    """A run's name: the model, with the backbone when it is not the default Lite0, and the
+    number of normal images when ``--train-images`` keeps a share of them."""
+    if train_images:
+        return f"{_tag(model, backbone)}-n{train_images}"
     return (
         model
         if backbone == "lite0" or model.split("@")[0] not in BACKBONE_MODELS
@@ -85,12 +92,16 @@ def run_train(
     input_size: int,
     scale: float | None = None,
     backbone: str = "lite0",
+    train_images: int = 0,
 ) -> dict:
     from workers.anomaly import mvtec_train, train
 
     config = _config(model, steps, input_size, scale, backbone)
     started = time.perf_counter()
-    result = train(config, mvtec_train(dataset), out)
+    images = mvtec_train(dataset)
+    if train_images:  # a seeded subset: how the figures grow with the normal images
+        images = random.Random(0).sample(sorted(images), min(train_images, len(images)))
+    result = train(config, images, out)
     return {
         "train_seconds": time.perf_counter() - started,
         "train_peak_rss_mb": peak_rss_mb(),
@@ -298,6 +309,13 @@ def main() -> int:
         choices=("lite0", "lite1", "lite2"),
         help="ImageNet EfficientNet-Lite of PaDiM and PatchCore (rows: padim-lite1, ...)",
     )
+    parser.add_argument(
+        "--train-images",
+        type=int,
+        default=0,
+        help="train on this many of the normal images (a seeded subset; rows: padim-n30, ...); "
+        "0: all of them",
+    )
     parser.add_argument("--large", action="store_true", help="also time a 20 MP image")
     parser.add_argument("--engine", action="store_true", help="compare with Engine.predict")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -319,19 +337,21 @@ def main() -> int:
         res = run_train(
             datasets / dataset,
             model,
-            out / f"{dataset}_{_tag(model, args.backbone)}",
+            out / f"{dataset}_{_tag(model, args.backbone, args.train_images)}",
             args.steps,
             args.input_size,
             args.scale,
             args.backbone,
+            args.train_images,
         )
     elif phase == "eval":
         dataset, model = rest
-        res = run_eval(datasets / dataset, out / f"{dataset}_{_tag(model, args.backbone)}")
+        tag = _tag(model, args.backbone, args.train_images)
+        res = run_eval(datasets / dataset, out / f"{dataset}_{tag}")
     elif phase == "engine":
         dataset, model = rest
         kind = "efficientad" if model.startswith("efficientad") else model
-        model_dir = out / f"{dataset}_{_tag(model, args.backbone)}"
+        model_dir = out / f"{dataset}_{_tag(model, args.backbone, args.train_images)}"
         res = run_engine(datasets / dataset, model_dir, kind)
     else:
         model, overlap, *backend = rest
@@ -351,7 +371,7 @@ def run_all(args: argparse.Namespace, datasets: Path, out: Path) -> int:
     common = [
         "--datasets", str(datasets), "--out", str(out), "--steps", str(args.steps),
         "--input-size", str(args.input_size), "--threads", str(args.threads),
-        "--backbone", args.backbone,
+        "--backbone", args.backbone, "--train-images", str(args.train_images),
         *(["--scale", str(args.scale)] if args.scale else []),
     ]  # fmt: skip
     for run in args.runs:
@@ -363,7 +383,7 @@ def run_all(args: argparse.Namespace, datasets: Path, out: Path) -> int:
             row.update(_child([*common, "--child", "eval", name, model]))
         if "error" not in row and args.engine:
             row.update(_child([*common, "--child", "engine", name, model]))
-        results[f"{name}:{_tag(model, args.backbone)}"] = row
+        results[f"{name}:{_tag(model, args.backbone, args.train_images)}"] = row
         results_file.write_text(json.dumps(results, indent=2, default=str))
         print(json.dumps(row, default=str), file=sys.stderr, flush=True)
     if args.large:

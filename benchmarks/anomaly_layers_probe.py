@@ -15,7 +15,10 @@ normal images to the bank; ``--bank-sample`` keeps a random share of it (the tes
 never turned). ``--input`` feeds the network larger (or smaller) images; their maps are still
 scored at 256 px. ``--bank-neighbours K`` compares each test image with the patches of the K
 normal images whose mean feature is nearest to its own only (SPADE's first step);
-``--score max-median`` scores an image by its map's maximum less its median. Prints image AUROC (the map's maximum), pixel AUROC and AU-PRO, and image AUROC
+``--score max-median`` scores an image by its map's maximum less its median;
+``--features centred`` subtracts each image's mean feature from its patches (bank and test
+alike); ``--self-radius R`` also scores each test patch by its distance to the nearest patch of
+its own image farther than R feature cells, alone and fused with the bank's distance. Prints image AUROC (the map's maximum), pixel AUROC and AU-PRO, and image AUROC
 per defect type. docs/benchmarks-anomaly.md (2026-12-06, "PatchCore on finer features") has
 the figures.
 """
@@ -58,6 +61,23 @@ def main() -> None:
         default=["max"],
         choices=("max", "max-median"),
         help="image score: the map's maximum, or its maximum less its median",
+    )
+    ap.add_argument(
+        "--features",
+        nargs="+",
+        default=["raw"],
+        choices=("raw", "centred"),
+        help="raw features, or each image's features less their mean over the image (a "
+        "lighting setup's shift removed) in the bank and the test images alike",
+    )
+    ap.add_argument(
+        "--self-radius",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="also score each test patch by its distance to the nearest patch of the same "
+        "image farther than R feature cells away (0: off); printed alone and fused with the "
+        "bank's distance (minimum, geometric mean)",
     )
     args = ap.parse_args()
 
@@ -123,6 +143,22 @@ def main() -> None:
             mask = Image.open(mask_path).convert("L").resize((SIZE, SIZE), Image.NEAREST)
             masks.append(np.asarray(mask) > 127)
 
+    def self_distance(e: torch.Tensor, radius: int) -> torch.Tensor:
+        """Each patch's distance to the nearest patch of its own image outside its
+        (2R+1)-cell square."""
+        c, h, w = e.shape
+        rows = e.flatten(1).T
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        yy, xx = yy.flatten(), xx.flatten()
+        out = []
+        for idx in torch.arange(h * w).split(1024):
+            d = torch.cdist(rows[idx], rows)
+            close = ((yy[idx, None] - yy[None]).abs() <= radius) & (
+                (xx[idx, None] - xx[None]).abs() <= radius
+            )
+            out.append(d.masked_fill(close, float("inf")).amin(1))
+        return torch.cat(out).view(h, w)
+
     def report(spec, which, k_near, score, maps, medians, bank_rows, started) -> None:
         scores = [
             float(m.max()) - (med if score == "max-median" else 0.0)
@@ -150,12 +186,18 @@ def main() -> None:
         f"{root.name}: {len(train)} normal training images, {len(test)} test images, "
         f"{args.input} px input"
     )
-    for spec in args.layers:
+
+    def centre(e: torch.Tensor, how: str) -> torch.Tensor:
+        return e - e.mean((1, 2), keepdim=True) if how == "centred" else e
+
+    for spec, how in [(s, f) for s in args.layers for f in args.features]:
         stages = [STAGES[s] for s in spec.split("+")]
         for which, k_near in [(v, k) for v in args.bank_views for k in args.bank_neighbours]:
             started = time.perf_counter()
             per_image = [
-                torch.cat([embed(v, stages).flatten(1).T for v in views(read(p), which)])
+                torch.cat(
+                    [centre(embed(v, stages), how).flatten(1).T for v in views(read(p), which)]
+                )
                 for p in train
             ]
             means = torch.stack([e.mean(0) for e in per_image])
@@ -163,9 +205,12 @@ def main() -> None:
             if args.bank_sample and len(bank) > args.bank_sample:
                 bank = bank[torch.randperm(len(bank), generator=gen)[: args.bank_sample]]
             maps, medians = [], []
+            selfs: dict[int, list[torch.Tensor]] = {r: [] for r in args.self_radius if r}
             for path in test:
-                e = embed(read(path), stages)
+                e = centre(embed(read(path), stages), how)
                 c, h, w = e.shape
+                for r in selfs:
+                    selfs[r].append(self_distance(e, r))
                 rows = e.flatten(1).T
                 own = bank
                 if k_near:
@@ -175,8 +220,29 @@ def main() -> None:
                 m = F.interpolate(near.view(1, 1, h, w), size=(SIZE, SIZE))  # PatchCore: nearest
                 maps.append(blur(m)[0, 0].numpy())
                 medians.append(float(np.median(maps[-1])))
+            label = f"{spec}{'' if how == 'raw' else ' centred'}"
             for score in args.score:
-                report(spec, which, k_near, score, maps, medians, len(bank), started)
+                report(label, which, k_near, score, maps, medians, len(bank), started)
+            for r, near_self in selfs.items():
+                own_maps = [
+                    blur(F.interpolate(d[None, None], size=(SIZE, SIZE)))[0, 0].numpy()
+                    for d in near_self
+                ]
+                fused = {
+                    f"self r{r}": own_maps,
+                    f"min(bank, self r{r})": [
+                        np.minimum(a, b) for a, b in zip(maps, own_maps, strict=True)
+                    ],
+                    f"sqrt(bank x self r{r})": [
+                        np.sqrt(np.maximum(a, 0) * np.maximum(b, 0))
+                        for a, b in zip(maps, own_maps, strict=True)
+                    ],
+                }
+                for name, fmaps in fused.items():
+                    fmed = [float(np.median(m)) for m in fmaps]
+                    for score in args.score:
+                        report(f"{label} {name}", which, k_near, score, fmaps, fmed,
+                               len(bank), started)  # fmt: skip
 
 
 if __name__ == "__main__":
