@@ -69,6 +69,13 @@ def main() -> int:
         action="store_true",
         help="train with quarter turns and vertical flips too (TrainConfig.rotate)",
     )
+    p.add_argument(
+        "--reference-swap",
+        type=float,
+        default=0.0,
+        help="probability that a training image gets half its defects replaced by its "
+        "template's pixels (TrainConfig.reference_swap)",
+    )
     p.add_argument("--out", default=str(ROOT / "var" / "bench-siamese"))
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
@@ -110,6 +117,7 @@ def main() -> int:
             device=args.device,
             seed=args.seed,
             rotate=args.rotate,
+            reference_swap=args.reference_swap,
         )
         row.pop("artifact")
         rows.append(row)
@@ -119,6 +127,7 @@ def main() -> int:
         f"\nDeepPCB official split (trainval 150 -> test 57), lite0, input {args.input_size}, "
         f"train sizes {sizes[0]}..{sizes[-1]}, {'416 px crops/slices' if args.slice else 'whole images'}"
         f"{', quarter turns and vertical flips' if args.rotate else ''}"
+        f"{f', defects swapped for the template p={args.reference_swap}' if args.reference_swap else ''}"
         f", batch {args.batch_size}, lr {args.lr} for batch 8; CPU: "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
         f"{args.threads}, torch {torch.__version__}, device {args.device}"
@@ -174,6 +183,7 @@ def train_detector(
     device: str = "cpu",
     seed: int = 0,
     rotate: bool = False,
+    reference_swap: float = 0.0,
     train_filter: Any = trainval,
     test_filter: Any = test,
     log: Any = None,
@@ -218,6 +228,7 @@ def train_detector(
         crop_size=input_size if slice else None,
         seed=seed,
         rotate=rotate,
+        reference_swap=reference_swap,
         device=device,
         max_iters_per_epoch=max_iters,
         log_every=10,

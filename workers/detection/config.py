@@ -197,6 +197,9 @@ class TrainConfig:
     # At most this share of an epoch's images are negatives (images without a box), drawn
     # afresh each epoch; None: every negative every epoch (docs/detection.md, TrainConfig).
     negative_share: float | None = None
+    # With this probability a training image with an aligned reference gets a random half of
+    # its defects replaced by the reference's pixels (those boxes dropped): data.swap_defects.
+    reference_swap: float = 0.0
     seed: int = 0
     device: str | None = None
     num_threads: int | None = None  # torch intra-op threads; 1 is fastest on a busy small CPU
@@ -211,6 +214,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.negative_share is not None and not 0 <= self.negative_share <= 1:
             raise ValueError("negative_share must be between 0 and 1, or None")
+        if not 0 <= self.reference_swap <= 1:
+            raise ValueError("reference_swap must be between 0 and 1")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""

@@ -77,6 +77,8 @@ class CocoDetectionDataset:
     detector): the file named by the image's ``reference_file_name`` (or DeepPCB's
     ``template_file_name``), relative to ``reference_root`` (default: ``image_root``). An image
     without one is a :class:`DetectionDataError` naming it, raised here, before any training.
+    With ``references="optional"`` the images that name one carry it and the others carry none
+    (:func:`swap_defects` for a single-image detector).
     """
 
     def __init__(
@@ -111,7 +113,7 @@ class CocoDetectionDataset:
         self.reference_root = (
             Path(reference_root) if reference_root is not None else self.image_root
         )
-        if references:
+        if references is True:
             missing = [str(img["file_name"]) for img in self.images if not reference_file_name(img)]
             if missing:
                 shown = ", ".join(missing[:5]) + (
@@ -176,7 +178,12 @@ class CocoDetectionDataset:
             labels=labels,
             image_id=int(img["id"]),
             file_name=str(img["file_name"]),
-            reference=self.load_reference(idx, image.shape) if self.references else None,
+            reference=(
+                self.load_reference(idx, image.shape)
+                if self.references is True
+                or (self.references == "optional" and self.reference_path(idx) is not None)
+                else None
+            ),
         )
 
 
@@ -269,6 +276,53 @@ def random_turn(sample: Sample, rng: random.Random) -> Sample:
         sample.image_id,
         sample.file_name,
         None if reference is None else np.ascontiguousarray(reference),
+    )
+
+
+def swap_defects(
+    sample: Sample, rng: random.Random, prob: float, margin: int = 4, keep_reference: bool = False
+) -> Sample:
+    """With probability ``prob``, and only where the sample has an aligned reference (a golden
+    sample, DeepPCB's template), put back the reference's pixels over a random half of the
+    boxes (each grown by ``margin`` px) and drop those boxes: the same part with fewer defects,
+    where the detector learns that the defect, not the place, makes the box. A box that a
+    swapped area covers in part is swapped too, so no box is left over a half-erased defect.
+    The reference is dropped from the sample unless ``keep_reference`` (a Siamese detector's
+    pair)."""
+    reference = sample.reference
+    out_reference = reference if keep_reference else None
+    if reference is None or not len(sample.boxes) or rng.random() >= prob:
+        if out_reference is sample.reference:
+            return sample
+        return Sample(
+            sample.image, sample.boxes, sample.labels, sample.image_id, sample.file_name, None
+        )
+    h, w = sample.image.shape[:2]
+    grown = np.round(sample.boxes + np.array([-margin, -margin, margin, margin])).astype(int)
+    grown = np.clip(grown, 0, [w, h, w, h])
+    swap = np.array([rng.random() < 0.5 for _ in range(len(grown))])
+    while True:  # a box that overlaps a swapped area is swapped too
+        mask = np.zeros((h, w), bool)
+        for x1, y1, x2, y2 in grown[swap]:
+            mask[y1:y2, x1:x2] = True
+        touched = np.array([mask[y1:y2, x1:x2].any() for x1, y1, x2, y2 in grown]) & ~swap
+        if not touched.any():
+            break
+        swap |= touched
+    if not swap.any():
+        return Sample(
+            sample.image, sample.boxes, sample.labels, sample.image_id, sample.file_name,
+            out_reference,
+        )  # fmt: skip
+    image = sample.image.copy()
+    image[mask] = reference[mask]
+    return Sample(
+        image,
+        sample.boxes[~swap],
+        sample.labels[~swap],
+        sample.image_id,
+        sample.file_name,
+        out_reference,
     )
 
 

@@ -35,6 +35,7 @@ from .data import (
     random_distort_pair,
     random_flip,
     random_turn,
+    swap_defects,
 )
 from .errors import Cancelled, CheckpointError, DetectionDataError
 from .model import PPYOLOE, build_model
@@ -100,7 +101,9 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, max_steps: int) -> float
     return base_lr * 0.5 * (math.cos(min(step, max_steps) * math.pi / max_steps) + 1)
 
 
-def _augment(sample: Sample, cfg: TrainConfig, rng: random.Random) -> Sample:
+def _augment(sample: Sample, cfg: TrainConfig, rng: random.Random, siamese: bool = False) -> Sample:
+    if cfg.reference_swap:
+        sample = swap_defects(sample, rng, cfg.reference_swap, keep_reference=siamese)
     if cfg.crop_size:
         sample = random_crop(sample, cfg.crop_size, rng)
     if cfg.distort and sample.reference is not None:
@@ -244,7 +247,7 @@ def train(
         train_json,
         image_root,
         image_filter=image_filter,
-        references=siamese,
+        references=siamese or ("optional" if tcfg.reference_swap else False),
         reference_root=reference_root,
     )
     if len(dataset) == 0:
@@ -356,7 +359,7 @@ def train(
             for i in idx:
                 # One unreadable image must not sink a long job: skip it, say which, go on.
                 try:
-                    samples.append(_augment(dataset[i], tcfg, rng))
+                    samples.append(_augment(dataset[i], tcfg, rng, siamese=siamese))
                 except DetectionDataError as exc:
                     if dataset.images[i]["file_name"] not in skipped:
                         skipped[dataset.images[i]["file_name"]] = str(exc)

@@ -15,6 +15,7 @@ from workers.detection.data import (
     random_crop,
     random_flip,
     random_turn,
+    swap_defects,
 )
 from workers.detection.errors import DetectionDataError
 
@@ -90,6 +91,37 @@ def test_quarter_turns_and_flips_carry_the_boxes_and_the_reference() -> None:
     assert len(seen) == 8  # four turns, each mirrored or not: all eight orientations
 
 
+def test_swapped_defects_take_the_reference_pixels_and_lose_their_boxes() -> None:
+    """TrainConfig.reference_swap: a swapped box's area (grown by the margin) shows the
+    reference, its box is gone; the others are untouched; a box that a swapped area overlaps
+    goes with it; without a reference nothing changes."""
+    reference = np.full((100, 100, 3), 10, np.uint8)
+    image = reference.copy()
+    boxes = np.array([[10, 10, 20, 20], [60, 60, 70, 70], [18, 18, 30, 30]], np.float32)
+    for x1, y1, x2, y2 in boxes.astype(int):
+        image[y1:y2, x1:x2] = 255
+    s = Sample(image, boxes, np.array([0, 1, 2]), 1, "a", reference)
+    rng, kept_sets = random.Random(0), set()
+    for _ in range(40):
+        t = swap_defects(s, rng, 1.0, margin=2)
+        assert t.reference is None  # a single-image detector sees no reference
+        kept = {int(lab) for lab in t.labels}
+        kept_sets.add(tuple(sorted(kept)))
+        assert (0 in kept) == (2 in kept)  # boxes 0 and 2 overlap: swapped together
+        for lab in (0, 1, 2):
+            x1, y1, x2, y2 = boxes[lab].astype(int)
+            inside = t.image[y1:y2, x1:x2]
+            assert (inside == 255).all() if lab in kept else (inside == 10).all()
+        assert np.array_equal(t.boxes, boxes[sorted(kept)])
+    assert kept_sets == {(), (1,), (0, 2), (0, 1, 2)}  # every draw of the two groups
+    unchanged = swap_defects(s, rng, 0.0, keep_reference=True)
+    assert unchanged is s
+    alone = Sample(image, boxes, np.array([0, 1, 2]), 1, "a")
+    assert swap_defects(alone, rng, 1.0) is alone  # no reference: nothing to swap with
+    pair = swap_defects(s, random.Random(3), 1.0, keep_reference=True)
+    assert pair.reference is reference  # a Siamese pair keeps its reference
+
+
 def test_bad_coco_file_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
@@ -102,3 +134,19 @@ def test_unreadable_image_names_the_file(synthetic_coco: Path) -> None:
     ds.images[0] = dict(ds.images[0], file_name="img/missing.png")
     with pytest.raises(DetectionDataError, match="missing.png"):
         ds[0]
+
+
+def test_optional_references_load_where_named(synthetic_coco: Path, tmp_path: Path) -> None:
+    """``references="optional"`` (a single-image detector swapping defects out): the images that
+    name a reference carry it, the others none, and no error for those without."""
+    import json
+
+    data = json.loads(synthetic_coco.read_text())
+    data["images"][0]["reference_file_name"] = data["images"][1]["file_name"]
+    ann = tmp_path / "refs.json"
+    ann.write_text(json.dumps(data))
+    ds = CocoDetectionDataset(ann, synthetic_coco.parent, references="optional")
+    assert np.array_equal(ds[0].reference, ds[1].image)
+    assert ds[1].reference is None and ds[2].reference is None
+    with pytest.raises(DetectionDataError, match="no reference"):
+        CocoDetectionDataset(ann, synthetic_coco.parent, references=True)

@@ -214,3 +214,35 @@ def test_images_without_a_box_are_capped_per_epoch(synthetic_coco: Path, tmp_pat
     )
     with pytest.raises(ValueError, match="negative_share"):
         TrainConfig(negative_share=1.5)
+
+
+def test_defects_swapped_for_the_reference_train_a_single_image_detector(
+    synthetic_coco: Path, tmp_path: Path
+) -> None:
+    """``reference_swap``: half the images name a defect-free reference (a blank board), the
+    others none. A single-image detector trains on them, reading the references only to swap
+    defects out (an image without one trains as it is), and validates on images alone."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    data = json.loads(synthetic_coco.read_text())
+    blank = synthetic_coco.parent / "img" / "blank.png"
+    Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(blank)
+    for im in data["images"][::2]:
+        im["reference_file_name"] = "img/blank.png"
+    with_refs = synthetic_coco.parent / "with-references.json"
+    with_refs.write_text(json.dumps(data))
+    result = train(
+        with_refs,
+        tmp_path / "m.pt",
+        model_config=tiny_model_config(),
+        train_config=TrainConfig(epochs=2, batch_size=4, train_sizes=(128,), reference_swap=1.0),
+        val_json=synthetic_coco,
+        eval_slice_size=128,
+    )
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert "map50" in result.history[-1]
+    with pytest.raises(ValueError, match="reference_swap"):
+        TrainConfig(reference_swap=1.5)
