@@ -29,6 +29,15 @@ from inspection.services.inspections import (
 )
 from inspection.services.projects import INSPECTION_DEFAULTS, inspection_settings
 
+# The models page's choice of orientations per image for detector runs (inspection setting
+# ``detector_views``).
+DETECTOR_VIEW_CHOICES = [
+    (1, "as it is"),
+    (2, "and mirrored (2× the time)"),
+    (4, "in every flip (4×; parts without an up)"),
+    (8, "in every flip and quarter turn (8×; parts without an up)"),
+]
+
 
 def form_errors(exc: ValidationError) -> str:
     """A ValidationError as one line for a page's message."""
@@ -144,6 +153,7 @@ def models_page(request, pk):
             "geometry": training_geometry_hint(project),
             "inspection": inspection_settings(project),
             "inspection_defaults": INSPECTION_DEFAULTS,
+            "detector_views": DETECTOR_VIEW_CHOICES,
             "size_mismatch": images_outside_trained_size(active_model(project)),
             "calibration": _calibration_data(project),
             "comparison": _comparison(project),

@@ -409,13 +409,15 @@ def regions_snapshot(project: Project) -> dict:
 
 def _run_params(project: Project, version: ModelVersion) -> dict:
     """What a run of ``version`` keeps in its ``params``: the project's inspection settings (a
-    detector's: its score threshold and where the regions leave the outside) and its regions
-    of interest as they are when it starts."""
+    detector's: its score threshold, the orientations it predicts each image in and where the
+    regions leave the outside) and its regions of interest as they are when it starts."""
     regions = regions_snapshot(project)
     settings = inspection_settings(project)
     if version.kind != ModelVersion.Kind.DETECTOR:
         return settings | regions
     params = {"score_threshold": DETECTION_SCORE_THRESHOLD}
+    if settings["detector_views"] > 1:  # runs from before the setting predicted one view
+        params["views"] = settings["detector_views"]
     if regions:
         params |= regions | {"outside_regions": settings["outside_regions"]}
     return params

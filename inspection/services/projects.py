@@ -51,7 +51,12 @@ INSPECTION_DEFAULTS = {
     # with regions of interest (services.regions): whether the area outside every region is
     # inspected with the project's model ("inspect") or never suggested ("ignore")
     "outside_regions": "inspect",
+    # a detector's runs: each image predicted in this many orientations (1, the mirror too,
+    # all flips, all eight), the boxes fused (workers.detection.predict_views): DeepPCB's mAP50
+    # +0.05 to +0.08 with 4, for 4 times the time (docs/benchmarks-detection.md)
+    "detector_views": 1,
 }
+DETECTOR_VIEWS = (1, 2, 4, 8)
 _INSPECTION_RANGES = {
     "threshold": (0.05, 10.0),
     "min_area": (0, 10_000_000),
@@ -94,6 +99,16 @@ def _checked_inspection(values) -> dict:
         if key == "outside_regions":
             if value not in ("inspect", "ignore"):
                 raise ValidationError({"inspection": "outside_regions is inspect or ignore."})
+            continue
+        if key == "detector_views":
+            if type(value) is not int or value not in DETECTOR_VIEWS:
+                raise ValidationError(
+                    {
+                        "inspection": "detector_views is 1, 2, 4 or 8: the orientations a "
+                        "detector predicts each image in (1: as it is; 2: and mirrored; 4: "
+                        "every flip; 8: every flip turned a quarter too)."
+                    }
+                )
             continue
         lo, hi = _INSPECTION_RANGES[key]
         whole = key == "max_regions"

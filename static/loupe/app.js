@@ -318,7 +318,7 @@
         e.preventDefault();
         const f = new FormData(settings);
         const inspection = { specular_mask: f.get("specular_mask") === "on" };
-        for (const k of ["threshold", "min_area", "max_regions", "specular_v_min", "specular_s_max"]) {
+        for (const k of ["threshold", "min_area", "max_regions", "specular_v_min", "specular_s_max", "detector_views"]) {
           if (f.get(k) !== "") inspection[k] = Number(f.get(k));
         }
         const out = document.getElementById("inspection-status");

@@ -70,10 +70,16 @@ def test_train_tiles_and_inspect_from_the_models_page(page, celery_worker, team,
     # how heatmaps become suggestions: a smaller minimum area, saved for the next runs
     page.click("#inspection-settings summary")
     page.fill("#inspection-form input[name=min_area]", "32")
+    # detector runs: every flip of each image (the select offers 1, 2, 4 and 8 views)
+    views = page.locator("#inspection-form select[name=detector_views]")
+    assert views.input_value() == "1"
+    assert [o.get_attribute("value") for o in views.locator("option").all()] == ["1", "2", "4", "8"]
+    views.select_option("4")
     page.click("#inspection-form button[type=submit]")
     page.get_by_text("Saved: the next inspection runs use these settings.").wait_for()
     project.refresh_from_db()
     assert project.inspection["min_area"] == 32 and project.inspection["specular_mask"] is False
+    assert project.inspection["detector_views"] == 4
 
     # inspect: the run page opens when the job is done, and says which settings it used
     page.select_option("#run-form select[name=scope]", "new")

@@ -388,6 +388,7 @@ def test_inspection_settings_are_checked_stored_and_shown_with_defaults(team, cl
         "specular_v_min": 240,
         "specular_s_max": 30,
         "outside_regions": "inspect",
+        "detector_views": 1,
     }
     r = admin.patch(url, {"inspection": {"threshold": 0.7, "specular_mask": True}}, "json")
     assert r.status_code == 200
@@ -404,6 +405,9 @@ def test_inspection_settings_are_checked_stored_and_shown_with_defaults(team, cl
         ({"specular_mask": 1}, "specular_mask is true or false"),
         ({"min_area": True}, "min_area must be a number"),
         ({"sensitivity": 3}, "Unknown setting(s): sensitivity"),
+        ({"detector_views": 3}, "detector_views is 1, 2, 4 or 8"),
+        ({"detector_views": 4.0}, "detector_views is 1, 2, 4 or 8"),
+        ({"detector_views": True}, "detector_views is 1, 2, 4 or 8"),
         ([1, 2], "An object of settings"),
     ]:
         r = admin.patch(url, {"inspection": bad}, "json")

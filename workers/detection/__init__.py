@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runtimes import RUNTIMES, ensure_onnx_export, load_detector
     from .sahi_model import LoupeSahiModel
     from .trainer import ProgressCallback, TrainResult, train
+    from .tta import predict_views
     from .two_stage import PairConfig, PairDetector
 
 _LAZY = {
@@ -75,6 +76,7 @@ _LAZY = {
     "check_int8": "quantize",
     "PairConfig": "two_stage",
     "PairDetector": "two_stage",
+    "predict_views": "tta",
 }
 
 __all__ = [
@@ -118,6 +120,7 @@ __all__ = [
     "check_int8",
     "PairConfig",
     "PairDetector",
+    "predict_views",
 ]
 
 

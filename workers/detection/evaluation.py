@@ -14,6 +14,7 @@ import numpy as np
 
 from .data import CocoDetectionDataset, Sample
 from .inference import Detector
+from .tta import predict_views
 
 
 @dataclass
@@ -48,13 +49,17 @@ def evaluate(
     batch_size: int = 4,
     progress: Callable[[float, str, dict[str, Any] | None], None] | None = None,
     reference_root: str | Path | None = None,
+    views: int = 1,
+    fusion: str = "wbf",
 ) -> EvalResult:
     """Predict every image with :meth:`Detector.predict_sliced` and score with COCOeval.
 
     The low default ``score_threshold`` matches PaddleDetection's eval NMS (0.01) so AP
     integrates over the whole precision-recall curve. A Siamese detector gets each image's
     reference (its COCO ``reference_file_name`` or ``template_file_name``, under
-    ``reference_root``, default ``image_root``), sliced at the same windows.
+    ``reference_root``, default ``image_root``), sliced at the same windows. ``views`` > 1
+    predicts each image in that many orientations, fused by ``fusion``
+    (:func:`.tta.predict_views`).
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -71,13 +76,16 @@ def evaluate(
     start = time.time()
     for i in range(len(ds)):
         sample: Sample = ds[i]
-        dets = detector.predict_sliced(
+        dets = predict_views(
+            detector.predict_sliced,
             sample.image,
+            views,
+            fusion,
+            reference=sample.reference if siamese else None,
             slice_size=slice_size,
             overlap=overlap,
             score_threshold=score_threshold,
             batch_size=batch_size,
-            **({"reference": sample.reference} if siamese else {}),
         )
         for d in dets:
             results.append(

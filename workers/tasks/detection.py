@@ -430,6 +430,7 @@ def run_detection(job, ctx: JobContext) -> dict:
     if version is None or not version.artifact:
         raise JobError("The model version of this run was deleted; start a new run.")
     threshold = float((run.params or {}).get("score_threshold", DETECTION_SCORE_THRESHOLD))
+    views = int((run.params or {}).get("views", 1))
     names = _category_names(version)
     ids = list(dict.fromkeys(run.image_ids))
     results: dict[str, dict] = {}
@@ -458,7 +459,9 @@ def run_detection(job, ctx: JobContext) -> dict:
                 image = Image.objects.filter(pk=image_id).first()
                 if image is not None:
                     ctx.progress(n / len(ids), f"{image.original_name} ({n + 1}/{len(ids)})")
-                    outcome = _detect_one(detector, run, version, image, threshold, names, rois)
+                    outcome = _detect_one(
+                        detector, run, version, image, threshold, names, rois, views
+                    )
                 else:
                     outcome = {"error": "the image was deleted before it was run"}
                 results[str(image_id)] = outcome
@@ -508,26 +511,42 @@ def _category_names(version: ModelVersion) -> dict[str, str]:
 
 
 def _predict(
-    detector, path: Path, p: dict, threshold: float, reference: Path | None = None
+    detector,
+    path: Path,
+    p: dict,
+    threshold: float,
+    reference: Path | None = None,
+    views: int = 1,
 ) -> list:
     """One upright image through the detector as it was trained: slices of its input size, or
     the whole image resized to it; a Siamese detector gets the reference warped onto the image
-    (sliced at the same windows). One box per place: a defect makes one suggestion, its
-    runner-up category kept as the margin (``one_per_place``)."""
-    extra = {"reference": str(reference)} if reference is not None else {}
+    (sliced at the same windows). With ``views`` > 1 the image (and its reference) is predicted
+    in that many orientations, the boxes fused (``predict_views``). One box per place: a defect
+    makes one suggestion, its runner-up category kept as the margin (``one_per_place``)."""
+    detection = _library()
     if p.get("slice"):
-        found = detector.predict_sliced(
-            str(path),
+        predict = functools.partial(
+            detector.predict_sliced,
             slice_size=p["input_size"],
             overlap=p.get("overlap", 0.25),
             score_threshold=threshold,
             # on a CPU one slice at a time is faster per slice (docs/detection.md, runtimes)
             batch_size=1 if getattr(detector, "runtime", "torch") == "onnx" else 4,
-            **extra,
         )
     else:
-        found = detector.predict(str(path), score_threshold=threshold, **extra)
-    return _library().one_per_place(found)
+        predict = functools.partial(detector.predict, score_threshold=threshold)
+    if views == 1:
+        extra = {"reference": str(reference)} if reference is not None else {}
+        return detection.one_per_place(predict(str(path), **extra))
+    from workers.detection.data import load_image
+
+    found = detection.predict_views(
+        predict,
+        load_image(path),
+        views,
+        reference=None if reference is None else load_image(reference),
+    )
+    return detection.one_per_place(found)
 
 
 def _current_reference(image: Image, work: Path) -> Path:
@@ -575,7 +594,14 @@ def _renamed(detection, names: dict[str, str]):
 
 
 def _detect_one(
-    detector, run, version, image, threshold: float, names: dict, rois: RunRegions | None = None
+    detector,
+    run,
+    version,
+    image,
+    threshold: float,
+    names: dict,
+    rois: RunRegions | None = None,
+    views: int = 1,
 ) -> dict:
     siamese = version.compares_with_reference
     try:
@@ -585,7 +611,7 @@ def _detect_one(
             reference = _current_reference(image, Path(tmp)) if siamese else None
             found = [
                 _renamed(d, names)
-                for d in _predict(detector, path, version.params, threshold, reference)
+                for d in _predict(detector, path, version.params, threshold, reference, views)
             ]
             placed = [(True, None)] * len(found)
             if rois is not None and found:  # the regions of interest the run started with

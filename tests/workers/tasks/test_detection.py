@@ -184,6 +184,32 @@ def test_train_activate_detect_and_suggest_with_categories(team, version):
         boxes = detect(Path(default_storage.path(image.file.name)))
     assert isinstance(boxes, list) and all(b.category_name in {"Red spot", "blue"} for b in boxes)
 
+    # the project asks for every flip (inspection setting detector_views): the run keeps it,
+    # predicts each image in four orientations through ONNX Runtime and fuses their boxes
+    from inspection.services.projects import project_update
+
+    project_update(user=team["admin"], project=team["project"], inspection={"detector_views": 4})
+    run = inspection_run_start(
+        user=team["reviewer"],
+        project=team["project"],
+        kind="detector",
+        scope="selected",
+        image_ids=[image.pk],
+    )
+    assert run.params["views"] == 4
+    InspectionRun.objects.filter(pk=run.pk).update(params={**run.params, "score_threshold": 0.0})
+    assert run_job(str(run.job_id), run_detection.body) == "succeeded"
+    run.refresh_from_db()
+    made = list(Suggestion.objects.filter(run=run))
+    assert made and run.results[str(image.pk)]["detections"] >= len(made)
+    for s in made:  # fused boxes, turned back into the image's pixels
+        g = s.geometry
+        assert 0 <= g["x"] and g["x"] + g["w"] <= image.width + 1e-6, g
+        assert 0 <= g["y"] and g["y"] + g["h"] <= image.height + 1e-6, g
+    run_page = page.get(f"/runs/{run.pk}/").content.decode()
+    assert "each image in 4 orientations, their boxes fused" in run_page
+    project_update(user=team["admin"], project=team["project"], inspection={"detector_views": 1})
+
     # regions of interest: a detector's box is masked where its centre lies in an excluded
     # region, and carries the region it lies in
     from inspection.services.references import image_mark_reference
