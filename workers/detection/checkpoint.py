@@ -151,11 +151,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def _differences(label: str, saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+def _differences(
+    label: str, saved: dict[str, Any], now: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[str]:
     out = []
     for key in sorted(set(saved) | set(now)):
         if key in RUNTIME_FIELDS and label == "train config":
             continue
+        if key not in saved and defaults and key in defaults and now.get(key) == defaults[key]:
+            continue  # an option added since the checkpoint was written, left at its default
         if saved.get(key) != now.get(key):
             out.append(f"{label} {key}: checkpoint {saved.get(key)!r}, now {now.get(key)!r}")
     return out
@@ -164,11 +168,16 @@ def _differences(label: str, saved: dict[str, Any], now: dict[str, Any]) -> list
 def check_matches(payload: dict[str, Any], identity: dict[str, Any], path: str | Path) -> None:
     """Raise :class:`CheckpointError` naming every difference between the run that wrote the
     checkpoint and this one (model config, train config except :data:`RUNTIME_FIELDS`,
-    categories, training images)."""
+    categories, training images). A train config option that the checkpoint does not name (the
+    code gained it since) matches when this run leaves it at its default: a worker upgraded in
+    the middle of a long training goes on from its last epoch."""
     saved = payload.get("run", {})
     problems = _differences("model config", saved.get("model_config", {}), identity["model_config"])
     problems += _differences(
-        "train config", saved.get("train_config", {}), identity["train_config"]
+        "train config",
+        saved.get("train_config", {}),
+        identity["train_config"],
+        TrainConfig().to_dict(),
     )
     if saved.get("categories") != identity["categories"]:
         names = [f"{c['id']}:{c['name']}" for c in saved.get("categories", [])]

@@ -174,6 +174,21 @@ def test_checkpoint_of_another_run_is_refused(
     assert runs["ckpt"].read_bytes() == before and not (tmp_path / "m.pt").exists()
 
 
+def test_a_checkpoint_from_before_an_option_existed_resumes_at_its_default(
+    runs: dict, synthetic_coco: Path, tmp_path: Path
+) -> None:
+    """A worker upgraded mid-training: its checkpoint does not name ``reference_swap``
+    (the code gained it since). Left at its default the run goes on; set, it is another run."""
+    payload = torch.load(runs["ckpt"], weights_only=False)
+    del payload["run"]["train_config"]["reference_swap"]
+    older = tmp_path / "older.ckpt"
+    torch.save(payload, older)
+    res = run(synthetic_coco, tmp_path / "m.pt", older)
+    assert res.resumed_from_epoch == 3
+    with pytest.raises(CheckpointError, match="train config reference_swap"):
+        run(synthetic_coco, tmp_path / "n.pt", older, reference_swap=0.5)
+
+
 def test_runtime_settings_may_change_on_resume(runs: dict, synthetic_coco: Path) -> None:
     out = runs["tmp"] / "threads.pt"
     res = run(synthetic_coco, out, runs["ckpt"], num_threads=1, log_every=7, device="cpu")
