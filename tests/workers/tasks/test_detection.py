@@ -84,10 +84,16 @@ def squares_version(team, tmp_path, n: int = 6):
 
 
 def test_the_app_offers_exactly_the_librarys_sizes():
-    """The web process cannot read workers.detection (it never imports the ML packages)."""
+    """The web process cannot read workers.detection (it never imports the ML packages), so
+    the app keeps its own lists of the library's backbones and prediction views."""
+    from inspection.services.projects import DETECTOR_VIEWS
+    from inspection.views import DETECTOR_VIEW_CHOICES
     from workers.detection.config import SIZES, model_config_for, train_sizes_around
+    from workers.detection.tta import VIEWS
 
     assert list(BACKBONES) == list(SIZES)
+    assert list(DETECTOR_VIEWS) == sorted(VIEWS)
+    assert [choice[0] for choice in DETECTOR_VIEW_CHOICES] == sorted(VIEWS)
     assert model_config_for("m", 2).width_mult == 0.75
     assert train_sizes_around(640) == tuple(range(320, 769, 32))
     assert train_sizes_around(160) == (96, 128, 160, 192)  # all multiples of the stride
