@@ -11,7 +11,8 @@ job bodies as the worker runs them.
     # import -> freeze -> train (detection_train) -> held-out mAP -> speed -> 20 MP -> optional AL
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/detector_loop.py \\
         --sets deeppcb neu_det --epochs 12 [--backbone lite0] [--input-size 640] [--rotate] \\
-        [--references own-split] [--negatives 0.1] [--active-learning --rounds 3 --al-epochs 4]
+        [--references own-split] [--negatives 0.1] [--transplant] \\
+        [--active-learning --rounds 3 --al-epochs 4]
 
 For each set: import its COCO file (`dataset_import` as the job runs it), put the held-out images
 in the test split (DeepPCB: its official test list; NEU-DET: a seeded 20 %), freeze a version
@@ -119,6 +120,12 @@ def main() -> None:
         help="train with quarter turns and vertical flips (the form's 'parts have no up')",
     )
     ap.add_argument(
+        "--transplant",
+        action="store_true",
+        help="align DeepPCB's templates to their images (the reference job) and train with the "
+        "form's 'copy defects along the reference's pattern'",
+    )
+    ap.add_argument(
         "--references",
         choices=("none", "own-split"),
         default="none",
@@ -183,6 +190,7 @@ def main() -> None:
         if "map50" not in r:  # --only-active-learning: its rounds were printed above
             continue
         recipe = r["backbone"] + (", turns" if r.get("rotate") else "")
+        recipe += ", defects copied" if r.get("transplant") else ""
         if r.get("references") == "own-split":
             recipe += ", templates"
         if r.get("negatives") is not None:
@@ -236,6 +244,14 @@ def run_set(args, user, root: Path, tmp: Path) -> dict:
                 project=project, split=split, is_reference=False, reference__isnull=False
             ).values_list("reference_id", flat=True)
             Image.objects.filter(pk__in=list(own)).update(is_normal=True, split=split)
+    if args.transplant:  # the version freezes each image's alignment with its reference
+        from workers.tasks.references import align_references
+
+        t0 = time.perf_counter()
+        for job in Job.objects.filter(project=project, kind="reference_align", status="queued"):
+            run_job(str(job.pk), align_references.body)
+        aligned = Image.objects.filter(project=project, alignment__status="ok").count()
+        print(f"{root.name}: {aligned} references aligned in {time.perf_counter() - t0:.0f} s")
     version = dataset_version_freeze(user=user, project=project, seed=0)
     print(f"{root.name}: frozen v{version.number}: {version.counts['splits']}")
     params = {
@@ -244,7 +260,11 @@ def run_set(args, user, root: Path, tmp: Path) -> dict:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "rotate": args.rotate,
+        # the single-image detector (with aligned templates the form would propose the Siamese)
+        "reference": "none",
     }
+    if args.transplant:
+        params["transplant"] = True
     if args.iterations_per_epoch:
         params["iterations_per_epoch"] = args.iterations_per_epoch
     if args.negatives is not None:
@@ -292,6 +312,7 @@ def run_set(args, user, root: Path, tmp: Path) -> dict:
         "input": args.input_size,
         "epochs": len(history),
         "rotate": args.rotate,
+        "transplant": args.transplant,
         "references": args.references,
         "negatives": args.negatives,
         "s_per_epoch": per_epoch,

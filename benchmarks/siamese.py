@@ -76,6 +76,13 @@ def main() -> int:
         help="probability that a training image gets half its defects replaced by its "
         "template's pixels (TrainConfig.reference_swap)",
     )
+    p.add_argument(
+        "--reference-transplant",
+        type=float,
+        default=0.0,
+        help="probability that a training image gets up to three of its defects copied to "
+        "places where its template shows the same pattern (TrainConfig.reference_transplant)",
+    )
     p.add_argument("--out", default=str(ROOT / "var" / "bench-siamese"))
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
@@ -118,6 +125,7 @@ def main() -> int:
             seed=args.seed,
             rotate=args.rotate,
             reference_swap=args.reference_swap,
+            reference_transplant=args.reference_transplant,
         )
         row.pop("artifact")
         rows.append(row)
@@ -128,6 +136,7 @@ def main() -> int:
         f"train sizes {sizes[0]}..{sizes[-1]}, {'416 px crops/slices' if args.slice else 'whole images'}"
         f"{', quarter turns and vertical flips' if args.rotate else ''}"
         f"{f', defects swapped for the template p={args.reference_swap}' if args.reference_swap else ''}"
+        f"{f', defects transplanted p={args.reference_transplant}' if args.reference_transplant else ''}"
         f", batch {args.batch_size}, lr {args.lr} for batch 8; CPU: "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
         f"{args.threads}, torch {torch.__version__}, device {args.device}"
@@ -184,6 +193,7 @@ def train_detector(
     seed: int = 0,
     rotate: bool = False,
     reference_swap: float = 0.0,
+    reference_transplant: float = 0.0,
     train_filter: Any = trainval,
     test_filter: Any = test,
     log: Any = None,
@@ -229,6 +239,7 @@ def train_detector(
         seed=seed,
         rotate=rotate,
         reference_swap=reference_swap,
+        reference_transplant=reference_transplant,
         device=device,
         max_iters_per_epoch=max_iters,
         log_every=10,

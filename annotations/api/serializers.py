@@ -366,7 +366,8 @@ class DetectorTrainSerializer(serializers.Serializer):
         required=False,
         default=dict,
         help_text="backbone (lite0, s, m, l), input_size, slice, overlap, epochs, batch_size, "
-        "iterations_per_epoch, seed; missing ones take the proposal's values",
+        "iterations_per_epoch, seed, reference, rotate, negatives, transplant, networks; "
+        "missing ones take the proposal's values",
     )
     activate = serializers.BooleanField(default=True)
 
@@ -394,6 +395,7 @@ class DetectorParamsQuery(serializers.Serializer):
     networks = serializers.IntegerField(required=False)  # the two-stage change detector's
     reference = serializers.ChoiceField(choices=["none", "siamese", "two-stage"], required=False)
     rotate = serializers.ChoiceField(choices=["true", "false"], required=False)
+    transplant = serializers.ChoiceField(choices=["true", "false"], required=False)
     # a share from 0 to 1, or "all" (JSON's null: every image without a box, every epoch)
     negatives = serializers.CharField(required=False)
 
@@ -409,4 +411,7 @@ class DetectorParamsQuery(serializers.Serializer):
         return value == "true"
 
     def validate_rotate(self, value: str) -> bool:
+        return value == "true"
+
+    def validate_transplant(self, value: str) -> bool:
         return value == "true"

@@ -150,9 +150,11 @@
     // the two-stage change detector takes epochs only (no backbone, size, slices or batch)
     const twoStage = () => form.elements.reference.value === "two-stage";
     let hasNegatives = false;  // the version's train split has images without a box
+    let hasPairs = false;  // some labelled train images have an aligned reference
     const ppyoloeOnly = () => [
       ...["backbone", "input_size", "slice", "batch_size", "rotate"].map((n) => form.elements[n].closest("label")),
       ...(hasNegatives ? [form.elements.negatives.closest("label")] : []),
+      ...(hasPairs ? [form.elements.transplant.closest("label")] : []),
       form.querySelector("details.advanced"),
     ];
     const twoStageOnly = () => [form.elements.networks.closest("label")];
@@ -173,6 +175,7 @@
         batch_size: Number(f.batch_size.value),
         reference: f.reference.value,
         rotate: f.rotate.checked,
+        transplant: f.transplant.checked,
         // a percentage in the form, a share for the server; empty: every one of them
         negatives: f.negatives.value === "" ? null : Number(f.negatives.value) / 100,
       };
@@ -254,12 +257,16 @@
         f.batch_size.value = p.params.batch_size;
         f.reference.value = p.params.reference || "none";
         f.rotate.checked = Boolean(p.params.rotate);
+        f.transplant.checked = Boolean(p.params.transplant);
         f.negatives.value = p.params.negatives === null || p.params.negatives === undefined ? "" : Math.round(p.params.negatives * 100);
         // offered where the train split has images without a box (normal images, references)
         hasNegatives = p.facts.train_negatives > 0;
         f.negatives.closest("label").hidden = !hasNegatives;
-        // comparing with references is offered when some labelled train images have an aligned one
-        f.reference.closest("label").hidden = !p.facts.train_labelled_paired;
+        // comparing with references, and copying defects along them, are offered when some
+        // labelled train images have an aligned one
+        hasPairs = p.facts.train_labelled_paired > 0;
+        f.reference.closest("label").hidden = !hasPairs;
+        f.transplant.closest("label").hidden = !hasPairs;
         showKind();
         f.iterations_per_epoch.value = "";
         form.querySelector("button[type=submit]").textContent = "Train a detector on dataset v" + number;

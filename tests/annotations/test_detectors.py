@@ -49,6 +49,7 @@ def test_the_form_proposes_slices_for_large_photos_and_says_why(team, tmp_path, 
         "reference": "none",  # no image of the version has a reference
         "rotate": False,  # only the user knows whether the parts have an up
         "negatives": 0.1,
+        "transplant": False,  # no reference to copy defects along, and the user's choice
     }
     assert "2000 px on their long side" in body["reasons"][0]
     assert "8 labelled boxes" in body["reasons"][1]
@@ -136,6 +137,8 @@ def test_who_may_train_a_detector(team, tmp_path, client_for):
         ({"batch_size": True}, "batch_size is a whole number"),
         ({"slice": "yes"}, "slice is true or false"),
         ({"rotate": 1}, "rotate is true or false"),
+        ({"transplant": "yes"}, "transplant is true or false"),
+        ({"transplant": True}, "(transplant) needs labelled train images with an aligned"),
         ({"negatives": 1.5}, "negatives is the largest share of an epoch's images"),
         ({"negatives": "all"}, "negatives is the largest share of an epoch's images"),
         ({"negatives": True}, "negatives is the largest share of an epoch's images"),

@@ -25,6 +25,9 @@ def test_train_the_two_stage_detector_run_it_and_accept_its_category(
     assert "two-stage change detector" in page.locator("#detector-proposal").inner_text()
     reference = form.locator("select[name=reference]")
     assert reference.is_visible() and reference.input_value() == "siamese"  # the proposal's
+    # copying defects along the references is offered (the pairs are there), off by default
+    transplant = form.locator("input[name=transplant]")
+    assert transplant.is_visible() and not transplant.is_checked()
     networks = form.locator("input[name=networks]")
     assert networks.is_hidden()  # the two-stage detector's own setting
     reference.select_option("two-stage")
@@ -34,7 +37,7 @@ def test_train_the_two_stage_detector_run_it_and_accept_its_category(
     )
     page.locator('#detector-estimate:has-text("DeepPCB benchmark")').wait_for()
     # none of PP-YOLOE-SOD's settings: backbone, input size, slices, batch, turns
-    for name in ("backbone", "input_size", "slice", "batch_size", "rotate"):
+    for name in ("backbone", "input_size", "slice", "batch_size", "rotate", "transplant"):
         assert form.locator(f"[name={name}]").is_hidden(), name
     assert form.locator("details.advanced").is_hidden()
     # two networks averaged by default, each trained for the epochs

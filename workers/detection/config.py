@@ -200,6 +200,10 @@ class TrainConfig:
     # With this probability a training image with an aligned reference gets a random half of
     # its defects replaced by the reference's pixels (those boxes dropped): data.swap_defects.
     reference_swap: float = 0.0
+    # With this probability a training image with an aligned reference gets up to three of its
+    # defects copied to places where the reference shows the same pattern, with their boxes:
+    # data.transplant_defects.
+    reference_transplant: float = 0.0
     seed: int = 0
     device: str | None = None
     num_threads: int | None = None  # torch intra-op threads; 1 is fastest on a busy small CPU
@@ -216,6 +220,8 @@ class TrainConfig:
             raise ValueError("negative_share must be between 0 and 1, or None")
         if not 0 <= self.reference_swap <= 1:
             raise ValueError("reference_swap must be between 0 and 1")
+        if not 0 <= self.reference_transplant <= 1:
+            raise ValueError("reference_transplant must be between 0 and 1")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""

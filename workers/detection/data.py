@@ -326,6 +326,130 @@ def swap_defects(
     )
 
 
+def _turn_patch(
+    arrays: list[np.ndarray], box: np.ndarray, k: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Patches turned a quarter ``k % 4`` times (counter-clockwise) and mirrored when ``k >= 4``,
+    with ``box`` (x1y1x2y2 in the patch) turned the same way."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    for _ in range(k % 4):
+        w = arrays[0].shape[1]
+        arrays = [np.rot90(a) for a in arrays]
+        x1, y1, x2, y2 = y1, w - x2, y2, w - x1
+    if k >= 4:
+        w = arrays[0].shape[1]
+        arrays = [a[:, ::-1] for a in arrays]
+        x1, x2 = w - x2, w - x1
+    return [np.ascontiguousarray(a) for a in arrays], np.array([x1, y1, x2, y2], np.float32)
+
+
+def transplant_defects(
+    sample: Sample,
+    rng: random.Random,
+    prob: float,
+    count: int = 3,
+    tries: int = 6,
+    margin: int = 6,
+    tolerance: float = 0.02,
+    changed: int = 64,
+) -> Sample:
+    """With probability ``prob``, and only where the sample has an aligned reference, copy up
+    to ``count`` of its defects to other places of the same image where the reference shows
+    the same pattern: the same defect on another stretch of the part, with its box.
+
+    A defect's pixels are those where image and reference differ by more than ``changed``
+    levels in any colour channel inside its box (dilated by one pixel). Its place is its box grown by
+    ``margin``, turned and mirrored at random (one of eight orientations); a new place is one
+    whose reference patch differs from the source's turned reference patch by at most
+    ``tolerance`` (mean squared difference on a 0..1 grey scale: the share of pixels that
+    differ, on a binarised scan), away from every box and from the defects already copied.
+    Only the defect's pixels are copied, so the new place keeps its own surroundings. A defect
+    whose place overlaps another box is not copied (the other one's pixels would come along
+    without a box). At most ``tries`` defects are tried. The reference is kept: the caller
+    decides.
+    """
+    reference = sample.reference
+    if reference is None or not len(sample.boxes) or count < 1 or rng.random() >= prob:
+        return sample
+    h, w = sample.image.shape[:2]
+    ref_unit = reference.astype(np.float32).mean(axis=2) / 255.0
+    grown = np.round(sample.boxes + np.array([-margin, -margin, margin, margin])).astype(int)
+    grown = np.clip(grown, 0, [w, h, w, h])
+    taken = np.zeros((h, w), np.uint8)
+    for x1, y1, x2, y2 in grown:
+        taken[y1:y2, x1:x2] = 1
+    occupied = np.zeros((h + 1, w + 1), np.int64)  # summed-area table of the taken places
+    occupied[1:, 1:] = taken.cumsum(0).cumsum(1)
+    image = sample.image
+    boxes, labels = [sample.boxes], [sample.labels]
+    order = list(range(len(grown)))
+    rng.shuffle(order)
+    placed = 0
+    for i in order[:tries]:
+        if placed >= count:
+            break
+        x1, y1, x2, y2 = grown[i]
+        if x2 - x1 < 4 or y2 - y1 < 4:
+            continue
+        others = np.delete(grown, i, axis=0)
+        if (
+            len(others)
+            and (
+                (others[:, 0] < x2)
+                & (others[:, 2] > x1)
+                & (others[:, 1] < y2)
+                & (others[:, 3] > y1)
+            ).any()
+        ):
+            continue
+        box = sample.boxes[i] - np.array([x1, y1, x1, y1], np.float32)
+        bx1, by1, bx2, by2 = np.round(box).astype(int)
+        patch = sample.image[y1:y2, x1:x2].astype(np.int16)
+        diff = np.abs(patch - reference[y1:y2, x1:x2]).max(axis=2) > changed
+        inside = np.zeros_like(diff)
+        inside[max(by1, 0) : by2, max(bx1, 0) : bx2] = True
+        defect = cv2.dilate((diff & inside).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        if not defect.any():
+            continue
+        (pattern, pixels, defect), box = _turn_patch(
+            [ref_unit[y1:y2, x1:x2], sample.image[y1:y2, x1:x2], defect], box, rng.randrange(8)
+        )
+        ph, pw = pattern.shape
+        if pw >= w or ph >= h:
+            continue
+        score = cv2.matchTemplate(ref_unit, pattern, cv2.TM_SQDIFF) / (pw * ph)
+        sh, sw = score.shape  # top-left corners (y, x) of every place of this size
+        busy = (
+            occupied[ph : ph + sh, pw : pw + sw]
+            - occupied[:sh, pw : pw + sw]
+            - occupied[ph : ph + sh, :sw]
+            + occupied[:sh, :sw]
+        )
+        ys, xs = np.nonzero((score <= tolerance) & (busy == 0))
+        if not len(ys):
+            continue
+        j = rng.randrange(len(ys))
+        ty, tx = int(ys[j]), int(xs[j])
+        if image is sample.image:
+            image = sample.image.copy()
+        image[ty : ty + ph, tx : tx + pw][defect] = pixels[defect]
+        boxes.append((box + np.array([tx, ty, tx, ty], np.float32))[None])
+        labels.append(sample.labels[i : i + 1])
+        taken[ty : ty + ph, tx : tx + pw] = 1
+        occupied[1:, 1:] = taken.cumsum(0).cumsum(1)
+        placed += 1
+    if image is sample.image:
+        return sample
+    return Sample(
+        image,
+        np.concatenate(boxes).astype(np.float32),
+        np.concatenate(labels),
+        sample.image_id,
+        sample.file_name,
+        reference,
+    )
+
+
 def random_crop(
     sample: Sample,
     size: int,

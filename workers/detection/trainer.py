@@ -36,6 +36,7 @@ from .data import (
     random_flip,
     random_turn,
     swap_defects,
+    transplant_defects,
 )
 from .errors import Cancelled, CheckpointError, DetectionDataError
 from .model import PPYOLOE, build_model
@@ -101,9 +102,24 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, max_steps: int) -> float
     return base_lr * 0.5 * (math.cos(min(step, max_steps) * math.pi / max_steps) + 1)
 
 
-def _augment(sample: Sample, cfg: TrainConfig, rng: random.Random, siamese: bool = False) -> Sample:
+def _augment(
+    sample: Sample,
+    cfg: TrainConfig,
+    rng: random.Random,
+    siamese: bool = False,
+    counts: dict[str, int] | None = None,
+) -> Sample:
+    if cfg.reference_transplant:
+        before = len(sample.boxes)
+        sample = transplant_defects(sample, rng, cfg.reference_transplant)
+        if counts is not None:
+            counts["transplanted"] = counts.get("transplanted", 0) + len(sample.boxes) - before
     if cfg.reference_swap:
         sample = swap_defects(sample, rng, cfg.reference_swap, keep_reference=siamese)
+    if not siamese and sample.reference is not None:  # read for the two above only
+        sample = Sample(
+            sample.image, sample.boxes, sample.labels, sample.image_id, sample.file_name
+        )
     if cfg.crop_size:
         sample = random_crop(sample, cfg.crop_size, rng)
     if cfg.distort and sample.reference is not None:
@@ -240,6 +256,11 @@ def train(
     image and reference alike; colour distortion draws the same values for both, then shifts
     the reference's brightness and contrast by up to 5 %. Validation reads the val images'
     references from ``val_reference_root`` (default: ``val_image_root``).
+
+    A single-image detector trained with ``reference_swap`` or ``reference_transplant`` reads
+    the references of the training images that name one (from ``reference_root``) for those
+    two only, and trains the others as they are; an epoch's metrics then count the defects it
+    copied (``transplanted``).
     """
     tcfg = train_config or TrainConfig()
     siamese = model_config is not None and model_config.siamese
@@ -247,7 +268,8 @@ def train(
         train_json,
         image_root,
         image_filter=image_filter,
-        references=siamese or ("optional" if tcfg.reference_swap else False),
+        references=siamese
+        or ("optional" if tcfg.reference_swap or tcfg.reference_transplant else False),
         reference_root=reference_root,
     )
     if len(dataset) == 0:
@@ -351,6 +373,7 @@ def train(
             order = positives + rng.sample(negatives, negatives_per_epoch)
         rng.shuffle(order)
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         for it in range(iters_per_epoch):
             idx = order[it * tcfg.batch_size : (it + 1) * tcfg.batch_size]
             if not idx:
@@ -359,7 +382,7 @@ def train(
             for i in idx:
                 # One unreadable image must not sink a long job: skip it, say which, go on.
                 try:
-                    samples.append(_augment(dataset[i], tcfg, rng, siamese=siamese))
+                    samples.append(_augment(dataset[i], tcfg, rng, siamese=siamese, counts=counts))
                 except DetectionDataError as exc:
                     if dataset.images[i]["file_name"] not in skipped:
                         skipped[dataset.images[i]["file_name"]] = str(exc)
@@ -401,6 +424,7 @@ def train(
                 "lr": cur_lr,
                 "seconds": time.time() - epoch_start,
                 "images": min(len(order), iters_per_epoch * tcfg.batch_size),
+                **counts,  # "transplanted": defects copied this epoch (reference_transplant)
             }
         )
         last = epoch + 1 == tcfg.epochs

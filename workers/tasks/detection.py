@@ -29,6 +29,7 @@ from django.db import transaction
 from annotations.formats.coco import to_coco_dict
 from annotations.models import DatasetVersion
 from annotations.services.dataset_versions import version_dataset_from_content
+from annotations.services.detectors import TRANSPLANT_SHARE
 from annotations.services.image_state import image_detector_checked, image_update_status
 from annotations.services.suggestions import SuggestionIn, suggestions_store
 from inspection import imaging, storage
@@ -56,12 +57,15 @@ def _library():
     return detection
 
 
-def _prepare(dataset: DatasetVersion, folder: Path, *, siamese: bool = False):
+def _prepare(dataset: DatasetVersion, folder: Path, *, references: str = "none"):
     """COCO files of a version's train and val splits over upright local copies of its images;
     returns (train json, val json or None, images folder, skipped image ids, the val images'
-    longest side). For a Siamese detector each image's reference, warped onto it as the version
-    froze the pair, goes to ``folder/references`` under the image's name; images without an
-    aligned reference are left out (skipped)."""
+    longest side). With ``references`` "required" (a Siamese detector) or "optional" (a
+    single-image one copying defects along them) each image's reference, warped onto it as the
+    version froze the pair, goes to ``folder/references`` under the image's name; "required"
+    leaves out (skips) the images without an aligned reference, "optional" trains them as
+    they are."""
+    siamese = references == "required"
     ds = version_dataset_from_content(dataset.content)
     frozen_refs = {
         str(im["id"]): im["reference"]
@@ -69,9 +73,9 @@ def _prepare(dataset: DatasetVersion, folder: Path, *, siamese: bool = False):
         if ((im.get("reference") or {}).get("alignment") or {}).get("status") == "ok"
     }
     images = Image.objects.in_bulk([int(im.key) for im in ds.images])
-    names, skipped, references = {}, [], {}
+    names, skipped, warped = {}, [], {}
     (folder / "images").mkdir()
-    if siamese:
+    if references != "none":
         (folder / "references").mkdir()
     for im in ds.images:
         if im.split not in ("train", "val"):
@@ -84,10 +88,18 @@ def _prepare(dataset: DatasetVersion, folder: Path, *, siamese: bool = False):
             src = storage.fetched(image.file.name, folder)
             upright = imaging.upright_copy(src, image.orientation, tempfile.mkdtemp(dir=folder))
             name = f"{im.key}{Path(upright).suffix.lower()}"
-            if siamese:
-                references[im.key] = _warped_reference(
-                    frozen_refs[im.key], image, folder, folder / "references" / f"{im.key}.png"
-                )
+            # a single-image detector copies defects in training only: no val references
+            if im.key in frozen_refs and (
+                siamese or (references != "none" and im.split == "train")
+            ):
+                out = folder / "references" / f"{im.key}.png"
+                try:
+                    warped[im.key] = _warped_reference(frozen_refs[im.key], image, folder, out)
+                except Exception:
+                    if siamese:
+                        raise
+                    # the image still trains, without copies of its defects
+                    logger.warning("detector training: reference of %s left out", image.pk)
         except Exception:  # noqa: BLE001 - a missing or damaged file is left out, and listed
             logger.warning("detector training: image %s left out", image.pk, exc_info=True)
             skipped.append(image.pk)
@@ -103,7 +115,7 @@ def _prepare(dataset: DatasetVersion, folder: Path, *, siamese: bool = False):
         if part.images:
             files[split] = folder / f"{split}.json"
             files[split].write_text(
-                json.dumps(to_coco_dict(part, file_names=names, reference_names=references))
+                json.dumps(to_coco_dict(part, file_names=names, reference_names=warped))
             )
     if "train" not in files:
         raise JobError(
@@ -159,10 +171,13 @@ def train_detector(job, ctx: JobContext) -> dict:
                 0.0, f"Collecting the images of dataset v{p['dataset_number']}", force=True
             )
             paired = version.compares_with_reference
+            transplant = bool(p.get("transplant")) and not paired
             train_json, val_json, image_root, skipped, val_side = _prepare(
-                dataset, work, siamese=paired
+                dataset,
+                work,
+                references="required" if paired else "optional" if transplant else "none",
             )
-            reference_root = work / "references" if paired else None
+            reference_root = work / "references" if paired or transplant else None
             checkpoint = _checkpoint_fetch(folder, work)
 
             def report(fraction: float, message: str, metrics: dict | None) -> None:
@@ -199,7 +214,14 @@ def train_detector(job, ctx: JobContext) -> dict:
                 fit = functools.partial(
                     detection.train,
                     **_ppyoloe_arguments(
-                        detection, p, train_json, val_json, image_root, reference_root, val_side
+                        detection,
+                        p,
+                        train_json,
+                        val_json,
+                        image_root,
+                        reference_root,
+                        val_side,
+                        siamese=paired,
                     ),
                     output=work / "model" / ARTIFACT,
                     progress=report,
@@ -289,12 +311,21 @@ def train_detector(job, ctx: JobContext) -> dict:
 
 
 def _ppyoloe_arguments(
-    detection, p: dict, train_json, val_json, image_root, reference_root, val_side: int
+    detection,
+    p: dict,
+    train_json,
+    val_json,
+    image_root,
+    reference_root,
+    val_side: int,
+    *,
+    siamese: bool,
 ) -> dict:
-    """``workers.detection.train``'s arguments for a PP-YOLOE-SOD (single-image or Siamese)."""
+    """``workers.detection.train``'s arguments for a PP-YOLOE-SOD (single-image or Siamese).
+    A single-image detector reads ``reference_root`` only to copy defects along the references
+    (``transplant``); it validates on the images alone."""
     with open(train_json) as fh:
         num_classes = len(json.load(fh)["categories"])
-    siamese = reference_root is not None
     return {
         "train_json": train_json,
         "image_root": image_root,
@@ -313,6 +344,7 @@ def _ppyoloe_arguments(
             seed=p.get("seed", 0),
             rotate=bool(p.get("rotate", False)),
             negative_share=p.get("negatives"),  # None (versions before it): all of them
+            reference_transplant=TRANSPLANT_SHARE if p.get("transplant") else 0.0,
         ),
         "val_json": val_json,
         "val_image_root": image_root if val_json else None,
@@ -320,7 +352,7 @@ def _ppyoloe_arguments(
         # (one slice as large as the largest val image)
         "eval_slice_size": p["input_size"] if p["slice"] else max(val_side, 32),
         "reference_root": reference_root,
-        "val_reference_root": reference_root if val_json else None,
+        "val_reference_root": reference_root if val_json and siamese else None,
     }
 
 

@@ -16,6 +16,7 @@ from workers.detection.data import (
     random_flip,
     random_turn,
     swap_defects,
+    transplant_defects,
 )
 from workers.detection.errors import DetectionDataError
 
@@ -120,6 +121,55 @@ def test_swapped_defects_take_the_reference_pixels_and_lose_their_boxes() -> Non
     assert swap_defects(alone, rng, 1.0) is alone  # no reference: nothing to swap with
     pair = swap_defects(s, random.Random(3), 1.0, keep_reference=True)
     assert pair.reference is reference  # a Siamese pair keeps its reference
+
+
+def bars() -> np.ndarray:
+    """A white board with five black vertical tracks, 6 px wide (a reference)."""
+    board = np.full((200, 200, 3), 255, np.uint8)
+    for x in range(20, 200, 40):
+        board[:, x : x + 6] = 0
+    return board
+
+
+def test_transplanted_defects_are_copied_where_the_reference_shows_the_same_pattern() -> None:
+    """TrainConfig.reference_transplant: a cut in a track (an "open") is copied, with its box
+    and label, onto other tracks, never onto the blank board between them (no horizontal
+    track there for a quarter-turned copy either), away from the boxes; only the cut's pixels
+    change; the reference stays for the caller."""
+    reference = bars()
+    image = reference.copy()
+    image[50:54, 20:26] = 255  # the cut
+    boxes = np.array([[16, 46, 30, 58]], np.float32)
+    s = Sample(image, boxes, np.array([3]), 1, "a", reference)
+    rng, added = random.Random(0), 0
+    for _ in range(20):
+        t = transplant_defects(s, rng, 1.0, count=3)
+        assert t.reference is reference
+        assert np.array_equal(t.boxes[:1], boxes) and set(t.labels.tolist()) == {3}
+        new = t.boxes[1:].round().astype(int)
+        added += len(new)
+        changed = np.nonzero((t.image != image).any(axis=2))
+        owned = np.zeros(len(changed[0]), bool)
+        for x1, y1, x2, y2 in new:
+            assert (x2 - x1, y2 - y1) == (14, 12)  # a turn would have found no track
+            assert x1 >= 0 and y1 >= 0 and x2 <= 200 and y2 <= 200
+            assert x2 + 6 <= 16 or x1 - 6 >= 30 or y2 + 6 <= 46 or y1 - 6 >= 58  # not on a box
+            cut = (t.image[y1:y2, x1:x2] != reference[y1:y2, x1:x2]).any(axis=2)
+            assert cut.sum() == 24  # the 6 x 4 px cut, on a track
+            assert (reference[y1:y2, x1:x2][cut] == 0).all()
+            owned |= (changed[1] >= x1) & (changed[1] < x2) & (changed[0] >= y1) & (changed[0] < y2)
+        assert owned.all()  # nothing changed outside the new boxes
+    # one try per defect, in one of eight orientations, four of which keep the track upright
+    assert 5 <= added <= 15
+    assert transplant_defects(s, rng, 0.0) is s
+    alone = Sample(image, boxes, np.array([3]), 1, "a")
+    assert transplant_defects(alone, rng, 1.0) is alone  # no reference: nothing to match
+    # two boxes whose places overlap are not copied: the other's pixels would come along
+    crowded = Sample(
+        image, np.array([[16, 46, 30, 58], [24, 56, 34, 66]], np.float32), np.array([3, 1]),
+        1, "a", reference,
+    )  # fmt: skip
+    assert transplant_defects(crowded, rng, 1.0) is crowded
 
 
 def test_bad_coco_file_is_a_clear_error(tmp_path: Path) -> None:

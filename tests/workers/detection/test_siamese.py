@@ -231,7 +231,7 @@ def test_augmentation_moves_image_and_reference_alike(pairs: Path) -> None:
     cfg = TrainConfig(crop_size=96, distort=True, flip_prob=0.5)
     gaps = []
     for seed in range(8):
-        t = _augment(s, cfg, random.Random(seed))
+        t = _augment(s, cfg, random.Random(seed), siamese=True)
         gaps.append(np.abs(t.image.astype(int) - t.reference.astype(int)).mean())
     assert 0 < max(gaps) < 0.12 * 255, gaps
 

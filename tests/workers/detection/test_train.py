@@ -216,12 +216,14 @@ def test_images_without_a_box_are_capped_per_epoch(synthetic_coco: Path, tmp_pat
         TrainConfig(negative_share=1.5)
 
 
+@pytest.mark.parametrize("option", ["reference_swap", "reference_transplant"])
 def test_defects_swapped_for_the_reference_train_a_single_image_detector(
-    synthetic_coco: Path, tmp_path: Path
+    synthetic_coco: Path, tmp_path: Path, option: str
 ) -> None:
-    """``reference_swap``: half the images name a defect-free reference (a blank board), the
-    others none. A single-image detector trains on them, reading the references only to swap
-    defects out (an image without one trains as it is), and validates on images alone."""
+    """``reference_swap`` and ``reference_transplant``: half the images name a defect-free
+    reference (a blank board), the others none. A single-image detector trains on them,
+    reading the references only to swap defects out or copy them elsewhere (an image without
+    one trains as it is), and validates on images alone."""
     import json
 
     import numpy as np
@@ -238,11 +240,15 @@ def test_defects_swapped_for_the_reference_train_a_single_image_detector(
         with_refs,
         tmp_path / "m.pt",
         model_config=tiny_model_config(),
-        train_config=TrainConfig(epochs=2, batch_size=4, train_sizes=(128,), reference_swap=1.0),
+        train_config=TrainConfig(epochs=2, batch_size=4, train_sizes=(128,), **{option: 1.0}),
         val_json=synthetic_coco,
         eval_slice_size=128,
     )
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert "map50" in result.history[-1]
-    with pytest.raises(ValueError, match="reference_swap"):
-        TrainConfig(reference_swap=1.5)
+    if option == "reference_transplant":  # the blank board matches anywhere: copies are made
+        assert all(h["transplanted"] > 0 for h in result.history)
+    else:
+        assert all("transplanted" not in h for h in result.history)
+    with pytest.raises(ValueError, match=option):
+        TrainConfig(**{option: 1.5})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from django.core.exceptions import ValidationError
+from django.test import Client
 from PIL import Image as PILImage
 
 from annotations.services.categories import category_create
@@ -153,3 +154,75 @@ def test_siamese_is_refused_without_pairs(team, tmp_path):
         )
     with pytest.raises(ValidationError, match="reference is 'none'"):
         detector_train(user=admin, project=project, version=version, params={"reference": "yes"})
+
+
+def test_a_single_image_detector_copies_defects_along_the_references(team, tmp_path):
+    """``transplant``: a single-image detector whose labelled images have aligned references
+    reads them in training only, to copy each spot to other places where the reference shows
+    the same pattern (a board repeating a 40 px tile has many); a labelled image without a
+    reference still trains, and the detector runs on images alone."""
+    project, admin = team["project"], team["admin"]
+    spot = category_create(user=admin, project=project, name="spot")
+    made = []
+    for i in range(3):
+        w, h = SIZE[0] + 8, SIZE[1] + 8
+        big = np.tile(board(i)[:40, :40], (h // 40 + 1, w // 40 + 1, 1))[:h, :w]
+        golden = store(project, admin, tmp_path, f"g{i}.png", big[4:132, 4:164].copy())
+        tested = big[6:134, 5:165].copy()
+        x, y = 30 + 20 * i, 40 + 10 * i
+        tested[y : y + 12, x : x + 12] = (230, 40, 40)
+        image = store(project, admin, tmp_path, f"t{i}.png", tested, split="train")
+        labels_import(
+            user=admin,
+            image=image,
+            labels=[LabelIn(spot, {"type": "box", "x": x, "y": y, "w": 12, "h": 12})],
+            source="import",
+        )
+        made.append((image, golden))
+    lone = store(project, admin, tmp_path, "lone.png", board(9)[:128, :160].copy(), split="train")
+    labels_import(
+        user=admin,
+        image=lone,
+        labels=[LabelIn(spot, {"type": "box", "x": 10, "y": 10, "w": 16, "h": 16})],
+        source="import",
+    )
+    paired, refused = references_pair(user=admin, project=project, pairs=made)
+    assert paired == 3 and not refused
+    job = Job.objects.get(kind="reference_align")
+    assert run_job(str(job.pk), align_references.body) == "succeeded"
+    assert Image.objects.filter(alignment__status="ok").count() == 3
+    version = dataset_version_freeze(user=admin, project=project)
+    proposal = detector_proposal(user=admin, version=version, params={"reference": "none"})
+    assert proposal["params"]["transplant"] is False  # the user's choice
+    assert any("copy their defects" in r for r in proposal["reasons"])
+    model = detector_train(
+        user=admin,
+        project=project,
+        version=version,
+        params={
+            "backbone": "s",
+            "input_size": 160,
+            "batch_size": 2,
+            "epochs": 2,
+            "reference": "none",
+            "transplant": True,
+        },
+    )
+    assert model.architecture == "ppyoloe-sod-s" and model.params["transplant"] is True
+    assert run_job(str(model.job_id), train_detector.body) == "succeeded", Job.objects.get(
+        pk=model.job_id
+    ).error
+    model.refresh_from_db()
+    assert model.status == "ready" and not model.metrics["skipped_images"]  # the lone one too
+    from django.core.files.storage import default_storage
+
+    from workers.detection.artifact import read_artifact
+
+    config = read_artifact(default_storage.path(model.artifact))["metadata"]["train_config"]
+    assert config["reference_transplant"] == 0.5
+    # half of the three paired images each epoch, their spot copied along the tiles
+    assert sum(h["transplanted"] for h in model.metrics["history"]) > 0
+    browser = Client()
+    browser.force_login(admin)
+    page = browser.get(f"/projects/{project.pk}/models/").content.decode()
+    assert "defects copied along the references" in page  # how the version was trained
