@@ -43,26 +43,24 @@ def store(project, user, tmp_path, name: str, array: np.ndarray, **kw) -> Image:
     return Image.objects.get(pk=out.image_id)
 
 
-@pytest.fixture
-def pairs(team, tmp_path):
-    """Five tested boards with a red spot (labelled), each paired with its golden board; the
-    last one in val. Plus a labelled board without a reference."""
+def paired_boards(team, tmp_path, boards: list[np.ndarray], spot: int = 16, val_last=True):
+    """Tested boards (cut from ``boards``) with a red spot of ``spot`` px (labelled), each
+    paired with its golden board and aligned; the last one in val when ``val_last``. Plus a
+    labelled board without a reference."""
     project, admin = team["project"], team["admin"]
-    spot = category_create(user=admin, project=project, name="spot")
+    category = category_create(user=admin, project=project, name="spot")
     made = []
-    for i in range(5):
-        big = board(i)
+    for i, big in enumerate(boards):
         golden = store(project, admin, tmp_path, f"g{i}.png", big[4:132, 4:164].copy())
         tested = big[6:134, 5:165].copy()
         x, y = 30 + 20 * i, 40 + 10 * i
-        tested[y : y + 16, x : x + 16] = (230, 40, 40)
-        image = store(
-            project, admin, tmp_path, f"t{i}.png", tested, split="val" if i == 4 else "train"
-        )
+        tested[y : y + spot, x : x + spot] = (230, 40, 40)
+        split = "val" if val_last and i == len(boards) - 1 else "train"
+        image = store(project, admin, tmp_path, f"t{i}.png", tested, split=split)
         labels_import(
             user=admin,
             image=image,
-            labels=[LabelIn(spot, {"type": "box", "x": x, "y": y, "w": 16, "h": 16})],
+            labels=[LabelIn(category, {"type": "box", "x": x, "y": y, "w": spot, "h": spot})],
             source="import",
         )
         made.append((image, golden))
@@ -70,19 +68,26 @@ def pairs(team, tmp_path):
     labels_import(
         user=admin,
         image=lone,
-        labels=[LabelIn(spot, {"type": "box", "x": 10, "y": 10, "w": 16, "h": 16})],
+        labels=[LabelIn(category, {"type": "box", "x": 10, "y": 10, "w": 16, "h": 16})],
         source="import",
     )
     paired, refused = references_pair(user=admin, project=project, pairs=made)
-    assert paired == 5 and not refused
+    assert paired == len(boards) and not refused
     job = Job.objects.get(kind="reference_align")
     assert run_job(str(job.pk), align_references.body) == "succeeded"
-    assert Image.objects.filter(alignment__status="ok").count() == 5
+    assert Image.objects.filter(alignment__status="ok").count() == len(boards)
     return {
         "images": [m[0] for m in made],
         "lone": lone,
         "version": dataset_version_freeze(user=admin, project=project),
     }
+
+
+@pytest.fixture
+def pairs(team, tmp_path):
+    """Five tested boards with a red spot (labelled), each paired with its golden board; the
+    last one in val. Plus a labelled board without a reference."""
+    return paired_boards(team, tmp_path, [board(i) for i in range(5)])
 
 
 def test_siamese_detector_trains_on_frozen_pairs_and_runs_with_references(team, pairs):
@@ -162,36 +167,9 @@ def test_a_single_image_detector_copies_defects_along_the_references(team, tmp_p
     the same pattern (a board repeating a 40 px tile has many); a labelled image without a
     reference still trains, and the detector runs on images alone."""
     project, admin = team["project"], team["admin"]
-    spot = category_create(user=admin, project=project, name="spot")
-    made = []
-    for i in range(3):
-        w, h = SIZE[0] + 8, SIZE[1] + 8
-        big = np.tile(board(i)[:40, :40], (h // 40 + 1, w // 40 + 1, 1))[:h, :w]
-        golden = store(project, admin, tmp_path, f"g{i}.png", big[4:132, 4:164].copy())
-        tested = big[6:134, 5:165].copy()
-        x, y = 30 + 20 * i, 40 + 10 * i
-        tested[y : y + 12, x : x + 12] = (230, 40, 40)
-        image = store(project, admin, tmp_path, f"t{i}.png", tested, split="train")
-        labels_import(
-            user=admin,
-            image=image,
-            labels=[LabelIn(spot, {"type": "box", "x": x, "y": y, "w": 12, "h": 12})],
-            source="import",
-        )
-        made.append((image, golden))
-    lone = store(project, admin, tmp_path, "lone.png", board(9)[:128, :160].copy(), split="train")
-    labels_import(
-        user=admin,
-        image=lone,
-        labels=[LabelIn(spot, {"type": "box", "x": 10, "y": 10, "w": 16, "h": 16})],
-        source="import",
-    )
-    paired, refused = references_pair(user=admin, project=project, pairs=made)
-    assert paired == 3 and not refused
-    job = Job.objects.get(kind="reference_align")
-    assert run_job(str(job.pk), align_references.body) == "succeeded"
-    assert Image.objects.filter(alignment__status="ok").count() == 3
-    version = dataset_version_freeze(user=admin, project=project)
+    w, h = SIZE[0] + 8, SIZE[1] + 8
+    tiled = [np.tile(board(i)[:40, :40], (h // 40 + 1, w // 40 + 1, 1))[:h, :w] for i in range(3)]
+    version = paired_boards(team, tmp_path, tiled, spot=12, val_last=False)["version"]
     proposal = detector_proposal(user=admin, version=version, params={"reference": "none"})
     assert proposal["params"]["transplant"] is False  # the user's choice
     assert any("copy their defects" in r for r in proposal["reasons"])
