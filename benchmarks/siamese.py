@@ -40,7 +40,10 @@ def main() -> int:
         "--datasets", default=os.environ.get("LOUPE_DATASETS", ROOT.parent / "shared" / "datasets")
     )
     p.add_argument(
-        "--models", nargs="+", default=["single", "siamese"], choices=["single", "siamese"]
+        "--models",
+        nargs="+",
+        default=["single", "siamese"],
+        choices=["single", "siamese", "stacked"],
     )
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--input-size", type=int, default=416, help="network input (eval_size)")
@@ -83,6 +86,12 @@ def main() -> int:
         help="probability that a training image gets up to three of its defects copied to "
         "places where its template shows the same pattern (TrainConfig.reference_transplant)",
     )
+    p.add_argument(
+        "--aligned",
+        action="store_true",
+        help="register every template onto its image first, as the app's reference job does "
+        "(benchmarks/two_stage_boxes.py aligned_copy), and train and judge with those",
+    )
     p.add_argument("--out", default=str(ROOT / "var" / "bench-siamese"))
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
@@ -105,11 +114,18 @@ def main() -> int:
         else train_sizes_around(args.input_size)
     )
 
+    ann_file = None
+    if args.aligned:
+        from benchmarks.two_stage_boxes import aligned_copy
+
+        ann_file = aligned_copy(root, json.loads(ann.read_text()), out / "aligned-templates")
+
     rows = []
     for name in args.models:
         row = train_detector(
             name,
             root=root,
+            ann=ann_file,
             out=out,
             epochs=args.epochs,
             input_size=args.input_size,
@@ -135,6 +151,7 @@ def main() -> int:
         f"\nDeepPCB official split (trainval 150 -> test 57), lite0, input {args.input_size}, "
         f"train sizes {sizes[0]}..{sizes[-1]}, {'416 px crops/slices' if args.slice else 'whole images'}"
         f"{', quarter turns and vertical flips' if args.rotate else ''}"
+        f"{', templates aligned' if args.aligned else ''}"
         f"{f', defects swapped for the template p={args.reference_swap}' if args.reference_swap else ''}"
         f"{f', defects transplanted p={args.reference_transplant}' if args.reference_transplant else ''}"
         f", batch {args.batch_size}, lr {args.lr} for batch 8; CPU: "
@@ -180,6 +197,7 @@ def train_detector(
     root: Path,
     out: Path,
     epochs: int,
+    ann: Path | None = None,
     input_size: int = 416,
     train_sizes: tuple[int, ...] | None = None,
     slice: bool = False,
@@ -201,7 +219,8 @@ def train_detector(
 ) -> dict:
     """Train one model of the comparison ("single" or "siamese") on DeepPCB's ``root`` (images
     kept by ``train_filter``, default the official trainval split) and evaluate it on
-    ``test_filter``'s images (default the official test split). ``minutes`` caps the training
+    ``test_filter``'s images (default the official test split); ``ann`` replaces the dataset's
+    COCO file (aligned templates, ``--aligned``). ``minutes`` caps the training
     (validation excluded): a run past it stops at the end of that epoch and is evaluated from
     the epoch's EMA weights. Returns the figures as a row (``artifact``: the weights' path)."""
     from workers.detection import ModelConfig, TrainConfig, train, train_sizes_around
@@ -220,14 +239,14 @@ def train_detector(
             log=log,
             networks=networks,
         )
-    ann = root / "annotations.json"
+    ann = ann or root / "annotations.json"
     out.mkdir(parents=True, exist_ok=True)
     sizes = tuple(train_sizes) if train_sizes else train_sizes_around(input_size)
     eval_slice = input_size if slice else 640
     mcfg = ModelConfig.lite0(
         num_classes=6,
         eval_size=input_size,
-        reference="siamese" if name == "siamese" else "none",
+        reference=name if name in ("siamese", "stacked") else "none",
     )
     tcfg = TrainConfig(
         epochs=epochs,

@@ -33,6 +33,8 @@ def _model_config(args: argparse.Namespace, num_classes: int | None) -> Any:
         overrides["eval_size"] = args.eval_size
     if getattr(args, "siamese", False):
         overrides["reference"] = "siamese"
+    if getattr(args, "stacked", False):
+        overrides["reference"] = "stacked"
     if args.config:
         if num_classes is not None:
             overrides["num_classes"] = num_classes
@@ -243,11 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         help="write a checkpoint here after every epoch; if it exists, continue from it",
     )
-    t.add_argument(
+    pair = t.add_mutually_exclusive_group()
+    pair.add_argument(
         "--siamese",
         action="store_true",
         help="Siamese detector: each image with its reference (COCO image field "
         "'reference_file_name' or 'template_file_name')",
+    )
+    pair.add_argument(
+        "--stacked",
+        action="store_true",
+        help="stacked detector: the image's grey, its reference's grey and their difference "
+        "as the input channels (references as for --siamese)",
     )
     t.add_argument("--references", help="root of the reference files (default: --images)")
     model_opts(t)

@@ -15,8 +15,10 @@ from typing import Any
 
 BACKBONES = ("cspresnet", "lite0")
 # "none": one image in; "siamese": the image and its aligned reference (golden sample, before
-# image) through the same backbone, fused per pyramid level (workers/detection/fusion.py).
-REFERENCES = ("none", "siamese")
+# image) through the same backbone, fused per pyramid level (workers/detection/fusion.py);
+# "stacked": one pass over the image's grey, the reference's grey and their absolute
+# difference as the three input channels (model.stack_reference).
+REFERENCES = ("none", "siamese", "stacked")
 
 
 @dataclass
@@ -151,8 +153,14 @@ class ModelConfig:
 
     @property
     def siamese(self) -> bool:
-        """True when the network takes a reference image beside the image."""
-        return self.reference == "siamese"
+        """True when the network takes a reference image beside the image (Siamese or
+        stacked)."""
+        return self.reference != "none"
+
+    @property
+    def kind(self) -> str:
+        """How error messages and logs name the network: "single-image", "Siamese", "stacked"."""
+        return {"none": "single-image", "siamese": "Siamese"}.get(self.reference, self.reference)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (tuples become lists). ``reference`` is left out when it is

@@ -158,7 +158,8 @@ class Detector:
             return
         if references is None or any(r is None for r in references):
             raise DetectionError(
-                "this detector is a Siamese model: pass each image's reference (aligned to the "
+                f"this detector is a {self.model_config.kind} model: pass each image's reference "
+                "(aligned to the "
                 "image, at its size) as reference=... / references=[...]"
             )
         if len(references) != len(images):

@@ -14,6 +14,16 @@ from .neck import CustomCSPPAN
 from .nms import postprocess
 
 
+def stack_reference(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """The input of a "stacked" detector: [B, 3, H, W] of the image's grey, its aligned
+    reference's grey and their absolute difference, from two [0, 1] RGB batches. The network
+    sees where the part differs from its golden sample at full resolution, before any
+    convolution (the Siamese fusion compares features at stride 8 and coarser)."""
+    grey = images.mean(dim=1, keepdim=True)
+    reference = references.mean(dim=1, keepdim=True)
+    return torch.cat([grey, reference, (grey - reference).abs()], dim=1)
+
+
 class PPYOLOE(nn.Module):
     """Backbone + CustomCSPPAN + ET-head; attribute names match PaddleDetection's ``YOLOv3``
     architecture (``backbone``, ``neck``, ``yolo_head``) so converted state dicts line up."""
@@ -55,7 +65,7 @@ class PPYOLOE(nn.Module):
         # Built last, so the other weights are drawn exactly as for the single-image network
         # (same seed, same weights); it initialises itself (identity on the image's features).
         self.fusion: ReferenceFusion | None = None
-        if cfg.siamese:
+        if cfg.reference == "siamese":
             self.fusion = ReferenceFusion(list(self.backbone.out_channels))
 
     def _init_convs(self) -> None:
@@ -79,7 +89,7 @@ class PPYOLOE(nn.Module):
         self, images: torch.Tensor, references: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
         """Backbone features; for a Siamese network, fused with the references' features."""
-        if self.fusion is None:
+        if self.fusion is None and not self.cfg.siamese:
             if references is not None:
                 raise DetectionError(
                     "this detector is a single-image model: it takes no reference image"
@@ -87,7 +97,8 @@ class PPYOLOE(nn.Module):
             return self.backbone(images)
         if references is None:
             raise DetectionError(
-                "this detector is a Siamese model: it needs the reference image (aligned to the "
+                f"this detector is a {self.cfg.kind} model: it needs the reference image "
+                "(aligned to the "
                 "image, same size) beside each image"
             )
         if references.shape != images.shape:
@@ -95,6 +106,8 @@ class PPYOLOE(nn.Module):
                 f"reference batch {tuple(references.shape)} does not match the image batch "
                 f"{tuple(images.shape)}"
             )
+        if self.fusion is None:  # "stacked": one pass over (grey, reference grey, difference)
+            return self.backbone(stack_reference(images, references))
         # Two passes through the same backbone (shared weights). One pass over the doubled
         # batch would be the same network, but it was slower on the CPU (lite0 at 416 px, batch
         # 4, forward and backward: 3.4-3.6 s against 2.5-3.0 s for two passes).

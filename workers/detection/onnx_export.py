@@ -188,7 +188,8 @@ class OnnxDetector(RuntimeDetector):
         if self.model_config.siamese:
             if references is None:
                 raise DetectionError(
-                    f"{self.path.name} is a Siamese detector: it needs the reference batch too"
+                    f"{self.path.name} is a {self.model_config.kind} detector: it needs the "
+                    "reference batch too"
                 )
             feeds = dict(
                 zip(

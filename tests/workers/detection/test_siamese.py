@@ -497,3 +497,99 @@ def test_cli_predicts_with_a_reference_per_image(
     assert line["detections"]
     assert main(args) == 2
     assert "Siamese model" in capsys.readouterr().err
+
+
+# --- stacked: the reference as input channels ----------------------------------------------
+
+
+def test_stacked_input_is_grey_reference_and_difference() -> None:
+    """``reference="stacked"``: one backbone pass over (grey, reference grey, |difference|), no
+    fusion layers; a reference equal to the image leaves the third channel at zero."""
+    from workers.detection.model import stack_reference
+
+    images = torch.rand(2, 3, 64, 64)
+    refs = images.clone()
+    refs[:, :, 10:20, 30:40] = 1 - refs[:, :, 10:20, 30:40]
+    stacked = stack_reference(images, refs)
+    grey = images.mean(1)
+    assert stacked.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(stacked[:, 0], grey)
+    torch.testing.assert_close(stacked[:, 1], refs.mean(1))
+    assert stacked[:, 2, 10:20, 30:40].min() > 0  # the change is there at full resolution
+    outside = stacked[:, 2].clone()
+    outside[:, 10:20, 30:40] = 0
+    assert torch.equal(outside, torch.zeros_like(outside))  # and only there
+    assert torch.equal(stack_reference(images, images)[:, 2], torch.zeros(2, 64, 64))
+
+    cfg = tiny_model_config(reference="stacked")
+    assert cfg.siamese and ModelConfig.from_dict(cfg.to_dict()) == cfg
+    model = build_model(cfg).eval()
+    assert model.fusion is None
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in build_model(tiny_model_config()).parameters()
+    )  # the single-image network's weights, nothing added
+    with torch.no_grad():
+        feats = model.features(images, refs)
+        expected = model.backbone(stack_reference(images, refs))
+        other = model.features(images, images)
+    assert all(torch.equal(f, g) for f, g in zip(feats, expected, strict=True))
+    assert any(not torch.equal(f, g) for f, g in zip(feats, other, strict=True))
+    with pytest.raises(DetectionError, match="needs the reference image"):
+        model(images)
+
+
+def test_stacked_trains_on_pairs_exports_and_predicts(pairs: Path, tmp_path: Path) -> None:
+    """A short stacked training on the synthetic pairs (with defects copied along the
+    references: the copies go into the image, the reference stays the golden sample), then the
+    two-input ONNX export against torch and sliced prediction that needs the reference."""
+    from workers.detection import load_detector
+    from workers.detection.onnx_export import OnnxDetector, export_onnx, read_export_metadata
+
+    result = train(
+        pairs,
+        tmp_path / "stacked.pt",
+        model_config=tiny_model_config(reference="stacked", eval_size=64),
+        train_config=short_train(reference_transplant=1.0),
+        val_json=pairs,
+        eval_every=2,
+        eval_slice_size=128,
+    )
+    assert "map50" in result.history[-1]
+    saved = read_artifact(result.artifact)
+    assert saved["model_config"]["reference"] == "stacked"
+    assert not any(k.startswith("fusion.") for k in saved["state_dict"])
+
+    path = export_onnx(result.artifact, tmp_path / "model.64.onnx")
+    assert read_export_metadata(path)["loupe_reference"] == "stacked"
+    ort = OnnxDetector(path)
+    assert ort.siamese
+    model, _, _ = load_artifact(result.artifact)
+    model.convert_to_deploy().eval()
+    images, refs = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        scores, boxes = model(images, refs)
+    o_scores, o_boxes = ort.raw(images.numpy(), refs.numpy())
+    np.testing.assert_allclose(o_scores, scores.numpy(), atol=1e-5)
+    np.testing.assert_allclose(o_boxes, boxes.numpy(), atol=1e-3)
+
+    image, reference = board(5)
+    for runtime in ("torch", "onnx"):
+        det = load_detector(result.artifact, runtime, device="cpu")
+        assert isinstance(
+            det.predict_sliced(image, slice_size=64, score_threshold=0.05, reference=reference),
+            list,
+        )
+        with pytest.raises(DetectionError, match="pass each image's reference"):
+            det.predict(image[:64, :64])
+
+
+def test_cli_train_builds_the_stacked_or_siamese_network() -> None:
+    from workers.detection.__main__ import _model_config, build_parser
+
+    parser = build_parser()
+    base = ["train", "coco.json", "--output", "out.pt", "--model", "lite0"]
+    for flag, reference in (("--stacked", "stacked"), ("--siamese", "siamese"), (None, "none")):
+        args = parser.parse_args(base + ([flag] if flag else []))
+        assert _model_config(args, 6).reference == reference
+    with pytest.raises(SystemExit):  # one or the other
+        parser.parse_args([*base, "--stacked", "--siamese"])
