@@ -316,13 +316,14 @@ class ModelVersion(WatchedModel):
         return f"{self.project} {self.architecture} v{self.number}"
 
     #: detectors' ``params["reference"]`` that read each image beside its aligned reference: the
-    #: Siamese PP-YOLOE-SOD and the two-stage change detector (docs/references.md)
-    PAIRED_DETECTORS = ("siamese", "two-stage")
+    #: Siamese and the stacked PP-YOLOE-SOD and the two-stage change detector
+    #: (docs/references.md)
+    PAIRED_DETECTORS = ("siamese", "stacked", "two-stage")
 
     @property
     def compares_with_reference(self) -> bool:
         """Whether it reads each image beside its aligned reference (a change detector, or a
-        Siamese or two-stage detector): it can only run on paired images."""
+        Siamese, stacked or two-stage detector): it can only run on paired images."""
         return self.kind == self.Kind.CHANGE or (
             self.kind == self.Kind.DETECTOR
             and (self.params or {}).get("reference") in self.PAIRED_DETECTORS

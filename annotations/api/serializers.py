@@ -393,7 +393,9 @@ class DetectorParamsQuery(serializers.Serializer):
     iterations_per_epoch = serializers.IntegerField(required=False)
     seed = serializers.IntegerField(required=False)
     networks = serializers.IntegerField(required=False)  # the two-stage change detector's
-    reference = serializers.ChoiceField(choices=["none", "siamese", "two-stage"], required=False)
+    reference = serializers.ChoiceField(
+        choices=["none", "siamese", "stacked", "two-stage"], required=False
+    )
     rotate = serializers.ChoiceField(choices=["true", "false"], required=False)
     transplant = serializers.ChoiceField(choices=["true", "false"], required=False)
     # a share from 0 to 1, or "all" (JSON's null: every image without a box, every epoch)

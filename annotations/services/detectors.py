@@ -157,6 +157,12 @@ def detector_proposal(
         )
     if paired:
         reasons.append(
+            "A PP-YOLOE-SOD can also take the reference as input channels (reference: stacked: "
+            "the image's grey, the reference's grey and their difference; colour is lost): on "
+            "DeepPCB it found 0.913 of the test defects against 0.85 for one image, at the "
+            "single-image cost (Siamese: 1.56x)."
+        )
+        reasons.append(
             f"{paired} labelled train images have an aligned reference: a PP-YOLOE-SOD's training "
             "can also copy their defects to places where the reference shows the same pattern "
             "(transplant; on DeepPCB 20 epochs went from 0.623 to 0.697 test mAP50, 40 showed no "
@@ -412,8 +418,9 @@ def _checked(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]
         raise ValidationError(
             {
                 "params": "reference is 'none' (one image), 'siamese' (the image and its "
-                "reference) or 'two-stage' (the pixels that changed against the reference, "
-                "then a pair classifier)."
+                "reference through one backbone), 'stacked' (the image, its reference and their "
+                "difference as the input channels) or 'two-stage' (the pixels that changed "
+                "against the reference, then a pair classifier)."
             }
         )
     return out
@@ -440,7 +447,9 @@ def detector_train(
             "labels first (or include pending ones)."
         )
     if clean["reference"] in ModelVersion.PAIRED_DETECTORS and not facts["train_labelled_paired"]:
-        what = "A Siamese" if clean["reference"] == "siamese" else "A two-stage change"
+        what = {"siamese": "A Siamese", "stacked": "A stacked"}.get(
+            clean["reference"], "A two-stage change"
+        )
         raise ValidationError(
             {
                 "params": f"{what} detector learns from images with an aligned reference: none "
@@ -460,8 +469,8 @@ def detector_train(
     if clean["reference"] == "two-stage":  # epochs and seed only (detector_proposal)
         architecture = "two-stage-change"
     else:
-        siamese = "-siamese" if clean["reference"] == "siamese" else ""
-        architecture = f"ppyoloe-sod-{clean['backbone']}{siamese}"
+        paired = "" if clean["reference"] == "none" else f"-{clean['reference']}"
+        architecture = f"ppyoloe-sod-{clean['backbone']}{paired}"
     return model_version_create(
         user=user,
         project=project,

@@ -144,7 +144,8 @@ def test_who_may_train_a_detector(team, tmp_path, client_for):
         ({"negatives": True}, "negatives is the largest share of an epoch's images"),
         ({"overlap": 0.9}, "overlap is a fraction"),
         ({"iterations_per_epoch": 0}, "iterations_per_epoch is a whole number"),
-        ({"reference": "both"}, "'siamese' (the image and its reference) or 'two-stage'"),
+        ({"reference": "both"}, "'stacked' (the image, its reference and their difference"),
+        ({"reference": "stacked"}, "A stacked detector learns from images with an aligned"),
         ({"reference": "two-stage"}, "two-stage change detector learns from images with an"),
         (
             {"reference": "two-stage", "slice": True},

@@ -30,6 +30,11 @@ def test_train_the_two_stage_detector_run_it_and_accept_its_category(
     assert transplant.is_visible() and not transplant.is_checked()
     networks = form.locator("input[name=networks]")
     assert networks.is_hidden()  # the two-stage detector's own setting
+    # the stacked PP-YOLOE-SOD keeps PP-YOLOE-SOD's settings and the copies
+    reference.select_option("stacked")
+    for name in ("backbone", "input_size", "batch_size", "rotate", "transplant"):
+        assert form.locator(f"[name={name}]").is_visible(), name
+    assert networks.is_hidden()
     reference.select_option("two-stage")
     # its own epochs and time estimate, from the server
     page.wait_for_function(

@@ -321,7 +321,8 @@ def _ppyoloe_arguments(
     *,
     siamese: bool,
 ) -> dict:
-    """``workers.detection.train``'s arguments for a PP-YOLOE-SOD (single-image or Siamese).
+    """``workers.detection.train``'s arguments for a PP-YOLOE-SOD (single-image, Siamese or
+    stacked).
     A single-image detector reads ``reference_root`` only to copy defects along the references
     (``transplant``); it validates on the images alone."""
     with open(train_json) as fh:
@@ -333,7 +334,7 @@ def _ppyoloe_arguments(
             p["backbone"],
             num_classes,
             eval_size=p["input_size"],
-            **({"reference": "siamese"} if siamese else {}),
+            **({"reference": p["reference"]} if siamese else {}),  # "siamese", "stacked"
         ),
         "train_config": detection.TrainConfig(
             epochs=p["epochs"],

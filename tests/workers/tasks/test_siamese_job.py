@@ -90,7 +90,11 @@ def pairs(team, tmp_path):
     return paired_boards(team, tmp_path, [board(i) for i in range(5)])
 
 
-def test_siamese_detector_trains_on_frozen_pairs_and_runs_with_references(team, pairs):
+@pytest.mark.parametrize("reference", ["siamese", "stacked"])
+def test_siamese_detector_trains_on_frozen_pairs_and_runs_with_references(team, pairs, reference):
+    """The proposal's Siamese detector, and the stacked one (the reference as input channels)
+    with defects copied along the references: both train on the frozen pairs, export to a
+    two-input ONNX and run on paired images only."""
     version = pairs["version"]
     proposal = detector_proposal(user=team["admin"], version=version)
     assert proposal["params"]["reference"] == "siamese"
@@ -107,9 +111,11 @@ def test_siamese_detector_trains_on_frozen_pairs_and_runs_with_references(team, 
             "batch_size": 2,
             "epochs": 1,
             "iterations_per_epoch": 2,
+            **({"reference": "stacked", "transplant": True} if reference == "stacked" else {}),
         },
     )
-    assert model.architecture == "ppyoloe-sod-s-siamese" and model.params["reference"] == "siamese"
+    assert model.architecture == f"ppyoloe-sod-s-{reference}"
+    assert model.params["reference"] == reference
     assert run_job(str(model.job_id), train_detector.body) == "succeeded", Job.objects.get(
         pk=model.job_id
     ).error
@@ -120,6 +126,15 @@ def test_siamese_detector_trains_on_frozen_pairs_and_runs_with_references(team, 
     assert lone.pk in model.metrics["skipped_images"]
     assert model.metrics["exports"]["onnx"] is True
     assert model.metrics["evaluated_on"] == "val"
+    from django.core.files.storage import default_storage
+
+    from workers.detection.artifact import read_artifact
+
+    saved = read_artifact(default_storage.path(model.artifact))
+    assert saved["model_config"]["reference"] == reference
+    assert saved["metadata"]["train_config"]["reference_transplant"] == (
+        0.5 if reference == "stacked" else 0.0
+    )
 
     # a run compares each paired image with its reference; an unpaired one is refused by name
     with pytest.raises(ValidationError, match="No aligned reference to compare with: lone.png"):
