@@ -13,7 +13,9 @@ IoU >= 0.55, weighted by score, and scores the fused box by the summed score ove
 ``nms`` keeps the best of them as it was scored. Each view count predicts every image once;
 the fusions reuse those predictions. Several ``--artifact`` (models trained from other seeds or
 recipes): each model alone, then the ensemble (each view's boxes of every model fused the same
-way, then the views), from the same predictions.
+way, then the views), from the same predictions. A detector that reads a reference (stacked,
+Siamese) gets each test image's template, turned with it; ``--annotations`` names a COCO file
+whose images name their aligned templates.
 docs/benchmarks-detection.md ("Test-time augmentation") has the figures.
 """
 
@@ -59,6 +61,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--artifact", required=True, nargs="+", help="several: an ensemble")
     ap.add_argument("--dataset", default=str(ROOT.parent / "shared" / "datasets" / "deeppcb"))
+    ap.add_argument(
+        "--annotations",
+        help="COCO file to judge on (default: the dataset's); a stacked or Siamese detector "
+        "trained with benchmarks/siamese.py --aligned reads its aligned templates from "
+        "<its --out>/aligned-templates/annotations.json",
+    )
     ap.add_argument("--slice-size", type=int, default=416)
     ap.add_argument("--views", nargs="+", type=int, default=[1, 4, 8], choices=(1, 2, 4, 8))
     ap.add_argument("--fuse", nargs="+", default=["wbf", "nms"], choices=("wbf", "nms"))
@@ -95,7 +103,7 @@ def main() -> int:
                 started = time.perf_counter()
                 res = evaluate(
                     predictor,
-                    root / "annotations.json",
+                    args.annotations or root / "annotations.json",
                     image_root=root,
                     image_filter=lambda img: img.get("official_split") == "test",
                     slice_size=args.slice_size,
