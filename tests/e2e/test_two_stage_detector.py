@@ -24,14 +24,14 @@ def test_train_the_two_stage_detector_run_it_and_accept_its_category(
     form.wait_for()
     assert "two-stage change detector" in page.locator("#detector-proposal").inner_text()
     reference = form.locator("select[name=reference]")
-    assert reference.is_visible() and reference.input_value() == "siamese"  # the proposal's
+    assert reference.is_visible() and reference.input_value() == "stacked"  # the proposal's
     # copying defects along the references is offered (the pairs are there), off by default
     transplant = form.locator("input[name=transplant]")
     assert transplant.is_visible() and not transplant.is_checked()
     networks = form.locator("input[name=networks]")
     assert networks.is_hidden()  # the two-stage detector's own setting
-    # the stacked PP-YOLOE-SOD keeps PP-YOLOE-SOD's settings and the copies
-    reference.select_option("stacked")
+    # the stacked and the Siamese PP-YOLOE-SOD keep PP-YOLOE-SOD's settings and the copies
+    reference.select_option("siamese")
     for name in ("backbone", "input_size", "batch_size", "rotate", "transplant"):
         assert form.locator(f"[name={name}]").is_visible(), name
     assert networks.is_hidden()
