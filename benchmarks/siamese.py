@@ -217,7 +217,7 @@ def train_detector(
     log: Any = None,
     networks: int = 1,
 ) -> dict:
-    """Train one model of the comparison ("single" or "siamese") on DeepPCB's ``root`` (images
+    """Train one model of the comparison ("single", "siamese" or "stacked") on DeepPCB's ``root`` (images
     kept by ``train_filter``, default the official trainval split) and evaluate it on
     ``test_filter``'s images (default the official test split); ``ann`` replaces the dataset's
     COCO file (aligned templates, ``--aligned``). ``minutes`` caps the training

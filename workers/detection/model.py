@@ -88,7 +88,8 @@ class PPYOLOE(nn.Module):
     def features(
         self, images: torch.Tensor, references: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
-        """Backbone features; for a Siamese network, fused with the references' features."""
+        """Backbone features; for a Siamese network, fused with the references' features; for
+        a stacked one, of the stacked pair (:func:`stack_reference`)."""
         if self.fusion is None and not self.cfg.siamese:
             if references is not None:
                 raise DetectionError(
