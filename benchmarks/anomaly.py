@@ -23,6 +23,10 @@ largest size is the input size.
 ``--train-images N`` trains on a seeded random N of the normal images (rows ``padim-n30``, ...):
 how the figures grow with the normal images a project has.
 
+``--shading S`` trains every model with the shading correction (``TrainConfig.shading``: each
+image divided by its own blurred brightness, the blur S of its shorter side); rows
+``patchcore-shading0.2`` and so on.
+
 Without ``--out`` the models and the results file go to a temporary folder, removed at the
 end (only the printed table stays); library caches go to ``$LOUPE_MODELS_DIR`` (default
 ``~/.cache/loupe/models``), never into the checkout.
@@ -50,9 +54,12 @@ from workers.anomaly.config import BACKBONE_MODELS  # noqa: E402  (no torch: the
 from workers.memory import peak_rss_mb  # noqa: E402  (a child's own peak, not this driver's)
 
 
-def _tag(model: str, backbone: str, train_images: int = 0) -> str:
-    """A run's name: the model, with the backbone when it is not the default Lite0, and the
-    number of normal images when ``--train-images`` keeps a share of them."""
+def _tag(model: str, backbone: str, train_images: int = 0, shading: float = 0.0) -> str:
+    """A run's name: the model, with the backbone when it is not the default Lite0, the
+    shading correction when it is on, and the number of normal images when ``--train-images``
+    keeps a share of them."""
+    if shading:
+        return f"{_tag(model, backbone, train_images)}-shading{shading:g}"
     if train_images:
         return f"{_tag(model, backbone)}-n{train_images}"
     return (
@@ -63,14 +70,24 @@ def _tag(model: str, backbone: str, train_images: int = 0) -> str:
 
 
 def _config(  # noqa: ANN202
-    model: str, steps: int, input_size: int, scale: float | None = None, backbone: str = "lite0"
+    model: str,
+    steps: int,
+    input_size: int,
+    scale: float | None = None,
+    backbone: str = "lite0",
+    shading: float = 0.0,
 ):
     from workers.anomaly import TrainConfig
 
     if model.startswith("efficientad"):
         teacher = model.split("-", 1)[1]
         return TrainConfig(
-            model="efficientad", input_size=input_size, steps=steps, teacher=teacher, scale=scale
+            model="efficientad",
+            input_size=input_size,
+            steps=steps,
+            teacher=teacher,
+            scale=scale,
+            shading=shading,
         )
     # --steps reaches every model that trains in steps (the autoencoder, STFPM); PaDiM and
     # PatchCore fit in one pass and ignore it
@@ -81,7 +98,9 @@ def _config(  # noqa: ANN202
         multiscale = tuple(int(s) for s in sizes.split("+"))
         extra.update(multiscale=multiscale, **({"multiscale_fusion": fusion} if fusion else {}))
         input_size = max(multiscale)
-    return TrainConfig(model=model, input_size=input_size, scale=scale, steps=steps, **extra)
+    return TrainConfig(
+        model=model, input_size=input_size, scale=scale, steps=steps, shading=shading, **extra
+    )
 
 
 def run_train(
@@ -93,10 +112,11 @@ def run_train(
     scale: float | None = None,
     backbone: str = "lite0",
     train_images: int = 0,
+    shading: float = 0.0,
 ) -> dict:
     from workers.anomaly import mvtec_train, train
 
-    config = _config(model, steps, input_size, scale, backbone)
+    config = _config(model, steps, input_size, scale, backbone, shading)
     started = time.perf_counter()
     images = mvtec_train(dataset)
     if train_images:  # a seeded subset: how the figures grow with the normal images
@@ -316,6 +336,13 @@ def main() -> int:
         help="train on this many of the normal images (a seeded subset; rows: padim-n30, ...); "
         "0: all of them",
     )
+    parser.add_argument(
+        "--shading",
+        type=float,
+        default=0.0,
+        help="train with the shading correction, its blur this fraction of each image's "
+        "shorter side (rows: patchcore-shading0.2, ...); 0: off",
+    )
     parser.add_argument("--large", action="store_true", help="also time a 20 MP image")
     parser.add_argument("--engine", action="store_true", help="compare with Engine.predict")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -337,21 +364,22 @@ def main() -> int:
         res = run_train(
             datasets / dataset,
             model,
-            out / f"{dataset}_{_tag(model, args.backbone, args.train_images)}",
+            out / f"{dataset}_{_tag(model, args.backbone, args.train_images, args.shading)}",
             args.steps,
             args.input_size,
             args.scale,
             args.backbone,
             args.train_images,
+            args.shading,
         )
     elif phase == "eval":
         dataset, model = rest
-        tag = _tag(model, args.backbone, args.train_images)
+        tag = _tag(model, args.backbone, args.train_images, args.shading)
         res = run_eval(datasets / dataset, out / f"{dataset}_{tag}")
     elif phase == "engine":
         dataset, model = rest
         kind = "efficientad" if model.startswith("efficientad") else model
-        model_dir = out / f"{dataset}_{_tag(model, args.backbone, args.train_images)}"
+        model_dir = out / f"{dataset}_{_tag(model, args.backbone, args.train_images, args.shading)}"
         res = run_engine(datasets / dataset, model_dir, kind)
     else:
         model, overlap, *backend = rest
@@ -372,6 +400,7 @@ def run_all(args: argparse.Namespace, datasets: Path, out: Path) -> int:
         "--datasets", str(datasets), "--out", str(out), "--steps", str(args.steps),
         "--input-size", str(args.input_size), "--threads", str(args.threads),
         "--backbone", args.backbone, "--train-images", str(args.train_images),
+        "--shading", str(args.shading),
         *(["--scale", str(args.scale)] if args.scale else []),
     ]  # fmt: skip
     for run in args.runs:
@@ -383,7 +412,7 @@ def run_all(args: argparse.Namespace, datasets: Path, out: Path) -> int:
             row.update(_child([*common, "--child", "eval", name, model]))
         if "error" not in row and args.engine:
             row.update(_child([*common, "--child", "engine", name, model]))
-        results[f"{name}:{_tag(model, args.backbone, args.train_images)}"] = row
+        results[f"{name}:{_tag(model, args.backbone, args.train_images, args.shading)}"] = row
         results_file.write_text(json.dumps(results, indent=2, default=str))
         print(json.dumps(row, default=str), file=sys.stderr, flush=True)
     if args.large:

@@ -7,7 +7,9 @@ the chosen models on it and scores them as ``benchmarks/anomaly.py`` does (image
 its 95 % interval, pixel AUROC, AU-PRO, region recall at <= 1 false region per good image).
 Variants: ``none``; ``standardize`` (each image's grey levels to mean 64, standard deviation 16);
 ``landscape`` (portrait images turned a quarter, so every tile's long side is horizontal);
-both. ``--pool topk`` adds the image score as the mean of the top 1 % of the calibrated map
+both; ``flatfield`` (the engine's shading correction, ``correct_shading``, its blur
+``--shading`` of the shorter side; the engine applies it itself with ``TrainConfig.shading``)
+and ``flatfield+landscape``. ``--pool topk`` adds the image score as the mean of the top 1 % of the calibrated map
 instead of its maximum.
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/anomaly_preprocess_probe.py \
@@ -27,20 +29,32 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("none", "standardize", "landscape", "standardize+landscape")
+VARIANTS = (
+    "none",
+    "standardize",
+    "landscape",
+    "standardize+landscape",
+    "flatfield",
+    "flatfield+landscape",
+)
 
 
-def transform(image: np.ndarray, variant: str, is_mask: bool) -> np.ndarray:
+def transform(image: np.ndarray, variant: str, is_mask: bool, shading: float = 0.2) -> np.ndarray:
     if "landscape" in variant and image.shape[0] > image.shape[1]:
         image = cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
     if "standardize" in variant and not is_mask:
         values = image.astype(np.float32)
         values = (values - values.mean()) / max(float(values.std()), 1.0) * 16.0 + 64.0
         image = np.clip(values + 0.5, 0, 255).astype(np.uint8)
+    if "flatfield" in variant and not is_mask:
+        from workers.anomaly.image_io import correct_shading, normalise_layout
+
+        image = correct_shading(normalise_layout(image), shading)
+        image = image[:, :, 0] if image.shape[2] == 1 else image
     return image
 
 
-def copy_dataset(source: Path, target: Path, variant: str) -> Path:
+def copy_dataset(source: Path, target: Path, variant: str, shading: float = 0.2) -> Path:
     for path in source.rglob("*.png"):
         relative = path.relative_to(source)
         if relative.parts[0] not in ("train", "test", "ground_truth"):
@@ -48,7 +62,9 @@ def copy_dataset(source: Path, target: Path, variant: str) -> Path:
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         out = target / relative
         out.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(out), transform(image, variant, relative.parts[0] == "ground_truth"))
+        cv2.imwrite(
+            str(out), transform(image, variant, relative.parts[0] == "ground_truth", shading)
+        )
     return target
 
 
@@ -61,6 +77,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--pool", choices=["max", "topk"], default="max")
+    parser.add_argument(
+        "--shading",
+        type=float,
+        default=0.2,
+        help="the flatfield variants' blur, a fraction of each image's shorter side",
+    )
     args = parser.parse_args()
 
     from workers.anomaly import PredictConfig, TrainConfig, load_model, mvtec_test, train
@@ -70,7 +92,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="loupe-probe-") as tmp:
         for variant in args.variants:
-            data = copy_dataset(args.dataset, Path(tmp) / variant, variant)
+            data = copy_dataset(args.dataset, Path(tmp) / variant, variant, args.shading)
             normals = sorted((data / "train" / "good").glob("*.png"))
             samples = mvtec_test(data)
             for model_name in args.models:

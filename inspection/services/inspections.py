@@ -58,6 +58,7 @@ TRAIN_PARAMS = {
     "coarse_pass",
     "multiscale",
     "multiscale_fusion",
+    "shading",
 }
 MIN_NORMAL_IMAGES = 2
 # Normal images whose median long side reaches this are trained as tiles by default (models
@@ -100,6 +101,14 @@ def _check_geometry(params: dict) -> None:
         )
     if params.get("multiscale_fusion", "mean") not in ("mean", "max"):
         raise ValidationError({"params": "multiscale_fusion is mean or max."})
+    shading = params.get("shading", 0)
+    if not (is_number(shading) and 0 <= shading <= 1):
+        raise ValidationError(
+            {
+                "params": "shading corrects each image's lighting: the blur as a fraction of its "
+                "shorter side, in [0, 1] (0: off; the models page uses 0.2)."
+            }
+        )
 
 
 def _checked_train_params(params: dict | None) -> dict:

@@ -298,6 +298,8 @@
           }
           params.multiscale = [size, size / 2];
         }
+        // each image divided by its own blurred brightness first (docs/anomaly.md, Shading correction)
+        if (f.get("shading") === "on") params.shading = 0.2;
         try {
           const v = await api(root.dataset.modelsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ architecture: f.get("architecture"), params }) });
           follow(document.getElementById("train-status"), v.job, (j) => { if (j.status === "succeeded") window.location.reload(); });

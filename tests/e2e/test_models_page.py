@@ -146,7 +146,8 @@ def test_train_tiles_and_inspect_from_the_models_page(page, celery_worker, team,
 
 def test_a_two_scale_model_from_the_models_page(page, celery_worker, team, tmp_path):
     """ "plus half the input size, fused": the form asks for a PaDiM at 128 and 64 px, the job
-    trains one network per scale, and the models table says so."""
+    trains one network per scale, and the models table says so; "correct uneven lighting" asks
+    for the shading correction, and the model stores it."""
     project, admin = team["project"], team["admin"]
     for i in range(3):
         store(project, admin, tmp_path, f"good-{i}.jpg", photo(seed=i), is_normal=True)
@@ -163,10 +164,12 @@ def test_a_two_scale_model_from_the_models_page(page, celery_worker, team, tmp_p
     assert "not a multiple of 32" in page.locator("#train-status").inner_text()
     assert not ModelVersion.objects.exists()
     form.locator("input[name=input_size]").fill("128")
+    form.locator("input[name=shading]").check()
     form.locator("button[type=submit]").click()
     page.locator("tr[data-version] .status-ready").wait_for(timeout=180_000)
     version = ModelVersion.objects.get(project=project)
     assert version.params["multiscale"] == [128, 64] and version.architecture == "padim"
+    assert version.params["shading"] == 0.2
     assert "s64_pixel_threshold" in version.metrics
     row = page.locator(f'tr[data-version="{version.pk}"]')
-    assert "whole image at 128 px; scales 128 + 64 px fused" in row.inner_text()
+    assert "whole image at 128 px; scales 128 + 64 px fused; lighting corrected" in row.inner_text()

@@ -67,6 +67,8 @@ def test_a_comparison_makes_one_inactive_version_per_model_and_sets_normals_asid
             },
             "mean or max",
         ),
+        ({"architectures": ["padim"], "params": {"shading": 2}}, "shorter side"),
+        ({"architectures": ["padim"], "params": {"shading": "on"}}, "shading"),
     ],
 )
 def test_what_a_comparison_refuses(team, client_for, tmp_path, body, message):

@@ -109,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         help="input sizes fused into one model, e.g. 256,128 (the first is --input-size)",
     )
     t.add_argument("--multiscale-fusion", default=None, choices=["mean", "max"])
+    t.add_argument(
+        "--shading",
+        type=float,
+        default=None,
+        help="correct each image's lighting first: the blur as a fraction of its shorter side "
+        "(e.g. 0.2; default 0, off)",
+    )
 
     p = sub.add_parser("predict", help="heatmaps and regions for images")
     p.add_argument("--model", required=True, help="model.pt or its folder")
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 "backbone": args.backbone,
                 "multiscale": args.multiscale,
                 "multiscale_fusion": args.multiscale_fusion,
+                "shading": args.shading,
             }
             given = {k: v for k, v in given.items() if v is not None}
             if args.model is None:

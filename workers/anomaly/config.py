@@ -112,6 +112,11 @@ class TrainConfig:
     # each divides it; () = one scale, as before (workers/anomaly/multiscale.py)
     multiscale: tuple[int, ...] = ()
     multiscale_fusion: str = "mean"
+    # shading correction: each image divided by its own blurred brightness before the model
+    # sees it (training and prediction alike), the blur's sigma this fraction of the image's
+    # shorter side; 0 = off. For parts whose normal photos vary in lighting (docs/anomaly.md,
+    # "Shading correction")
+    shading: float = 0.0
     seed: int = 0
     device: str = "auto"
     models_dir: str | None = None
@@ -168,6 +173,11 @@ class TrainConfig:
             self._validate_multiscale(minimum)
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {BACKBONES}, not {self.backbone!r}")
+        if not 0 <= self.shading <= 1:
+            raise ConfigError(
+                "shading is the lighting blur as a fraction of the image's shorter side, in "
+                f"[0, 1] (0: off; 0.2 suits most parts), not {self.shading}"
+            )
         if self.backbone != "lite0" and self.model not in BACKBONE_MODELS:
             raise ConfigError(
                 f"backbone {self.backbone!r} is a choice of {', '.join(BACKBONE_MODELS)}; "

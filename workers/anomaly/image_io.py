@@ -144,3 +144,47 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if out.ndim == 2:
         out = out[:, :, None]
     return out
+
+
+#: short side of the copy the shading is estimated on: shading is smooth, so a small copy
+#: gives the same blur as the full image in a fraction of the time
+SHADING_SIDE = 128
+#: the corrected image's grey levels: mean and standard deviation, as a fraction of full scale
+SHADING_MEAN, SHADING_SD = 0.45, 0.15
+
+
+def correct_shading(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Flat-field (shading) correction: ``image`` divided by its own Gaussian-blurred brightness,
+    then its grey levels set to one mean and contrast, returned in its own pixel type.
+
+    ``sigma`` is the blur's standard deviation as a fraction of the image's shorter side: wider
+    than a defect, narrower than the part. What it removes: each photo's lighting (one setup
+    brighter than another, a gradient across the part) and its overall brightness and contrast.
+    What it keeps: everything smaller than the blur, and colour ratios (every channel is divided
+    by the same brightness). ``sigma <= 0`` returns ``image`` unchanged. docs/anomaly.md
+    ("Shading correction") has the measurements.
+    """
+    if sigma <= 0:
+        return image
+    values = to_float(image)
+    h, w = values.shape[:2]
+    brightness = values.mean(axis=2) if values.shape[2] > 1 else values[:, :, 0]
+    shrink = min(1.0, SHADING_SIDE / min(h, w))
+    small = cv2.resize(
+        brightness,
+        (max(1, round(w * shrink)), max(1, round(h * shrink))),
+        interpolation=cv2.INTER_AREA,
+    )
+    small = cv2.GaussianBlur(small, (0, 0), sigma * min(small.shape), borderType=cv2.BORDER_REFLECT)
+    shading = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) + 0.02
+    flat = values / shading[:, :, None]
+    mean, sd = (float(v[0, 0]) for v in cv2.meanStdDev(flat.reshape(-1, 1)))
+    gain = SHADING_SD / max(sd, 1e-6)
+    offset = SHADING_MEAN - mean * gain
+    if image.dtype == np.uint8:  # one pass: scale, round and clip to 0..255
+        out = cv2.addWeighted(flat, 255.0 * gain, flat, 0.0, 255.0 * offset, dtype=cv2.CV_8U)
+        return out.reshape(image.shape)  # cv2 drops a single channel's axis
+    flat = np.clip(flat * gain + offset, 0.0, 1.0, out=flat)
+    if image.dtype == np.uint16:
+        return (flat * 65535.0 + 0.5).astype(np.uint16)
+    return flat

@@ -206,7 +206,7 @@ def _branch_scale(
         net=branch,
         kind=config.model,
         model_id="branch",
-        geometry=Geometry(config.input_size, config.scale, config.tile_overlap),
+        geometry=Geometry(config.input_size, config.scale, config.tile_overlap, config.shading),
         channels=3,
         calibration={},
         info=info,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from .image_io import resize, to_float, to_rgb
+from .image_io import correct_shading, resize, to_float, to_rgb
 
 
 def axis_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -138,11 +138,14 @@ class Geometry:
     ``scale=s`` ("tiled"): images are resized by the factor ``s`` (1.0 = native pixels) and
     covered by overlapping ``input_size`` tiles, in training (random crops or the tile grid) and
     prediction (the tile grid, batched, blended); right for 8-24 MP images with small defects.
+    ``shading > 0`` corrects each whole image's lighting first (:func:`correct_shading`, its
+    blur a fraction of the shorter side), before it is resized or tiled.
     """
 
     input_size: int
     scale: float | None
     tile_overlap: float
+    shading: float = 0.0  # an artifact from before shading correction has none: off
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """RGB float image in network space: resized to the tile (whole mode) or scaled+padded.
@@ -154,7 +157,7 @@ class Geometry:
 
     def prepare_pixels(self, image: np.ndarray) -> np.ndarray:
         """:meth:`prepare` before the conversion to float (the image's own pixel type)."""
-        rgb = to_rgb(image)
+        rgb = to_rgb(correct_shading(image, self.shading))
         t = self.input_size
         if self.scale is None:
             return resize(rgb, t, t)

@@ -100,7 +100,7 @@ def _train_one(
     started = time.monotonic()
     progress(0.0, f"reading {len(paths)} images")
     info = _image_info(paths)
-    geometry = Geometry(config.input_size, config.scale, config.tile_overlap)
+    geometry = Geometry(config.input_size, config.scale, config.tile_overlap, config.shading)
     train_paths, cal_paths = _split(paths, config.calibration_fraction, config.seed)
     data = TrainData(
         images=TrainImages(train_paths, geometry),
