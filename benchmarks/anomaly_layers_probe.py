@@ -18,7 +18,8 @@ normal images whose mean feature is nearest to its own only (SPADE's first step)
 ``--score max-median`` scores an image by its map's maximum less its median;
 ``--features centred`` subtracts each image's mean feature from its patches (bank and test
 alike); ``--self-radius R`` also scores each test patch by its distance to the nearest patch of
-its own image farther than R feature cells, alone and fused with the bank's distance. Prints image AUROC (the map's maximum), pixel AUROC and AU-PRO, and image AUROC
+its own image farther than R feature cells, alone and fused with the bank's distance;
+``--shading S`` corrects every image's lighting first (``TrainConfig.shading``). Prints image AUROC (the map's maximum), pixel AUROC and AU-PRO, and image AUROC
 per defect type. docs/benchmarks-anomaly.md (2026-12-06, "PatchCore on finer features") has
 the figures.
 """
@@ -79,6 +80,13 @@ def main() -> None:
         "image farther than R feature cells away (0: off); printed alone and fused with the "
         "bank's distance (minimum, geometric mean)",
     )
+    ap.add_argument(
+        "--shading",
+        type=float,
+        default=0.0,
+        help="correct each image's lighting first (correct_shading's blur, a fraction of the "
+        "shorter side; 0: off)",
+    )
     args = ap.parse_args()
 
     import numpy as np
@@ -91,6 +99,7 @@ def main() -> None:
     from workers import lite0
     from workers.anomaly import metrics
     from workers.anomaly.backbone import lite_normalise
+    from workers.anomaly.image_io import correct_shading, normalise_layout, to_float
 
     torch.set_num_threads(1)
     root = Path(args.dataset)
@@ -105,7 +114,8 @@ def main() -> None:
     net.eval()
 
     def read(path: Path) -> np.ndarray:
-        return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+        pixels = normalise_layout(np.asarray(Image.open(path).convert("RGB")))
+        return to_float(correct_shading(pixels, args.shading))
 
     def views(img: np.ndarray, which: str) -> list[np.ndarray]:
         flips = [img, img[::-1], img[:, ::-1], img[::-1, ::-1]]
