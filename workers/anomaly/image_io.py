@@ -166,7 +166,7 @@ def correct_shading(image: np.ndarray, sigma: float) -> np.ndarray:
     """
     if sigma <= 0:
         return image
-    values = to_float(image)
+    values = to_float(image)  # a new array: divided in place below (one float copy at most)
     h, w = values.shape[:2]
     brightness = values.mean(axis=2) if values.shape[2] > 1 else values[:, :, 0]
     shrink = min(1.0, SHADING_SIDE / min(h, w))
@@ -177,7 +177,7 @@ def correct_shading(image: np.ndarray, sigma: float) -> np.ndarray:
     )
     small = cv2.GaussianBlur(small, (0, 0), sigma * min(small.shape), borderType=cv2.BORDER_REFLECT)
     shading = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) + 0.02
-    flat = values / shading[:, :, None]
+    flat = np.divide(values, shading[:, :, None], out=values)
     mean, sd = (float(v[0, 0]) for v in cv2.meanStdDev(flat.reshape(-1, 1)))
     gain = SHADING_SD / max(sd, 1e-6)
     offset = SHADING_MEAN - mean * gain

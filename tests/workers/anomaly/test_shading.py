@@ -72,6 +72,9 @@ def test_types_layouts_and_off():
     ratio = out[..., 2].mean() / out[..., 0].mean()
     assert ratio == pytest.approx(surface[..., 2].mean() / surface[..., 0].mean(), abs=0.03)
     assert correct_shading(surface, 0) is surface
+    before = surface.copy()
+    correct_shading(surface, 0.2)
+    assert np.array_equal(surface, before)  # the caller's pixels are left as they were
     with pytest.raises(ConfigError, match="shorter side"):
         TrainConfig(model="padim", shading=1.5).validate()
     with pytest.raises(ConfigError, match="shading"):
