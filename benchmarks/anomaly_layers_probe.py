@@ -90,28 +90,21 @@ def main() -> None:
     args = ap.parse_args()
 
     import numpy as np
-    import timm
     import torch
     import torch.nn.functional as F  # noqa: N812
     from PIL import Image
-    from sklearn.metrics import roc_auc_score
 
-    from workers import lite0
-    from workers.anomaly import metrics
+    from benchmarks.probe_common import TestSet, lite0_stages
+    from benchmarks.probe_common import blur as patchcore_blur
     from workers.anomaly.backbone import lite_normalise
     from workers.anomaly.image_io import correct_shading, normalise_layout, to_float
 
     torch.set_num_threads(1)
     root = Path(args.dataset)
     train = sorted((root / "train" / "good").glob("*.png"))
-    test = sorted((root / "test").glob("*/*.png"))
-    kinds = [p.parent.name for p in test]
-    labels = np.array([k != "good" for k in kinds])
-    net = timm.create_model(
-        lite0.timm_name("lite0"), pretrained=False, features_only=True, out_indices=(0, 1, 2, 3)
-    )
-    lite0.load_into(net, "lite0")
-    net.eval()
+    tests = TestSet(root, SIZE)
+    test = tests.paths
+    net = lite0_stages()
 
     def read(path: Path) -> np.ndarray:
         pixels = normalise_layout(np.asarray(Image.open(path).convert("RGB")))
@@ -138,20 +131,7 @@ def main() -> None:
         return torch.cat(feats, 1)[0]
 
     def blur(m: torch.Tensor) -> torch.Tensor:
-        k = int(2 * round(4 * args.sigma) + 1)
-        g = torch.exp(-((torch.arange(k) - k // 2).float() ** 2) / (2 * args.sigma**2))
-        g = g / g.sum()
-        m = F.pad(m, (k // 2,) * 4, mode="reflect")
-        return F.conv2d(F.conv2d(m, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
-
-    masks = []
-    for path, kind in zip(test, kinds, strict=True):
-        mask_path = root / "ground_truth" / kind / f"{path.stem}_mask.png"
-        if kind == "good" or not mask_path.exists():
-            masks.append(np.zeros((SIZE, SIZE), bool))
-        else:
-            mask = Image.open(mask_path).convert("L").resize((SIZE, SIZE), Image.NEAREST)
-            masks.append(np.asarray(mask) > 127)
+        return patchcore_blur(m, args.sigma)
 
     def self_distance(e: torch.Tensor, radius: int) -> torch.Tensor:
         """Each patch's distance to the nearest patch of its own image outside its
@@ -174,19 +154,9 @@ def main() -> None:
             float(m.max()) - (med if score == "max-median" else 0.0)
             for m, med in zip(maps, medians, strict=True)
         ]
-        image = roc_auc_score(labels, scores)
-        pixel = roc_auc_score(np.concatenate([m.ravel() for m in masks]),
-                              np.concatenate([m.ravel() for m in maps]))  # fmt: skip
-        pro = metrics.au_pro(maps, masks)
-        per_kind = []
-        for kind in sorted(set(kinds) - {"good"}):
-            rows = [i for i, k in enumerate(kinds) if k in (kind, "good")]
-            auroc = roc_auc_score(labels[rows], np.array(scores)[rows])
-            per_kind.append(f"{kind} {auroc:.2f}")
         print(
             f"blocks {spec:7s} bank {which:4s} ({bank_rows} rows, nearest {k_near or 'all'}), "
-            f"score {score}: image AUROC {image:.3f}, "
-            f"pixel AUROC {pixel:.3f}, AU-PRO {pro:.3f}; {', '.join(per_kind)} "
+            f"score {score}: {tests.figures(maps, scores)} "
             f"({time.perf_counter() - started:.0f} s)",
             flush=True,
         )

@@ -35,15 +35,12 @@ def main() -> None:  # noqa: C901, PLR0915 - one probe, read top to bottom
     args = ap.parse_args()
 
     import numpy as np
-    import timm
     import torch
     import torch.nn.functional as F  # noqa: N812
     from PIL import Image, ImageDraw
     from scipy.ndimage import gaussian_filter, zoom
-    from sklearn.metrics import roc_auc_score
 
-    from workers import lite0
-    from workers.anomaly import metrics
+    from benchmarks.probe_common import TestSet, blur, lite0_stages
     from workers.anomaly.backbone import lite_normalise
 
     torch.set_num_threads(1)
@@ -51,14 +48,8 @@ def main() -> None:  # noqa: C901, PLR0915 - one probe, read top to bottom
     rng = np.random.default_rng(args.seed)
     root = Path(args.dataset)
     train = sorted((root / "train" / "good").glob("*.png"))
-    test = sorted((root / "test").glob("*/*.png"))
-    kinds = [p.parent.name for p in test]
-    labels = np.array([k != "good" for k in kinds])
-    net = timm.create_model(
-        lite0.timm_name("lite0"), pretrained=False, features_only=True, out_indices=(0, 1, 2, 3)
-    )
-    lite0.load_into(net, "lite0")
-    net.eval()
+    tests = TestSet(root, SIZE)
+    net = lite0_stages()
 
     def load(path: Path) -> np.ndarray:
         grey = Image.open(path).convert("L").resize((SIZE, SIZE), Image.BILINEAR)
@@ -170,50 +161,25 @@ def main() -> None:  # noqa: C901, PLR0915 - one probe, read top to bottom
             opt.step()
     head.eval()
 
-    def blur(m: torch.Tensor, sigma: float = 4.0) -> np.ndarray:
-        k = int(2 * round(4 * sigma) + 1)
-        g = torch.exp(-((torch.arange(k) - k // 2).float() ** 2) / (2 * sigma**2))
-        g = g / g.sum()
-        m = F.interpolate(m[None, None].float(), size=(SIZE, SIZE))
-        m = F.pad(m, (k // 2,) * 4, mode="reflect")
-        return F.conv2d(F.conv2d(m, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))[0, 0].numpy()
+    def as_map(cells: torch.Tensor) -> np.ndarray:  # PatchCore's: nearest up, then blurred
+        return blur(F.interpolate(cells[None, None].float(), size=(SIZE, SIZE)))[0, 0].numpy()
 
     bank = torch.cat([embed([n])[0].flatten(1).T for n in normals])
     head_maps, bank_maps = [], []
     with torch.no_grad():
-        for path in test:
+        for path in tests.paths:
             f = embed([load(path)])
-            head_maps.append(blur(torch.sigmoid(head((f - mean) / std))[0, 0]))
+            head_maps.append(as_map(torch.sigmoid(head((f - mean) / std))[0, 0]))
             rows = f[0].flatten(1).T
             near = torch.cat([torch.cdist(part, bank).amin(1) for part in rows.split(1024)])
-            bank_maps.append(blur(near.view(32, 32)))
-    gt = []
-    for path, kind in zip(test, kinds, strict=True):
-        mask_path = root / "ground_truth" / kind / f"{path.stem}_mask.png"
-        if kind == "good" or not mask_path.exists():
-            gt.append(np.zeros((SIZE, SIZE), bool))
-        else:
-            mask = Image.open(mask_path).convert("L").resize((SIZE, SIZE), Image.NEAREST)
-            gt.append(np.asarray(mask) > 127)
+            bank_maps.append(as_map(near.view(32, 32)))
 
     def standardised(maps: list[np.ndarray]) -> list[np.ndarray]:
         values = np.concatenate([m.ravel() for m in maps])
         return [(m - values.mean()) / values.std() for m in maps]
 
     def report(name: str, maps: list[np.ndarray]) -> None:
-        scores = np.array([m.max() for m in maps])
-        pixel = roc_auc_score(np.concatenate([m.ravel() for m in gt]),
-                              np.concatenate([m.ravel() for m in maps]))  # fmt: skip
-        per_kind = [
-            f"{k} {roc_auc_score(labels[rows], scores[rows]):.2f}"
-            for k in sorted(set(kinds) - {"good"})
-            for rows in [[i for i, kk in enumerate(kinds) if kk in (k, "good")]]
-        ]
-        print(
-            f"{name}: image AUROC {roc_auc_score(labels, scores):.3f}, pixel AUROC {pixel:.3f}, "
-            f"AU-PRO {metrics.au_pro(maps, gt):.3f}; {', '.join(per_kind)}",
-            flush=True,
-        )
+        print(f"{name}: {tests.figures(maps)}", flush=True)
 
     report("head on synthetic defects", head_maps)
     report("nearest normal patch", bank_maps)
