@@ -184,6 +184,10 @@ def _comparison(project: Project) -> dict | None:
                 "f": f,
                 "ci": intervals,
                 "version": versions.get(r["model_version"]),
+                # its settings; rows of comparisons from before they were kept: the version's
+                "setup": r["params"]
+                if "params" in r
+                else getattr(versions.get(r["model_version"]), "params", None) or {},
                 "auroc_dot": dot_whisker(f.get("image_auroc"), intervals.get("image_auroc")),
                 "recall_dot": dot_whisker(
                     f.get("recall_at_threshold"), intervals.get("recall_at_threshold")

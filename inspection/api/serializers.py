@@ -266,6 +266,15 @@ class CompareSerializer(serializers.Serializer):
     params = serializers.DictField(
         required=False, default=dict, help_text="Training parameters shared by all of them."
     )
+    variants = serializers.ListField(
+        child=serializers.DictField(),
+        required=False,
+        min_length=1,
+        max_length=6,
+        help_text="Settings to try each model with, laid over params: one version per model "
+        'and setting, e.g. [{}, {"shading": 0.2}] for without and with the shading '
+        "correction (default: [{}], params alone).",
+    )
 
 
 class RunSerializer(_MadeByAJobSerializer):

@@ -6,6 +6,7 @@ functions check the rules and enqueue them.
 
 from __future__ import annotations
 
+import json
 import statistics
 
 from django.core.exceptions import ValidationError
@@ -168,23 +169,60 @@ def model_version_train(
 # A comparison scores the models on this share of the normal images (every n-th by id, at
 # least one), trained on the rest, and on every image with reviewed labels.
 COMPARE_NORMAL_EVERY = 5
+# At most this many versions (architectures times settings) in one comparison.
 MAX_COMPARED = 6
 
 
+def _checked_variants(variants: list[dict] | None) -> list[dict]:
+    """The settings each architecture is tried with (``[{}]``: only the shared parameters),
+    e.g. ``[{}, {"shading": 0.2}]``: without and with the shading correction. Each is a set of
+    training parameters laid over the shared ones; two the same are refused."""
+    variants = [{}] if variants is None else list(variants)
+    if not variants or not all(isinstance(v, dict) for v in variants):
+        raise ValidationError({"variants": 'Give a list of settings, e.g. [{}, {"shading": 0.2}].'})
+    unique = {json.dumps(v, sort_keys=True) for v in variants}
+    if len(unique) < len(variants):
+        raise ValidationError({"variants": "Two of the settings are the same."})
+    for v in variants:
+        unknown = set(v) - TRAIN_PARAMS
+        if unknown:
+            raise ValidationError(
+                {"variants": f"Unknown parameter(s): {', '.join(sorted(unknown))}."}
+            )
+    return variants
+
+
 def model_comparison_start(
-    *, user, project: Project, architectures: list[str], params: dict | None = None
+    *,
+    user,
+    project: Project,
+    architectures: list[str],
+    params: dict | None = None,
+    variants: list[dict] | None = None,
 ) -> Job:
-    """Start a comparison (the leaderboard, project admins): one new version per architecture,
-    all trained on the same normal images, then scored on the normal images set aside here and
-    on the images with reviewed labels (workers/tasks/anomaly_compare.py). No version becomes
-    active: an admin activates the one the table says is best."""
+    """Start a comparison (the leaderboard, project admins): one new version per architecture
+    and setting (``variants``, e.g. without and with the shading correction), all trained on
+    the same normal images, then scored on the normal images set aside here and on the images
+    with reviewed labels (workers/tasks/anomaly_compare.py). No version becomes active: an
+    admin activates the one the table says is best."""
     require_role(user, project, Role.ADMIN)
     chosen = list(dict.fromkeys(architectures or []))
     if not chosen or len(chosen) > MAX_COMPARED or set(chosen) - set(ARCHITECTURES):
         raise ValidationError(
             {"architectures": f"Choose 1 to {MAX_COMPARED} of {', '.join(ARCHITECTURES)}."}
         )
-    params = _checked_train_params(params)
+    variants = _checked_variants(variants)
+    if len(chosen) * len(variants) > MAX_COMPARED:
+        raise ValidationError(
+            {
+                "variants": f"{len(chosen)} models with {len(variants)} settings each make "
+                f"{len(chosen) * len(variants)} versions; a comparison trains at most "
+                f"{MAX_COMPARED}: untick some models."
+            }
+        )
+    shared = _checked_train_params(params)
+    # architecture by architecture, each in every setting (the table's order)
+    candidates = [(a, _checked_train_params({**shared, **v})) for a in chosen for v in variants]
     ids = list(training_images(project).order_by("id").values_list("id", flat=True))
     scoring = ids[::COMPARE_NORMAL_EVERY]
     training = [i for i in ids if i not in set(scoring)]
@@ -200,10 +238,10 @@ def model_comparison_start(
                 project=project,
                 kind=ModelVersion.Kind.ANOMALY,
                 architecture=a,
-                params={"model": a, **params},
+                params={"model": a, **p},
                 image_ids=training,
             )
-            for a in chosen
+            for a, p in candidates
         ]
         job = job_enqueue(
             kind="anomaly_compare",
@@ -212,6 +250,7 @@ def model_comparison_start(
             payload={
                 "versions": [v.pk for v in versions],
                 "architectures": chosen,
+                "variants": variants,
                 "eval_normal_ids": scoring,
             },
         )

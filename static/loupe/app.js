@@ -369,10 +369,19 @@
       compare.addEventListener("submit", async (e) => {
         e.preventDefault();
         const out = document.getElementById("compare-status");
-        const architectures = new FormData(compare).getAll("architectures");
+        const f = new FormData(compare);
+        const architectures = f.getAll("architectures");
         if (!architectures.length) { out.textContent = "Tick at least one model."; return; }
+        // the resolution the models are trained and scored at (tiles for large photos, as training proposes)
+        const params = f.get("scale") ? { scale: Number(f.get("scale")) } : {};
+        // each model as it is and with the shading correction: one version per model and setting
+        const variants = f.get("shading_variants") === "on" ? [{}, { shading: 0.2 }] : [{}];
+        if (architectures.length * variants.length > 6) {
+          out.textContent = `${architectures.length} models, each with and without lighting correction, make ${architectures.length * variants.length} versions; a comparison trains at most 6: untick some models.`;
+          return;
+        }
         try {
-          const job = await api(root.dataset.comparisonsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ architectures }) });
+          const job = await api(root.dataset.comparisonsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ architectures, params, variants }) });
           follow(out, job.id, () => window.location.reload());
         } catch (err) { out.textContent = "Not started: " + err.message; }
       });

@@ -1,6 +1,7 @@
-"""Which model for this part? An admin compares PaDiM and PatchCore (standard and fine features)
-on the project's own reviewed bottles (real MVTec images: normals, and broken bottles whose
-ground truth came with the import), reads the table, and activates the best with one click."""
+"""Which model for this part? An admin compares PaDiM and PatchCore, each with and without the
+shading correction, on the project's own reviewed bottles (real MVTec images: normals, and
+broken bottles whose ground truth came with the import), reads the table, and activates the
+best with one click."""
 
 import shutil
 
@@ -47,6 +48,16 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
         if box.is_checked()
     ]
     assert checked == ["padim", "patchcore", "patchcore_fine"]  # the one-pass models
+    # bottles are 900 px: seen whole, as the training form proposes for them
+    assert form.locator("select[name=scale]").input_value() == ""
+    # each model with and without the shading correction: more than 6 versions are refused
+    form.locator("input[name=shading_variants]").check()
+    form.locator("input[name=architectures][value=lbp]").check()
+    form.locator("button[type=submit]").click()
+    assert "make 8 versions" in page.locator("#compare-status").inner_text()
+    assert not Job.objects.filter(project=project).exists()
+    for name in ("lbp", "patchcore_fine"):
+        form.locator(f"input[name=architectures][value={name}]").uncheck()
     form.locator("button[type=submit]").click()
     page.locator("#comparison-table").wait_for(timeout=300_000)
 
@@ -59,11 +70,20 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     status = page.locator("#comparison-status").inner_text()
     assert "scored on 3 reviewed defect images and 2 normal images, trained on 4" in status
     rows = page.locator("#comparison-table tr[data-comparison-version]")
-    assert rows.count() == 3
+    assert rows.count() == 4
     versions = ModelVersion.objects.filter(project=project).order_by("number")
-    assert [v.architecture for v in versions] == ["padim", "patchcore", "patchcore_fine"]
+    assert [(v.architecture, v.params.get("shading")) for v in versions] == [
+        ("padim", None),
+        ("padim", 0.2),
+        ("patchcore", None),
+        ("patchcore", 0.2),
+    ]
     assert all(v.status == "ready" and not v.is_active for v in versions)
     for v in versions:
+        # each row says how its model saw the images
+        cell = page.locator(f'tr[data-comparison-version="{v.pk}"] td').first.inner_text()
+        assert "whole image at 256 px" in cell, cell
+        assert ("lighting corrected" in cell) == bool(v.params.get("shading")), cell
         figures = v.metrics["comparison"]
         assert figures["images"] == 5 and figures["pixel_defect_images"] == 3
         assert 0 <= figures["image_auroc"] <= 1 and 0 <= figures["pixel_auroc"] <= 1
@@ -83,6 +103,8 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     assert all(v.metrics["comparison"]["image_auroc"] >= 0.9 for v in versions)
 
     best = ModelVersion.objects.get(pk=job.result["best"])
+    corrected = ", lighting corrected" if best.params.get("shading") else ""
+    assert job.result["message"].endswith(f"best: {best.architecture} v{best.number}{corrected}")
     best_row = page.locator("#comparison-table tr.best")
     assert best_row.get_attribute("data-comparison-version") == str(best.pk)
     assert "best" in best_row.inner_text()

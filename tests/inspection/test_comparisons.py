@@ -50,10 +50,45 @@ def test_a_comparison_makes_one_inactive_version_per_model_and_sets_normals_asid
     assert admin.get(url(team)).json()["id"] == str(job.pk)
 
 
+def test_each_model_in_each_setting_one_version_apiece(team, client_for, tmp_path):
+    normals(team, tmp_path, 4)
+    body = {
+        "architectures": ["padim", "patchcore"],
+        "params": {"scale": 0.5},
+        "variants": [{}, {"shading": 0.2}],
+    }
+    r = client_for(team["admin"]).post(url(team), body, format="json")
+    assert r.status_code == 202, r.content
+    job = Job.objects.get(pk=r.json()["id"])
+    versions = ModelVersion.objects.filter(job=job).order_by("number")
+    # model by model, each as it is and then with the correction, the shared scale in all
+    assert [(v.architecture, v.params) for v in versions] == [
+        ("padim", {"model": "padim", "scale": 0.5}),
+        ("padim", {"model": "padim", "scale": 0.5, "shading": 0.2}),
+        ("patchcore", {"model": "patchcore", "scale": 0.5}),
+        ("patchcore", {"model": "patchcore", "scale": 0.5, "shading": 0.2}),
+    ]
+    assert job.payload["variants"] == [{}, {"shading": 0.2}]
+    assert not any(v.is_active for v in versions)
+
+
 @pytest.mark.parametrize(
     "body, message",
     [
         ({"architectures": []}, "architectures"),
+        (
+            {
+                "architectures": ["padim", "patchcore", "lbp"],
+                "variants": [{}, {"shading": 0.1}, {"shading": 0.2}],
+            },
+            "make 9 versions",
+        ),
+        ({"architectures": ["padim"], "variants": [{}, {}]}, "the same"),
+        ({"architectures": ["padim"], "variants": []}, "variants"),
+        ({"architectures": ["padim"], "variants": [{"shading": 2}]}, "shorter side"),
+        ({"architectures": ["padim"], "variants": [{"layers": 3}]}, "Unknown parameter"),
+        ({"architectures": ["padim"], "variants": ["shading"]}, "variants"),
+        ({"architectures": ["padim"], "variants": {"shading": 0.2}}, "variants"),
         ({"architectures": ["resnet"]}, "architectures"),
         ({"architectures": ["padim"], "params": {"layers": 3}}, "Unknown parameter"),
         ({"architectures": ["padim"], "params": {"scale": 9}}, "scale"),

@@ -1,7 +1,8 @@
 """Job kind 'anomaly_compare': which anomaly model for this part? The leaderboard.
 
 The service (``inspection.services.inspections.model_comparison_start``) made one model version
-per chosen architecture, all trained on the same normal images, and set some normal images
+per chosen architecture and setting (e.g. without and with the shading correction), all trained
+on the same normal images, and set some normal images
 aside. This job trains each version in turn, then scores it on the project's own reviewed
 images: the normal images set aside, and every image with reviewed labels (approved, or
 imported ground truth; a box or polygon is its defect's mask). Figures per version: image AUROC,
@@ -154,7 +155,8 @@ def compare_anomaly_models(job, ctx: JobContext) -> dict:
         "pixel_defect_images": sum(s.is_anomalous and not s.outline_only for s in samples),
         "training_images": len(train_images),
         "message": f"{len(scored)} model(s) scored on {len(defects)} reviewed defect and "
-        f"{len(normals)} normal images; best: {best['architecture']} v{best['number']}",
+        f"{len(normals)} normal images; best: {best['architecture']} v{best['number']}"
+        + (", lighting corrected" if best["params"].get("shading") else ""),
     }
 
 
@@ -163,6 +165,8 @@ def _train_and_score(version, train_paths, samples, ctx, start: float, span: flo
     anomaly = _engine()
     row = {"model_version": version.pk, "number": version.number}
     row["architecture"] = version.architecture
+    # its settings (tiles, scales, shading correction): two rows of one architecture differ here
+    row["params"] = {k: v for k, v in (version.params or {}).items() if k != "model"}
     try:
         train_version(version, train_paths, ctx, start, span * 0.7)
     except JobError as exc:
