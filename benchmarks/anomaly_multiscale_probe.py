@@ -9,7 +9,8 @@ mean and by their maximum. Each map (single or fused) is scored like ``evaluate`
 (regions extracted from the map with the default ``RegionConfig``).
 
 A run is ``DATASET:MODEL:SIZE`` (whole image resized to SIZE) or ``DATASET:MODEL:tSCALE``
-(tiled at pixel scale SCALE, 256 px tiles), e.g.::
+(tiled at pixel scale SCALE, 256 px tiles); an ``s`` after either (``256s``) trains with the
+shading correction at 0.2 (``TrainConfig.shading``), e.g.::
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/python \
         benchmarks/anomaly_multiscale_probe.py --out var/bench/msprobe \
@@ -34,9 +35,11 @@ sys.path.insert(0, str(ROOT))
 def _config(model: str, geometry: str):  # noqa: ANN202
     from workers.anomaly import TrainConfig
 
+    shading = 0.2 if geometry.endswith("s") else 0.0
+    geometry = geometry.removesuffix("s")
     if geometry.startswith("t"):
-        return TrainConfig(model=model, input_size=256, scale=float(geometry[1:]))
-    return TrainConfig(model=model, input_size=int(geometry))
+        return TrainConfig(model=model, input_size=256, scale=float(geometry[1:]), shading=shading)
+    return TrainConfig(model=model, input_size=int(geometry), shading=shading)
 
 
 def _predictions(datasets: Path, out: Path, run: str) -> dict:
