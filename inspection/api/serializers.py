@@ -17,7 +17,7 @@ from inspection.models import (
     StationResult,
 )
 from inspection.permissions import has_role, role_of
-from inspection.services.inspections import ARCHITECTURES
+from inspection.services.inspections import ARCHITECTURES, MAX_COMPARED
 from inspection.services.jobs import job_label
 from inspection.services.projects import RETRAIN_MAX
 
@@ -259,7 +259,7 @@ class CompareSerializer(serializers.Serializer):
     architectures = serializers.ListField(
         child=serializers.ChoiceField(choices=ARCHITECTURES),
         min_length=1,
-        max_length=6,
+        max_length=MAX_COMPARED,
         help_text="The anomaly models to train on the same normal images and score on the "
         "project's reviewed images.",
     )
@@ -270,7 +270,7 @@ class CompareSerializer(serializers.Serializer):
         child=serializers.DictField(),
         required=False,
         min_length=1,
-        max_length=6,
+        max_length=MAX_COMPARED,
         help_text="Settings to try each model with, laid over params: one version per model "
         'and setting, e.g. [{}, {"shading": 0.2}] for without and with the shading '
         "correction (default: [{}], params alone).",

@@ -170,7 +170,7 @@ def model_version_train(
 # least one), trained on the rest, and on every image with reviewed labels.
 COMPARE_NORMAL_EVERY = 5
 # At most this many versions (architectures times settings) in one comparison.
-MAX_COMPARED = 6
+MAX_COMPARED = 8
 
 
 def _checked_variants(variants: list[dict] | None) -> list[dict]:

@@ -269,6 +269,8 @@
   }
 
   const STEPPED_MODELS = ["efficientad", "stfpm", "fastflow", "cflow", "autoencoder"];
+  // versions one comparison may train (inspection/services/inspections.py MAX_COMPARED)
+  const MAX_COMPARED = 8;
 
   function initModels() {
     const root = document.getElementById("models-page");
@@ -374,10 +376,14 @@
         if (!architectures.length) { out.textContent = "Tick at least one model."; return; }
         // the resolution the models are trained and scored at (tiles for large photos, as training proposes)
         const params = f.get("scale") ? { scale: Number(f.get("scale")) } : {};
-        // each model as it is and with the shading correction: one version per model and setting
-        const variants = f.get("shading_variants") === "on" ? [{}, { shading: 0.2 }] : [{}];
-        if (architectures.length * variants.length > 6) {
-          out.textContent = `${architectures.length} models, each with and without lighting correction, make ${architectures.length * variants.length} versions; a comparison trains at most 6: untick some models.`;
+        // settings to try every model in (one version per model and setting): without and with
+        // the shading correction, at the input size and at half of it; each toggle doubles them
+        let variants = [{}];
+        if (f.get("shading_variants") === "on") variants = variants.flatMap((v) => [v, { ...v, shading: 0.2 }]);
+        if (f.get("size_variants") === "on") variants = variants.flatMap((v) => [v, { ...v, input_size: 128 }]);
+        const count = architectures.length * variants.length;
+        if (count > MAX_COMPARED) {
+          out.textContent = `${architectures.length} model(s) in ${variants.length} settings make ${count} versions; a comparison trains at most ${MAX_COMPARED}: untick some models or settings.`;
           return;
         }
         try {

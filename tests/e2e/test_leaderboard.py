@@ -1,5 +1,5 @@
 """Which model for this part? An admin compares PaDiM and PatchCore, each with and without the
-shading correction, on the project's own reviewed bottles (real MVTec images: normals, and
+shading correction and at two input sizes, on the project's own reviewed bottles (real MVTec images: normals, and
 broken bottles whose ground truth came with the import), reads the table, and activates the
 best with one click."""
 
@@ -50,11 +50,13 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     assert checked == ["padim", "patchcore", "patchcore_fine"]  # the one-pass models
     # bottles are 900 px: seen whole, as the training form proposes for them
     assert form.locator("select[name=scale]").input_value() == ""
-    # each model with and without the shading correction: more than 6 versions are refused
+    # each model with and without the shading correction, at 256 and 128 px: four settings
+    # apiece, so four models make 16 versions, and more than 8 are refused
     form.locator("input[name=shading_variants]").check()
+    form.locator("input[name=size_variants]").check()
     form.locator("input[name=architectures][value=lbp]").check()
     form.locator("button[type=submit]").click()
-    assert "make 8 versions" in page.locator("#compare-status").inner_text()
+    assert "make 16 versions" in page.locator("#compare-status").inner_text()
     assert not Job.objects.filter(project=project).exists()
     for name in ("lbp", "patchcore_fine"):
         form.locator(f"input[name=architectures][value={name}]").uncheck()
@@ -70,20 +72,17 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     status = page.locator("#comparison-status").inner_text()
     assert "scored on 3 reviewed defect images and 2 normal images, trained on 4" in status
     rows = page.locator("#comparison-table tr[data-comparison-version]")
-    assert rows.count() == 4
+    assert rows.count() == 8
     versions = ModelVersion.objects.filter(project=project).order_by("number")
-    assert [(v.architecture, v.params.get("shading")) for v in versions] == [
-        ("padim", None),
-        ("padim", 0.2),
-        ("patchcore", None),
-        ("patchcore", 0.2),
-    ]
+    settings = [(v.params.get("shading"), v.params.get("input_size", 256)) for v in versions]
+    assert [v.architecture for v in versions] == ["padim"] * 4 + ["patchcore"] * 4
+    assert settings == [(None, 256), (None, 128), (0.2, 256), (0.2, 128)] * 2
     assert all(v.status == "ready" and not v.is_active for v in versions)
-    for v in versions:
+    for v, (shading, size) in zip(versions, settings, strict=True):
         # each row says how its model saw the images
         cell = page.locator(f'tr[data-comparison-version="{v.pk}"] td').first.inner_text()
-        assert "whole image at 256 px" in cell, cell
-        assert ("lighting corrected" in cell) == bool(v.params.get("shading")), cell
+        assert f"whole image at {size} px" in cell, cell
+        assert ("lighting corrected" in cell) == bool(shading), cell
         figures = v.metrics["comparison"]
         assert figures["images"] == 5 and figures["pixel_defect_images"] == 3
         assert 0 <= figures["image_auroc"] <= 1 and 0 <= figures["pixel_auroc"] <= 1
