@@ -202,8 +202,9 @@ def model_comparison_start(
 ) -> Job:
     """Start a comparison (the leaderboard, project admins): one new version per architecture
     and setting (``variants``, e.g. without and with the shading correction), all trained on
-    the same normal images, then scored on the normal images set aside here and on the images
-    with reviewed labels (workers/tasks/anomaly_compare.py). No version becomes active: an
+    the same normal images, then scored on the normal images set aside here (one in five of
+    the training normals, and every normal image of the test split) and on the images with
+    reviewed labels (workers/tasks/anomaly_compare.py). No version becomes active: an
     admin activates the one the table says is best."""
     require_role(user, project, Role.ADMIN)
     chosen = list(dict.fromkeys(architectures or []))
@@ -224,8 +225,11 @@ def model_comparison_start(
     # architecture by architecture, each in every setting (the table's order)
     candidates = [(a, _checked_train_params({**shared, **v})) for a in chosen for v in variants]
     ids = list(training_images(project).order_by("id").values_list("id", flat=True))
-    scoring = ids[::COMPARE_NORMAL_EVERY]
-    training = [i for i in ids if i not in set(scoring)]
+    kept_aside = ids[::COMPARE_NORMAL_EVERY]
+    training = [i for i in ids if i not in set(kept_aside)]
+    # normal images of the test split are never trained on: every one of them is scored too
+    tested = Image.objects.filter(project=project, is_normal=True, split=Image.Split.TEST)
+    scoring = sorted([*kept_aside, *tested.values_list("id", flat=True)])
     if len(training) < MIN_NORMAL_IMAGES:
         raise ValidationError(
             f"A comparison needs at least {MIN_NORMAL_IMAGES + 1} normal images (one in "

@@ -11,9 +11,9 @@ from tests.conftest import image_bytes
 pytestmark = pytest.mark.django_db
 
 
-def normals(team, tmp_path, n: int) -> list[int]:
+def normals(team, tmp_path, n: int, split: str = "", first_seed: int = 0) -> list[int]:
     ids = []
-    for i in range(n):
+    for i in range(first_seed, first_seed + n):
         path = tmp_path / f"good-{i}.png"
         path.write_bytes(image_bytes("PNG", size=(64, 48), seed=i))
         out = image_store_one(
@@ -21,6 +21,7 @@ def normals(team, tmp_path, n: int) -> list[int]:
             user=team["admin"],
             incoming=IncomingFile(path.name, path),
             is_normal=True,
+            split=split,
         )
         ids.append(out.image_id)
     return ids
@@ -48,6 +49,17 @@ def test_a_comparison_makes_one_inactive_version_per_model_and_sets_normals_asid
     ]
     assert all(v.image_ids == [i for i in ids if i not in (ids[0], ids[5])] for v in versions)
     assert admin.get(url(team)).json()["id"] == str(job.pk)
+
+
+def test_normal_images_of_the_test_split_are_scored_never_trained_on(team, client_for, tmp_path):
+    trained = sorted(normals(team, tmp_path, 6))
+    tested = sorted(normals(team, tmp_path, 2, split="test", first_seed=10))
+    r = client_for(team["admin"]).post(url(team), {"architectures": ["padim"]}, format="json")
+    assert r.status_code == 202, r.content
+    job = Job.objects.get(pk=r.json()["id"])
+    assert job.payload["eval_normal_ids"] == sorted([trained[0], trained[5], *tested])
+    version = ModelVersion.objects.get(job=job)
+    assert version.image_ids == trained[1:5]
 
 
 def test_each_model_in_each_setting_one_version_apiece(team, client_for, tmp_path):
