@@ -21,6 +21,7 @@ from inspection.services.inspections import (
     ARCHITECTURES,
     active_model,
     aligned_pairs,
+    anomaly_setup,
     change_calibration_images,
     images_outside_trained_size,
     latest_comparison,
@@ -185,9 +186,11 @@ def _comparison(project: Project) -> dict | None:
                 "ci": intervals,
                 "version": versions.get(r["model_version"]),
                 # its settings; rows of comparisons from before they were kept: the version's
-                "setup": r["params"]
-                if "params" in r
-                else getattr(versions.get(r["model_version"]), "params", None) or {},
+                "setup": anomaly_setup(
+                    r["params"]
+                    if "params" in r
+                    else getattr(versions.get(r["model_version"]), "params", None)
+                ),
                 "auroc_dot": dot_whisker(f.get("image_auroc"), intervals.get("image_auroc")),
                 "recall_dot": dot_whisker(
                     f.get("recall_at_threshold"), intervals.get("recall_at_threshold")
@@ -230,9 +233,12 @@ def _calibration_data(project: Project) -> dict | None:
 
 def _with_class_rows(versions) -> list[ModelVersion]:
     """Detector versions get ``class_rows``: per category AP50, AP, AP_small and the PR curve's
-    points on their val split (figures of the last evaluation; older versions have AP50 only)."""
+    points on their val split (figures of the last evaluation; older versions have AP50 only);
+    anomaly versions their ``setup`` in words."""
     out = list(versions)
     for v in out:
+        if v.kind == ModelVersion.Kind.ANOMALY:
+            v.setup = anomaly_setup(v.params)
         m = v.metrics or {}
         ap, pr = m.get("per_class_ap") or {}, m.get("per_class_pr") or {}
         small = m.get("per_class_ap_small") or {}

@@ -132,6 +132,25 @@ def training_geometry_hint(project: Project) -> dict:
     return {"median_long_side": median, "tiles": median >= TILES_FROM_LONG_SIDE}
 
 
+def anomaly_setup(params: dict | None) -> str:
+    """How an anomaly model sees its images, in the words of the models table and the
+    leaderboard, from its training parameters: "whole image at 256 px; lighting corrected"."""
+    p = params or {}
+    size = p.get("input_size") or 256
+    if p.get("scale"):
+        scale = "full resolution" if p["scale"] == 1 else f"scale {p['scale']:g}"
+        text = f"tiles of {size} px at {scale}"
+        if p.get("coarse_pass"):
+            text += " + whole-image pass"
+    else:
+        text = f"whole image at {size} px"
+    if p.get("multiscale"):
+        text += "; scales " + " + ".join(str(s) for s in p["multiscale"]) + " px fused"
+    if p.get("shading"):
+        text += "; lighting corrected"
+    return text
+
+
 def training_images(project: Project):
     """Normal images for training: marked normal, minus those kept aside as a test split."""
     return Image.objects.filter(project=project, is_normal=True).exclude(split=Image.Split.TEST)

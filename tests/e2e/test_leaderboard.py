@@ -102,8 +102,11 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     assert all(v.metrics["comparison"]["image_auroc"] >= 0.9 for v in versions)
 
     best = ModelVersion.objects.get(pk=job.result["best"])
-    corrected = ", lighting corrected" if best.params.get("shading") else ""
-    assert job.result["message"].endswith(f"best: {best.architecture} v{best.number}{corrected}")
+    size = best.params.get("input_size", 256)
+    corrected = "; lighting corrected" if best.params.get("shading") else ""
+    assert job.result["message"].endswith(
+        f"best: {best.architecture} v{best.number} (whole image at {size} px{corrected})"
+    ), job.result["message"]
     best_row = page.locator("#comparison-table tr.best")
     assert best_row.get_attribute("data-comparison-version") == str(best.pk)
     assert "best" in best_row.inner_text()

@@ -213,3 +213,18 @@ def test_the_leaderboard_shows_every_figure_with_its_interval(team, client_for):
     assert 'circle class="auroc"' in first and 'circle class="recall"' in first
     assert 'class="aupro"' not in second and 'y1="18"' not in second  # no AU-PRO, no whisker
     assert 'class="pixel"' in second
+
+
+def test_a_versions_setup_in_words():
+    from inspection.services.inspections import anomaly_setup
+
+    assert anomaly_setup({}) == anomaly_setup(None) == "whole image at 256 px"
+    assert anomaly_setup({"input_size": 128, "shading": 0.2}) == (
+        "whole image at 128 px; lighting corrected"
+    )
+    assert anomaly_setup({"scale": 1.0, "coarse_pass": True}) == (
+        "tiles of 256 px at full resolution + whole-image pass"
+    )
+    assert anomaly_setup({"scale": 0.5, "multiscale": [256, 128], "shading": 0}) == (
+        "tiles of 256 px at scale 0.5; scales 256 + 128 px fused"
+    )

@@ -30,6 +30,7 @@ from django.db.models import Q
 from annotations.models import Annotation
 from inspection import storage
 from inspection.models import Image, ModelVersion
+from inspection.services.inspections import anomaly_setup
 from workers.tasks.anomaly import _engine, train_version, upright_copies
 from workers.tasks.runner import JobCancelled, JobContext, JobError, job_task
 
@@ -155,8 +156,8 @@ def compare_anomaly_models(job, ctx: JobContext) -> dict:
         "pixel_defect_images": sum(s.is_anomalous and not s.outline_only for s in samples),
         "training_images": len(train_images),
         "message": f"{len(scored)} model(s) scored on {len(defects)} reviewed defect and "
-        f"{len(normals)} normal images; best: {best['architecture']} v{best['number']}"
-        + (", lighting corrected" if best["params"].get("shading") else ""),
+        f"{len(normals)} normal images; best: {best['architecture']} v{best['number']} "
+        f"({anomaly_setup(best['params'])})",
     }
 
 
