@@ -46,6 +46,12 @@ def main() -> None:
     ap.add_argument("--bank-sample", type=int, default=0, help="keep this many bank rows (0: all)")
     ap.add_argument("--sigma", type=float, default=4.0)
     ap.add_argument(
+        "--pool",
+        type=int,
+        default=3,
+        help="each feature averaged over this many cells square (PatchCore's 3; odd)",
+    )
+    ap.add_argument(
         "--input", type=int, default=SIZE, help="network input side (maps are scored at 256 px)"
     )
     ap.add_argument(
@@ -123,7 +129,8 @@ def main() -> None:
         x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
         x = F.interpolate(x, size=(args.input, args.input), mode="bilinear", antialias=True)
         feats = net(lite_normalise(x))
-        feats = [F.avg_pool2d(feats[i], 3, 1, 1) for i in stages]  # PatchCore's pooler
+        # PatchCore's pooler (3 x 3), or a wider neighbourhood
+        feats = [F.avg_pool2d(feats[i], args.pool, 1, args.pool // 2) for i in stages]
         h, w = feats[0].shape[-2:]
         feats = [
             f if f.shape[-1] == w else F.interpolate(f, size=(h, w), mode="bilinear") for f in feats
