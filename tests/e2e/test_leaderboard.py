@@ -1,7 +1,7 @@
 """Which model for this part? An admin compares PaDiM and PatchCore, each with and without the
-shading correction and at two input sizes, on the project's own reviewed bottles (real MVTec images: normals, and
-broken bottles whose ground truth came with the import), reads the table, and activates the
-best with one click."""
+shading correction and at two input sizes, on the project's own reviewed bottles (real MVTec
+images: normals, and broken bottles whose ground truth came with the import), reads the table,
+and activates the best with one click."""
 
 import shutil
 
