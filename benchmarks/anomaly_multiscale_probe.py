@@ -119,6 +119,26 @@ def _score(meta: dict, maps: list[np.ndarray]) -> dict:
     }
 
 
+def _print_costs(run: str, meta: dict) -> None:
+    """Image AUROC is the share of (good, defective) pairs the map's maxima order right: each
+    good image costs it the defect images it outscores, over goods x defects."""
+    scores = [float(m.max()) for m in meta["maps"]]
+    bad = [s for s, mask in zip(scores, meta["masks"], strict=True) if mask]
+    goods = [
+        (Path(img).name, s)
+        for img, s, mask in zip(meta["images"], scores, meta["masks"], strict=True)
+        if not mask
+    ]
+    pairs = len(goods) * len(bad)
+    print(f"{run}: what each good image costs the image AUROC ({pairs} pairs)")
+    for name, score in sorted(goods, key=lambda g: -g[1]):
+        beaten = sum(b < score for b in bad) + 0.5 * sum(b == score for b in bad)
+        if beaten:
+            print(
+                f"  {name}: outscores {beaten:g} of {len(bad)} defect images, -{beaten / pairs:.3f}"
+            )
+
+
 def _same_grid(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     import cv2
 
@@ -134,6 +154,12 @@ def main() -> int:
     parser.add_argument("--runs", nargs="+", required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-pairs", action="store_true", help="score single runs only")
+    parser.add_argument(
+        "--costs",
+        action="store_true",
+        help="per single run, what each good test image costs the image AUROC (the defect "
+        "images it outscores), the costliest first",
+    )
     args = parser.parse_args()
 
     import torch
@@ -147,6 +173,8 @@ def main() -> int:
         rows.append({"run": run, **_score(meta, meta["maps"]), "train_s": meta["train_seconds"],
                      "ms": meta["ms_per_image"]})  # fmt: skip
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        if args.costs:
+            _print_costs(run, meta)
     if not args.no_pairs:
         for a, b in itertools.combinations(args.runs, 2):
             if runs[a]["dataset"] != runs[b]["dataset"]:
