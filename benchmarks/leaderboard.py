@@ -41,7 +41,11 @@ def main() -> int:
     ap.add_argument("--set", default="magnetic_tile")
     ap.add_argument("--models", nargs="+", default=["padim", "patchcore"])
     ap.add_argument("--shading-variants", action="store_true", help="each without and with 0.2")
-    ap.add_argument("--size-variants", action="store_true", help="each at 256 and 128 px")
+    ap.add_argument(
+        "--size-variants",
+        action="store_true",
+        help="each at half the resolution too (128 px whole, or tiles at half the scale)",
+    )
     ap.add_argument("--scale", type=float, default=None, help="tiles at this pixel scale")
     args = ap.parse_args()
 
@@ -73,9 +77,10 @@ def main() -> int:
     variants = [{}]
     if args.shading_variants:
         variants = [w for v in variants for w in (v, {**v, "shading": 0.2})]
-    if args.size_variants:
-        variants = [w for v in variants for w in (v, {**v, "input_size": 128})]
     params = {"scale": args.scale} if args.scale else {}
+    if args.size_variants:  # as the models page's "each at full and half resolution"
+        half = {"scale": args.scale / 2} if args.scale else {"input_size": 128}
+        variants = [w for v in variants for w in (v, {**v, **half})]
     with transaction.atomic():
         job = model_comparison_start(
             user=user, project=project, architectures=args.models, params=params, variants=variants

@@ -377,10 +377,12 @@
         // the resolution the models are trained and scored at (tiles for large photos, as training proposes)
         const params = f.get("scale") ? { scale: Number(f.get("scale")) } : {};
         // settings to try every model in (one version per model and setting): without and with
-        // the shading correction, at the input size and at half of it; each toggle doubles them
+        // the shading correction, at the resolution chosen and at half of it (a whole image at
+        // 128 px instead of 256, tiles at half the scale); each toggle doubles them
         let variants = [{}];
         if (f.get("shading_variants") === "on") variants = variants.flatMap((v) => [v, { ...v, shading: 0.2 }]);
-        if (f.get("size_variants") === "on") variants = variants.flatMap((v) => [v, { ...v, input_size: 128 }]);
+        const half = params.scale ? { scale: params.scale / 2 } : { input_size: 128 };
+        if (f.get("size_variants") === "on") variants = variants.flatMap((v) => [v, { ...v, ...half }]);
         const count = architectures.length * variants.length;
         if (count > MAX_COMPARED) {
           out.textContent = `${architectures.length} model(s) in ${variants.length} settings make ${count} versions; a comparison trains at most ${MAX_COMPARED}: untick some models or settings.`;

@@ -1,11 +1,12 @@
 """Which model for this part? An admin compares PaDiM and PatchCore, each with and without the
-shading correction and at two input sizes, on the project's own reviewed bottles (real MVTec
+shading correction and at two resolutions, on the project's own reviewed bottles (real MVTec
 images: normals, and broken bottles whose ground truth came with the import), reads the table,
 and activates the best with one click."""
 
 import shutil
 
 import pytest
+from django.template.defaultfilters import floatformat
 
 from annotations.services.dataset_import import dataset_import_run
 from inspection.models import Job, ModelVersion
@@ -48,10 +49,12 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
         if box.is_checked()
     ]
     assert checked == ["padim", "patchcore", "patchcore_fine"]  # the one-pass models
-    # bottles are 900 px: seen whole, as the training form proposes for them
+    # bottles are 900 px: seen whole, as the training form proposes for them; this admin
+    # wants tiles at half resolution, and to know whether a quarter would do
     assert form.locator("select[name=scale]").input_value() == ""
-    # each model with and without the shading correction, at 256 and 128 px: four settings
-    # apiece, so four models make 16 versions, and more than 8 are refused
+    form.locator("select[name=scale]").select_option("0.5")
+    # each model with and without the shading correction, at full and half that resolution:
+    # four settings apiece, so four models make 16 versions, and more than 8 are refused
     form.locator("input[name=shading_variants]").check()
     form.locator("input[name=size_variants]").check()
     form.locator("input[name=architectures][value=lbp]").check()
@@ -74,14 +77,14 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     rows = page.locator("#comparison-table tr[data-comparison-version]")
     assert rows.count() == 8
     versions = ModelVersion.objects.filter(project=project).order_by("number")
-    settings = [(v.params.get("shading"), v.params.get("input_size", 256)) for v in versions]
+    settings = [(v.params.get("shading"), v.params.get("scale")) for v in versions]
     assert [v.architecture for v in versions] == ["padim"] * 4 + ["patchcore"] * 4
-    assert settings == [(None, 256), (None, 128), (0.2, 256), (0.2, 128)] * 2
+    assert settings == [(None, 0.5), (None, 0.25), (0.2, 0.5), (0.2, 0.25)] * 2
     assert all(v.status == "ready" and not v.is_active for v in versions)
-    for v, (shading, size) in zip(versions, settings, strict=True):
+    for v, (shading, scale) in zip(versions, settings, strict=True):
         # each row says how its model saw the images
         cell = page.locator(f'tr[data-comparison-version="{v.pk}"] td').first.inner_text()
-        assert f"whole image at {size} px" in cell, cell
+        assert f"tiles of 256 px at scale {scale:g}" in cell, cell
         assert ("lighting corrected" in cell) == bool(shading), cell
         figures = v.metrics["comparison"]
         assert figures["images"] == 5 and figures["pixel_defect_images"] == 3
@@ -91,8 +94,9 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
         for name in ("image_auroc", "pixel_auroc", "au_pro", "region_recall"):
             lo, hi = figures["intervals"][name]
             assert lo <= figures[name] <= hi, (name, figures["intervals"][name], figures[name])
-            assert f"{figures[name]:.3f}" in row.inner_text()
-            assert f"{lo:.2f}–{hi:.2f}" in row.inner_text()
+            # rounded as the page rounds (half up: 0.985 shows as 0.99, where Python says 0.98)
+            assert floatformat(figures[name], 3) in row.inner_text()
+            assert f"{floatformat(lo, 2)}–{floatformat(hi, 2)}" in row.inner_text()
         for dot in ("auroc", "pixel", "aupro", "region", "recall"):
             assert row.locator(f"svg.dots circle.{dot}").count() == 1, dot
         assert isinstance(figures["model_mb"], float)  # its size on disk
@@ -102,10 +106,10 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     assert all(v.metrics["comparison"]["image_auroc"] >= 0.9 for v in versions)
 
     best = ModelVersion.objects.get(pk=job.result["best"])
-    size = best.params.get("input_size", 256)
+    scale = best.params["scale"]
     corrected = "; lighting corrected" if best.params.get("shading") else ""
     assert job.result["message"].endswith(
-        f"best: {best.architecture} v{best.number} (whole image at {size} px{corrected})"
+        f"best: {best.architecture} v{best.number} (tiles of 256 px at scale {scale:g}{corrected})"
     ), job.result["message"]
     best_row = page.locator("#comparison-table tr.best")
     assert best_row.get_attribute("data-comparison-version") == str(best.pk)
