@@ -185,12 +185,7 @@ def _comparison(project: Project) -> dict | None:
                 "f": f,
                 "ci": intervals,
                 "version": versions.get(r["model_version"]),
-                # its settings; rows of comparisons from before they were kept: the version's
-                "setup": anomaly_setup(
-                    r["params"]
-                    if "params" in r
-                    else getattr(versions.get(r["model_version"]), "params", None)
-                ),
+                "setup": _row_setup(r, versions.get(r["model_version"])),
                 "auroc_dot": dot_whisker(f.get("image_auroc"), intervals.get("image_auroc")),
                 "recall_dot": dot_whisker(
                     f.get("recall_at_threshold"), intervals.get("recall_at_threshold")
@@ -198,6 +193,14 @@ def _comparison(project: Project) -> dict | None:
             }
         )
     return {"job": job, "rows": out, "result": job.result or {}}
+
+
+def _row_setup(row: dict, version: ModelVersion | None) -> str:
+    """A comparison row's settings in words; rows from before they were kept there: its
+    version's, or nothing once the version is deleted too (not a guess)."""
+    if "params" in row:
+        return anomaly_setup(row["params"])
+    return anomaly_setup(version.params) if version is not None else ""
 
 
 def _calibration_data(project: Project) -> dict | None:

@@ -173,7 +173,7 @@ class ProjectViewSet(NumericIds, viewsets.ModelViewSet):
     )
     def model_comparisons(self, request, pk=None):
         """POST to compare anomaly models on the project's own reviewed images (202 with the
-        job; one new version per architecture, none made active); GET the newest comparison's
+        job; one new version per architecture and setting, none made active); GET the newest comparison's
         job, whose ``result.rows`` is the table (404 before the first)."""
         project = self.get_object()
         if request.method == "GET":

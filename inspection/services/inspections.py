@@ -61,6 +61,9 @@ TRAIN_PARAMS = {
     "multiscale_fusion",
     "shading",
 }
+# The engine's smallest input per model where it is above 64 px (workers/anomaly/models,
+# ModelSpec.min_input_size; a test keeps the two the same): checked before a job is queued.
+MIN_INPUT_SIZE = {"efficientad": 256}
 MIN_NORMAL_IMAGES = 2
 # Normal images whose median long side reaches this are trained as tiles by default (models
 # page): resizing them whole to the network's 256 px would shrink them 4x or more.
@@ -112,6 +115,20 @@ def _check_geometry(params: dict) -> None:
         )
 
 
+def _check_input_size(architecture: str, params: dict) -> None:
+    """The input size the engine would refuse for this model, refused before anything is
+    queued."""
+    size = params.get("input_size", 256)
+    minimum = MIN_INPUT_SIZE.get(architecture, 64)
+    if not (type(size) is int and size >= minimum and size % 32 == 0):
+        raise ValidationError(
+            {
+                "params": f"input_size is a multiple of 32 and {minimum} px or more for "
+                f"{architecture}."
+            }
+        )
+
+
 def _checked_train_params(params: dict | None) -> dict:
     """Training parameters a user may set, with the tiles' checked before anything is queued
     (the training job checks the others)."""
@@ -146,9 +163,15 @@ def anomaly_setup(params: dict | None) -> str:
         text = f"whole image at {size} px"
     if p.get("multiscale"):
         text += "; scales " + " + ".join(str(s) for s in p["multiscale"]) + " px fused"
+        if p.get("multiscale_fusion", "mean") != "mean":
+            text += f" by their {p['multiscale_fusion']}"
     if p.get("shading"):
         text += "; lighting corrected"
-    return text
+    # whatever else was set (steps, seed, coreset ratio...), as it was given
+    told = {"model", "region", "input_size", "scale", "coarse_pass", "multiscale"}
+    told |= {"multiscale_fusion", "shading"}
+    rest = [f"{k} {p[k]}" for k in sorted(p) if k not in told]
+    return "; ".join([text, *rest])
 
 
 def training_images(project: Project):
@@ -169,6 +192,7 @@ def model_version_train(
     if architecture not in ARCHITECTURES:
         raise ValidationError({"architecture": f"Use one of {', '.join(ARCHITECTURES)}."})
     params = _checked_train_params(params)
+    _check_input_size(architecture, params)
     ids = list(training_images(project).order_by("id").values_list("id", flat=True))
     if len(ids) < MIN_NORMAL_IMAGES:
         raise ValidationError(
@@ -185,8 +209,9 @@ def model_version_train(
     )
 
 
-# A comparison scores the models on this share of the normal images (every n-th by id, at
-# least one), trained on the rest, and on every image with reviewed labels.
+# A comparison scores the models on this share of the training normal images (every n-th by
+# id, at least one), trained on the rest, on the normal images of the test split, and on every
+# image with reviewed labels.
 COMPARE_NORMAL_EVERY = 5
 # At most this many versions (architectures times settings) in one comparison.
 MAX_COMPARED = 8
@@ -195,13 +220,11 @@ MAX_COMPARED = 8
 def _checked_variants(variants: list[dict] | None) -> list[dict]:
     """The settings each architecture is tried with (``[{}]``: only the shared parameters),
     e.g. ``[{}, {"shading": 0.2}]``: without and with the shading correction. Each is a set of
-    training parameters laid over the shared ones; two the same are refused."""
+    training parameters laid over the shared ones (two that come out the same are refused
+    once laid over them, in ``model_comparison_start``)."""
     variants = [{}] if variants is None else list(variants)
     if not variants or not all(isinstance(v, dict) for v in variants):
         raise ValidationError({"variants": 'Give a list of settings, e.g. [{}, {"shading": 0.2}].'})
-    unique = {json.dumps(v, sort_keys=True) for v in variants}
-    if len(unique) < len(variants):
-        raise ValidationError({"variants": "Two of the settings are the same."})
     for v in variants:
         unknown = set(v) - TRAIN_PARAMS
         if unknown:
@@ -209,6 +232,18 @@ def _checked_variants(variants: list[dict] | None) -> list[dict]:
                 {"variants": f"Unknown parameter(s): {', '.join(sorted(unknown))}."}
             )
     return variants
+
+
+def _canonical(params: dict) -> str:
+    """Training parameters as a key that two equal settings share: defaults dropped (shading
+    0, no scale, 256 px, no coarse pass), 1 and 1.0 alike."""
+    defaults = {"shading": 0, "scale": None, "input_size": 256, "coarse_pass": False}
+    kept = {
+        k: float(v) if type(v) is int else v
+        for k, v in params.items()
+        if not (k in defaults and v == defaults[k])
+    }
+    return json.dumps(kept, sort_keys=True)
 
 
 def model_comparison_start(
@@ -235,14 +270,30 @@ def model_comparison_start(
     if len(chosen) * len(variants) > MAX_COMPARED:
         raise ValidationError(
             {
-                "variants": f"{len(chosen)} models with {len(variants)} settings each make "
+                "variants": f"{len(chosen)} model(s) in {len(variants)} settings make "
                 f"{len(chosen) * len(variants)} versions; a comparison trains at most "
-                f"{MAX_COMPARED}: untick some models."
+                f"{MAX_COMPARED}: untick some models or settings."
             }
         )
     shared = _checked_train_params(params)
+    merged = []
+    for i, v in enumerate(variants, 1):
+        try:
+            merged.append(_checked_train_params({**shared, **v}))
+            for a in chosen:
+                _check_input_size(a, merged[-1])
+        except ValidationError as exc:
+            if v == {} and len(variants) == 1:  # the shared parameters alone
+                raise
+            raise ValidationError(
+                {"variants": f"Setting {i} ({json.dumps(v)}): {' '.join(exc.messages)}"}
+            ) from None
+    if len({_canonical(p) for p in merged}) < len(merged):
+        raise ValidationError(
+            {"variants": "Two of the settings are the same once laid over the shared parameters."}
+        )
     # architecture by architecture, each in every setting (the table's order)
-    candidates = [(a, _checked_train_params({**shared, **v})) for a in chosen for v in variants]
+    candidates = [(a, p) for a in chosen for p in merged]
     ids = list(training_images(project).order_by("id").values_list("id", flat=True))
     kept_aside = ids[::COMPARE_NORMAL_EVERY]
     training = [i for i in ids if i not in set(kept_aside)]

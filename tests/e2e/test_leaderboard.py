@@ -59,8 +59,11 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     form.locator("input[name=size_variants]").check()
     form.locator("input[name=architectures][value=lbp]").check()
     form.locator("button[type=submit]").click()
-    assert "make 16 versions" in page.locator("#compare-status").inner_text()
+    status = page.locator("#compare-status")
+    status.filter(has_text="4 model(s) in 4 settings make 16 versions").wait_for()
+    assert "Not started" in status.inner_text() and "at most 8" in status.inner_text()
     assert not Job.objects.filter(project=project).exists()
+    assert not ModelVersion.objects.filter(project=project).exists()
     for name in ("lbp", "patchcore_fine"):
         form.locator(f"input[name=architectures][value={name}]").uncheck()
     form.locator("button[type=submit]").click()

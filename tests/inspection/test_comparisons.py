@@ -96,11 +96,27 @@ def test_each_model_in_each_setting_one_version_apiece(team, client_for, tmp_pat
             "make 9 versions",
         ),
         ({"architectures": ["padim"], "variants": [{}, {}]}, "the same"),
+        # the same once laid over the shared parameters, or once defaults are dropped
+        (
+            {
+                "architectures": ["padim"],
+                "params": {"shading": 0.2},
+                "variants": [{}, {"shading": 0.2}],
+            },
+            "the same once laid over",
+        ),
+        ({"architectures": ["padim"], "variants": [{}, {"shading": 0}]}, "the same"),
+        ({"architectures": ["padim"], "variants": [{"scale": 1}, {"scale": 1.0}]}, "the same"),
         ({"architectures": ["padim"], "variants": []}, "variants"),
-        ({"architectures": ["padim"], "variants": [{"shading": 2}]}, "shorter side"),
         ({"architectures": ["padim"], "variants": [{"layers": 3}]}, "Unknown parameter"),
         ({"architectures": ["padim"], "variants": ["shading"]}, "variants"),
         ({"architectures": ["padim"], "variants": {"shading": 0.2}}, "variants"),
+        # EfficientAD's autoencoder takes 256 px or more: not at half resolution
+        (
+            {"architectures": ["padim", "efficientad"], "variants": [{}, {"input_size": 128}]},
+            "256 px or more for efficientad",
+        ),
+        ({"architectures": ["padim"], "params": {"input_size": 100}}, "multiple of 32"),
         ({"architectures": ["resnet"]}, "architectures"),
         ({"architectures": ["padim"], "params": {"layers": 3}}, "Unknown parameter"),
         ({"architectures": ["padim"], "params": {"scale": 9}}, "scale"),
@@ -122,6 +138,25 @@ def test_what_a_comparison_refuses(team, client_for, tmp_path, body, message):
     normals(team, tmp_path, 4)
     r = client_for(team["admin"]).post(url(team), body, format="json")
     assert r.status_code == 400 and message in r.content.decode(), r.content
+    assert not ModelVersion.objects.exists() and not Job.objects.exists()
+
+
+def test_a_bad_setting_is_named_under_variants(team, client_for, tmp_path):
+    normals(team, tmp_path, 4)
+    body = {"architectures": ["padim"], "variants": [{}, {"shading": 2}]}
+    r = client_for(team["admin"]).post(url(team), body, format="json")
+    assert r.status_code == 400, r.content
+    (message,) = r.json()["detail"]["variants"]
+    assert message.startswith('Setting 2 ({"shading": 2}): ') and "shorter side" in message
+    assert not ModelVersion.objects.exists() and not Job.objects.exists()
+
+
+def test_training_refuses_an_input_the_model_cannot_take(team, client_for, tmp_path):
+    normals(team, tmp_path, 3)
+    models = f"/api/projects/{team['project'].pk}/models/"
+    body = {"architecture": "efficientad", "params": {"input_size": 128}}
+    r = client_for(team["admin"]).post(models, body, format="json")
+    assert r.status_code == 400 and "256 px or more for efficientad" in r.content.decode()
     assert not ModelVersion.objects.exists() and not Job.objects.exists()
 
 
@@ -189,6 +224,11 @@ def test_the_leaderboard_shows_every_figure_with_its_interval(team, client_for):
         )
         rows.append({"model_version": v.pk, "number": number, "architecture": arch, "figures": f})
     rows[0]["best"] = True
+    ModelVersion.objects.filter(pk=rows[0]["model_version"]).update(params={"scale": 1.0})
+    # a row as the job writes it now names its settings; rows from before do not: the page
+    # takes its version's, and says nothing of a version deleted since
+    rows.append({**rows[1], "model_version": 999_999, "number": 3})
+    rows[1]["params"] = {"input_size": 128, "shading": 0.2}
     job.result = {"rows": rows, "best": rows[0]["model_version"], "normal_images": 20,
                   "defect_images": 50, "pixel_defect_images": 50, "training_images": 80}  # fmt: skip
     job.save(update_fields=["result"])
@@ -201,7 +241,10 @@ def test_the_leaderboard_shows_every_figure_with_its_interval(team, client_for):
     page = browser.get(f"/projects/{project.pk}/models/").content.decode()
     start = page.index('id="comparison-table"')
     table = page[start : page.index("</table>", start)]
-    first, second = table.split("data-comparison-version=")[1:3]
+    first, second, third = table.split("data-comparison-version=")[1:4]
+    assert "tiles of 256 px at full resolution" in first
+    assert "whole image at 128 px; lighting corrected" in second
+    assert "(deleted)" in third and 'class="hint setup"' not in third
     for lo_hi in ("0.83–0.90", "0.65–0.80", "0.52–0.78", "0.81–0.96", "0.47–0.73"):
         assert lo_hi in first, lo_hi
     assert "Size on disk, MB" in table and "Model MB" not in table
@@ -228,3 +271,7 @@ def test_a_versions_setup_in_words():
     assert anomaly_setup({"scale": 0.5, "multiscale": [256, 128], "shading": 0}) == (
         "tiles of 256 px at scale 0.5; scales 256 + 128 px fused"
     )
+    # whatever else was set tells two versions apart: named as given
+    assert anomaly_setup(
+        {"model": "patchcore", "multiscale": [256, 128], "multiscale_fusion": "max", "seed": 3}
+    ) == ("whole image at 256 px; scales 256 + 128 px fused by their max; seed 3")

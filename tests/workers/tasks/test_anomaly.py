@@ -21,6 +21,17 @@ def test_the_app_offers_exactly_the_engines_models():
     assert sorted(ARCHITECTURES) == sorted(models.names())
 
 
+def test_the_app_refuses_the_input_sizes_the_engine_refuses():
+    """The app checks each model's smallest input before a job is queued: its table must be the
+    engine's, for every model whose minimum is above the default 64 px."""
+    from inspection.services.inspections import MIN_INPUT_SIZE
+    from workers.anomaly import models
+
+    engine = {n: models.get(n).min_input_size for n in models.names()}
+    assert {n: m for n, m in engine.items() if m > 64} == MIN_INPUT_SIZE
+    assert all(m >= 64 for m in engine.values())
+
+
 def test_train_then_inspect_with_a_deleted_image(
     team, client_for, upload, django_capture_on_commit_callbacks
 ):
@@ -97,14 +108,15 @@ def test_training_failure_marks_the_version_failed(team, client_for, upload):
         {"files": normals, "is_normal": "true"},
         format="multipart",
     )
+    # the engine refuses what the app does not check before queueing (a learning rate <= 0)
     version = model_version_train(
-        user=admin, project=project, architecture="padim", params={"input_size": 50}
+        user=admin, project=project, architecture="padim", params={"learning_rate": -1}
     )
     assert run_job(str(version.job_id), train_anomaly_model.body) == "failed"
     version.refresh_from_db()
     job = Job.objects.get(pk=version.job_id)
     assert version.status == ModelVersion.Status.FAILED and not version.is_active
-    assert "input_size" in job.error
+    assert "learning_rate" in job.error
 
 
 def grey_part(seed: int, highlight: bool = False) -> bytes:
