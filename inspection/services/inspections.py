@@ -296,7 +296,8 @@ def model_comparison_start(
     candidates = [(a, p) for a in chosen for p in merged]
     ids = list(training_images(project).order_by("id").values_list("id", flat=True))
     kept_aside = ids[::COMPARE_NORMAL_EVERY]
-    training = [i for i in ids if i not in set(kept_aside)]
+    aside = set(kept_aside)  # once: a project may have thousands of normal images
+    training = [i for i in ids if i not in aside]
     # normal images of the test split are never trained on: every one of them is scored too
     tested = Image.objects.filter(project=project, is_normal=True, split=Image.Split.TEST)
     scoring = sorted([*kept_aside, *tested.values_list("id", flat=True)])
