@@ -11,7 +11,8 @@ reviewer would, starts a comparison with the models and settings asked for
 (``model_comparison_start``: one version per model and setting), runs the ``anomaly_compare``
 job in this process (no broker) and prints its table: each version's setup, image AUROC, pixel
 AUROC, AU-PRO, region recall at <= 1 false region per good image with their 95 % intervals,
-the figures at its own threshold, train s and ms per image, the best marked. The split is the
+the figures at its own threshold, train s, ms per image, the memory a fresh process took to
+load it and predict three images, and its size on disk, the best marked. The split is the
 app's, not ``benchmarks/anomaly.py``'s: one in five training normals kept aside for scoring,
 plus the test split's normals.
 """
@@ -103,22 +104,23 @@ def main() -> int:
     print(
         "| model | setup | image AUROC (95 % CI) | pixel AUROC | AU-PRO | region recall "
         "(≤ 1 false per good image) | at the threshold: recall · false per good image | "
-        "train s | ms per image |"
+        "train s | ms per image | memory to run, MB | on disk, MB |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     versions = ModelVersion.objects.in_bulk([r["model_version"] for r in res["rows"]])
     for r in res["rows"]:
         name = r["architecture"] + (" **best**" if r.get("best") else "")
         setup = anomaly_setup(versions[r["model_version"]].params)
         if "error" in r:
-            print(f"| {name} | {setup} | failed: {r['error'][:120]} | | | | | | |")
+            print(f"| {name} | {setup} | failed: {r['error'][:120]} | | | | | | | | |")
             continue
         f = r["figures"]
         at = f"{f['recall_at_threshold']:.3f} · {f['false_per_good_image_at_threshold']:.2f}"
         print(
             f"| {name} | {setup} | {_fig(f, 'image_auroc')} | {_fig(f, 'pixel_auroc')} | "
             f"{_fig(f, 'au_pro')} | {_fig(f, 'region_recall')} | {at} | "
-            f"{f['train_seconds']:.0f} | {f['ms_per_image']:.0f} |"
+            f"{f['train_seconds']:.0f} | {f['ms_per_image']:.0f} | {f.get('memory_mb') or '-'} | "
+            f"{f['model_mb']} |"
         )
     return 0
 

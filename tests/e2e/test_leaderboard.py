@@ -103,8 +103,12 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
         for dot in ("auroc", "pixel", "aupro", "region", "recall"):
             assert row.locator(f"svg.dots circle.{dot}").count() == 1, dot
         assert isinstance(figures["model_mb"], float)  # its size on disk
+        # the memory a fresh process took to load it and predict: torch alone is over 100 MB
+        assert figures["memory_mb"] > 100, figures["memory_mb"]
+        assert floatformat(figures["memory_mb"], 0) in row.inner_text()
     header = page.locator("#comparison-table thead").inner_text()
     assert "Size on disk, MB" in header and "Model MB" not in header
+    assert "Memory to run, MB" in header
     # broken bottles are easy: both models tell them from the normal ones
     assert all(v.metrics["comparison"]["image_auroc"] >= 0.9 for v in versions)
 

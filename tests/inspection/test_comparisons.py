@@ -209,7 +209,7 @@ def test_the_leaderboard_shows_every_figure_with_its_interval(team, client_for):
         "image_auroc": 0.9, "pixel_auroc": 0.87, "au_pro": 0.73, "region_recall": 0.656,
         "region_false_per_good_image": 0.6, "recall_at_threshold": 0.6,
         "false_per_good_image_at_threshold": 0.5, "ms_per_image": 120.0, "model_mb": 12.5,
-        "train_seconds": 30, "images": 70, "pixel_defect_images": 50,
+        "train_seconds": 30, "images": 70, "pixel_defect_images": 50, "memory_mb": 812.3,
         "intervals": {
             "image_auroc": [0.81, 0.96], "pixel_auroc": [0.8312, 0.9041],
             "au_pro": [0.6543, 0.7987], "region_recall": [0.5211, 0.7802],
@@ -217,6 +217,7 @@ def test_the_leaderboard_shows_every_figure_with_its_interval(team, client_for):
         },
     }  # fmt: skip
     bare = {**figures, "au_pro": None, "intervals": {**figures["intervals"], "au_pro": None}}
+    del bare["memory_mb"]  # a comparison from before memory was measured
     rows = []
     for number, (arch, f) in enumerate((("patchcore", figures), ("padim", bare)), start=1):
         v = ModelVersion.objects.create(
@@ -248,6 +249,7 @@ def test_the_leaderboard_shows_every_figure_with_its_interval(team, client_for):
     for lo_hi in ("0.83–0.90", "0.65–0.80", "0.52–0.78", "0.81–0.96", "0.47–0.73"):
         assert lo_hi in first, lo_hi
     assert "Size on disk, MB" in table and "Model MB" not in table
+    assert "<td>812</td>" in first and "<td>—</td>" in second  # memory to run, MB
     # dots at 6 + 108 * value px, whiskers from lo to hi
     assert 'class="pixel" fill="#7c3aed" cx="94"' in first  # 0.87 * 108 = 94
     assert 'x1="90" y1="11" x2="98" y2="11"' in first  # 0.8312, 0.9041

@@ -132,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         "(the PNG is for display: 8-bit, capped at twice the threshold)",
     )
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--peak-memory",
+        action="store_true",
+        help='last, print {"peak_rss_mb": ...}: this process\'s peak resident memory, loading '
+        "the model and predicting included (what a worker or station needs to run it)",
+    )
     p.add_argument("--specular-mask", action="store_true")
     p.add_argument("--allow-size-mismatch", action="store_true")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
@@ -241,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                         }
                     )
                 )
+            if args.peak_memory:
+                from ..memory import peak_rss_mb
+
+                print(json.dumps({"peak_rss_mb": round(peak_rss_mb(), 1)}))
             return 1 if failed else 0
         elif args.command == "evaluate":
             from .config import PredictConfig

@@ -10,16 +10,20 @@ pixel AUROC and AU-PRO (on the images whose labels are all polygons: a box's bac
 defect), region recall at <= 1 false region per good image, recall and false regions per good
 image at the model's threshold, each of these with its 95 % percentile bootstrap interval over
 the images (``figures["intervals"]``, from the engine's ``evaluation.intervals``; None where a
-figure is undefined), ms per image, the model's size on disk (``model_mb``, with its exports:
-not the memory it takes to run, which this job does not measure: several models are trained and
-scored in one worker process, whose peak RSS only grows) and its training time. The best
+figure is undefined), ms per image, the memory it takes to run (``memory_mb``: the peak RSS of
+a fresh process that loads it and predicts a few of the scored images; this job's own process
+trains and scores several models, and its peak only grows), the model's size on disk
+(``model_mb``, with its exports) and its training time. The best
 (highest region recall at <= 1 false per good image, then image AUROC, then pixel AUROC) is
 marked; nobody's active model changes until an admin activates it on the models page.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -35,6 +39,11 @@ from workers.tasks.anomaly import _engine, train_version, upright_copies
 from workers.tasks.runner import JobCancelled, JobContext, JobError, job_task
 
 logger = logging.getLogger(__name__)
+
+# the checkout: a fresh process runs the engine's CLI from here to measure a model's memory
+ROOT = Path(__file__).resolve().parents[2]
+# how many of the scored images that process predicts
+MEMORY_IMAGES = 3
 
 # figures copied from the engine's evaluation into each row (the rest stays on the version)
 FIGURES = (
@@ -190,7 +199,12 @@ def _train_and_score(version, train_paths, samples, ctx, start: float, span: flo
             result = anomaly.evaluate(model, samples, progress=report)
         except anomaly.Cancelled:
             raise JobCancelled() from None
+        del model
+        memory_mb = memory_to_run(
+            model_dir / Path(version.artifact).name, [s.image for s in samples[:MEMORY_IMAGES]]
+        )
     figures = {k: _finite(result.metrics.get(k)) for k in FIGURES}
+    figures["memory_mb"] = memory_mb
     figures["intervals"] = result.metrics["intervals"]
     figures["train_seconds"] = version.metrics.get("train_seconds")
     figures["model_mb"] = round(model_bytes / 2**20, 1)  # size on disk, with its exports
@@ -199,6 +213,28 @@ def _train_and_score(version, train_paths, samples, ctx, start: float, span: flo
     version.metrics = {**version.metrics, "comparison": figures}
     version.save(update_fields=["metrics"])
     return {**row, "figures": figures}
+
+
+def memory_to_run(artifact: Path, images: list[Path]) -> float | None:
+    """Peak resident memory, in MB, of a fresh process that loads the model (with the runtime
+    inspections pick for it) and predicts ``images``: what a worker or a line station needs to
+    run it. The job's own process cannot say: it trains and scores several models, and its peak
+    only grows. None when that process fails (logged)."""
+    with tempfile.TemporaryDirectory(prefix="loupe-memory-") as out:
+        command = [sys.executable, "-m", "workers.anomaly", "--quiet", "predict", "--model"]
+        command += [str(artifact), "--out", out, "--peak-memory", *map(str, images)]
+        try:
+            done = subprocess.run(
+                command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False
+            )
+        except subprocess.TimeoutExpired:
+            logger.warning("memory of %s not measured: no answer in 900 s", artifact)
+            return None
+        try:  # the last line; one image failing still leaves it (exit status 1)
+            return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+        except (IndexError, KeyError, TypeError, ValueError):
+            logger.warning("memory of %s not measured: %s", artifact, done.stderr[-500:])
+            return None
 
 
 def _finite(value):

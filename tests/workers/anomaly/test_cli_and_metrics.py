@@ -120,6 +120,16 @@ def test_cli_predict_keeps_the_inputs_relative_paths(cli_data_and_model, tmp_pat
     assert (one / "000.json").is_file() and (one / "001_heatmap.png").is_file()
 
 
+def test_cli_predict_reports_its_peak_memory(cli_data_and_model, tmp_path: Path, capsys):
+    """--peak-memory: last, the process's peak resident memory (the leaderboard runs this in a
+    fresh process to say what a model needs to run)."""
+    data, model = cli_data_and_model
+    args = ["--quiet", "predict", "--model", str(model), "--out", str(tmp_path / "p")]
+    assert main([*args, "--peak-memory", str(data / "test/hole/000.png")]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(last) == {"peak_rss_mb"} and last["peak_rss_mb"] > 50  # torch is loaded
+
+
 def test_cli_predict_writes_the_float_map_for_scoring(cli_data_and_model, tmp_path: Path):
     """The PNG is 8-bit and capped at twice the threshold; --float-maps adds the calibrated float
     map behind it, uncapped, on the same grid."""
