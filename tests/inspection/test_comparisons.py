@@ -260,6 +260,16 @@ def test_the_leaderboard_shows_every_figure_with_its_interval(team, client_for):
     assert 'class="pixel"' in second
 
 
+def test_memory_not_measured_is_none_not_a_guess(tmp_path):
+    """The fresh process that measures a model's memory fails on a missing model: the row gets
+    None (the page shows a dash), and the comparison goes on."""
+    from workers.tasks.anomaly_compare import memory_to_run
+
+    image = tmp_path / "a.png"
+    image.write_bytes(image_bytes("PNG", size=(64, 48)))
+    assert memory_to_run(tmp_path / "missing" / "model.pt", [image]) is None
+
+
 def test_a_versions_setup_in_words():
     from inspection.services.inspections import anomaly_setup
 
