@@ -192,7 +192,26 @@ def _comparison(project: Project) -> dict | None:
                 ),
             }
         )
-    return {"job": job, "rows": out, "result": job.result or {}}
+    return {"job": job, "rows": out, "result": job.result or {}, "by_kind": _by_kind(out)}
+
+
+def _by_kind(rows: list[dict]) -> list[dict]:
+    """The leaderboard per defect kind (label category): a line per kind, a cell per scored
+    row (None where that row has no figures for it: a failed model, a comparison made before
+    the figures per kind were kept)."""
+    scored = [r for r in rows if "figures" in r]
+    kinds: dict[str, int] = {}
+    for r in scored:
+        for kind, f in (r["f"].get("by_type") or {}).items():
+            kinds[kind] = max(kinds.get(kind, 0), f.get("images") or 0)
+    return [
+        {
+            "kind": kind,
+            "images": images,
+            "cells": [(r["f"].get("by_type") or {}).get(kind) for r in scored],
+        }
+        for kind, images in sorted(kinds.items())
+    ]
 
 
 def _row_setup(row: dict, version: ModelVersion | None) -> str:

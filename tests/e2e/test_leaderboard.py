@@ -1,7 +1,7 @@
 """Which model for this part? An admin compares PaDiM and PatchCore, each with and without the
 shading correction and at two resolutions, on the project's own reviewed bottles (real MVTec
-images: normals, and broken bottles whose ground truth came with the import), reads the table,
-and activates the best with one click."""
+images: normals, and broken bottles whose ground truth came with the import), reads the table
+and its figures per defect kind, and activates the best with one click."""
 
 import shutil
 
@@ -16,14 +16,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
 def small_bottles(root, dest):
-    """6 normal bottles and 3 broken ones with their masks, in MVTec layout."""
+    """6 normal bottles and 3 broken ones (2 large breaks, 1 small) with their masks, in MVTec
+    layout."""
     for i, p in enumerate(sorted((root / "train" / "good").glob("*.png"))[:6]):
         (dest / "train" / "good").mkdir(parents=True, exist_ok=True)
         shutil.copy(p, dest / "train" / "good" / f"{i:03d}.png")
-    for p in sorted((root / "test" / "broken_large").glob("*.png"))[:3]:
-        for sub, name in (("test", p.name), ("ground_truth", f"{p.stem}_mask.png")):
-            (dest / sub / "broken_large").mkdir(parents=True, exist_ok=True)
-            shutil.copy(root / sub / "broken_large" / name, dest / sub / "broken_large" / name)
+    for kind, n in (("broken_large", 2), ("broken_small", 1)):
+        for p in sorted((root / "test" / kind).glob("*.png"))[:n]:
+            for sub, name in (("test", p.name), ("ground_truth", f"{p.stem}_mask.png")):
+                (dest / sub / kind).mkdir(parents=True, exist_ok=True)
+                shutil.copy(root / sub / kind / name, dest / sub / kind / name)
     return dest
 
 
@@ -109,8 +111,22 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     header = page.locator("#comparison-table thead").inner_text()
     assert "Size on disk, MB" in header and "Model MB" not in header
     assert "Memory to run, MB" in header
-    # broken bottles are easy: both models tell them from the normal ones
-    assert all(v.metrics["comparison"]["image_auroc"] >= 0.9 for v in versions)
+    # which kinds of defect each model finds: a line per label category, a cell per version
+    kinds = page.locator("#comparison-kinds")
+    assert kinds.locator("thead th").count() == 2 + 8
+    for kind, images in (("broken_large", 2), ("broken_small", 1)):
+        line = kinds.locator(f'tr[data-kind="{kind}"] td')
+        assert line.nth(0).inner_text() == kind and line.nth(1).inner_text() == str(images)
+        for i, v in enumerate(versions):
+            f = v.metrics["comparison"]["by_type"][kind]
+            assert f["images"] == images and f["regions"] >= images
+            cell = line.nth(2 + i).inner_text()
+            assert cell.startswith(floatformat(f["region_recall"], 2)), (kind, cell)
+            assert f"image AUROC {floatformat(f['image_auroc'], 2)}" in cell, (kind, cell)
+            assert f"AU-PRO {floatformat(f['au_pro'], 2)}" in cell, (kind, cell)
+    # large breaks are easy: every model tells them from the normal bottles
+    assert all(v.metrics["comparison"]["by_type"]["broken_large"]["image_auroc"] == 1.0
+               for v in versions)  # fmt: skip
 
     best = ModelVersion.objects.get(pk=job.result["best"])
     scale = best.params["scale"]

@@ -216,8 +216,16 @@ def test_the_leaderboard_shows_every_figure_with_its_interval(team, client_for):
             "recall_at_threshold": [0.47, 0.73], "false_per_good_image_at_threshold": [0.2, 0.9],
         },
     }  # fmt: skip
+    figures["by_type"] = {
+        "crack": {"images": 10, "image_auroc": 0.705, "pixel_auroc": 0.9606, "au_pro": 0.8929,
+                  "regions": 13, "region_recall": 0.3846, "recall_at_threshold": 0.3846},
+        "crack + scratch": {"images": 1, "image_auroc": 1.0, "pixel_auroc": None,
+                            "au_pro": None, "regions": 1, "region_recall": 1.0,
+                            "recall_at_threshold": 1.0},
+    }  # fmt: skip
     bare = {**figures, "au_pro": None, "intervals": {**figures["intervals"], "au_pro": None}}
     del bare["memory_mb"]  # a comparison from before memory was measured
+    del bare["by_type"]  # or the figures per defect kind
     rows = []
     for number, (arch, f) in enumerate((("patchcore", figures), ("padim", bare)), start=1):
         v = ModelVersion.objects.create(
@@ -258,6 +266,17 @@ def test_the_leaderboard_shows_every_figure_with_its_interval(team, client_for):
     assert 'circle class="auroc"' in first and 'circle class="recall"' in first
     assert 'class="aupro"' not in second and 'y1="18"' not in second  # no AU-PRO, no whisker
     assert 'class="pixel"' in second
+    # per defect kind: a line per kind, a cell per scored model (a dash without its figures)
+    start = page.index('id="comparison-kinds"')
+    kinds = page[start : page.index("</table>", start)]
+    assert kinds.count("<th>patchcore v1") == 1 and kinds.count("<th>padim v") == 2
+    crack, both = kinds.split("<tr data-kind=")[1:3]
+    assert crack.startswith('"crack"><td>crack</td><td>10</td>')
+    assert '0.38 <span class="hint">of 13 regions</span>' in crack
+    assert "image AUROC 0.71 · pixel AUROC 0.96 · AU-PRO 0.89" in crack  # 0.705: half up
+    assert crack.count("<td>—</td>") == 2  # the two rows without figures per kind
+    assert both.startswith('"crack + scratch"><td>crack + scratch</td><td>1</td>')
+    assert "of 1 region<" in both and "pixel AUROC" not in both  # boxes only: no pixel figures
 
 
 def test_memory_not_measured_is_none_not_a_guess(tmp_path):

@@ -10,6 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from annotations.formats import mvtec_layout as layout
+
 from .. import memory
 from . import metrics
 from .artifact import LoadedModel, load_model
@@ -58,6 +60,7 @@ def evaluate(
     if not isinstance(model, LoadedModel):
         model = load_model(model, config.device)
     scores, labels, maps, small_masks, regions, full_masks = [], [], [], [], [], []
+    pixel_rows = []  # the sample behind each of ``maps``
     per_image = []
     seconds, megapixels = 0.0, 0.0
     for i, sample in enumerate(samples):
@@ -79,6 +82,7 @@ def evaluate(
         if not (sample.is_anomalous and sample.outline_only):  # pixels only where marked
             maps.append(heat)
             small_masks.append(metrics.resize_mask(mask, heat.shape))
+            pixel_rows.append(i)
         regions.append(pred.regions)
         full_masks.append(mask if sample.is_anomalous else None)
         row = {
@@ -115,10 +119,61 @@ def evaluate(
         "ms_per_megapixel": 1000 * seconds / max(megapixels, 1e-9),
         "peak_rss_mb": memory.peak_rss_mb(),
     }
+    result["by_type"] = figures_by_type(
+        [s.defect_type for s in samples], scores, maps, small_masks, pixel_rows, regions, full_masks
+    )
     result["intervals"] = intervals(
         per_image, bootstrap_tables(maps, small_masks, regions, full_masks)
     )
     return EvalResult(metrics=result, per_image=per_image)
+
+
+def figures_by_type(
+    types: list[str],
+    scores: list[float],
+    maps: list[np.ndarray],
+    masks: list[np.ndarray],
+    pixel_rows: list[int],
+    regions: list[list],
+    full_masks: list[np.ndarray | None],
+) -> dict[str, dict]:
+    """Each defect type's figures, its images against every good image: which kinds of defect
+    a model finds and which it misses (a whole set's figures can hide a kind it never finds).
+
+    Per type (``types[i]`` of image ``i``; good images are ``layout.GOOD``): its image count, image
+    AUROC, pixel AUROC and AU-PRO (over its images with pixel masks, ``pixel_rows`` being the
+    image of each of ``maps``/``masks``; None without any), its ground-truth regions, the
+    share of them hit at <= 1 false region per good image and as suggested. Every good image is
+    in each type's subset, so the region score cut is the whole set's: the type's share of the
+    hits the whole set's ``region_recall`` counts.
+    """
+    good = {i for i, t in enumerate(types) if t == layout.GOOD}
+    out: dict[str, dict] = {}
+    for kind in sorted(set(types) - {layout.GOOD}):
+        rows = sorted(good | {i for i, t in enumerate(types) if t == kind})
+        pixels = [j for j, i in enumerate(pixel_rows) if i in rows]
+        pixel_figures: dict[str, float | None] = {"pixel_auroc": None, "au_pro": None}
+        if any(types[pixel_rows[j]] == kind for j in pixels):
+            sub_maps, sub_masks = [maps[j] for j in pixels], [masks[j] for j in pixels]
+            pixel_figures = {
+                "pixel_auroc": metrics.pixel_auroc(sub_maps, sub_masks),
+                "au_pro": metrics.au_pro(sub_maps, sub_masks),
+            }
+        sub_regions, sub_full = [regions[i] for i in rows], [full_masks[i] for i in rows]
+        at_cut = metrics.region_recall(sub_regions, sub_full)
+        out[kind] = {
+            "images": len(rows) - len(good),
+            "image_auroc": metrics.image_auroc(
+                [scores[i] for i in rows], [types[i] != layout.GOOD for i in rows]
+            ),
+            **pixel_figures,
+            "regions": at_cut.gt_regions,
+            "region_recall": at_cut.recall,
+            "recall_at_threshold": metrics.region_recall(
+                sub_regions, sub_full, max_false=None
+            ).recall,
+        }
+    return out
 
 
 # pixel AUROC over a resample: per-image histograms over this many bins per class (edges at the

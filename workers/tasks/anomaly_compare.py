@@ -10,7 +10,9 @@ pixel AUROC and AU-PRO (on the images whose labels are all polygons: a box's bac
 defect), region recall at <= 1 false region per good image, recall and false regions per good
 image at the model's threshold, each of these with its 95 % percentile bootstrap interval over
 the images (``figures["intervals"]``, from the engine's ``evaluation.intervals``; None where a
-figure is undefined), ms per image, the memory it takes to run (``memory_mb``: the peak RSS of
+figure is undefined), the same figures per defect kind (``figures["by_type"]``: the images
+labelled with one category against every normal image; an image with labels of two categories
+is a kind of its own), ms per image, the memory it takes to run (``memory_mb``: the peak RSS of
 a fresh process that loads it and predicts a few of the scored images; this job's own process
 trains and scores several models, and its peak only grows), the model's size on disk
 (``model_mb``, with its exports) and its training time. The best
@@ -31,6 +33,7 @@ import cv2
 import numpy as np
 from django.db.models import Q
 
+from annotations.formats import mvtec_layout as anomaly_layout
 from annotations.models import Annotation
 from inspection import storage
 from inspection.models import Image, ModelVersion
@@ -58,9 +61,10 @@ FIGURES = (
 )
 
 
-def reviewed_defects(project_id: int, exclude: set[int]) -> dict[int, list[dict]]:
+def reviewed_defects(project_id: int, exclude: set[int]) -> dict[int, list[tuple[str, dict]]]:
     """The project's images with reviewed labels (approved, or imported ground truth; not
-    returned), as ``{image_id: [geometry, ...]}``, minus ``exclude`` and normal images."""
+    returned), as ``{image_id: [(category name, geometry), ...]}``, minus ``exclude`` and normal
+    images."""
     rows = (
         Annotation.objects.filter(image__project_id=project_id, image__is_normal=False)
         .exclude(image_id__in=exclude)
@@ -69,12 +73,20 @@ def reviewed_defects(project_id: int, exclude: set[int]) -> dict[int, list[dict]
             Q(review_status=Annotation.ReviewStatus.APPROVED)
             | Q(source=Annotation.Source.GROUND_TRUTH)
         )
-        .values_list("image_id", "geometry")
+        .values_list("image_id", "category__name", "geometry")
     )
-    out: dict[int, list[dict]] = {}
-    for image_id, geometry in rows:
-        out.setdefault(image_id, []).append(geometry)
+    out: dict[int, list[tuple[str, dict]]] = {}
+    for image_id, category, geometry in rows:
+        out.setdefault(image_id, []).append((category, geometry))
     return out
+
+
+def defect_kind(labels: list[tuple[str, dict]]) -> str:
+    """What an image's reviewed labels say its defect is, for the figures per defect kind: its
+    category, or its categories joined by " + " (an image with a crack and a blowhole is a kind
+    of its own). Never the engine's word for a good image."""
+    kind = " + ".join(sorted({category for category, _ in labels}))
+    return kind if kind != anomaly_layout.GOOD else f"{kind} (label)"
 
 
 def mask_of(geometries: list[dict], height: int, width: int) -> np.ndarray:
@@ -137,11 +149,13 @@ def compare_anomaly_models(job, ctx: JobContext) -> dict:
                 h, w = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape[:2]
                 mask_path = folder / "masks" / f"{image.pk}.png"
                 mask_path.parent.mkdir(exist_ok=True)
-                cv2.imwrite(str(mask_path), mask_of(truth[image.pk], h, w))
+                geometries = [g for _, g in truth[image.pk]]
+                cv2.imwrite(str(mask_path), mask_of(geometries, h, w))
                 # a box marks where a defect is, not its pixels: such an image counts for the
                 # image and region figures, not for pixel AUROC and AU-PRO
-                boxed = any(g.get("type") != "polygon" for g in truth[image.pk])
-                samples.append(anomaly.Sample(path, mask_path, "reviewed", outline_only=boxed))
+                boxed = any(g.get("type") != "polygon" for g in geometries)
+                kind = defect_kind(truth[image.pk])
+                samples.append(anomaly.Sample(path, mask_path, kind, outline_only=boxed))
             span = 0.97 / len(versions)
             for i, version in enumerate(versions):
                 start = 0.02 + i * span
@@ -206,6 +220,10 @@ def _train_and_score(version, train_paths, samples, ctx, start: float, span: flo
     figures = {k: _finite(result.metrics.get(k)) for k in FIGURES}
     figures["memory_mb"] = memory_mb
     figures["intervals"] = result.metrics["intervals"]
+    # which kinds of defect (label categories) it finds: each kind's images against every normal
+    figures["by_type"] = {
+        kind: {k: _finite(v) for k, v in f.items()} for kind, f in result.metrics["by_type"].items()
+    }
     figures["train_seconds"] = version.metrics.get("train_seconds")
     figures["model_mb"] = round(model_bytes / 2**20, 1)  # size on disk, with its exports
     figures["images"] = len(samples)

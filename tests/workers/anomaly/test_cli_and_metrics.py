@@ -244,6 +244,68 @@ def test_a_box_outline_counts_for_image_and_region_figures_not_pixel_ones(
     # with one of the two marked images, the pixel figure is that image's alone
     only = evaluate(model, [good, marked[0]]).metrics
     assert right["pixel_auroc"] == pytest.approx(only["pixel_auroc"])
+    # per defect type: one type here, so its figures are the whole set's
+    hole = ref["by_type"]["hole"]
+    assert set(ref["by_type"]) == {"hole"} and (hole["images"], hole["regions"]) == (2, 2)
+    for name in ("image_auroc", "pixel_auroc", "au_pro", "region_recall"):
+        assert hole[name] == pytest.approx(ref[name]), name
+    assert right["by_type"]["hole"]["pixel_auroc"] == pytest.approx(only["pixel_auroc"])
+
+
+def test_figures_per_defect_type_show_the_kind_a_model_misses():
+    """The whole set's figures can hide a kind of defect a model never finds: per type, its
+    images against every good image, its regions counted at the whole set's cut."""
+    from workers.anomaly.evaluation import figures_by_type
+
+    def square(x: int, y: int, score: float) -> Region:
+        return Region(
+            [x, y, 6, 6], [[x, y], [x + 6, y], [x + 6, y + 6], [x, y + 6]], 36, score, score
+        )
+
+    def mask_at(x: int, y: int) -> np.ndarray:
+        mask = np.zeros((40, 40), bool)
+        mask[y : y + 6, x : x + 6] = True
+        return mask
+
+    rng = np.random.default_rng(0)
+
+    def faint() -> np.ndarray:
+        return rng.uniform(0.0, 0.2, (40, 40))
+
+    types = ["good", "good", "crack", "crack", "uneven", "boxed"]
+    # the good images: faint maps, one false region each at 0.3
+    maps = [faint(), faint()]
+    regions = [[square(20, 20, 0.3)], [square(5, 25, 0.3)]]
+    full = [None, None]
+    for x, y in ((3, 3), (30, 30)):  # cracks: found, their pixels the map's highest
+        m = faint()
+        m[y : y + 6, x : x + 6] = 0.9
+        maps.append(m)
+        regions.append([square(x, y, 0.9)])
+        full.append(mask_at(x, y))
+    maps.append(np.full((40, 40), 0.0))  # uneven: nothing found, below every good image
+    regions.append([])
+    full.append(mask_at(10, 10))
+    regions.append([square(12, 12, 0.8)])  # a box only: image and region figures, no pixels
+    full.append(mask_at(12, 12))
+    pixel_rows = [0, 1, 2, 3, 4]
+    masks = [np.zeros((40, 40), bool)] * 2 + [f for f in full[2:5]]
+    scores = [0.3, 0.3, 0.9, 0.9, 0.0, 0.8]
+    out = figures_by_type(types, scores, maps, masks, pixel_rows, regions, full)
+    assert list(out) == ["boxed", "crack", "uneven"]
+    crack, uneven, boxed = out["crack"], out["uneven"], out["boxed"]
+    assert (crack["images"], crack["regions"], crack["region_recall"]) == (2, 2, 1.0)
+    assert crack["image_auroc"] == 1.0 and crack["pixel_auroc"] == 1.0 and crack["au_pro"] > 0.9
+    assert crack["recall_at_threshold"] == 1.0
+    assert (uneven["images"], uneven["regions"], uneven["region_recall"]) == (1, 1, 0.0)
+    assert uneven["image_auroc"] == 0.0 and uneven["pixel_auroc"] < 0.5
+    assert boxed["pixel_auroc"] is None and boxed["au_pro"] is None
+    assert (boxed["image_auroc"], boxed["region_recall"]) == (1.0, 1.0)
+    # the cut is the whole set's: two good images allow two false regions, so a weaker hit
+    # still counts, and a kind's figures do not depend on the other kinds
+    alone = figures_by_type(types[:4], scores[:4], maps[:4], masks[:4], pixel_rows[:4],
+                            regions[:4], full[:4])  # fmt: skip
+    assert alone["crack"] == crack
 
 
 def test_cli_train_takes_a_backbone_and_scales_and_refuses_what_does_not_fit(
