@@ -5,7 +5,7 @@ version's inspection runs) are thresholded on a grid of scores: each connected a
 at or above a score that is at least the project's ``min_area`` (image pixels) is a region, as
 the worker makes suggestions. Per score: regions on good images per good image (false
 suggestions), regions on defect images that touch no label, and how many labels some region
-touches (recall).
+touches (recall), also per label category (which kinds of defect a higher threshold loses).
 
 Reviewed images follow the leaderboard job's rule (``workers/tasks/anomaly_compare.py``
 ``reviewed_defects``): "defect" images have approved labels or imported ground truth (and are
@@ -49,7 +49,8 @@ def _level(t: float) -> int:
 
 def _reviewed_images(version: ModelVersion, limit: int) -> tuple[list, dict, bool]:
     """(the ``limit`` most recently reviewed images with a heatmap of ``version``, newest first,
-    as ``(image_id, is_defect)``; their approved geometries by image; whether more were left)."""
+    as ``(image_id, is_defect)``; their approved labels by image as ``(category name,
+    geometry)``; whether more were left)."""
     project_id = version.project_id
     with_heatmap = ImageHeatmap.objects.filter(run__model_version=version).values("image_id")
     labelled = (
@@ -79,12 +80,12 @@ def _reviewed_images(version: ModelVersion, limit: int) -> tuple[list, dict, boo
     rows.sort(key=lambda row: (row[0], row[1]), reverse=True)
     capped = len(rows) > limit
     chosen = [(i, d) for _, i, d in rows[:limit]]
-    geometries: dict[int, list[dict]] = {}
+    geometries: dict[int, list[tuple[str, dict]]] = {}
     defect_ids = [i for i, d in chosen if d]
-    for image_id, geometry in labelled.filter(image_id__in=defect_ids).values_list(
-        "image_id", "geometry"
+    for image_id, category, geometry in labelled.filter(image_id__in=defect_ids).values_list(
+        "image_id", "category__name", "geometry"
     ):
-        geometries.setdefault(image_id, []).append(geometry)
+        geometries.setdefault(image_id, []).append((category, geometry))
     return chosen, geometries, capped
 
 
@@ -123,32 +124,34 @@ def label_masks(geometries: list[dict], sx: float, sy: float, shape) -> list[np.
     return out
 
 
-def _count(heatmap, level: int, min_pixels: float, masks: list[np.ndarray]) -> tuple[int, int]:
-    """(regions touching no label, labels touched) at ``level``: regions are 8-connected areas
-    of at least ``min_pixels`` heatmap pixels."""
+def _count(
+    heatmap, level: int, min_pixels: float, masks: list[np.ndarray]
+) -> tuple[int, list[bool]]:
+    """(regions touching no label, whether each label is touched) at ``level``: regions are
+    8-connected areas of at least ``min_pixels`` heatmap pixels."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         (heatmap >= level).astype(np.uint8), connectivity=8
     )
     keep = stats[:, cv2.CC_STAT_AREA] >= min_pixels
     keep[0] = False  # the background
     if not keep.any():
-        return 0, 0
+        return 0, [False] * len(masks)
     touched = np.zeros(count, bool)
-    found = 0
+    found = []
     for mask in masks:
         hit = np.unique(labels[mask])
         hit = hit[keep[hit]]
-        if hit.size:
-            found += 1
-            touched[hit] = True
+        found.append(bool(hit.size))
+        touched[hit] = True
     return int((keep & ~touched).sum()), found
 
 
 def threshold_effect(version: ModelVersion, *, limit: int = LIMIT) -> dict:
     """The curve for ``version`` on the project's reviewed images (see the module docstring):
     ``curve`` rows of ``threshold``, ``false_per_good_image`` (None without good images),
-    ``false_on_defect_images``, ``found`` and ``recall`` (None without labels), for the grid and
-    the project's threshold where it is at most 1."""
+    ``false_on_defect_images``, ``found`` and ``recall`` (None without labels) and
+    ``found_by_category`` (of ``labels_by_category``), for the grid and the project's threshold
+    where it is at most 1."""
     started = time.perf_counter()
     settings = inspection_settings(version.project)
     project_threshold = float(settings["threshold"])
@@ -166,6 +169,8 @@ def threshold_effect(version: ModelVersion, *, limit: int = LIMIT) -> dict:
     false_good = [0] * len(grid)
     false_defect = [0] * len(grid)
     found = [0] * len(grid)
+    by_category: dict[str, int] = {}  # labels per category
+    found_by_category: list[dict[str, int]] = [{} for _ in grid]
     goods = defects = labels = unreadable = 0
     for image_id, is_defect in chosen:
         row = heatmaps.get(image_id)
@@ -178,17 +183,25 @@ def threshold_effect(version: ModelVersion, *, limit: int = LIMIT) -> dict:
         sx, sy = w / max(1, image.width), h / max(1, image.height)
         # min_area is in image pixels: one heatmap pixel covers 1 / (sx * sy) of them
         min_pixels = max(1.0, float(settings["min_area"]) * sx * sy)
-        masks = label_masks(geometries.get(image_id, []), sx, sy, heatmap.shape)
+        masks, categories = [], []
+        for category, geometry in geometries.get(image_id, []):
+            for mask in label_masks([geometry], sx, sy, heatmap.shape):  # none if not an area
+                masks.append(mask)
+                categories.append(category)
         if is_defect:
             defects += 1
             labels += len(masks)
+            for category in categories:
+                by_category[category] = by_category.get(category, 0) + 1
         else:
             goods += 1
         for k, level in enumerate(levels):
-            false, hit = _count(heatmap, level, min_pixels, masks)
+            false, hits = _count(heatmap, level, min_pixels, masks)
             if is_defect:
                 false_defect[k] += false
-                found[k] += hit
+                found[k] += sum(hits)
+                for category, hit in zip(categories, hits, strict=True):
+                    found_by_category[k][category] = found_by_category[k].get(category, 0) + hit
             else:
                 false_good[k] += false
     curve = [
@@ -198,6 +211,7 @@ def threshold_effect(version: ModelVersion, *, limit: int = LIMIT) -> dict:
             "false_on_defect_images": false_defect[k],
             "found": found[k],
             "recall": round(found[k] / labels, 4) if labels else None,
+            "found_by_category": {c: found_by_category[k].get(c, 0) for c in sorted(by_category)},
         }
         for k, t in enumerate(grid)
     ]
@@ -209,6 +223,7 @@ def threshold_effect(version: ModelVersion, *, limit: int = LIMIT) -> dict:
         "good_images": goods,
         "defect_images": defects,
         "labels": labels,
+        "labels_by_category": dict(sorted(by_category.items())),
         "unreadable": unreadable,
         "capped": capped,
         "limit": limit,

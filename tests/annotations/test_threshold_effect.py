@@ -67,7 +67,7 @@ def reviewed(team):
     good g1: a 3x3 area of 200 (0.78) and a lone pixel of 250 (too small); good g2: a 2x2 area of
     100 (0.39, exactly min_area). Defect d1: a box label with a 4x4 area of 230 (0.90) inside and
     a stray 3x3 area of 180 (0.71) outside. Defect d2: a polygon with a 4x4 area of 150 (0.59)
-    inside, and a box label nothing reaches."""
+    inside, and a box label nothing reaches (a dent; the others are scratches)."""
     project = team["project"]
     project.inspection = {"min_area": 16, "threshold": 0.62}
     project.save()
@@ -98,7 +98,7 @@ def reviewed(team):
     label(d2, category, {"type": "polygon", "points": square})
     label(
         d2,
-        category,
+        DefectCategory.objects.create(project=project, name="dent"),
         {"type": "box", "x": 0, "y": 80, "w": 10, "h": 10},
         source=Annotation.Source.GROUND_TRUTH,
         review_status=Annotation.ReviewStatus.PENDING,
@@ -150,6 +150,11 @@ def test_the_curve_on_hand_made_heatmaps(reviewed):
     assert at(0.75) == (0.5, 0, 1, 0.3333)  # d1's stray area is gone
     assert at(0.8) == (0.0, 0, 1, 0.3333)
     assert at(0.95) == (0.0, 0, 0, 0.0)
+    # per category: which kind of defect a higher threshold loses
+    assert out["labels_by_category"] == {"dent": 1, "scratch": 2}
+    assert rows[0.55]["found_by_category"] == {"dent": 0, "scratch": 2}
+    assert rows[0.6]["found_by_category"] == {"dent": 0, "scratch": 1}
+    assert rows[0.95]["found_by_category"] == {"dent": 0, "scratch": 0}
 
 
 def test_members_read_it_outsiders_get_404(reviewed, team, client_for, make_user):

@@ -3,6 +3,7 @@ proposes tiles for photos this large), then inspects one with a thin scratch: th
 on the scratch, in full-resolution pixels, and the heatmap covers the whole photo."""
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -120,6 +121,18 @@ def test_train_tiles_and_inspect_from_the_models_page(page, celery_worker, team,
     others = list(Suggestion.objects.filter(model_version=version, status="pending"))
     for s in others:
         suggestion_reject(user=admin, suggestion=s)
+    # and a dent the model never suggested: an annotator drew it in a corner, the admin approved
+    from annotations.services.labels import annotation_create
+    from annotations.services.review import annotation_approve
+
+    dent = category_create(user=admin, project=project, name="dent")
+    corner = {"type": "box", "x": 4, "y": 4, "w": 24, "h": 24}
+    annotation_approve(
+        user=admin,
+        annotation=annotation_create(
+            user=team["annotator"], image=scratched, category_id=dent.pk, geometry=corner
+        ),
+    )
     page.goto(f"/projects/{project.pk}/models/")
     card = page.locator("#threshold-card")
     card.locator("rect.bar").first.wait_for()
@@ -135,6 +148,10 @@ def test_train_tiles_and_inspect_from_the_models_page(page, celery_worker, team,
     assert f"peaks of {held_out} held-out normal image" in text
     assert f"1 of 1 accepted and {len(others)} of {len(others)} rejected" in text
     assert card.locator("line.tick-accepted").count() == 1
+    # what the score does on the reviewed images' stored heatmaps, per kind of defect
+    page.locator("#threshold-card[data-effect]").wait_for(state="attached")
+    text = card.locator(".threshold-effect").inner_text()
+    assert re.search(r"of 2 labelled defects found \(dent [01] of 1, scratch 1 of 1\)", text), text
     # an admin types a higher threshold: the card follows before anything is saved
     page.fill("#inspection-form input[name=threshold]", "4")
     card.locator('line.project-threshold[data-threshold="4"]').wait_for(state="attached")

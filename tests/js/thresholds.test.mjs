@@ -89,6 +89,26 @@ test("the sentence on the reviewed images: false suggestions per normal image an
   assert.equal(T.effectText(data, 0.6, null, null).length, lines.length - 1);
 });
 
+test("with labels of several categories, the sentence says which kinds are found", () => {
+  const kinds = {
+    ...effect,
+    labels_by_category: { dent: 1, scratch: 2 },
+    curve: effect.curve.map((r) => ({
+      ...r, found_by_category: { dent: 0, scratch: r.found },
+    })),
+  };
+  assert.match(
+    T.effectLine(kinds, 0.6),
+    /and 1 of 3 labelled defects found \(dent 0 of 1, scratch 1 of 2\) from this score\.$/,
+  );
+  assert.ok(Math.abs(T.effectAt(kinds, 0.55).found_by_category.scratch - 1.5) < 1e-9); // between rows
+  assert.match(T.effectLine(kinds, 0.5), /2 of 3 labelled defects found \(dent 0 of 1, scratch 2 of 2\)/);
+  // one category: no list (the count says it all); older answers without categories alike
+  const one = { ...kinds, labels_by_category: { scratch: 3 } };
+  assert.match(T.effectLine(one, 0.6), /1 of 3 labelled defects found from this score\.$/);
+  assert.match(T.effectLine(effect, 0.6), /1 of 3 labelled defects found from this score\.$/);
+});
+
 test("the curve chart: a point per threshold, the typed one circled, labelled for screen readers", () => {
   const svg = T.curveSvg(effect, 0.6);
   assert.match(svg, /role="img"/);
