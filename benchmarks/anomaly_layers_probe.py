@@ -87,6 +87,17 @@ def main() -> None:
         "bank's distance (minimum, geometric mean)",
     )
     ap.add_argument(
+        "--own",
+        nargs="+",
+        default=[],
+        choices=("median", "column"),
+        help="also score each test patch by its distance to its own image's median feature "
+        "(median) or to the median of its own column of cells (column: where the part's "
+        "texture runs one way); printed alone and added to the bank's distance, each map "
+        "standardised by the maps of --kept normal images left out of the bank",
+    )
+    ap.add_argument("--kept", type=int, default=20, help="normal images left out (with --own)")
+    ap.add_argument(
         "--shading",
         type=float,
         default=0.0,
@@ -174,6 +185,24 @@ def main() -> None:
         f"{args.input} px input"
     )
 
+    def own_distance(e: torch.Tensor, how: str) -> torch.Tensor:
+        """Each patch's distance to its own image's median feature, or its column's."""
+        if how == "median":
+            med = e.flatten(1).median(1).values[:, None, None]
+        else:
+            med = e.median(1, keepdim=True).values
+        return (e - med).norm(dim=0)
+
+    def to_map(d: torch.Tensor) -> np.ndarray:
+        return blur(F.interpolate(d[None, None], size=(SIZE, SIZE)))[0, 0].numpy()
+
+    kept: list[Path] = []
+    if args.own:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1)).tolist()
+        kept = [train[i] for i in order[: args.kept]]
+        train = [train[i] for i in order[args.kept :]]
+        print(f"{len(kept)} normal images left out of the bank to standardise the maps")
+
     def centre(e: torch.Tensor, how: str) -> torch.Tensor:
         return e - e.mean((1, 2), keepdim=True) if how == "centred" else e
 
@@ -210,6 +239,40 @@ def main() -> None:
             label = f"{spec}{'' if how == 'raw' else ' centred'}"
             for score in args.score:
                 report(label, which, k_near, score, maps, medians, len(bank), started)
+            if args.own:
+
+                def both(path: Path, stages=stages, how=how, bank=bank):  # noqa: ANN001, ANN202
+                    e = centre(embed(read(path), stages), how)
+                    c, h, w = e.shape
+                    rows = e.flatten(1).T
+                    near = torch.cat([torch.cdist(r, bank).amin(1) for r in rows.split(1024)])
+                    return to_map(near.view(h, w)), {
+                        o: to_map(own_distance(e, o)) for o in args.own
+                    }
+
+                ref = [both(p) for p in kept]
+                ref_bank = np.stack([b for b, _ in ref])
+                mu_b, sd_b = float(ref_bank.mean()), float(ref_bank.std())
+                for o in args.own:
+                    ref_own = np.stack([d[o] for _, d in ref])
+                    mu_o, sd_o = float(ref_own.mean()), float(ref_own.std())
+                    own_maps = [both(p)[1][o] for p in test]
+                    std_bank = [(m - mu_b) / sd_b for m in maps]
+                    std_own = [(m - mu_o) / sd_o for m in own_maps]
+                    for name, fmaps in (
+                        (f"own {o}", own_maps),
+                        (
+                            f"bank + own {o}",
+                            [a + b for a, b in zip(std_bank, std_own, strict=True)],
+                        ),
+                        (
+                            f"bank + own {o} / 2",
+                            [a + b / 2 for a, b in zip(std_bank, std_own, strict=True)],
+                        ),
+                    ):
+                        fmed = [float(np.median(m)) for m in fmaps]
+                        report(f"{label} {name}", which, k_near, "max", fmaps, fmed, len(bank),
+                               started)  # fmt: skip
             for r, near_self in selfs.items():
                 own_maps = [
                     blur(F.interpolate(d[None, None], size=(SIZE, SIZE)))[0, 0].numpy()

@@ -139,6 +139,21 @@ def _print_costs(run: str, meta: dict) -> None:
             )
 
 
+def _print_types(run: str, meta: dict, maps: list[np.ndarray]) -> None:
+    """Each defect type's figures: its images against every good image (image AUROC), its
+    pixels with the good images' (pixel AUROC), its regions (AU-PRO)."""
+    types = [Path(img).parent.name for img in meta["images"]]
+    for kind in sorted(set(types) - {"good"}):
+        keep = [i for i, t in enumerate(types) if t in (kind, "good")]
+        sub = {k: [meta[k][i] for i in keep] for k in ("images", "masks", "outline_only")}
+        figures = _score(sub, [maps[i] for i in keep])
+        print(
+            f"  {run} {kind}: image AUROC {figures['image_auroc']:.3f}, pixel AUROC "
+            f"{figures['pixel_auroc']:.3f}, AU-PRO {figures['au_pro']:.3f}, region recall "
+            f"{figures['region_recall']:.3f}"
+        )
+
+
 def _same_grid(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     import cv2
 
@@ -153,6 +168,9 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="models and cached maps (reused)")
     parser.add_argument("--runs", nargs="+", required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--per-type", action="store_true", help="each single run's figures per defect type"
+    )
     parser.add_argument("--no-pairs", action="store_true", help="score single runs only")
     parser.add_argument(
         "--costs",
@@ -175,6 +193,8 @@ def main() -> int:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         if args.costs:
             _print_costs(run, meta)
+        if args.per_type:
+            _print_types(run, meta, meta["maps"])
     if not args.no_pairs:
         for a, b in itertools.combinations(args.runs, 2):
             if runs[a]["dataset"] != runs[b]["dataset"]:
