@@ -3,7 +3,9 @@
 Each figure is a new Python process (what a worker, a job or the CLI pays once), on one thread:
 ``import`` is ``from workers.anomaly import load_model, predict`` (torch, cv2 and the engine's
 modules; anomalib comes later, if the backend needs it), ``load + predict`` is ``load_model`` and
-the first ``predict`` of one image. The heaviest imports are listed from ``-X importtime`` (self
+the first ``predict`` of one image, with the process's resident memory after each stage and its
+peak (``/proc/self/status``: what a worker or a station needs to run the model). The heaviest
+imports are listed from ``-X importtime`` (self
 time summed per top-level package), with what the process imported that it should not need.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/anomaly_load.py
@@ -31,17 +33,24 @@ sys.path.insert(0, str(ROOT))
 
 CHILD = """
 import json, sys, time
+def rss(field):  # MB, from /proc (Linux): VmRSS now, VmHWM the peak so far
+    line = [l for l in open("/proc/self/status") if l.startswith(field)][0]
+    return int(line.split()[1]) / 1024
 started = time.perf_counter()
 import torch
 torch.set_num_threads(1)
 from workers.anomaly import load_model, predict
 imported = time.perf_counter()
+import_mb = rss("VmRSS")
 model = load_model(sys.argv[1], device="cpu", backend=sys.argv[2])
 loaded = time.perf_counter()
+load_mb, load_peak_mb = rss("VmRSS"), rss("VmHWM")
 pred = predict(model, sys.argv[3])
 done = time.perf_counter()
 print(json.dumps({
     "import_s": imported - started, "load_s": loaded - imported, "predict_s": done - loaded,
+    "import_mb": import_mb, "load_mb": load_mb, "load_peak_mb": load_peak_mb,
+    "predict_mb": rss("VmRSS"), "peak_mb": rss("VmHWM"),
     "backend": model.backend, "score": pred.image_score,
     "modules": len(sys.modules),
     "heavy": sorted({m.split(".")[0] for m in sys.modules} & {
@@ -126,6 +135,11 @@ def main() -> None:
                 f"each: "
                 + ", ".join(f"{r['import_s'] + r['load_s'] + r['predict_s']:.2f}" for r in runs)
                 + ")"
+            )
+            print(
+                f"  resident memory, MB: {last['import_mb']:.0f} after the imports, "
+                f"{last['load_mb']:.0f} after the load (peak {last['load_peak_mb']:.0f}), "
+                f"{last['predict_mb']:.0f} after the first predict (peak {last['peak_mb']:.0f})"
             )
             print(f"  {last['modules']} modules; of the heavy ones: {', '.join(last['heavy'])}")
             needless = sorted(NEEDLESS & set(last["heavy"]))
