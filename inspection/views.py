@@ -199,7 +199,7 @@ def _by_kind(rows: list[dict]) -> list[dict]:
     """The leaderboard per defect kind (label category): a line per kind, a cell per scored
     row (None where that row has no figures for it: a failed model, a comparison made before
     the figures per kind were kept)."""
-    scored = [r for r in rows if "figures" in r]
+    scored = [r for r in rows if r.get("figures")]  # as the template's header picks them
     kinds: dict[str, int] = {}
     for r in scored:
         for kind, f in (r["f"].get("by_type") or {}).items():

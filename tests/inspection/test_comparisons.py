@@ -195,6 +195,16 @@ def test_label_masks_and_the_ranking():
     assert max(rows, key=ranking_key) is rows[1]
 
 
+def test_an_images_defect_kind_comes_from_its_labels_categories():
+    from workers.tasks.anomaly_compare import defect_kind
+
+    box = {"type": "box", "x": 0, "y": 0, "w": 2, "h": 2}
+    assert defect_kind([("crack", box), ("crack", box)]) == "crack"
+    assert defect_kind([("scratch", box), ("crack", box)]) == "crack + scratch"
+    # a category a team named "good" is still a defect: never the engine's good images
+    assert defect_kind([("good", box)]) == "good (label)"
+
+
 def test_the_leaderboard_shows_every_figure_with_its_interval(team, client_for):
     """The stored figures as the compare job writes them (``figures["intervals"]`` from the
     engine's evaluation): the table prints each interval, the plot draws a dot and a whisker per

@@ -150,8 +150,9 @@ def figures_by_type(
     good = {i for i, t in enumerate(types) if t == layout.GOOD}
     out: dict[str, dict] = {}
     for kind in sorted(set(types) - {layout.GOOD}):
-        rows = sorted(good | {i for i, t in enumerate(types) if t == kind})
-        pixels = [j for j, i in enumerate(pixel_rows) if i in rows]
+        members = good | {i for i, t in enumerate(types) if t == kind}
+        rows = sorted(members)
+        pixels = [j for j, i in enumerate(pixel_rows) if i in members]
         pixel_figures: dict[str, float | None] = {"pixel_auroc": None, "au_pro": None}
         if any(types[pixel_rows[j]] == kind for j in pixels):
             sub_maps, sub_masks = [maps[j] for j in pixels], [masks[j] for j in pixels]
