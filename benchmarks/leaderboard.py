@@ -12,7 +12,9 @@ reviewer would, starts a comparison with the models and settings asked for
 job in this process (no broker) and prints its table: each version's setup, image AUROC, pixel
 AUROC, AU-PRO, region recall at <= 1 false region per good image with their 95 % intervals,
 the figures at its own threshold, train s, ms per image, the memory a fresh process took to
-load it and predict three images, and its size on disk, the best marked. The split is the
+load it and predict three images, and its size on disk, the best marked; then the page's "Per
+defect kind" table (per label category and version: the share of its regions found at the whole
+set's cut, of how many, then its image / pixel AUROC). The split is the
 app's, not ``benchmarks/anomaly.py``'s: one in five training normals kept aside for scoring,
 plus the test split's normals.
 """
@@ -122,7 +124,32 @@ def main() -> int:
             f"{f['train_seconds']:.0f} | {f['ms_per_image']:.0f} | {f.get('memory_mb') or '-'} | "
             f"{f['model_mb']} |"
         )
+    # the page's "Per defect kind": each label category's share of regions found (the whole
+    # set's cut), image and pixel AUROC, per version
+    scored = [r for r in res["rows"] if r.get("figures")]
+    kinds = sorted({k for r in scored for k in r["figures"].get("by_type") or {}})
+    if kinds:
+        print()
+        print("| defect kind | " + " | ".join(
+            f"{r['architecture']}, {anomaly_setup(versions[r['model_version']].params)}"
+            for r in scored) + " |")  # fmt: skip
+        print("| --- |" + " --- |" * len(scored))
+        for kind in kinds:
+            cells = []
+            for r in scored:
+                k = (r["figures"].get("by_type") or {}).get(kind)
+                cells.append(
+                    "-"
+                    if k is None
+                    else f"{k['region_recall']:.2f} of {k['regions']} · "
+                    f"{k['image_auroc']:.2f} / {_num(k['pixel_auroc'])}"
+                )
+            print(f"| {kind} | " + " | ".join(cells) + " |")
     return 0
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":
