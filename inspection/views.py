@@ -23,6 +23,7 @@ from inspection.services.inspections import (
     aligned_pairs,
     anomaly_setup,
     change_calibration_images,
+    comparison_rank,
     images_outside_trained_size,
     latest_comparison,
     training_geometry_hint,
@@ -198,20 +199,21 @@ def _comparison(project: Project) -> dict | None:
 def _by_kind(rows: list[dict]) -> list[dict]:
     """The leaderboard per defect kind (label category): a line per kind, a cell per scored
     row (None where that row has no figures for it: a failed model, a comparison made before
-    the figures per kind were kept)."""
+    the figures per kind were kept); ``best`` on the cells that lead their kind by the
+    leaderboard's rule (ties all lead; none with a single cell)."""
     scored = [r for r in rows if r.get("figures")]  # as the template's header picks them
     kinds: dict[str, int] = {}
     for r in scored:
         for kind, f in (r["f"].get("by_type") or {}).items():
             kinds[kind] = max(kinds.get(kind, 0), f.get("images") or 0)
-    return [
-        {
-            "kind": kind,
-            "images": images,
-            "cells": [(r["f"].get("by_type") or {}).get(kind) for r in scored],
-        }
-        for kind, images in sorted(kinds.items())
-    ]
+    out = []
+    for kind, images in sorted(kinds.items()):
+        cells = [(r["f"].get("by_type") or {}).get(kind) for r in scored]
+        ranks = [comparison_rank(c) for c in cells if c]
+        top = max(ranks) if len(ranks) > 1 else None  # the leaderboard's rule, per kind
+        cells = [c and {**c, "best": comparison_rank(c) == top} for c in cells]
+        out.append({"kind": kind, "images": images, "cells": cells})
+    return out
 
 
 def _row_setup(row: dict, version: ModelVersion | None) -> str:

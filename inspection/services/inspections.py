@@ -149,6 +149,18 @@ def training_geometry_hint(project: Project) -> dict:
     return {"median_long_side": median, "tiles": median >= TILES_FROM_LONG_SIDE}
 
 
+def comparison_rank(figures: dict | None) -> tuple:
+    """The leaderboard's rule, higher is better: region recall at <= 1 false region per good
+    image (what reviewers see), then image AUROC, then pixel AUROC; a missing or undefined
+    figure ranks lowest. The comparison job picks its best row by it, and the models page its
+    best model per defect kind."""
+    f = figures or {}
+    return tuple(
+        -1.0 if f.get(k) is None or f.get(k) != f.get(k) else f[k]
+        for k in ("region_recall", "image_auroc", "pixel_auroc")
+    )
+
+
 def anomaly_setup(params: dict | None) -> str:
     """How an anomaly model sees its images, in the words of the models table and the
     leaderboard, from its training parameters: "whole image at 256 px; lighting corrected"."""

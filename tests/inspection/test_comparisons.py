@@ -173,7 +173,8 @@ def test_too_few_normals_and_roles(team, client_for, tmp_path):
 
 
 def test_label_masks_and_the_ranking():
-    from workers.tasks.anomaly_compare import mask_of, ranking_key
+    from inspection.services.inspections import comparison_rank
+    from workers.tasks.anomaly_compare import mask_of
 
     mask = mask_of(
         [
@@ -192,7 +193,7 @@ def test_label_masks_and_the_ranking():
         {"figures": {"region_recall": None, "image_auroc": 1.0, "pixel_auroc": 1.0}},
         {"error": "no teacher"},
     ]
-    assert max(rows, key=ranking_key) is rows[1]
+    assert max(rows, key=lambda r: comparison_rank(r.get("figures"))) is rows[1]
 
 
 def test_an_images_defect_kind_comes_from_its_labels_categories():
@@ -235,7 +236,7 @@ def test_the_leaderboard_shows_every_figure_with_its_interval(team, client_for):
     }  # fmt: skip
     bare = {**figures, "au_pro": None, "intervals": {**figures["intervals"], "au_pro": None}}
     del bare["memory_mb"]  # a comparison from before memory was measured
-    del bare["by_type"]  # or the figures per defect kind
+    bare["by_type"] = {"crack": {**figures["by_type"]["crack"], "region_recall": 0.5}}
     rows = []
     for number, (arch, f) in enumerate((("patchcore", figures), ("padim", bare)), start=1):
         v = ModelVersion.objects.create(
@@ -276,16 +277,18 @@ def test_the_leaderboard_shows_every_figure_with_its_interval(team, client_for):
     assert 'circle class="auroc"' in first and 'circle class="recall"' in first
     assert 'class="aupro"' not in second and 'y1="18"' not in second  # no AU-PRO, no whisker
     assert 'class="pixel"' in second
-    # per defect kind: a line per kind, a cell per scored model (a dash without its figures)
+    # per defect kind: a line per kind, a cell per scored model (a dash without its figures),
+    # the kind's leaders by the table's rule in bold (both of a tie; none of a lone cell)
     start = page.index('id="comparison-kinds"')
     kinds = page[start : page.index("</table>", start)]
     assert kinds.count("<th>patchcore v1") == 1 and kinds.count("<th>padim v") == 2
     crack, both = kinds.split("<tr data-kind=")[1:3]
-    assert crack.startswith('"crack"><td>crack</td><td>10</td>')
+    assert crack.startswith('"crack"><td>crack</td><td>10</td><td>0.38 <span class="hint">')
     assert '0.38 <span class="hint">of 13 regions</span>' in crack
     assert "image AUROC 0.71 · pixel AUROC 0.96 · AU-PRO 0.89" in crack  # 0.705: half up
-    assert crack.count("<td>—</td>") == 2  # the two rows without figures per kind
-    assert both.startswith('"crack + scratch"><td>crack + scratch</td><td>1</td>')
+    assert crack.count('<td class="best-kind"><strong>0.50</strong>') == 2
+    assert both.startswith('"crack + scratch"><td>crack + scratch</td><td>1</td><td>1.00 ')
+    assert both.count("<td>—</td>") == 2  # the two rows without figures for that kind
     assert "of 1 region<" in both and "pixel AUROC" not in both  # boxes only: no pixel figures
 
 

@@ -37,7 +37,7 @@ from annotations.formats import mvtec_layout as anomaly_layout
 from annotations.models import Annotation
 from inspection import storage
 from inspection.models import Image, ModelVersion
-from inspection.services.inspections import anomaly_setup
+from inspection.services.inspections import anomaly_setup, comparison_rank
 from workers.tasks.anomaly import _engine, train_version, upright_copies
 from workers.tasks.runner import JobCancelled, JobContext, JobError, job_task
 
@@ -103,15 +103,6 @@ def mask_of(geometries: list[dict], height: int, width: int) -> np.ndarray:
     return mask
 
 
-def ranking_key(row: dict) -> tuple:
-    """Higher is better: region recall at <= 1 false per good image, image AUROC, pixel AUROC."""
-    f = row.get("figures") or {}
-    return tuple(
-        -1.0 if f.get(k) is None or f.get(k) != f.get(k) else f[k]
-        for k in ("region_recall", "image_auroc", "pixel_auroc")
-    )
-
-
 @job_task("anomaly_compare", queue="gpu", label="Anomaly model comparison")
 def compare_anomaly_models(job, ctx: JobContext) -> dict:
     anomaly = _engine()
@@ -168,7 +159,7 @@ def compare_anomaly_models(job, ctx: JobContext) -> dict:
     scored = [r for r in rows if "figures" in r]
     if not scored:
         raise JobError("No model could be trained: " + "; ".join(r["error"] for r in rows[:3]))
-    best = max(scored, key=ranking_key)
+    best = max(scored, key=lambda r: comparison_rank(r["figures"]))
     for r in rows:
         r["best"] = r is best
     return {
