@@ -105,6 +105,8 @@ def main() -> None:
         "shorter side; 0: off)",
     )
     args = ap.parse_args()
+    if args.own and any(args.bank_neighbours):
+        ap.error("--own standardises against the whole bank: not with --bank-neighbours")
 
     import numpy as np
     import torch
@@ -251,12 +253,13 @@ def main() -> None:
                     }
 
                 ref = [both(p) for p in kept]
+                test_own = [both(p)[1] for p in test]
                 ref_bank = np.stack([b for b, _ in ref])
                 mu_b, sd_b = float(ref_bank.mean()), float(ref_bank.std())
                 for o in args.own:
                     ref_own = np.stack([d[o] for _, d in ref])
                     mu_o, sd_o = float(ref_own.mean()), float(ref_own.std())
-                    own_maps = [both(p)[1][o] for p in test]
+                    own_maps = [d[o] for d in test_own]
                     std_bank = [(m - mu_b) / sd_b for m in maps]
                     std_own = [(m - mu_o) / sd_o for m in own_maps]
                     for name, fmaps in (

@@ -141,8 +141,8 @@ def main() -> int:
                 cells.append(
                     "-"
                     if k is None
-                    else f"{k['region_recall']:.2f} of {k['regions']} · "
-                    f"{k['image_auroc']:.2f} / {_num(k['pixel_auroc'])}"
+                    else f"{_num(k['region_recall'])} of {k['regions']} · "
+                    f"{_num(k['image_auroc'])} / {_num(k['pixel_auroc'])}"
                 )
             print(f"| {kind} | " + " | ".join(cells) + " |")
     return 0

@@ -108,16 +108,14 @@
       if (t <= hi.threshold + eps) {
         const lo = i ? rows[i - 1] : hi;
         const f = hi.threshold > lo.threshold ? Math.max(0, (t - lo.threshold) / (hi.threshold - lo.threshold)) : 1;
-        const byCategory = {};
-        for (const [name, n] of Object.entries(hi.found_by_category || {})) {
-          byCategory[name] = lerp((lo.found_by_category || {})[name], n, f);
-        }
         return {
           threshold: t,
           false_per_good_image: lerp(lo.false_per_good_image, hi.false_per_good_image, f),
           found: lerp(lo.found, hi.found, f),
           recall: lerp(lo.recall, hi.recall, f),
-          found_by_category: byCategory,
+          // counts per category are not interpolated: the grid row at or above t (what t finds
+          // at least), so that they add up to its total
+          row: hi,
         };
       }
     }
@@ -151,11 +149,15 @@
     if (g) parts.push(`about ${perImage(at.false_per_good_image)} false suggestion${at.false_per_good_image === 1 ? "" : "s"} per normal image`);
     if (effect.labels) {
       // per category when there are several: which kind of defect a higher threshold loses
+      // (then the counts are the grid row's at or above the score, not interpolated: they add up)
       const kinds = Object.entries(effect.labels_by_category || {});
-      const each = kinds.length > 1
-        ? ` (${kinds.map(([name, n]) => `${name} ${Math.round(at.found_by_category[name] || 0)} of ${n}`).join(", ")})`
+      const byCategory = at.row.found_by_category || {};
+      const listed = kinds.length > 1 && at.row.found_by_category;
+      const each = listed
+        ? ` (${kinds.map(([name, n]) => `${name} ${byCategory[name] || 0} of ${n}`).join(", ")})`
         : "";
-      parts.push(`${Math.round(at.found)} of ${effect.labels} labelled defects found${each}`);
+      const found = listed ? at.row.found : Math.round(at.found);
+      parts.push(`${found} of ${effect.labels} labelled defects found${each}`);
     }
     if (!parts.length) return null;
     return `${head}: ${parts.join(" and ")} from this score.`;

@@ -142,7 +142,8 @@ def figures_by_type(
 
     Per type (``types[i]`` of image ``i``; good images are ``layout.GOOD``): its image count, image
     AUROC, pixel AUROC and AU-PRO (over its images with pixel masks, ``pixel_rows`` being the
-    image of each of ``maps``/``masks``; None without any), its ground-truth regions, the
+    image of each of ``maps``/``masks``; None without any, NaN where their masks are empty),
+    its ground-truth regions, the
     share of them hit at <= 1 false region per good image and as suggested. Every good image is
     in each type's subset, so the region score cut is the whole set's: the type's share of the
     hits the whole set's ``region_recall`` counts.

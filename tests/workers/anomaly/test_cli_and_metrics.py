@@ -273,15 +273,16 @@ def test_figures_per_defect_type_show_the_kind_a_model_misses():
         return rng.uniform(0.0, 0.2, (40, 40))
 
     types = ["good", "good", "crack", "crack", "uneven", "boxed"]
-    # the good images: faint maps, one false region each at 0.3
+    # the good images: faint maps; three false regions between them, at 0.5, 0.4 and 0.3, so
+    # at <= 1 false region per good image (two of them) the cut is just above 0.3
     maps = [faint(), faint()]
-    regions = [[square(20, 20, 0.3)], [square(5, 25, 0.3)]]
+    regions = [[square(20, 20, 0.5), square(30, 5, 0.3)], [square(5, 25, 0.4)]]
     full = [None, None]
-    for x, y in ((3, 3), (30, 30)):  # cracks: found, their pixels the map's highest
+    for x, y, peak in ((3, 3, 0.9), (30, 30, 0.25)):  # cracks: one strong, one below the cut
         m = faint()
-        m[y : y + 6, x : x + 6] = 0.9
+        m[y : y + 6, x : x + 6] = peak
         maps.append(m)
-        regions.append([square(x, y, 0.9)])
+        regions.append([square(x, y, peak)])
         full.append(mask_at(x, y))
     maps.append(np.full((40, 40), 0.0))  # uneven: nothing found, below every good image
     regions.append([])
@@ -290,19 +291,21 @@ def test_figures_per_defect_type_show_the_kind_a_model_misses():
     full.append(mask_at(12, 12))
     pixel_rows = [0, 1, 2, 3, 4]
     masks = [np.zeros((40, 40), bool)] * 2 + [f for f in full[2:5]]
-    scores = [0.3, 0.3, 0.9, 0.9, 0.0, 0.8]
+    scores = [0.5, 0.4, 0.9, 0.25, 0.0, 0.8]
     out = figures_by_type(types, scores, maps, masks, pixel_rows, regions, full)
     assert list(out) == ["boxed", "crack", "uneven"]
     crack, uneven, boxed = out["crack"], out["uneven"], out["boxed"]
-    assert (crack["images"], crack["regions"], crack["region_recall"]) == (2, 2, 1.0)
-    assert crack["image_auroc"] == 1.0 and crack["pixel_auroc"] == 1.0 and crack["au_pro"] > 0.9
+    # the weak crack is suggested, but below the whole set's cut: a type's own images alone
+    # (no good image, no false region) would have counted it
+    assert (crack["images"], crack["regions"], crack["region_recall"]) == (2, 2, 0.5)
     assert crack["recall_at_threshold"] == 1.0
+    assert crack["image_auroc"] == 0.5  # the weak one scores below both good images
+    assert crack["pixel_auroc"] == 1.0 and crack["au_pro"] > 0.9  # its pixels above theirs
     assert (uneven["images"], uneven["regions"], uneven["region_recall"]) == (1, 1, 0.0)
     assert uneven["image_auroc"] == 0.0 and uneven["pixel_auroc"] < 0.5
     assert boxed["pixel_auroc"] is None and boxed["au_pro"] is None
     assert (boxed["image_auroc"], boxed["region_recall"]) == (1.0, 1.0)
-    # the cut is the whole set's: two good images allow two false regions, so a weaker hit
-    # still counts, and a kind's figures do not depend on the other kinds
+    # a kind's figures do not depend on the other kinds
     alone = figures_by_type(types[:4], scores[:4], maps[:4], masks[:4], pixel_rows[:4],
                             regions[:4], full[:4])  # fmt: skip
     assert alone["crack"] == crack
