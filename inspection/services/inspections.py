@@ -161,6 +161,20 @@ def comparison_rank(figures: dict | None) -> tuple:
     )
 
 
+def weakest_kind(figures: dict | None) -> str:
+    """The defect kind a model does worst on by :func:`comparison_rank`, in words for a job's
+    message ("weakest on crack: 2 of 5 regions found"); empty with fewer than two kinds with
+    regions, where the whole set's figures already say it."""
+    kinds = {
+        k: f for k, f in ((figures or {}).get("by_type") or {}).items() if f and f.get("regions")
+    }
+    if len(kinds) < 2:
+        return ""
+    kind, f = min(kinds.items(), key=lambda item: comparison_rank(item[1]))
+    found = round((f.get("region_recall") or 0) * f["regions"])
+    return f"weakest on {kind}: {found} of {f['regions']} regions found"
+
+
 def anomaly_setup(params: dict | None) -> str:
     """How an anomaly model sees its images, in the words of the models table and the
     leaderboard, from its training parameters: "whole image at 256 px; lighting corrected"."""

@@ -10,6 +10,7 @@ from django.template.defaultfilters import floatformat
 
 from annotations.services.dataset_import import dataset_import_run
 from inspection.models import Job, ModelVersion
+from inspection.services.inspections import comparison_rank
 from tests.conftest import PASSWORD, dataset
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -131,8 +132,13 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     best = ModelVersion.objects.get(pk=job.result["best"])
     scale = best.params["scale"]
     corrected = "; lighting corrected" if best.params.get("shading") else ""
+    # the best model's setup, then the kind it finds least of (both kinds have regions here)
+    by_type = best.metrics["comparison"]["by_type"]
+    weak = min(by_type, key=lambda k: comparison_rank(by_type[k]))
+    found = round(by_type[weak]["region_recall"] * by_type[weak]["regions"])
     assert job.result["message"].endswith(
         f"best: {best.architecture} v{best.number} (tiles of 256 px at scale {scale:g}{corrected})"
+        f"; weakest on {weak}: {found} of {by_type[weak]['regions']} regions found"
     ), job.result["message"]
     best_row = page.locator("#comparison-table tr.best")
     assert best_row.get_attribute("data-comparison-version") == str(best.pk)

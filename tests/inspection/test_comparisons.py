@@ -319,3 +319,22 @@ def test_a_versions_setup_in_words():
     assert anomaly_setup(
         {"model": "patchcore", "multiscale": [256, 128], "multiscale_fusion": "max", "seed": 3}
     ) == ("whole image at 256 px; scales 256 + 128 px fused by their max; seed 3")
+
+
+def test_the_jobs_message_names_the_best_models_weakest_kind():
+    from inspection.services.inspections import weakest_kind
+
+    def kind(recall, regions, auroc=0.9):
+        return {"region_recall": recall, "regions": regions, "image_auroc": auroc}
+
+    figures = {"by_type": {"blowhole": kind(1.0, 4), "crack": kind(0.4, 5), "uneven": kind(0.6, 5)}}
+    assert weakest_kind(figures) == "weakest on crack: 2 of 5 regions found"
+    # a tie on recall goes to image AUROC, as the leaderboard ranks
+    figures["by_type"]["uneven"] = kind(0.4, 5, auroc=0.7)
+    assert weakest_kind(figures) == "weakest on uneven: 2 of 5 regions found"
+    # a kind without regions (boxes outside the scored images, say) is not the weakest
+    figures["by_type"]["fray"] = {"region_recall": None, "regions": 0, "image_auroc": None}
+    assert weakest_kind(figures).startswith("weakest on uneven")
+    # one kind, or an older row without per-kind figures: the whole set already says it
+    assert weakest_kind({"by_type": {"crack": kind(0.4, 5)}}) == ""
+    assert weakest_kind({"region_recall": 0.5}) == "" and weakest_kind(None) == ""

@@ -37,7 +37,7 @@ from annotations.formats import mvtec_layout as anomaly_layout
 from annotations.models import Annotation
 from inspection import storage
 from inspection.models import Image, ModelVersion
-from inspection.services.inspections import anomaly_setup, comparison_rank
+from inspection.services.inspections import anomaly_setup, comparison_rank, weakest_kind
 from workers.tasks.anomaly import _engine, train_version, upright_copies
 from workers.tasks.runner import JobCancelled, JobContext, JobError, job_task
 
@@ -171,7 +171,8 @@ def compare_anomaly_models(job, ctx: JobContext) -> dict:
         "training_images": len(train_images),
         "message": f"{len(scored)} model(s) scored on {len(defects)} reviewed defect and "
         f"{len(normals)} normal images; best: {best['architecture']} v{best['number']} "
-        f"({anomaly_setup(best['params'])})",
+        f"({anomaly_setup(best['params'])})"
+        + (f"; {weak}" if (weak := weakest_kind(best["figures"])) else ""),
     }
 
 
