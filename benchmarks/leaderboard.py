@@ -3,7 +3,7 @@ services and job, as a project admin would run it.
 
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 .venv/bin/python \\
         benchmarks/leaderboard.py [--set magnetic_tile] [--models padim patchcore] \\
-        [--shading-variants] [--size-variants] [--scale S]
+        [--shading-variants] [--size-variants] [--scale S [--coarse-variants]]
 
 Imports the set into a throwaway Loupe (train/good -> normal images; test/* -> test split,
 ground-truth masks as imported polygons), marks the test split's ``good`` images normal as a
@@ -50,6 +50,11 @@ def main() -> int:
         help="each at half the resolution too (128 px whole, or tiles at half the scale)",
     )
     ap.add_argument("--scale", type=float, default=None, help="tiles at this pixel scale")
+    ap.add_argument(
+        "--coarse-variants",
+        action="store_true",
+        help="with --scale: each without and with a whole-image pass beside its tiles",
+    )
     args = ap.parse_args()
 
     from benchmarks.throwaway import throwaway_site
@@ -84,6 +89,10 @@ def main() -> int:
     if args.size_variants:  # as the models page's "each at full and half resolution"
         half = {"scale": args.scale / 2} if args.scale else {"input_size": 128}
         variants = [w for v in variants for w in (v, {**v, **half})]
+    if args.coarse_variants:  # as the models page's "each with and without a whole-image pass"
+        if not args.scale:
+            ap.error("--coarse-variants goes with tiles: give --scale")
+        variants = [w for v in variants for w in (v, {**v, "coarse_pass": True})]
     with transaction.atomic():
         job = model_comparison_start(
             user=user, project=project, architectures=args.models, params=params, variants=variants

@@ -381,6 +381,11 @@
         if (f.get("shading_variants") === "on") variants = variants.flatMap((v) => [v, { ...v, shading: 0.2 }]);
         const half = params.scale ? { scale: params.scale / 2 } : { input_size: 128 };
         if (f.get("size_variants") === "on") variants = variants.flatMap((v) => [v, { ...v, ...half }]);
+        if (f.get("coarse_variants") === "on") {
+          // a tiled model with and without a whole-image pass beside its tiles (docs/anomaly.md, Coarse pass)
+          if (!params.scale) { out.textContent = "The whole-image pass goes with tiles: choose a tile resolution, or untick it."; return; }
+          variants = variants.flatMap((v) => [v, { ...v, coarse_pass: true }]);
+        }
         try {
           const job = await api(root.dataset.comparisonsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ architectures, params, variants }) });
           follow(out, job.id, () => window.location.reload());

@@ -4,11 +4,13 @@ images: normals, and broken bottles whose ground truth came with the import), re
 and its figures per defect kind, and activates the best with one click."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 from django.template.defaultfilters import floatformat
 
 from annotations.services.dataset_import import dataset_import_run
+from inspection import storage
 from inspection.models import Job, ModelVersion
 from inspection.services.inspections import comparison_rank
 from tests.conftest import PASSWORD, dataset
@@ -148,3 +150,45 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     best.refresh_from_db()
     assert best.is_active
     assert ModelVersion.objects.filter(project=project, is_active=True).count() == 1
+
+
+def test_compare_tiles_with_and_without_a_whole_image_pass(page, celery_worker, team, tmp_path):
+    """The leaderboard also says whether a tiled model needs a whole-image model beside it (the
+    coarse pass): one version each way, scored on the same reviewed bottles."""
+    project, admin = team["project"], team["admin"]
+    folder = small_bottles(dataset("mvtec_bottle"), tmp_path / "bottles")
+    dataset_import_run(
+        user=admin, project=project, fmt="mvtec", folder=folder, build_pyramids=False
+    )
+    page.goto("/login/")
+    page.fill("input[name=username]", admin.username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.goto(f"/projects/{project.pk}/models/")
+    form = page.locator("#compare-form")
+    for name in ("patchcore", "patchcore_fine"):
+        form.locator(f"input[name=architectures][value={name}]").uncheck()
+    form.locator("input[name=coarse_variants]").check()
+    # a whole image has no tiles to add a whole-image pass to: said before anything starts
+    form.locator("button[type=submit]").click()
+    status = page.locator("#compare-status")
+    status.filter(has_text="The whole-image pass goes with tiles").wait_for()
+    assert not Job.objects.filter(project=project).exists()
+    form.locator("select[name=scale]").select_option("0.5")
+    form.locator("button[type=submit]").click()
+    page.locator("#comparison-table").wait_for(timeout=300_000)
+
+    job = Job.objects.get(project=project, kind="anomaly_compare")
+    assert job.status == "succeeded", job.error
+    versions = list(ModelVersion.objects.filter(project=project).order_by("number"))
+    assert [(v.architecture, v.params.get("scale"), v.params.get("coarse_pass")) for v in versions] == [
+        ("padim", 0.5, None), ("padim", 0.5, True)
+    ]  # fmt: skip
+    for v, words in zip(versions, ("", " + whole-image pass"), strict=True):
+        cell = page.locator(f'tr[data-comparison-version="{v.pk}"] td').first.inner_text()
+        assert f"tiles of 256 px at scale 0.5{words}" in cell, cell
+        assert v.status == "ready" and 0 <= v.metrics["comparison"]["image_auroc"] <= 1
+    # only the second version was trained with a whole-image model beside its tiles
+    for v, coarse in zip(versions, (False, True), strict=True):
+        with storage.local_tree(str(Path(v.artifact).parent)) as folder:
+            assert (folder / "coarse" / "model.pt").is_file() == coarse, v.params
