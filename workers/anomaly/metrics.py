@@ -53,7 +53,9 @@ def au_pro(
     """
     scores = np.concatenate([m.ravel() for m in maps])
     normal = np.concatenate([(~k).ravel() for k in masks])
-    thresholds = np.unique(np.quantile(scores, np.linspace(0, 1, steps)))[::-1]
+    # the same quantiles as of the unsorted scores, twice as fast (numpy sorts faster than it
+    # partitions at 400 places)
+    thresholds = np.unique(np.quantile(np.sort(scores), np.linspace(0, 1, steps)))[::-1]
     comps = []
     for m, k in zip(maps, masks, strict=True):
         count, labels = cv2.connectedComponents(k.astype(np.uint8))
@@ -61,13 +63,12 @@ def au_pro(
     if not comps:
         return float("nan")
     normal_scores = np.sort(scores[normal])
-    fprs, pros = [], []
-    for t in thresholds:
-        fpr = 1.0 - np.searchsorted(normal_scores, t, side="left") / max(1, normal_scores.size)
-        pro = float(np.mean([(c >= t).mean() for c in comps]))
-        fprs.append(fpr)
-        pros.append(pro)
-    return pro_area(np.asarray(fprs), np.asarray(pros), fpr_limit)
+    # every threshold at once: one at a time, numpy casts the whole float32 array to the
+    # float64 threshold's type on each call (9 of 13 s on 56 MP of maps; benchmarks/evaluation_cost.py)
+    below = np.searchsorted(normal_scores, thresholds, side="left")
+    fprs = 1.0 - below / max(1, normal_scores.size)
+    pros = np.asarray([float(np.mean([(c >= t).mean() for c in comps])) for t in thresholds])
+    return pro_area(np.asarray(fprs, np.float64), pros, fpr_limit)
 
 
 def pro_area(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float = 0.3) -> float:

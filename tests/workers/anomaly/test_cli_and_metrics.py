@@ -177,6 +177,39 @@ def test_cli_train_defaults_to_what_the_device_can_train(tmp_path: Path, capsys)
     assert "model: padim (no --model given; training on cpu: no GPU" in captured.err
 
 
+def test_au_pro_is_the_textbook_loop_over_thresholds():
+    """AU-PRO is computed with every threshold at once (fast on large maps); it must give the
+    figure a plain loop gives: each threshold's false positive rate over the defect-free pixels
+    and mean overlap with each ground-truth region, on float32 maps as the engine makes them."""
+    import cv2
+
+    from workers.anomaly.metrics import pro_area
+
+    rng = np.random.default_rng(7)
+    maps, masks = [], []
+    for i in range(6):
+        m = rng.normal(0.3, 0.1, (40, 60)).astype(np.float32)
+        k = np.zeros((40, 60), bool)
+        if i % 2:
+            k[10 + i : 18 + i, 5 * i : 5 * i + 9] = True
+            k[30:33, 40:52] = True  # two regions in one image
+            m[k] += np.float32(0.05 * i)
+        maps.append(m)
+        masks.append(k)
+    scores = np.concatenate([m.ravel() for m in maps])
+    normal = np.sort(scores[np.concatenate([(~k).ravel() for k in masks])])
+    comps = []
+    for m, k in zip(maps, masks, strict=True):
+        count, labels = cv2.connectedComponents(k.astype(np.uint8))
+        comps += [m[labels == j] for j in range(1, count)]
+    fprs, pros = [], []
+    for t in np.unique(np.quantile(scores, np.linspace(0, 1, 200)))[::-1]:
+        fprs.append(1.0 - np.searchsorted(normal, t, side="left") / normal.size)
+        pros.append(float(np.mean([(c >= t).mean() for c in comps])))
+    expected = pro_area(np.asarray(fprs), np.asarray(pros))
+    assert au_pro(maps, masks) == expected and 0.3 < expected < 1.0
+
+
 def test_metrics_on_known_maps():
     mask = np.zeros((20, 20), bool)
     mask[5:10, 5:10] = True
