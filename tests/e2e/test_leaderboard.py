@@ -13,7 +13,8 @@ from annotations.services.dataset_import import dataset_import_run
 from inspection import storage
 from inspection.models import Job, ModelVersion
 from inspection.services.inspections import comparison_rank
-from tests.conftest import PASSWORD, dataset
+from tests.conftest import dataset
+from tests.e2e.test_workspace import login
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -42,10 +43,7 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     )
     assert (report["images"], report["annotations"]) == (9, 3), report
 
-    page.goto("/login/")
-    page.fill("input[name=username]", admin.username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    login(page, admin.username)
     page.goto(f"/projects/{project.pk}/models/")
     form = page.locator("#compare-form")
     checked = [
@@ -160,10 +158,7 @@ def test_compare_tiles_with_and_without_a_whole_image_pass(page, celery_worker, 
     dataset_import_run(
         user=admin, project=project, fmt="mvtec", folder=folder, build_pyramids=False
     )
-    page.goto("/login/")
-    page.fill("input[name=username]", admin.username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    login(page, admin.username)
     page.goto(f"/projects/{project.pk}/models/")
     form = page.locator("#compare-form")
     for name in ("patchcore", "patchcore_fine"):

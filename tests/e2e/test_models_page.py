@@ -13,7 +13,7 @@ from PIL import Image as PILImage
 from annotations.models import Suggestion
 from inspection.models import Image, ImageHeatmap, ModelVersion
 from inspection.services.images import IncomingFile, image_store_one
-from tests.conftest import PASSWORD
+from tests.e2e.test_workspace import login
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -49,10 +49,7 @@ def test_train_tiles_and_inspect_from_the_models_page(page, celery_worker, team,
         store(project, admin, tmp_path, f"good-{i}.jpg", photo(seed=i), is_normal=True)
     scratched = store(project, admin, tmp_path, "part-17.jpg", photo(seed=17, scratch=True))
 
-    page.goto("/login/")
-    page.fill("input[name=username]", admin.username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    login(page, admin.username)
     page.goto(f"/projects/{project.pk}/models/")
 
     # 1600 px photos: the page proposes full-resolution tiles, and says why
@@ -168,10 +165,7 @@ def test_a_two_scale_model_from_the_models_page(page, celery_worker, team, tmp_p
     project, admin = team["project"], team["admin"]
     for i in range(3):
         store(project, admin, tmp_path, f"good-{i}.jpg", photo(seed=i), is_normal=True)
-    page.goto("/login/")
-    page.fill("input[name=username]", admin.username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    login(page, admin.username)
     page.goto(f"/projects/{project.pk}/models/")
     form = page.locator("#train-form")
     form.locator("select[name=scale]").select_option("")
