@@ -64,11 +64,12 @@ def au_pro(
         return float("nan")
     normal_scores = np.sort(scores[normal])
     # every threshold at once: one at a time, numpy casts the whole float32 array to the
-    # float64 threshold's type on each call (9 of 13 s on 56 MP of maps; benchmarks/evaluation_cost.py)
+    # float64 threshold's type on each call (9 of 13 s on 56 MP of maps:
+    # benchmarks/evaluation_cost.py)
     below = np.searchsorted(normal_scores, thresholds, side="left")
     fprs = 1.0 - below / max(1, normal_scores.size)
     pros = np.asarray([float(np.mean([(c >= t).mean() for c in comps])) for t in thresholds])
-    return pro_area(np.asarray(fprs, np.float64), pros, fpr_limit)
+    return pro_area(fprs, pros, fpr_limit)
 
 
 def pro_area(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float = 0.3) -> float:
