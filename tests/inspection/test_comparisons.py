@@ -130,6 +130,16 @@ def test_each_model_in_each_setting_one_version_apiece(team, client_for, tmp_pat
             },
             "mean or max",
         ),
+        # a whole-image pass goes beside tiles: a variant that adds it to a whole image is
+        # refused before anything trains
+        (
+            {"architectures": ["padim"], "variants": [{}, {"coarse_pass": True}]},
+            "coarse_pass adds a whole-image pass to a tiled model",
+        ),
+        (
+            {"architectures": ["padim"], "params": {"scale": 1}, "variants": [{"coarse_pass": 1}]},
+            "coarse_pass is true or false",
+        ),
         ({"architectures": ["padim"], "params": {"shading": 2}}, "shorter side"),
         ({"architectures": ["padim"], "params": {"shading": "on"}}, "shading"),
     ],
