@@ -170,7 +170,9 @@ def run_job(job_id: str, fn: Callable[[Job, JobContext], dict | None]) -> str:
         status=Job.Status.SUCCEEDED,
         progress=100.0,
         result=result,
-        message=result.get("message", "Done"),
+        # cut as progress messages are: Job.message holds 500 characters (a longer one fails
+        # the final save on PostgreSQL, after all the work)
+        message=str(result.get("message", "Done"))[:500],
     )
     return Job.Status.SUCCEEDED
 

@@ -64,6 +64,19 @@ def test_success_records_progress_timings_and_result(team):
     assert run_job(str(job.pk), body) == "skipped"
 
 
+def test_a_long_final_message_is_cut_not_lost(team):
+    """A job's message holds 500 characters: a longer one from the job's result (a comparison
+    naming a kind made of several long label categories, say) is cut, and the job still
+    succeeds with its whole result."""
+    job = make_job(team)
+    long = "best: padim v1; weakest on " + " + ".join(["a-very-long-category-name" * 3] * 8)
+    assert len(long) > 500
+    assert run_job(str(job.pk), lambda j, c: {"message": long}) == "succeeded"
+    job.refresh_from_db()
+    assert job.status == "succeeded" and job.message == long[:500]
+    assert job.result["message"] == long
+
+
 def test_failures_in_plain_words_with_traceback(team):
     job = make_job(team)
 
