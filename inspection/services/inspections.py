@@ -164,7 +164,8 @@ def comparison_rank(figures: dict | None) -> tuple:
 def weakest_kind(figures: dict | None) -> str:
     """The defect kind a model does worst on by :func:`comparison_rank`, in words for a job's
     message ("weakest on crack: 2 of 5 regions found"); empty with fewer than two kinds with
-    regions, where the whole set's figures already say it."""
+    regions, where the whole set's figures already say it, and when even that kind's regions
+    were all found."""
     kinds = {
         k: f for k, f in ((figures or {}).get("by_type") or {}).items() if f and f.get("regions")
     }
@@ -172,6 +173,8 @@ def weakest_kind(figures: dict | None) -> str:
         return ""
     kind, f = min(kinds.items(), key=lambda item: comparison_rank(item[1]))
     found = round((f.get("region_recall") or 0) * f["regions"])
+    if found >= f["regions"]:
+        return ""
     return f"weakest on {kind}: {found} of {f['regions']} regions found"
 
 

@@ -348,3 +348,5 @@ def test_the_jobs_message_names_the_best_models_weakest_kind():
     # one kind, or an older row without per-kind figures: the whole set already says it
     assert weakest_kind({"by_type": {"crack": kind(0.4, 5)}}) == ""
     assert weakest_kind({"region_recall": 0.5}) == "" and weakest_kind(None) == ""
+    # every kind found whole: no kind is weak
+    assert weakest_kind({"by_type": {"a": kind(1.0, 4, 0.8), "b": kind(1.0, 2)}}) == ""
