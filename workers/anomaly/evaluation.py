@@ -224,7 +224,7 @@ def bootstrap_tables(
     k = len(maps)
     if k:
         pooled = np.concatenate([m.ravel() for m in maps])
-        thresholds = np.unique(np.quantile(pooled, np.linspace(0, 1, steps)))[::-1]
+        thresholds = metrics.pro_thresholds(pooled, steps)
         defect = np.concatenate([km.ravel() for km in masks]).astype(bool)
         q = np.linspace(0, 1, bins + 1)
         parts = [np.zeros(1)]

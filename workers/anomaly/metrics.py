@@ -53,23 +53,33 @@ def au_pro(
     """
     scores = np.concatenate([m.ravel() for m in maps])
     normal = np.concatenate([(~k).ravel() for k in masks])
-    # the same quantiles as of the unsorted scores, twice as fast (numpy sorts faster than it
-    # partitions at 400 places)
-    thresholds = np.unique(np.quantile(np.sort(scores), np.linspace(0, 1, steps)))[::-1]
-    comps = []
+    thresholds = pro_thresholds(scores, steps)
+    # each ground-truth component's share of pixels at or above each threshold
+    above = []
     for m, k in zip(maps, masks, strict=True):
         count, labels = cv2.connectedComponents(k.astype(np.uint8))
-        comps += [m[labels == i] for i in range(1, count)]
-    if not comps:
+        for i in range(1, count):
+            c = np.sort(m[labels == i])
+            above.append((c.size - np.searchsorted(c, thresholds, side="left")) / c.size)
+    if not above:
         return float("nan")
     normal_scores = np.sort(scores[normal])
-    # every threshold at once: one at a time, numpy casts the whole float32 array to the
+    # every threshold in one call: one at a time, numpy casts the whole float32 array to the
     # float64 threshold's type on each call (9 of 13 s on 56 MP of maps:
     # benchmarks/evaluation_cost.py)
     below = np.searchsorted(normal_scores, thresholds, side="left")
     fprs = 1.0 - below / max(1, normal_scores.size)
-    pros = np.asarray([float(np.mean([(c >= t).mean() for c in comps])) for t in thresholds])
+    per_threshold = np.ascontiguousarray(np.stack(above).T)  # (T, components)
+    pros = np.asarray([float(np.mean(row)) for row in per_threshold])
     return pro_area(fprs, pros, fpr_limit)
+
+
+def pro_thresholds(scores: np.ndarray, steps: int = 200) -> np.ndarray:
+    """AU-PRO's thresholds, descending: the ``steps`` quantiles of every score, without repeats
+    (:func:`au_pro` and the bootstrap's tables take the same). Quantiles of the sorted scores,
+    the same values, twice as fast: numpy sorts faster than it partitions at 400 places."""
+    ordered = np.sort(scores)
+    return np.unique(np.quantile(ordered, np.linspace(0, 1, steps), overwrite_input=True))[::-1]
 
 
 def pro_area(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float = 0.3) -> float:

@@ -177,12 +177,13 @@ def test_cli_train_defaults_to_what_the_device_can_train(tmp_path: Path, capsys)
     assert "model: padim (no --model given; training on cpu: no GPU" in captured.err
 
 
-def test_au_pro_is_the_textbook_loop_over_thresholds():
+@pytest.mark.parametrize("quantised", [False, True])
+def test_au_pro_is_the_textbook_loop_over_thresholds(quantised):
     """AU-PRO is computed with every threshold at once (fast on large maps); it must give the
     figure a plain loop gives: each threshold's false positive rate over the defect-free pixels
-    and mean overlap with each ground-truth region, on float32 maps as the engine makes them."""
-    import cv2
-
+    and mean overlap with each ground-truth region, on float32 maps as the engine makes them,
+    with scores that tie (``quantised``: thresholds then land on scores, where ``>=`` against
+    ``>`` and left against right matter)."""
     from workers.anomaly.metrics import pro_area
 
     rng = np.random.default_rng(7)
@@ -194,7 +195,7 @@ def test_au_pro_is_the_textbook_loop_over_thresholds():
             k[10 + i : 18 + i, 5 * i : 5 * i + 9] = True
             k[30:33, 40:52] = True  # two regions in one image
             m[k] += np.float32(0.05 * i)
-        maps.append(m)
+        maps.append(np.round(m, 2).astype(np.float32) if quantised else m)
         masks.append(k)
     scores = np.concatenate([m.ravel() for m in maps])
     normal = np.sort(scores[np.concatenate([(~k).ravel() for k in masks])])
