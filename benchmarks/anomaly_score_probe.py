@@ -6,13 +6,13 @@ Takes a model folder that ``benchmarks/anomaly_multiscale_probe.py`` trained and
 ``probe.json`` names the test images and masks), predicts each test image as it is and flipped
 (``--tta``), and scores every variant as that probe does: image AUROC (the map's maximum) with
 its 95 % interval, pixel AUROC, AU-PRO, region recall at <= 1 false region per good image, and
-image AUROC per defect type::
+with ``--per-type`` each defect type's (the multiscale probe's ``--per-type`` lines)::
 
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 .venv/bin/python \\
         benchmarks/anomaly_multiscale_probe.py --out var/bench/hires \\
         --runs magnetic_tile:patchcore:256s --no-pairs
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 .venv/bin/python \\
-        benchmarks/anomaly_score_probe.py var/bench/hires/magnetic_tile_patchcore_256s --tta
+        benchmarks/anomaly_score_probe.py var/bench/hires/magnetic_tile_patchcore_256s --tta --per-type
 
 ``--position G``: each map is cut into a G x G grid of its own height and width (images differ
 in size: the grid is relative), and each cell's score has the mean of the *other* good test
@@ -20,13 +20,13 @@ images' maps in that cell subtracted (leave one out, so a good image is never sc
 itself), divided by their spread there (``--position-sd``) or not. Its region recall is not
 printed: regions are cut from a map at the calibrated scale's levels (0.5 = the threshold),
 which a standardised map no longer has (divided by the spread, most of a map lies above them and
-one region covering it "hits" every defect).
+one region covering it "hits" every defect); nor is the region recall of its ``--per-type``
+lines.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -37,33 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _probe():  # noqa: ANN202  (the multiscale probe's scoring, one owner)
-    spec = importlib.util.spec_from_file_location(
-        "anomaly_multiscale_probe", ROOT / "benchmarks" / "anomaly_multiscale_probe.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _per_type(meta: dict, maps: list[np.ndarray]) -> str:
-    from workers.anomaly import metrics
-
-    kinds = [Path(p).parent.name for p in meta["images"]]
-    scores = [float(m.max()) for m in maps]
-    out = []
-    for kind in sorted(set(kinds) - {"good"}):
-        rows = [i for i, k in enumerate(kinds) if k in ("good", kind)]
-        auroc = metrics.image_auroc([scores[i] for i in rows], [kinds[i] != "good" for i in rows])
-        out.append(f"{kind} {auroc:.3f}")
-    return ", ".join(out)
-
-
 def _positioned(meta: dict, maps: list[np.ndarray], grid: int, use_sd: bool) -> list:
     import cv2
 
     kinds = [Path(p).parent.name for p in meta["images"]]
     good = [i for i, k in enumerate(kinds) if k == "good"]
+    if len(good) < 3:
+        raise SystemExit("--position needs 3 or more good test images (each against the others)")
     small = [cv2.resize(m, (grid, grid), interpolation=cv2.INTER_AREA) for m in maps]
     out = []
     for i, m in enumerate(maps):
@@ -85,8 +65,10 @@ def main() -> int:
     ap.add_argument("--tta", action="store_true", help="also predict flipped inputs")
     ap.add_argument("--position", type=int, default=16, help="grid of the position variant")
     ap.add_argument("--position-sd", action="store_true", help="divide by the spread too")
+    ap.add_argument("--per-type", action="store_true", help="each variant's figures per type")
     args = ap.parse_args()
-    probe = _probe()
+    from benchmarks.anomaly_multiscale_probe import _print_types, _score
+
     folder = Path(args.folder)
     meta = json.loads((folder / "probe.json").read_text())
     blob = np.load(folder / "maps.npz", allow_pickle=False)
@@ -126,17 +108,20 @@ def main() -> int:
     variants[f"position {args.position}x{args.position}"] = _positioned(
         meta, variants["as predicted"], args.position, args.position_sd
     )
-    print("| maps | image AUROC (95 % CI) | pixel AUROC | AU-PRO | region recall | per type |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    rows = []
     for name, maps in variants.items():
-        r = probe._score(meta, maps)
+        if args.per_type:
+            _print_types(name, meta, maps)
+        r = _score(meta, maps)
         ci = r["ci"] or (float("nan"), float("nan"))
         recall = "-" if name.startswith("position") else f"{r['region_recall']:.3f}"
-        print(
+        rows.append(
             f"| {name} | {r['image_auroc']:.3f} ({ci[0]:.2f}–{ci[1]:.2f}) | "
-            f"{r['pixel_auroc']:.3f} | {r['au_pro']:.3f} | {recall} | "
-            f"{_per_type(meta, maps)} |"
+            f"{r['pixel_auroc']:.3f} | {r['au_pro']:.3f} | {recall} |"
         )
+    print("| maps | image AUROC (95 % CI) | pixel AUROC | AU-PRO | region recall |")
+    print("| --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
     return 0
 
 

@@ -56,6 +56,8 @@ def main() -> int:
         help="with --scale: each without and with a whole-image pass beside its tiles",
     )
     args = ap.parse_args()
+    if args.coarse_variants and not args.scale:  # before minutes of importing the set
+        ap.error("--coarse-variants goes with tiles: give --scale")
 
     from benchmarks.throwaway import throwaway_site
 
@@ -90,8 +92,6 @@ def main() -> int:
         half = {"scale": args.scale / 2} if args.scale else {"input_size": 128}
         variants = [w for v in variants for w in (v, {**v, **half})]
     if args.coarse_variants:  # as the models page's "each with and without a whole-image pass"
-        if not args.scale:
-            ap.error("--coarse-variants goes with tiles: give --scale")
         variants = [w for v in variants for w in (v, {**v, "coarse_pass": True})]
     with transaction.atomic():
         job = model_comparison_start(
