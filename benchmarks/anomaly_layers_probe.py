@@ -19,9 +19,13 @@ normal images whose mean feature is nearest to its own only (SPADE's first step)
 ``--features centred`` subtracts each image's mean feature from its patches (bank and test
 alike); ``--self-radius R`` also scores each test patch by its distance to the nearest patch of
 its own image farther than R feature cells, alone and fused with the bank's distance;
-``--shading S`` corrects every image's lighting first (``TrainConfig.shading``). Prints image AUROC (the map's maximum), pixel AUROC and AU-PRO, and image AUROC
-per defect type. docs/benchmarks-anomaly.md (2026-12-06, "PatchCore on finer features") has
-the figures.
+``--shading S`` corrects every image's lighting first (``TrainConfig.shading``); ``--pad P``
+reflect-pads the network's input and crops the features back, ``--conv-padding reflect`` makes
+every convolution pad by reflection, ``--position-window R`` also compares each test patch with
+the normal patches within R cells of its place only. Prints image AUROC (the map's maximum),
+pixel AUROC and AU-PRO, and image AUROC
+per defect type. docs/benchmarks-anomaly.md (2026-12-06, "PatchCore on finer features", and
+2026-12-07 evening for the padding and the window) has the figures.
 """
 
 from __future__ import annotations
@@ -104,7 +108,32 @@ def main() -> None:
         help="correct each image's lighting first (correct_shading's blur, a fraction of the "
         "shorter side; 0: off)",
     )
+    ap.add_argument(
+        "--pad",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="reflect-pad the network's input by P px on every side and crop the features "
+        "back (a multiple of 16; 0: off), so that the tile's border is not the network's",
+    )
+    ap.add_argument(
+        "--conv-padding",
+        default="zeros",
+        choices=("zeros", "reflect", "replicate"),
+        help="what the backbone's convolutions pad with (its ImageNet training: zeros)",
+    )
+    ap.add_argument(
+        "--position-window",
+        nargs="+",
+        type=int,
+        default=[],
+        help="also compare each test patch only with the normal images' patches within R "
+        "cells of its own place (every image is squashed to the same square, so a cell is a "
+        "place on the part); printed per R",
+    )
     args = ap.parse_args()
+    if any(p % 16 for p in args.pad):
+        ap.error("--pad must be a multiple of 16 (the deepest stage's stride)")
     if args.own and any(args.bank_neighbours):
         ap.error("--own standardises against the whole bank: not with --bank-neighbours")
 
@@ -124,6 +153,8 @@ def main() -> None:
     tests = TestSet(root, SIZE)
     test = tests.paths
     net = lite0_stages()
+    if args.conv_padding != "zeros":
+        pad_with(net, args.conv_padding)
 
     def read(path: Path) -> np.ndarray:
         pixels = normalise_layout(np.asarray(Image.open(path).convert("RGB")))
@@ -137,13 +168,22 @@ def main() -> None:
             return flips
         return flips + [np.rot90(v) for v in flips]
 
+    pad = 0  # the --pad of the run under way
+
     @torch.no_grad()
     def embed(img: np.ndarray, stages: list[int]) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
         x = F.interpolate(x, size=(args.input, args.input), mode="bilinear", antialias=True)
+        if pad:
+            x = F.pad(x, (pad,) * 4, mode="reflect")
         feats = net(lite_normalise(x))
         # PatchCore's pooler (3 x 3), or a wider neighbourhood
         feats = [F.avg_pool2d(feats[i], args.pool, 1, args.pool // 2) for i in stages]
+        if pad:  # the padding's cells cut off again (stage i's stride: 2 ** (i + 1))
+            feats = [
+                f[..., pad >> (i + 1) : -(pad >> (i + 1)), pad >> (i + 1) : -(pad >> (i + 1))]
+                for f, i in zip(feats, stages, strict=True)
+            ]
         h, w = feats[0].shape[-2:]
         feats = [
             f if f.shape[-1] == w else F.interpolate(f, size=(h, w), mode="bilinear") for f in feats
@@ -205,10 +245,24 @@ def main() -> None:
         train = [train[i] for i in order[args.kept :]]
         print(f"{len(kept)} normal images left out of the bank to standardise the maps")
 
+    def near_by_place(e: torch.Tensor, grids: torch.Tensor, r: int) -> torch.Tensor:
+        """Each cell's distance to the nearest normal patch within ``r`` cells of its place
+        (``grids``: the normal images' patches, ``(N, h, w, c)``)."""
+        c, h, w = e.shape
+        t = e.permute(1, 2, 0)  # (h, w, c)
+        padded = F.pad(grids.permute(0, 3, 1, 2), (r,) * 4, value=float("inf"))
+        best = torch.full((h, w), float("inf"))
+        for dy in range(2 * r + 1):
+            for dx in range(2 * r + 1):
+                shifted = padded[:, :, dy : dy + h, dx : dx + w].permute(0, 2, 3, 1)
+                d = (shifted - t).pow(2).sum(-1).amin(0)
+                best = torch.minimum(best, d.nan_to_num(float("inf")))
+        return best.sqrt()
+
     def centre(e: torch.Tensor, how: str) -> torch.Tensor:
         return e - e.mean((1, 2), keepdim=True) if how == "centred" else e
 
-    for spec, how in [(s, f) for s in args.layers for f in args.features]:
+    for spec, how, pad in [(s, f, p) for s in args.layers for f in args.features for p in args.pad]:
         stages = [STAGES[s] for s in spec.split("+")]
         for which, k_near in [(v, k) for v in args.bank_views for k in args.bank_neighbours]:
             started = time.perf_counter()
@@ -238,9 +292,17 @@ def main() -> None:
                 m = F.interpolate(near.view(1, 1, h, w), size=(SIZE, SIZE))  # PatchCore: nearest
                 maps.append(blur(m)[0, 0].numpy())
                 medians.append(float(np.median(maps[-1])))
-            label = f"{spec}{'' if how == 'raw' else ' centred'}"
+            label = f"{spec}{'' if how == 'raw' else ' centred'}{f' pad {pad}' if pad else ''}"
             for score in args.score:
                 report(label, which, k_near, score, maps, medians, len(bank), started)
+            if args.position_window:
+                grids = torch.stack([e.view(h, w, c) for e in per_image])  # views: none only
+                for r in args.position_window:
+                    started = time.perf_counter()
+                    placed = [to_map(near_by_place(embed(read(p), stages), grids, r)) for p in test]
+                    pmed = [float(np.median(m)) for m in placed]
+                    report(f"{label} window {r}", which, k_near, "max", placed, pmed,
+                           len(bank), started)  # fmt: skip
             if args.own:
 
                 def both(path: Path, stages=stages, how=how, bank=bank):  # noqa: ANN001, ANN202
@@ -296,6 +358,30 @@ def main() -> None:
                     for score in args.score:
                         report(f"{label} {name}", which, k_near, score, fmaps, fmed,
                                len(bank), started)  # fmt: skip
+
+
+def pad_with(net, mode: str) -> None:  # noqa: ANN001 - a timm network
+    """Make every convolution of ``net`` pad with ``mode`` (reflect, replicate) instead of zeros:
+    ``nn.Conv2d`` through its ``padding_mode``, timm's TF-style ``Conv2dSame`` (zero-padded in
+    its forward) by padding first and convolving unpadded."""
+    import torch.nn.functional as F  # noqa: N812
+    from timm.layers import padding as timm_padding
+    from timm.layers.conv2d_same import Conv2dSame
+    from torch import nn
+
+    for module in net.modules():
+        if isinstance(module, Conv2dSame):
+
+            def forward(x, m=module):  # noqa: ANN001, ANN202
+                ih, iw = x.shape[-2:]
+                ph = timm_padding.get_same_padding(ih, m.weight.shape[-2], m.stride[0], 1)
+                pw = timm_padding.get_same_padding(iw, m.weight.shape[-1], m.stride[1], 1)
+                x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode=mode)
+                return F.conv2d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
+
+            module.forward = forward
+        elif isinstance(module, nn.Conv2d) and any(module.padding):
+            module.padding_mode = mode
 
 
 if __name__ == "__main__":
