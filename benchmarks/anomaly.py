@@ -25,6 +25,9 @@ largest size is the input size.
 ``--train-images N`` trains on a seeded random N of the normal images (rows ``padim-n30``, ...):
 how the figures grow with the normal images a project has.
 
+A model written ``patchcore+lines`` has the dark-line detector beside it
+(``TrainConfig.lines``, workers/anomaly/models/lines.py).
+
 ``--shading S`` trains every model with the shading correction (``TrainConfig.shading``: each
 image divided by its own blurred brightness, the blur S of its shorter side); rows
 ``patchcore-shading0.2`` and so on.
@@ -66,7 +69,7 @@ def _tag(model: str, backbone: str, train_images: int = 0, shading: float = 0.0)
         return f"{_tag(model, backbone)}-n{train_images}"
     return (
         model
-        if backbone == "lite0" or model.split("@")[0] not in BACKBONE_MODELS
+        if backbone == "lite0" or model.split("@")[0].removesuffix("+lines") not in BACKBONE_MODELS
         else f"{model}-{backbone}"
     )
 
@@ -93,7 +96,11 @@ def _config(  # noqa: ANN202
         )
     # --steps reaches every model that trains in steps (the autoencoder, STFPM); PaDiM and
     # PatchCore fit in one pass and ignore it
-    extra = {"backbone": backbone} if model.split("@")[0] in BACKBONE_MODELS else {}
+    extra: dict = {}
+    if model.endswith("+lines"):  # patchcore+lines: the dark-line detector beside it
+        model, extra["lines"] = model.removesuffix("+lines"), True
+    if model.split("@")[0] in BACKBONE_MODELS:
+        extra["backbone"] = backbone
     if "@" in model:  # multi-scale: padim@256+128 (maps fused by their mean), padim@256+128-max
         model, sizes = model.split("@")
         sizes, _, fusion = sizes.partition("-")

@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--overlap", type=float, default=None, help="tile overlap (default 0.25)")
     t.add_argument("--coarse-pass", action="store_true", help="add a whole-image pass (tiled)")
     t.add_argument(
+        "--lines", action="store_true", help="add the dark-line detector beside the model"
+    )
+    t.add_argument(
         "--backbone",
         default=None,
         choices=BACKBONES,
@@ -190,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 "penalty_dir": args.penalty_dir,
                 "tile_overlap": args.overlap,
                 "coarse_pass": args.coarse_pass or None,
+                "lines": args.lines or None,
                 "backbone": args.backbone,
                 "multiscale": args.multiscale,
                 "multiscale_fusion": args.multiscale_fusion,

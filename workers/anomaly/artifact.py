@@ -3,8 +3,10 @@
 ``model.pt`` is a ``torch.save`` dictionary that loads with ``weights_only=True`` (no pickled
 code runs): ``format``, ``format_version``, ``model_id``, ``kind``, ``net_args``,
 ``train_config``, ``geometry``, ``channels``, ``image_info``, ``calibration``, ``metrics``,
-``created_at``, ``versions``, ``coarse`` and ``state_dict``. ``model.json`` beside it holds the
-same without the weights. A change to this layout must bump :data:`ARTIFACT_VERSION`.
+``created_at``, ``versions``, ``coarse``, ``lines`` and ``state_dict``. ``model.json`` beside it
+holds the same without the weights. A change to this layout must bump :data:`ARTIFACT_VERSION`
+(a companion's key, ``None`` when there is none, added where an older file without it loads as
+it did: ``lines`` came without a bump).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from .tiling import Geometry
 ARTIFACT_FORMAT = "loupe-anomaly"
 ARTIFACT_VERSION = 1
 ARTIFACT_NAME = "model.pt"
+#: The models a model file can carry beside its own, each in a folder of that name, each
+#: joining its calibrated map by the maximum: a tiled model's whole-image pass, the line model.
+COMPANIONS = ("coarse", "lines")
 
 
 @dataclass
@@ -43,6 +48,7 @@ class LoadedModel:
     device: torch.device
     meta: dict
     coarse: LoadedModel | None = None
+    lines: LoadedModel | None = None
 
     @property
     def backend(self) -> str:
@@ -57,7 +63,7 @@ def save_artifact(
     net_args: dict,
     config: TrainConfig,
     metrics: dict,
-    coarse_model_id: str | None,
+    companions: dict[str, str],
 ) -> Path:
     """Write ``<out_dir>/model.pt`` atomically (a cancelled or crashed run never leaves half a
     model) and ``model.json`` beside it; return the ``model.pt`` path."""
@@ -77,11 +83,15 @@ def save_artifact(
         "metrics": metrics,
         "created_at": datetime.now(UTC).isoformat(),
         "versions": _versions(),
-        "coarse": (
-            {"path": "coarse/" + ARTIFACT_NAME, "model_id": coarse_model_id}
-            if coarse_model_id
-            else None
-        ),
+        # the companions (``companions``: name -> model id), each in a folder of that name
+        **{
+            name: (
+                {"path": f"{name}/{ARTIFACT_NAME}", "model_id": companions[name]}
+                if name in companions
+                else None
+            )
+            for name in COMPANIONS
+        },
         "state_dict": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
     }
     path = out / ARTIFACT_NAME
@@ -132,7 +142,7 @@ def load_model(
     return _load_cached(str(path.resolve()), stamp, device, backend)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)  # a model with both companions takes three
 def _load_cached(path: str, mtime_ns: int, device: str, backend: str) -> LoadedModel:
     configure_offline()
     try:
@@ -152,11 +162,19 @@ def _load_cached(path: str, mtime_ns: int, device: str, backend: str) -> LoadedM
         )
     dev = resolve_device(device)
     net = open_net(Path(path), blob, dev, backend)
-    coarse = None
-    if blob.get("coarse"):
-        coarse = load_model(Path(path).parent / blob["coarse"]["path"], device, backend)
-        if coarse.model_id != blob["coarse"]["model_id"]:
-            raise IncompatibleModelError(f"{path}: its coarse model was replaced; retrain")
+    companions: dict[str, LoadedModel] = {}
+    for name in COMPANIONS:
+        if blob.get(name):
+            companion_path = Path(path).parent / blob[name]["path"]
+            try:
+                companion = load_model(companion_path, device, backend)
+            except MissingWeightsError:
+                # the runtime asked for has no export of this companion (the line model has no
+                # INT8 one; a model exported before its companions were): the best it has
+                companion = load_model(companion_path, device, "auto")
+            if companion.model_id != blob[name]["model_id"]:
+                raise IncompatibleModelError(f"{path}: its {name} model was replaced; retrain")
+            companions[name] = companion
     return LoadedModel(
         net=net,
         kind=blob["kind"],
@@ -167,5 +185,5 @@ def _load_cached(path: str, mtime_ns: int, device: str, backend: str) -> LoadedM
         info=blob["image_info"],
         device=dev,
         meta={k: v for k, v in blob.items() if k != "state_dict"},
-        coarse=coarse,
+        **companions,
     )

@@ -106,6 +106,11 @@ class TrainConfig:
     # "lite2" (docs/anomaly.md, "Backbones"); other models have their own networks
     backbone: str = "lite0"
     coarse_pass: bool = False
+    # a dark-line model beside this one (workers/anomaly/models/lines.py), trained on the same
+    # images at the same geometry, its calibrated map joined by the maximum (as the coarse
+    # pass's): cracks and dark scratches deeper than the normal images show (docs/anomaly.md,
+    # "Line detector")
+    lines: bool = False
     # input sizes of a multi-scale model: one network of this model per size, each seeing the
     # network input area-averaged to it, their maps put on one scale and fused by their mean
     # (or "max": measured below it, docs/anomaly.md "Multi-scale"); the largest is input_size,
@@ -169,6 +174,8 @@ class TrainConfig:
             )
         if self.coarse_pass and self.scale is None:
             raise ConfigError("coarse_pass adds a whole-image pass to a tiled model: set scale")
+        if self.lines and self.model == "lines":
+            raise ConfigError("lines adds the line model beside another model, not to itself")
         if self.multiscale:
             self._validate_multiscale(minimum)
         if self.backbone not in BACKBONES:
@@ -249,5 +256,6 @@ class PredictConfig:
     # models resize every image to their input anyway: for them only the refusal goes.
     fit_size: bool = False
     coarse_pass: bool = True
+    lines: bool = True  # the line model, where the model has one (TrainConfig.lines)
     half: bool = False  # fp16 autocast on CUDA only
     device: str = "auto"

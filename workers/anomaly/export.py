@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import models
-from .artifact import ARTIFACT_NAME, load_model
+from .artifact import ARTIFACT_NAME, COMPANIONS, load_model
 from .errors import IncompatibleModelError
 from .image_io import read_pixels
 from .offline import configure_offline
@@ -41,7 +41,9 @@ def export_onnx(
     """Export the model to ONNX, check it against torch on random tiles, return the path.
 
     ``tolerance`` is the largest allowed difference relative to the map's range; a larger one
-    raises :class:`IncompatibleModelError` and leaves no file behind.
+    raises :class:`IncompatibleModelError` and leaves no file behind. The model's companions
+    (coarse pass, line detector) are exported beside themselves first, so that a runtime asked
+    for by name runs them too.
     """
     import onnx
 
@@ -49,6 +51,10 @@ def export_onnx(
     if artifact.is_dir():
         artifact = artifact / ARTIFACT_NAME
     model = load_model(artifact, device="cpu", backend="torch")
+    if out_path is None:
+        for name in COMPANIONS:
+            if model.meta.get(name):
+                export_onnx(artifact.parent / model.meta[name]["path"], tolerance=tolerance)
     out = Path(out_path) if out_path else artifact.parent / ONNX_NAME
     t = model.geometry.input_size
     example = torch.rand(2, 3, t, t, generator=torch.Generator().manual_seed(0))

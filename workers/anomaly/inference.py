@@ -299,6 +299,15 @@ def predict_decoded(
         calibrated = np.maximum(calibrated, coarse_map)
         image_score = max(image_score, coarse_score)
         progress(1.0, "coarse pass")
+    use_lines = model.lines is not None and config.lines
+    if use_lines:  # the line model at the same geometry: its calibrated map joins the same way
+        lines_map, lines_score = calibrated_map(model.lines, image, config, None, spec)
+        if lines_map.shape != calibrated.shape:
+            lines_map = cv2.resize(
+                lines_map, calibrated.shape[::-1], interpolation=cv2.INTER_LINEAR
+            )
+        calibrated = np.maximum(calibrated, lines_map)
+        image_score = max(image_score, lines_score)
     t_map = time.perf_counter()
     cal = model.calibration
     regions = extract_regions(calibrated, full_shape, config.regions)  # full-resolution pixels
@@ -313,6 +322,7 @@ def predict_decoded(
         "regions": asdict(config.regions),
         "specular_mask": config.specular_mask,
         "coarse_pass": use_coarse,
+        "lines": use_lines,
         "calibration": cal,
         "resized": resized,
     }

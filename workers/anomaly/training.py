@@ -2,7 +2,7 @@
 
 What is model-specific (the network, how it is fitted) is the model's entry in
 :data:`~workers.anomaly.models.MODELS`; this module does the same steps around it for every
-model, and the coarse whole-image pass of a tiled model.
+model, and its companions (the coarse whole-image pass of a tiled model, the line model).
 """
 
 from __future__ import annotations
@@ -71,16 +71,37 @@ def train(
     # (train_config) see the values used
     config = config.resolved()
     config.validate()
-    if not config.coarse_pass:
-        return _train_one(config, normal_image_paths, out_dir, progress, None)
-    # The downscaled whole-image pass is a second, whole-image model of the same kind, stored
-    # in <out_dir>/coarse and referenced by the main artifact; trained first so that the main
-    # model.pt (written last, atomically) never points at a missing coarse model.
-    coarse_config = replace(config, scale=None, coarse_pass=False)
-    coarse = _train_one(
-        coarse_config, normal_image_paths, Path(out_dir) / "coarse", Phase(progress, 0, 0.3), None
-    )
-    return _train_one(config, normal_image_paths, out_dir, Phase(progress, 0.3, 1.0), coarse)
+    # The companions: the downscaled whole-image pass is a second, whole-image model of the
+    # same kind (<out_dir>/coarse), the line model a model of its own at the same geometry
+    # (<out_dir>/lines); each is referenced by the main artifact and trained first, so that the
+    # main model.pt (written last, atomically) never points at a missing one.
+    companions: dict[str, TrainResult] = {}
+    plain = replace(config, coarse_pass=False, lines=False)
+    wanted = {
+        "coarse": replace(plain, scale=None) if config.coarse_pass else None,
+        "lines": replace(
+            plain, model="lines", multiscale=(), backbone="lite0", steps=None, batch_size=None
+        )
+        if config.lines
+        else None,
+    }
+    wanted = {name: c for name, c in wanted.items() if c is not None}
+    if "lines" in wanted:  # its own defaults for what it does not use, checked as any model's
+        wanted["lines"] = replace(
+            wanted["lines"], learning_rate=None, suggest_rate=config.flag_rate
+        ).resolved()
+        wanted["lines"].validate()
+    share = 0.3 * len(wanted)
+    for i, (name, companion) in enumerate(wanted.items()):
+        companions[name] = _train_one(
+            companion,
+            normal_image_paths,
+            Path(out_dir) / name,
+            Phase(progress, 0.3 * i, 0.3 * (i + 1)),
+            {},
+        )
+    main = Phase(progress, share, 1.0) if wanted else progress
+    return _train_one(config, normal_image_paths, out_dir, main, companions)
 
 
 def _train_one(
@@ -88,9 +109,10 @@ def _train_one(
     normal_image_paths: Sequence[str | Path],
     out_dir: str | Path,
     progress: ProgressCallback,
-    coarse: TrainResult | None,
+    companions: dict[str, TrainResult],
 ) -> TrainResult:
-    """One model (the main one, or a tiled model's whole-image pass)."""
+    """One model (the main one, or one of its companions: a tiled model's whole-image pass, the
+    line model)."""
     configure_offline(Path(config.models_dir) if config.models_dir else None)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
@@ -146,7 +168,7 @@ def _train_one(
         net_args=fitted.net_args,
         config=config,
         metrics=metrics,
-        coarse_model_id=coarse.model_id if coarse else None,
+        companions={name: c.model_id for name, c in companions.items()},
     )
     progress(1.0, "done")
     return TrainResult(

@@ -61,6 +61,7 @@ def test_every_model_module_registers_itself_under_its_name():
         "fastflow",
         "lbp",
         "lbp_image",
+        "lines",
         "padim",
         "patchcore",
         "patchcore_fine",
