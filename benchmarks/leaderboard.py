@@ -3,7 +3,8 @@ services and job, as a project admin would run it.
 
     OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 .venv/bin/python \\
         benchmarks/leaderboard.py [--set magnetic_tile] [--models padim patchcore] \\
-        [--shading-variants] [--size-variants] [--scale S [--coarse-variants]]
+        [--shading-variants] [--size-variants] [--scale S [--coarse-variants]] \\
+        [--lines-variants] [--params JSON]
 
 Imports the set into a throwaway Loupe (train/good -> normal images; test/* -> test split,
 ground-truth masks as imported polygons), marks the test split's ``good`` images normal as a
@@ -22,6 +23,7 @@ plus the test split's normals.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -55,6 +57,16 @@ def main() -> int:
         action="store_true",
         help="with --scale: each without and with a whole-image pass beside its tiles",
     )
+    ap.add_argument(
+        "--lines-variants",
+        action="store_true",
+        help="each without and with the dark-line detector beside it",
+    )
+    ap.add_argument(
+        "--params",
+        default="{}",
+        help="training parameters every version shares, as JSON (e.g. '{\"shading\": 0.2}')",
+    )
     args = ap.parse_args()
     if args.coarse_variants and not args.scale:  # before minutes of importing the set
         ap.error("--coarse-variants goes with tiles: give --scale")
@@ -87,12 +99,14 @@ def main() -> int:
     variants = [{}]
     if args.shading_variants:
         variants = [w for v in variants for w in (v, {**v, "shading": 0.2})]
-    params = {"scale": args.scale} if args.scale else {}
+    params = {**json.loads(args.params), **({"scale": args.scale} if args.scale else {})}
     if args.size_variants:  # as the models page's "each at full and half resolution"
         half = {"scale": args.scale / 2} if args.scale else {"input_size": 128}
         variants = [w for v in variants for w in (v, {**v, **half})]
     if args.coarse_variants:  # as the models page's "each with and without a whole-image pass"
         variants = [w for v in variants for w in (v, {**v, "coarse_pass": True})]
+    if args.lines_variants:  # as the models page's "each with and without a dark-line detector"
+        variants = [w for v in variants for w in (v, {**v, "lines": True})]
     with transaction.atomic():
         job = model_comparison_start(
             user=user, project=project, architectures=args.models, params=params, variants=variants

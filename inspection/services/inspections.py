@@ -39,6 +39,7 @@ ARCHITECTURES = (
     "autoencoder",
     "lbp",
     "lbp_image",
+    "lines",
 )
 # TrainConfig fields a user may set from the API (everything else stays at the engine default;
 # steps, batch size and learning rate left out are the chosen model's own).
@@ -57,6 +58,7 @@ TRAIN_PARAMS = {
     "scale",
     "tile_overlap",
     "coarse_pass",
+    "lines",
     "multiscale",
     "multiscale_fusion",
     "shading",
@@ -85,6 +87,11 @@ def _check_geometry(params: dict) -> None:
     if coarse and scale is None:
         raise ValidationError(
             {"params": "coarse_pass adds a whole-image pass to a tiled model: set scale too."}
+        )
+    lines = params.get("lines", False)
+    if not isinstance(lines, bool):
+        raise ValidationError(
+            {"params": "lines (a dark-line detector beside it) is true or false."}
         )
     sizes = params.get("multiscale", [])
     size = params.get("input_size", 256)
@@ -116,8 +123,10 @@ def _check_geometry(params: dict) -> None:
 
 
 def _check_input_size(architecture: str, params: dict) -> None:
-    """The input size the engine would refuse for this model, refused before anything is
-    queued."""
+    """The input size the engine would refuse for this model (and the line detector beside
+    itself), refused before anything is queued."""
+    if architecture == "lines" and params.get("lines"):
+        raise ValidationError({"params": "lines adds the line detector beside another model."})
     size = params.get("input_size", 256)
     minimum = MIN_INPUT_SIZE.get(architecture, 64)
     if not (type(size) is int and size >= minimum and size % 32 == 0):
@@ -196,9 +205,11 @@ def anomaly_setup(params: dict | None) -> str:
             text += f" by their {p['multiscale_fusion']}"
     if p.get("shading"):
         text += "; lighting corrected"
+    if p.get("lines"):
+        text += "; + line detector"
     # whatever else was set (steps, seed, coreset ratio...), as it was given
     told = {"model", "region", "input_size", "scale", "coarse_pass", "multiscale"}
-    told |= {"multiscale_fusion", "shading"}
+    told |= {"multiscale_fusion", "shading", "lines"}
     rest = [f"{k} {p[k]}" for k in sorted(p) if k not in told]
     return "; ".join([text, *rest])
 
@@ -265,8 +276,9 @@ def _checked_variants(variants: list[dict] | None) -> list[dict]:
 
 def _canonical(params: dict) -> str:
     """Training parameters as a key that two equal settings share: defaults dropped (shading
-    0, no scale, 256 px, no coarse pass), 1 and 1.0 alike."""
+    0, no scale, 256 px, no coarse pass, no line detector), 1 and 1.0 alike."""
     defaults = {"shading": 0, "scale": None, "input_size": 256, "coarse_pass": False}
+    defaults["lines"] = False
     kept = {
         k: float(v) if type(v) is int else v
         for k, v in params.items()

@@ -21,6 +21,7 @@ from inspection.permissions import require_role
 from inspection.services.inspections import (
     ARCHITECTURES,
     MIN_NORMAL_IMAGES,
+    _check_input_size,
     _checked_train_params,
     model_version_create,
     training_images,
@@ -295,6 +296,7 @@ def region_model_train(
     if architecture not in ARCHITECTURES:
         raise ValidationError({"architecture": f"Use one of {', '.join(ARCHITECTURES)}."})
     params = _checked_train_params(params)
+    _check_input_size(architecture, params)
     if params.get("scale") is not None:
         raise ValidationError(
             {"params": "A region's model sees the region whole (no tiles): leave scale out."}

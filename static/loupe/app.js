@@ -300,6 +300,14 @@
         }
         // each image divided by its own blurred brightness first (docs/anomaly.md, Shading correction)
         if (f.get("shading") === "on") params.shading = 0.2;
+        // a dark-line detector beside the model, the higher of the two maps kept (docs/anomaly.md, Line detector)
+        if (f.get("lines") === "on") {
+          if (f.get("architecture") === "lines") {
+            document.getElementById("train-status").textContent = "The line detector goes beside another model: choose one, or untick it.";
+            return;
+          }
+          params.lines = true;
+        }
         try {
           const v = await api(root.dataset.modelsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ architecture: f.get("architecture"), params }) });
           follow(document.getElementById("train-status"), v.job, (j) => { if (j.status === "succeeded") window.location.reload(); });
@@ -385,6 +393,11 @@
           // a tiled model with and without a whole-image pass beside its tiles (docs/anomaly.md, Coarse pass)
           if (!params.scale) { out.textContent = "The whole-image pass goes with tiles: choose a tile resolution, or untick it."; return; }
           variants = variants.flatMap((v) => [v, { ...v, coarse_pass: true }]);
+        }
+        if (f.get("lines_variants") === "on") {
+          // each model with and without the dark-line detector beside it (docs/anomaly.md, Line detector)
+          if (architectures.includes("lines")) { out.textContent = "The line detector goes beside another model: untick lines, or untick this."; return; }
+          variants = variants.flatMap((v) => [v, { ...v, lines: true }]);
         }
         try {
           const job = await api(root.dataset.comparisonsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ architectures, params, variants }) });

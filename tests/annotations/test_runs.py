@@ -103,6 +103,7 @@ def test_training_needs_normal_images_and_an_admin(loop, client_for):
         ({"scale": 1, "tile_overlap": 0.95}, "tile_overlap"),
         ({"scale": 1, "coarse_pass": "yes"}, "coarse_pass is true or false"),
         ({"coarse_pass": True}, "set scale too"),
+        ({"lines": 1}, "lines (a dark-line detector beside it) is true or false"),
     ],
 )
 def test_tile_parameters_are_checked_before_training(loop, client_for, params, says):
@@ -111,6 +112,22 @@ def test_tile_parameters_are_checked_before_training(loop, client_for, params, s
     r = client_for(loop["admin"]).post(url, {"architecture": "padim", "params": params}, "json")
     assert r.status_code == 400 and says in r.json()["error"]
     assert ModelVersion.objects.filter(project=loop["project"]).count() == 1  # nothing queued
+
+
+def test_training_with_the_line_detector_is_stored_and_shown(loop, client, client_for):
+    Image.objects.filter(project=loop["project"]).update(is_normal=True)
+    url = f"/api/projects/{loop['project'].pk}/models/"
+    params = {"shading": 0.2, "lines": True}
+    r = client_for(loop["admin"]).post(url, {"architecture": "padim", "params": params}, "json")
+    assert r.status_code == 202
+    assert r.json()["params"] == {"model": "padim", **params}
+    client.force_login(loop["admin"])
+    page = client.get(f"/projects/{loop['project'].pk}/models/").content.decode()
+    assert "whole image at 256 px; lighting corrected; + line detector" in page
+    # not beside itself: refused before anything is queued
+    body = {"architecture": "lines", "params": {"lines": True}}
+    r = client_for(loop["admin"]).post(url, body, "json")
+    assert r.status_code == 400 and "beside another model" in r.json()["error"]
 
 
 def test_tiled_training_is_stored_and_shown(loop, client, client_for):

@@ -189,3 +189,43 @@ def test_compare_tiles_with_and_without_a_whole_image_pass(page, celery_worker, 
     for v, coarse in zip(versions, (False, True), strict=True):
         with storage.local_tree(str(Path(v.artifact).parent)) as folder:
             assert (folder / "coarse" / "model.pt").is_file() == coarse, v.params
+
+
+def test_compare_each_model_with_and_without_the_line_detector(page, celery_worker, team, tmp_path):
+    """The leaderboard says whether a part's defects need the dark-line detector beside a
+    model: PaDiM alone and with it, scored on the same reviewed bottles; the line detector
+    itself is not something to put beside itself."""
+    project, admin = team["project"], team["admin"]
+    folder = small_bottles(dataset("mvtec_bottle"), tmp_path / "bottles")
+    dataset_import_run(
+        user=admin, project=project, fmt="mvtec", folder=folder, build_pyramids=False
+    )
+    login(page, admin.username)
+    page.goto(f"/projects/{project.pk}/models/")
+    form = page.locator("#compare-form")
+    for name in ("patchcore", "patchcore_fine"):
+        form.locator(f"input[name=architectures][value={name}]").uncheck()
+    form.locator("input[name=architectures][value=lines]").check()
+    form.locator("input[name=lines_variants]").check()
+    form.locator("button[type=submit]").click()
+    status = page.locator("#compare-status")
+    status.filter(has_text="The line detector goes beside another model").wait_for()
+    assert not Job.objects.filter(project=project).exists()
+    form.locator("input[name=architectures][value=lines]").uncheck()
+    form.locator("button[type=submit]").click()
+    page.locator("#comparison-table").wait_for(timeout=300_000)
+
+    job = Job.objects.get(project=project, kind="anomaly_compare")
+    assert job.status == "succeeded", job.error
+    versions = list(ModelVersion.objects.filter(project=project).order_by("number"))
+    assert [(v.architecture, v.params.get("lines")) for v in versions] == [
+        ("padim", None), ("padim", True)
+    ]  # fmt: skip
+    for v, words in zip(versions, ("", "; + line detector"), strict=True):
+        cell = page.locator(f'tr[data-comparison-version="{v.pk}"] td').first.inner_text()
+        assert cell.strip().endswith(f"whole image at 256 px{words}"), cell
+        assert v.status == "ready" and 0 <= v.metrics["comparison"]["image_auroc"] <= 1
+    # only the second version carries a line model beside its own
+    for v, lines in zip(versions, (False, True), strict=True):
+        with storage.local_tree(str(Path(v.artifact).parent)) as folder:
+            assert (folder / "lines" / "model.pt").is_file() == lines, v.params

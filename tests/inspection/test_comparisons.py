@@ -140,6 +140,13 @@ def test_each_model_in_each_setting_one_version_apiece(team, client_for, tmp_pat
             {"architectures": ["padim"], "params": {"scale": 1}, "variants": [{"coarse_pass": 1}]},
             "coarse_pass is true or false",
         ),
+        ({"architectures": ["padim"], "variants": [{}, {"lines": "yes"}]}, "lines (a dark-line"),
+        # the line detector goes beside another model, not beside itself
+        (
+            {"architectures": ["padim", "lines"], "variants": [{}, {"lines": True}]},
+            "beside another model",
+        ),
+        ({"architectures": ["padim"], "variants": [{}, {"lines": False}]}, "the same"),
         ({"architectures": ["padim"], "params": {"shading": 2}}, "shorter side"),
         ({"architectures": ["padim"], "params": {"shading": "on"}}, "shading"),
     ],
@@ -324,6 +331,9 @@ def test_a_versions_setup_in_words():
     )
     assert anomaly_setup({"scale": 0.5, "multiscale": [256, 128], "shading": 0}) == (
         "tiles of 256 px at scale 0.5; scales 256 + 128 px fused"
+    )
+    assert anomaly_setup({"shading": 0.2, "lines": True}) == (
+        "whole image at 256 px; lighting corrected; + line detector"
     )
     # whatever else was set tells two versions apart: named as given
     assert anomaly_setup(
