@@ -152,9 +152,9 @@ def test_compare_models_on_reviewed_images_and_activate_the_best(
     assert ModelVersion.objects.filter(project=project, is_active=True).count() == 1
 
 
-def test_compare_tiles_with_and_without_a_whole_image_pass(page, celery_worker, team, tmp_path):
-    """The leaderboard also says whether a tiled model needs a whole-image model beside it (the
-    coarse pass): one version each way, scored on the same reviewed bottles."""
+def padim_compare_form(page, team, tmp_path):
+    """The admin on the models page of a project holding the small bottles, PaDiM alone ticked
+    in the comparison form (returned)."""
     project, admin = team["project"], team["admin"]
     folder = small_bottles(dataset("mvtec_bottle"), tmp_path / "bottles")
     dataset_import_run(
@@ -165,6 +165,14 @@ def test_compare_tiles_with_and_without_a_whole_image_pass(page, celery_worker, 
     form = page.locator("#compare-form")
     for name in ("patchcore", "patchcore_fine"):
         form.locator(f"input[name=architectures][value={name}]").uncheck()
+    return form
+
+
+def test_compare_tiles_with_and_without_a_whole_image_pass(page, celery_worker, team, tmp_path):
+    """The leaderboard also says whether a tiled model needs a whole-image model beside it (the
+    coarse pass): one version each way, scored on the same reviewed bottles."""
+    project = team["project"]
+    form = padim_compare_form(page, team, tmp_path)
     form.locator("input[name=coarse_variants]").check()
     # a whole image has no tiles to add a whole-image pass to: said before anything starts
     form.locator("button[type=submit]").click()
@@ -195,16 +203,8 @@ def test_compare_each_model_with_and_without_the_line_detector(page, celery_work
     """The leaderboard says whether a part's defects need the dark-line detector beside a
     model: PaDiM alone and with it, scored on the same reviewed bottles; the line detector
     itself is not something to put beside itself."""
-    project, admin = team["project"], team["admin"]
-    folder = small_bottles(dataset("mvtec_bottle"), tmp_path / "bottles")
-    dataset_import_run(
-        user=admin, project=project, fmt="mvtec", folder=folder, build_pyramids=False
-    )
-    login(page, admin.username)
-    page.goto(f"/projects/{project.pk}/models/")
-    form = page.locator("#compare-form")
-    for name in ("patchcore", "patchcore_fine"):
-        form.locator(f"input[name=architectures][value={name}]").uncheck()
+    project = team["project"]
+    form = padim_compare_form(page, team, tmp_path)
     form.locator("input[name=architectures][value=lines]").check()
     form.locator("input[name=lines_variants]").check()
     form.locator("button[type=submit]").click()
