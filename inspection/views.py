@@ -235,6 +235,8 @@ def _calibration_data(project: Project) -> dict | None:
     if version is None:
         return None
     cal = (version.metrics or {}).get("calibration") or {}
+    # a model with its line detector suggests from the two maps' sum, calibrated on its own
+    cal = cal.get("with_lines") or cal
     out = {"version": version.number, "architecture": version.architecture}
     if not cal.get("normal_peaks"):
         return {**out, "missing": True}

@@ -3,6 +3,7 @@ approved labels per threshold, from the active anomaly model's stored heatmaps o
 images (annotations.services.threshold_effect, GET /api/models/{id}/threshold-effect/)."""
 
 import io
+import json
 import time
 
 import numpy as np
@@ -214,3 +215,17 @@ def test_the_models_page_tells_the_card_where_to_fetch_it(reviewed, team, client
     page = client.get(f"/projects/{reviewed['project'].pk}/models/").content.decode()
     assert f"/api/models/{version.pk}/threshold-effect/" in page
     assert 'class="threshold-curve"' in page
+
+
+def test_a_model_with_its_line_detector_shows_the_sums_calibration(reviewed, team, client):
+    """Its suggestions come from the model's and the line detector's maps added and calibrated
+    again: the card shows where the held-out normal images' peaks are on that scale."""
+    version = reviewed["version"]
+    own = {"normal_peaks": [0.2, 0.3], "expected_share": [[0.5, 0.1]], "suggest_rate": 0.25}
+    summed = {"normal_peaks": [0.11, 0.42, 0.61], "expected_share": [[0.5, 0.25]]}
+    version.metrics = {"calibration": {**own, "with_lines": {**own, **summed}}}
+    version.save()
+    client.force_login(team["annotator"])
+    page = client.get(f"/projects/{reviewed['project'].pk}/models/").content.decode()
+    data = json.loads(page.split('id="calibration-data" type="application/json">')[1].split("<")[0])
+    assert data["peaks"] == [0.11, 0.42, 0.61] and data["expected_share"] == [[0.5, 0.25]]

@@ -12,6 +12,7 @@ docs/anomaly.md, "Calibration"; scores are then mapped by
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,7 @@ def calibrate(
     flag_rate: float,
     progress: ProgressCallback,
     pixel_quantile: float = 0.999,
+    raw_map: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict:
     """Pixel and image thresholds from normal images (held out from training when possible).
 
@@ -93,12 +95,15 @@ def calibrate(
     ordinary held-out bottle that unseen ones then crossed), and a false NG costs more than a
     false suggestion.
     ``pixel_quantile`` of all normal pixels pooled is recorded beside them
-    (``pixel_quantile_threshold``: the rule before this one, for comparisons)."""
+    (``pixel_quantile_threshold``: the rule before this one, for comparisons).
+    ``raw_map(image)``: the map calibrated, when it is not the model's own network map (a model
+    with its line detector: :func:`~.inference.line_parts`)."""
     pixels, image_scores = [], []
     config = PredictConfig()
     rng = np.random.default_rng(0)
     for i, p in enumerate(paths):
-        raw = raw_heatmap(model, read_pixels(p), config)
+        image = read_pixels(p)
+        raw = raw_heatmap(model, image, config) if raw_map is None else raw_map(image)
         flat = raw.ravel()
         if flat.size > 200_000:
             flat = rng.choice(flat, 200_000, replace=False)

@@ -107,9 +107,9 @@ class TrainConfig:
     backbone: str = "lite0"
     coarse_pass: bool = False
     # a dark-line model beside this one (workers/anomaly/models/lines.py), trained on the same
-    # images at the same geometry, its calibrated map joined by the maximum (as the coarse
-    # pass's): cracks and dark scratches deeper than the normal images show (docs/anomaly.md,
-    # "Line detector")
+    # images at the same geometry, its calibrated map added to this model's and the sum
+    # calibrated again on the held-out normal images: cracks and dark scratches deeper than the
+    # normal images show (docs/anomaly.md, "Line detector")
     lines: bool = False
     # input sizes of a multi-scale model: one network of this model per size, each seeing the
     # network input area-averaged to it, their maps put on one scale and fused by their mean

@@ -1,8 +1,9 @@
 """One image to a heatmap, a calibrated score and candidate regions (:func:`predict`).
 
 The network's raw map (:func:`raw_heatmap`: the whole image, or the tile grid batched and
-blended) is calibrated with the model's thresholds (:func:`normalise`), joined with the coarse
-pass of a tiled model when it has one, and turned into regions.
+blended) is calibrated with the model's thresholds (:func:`normalise`), joined with its
+companions (:func:`joined_map`: the coarse pass of a tiled model, the line model) when it has
+them, and turned into regions.
 """
 
 from __future__ import annotations
@@ -239,6 +240,88 @@ def calibrated_map(
     return calibrated, image_score
 
 
+def _with_coarse(
+    model: LoadedModel,
+    image: np.ndarray,
+    config: PredictConfig,
+    progress: ProgressCallback,
+    spec: np.ndarray | None,
+    whole_raw: np.ndarray | None,
+) -> tuple[np.ndarray, float, bool]:
+    """The model's calibrated map and image score, joined with its coarse pass (a tiled model's
+    whole-image model) by the maximum when it has one and ``config`` wants it: a defect counts
+    if either scale sees it, and both maps share one calibrated scale."""
+    use_coarse = model.coarse is not None and config.coarse_pass
+    fine_progress = Phase(progress, 0, 0.9) if use_coarse else progress
+    calibrated, image_score = calibrated_map(model, image, config, fine_progress, spec, whole_raw)
+    if use_coarse:
+        coarse_map, coarse_score = calibrated_map(model.coarse, image, config, None, spec)
+        if coarse_map.shape != calibrated.shape:  # both follow the image; be safe anyway
+            size = calibrated.shape[::-1]
+            coarse_map = cv2.resize(coarse_map, size, interpolation=cv2.INTER_LINEAR)
+        calibrated = np.maximum(calibrated, coarse_map)
+        image_score = max(image_score, coarse_score)
+        progress(1.0, "coarse pass")
+    return calibrated, image_score, use_coarse
+
+
+def line_parts(
+    model: LoadedModel,
+    image: np.ndarray,
+    config: PredictConfig,
+    progress: ProgressCallback | None = None,
+    spec: np.ndarray | None = None,
+    whole_raw: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, float, bool]:
+    """``(model's map, line model's map, larger image score, coarse pass used)``: the model's
+    calibrated map (with its coarse pass as ``config`` says) and its line model's at the same
+    place. Their sum is what the model's ``with_lines`` calibration is fitted on
+    (:func:`joined_map`); the larger image score is the rule before that calibration."""
+    main, image_score, use_coarse = _with_coarse(
+        model, image, config, progress or no_progress, spec, whole_raw
+    )
+    lines_map, lines_score = calibrated_map(model.lines, image, config, None, spec)
+    if lines_map.shape != main.shape:
+        lines_map = cv2.resize(lines_map, main.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    return main, lines_map, max(image_score, lines_score), use_coarse
+
+
+def joined_map(
+    model: LoadedModel,
+    image: np.ndarray,
+    config: PredictConfig,
+    progress: ProgressCallback,
+    spec: np.ndarray | None,
+    whole_raw: np.ndarray | None = None,
+) -> tuple[np.ndarray, float, bool, bool]:
+    """``(calibrated map, image score, coarse pass used, line model used)``: the model's map
+    joined with its companions as ``config`` allows (docs/anomaly.md, "Line detector").
+
+    With the line model, the sum of the two calibrated maps (:func:`line_parts`) is calibrated
+    again by the model's ``with_lines`` calibration (held-out normal images' sums, the model's
+    own suggest and flag rates), so that 0.5 stays where the model with its line detector puts
+    a share ``suggest_rate`` of normal images' peaks. A model trained before that calibration
+    existed joins the two by the maximum, as it was calibrated for.
+    """
+    use_lines = model.lines is not None and config.lines
+    if not use_lines:
+        return (*_with_coarse(model, image, config, progress, spec, whole_raw), False)
+    main, lines_map, larger_score, use_coarse = line_parts(
+        model, image, config, progress, spec, whole_raw
+    )
+    fusion = model.calibration.get("with_lines")
+    if fusion is None:  # the rule it was calibrated for: each map on its own scale, the larger
+        return np.maximum(main, lines_map), larger_score, use_coarse, True
+    # a crack's faint trace in the model's map and its valley in the line model's add up, where
+    # the larger of the two would keep only one
+    total = main + lines_map
+    calibrated = normalise(total, fusion["pixel_lo"], fusion["pixel_threshold"])
+    image_score = float(
+        normalise(float(total.max()), fusion["image_lo"], fusion["image_threshold"])
+    )
+    return calibrated.astype(np.float32), image_score, use_coarse, True
+
+
 def predict(
     model: LoadedModel | str | Path,
     image_path: str | Path,
@@ -284,30 +367,12 @@ def predict_decoded(
         image, resized = fitted(model, image)
         if resized is not None:
             whole_raw = None  # a batched map was of the image before it was resized
-    use_coarse = model.coarse is not None and config.coarse_pass
     spec = None
     if config.specular_mask:
         spec = specular_mask(image, config.specular_v_min, config.specular_s_max)
-    fine_progress = Phase(progress, 0, 0.9) if use_coarse else progress
-    calibrated, image_score = calibrated_map(model, image, config, fine_progress, spec, whole_raw)
-    if use_coarse:
-        coarse_map, coarse_score = calibrated_map(model.coarse, image, config, None, spec)
-        if coarse_map.shape != calibrated.shape:  # both follow the image; be safe anyway
-            size = calibrated.shape[::-1]
-            coarse_map = cv2.resize(coarse_map, size, interpolation=cv2.INTER_LINEAR)
-        # a defect counts if either scale sees it; both maps share one calibrated scale
-        calibrated = np.maximum(calibrated, coarse_map)
-        image_score = max(image_score, coarse_score)
-        progress(1.0, "coarse pass")
-    use_lines = model.lines is not None and config.lines
-    if use_lines:  # the line model at the same geometry: its calibrated map joins the same way
-        lines_map, lines_score = calibrated_map(model.lines, image, config, None, spec)
-        if lines_map.shape != calibrated.shape:
-            lines_map = cv2.resize(
-                lines_map, calibrated.shape[::-1], interpolation=cv2.INTER_LINEAR
-            )
-        calibrated = np.maximum(calibrated, lines_map)
-        image_score = max(image_score, lines_score)
+    calibrated, image_score, use_coarse, use_lines = joined_map(
+        model, image, config, progress, spec, whole_raw
+    )
     t_map = time.perf_counter()
     cal = model.calibration
     regions = extract_regions(calibrated, full_shape, config.regions)  # full-resolution pixels

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from . import models
-from .artifact import LoadedModel, save_artifact
+from .artifact import LoadedModel, load_model, save_artifact
 from .calibration import calibrate
 from .config import (
     Phase,
+    PredictConfig,
     ProgressCallback,
     TrainConfig,
     accepted_long_sides,
@@ -29,6 +30,7 @@ from .config import (
 )
 from .errors import ConfigError
 from .image_io import read_pixels
+from .inference import line_parts
 from .offline import configure_offline
 from .tiling import Geometry
 from .training_data import TrainData, TrainImages
@@ -162,6 +164,25 @@ def _train_one(
     )
     calibration["on_training_images"] = not cal_paths
     loaded.calibration = calibration
+    if "lines" in companions:  # the model with its line detector, on the same held-out images
+        progress(0.99, "calibrating with the line detector")
+        for name, companion in companions.items():
+            setattr(loaded, name, load_model(companion.artifact_path, config.device, "torch"))
+        defaults = PredictConfig()
+
+        def with_lines(image: np.ndarray) -> np.ndarray:
+            main, lines_map, _, _ = line_parts(loaded, image, defaults)
+            return main + lines_map
+
+        fused = calibrate(
+            loaded,
+            cal_paths or train_paths,
+            config.suggest_rate,
+            config.flag_rate,
+            no_progress,
+            raw_map=with_lines,
+        )
+        calibration["with_lines"] = {**fused, "on_training_images": not cal_paths}
     path = save_artifact(
         out_dir,
         loaded,

@@ -7,6 +7,7 @@ marks on synthetic tiles, the companion's files, loading and switch, a real magn
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,7 @@ import torch
 
 from workers.anomaly import PredictConfig, TrainConfig, load_model, predict, train
 from workers.anomaly.errors import ConfigError
+from workers.anomaly.inference import normalise
 from workers.anomaly.models import lines
 
 from .conftest import DATASETS, assert_onnx_gives_the_same_map, save, texture
@@ -97,13 +99,34 @@ def test_lines_beside_padim_is_trained_kept_and_switched(tiles: dict, tmp_path: 
     both = predict(model, tiles["crack"])
     alone = predict(model, tiles["crack"], PredictConfig(lines=False))
     assert both.params["lines"] and not alone.params["lines"]
-    # the fused map is the maximum of the two calibrated maps: never below PaDiM's own
-    assert (both.score_map >= alone.score_map - 1e-6).all()
-    assert both.image_score >= alone.image_score
+    # the two calibrated maps' sum, calibrated again on the held-out normal images' sums
+    fusion = model.calibration["with_lines"]
+    assert fusion["suggest_rate"] == config.suggest_rate and fusion["flag_rate"] == config.flag_rate
     line_only = predict(model.lines, tiles["crack"])
+    total = alone.score_map + line_only.score_map
     np.testing.assert_allclose(
-        both.score_map, np.maximum(alone.score_map, line_only.score_map), atol=1e-6
+        both.score_map,
+        normalise(total, fusion["pixel_lo"], fusion["pixel_threshold"]),
+        rtol=1e-5,
+        atol=1e-5,
     )
+    expected = normalise(float(total.max()), fusion["image_lo"], fusion["image_threshold"])
+    assert both.image_score == pytest.approx(expected, rel=1e-5)
+    # the crack is where both maps see something: its peak with the line model stands higher
+    # over the good tile's than PaDiM's alone does
+    good_both = predict(model, tiles["good"])
+    good_alone = predict(model, tiles["good"], PredictConfig(lines=False))
+    assert both.image_score - good_both.image_score > alone.image_score - good_alone.image_score
+    assert both.is_anomalous and not good_both.is_anomalous
+    # a model trained before the sum had its calibration joins the two by the maximum
+    older = replace(
+        model, calibration={k: v for k, v in model.calibration.items() if k != "with_lines"}
+    )
+    legacy = predict(older, tiles["crack"])
+    np.testing.assert_allclose(
+        legacy.score_map, np.maximum(alone.score_map, line_only.score_map), atol=1e-6
+    )
+    assert legacy.image_score == max(alone.image_score, line_only.image_score)
 
 
 def test_tiles_with_a_whole_image_pass_and_the_line_detector_run_on_every_runtime(

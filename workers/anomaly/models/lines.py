@@ -19,9 +19,10 @@ nothing else:
   in every normal image) do not.
 
 It needs no weights and fits in seconds. Alone it is a narrow model (it sees nothing but dark
-lines); beside PaDiM or PatchCore (``TrainConfig.lines``: the two calibrated maps' maximum, as
-the coarse pass) it adds what they miss. Bright lines are left out: on magnetic tiles the
-grinding marks' bright lines cost more than they found (docs/benchmarks-anomaly.md).
+lines); beside PaDiM or PatchCore (``TrainConfig.lines``: the two calibrated maps' sum,
+calibrated again, ``inference.joined_map``) it adds what they miss. Bright lines are left out:
+on magnetic tiles the grinding marks' bright lines cost more than they found
+(docs/benchmarks-anomaly.md).
 """
 
 from __future__ import annotations
