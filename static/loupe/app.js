@@ -300,7 +300,7 @@
         }
         // each image divided by its own blurred brightness first (docs/anomaly.md, Shading correction)
         if (f.get("shading") === "on") params.shading = 0.2;
-        // a dark-line detector beside the model, the higher of the two maps kept (docs/anomaly.md, Line detector)
+        // a dark-line detector beside the model, its map added to the model's (docs/anomaly.md, Line detector)
         if (f.get("lines") === "on") {
           if (f.get("architecture") === "lines") {
             document.getElementById("train-status").textContent = "The line detector goes beside another model: choose one, or untick it.";

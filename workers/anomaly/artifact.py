@@ -29,8 +29,9 @@ from .tiling import Geometry
 ARTIFACT_FORMAT = "loupe-anomaly"
 ARTIFACT_VERSION = 1
 ARTIFACT_NAME = "model.pt"
-#: The models a model file can carry beside its own, each in a folder of that name, each
-#: joining its calibrated map by the maximum: a tiled model's whole-image pass, the line model.
+#: The models a model file can carry beside its own, each in a folder of that name: a tiled
+#: model's whole-image pass (its calibrated map joined by the maximum) and the line model (added,
+#: the sum calibrated again: ``inference.joined_map``).
 COMPANIONS = ("coarse", "lines")
 
 

@@ -300,8 +300,10 @@ def joined_map(
     With the line model, the sum of the two calibrated maps (:func:`line_parts`) is calibrated
     again by the model's ``with_lines`` calibration (held-out normal images' sums, the model's
     own suggest and flag rates), so that 0.5 stays where the model with its line detector puts
-    a share ``suggest_rate`` of normal images' peaks. A model trained before that calibration
-    existed joins the two by the maximum, as it was calibrated for.
+    a share ``suggest_rate`` of normal images' peaks. It is fitted with the coarse pass on (the
+    default): with ``coarse_pass=False`` the sum is lower or equal, so no more is suggested than
+    calibrated for. A model trained before that calibration existed joins the two by the
+    maximum, as it was calibrated for.
     """
     use_lines = model.lines is not None and config.lines
     if not use_lines:

@@ -108,8 +108,9 @@ def predict_many(
     batch. Tiled models already batch their tiles; they get the read-ahead.
     Memory: for whole-image models, one batch being decoded ahead, one in the network and one
     in the post thread; each image is held as its network input only (the full-size pixels are
-    dropped after resizing), except with ``config.specular_mask``, which needs them: then up to
-    about three batches of full-size decoded images wait (a 24 MP image is 72 MB in 8 bits).
+    dropped after resizing), except with ``config.specular_mask`` or a line detector beside the
+    model (``TrainConfig.lines``), which need them: then up to about three batches of full-size
+    decoded images wait (a 24 MP image is 72 MB in 8 bits).
     Tiled models keep one image ahead (~290 MB of float tiles are made a batch at a time, not
     all at once). Batches hold what is decoded, so their make-up varies from run to run, and a
     batched matrix product may round differently: maps can differ in the last float bits
@@ -123,6 +124,8 @@ def predict_many(
     paths = [str(p) for p in image_paths]
     whole = model.geometry.scale is None
     batch_size = max(1, config.batch_size) if whole else 1
+    # the specular mask and the line detector (its own network, run per image) read the pixels
+    keep_pixels = config.specular_mask or (model.lines is not None and config.lines)
 
     def load(path: str) -> tuple[np.ndarray, np.ndarray | None, float]:
         started = time.perf_counter()
@@ -131,7 +134,7 @@ def predict_many(
         if not whole:
             return image, None, time.perf_counter() - started
         prepared = model.geometry.prepare(image)
-        if not config.specular_mask:
+        if not keep_pixels:
             # only the shape is used from here on: drop the full-size pixels (a 24 MP image is
             # 72 MB in 8 bits) for a zero-byte stand-in of the same shape
             image = np.broadcast_to(np.zeros((), np.float32), image.shape)

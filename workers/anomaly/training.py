@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import models
-from .artifact import LoadedModel, load_model, save_artifact
+from .artifact import LoadedModel, save_artifact
 from .calibration import calibrate
 from .config import (
     Phase,
@@ -94,8 +94,9 @@ def train(
         ).resolved()
         wanted["lines"].validate()
     share = 0.3 * len(wanted)
+    loaded: dict[str, LoadedModel] = {}  # the companions as fitted: the sum's calibration runs them
     for i, (name, companion) in enumerate(wanted.items()):
-        companions[name] = _train_one(
+        companions[name], loaded[name] = _train_one(
             companion,
             normal_image_paths,
             Path(out_dir) / name,
@@ -103,7 +104,7 @@ def train(
             {},
         )
     main = Phase(progress, share, 1.0) if wanted else progress
-    return _train_one(config, normal_image_paths, out_dir, main, companions)
+    return _train_one(config, normal_image_paths, out_dir, main, companions, loaded)[0]
 
 
 def _train_one(
@@ -112,9 +113,11 @@ def _train_one(
     out_dir: str | Path,
     progress: ProgressCallback,
     companions: dict[str, TrainResult],
-) -> TrainResult:
+    companion_models: dict[str, LoadedModel] | None = None,
+) -> tuple[TrainResult, LoadedModel]:
     """One model (the main one, or one of its companions: a tiled model's whole-image pass, the
-    line model)."""
+    line model), and the model as fitted (``companion_models``: the companions', which the sum
+    with the line model is calibrated with)."""
     configure_offline(Path(config.models_dir) if config.models_dir else None)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
@@ -155,32 +158,32 @@ def _train_one(
         meta={},
     )
     progress(0.88, "calibrating")
+    with_lines = "lines" in companions
     calibration = calibrate(
         loaded,
         cal_paths or train_paths,
         config.suggest_rate,
         config.flag_rate,
-        Phase(progress, 0.88, 0.99),
+        Phase(progress, 0.88, 0.94 if with_lines else 0.99),
     )
     calibration["on_training_images"] = not cal_paths
     loaded.calibration = calibration
-    if "lines" in companions:  # the model with its line detector, on the same held-out images
-        progress(0.99, "calibrating with the line detector")
-        for name, companion in companions.items():
-            setattr(loaded, name, load_model(companion.artifact_path, config.device, "torch"))
+    if with_lines:  # the model with its line detector, on the same held-out images
+        attached = replace(loaded, **(companion_models or {}))
         defaults = PredictConfig()
+        step = Phase(progress, 0.94, 0.99)
 
-        def with_lines(image: np.ndarray) -> np.ndarray:
-            main, lines_map, _, _ = line_parts(loaded, image, defaults)
+        def summed(image: np.ndarray) -> np.ndarray:
+            main, lines_map, _, _ = line_parts(attached, image, defaults)
             return main + lines_map
 
         fused = calibrate(
-            loaded,
+            attached,
             cal_paths or train_paths,
             config.suggest_rate,
             config.flag_rate,
-            no_progress,
-            raw_map=with_lines,
+            lambda fraction, message: step(fraction, f"{message}, with the line detector"),
+            raw_map=summed,
         )
         calibration["with_lines"] = {**fused, "on_training_images": not cal_paths}
     path = save_artifact(
@@ -192,9 +195,10 @@ def _train_one(
         companions={name: c.model_id for name, c in companions.items()},
     )
     progress(1.0, "done")
-    return TrainResult(
+    result = TrainResult(
         artifact_path=path, model_id=loaded.model_id, metrics=metrics, calibration=calibration
     )
+    return result, loaded
 
 
 def _split(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:

@@ -15,10 +15,20 @@ import numpy as np
 import pytest
 import torch
 
-from workers.anomaly import PredictConfig, TrainConfig, load_model, predict, train
+from workers.anomaly import (
+    PredictConfig,
+    TrainConfig,
+    load_model,
+    predict,
+    predict_batch,
+    predict_many,
+    train,
+)
 from workers.anomaly.errors import ConfigError
-from workers.anomaly.inference import normalise
+from workers.anomaly.image_io import read_pixels
+from workers.anomaly.inference import line_parts, normalise
 from workers.anomaly.models import lines
+from workers.anomaly.training import _split
 
 from .conftest import DATASETS, assert_onnx_gives_the_same_map, save, texture
 
@@ -118,6 +128,25 @@ def test_lines_beside_padim_is_trained_kept_and_switched(tiles: dict, tmp_path: 
     good_alone = predict(model, tiles["good"], PredictConfig(lines=False))
     assert both.image_score - good_both.image_score > alone.image_score - good_alone.image_score
     assert both.is_anomalous and not good_both.is_anomalous
+    # and the calibration was fitted on those sums: the held-out normal images' maxima
+    meta_config = meta["train_config"]
+    _, held_out = _split(
+        [Path(p) for p in tiles["normals"]], meta_config["calibration_fraction"], config.seed
+    )
+    sums = []
+    for path in held_out:
+        main_map, lines_map, _, _ = line_parts(model, read_pixels(path), PredictConfig())
+        sums.append(float((main_map + lines_map).max()))
+    np.testing.assert_allclose(fusion["normal_maxima"], sorted(sums), rtol=1e-5)
+    # the app's batched paths join the two maps the same way
+    paths = [tiles["crack"], tiles["good"]]
+    many = [result for _, result in predict_many(model, paths, PredictConfig(batch_size=2))]
+    batch = predict_batch(model, [(str(p), read_pixels(p)) for p in paths])
+    for one, got_many, got_batch in zip((both, good_both), many, batch, strict=True):
+        for got in (got_many, got_batch):
+            assert got.params["lines"]
+            assert got.image_score == pytest.approx(one.image_score, rel=1e-4, abs=1e-5)
+            np.testing.assert_allclose(got.score_map, one.score_map, rtol=1e-4, atol=1e-4)
     # a model trained before the sum had its calibration joins the two by the maximum
     older = replace(
         model, calibration={k: v for k, v in model.calibration.items() if k != "with_lines"}
