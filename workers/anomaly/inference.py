@@ -277,12 +277,14 @@ def line_parts(
     calibrated map (with its coarse pass as ``config`` says) and its line model's at the same
     place. Their sum is what the model's ``with_lines`` calibration is fitted on
     (:func:`joined_map`); the larger image score is the rule before that calibration."""
+    progress = progress or no_progress
     main, image_score, use_coarse = _with_coarse(
-        model, image, config, progress or no_progress, spec, whole_raw
+        model, image, config, Phase(progress, 0, 0.95), spec, whole_raw
     )
     lines_map, lines_score = calibrated_map(model.lines, image, config, None, spec)
     if lines_map.shape != main.shape:
         lines_map = cv2.resize(lines_map, main.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    progress(1.0, "line detector")
     return main, lines_map, max(image_score, lines_score), use_coarse
 
 

@@ -109,6 +109,9 @@ def test_lines_beside_padim_is_trained_kept_and_switched(tiles: dict, tmp_path: 
     both = predict(model, tiles["crack"])
     alone = predict(model, tiles["crack"], PredictConfig(lines=False))
     assert both.params["lines"] and not alone.params["lines"]
+    seen = []
+    predict(model, tiles["crack"], progress=lambda f, m: seen.append((f, m)))
+    assert seen[-1] == (1.0, "line detector") and all(f < 1 for f, _ in seen[:-1])
     # the two calibrated maps' sum, calibrated again on the held-out normal images' sums
     fusion = model.calibration["with_lines"]
     assert fusion["suggest_rate"] == config.suggest_rate and fusion["flag_rate"] == config.flag_rate
