@@ -94,15 +94,18 @@ def train(
         ).resolved()
         wanted["lines"].validate()
     share = 0.3 * len(wanted)
-    loaded: dict[str, LoadedModel] = {}  # the companions as fitted: the sum's calibration runs them
+    # the companions as fitted, kept (in memory, on the device) only for the sum's calibration
+    loaded: dict[str, LoadedModel] = {}
     for i, (name, companion) in enumerate(wanted.items()):
-        companions[name], loaded[name] = _train_one(
+        companions[name], fitted = _train_one(
             companion,
             normal_image_paths,
             Path(out_dir) / name,
             Phase(progress, 0.3 * i, 0.3 * (i + 1)),
             {},
         )
+        if "lines" in wanted:
+            loaded[name] = fitted
     main = Phase(progress, share, 1.0) if wanted else progress
     return _train_one(config, normal_image_paths, out_dir, main, companions, loaded)[0]
 
