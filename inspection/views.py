@@ -249,6 +249,9 @@ def _calibration_data(project: Project) -> dict | None:
         "unlike_normals": cal.get("unlike_normals", 0),
         "suggest_rate": cal.get("suggest_rate"),
         "flag_rate": cal.get("flag_rate"),
+        # the share of normal images expected to reach the verdict's threshold (models
+        # calibrated before it was recorded have none)
+        "verdict_share": cal.get("verdict_share"),
         "threshold": inspection_settings(project)["threshold"],
         "suggestions_url": reverse("api-project-suggestions", args=[project.pk]),
         # false suggestions per good image and recall per threshold on the reviewed images,

@@ -229,6 +229,13 @@
     }
     const onReviewed = effectLine(effect, t);
     if (onReviewed) lines.push(onReviewed);
+    if (data.verdict_share != null) {
+      // the verdict has its own threshold, which the score from does not move
+      lines.push(
+        `The verdict (an image flagged, NG at a station) has its own threshold: about ${percent(data.verdict_share)} of normal images would reach it` +
+          (data.flag_rate ? ` (flag rate asked: ${percent(data.flag_rate)}${data.verdict_share > 1.5 * data.flag_rate ? "; few held-out images make it higher" : ""}).` : "."),
+      );
+    }
     return lines;
   }
 

@@ -144,6 +144,11 @@ def test_train_tiles_and_inspect_from_the_models_page(page, celery_worker, team,
     assert "From a score of 0.5: about 25 % of normal images would get a suggestion" in text
     assert f"peaks of {held_out} held-out normal image" in text
     assert f"1 of 1 accepted and {len(others)} of {len(others)} rejected" in text
+    # the verdict's own threshold, which the score from does not move
+    share = 100 * calibration["verdict_share"]  # as the card rounds it
+    verdict = f"{share:.1f}" if share < 10 else str(int(share + 0.5))
+    assert "The verdict (an image flagged, NG at a station) has its own threshold: about" in text
+    assert f"about {verdict} % of normal images would reach it (flag rate asked: 5.0 %" in text
     assert card.locator("line.tick-accepted").count() == 1
     # what the score does on the reviewed images' stored heatmaps, per kind of defect
     page.locator("#threshold-card[data-effect]").wait_for(state="attached")

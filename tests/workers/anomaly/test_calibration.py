@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from workers.anomaly import TrainConfig, load_model, predict, train
-from workers.anomaly.calibration import calibrate, fit_maxima, gumbel_quantile, share_above
+from workers.anomaly.calibration import (
+    calibrate,
+    fit_maxima,
+    gumbel_quantile,
+    predictive_threshold,
+    share_above,
+    thresholds_from_maxima,
+    unseen_shares,
+)
 from workers.anomaly.errors import ConfigError
 
 from .conftest import save, texture
@@ -32,6 +40,45 @@ def test_one_or_identical_normal_images_still_give_a_spread():
     for maxima in ([7.0], [7.0, 7.0, 7.0, 7.0]):
         mu, beta = fit_maxima(np.asarray(maxima))
         assert beta > 0 and gumbel_quantile(mu, beta, 0.95) > 7.0
+
+
+def test_thresholds_keep_their_promise_to_unseen_normals_however_few_were_held_out():
+    """Held-out sets of 5 and 18 normal images' maxima drawn from one Gumbel law, 1000 times:
+    the share of unseen normal images that reaches each threshold, averaged over the sets, is the
+    rate asked for. The fit's own quantiles promise the same and give more (at 5 images 32 %
+    instead of 25 % of unseen normals get a suggestion, 15 % instead of 5 % reach the flag rate's
+    point), and the more so the fewer the images. The pixel threshold is the predictive point of
+    ``suggest_rate``; the verdict keeps the fit's point, and its share is recorded by the same
+    account (``verdict_share``)."""
+    rng = np.random.default_rng(7)
+
+    def unseen(threshold: float) -> float:  # the law's true share of maxima above it
+        return share_above(10.0, 2.0, threshold)
+
+    for n, plain_suggest, plain_flag in ((5, 0.30, 0.12), (18, 0.26, 0.065)):
+        got = {"suggest": [], "flag": [], "plain_suggest": [], "plain_flag": []}
+        for _ in range(1000):
+            maxima = rng.gumbel(10.0, 2.0, n)
+            mu, beta = fit_maxima(maxima)
+            got["suggest"].append(unseen(predictive_threshold(maxima, beta, 0.25)))
+            got["flag"].append(unseen(predictive_threshold(maxima, beta, 0.05)))
+            got["plain_suggest"].append(unseen(gumbel_quantile(mu, beta, 0.75)))
+            got["plain_flag"].append(unseen(gumbel_quantile(mu, beta, 0.95)))
+        mean = {k: float(np.mean(v)) for k, v in got.items()}
+        assert mean["suggest"] == pytest.approx(0.25, abs=0.015), (n, mean)
+        assert mean["flag"] == pytest.approx(0.05, abs=0.008), (n, mean)
+        assert mean["plain_suggest"] > plain_suggest and mean["plain_flag"] > plain_flag, mean
+        # the expected share the models page draws is the same account
+        maxima = rng.gumbel(10.0, 2.0, n)
+        beta = fit_maxima(maxima)[1]
+        at = [predictive_threshold(maxima, beta, r) for r in (0.25, 0.05)]
+        assert unseen_shares(maxima, beta, np.asarray(at)) == pytest.approx([0.25, 0.05], abs=1e-5)
+    # many held-out images: the fit's own quantile, nearly
+    maxima = rng.gumbel(10.0, 2.0, 2000)
+    mu, beta = fit_maxima(maxima)
+    assert predictive_threshold(maxima, beta, 0.05) == pytest.approx(
+        gumbel_quantile(mu, beta, 0.95), abs=0.02 * beta
+    )
 
 
 def test_rates_are_checked():
@@ -97,12 +144,20 @@ def test_training_stores_the_maxima_and_the_fit(rgb_normals, tmp_path: Path):
     assert len(cal["normal_maxima"]) == cal["images"] >= 2
     assert cal["normal_maxima"] == sorted(cal["normal_maxima"])
     fit = cal["maxima_fit"]
-    assert cal["pixel_threshold"] == pytest.approx(gumbel_quantile(fit["mu"], fit["beta"], 0.75))
+    pixel = predictive_threshold(np.asarray(cal["normal_maxima"]), fit["beta"], 0.25)
+    assert cal["pixel_threshold"] == pytest.approx(pixel)
     assert cal["image_threshold"] >= cal["pixel_threshold"] > cal["pixel_lo"]
     # what the models page draws: the peaks as calibrated scores, the share per threshold
     assert len(cal["normal_peaks"]) == len(cal["normal_maxima"])
     share = dict(cal["expected_share"])
     assert share[0.5] == pytest.approx(config.suggest_rate, abs=1e-4)
+    # the verdict's threshold, by the same account: at least the flag rate's share is reached
+    # by unseen normal images, more where few were held out
+    assert config.flag_rate - 0.01 < cal["verdict_share"] < share[0.5]
+    # the fit's own point, recorded beside: the same below 3 held-out images, lower from 3 on
+    plain = cal["fit_quantile_thresholds"][0]
+    assert plain == pytest.approx(gumbel_quantile(fit["mu"], fit["beta"], 0.75))
+    assert (plain < cal["pixel_threshold"]) == (cal["images"] >= 3), (plain, cal["images"])
     values = [s for _t, s in cal["expected_share"]]
     assert values == sorted(values, reverse=True) and values[-1] < 0.01
 
@@ -112,12 +167,13 @@ def test_the_verdict_keeps_every_ordinary_held_out_maximum_and_skips_the_unlike_
     the fit's 5 % point (351) was below an ordinary held-out bottle (403) that unseen ones then
     came close to (379): the verdict stays above it. Two of eight normals lit 30 % brighter
     (134, 137 against about 80): those two set neither threshold."""
-    from workers.anomaly.calibration import thresholds_from_maxima
-
     _mu, _beta, pixel, image, unlike = thresholds_from_maxima(
         [270.1, 281.7, 304.3, 402.8], 0.25, 0.05
     )
-    assert image >= 402.8 and unlike == 0 and pixel < 320
+    assert image >= 402.8 and unlike == 0 and pixel < 340
+    # the predictive pixel threshold is above the fit's own point, the verdict is not moved
+    mu, beta = fit_maxima(np.asarray([270.1, 281.7, 304.3, 402.8]))
+    assert pixel > gumbel_quantile(mu, beta, 0.75)
     lit = [76.0, 79.5, 79.9, 81.1, 81.7, 84.7, 134.1, 137.0]
     _mu, _beta, pixel, image, unlike = thresholds_from_maxima(lit, 0.25, 0.05)
     assert unlike == 2 and 84.7 <= image < 100 and pixel < 90
