@@ -2,14 +2,16 @@
 
 For each ``dataset:model`` a model is trained on ``train/good`` (15 % held out for calibration,
 as the app does) and the test set is inspected three times with the same network: at the
-thresholds the engine stores now (a Gumbel fit of the held-out images' maxima, its points that
-a share ``suggest_rate`` / ``flag_rate`` of unseen normal images is expected to reach, the fit's
-uncertainty included), at the fit's own quantiles (the rule of 2026-12-04), and at the rules
-before it (the pixel threshold at the 0.999 quantile of all held-out pixels pooled, the image
-threshold at the largest held-out maximum), which the calibration records beside its own. Regions are counted as suggested (no score cut): recall of
-ground-truth regions and false regions per good image, each with the engine evaluation's 95 %
-bootstrap interval over the test images, the share of good images with a suggestion (what the
-pixel threshold promises: ``suggest_rate``), and the shares of images flagged anomalous.
+thresholds the engine stores now (a Gumbel fit of the held-out images' maxima; the pixel
+threshold at the point that a share ``suggest_rate`` of unseen normal images is expected to
+reach, the fit's uncertainty included, the image threshold at the fit's ``flag_rate`` point
+and at least the ordinary held-out maxima), at the fit's own quantiles (the rule of
+2026-12-04), and at the rules before it (the pixel threshold at the 0.999 quantile of all
+held-out pixels pooled, the image threshold at the largest held-out maximum), which the
+calibration records beside its own. Regions are counted as suggested (no score cut): recall
+of ground-truth regions and false regions per good image, each with the engine evaluation's
+95 % bootstrap interval over the test images, the share of good images with a suggestion (what
+the pixel threshold promises: ``suggest_rate``), and the shares of images flagged anomalous.
 
 ``--simulate`` trains nothing: it draws held-out sets of 3 to 50 normal images' maxima from one
 Gumbel law, 2000 sets per size, and prints the share of unseen normal images that reaches each

@@ -231,9 +231,10 @@
     if (onReviewed) lines.push(onReviewed);
     if (data.verdict_share != null) {
       // the verdict has its own threshold, which the score from does not move
+      const few = !data.on_training_images && data.flag_rate && data.verdict_share > 1.5 * data.flag_rate;
       lines.push(
-        `The verdict (an image flagged, NG at a station) has its own threshold: about ${percent(data.verdict_share)} of normal images would reach it` +
-          (data.flag_rate ? ` (flag rate asked: ${percent(data.flag_rate)}${data.verdict_share > 1.5 * data.flag_rate ? "; few held-out images make it higher" : ""}).` : "."),
+        `The verdict (an image flagged anomalous; NG at a station from its unsure margin above) has its own threshold: about ${percent(data.verdict_share)} of normal images would reach it` +
+          (data.flag_rate ? ` (flag rate asked: ${percent(data.flag_rate)}${few ? "; few held-out images make it higher" : ""}).` : "."),
       );
     }
     return lines;

@@ -4,6 +4,7 @@ on the scratch, in full-resolution pixels, and the heatmap covers the whole phot
 
 import io
 import re
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 import pytest
@@ -145,9 +146,10 @@ def test_train_tiles_and_inspect_from_the_models_page(page, celery_worker, team,
     assert f"peaks of {held_out} held-out normal image" in text
     assert f"1 of 1 accepted and {len(others)} of {len(others)} rejected" in text
     # the verdict's own threshold, which the score from does not move
-    share = 100 * calibration["verdict_share"]  # as the card rounds it
-    verdict = f"{share:.1f}" if share < 10 else str(int(share + 0.5))
-    assert "The verdict (an image flagged, NG at a station) has its own threshold: about" in text
+    share = Decimal(100 * calibration["verdict_share"])  # as the card rounds it (half up)
+    places = Decimal("0.1") if share < 10 else Decimal("1")
+    verdict = "under 0.1" if share < Decimal("0.1") else share.quantize(places, ROUND_HALF_UP)
+    assert "The verdict (an image flagged anomalous; NG at a station from its unsure" in text
     assert f"about {verdict} % of normal images would reach it (flag rate asked: 5.0 %" in text
     assert card.locator("line.tick-accepted").count() == 1
     # what the score does on the reviewed images' stored heatmaps, per kind of defect

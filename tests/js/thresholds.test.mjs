@@ -51,9 +51,12 @@ test("the sentences give the expected share, the held-out count and the reviewed
   assert.equal(higher.length, 2);
   // the verdict's share, when the calibration has it (models trained before it do not)
   const verdict = T.effectText({ ...data, verdict_share: 0.1365, flag_rate: 0.05 }, 0.5, null);
-  assert.equal(verdict.at(-1), "The verdict (an image flagged, NG at a station) has its own threshold: about 14 % of normal images would reach it (flag rate asked: 5.0 %; few held-out images make it higher).");
+  assert.equal(verdict.at(-1), "The verdict (an image flagged anomalous; NG at a station from its unsure margin above) has its own threshold: about 14 % of normal images would reach it (flag rate asked: 5.0 %; few held-out images make it higher).");
   const firm = T.effectText({ ...data, verdict_share: 0.042, flag_rate: 0.05 }, 0.5, null);
   assert.match(firm.at(-1), /about 4.2 % of normal images would reach it \(flag rate asked: 5.0 %\)\.$/);
+  // none held out: the sentence above says to expect more, not that few were held out
+  const none = T.effectText({ ...data, verdict_share: 0.2, flag_rate: 0.05, on_training_images: true }, 0.5, null);
+  assert.match(none.at(-1), /about 20 % of normal images would reach it \(flag rate asked: 5.0 %\)\.$/);
   assert.equal(T.percent(0.0004), "under 0.1 %");
   assert.equal(T.percent(0), "under 0.1 %");
 });

@@ -35,15 +35,18 @@ MIN_SPREAD = 0.02
 # A held-out maximum beyond the fit's (1 - OUTLIER_P / n) quantile (n held-out images) is unlike
 # the rest: it does not raise the image threshold (below).
 OUTLIER_P = 0.01
-# The thresholds are predictive from this many held-out images on (below: the fit's own quantile).
+# The pixel threshold is predictive from this many held-out images on (below: the fit's own
+# quantile, as where the spread was floored rather than fitted).
 PREDICTIVE_MIN_IMAGES = 3
-# Monte Carlo draws that size the predictive thresholds (seeded: the same maxima give the same
-# thresholds); beyond FACTOR_MAX_IMAGES held-out images the factors no longer move (within 0.02
-# of their limit at 500) and that many are simulated.
-DRAWS = 4000
+# The Monte Carlo that sizes the predictive thresholds: about DRAW_VALUES draws of maxima in all,
+# at least MIN_DRAWS sets, seeded by their count (the same maxima give the same thresholds,
+# within one NumPy version). Beyond FACTOR_MAX_IMAGES held-out images that many are simulated:
+# the factors of the 25 % and 5 % points are then within 0.003 and 0.015 scales of their limit.
+DRAW_VALUES = 1_000_000
+MIN_DRAWS = 4000
 FACTOR_MAX_IMAGES = 500
-# How far above the median maximum a predictive threshold may go, in fitted scales: a rate that
-# a handful of held-out images cannot promise stops here (3 images and a 1 % rate need about 99).
+# The factors searched, in fitted scales from the median maximum: a rate that a handful of
+# held-out images cannot promise stops at the top (3 images and a 1 % rate need about 85).
 MAX_FACTOR = 200.0
 # Maxima kept in the artifact for the models page's histogram (a sample when there are more).
 KEPT_MAXIMA = 500
@@ -74,15 +77,16 @@ def share_above(mu: float, beta: float, raw: float) -> float:
     return 1.0 - math.exp(-math.exp(-(raw - mu) / beta))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _standard_fits(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """What :func:`fit_maxima` makes of ``n`` maxima drawn from the standard Gumbel law, ``DRAWS``
-    times: ``(medians, scales)``. Its fit is location-scale equivariant, so these are what any
-    fit to ``n`` maxima can be, in units of that fit (the spread's floor aside)."""
+    """What :func:`fit_maxima` makes of ``n`` maxima drawn from the standard Gumbel law, over
+    many draws: ``(medians, scales)``. Its fit is location-scale equivariant, so these are what
+    any fit to ``n`` maxima can be, in units of that fit (the spread's floor aside)."""
     rng = np.random.default_rng(n)
-    draws = rng.gumbel(size=(DRAWS, n))
+    draws = rng.gumbel(size=(max(MIN_DRAWS, DRAW_VALUES // n), n))
     medians = np.median(draws, axis=1)
     scales = np.median(np.abs(draws - medians[:, None]), axis=1) / GUMBEL_MAD
+    medians.flags.writeable = scales.flags.writeable = False
     return medians, scales
 
 
@@ -90,8 +94,32 @@ def _unseen_share(n: int, factor: np.ndarray) -> np.ndarray:
     """The share of unseen normal images expected to reach ``median + factor * beta`` when the
     median and ``beta`` were fitted to ``n`` held-out maxima, averaged over the fits."""
     medians, scales = _standard_fits(min(n, FACTOR_MAX_IMAGES))
-    x = medians[None, :] + scales[None, :] * np.atleast_1d(factor)[:, None]
-    return -np.expm1(-np.exp(-x)).mean(axis=1)
+    out = np.empty(np.size(factor))
+    for i, f in enumerate(np.ravel(factor)):  # one row at a time: the draws are many
+        out[i] = -np.expm1(-np.exp(-(medians + scales * f))).mean()
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _factor(n: int, rate: float) -> float:
+    """``c``: the share of unseen normal images expected to reach ``median + c * beta`` is
+    ``rate`` (:func:`predictive_threshold`); bisection, the share falling as ``c`` grows."""
+    n = min(n, FACTOR_MAX_IMAGES)
+    lo, hi = -MAX_FACTOR, MAX_FACTOR
+    if _unseen_share(n, np.asarray([hi]))[0] > rate:
+        return hi
+    for _ in range(40):  # to about 4e-10 of a scale
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _unseen_share(n, np.asarray([mid]))[0] > rate else (lo, mid)
+    return hi
+
+
+def _fitted(maxima: np.ndarray, beta: float) -> bool:
+    """Whether ``beta`` is the fit's (predictive rules apply) and not the spread's floor."""
+    if maxima.size < PREDICTIVE_MIN_IMAGES:
+        return False
+    median = float(np.median(maxima))
+    return beta <= float(np.median(np.abs(maxima - median))) / GUMBEL_MAD * (1 + 1e-9)
 
 
 def predictive_threshold(maxima: np.ndarray, beta: float, rate: float) -> float:
@@ -99,33 +127,32 @@ def predictive_threshold(maxima: np.ndarray, beta: float, rate: float) -> float:
     ``beta`` to these held-out ``maxima`` being uncertain (fewer images, higher threshold).
 
     The fit's own quantile (``gumbel_quantile``) keeps that promise only for many held-out
-    images: fitted to 5 normal images' maxima, its 25 % and 5 % points are reached by 32 % and
-    15 % of unseen ones on average, to 18 by 27 % and 7 % (``tests/workers/anomaly/
-    test_calibration.py`` simulates it). Here the factor ``c`` in ``median + c * beta`` is set so
-    that the expected share, averaged over what a fit to that many maxima can be, is ``rate``.
-    Below ``PREDICTIVE_MIN_IMAGES`` images the spread is a floor, not a fit: the fit's quantile."""
+    images: fitted to 5 normal images' maxima, its 25 % and 5 % points are reached by 32.5 % and
+    15 % of unseen ones on average, to 18 by 27 % and 7.6 % (``benchmarks/calibration.py
+    --simulate``). Here the factor ``c`` in ``median + c * beta`` is set so that the expected
+    share, averaged over what a fit to that many maxima can be, is ``rate``. Where the spread is
+    a floor rather than a fit (fewer than ``PREDICTIVE_MIN_IMAGES`` images, or maxima that do
+    not differ: :func:`fit_maxima`), the fit's own quantile."""
     maxima = np.asarray(maxima, dtype=np.float64)
-    n, median = maxima.size, float(np.median(maxima))
-    plain = -GUMBEL_MEDIAN - math.log(-math.log(1.0 - rate))  # the fit's own quantile
-    if n < PREDICTIVE_MIN_IMAGES:
-        return median + plain * beta
-    lo, hi = plain, MAX_FACTOR  # the share falls as the factor grows; the fit's own is too low
-    if _unseen_share(n, np.asarray(hi))[0] > rate:
-        return median + hi * beta
-    for _ in range(32):  # to about 1e-7 of a scale
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _unseen_share(n, np.asarray(mid))[0] > rate else (lo, mid)
-    return median + hi * beta
+    median = float(np.median(maxima))
+    if not _fitted(maxima, beta):
+        return median + (-GUMBEL_MEDIAN - math.log(-math.log(1.0 - rate))) * beta
+    return median + _factor(maxima.size, float(rate)) * beta
 
 
 def unseen_shares(maxima: np.ndarray, beta: float, raw: np.ndarray) -> np.ndarray:
     """The share of unseen normal images expected to reach each raw score in ``raw``, by the
-    same account as :func:`predictive_threshold` (the fit's own below its minimum of images)."""
+    same account as :func:`predictive_threshold` (the fit's own where that one is)."""
     maxima = np.asarray(maxima, dtype=np.float64)
     factor = (np.atleast_1d(np.asarray(raw, dtype=np.float64)) - float(np.median(maxima))) / beta
-    if maxima.size < PREDICTIVE_MIN_IMAGES:
+    if not _fitted(maxima, beta):
         return -np.expm1(-np.exp(-(factor + GUMBEL_MEDIAN)))
     return _unseen_share(maxima.size, factor)
+
+
+def share_above_all(mu: float, beta: float, raw: np.ndarray) -> np.ndarray:
+    """:func:`share_above` of each raw score in ``raw``."""
+    return -np.expm1(-np.exp(-(np.asarray(raw, dtype=np.float64) - mu) / beta))
 
 
 def thresholds_from_maxima(
@@ -134,7 +161,7 @@ def thresholds_from_maxima(
     """``(mu, beta, pixel_threshold, image_threshold, unlike)`` from held-out normal images'
     maxima (raw units); ``unlike``: how many of them the fit calls unlike the rest. The rules are
     :func:`calibrate`'s; ``predictive=False``: the pixel threshold at the fit's own quantile (the
-    rule before, kept for comparisons)."""
+    rule before, kept for comparisons and for the maps that only set a scale)."""
     maxima = np.asarray(maxima, dtype=np.float64)
     mu, beta = fit_maxima(maxima)
     if predictive:
@@ -143,10 +170,10 @@ def thresholds_from_maxima(
         pixel_thr = gumbel_quantile(mu, beta, 1.0 - suggest_rate)
     limit = gumbel_quantile(mu, beta, 1.0 - OUTLIER_P / len(maxima))
     typical = maxima[maxima <= limit]  # never empty: the median is below the limit
-    # the verdict stays at the fit's own quantile, floored by the held-out maxima: predictive,
-    # five held-out bottles put it 6.2 fitted scales above their median maximum and 3 of 15
-    # broken bottles went unflagged (docs/anomaly.md, "Calibration"); what it does to normal
-    # images is recorded instead (``verdict_share``)
+    # the verdict stays at the fit's own quantile, floored by the held-out maxima (and by the
+    # pixel threshold): predictive, five held-out bottles put it 6.2 fitted scales above their
+    # median maximum and 3 of 15 broken bottles went unflagged (docs/anomaly.md,
+    # "Calibration"); what it does to normal images is recorded instead (``verdict_share``)
     image_thr = max(gumbel_quantile(mu, beta, 1.0 - flag_rate), float(typical.max()), pixel_thr)
     return mu, beta, pixel_thr, image_thr, int(maxima.size - typical.size)
 
@@ -159,6 +186,7 @@ def calibrate(
     progress: ProgressCallback,
     pixel_quantile: float = 0.999,
     raw_map: Callable[[np.ndarray], np.ndarray] | None = None,
+    predictive: bool = True,
 ) -> dict:
     """Pixel and image thresholds from normal images (held out from training when possible).
 
@@ -166,14 +194,17 @@ def calibrate(
     ``suggest_rate`` of unseen normal images' maxima is expected to reach, the fit's uncertainty
     included (:func:`predictive_threshold`). ``image_threshold`` (the verdict,
     ``is_anomalous``: what stops a part at a station) is the fit's point that a share
-    ``flag_rate`` reaches, and at least every held-out maximum that the fit does not call unlike the rest: a
-    few held-out images estimate the tail poorly (four bottles put the 5 % point below an
-    ordinary held-out bottle that unseen ones then crossed), and a false NG costs more than a
-    false suggestion.
+    ``flag_rate`` reaches, and at least every held-out maximum that the fit does not call
+    unlike the rest: a few held-out images estimate the tail poorly (four bottles put the 5 %
+    point below an ordinary held-out bottle that unseen ones then crossed), and a false NG
+    costs more than a false suggestion.
     ``pixel_quantile`` of all normal pixels pooled is recorded beside them
     (``pixel_quantile_threshold``: the rule before this one, for comparisons).
     ``raw_map(image)``: the map calibrated, when it is not the model's own network map (a model
-    with its line detector: :func:`~.inference.line_parts`)."""
+    with its line detector: :func:`~.inference.line_parts`). ``predictive=False`` keeps the
+    fit's own quantile for the pixel threshold: for maps whose calibration only sets a scale
+    before they are joined (companions, a multi-scale model's branches), whose suggestions
+    come from the joined map's own calibration."""
     pixels, image_scores = [], []
     config = PredictConfig()
     rng = np.random.default_rng(0)
@@ -188,7 +219,9 @@ def calibrate(
         progress((i + 1) / len(paths), f"calibration {i + 1}/{len(paths)}")
     allpix = np.concatenate(pixels)
     maxima = np.asarray(image_scores)
-    mu, beta, pixel_thr, image_thr, unlike = thresholds_from_maxima(maxima, suggest_rate, flag_rate)
+    mu, beta, pixel_thr, image_thr, unlike = thresholds_from_maxima(
+        maxima, suggest_rate, flag_rate, predictive
+    )
     _, _, plain_pixel, plain_image, _ = thresholds_from_maxima(
         maxima, suggest_rate, flag_rate, predictive=False
     )
@@ -202,7 +235,8 @@ def calibrate(
     # a region threshold t (the project's "score from") in raw units, as regions.py applies it
     span = pixel_thr - pixel_lo
     grid = np.asarray(SHARE_GRID)
-    shares = unseen_shares(maxima, beta, pixel_thr + (grid - 0.5) * 2 * span)
+    raws = pixel_thr + (grid - 0.5) * 2 * span
+    shares = unseen_shares(maxima, beta, raws) if predictive else share_above_all(mu, beta, raws)
     expected = [[t, round(float(v), 5)] for t, v in zip(SHARE_GRID, shares, strict=True)]
     return {
         "pixel_lo": pixel_lo,
@@ -210,6 +244,7 @@ def calibrate(
         "image_lo": image_lo,
         "image_threshold": image_thr,
         "rule": "gumbel fit of normal images' maxima",
+        "predictive": predictive,
         "suggest_rate": suggest_rate,
         "flag_rate": flag_rate,
         "maxima_fit": {"mu": mu, "beta": beta},

@@ -213,5 +213,8 @@ def _branch_scale(
         device=device,
         meta={},
     )
-    cal = calibrate(alone, list(paths), config.suggest_rate, config.flag_rate, progress)
+    # a scale only, as the calibration rules give it (the fused map is calibrated as a whole)
+    cal = calibrate(
+        alone, list(paths), config.suggest_rate, config.flag_rate, progress, predictive=False
+    )
     return float(cal["pixel_lo"]), float(cal["pixel_threshold"])

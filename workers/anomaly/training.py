@@ -103,11 +103,14 @@ def train(
             Path(out_dir) / name,
             Phase(progress, 0.3 * i, 0.3 * (i + 1)),
             {},
+            predictive=not config.lines,
         )
         if "lines" in wanted:
             loaded[name] = fitted
     main = Phase(progress, share, 1.0) if wanted else progress
-    return _train_one(config, normal_image_paths, out_dir, main, companions, loaded)[0]
+    return _train_one(
+        config, normal_image_paths, out_dir, main, companions, loaded, predictive=not config.lines
+    )[0]
 
 
 def _train_one(
@@ -117,10 +120,13 @@ def _train_one(
     progress: ProgressCallback,
     companions: dict[str, TrainResult],
     companion_models: dict[str, LoadedModel] | None = None,
+    predictive: bool = True,
 ) -> tuple[TrainResult, LoadedModel]:
     """One model (the main one, or one of its companions: a tiled model's whole-image pass, the
     line model), and the model as fitted (``companion_models``: the companions', which the sum
-    with the line model is calibrated with)."""
+    with the line model is calibrated with). ``predictive``: ``calibrate``'s. With a line
+    model, each map's own calibration only scales it before the sum, which is calibrated again
+    and suggests: those keep the fit's own quantile, and the sum's is predictive."""
     configure_offline(Path(config.models_dir) if config.models_dir else None)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
@@ -168,6 +174,7 @@ def _train_one(
         config.suggest_rate,
         config.flag_rate,
         Phase(progress, 0.88, 0.94 if with_lines else 0.99),
+        predictive=predictive,
     )
     calibration["on_training_images"] = not cal_paths
     loaded.calibration = calibration

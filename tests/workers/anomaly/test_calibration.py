@@ -81,6 +81,23 @@ def test_thresholds_keep_their_promise_to_unseen_normals_however_few_were_held_o
     )
 
 
+def test_predictive_points_for_any_rate_and_none_where_the_spread_is_a_floor():
+    """Rates of one half and above are kept too (the fit's own point is then too high, not too
+    low), and maxima that barely differ, whose spread is the floor of ``fit_maxima`` and not a
+    fit, keep the fit's own quantile."""
+    rng = np.random.default_rng(3)
+    for rate in (0.5, 0.8):
+        shares = []
+        for _ in range(1000):
+            maxima = rng.gumbel(10.0, 2.0, 5)
+            beta = fit_maxima(maxima)[1]
+            shares.append(share_above(10.0, 2.0, predictive_threshold(maxima, beta, rate)))
+        assert float(np.mean(shares)) == pytest.approx(rate, abs=0.02), rate
+    flat = np.asarray([100.0, 100.05, 100.1, 100.15, 100.2])
+    mu, beta = fit_maxima(flat)
+    assert predictive_threshold(flat, beta, 0.25) == pytest.approx(gumbel_quantile(mu, beta, 0.75))
+
+
 def test_rates_are_checked():
     with pytest.raises(ConfigError, match="suggest_rate"):
         TrainConfig(model="padim", suggest_rate=0).validate()
@@ -111,6 +128,16 @@ def test_normals_that_differ_in_brightness_leave_the_threshold_where_stains_are_
     defaults = TrainConfig()
     cal = calibrate(model, held_out, defaults.suggest_rate, defaults.flag_rate, lambda f, m: None)
     assert cal["images"] == 8 and len(cal["normal_maxima"]) == 8
+    # eight held out: the pixel threshold is the predictive point, above the fit's own; the
+    # models page's table and the verdict's share are by the same account
+    maxima, beta = np.asarray(cal["normal_maxima"]), cal["maxima_fit"]["beta"]
+    assert cal["predictive"] and cal["pixel_threshold"] == pytest.approx(
+        predictive_threshold(maxima, beta, 0.25)
+    )
+    assert cal["pixel_threshold"] > cal["fit_quantile_thresholds"][0]
+    assert dict(cal["expected_share"])[0.5] == pytest.approx(0.25, abs=1e-4)
+    verdict = unseen_shares(maxima, beta, np.asarray([cal["image_threshold"]]))[0]
+    assert cal["verdict_share"] == pytest.approx(verdict, abs=1e-5) and verdict < 0.25
     stains = [
         save(faint_stain(texture(256, 256, 40 + i), 60 + 30 * i, 100), tmp_path / f"s{i}.png")
         for i in range(5)

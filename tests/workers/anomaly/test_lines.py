@@ -115,6 +115,10 @@ def test_lines_beside_padim_is_trained_kept_and_switched(tiles: dict, tmp_path: 
     # the two calibrated maps' sum, calibrated again on the held-out normal images' sums
     fusion = model.calibration["with_lines"]
     assert fusion["suggest_rate"] == config.suggest_rate and fusion["flag_rate"] == config.flag_rate
+    # the sum suggests, so its threshold is the predictive one; the two maps' own calibrations
+    # only scale them before the sum, at the fit's own quantiles
+    assert fusion["predictive"] and not model.calibration["predictive"]
+    assert not model.lines.calibration["predictive"]
     line_only = predict(model.lines, tiles["crack"])
     total = alone.score_map + line_only.score_map
     np.testing.assert_allclose(
