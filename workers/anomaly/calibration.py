@@ -72,9 +72,10 @@ def gumbel_quantile(mu: float, beta: float, p: float) -> float:
     return mu - beta * math.log(-math.log(p))
 
 
-def share_above(mu: float, beta: float, raw: float) -> float:
-    """The expected share of normal images whose maximum reaches ``raw``."""
-    return 1.0 - math.exp(-math.exp(-(raw - mu) / beta))
+def share_above(mu: float, beta: float, raw: float | np.ndarray) -> float | np.ndarray:
+    """The expected share of normal images whose maximum reaches ``raw`` (each of an array)."""
+    out = -np.expm1(-np.exp(-(np.asarray(raw, dtype=np.float64) - mu) / beta))
+    return float(out) if out.ndim == 0 else out
 
 
 @functools.lru_cache(maxsize=16)
@@ -145,14 +146,9 @@ def unseen_shares(maxima: np.ndarray, beta: float, raw: np.ndarray) -> np.ndarra
     same account as :func:`predictive_threshold` (the fit's own where that one is)."""
     maxima = np.asarray(maxima, dtype=np.float64)
     factor = (np.atleast_1d(np.asarray(raw, dtype=np.float64)) - float(np.median(maxima))) / beta
-    if not _fitted(maxima, beta):
-        return -np.expm1(-np.exp(-(factor + GUMBEL_MEDIAN)))
+    if not _fitted(maxima, beta):  # the fit's own law, in units of its scale
+        return share_above(-GUMBEL_MEDIAN, 1.0, factor)
     return _unseen_share(maxima.size, factor)
-
-
-def share_above_all(mu: float, beta: float, raw: np.ndarray) -> np.ndarray:
-    """:func:`share_above` of each raw score in ``raw``."""
-    return -np.expm1(-np.exp(-(np.asarray(raw, dtype=np.float64) - mu) / beta))
 
 
 def thresholds_from_maxima(
@@ -236,7 +232,7 @@ def calibrate(
     span = pixel_thr - pixel_lo
     grid = np.asarray(SHARE_GRID)
     raws = pixel_thr + (grid - 0.5) * 2 * span
-    shares = unseen_shares(maxima, beta, raws) if predictive else share_above_all(mu, beta, raws)
+    shares = unseen_shares(maxima, beta, raws) if predictive else share_above(mu, beta, raws)
     expected = [[t, round(float(v), 5)] for t, v in zip(SHARE_GRID, shares, strict=True)]
     return {
         "pixel_lo": pixel_lo,
